@@ -1,0 +1,110 @@
+"""The ``medseg`` command group: command discovery, logging and one-line errors."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+import sys
+
+import click
+
+from medseg import __version__
+from medseg.errors import MedsegError
+
+log = logging.getLogger("medseg")
+
+EPILOG = """\b
+Examples:
+  medseg ct-models
+  medseg ct-convert scan/ --from B50f --to B30f --out scan_B30f/
+  medseg ct-report cohort/ --from B50f --to B30f --out qa/
+  medseg COMMAND --help
+
+\b
+Exit codes: 0 ok, 1 internal error, 2 bad input or usage, 3 output exists
+(use --overwrite), 4 model/weights problem, 5 some items of a batch failed.
+"""
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelname.lower()
+        prefix = "medseg: " if record.levelno < logging.WARNING else f"medseg: {level}: "
+        return prefix + record.getMessage()
+
+
+def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
+    """Log to stderr: INFO by default, WARNING with --quiet, DEBUG with --debug."""
+    root = logging.getLogger("medseg")
+    root.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+
+
+def _command_modules() -> list[str]:
+    import medseg_cli
+
+    return sorted(m.name for m in pkgutil.iter_modules(medseg_cli.__path__)
+                  if m.name not in ("main", "options") and not m.name.startswith("_"))
+
+
+class MedsegGroup(click.Group):
+    """Finds commands in ``medseg_cli.*`` modules and turns MedsegError into one line + exit code."""
+
+    def _load(self) -> dict[str, click.Command]:
+        if not getattr(self, "_loaded", None):
+            found: dict[str, click.Command] = {}
+            for name in _command_modules():
+                module = importlib.import_module(f"medseg_cli.{name}")
+                for cmd in getattr(module, "commands", []):
+                    found[cmd.name] = cmd
+            self._loaded = found
+        return self._loaded
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._load()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return super().get_command(ctx, name) or self._load().get(name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MedsegError as exc:
+            if ctx.meta.get("medseg.debug"):
+                raise
+            click.echo(f"medseg: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a bug or an environment problem: still one line by default
+            if ctx.meta.get("medseg.debug"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(f"medseg: internal error: {exc.__class__.__name__}: {first} (rerun with --debug)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=MedsegGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="medseg")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logging.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """medseg - CT kernel conversion, C4d slide scoring, cell and brain tumour segmentation.
+
+    Runs on CUDA when a GPU is present (--device auto) and on CPU otherwise.
+    """
+    ctx.meta["medseg.debug"] = debug
+    setup_logging(debug=debug)
+
+
+def main() -> None:
+    cli(prog_name="medseg")
+
+
+if __name__ == "__main__":
+    main()

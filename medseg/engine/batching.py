@@ -1,0 +1,86 @@
+"""Streaming helpers: batch items and overlap their loading with compute.
+
+Used to stream CT slices or slide tiles to the model without holding a whole volume or
+slide in memory: the queue is bounded, so memory is ``depth`` batches whatever the input size.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+_DONE = object()
+
+
+def iter_batches(items: Iterable[T], batch_size: int) -> Iterator[list[T]]:
+    """Yield consecutive lists of at most ``batch_size`` items (the last may be shorter)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def prefetch(items: Iterable[T], *, depth: int = 2, transform: Callable[[T], U] | None = None) -> Iterator[U]:
+    """Produce ``transform(item)`` in a background thread, at most ``depth`` ahead of the consumer.
+
+    Decoding (pydicom, OpenSlide, tifffile) releases the GIL for most of its work, so one thread
+    overlaps I/O with model inference. Exceptions in the producer are re-raised in the consumer.
+    """
+    if depth < 1:
+        raise ValueError("depth must be >= 1")
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(("ok", transform(item) if transform else item))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(("err", exc))
+            return
+        q.put(("ok", _DONE))
+
+    thread = threading.Thread(target=produce, name="medseg-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "err":
+                raise value
+            if value is _DONE:
+                return
+            yield value
+    finally:
+        stop.set()
+        # drain so a blocked producer can observe ``stop`` and exit
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+
+def to_device(array, device, *, dtype=None):
+    """Move a NumPy array or tensor to ``device``; pinned + non-blocking when it is CUDA."""
+    import numpy as np
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array)) if isinstance(array, np.ndarray) else array
+    if dtype is not None:
+        tensor = tensor.to(dtype)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

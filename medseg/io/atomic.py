@@ -1,0 +1,87 @@
+"""Atomic outputs and safe file names.
+
+Outputs appear complete or not at all: write to a temporary sibling, then ``os.replace``.
+A crash mid-write leaves no half file that a later ``--resume`` would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from medseg.errors import OutputExistsError
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str, *, default: str = "unnamed", max_len: int = 64) -> str:
+    """Make metadata (series descriptions, slide names) safe as one path component."""
+    cleaned = _UNSAFE.sub("_", str(text)).strip("._-")
+    return cleaned[:max_len] or default
+
+
+def check_output(path: str | Path, *, overwrite: bool) -> Path:
+    """Refuse to clobber an existing output unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError("output exists (use --overwrite to replace it)", path=path)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary file path next to ``path``; rename it over ``path`` on success.
+
+    The temporary name keeps the real suffix (``.nii.gz``, ``.png``) so writers that pick a
+    format from the extension still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix if suffix is not None else "".join(path.suffixes)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory next to ``path``; it becomes ``path`` on success.
+
+    With ``overwrite`` an existing directory is replaced only after the new one is complete.
+    """
+    path = Path(path)
+    check_output(path, overwrite=overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Atomically write a text file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
