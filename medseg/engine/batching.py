@@ -84,3 +84,19 @@ def to_device(array, device, *, dtype=None):
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def map_batched(predictor: Callable, items: Iterable, *, batch_size: int, depth: int = 2) -> Iterator:
+    """Apply ``predictor`` to stacked batches of same-shape arrays, yielding one output per item.
+
+    ``predictor`` takes an array (B, ...) and returns an array (B, ...). Items are loaded ahead in
+    a background thread (``depth`` batches at most), so decoding overlaps with compute and
+    memory stays bounded by the batch size, not by the number of items.
+    """
+    import numpy as np
+
+    for batch in prefetch(iter_batches(items, batch_size), depth=depth, transform=np.stack):
+        out = predictor(batch)
+        if len(out) != len(batch):
+            raise ValueError(f"predictor returned {len(out)} outputs for a batch of {len(batch)}")
+        yield from out

@@ -207,3 +207,45 @@ def make_exam(seed: int, *, kernels: tuple[str, ...] = KERNELS, config: PhantomC
     obj, masks = make_object(cfg, rng)
     vols = reconstruct(obj, tuple(kernels), cfg, rng)
     return SyntheticExam(vols, obj, masks, (cfg.slice_mm, cfg.pixel_mm, cfg.pixel_mm))
+
+
+def write_exam_dicom(exam: SyntheticExam, out_dir, *, seed: int, name: str = "exam",
+                     layout: str = "folders") -> dict[str, list]:
+    """Write each kernel's volume as a real DICOM CT series (shared study and frame of reference).
+
+    ``layout='folders'`` puts each series in ``out_dir/<kernel>/``; ``'flat'`` mixes all series
+    in ``out_dir`` with opaque file names (as exported by many PACS).
+    """
+    from pathlib import Path
+
+    from medseg.io.dicom import new_uid, write_ct_series
+
+    out_dir = Path(out_dir)
+    study, frame = new_uid("study", name, str(seed)), new_uid("frame", name, str(seed))
+    written = {}
+    for number, (kernel, volume) in enumerate(sorted(exam.volumes.items()), start=1):
+        folder = out_dir / kernel if layout == "folders" else out_dir
+        written[kernel] = write_ct_series(
+            folder, volume, spacing_zyx=exam.spacing_zyx, kernel=kernel, study_uid=study,
+            series_uid=new_uid("series", name, str(seed), kernel), frame_uid=frame, series_number=number,
+            description=f"Thorax {exam.spacing_zyx[0]:g} {kernel} (synthetic)", patient_id=f"SYN{seed:06d}",
+            file_prefix="IM" if layout == "folders" else f"{kernel[1:3]}x")
+    return written
+
+
+def write_cohort(out_dir, seeds: list[int], *, kernels: tuple[str, ...] = KERNELS,
+                 config: PhantomConfig | None = None, vary_emphysema: bool = True) -> list:
+    """One exam folder per seed; emphysema severity varies by seed so Bland-Altman has a range."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    out = []
+    for seed in seeds:
+        cfg = config or PhantomConfig()
+        if vary_emphysema:
+            cfg = replace(cfg, emphysema_fraction=float(np.random.default_rng(seed + 7919).uniform(0.0, 0.2)))
+        exam = make_exam(seed, kernels=kernels, config=cfg)
+        folder = Path(out_dir) / f"exam{seed:04d}"
+        write_exam_dicom(exam, folder, seed=seed, name=folder.name)
+        out.append(folder)
+    return out

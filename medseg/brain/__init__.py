@@ -1,0 +1,3 @@
+"""brain pipeline."""
+
+from __future__ import annotations

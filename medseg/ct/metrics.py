@@ -1,0 +1,110 @@
+"""QA measurements for kernel conversion: RMSE, automatic lung mask, LAA-950, Perc15, Bland-Altman."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+LAA_THRESHOLD_HU = -950.0
+
+
+def rmse(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Root-mean-square difference in HU (over ``mask`` when given)."""
+    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if mask is not None:
+        diff = diff[mask]
+    return float(np.sqrt(np.mean(diff * diff))) if diff.size else float("nan")
+
+
+@dataclass
+class LungMaskParams:
+    """Parameters of :func:`lung_mask` (documented in docs/ct.md)."""
+
+    threshold_hu: float = -400.0  # air/lung vs soft tissue, on the in-plane smoothed image
+    smooth_sigma_px: float = 1.0
+    airway_max_area_cm2: float = 6.0  # trachea/main bronchi: small mean cross-section ...
+    airway_medial_fraction: float = 0.15  # ... and centred within this fraction of the body width
+    min_component_fraction: float = 0.02  # drop air pockets smaller than 2 % of the largest lung
+
+
+def lung_mask(volume: np.ndarray, spacing_zyx: tuple[float, float, float],
+              params: LungMaskParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Automatic lung mask of a (z, y, x) HU volume, and the airway mask removed from it.
+
+    Threshold the in-plane smoothed image, drop air connected to the image border (outside the
+    body), classify internal air components: the trachea/main bronchi are small in cross-section
+    and medial; the lungs are the remaining large components. Holes (vessels) are filled slice
+    by slice.
+    """
+    from scipy import ndimage as ndi
+
+    p = params or LungMaskParams()
+    smooth = ndi.gaussian_filter(np.asarray(volume, np.float32), sigma=(0, p.smooth_sigma_px, p.smooth_sigma_px))
+    air = smooth < p.threshold_hu
+    labels, n = ndi.label(air)
+    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
+                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+    body = ~np.isin(labels, border[border > 0]) | ~air
+    body_cols = np.flatnonzero(body.any(axis=(0, 1)))
+    body_cx = (body_cols[0] + body_cols[-1]) / 2 if body_cols.size else volume.shape[2] / 2
+    body_w = (body_cols[-1] - body_cols[0] + 1) if body_cols.size else volume.shape[2]
+    pixel_cm2 = spacing_zyx[1] * spacing_zyx[2] / 100.0
+
+    lungs = np.zeros(volume.shape, bool)
+    airways = np.zeros(volume.shape, bool)
+    candidates = []
+    for idx, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None or idx in border:
+            continue
+        comp = labels[sl] == idx
+        voxels = int(comp.sum())
+        n_slices = int(comp.any(axis=(1, 2)).sum())
+        mean_area = voxels / max(n_slices, 1) * pixel_cm2
+        cx = sl[2].start + np.nonzero(comp)[2].mean()
+        medial = abs(cx - body_cx) < p.airway_medial_fraction * body_w
+        candidates.append((idx, sl, comp, voxels, mean_area < p.airway_max_area_cm2 and medial))
+    largest = max((c[3] for c in candidates if not c[4]), default=0)
+    for idx, sl, comp, voxels, is_airway in candidates:
+        if is_airway:
+            airways[sl] |= comp
+        elif voxels >= p.min_component_fraction * largest:
+            lungs[sl] |= comp
+    for z in range(lungs.shape[0]):
+        lungs[z] = ndi.binary_fill_holes(lungs[z])
+    lungs &= ~airways
+    return lungs, airways
+
+
+def laa_percent(volume: np.ndarray, mask: np.ndarray, threshold: float = LAA_THRESHOLD_HU) -> float:
+    """Emphysema index: % of lung voxels with HU <= ``threshold`` (-950 HU by default)."""
+    values = volume[mask]
+    return float(100.0 * np.mean(values <= threshold)) if values.size else float("nan")
+
+
+def perc15(volume: np.ndarray, mask: np.ndarray) -> float:
+    """15th percentile of lung HU (lower = more emphysema)."""
+    values = volume[mask]
+    return float(np.percentile(values, 15)) if values.size else float("nan")
+
+
+@dataclass
+class BlandAltman:
+    n: int
+    bias: float
+    sd: float
+    loa_low: float
+    loa_high: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bland_altman(measured, reference) -> BlandAltman:
+    """Bias (mean of measured - reference), SD of the differences and 95 % limits of agreement."""
+    diff = np.asarray(measured, float) - np.asarray(reference, float)
+    diff = diff[np.isfinite(diff)]
+    n = int(diff.size)
+    bias = float(diff.mean()) if n else float("nan")
+    sd = float(diff.std(ddof=1)) if n > 1 else float("nan")
+    return BlandAltman(n, bias, sd, bias - 1.96 * sd, bias + 1.96 * sd)

@@ -1,0 +1,349 @@
+"""DICOM series in and derived series out (pydicom; SimpleITK/GDCM as a decoding fallback).
+
+Reading is header-first: a folder is scanned once without pixel data, series are grouped by
+SeriesInstanceUID, slices sorted along the slice normal and checked for gaps. Pixel data are
+then decoded slice by slice (:func:`iter_slices`) so a 1000-slice series never has to sit in
+memory as a whole.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg import __version__
+from medseg.errors import InputError
+from medseg.io.volume import VolumeMeta
+
+log = logging.getLogger("medseg.io.dicom")
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root; generate_uid appends a unique suffix
+
+
+@dataclass
+class DicomSeries:
+    """A series found on disk: files in slice order plus the geometry needed to rebuild a volume."""
+
+    uid: str
+    files: list[Path]
+    modality: str
+    kernel: str
+    description: str
+    rows: int
+    columns: int
+    spacing: tuple[float, float, float]  # z (median slice gap), row spacing y, column spacing x
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    positions: list[float]  # position of each slice along the normal (mm)
+    warnings: list[str] = field(default_factory=list)
+    irregular: bool = False  # missing slices / uneven gaps
+
+    def meta(self) -> VolumeMeta:
+        return VolumeMeta(spacing=self.spacing, origin=self.origin, direction=self.direction, source="dicom",
+                          path=str(self.files[0].parent), kernel=self.kernel, modality=self.modality,
+                          series_uid=self.uid)
+
+
+def kernel_of(ds) -> str:
+    """ConvolutionKernel as one string (Siemens writes e.g. ['Br50f', '3'] or 'B50f')."""
+    value = ds.get("ConvolutionKernel", "")
+    if isinstance(value, (list, tuple)) or value.__class__.__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _read_header(path: Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def scan_dicom(path: str | Path) -> tuple[dict[str, list[tuple[Path, object]]], list[Path]]:
+    """Group the DICOM files under ``path`` (a folder, recursively, or one file) by series.
+
+    Returns ``(series_uid -> [(file, header)], skipped_non_dicom_files)``.
+    """
+    path = Path(path)
+    candidates = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    groups: dict[str, list[tuple[Path, object]]] = {}
+    skipped: list[Path] = []
+    for file in candidates:
+        if file.name.startswith("."):
+            continue
+        ds = _read_header(file)
+        if ds is None or "SeriesInstanceUID" not in ds or "Rows" not in ds:
+            skipped.append(file)
+            continue
+        groups.setdefault(str(ds.SeriesInstanceUID), []).append((file, ds))
+    return groups, skipped
+
+
+def _geometry(headers: list[tuple[Path, object]]) -> tuple[list[tuple[Path, object]], list[float], np.ndarray, np.ndarray]:
+    first = headers[0][1]
+    iop = [float(v) for v in first.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+    row, col = np.array(iop[:3]), np.array(iop[3:])
+    normal = np.cross(row, col)
+    if all("ImagePositionPatient" in ds for _, ds in headers):
+        keyed = [(float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])), f, ds) for f, ds in headers]
+    else:
+        keyed = [(float(ds.get("InstanceNumber", i)) * float(ds.get("SliceThickness", 1.0) or 1.0), f, ds)
+                 for i, (f, ds) in enumerate(headers)]
+    keyed.sort(key=lambda t: t[0])
+    return [(f, ds) for _, f, ds in keyed], [k for k, _, _ in keyed], np.stack([row, col, normal], 1), normal
+
+
+def open_series(path: str | Path, *, series_uid: str | None = None, modality: str | None = "CT") -> DicomSeries:
+    """Find exactly one series under ``path`` (pick with ``series_uid`` when there are several)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file or folder", path=path)
+    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+        raise InputError("folder is empty", path=path)
+    groups, skipped = scan_dicom(path)
+    for file in skipped:
+        log.warning("skipping %s: not a DICOM image", file)
+    if not groups:
+        raise InputError("no DICOM images found", path=path)
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise InputError(f"series {series_uid} not found; present: {', '.join(sorted(groups))}", path=path)
+        headers = groups[series_uid]
+    elif len(groups) > 1:
+        listing = "; ".join(f"{uid} ({len(h)} images, {kernel_of(h[0][1]) or 'no kernel'}, "
+                            f"{h[0][1].get('SeriesDescription', '')})" for uid, h in sorted(groups.items()))
+        raise InputError(f"{len(groups)} series found, choose one with --series-uid: {listing}", path=path)
+    else:
+        series_uid, headers = next(iter(groups.items()))
+    first = headers[0][1]
+    found_modality = str(first.get("Modality", ""))
+    if modality is not None and found_modality != modality:
+        raise InputError(f"series modality is {found_modality or 'missing'}, expected {modality}", path=path)
+    sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in headers}
+    if len(sizes) > 1:
+        raise InputError(f"slices of one series have different sizes {sorted(sizes)}", path=path)
+    headers, positions, axes, _normal = _geometry(headers)
+    warnings: list[str] = []
+    irregular = False
+    gaps = np.diff(positions)
+    z_spacing = float(first.get("SliceThickness", 1.0) or 1.0)
+    if len(gaps):
+        if np.any(gaps < 1e-3):
+            i = int(np.argmin(gaps))
+            raise InputError(f"two slices share position {positions[i]:.2f} mm ({headers[i][0].name}, "
+                             f"{headers[i + 1][0].name}): duplicated or mixed series", path=path)
+        z_spacing = float(np.median(gaps))
+        bad = np.flatnonzero(np.abs(gaps - z_spacing) > 0.1 * z_spacing)
+        if bad.size:
+            irregular = True
+            i = int(bad[0])
+            warnings.append(f"inconsistent slice spacing: gap of {gaps[i]:.2f} mm after {headers[i][0].name} "
+                            f"(median {z_spacing:.2f} mm; {bad.size} irregular gap(s), missing slices?)")
+    ps = [float(v) for v in first.get("PixelSpacing", [1.0, 1.0])]
+    origin = tuple(float(v) for v in headers[0][1].get("ImagePositionPatient", [0.0, 0.0, 0.0]))
+    series = DicomSeries(
+        uid=str(series_uid), files=[f for f, _ in headers], modality=found_modality, kernel=kernel_of(first),
+        description=str(first.get("SeriesDescription", "")), rows=int(first.Rows), columns=int(first.Columns),
+        spacing=(z_spacing, ps[0], ps[1]), origin=origin, direction=tuple(axes.flatten().tolist()),
+        positions=positions, warnings=warnings, irregular=irregular)
+    for w in warnings:
+        log.warning("%s: %s", path, w)
+    return series
+
+
+def decode_hu(ds, path: Path) -> np.ndarray:
+    """Pixel data of one slice in HU (RescaleSlope/Intercept applied), float32."""
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types; try GDCM for codecs it lacks
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        hu = _decode_with_sitk(path) if syntax is not None and syntax.is_compressed else None
+        if hu is None:
+            raise InputError(f"cannot decode pixel data ({str(exc).splitlines()[0][:160]})", path=path) from None
+        return hu
+    if pixels.ndim != 2:
+        raise InputError(f"expected one 2D frame per file, got shape {pixels.shape}", path=path)
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def _decode_with_sitk(path: Path) -> np.ndarray | None:
+    """Decode one file with GDCM (other codecs); GDCM applies the rescale, so this is HU."""
+    import SimpleITK as sitk
+
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.SetImageIO("GDCMImageIO")
+        image = reader.Execute()
+    except RuntimeError:
+        return None
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    return array[0] if array.ndim == 3 else array
+
+
+def iter_slices(series: DicomSeries) -> Iterator[tuple[object, np.ndarray]]:
+    """Yield ``(dataset, hu_slice)`` in slice order, one file at a time."""
+    import pydicom
+
+    for file in series.files:
+        try:
+            ds = pydicom.dcmread(file)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"cannot read DICOM file ({exc.__class__.__name__})", path=file) from None
+        hu = decode_hu(ds, file)
+        if hu.shape != (series.rows, series.columns):
+            raise InputError(f"pixel data shape {hu.shape} does not match Rows/Columns", path=file)
+        yield ds, hu
+
+
+def read_series(series: DicomSeries) -> tuple[np.ndarray, VolumeMeta]:
+    """Whole series as a float32 HU volume (z, y, x) with its geometry."""
+    volume = np.empty((len(series.files), series.rows, series.columns), np.float32)
+    for i, (_ds, hu) in enumerate(iter_slices(series)):
+        volume[i] = hu
+    return volume, series.meta()
+
+
+def new_uid(*entropy: str) -> str:
+    """A fresh UID (deterministic when ``entropy`` is given, for reproducible sample data)."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(prefix=UID_ROOT, entropy_srcs=list(entropy) if entropy else None)
+
+
+def _set_pixels_int16(ds, hu: np.ndarray) -> None:
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    stored = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
+    for tag in ("SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue",
+                "PixelPaddingRangeLimit", "SmallestPixelValueInSeries", "LargestPixelValueInSeries",
+                "FloatPixelData", "DoubleFloatPixelData"):
+        if tag in ds:
+            del ds[tag]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleSlope = "1"
+    ds.RescaleIntercept = "0"
+    ds.RescaleType = "HU"
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OW"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+
+def _file_meta(sop_class: str, sop_uid: str):
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    return meta
+
+
+@dataclass
+class Derivation:
+    """How a derived series relates to its source."""
+
+    series_uid: str
+    description_suffix: str
+    derivation_description: str
+    kernel: str | None = None
+    series_number_offset: int = 1000
+
+
+def write_derived_slice(source_ds, hu: np.ndarray, out_file: Path, derivation: Derivation) -> str:
+    """Write ``hu`` as a derived copy of ``source_ds`` (same patient/study/geometry); return its SOP UID."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = source_ds.copy()
+    if "PixelData" in ds:
+        del ds["PixelData"]
+    ds.remove_private_tags()  # vendor tags may describe the source reconstruction
+    sop_uid = new_uid()
+    src_ref = Dataset()
+    src_ref.ReferencedSOPClassUID = source_ds.SOPClassUID
+    src_ref.ReferencedSOPInstanceUID = source_ds.SOPInstanceUID
+    ds.SourceImageSequence = Sequence([src_ref])
+    ds.file_meta = _file_meta(str(source_ds.SOPClassUID), sop_uid)
+    ds.SOPInstanceUID = sop_uid
+    ds.SeriesInstanceUID = derivation.series_uid
+    ds.SeriesNumber = int(source_ds.get("SeriesNumber", 0) or 0) + derivation.series_number_offset
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    if derivation.kernel is not None:
+        ds.ConvolutionKernel = derivation.kernel
+    ds.DerivationDescription = derivation.derivation_description[:1024]
+    ds.SeriesDescription = (str(source_ds.get("SeriesDescription", "")) + derivation.description_suffix)[-64:].strip()
+    now = _dt.datetime.now()
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
+    ds.SoftwareVersions = f"medseg {__version__}"
+    _set_pixels_int16(ds, hu)
+    ds.save_as(out_file, enforce_file_format=True)
+    return sop_uid
+
+
+def write_ct_series(out_dir: Path, volume_hu: np.ndarray, *, spacing_zyx: tuple[float, float, float],
+                    kernel: str, study_uid: str, series_uid: str, frame_uid: str, series_number: int,
+                    description: str, patient_id: str = "SYNTH0001", patient_name: str = "Synthetic^Phantom",
+                    rescale_intercept: float = -1024.0, file_prefix: str = "IM") -> list[Path]:
+    """Write a new (original) CT series from a HU volume; used for phantoms and tests."""
+    from pydicom.dataset import Dataset
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nz, ny, nx = volume_hu.shape
+    dz, dy, dx = spacing_zyx
+    files = []
+    for z in range(nz):
+        sop_uid = new_uid(series_uid, str(z))
+        ds = Dataset()
+        ds.file_meta = _file_meta(CT_IMAGE_STORAGE, sop_uid)
+        ds.SOPClassUID = CT_IMAGE_STORAGE
+        ds.SOPInstanceUID = sop_uid
+        ds.Modality = "CT"
+        ds.PatientName, ds.PatientID = patient_name, patient_id
+        ds.PatientBirthDate, ds.PatientSex = "", "O"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240101"
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
+        ds.SeriesNumber, ds.InstanceNumber = series_number, z + 1
+        ds.SeriesDescription = description
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.Manufacturer = "medseg synthetic phantom (not for clinical use)"
+        ds.ConvolutionKernel = kernel
+        ds.KVP, ds.SliceThickness = "120", f"{dz:g}"
+        ds.PixelSpacing = [f"{dy:g}", f"{dx:g}"]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [f"{-(nx - 1) / 2 * dx:.3f}", f"{-(ny - 1) / 2 * dy:.3f}", f"{z * dz:.3f}"]
+        ds.SliceLocation = f"{z * dz:.3f}"
+        ds.PositionReferenceIndicator = ""
+        ds.WindowCenter, ds.WindowWidth = "-600", "1500"
+        stored = np.clip(np.rint(volume_hu[z] - rescale_intercept), -32768, 32767).astype(np.int16)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = ny, nx
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = f"{rescale_intercept:g}", "1", "HU"
+        ds.PixelData = stored.tobytes()
+        file = out_dir / f"{file_prefix}{z + 1:05d}.dcm"
+        ds.save_as(file, enforce_file_format=True)
+        files.append(file)
+    return files

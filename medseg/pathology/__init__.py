@@ -1,0 +1,3 @@
+"""pathology pipeline."""
+
+from __future__ import annotations

@@ -1,0 +1,99 @@
+"""ct-convert on real DICOM: derived series, geometry, HU, UIDs, untouched input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from medseg.ct.convert import convert
+
+from .conftest import tree_digest, volume
+
+
+def test_derived_series_round_trip(small_exam_dir, tiny_weights, tmp_path):
+    src = small_exam_dir / "B50f"
+    before = tree_digest(small_exam_dir)
+    out = tmp_path / "converted"
+    result = convert(src, out, source="b50f", target="B30F", weights=tiny_weights, device="cpu")
+    assert tree_digest(small_exam_dir) == before  # input byte-identical
+
+    src_files = sorted(src.iterdir())
+    out_files = sorted(out.iterdir())
+    assert len(out_files) == len(src_files) == result.slices
+    src_ds = [pydicom.dcmread(f) for f in src_files]
+    out_ds = [pydicom.dcmread(f) for f in out_files]
+    src_by_pos = {tuple(map(float, d.ImagePositionPatient)): d for d in src_ds}
+
+    uids = {d.SOPInstanceUID for d in out_ds}
+    assert len(uids) == len(out_ds) and not uids & {d.SOPInstanceUID for d in src_ds}
+    assert len({d.SeriesInstanceUID for d in out_ds}) == 1
+    assert out_ds[0].SeriesInstanceUID not in {d.SeriesInstanceUID for d in src_ds}
+    assert out_ds[0].SeriesInstanceUID == result.series_uid
+    for d in out_ds:
+        s = src_by_pos[tuple(map(float, d.ImagePositionPatient))]
+        assert d.StudyInstanceUID == s.StudyInstanceUID and d.PatientID == s.PatientID
+        assert d.FrameOfReferenceUID == s.FrameOfReferenceUID
+        assert list(d.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
+        assert d.ConvolutionKernel == "B30f"
+        assert "B50f" in d.DerivationDescription and "Lee" in d.DerivationDescription
+        assert d.SeriesDescription.endswith("B30f from B50f (medseg)")
+        assert d.SourceImageSequence[0].ReferencedSOPInstanceUID == s.SOPInstanceUID
+        assert list(d.PixelSpacing) == list(s.PixelSpacing)
+        assert list(d.ImageOrientationPatient) == list(s.ImageOrientationPatient)
+        assert d.PixelRepresentation == 1 and d.BitsAllocated == 16
+        assert float(d.RescaleSlope) == 1 and float(d.RescaleIntercept) == 0
+        assert d.file_meta.MediaStorageSOPInstanceUID == d.SOPInstanceUID
+        # the fixture model subtracts exactly 200 HU; storage rounds to integers
+        expected = s.pixel_array * float(s.RescaleSlope) + float(s.RescaleIntercept) - 200
+        got = d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept)
+        assert np.abs(got - expected).max() <= 0.5 + 1e-3
+    # values below -1024 HU survive (air -1000 - 200)
+    assert min(int(d.pixel_array.min()) for d in out_ds) < -1024
+
+    # SimpleITK reads the same geometry and values
+    reader = sitk.ImageSeriesReader()
+    in_img = sitk.ReadImage(reader.GetGDCMSeriesFileNames(str(src)))
+    out_img = sitk.ReadImage(reader.GetGDCMSeriesFileNames(str(out)))
+    assert np.allclose(in_img.GetSpacing(), out_img.GetSpacing())
+    assert np.allclose(in_img.GetOrigin(), out_img.GetOrigin())
+    assert np.allclose(in_img.GetDirection(), out_img.GetDirection())
+    diff = sitk.GetArrayFromImage(out_img).astype(float) - (sitk.GetArrayFromImage(in_img).astype(float) - 200)
+    assert np.abs(diff).max() <= 0.5 + 1e-3
+
+
+def test_nifti_output_and_input(small_exam_dir, tiny_weights, tmp_path):
+    nii = tmp_path / "conv.nii.gz"
+    convert(small_exam_dir / "B50f", nii, source="B50f", target="B30f", weights=tiny_weights, device="cpu",
+            output_format="nifti")
+    img = sitk.ReadImage(str(nii))
+    ref = volume(small_exam_dir / "B50f")
+    assert np.abs(sitk.GetArrayFromImage(img) - (ref - 200)).max() <= 0.5 + 1e-3
+    assert np.allclose(img.GetSpacing()[::-1], (1.5, 0.7, 0.7))
+    # NIfTI in -> NIfTI out, single slice too
+    out2 = tmp_path / "conv2.nii.gz"
+    convert(nii, out2, source="B50f", target="B30f", weights=tiny_weights, device="cpu")
+    assert np.abs(sitk.GetArrayFromImage(sitk.ReadImage(str(out2))) - (ref - 400)).max() <= 1.0 + 1e-3
+    single = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(ref[2].astype(np.int16)), str(single))
+    out3 = tmp_path / "slice_out.nii.gz"
+    res = convert(single, out3, source="B50f", target="B30f", weights=tiny_weights, device="cpu")
+    assert res.slices == 1
+
+
+def test_single_dicom_file_and_compressed_input(small_exam_dir, tiny_weights, tmp_path):
+    from pydicom.uid import RLELossless
+
+    src = sorted((small_exam_dir / "B50f").iterdir())
+    comp = tmp_path / "rle"
+    comp.mkdir()
+    for i, f in enumerate(src):
+        ds = pydicom.dcmread(f)
+        ds.compress(RLELossless)
+        ds.save_as(comp / f"x{i}", enforce_file_format=True)
+    out = tmp_path / "from_rle"
+    convert(comp, out, source="B50f", target="B30f", weights=tiny_weights, device="cpu")
+    assert np.abs(volume(out) - (volume(small_exam_dir / "B50f") - 200)).max() <= 0.5 + 1e-3
+    one = tmp_path / "one"
+    convert(src[0], one, source="B50f", target="B30f", weights=tiny_weights, device="cpu")
+    assert len(list(one.iterdir())) == 1

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+
+from medseg.errors import OutputExistsError
+from medseg.io.atomic import atomic_dir, atomic_path, check_output, safe_name
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.nii.gz"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
+        tmp.write_text("half")
+        raise RuntimeError("crash")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_replaces_only_when_complete(tmp_path):
+    target = tmp_path / "series"
+    target.mkdir()
+    (target / "old").write_text("old")
+    with pytest.raises(OutputExistsError):
+        with atomic_dir(target):
+            pass
+    with pytest.raises(RuntimeError), atomic_dir(target, overwrite=True) as tmp:
+        (tmp / "new").write_text("new")
+        raise RuntimeError("crash")
+    assert (target / "old").exists() and [p.name for p in tmp_path.iterdir()] == ["series"]
+    with atomic_dir(target, overwrite=True) as tmp:
+        (tmp / "new").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new"]
+
+
+def test_check_output(tmp_path):
+    f = tmp_path / "x"
+    assert check_output(f, overwrite=False) == f
+    f.write_text("1")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        check_output(f, overwrite=False)
+    check_output(f, overwrite=True)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("../../etc/passwd", "etc_passwd"), ("Thorax 1.0 B50f", "Thorax_1.0_B50f"), ("", "unnamed"),
+    ("a/b\\c:d*e?f", "a_b_c_d_e_f"), ("...", "unnamed")])
+def test_safe_name(text, expected):
+    assert safe_name(text) == expected
+    assert "/" not in safe_name(text) and ".." not in safe_name(text).replace("1.0", "")
