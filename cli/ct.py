@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
 from medseg_cli.options import amp_option, batch_size_option, common_options, emit, overwrite_option
 
 KERNEL_HELP = "Reconstruction kernel: B10f, B30f, B50f or B70f."

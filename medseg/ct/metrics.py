@@ -65,7 +65,7 @@ def lung_mask(volume: np.ndarray, spacing_zyx: tuple[float, float, float],
         medial = abs(cx - body_cx) < p.airway_medial_fraction * body_w
         candidates.append((idx, sl, comp, voxels, mean_area < p.airway_max_area_cm2 and medial))
     largest = max((c[3] for c in candidates if not c[4]), default=0)
-    for idx, sl, comp, voxels, is_airway in candidates:
+    for _idx, sl, comp, voxels, is_airway in candidates:
         if is_airway:
             airways[sl] |= comp
         elif voxels >= p.min_component_fraction * largest:

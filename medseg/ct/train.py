@@ -85,7 +85,12 @@ def train(pairs: list[str | Path], out_dir: str | Path, config: CTTrainConfig, *
     from medseg.ct.cohort import discover_exams, split_exams
     from medseg.ct.model import MODEL_NAME, KernelNetConfig, build_kernel_net
     from medseg.ct.models import canonical_kernel
-    from medseg.engine.checkpoint import CheckpointMeta, load_training_state, save_training_state, save_weights
+    from medseg.engine.checkpoint import (
+        CheckpointMeta,
+        load_training_state,
+        save_training_state,
+        save_weights,
+    )
     from medseg.engine.progress import progress as progress_bar
     from medseg.engine.runtime import seed_everything, select_device
     from medseg.io.atomic import write_text

@@ -248,7 +248,7 @@ def _set_pixels_int16(ds, hu: np.ndarray) -> None:
 
 def _file_meta(sop_class: str, sop_uid: str):
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class

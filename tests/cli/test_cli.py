@@ -5,9 +5,9 @@ import sys
 import time
 
 from click.testing import CliRunner
+from medseg_cli.main import cli
 
 from medseg import __version__
-from medseg_cli.main import cli
 
 
 def test_help_is_fast_and_does_not_import_torch():

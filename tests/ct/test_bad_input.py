@@ -8,7 +8,6 @@ import shutil
 import pydicom
 import pytest
 from click.testing import CliRunner
-
 from medseg_cli.main import cli
 
 from .conftest import tree_digest

@@ -6,8 +6,14 @@ import pickle
 import pytest
 import torch
 
-from medseg.engine.checkpoint import (CheckpointMeta, load_training_state, load_weights, read_meta,
-                                      save_training_state, save_weights)
+from medseg.engine.checkpoint import (
+    CheckpointMeta,
+    load_training_state,
+    load_weights,
+    read_meta,
+    save_training_state,
+    save_weights,
+)
 from medseg.errors import ModelError
 
 
