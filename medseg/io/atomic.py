@@ -19,6 +19,17 @@ from medseg.errors import OutputExistsError
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, *, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual umask-based mode."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def safe_name(text: str, *, default: str = "unnamed", max_len: int = 64) -> str:
     """Make metadata (series descriptions, slide names) safe as one path component."""
     cleaned = _UNSAFE.sub("_", str(text)).strip("._-")
@@ -48,6 +59,7 @@ def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -66,6 +78,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _publish_mode(tmp, directory=True)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():

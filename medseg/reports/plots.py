@@ -34,7 +34,7 @@ def bland_altman_figure(series: Sequence[tuple[str, np.ndarray, np.ndarray]], *,
     95 % limits of agreement (bias +- 1.96 SD).
     """
     plt = _plt()
-    fig, axes = plt.subplots(1, len(series), figsize=(5.2 * len(series), 4.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(series), figsize=(5.2 * len(series), 4.2), squeeze=False)
     for ax, (label, measured, reference) in zip(axes[0], series):
         measured, reference = np.asarray(measured, float), np.asarray(reference, float)
         mean, diff = (measured + reference) / 2, measured - reference

@@ -46,3 +46,20 @@ def test_check_output(tmp_path):
 def test_safe_name(text, expected):
     assert safe_name(text) == expected
     assert "/" not in safe_name(text) and ".." not in safe_name(text).replace("1.0", "")
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from medseg.io.atomic import write_text
+
+    mask = os.umask(0o022)
+    try:
+        f = write_text(tmp_path / "a.txt", "x")
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("y")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
