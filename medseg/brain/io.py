@@ -1,0 +1,270 @@
+"""Four-modality brain MRI input: BraTS case folders, geometry checks, resampling, label conventions.
+
+Input is refused early, with the file named, when it cannot be segmented meaningfully: a missing
+modality, a 2D image, NaNs, an all-zero channel, or modalities on different grids (unless
+``resample_to`` names the modality whose grid the others are resampled onto).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+
+log = logging.getLogger("medseg.brain")
+
+MODALITIES = ("t1", "t1c", "t2", "flair")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# file-name tags per modality: BraTS 2021 (_t1, _t1ce, _t2, _flair) and 2023 (-t1n, -t1c, -t2w, -t2f)
+MODALITY_TAGS: dict[str, tuple[str, ...]] = {
+    "t1": ("t1", "t1n"),
+    "t1c": ("t1ce", "t1c", "t1gd"),
+    "t2": ("t2", "t2w"),
+    "flair": ("flair", "t2f"),
+    "seg": ("seg",),
+}
+LABEL_CONVENTIONS = ("brats2021", "brats2023", "havaei")
+# internal (Havaei) label -> label written in each convention; NCR and NET merge in BraTS
+_TO_CONVENTION = {
+    "havaei": np.array([0, 1, 2, 3, 4], np.uint8),
+    "brats2021": np.array([0, 1, 2, 1, 4], np.uint8),
+    "brats2023": np.array([0, 1, 2, 1, 3], np.uint8),
+}
+_FROM_CONVENTION = {
+    "havaei": {0: 0, 1: 1, 2: 2, 3: 3, 4: 4},
+    "brats2021": {0: 0, 1: 1, 2: 2, 4: 4},
+    "brats2023": {0: 0, 1: 1, 2: 2, 3: 4},
+}
+
+
+@dataclass
+class CaseFiles:
+    """Where one case's inputs are (files or DICOM series folders)."""
+
+    name: str
+    modalities: dict[str, Path]
+    seg: Path | None = None
+
+
+@dataclass
+class Geometry:
+    """Grid of a volume: arrays are (z, y, x); spacing (z, y, x) in mm; origin/direction as SimpleITK."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    extra: dict = field(default_factory=dict)
+
+    def same_grid(self, other: Geometry) -> str:
+        """'' when grids match, else a short description of the first difference."""
+        if self.shape != other.shape:
+            return f"shape {self.shape} vs {other.shape}"
+        if not np.allclose(self.spacing, other.spacing, rtol=1e-3, atol=1e-4):
+            return f"spacing {tuple(round(s, 4) for s in self.spacing)} vs {tuple(round(s, 4) for s in other.spacing)}"
+        if not np.allclose(self.origin, other.origin, atol=max(1e-3, 0.01 * min(self.spacing))):
+            return f"origin {tuple(round(o, 3) for o in self.origin)} vs {tuple(round(o, 3) for o in other.origin)}"
+        if not np.allclose(self.direction, other.direction, atol=1e-4):
+            return "direction cosines differ"
+        return ""
+
+    def to_volume_meta(self, path: str = ""):
+        from medseg.io.volume import VolumeMeta
+
+        return VolumeMeta(spacing=self.spacing, origin=self.origin, direction=self.direction, source="brain",
+                          path=path)
+
+
+def _is_volume(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _stem(path: Path) -> str:
+    name = path.name.lower()
+    for s in VOLUME_SUFFIXES:
+        if name.endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def _tag(stem: str) -> str | None:
+    """Modality of a file/folder name: the last ``_``/``-``/``.`` separated token, or the whole name."""
+    token = re.split(r"[_\-.]", stem)[-1]
+    for mod, tags in MODALITY_TAGS.items():
+        if token in tags or stem in tags:
+            return mod
+    return None
+
+
+def find_case_files(case_dir: str | Path) -> CaseFiles:
+    """Find T1/T1c/T2/FLAIR (and seg, if present) in a case folder by BraTS naming.
+
+    Files (``<case>_t1.nii.gz``, ``<case>_t1ce.nii.gz``, ``<case>-t2f.nii.gz`` ...) or one DICOM
+    series folder per modality (``t1/``, ``t1ce/``, ``t2/``, ``flair/``).
+    """
+    case_dir = Path(case_dir)
+    if not case_dir.is_dir():
+        raise InputError("case folder not found", path=case_dir)
+    found: dict[str, list[Path]] = {}
+    for entry in sorted(case_dir.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        stem = _stem(entry) if _is_volume(entry) else entry.name.lower() if entry.is_dir() else None
+        mod = _tag(stem) if stem else None
+        if mod:
+            found.setdefault(mod, []).append(entry)
+    for mod, paths in found.items():
+        if len(paths) > 1:
+            raise InputError(f"several {mod} inputs: {', '.join(p.name for p in paths)}", path=case_dir)
+    missing = [m for m in MODALITIES if m not in found]
+    if missing:
+        raise InputError(f"missing modality {', '.join(missing)} (expected BraTS names such as "
+                         f"<case>_t1.nii.gz, _t1ce, _t2, _flair or -t1n, -t1c, -t2w, -t2f)", path=case_dir)
+    return CaseFiles(name=case_dir.name, modalities={m: found[m][0] for m in MODALITIES},
+                     seg=found["seg"][0] if "seg" in found else None)
+
+
+def case_from_paths(*, t1: str | Path | None, t1c: str | Path | None, t2: str | Path | None,
+                    flair: str | Path | None, name: str | None = None) -> CaseFiles:
+    """A case from four explicit paths; a missing one is an InputError naming it."""
+    given = {"t1": t1, "t1c": t1c, "t2": t2, "flair": flair}
+    missing = [m for m, p in given.items() if p is None]
+    if missing:
+        raise InputError(f"missing modality {', '.join(missing)}: all four of --t1 --t1c --t2 --flair are needed")
+    paths = {m: Path(p) for m, p in given.items()}
+    for m, p in paths.items():
+        if not p.exists():
+            raise InputError(f"{m} input not found", path=p)
+    stem = paths["t1c"].name[: len(_stem(paths["t1c"]))]
+    default = re.split(r"[_\-]t1(ce|c|gd)$", stem, flags=re.IGNORECASE)[0] if _tag(stem.lower()) == "t1c" else stem
+    return CaseFiles(name=name or default or "case", modalities=paths)
+
+
+def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
+    """One modality: a volume file via SimpleITK or a DICOM series folder; float32 (z, y, x)."""
+    path = Path(path)
+    if path.is_dir():
+        from medseg.io.dicom import open_series, read_series
+
+        array, meta = read_series(open_series(path, modality=None))
+    else:
+        from medseg.io.volume import read_volume_sitk
+
+        array, meta = read_volume_sitk(path)
+    if array.ndim != 3 or min(array.shape) < 2:
+        raise InputError(f"2D image (shape {array.shape}) where a 3D volume is expected", path=path)
+    return array, Geometry(shape=tuple(array.shape), spacing=tuple(float(s) for s in meta.spacing),
+                           origin=tuple(float(o) for o in meta.origin),
+                           direction=tuple(float(d) for d in meta.direction))
+
+
+def _to_sitk(array: np.ndarray, geo: Geometry):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    z, y, x = geo.spacing
+    image.SetSpacing((x, y, z))
+    image.SetOrigin(geo.origin)
+    image.SetDirection(geo.direction)
+    return image
+
+
+def resample_to(array: np.ndarray, geo: Geometry, ref: Geometry, *, nearest: bool = False) -> np.ndarray:
+    """Resample ``array`` (on ``geo``) onto the grid ``ref`` (linear, or nearest for labels)."""
+    import SimpleITK as sitk
+
+    ref_img = _to_sitk(np.zeros(ref.shape, np.float32), ref)
+    out = sitk.Resample(_to_sitk(array, geo), ref_img, sitk.Transform(),
+                        sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear, 0.0)
+    return sitk.GetArrayFromImage(out).astype(array.dtype, copy=False)
+
+
+def check_values(array: np.ndarray, *, what: str, path: Path) -> None:
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"{what} contains {int(np.sum(~np.isfinite(array)))} NaN/Inf voxels", path=path)
+    if not np.any(array):
+        raise InputError(f"{what} is all zero (empty or failed export?)", path=path)
+
+
+def load_case(case: CaseFiles, *, resample_to_modality: str | None = None) -> tuple[np.ndarray, Geometry]:
+    """Read the four modalities as a (4, z, y, x) float32 stack on one grid.
+
+    Grids must agree; with ``resample_to_modality`` (e.g. ``"t1c"``) the others are resampled
+    (linear) onto that modality's grid instead of failing.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    geos: dict[str, Geometry] = {}
+    for mod in MODALITIES:
+        arrays[mod], geos[mod] = read_image(case.modalities[mod])
+        check_values(arrays[mod], what=f"{mod} image", path=case.modalities[mod])
+    ref_mod = resample_to_modality or "t1c"
+    if ref_mod not in MODALITIES:
+        raise InputError(f"--resample-to must be one of {', '.join(MODALITIES)}, got {ref_mod!r}")
+    ref = geos[ref_mod]
+    for mod in MODALITIES:
+        diff = geos[mod].same_grid(ref)
+        if not diff:
+            continue
+        if resample_to_modality is None:
+            raise InputError(f"{mod} and {ref_mod} are on different grids ({diff}); register them first or pass "
+                             f"--resample-to {ref_mod} to resample onto the {ref_mod} grid", path=case.modalities[mod])
+        log.info("%s: resampling %s onto the %s grid (%s)", case.name, mod, ref_mod, diff)
+        arrays[mod] = resample_to(arrays[mod], geos[mod], ref)
+    return np.stack([arrays[m] for m in MODALITIES]).astype(np.float32, copy=False), ref
+
+
+def load_seg(case: CaseFiles, ref: Geometry, *, labels: str = "brats2021") -> np.ndarray:
+    """The case's ground truth in internal (Havaei) labels on ``ref``'s grid."""
+    if case.seg is None:
+        raise InputError("no segmentation (<case>_seg.nii.gz) in case folder", path=case.modalities["t1c"].parent)
+    seg, geo = read_image(case.seg)
+    if geo.same_grid(ref):
+        raise InputError(f"segmentation grid differs from the images ({geo.same_grid(ref)})", path=case.seg)
+    return labels_to_internal(np.rint(seg).astype(np.int64), labels=labels, path=case.seg)
+
+
+def labels_to_internal(seg: np.ndarray, *, labels: str, path: Path | None = None) -> np.ndarray:
+    """Map a label map in ``labels`` convention to internal Havaei labels (0-4)."""
+    mapping = _FROM_CONVENTION[labels]
+    values = set(np.unique(seg).tolist())
+    bad = sorted(values - mapping.keys())
+    if bad:
+        raise InputError(f"label values {bad} are not in the {labels} convention {sorted(mapping)}", path=path)
+    lut = np.zeros(max(mapping) + 1, np.uint8)
+    for k, v in mapping.items():
+        lut[k] = v
+    return lut[seg]
+
+
+def labels_from_internal(seg: np.ndarray, *, labels: str) -> np.ndarray:
+    """Internal (Havaei 0-4) labels written in the ``labels`` convention."""
+    if labels not in _TO_CONVENTION:
+        raise InputError(f"unknown label convention {labels!r}; choose {', '.join(LABEL_CONVENTIONS)}")
+    return _TO_CONVENTION[labels][seg]
+
+
+def write_seg(path: str | Path, seg: np.ndarray, geo: Geometry) -> Path:
+    """Write a label map (uint8) on ``geo`` atomically."""
+    from medseg.io.volume import write_volume_sitk
+
+    return write_volume_sitk(path, seg, geo.to_volume_meta(str(path)), dtype=np.uint8)
+
+
+def expand_case_dirs(paths: list[str | Path]) -> list[Path]:
+    """Case folders as given, or the case sub-folders of a cohort folder (one level down)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise InputError("not a folder", path=p)
+        has_images = any(_is_volume(f) and _tag(_stem(f)) for f in p.iterdir())
+        subs = [d for d in sorted(p.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+        if not has_images and subs and all(_tag(d.name.lower()) is None for d in subs):
+            out.extend(subs)
+        else:
+            out.append(p)
+    return out

@@ -1,0 +1,221 @@
+"""Havaei et al. (MedIA 2017) brain-tumour CNNs: TwoPathCNN and its three cascades.
+
+Every layer is a *valid* convolution or a stride-1 max-pool, so each network is fully
+convolutional: ``forward`` maps an input of spatial size ``H + patch_size - 1`` to ``H`` output
+pixels (logits, 5 classes). With ``H = 1`` it is the paper's patch classifier (centre pixel of a
+33x33 / 65x65 / 56x56 / 53x53 patch); with a padded whole slice it labels every pixel in one pass,
+which is the paper's ~45x speed-up and our inference path.
+
+Shapes for one 33x33 patch (TwoPathCNN, paper widths):
+  local  : 7x7 conv + maxout -> 64x27x27, 4x4 pool -> 64x24x24, 3x3 conv + maxout -> 64x22x22,
+           2x2 pool -> 64x21x21
+  global : 13x13 conv + maxout -> 160x21x21
+  concat -> 224x21x21, 21x21 conv -> 5x1x1 (softmax in the loss / at inference)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+N_CLASSES = 5  # healthy, necrosis, edema, non-enhancing, enhancing (Havaei label order)
+N_MODALITIES = 4  # T1, T1c, T2, FLAIR
+ARCHS = ("twopath", "input-cascade", "local-cascade", "mf-cascade")
+
+TWOPATH_PATCH = 33
+# (patch size, crop of the second stage's 33-patch inside it: before, after)
+CASCADE_GEOMETRY: dict[str, tuple[int, int, int]] = {
+    "twopath": (33, 0, 0),
+    "input-cascade": (65, 16, 16),  # first net 65 -> 33 output, concatenated with the 33 input
+    "local-cascade": (56, 12, 11),  # first net 56 -> 24 output, after the first local hidden layer
+    "mf-cascade": (53, 10, 10),  # first net 53 -> 21 output, before the output layer
+}
+
+
+@dataclass
+class BrainNetConfig:
+    """Enough to rebuild a network (stored in the weights' metadata)."""
+
+    arch: str = "twopath"
+    in_channels: int = N_MODALITIES
+    n_classes: int = N_CLASSES
+    local_channels: int = 64
+    global_channels: int = 160
+    maxout_k: int = 2
+    dropout: float = 0.2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BrainNetConfig:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def patch_size(self) -> int:
+        return CASCADE_GEOMETRY[self.arch][0]
+
+
+class MaxoutConv(nn.Module):
+    """Valid convolution producing ``k`` candidate maps per feature, max over them (Maxout)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, *, k: int = 2) -> None:
+        super().__init__()
+        self.k = k
+        self.out_ch = out_ch
+        self.conv = nn.Conv2d(in_ch, out_ch * k, kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(x)
+        n, _, h, w = z.shape
+        return z.view(n, self.out_ch, self.k, h, w).amax(dim=2)
+
+
+class TwoPathCNN(nn.Module):
+    """Local (7x7 -> 3x3) and global (13x13) paths, concatenated, 21x21 output convolution.
+
+    ``local_extra`` / ``head_extra`` add channels concatenated after the first local hidden layer
+    (LocalCascadeCNN) or before the output layer (MFCascadeCNN).
+    """
+
+    receptive_field = TWOPATH_PATCH
+
+    def __init__(self, *, in_channels: int = N_MODALITIES, n_classes: int = N_CLASSES, local_channels: int = 64,
+                 global_channels: int = 160, maxout_k: int = 2, dropout: float = 0.2, local_extra: int = 0,
+                 head_extra: int = 0) -> None:
+        super().__init__()
+        self.local1 = MaxoutConv(in_channels, local_channels, 7, k=maxout_k)
+        self.pool1 = nn.MaxPool2d(4, stride=1)
+        self.local2 = MaxoutConv(local_channels + local_extra, local_channels, 3, k=maxout_k)
+        self.pool2 = nn.MaxPool2d(2, stride=1)
+        self.global1 = MaxoutConv(in_channels, global_channels, 13, k=maxout_k)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Conv2d(local_channels + global_channels + head_extra, n_classes, 21)
+
+    def local_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """First local hidden layer (7x7 conv, maxout, 4x4 pool): size S - 9."""
+        return self.pool1(self.local1(x))
+
+    def features(self, x: torch.Tensor, *, local_extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Concatenated local + global maps before the output layer: size S - 12."""
+        h = self.local_hidden(x)
+        if local_extra is not None:
+            h = torch.cat([h, local_extra], dim=1)
+        local = self.pool2(self.local2(h))
+        return torch.cat([local, self.global1(x)], dim=1)
+
+    def head(self, feats: torch.Tensor, *, head_extra: torch.Tensor | None = None) -> torch.Tensor:
+        if head_extra is not None:
+            feats = torch.cat([feats, head_extra], dim=1)
+        return self.output(self.dropout(feats))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class _Cascade(nn.Module):
+    """Two TwoPathCNNs; the first (pre-trained, frozen) feeds its class maps to the second."""
+
+    arch = ""
+
+    def __init__(self, *, first: TwoPathCNN, second: TwoPathCNN) -> None:
+        super().__init__()
+        self.first = first
+        self.second = second
+        self.patch_size, self.crop_before, self.crop_after = CASCADE_GEOMETRY[self.arch]
+        self.receptive_field = self.patch_size
+
+    def _inner(self, x: torch.Tensor) -> torch.Tensor:
+        """The second stage's input: x cropped to S - (patch - 33)."""
+        b, a = self.crop_before, self.crop_after
+        return x[..., b:x.shape[-2] - a, b:x.shape[-1] - a]
+
+    def first_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax output of the first stage (no gradient flows into it once frozen)."""
+        return torch.softmax(self.first(x), dim=1)
+
+    def combine(self, inner: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Second stage on its 33-patch input ``inner`` and the first stage's class maps ``probs``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.combine(self._inner(x), self.first_probs(x))
+
+    @property
+    def probs_size(self) -> int:
+        """Spatial size of the first stage's maps for one 33-patch (33, 24 or 21)."""
+        return self.patch_size - 32
+
+    def freeze_first(self) -> None:
+        """Freeze the first stage (weights fixed, dropout off) for second-stage training."""
+        for p in self.first.parameters():
+            p.requires_grad_(False)
+        self.first.eval()
+
+    def train(self, mode: bool = True) -> _Cascade:
+        super().train(mode)
+        if not any(p.requires_grad for p in self.first.parameters()):
+            self.first.eval()  # a frozen first stage stays in eval mode
+        return self
+
+
+class InputCascadeCNN(_Cascade):
+    """First net on 65x65 -> 5x33x33, concatenated with the 4x33x33 input of the second."""
+
+    arch = "input-cascade"
+
+    def combine(self, inner: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.cat([inner, probs], dim=1))
+
+
+class LocalCascadeCNN(_Cascade):
+    """First net on 56x56 -> 5x24x24, concatenated after the second's first local hidden layer."""
+
+    arch = "local-cascade"
+
+    def combine(self, inner: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        return self.second.head(self.second.features(inner, local_extra=probs))
+
+
+class MFCascadeCNN(_Cascade):
+    """First net on 53x53 -> 5x21x21, concatenated before the second's output layer."""
+
+    arch = "mf-cascade"
+
+    def combine(self, inner: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        return self.second.head(self.second.features(inner), head_extra=probs)
+
+
+def build_twopath(*, in_channels: int = N_MODALITIES, n_classes: int = N_CLASSES, local_channels: int = 64,
+                  global_channels: int = 160, maxout_k: int = 2, dropout: float = 0.2) -> TwoPathCNN:
+    return TwoPathCNN(in_channels=in_channels, n_classes=n_classes, local_channels=local_channels,
+                      global_channels=global_channels, maxout_k=maxout_k, dropout=dropout)
+
+
+def build_model(*, config: BrainNetConfig) -> nn.Module:
+    """Build any of the four architectures from its config (random weights)."""
+    if config.arch not in ARCHS:
+        raise ValueError(f"unknown architecture {config.arch!r}; choose from {', '.join(ARCHS)}")
+    kw = dict(n_classes=config.n_classes, local_channels=config.local_channels,
+              global_channels=config.global_channels, maxout_k=config.maxout_k, dropout=config.dropout)
+    if config.arch == "twopath":
+        return TwoPathCNN(in_channels=config.in_channels, **kw)
+    first = TwoPathCNN(in_channels=config.in_channels, **kw)
+    if config.arch == "input-cascade":
+        return InputCascadeCNN(first=first, second=TwoPathCNN(in_channels=config.in_channels + config.n_classes, **kw))
+    if config.arch == "local-cascade":
+        return LocalCascadeCNN(first=first, second=TwoPathCNN(in_channels=config.in_channels,
+                                                              local_extra=config.n_classes, **kw))
+    return MFCascadeCNN(first=first, second=TwoPathCNN(in_channels=config.in_channels,
+                                                       head_extra=config.n_classes, **kw))
+
+
+def output_layer(model: nn.Module) -> nn.Conv2d:
+    """The layer retrained in phase 2 (the second stage's output layer for a cascade)."""
+    return model.second.output if isinstance(model, _Cascade) else model.output
+
+
+def is_cascade(model: nn.Module) -> bool:
+    return isinstance(model, _Cascade)
