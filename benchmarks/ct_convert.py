@@ -74,7 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--slices", type=int, default=8)
     p.add_argument("--size", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None, help="default: medseg's (16 on CUDA, 1 on CPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--memory-check", action="store_true", help="peak RSS of the optimized path for N and 4N slices")
@@ -98,7 +98,7 @@ def main() -> None:
                 code = ("import resource,sys; sys.path.insert(0, %r); from ct_convert import optimized; "
                         "from pathlib import Path; optimized(Path(%r), Path(%r), Path(%r), %r, %d); "
                         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)") % (
-                    str(Path(__file__).parent), str(series), str(weights), str(tmp / f"o{n}"), str(dev), args.batch_size)
+                    str(Path(__file__).parent), str(series), str(weights), str(tmp / f"o{n}"), str(dev), args.batch_size or 0)
                 out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
                 rows[f"peak_rss_mb_{n}_slices"] = float(out.stdout.strip().splitlines()[-1])
             rows["rss_growth_ratio_4x_slices"] = rows[f"peak_rss_mb_{4 * args.slices}_slices"] / rows[f"peak_rss_mb_{args.slices}_slices"]
@@ -107,7 +107,7 @@ def main() -> None:
         series = tmp / "series"
         make_series(series, args.slices, args.size)
         results = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-                   "slices": args.slices, "size": args.size, "batch_size": args.batch_size}
+                   "slices": args.slices, "size": args.size, "batch_size": args.batch_size or "auto"}
         optimized(series, weights, tmp / "warm", str(dev), args.batch_size)  # warm-up (cuDNN autotune, allocator)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()

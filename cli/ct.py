@@ -43,7 +43,8 @@ Examples:
               help="Reference series in the target kernel: also write a QA report (RMSE, LAA-950).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the QA report (default: OUT + '_qa'); needs --reference.")
-@batch_size_option(8)
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="Slices per forward pass (default: 16 on CUDA, 1 on CPU).")
 @amp_option
 @overwrite_option
 @common_options
@@ -164,7 +165,8 @@ Each exam folder holds the source-kernel series and the reference target-kernel 
 @_models_dir_option
 @click.option("--save-masks", is_flag=True, help="Also write each exam's lung mask (NIfTI).")
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write the PDF report.")
-@batch_size_option(8)
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="Slices per forward pass (default: 16 on CUDA, 1 on CPU).")
 @amp_option
 @overwrite_option
 @common_options

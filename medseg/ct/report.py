@@ -177,7 +177,7 @@ def write_qa_outputs(out_dir: Path, rows: list[ExamMetrics], *, source: str, tar
 
 def run_ct_report(inputs: list[str | Path], out_dir: str | Path, *, source: str, target: str,
                   weights: str | Path | None = None, models_dirs: tuple = (), device: str = "auto",
-                  amp: str = "auto", batch_size: int = 8, save_masks: bool = False, pdf: bool = True,
+                  amp: str = "auto", batch_size: int | None = None, save_masks: bool = False, pdf: bool = True,
                   overwrite: bool = False, progress: bool = False) -> dict:
     """Convert each exam's ``source`` series in memory and compare with its ``target`` series.
 
