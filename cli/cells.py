@@ -1,0 +1,144 @@
+"""cells-segment, cells-train, cells-eval: U-Net cell segmentation (medseg.cells)."""
+
+from __future__ import annotations
+
+import click
+from medseg_cli.options import amp_option, batch_size_option, common_options, emit, overwrite_option
+
+SEGMENT_EPILOG = """\b
+Examples:
+  medseg cells-segment sample_data/cells/images/ --out cells_out/
+  medseg cells-segment big.tif --out out/ --weights my.safetensors --tile 1024 --save-prob
+  medseg cells-segment stack.tif --out out/ --json --overwrite
+
+\b
+Outputs per image: NAME_labels.tif (instances), NAME_overlay.png, NAME_cells.csv
+(label, area, centroid, perimeter, eccentricity, mean intensity), optional NAME_prob.tif;
+per batch: summary.json, report.html. Unreadable inputs are skipped and listed (exit 5).
+"""
+
+TRAIN_EPILOG = """\b
+Examples:
+  medseg cells-train --images train/img --masks train/mask --out run1/ --epochs 30
+  medseg cells-train --synthetic 24 --out demo_run/ --base-channels 8 --batch-norm --minutes 10
+  medseg cells-train --images img/ --masks mask/ --out run1/ --resume --epochs 60
+
+\b
+Masks are instance labels or binary masks (split into connected components), matched to
+images by name (NAME.png <-> NAME.png / NAME_mask.tif / NAME_labels.tif).
+"""
+
+EVAL_EPILOG = """\b
+Examples:
+  medseg cells-eval cells_out/ --truth sample_data/cells/masks/
+  medseg cells-eval cells_out/a_labels.tif --truth gt/ --out metrics.json --json
+"""
+
+
+@click.command("cells-segment", epilog=SEGMENT_EPILOG)
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Weights (.safetensors from cells-train). Default: the synthetic demo weights.")
+@click.option("--tile", type=click.IntRange(64), default=512, show_default=True, help="Input tile edge (px).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.6, show_default=True,
+              help="Cell probability threshold.")
+@click.option("--min-size", type=click.IntRange(0), default=40, show_default=True, help="Smallest cell (px).")
+@click.option("--solidity", type=click.FloatRange(0, 1.01), default=0.85, show_default=True,
+              help="Only components less convex than this are split by the watershed.")
+@click.option("--h", "h", type=click.FloatRange(0), default=2.0, show_default=True,
+              help="Watershed seed depth on the distance transform (px); larger merges more.")
+@click.option("--no-watershed", is_flag=True, help="Connected components only (no splitting of merges).")
+@click.option("--save-prob", is_flag=True, help="Also write the cell-probability map (float TIFF).")
+@click.option("--no-report", is_flag=True, help="Skip the HTML QA report.")
+@batch_size_option(4)
+@amp_option
+@overwrite_option
+@common_options
+def cells_segment(images, out_dir, weights, tile, threshold, min_size, solidity, h, no_watershed, save_prob, no_report,
+                  batch_size, amp, overwrite, device, quiet, as_json):
+    """Segment cells (instances) in PNG/TIFF microscopy images of any size."""
+    from medseg.cells.instances import InstanceConfig
+    from medseg.cells.segment import SegmentConfig, segment_images
+    from medseg.errors import BatchFailures
+
+    config = SegmentConfig(tile=tile, batch_size=batch_size, amp=amp, save_probability=save_prob,
+                           report=not no_report,
+                           instances=InstanceConfig(threshold=threshold, min_size=min_size, h=h, solidity=solidity,
+                                                    watershed=not no_watershed))
+    summary = segment_images(list(images), out_dir, weights=weights, device=device, config=config,
+                             overwrite=overwrite, show_progress=not quiet)
+    emit(summary, as_json=as_json, human=lambda s: (
+        f"{s['n_ok']} image(s), {s['total_cells']} cells -> {s['out_dir']}"
+        + (f"; {s['n_failed']} failed (see summary.json)" if s["n_failed"] else "")))
+    if summary["n_failed"]:
+        raise BatchFailures(f"{summary['n_failed']} of {summary['n_failed'] + summary['n_ok']} images failed")
+
+
+@click.command("cells-train", epilog=TRAIN_EPILOG)
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, exists=True), help="Training images folder.")
+@click.option("--masks", "masks_dir", type=click.Path(file_okay=False, exists=True), help="Masks folder.")
+@click.option("--synthetic", type=click.IntRange(1), default=None,
+              help="Train on N synthetic images (medseg.synthetic.cells) instead of --images/--masks.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints).")
+@click.option("--arch", type=click.Choice(["unet2015", "basicunet"]), default="unet2015", show_default=True)
+@click.option("--base-channels", type=click.IntRange(1), default=64, show_default=True,
+              help="Width of the first level (the paper: 64).")
+@click.option("--batch-norm", is_flag=True, help="Batch norm after each conv (not in the paper; trains faster).")
+@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=50, show_default=True, help="Batches per epoch.")
+@click.option("--tile", type=click.IntRange(64), default=316, show_default=True, help="Input patch edge (px).")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--w0", type=float, default=10.0, show_default=True, help="Border weight w0.")
+@click.option("--sigma", type=float, default=5.0, show_default=True, help="Border weight sigma (px).")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True,
+              help="Share of the pairs held out for validation IoU.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--minutes", type=float, default=None, help="Stop after this many minutes (after a checkpoint).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/state.pt.")
+@batch_size_option(4)
+@overwrite_option
+@common_options
+def cells_train(images_dir, masks_dir, synthetic, out_dir, arch, base_channels, batch_norm, epochs, steps, tile,
+                lr, w0, sigma, val_fraction, seed, minutes, resume, batch_size, overwrite, device, quiet, as_json):
+    """Train a cell U-Net (weighted cross-entropy with border weight maps, elastic augmentation)."""
+    from medseg.cells.dataset import train_cli
+    from medseg.cells.model import CellModelConfig
+    from medseg.cells.train import TrainConfig
+    from medseg.cells.weights import WeightMapConfig
+
+    config = TrainConfig(model=CellModelConfig(arch=arch, base_channels=base_channels, batch_norm=batch_norm),
+                         weights=WeightMapConfig(w0=w0, sigma=sigma), epochs=epochs, steps_per_epoch=steps,
+                         batch_size=batch_size, tile=tile, lr=lr, val_fraction=val_fraction, seed=seed,
+                         max_minutes=minutes)
+    summary = train_cli(out_dir, config=config, images_dir=images_dir, masks_dir=masks_dir, synthetic=synthetic,
+                        device=device, resume=resume, overwrite=overwrite)
+    emit(summary, as_json=as_json, human=lambda s: (
+        f"{s['epochs_run']} epoch(s), best validation IoU {s['best_val_iou']:.4f} -> {s['out_dir']}/best.safetensors"
+        + (f"; skipped {len(s['skipped'])} pair(s)" if s.get("skipped") else "")))
+
+
+@click.command("cells-eval", epilog=EVAL_EPILOG)
+@click.argument("predictions", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.option("--truth", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Folder of ground-truth instance (or binary) masks, matched by name.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write metrics JSON here.")
+@click.option("--iou", "iou_threshold", type=click.FloatRange(0.5, 1), default=0.5, show_default=True,
+              help="Object IoU threshold for a match.")
+@overwrite_option
+@common_options
+def cells_eval(predictions, truth, out_path, iou_threshold, overwrite, device, quiet, as_json):
+    """Pixel IoU/Dice, object precision/recall/F1, AP@IoU and adapted Rand error vs ground truth."""
+    from medseg.cells.evaluate import EvalConfig, evaluate_folders
+
+    summary = evaluate_folders(list(predictions), truth, config=EvalConfig(iou_threshold=iou_threshold),
+                               out=out_path, overwrite=overwrite)
+    s = summary["summary"]
+    emit(summary, as_json=as_json, human=lambda _: (
+        f"{s['images']} image(s): pixel IoU {s['mean_pixel_iou']:.4f}, Dice {s['mean_pixel_dice']:.4f}, "
+        f"AP@{iou_threshold:g} {s['ap50']:.4f}, P {s['precision']:.3f} R {s['recall']:.3f} F1 {s['f1']:.3f}, "
+        f"adapted Rand error {s['mean_adapted_rand_error']:.4f}, cells {s['count_pred']}/{s['count_true']}"
+        + (f"; {len(summary['failures'])} skipped" if summary["failures"] else "")))
+
+
+commands = [cells_segment, cells_train, cells_eval]

@@ -1,0 +1,160 @@
+"""Segmentation metrics against ground truth: pixel IoU/Dice, object matching, AP@0.5, Rand error.
+
+Object matching is one-to-one at IoU > 0.5 (at that threshold a match is necessarily unique),
+AP@0.5 = TP / (TP + FP + FN) as in the cell-tracking and DSB 2018 challenges.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("medseg.cells")
+
+
+@dataclass
+class EvalConfig:
+    iou_threshold: float = 0.5
+
+
+def iou_matrix(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """IoU between every true object (rows, labels 1..) and predicted object (columns)."""
+    t, p = truth.ravel().astype(np.int64), pred.ravel().astype(np.int64)
+    nt, np_ = int(t.max(initial=0)) + 1, int(p.max(initial=0)) + 1
+    inter = np.bincount(t * np_ + p, minlength=nt * np_).reshape(nt, np_).astype(np.float64)
+    area_t, area_p = inter.sum(1, keepdims=True), inter.sum(0, keepdims=True)
+    union = area_t + area_p - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / union, 0.0)
+    return iou[1:, 1:]
+
+
+def match_objects(truth: np.ndarray, pred: np.ndarray, *, threshold: float = 0.5) -> dict[str, Any]:
+    """One-to-one matching; returns TP/FP/FN counts and the matched IoUs."""
+    from scipy.optimize import linear_sum_assignment
+
+    iou = iou_matrix(truth, pred)
+    # only labels that are present count as objects
+    present_t = np.bincount(truth.ravel(), minlength=iou.shape[0] + 1)[1:] > 0
+    present_p = np.bincount(pred.ravel(), minlength=iou.shape[1] + 1)[1:] > 0
+    iou = iou[present_t][:, present_p]
+    n_true, n_pred = iou.shape
+    if n_true and n_pred:
+        rows, cols = linear_sum_assignment(-iou)
+        good = iou[rows, cols] > threshold
+        matched = iou[rows, cols][good]
+    else:
+        matched = np.zeros(0)
+    tp = int(matched.size)
+    return {"n_true": n_true, "n_pred": n_pred, "tp": tp, "fp": n_pred - tp, "fn": n_true - tp,
+            "mean_matched_iou": float(matched.mean()) if tp else float("nan")}
+
+
+def evaluate_labels(truth: np.ndarray, pred: np.ndarray, config: EvalConfig | None = None) -> dict[str, Any]:
+    """All metrics for one image (instance label arrays of the same shape)."""
+    from skimage.metrics import adapted_rand_error
+
+    cfg = config or EvalConfig()
+    if truth.shape != pred.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {truth.shape}")
+    t_fg, p_fg = truth > 0, pred > 0
+    inter, union = np.logical_and(t_fg, p_fg).sum(), np.logical_or(t_fg, p_fg).sum()
+    total = t_fg.sum() + p_fg.sum()
+    m = match_objects(truth, pred, threshold=cfg.iou_threshold)
+    tp, fp, fn = m["tp"], m["fp"], m["fn"]
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    are = adapted_rand_error(truth.astype(np.int64), pred.astype(np.int64))[0] if t_fg.any() else float("nan")
+    return {
+        "pixel_iou": float(inter / union) if union else 1.0,
+        "pixel_dice": float(2 * inter / total) if total else 1.0,
+        "precision": precision, "recall": recall, "f1": f1,
+        "ap50": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
+        "adapted_rand_error": float(are),
+        "count_true": m["n_true"], "count_pred": m["n_pred"],
+        "count_rel_error": (m["n_pred"] - m["n_true"]) / m["n_true"] if m["n_true"] else float("nan"),
+        "tp": tp, "fp": fp, "fn": fn, "mean_matched_iou": m["mean_matched_iou"],
+    }
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean of per-image metrics, and pooled object counts (AP/F1 from pooled TP/FP/FN)."""
+    if not rows:
+        return {}
+    keys = ["pixel_iou", "pixel_dice", "adapted_rand_error"]
+    out: dict[str, Any] = {f"mean_{k}": float(np.nanmean([r[k] for r in rows])) for k in keys}
+    tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
+    out.update({"images": len(rows), "tp": tp, "fp": fp, "fn": fn,
+                "precision": tp / (tp + fp) if tp + fp else float("nan"),
+                "recall": tp / (tp + fn) if tp + fn else float("nan"),
+                "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
+                "ap50": tp / (tp + fp + fn) if tp + fp + fn else float("nan"),
+                "count_true": sum(r["count_true"] for r in rows),
+                "count_pred": sum(r["count_pred"] for r in rows)})
+    out["count_rel_error"] = ((out["count_pred"] - out["count_true"]) / out["count_true"]
+                              if out["count_true"] else float("nan"))
+    return out
+
+
+def _find_truth(pred_path: Path, truth_dir: Path) -> Path | None:
+    stem = pred_path.name
+    for suffix in ("_labels.tif", "_labels.tiff", ".tif", ".tiff", ".png"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    for cand in sorted(truth_dir.iterdir()):
+        base = cand.stem
+        for tag in ("_mask", "_masks", "_labels", "_label", "_gt"):
+            if base.endswith(tag):
+                base = base[: -len(tag)]
+        if base == stem and cand.suffix.lower() in (".png", ".tif", ".tiff"):
+            return cand
+    return None
+
+
+def evaluate_folders(pred: list[str | Path], truth_dir: str | Path, *, config: EvalConfig | None = None,
+                     out: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate predicted label images against a folder of ground-truth masks (matched by name)."""
+    import json
+
+    from medseg.cells.io import list_images, read_mask
+    from medseg.cells.weights import instances_from_mask
+    from medseg.errors import BatchFailures, InputError
+    from medseg.io.atomic import check_output, write_text
+
+    truth_dir = Path(truth_dir)
+    if not truth_dir.is_dir():
+        raise InputError("ground-truth folder not found", path=truth_dir)
+    if out is not None:
+        check_output(out, overwrite=overwrite)
+    paths = [p for p in list_images(pred) if p.suffix.lower() in (".tif", ".tiff", ".png")]
+    if any(p.name.endswith(("_labels.tif", "_labels.tiff")) for p in paths):
+        # a cells-segment output folder: only its label images (not overlays / probabilities)
+        paths = [p for p in paths if p.name.endswith(("_labels.tif", "_labels.tiff"))]
+    if not paths:
+        raise InputError("no predicted label images found")
+    rows, failures = [], []
+    for path in paths:
+        try:
+            gt_path = _find_truth(path, truth_dir)
+            if gt_path is None:
+                raise InputError("no ground-truth mask with a matching name", path=path)
+            truth, predicted = instances_from_mask(read_mask(gt_path)), read_mask(path)
+            if truth.shape != predicted.shape:
+                raise InputError(f"size {predicted.shape} differs from ground truth {truth.shape} ({gt_path.name})",
+                                 path=path)
+            rows.append({"image": path.name, "truth": gt_path.name, **evaluate_labels(truth, predicted, config)})
+        except InputError as exc:
+            log.warning("skipped: %s", exc)
+            failures.append({"image": str(path), "error": str(exc)})
+    summary = {"summary": summarise(rows), "images": rows, "failures": failures}
+    if out is not None:
+        write_text(out, json.dumps(summary, indent=2, default=float))
+    if failures and not rows:
+        raise BatchFailures(f"all {len(failures)} images failed")
+    return summary

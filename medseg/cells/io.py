@@ -1,0 +1,157 @@
+"""Microscopy image I/O: PNG/TIFF, 8/16-bit, grayscale or RGB, 2D or multi-page stacks.
+
+Readers return ``(pages, metadata)`` where ``pages`` is a float32 array (P, H, W) of grayscale
+planes; RGB(A) is converted to luminance (the cell models take one channel). Intensities are
+normalised per plane by percentiles, so 8-bit, 16-bit and float inputs look alike to the net.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_path
+
+log = logging.getLogger("medseg.cells")
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    if path.stat().st_size == 0:
+        raise InputError("empty file", path=path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                data, axes = np.asarray(series.asarray()), series.axes
+            if "S" in axes and data.ndim == len(axes):  # samples (RGB) last, wherever stored
+                data = np.moveaxis(data, axes.index("S"), -1)
+            return data
+        import imageio.v3 as iio
+
+        return np.asarray(iio.imread(path))
+    except Exception as exc:  # decoders raise many types for corrupt files
+        raise InputError(f"cannot read image ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})",
+                         path=path) from None
+
+
+def _to_gray(a: np.ndarray) -> np.ndarray:
+    """(..., H, W, 3|4) RGB(A) -> luminance (..., H, W)."""
+    rgb = a[..., :3].astype(np.float32)
+    return rgb @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+
+
+def read_image(path: str | Path, *, allow_stack: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an image as grayscale float32 planes (P, H, W), not yet normalised."""
+    path = Path(path)
+    raw = _read_raw(path)
+    meta: dict[str, Any] = {"path": str(path), "dtype": str(raw.dtype), "raw_shape": list(raw.shape)}
+    if raw.size == 0:
+        raise InputError("image has no pixels", path=path)
+    if raw.dtype == bool:
+        raw = raw.astype(np.uint8)
+    if not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating)):
+        raise InputError(f"unsupported pixel type {raw.dtype}", path=path)
+    rgb = raw.ndim >= 3 and raw.shape[-1] in (3, 4) and raw.shape[-2] > 4
+    planes = _to_gray(raw) if rgb else raw.astype(np.float32)
+    meta["color"] = "rgb" if rgb else "gray"
+    if planes.ndim == 2:
+        planes = planes[None]
+    elif planes.ndim == 3:
+        if not allow_stack:
+            raise InputError(f"expected a 2D image, got a stack of {planes.shape[0]} planes {planes.shape[1:]} "
+                             "(split it into 2D files)", path=path)
+    else:
+        raise InputError(f"expected a 2D image or a stack of 2D planes, got shape {raw.shape}", path=path)
+    if min(planes.shape[1:]) < 1:
+        raise InputError("image has no pixels", path=path)
+    if not np.all(np.isfinite(planes)):
+        raise InputError("image contains NaN or infinite values", path=path)
+    meta["pages"] = int(planes.shape[0])
+    meta["height"], meta["width"] = int(planes.shape[1]), int(planes.shape[2])
+    return planes, meta
+
+
+def normalise(plane: np.ndarray, *, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """Percentile-normalise a plane to about [0, 1]; constant planes become all zero."""
+    plane = plane.astype(np.float32, copy=False)
+    sample = plane[:: max(plane.shape[0] // 1024, 1), :: max(plane.shape[1] // 1024, 1)]
+    lo, hi = np.percentile(sample, [low, high])
+    if hi - lo < 1e-6 * max(abs(hi), 1.0):
+        return np.zeros_like(plane)
+    return ((plane - lo) / (hi - lo)).astype(np.float32)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A 2D instance or binary mask as int32 (RGB masks are refused: ambiguous)."""
+    path = Path(path)
+    raw = _read_raw(path)
+    if raw.ndim != 2:
+        raise InputError(f"mask must be a 2D label image, got shape {raw.shape}", path=path)
+    if not np.issubdtype(raw.dtype, np.integer) and raw.dtype != bool:
+        if not np.all(raw == np.round(raw)):
+            raise InputError("mask has non-integer values", path=path)
+    return raw.astype(np.int64).astype(np.int32)
+
+
+def write_labels(path: str | Path, labels: np.ndarray) -> Path:
+    """Instance labels as 16-bit TIFF (32-bit when there are more than 65535 cells); stacks multi-page."""
+    import tifffile
+
+    dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib")
+    return Path(path)
+
+
+def write_float_tiff(path: str | Path, array: np.ndarray) -> Path:
+    import tifffile
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, array.astype(np.float32), compression="zlib")
+    return Path(path)
+
+
+def write_png(path: str | Path, array: np.ndarray) -> Path:
+    """8-bit gray (H, W) or RGB (H, W, 3) PNG, or 16-bit gray."""
+    import imageio.v3 as iio
+
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, array, extension=".png")
+    return Path(path)
+
+
+def to_uint8(plane: np.ndarray) -> np.ndarray:
+    return (np.clip(plane, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def overlay_outlines(plane: np.ndarray, labels: np.ndarray, *, color=(255, 60, 0)) -> np.ndarray:
+    """RGB uint8 overlay: the (normalised) image in gray with cell outlines in ``color``."""
+    from skimage.segmentation import find_boundaries
+
+    gray = to_uint8(plane)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    rgb[find_boundaries(labels, mode="inner")] = color
+    return rgb
+
+
+def list_images(inputs: list[str | Path]) -> list[Path]:
+    """Expand directories into their image files (sorted); keep files as given."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+        else:
+            out.append(p)
+    return out

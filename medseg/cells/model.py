@@ -1,0 +1,184 @@
+"""Cell segmentation nets: the 2015 valid-convolution U-Net and a padded MONAI BasicUNet.
+
+Both expose what overlap-tile inference needs: the context ``margin`` per side, the pooling
+``align`` (total down-sampling) and valid tile sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+ARCHS = ("unet2015", "basicunet")
+
+
+@dataclass
+class CellModelConfig:
+    """Everything needed to rebuild a cell model (saved inside the weights' metadata)."""
+
+    arch: str = "unet2015"
+    in_channels: int = 1
+    num_classes: int = 2  # background, cell
+    base_channels: int = 64  # the paper's 64 (64->128->256->512->1024); demo weights use fewer
+    depth: int = 4  # number of 2x2 max-pools
+    dropout: float = 0.5  # at the end of the contracting path (unet2015)
+    batch_norm: bool = False  # the paper has none; optional for faster training
+    # basicunet only: context margin for overlap-tile inference (its receptive field radius)
+    context_margin: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellModelConfig:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def _double_conv(cin: int, cout: int, *, padding: int, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in ((cin, cout), (cout, cout)):
+        layers.append(nn.Conv2d(a, b, 3, padding=padding, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(b))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    dy, dx = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    return x[..., dy:dy + h, dx:dx + w]
+
+
+class UNet2015(nn.Module):
+    """Ronneberger et al. 2015: unpadded 3x3 convs, 572x572 in -> 388x388 out for depth 4."""
+
+    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, base_channels: int = 64, depth: int = 4,
+                 dropout: float = 0.5, batch_norm: bool = False) -> None:
+        super().__init__()
+        self.depth = depth
+        chans = [base_channels * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList()
+        cin = in_channels
+        for c in chans[:-1]:
+            self.down.append(_double_conv(cin, c, padding=0, batch_norm=batch_norm))
+            cin = c
+        self.pool = nn.MaxPool2d(2)
+        self.drop_enc = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.bottom = _double_conv(chans[-2], chans[-1], padding=0, batch_norm=batch_norm)
+        self.drop_bottom = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for c_hi, c_lo in zip(chans[:0:-1], chans[-2::-1]):
+            self.up.append(nn.ConvTranspose2d(c_hi, c_lo, 2, stride=2))
+            self.dec.append(_double_conv(2 * c_lo, c_lo, padding=0, batch_norm=batch_norm))
+        self.head = nn.Conv2d(chans[0], num_classes, 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """He-normal init, as in the paper (std sqrt(2/N), N = fan-in)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x)
+            if i == self.depth - 1:  # dropout at the end of the contracting path
+                x = self.drop_enc(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.drop_bottom(self.bottom(x))
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips)):
+            x = up(x)
+            x = dec(torch.cat([_center_crop(skip, x.shape[-2], x.shape[-1]), x], dim=1))
+        return self.head(x)
+
+
+def unet2015_output_size(size: int, depth: int = 4) -> int | None:
+    """Output size for an input of ``size`` pixels, or None if pooling would hit an odd size."""
+    for _ in range(depth):
+        size -= 4
+        if size < 2 or size % 2:
+            return None
+        size //= 2
+    size -= 4
+    if size < 1:
+        return None
+    for _ in range(depth):
+        size = size * 2 - 4
+        if size < 1:
+            return None
+    return size
+
+
+def unet2015_valid_input(at_least: int, depth: int = 4) -> int:
+    """Smallest valid input size >= ``at_least`` (16b + 60 for depth 4: 572 -> 388)."""
+    size = max(at_least, 1)
+    while unet2015_output_size(size, depth) is None:
+        size += 1
+    return size
+
+
+def unet2015_margin(depth: int = 4) -> int:
+    """Context lost per side (92 px for depth 4)."""
+    size = unet2015_valid_input(1, depth)
+    out = unet2015_output_size(size, depth)
+    assert out is not None
+    return (size - out) // 2
+
+
+def basicunet_features(base: int) -> tuple[int, int, int, int, int, int]:
+    return (base, base, 2 * base, 4 * base, 8 * base, base)
+
+
+def basicunet_receptive_margin() -> int:
+    """Context margin for BasicUNet: its receptive-field radius is 107 px (measured from input
+    gradients over all 16 pooling phases), rounded up to 112. With this margin overlap-tile output
+    equals whole-image output (tests/engine/test_tiling.py checks it)."""
+    return 112
+
+
+def build_model(*, config: CellModelConfig) -> nn.Module:
+    """Build the net named by ``config.arch`` (keyword-only, no I/O)."""
+    if config.arch == "unet2015":
+        return UNet2015(in_channels=config.in_channels, num_classes=config.num_classes,
+                        base_channels=config.base_channels, depth=config.depth, dropout=config.dropout,
+                        batch_norm=config.batch_norm)
+    if config.arch == "basicunet":
+        if config.depth != 4:
+            raise ValueError("basicunet has a fixed depth of 4")
+        from monai.networks.nets import BasicUNet
+
+        # batch norm (not MONAI's default instance norm): instance statistics depend on the
+        # whole tile, which would make overlap-tile output differ from whole-image output.
+        return BasicUNet(spatial_dims=2, in_channels=config.in_channels, out_channels=config.num_classes,
+                         features=basicunet_features(config.base_channels), norm="batch",
+                         dropout=config.dropout, act=("relu", {"inplace": True}))
+    raise ValueError(f"unknown arch {config.arch!r}: use one of {', '.join(ARCHS)}")
+
+
+def model_margin(config: CellModelConfig) -> int:
+    """Context margin per side for overlap-tile inference."""
+    if config.arch == "unet2015":
+        return unet2015_margin(config.depth)
+    return config.context_margin or basicunet_receptive_margin()
+
+
+def model_align(config: CellModelConfig) -> int:
+    return 2**config.depth
+
+
+def valid_tile(config: CellModelConfig, at_least: int) -> int:
+    """Input tile size >= ``at_least`` that the arch accepts and that leaves a non-empty core."""
+    margin = model_margin(config)
+    align = model_align(config)
+    at_least = max(at_least, 2 * margin + align)
+    if config.arch == "unet2015":
+        return unet2015_valid_input(at_least, config.depth)
+    return -(-at_least // align) * align

@@ -1,0 +1,61 @@
+"""The 2015 U-Net's geometry (572 -> 388, 16b + 60) and the padded BasicUNet variant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medseg.cells.model import (
+    CellModelConfig,
+    UNet2015,
+    build_model,
+    model_margin,
+    unet2015_margin,
+    unet2015_output_size,
+    unet2015_valid_input,
+    valid_tile,
+)
+
+
+def test_paper_geometry():
+    assert unet2015_output_size(572) == 388
+    assert unet2015_margin() == 92
+    valid = [s for s in range(100, 700) if unet2015_output_size(s) is not None]
+    assert valid == [16 * b + 60 for b in range(8, 40) if 16 * b + 60 < 700]  # 188 -> 4 is the smallest
+    assert unet2015_valid_input(573) == 588
+
+
+def test_unet2015_forward_shape_and_channels():
+    torch.manual_seed(0)
+    model = UNet2015(in_channels=1, num_classes=2, base_channels=4).eval()
+    with torch.no_grad():
+        y = model(torch.zeros(2, 1, 188, 188))
+    assert y.shape == (2, 2, 4, 4)
+    default = UNet2015()
+    assert default.down[0][0].out_channels == 64 and default.bottom[0].out_channels == 1024
+    with pytest.raises(TypeError):
+        UNet2015(1, 2)  # keyword-only builder
+
+
+def test_he_normal_init():
+    torch.manual_seed(0)
+    model = UNet2015(base_channels=32)
+    conv = model.dec[0][2]  # 3x3, 256 -> 256
+    fan_in = conv.in_channels * 9
+    assert conv.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.05)
+
+
+def test_basicunet_padded_same_size():
+    config = CellModelConfig(arch="basicunet", base_channels=4)
+    model = build_model(config=config).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 64, 96)).shape == (1, 2, 64, 96)
+    assert model_margin(config) >= 107
+    assert valid_tile(config, 100) % 16 == 0
+
+
+def test_config_roundtrip_and_unknown_arch():
+    config = CellModelConfig(base_channels=8, batch_norm=True)
+    assert CellModelConfig.from_dict({**config.to_dict(), "future_field": 1}) == config
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_model(config=CellModelConfig(arch="resnet"))
