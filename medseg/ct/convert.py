@@ -153,5 +153,5 @@ def convert(input_path: str | Path, output_path: str | Path, *, source: str, tar
         input=str(input_path), output=str(output_path), format=fmt, source_kernel=source, target_kernel=target,
         weights=str(entry.path), slices=n, seconds=round(seconds, 3), slices_per_second=round(n / seconds, 2),
         device=str(predictor.device), amp=amp_name, series_uid=new_series, warnings=warnings)
-    log.info("converted %d slices %s->%s in %.1f s -> %s", n, source, target, seconds, output_path)
+    log.debug("converted %d slices %s->%s in %.1f s -> %s", n, source, target, seconds, output_path)
     return result
