@@ -1,0 +1,202 @@
+"""Open whole-slide images with OpenSlide, read their scale, find tissue on a low-resolution level.
+
+Nothing here ever reads a whole level-0 image: tissue detection reads the smallest level that is
+fine enough, and when a slide has no pyramid that level is read in strips and reduced on the fly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+
+log = logging.getLogger("medseg.pathology")
+
+TISSUE_DOWNSAMPLE = 32  # level-0 pixels per tissue-mask pixel (about 16 um at 0.5 um/px)
+_STRIP = 2048
+
+
+@dataclass
+class Slide:
+    """An open slide: the OpenSlide handle plus the facts the pipeline needs."""
+
+    path: Path
+    handle: object  # openslide.OpenSlide
+    width: int
+    height: int
+    mpp: float  # level-0 microns per pixel
+    mpp_source: str  # "metadata" or "--slide-mpp"
+    vendor: str
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return tuple(self.handle.level_downsamples)
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self.handle.level_dimensions)
+
+    def read_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 region; pixels outside the slide or transparent become white."""
+        import openslide
+
+        try:
+            rgba = np.asarray(self.handle.read_region(location, level, size))
+        except openslide.OpenSlideError as exc:
+            raise InputError(f"cannot decode slide region (corrupt or truncated file?): {exc}", path=self.path) from None
+        if rgba[..., 3].min() == 255:
+            return np.ascontiguousarray(rgba[..., :3])
+        alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+        return (rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_slide(path: str | Path, *, slide_mpp: float | None = None) -> Slide:
+    """Open ``path`` with OpenSlide; InputError (one line) for anything that is not a usable slide."""
+    import openslide
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError("slide not found", path=path)
+    if not path.is_file() and path.suffix.lower() != ".mrxs":
+        raise InputError("not a file", path=path)
+    try:
+        handle = openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+        if magic[:2] in (b"II", b"MM") and magic[2:4] in (b"*\x00", b"\x00*", b"+\x00", b"\x00+"):
+            raise InputError("TIFF file OpenSlide cannot read (truncated, corrupt, or not tiled)", path=path) from None
+        raise InputError("not a slide, or a format OpenSlide does not support", path=path) from None
+    except openslide.OpenSlideError as exc:
+        raise InputError(f"corrupt or unreadable slide: {exc}", path=path) from None
+    width, height = handle.dimensions
+    if width <= 0 or height <= 0:
+        handle.close()
+        raise InputError("slide has zero size", path=path)
+    props = handle.properties
+    mpp, source = None, "metadata"
+    try:
+        mx = float(props.get(openslide.PROPERTY_NAME_MPP_X, "nan"))
+        my = float(props.get(openslide.PROPERTY_NAME_MPP_Y, "nan"))
+        if math.isfinite(mx) and mx > 0:
+            mpp = (mx + my) / 2 if math.isfinite(my) and my > 0 else mx
+    except ValueError:
+        mpp = None
+    if slide_mpp is not None:
+        if slide_mpp <= 0:
+            handle.close()
+            raise InputError(f"--slide-mpp must be > 0, got {slide_mpp}")
+        mpp, source = float(slide_mpp), "--slide-mpp"
+    if mpp is None:
+        handle.close()
+        raise InputError("slide has no microns-per-pixel metadata; pass --slide-mpp (e.g. 0.25 for 40x, 0.5 for 20x)",
+                         path=path)
+    vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
+    return Slide(path, handle, width, height, mpp, source, vendor)
+
+
+def read_downsampled(slide: Slide, downsample: float) -> tuple[np.ndarray, float]:
+    """RGB image of the whole slide at about ``downsample``; returns (image, actual downsample).
+
+    Uses the coarsest pyramid level at most 1.5x coarser than asked for, and reduces it in strips
+    so memory is bounded by the output size even for slides without a pyramid.
+    """
+    from PIL import Image
+
+    dss = slide.level_downsamples
+    # the coarsest level at most 1.5x coarser than asked (decoding a finer level costs time)
+    level = max((i for i, d in enumerate(dss) if d <= downsample * 1.5), key=lambda i: dss[i], default=0)
+    lds = dss[level]
+    lw, lh = slide.level_dimensions[level]
+    factor = max(1, int(round(downsample / lds)))
+    ow, oh = max(1, lw // factor), max(1, lh // factor)
+    out = np.empty((oh, ow, 3), np.uint8)
+    strip = max(factor, (_STRIP // factor) * factor)
+    for y in range(0, oh * factor, strip):
+        h = min(strip, oh * factor - y)
+        for x in range(0, ow * factor, strip):
+            w = min(strip, ow * factor - x)
+            region = slide.read_rgb((int(x * lds), int(y * lds)), level, (w, h))
+            if factor > 1:
+                region = np.asarray(Image.fromarray(region).resize((w // factor, h // factor), Image.BOX))
+            out[y // factor:(y + h) // factor, x // factor:(x + w) // factor] = region
+    return out, lds * factor
+
+
+_OD_LUT = (-np.log10(np.clip(np.arange(256, dtype=np.float32), 1.0, 255.0) / 255.0)).astype(np.float32)
+
+
+def tissue_mask_from_rgb(rgb: np.ndarray, *, od_threshold: float = 0.15, sat_threshold: float = 0.05,
+                         min_area_px: int = 16) -> np.ndarray:
+    """Tissue = optical density or saturation above a threshold, cleaned by morphology.
+
+    Works on single-channel float32 maps (optical density through a lookup table), so the
+    temporaries are a few bytes per mask pixel.
+    """
+    from scipy import ndimage as ndi
+
+    od = _OD_LUT[rgb[..., 0]] + _OD_LUT[rgb[..., 1]] + _OD_LUT[rgb[..., 2]]
+    mx = rgb.max(-1)
+    sat = (mx - rgb.min(-1)).astype(np.float32) / np.maximum(mx, 1).astype(np.float32)
+    od = ndi.uniform_filter(od, size=3)
+    sat = ndi.uniform_filter(sat, size=3)
+    mask = (od > od_threshold) | ((sat > sat_threshold) & (mx < 250))
+    del od, sat, mx
+    mask = ndi.binary_opening(mask, iterations=1)
+    mask = ndi.binary_closing(mask, iterations=2)
+    mask = ndi.binary_fill_holes(mask)
+    labels, n = ndi.label(mask)
+    if n:
+        sizes = ndi.sum(mask, labels, index=np.arange(1, n + 1))
+        mask = np.isin(labels, np.flatnonzero(sizes >= min_area_px) + 1)
+    return mask
+
+
+@dataclass
+class TissueMap:
+    """Tissue mask of a slide and its scale (level-0 pixels per mask pixel)."""
+
+    mask: np.ndarray
+    downsample: float
+    thumbnail: np.ndarray
+
+    def fraction(self, x0: float, y0: float, x1: float, y1: float) -> float:
+        """Fraction of tissue in the level-0 rectangle [x0, x1) x [y0, y1)."""
+        d = self.downsample
+        i0, i1 = int(max(0, y0 // d)), int(min(self.mask.shape[0], math.ceil(y1 / d)))
+        j0, j1 = int(max(0, x0 // d)), int(min(self.mask.shape[1], math.ceil(x1 / d)))
+        if i1 <= i0 or j1 <= j0:
+            return 0.0
+        return float(self.mask[i0:i1, j0:j1].mean())
+
+    def area_mm2(self, mpp: float) -> float:
+        return float(self.mask.sum()) * (self.downsample * mpp * 1e-3) ** 2
+
+
+def detect_tissue(slide: Slide, *, downsample: float = TISSUE_DOWNSAMPLE, max_side: int = 2048) -> TissueMap:
+    """Tissue map from a low-resolution read; InputError when no tissue is found.
+
+    The map is at most ``max_side`` px on its long side (coarser for huge slides), so its memory
+    does not grow with the slide.
+    """
+    downsample = max(downsample, max(slide.width, slide.height) / max_side)
+    rgb, ds = read_downsampled(slide, downsample)
+    mask = tissue_mask_from_rgb(rgb)
+    if not mask.any():
+        raise InputError("no tissue found on the slide", path=slide.path)
+    log.debug("tissue: %.1f %% of %s at downsample %.1f", 100 * mask.mean(), slide.path.name, ds)
+    return TissueMap(mask, ds, rgb)

@@ -1,0 +1,141 @@
+"""Slide opening, tissue detection, the tile grid and its ownership rule, feasibility filtering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medseg.errors import InputError
+from medseg.pathology.feasibility import FeasibilityHeuristic, always_feasible, load_hook
+from medseg.pathology.slide import detect_tissue, open_slide, read_downsampled
+from medseg.pathology.tiling import TileGrid, make_grid, plan_tiles, read_tile, stream_tiles
+from medseg.synthetic.slides import SlideSpec, write_slide
+
+
+def test_open_reads_mpp_and_override(small_slide):
+    path, _a, _s = small_slide
+    with open_slide(path) as s:
+        assert s.mpp == pytest.approx(0.5) and s.mpp_source == "metadata"
+    with open_slide(path, slide_mpp=0.25) as s:
+        assert s.mpp == 0.25 and s.mpp_source == "--slide-mpp"
+
+
+@pytest.mark.parametrize("content, message", [(None, "slide not found"), (b"hello", "not a slide"),
+                                              (b"II*\x00\x08\x00\x00\x00\x01\x00", "TIFF file")])
+def test_bad_inputs_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "x.tiff"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as info:
+        open_slide(path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_mpp_asks_for_slide_mpp(tmp_path):
+    path = tmp_path / "nompp.tiff"
+    write_slide(path, SlideSpec(width=1024, height=1024, seed=2), mpp_metadata=False)
+    with pytest.raises(InputError, match="--slide-mpp"):
+        open_slide(path)
+    with open_slide(path, slide_mpp=0.5) as s:
+        assert s.mpp == 0.5
+
+
+def test_tissue_detection_on_low_resolution(small_slide):
+    path, _a, synth = small_slide
+    with open_slide(path) as s:
+        tissue = detect_tissue(s)
+    assert tissue.downsample >= 16
+    x0, y0, x1, y1 = synth.tissue_box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    assert tissue.fraction(cx - 100, cy - 100, cx + 100, cy + 100) > 0.95  # centre of the tissue blob
+    assert tissue.fraction(0, 0, 60, 60) == 0.0  # glass in the corner
+    assert 0.3 < tissue.area_mm2(0.5) / ((x1 - x0) * (y1 - y0) * 0.25e-6) < 0.9
+
+
+def test_no_tissue_is_an_error(tmp_path):
+    path = tmp_path / "blank.tiff"
+    write_slide(path, SlideSpec(width=1024, height=1024, seed=1, tissue_box=(5000, 5000, 6000, 6000)))
+    with open_slide(path) as s, pytest.raises(InputError, match="no tissue"):
+        detect_tissue(s)
+
+
+def test_every_point_has_exactly_one_owner_whose_tile_contains_it_with_margin():
+    grid = TileGrid(0.5, 0.5, tile=256, overlap=64, width=1000, height=700)
+    xs = np.arange(0, 1000, 3.0)
+    _r, col = grid.owner(xs, np.zeros_like(xs))
+    starts = col * grid.stride
+    interior = (xs >= 32) & (xs < grid.width - 32)
+    # the owning tile holds the point at least overlap/2 px from its border (slide edges excepted)
+    assert np.all(xs[interior] - starts[interior] >= 32)
+    assert np.all(starts[interior] + 256 - xs[interior] >= 32)
+    assert col.min() == 0 and col.max() == grid.n_cols - 1
+
+
+def test_grid_at_coarser_target_uses_a_pyramid_level(tmp_path):
+    path = tmp_path / "hires.tiff"
+    write_slide(path, SlideSpec(width=4096, height=4096, mpp=0.25, seed=3))
+    with open_slide(path) as s:
+        grid = make_grid(s, target_mpp=1.0, tile=256, overlap=32)
+        tiles = plan_tiles(s, grid, detect_tissue(s))
+        assert grid.scale == 4.0 and tiles[0].level == 1  # level 1 has downsample 4
+        img = read_tile(s, tiles[0], 256)
+    assert img.shape == (256, 256, 3) and img.dtype == np.uint8
+
+
+def test_zero_size_tiles_rejected(small_slide):
+    path, _a, _s = small_slide
+    with open_slide(path) as s:
+        with pytest.raises(InputError, match="tile"):
+            make_grid(s, target_mpp=0.5, tile=0, overlap=0)
+        with pytest.raises(InputError, match="overlap"):
+            make_grid(s, target_mpp=0.5, tile=256, overlap=256)
+        with pytest.raises(InputError, match="mpp"):
+            make_grid(s, target_mpp=0, tile=256, overlap=0)
+
+
+def test_stream_tiles_keeps_order_bounds_inflight_and_reports_errors():
+    import threading
+    import time
+
+    inflight, peak, lock = [0], [0], threading.Lock()
+
+    def reader(t):
+        with lock:
+            inflight[0] += 1
+            peak[0] = max(peak[0], inflight[0])
+        time.sleep(0.002)
+        with lock:
+            inflight[0] -= 1
+        if t == 7:
+            raise InputError("boom")
+        return np.full((2, 2, 3), t, np.uint8)
+
+    got = list(stream_tiles(range(40), reader, workers=3, depth=4))
+    assert [t for t, _ in got] == list(range(40))
+    assert isinstance(got[7][1], InputError) and got[8][1][0, 0, 0] == 8
+    assert peak[0] <= 4
+
+
+def test_feasibility_heuristic():
+    rng = np.random.default_rng(0)
+    glass = np.full((256, 256, 3), 243, np.uint8)
+    tissue = np.clip(rng.normal(0, 25, (256, 256, 3)) + [200, 170, 205], 0, 255).astype(np.uint8)
+    blurred = np.full((256, 256, 3), [200, 170, 205], np.uint8)
+    mostly_glass = glass.copy()
+    mostly_glass[:, :70] = tissue[:, :70]
+    h = FeasibilityHeuristic()
+    assert h(tissue) == (True, "ok")
+    assert not h(glass)[0] and "background" in h(glass)[1]
+    assert not h(mostly_glass)[0]
+    assert not h(blurred)[0] and "focus" in h(blurred)[1]
+    assert load_hook("none") is always_feasible
+    assert load_hook("medseg.pathology.feasibility:always_feasible") is always_feasible
+    with pytest.raises(InputError):
+        load_hook("no.such.module:f")
+
+
+def test_read_downsampled_bounds_output(small_slide):
+    path, _a, _s = small_slide
+    with open_slide(path) as s:
+        img, ds = read_downsampled(s, 16)
+    assert ds == 16 and img.shape == (1536 // 16, 2048 // 16, 3)
