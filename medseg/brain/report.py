@@ -8,22 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from medseg.brain.segment import REGIONS
+from medseg.reports.plots import pyplot
 
 _COLOURS = {"WT": "#f1c40f", "TC": "#e67e22", "ET": "#e74c3c"}
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def boxplot_figure(rows: list[dict]):
     """Dice and HD95 per region across cases."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     for ax, metric, unit in ((axes[0], "dice", ""), (axes[1], "hd95", " (mm)")):
         data = [[r[f"{metric}_{g}"] for r in rows if np.isfinite(r[f"{metric}_{g}"])] for g in REGIONS]
@@ -40,7 +32,7 @@ def boxplot_figure(rows: list[dict]):
 def overlay_figure(name: str, image: np.ndarray | None, pred: np.ndarray, truth: np.ndarray):
     """The slice with most tumour: ground truth (left) and prediction (right) over FLAIR."""
     from medseg.brain.segment import region_masks
-    plt = _plt()
+    plt = pyplot()
     z = int(np.argmax((truth > 0).sum((1, 2)) + (pred > 0).sum((1, 2))))
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
     for ax, seg, title in ((axes[0], truth, "ground truth"), (axes[1], pred, "prediction")):

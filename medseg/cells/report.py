@@ -20,11 +20,9 @@ def _thumbnail(rgb: np.ndarray) -> np.ndarray:
 
 def segmentation_report(summary: dict[str, Any], results: list[dict[str, Any]], *, demo: bool) -> Report:
     """Batch table, failures, overlays of the first images and the cell-area distribution."""
-    import matplotlib
+    from medseg.reports.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     notice = ("Demo weights trained on synthetic images only - not for clinical use." if demo else
               f"Weights: {summary['weights']} ({summary.get('training_data') or 'no training description'})")
     report = Report("Cell segmentation QA", inputs=[r["image"] for r in results] + [f["image"] for f in summary["failures"]],

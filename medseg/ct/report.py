@@ -106,11 +106,9 @@ def _clean(obj):
 
 
 def _slice_figure(original, converted, reference, mask, source, target):
-    import matplotlib
+    from medseg.reports.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     z = int(np.argmax(mask.sum(axis=(1, 2)))) if mask.any() else original.shape[0] // 2
     panels = [(original[z], f"original ({source})"), (converted[z], f"converted ({target})"),
               (reference[z], f"reference ({target})")]

@@ -15,11 +15,9 @@ MAX_THUMBNAILS = 40
 
 def distribution_figure(rows: list[dict]):
     """Percent-positive histogram with the Banff boundaries, and slides per category."""
-    import matplotlib
+    from medseg.reports.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ok = [r for r in rows if r.get("status") in ("ok", "skipped (complete)")]
     pct = np.array([float(r["percent_positive"]) for r in ok if r.get("percent_positive") not in (None, "")])
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))

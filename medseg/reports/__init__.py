@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from medseg.reports.builder import Report
-from medseg.reports.plots import bland_altman_figure, figure_png
+from medseg.reports.plots import bland_altman_figure, figure_png, pyplot
 
-__all__ = ["Report", "bland_altman_figure", "figure_png"]
+__all__ = ["Report", "bland_altman_figure", "figure_png", "pyplot"]

@@ -88,12 +88,12 @@ class Report:
         """Write an A4 PDF: a header page with text and tables, then one page per figure."""
         import io
 
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.image as mpimg
-        import matplotlib.pyplot as plt
         from matplotlib.backends.backend_pdf import PdfPages
+
+        from medseg.reports.plots import pyplot
+
+        plt = pyplot()
 
         path = Path(path)
         with atomic_path(path) as tmp, PdfPages(tmp) as pdf:

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed); imported lazily, once."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +20,7 @@ def _plt():
 
 def figure_png(fig, *, dpi: int = 110) -> bytes:
     """Render a matplotlib figure to PNG bytes and close it."""
-    plt = _plt()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -33,7 +34,7 @@ def bland_altman_figure(series: Sequence[tuple[str, np.ndarray, np.ndarray]], *,
     x = mean of the two measurements, y = measured - reference; lines at the bias and the
     95 % limits of agreement (bias +- 1.96 SD).
     """
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(series), figsize=(5.2 * len(series), 4.2), squeeze=False)
     for ax, (label, measured, reference) in zip(axes[0], series):
         measured, reference = np.asarray(measured, float), np.asarray(reference, float)
