@@ -48,3 +48,21 @@ def test_missing_kernel_is_reported(pairs, tmp_path):
     cfg = CTTrainConfig(source_kernel="B70f", target_kernel="B30f", epochs=1, channels=4, depth=2)
     with pytest.raises(InputError, match="no B70f series"):
         train([pairs], tmp_path / "x", cfg, device="cpu")
+
+
+def test_ct_train_cli(pairs, tmp_path):
+    from click.testing import CliRunner
+
+    from medseg_cli.main import cli
+
+    out = tmp_path / "cli_run"
+    args = ["ct-train", str(pairs), "--from", "B50f", "--to", "B30f", "--out", str(out), "--epochs", "1",
+            "--crop", "32", "--steps-per-epoch", "1", "--batch-size", "2", "--device", "cpu", "--json", "-q"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    assert result["epochs"] == 1 and result["best_val_rmse_hu"] > 0
+    assert read_meta(out / "B50f_to_B30f.safetensors").task == "B50f->B30f"
+    assert CliRunner().invoke(cli, args).exit_code == 3  # exists: needs --resume or --overwrite
+    bad = CliRunner().invoke(cli, [*args[:-2], "--split", "0.5,0.5", "--overwrite"])
+    assert bad.exit_code == 2 and "three comma-separated fractions" in bad.output
