@@ -82,22 +82,45 @@ def test_nifti_output_and_input(small_exam_dir, tiny_weights, tmp_path):
     assert res.slices == 1
 
 
-def test_single_dicom_file_and_compressed_input(small_exam_dir, tiny_weights, tmp_path):
-    from pydicom.uid import RLELossless
-
-    src = sorted((small_exam_dir / "B50f").iterdir())
-    comp = tmp_path / "rle"
-    comp.mkdir()
-    for i, f in enumerate(src):
+def _compressed_copy(src_dir, out_dir, syntax):
+    out_dir.mkdir()
+    for i, f in enumerate(sorted(src_dir.iterdir())):
         ds = pydicom.dcmread(f)
-        ds.compress(RLELossless)
-        ds.save_as(comp / f"x{i}", enforce_file_format=True)
-    out = tmp_path / "from_rle"
+        ds.compress(syntax)
+        ds.save_as(out_dir / f"x{i}", enforce_file_format=True)  # opaque names, no extension
+    return out_dir
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEG2000Lossless"])
+def test_compressed_input(small_exam_dir, tiny_weights, tmp_path, syntax):
+    comp = _compressed_copy(small_exam_dir / "B50f", tmp_path / "comp", getattr(pydicom.uid, syntax))
+    out = tmp_path / "out"
     convert(comp, out, source="B50f", target="B30f", weights=tiny_weights, device="cpu")
     assert np.abs(volume(out) - (volume(small_exam_dir / "B50f") - 200)).max() <= 0.5 + 1e-3
+    assert pydicom.dcmread(next(out.iterdir())).file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+
+
+def test_gdcm_decodes_what_pydicom_cannot(small_exam_dir, tmp_path, monkeypatch):
+    """A codec pydicom lacks falls back to SimpleITK/GDCM, which returns HU directly."""
+    from medseg.io.dicom import decode_hu
+
+    comp = _compressed_copy(small_exam_dir / "B50f", tmp_path / "comp", pydicom.uid.JPEG2000Lossless)
+    f = sorted(comp.iterdir())[0]
+    ds = pydicom.dcmread(f)
+    expected = decode_hu(ds, f)
+
+    def no_codec(self):
+        raise RuntimeError("no pixel data handler available")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_codec))
+    assert np.array_equal(decode_hu(pydicom.dcmread(f), f), expected)
+
+
+def test_single_dicom_file_input(small_exam_dir, tiny_weights, tmp_path):
+    src = sorted((small_exam_dir / "B50f").iterdir())
     one = tmp_path / "one"
-    convert(src[0], one, source="B50f", target="B30f", weights=tiny_weights, device="cpu")
-    assert len(list(one.iterdir())) == 1
+    res = convert(src[0], one, source="B50f", target="B30f", weights=tiny_weights, device="cpu")
+    assert res.slices == 1 and len(list(one.iterdir())) == 1
 
 
 @pytest.mark.cuda
