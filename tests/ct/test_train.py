@@ -52,7 +52,6 @@ def test_missing_kernel_is_reported(pairs, tmp_path):
 
 def test_ct_train_cli(pairs, tmp_path):
     from click.testing import CliRunner
-
     from medseg_cli.main import cli
 
     out = tmp_path / "cli_run"
