@@ -24,13 +24,14 @@ def _score_human(s: dict) -> str:
 
 @click.command("slide-score", epilog=f"""\b
 Examples:
-  medseg slide-score {SAMPLE}/sample_slide.tiff --weights {SAMPLE}/c4d_light_demo.safetensors --out results/
+  medseg slide-score {SAMPLE}/sample_slide.tiff --out results/        # demo detector
   medseg slide-score slides/ batch.csv --weights model.safetensors --out results/ --resume
   medseg slide-score scan.svs --weights model.safetensors --out results/ --slide-mpp 0.25 --json
 """)
 @click.argument("slides", nargs=-1, required=True)
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder of the batch.")
-@click.option("--weights", type=click.Path(path_type=Path), required=True, help="Detector weights (.safetensors).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="Detector weights (.safetensors); default: the demo detector (synthetic data, not clinical).")
 @click.option("--mpp", "target_mpp", type=float, default=0.5, show_default=True,
               help="Target microns per pixel (0.5 ~ one 400x field per 1024 px tile).")
 @click.option("--slide-mpp", type=float, default=None, help="Level-0 microns per pixel when the slide lacks it.")
@@ -55,9 +56,18 @@ def slide_score(slides, out, weights, target_mpp, slide_mpp, tile, overlap, batc
     detections.geojson (QuPath), overlay.png; per batch: scores.csv and report.html. A slide that
     cannot be read is recorded as failed and the batch goes on (exit code 5).
     """
-    from medseg.errors import BatchFailures
+    import logging
+
+    from medseg.errors import BatchFailures, ModelError
+    from medseg.pathology.detector import DEMO_WEIGHTS
     from medseg.pathology.score import ScoreConfig, score_slides
 
+    if weights is None:
+        if not DEMO_WEIGHTS.is_file():
+            raise ModelError("no --weights given and the demo detector is not in this installation", path=DEMO_WEIGHTS)
+        logging.getLogger("medseg.pathology").warning(
+            "using the demo detector (trained on synthetic slides only, not for clinical use)")
+        weights = DEMO_WEIGHTS
     cfg = ScoreConfig(target_mpp=target_mpp, tile=tile, overlap=overlap, batch_size=batch_size, workers=workers,
                       min_score=min_score, slide_mpp=slide_mpp, feasibility=feasibility, device=device, amp=amp)
     summary = score_slides(slides, out, weights=weights, config=cfg, resume=resume, overwrite=overwrite,

@@ -84,3 +84,14 @@ def test_cli_prepare_and_train(small_slide, tmp_path):
                               "--device", "cpu", "--quiet"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "weights.safetensors").is_file() and (tmp_path / "run" / "train_state.pt").is_file()
+
+
+def test_cli_score_defaults_to_the_demo_detector(tmp_path):
+    from medseg.pathology.detector import DEMO_WEIGHTS
+
+    assert DEMO_WEIGHTS.is_file()
+    bad = tmp_path / "bad.svs"
+    bad.write_text("nope")
+    res = CliRunner().invoke(cli, ["slide-score", str(bad), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert res.exit_code == 5, res.output
+    assert "using the demo detector" in res.output and "bad: FAILED" in res.output
