@@ -36,6 +36,19 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _table_lines(columns: list[str], rows: list[list[str]], max_width: int = 150) -> list[tuple[str, str]]:
+    """A table as monospace lines; too wide for the page, each row becomes a 'column: value' block."""
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    if sum(widths) + 2 * len(widths) <= max_width:
+        out = [("mono", "  ".join(c.ljust(w) for c, w in zip(columns, widths)))]
+        return out + [("mono", "  ".join(v.ljust(w) for v, w in zip(r, widths))) for r in rows]
+    key = max(len(c) for c in columns)
+    out: list[tuple[str, str]] = []
+    for r in rows:
+        out += [("mono", f"{c.rjust(key)}: {v}") for c, v in zip(columns, r)] + [("mono", "")]
+    return out
+
+
 class Report:
     """A QA report: header (tool, version, date, inputs) then text, tables and figures in order."""
 
@@ -98,12 +111,10 @@ class Report:
         path = Path(path)
         with atomic_path(path) as tmp, PdfPages(tmp) as pdf:
             lines: list[tuple[str, str]] = [("title", self.title)]
-            if self.subtitle:
-                lines.append(("text", self.subtitle))
+            lines += [("text", t) for t in textwrap.wrap(self.subtitle, 95)]
             lines.append(("small", f"medseg {__version__} - {self.created}"))
             lines += [("small", f"input: {i}") for i in self.inputs]
-            if self.notice:
-                lines.append(("text", self.notice))
+            lines += [("text", t) for t in textwrap.wrap(self.notice, 95)]
             for s in self.sections:
                 if s.kind == "figure":
                     continue
@@ -111,10 +122,7 @@ class Report:
                 if s.kind == "text":
                     lines += [("text", t) for t in textwrap.wrap(s.text, 95)]
                 else:
-                    widths = [max(len(c), *(len(r[i]) for r in s.rows)) if s.rows else len(c)
-                              for i, c in enumerate(s.columns)]
-                    lines.append(("mono", "  ".join(c.ljust(w) for c, w in zip(s.columns, widths))))
-                    lines += [("mono", "  ".join(v.ljust(w) for v, w in zip(r, widths))) for r in s.rows]
+                    lines += _table_lines(s.columns, s.rows)
             styles = {"title": (16, "bold", "sans-serif"), "heading": (12, "bold", "sans-serif"),
                       "text": (9, "normal", "sans-serif"), "small": (7, "normal", "sans-serif"),
                       "mono": (6.5, "normal", "monospace")}
@@ -133,8 +141,9 @@ class Report:
                     continue
                 fig = plt.figure(figsize=(8.27, 11.69))
                 fig.text(0.06, 0.96, s.heading, fontsize=12, fontweight="bold", va="top")
-                ax = fig.add_axes((0.05, 0.15, 0.9, 0.75))
+                ax = fig.add_axes((0.05, 0.15, 0.9, 0.78))
                 ax.imshow(mpimg.imread(io.BytesIO(s.png), format="png"))
+                ax.set_anchor("N")
                 ax.axis("off")
                 if s.text:
                     fig.text(0.06, 0.1, "\n".join(textwrap.wrap(s.text, 100)), fontsize=8, va="top")
