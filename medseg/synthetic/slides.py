@@ -353,13 +353,23 @@ def _tiles(slide: SyntheticSlide, ds: int, W: int, H: int) -> Iterator[np.ndarra
                 yield slide.render(tx * ds, ty * ds, t, t, ds)
 
 
+def _aperio_description(spec: SlideSpec, width: int, height: int, ds: float) -> str:
+    """ImageDescription of an Aperio SVS level: OpenSlide's aperio driver keys on the 'Aperio' prefix
+    and reads MPP / AppMag from the '|'-separated fields."""
+    return (f"Aperio Image Library v12.0.15 medseg synthetic, not for clinical use\n{width}x{height} "
+            f"({spec.tile}x{spec.tile}) JPEG/RGB Q={spec.jpeg_quality}|AppMag = 20|MPP = {spec.mpp * ds:.4f}")
+
+
 def write_slide(path: str | Path, spec: SlideSpec | SyntheticSlide, *, geojson: str | Path | None = None,
-                mpp_metadata: bool = True) -> SyntheticSlide:
+                mpp_metadata: bool = True, flavour: str = "tiff") -> SyntheticSlide:
     """Write a pyramidal tiled TIFF (JPEG tiles, mpp in resolution tags) streaming tile by tile.
 
     Memory is bounded by one tile per level whatever the slide size. ``mpp_metadata=False``
-    leaves the resolution tags out (to test slides without a scale).
+    leaves the scale out (to test slides without one). ``flavour='aperio'`` writes an Aperio
+    SVS instead (MPP in the ImageDescription, read by OpenSlide's aperio driver).
     """
+    if flavour not in ("tiff", "aperio"):
+        raise ValueError(f"unknown slide flavour {flavour!r}: use tiff or aperio")
     import tifffile
 
     from medseg.io.atomic import atomic_path
@@ -373,10 +383,14 @@ def write_slide(path: str | Path, spec: SlideSpec | SyntheticSlide, *, geojson: 
             W, H = math.ceil(spec.width / ds), math.ceil(spec.height / ds)
             res = 1e4 / (spec.mpp * ds)
             scale = {"resolution": (res, res), "resolutionunit": "CENTIMETER"} if mpp_metadata else {}
+            level_desc = desc if level == 0 else None
+            if flavour == "aperio":
+                scale = {}
+                level_desc = _aperio_description(spec, W, H, ds) if mpp_metadata else "Aperio Image Library v12.0.15"
             tw.write(_tiles(slide, ds, W, H), shape=(H, W, 3), dtype=np.uint8, tile=(spec.tile, spec.tile),
                      compression="jpeg", compressionargs={"level": spec.jpeg_quality}, photometric="rgb",
                      **scale, subfiletype=1 if level else 0,
-                     description=desc if level == 0 else None, metadata=None, software="medseg synthetic")
+                     description=level_desc, metadata=None, software="medseg synthetic")
     if geojson is not None:
         from medseg.io.atomic import write_text
 

@@ -139,3 +139,15 @@ def test_read_downsampled_bounds_output(small_slide):
     with open_slide(path) as s:
         img, ds = read_downsampled(s, 16)
     assert ds == 16 and img.shape == (1536 // 16, 2048 // 16, 3)
+
+
+def test_aperio_svs_is_read_through_openslide_with_its_mpp(tmp_path):
+    """An Aperio SVS (MPP in the ImageDescription, not in resolution tags) opens with the aperio driver."""
+    spec = SlideSpec(width=2048, height=1536, seed=11, positive_fraction=0.4, mpp=0.25)
+    write_slide(tmp_path / "s.svs", spec, flavour="aperio")
+    slide = open_slide(tmp_path / "s.svs")
+    assert slide.vendor == "aperio" and slide.mpp_source == "metadata"
+    assert abs(slide.mpp - 0.25) < 1e-3
+    write_slide(tmp_path / "n.svs", spec, flavour="aperio", mpp_metadata=False)
+    with pytest.raises(InputError, match="--slide-mpp"):
+        open_slide(tmp_path / "n.svs")
