@@ -25,8 +25,7 @@ def small_slide(tmp_path_factory) -> tuple[Path, Path, object]:
 
 @pytest.fixture(scope="session")
 def demo_weights() -> Path:
-    if not DEMO_WEIGHTS.is_file():
-        pytest.skip("demo weights missing: run scripts/make_sample_data_pathology.py")
+    assert DEMO_WEIGHTS.is_file(), "demo weights missing: run scripts/make_sample_data_pathology.py"
     return DEMO_WEIGHTS
 
 
