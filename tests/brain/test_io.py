@@ -78,7 +78,7 @@ def test_2d_image_rejected(brain_cases, tmp_path):
         load_case(find_case_files(case))
 
 
-@pytest.mark.parametrize("kind", ["zero", "nan"])
+@pytest.mark.parametrize("kind", ["zero", "nan", "nan-nifti"])
 def test_zero_and_nan_channels(brain_cases, tmp_path, kind):
     case = _copy(brain_cases[0], tmp_path)
 
@@ -93,13 +93,15 @@ def test_zero_and_nan_channels(brain_cases, tmp_path, kind):
         return out
 
     src = case / f"{case.name}_flair.nii.gz"
-    if kind == "nan":  # ITK's NIfTI reader turns NaN into 0; MHA keeps it
+    if kind == "nan":  # MHA keeps NaN; NIfTI is checked raw (ITK's reader turns NaN into 0)
         sitk.WriteImage(sitk.ReadImage(str(src)), str(case / f"{case.name}_flair.mha"))
         src.unlink()
         src = case / f"{case.name}_flair.mha"
     _rewrite(src, corrupt)
-    with pytest.raises(InputError, match="all zero" if kind == "zero" else "NaN"):
+    with pytest.raises(InputError, match="all zero" if kind == "zero" else "NaN") as err:
         load_case(find_case_files(case))
+    if kind != "zero":
+        assert err.value.path == src
 
 
 def test_label_conventions_roundtrip():
