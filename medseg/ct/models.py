@@ -109,6 +109,7 @@ class SlicePredictor:
         self.net = net.to(device).eval()
         if device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # slices of one series share a shape: autotune once
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
