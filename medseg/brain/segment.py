@@ -28,13 +28,14 @@ from medseg.brain.io import (
 from medseg.brain.models import BrainNetConfig, build_model
 from medseg.brain.preprocess import PreprocessConfig, preprocess
 from medseg.brain.sampling import extract_patches, slice_padding
+from medseg.engine.checkpoint import sample_data_path
 from medseg.errors import BatchFailures, InputError, ModelError
 
 log = logging.getLogger("medseg.brain")
 
 MODEL_PREFIX = "brain-"
 TASK = "brain-tumour-segmentation"
-DEMO_DIR = Path(__file__).resolve().parents[2] / "sample_data" / "brain"
+DEMO_DIR = sample_data_path("brain")
 DEMO_WEIGHTS = DEMO_DIR / "brain_input_cascade_demo.safetensors"
 REGIONS = ("WT", "TC", "ET")  # whole tumour, tumour core, enhancing tumour
 

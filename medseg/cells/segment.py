@@ -29,12 +29,13 @@ from medseg.cells.io import (
     write_labels,
     write_png,
 )
+from medseg.engine.checkpoint import sample_data_path
 from medseg.errors import InputError, ModelError
 from medseg.io.atomic import check_output, safe_name, write_text
 
 log = logging.getLogger("medseg.cells")
 
-DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "sample_data" / "cells" / "demo_unet2015.safetensors"
+DEMO_WEIGHTS = sample_data_path("cells", "demo_unet2015.safetensors")
 CSV_COLUMNS = ["page", "label", "area", "centroid_y", "centroid_x", "perimeter", "eccentricity", "mean_intensity"]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from medseg.ct import KERNELS
 from medseg.ct.models import canonical_kernel
 from medseg.errors import InputError
-from medseg.io.dicom import open_series, read_series, scan_dicom
+from medseg.io.dicom import kernel_of, open_series, read_series, scan_dicom
 from medseg.io.volume import VolumeMeta, is_volume_file, read_volume_sitk
 
 log = logging.getLogger("medseg.ct")
@@ -60,8 +60,6 @@ def scan_exam(folder: Path) -> Exam:
             exam.series.setdefault(k, SeriesRef(file))
     groups, _skipped = scan_dicom(folder)
     for uid, headers in groups.items():
-        from medseg.io.dicom import kernel_of
-
         tag = kernel_of(headers[0][1])
         k = canonical_kernel(tag, strict=False) if tag else None
         if k is None:

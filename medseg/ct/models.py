@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from medseg.ct import KERNELS
-from medseg.engine.checkpoint import CheckpointMeta, load_weights, read_meta
+from medseg.engine.checkpoint import CheckpointMeta, load_weights, read_meta, sample_data_path
 from medseg.errors import InputError, ModelError
 
 log = logging.getLogger("medseg.ct")
 
-DEMO_MODELS = Path(__file__).resolve().parents[2] / "sample_data" / "ct" / "models"
+DEMO_MODELS = sample_data_path("ct", "models")
 
 
 def canonical_kernel(name: str, *, strict: bool = True) -> str | None:

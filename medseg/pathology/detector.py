@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from medseg.engine.checkpoint import sample_data_path
 from medseg.errors import ModelError
 
 log = logging.getLogger("medseg.pathology")
 
 MODEL_NAME = "c4d-faster-rcnn"
 # light detector trained on synthetic slides (scripts/make_sample_data_pathology.py); not for clinical use
-DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "sample_data" / "pathology" / "c4d_light_demo.safetensors"
+DEMO_WEIGHTS = sample_data_path("pathology", "c4d_light_demo.safetensors")
 CLASSES = ("C4d+", "C4d-")  # label 1, 2
 DEFAULT_MARGINS = {"C4d+": 50, "C4d-": 40}
 
