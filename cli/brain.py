@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
-from medseg_cli.options import amp_option, batch_size_option, common_options, emit, overwrite_option
+from medseg_cli.options import (
+    WEIGHTS_TYPE,
+    amp_option,
+    batch_size_option,
+    common_options,
+    finish,
+    output_options,
+    overwrite_option,
+    train_options,
+    weights_option,
+)
 
 LABELS = click.Choice(["brats2021", "brats2023", "havaei"])
 MODS = click.Choice(["t1", "t1c", "t2", "flair"])
 ARCHS = click.Choice(["twopath", "input-cascade", "local-cascade", "mf-cascade"])
 
 
-def _human_segment(summary: dict) -> str:
-    lines = [f"{r['case']}: WT {r['WT_ml']:.2f} mL, TC {r['TC_ml']:.2f} mL, ET {r['ET_ml']:.2f} mL -> {r['output']}"
-             for r in summary["cases"]]
-    return "\n".join(lines)
+def _human_segment(result) -> str:
+    return "\n".join(f"{i.name}: WT {i.metrics['WT_ml']:.2f} mL, TC {i.metrics['TC_ml']:.2f} mL, "
+                     f"ET {i.metrics['ET_ml']:.2f} mL -> {i.outputs['seg']}" for i in result.items if i.ok)
+
+
+def _human_train(result) -> str:
+    if result.stopped != "completed":
+        return f"stopped ({result.stopped}) after {result.epochs} epoch(s); continue with --resume"
+    return (f"wrote {result.best_weights} ({result.extra['arch']}, validation loss {result.best_metric:.4g} on "
+            f"{result.validated_on}, {result.seconds:.0f} s)")
+
+
+def _human_eval(result) -> str:
+    s = result.summary
+    if "dice_WT" not in s:
+        return "no case could be evaluated"
+    return (f"{s['dice_WT']['n']} case(s): Dice WT {s['dice_WT']['mean']:.3f}, TC {s['dice_TC']['mean']:.3f}, "
+            f"ET {s['dice_ET']['mean']:.3f}; report {result.outputs['html']}")
 
 
 @click.command("brain-segment", epilog="""\b
@@ -33,8 +59,8 @@ DICOM series folder per modality. Modalities must share one grid unless --resamp
 @click.option("--t2", type=click.Path(exists=True), help="T2 image.")
 @click.option("--flair", type=click.Path(exists=True), help="FLAIR image.")
 @click.option("--out", "out", required=True, type=click.Path(), help="Output file (.nii.gz, one case) or folder.")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="Weights (.safetensors); default: demo InputCascadeCNN trained on synthetic data.")
+@weights_option("Weights (.safetensors) made by brain-train; default: the demo InputCascadeCNN (trained on "
+                "synthetic data only, not for clinical use).")
 @click.option("--labels", type=LABELS, default="brats2021", show_default=True,
               help="Output label convention: brats2021 (1 NCR/NET, 2 ED, 4 ET), brats2023 (1, 2, 3 ET), "
                    "havaei (1 necrosis, 2 edema, 3 non-enhancing, 4 enhancing).")
@@ -49,82 +75,66 @@ DICOM series folder per modality. Modalities must share one grid unless --resamp
 def brain_segment(case_dirs, t1, t1c, t2, flair, out, weights, labels, resample_to, no_n4, no_postprocess,
                   batch_size, amp, overwrite, device, quiet, as_json):
     """Segment brain tumours (WT/TC/ET) in 4-modality MRI with a Havaei CNN (whole slices, FCN)."""
-    from pathlib import Path
+    from medseg.brain.io import resolve_cases
+    from medseg.brain.segment import SegmentConfig, segment_cases
 
-    from medseg.brain.io import case_from_paths, expand_case_dirs, find_case_files
-    from medseg.brain.segment import SegmentOptions, segment_cases
-    from medseg.errors import InputError
-
-    out = Path(out)
-    explicit = any(v is not None for v in (t1, t1c, t2, flair))
-    if explicit and case_dirs:
-        raise InputError("give either CASE_DIR arguments or --t1/--t1c/--t2/--flair, not both")
-    if explicit:
-        cases = [case_from_paths(t1=t1, t1c=t1c, t2=t2, flair=flair)]
-    elif case_dirs:
-        dirs = expand_case_dirs(list(case_dirs))
-        cases = [find_case_files(d) for d in dirs] if len(dirs) == 1 else dirs  # batch: bad cases skipped
-    else:
-        raise InputError("nothing to segment: give CASE_DIR(s) or --t1 --t1c --t2 --flair")
-    single_file = len(cases) == 1 and out.name.lower().endswith((".nii.gz", ".nii", ".nrrd", ".mha"))
-    outputs = [out] if single_file else [out / f"{c.name}_seg.nii.gz" for c in cases]
-    opts = SegmentOptions(labels=labels, resample_to=resample_to, batch_size=batch_size,
-                          n4=False if no_n4 else None, postprocess=not no_postprocess)
-    summary = segment_cases(cases, outputs, weights=weights, options=opts, device=device, amp=amp,
-                            overwrite=overwrite)
-    emit(summary, as_json=as_json, human=_human_segment)
+    cases = resolve_cases(list(case_dirs), t1=t1, t1c=t1c, t2=t2, flair=flair)
+    cfg = SegmentConfig(weights=weights, labels=labels, resample_to=resample_to, batch_size=batch_size,
+                        n4=False if no_n4 else None, postprocess=not no_postprocess, device=device, amp=amp,
+                        overwrite=overwrite, progress=not quiet)
+    finish(segment_cases(cases, Path(out), cfg), as_json=as_json, human=_human_segment)
 
 
 @click.command("brain-train", epilog="""\b
 Examples:
   medseg brain-train train_cases/ --arch twopath --out runs/twopath
-  medseg brain-train train_cases/ --arch input-cascade --first-weights runs/twopath/brain_twopath.safetensors --out runs/ic
+  medseg brain-train train_cases/ --arch input-cascade --first-weights runs/twopath/best.safetensors --out runs/ic
   medseg brain-train train_cases/ --arch input-cascade --out runs/ic --resume
 \b
 Case folders hold <case>_t1/_t1ce/_t2/_flair and <case>_seg (BraTS naming). Phase 1 trains on
-class-balanced patches, phase 2 only the output layer on the natural distribution. Cascades
-train (or load, --first-weights) a TwoPathCNN first, freeze it, then train the second stage.
+class-balanced patches (OUT/phase1), phase 2 only the output layer on the natural distribution
+(OUT/phase2); the final model is OUT/best.safetensors. Cascades train (OUT/first/) or load
+(--first-weights) a TwoPathCNN first, freeze it, then train the second stage. With two or more
+cases, --val-fraction of them (at least one) are held out for validation.
 """)
 @click.argument("case_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--arch", type=ARCHS, default="twopath", show_default=True)
-@click.option("--first-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Trained TwoPathCNN weights for a cascade's first stage (else trained first).")
+@click.option("--first-weights", type=WEIGHTS_TYPE, default=None,
+              help="Trained TwoPathCNN weights for a cascade's first stage (else trained first, in OUT/first).")
 @click.option("--labels", type=LABELS, default="brats2021", show_default=True, help="Label convention of the segs.")
-@click.option("--epochs", type=click.IntRange(1), default=5, show_default=True, help="Phase-1 epochs (max).")
-@click.option("--steps", type=click.IntRange(1), default=30, show_default=True, help="Steps per epoch.")
+@click.option("--epochs", type=click.IntRange(1), default=5, show_default=True, help="Phase-1 epochs.")
+@click.option("--steps", type=click.IntRange(1), default=30, show_default=True, help="Steps per phase-1 epoch.")
 @click.option("--phase2-epochs", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Patches per step.")
-@click.option("--lr", type=float, default=0.003, show_default=True, help="Phase-1 learning rate (SGD, momentum 0.9).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.003, show_default=True,
+              help="Phase-1 learning rate (SGD, momentum 0.9); phase 2 uses a third of it.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="Share of the cases held out for validation (at least one case when there are two or more).")
 @click.option("--local-channels", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--global-channels", type=click.IntRange(1), default=160, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-n4", is_flag=True, help="Skip N4 bias correction in preprocessing.")
 @click.option("--n4-shrink", type=click.IntRange(1), default=4, show_default=True, help="N4 shrink factor.")
-@click.option("--resume", is_flag=True, help="Continue from <out>/train_state.pt.")
+@train_options
 @overwrite_option
 @common_options
 def brain_train(case_dirs, out, arch, first_weights, labels, epochs, steps, phase2_epochs, batch_size, lr,
-                local_channels, global_channels, seed, no_n4, n4_shrink, resume, overwrite, device, quiet, as_json):
+                val_fraction, local_channels, global_channels, no_n4, n4_shrink, max_minutes, seed, resume,
+                overwrite, device, quiet, as_json):
     """Train a TwoPathCNN or a cascade on case folders (two-phase patch training)."""
-    from pathlib import Path
-
-    from medseg.brain.io import expand_case_dirs
     from medseg.brain.models import BrainNetConfig
     from medseg.brain.preprocess import PreprocessConfig
-    from medseg.brain.train import PhaseConfig, TrainConfig, train
+    from medseg.brain.train import BrainTrainConfig, PhaseConfig, train
 
-    dirs = expand_case_dirs(list(case_dirs))
-    cfg = TrainConfig(net=BrainNetConfig(arch=arch, local_channels=local_channels, global_channels=global_channels),
-                      preprocess=PreprocessConfig(n4=not no_n4, n4_shrink=n4_shrink),
-                      phase1=PhaseConfig(epochs=epochs, steps_per_epoch=steps, lr=lr),
-                      phase2=PhaseConfig(epochs=phase2_epochs, steps_per_epoch=max(1, steps * 2 // 3), lr=lr / 3),
-                      batch_size=batch_size, seed=seed, labels=labels,
-                      training_data=f"{len(dirs)} case(s): {', '.join(d.name for d in dirs[:5])}"
-                                    f"{' ...' if len(dirs) > 5 else ''}")
-    result = train(dirs, Path(out), cfg, first_weights=Path(first_weights) if first_weights else None,
-                   device=device, resume=resume, overwrite=overwrite)
-    emit(result, as_json=as_json, human=lambda r: f"wrote {r['weights']} ({r['seconds']:.0f} s)")
+    cfg = BrainTrainConfig(
+        net=BrainNetConfig(arch=arch, local_channels=local_channels, global_channels=global_channels),
+        preprocess=PreprocessConfig(n4=not no_n4, n4_shrink=n4_shrink),
+        phase1=PhaseConfig(epochs=epochs, steps_per_epoch=steps, lr=lr),
+        phase2=PhaseConfig(epochs=phase2_epochs, steps_per_epoch=max(1, steps * 2 // 3), lr=lr / 3),
+        batch_size=batch_size, val_fraction=val_fraction, seed=seed, labels=labels, max_minutes=max_minutes)
+    result = train(list(case_dirs), Path(out), cfg, first_weights=first_weights, device=device, resume=resume,
+                   overwrite=overwrite, progress=not quiet)
+    finish(result, as_json=as_json, human=_human_train)
 
 
 @click.command("brain-eval", epilog="""\b
@@ -142,20 +152,13 @@ Matches <pred>/<case>_seg.nii.gz to each case folder's ground truth; writes qa/r
 @click.option("--labels", type=LABELS, default="brats2021", show_default=True, help="Ground-truth label convention.")
 @click.option("--pred-labels", type=LABELS, default=None, help="Prediction label convention (default: --labels).")
 @overwrite_option
-@common_options
-def brain_eval(case_dirs, pred_dir, out, labels, pred_labels, overwrite, device, quiet, as_json):
+@output_options
+def brain_eval(case_dirs, pred_dir, out, labels, pred_labels, overwrite, quiet, as_json):
     """Dice and HD95 (mm) for WT/TC/ET per case and summary, with an HTML QA report."""
-    from medseg.brain.evaluate import evaluate_cases
+    from medseg.brain.evaluate import EvalConfig, evaluate_cases
 
-    result = evaluate_cases(pred_dir, list(case_dirs), out, labels=labels, pred_labels=pred_labels,
-                            overwrite=overwrite)
-
-    def human(r: dict) -> str:
-        s = r["summary"]
-        return (f"{len(r['cases'])} case(s): Dice WT {s['dice_WT']['mean']:.3f}, TC {s['dice_TC']['mean']:.3f}, "
-                f"ET {s['dice_ET']['mean']:.3f}; report {r['outputs']['html']}")
-
-    emit(result, as_json=as_json, human=human)
+    cfg = EvalConfig(labels=labels, pred_labels=pred_labels, overwrite=overwrite, progress=not quiet)
+    finish(evaluate_cases(pred_dir, list(case_dirs), out, cfg), as_json=as_json, human=_human_eval)
 
 
 commands = [brain_segment, brain_train, brain_eval]

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import click
-from medseg_cli.options import amp_option, batch_size_option, common_options, emit, overwrite_option
+from medseg_cli.options import (
+    amp_option,
+    batch_size_option,
+    common_options,
+    finish,
+    output_options,
+    overwrite_option,
+    train_options,
+    weights_option,
+)
 
 SEGMENT_EPILOG = """\b
 Examples:
@@ -14,18 +23,22 @@ Examples:
 \b
 Outputs per image: NAME_labels.tif (instances), NAME_overlay.png, NAME_cells.csv
 (label, area, centroid, perimeter, eccentricity, mean intensity), optional NAME_prob.tif;
-per batch: summary.json, report.html. Unreadable inputs are skipped and listed (exit 5).
+per batch: summary.json (this run only), report.html. An unreadable image is a failed item
+(listed, exit 5) and leaves no outputs; fix it and rerun with --resume to segment only what is
+missing.
 """
 
 TRAIN_EPILOG = """\b
 Examples:
   medseg cells-train --images train/img --masks train/mask --out run1/ --epochs 30
-  medseg cells-train --synthetic 24 --out demo_run/ --base-channels 8 --batch-norm --minutes 10
-  medseg cells-train --images img/ --masks mask/ --out run1/ --resume --epochs 60
+  medseg cells-train --synthetic 24 --out demo_run/ --base-channels 8 --batch-norm --max-minutes 10
+  medseg cells-train --images train/img --masks train/mask --out run1/ --epochs 30 --resume
 
 \b
 Masks are instance labels or binary masks (split into connected components), matched to
-images by name (NAME.png <-> NAME.png / NAME_mask.tif / NAME_labels.tif).
+images by name (NAME.png <-> NAME.png / NAME_mask.tif / NAME_labels.tif). A share of the
+pairs (--val-fraction) is held out for validation. Files in OUT: best.safetensors,
+last.safetensors, state.pt (optimizer for --resume), history.json, train_config.json.
 """
 
 EVAL_EPILOG = """\b
@@ -38,8 +51,7 @@ Examples:
 @click.command("cells-segment", epilog=SEGMENT_EPILOG)
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="Weights (.safetensors from cells-train). Default: the synthetic demo weights.")
+@weights_option("Weights (.safetensors from cells-train). Default: the demo weights (synthetic, not for clinical use).")
 @click.option("--tile", type=click.IntRange(64), default=512, show_default=True, help="Input tile edge (px).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.6, show_default=True,
               help="Cell probability threshold.")
@@ -51,28 +63,23 @@ Examples:
 @click.option("--no-watershed", is_flag=True, help="Connected components only (no splitting of merges).")
 @click.option("--save-prob", is_flag=True, help="Also write the cell-probability map (float TIFF).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML QA report.")
-@batch_size_option(4)
+@click.option("--resume", is_flag=True, help="Keep images an earlier run in OUT finished; segment the rest.")
+@batch_size_option(4, "Tiles per forward pass.")
 @amp_option
 @overwrite_option
 @common_options
 def cells_segment(images, out_dir, weights, tile, threshold, min_size, solidity, h, no_watershed, save_prob, no_report,
-                  batch_size, amp, overwrite, device, quiet, as_json):
+                  resume, batch_size, amp, overwrite, device, quiet, as_json):
     """Segment cells (instances) in PNG/TIFF microscopy images of any size."""
     from medseg.cells.instances import InstanceConfig
-    from medseg.cells.segment import SegmentConfig, segment_images
-    from medseg.errors import BatchFailures
+    from medseg.cells.segment import SegmentConfig, human_summary, segment_images
 
-    config = SegmentConfig(tile=tile, batch_size=batch_size, amp=amp, save_probability=save_prob,
-                           report=not no_report,
+    config = SegmentConfig(weights=weights, device=device, amp=amp, tile=tile, batch_size=batch_size,
+                           save_probability=save_prob, report=not no_report, overwrite=overwrite, resume=resume,
+                           progress=not quiet,
                            instances=InstanceConfig(threshold=threshold, min_size=min_size, h=h, solidity=solidity,
                                                     watershed=not no_watershed))
-    summary = segment_images(list(images), out_dir, weights=weights, device=device, config=config,
-                             overwrite=overwrite, show_progress=not quiet)
-    emit(summary, as_json=as_json, human=lambda s: (
-        f"{s['n_ok']} image(s), {s['total_cells']} cells -> {s['out_dir']}"
-        + (f"; {s['n_failed']} failed (see summary.json)" if s["n_failed"] else "")))
-    if summary["n_failed"]:
-        raise BatchFailures(f"{summary['n_failed']} of {summary['n_failed'] + summary['n_ok']} images failed")
+    finish(segment_images(list(images), out_dir, config), as_json=as_json, human=human_summary)
 
 
 @click.command("cells-train", epilog=TRAIN_EPILOG)
@@ -88,34 +95,33 @@ def cells_segment(images, out_dir, weights, tile, threshold, min_size, solidity,
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True, help="Batches per epoch.")
 @click.option("--tile", type=click.IntRange(64), default=316, show_default=True, help="Input patch edge (px).")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--w0", type=float, default=10.0, show_default=True, help="Border weight w0.")
-@click.option("--sigma", type=float, default=5.0, show_default=True, help="Border weight sigma (px).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Adam learning rate (cosine schedule).")
+@click.option("--w0", type=click.FloatRange(0), default=10.0, show_default=True, help="Border weight w0.")
+@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Border weight sigma (px).")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True,
-              help="Share of the pairs held out for validation IoU.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--minutes", type=float, default=None, help="Stop after this many minutes (after a checkpoint).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/state.pt.")
-@batch_size_option(4)
+              help="Share of the pairs held out for validation IoU (0: validate on training images, with a warning).")
+@train_options
+@batch_size_option(4, "Patches per training step.")
+@amp_option
 @overwrite_option
 @common_options
 def cells_train(images_dir, masks_dir, synthetic, out_dir, arch, base_channels, batch_norm, epochs, steps, tile,
-                lr, w0, sigma, val_fraction, seed, minutes, resume, batch_size, overwrite, device, quiet, as_json):
+                lr, w0, sigma, val_fraction, max_minutes, seed, resume, batch_size, amp, overwrite, device, quiet,
+                as_json):
     """Train a cell U-Net (weighted cross-entropy with border weight maps, elastic augmentation)."""
-    from medseg.cells.dataset import train_cli
     from medseg.cells.model import CellModelConfig
-    from medseg.cells.train import TrainConfig
+    from medseg.cells.train import CellsTrainConfig, human_summary, train_cells
     from medseg.cells.weights import WeightMapConfig
 
-    config = TrainConfig(model=CellModelConfig(arch=arch, base_channels=base_channels, batch_norm=batch_norm),
-                         weights=WeightMapConfig(w0=w0, sigma=sigma), epochs=epochs, steps_per_epoch=steps,
-                         batch_size=batch_size, tile=tile, lr=lr, val_fraction=val_fraction, seed=seed,
-                         max_minutes=minutes)
-    summary = train_cli(out_dir, config=config, images_dir=images_dir, masks_dir=masks_dir, synthetic=synthetic,
-                        device=device, resume=resume, overwrite=overwrite)
-    emit(summary, as_json=as_json, human=lambda s: (
-        f"{s['epochs_run']} epoch(s), best validation IoU {s['best_val_iou']:.4f} -> {s['out_dir']}/best.safetensors"
-        + (f"; skipped {len(s['skipped'])} pair(s)" if s.get("skipped") else "")))
+    config = CellsTrainConfig(model=CellModelConfig(arch=arch, base_channels=base_channels, batch_norm=batch_norm),
+                              weight_map=WeightMapConfig(w0=w0, sigma=sigma), epochs=epochs, steps_per_epoch=steps,
+                              batch_size=batch_size, tile=tile, lr=lr, val_fraction=val_fraction, seed=seed,
+                              max_minutes=max_minutes, amp=amp, synthetic=synthetic)
+    result = train_cells(out_dir, config, images_dir=images_dir, masks_dir=masks_dir, device=device, resume=resume,
+                         overwrite=overwrite, progress=not quiet)
+    finish(result, as_json=as_json, human=human_summary)
 
 
 @click.command("cells-eval", epilog=EVAL_EPILOG)
@@ -126,19 +132,13 @@ def cells_train(images_dir, masks_dir, synthetic, out_dir, arch, base_channels, 
 @click.option("--iou", "iou_threshold", type=click.FloatRange(0.5, 1), default=0.5, show_default=True,
               help="Object IoU threshold for a match.")
 @overwrite_option
-@common_options
-def cells_eval(predictions, truth, out_path, iou_threshold, overwrite, device, quiet, as_json):
+@output_options
+def cells_eval(predictions, truth, out_path, iou_threshold, overwrite, quiet, as_json):
     """Pixel IoU/Dice, object precision/recall/F1, AP@IoU and adapted Rand error vs ground truth."""
-    from medseg.cells.evaluate import EvalConfig, evaluate_folders
+    from medseg.cells.evaluate import EvalConfig, evaluate_folders, human_summary
 
-    summary = evaluate_folders(list(predictions), truth, config=EvalConfig(iou_threshold=iou_threshold),
-                               out=out_path, overwrite=overwrite)
-    s = summary["summary"]
-    emit(summary, as_json=as_json, human=lambda _: (
-        f"{s['images']} image(s): pixel IoU {s['mean_pixel_iou']:.4f}, Dice {s['mean_pixel_dice']:.4f}, "
-        f"AP@{iou_threshold:g} {s['ap50']:.4f}, P {s['precision']:.3f} R {s['recall']:.3f} F1 {s['f1']:.3f}, "
-        f"adapted Rand error {s['mean_adapted_rand_error']:.4f}, cells {s['count_pred']}/{s['count_true']}"
-        + (f"; {len(summary['failures'])} skipped" if summary["failures"] else "")))
+    config = EvalConfig(iou_threshold=iou_threshold, out=out_path, overwrite=overwrite, progress=not quiet)
+    finish(evaluate_folders(list(predictions), truth, config), as_json=as_json, human=human_summary)
 
 
 commands = [cells_segment, cells_train, cells_eval]

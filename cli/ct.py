@@ -5,14 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from medseg_cli.options import amp_option, batch_size_option, common_options, emit, overwrite_option
+from medseg_cli.options import (
+    amp_option,
+    batch_size_option,
+    common_options,
+    emit,
+    finish,
+    json_option,
+    overwrite_option,
+    train_options,
+    weights_option,
+)
 
 KERNEL_HELP = "Reconstruction kernel: B10f, B30f, B50f or B70f."
+WEIGHTS_HELP = "Weights file (.safetensors); default: search --models-dir, $MEDSEG_CT_MODELS, then the demo weights."
+BATCH_HELP = "Slices per forward pass (default: 16 on CUDA, 1 on CPU)."
 
 
 def _models_dir_option(func):
     return click.option("--models-dir", multiple=True, type=click.Path(file_okay=False, path_type=Path),
-                        help="Extra folder(s) to search for weights (also $MEDSEG_CT_MODELS).")(func)
+                        help="Extra folder(s) to search for weights (also $MEDSEG_CT_MODELS); a ct-train run "
+                             "folder works.")(func)
 
 
 def _kernel_options(func):
@@ -21,71 +34,60 @@ def _kernel_options(func):
     return func
 
 
+def _fractions(_ctx, _param, value: str) -> tuple[float, float, float]:
+    try:
+        fractions = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        fractions = ()
+    if len(fractions) != 3 or any(f < 0 for f in fractions):
+        raise click.BadParameter("expected three comma-separated fractions, e.g. 0.6,0.2,0.2")
+    return fractions
+
+
 @click.command("ct-convert", epilog="""\b
 Examples:
   medseg ct-convert scan/ --from B50f --to B30f --out scan_B30f/
   medseg ct-convert scan/ --from B50f --to B30f --out scan_B30f/ \\
       --reference scan_ref_B30f/ --report qa/
   medseg ct-convert chest.nii.gz --from B30f --to B50f --out chest_B50f.nii.gz
-  medseg ct-convert study/ --series-uid 1.2.3... --from B50f --to B30f --out out/ --format nifti
+  medseg ct-convert study/ --series-uid 1.2.3... --from B50f --to B30f --out out.nii.gz
 """)
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @_kernel_options
 @click.option("--out", "output", required=True, type=click.Path(path_type=Path),
-              help="Output series folder (DICOM) or image file (.nii.gz).")
+              help="Output series folder (DICOM) or volume file (.nii.gz, .nii, .nrrd, .mha).")
 @click.option("--format", "output_format", type=click.Choice(["dicom", "nifti"]), default=None,
-              help="Output format (default: DICOM for DICOM input, else NIfTI).")
+              help="Output format (default: a volume file when OUT ends in a volume extension or INPUT is one, "
+                   "else DICOM).")
 @click.option("--series-uid", default=None, help="Pick one series when INPUT holds several.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Weights file (default: search --models-dir, $MEDSEG_CT_MODELS, demo weights).")
+@weights_option(WEIGHTS_HELP)
 @_models_dir_option
 @click.option("--reference", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Reference series in the target kernel: also write a QA report (RMSE, LAA-950).")
+              help="The same scan in the target kernel: also write a QA report (RMSE, LAA-950).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the QA report (default: OUT + '_qa'); needs --reference.")
-@click.option("--batch-size", type=click.IntRange(1), default=None,
-              help="Slices per forward pass (default: 16 on CUDA, 1 on CPU).")
+@click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write the QA report as PDF.")
+@batch_size_option(None, BATCH_HELP)
 @amp_option
 @overwrite_option
 @common_options
 def ct_convert(input_path, source, target, output, output_format, series_uid, weights, models_dir, reference,
-               report_dir, batch_size, amp, overwrite, device, quiet, as_json):
+               report_dir, pdf, batch_size, amp, overwrite, device, quiet, as_json):
     """Convert a CT series from one reconstruction kernel to another (no sinogram needed).
 
     INPUT is a DICOM series folder (any file names), a DICOM file, or a NIfTI/NRRD/MHA volume or
     slice. DICOM input gives a derived DICOM series (new UIDs, same patient/study and geometry,
     signed int16 HU). The input is never modified.
     """
-    from medseg.ct.convert import convert
-
     if report_dir is not None and reference is None:
         raise click.UsageError("--report needs --reference")
-    result = convert(input_path, output, source=source, target=target, weights=weights, models_dirs=models_dir,
-                     series_uid=series_uid, output_format=output_format, batch_size=batch_size, device=device,
-                     amp=amp, overwrite=overwrite, progress=not quiet)
-    summary = result.to_dict()
-    if reference is not None:
-        from medseg.ct.report import qa_single
-        from medseg.io.atomic import check_output
+    from medseg.ct.convert import ConvertConfig, convert, convert_text
 
-        report_dir = report_dir or output.with_name(output.name.split(".")[0] + "_qa")
-        check_output(report_dir / "ct_qa.json", overwrite=overwrite)
-        qa = qa_single(input_path, output, reference, report_dir, source=result.source_kernel,
-                       target=result.target_kernel, series_uid=series_uid)
-        summary["qa"] = {"report": str(report_dir / "ct_qa.html"), **qa["exams"][0]}
-
-    def human(s):
-        text = (f"{s['slices']} slices {s['source_kernel']}->{s['target_kernel']} in {s['seconds']:.1f} s "
-                f"({s['slices_per_second']:.1f} slices/s on {s['device']}) -> {s['output']}")
-        if "qa" in s:
-            q = s["qa"]
-            text += (f"\nRMSE vs reference: original {q['rmse_original_hu']:.1f} HU, converted "
-                     f"{q['rmse_converted_hu']:.1f} HU ({q['rmse_reduction_pct']:.1f} % lower); LAA-950 original "
-                     f"{q['laa950_original']:.1f} %, converted {q['laa950_converted']:.1f} %, reference "
-                     f"{q['laa950_reference']:.1f} %\nQA report: {q['report']}")
-        return text
-
-    emit(summary, as_json=as_json, human=human)
+    cfg = ConvertConfig(source=source, target=target, weights=weights, models_dirs=models_dir, series_uid=series_uid,
+                        output_format=output_format, batch_size=batch_size, device=device, amp=amp, pdf=pdf,
+                        overwrite=overwrite, progress=not quiet)
+    finish(convert(input_path, output, cfg, reference=reference, report_dir=report_dir), as_json=as_json,
+           human=convert_text)
 
 
 @click.command("ct-models", epilog="""\b
@@ -94,60 +96,54 @@ Examples:
   medseg ct-models --models-dir my_models/ --json
 """)
 @_models_dir_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def ct_models(models_dir, as_json):
-    """List the kernel-conversion models that are available."""
-    from medseg.ct.models import list_models
+    """List the kernel-conversion models that are available (first listed = used)."""
+    from medseg.ct.models import list_models, models_text
 
-    rows = [{"from": e.source, "to": e.target, "path": str(e.path), "version": e.meta.version,
+    rows = [{"from": e.source, "to": e.target, "path": str(e.path), "demo": e.demo, "version": e.meta.version,
              "training_data": e.meta.training_data, "created": e.meta.created} for e in list_models(models_dir)]
-    emit({"models": rows}, as_json=as_json, human=lambda s: "\n".join(
-        f"{r['from']} -> {r['to']}  {r['path']}\n    trained on: {r['training_data']}" for r in s["models"])
-        or "no models found (train with 'medseg ct-train' or pass --models-dir)")
+    emit({"models": rows}, as_json=as_json, human=models_text)
 
 
 @click.command("ct-train", epilog="""\b
 Examples:
-  medseg ct-train pairs/ --from B50f --to B30f --out models/b50_b30/
-  medseg ct-train pairs/ --from B50f --to B30f --out models/b50_b30/ --resume
+  medseg ct-train pairs/ --from B50f --to B30f --out runs/b50_b30/
+  medseg ct-train pairs/ --from B50f --to B30f --out runs/b50_b30/ --epochs 40 --resume
   medseg ct-train pairs/ --from B30f --to B50f --out m/ --epochs 5 --crop 128   # quick CPU run
+  medseg ct-convert scan/ --from B50f --to B30f --out o/ --models-dir runs/b50_b30/
 
 \b
 PAIRS: a folder of exam folders, each with series of both kernels (DICOM, identified by
-their ConvolutionKernel tag, or volumes named like B50f.nii.gz).
+their ConvolutionKernel tag, or volumes named like B50f.nii.gz). OUT receives best.safetensors,
+last.safetensors, state.pt, history.json and train_config.json (with the split by exam).
 """)
 @click.argument("pairs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_kernel_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
-@batch_size_option(4)
-@click.option("--lr", type=float, default=1e-4, show_default=True)
-@click.option("--weight-decay", type=float, default=1e-6, show_default=True)
+@batch_size_option(4, "Slices per training step.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-6, show_default=True)
 @click.option("--lr-step", type=click.IntRange(1), default=20, show_default=True, help="Epochs per x0.1 step.")
-@click.option("--split", default="0.6,0.2,0.2", show_default=True, help="Train/val/test fractions by exam.")
+@click.option("--split", default="0.6,0.2,0.2", show_default=True, callback=_fractions,
+              help="Train/validation/test fractions, by exam.")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Random crops of this size (default whole slices).")
-@click.option("--steps-per-epoch", type=click.IntRange(1), default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from OUT/last_state.pt.")
+@click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
+              help="Training steps per epoch (default: one pass over the training slices).")
+@train_options
 @overwrite_option
 @common_options
 def ct_train(pairs, source, target, out_dir, epochs, batch_size, lr, weight_decay, lr_step, split, crop,
-             steps_per_epoch, seed, resume, overwrite, device, quiet, as_json):
+             steps_per_epoch, max_minutes, seed, resume, overwrite, device, quiet, as_json):
     """Train a kernel converter for one direction on paired series, split by exam."""
-    from medseg.ct.train import CTTrainConfig, train
+    from medseg.ct.train import CTTrainConfig, train, train_text
 
-    try:
-        fractions = tuple(float(v) for v in split.split(","))
-        assert len(fractions) == 3
-    except (ValueError, AssertionError):
-        raise click.BadParameter("expected three comma-separated fractions", param_hint="--split") from None
     cfg = CTTrainConfig(source_kernel=source, target_kernel=target, epochs=epochs, batch_size=batch_size, lr=lr,
-                        weight_decay=weight_decay, lr_step_epochs=lr_step, split=fractions, seed=seed, crop=crop,
-                        steps_per_epoch=steps_per_epoch)
-    result = train(list(pairs), out_dir, cfg, device=device, resume=resume, overwrite=overwrite,
-                   progress=not quiet)
-    emit(result, as_json=as_json, human=lambda r: f"best validation RMSE {r['best_val_rmse_hu']:.2f} HU "
-                                                   f"after {r['epochs']} epoch(s) -> {r['weights']}")
+                        weight_decay=weight_decay, lr_step_epochs=lr_step, split=split, seed=seed, crop=crop,
+                        steps_per_epoch=steps_per_epoch, max_minutes=max_minutes)
+    result = train(list(pairs), out_dir, cfg, device=device, resume=resume, overwrite=overwrite, progress=not quiet)
+    finish(result, as_json=as_json, human=train_text)
 
 
 @click.command("ct-report", epilog="""\b
@@ -157,40 +153,62 @@ Examples:
 
 \b
 Each exam folder holds the source-kernel series and the reference target-kernel series.
+A failing exam is recorded in the report with its reason; the exit code is then 5.
 """)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_kernel_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@weights_option(WEIGHTS_HELP)
 @_models_dir_option
-@click.option("--save-masks", is_flag=True, help="Also write each exam's lung mask (NIfTI).")
+@click.option("--save-masks", is_flag=True, help="Also write each exam's lung mask (NIfTI) to OUT/masks.")
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write the PDF report.")
-@click.option("--batch-size", type=click.IntRange(1), default=None,
-              help="Slices per forward pass (default: 16 on CUDA, 1 on CPU).")
+@batch_size_option(None, BATCH_HELP)
 @amp_option
 @overwrite_option
 @common_options
 def ct_report(inputs, source, target, out_dir, weights, models_dir, save_masks, pdf, batch_size, amp, overwrite,
               device, quiet, as_json):
     """RMSE and emphysema-index (LAA-950, Perc15) agreement QA with Bland-Altman, for a cohort."""
-    from medseg.ct.report import run_ct_report
+    from medseg.ct.report import ReportConfig, report_text, run_ct_report
 
-    doc = run_ct_report(list(inputs), out_dir, source=source, target=target, weights=weights,
-                        models_dirs=models_dir, device=device, amp=amp, batch_size=batch_size, save_masks=save_masks,
-                        pdf=pdf, overwrite=overwrite, progress=not quiet)
-
-    def human(d):
-        s = d["summary"]
-        ba = s.get("bland_altman_laa950", {})
-        lines = [f"{s['ok']}/{s['exams']} exam(s); mean RMSE reduction {s.get('rmse_reduction_pct_mean', float('nan')):.1f} %"]
-        for name, v in ba.items():
-            lines.append(f"LAA-950 {name.replace('_', ' ')}: bias {v['bias']:+.2f}, LoA "
-                         f"{v['loa_low']:+.2f} to {v['loa_high']:+.2f}" if v["sd"] is not None else
-                         f"LAA-950 {name.replace('_', ' ')}: bias {v['bias']:+.2f}")
-        lines.append(f"report: {Path(out_dir) / 'ct_qa.html'}")
-        return "\n".join(lines)
-
-    emit(doc, as_json=as_json, human=human)
+    cfg = ReportConfig(source=source, target=target, weights=weights, models_dirs=models_dir, device=device, amp=amp,
+                       batch_size=batch_size, save_masks=save_masks, pdf=pdf, overwrite=overwrite,
+                       progress=not quiet)
+    finish(run_ct_report(list(inputs), out_dir, cfg), as_json=as_json, human=report_text)
 
 
-commands = [ct_convert, ct_models, ct_train, ct_report]
+@click.command("ct-import-caffe", epilog="""\b
+Examples:
+  medseg ct-import-caffe snapshot_iter_119400.caffemodel --mean train_image_mean_B50f_B30f.binaryproto \\
+      --from B50f --to B30f --out models/lee2019_B50f_to_B30f.safetensors
+  medseg ct-convert scan/ --from B50f --to B30f --out scan_B30f/ --models-dir models/
+
+\b
+Reads the published Caffe model of Lee et al. 2019 (github leegaeun/CT_Kernel_Conversion) without
+Caffe; nothing is downloaded: point at the files you fetched. The converter then computes
+out = in + net(in - mean image), as the authors' notebook does (512 x 512 slices).
+""")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--mean", "mean", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The authors' train_image_mean_*.binaryproto.")
+@_kernel_options
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Weights file to write (.safetensors).")
+@click.option("--input-offset", type=float, default=None,
+              help="CT-number offset of the network's input (default: inferred from the mean image, "
+                   "1024 for the authors' unsigned mean).")
+@overwrite_option
+@json_option
+def ct_import_caffe(model, mean, source, target, out, input_offset, overwrite, as_json):
+    """Import the authors' Caffe kernel-conversion model as medseg weights."""
+    from medseg.ct.caffe import import_caffe
+    from medseg.engine.checkpoint import read_meta
+
+    path = import_caffe(model, mean, source=source, target=target, out=out, input_offset=input_offset,
+                        overwrite=overwrite)
+    meta = read_meta(path)
+    doc = {"weights": str(path), "task": meta.task, "config": meta.config, "normalisation": meta.normalisation}
+    emit(doc, as_json=as_json, human=lambda d: f"imported {d['task']} -> {d['weights']}")
+
+
+commands = [ct_import_caffe, ct_convert, ct_models, ct_train, ct_report]

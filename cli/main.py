@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import pkgutil
 import sys
@@ -77,16 +78,50 @@ class MedsegGroup(click.Group):
         except MedsegError as exc:
             if ctx.meta.get("medseg.debug"):
                 raise
-            click.echo(f"medseg: error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            _fail(ctx, str(exc), exc.exit_code, path=exc.path)
+        except OSError as exc:  # permission denied, disk full, read-only file system: the user's to fix
+            if ctx.meta.get("medseg.debug"):
+                raise
+            where = exc.filename if exc.filename is not None else ""
+            text = exc.strerror or str(exc)
+            _fail(ctx, f"{where}: {text}" if where else text, 2, path=where or None)
         except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
             raise
-        except Exception as exc:  # a bug or an environment problem: still one line by default
+        except Exception as exc:  # a bug: still one line by default
             if ctx.meta.get("medseg.debug"):
                 raise
             first = str(exc).splitlines()[0] if str(exc) else ""
-            click.echo(f"medseg: internal error: {exc.__class__.__name__}: {first} (rerun with --debug)", err=True)
-            ctx.exit(1)
+            _fail(ctx, f"internal error: {exc.__class__.__name__}: {first} (rerun with --debug)", 1, internal=True)
+
+    def main(self, args=None, prog_name=None, standalone_mode: bool = True, **extra):
+        """Click usage errors as one line (``medseg: error: ...``, exit 2), JSON with ``--json``."""
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(args=argv, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            cmd = exc.ctx.command_path if exc.ctx is not None else "medseg"
+            message = f"{exc.format_message()} (see '{cmd} --help')"
+            if "--json" in argv:
+                click.echo(json.dumps({"error": message, "exit_code": 2}))
+            click.echo(f"medseg: error: {message}", err=True)
+            rv = 2
+        except click.ClickException as exc:
+            click.echo(f"medseg: error: {exc.format_message()}", err=True)
+            rv = exc.exit_code
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("medseg: aborted", err=True)
+            rv = 130
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(ctx: click.Context, message: str, code: int, *, path=None, internal: bool = False) -> None:
+    """One line on stderr, one JSON document on stdout with --json, then the exit code."""
+    if ctx.meta.get("medseg.json"):
+        click.echo(json.dumps({"error": message, "path": str(path) if path else None, "exit_code": code}))
+    click.echo(f"medseg: {message}" if internal else f"medseg: error: {message}", err=True)
+    ctx.exit(code)
 
 
 @click.group(cls=MedsegGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,15 +1,18 @@
-"""Option decorators every command shares, so flags mean the same everywhere."""
+"""Option decorators every command shares, so flags mean the same everywhere, and one way to finish."""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 DEVICE_HELP = "auto (CUDA if present), cpu, cuda or cuda:N."
+# one click type for every --weights: existence is checked by the library (a weights problem is exit 4)
+WEIGHTS_TYPE = click.Path(dir_okay=False, path_type=Path)
 
 
 def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
@@ -29,24 +32,54 @@ def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool
     return value
 
 
-def common_options(func: Callable) -> Callable:
-    """--device, --quiet, --json, --debug."""
-    func = click.option("--debug", is_flag=True, expose_value=False, callback=_set_debug, is_eager=True,
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta["medseg.json"] = True
+    return value
+
+
+def debug_option(func: Callable) -> Callable:
+    return click.option("--debug", is_flag=True, expose_value=False, callback=_set_debug, is_eager=True,
                         help="Show full tracebacks and debug logging.")(func)
-    func = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary on stdout.")(func)
-    func = click.option("-q", "--quiet", is_flag=True, callback=_set_quiet,
+
+
+def json_option(func: Callable) -> Callable:
+    """--json: one JSON document on stdout whatever the outcome (errors included)."""
+    return click.option("--json", "as_json", is_flag=True, callback=_set_json, is_eager=True,
+                        help="Print one machine-readable JSON document on stdout (also on errors).")(func)
+
+
+def quiet_option(func: Callable) -> Callable:
+    return click.option("-q", "--quiet", is_flag=True, callback=_set_quiet,
                         help="Only warnings and errors; no progress bars.")(func)
-    func = click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)(func)
-    return func
+
+
+def device_option(func: Callable) -> Callable:
+    return click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)(func)
+
+
+def output_options(func: Callable) -> Callable:
+    """--quiet, --json, --debug: for commands that do work but run no model."""
+    return quiet_option(json_option(debug_option(func)))
+
+
+def common_options(func: Callable) -> Callable:
+    """--device, --quiet, --json, --debug: for commands that run a model."""
+    return device_option(output_options(func))
 
 
 def overwrite_option(func: Callable) -> Callable:
     return click.option("--overwrite", is_flag=True, help="Replace existing outputs.")(func)
 
 
-def batch_size_option(default: int) -> Callable[[Callable], Callable]:
-    return click.option("--batch-size", type=click.IntRange(1), default=default, show_default=True,
-                        help="Slices/tiles per forward pass.")
+def weights_option(help_text: str = "Weights file (.safetensors) made by medseg; default: the demo weights "
+                   "(synthetic, not for clinical use).") -> Callable[[Callable], Callable]:
+    return click.option("--weights", type=WEIGHTS_TYPE, default=None, help=help_text)
+
+
+def batch_size_option(default: int | None, help_text: str = "Slices/tiles per forward pass.") -> Callable:
+    return click.option("--batch-size", type=click.IntRange(1), default=default, show_default=default is not None,
+                        help=help_text)
 
 
 def amp_option(func: Callable) -> Callable:
@@ -54,12 +87,35 @@ def amp_option(func: Callable) -> Callable:
                         show_default=True, help="Mixed precision: auto = bf16/fp16 on CUDA, off on CPU.")(func)
 
 
-def emit(summary: dict[str, Any], *, as_json: bool, human: Callable[[dict[str, Any]], str] | None = None) -> None:
-    """Print the summary as JSON (for scripts) or a short human text."""
+def train_options(func: Callable) -> Callable:
+    """--epochs is the pipeline's own (defaults differ); these mean the same in every *-train command."""
+    func = click.option("--resume", is_flag=True, help="Continue from OUT/state.pt and OUT/last.safetensors.")(func)
+    func = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(func)
+    func = click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+                        help="Time budget: stop after the step that exceeds it (weights are kept).")(func)
+    return func
+
+
+def emit(summary: Any, *, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
+    """Print a result as JSON (for scripts) or as a short human text."""
     if as_json:
-        click.echo(json.dumps(summary, indent=2, default=str))
+        from medseg.results import json_safe
+
+        doc = summary.to_dict() if hasattr(summary, "to_dict") else summary
+        click.echo(json.dumps(json_safe(doc), indent=2))
     elif human is not None:
         text = human(summary)
         if text:
             click.echo(text)
     sys.stdout.flush()
+
+
+def finish(result: Any, *, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
+    """Print ``result`` and exit with its exit code (0, or 5 when some items of a batch failed)."""
+    emit(result, as_json=as_json, human=human)
+    code = int(getattr(result, "exit_code", 0))
+    if code:
+        if not as_json:
+            for line in getattr(result, "failure_lines", list)():
+                click.echo(f"medseg: failed: {line}", err=True)
+        click.get_current_context().exit(code)

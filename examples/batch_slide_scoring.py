@@ -3,7 +3,8 @@
     python examples/batch_slide_scoring.py SLIDE_DIR OUT_DIR [WEIGHTS]
 
 The same library call as ``medseg slide-score SLIDE_DIR --out OUT_DIR --resume``: a slide that cannot
-be read becomes a failed row (with its reason) and the batch goes on; rerunning skips finished slides.
+be read becomes a failed item (with its reason) and the batch goes on; rerunning keeps finished
+slides. Without WEIGHTS the demo detector is used (synthetic training data, not for clinical use).
 """
 
 from __future__ import annotations
@@ -13,27 +14,26 @@ import logging
 import sys
 from pathlib import Path
 
-from medseg.pathology.score import ScoreConfig, score_slides
-
-ROOT = Path(__file__).resolve().parents[1]
+from medseg.pathology.score import ScoreConfig, score_slides, slide_text
 
 
-def main() -> None:
+def main() -> int:
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
     slides, out = Path(sys.argv[1]), Path(sys.argv[2])
-    weights = Path(sys.argv[3]) if len(sys.argv) > 3 else ROOT / "sample_data/pathology/c4d_light_demo.safetensors"
+    weights = Path(sys.argv[3]) if len(sys.argv) > 3 else None  # None: the shipped demo detector
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = ScoreConfig(target_mpp=0.5, tile=1024, overlap=160, batch_size=4, workers=2, device="auto")
-    result = score_slides([slides], out, weights=weights, config=config, resume=True)
-    categories = collections.Counter(r.get("banff_category") for r in result["slides"] if r["status"] != "failed")
-    print(f"scored {result['ok']}, skipped {result['skipped']}, failed {result['failed']}")
-    for row in result["slides"]:
-        if row["status"] == "failed":
-            print(f"  FAILED {row['slide']}: {row['reason']}")
-    print("Banff categories:", dict(categories))
-    print("table:", result["csv"], "report:", result["report"])
+    result = score_slides([slides], out, config, weights=weights, resume=True)
+    counts = result.counts
+    print(f"scored {counts['ok']}, kept from earlier runs {counts['skipped']}, failed {counts['failed']}")
+    for item in result.items:
+        print(f"  {item.name}: " + (f"FAILED: {item.reason}" if item.status == "failed" else slide_text(item.metrics)))
+    categories = collections.Counter(i.metrics["banff_category"] for i in result.items if i.status != "failed")
+    print("Banff categories: " + (", ".join(f"{n} x {c}" for c, n in sorted(categories.items())) or "none"))
+    print(f"table: {result.outputs['table']}, report: {result.outputs.get('report', 'not written')}")
+    return result.exit_code  # 0, or 5 when some slides failed
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

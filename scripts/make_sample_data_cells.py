@@ -1,4 +1,5 @@
-"""Regenerate sample_data/cells: a few synthetic images + masks and the demo weights.
+"""Regenerate sample_data/cells (a few synthetic images + masks) and the demo weights
+medseg/weights/cells/demo_unet2015.safetensors (package data).
 
     python scripts/make_sample_data_cells.py              # images + demo weights (~8 min, 1 CPU thread)
     python scripts/make_sample_data_cells.py --no-train   # images only
@@ -13,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "sample_data" / "cells"
 TRAIN_SEED, VAL_SEED, SAMPLE_SEED = 1, 2, 3
-DEMO_WEIGHTS = "demo_unet2015.safetensors"
 
 
 def write_samples(out: Path) -> None:
@@ -48,28 +46,31 @@ def write_samples(out: Path) -> None:
         write_labels(out / "masks" / f"{name}_mask.tif", labels)
 
 
-def train_demo(out: Path, *, minutes: float, count: int) -> None:
+def train_demo(weights_out: Path, *, minutes: float, count: int) -> None:
+    """Train the demo net with the shared trainer; ship its best epoch as float16 (half the size)."""
     import torch
 
     from medseg.cells.model import CellModelConfig
-    from medseg.cells.train import TrainConfig, train
+    from medseg.cells.train import CellsTrainConfig, train_pairs
+    from medseg.engine.checkpoint import load_weights, save_weights
     from medseg.synthetic.cells import synthetic_batch
 
     torch.set_num_threads(1)
     pairs = synthetic_batch(TRAIN_SEED, count)
     val = synthetic_batch(VAL_SEED, 2)
-    config = TrainConfig(
+    config = CellsTrainConfig(
         model=CellModelConfig(arch="unet2015", base_channels=8, batch_norm=True, dropout=0.1),
         epochs=16, steps_per_epoch=40, batch_size=4, tile=316, lr=2e-3, seed=TRAIN_SEED, max_minutes=minutes,
         training_data=(f"SYNTHETIC ONLY: medseg.synthetic.cells seed {TRAIN_SEED} ({count} images 256x256, "
                        "fluorescence + phase). Demo weights, not for clinical use."),
     )
-    config = replace(config, instances=replace(config.instances))
     with tempfile.TemporaryDirectory() as tmp:
-        summary = train(pairs, tmp, config=config, device=torch.device("cpu"), val_pairs=val, half_weights=True)
-        shutil.copy(Path(tmp) / "best.safetensors", out / DEMO_WEIGHTS)
-    logging.getLogger("medseg.cells").info("demo weights: best val IoU %.4f after %d epochs",
-                                            summary["best_val_iou"], summary["epochs_run"])
+        result = train_pairs(pairs, tmp, config, val_pairs=val, device="cpu", progress=True)
+        state, meta = load_weights(result.best_weights)
+        weights_out.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(weights_out, {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, meta)
+    logging.getLogger("medseg.cells").info("demo weights %s: best validation IoU %.4f at epoch %d of %d",
+                                            weights_out, result.best_metric, result.best_epoch, result.epochs)
 
 
 def main() -> None:
@@ -77,13 +78,18 @@ def main() -> None:
     parser.add_argument("--no-train", action="store_true", help="only write the sample images and masks")
     parser.add_argument("--minutes", type=float, default=10.0, help="training time budget")
     parser.add_argument("--count", type=int, default=24, help="synthetic training images")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=OUT, help="sample images folder")
+    parser.add_argument("--weights-out", type=Path, default=None,
+                        help="demo weights file (default: the package's medseg/weights/cells/)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     write_samples(args.out)
     if not args.no_train:
-        train_demo(args.out, minutes=args.minutes, count=args.count)
+        from medseg.cells.model import DEMO_WEIGHTS
+        from medseg.engine.weights import demo_weights_path
+
+        train_demo(args.weights_out or demo_weights_path(DEMO_WEIGHTS), minutes=args.minutes, count=args.count)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Regenerate sample_data/ct: one synthetic chest exam (4 kernels, DICOM) and demo weights.
+"""Regenerate the CT sample exam (sample_data/ct/exam01) and the CT demo weights (medseg/weights/ct).
 
-The demo weights are trained on synthetic phantoms (seeds 100-109), NOT for clinical use.
-Tests evaluate them on phantoms from other seeds. Takes a few minutes on 2 CPU cores:
+One synthetic chest exam with four kernels as DICOM, and one converter per direction trained with
+``medseg ct-train``'s library call on synthetic phantoms (seeds 100-109; validation on two of
+them, held out). The weights are package data, NOT for clinical use; tests evaluate them on
+phantoms from other seeds. Takes a few minutes on 2 CPU cores:
 
-    python scripts/make_sample_data_ct.py [--epochs 12] [--out sample_data/ct]
+    python scripts/make_sample_data_ct.py [--epochs 12] [--out sample_data/ct] [--weights-out medseg/weights/ct]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SEED = 7
 TRAIN_SEEDS = list(range(100, 110))
 DIRECTIONS = [("B50f", "B30f"), ("B30f", "B50f")]
@@ -21,7 +24,9 @@ DIRECTIONS = [("B50f", "B30f"), ("B30f", "B50f")]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "sample_data" / "ct")
+    parser.add_argument("--out", type=Path, default=ROOT / "sample_data" / "ct", help="sample exam folder")
+    parser.add_argument("--weights-out", type=Path, default=ROOT / "medseg" / "weights" / "ct",
+                        help="where the demo weights go (package data)")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
@@ -30,6 +35,7 @@ def main() -> None:
 
     import torch
 
+    from medseg.ct.models import demo_file_name
     from medseg.ct.train import CTTrainConfig, train
     from medseg.synthetic.ct_phantom import make_exam, write_cohort, write_exam_dicom
 
@@ -53,9 +59,10 @@ def main() -> None:
                 extra={"recipe": "lr 1e-3 and 64 px crops instead of the paper's 1e-4 / whole slices, "
                                   "to train in minutes on a CPU"})
             result = train([cohort], run_dir, cfg, device="cpu", overwrite=True)
-            logging.info("%s->%s: best validation RMSE %.2f HU", source, target, result["best_val_rmse_hu"])
-            (args.out / "models").mkdir(parents=True, exist_ok=True)
-            shutil.copy(result["weights"], args.out / "models" / Path(result["weights"]).name)
+            logging.info("%s->%s: best validation RMSE %.2f HU (unconverted %.2f HU) at epoch %d", source, target,
+                         result.best_metric, result.extra["input_rmse_hu"], result.best_epoch)
+            args.weights_out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(result.best_weights, args.weights_out / demo_file_name(source, target))
 
 
 if __name__ == "__main__":

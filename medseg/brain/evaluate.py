@@ -16,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.brain.io import CaseFiles, find_case_files, labels_to_internal, read_image
+from medseg.brain.io import CaseFiles, error_reason, find_case_files, labels_to_internal, read_image
 from medseg.brain.segment import REGIONS, region_masks
 from medseg.errors import InputError
+from medseg.results import FAILED, ItemResult, RunResult
 
 log = logging.getLogger("medseg.brain")
+
+REPORT_FILES = ("report.html", "metrics.json", "metrics.csv")
 
 
 def region_metrics(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, float]:
@@ -57,39 +60,34 @@ class EvalPair:
     image: Path | None = None  # FLAIR, background of the overlay figures
 
 
-def find_pairs(pred_dir: Path, truth_dirs: list[Path]) -> list[EvalPair]:
-    """Match ground-truth case folders with predictions ``<pred_dir>/<case>_seg.nii.gz`` (or ``<case>.nii.gz``)."""
-    pairs = []
-    for d in truth_dirs:
-        files: CaseFiles = find_case_files(d)
-        if files.seg is None:
-            raise InputError("case has no ground-truth segmentation", path=d)
-        cands = [pred_dir / f"{files.name}_seg.nii.gz", pred_dir / f"{files.name}.nii.gz",
-                 pred_dir / files.name / f"{files.name}_seg.nii.gz"]
-        pred = next((c for c in cands if c.is_file()), None)
-        if pred is None:
-            raise InputError(f"no prediction for case {files.name} (looked for {cands[0].name})", path=pred_dir)
-        pairs.append(EvalPair(files.name, pred, files.seg, files.modalities["flair"]))
-    return pairs
+def find_pair(pred_dir: Path, case_dir: Path) -> EvalPair:
+    """Match a ground-truth case folder with ``<pred_dir>/<case>_seg.nii.gz`` (or ``<case>.nii.gz``)."""
+    files: CaseFiles = find_case_files(case_dir)
+    if files.seg is None:
+        raise InputError("case has no ground-truth segmentation", path=case_dir)
+    cands = [pred_dir / f"{files.name}_seg.nii.gz", pred_dir / f"{files.name}.nii.gz",
+             pred_dir / files.name / f"{files.name}_seg.nii.gz"]
+    pred = next((c for c in cands if c.is_file()), None)
+    if pred is None:
+        raise InputError(f"no prediction for case {files.name} (looked for {cands[0].name})", path=pred_dir)
+    return EvalPair(files.name, pred, files.seg, files.modalities["flair"])
 
 
-def evaluate_pairs(pairs: list[EvalPair], *, labels: str = "brats2021", pred_labels: str | None = None,
-                   with_images: bool = True) -> dict:
-    """Per-case metrics and a summary (mean, SD, median per metric)."""
-    rows, overlays = [], []
-    for pair in pairs:
-        pred, pgeo = read_image(pair.pred)
-        truth, tgeo = read_image(pair.truth)
-        diff = pgeo.same_grid(tgeo)
-        if diff:
-            raise InputError(f"prediction and ground truth grids differ ({diff})", path=pair.pred)
-        p = labels_to_internal(np.rint(pred).astype(np.int64), labels=pred_labels or labels, path=pair.pred)
-        t = labels_to_internal(np.rint(truth).astype(np.int64), labels=labels, path=pair.truth)
-        row = {"case": pair.name, **region_metrics(p, t, tgeo.spacing)}
-        rows.append(row)
-        if with_images:
-            overlays.append((pair.name, pair.image, p, t))
-        log.info("%s: Dice WT %.3f TC %.3f ET %.3f", pair.name, row["dice_WT"], row["dice_TC"], row["dice_ET"])
+def evaluate_pair(pair: EvalPair, *, labels: str = "brats2021", pred_labels: str | None = None
+                  ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Metrics of one case, and its internal prediction and truth maps (for the overlays)."""
+    pred, pgeo = read_image(pair.pred)
+    truth, tgeo = read_image(pair.truth)
+    diff = pgeo.same_grid(tgeo)
+    if diff:
+        raise InputError(f"prediction and ground truth grids differ ({diff})", path=pair.pred)
+    p = labels_to_internal(np.rint(pred).astype(np.int64), labels=pred_labels or labels, path=pair.pred)
+    t = labels_to_internal(np.rint(truth).astype(np.int64), labels=labels, path=pair.truth)
+    return region_metrics(p, t, tgeo.spacing), p, t
+
+
+def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean, SD, median per metric over cases; undefined values (NaN) are counted, not averaged."""
     summary: dict[str, dict[str, float]] = {}
     for key in (k for k in (rows[0] if rows else {}) if k != "case"):
         vals = np.array([r[key] for r in rows], float)
@@ -98,24 +96,77 @@ def evaluate_pairs(pairs: list[EvalPair], *, labels: str = "brats2021", pred_lab
                         "sd": float(ok.std(ddof=1)) if ok.size > 1 else math.nan,
                         "median": float(np.median(ok)) if ok.size else math.nan,
                         "n": int(ok.size), "n_undefined": int(vals.size - ok.size)}
-    return {"cases": rows, "summary": summary, "_overlays": overlays}
+    return summary
 
 
-def evaluate_cases(pred_dir: str | Path, case_dirs: list[str | Path], out_dir: str | Path, *,
-                   labels: str = "brats2021", pred_labels: str | None = None, overwrite: bool = False) -> dict:
-    """brain-eval: metrics of predictions in ``pred_dir`` against case folders; HTML report in ``out_dir``."""
+@dataclass
+class EvalConfig:
+    labels: str = "brats2021"  # ground-truth label convention
+    pred_labels: str | None = None  # prediction convention (default: ``labels``)
+    overwrite: bool = False
+    progress: bool = False
+
+
+def evaluate_cases(pred_dir: str | Path, case_dirs: list[str | Path], out_dir: str | Path,
+                   config: EvalConfig | None = None) -> RunResult:
+    """brain-eval: metrics of predictions in ``pred_dir`` against case folders; HTML report in ``out_dir``.
+
+    One item per case. In a batch, a case without a prediction, ground truth or matching grid is
+    recorded as failed and the others are evaluated; a single case that fails raises InputError.
+    The report (``report.html``, ``metrics.json``, ``metrics.csv``) describes this run and is
+    written when at least one case was evaluated.
+    """
     from medseg.brain.io import expand_case_dirs
     from medseg.brain.report import write_eval_report
+    from medseg.engine.progress import progress_bar
     from medseg.io.atomic import check_output
 
+    cfg = config or EvalConfig()
     out_dir = Path(out_dir)
-    check_output(out_dir / "report.html", overwrite=overwrite)
+    for name in REPORT_FILES:
+        check_output(out_dir / name, overwrite=cfg.overwrite)
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise InputError("prediction folder not found", path=pred_dir)
-    pairs = find_pairs(pred_dir, expand_case_dirs(case_dirs))
-    result = evaluate_pairs(pairs, labels=labels, pred_labels=pred_labels)
-    paths = write_eval_report(result, out_dir, inputs=[str(pred_dir), *map(str, case_dirs)])
-    result.pop("_overlays", None)
-    result["outputs"] = {k: str(v) for k, v in paths.items()}
+    dirs = expand_case_dirs(case_dirs)
+    result = RunResult(command="brain-eval")
+    pairs: list[EvalPair | ItemResult] = []
+    for d in dirs:  # pre-flight: every case has ground truth and a prediction
+        try:
+            pairs.append(find_pair(pred_dir, d))
+        except InputError as exc:
+            if len(dirs) == 1:
+                raise
+            pairs.append(ItemResult(name=d.name, status=FAILED, reason=error_reason(exc)))
+    rows, overlays = [], []
+    for pair in progress_bar(pairs, total=len(pairs), desc="evaluating", enabled=cfg.progress, unit="case"):
+        if isinstance(pair, ItemResult):
+            result.add(pair)
+            continue
+        try:
+            metrics, p, t = evaluate_pair(pair, labels=cfg.labels, pred_labels=cfg.pred_labels)
+        except InputError as exc:
+            if len(pairs) == 1:
+                raise
+            result.add(ItemResult(name=pair.name, status=FAILED, reason=error_reason(exc)))
+            continue
+        rows.append({"case": pair.name, **metrics})
+        overlays.append((pair.name, pair.image, p, t))
+        result.add(ItemResult(name=pair.name, metrics=metrics))
+        log.info("%s: Dice WT %.3f TC %.3f ET %.3f", pair.name, metrics["dice_WT"], metrics["dice_TC"],
+                 metrics["dice_ET"])
+    for item in result.failed:
+        log.error("%s: failed: %s", item.name, item.reason)
+    result.summary = summarise(rows)
+    if rows:
+        report = {"cases": rows, "summary": result.summary, "failed": [{"case": i.name, "reason": i.reason}
+                                                                        for i in result.failed]}
+        try:
+            paths = write_eval_report(report, out_dir, inputs=[str(pred_dir), *map(str, case_dirs)],
+                                      overlays=overlays)
+        except BaseException:  # no half report that would block the corrected rerun
+            for name in REPORT_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+            raise
+        result.outputs = {k: str(v) for k, v in paths.items()}
     return result

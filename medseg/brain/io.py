@@ -80,6 +80,15 @@ class Geometry:
                           path=path)
 
 
+def error_reason(exc: Exception) -> str:
+    """A per-case failure in words: the file it concerns (not the case folder, named by the item) and why."""
+    if isinstance(exc, InputError):
+        return f"{exc.path.name}: {exc.message}" if exc.path is not None and exc.path.is_file() else exc.message
+    if isinstance(exc, OSError):
+        return f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc.strerror or exc)
+    return str(exc)
+
+
 def _is_volume(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
 
@@ -143,6 +152,23 @@ def case_from_paths(*, t1: str | Path | None, t1c: str | Path | None, t2: str | 
     stem = paths["t1c"].name[: len(_stem(paths["t1c"]))]
     default = re.split(r"[_\-]t1(ce|c|gd)$", stem, flags=re.IGNORECASE)[0] if _tag(stem.lower()) == "t1c" else stem
     return CaseFiles(name=name or default or "case", modalities=paths)
+
+
+def resolve_cases(case_dirs: list[str | Path], *, t1: str | Path | None = None, t1c: str | Path | None = None,
+                  t2: str | Path | None = None, flair: str | Path | None = None) -> list[CaseFiles | Path]:
+    """The cases of one command: four explicit modality paths, or case / cohort folders.
+
+    Folders are only expanded here; their files are found in the pipeline's pre-flight, so a
+    case folder with a missing modality fails as that case (in a batch) rather than the whole run.
+    """
+    explicit = any(v is not None for v in (t1, t1c, t2, flair))
+    if explicit and case_dirs:
+        raise InputError("give either CASE_DIR arguments or --t1/--t1c/--t2/--flair, not both")
+    if explicit:
+        return [case_from_paths(t1=t1, t1c=t1c, t2=t2, flair=flair)]
+    if not case_dirs:
+        raise InputError("nothing to segment: give CASE_DIR(s) or --t1 --t1c --t2 --flair")
+    return list(expand_case_dirs(list(case_dirs)))
 
 
 def read_image(path: Path) -> tuple[np.ndarray, Geometry]:

@@ -48,11 +48,13 @@ def overlay_figure(name: str, image: np.ndarray | None, pred: np.ndarray, truth:
     return fig
 
 
-def write_eval_report(result: dict, out_dir: Path, *, inputs: list[str], max_overlays: int = 12) -> dict[str, Path]:
-    """report.html (+ metrics.json, metrics.csv) in ``out_dir``."""
+def write_eval_report(result: dict, out_dir: Path, *, inputs: list[str], overlays: list | None = None,
+                      max_overlays: int = 12) -> dict[str, Path]:
+    """report.html (+ metrics.json, metrics.csv) in ``out_dir``; failed cases are listed with their reason."""
     from medseg.brain.io import read_image
     from medseg.io.atomic import write_text
     from medseg.reports import Report
+    from medseg.results import json_safe
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = result["cases"]
@@ -64,15 +66,20 @@ def write_eval_report(result: dict, out_dir: Path, *, inputs: list[str], max_ove
                     for k, v in result["summary"].items()]
     rep.add_table("Summary", summary_rows, ["metric", "mean", "sd", "median", "n", "n_undefined"])
     rep.add_table("Per case", rows, cols)
+    if result.get("failed"):
+        rep.add_table("Cases not evaluated", result["failed"], ["case", "reason"])
     if rows:
         rep.add_figure("Distribution over cases", boxplot_figure(rows))
-    for name, image_path, pred, truth in result.get("_overlays", [])[:max_overlays]:
+    for name, image_path, pred, truth in (overlays or [])[:max_overlays]:
         image = read_image(image_path)[0] if image_path is not None else None
         rep.add_figure(f"Overlay: {name}", overlay_figure(name, image, pred, truth),
                        caption="Contours: WT yellow, TC orange, ET red.")
     paths = {"html": rep.write_html(out_dir / "report.html")}
-    clean = {k: v for k, v in result.items() if not k.startswith("_")}
-    paths["json"] = write_text(out_dir / "metrics.json", json.dumps(clean, indent=2, default=str) + "\n")
-    csv = ",".join(cols) + "\n" + "".join(",".join(str(r[c]) for c in cols) + "\n" for r in rows)
+    paths["json"] = write_text(out_dir / "metrics.json", json.dumps(json_safe(result), indent=2) + "\n")
+
+    def cell(value) -> str:
+        return "" if value is None or (isinstance(value, float) and not np.isfinite(value)) else str(value)
+
+    csv = ",".join(cols) + "\n" + "".join(",".join(cell(r[c]) for c in cols) + "\n" for r in rows)
     paths["csv"] = write_text(out_dir / "metrics.csv", csv)
     return paths

@@ -7,21 +7,71 @@ distribution inside the brain, to recalibrate the output layer's class priors.
 For a cascade the first stage is frozen, so its class maps do not change during second-stage
 training: they are computed once per volume, fully convolutionally (:class:`TrainingCase`), and the
 training patches read windows of them instead of rerunning the first net on 65x65 patches.
+
+:func:`predict_slices` is the one slice loop of the pipeline: whole-volume inference
+(``segment.predict_volume``) and the first-stage maps both run through it and the engine
+:class:`~medseg.engine.predictor.Predictor`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medseg.brain.models import CASCADE_GEOMETRY, N_CLASSES
+
+if TYPE_CHECKING:
+    from medseg.engine.predictor import Predictor
 
 
 def slice_padding(arch: str) -> tuple[int, int]:
     """Zero padding (before, after) per side that makes the output slice the size of the input slice."""
     _patch, before, after = CASCADE_GEOMETRY[arch]
     return 16 + before, 16 + after
+
+
+def slice_batches(stack: np.ndarray, *, pad: tuple[int, int], batch_size: int):
+    """Zero-padded NCHW slice batches of a (C, z, y, x) stack, as channels_last tensors.
+
+    The batch is padded and laid out NHWC in one NumPy copy; the tensor view is NCHW with
+    channels_last strides, which the predictor uses as is (no second layout copy).
+    """
+    import torch
+
+    before, after = pad
+    for start in range(0, stack.shape[1], batch_size):
+        chunk = stack[:, start:start + batch_size].transpose(1, 2, 3, 0)  # (b, y, x, C) view
+        padded = np.pad(chunk, ((0, 0), (before, after), (before, after), (0, 0)))
+        yield start, torch.from_numpy(padded).permute(0, 3, 1, 2)
+
+
+def predict_slices(predictor: Predictor, stack: np.ndarray, *, pad: tuple[int, int], batch_size: int = 8,
+                   progress: bool = False, desc: str = "") -> np.ndarray:
+    """Run ``predictor`` over every axial slice of a (C, z, y, x) stack, zero-padded by ``pad``.
+
+    Returns what the predictor's post-processing gives, slices on axis 1 for maps ((K, z, h, w):
+    float, softmax) or axis 0 for class maps ((z, h, w): argmax).
+    """
+    from medseg.engine.progress import progress_bar
+
+    nz = stack.shape[1]
+    out: np.ndarray | None = None
+    batches = slice_batches(stack, pad=pad, batch_size=batch_size)
+    for start, batch in progress_bar(batches, total=-(-nz // batch_size), desc=desc, enabled=progress,
+                                     unit="batch"):
+        y = predictor(batch)
+        if out is None:
+            shape = (y.shape[1], nz, *y.shape[2:]) if y.ndim == 4 else (nz, *y.shape[1:])
+            out = np.empty(shape, y.dtype)
+        if y.ndim == 4:
+            out[:, start:start + len(y)] = y.transpose(1, 0, 2, 3)
+        else:
+            out[start:start + len(y)] = y
+    if out is None:
+        raise ValueError("empty stack: no slices to predict")
+    return out
 
 
 def windows(padded: np.ndarray, coords: np.ndarray, size: int) -> np.ndarray:
@@ -72,24 +122,21 @@ class TrainingCase:
     labels: np.ndarray  # (z, y, x) internal labels
     mask: np.ndarray  # brain mask
     probs: np.ndarray | None = None  # (5, z, ., .) first-stage maps aligned so windows start at (y, x)
+    probs_source: str | None = None  # which first-stage weights made ``probs`` (reused across phases)
 
     @classmethod
     def build(cls, name: str, stack: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> TrainingCase:
         return cls(name=name, padded=pad_slices(stack, 16, 16), labels=labels, mask=mask)
 
-    def set_first_stage(self, first, arch: str, *, device=None, batch_size: int = 8) -> None:
-        """Compute the frozen first stage's softmax maps over every slice (fully convolutionally)."""
-        import torch
+    def set_first_stage(self, predictor: Predictor, arch: str, *, batch_size: int = 8) -> None:
+        """The frozen first stage's softmax maps over every slice, fully convolutionally.
 
-        before, after = slice_padding(arch)
+        ``predictor`` holds the first stage with ``postprocess="softmax"``; the slices are padded
+        as for the whole cascade, so the maps extend ``probs_size // 2`` beyond each slice edge and
+        a window of them starts at the patch's (y, x).
+        """
         stack = self.padded[:, :, 16:-16, 16:-16]
-        src = pad_slices(stack, before, after)
-        maps = []
-        with torch.inference_mode():
-            for s in range(0, src.shape[1], batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(src[:, s:s + batch_size].transpose(1, 0, 2, 3)))
-                maps.append(torch.softmax(first(x.to(device or "cpu")), 1).float().cpu().numpy())
-        self.probs = np.concatenate(maps).transpose(1, 0, 2, 3).copy()
+        self.probs = predict_slices(predictor, stack, pad=slice_padding(arch), batch_size=batch_size)
 
     def batch(self, coords: np.ndarray, *, probs_size: int | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """(patches, first-stage windows or None, centre labels) for ``coords``."""

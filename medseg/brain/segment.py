@@ -3,23 +3,30 @@
 Because every layer is a valid convolution or a stride-1 pool, running the patch classifier on a
 zero-padded slice yields, in one pass, exactly the class scores the patch-by-patch classifier
 gives at each centre pixel (:func:`predict_patches` is that baseline, kept for tests and the
-benchmark). Memory is bounded by ``batch_size`` slices, whatever the number of slices.
+benchmark). Every network call runs through the engine
+:class:`~medseg.engine.predictor.Predictor` (device, AMP, channels_last, inference mode).
+Memory is bounded by ``batch_size`` slices, whatever the number of slices.
+
+:func:`segment_cases` is the public entry of ``brain-segment``: case folders (or explicit files)
+-> one label map and volumes per case, a :class:`~medseg.results.RunResult` with one item per case.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medseg.brain.io import (
     LABEL_CONVENTIONS,
-    VOLUME_SUFFIXES,
     CaseFiles,
     Geometry,
+    error_reason,
     find_case_files,
     labels_from_internal,
     load_case,
@@ -27,17 +34,20 @@ from medseg.brain.io import (
 )
 from medseg.brain.models import BrainNetConfig, build_model
 from medseg.brain.preprocess import PreprocessConfig, preprocess
-from medseg.brain.sampling import extract_patches, slice_padding
-from medseg.engine.checkpoint import sample_data_path
-from medseg.errors import BatchFailures, InputError, ModelError
+from medseg.brain.sampling import extract_patches, predict_slices, slice_padding
+from medseg.errors import InputError, ModelError
+from medseg.results import FAILED, ItemResult, RunResult
+
+if TYPE_CHECKING:
+    from medseg.engine.predictor import Predictor
 
 log = logging.getLogger("medseg.brain")
 
 MODEL_PREFIX = "brain-"
 TASK = "brain-tumour-segmentation"
-DEMO_DIR = sample_data_path("brain")
-DEMO_WEIGHTS = DEMO_DIR / "brain_input_cascade_demo.safetensors"
+DEMO_WEIGHTS = "brain/brain_input_cascade_demo.safetensors"  # relative to the shipped demo weights folder
 REGIONS = ("WT", "TC", "ET")  # whole tumour, tumour core, enhancing tumour
+VOLUME_COLUMNS = ("case", "status", "WT_ml", "TC_ml", "ET_ml", "seconds", "output", "reason")
 
 
 def region_masks(seg: np.ndarray) -> dict[str, np.ndarray]:
@@ -50,65 +60,51 @@ def region_volumes_ml(seg: np.ndarray, spacing: tuple[float, float, float]) -> d
     return {f"{k}_ml": round(float(m.sum()) * voxel_ml, 4) for k, m in region_masks(seg).items()}
 
 
-def load_brain_model(weights: str | Path, *, device=None):
+def load_brain_model(weights: str | Path):
     """Rebuild a brain network from self-describing weights; returns (model, meta, preprocess config)."""
-    import torch
-
     from medseg.engine.checkpoint import load_weights
 
     state, meta = load_weights(weights)
     if not meta.model.startswith(MODEL_PREFIX) or meta.task != TASK:
-        raise ModelError(f"weights are for {meta.model!r} / {meta.task!r}, not a brain tumour model", path=weights)
+        raise ModelError(f"weights are for {meta.model} / {meta.task}, not a brain tumour model", path=weights)
     net_cfg = BrainNetConfig.from_dict(meta.config.get("net", {}))
     model = build_model(config=net_cfg)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelError(f"weights do not fit {net_cfg.arch}: {str(exc).splitlines()[0]}", path=weights) from None
-    model.eval().to(device or torch.device("cpu"))
-    return model, meta, PreprocessConfig.from_dict(meta.config.get("preprocess", {}))
+    return model.eval(), meta, PreprocessConfig.from_dict(meta.config.get("preprocess", {}))
 
 
-def predict_volume(model, stack: np.ndarray, *, arch: str, device=None, batch_size: int = 8, amp_dtype=None,
-                   return_logits: bool = False) -> np.ndarray:
+def make_predictor(model, *, device: str = "auto", amp: str = "auto", postprocess: str = "argmax") -> Predictor:
+    """The engine predictor for a brain network (channels_last on CPU and CUDA)."""
+    from medseg.engine.predictor import Predictor
+
+    return Predictor(model, device=device, amp=amp, channels_last=True, postprocess=postprocess)
+
+
+def predict_volume(predictor: Predictor, stack: np.ndarray, *, arch: str, batch_size: int = 8,
+                   progress: bool = False, desc: str = "") -> np.ndarray:
     """Fully convolutional inference over all axial slices of a (4, z, y, x) normalised stack.
 
-    Returns the class map (z, y, x) (or float32 logits (5, z, y, x) with ``return_logits``).
+    Returns the class map (z, y, x) for an ``argmax`` predictor, or (5, z, y, x) logits/probabilities
+    for a ``float``/``softmax`` one.
     """
-    import torch
-
-    from medseg.engine.runtime import autocast
-
-    device = device or torch.device("cpu")
-    before, after = slice_padding(arch)
-    nz = stack.shape[1]
-    out = np.empty((5, *stack.shape[1:]) if return_logits else stack.shape[1:], np.float32 if return_logits else np.uint8)
-    with torch.inference_mode():
-        for start in range(0, nz, batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(stack[:, start:start + batch_size].transpose(1, 0, 2, 3)))
-            chunk = torch.nn.functional.pad(chunk.to(device), (before, after, before, after))
-            with autocast(device, amp_dtype):
-                logits = model(chunk).float()
-            if return_logits:
-                out[:, start:start + batch_size] = logits.permute(1, 0, 2, 3).cpu().numpy()
-            else:
-                out[start:start + batch_size] = logits.argmax(1).to(torch.uint8).cpu().numpy()
-    return out
+    return predict_slices(predictor, stack, pad=slice_padding(arch), batch_size=batch_size, progress=progress,
+                          desc=desc)
 
 
-def predict_patches(model, stack: np.ndarray, coords: np.ndarray, *, arch: str, device=None, batch_size: int = 256,
-                    return_logits: bool = False) -> np.ndarray:
-    """Patch-by-patch baseline: classify the centre pixel of one patch per coordinate."""
-    import torch
+def predict_patches(predictor: Predictor, stack: np.ndarray, coords: np.ndarray, *, arch: str,
+                    batch_size: int = 256) -> np.ndarray:
+    """Patch-by-patch baseline: classify the centre pixel of one patch per coordinate.
 
-    device = device or torch.device("cpu")
+    Returns (n,) classes for an ``argmax`` predictor, (n, 5) scores for a ``float``/``softmax`` one.
+    """
     outs = []
-    with torch.inference_mode():
-        for start in range(0, len(coords), batch_size):
-            patches = torch.from_numpy(extract_patches(stack, coords[start:start + batch_size], arch=arch)).to(device)
-            logits = model(patches)[:, :, 0, 0].float().cpu()
-            outs.append(logits.numpy() if return_logits else logits.argmax(1).numpy().astype(np.uint8))
-    return np.concatenate(outs) if outs else np.empty((0, 5) if return_logits else (0,))
+    for start in range(0, len(coords), batch_size):
+        y = predictor(extract_patches(stack, coords[start:start + batch_size], arch=arch))
+        outs.append(y[:, :, 0, 0] if y.ndim == 4 else y[:, 0, 0])
+    return np.concatenate(outs) if outs else np.empty((0,))
 
 
 @dataclass
@@ -121,8 +117,13 @@ class PostprocessConfig:
 
 def postprocess(seg: np.ndarray, spacing: tuple[float, float, float], config: PostprocessConfig | None = None,
                 mask: np.ndarray | None = None) -> np.ndarray:
-    """Remove tumour labels outside the brain and small 3D connected components of the whole tumour."""
+    """Remove tumour labels outside the brain and small 3D connected components of the whole tumour.
+
+    A component (18-connected) is kept when it holds at least ``min_component_ml`` and at least
+    ``min_component_fraction`` of the largest component's voxels.
+    """
     from scipy import ndimage as ndi
+    from skimage.morphology import remove_small_objects
 
     cfg = config or PostprocessConfig()
     seg = seg.copy()
@@ -131,107 +132,175 @@ def postprocess(seg: np.ndarray, spacing: tuple[float, float, float], config: Po
     comps, n = ndi.label(seg > 0, structure=ndi.generate_binary_structure(3, 2))
     if n == 0:
         return seg
-    sizes = np.bincount(comps.ravel())[1:]
+    largest = int(np.bincount(comps.ravel())[1:].max())
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    keep = (sizes * voxel_ml >= cfg.min_component_ml) & (sizes >= cfg.min_component_fraction * sizes.max())
-    seg[~np.concatenate([[True], keep])[comps]] = 0
+    min_voxels = max(int(np.ceil(cfg.min_component_ml / voxel_ml - 1e-9)),
+                     int(np.ceil(cfg.min_component_fraction * largest - 1e-9)))
+    if n == 1:  # one component (skimage warns on a single label): kept unless below the volume floor
+        return seg if largest >= min_voxels else np.zeros_like(seg)
+    if min_voxels > 1:
+        kept = remove_small_objects(comps, max_size=min_voxels - 1)  # labelled input: sizes per label
+        seg[kept == 0] = 0
     return seg
 
 
-@dataclass
-class SegmentOptions:
-    labels: str = "brats2021"
-    resample_to: str | None = None
-    batch_size: int = 8
-    n4: bool | None = None  # None: as the weights' preprocessing config
-    postprocess: bool = True
-
-
-def segment_array(model, stack_raw: np.ndarray, geo: Geometry, *, arch: str, prep: PreprocessConfig, device=None,
-                  batch_size: int = 8, amp_dtype=None, post: bool = True) -> np.ndarray:
-    """Raw (4, z, y, x) intensities -> internal label map (z, y, x)."""
+def segment_array(predictor: Predictor, stack_raw: np.ndarray, geo: Geometry, *, arch: str,
+                  prep: PreprocessConfig, batch_size: int = 8, post: bool = True, progress: bool = False,
+                  desc: str = "") -> np.ndarray:
+    """Raw (4, z, y, x) intensities -> internal label map (z, y, x), with an ``argmax`` predictor."""
     norm, mask = preprocess(stack_raw, geo.spacing, prep)
     # Outside the brain the normalised input is 0, like the padding: predicting on the brain's
     # bounding box only gives identical labels inside it, and skips empty slices and margins.
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
     seg = np.zeros(mask.shape, np.uint8)
-    seg[box] = predict_volume(model, norm[(slice(None), *box)], arch=arch, device=device, batch_size=batch_size,
-                              amp_dtype=amp_dtype)
+    seg[box] = predict_volume(predictor, norm[(slice(None), *box)], arch=arch, batch_size=batch_size,
+                              progress=progress, desc=desc)
     seg[~mask] = 0
     return postprocess(seg, geo.spacing, mask=mask) if post else seg
 
 
-def _write_volumes(base: Path, record: dict) -> None:
+@dataclass
+class SegmentConfig:
+    """Everything ``brain-segment`` needs besides the inputs and ``--out``."""
+
+    weights: str | Path | None = None  # None: the demo InputCascadeCNN (synthetic data only)
+    labels: str = "brats2021"
+    resample_to: str | None = None
+    batch_size: int = 8
+    n4: bool | None = None  # None: as the weights' preprocessing config
+    postprocess: bool = True
+    device: str = "auto"
+    amp: str = "auto"
+    overwrite: bool = False
+    progress: bool = False
+
+
+def _case_name(case: CaseFiles | Path) -> str:
+    return case.name
+
+
+def plan_outputs(cases: list[CaseFiles | Path], out: Path) -> tuple[list[dict[str, Path]], Path | None]:
+    """Output files per case and the batch table (or None): ``--out`` is a file for one case, else a folder."""
+    from medseg.io.volume import VOLUME_OUTPUT_SUFFIXES, has_volume_suffix
+
+    single_file = len(cases) == 1 and has_volume_suffix(out, VOLUME_OUTPUT_SUFFIXES)
+    segs = [out] if single_file else [out / f"{_case_name(c)}_seg.nii.gz" for c in cases]
+    plans = []
+    for seg in segs:
+        stem = next(seg.name[: -len(s)] for s in VOLUME_OUTPUT_SUFFIXES if seg.name.lower().endswith(s))
+        plans.append({"seg": seg, "volumes_json": seg.with_name(f"{stem}_volumes.json"),
+                      "volumes_csv": seg.with_name(f"{stem}_volumes.csv")})
+    return plans, (out / "volumes.csv" if len(cases) > 1 else None)
+
+
+def _volumes_csv(rows: list[dict]) -> str:
+    def cell(value) -> str:
+        text = "" if value is None else str(value)
+        return f'"{text}"' if ("," in text or '"' in text) else text
+
+    return ",".join(VOLUME_COLUMNS) + "\n" + "".join(
+        ",".join(cell(r.get(c)) for c in VOLUME_COLUMNS) + "\n" for r in rows)
+
+
+def _write_case(plan: dict[str, Path], seg: np.ndarray, geo: Geometry, record: dict, labels: str) -> None:
+    """Label map + volumes JSON/CSV; on any failure, remove what this case wrote (no half outputs)."""
     from medseg.io.atomic import write_text
 
-    write_text(base.with_name(base.name + "_volumes.json"), json.dumps(record, indent=2) + "\n")
-    cols = ["case", "WT_ml", "TC_ml", "ET_ml"]
-    write_text(base.with_name(base.name + "_volumes.csv"),
-               ",".join(cols) + "\n" + ",".join(str(record[c]) for c in cols) + "\n")
+    try:
+        write_seg(plan["seg"], labels_from_internal(seg, labels=labels), geo)
+        write_text(plan["volumes_json"], json.dumps(record, indent=2) + "\n")
+        write_text(plan["volumes_csv"], _volumes_csv([record]))
+    except BaseException:
+        for path in plan.values():
+            path.unlink(missing_ok=True)
+        raise
 
 
-def segment_cases(cases: list[CaseFiles | Path], outputs: list[Path], *, weights: str | Path | None = None,
-                  options: SegmentOptions | None = None, device: str = "auto", amp: str | None = "auto",
-                  overwrite: bool = False) -> dict:
-    """Segment each case into its output path (+ ``<stem>_volumes.json/.csv``); one bad case is skipped.
+def segment_cases(cases: list[CaseFiles | Path], out: str | Path, config: SegmentConfig | None = None) -> RunResult:
+    """Segment each case (a :class:`CaseFiles` or a case folder) into ``out``; one item per case.
 
-    A case is a :class:`CaseFiles` or a case folder (found by BraTS naming inside the per-case guard,
-    so a folder with a missing modality is recorded as failed and the batch goes on).
-
-    Returns a summary: per-case records (volumes in mL, seconds) and failures.
+    Pre-flight, before any work: every output is checked (exists -> exit 3 unless ``overwrite``;
+    not writable -> exit 2) and every case folder is searched for its four modalities. In a batch a
+    case that cannot be read or segmented is recorded as failed (reason in words) and the batch
+    goes on; a single case that fails raises :class:`InputError` instead (exit 2). A failed case
+    leaves no output; ``volumes.csv`` (batch) lists this run's cases only and is written when at
+    least one case succeeded.
     """
-    import time
-
-    from medseg.engine.runtime import resolve_amp_dtype, select_device
+    from medseg.engine.weights import resolve_weights
     from medseg.io.atomic import check_output, write_text
 
-    opts = options or SegmentOptions()
-    if opts.labels not in LABEL_CONVENTIONS:
-        raise InputError(f"unknown label convention {opts.labels!r}; choose {', '.join(LABEL_CONVENTIONS)}")
-    for out in outputs:
-        check_output(out, overwrite=overwrite)
-    dev = select_device(device)
-    amp_dtype = resolve_amp_dtype(dev, amp)
-    weights = Path(weights) if weights else DEMO_WEIGHTS
-    model, meta, prep = load_brain_model(weights, device=dev)
-    if weights == DEMO_WEIGHTS or "synthetic" in meta.training_data.lower():
-        log.warning("using weights trained on synthetic data (%s): a demo, not for clinical use", weights.name)
-    if opts.n4 is not None:
-        prep.n4 = opts.n4
-    arch = BrainNetConfig.from_dict(meta.config["net"]).arch
-    records, failures = [], []
-    for case, out in zip(cases, outputs):
-        t0 = time.perf_counter()
+    cfg = config or SegmentConfig()
+    out = Path(out)
+    if not cases:
+        raise InputError("nothing to segment: give case folders or --t1 --t1c --t2 --flair")
+    if cfg.labels not in LABEL_CONVENTIONS:
+        raise InputError(f"unknown label convention {cfg.labels}; choose {', '.join(LABEL_CONVENTIONS)}")
+    names = [_case_name(c) for c in cases]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(f"several cases are named {', '.join(dup)}: their outputs would collide")
+    plans, table = plan_outputs(cases, out)
+    for plan in plans:
+        for path in plan.values():
+            check_output(path, overwrite=cfg.overwrite)
+    if table is not None:
+        check_output(table, overwrite=cfg.overwrite)
+    result = RunResult(command="brain-segment")
+    found: list[CaseFiles | ItemResult] = []
+    for case in cases:  # input pre-flight: cheap (file names only)
         try:
-            if not isinstance(case, CaseFiles):
-                case = find_case_files(case)
-            stack, geo = load_case(case, resample_to_modality=opts.resample_to)
-            seg = segment_array(model, stack, geo, arch=arch, prep=prep, device=dev, batch_size=opts.batch_size,
-                                amp_dtype=amp_dtype, post=opts.postprocess)
+            found.append(case if isinstance(case, CaseFiles) else find_case_files(case))
         except InputError as exc:
-            name = case.name
-            log.error("%s: skipped: %s", name, exc)
-            failures.append({"case": name, "reason": str(exc)})
-            continue
-        write_seg(out, labels_from_internal(seg, labels=opts.labels), geo)
-        stem = next((out.name[: -len(x)] for x in VOLUME_SUFFIXES if out.name.lower().endswith(x)), out.name)
-        record = {"case": case.name, "output": str(out), "labels": opts.labels, "arch": arch,
-                  **region_volumes_ml(seg, geo.spacing), "seconds": round(time.perf_counter() - t0, 3)}
-        _write_volumes(out.with_name(stem), record)
-        records.append(record)
-        log.info("%s: WT %.2f mL, TC %.2f mL, ET %.2f mL (%.1f s)", case.name, record["WT_ml"], record["TC_ml"],
-                 record["ET_ml"], record["seconds"])
-    summary = {"weights": str(weights), "arch": arch, "labels": opts.labels, "cases": records, "failures": failures,
-               "options": asdict(opts)}
-    if len(outputs) > 1:
-        csv = "case,WT_ml,TC_ml,ET_ml,seconds\n" + "".join(
-            f"{r['case']},{r['WT_ml']},{r['TC_ml']},{r['ET_ml']},{r['seconds']}\n" for r in records)
-        write_text(outputs[0].parent / "volumes.csv", csv)
-    if failures:
-        err = BatchFailures(f"{len(failures)} of {len(cases)} case(s) failed: "
-                            + "; ".join(f"{f['case']}: {f['reason']}" for f in failures))
-        err.summary = summary  # type: ignore[attr-defined]
-        if len(cases) == 1:
-            raise InputError(failures[0]["reason"])
-        raise err
-    return summary
+            if len(cases) == 1:
+                raise
+            found.append(ItemResult(name=case.name, status=FAILED, reason=error_reason(exc)))
+    weights, is_demo = resolve_weights(cfg.weights, demo=DEMO_WEIGHTS)
+    model, meta, prep = load_brain_model(weights)
+    if is_demo:
+        result.warnings.append(f"demo weights {weights.name}: trained on synthetic data only, not for clinical use")
+    elif "synthetic" in meta.training_data.lower():
+        result.warnings.append(f"{weights.name} was trained on synthetic data only: a demo, not for clinical use")
+        log.warning(result.warnings[-1])
+    if cfg.n4 is not None:
+        prep.n4 = cfg.n4
+    arch = BrainNetConfig.from_dict(meta.config["net"]).arch
+    predictor = make_predictor(model, device=cfg.device, amp=cfg.amp, postprocess="argmax")
+    rows = []
+    for i, (case, plan) in enumerate(zip(found, plans), start=1):
+        if isinstance(case, ItemResult):
+            item = result.add(case)
+        else:
+            item = result.add(_segment_one(predictor, case, plan, arch=arch, prep=prep, cfg=cfg,
+                                           desc=f"{case.name} ({i}/{len(found)})", strict=len(cases) == 1))
+        rows.append({"case": item.name, "status": item.status, **item.metrics, "output": item.outputs.get("seg"),
+                     "reason": item.reason})
+        if not item.ok:
+            log.error("%s: failed: %s", item.name, item.reason)
+    if table is not None and any(item.ok for item in result.items):
+        result.outputs["volumes_csv"] = str(write_text(table, _volumes_csv(rows)))
+    result.summary = {"weights": str(weights), "demo_weights": is_demo, "arch": arch, "labels": cfg.labels,
+                      **predictor.describe(), "resample_to": cfg.resample_to, "batch_size": cfg.batch_size,
+                      "n4": prep.n4, "postprocess": cfg.postprocess}
+    return result
+
+
+def _segment_one(predictor: Predictor, case: CaseFiles, plan: dict[str, Path], *, arch: str,
+                 prep: PreprocessConfig, cfg: SegmentConfig, desc: str, strict: bool) -> ItemResult:
+    """One case -> label map and volumes; input and write problems become a failed item (raised if ``strict``)."""
+    t0 = time.perf_counter()
+    try:
+        stack, geo = load_case(case, resample_to_modality=cfg.resample_to)
+        seg = segment_array(predictor, stack, geo, arch=arch, prep=prep, batch_size=cfg.batch_size,
+                            post=cfg.postprocess, progress=cfg.progress, desc=desc)
+        volumes = region_volumes_ml(seg, geo.spacing)
+        record = {"case": case.name, "status": "ok", **volumes, "seconds": round(time.perf_counter() - t0, 3),
+                  "output": str(plan["seg"]), "labels": cfg.labels, "arch": arch}
+        _write_case(plan, seg, geo, record, cfg.labels)
+    except (InputError, OSError) as exc:
+        if strict:
+            raise
+        return ItemResult(name=case.name, status=FAILED, reason=error_reason(exc))
+    log.info("%s: WT %.2f mL, TC %.2f mL, ET %.2f mL (%.1f s)", case.name, volumes["WT_ml"], volumes["TC_ml"],
+             volumes["ET_ml"], record["seconds"])
+    return ItemResult(name=case.name, outputs={k: str(v) for k, v in plan.items()},
+                      metrics={**volumes, "seconds": record["seconds"]})

@@ -1,35 +1,52 @@
-"""Two-phase training of the Havaei networks, cascades in two stages, with checkpoints and resume.
+"""Two-phase training of the Havaei networks on the shared trainer (:func:`medseg.engine.trainer.fit`).
 
 * Phase 1: the whole network (for a cascade: the second stage) on class-balanced patches,
-  SGD with momentum, dropout, L1 + L2 penalties, early stopping on a held-out balanced set.
-* Phase 2: only the output layer, on patches from the natural class distribution, so the
-  softmax learns the real (98 % healthy) priors again.
+  SGD with momentum, dropout, L1 + L2 penalties, step-decayed learning rate; the epoch with the
+  lowest validation loss is kept (``best.safetensors``).
+* Phase 2: only the output layer, starting from phase 1's best weights, on patches from the
+  natural class distribution, so the softmax learns the real (98 % healthy) priors again.
 * Cascades: a TwoPathCNN is trained first (both phases) or loaded (``first_weights``), frozen, and
-  its maps are precomputed fully convolutionally; then the second stage is trained.
+  its maps are precomputed fully convolutionally through the engine predictor; then the second
+  stage is trained with both phases. The frozen first stage stays bit-identical.
 
-Every epoch writes ``train_state.pt`` (weights, optimizer, history; ``weights_only`` loadable)
-so ``resume=True`` continues where a run stopped; the result is a self-describing safetensors file.
+Each phase is one ``fit()`` call in its own folder (``OUT/phase1``, ``OUT/phase2``; a cascade that
+trains its first stage also ``OUT/first/phase1``, ``OUT/first/phase2``), with the trainer's files
+(``best.safetensors``, ``last.safetensors``, ``state.pt``, ``history.json``, ``train_config.json``).
+The finished model is ``OUT/best.safetensors`` (phase 2's best). ``resume=True`` keeps completed
+phases, continues the interrupted one (weights, optimiser, scheduler, RNG) and restarts the
+phases after it. With two or more cases, ``val_fraction`` of them (at least one) are held out for
+validation; with one case the trainer warns that validation uses the training case.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch  # already imported by medseg.brain.models
+from torch import nn
 
-from medseg.brain.io import find_case_files, load_case, load_seg
+from medseg.brain.io import expand_case_dirs, find_case_files, load_case, load_seg
 from medseg.brain.models import BrainNetConfig, build_model, is_cascade, output_layer
 from medseg.brain.preprocess import PreprocessConfig, preprocess
 from medseg.brain.sampling import TrainingCase, sample_batch
-from medseg.brain.segment import MODEL_PREFIX, TASK
-from medseg.errors import InputError, ModelError
+from medseg.brain.segment import MODEL_PREFIX, TASK, make_predictor
+from medseg.errors import InputError, ModelError, OutputExistsError
+
+if TYPE_CHECKING:
+    from medseg.engine.checkpoint import CheckpointMeta
+    from medseg.engine.trainer import TrainResult
 
 log = logging.getLogger("medseg.brain")
+
+METRIC = "val_loss"
+STAGE_KEYS = ("best_weights", "last_weights", "best_metric", "best_epoch", "epochs", "stopped")
 
 
 @dataclass
@@ -37,11 +54,13 @@ class PhaseConfig:
     epochs: int = 5
     steps_per_epoch: int = 30
     lr: float = 0.003
-    patience: int = 3  # early stopping: epochs without validation improvement
+    lr_halving_epochs: int = 3  # the learning rate halves every this many epochs
 
 
 @dataclass
-class TrainConfig:
+class BrainTrainConfig:
+    """What is trained and how (saved in the weights' metadata)."""
+
     net: BrainNetConfig = field(default_factory=BrainNetConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     phase1: PhaseConfig = field(default_factory=PhaseConfig)
@@ -52,206 +71,332 @@ class TrainConfig:
     l1: float = 1e-6
     l2: float = 1e-4
     val_patches: int = 2000
+    val_fraction: float = 0.2  # of the cases held out for validation (at least one when there are >= 2)
     seed: int = 0
     labels: str = "brats2021"
     training_data: str = ""
+    max_minutes: float | None = None  # time budget for the whole run (all phases)
+    amp: str = "auto"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def load_training_cases(case_dirs: list[Path], *, labels: str, prep: PreprocessConfig) -> list[TrainingCase]:
-    """Read, preprocess and pad every training case once."""
-    cases = []
-    for d in case_dirs:
-        files = find_case_files(d)
-        stack, geo = load_case(files)
-        seg = load_seg(files, geo, labels=labels)
-        norm, mask = preprocess(stack, geo.spacing, prep)
-        cases.append(TrainingCase.build(files.name, norm, seg, mask))
-    if not cases:
+@dataclass
+class Stage:
+    """One fit() call: a network, a phase, and where its starting weights come from."""
+
+    name: str  # sub-folder of the output folder, e.g. "phase1" or "first/phase2"
+    net: BrainNetConfig
+    phase: int
+    init: Path | None = None  # full weights to start from (phase 2: phase 1's best)
+    first: Path | None = None  # a cascade's frozen first stage (TwoPathCNN weights)
+
+
+def plan_stages(out_dir: Path, cfg: BrainTrainConfig, first_weights: Path | None) -> list[Stage]:
+    """The fit() calls of one brain-train run, in order."""
+    stages: list[Stage] = []
+    first = first_weights
+    if cfg.net.arch != "twopath" and first is None:
+        tp = BrainNetConfig(**{**asdict(cfg.net), "arch": "twopath"})
+        stages += [Stage("first/phase1", tp, 1), Stage("first/phase2", tp, 2, init=out_dir / "first/phase1/best.safetensors")]
+        first = out_dir / "first/phase2/best.safetensors"
+    if cfg.net.arch == "twopath":
+        first = None
+    stages += [Stage("phase1", cfg.net, 1, first=first),
+               Stage("phase2", cfg.net, 2, init=out_dir / "phase1/best.safetensors", first=first)]
+    return stages
+
+
+def split_cases(cases: list[TrainingCase], fraction: float) -> tuple[list[TrainingCase], list[TrainingCase]]:
+    """(training, held-out validation) cases: the last ``fraction`` of the cases, at least one when >= 2."""
+    if len(cases) < 2 or fraction <= 0:
+        return cases, []
+    n_val = min(len(cases) - 1, max(1, round(len(cases) * fraction)))
+    return cases[:-n_val], cases[-n_val:]
+
+
+def load_training_cases(case_dirs: list[Path], *, labels: str, prep: PreprocessConfig,
+                        progress: bool = False) -> list[TrainingCase]:
+    """Read, preprocess and pad every training case once (a bad case stops training, named)."""
+    from medseg.engine.progress import progress_bar
+
+    files = [find_case_files(d) for d in case_dirs]  # pre-flight: every case complete before the slow part
+    for f in files:
+        if f.seg is None:
+            raise InputError("no segmentation (<case>_seg.nii.gz) in training case folder",
+                             path=f.modalities["t1c"].parent)
+    if not files:
         raise InputError("no training cases")
+    cases = []
+    for f in progress_bar(files, total=len(files), desc="loading cases", enabled=progress, unit="case"):
+        stack, geo = load_case(f)
+        seg = load_seg(f, geo, labels=labels)
+        norm, mask = preprocess(stack, geo.spacing, prep)
+        cases.append(TrainingCase.build(f.name, norm, seg, mask))
     return cases
 
 
-def _penalty(model, l1: float):
-    import torch
+class CentreLogits(nn.Module):
+    """A network as ``(patches, first-stage windows or None) -> centre-pixel logits``, for the predictor."""
 
-    if l1 <= 0:
-        return 0.0
-    return l1 * sum(p.abs().sum() for p in model.parameters() if p.requires_grad and p.dim() > 1) + torch.zeros(())
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+        x, p = inputs
+        return (self.net.combine(x, p) if p is not None else self.net(x))[:, :, 0, 0]
 
 
-def _forward(model, x, p):
-    return (model.combine(x, p) if p is not None else model(x))[:, :, 0, 0]
+class BrainTask:
+    """A :class:`~medseg.engine.trainer.TrainTask` for one phase of one network."""
 
+    metric = METRIC
+    mode = "min"
 
-def _val_loss(model, val, device) -> float:
-    import torch
+    def __init__(self, stage: Stage, cfg: BrainTrainConfig, train_cases: list[TrainingCase],
+                 val_cases: list[TrainingCase], *, device: str = "auto") -> None:
+        self.stage, self.cfg, self.device = stage, cfg, device
+        self.train_cases, self.val_cases = train_cases, val_cases
+        self.has_validation = bool(val_cases)
+        self.pcfg = cfg.phase1 if stage.phase == 1 else cfg.phase2
+        self.probs_size: int | None = None
+        self._val: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
 
-    x, p, y = val
-    model.eval()
-    with torch.inference_mode():
-        losses = []
+    def build_model(self) -> torch.nn.Module:
+        model = build_model(config=self.stage.net)
+        if self.stage.init is not None:
+            _load_into(model, self.stage.init, expect=MODEL_PREFIX + self.stage.net.arch)
+        elif self.stage.first is not None:
+            _load_into(model.first, self.stage.first, expect=MODEL_PREFIX + "twopath")
+        if is_cascade(model):
+            model.freeze_first()
+            self.probs_size = model.probs_size
+            source = str(self.stage.first)
+            todo = [c for c in self.train_cases + self.val_cases if c.probs_source != source]
+            if todo:
+                predictor = make_predictor(model.first, device=self.device, amp=self.cfg.amp, postprocess="softmax")
+                for case in todo:
+                    case.set_first_stage(predictor, self.stage.net.arch)
+                    case.probs_source = source
+        if self.stage.phase == 2:  # only the output layer learns
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for p in output_layer(model).parameters():
+                p.requires_grad_(True)
+        self._val = sample_batch(self.val_cases or self.train_cases, self.cfg.val_patches,
+                                 np.random.default_rng(self.cfg.seed + 10_000 * self.stage.phase),
+                                 balanced=self.stage.phase == 1, probs_size=self.probs_size)
+        return model.to(memory_format=torch.channels_last)
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.SGD(trainable, lr=self.pcfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.l2)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.pcfg.lr_halving_epochs, gamma=0.5)
+
+    def train_batches(self, epoch: int, rng: np.random.Generator):
+        for _ in range(self.pcfg.steps_per_epoch):
+            yield sample_batch(self.train_cases, self.cfg.batch_size, rng, balanced=self.stage.phase == 1,
+                               probs_size=self.probs_size)
+
+    def train_step(self, model: torch.nn.Module, batch, device: torch.device) -> torch.Tensor:
+        x, p, y = batch
+        xt = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
+        pt = torch.from_numpy(p).to(device).contiguous(memory_format=torch.channels_last) if p is not None else None
+        logits = (model.combine(xt, pt) if pt is not None else model(xt))[:, :, 0, 0]
+        loss = torch.nn.functional.cross_entropy(logits.float(), torch.from_numpy(y).to(device))
+        if self.cfg.l1 > 0:
+            loss = loss + self.cfg.l1 * sum(p.abs().sum() for p in model.parameters() if p.requires_grad and p.dim() > 1)
+        return loss
+
+    def validate(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """Loss and accuracy on the fixed validation patches (held-out cases when there are any)."""
+        from medseg.engine.predictor import Predictor
+
+        assert self._val is not None, "build_model() samples the validation patches"
+        x, p, y = self._val
+        predictor = Predictor(CentreLogits(model), device=device, amp=self.cfg.amp, postprocess="none")
+        loss, correct = 0.0, 0
         for s in range(0, len(y), 512):
-            pp = torch.from_numpy(p[s:s + 512]).to(device) if p is not None else None
-            logits = _forward(model, torch.from_numpy(x[s:s + 512]).to(device), pp)
-            losses.append(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y[s:s + 512]).to(device),
-                                                            reduction="sum").item())
-    model.train()
-    return float(sum(losses) / len(y))
+            inputs = (predictor.to_device(x[s:s + 512]), predictor.to_device(p[s:s + 512]) if p is not None else None)
+            logits = predictor.forward(inputs).float()
+            target = torch.from_numpy(y[s:s + 512]).to(logits.device)
+            loss += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+            correct += int((logits.argmax(1) == target).sum())
+        return {METRIC: loss / len(y), "val_accuracy": correct / len(y)}
+
+    def weights_meta(self, metrics: dict[str, float], epoch: int) -> CheckpointMeta:
+        from medseg.engine.checkpoint import CheckpointMeta
+
+        return CheckpointMeta(
+            model=MODEL_PREFIX + self.stage.net.arch, task=TASK,
+            config={"net": asdict(self.stage.net), "preprocess": asdict(self.cfg.preprocess),
+                    "train": {**self.cfg.to_dict(), "stage": self.stage.name}},
+            training_data=self.cfg.training_data, normalisation={"per_channel": "z-score inside brain"},
+            metrics={"stage": self.stage.name, "epoch": epoch, **metrics,
+                     "validated_on": "held-out cases" if self.has_validation else "training cases"},
+            notes="Havaei et al. 2017 architecture; labels: Havaei order (0 healthy, 1 necrosis, 2 edema, "
+                  "3 non-enhancing, 4 enhancing)" + ("" if self.stage.phase == 2 else
+                                                      "; phase 1 only (class-balanced, not yet calibrated)"))
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage.name, "phase": self.stage.phase, "net": asdict(self.stage.net),
+                "init": str(self.stage.init or ""), "first_stage": str(self.stage.first or ""),
+                "training_cases": [c.name for c in self.train_cases],
+                "validation_cases": [c.name for c in self.val_cases], "config": self.cfg.to_dict()}
 
 
-def run_phase(model, cases: list[TrainingCase], *, phase: int, cfg: TrainConfig, device, state: dict,
-              state_path: Path | None, probs_size: int | None) -> None:
-    """Train one phase (1 balanced, all trainable layers; 2 natural, output layer only)."""
-    import torch
+def _load_into(module: torch.nn.Module, path: Path, *, expect: str) -> None:
+    from medseg.engine.checkpoint import load_weights
 
-    pcfg = cfg.phase1 if phase == 1 else cfg.phase2
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if phase == 2:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        trainable = list(output_layer(model).parameters())
-        for p in trainable:
-            p.requires_grad_(True)
-    opt = torch.optim.SGD(trainable, lr=pcfg.lr, momentum=cfg.momentum, weight_decay=cfg.l2)
-    key = f"phase{phase}"
-    rec = state.setdefault(key, {"epoch": 0, "best": float("inf"), "bad": 0, "history": [], "done": False})
-    if rec["done"]:
+    state, _meta = load_weights(path, expect_model=expect)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"weights do not fit the network being trained (other widths?): "
+                         f"{str(exc).splitlines()[0]}", path=path) from None
+
+
+def _stage_files(d: Path) -> list[Path]:
+    from medseg.engine.trainer import TRAIN_FILES
+
+    return [d / n for n in TRAIN_FILES if (d / n).exists()]
+
+
+def _preflight(out_dir: Path, stages: list[Stage], *, resume: bool, overwrite: bool) -> None:
+    """Before any work: resume needs a state, a new run needs a free folder, the folder must be writable."""
+    from medseg.engine.trainer import LAST, STATE
+    from medseg.io.atomic import check_writable
+
+    dirs = [out_dir / s.name for s in stages]
+    if resume:
+        if not any((d / STATE).is_file() and (d / LAST).is_file() for d in dirs):
+            raise InputError(f"--resume: no training state ({STATE} and {LAST} in "
+                             f"{', '.join(s.name for s in stages)}) to resume from", path=out_dir)
+    elif not overwrite:
+        existing = [p for p in [out_dir / "best.safetensors", *(f for d in dirs for f in _stage_files(d))]
+                    if p.exists()]
+        if existing:
+            shown = ", ".join(str(p.relative_to(out_dir)) for p in existing[:3])
+            raise OutputExistsError(f"holds a training run ({shown}{', ...' if len(existing) > 3 else ''}); "
+                                    "use --resume to continue or --overwrite to start again", path=out_dir)
+    check_writable(out_dir)
+
+
+def _history(d: Path) -> list[dict]:
+    try:
+        return list(json.loads((d / "history.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return []
+
+
+def _check_resumable(d: Path, stage: Stage) -> None:
+    """Refuse to resume a phase trained with another network (the weights would not load)."""
+    try:
+        saved = json.loads((d / "train_config.json").read_text(encoding="utf-8"))["task"]["net"]
+    except (OSError, ValueError, KeyError, TypeError):
         return
-    if rec["epoch"] and "optimizer" in state:
-        opt.load_state_dict(state["optimizer"])
-    val = sample_batch(cases, cfg.val_patches, np.random.default_rng(cfg.seed + 10_000 * phase),
-                       balanced=(phase == 1), probs_size=probs_size)
-    best_state = state.get("best_model") or copy.deepcopy(model.state_dict())
-    model.train()
-    while rec["epoch"] < pcfg.epochs:
-        rng = np.random.default_rng(cfg.seed + 1000 * phase + rec["epoch"])
-        t0, total = time.perf_counter(), 0.0
-        for g in opt.param_groups:  # step decay of the learning rate
-            g["lr"] = pcfg.lr * (0.5 ** (rec["epoch"] // 3))
-        for _ in range(pcfg.steps_per_epoch):
-            x, p, y = sample_batch(cases, cfg.batch_size, rng, balanced=(phase == 1), probs_size=probs_size)
-            pp = torch.from_numpy(p).to(device) if p is not None else None
-            logits = _forward(model, torch.from_numpy(x).to(device), pp)
-            loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y).to(device))
-            loss = loss + _penalty(model, cfg.l1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
-            opt.step()
-            total += loss.item()
-        vloss = _val_loss(model, val, device)
-        rec["epoch"] += 1
-        rec["history"].append({"epoch": rec["epoch"], "train_loss": total / pcfg.steps_per_epoch, "val_loss": vloss,
-                               "seconds": round(time.perf_counter() - t0, 2)})
-        log.info("phase %d epoch %d: train %.4f, val %.4f (%.1f s)", phase, rec["epoch"],
-                 total / pcfg.steps_per_epoch, vloss, time.perf_counter() - t0)
-        if vloss < rec["best"] - 1e-4:
-            rec["best"], rec["bad"] = vloss, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            rec["bad"] += 1
-        state["best_model"] = best_state
-        state["optimizer"] = opt.state_dict()
-        state["model"] = model.state_dict()
-        if rec["bad"] >= pcfg.patience:
-            log.info("phase %d: early stop after %d epochs without improvement", phase, rec["bad"])
-            break
-        if state_path is not None:
-            from medseg.engine.checkpoint import save_training_state
-
-            save_training_state(state_path, state)
-    model.load_state_dict(best_state)
-    rec["done"] = True
-    state["model"] = model.state_dict()
-    state.pop("optimizer", None)
-    state.pop("best_model", None)
-    if state_path is not None:
-        from medseg.engine.checkpoint import save_training_state
-
-        save_training_state(state_path, state)
+    diff = [k for k, v in asdict(stage.net).items() if k in saved and saved[k] != v]
+    if diff:
+        raise InputError(f"--resume: {stage.name} was trained with other network settings "
+                         f"({', '.join(f'{k} {saved[k]} now {getattr(stage.net, k)}' for k in diff)})", path=d)
 
 
-def train_twopath_stages(model, cases, cfg: TrainConfig, *, device, state: dict, state_path: Path | None) -> None:
-    """Both phases for a TwoPathCNN or a cascade's second stage (first stage already frozen)."""
-    probs_size = None
-    if is_cascade(model):
-        model.freeze_first()
-        for c in cases:
-            c.set_first_stage(model.first, cfg.net.arch, device=device)
-        probs_size = model.probs_size
-    for phase in (1, 2):
-        run_phase(model, cases, phase=phase, cfg=cfg, device=device, state=state, state_path=state_path,
-                  probs_size=probs_size)
-
-
-def _meta(cfg: TrainConfig, arch: str, metrics: dict):
-    from medseg.engine.checkpoint import CheckpointMeta
-
-    net = asdict(cfg.net)
-    net["arch"] = arch
-    return CheckpointMeta(model=MODEL_PREFIX + arch, task=TASK, config={"net": net, "preprocess": asdict(cfg.preprocess),
-                                                                       "train": cfg.to_dict()},
-                          training_data=cfg.training_data, normalisation={"per_channel": "z-score inside brain"},
-                          metrics=metrics,
-                          notes="Havaei et al. 2017 architecture; labels: Havaei order (0 healthy, 1 necrosis, "
-                                "2 edema, 3 non-enhancing, 4 enhancing)")
-
-
-def train(case_dirs: list[Path], out_dir: Path, cfg: TrainConfig, *, first_weights: Path | None = None,
-          device: str = "auto", resume: bool = False, overwrite: bool = False) -> dict:
-    """Train ``cfg.net.arch`` on case folders; writes ``<out_dir>/brain_<arch>.safetensors``."""
-    import torch
-
-    from medseg.engine.checkpoint import load_training_state, load_weights, save_weights
-    from medseg.engine.runtime import seed_everything, select_device
-    from medseg.io.atomic import check_output, write_text
+def train(case_dirs: list[str | Path], out_dir: str | Path, cfg: BrainTrainConfig, *, first_weights: Path | None = None,
+          device: str = "auto", resume: bool = False, overwrite: bool = False,
+          progress: bool = False) -> TrainResult:
+    """Train ``cfg.net.arch`` on case folders (see the module doc); returns the trainer's result shape."""
+    from medseg.engine.checkpoint import read_meta
+    from medseg.engine.runtime import select_device
+    from medseg.engine.trainer import LAST, STATE, TrainConfig, TrainResult, fit
+    from medseg.io.atomic import atomic_path
 
     out_dir = Path(out_dir)
-    arch = cfg.net.arch
-    final = out_dir / f"brain_{arch.replace('-', '_')}.safetensors"
-    if not resume:
-        check_output(final, overwrite=overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    stages = plan_stages(out_dir, cfg, Path(first_weights) if first_weights else None)
+    _preflight(out_dir, stages, resume=resume, overwrite=overwrite)
+    if first_weights is not None and (kind := read_meta(first_weights).model) != MODEL_PREFIX + "twopath":
+        raise ModelError(f"first-stage weights must be a TwoPathCNN ({MODEL_PREFIX}twopath), not {kind}",
+                         path=first_weights)
     dev = select_device(device)
-    seed_everything(cfg.seed)
-    t0 = time.perf_counter()
-    cases = load_training_cases(case_dirs, labels=cfg.labels, prep=cfg.preprocess)
-    log.info("loaded %d training case(s) in %.1f s", len(cases), time.perf_counter() - t0)
-    model = build_model(config=cfg.net).to(dev)
-    state_path = out_dir / "train_state.pt"
-    state: dict = load_training_state(state_path) if resume and state_path.exists() else {}
-    if state and state.get("arch") != arch:
-        raise ModelError(f"training state is for {state.get('arch')!r}, not {arch!r}", path=state_path)
-    state["arch"] = arch
-    if is_cascade(model):
-        if "first" in state:
-            model.first.load_state_dict(state["first"])
-        elif first_weights is not None:
-            fstate, fmeta = load_weights(first_weights, expect_model=MODEL_PREFIX + "twopath")
-            try:
-                model.first.load_state_dict(fstate)
-            except RuntimeError as exc:
-                raise ModelError(f"first-stage weights do not fit: {str(exc).splitlines()[0]}",
-                                 path=first_weights) from None
+    dirs = expand_case_dirs(list(case_dirs))
+    if not cfg.training_data:
+        cfg.training_data = f"{len(dirs)} case(s): {', '.join(d.name for d in dirs[:5])}{' ...' if len(dirs) > 5 else ''}"
+    cases = load_training_cases(dirs, labels=cfg.labels, prep=cfg.preprocess, progress=progress)
+    train_cases, val_cases = split_cases(cases, cfg.val_fraction)
+    log.info("%d training case(s); validation on %s", len(train_cases),
+             ", ".join(c.name for c in val_cases) if val_cases else "the training case (no held-out case)")
+    final = out_dir / "best.safetensors"
+    results: dict[str, dict[str, Any]] = {}
+    history: list[dict[str, Any]] = []
+    restart, stopped, warned = False, "completed", False
+    for index, stage in enumerate(stages):
+        sdir = out_dir / stage.name
+        pcfg = cfg.phase1 if stage.phase == 1 else cfg.phase2
+        has_state = (sdir / STATE).is_file() and (sdir / LAST).is_file()
+        done = resume and not restart and has_state and len(_history(sdir)) >= pcfg.epochs
+        if done:
+            log.info("%s: already trained (%d epoch(s)), kept", stage.name, len(_history(sdir)))
+            stage_result = _result_from_disk(sdir)
         else:
-            log.info("training the first stage (TwoPathCNN) of the cascade")
-            first_state: dict = state.setdefault("first_stage_state", {"arch": "twopath"})
-            train_twopath_stages(model.first, cases, cfg, device=dev, state=first_state, state_path=None)
-        state["first"] = model.first.state_dict()
-        state.pop("first_stage_state", None)
-    if "model" in state and (state.get("phase1") or {}).get("epoch"):
-        model.load_state_dict(state["model"])
-    train_twopath_stages(model, cases, cfg, device=dev, state=state, state_path=state_path)
-    history = {k: state[k]["history"] for k in ("phase1", "phase2") if k in state}
-    metrics = {"val_loss_phase1": state["phase1"]["best"], "val_loss_phase2": state["phase2"]["best"]}
-    save_weights(final, model.state_dict(), _meta(cfg, arch, metrics))
-    seconds = round(time.perf_counter() - t0, 1)
-    write_text(out_dir / f"brain_{arch.replace('-', '_')}_train.json",
-               json.dumps({"config": cfg.to_dict(), "history": history, "seconds": seconds,
-                           "cases": [c.name for c in cases]}, indent=2, default=str) + "\n")
-    log.info("wrote %s (%.0f s)", final, seconds)
-    torch.set_grad_enabled(True)
-    return {"weights": str(final), "arch": arch, "history": history, "seconds": seconds, "metrics": metrics}
+            cont = resume and not restart and has_state
+            if cont:
+                _check_resumable(sdir, stage)
+            else:
+                shutil.rmtree(sdir, ignore_errors=True)
+            first_to_run = not restart
+            restart = True
+            final.unlink(missing_ok=True)
+            remaining = None if cfg.max_minutes is None else cfg.max_minutes - (time.perf_counter() - t_start) / 60
+            if remaining is not None and remaining <= 0:
+                if not first_to_run:
+                    stopped = "time budget"
+                    log.warning("the time budget of %s minute(s) is spent before %s; run again with --resume",
+                                cfg.max_minutes, stage.name)
+                    break
+                remaining = 1e-9  # spent while loading: one step, so that there is a state to resume
+            log.info("training %s (%s, phase %d)", stage.name, stage.net.arch, stage.phase)
+            task = BrainTask(stage, cfg, train_cases, val_cases, device=str(dev))
+            task.validation_warned = warned  # the trainer says "no held-out validation" once per run
+            warned = True
+            res = fit(task, sdir, TrainConfig(epochs=pcfg.epochs, seed=cfg.seed + 1000 * index, max_minutes=remaining,
+                                              grad_clip=cfg.clip_grad, amp=cfg.amp),
+                      device=str(dev), resume=cont, progress=progress)
+            stage_result = {k: getattr(res, k) for k in STAGE_KEYS}
+            stage_result["history"] = res.history
+            if res.stopped != "completed":
+                stopped = res.stopped
+        results[stage.name] = stage_result
+        history += [{"stage": stage.name, **rec} for rec in stage_result["history"]]
+        if stopped != "completed":
+            log.warning("stopped in %s (%s): %s not written; run again with --resume to finish",
+                        stage.name, stopped, final.name)
+            break
+    last = results[list(results)[-1]] if results else {}
+    if stopped == "completed" and (restart or not final.is_file()):
+        with atomic_path(final) as tmp:
+            shutil.copyfile(last["best_weights"], tmp)
+        log.info("wrote %s", final)
+    return TrainResult(
+        out_dir=str(out_dir), best_weights=str(final) if stopped == "completed" else last.get("best_weights", ""),
+        last_weights=last.get("last_weights", ""), metric=METRIC,
+        best_metric=float(last.get("best_metric") if last.get("best_metric") is not None else float("nan")),
+        best_epoch=int(last.get("best_epoch", 0)), epochs=len(history), stopped=stopped, device=str(dev),
+        seconds=round(time.perf_counter() - t_start, 3),
+        validated_on="held-out data" if val_cases else "training data", history=history,
+        extra={"arch": cfg.net.arch, "stages": {k: {kk: vv for kk, vv in v.items() if kk != "history"}
+                                                for k, v in results.items()},
+               "training_cases": [c.name for c in train_cases], "validation_cases": [c.name for c in val_cases]})
+
+
+def _result_from_disk(d: Path) -> dict[str, Any]:
+    """A completed phase's summary from its files (resume keeps completed phases)."""
+    history = _history(d)
+    values = [(h.get(METRIC), h["epoch"]) for h in history if isinstance(h.get(METRIC), (int, float))]
+    best, epoch = min(values) if values else (None, 0)
+    return {"best_weights": str(d / "best.safetensors"), "last_weights": str(d / "last.safetensors"),
+            "best_metric": best, "best_epoch": epoch, "epochs": len(history), "stopped": "completed",
+            "history": history}

@@ -1,20 +1,19 @@
 """Training pairs from folders (or the synthetic generator), with per-pair checks.
 
 A pair that cannot be used (unreadable, a stack, mask size differs from the image) is skipped
-with its reason; training goes on with the rest and the reasons land in the summary.
+with its reason; training goes on with the rest and the reasons land in the training result.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from medseg.cells.io import list_images, normalise, read_image, read_mask
 from medseg.cells.weights import instances_from_mask
-from medseg.errors import InputError, OutputExistsError
+from medseg.errors import InputError
 
 log = logging.getLogger("medseg.cells")
 
@@ -28,7 +27,7 @@ def find_pairs(images_dir: str | Path, masks_dir: str | Path) -> tuple[list[tupl
     for image in list_images([images_dir]):
         mask = next((masks[image.stem + tag] for tag in MASK_TAGS if image.stem + tag in masks), None)
         if mask is None:
-            missing.append({"image": str(image), "error": "no mask with a matching name"})
+            missing.append({"image": str(image), "reason": "no mask with a matching name"})
         else:
             pairs.append((image, mask))
     return pairs, missing
@@ -52,35 +51,6 @@ def load_pairs(images_dir: str | Path, masks_dir: str | Path) -> tuple[list[tupl
             loaded.append(load_pair(image_path, mask_path))
         except InputError as exc:
             log.warning("skipping pair: %s", exc)
-            skipped.append({"image": str(image_path), "error": str(exc)})
+            where = f"{exc.path.name}: " if exc.path is not None and exc.path != image_path else ""
+            skipped.append({"image": str(image_path), "reason": where + exc.message})
     return loaded, skipped
-
-
-def train_cli(out_dir: str | Path, *, config, images_dir: str | Path | None = None, masks_dir: str | Path | None = None,
-              synthetic: int | None = None, device: str = "auto", resume: bool = False,
-              overwrite: bool = False) -> dict[str, Any]:
-    """What ``medseg cells-train`` does: gather pairs, then :func:`medseg.cells.train.train`."""
-    from medseg.cells.train import train
-    from medseg.engine.runtime import select_device
-
-    out_dir = Path(out_dir)
-    if (synthetic is None) == (images_dir is None or masks_dir is None):
-        raise InputError("give either --images and --masks, or --synthetic N")
-    if not resume and (out_dir / "state.pt").exists() and not overwrite:
-        raise OutputExistsError("a training run exists here (use --resume or --overwrite)", path=out_dir)
-    skipped: list[dict[str, str]] = []
-    if synthetic is not None:
-        from medseg.synthetic.cells import synthetic_batch
-
-        pairs = synthetic_batch(config.seed + 1, synthetic)
-        config.training_data = (f"SYNTHETIC ONLY: medseg.synthetic.cells seed {config.seed + 1}, {synthetic} images; "
-                                "not for clinical use")
-    else:
-        pairs, skipped = load_pairs(images_dir, masks_dir)
-        config.training_data = config.training_data or f"images {images_dir}, masks {masks_dir} ({len(pairs)} pairs)"
-    if not pairs:
-        reasons = "; ".join(s["error"] for s in skipped[:3])
-        raise InputError(f"no usable image/mask pairs{': ' + reasons if reasons else ''}")
-    summary = train(pairs, out_dir, config=config, device=select_device(device), resume=resume)
-    summary["skipped"] = skipped
-    return summary

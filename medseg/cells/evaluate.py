@@ -6,6 +6,7 @@ AP@0.5 = TP / (TP + FP + FN) as in the cell-tracking and DSB 2018 challenges.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from medseg.results import FAILED, ItemResult, RunResult
+
 log = logging.getLogger("medseg.cells")
 
 
 @dataclass
 class EvalConfig:
-    iou_threshold: float = 0.5
+    iou_threshold: float = 0.5  # a predicted object matches a true one above this IoU
+    out: str | Path | None = None  # write the result (per image and pooled) as JSON here
+    overwrite: bool = False
+    progress: bool = False
 
 
 def iou_matrix(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -117,44 +123,66 @@ def _find_truth(pred_path: Path, truth_dir: Path) -> Path | None:
     return None
 
 
-def evaluate_folders(pred: list[str | Path], truth_dir: str | Path, *, config: EvalConfig | None = None,
-                     out: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Evaluate predicted label images against a folder of ground-truth masks (matched by name)."""
-    import json
+def evaluate_folders(pred: list[str | Path], truth_dir: str | Path, config: EvalConfig | None = None) -> RunResult:
+    """Evaluate predicted label images against a folder of ground-truth masks (matched by name).
 
+    One item per predicted image (failed: no matching mask, unreadable, other size); the summary
+    pools the object counts of the images that could be evaluated.
+    """
     from medseg.cells.io import list_images, read_mask
     from medseg.cells.weights import instances_from_mask
-    from medseg.errors import BatchFailures, InputError
+    from medseg.engine.progress import progress_bar
+    from medseg.errors import InputError
     from medseg.io.atomic import check_output, write_text
 
+    cfg = config or EvalConfig()
     truth_dir = Path(truth_dir)
     if not truth_dir.is_dir():
         raise InputError("ground-truth folder not found", path=truth_dir)
-    if out is not None:
-        check_output(out, overwrite=overwrite)
+    if cfg.out is not None:
+        check_output(cfg.out, overwrite=cfg.overwrite)
     paths = [p for p in list_images(pred) if p.suffix.lower() in (".tif", ".tiff", ".png")]
     if any(p.name.endswith(("_labels.tif", "_labels.tiff")) for p in paths):
         # a cells-segment output folder: only its label images (not overlays / probabilities)
         paths = [p for p in paths if p.name.endswith(("_labels.tif", "_labels.tiff"))]
     if not paths:
         raise InputError("no predicted label images found")
-    rows, failures = [], []
-    for path in paths:
+    result = RunResult(command="cells-eval")
+    rows = []
+    for path in progress_bar(paths, desc="cells-eval", enabled=cfg.progress, unit="image"):
         try:
             gt_path = _find_truth(path, truth_dir)
             if gt_path is None:
-                raise InputError("no ground-truth mask with a matching name", path=path)
+                raise InputError(f"no ground-truth mask with a matching name in {truth_dir}")
             truth, predicted = instances_from_mask(read_mask(gt_path)), read_mask(path)
             if truth.shape != predicted.shape:
-                raise InputError(f"size {predicted.shape} differs from ground truth {truth.shape} ({gt_path.name})",
-                                 path=path)
-            rows.append({"image": path.name, "truth": gt_path.name, **evaluate_labels(truth, predicted, config)})
+                raise InputError(f"size {predicted.shape[0]}x{predicted.shape[1]} differs from the ground truth "
+                                 f"{gt_path.name} ({truth.shape[0]}x{truth.shape[1]})")
+            row = evaluate_labels(truth, predicted, cfg)
         except InputError as exc:
-            log.warning("skipped: %s", exc)
-            failures.append({"image": str(path), "error": str(exc)})
-    summary = {"summary": summarise(rows), "images": rows, "failures": failures}
-    if out is not None:
-        write_text(out, json.dumps(summary, indent=2, default=float))
-    if failures and not rows:
-        raise BatchFailures(f"all {len(failures)} images failed")
-    return summary
+            reason = exc.message if exc.path in (None, path) else str(exc)
+            log.info("%s: failed: %s", path.name, reason)
+            result.add(ItemResult(name=str(path), status=FAILED, reason=reason))
+            continue
+        rows.append(row)
+        result.add(ItemResult(name=str(path), metrics={"truth": gt_path.name, **row}))
+    result.summary = {"iou_threshold": cfg.iou_threshold, "truth": str(truth_dir), **summarise(rows)}
+    if cfg.out is not None:
+        result.outputs["metrics"] = str(cfg.out)
+        write_text(cfg.out, json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+def _fmt(value: Any, digits: int) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def human_summary(result: RunResult) -> str:
+    """One line for the terminal (no numbers when no image could be evaluated)."""
+    s = result.summary
+    if not s.get("images"):
+        return "no image could be evaluated"
+    return (f"{s['images']} image(s): pixel IoU {_fmt(s['mean_pixel_iou'], 4)}, Dice {_fmt(s['mean_pixel_dice'], 4)}, "
+            f"AP@{s['iou_threshold']:g} {_fmt(s['ap50'], 4)}, precision {_fmt(s['precision'], 3)}, "
+            f"recall {_fmt(s['recall'], 3)}, F1 {_fmt(s['f1'], 3)}, adapted Rand error "
+            f"{_fmt(s['mean_adapted_rand_error'], 4)}, cells found {s['count_pred']} of {s['count_true']}")

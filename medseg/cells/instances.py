@@ -32,14 +32,16 @@ class InstanceConfig:
 
 
 def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop labelled objects of fewer than ``min_size`` pixels (skimage; labels stay as they are)."""
+    import warnings
+
+    from skimage.morphology import remove_small_objects
+
     if min_size <= 1 or labels.max() == 0:
         return labels
-    sizes = np.bincount(labels.ravel())
-    small = sizes < min_size
-    small[0] = False
-    labels = labels.copy()
-    labels[small[labels]] = 0
-    return labels
+    with warnings.catch_warnings():  # one object in the image is fine, not a bool-array mix-up
+        warnings.filterwarnings("ignore", message="Only one label was provided")
+        return remove_small_objects(labels, max_size=min_size - 1)
 
 
 def _convex_mask(components: np.ndarray, solidity: float) -> np.ndarray:

@@ -19,6 +19,7 @@ from medseg.io.atomic import atomic_path
 log = logging.getLogger("medseg.cells")
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+PERCENTILES = (1.0, 99.8)  # per-plane normalisation (low, high); stored in every weights file
 
 
 def _read_raw(path: Path) -> np.ndarray:
@@ -39,16 +40,18 @@ def _read_raw(path: Path) -> np.ndarray:
             return data
         import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path))
-    except Exception as exc:  # decoders raise many types for corrupt files
-        raise InputError(f"cannot read image ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})",
-                         path=path) from None
+        return np.asarray(iio.imread(path, plugin="pillow"))
+    except Exception:  # decoders raise many types for corrupt files; --debug logs the decoder's words
+        log.debug("%s: decoder error", path, exc_info=True)
+        kind = suffix.lstrip(".").upper().replace("TIFF", "TIF").replace("JPEG", "JPG") or "image"
+        raise InputError(f"cannot read image: not a valid {kind} file (corrupt or truncated?)", path=path) from None
 
 
 def _to_gray(a: np.ndarray) -> np.ndarray:
-    """(..., H, W, 3|4) RGB(A) -> luminance (..., H, W)."""
-    rgb = a[..., :3].astype(np.float32)
-    return rgb @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+    """(..., H, W, 3|4) RGB(A) -> luminance (..., H, W), in the raw units (float input is not rescaled)."""
+    from skimage.color import rgb2gray
+
+    return rgb2gray(a[..., :3].astype(np.float32)).astype(np.float32, copy=False)
 
 
 def read_image(path: str | Path, *, allow_stack: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
@@ -82,7 +85,7 @@ def read_image(path: str | Path, *, allow_stack: bool = True) -> tuple[np.ndarra
     return planes, meta
 
 
-def normalise(plane: np.ndarray, *, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+def normalise(plane: np.ndarray, *, low: float = PERCENTILES[0], high: float = PERCENTILES[1]) -> np.ndarray:
     """Percentile-normalise a plane to about [0, 1]; constant planes become all zero."""
     plane = plane.astype(np.float32, copy=False)
     sample = plane[:: max(plane.shape[0] // 1024, 1), :: max(plane.shape[1] // 1024, 1)]
@@ -146,12 +149,17 @@ def overlay_outlines(plane: np.ndarray, labels: np.ndarray, *, color=(255, 60, 0
 
 
 def list_images(inputs: list[str | Path]) -> list[Path]:
-    """Expand directories into their image files (sorted); keep files as given."""
+    """Expand directories into their image files (sorted); keep files as given.
+
+    Pre-flight: a path that does not exist is an input error (a typo stops the run before any work).
+    """
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
-        else:
+        elif p.exists():
             out.append(p)
+        else:
+            raise InputError("input not found", path=p)
     return out

@@ -1,18 +1,26 @@
 """Cell segmentation nets: the 2015 valid-convolution U-Net and a padded MONAI BasicUNet.
 
 Both expose what overlap-tile inference needs: the context ``margin`` per side, the pooling
-``align`` (total down-sampling) and valid tile sizes.
+``align`` (total down-sampling) and valid tile sizes. :func:`load_model` rebuilds a net from a
+weights file; it lives here (not in ``train``) so that inference never imports training code.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from medseg.engine.checkpoint import CheckpointMeta
+
 ARCHS = ("unet2015", "basicunet")
+MODEL_NAME = "medseg-cells-unet"  # the ``model`` field of every cells weights file
+TASK = "cell-foreground-with-borders"
+DEMO_WEIGHTS = "cells/demo_unet2015.safetensors"  # relative to the shipped demo-weights folder
 
 
 @dataclass
@@ -182,3 +190,29 @@ def valid_tile(config: CellModelConfig, at_least: int) -> int:
     if config.arch == "unet2015":
         return unet2015_valid_input(at_least, config.depth)
     return -(-at_least // align) * align
+
+
+def model_output_size(config: CellModelConfig, tile: int) -> int:
+    """Output edge for an input tile of ``tile`` px (a size :func:`valid_tile` returned)."""
+    if config.arch == "unet2015":
+        size = unet2015_output_size(tile, config.depth)
+        if size is None:
+            raise ValueError(f"{tile} px is not a valid unet2015 input size")
+        return size
+    return tile
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, CellModelConfig, CheckpointMeta]:
+    """Rebuild a cell model (CPU, eval mode) from a medseg weights file; ModelError if it does not fit."""
+    from medseg.engine.checkpoint import load_weights
+    from medseg.errors import ModelError
+
+    state, meta = load_weights(path, expect_model=MODEL_NAME)
+    config = CellModelConfig.from_dict(meta.config)
+    try:
+        model = build_model(config=config)
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ModelError(f"weights do not fit the {config.arch} model they describe: {str(exc).splitlines()[0]}",
+                         path=path) from None
+    return model.eval(), config, meta

@@ -1,59 +1,37 @@
-"""Glue between a torch cell model and the NumPy overlap-tile engine."""
+"""Cell probabilities for an image of any size: the engine Predictor behind overlap-tile inference.
+
+Both architectures run through :func:`medseg.engine.tiling.overlap_tile_predict`: the
+valid-convolution U-Net needs it (its output is smaller than its input), and for the padded
+BasicUNet it is what keeps tiled output equal to whole-image output. MONAI's
+``sliding_window_inference`` would blend overlapping windows whose edges saw the net's zero
+padding, which differs from a whole-image pass near every window border.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from medseg.cells.model import CellModelConfig, model_align, model_margin, valid_tile
-from medseg.engine.runtime import autocast
 from medseg.engine.tiling import overlap_tile_predict
 
+if TYPE_CHECKING:
+    import torch
 
-@dataclass
-class TorchTilePredictor:
-    """Callable (N, C, h, w) float32 -> (N, K, h', w') softmax probabilities (float32, CPU).
-
-    On CUDA the batch goes through pinned memory, channels_last and autocast (AMP).
-    """
-
-    model: torch.nn.Module
-    device: torch.device
-    amp_dtype: torch.dtype | None = None
-    channels_last: bool = False
-    softmax: bool = True
-
-    def __post_init__(self) -> None:
-        self.model.eval().to(self.device)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        else:
-            x = x.to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp_dtype):
-            y = self.model(x)
-        y = y.float()
-        if self.softmax:
-            y = torch.softmax(y, dim=1)
-        return y.cpu().numpy()
+    from medseg.engine.predictor import Predictor
 
 
-def predict_image(model: torch.nn.Module, config: CellModelConfig, image: np.ndarray, *, device: torch.device,
-                  tile: int = 512, batch_size: int = 4, amp_dtype: torch.dtype | None = None,
-                  softmax: bool = True) -> np.ndarray:
+def make_predictor(model: torch.nn.Module, *, device: str | torch.device = "auto", amp: str = "auto",
+                   postprocess: str = "softmax") -> Predictor:
+    """The engine Predictor for a cell model: channels_last (CPU and CUDA), softmax probabilities."""
+    from medseg.engine.predictor import Predictor
+
+    return Predictor(model, device=device, amp=amp, channels_last=True, postprocess=postprocess)
+
+
+def predict_image(predictor: Predictor, config: CellModelConfig, image: np.ndarray, *, tile: int = 512,
+                  batch_size: int = 4) -> np.ndarray:
     """Class probabilities (K, H, W) for a normalised (H, W) or (C, H, W) image, by overlap-tile."""
-    channels_last = device.type == "cuda"
-    predictor = TorchTilePredictor(model, device, amp_dtype=amp_dtype, channels_last=channels_last,
-                                   softmax=softmax)
-    size = valid_tile(config, tile)
-    return overlap_tile_predict(predictor, image, tile=size, margin=model_margin(config),
+    return overlap_tile_predict(predictor, image, tile=valid_tile(config, tile), margin=model_margin(config),
                                 align=model_align(config), batch_size=batch_size)

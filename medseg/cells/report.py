@@ -3,54 +3,56 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from medseg.reports import Report
-
-MAX_FIGURES = 6
-MAX_EDGE = 768
+from medseg.results import FAILED, RunResult
 
 
-def _thumbnail(rgb: np.ndarray) -> np.ndarray:
-    step = max(1, int(np.ceil(max(rgb.shape[:2]) / MAX_EDGE)))
-    return rgb[::step, ::step]
+def _number(value: object) -> object:
+    return "-" if value is None else value
 
 
-def segmentation_report(summary: dict[str, Any], results: list[dict[str, Any]], *, demo: bool) -> Report:
+def segmentation_report(result: RunResult, thumbs: list[tuple[str, np.ndarray, int]], areas: list[int]) -> Report:
     """Batch table, failures, overlays of the first images and the cell-area distribution."""
     from medseg.reports.plots import pyplot
 
     plt = pyplot()
-    notice = ("Demo weights trained on synthetic images only - not for clinical use." if demo else
-              f"Weights: {summary['weights']} ({summary.get('training_data') or 'no training description'})")
-    report = Report("Cell segmentation QA", inputs=[r["image"] for r in results] + [f["image"] for f in summary["failures"]],
-                    subtitle=f"{summary['n_ok']} images segmented, {summary['n_failed']} failed, "
-                             f"{summary['total_cells']} cells", notice=notice)
-    model = summary["model"]
+    s = result.summary
+    notice = ("Demo weights trained on synthetic images only - not for clinical use." if s["demo_weights"] else
+              f"Weights: {s['weights']} ({s.get('training_data') or 'no training description'})")
+    subtitle = f"{s['segmented']} images segmented, {s['failed']} failed, {s['total_cells']} cells"
+    if s["kept_from_earlier_run"]:
+        subtitle += f" ({s['kept_from_earlier_run']} images kept from an earlier run)"
+    report = Report("Cell segmentation QA", inputs=[i.name for i in result.items], subtitle=subtitle, notice=notice)
+    model, settings = s["model"], s["settings"]
+    inst = settings["instances"]
     report.add_text("Method", (
         f"{model['arch']} (base {model['base_channels']} channels), overlap-tile inference with mirrored "
-        f"borders, tile {summary['config']['tile']}, device {summary['device']}, AMP {summary['amp']}. "
-        f"Instances: threshold {summary['config']['instances']['threshold']}, watershed on the distance "
-        f"transform (h = {summary['config']['instances']['h']} px), min size "
-        f"{summary['config']['instances']['min_size']} px."))
+        f"borders, tile {settings['tile']}, device {s['device']}, precision {s['amp']}"
+        f"{', channels-last' if s['channels_last'] else ''}. Instances: threshold {inst['threshold']}, "
+        f"watershed on the distance transform (h = {inst['h']} px) of components less solid than "
+        f"{inst['solidity']}, min size {inst['min_size']} px."))
     report.add_table("Images", [
-        {"image": Path(r["image"]).name, "pages": r["pages"], "size": f"{r['height']}x{r['width']}",
-         "type": f"{r['dtype']} {r['color']}", "cells": r["cells"], "median area (px)": r["median_area"],
-         "seconds": r["seconds"]} for r in results])
-    if summary["failures"]:
-        report.add_table("Failed inputs", [{"image": f["image"], "reason": f["error"]} for f in summary["failures"]])
-    for r in results[:MAX_FIGURES]:
+        {"image": Path(i.name).name, "status": i.status, "pages": i.metrics.get("pages", "-"),
+         "size": f"{i.metrics['height']}x{i.metrics['width']}" if "height" in i.metrics else "-",
+         "type": f"{i.metrics['dtype']} {i.metrics['color']}" if "dtype" in i.metrics else "-",
+         "cells": _number(i.metrics.get("cells")), "median area (px)": _number(i.metrics.get("median_area")),
+         "seconds": _number(i.metrics.get("seconds"))} for i in result.items if i.status != FAILED])
+    if result.failed:
+        report.add_table("Failed inputs", [{"image": i.name, "reason": i.reason} for i in result.failed])
+    for name, thumb, cells in thumbs:
         fig, ax = plt.subplots(figsize=(6, 6))
-        ax.imshow(_thumbnail(r["_overlay"]))
+        ax.imshow(thumb)
         ax.set_axis_off()
-        report.add_figure(f"Overlay: {Path(r['image']).name}", fig, caption=f"{r['cells']} cells (outlines)")
-    areas = np.concatenate([np.asarray(r["_areas"], float) for r in results]) if results else np.zeros(0)
-    if areas.size:
+        report.add_figure(f"Overlay: {name}", fig, caption=f"{cells} cells (outlines)")
+    if areas:
+        values = np.asarray(areas, float)
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.hist(areas, bins=40, color="#2a6f97")
+        ax.hist(values, bins=40, color="#2a6f97")
         ax.set_xlabel("cell area (px)")
         ax.set_ylabel("cells")
-        report.add_figure("Cell areas", fig, caption=f"{areas.size} cells, median {np.median(areas):.0f} px")
+        report.add_figure("Cell areas", fig, caption=f"{values.size} cells segmented in this run, median "
+                          f"{np.median(values):.0f} px")
     return report

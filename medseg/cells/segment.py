@@ -2,8 +2,14 @@
 
 Per image ``NAME``: ``NAME_labels.tif`` (instances, 16/32-bit; stacks as multi-page),
 optional ``NAME_prob.tif``, ``NAME_overlay.png`` (``NAME_overlay_pNNN.png`` per page of a
-stack), ``NAME_cells.csv``; per batch ``summary.json`` and ``report.html``. A bad image is
-recorded in the summary with its reason and the batch goes on.
+stack), ``NAME_cells.csv``; per batch ``summary.json`` and ``report.html``.
+
+Contract (:func:`segment_images`): every output is checked before any work (exists -> exit 3
+unless ``overwrite``/``resume``; not writable -> exit 2), then the model is loaded (exit 4), and
+only then is anything written. A bad image becomes a failed item with its reason and the batch
+goes on; a failed image leaves none of its outputs behind. ``summary.json`` describes this run
+only; with ``resume`` images done in an earlier run are kept (status ``skipped``) and the rest
+(new or failed before) are segmented.
 """
 
 from __future__ import annotations
@@ -29,24 +35,37 @@ from medseg.cells.io import (
     write_labels,
     write_png,
 )
-from medseg.engine.checkpoint import sample_data_path
-from medseg.errors import InputError, ModelError
-from medseg.io.atomic import check_output, safe_name, write_text
+from medseg.cells.model import DEMO_WEIGHTS
+from medseg.errors import InputError, ModelError, OutputExistsError
+from medseg.io.atomic import check_writable, safe_name, write_text
+from medseg.results import FAILED, OK, SKIPPED, ItemResult, RunResult
 
 log = logging.getLogger("medseg.cells")
 
-DEMO_WEIGHTS = sample_data_path("cells", "demo_unet2015.safetensors")
+COMMAND = "cells-segment"
+SUMMARY, REPORT = "summary.json", "report.html"
 CSV_COLUMNS = ["page", "label", "area", "centroid_y", "centroid_x", "perimeter", "eccentricity", "mean_intensity"]
+MAX_FIGURES = 6  # overlays kept (as thumbnails) for the report
+THUMB_EDGE = 768
 
 
 @dataclass
 class SegmentConfig:
+    weights: str | Path | None = None  # None: the shipped demo weights (with a warning)
+    device: str = "auto"
+    amp: str = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
     tile: int = 512  # input tile edge (rounded up to a size the net accepts)
     batch_size: int = 4  # tiles per forward pass
-    amp: str = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
     save_probability: bool = False
     instances: InstanceConfig = field(default_factory=InstanceConfig)
     report: bool = True
+    overwrite: bool = False
+    resume: bool = False
+    progress: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the outputs (compared on --resume)."""
+        return {"tile": self.tile, "save_probability": self.save_probability, "instances": asdict(self.instances)}
 
 
 def cell_table(labels: np.ndarray, intensity: np.ndarray, page: int = 0) -> list[dict[str, Any]]:
@@ -72,49 +91,35 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 
 
 class CellSegmenter:
-    """Holds the model; ``segment_plane`` turns one 2D plane into probabilities and instances."""
+    """Holds the model behind the engine Predictor; ``segment_plane`` turns a 2D plane into instances."""
 
-    def __init__(self, weights: str | Path | None = None, *, device: str = "auto",
-                 config: SegmentConfig | None = None) -> None:
-        from medseg.cells.train import load_model
-        from medseg.engine.runtime import resolve_amp_dtype, select_device
+    def __init__(self, config: SegmentConfig | None = None) -> None:
+        from medseg.cells.model import load_model
+        from medseg.cells.predict import make_predictor
+        from medseg.engine.weights import resolve_weights
 
         self.config = config or SegmentConfig()
-        self.weights = Path(weights) if weights is not None else DEMO_WEIGHTS
-        if weights is None:
-            if not DEMO_WEIGHTS.is_file():
-                raise ModelError("no --weights given and the demo weights are missing", path=DEMO_WEIGHTS)
-            log.warning("using the demo weights (trained on synthetic images only, not for clinical use)")
-        self.device = select_device(device)
-        self.amp_dtype = resolve_amp_dtype(self.device, self.config.amp)
-        self.model, self.model_config, self.meta = load_model(self.weights, self.device)
+        self.weights, self.is_demo = resolve_weights(self.config.weights, demo=DEMO_WEIGHTS)
+        model, self.model_config, self.meta = load_model(self.weights)
         if self.model_config.in_channels != 1:
             raise ModelError(f"model expects {self.model_config.in_channels} channels; cells models take 1",
                              path=self.weights)
+        self.predictor = make_predictor(model, device=self.config.device, amp=self.config.amp)
 
     def predict(self, plane: np.ndarray) -> np.ndarray:
         """Cell probability (H, W) for a raw 2D plane (normalised here)."""
         from medseg.cells.predict import predict_image
 
-        probs = predict_image(self.model, self.model_config, normalise(plane), device=self.device,
-                              tile=self.config.tile, batch_size=self.config.batch_size, amp_dtype=self.amp_dtype)
-        return probs[1]
+        return predict_image(self.predictor, self.model_config, normalise(plane), tile=self.config.tile,
+                             batch_size=self.config.batch_size)[1]
 
     def segment_plane(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         prob = self.predict(plane)
         return prob, instances_from_probability(prob, self.config.instances)
 
-
-def _outputs(out_dir: Path, stem: str, pages: int, config: SegmentConfig) -> dict[str, Path]:
-    paths = {"labels": out_dir / f"{stem}_labels.tif", "cells": out_dir / f"{stem}_cells.csv"}
-    if config.save_probability:
-        paths["probability"] = out_dir / f"{stem}_prob.tif"
-    if pages == 1:
-        paths["overlay"] = out_dir / f"{stem}_overlay.png"
-    else:
-        for k in range(pages):
-            paths[f"overlay_p{k:03d}"] = out_dir / f"{stem}_overlay_p{k:03d}.png"
-    return paths
+    def describe(self) -> dict[str, Any]:
+        return {"weights": str(self.weights), "demo_weights": self.is_demo, "model": self.model_config.to_dict(),
+                "training_data": self.meta.training_data, **self.predictor.describe()}
 
 
 def _unique_stems(paths: list[Path]) -> list[str]:
@@ -128,85 +133,178 @@ def _unique_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
-def segment_one(segmenter: CellSegmenter, path: Path, out_dir: Path, stem: str, *, overwrite: bool) -> dict[str, Any]:
-    """Segment one file (2D or a stack, plane by plane) and write its outputs."""
+def _existing_outputs(out_dir: Path, stem: str) -> list[Path]:
+    """Files an earlier run wrote for ``stem`` (whatever its page count or options)."""
+    names = [f"{stem}_labels.tif", f"{stem}_cells.csv", f"{stem}_prob.tif", f"{stem}_overlay.png"]
+    found = [out_dir / n for n in names if (out_dir / n).exists()]
+    return found + sorted(out_dir.glob(f"{stem}_overlay_p[0-9][0-9][0-9].png"))
+
+
+def _outputs(out_dir: Path, stem: str, pages: int, config: SegmentConfig) -> dict[str, Path]:
+    paths = {"labels": out_dir / f"{stem}_labels.tif"}
+    if config.save_probability:
+        paths["probability"] = out_dir / f"{stem}_prob.tif"
+    if pages == 1:
+        paths["overlay"] = out_dir / f"{stem}_overlay.png"
+    else:
+        for k in range(pages):
+            paths[f"overlay_p{k:03d}"] = out_dir / f"{stem}_overlay_p{k:03d}.png"
+    paths["cells"] = out_dir / f"{stem}_cells.csv"  # written last: its presence marks a complete image
+    return paths
+
+
+def _thumbnail(rgb: np.ndarray) -> np.ndarray:
+    step = max(1, int(np.ceil(max(rgb.shape[:2]) / THUMB_EDGE)))
+    return np.ascontiguousarray(rgb[::step, ::step])
+
+
+def segment_one(segmenter: CellSegmenter, path: Path, out_dir: Path, stem: str) -> tuple[ItemResult, np.ndarray, list[int]]:
+    """Segment one file (2D or a stack, plane by plane) and write its outputs.
+
+    Returns the item, a thumbnail of the first overlay and the cell areas. If anything fails,
+    the outputs already written for this image are removed before the error propagates.
+    """
     t0 = time.perf_counter()
     planes, meta = read_image(path)
     outputs = _outputs(out_dir, stem, planes.shape[0], segmenter.config)
-    for p in outputs.values():
-        check_output(p, overwrite=overwrite)
-    labels_stack, prob_stack, rows, overlays = [], [], [], {}
-    for k, plane in enumerate(planes):
-        prob, labels = segmenter.segment_plane(plane)
-        labels_stack.append(labels)
-        if segmenter.config.save_probability:
-            prob_stack.append(prob)
-        rows += cell_table(labels, plane, page=k)
-        key = "overlay" if planes.shape[0] == 1 else f"overlay_p{k:03d}"
-        overlays[key] = overlay_outlines(normalise(plane), labels)
-    labels_arr = np.stack(labels_stack) if len(labels_stack) > 1 else labels_stack[0]
-    write_labels(outputs["labels"], labels_arr)
-    if prob_stack:
-        write_float_tiff(outputs["probability"], np.stack(prob_stack) if len(prob_stack) > 1 else prob_stack[0])
-    for key, rgb in overlays.items():
-        write_png(outputs[key], rgb)
-    write_text(outputs["cells"], _csv_text(rows))
+    written: list[Path] = []
+    try:
+        labels_stack, prob_stack, rows, thumb = [], [], [], None
+        for k, plane in enumerate(planes):
+            prob, labels = segmenter.segment_plane(plane)
+            labels_stack.append(labels)
+            if segmenter.config.save_probability:
+                prob_stack.append(prob)
+            rows += cell_table(labels, plane, page=k)
+            rgb = overlay_outlines(normalise(plane), labels)
+            written.append(write_png(outputs["overlay" if planes.shape[0] == 1 else f"overlay_p{k:03d}"], rgb))
+            thumb = _thumbnail(rgb) if thumb is None else thumb
+        written.append(write_labels(outputs["labels"], np.stack(labels_stack) if len(labels_stack) > 1
+                                    else labels_stack[0]))
+        if prob_stack:
+            written.append(write_float_tiff(outputs["probability"], np.stack(prob_stack) if len(prob_stack) > 1
+                                            else prob_stack[0]))
+        written.append(write_text(outputs["cells"], _csv_text(rows)))
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
     areas = [r["area"] for r in rows]
     per_page = [int(lab.max()) for lab in labels_stack]
-    return {
-        "image": str(path), "status": "ok", "pages": int(planes.shape[0]), "height": meta["height"],
-        "width": meta["width"], "dtype": meta["dtype"], "color": meta["color"], "cells": int(sum(per_page)),
-        "cells_per_page": per_page, "median_area": float(np.median(areas)) if areas else float("nan"),
-        "seconds": round(time.perf_counter() - t0, 3), "outputs": {k: str(v) for k, v in outputs.items()},
-        "_overlay": next(iter(overlays.values())), "_areas": areas,
-    }
+    item = ItemResult(name=str(path), outputs={k: str(v) for k, v in outputs.items()}, metrics={
+        "pages": int(planes.shape[0]), "height": meta["height"], "width": meta["width"], "dtype": meta["dtype"],
+        "color": meta["color"], "cells": int(sum(per_page)), "cells_per_page": per_page,
+        "median_area": float(np.median(areas)) if areas else None, "seconds": round(time.perf_counter() - t0, 3)})
+    return item, thumb, areas
 
 
-def segment_images(inputs: list[str | Path], out_dir: str | Path, *, weights: str | Path | None = None,
-                   device: str = "auto", config: SegmentConfig | None = None, overwrite: bool = False,
-                   show_progress: bool = True) -> dict[str, Any]:
-    """Segment every image (files or folders of images) into ``out_dir``; return the summary.
+def _previous_items(out_dir: Path, config: SegmentConfig) -> dict[str, dict[str, Any]]:
+    """--resume: the images an earlier run finished (status ok, every output still there)."""
+    path = out_dir / SUMMARY
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        items = doc["items"]
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s: unreadable; every image is segmented again", path)
+        return {}
+    if doc.get("summary", {}).get("settings") != json.loads(json.dumps(config.settings())):
+        log.warning("the earlier run in %s used other settings; its finished images are kept as they are", out_dir)
+    return {str(Path(i["name"]).resolve()): i for i in items if i.get("status") in (OK, SKIPPED)
+            and i.get("outputs") and all(Path(p).is_file() for p in i["outputs"].values())}
 
-    Per-image problems (unreadable, empty, unsupported shape) are recorded under ``failures``
-    and skipped; the caller decides whether that is an error (the CLI exits 5).
-    """
-    from medseg.engine.progress import progress
+
+def _preflight(paths: list[Path], stems: list[str], out_dir: Path, config: SegmentConfig) -> None:
+    """Before any work: the folder must be writable and hold no outputs this run would replace."""
+    check_writable(out_dir)
+    if config.overwrite or config.resume or not out_dir.is_dir():
+        return
+    batch = [out_dir / n for n in (SUMMARY, REPORT) if (out_dir / n).exists()]
+    existing = batch + [p for stem in stems for p in _existing_outputs(out_dir, stem)]
+    if existing:
+        names = ", ".join(p.name for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise OutputExistsError(f"outputs exist ({names}); use --overwrite to replace them or --resume to keep "
+                                "finished images", path=out_dir)
+
+
+def _remove(paths: set[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+def _failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, InputError):
+        return exc.message
+    if isinstance(exc, OSError):
+        return f"cannot write its outputs: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+    return f"unexpected error ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+
+
+def segment_images(inputs: list[str | Path], out_dir: str | Path, config: SegmentConfig | None = None) -> RunResult:
+    """Segment every image (files or folders of images) into ``out_dir``: one item per image."""
+    from medseg.engine.progress import progress_bar
 
     config = config or SegmentConfig()
     out_dir = Path(out_dir)
     paths = list_images(inputs)
     if not paths:
         raise InputError("no input images (give files or folders with .png/.tif images)")
-    summary_path, report_path = out_dir / "summary.json", out_dir / "report.html"
-    check_output(summary_path, overwrite=overwrite)
-    if config.report:
-        check_output(report_path, overwrite=overwrite)
+    stems = _unique_stems(paths)
+    _preflight(paths, stems, out_dir, config)
+    segmenter = CellSegmenter(config)  # a bad model stops here, before anything is written
+    previous = _previous_items(out_dir, config) if config.resume else {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    segmenter = CellSegmenter(weights, device=device, config=config)
-    results, failures = [], []
+    result = RunResult(command=COMMAND)
+    thumbs: list[tuple[str, np.ndarray, int]] = []
+    areas: list[int] = []
     t0 = time.perf_counter()
-    for path, stem in progress(list(zip(paths, _unique_stems(paths))), desc="cells", enabled=show_progress,
-                               unit="image"):
-        try:
-            result = segment_one(segmenter, path, out_dir, stem, overwrite=overwrite)
-        except InputError as exc:
-            log.warning("skipped %s", exc)
-            failures.append({"image": str(path), "status": "failed", "error": str(exc)})
+    for path, stem in progress_bar(list(zip(paths, stems)), desc="cells", enabled=config.progress, unit="image"):
+        done = previous.get(str(path.resolve()))
+        if done is not None:
+            result.add(ItemResult(name=str(path), status=SKIPPED, reason="segmented in an earlier run (--resume)",
+                                  outputs=done["outputs"], metrics=done.get("metrics", {})))
             continue
-        log.info("%s: %d cells (%.2f s)", path.name, result["cells"], result["seconds"])
-        results.append(result)
-    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
-    summary = {
-        "command": "cells-segment", "out_dir": str(out_dir), "weights": str(segmenter.weights),
-        "model": segmenter.model_config.to_dict(), "training_data": segmenter.meta.training_data,
-        "device": str(segmenter.device), "amp": str(segmenter.amp_dtype), "config": asdict(config),
-        "images": public, "failures": failures, "n_ok": len(results), "n_failed": len(failures),
-        "total_cells": int(sum(r["cells"] for r in results)), "seconds": round(time.perf_counter() - t0, 3),
-    }
-    write_text(summary_path, json.dumps(summary, indent=2, default=str))
+        stale = set(_existing_outputs(out_dir, stem))  # from an earlier run (--overwrite / --resume)
+        try:
+            item, thumb, item_areas = segment_one(segmenter, path, out_dir, stem)
+        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
+            log.debug("%s failed", path, exc_info=True)
+            item = ItemResult(name=str(path), status=FAILED, reason=_failure_reason(exc))
+            log.info("%s: failed: %s", path.name, item.reason)
+            result.add(item)
+            _remove(stale)  # no earlier outputs that would contradict this failure
+            continue
+        _remove(stale - {Path(p) for p in item.outputs.values()})
+        log.info("%s: %d cells (%.2f s)", path.name, item.metrics["cells"], item.metrics["seconds"])
+        result.add(item)
+        areas += item_areas
+        if len(thumbs) < MAX_FIGURES:
+            thumbs.append((path.name, thumb, item.metrics["cells"]))
+    cells = sum(int(i.metrics.get("cells", 0)) for i in result.items if i.status != FAILED)
+    result.summary = {"out_dir": str(out_dir), **segmenter.describe(), "settings": config.settings(),
+                      "batch_size": config.batch_size, "images": len(result.items),
+                      "segmented": result.counts[OK], "kept_from_earlier_run": result.counts[SKIPPED],
+                      "failed": result.counts[FAILED], "total_cells": cells,
+                      "seconds": round(time.perf_counter() - t0, 3)}
+    result.outputs["summary"] = str(out_dir / SUMMARY)
     if config.report:
         from medseg.cells.report import segmentation_report
 
-        segmentation_report(summary, results, demo=segmenter.weights == DEMO_WEIGHTS).write_html(report_path)
-        summary["report"] = str(report_path)
-    return summary
+        result.outputs["report"] = str(out_dir / REPORT)
+        segmentation_report(result, thumbs, areas).write_html(out_dir / REPORT)
+    if segmenter.is_demo:
+        result.warnings.append("demo weights (trained on synthetic images only): not for clinical use")
+    write_text(out_dir / SUMMARY, json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+def human_summary(result: RunResult) -> str:
+    """One line for the terminal."""
+    s = result.summary
+    parts = [f"{s['segmented']} image(s) segmented"]
+    if s["kept_from_earlier_run"]:
+        parts.append(f"{s['kept_from_earlier_run']} kept from an earlier run")
+    if s["failed"]:
+        parts.append(f"{s['failed']} failed (listed in {SUMMARY})")
+    return f"{', '.join(parts)}: {s['total_cells']} cells -> {s['out_dir']}"

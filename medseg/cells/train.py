@@ -3,17 +3,19 @@
 Targets: instance masks (or binary masks, split into connected components) become a
 foreground target in which the pixels where two cells touch are background, and a border
 weight map that stresses those thin lines (``medseg.cells.weights``). Patches are drawn at
-random with mirrored context, elastically deformed, flipped and rotated. Each epoch ends with
-a validation pass (overlap-tile inference + instance separation, pixel IoU) and checkpoints:
-``last.safetensors``, ``best.safetensors`` (inference weights with metadata) and
-``state.pt`` (optimizer etc., for ``resume``).
+random with mirrored context, elastically deformed, flipped and rotated.
+
+The loop is the shared one (:func:`medseg.engine.trainer.fit`); this module supplies the
+:class:`CellsTrainTask` (model, optimiser, batches, loss, validation). Validation runs the
+inference path (engine Predictor + overlap-tile + instance separation) on held-out images and
+reports the pixel IoU; with a single image there is nothing to hold out and the trainer warns.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,30 +26,35 @@ import torch.nn.functional as F
 
 from medseg.cells.augment import AugmentConfig, augment
 from medseg.cells.instances import InstanceConfig, instances_from_probability
-from medseg.cells.model import CellModelConfig, build_model, model_margin, valid_tile
-from medseg.cells.weights import WeightMapConfig, border_weight_map, separate_touching
-from medseg.engine.checkpoint import (
-    CheckpointMeta,
-    load_training_state,
-    load_weights,
-    save_training_state,
-    save_weights,
+from medseg.cells.io import PERCENTILES
+from medseg.cells.model import (
+    MODEL_NAME,
+    TASK,
+    CellModelConfig,
+    build_model,
+    model_margin,
+    model_output_size,
+    valid_tile,
 )
-from medseg.engine.runtime import seed_everything
+from medseg.cells.weights import WeightMapConfig, border_weight_map, separate_touching
+from medseg.engine.checkpoint import CheckpointMeta
 from medseg.engine.tiling import extract_tile
-from medseg.errors import InputError, ModelError
-from medseg.io.atomic import write_text
+from medseg.engine.trainer import TrainConfig, TrainResult, fit
+from medseg.errors import InputError
 
 log = logging.getLogger("medseg.cells")
 
-MODEL_NAME = "medseg-cells-unet"
-TASK = "cell-foreground-with-borders"
+METRIC = "val_pixel_iou"
+VAL_TILE = 512  # validation is inference: whole-image-sized tiles, not the (small) training patches
+NORMALISATION = {"method": "percentile", "low": PERCENTILES[0], "high": PERCENTILES[1], "channels": "luminance"}
 
 
 @dataclass
-class TrainConfig:
+class CellsTrainConfig:
+    """Everything ``cells-train`` decides; the loop's own settings are in :meth:`loop`."""
+
     model: CellModelConfig = field(default_factory=CellModelConfig)
-    weights: WeightMapConfig = field(default_factory=WeightMapConfig)
+    weight_map: WeightMapConfig = field(default_factory=WeightMapConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     instances: InstanceConfig = field(default_factory=InstanceConfig)
     epochs: int = 20
@@ -56,33 +63,38 @@ class TrainConfig:
     tile: int = 316  # input patch size (rounded up to one the arch accepts)
     lr: float = 1e-3
     weight_decay: float = 0.0
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # share of the pairs held out for validation (at least one when >= 2 pairs)
     seed: int = 0
-    max_minutes: float | None = None  # stop (after a checkpoint) when this much time has passed
+    max_minutes: float | None = None
+    amp: str = "auto"
+    synthetic: int | None = None  # train on N synthetic images instead of image/mask folders
     training_data: str = ""  # free text stored in the weights' metadata
+
+    def loop(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, seed=self.seed, max_minutes=self.max_minutes, amp=self.amp)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @dataclass
-class _Sample:
+class Sample:
     image: np.ndarray  # (H, W) float32 normalised
     target: np.ndarray  # (H, W) int64, 1 = cell (touching borders removed)
     weight: np.ndarray  # (H, W) float32
     labels: np.ndarray  # (H, W) int32 instances, for validation
 
 
-def prepare_sample(image: np.ndarray, labels: np.ndarray, config: WeightMapConfig) -> _Sample:
+def prepare_sample(image: np.ndarray, labels: np.ndarray, config: WeightMapConfig) -> Sample:
     """Precompute target and weight map once per image (as in the paper)."""
     if image.shape != labels.shape:
         raise InputError(f"mask size {labels.shape} differs from image size {image.shape}")
     separated = separate_touching(labels)
     weight = border_weight_map(separated, config)
-    return _Sample(image.astype(np.float32), (separated > 0).astype(np.int64), weight, labels.astype(np.int32))
+    return Sample(image.astype(np.float32), (separated > 0).astype(np.int64), weight, labels.astype(np.int32))
 
 
-def draw_batch(rng: np.random.Generator, samples: list[_Sample], *, batch_size: int, tile: int, margin: int,
+def draw_batch(rng: np.random.Generator, samples: list[Sample], *, batch_size: int, tile: int, margin: int,
                out_size: int, augment_config: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random patches: (N,1,tile,tile) input; (N,o,o) target and weights for the output core.
 
@@ -111,124 +123,153 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: t
     return (F.cross_entropy(logits.float(), target, reduction="none") * weight).mean()
 
 
-def validate(model: torch.nn.Module, config: TrainConfig, samples: list[_Sample], device: torch.device) -> float:
-    """Mean pixel IoU of the segmented instances (foreground) against the masks."""
-    from medseg.cells.predict import predict_image
-
-    if not samples:
-        return float("nan")
-    ious = []
-    for s in samples:
-        prob = predict_image(model, config.model, s.image, device=device, tile=config.tile,
-                             batch_size=config.batch_size)[1]
-        pred = instances_from_probability(prob, config.instances) > 0
-        truth = s.labels > 0
-        union = np.logical_or(pred, truth).sum()
-        ious.append(np.logical_and(pred, truth).sum() / union if union else 1.0)
-    model.train()
-    return float(np.mean(ious))
-
-
-def make_meta(config: TrainConfig, metrics: dict[str, Any]) -> CheckpointMeta:
+def make_meta(config: CellsTrainConfig, metrics: dict[str, Any]) -> CheckpointMeta:
+    """What a cells weights file says about itself (enough for :func:`medseg.cells.model.load_model`)."""
     return CheckpointMeta(
         model=MODEL_NAME, task=TASK, config=config.model.to_dict(),
         training_data=config.training_data or "user-supplied image/mask pairs",
-        normalisation={"method": "percentile", "low": 1.0, "high": 99.8, "channels": "luminance"},
+        normalisation=NORMALISATION,
         notes=json.dumps({"instances": asdict(config.instances), "tile": config.tile, "seed": config.seed}),
         metrics=metrics,
     )
 
 
-def load_model(path: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, CellModelConfig, CheckpointMeta]:
-    """Rebuild a cell model from a weights file (safetensors with medseg metadata)."""
-    state, meta = load_weights(path, expect_model=MODEL_NAME)
-    config = CellModelConfig.from_dict(meta.config)
-    model = build_model(config=config)
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()})
-    except RuntimeError as exc:
-        raise ModelError(f"weights do not fit the {config.arch} model they describe: {str(exc).splitlines()[0]}",
-                         path=path) from None
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model, config, meta
+def split_validation(samples: list[Sample], fraction: float, rng: np.random.Generator) -> tuple[list[Sample], list[Sample]]:
+    """Hold out ``fraction`` of the samples (at least one when there are two or more and fraction > 0)."""
+    if len(samples) < 2 or fraction <= 0:
+        return samples, []
+    n_val = min(max(int(round(len(samples) * fraction)), 1), len(samples) - 1)
+    order = rng.permutation(len(samples))
+    return [samples[i] for i in order[n_val:]], [samples[i] for i in order[:n_val]]
 
 
-def train(pairs: list[tuple[np.ndarray, np.ndarray]], out_dir: str | Path, *, config: TrainConfig,
-          device: torch.device, val_pairs: list[tuple[np.ndarray, np.ndarray]] | None = None,
-          resume: bool = False, half_weights: bool = False) -> dict[str, Any]:
-    """Train on (normalised image, instance labels) pairs; write checkpoints into ``out_dir``.
+class CellsTrainTask:
+    """What :func:`medseg.engine.trainer.fit` needs to train a cell U-Net."""
 
-    Without ``val_pairs`` a ``val_fraction`` of the pairs is held out. ``half_weights`` stores the
-    inference weights as float16 (half the size; they are loaded back as float32).
+    metric = METRIC
+    mode = "max"
+
+    def __init__(self, config: CellsTrainConfig, train: list[Sample], val: list[Sample],
+                 data: dict[str, Any] | None = None) -> None:
+        if not train:
+            raise InputError("no usable image/mask pairs to train on")
+        self.config, self.train, self.val = config, train, val
+        self.has_validation = bool(val)
+        self.data = data or {}
+        self.tile = valid_tile(config.model, config.tile)
+        self.margin = model_margin(config.model)
+        self.out_size = model_output_size(config.model, self.tile)
+
+    def build_model(self) -> torch.nn.Module:
+        return build_model(config=self.config.model)
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.config.epochs, 1))
+
+    def train_batches(self, epoch: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        for _ in range(self.config.steps_per_epoch):
+            yield draw_batch(rng, self.train, batch_size=self.config.batch_size, tile=self.tile,
+                             margin=self.margin, out_size=self.out_size, augment_config=self.config.augment)
+
+    def train_step(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device) -> torch.Tensor:
+        x, target, weight = (b.to(device) for b in batch)
+        return weighted_cross_entropy(model(x), target, weight)
+
+    def validate(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """Pixel IoU of the segmented instances (the inference path) on held-out images.
+
+        Without held-out images: on (up to 4 of) the training images; the trainer says so.
+        """
+        from medseg.cells.predict import make_predictor, predict_image
+
+        samples = self.val or self.train[:4]
+        predictor = make_predictor(model, device=device, amp=self.config.amp)
+        ious = []
+        for s in samples:
+            prob = predict_image(predictor, self.config.model, s.image, tile=max(self.config.tile, VAL_TILE),
+                                 batch_size=self.config.batch_size)[1]
+            pred, truth = instances_from_probability(prob, self.config.instances) > 0, s.labels > 0
+            union = np.logical_or(pred, truth).sum()
+            ious.append(np.logical_and(pred, truth).sum() / union if union else 1.0)
+        model.to(memory_format=torch.contiguous_format)  # the predictor made it channels_last: train as before
+        return {METRIC: float(np.mean(ious))}
+
+    def weights_meta(self, metrics: dict[str, float], epoch: int) -> CheckpointMeta:
+        return make_meta(self.config, {**metrics, "epoch": epoch})
+
+    def config_dict(self) -> dict[str, Any]:
+        return {**self.config.to_dict(), "input_tile": self.tile, "output_tile": self.out_size,
+                "train_images": len(self.train), "val_images": len(self.val), **self.data}
+
+
+def train_pairs(pairs: list[tuple[np.ndarray, np.ndarray]], out_dir: str | Path, config: CellsTrainConfig, *,
+                val_pairs: list[tuple[np.ndarray, np.ndarray]] | None = None, device: str = "auto",
+                resume: bool = False, overwrite: bool = False, progress: bool = False,
+                data: dict[str, Any] | None = None) -> TrainResult:
+    """Train on (normalised image, instance labels) pairs; ``best/last.safetensors`` etc. in ``out_dir``.
+
+    Without ``val_pairs`` a ``val_fraction`` of the pairs is held out for validation.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if not pairs:
         raise InputError("no usable image/mask pairs to train on")
-    rng = seed_everything(config.seed)
-    samples = [prepare_sample(i, m, config.weights) for i, m in pairs]
+    samples = [prepare_sample(i, m, config.weight_map) for i, m in pairs]
     if val_pairs is None:
-        n_val = int(round(len(samples) * config.val_fraction)) if len(samples) > 1 else 0
-        order = rng.permutation(len(samples))
-        val = [samples[i] for i in order[:n_val]]
-        samples = [samples[i] for i in order[n_val:]]
+        train, val = split_validation(samples, config.val_fraction, np.random.default_rng([config.seed, 7]))
     else:
-        val = [prepare_sample(i, m, config.weights) for i, m in val_pairs]
-    model = build_model(config=config.model).to(device)
-    margin = model_margin(config.model)
-    tile = valid_tile(config.model, config.tile)
-    with torch.no_grad():
-        out_size = model.eval()(torch.zeros(1, config.model.in_channels, tile, tile, device=device)).shape[-1]
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
-    history: list[dict[str, Any]] = []
-    start_epoch, best = 0, -1.0
-    state_path = out_dir / "state.pt"
-    if resume:
-        state = load_training_state(state_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best, history = int(state["epoch"]) + 1, float(state["best"]), list(state["history"])
-        log.info("resuming at epoch %d (best val IoU so far %.4f)", start_epoch, best)
-    write_text(out_dir / "train_config.json", json.dumps(config.to_dict(), indent=2))
-    t0 = time.monotonic()
-    log.info("training %s (base %d) on %d images, %d for validation; tile %d -> %d, %s",
-             config.model.arch, config.model.base_channels, len(samples), len(val), tile, out_size, device)
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        epoch_rng = np.random.default_rng([config.seed, epoch])
-        losses = []
-        for _ in range(config.steps_per_epoch):
-            x, t, w = draw_batch(epoch_rng, samples, batch_size=config.batch_size, tile=tile, margin=margin,
-                                 out_size=out_size, augment_config=config.augment)
-            x, t, w = x.to(device), t.to(device), w.to(device)
-            loss = weighted_cross_entropy(model(x), t, w)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        scheduler.step()
-        val_iou = validate(model, config, val, device)
-        entry = {"epoch": epoch, "loss": float(np.mean(losses)), "val_iou": val_iou,
-                 "minutes": (time.monotonic() - t0) / 60}
-        history.append(entry)
-        log.info("epoch %d: loss %.4f, val IoU %.4f (%.1f min)", epoch, entry["loss"], val_iou, entry["minutes"])
-        metrics = {"val_pixel_iou": val_iou, "epoch": epoch}
-        weights = {k: (v.half() if half_weights and v.is_floating_point() else v) for k, v in model.state_dict().items()}
-        save_weights(out_dir / "last.safetensors", weights, make_meta(config, metrics))
-        if not np.isfinite(val_iou) or val_iou >= best:
-            best = val_iou if np.isfinite(val_iou) else best
-            save_weights(out_dir / "best.safetensors", weights, make_meta(config, metrics))
-        save_training_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
-                                         "history": history})
-        if config.max_minutes is not None and entry["minutes"] >= config.max_minutes:
-            log.info("time budget of %.1f min reached after epoch %d", config.max_minutes, epoch)
-            break
-    summary = {"out_dir": str(out_dir), "epochs_run": len(history), "best_val_iou": best, "history": history,
-               "train_images": len(samples), "val_images": len(val)}
-    write_text(out_dir / "train_summary.json", json.dumps(summary, indent=2))
-    return summary
+        train, val = samples, [prepare_sample(i, m, config.weight_map) for i, m in val_pairs]
+    task = CellsTrainTask(config, train, val, data)
+    log.info("training %s (base %d) on %d image(s), %d held out for validation; tile %d -> %d",
+             config.model.arch, config.model.base_channels, len(train), len(val), task.tile, task.out_size)
+    result = fit(task, out_dir, config.loop(), device=device, resume=resume, overwrite=overwrite,
+                 progress=progress)
+    result.extra.update({"train_images": len(train), "val_images": len(val), **(data or {})})
+    return result
+
+
+def train_cells(out_dir: str | Path, config: CellsTrainConfig, *, images_dir: str | Path | None = None,
+                masks_dir: str | Path | None = None, device: str = "auto", resume: bool = False,
+                overwrite: bool = False, progress: bool = False) -> TrainResult:
+    """What ``medseg cells-train`` does: check the run folder, gather pairs, then :func:`train_pairs`.
+
+    Pairs that cannot be used are skipped with their reason (``extra["skipped"]``); none usable is an
+    input error. ``config.synthetic = N`` trains on N synthetic images and validates on others.
+    """
+    from medseg.cells.dataset import load_pairs
+    from medseg.engine.trainer import preflight
+
+    if (config.synthetic is None) == (images_dir is None or masks_dir is None):
+        raise InputError("give either --images and --masks, or --synthetic N")
+    preflight(out_dir, resume=resume, overwrite=overwrite)  # before the (slow) data loading
+    skipped: list[dict[str, str]] = []
+    val_pairs = None
+    if config.synthetic is not None:
+        from medseg.synthetic.cells import synthetic_batch
+
+        pairs = synthetic_batch(config.seed + 1, config.synthetic)
+        n_val = max(int(round(config.synthetic * config.val_fraction)), 1) if config.val_fraction > 0 else 0
+        val_pairs = synthetic_batch(config.seed + 2, n_val)
+        config.training_data = (f"SYNTHETIC ONLY: medseg.synthetic.cells seed {config.seed + 1}, {config.synthetic} "
+                                "images; not for clinical use")
+    else:
+        pairs, skipped = load_pairs(images_dir, masks_dir)
+        config.training_data = config.training_data or f"images {images_dir}, masks {masks_dir} ({len(pairs)} pairs)"
+    if not pairs:
+        reasons = "; ".join(f"{Path(s['image']).name}: {s['reason']}" for s in skipped[:3])
+        raise InputError(f"no usable image/mask pairs{': ' + reasons if reasons else ''}")
+    return train_pairs(pairs, out_dir, config, val_pairs=val_pairs, device=device, resume=resume,
+                       overwrite=overwrite, progress=progress, data={"skipped": skipped})
+
+
+def human_summary(result: TrainResult) -> str:
+    """A few lines for the terminal: what was trained, how well, where the weights are."""
+    best = "n/a" if not np.isfinite(result.best_metric) else f"{result.best_metric:.4f}"
+    text = (f"{result.epochs} epoch(s) ({result.stopped}), best validation pixel IoU {best} at epoch "
+            f"{result.best_epoch}, measured on {result.validated_on} -> {result.best_weights}")
+    skipped = result.extra.get("skipped") or []
+    if skipped:
+        text += f"\nskipped {len(skipped)} pair(s): " + "; ".join(
+            f"{Path(s['image']).name}: {s['reason']}" for s in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+    return text

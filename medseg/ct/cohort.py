@@ -19,17 +19,24 @@ from medseg.ct import KERNELS
 from medseg.ct.models import canonical_kernel
 from medseg.errors import InputError
 from medseg.io.dicom import kernel_of, open_series, read_series, scan_dicom
-from medseg.io.volume import VolumeMeta, is_volume_file, read_volume_sitk
+from medseg.io.volume import VOLUME_SUFFIXES, VolumeMeta, is_volume_file, read_volume_sitk, volume_shape
 
 log = logging.getLogger("medseg.ct")
 
 
 @dataclass
 class SeriesRef:
-    """Where one kernel's series of an exam lives."""
+    """Where one kernel's series of an exam lives (a DICOM folder/file or a volume file)."""
 
     path: Path
     series_uid: str | None = None  # for DICOM
+
+    def shape(self) -> tuple[int, int, int]:
+        """(slices, rows, columns) from the headers only: a cheap check that the series is readable."""
+        if is_volume_file(self.path):
+            return volume_shape(self.path)
+        series = open_series(self.path, series_uid=self.series_uid)
+        return len(series.files), series.rows, series.columns
 
     def load(self) -> tuple[np.ndarray, VolumeMeta]:
         if is_volume_file(self.path):
@@ -45,7 +52,7 @@ class Exam:
 
 
 def _kernel_from_name(name: str) -> str | None:
-    stem = re.sub(r"\.(nii\.gz|nii|nrrd|nhdr|mha|mhd)$", "", name, flags=re.I)
+    stem = next((name[: -len(s)] for s in VOLUME_SUFFIXES if name.lower().endswith(s)), name)
     for part in reversed(re.split(r"[_\-. ]", stem)):
         k = canonical_kernel(part, strict=False)
         if k and part.lower() in {x.lower() for x in KERNELS}:

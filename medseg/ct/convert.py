@@ -1,51 +1,56 @@
-"""``medseg ct-convert``: stream a CT series through a kernel converter into a derived series."""
+"""``medseg ct-convert``: stream a CT series through a kernel converter into a derived series.
+
+One call (:func:`convert`) does the whole command: pre-flight of every input and output, the
+conversion, and with a reference series the QA report. Nothing is published before everything
+that can fail on the input has run: the converted series is written into a temporary folder/file
+and the QA numbers are computed before it is renamed into place, so a bad reference or a corrupt
+slice leaves no converted files behind that would block the corrected rerun.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from medseg import __version__
-from medseg.ct.models import canonical_kernel, find_model, load_predictor
-from medseg.engine.batching import map_batched
-from medseg.engine.progress import progress as progress_bar
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_dir, check_output
-from medseg.io.dicom import Derivation, iter_slices, new_uid, open_series, write_derived_slice
-from medseg.io.volume import is_volume_file, read_volume_sitk, write_volume_sitk
+from medseg.io.volume import has_volume_suffix
+from medseg.results import ItemResult, RunResult
 
 log = logging.getLogger("medseg.ct")
 
 METHOD = "residual CNN kernel conversion (Lee et al., Korean J Radiol 2019)"
+FORMATS = ("dicom", "nifti")  # nifti = a volume file (.nii.gz, .nii, .nrrd, .mha by extension)
 
 
 @dataclass
-class ConvertResult:
-    input: str
-    output: str
-    format: str
-    source_kernel: str
-    target_kernel: str
-    weights: str
-    slices: int
-    seconds: float
-    slices_per_second: float
-    device: str
-    amp: str
-    series_uid: str = ""
-    warnings: list[str] = field(default_factory=list)
+class ConvertConfig:
+    """Everything ``ct-convert`` needs besides its paths."""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    source: str
+    target: str
+    weights: str | Path | None = None
+    models_dirs: tuple[str | Path, ...] = ()
+    series_uid: str | None = None
+    output_format: str | None = None  # default: a volume for a volume file name or input, else DICOM
+    batch_size: int | None = None  # default: 16 on CUDA, 1 on CPU
+    device: str = "auto"
+    amp: str = "auto"
+    pdf: bool = True  # QA report as PDF too (with a reference)
+    overwrite: bool = False
+    progress: bool = False
 
 
 def input_kind(path: Path) -> str:
     """'dicom' for a folder or a DICOM file, 'volume' for NIfTI/NRRD/MHA."""
+    from medseg.io.volume import is_volume_file
+
     if not path.exists():
         raise InputError("no such file or folder", path=path)
     if path.is_dir():
@@ -59,99 +64,290 @@ def input_kind(path: Path) -> str:
     raise InputError("not a DICOM file/folder or a NIfTI/NRRD/MHA image", path=path)
 
 
+def output_format(kind: str, output: Path, requested: str | None) -> str:
+    """'dicom' or 'nifti' for this input kind and output name; InputError when they cannot go together."""
+    from medseg.io.volume import check_volume_output
+
+    fmt = requested or ("nifti" if kind == "volume" or has_volume_suffix(output) else "dicom")
+    if fmt not in FORMATS:
+        raise InputError(f"unknown output format '{fmt}': use {' or '.join(FORMATS)}")
+    if fmt == "dicom" and kind != "dicom":
+        raise InputError("DICOM output needs a DICOM input (there is no patient/study to derive from); "
+                         "use --format nifti", path=output)
+    if fmt == "dicom" and has_volume_suffix(output):
+        raise InputError("DICOM output is a series folder, but this name ends like a volume file; choose another "
+                         "--out or --format nifti", path=output)
+    if fmt == "nifti":
+        check_volume_output(output)
+    return fmt
+
+
 def default_batch_size(device) -> int:
     """Slices per forward pass: batches feed a GPU; on a CPU one slice at a time is fastest
     (a 512x512 slice already has 16 M activations per layer, batching only thrashes caches)."""
-    return 16 if device.type == "cuda" else 1
+    return 16 if getattr(device, "type", "cpu") == "cuda" else 1
 
 
 def convert_volume(predictor: Callable[[np.ndarray], np.ndarray], volume: np.ndarray, *,
                    batch_size: int | None = None, progress: bool = False) -> np.ndarray:
-    """Convert a (z, y, x) HU volume slice by slice; returns a new float32 volume."""
-    if batch_size is None:  # plain callables (tests, other engines) get one slice at a time
-        device = getattr(predictor, "device", None)
-        batch_size = default_batch_size(device) if device is not None else 1
-    out = np.empty_like(volume, dtype=np.float32)
-    stream = map_batched(predictor, iter(volume), batch_size=batch_size)
-    for z, sl in enumerate(progress_bar(stream, total=len(volume), desc="converting", enabled=progress, unit="slice")):
-        out[z] = sl
+    """Convert an in-memory (z, y, x) HU volume slice by slice; returns a new float32 volume.
+
+    ``predictor`` maps (B, 1, H, W) float32 to (B, H, W); batches are views of ``volume`` (no copy).
+    """
+    from medseg.engine.progress import progress_bar
+
+    batch_size = batch_size or default_batch_size(getattr(predictor, "device", None))
+    volume = np.asarray(volume, dtype=np.float32)
+    out = np.empty(volume.shape, np.float32)
+    for z in progress_bar(range(len(volume)), total=len(volume), desc="converting", enabled=progress, unit="slice"):
+        if z % batch_size == 0:  # the bar counts slices; the model sees batches
+            out[z:z + batch_size] = predictor(volume[z:z + batch_size, None])
     return out
 
 
-def convert(input_path: str | Path, output_path: str | Path, *, source: str, target: str,
-            weights: str | Path | None = None, models_dirs: tuple = (), series_uid: str | None = None,
-            output_format: str | None = None, batch_size: int | None = None, device: str = "auto", amp: str = "auto",
-            overwrite: bool = False, progress: bool = False) -> ConvertResult:
+@dataclass
+class _Plan:
+    """What pre-flight found: every check passed before any work is done."""
+
+    kind: str
+    fmt: str
+    shape: tuple[int, int, int]
+    series: Any = None  # DicomSeries for DICOM input
+    reference: Any = None  # SeriesRef when a QA report is asked for
+    report_dir: Path | None = None
+
+
+def default_report_dir(output: Path) -> Path:
+    """OUT + '_qa' next to the output (``scan_B30f.nii.gz`` -> ``scan_B30f_qa``)."""
+    return output.with_name(output.name.split(".")[0] + "_qa")
+
+
+def check_apart(output: Path, source: Path, *, what: str = "the output") -> None:
+    """Inputs are never modified: an output may not be an input, contain it, or sit inside an input folder."""
+    out, src = Path(output).resolve(), Path(source).resolve()
+    if out == src or out in src.parents or (src.is_dir() and src in out.parents):
+        raise InputError(f"{what} would overwrite or change the input {source}; choose another place",
+                         path=output)
+
+
+def preflight(input_path: Path, output_path: Path, cfg: ConvertConfig, reference: Path | None,
+              report_dir: Path | None, source: str, target: str) -> _Plan:
+    """Check every input and output before converting (errors: exit 2 input, 3 output exists)."""
+    from medseg.ct.cohort import SeriesRef
+    from medseg.ct.report import _shape, check_qa_outputs
+    from medseg.io.atomic import check_output
+    from medseg.io.dicom import open_series
+    from medseg.io.volume import volume_shape
+
+    if source == target:
+        raise InputError(f"--from and --to are both {source}: nothing to convert")
+    if report_dir is not None and reference is None:
+        raise InputError("--report needs --reference (the QA report compares with a reference series)")
+    kind = input_kind(input_path)
+    fmt = output_format(kind, output_path, cfg.output_format)
+    check_apart(output_path, input_path)
+    check_output(output_path, overwrite=cfg.overwrite)
+    plan = _Plan(kind, fmt, (0, 0, 0))
+    if reference is not None:
+        plan.reference, plan.report_dir = SeriesRef(Path(reference)), Path(report_dir or
+                                                                          default_report_dir(output_path))
+        for path in (input_path, reference):
+            check_apart(plan.report_dir, path, what="the QA report")
+        check_qa_outputs(plan.report_dir, pdf=cfg.pdf, overwrite=cfg.overwrite)
+    if kind == "dicom":
+        plan.series = open_series(input_path, series_uid=cfg.series_uid, modality="CT")
+        plan.shape = (len(plan.series.files), plan.series.rows, plan.series.columns)
+        if fmt == "nifti" and plan.series.irregular:
+            raise InputError("slice spacing is irregular (missing slices?); a volume file needs a regular grid — "
+                             "use DICOM output", path=input_path)
+    else:
+        plan.shape = volume_shape(input_path)
+    if plan.reference is not None:
+        ref_shape = plan.reference.shape()
+        if ref_shape != plan.shape:
+            raise InputError(f"the reference has {_shape(ref_shape)}, the input {_shape(plan.shape)}: not the "
+                             "same scan", path=reference)
+    return plan
+
+
+def convert(input_path: str | Path, output_path: str | Path, config: ConvertConfig, *,
+            reference: str | Path | None = None, report_dir: str | Path | None = None) -> RunResult:
     """Convert one CT series (DICOM folder/file or NIfTI/NRRD/MHA) from ``source`` to ``target`` kernel.
 
-    DICOM in -> derived DICOM series out (or NIfTI with ``output_format='nifti'``);
-    volume in -> same format family out (NIfTI recommended). The input is only read.
+    DICOM in -> derived DICOM series out (or a volume file with ``output_format='nifti'`` or a
+    volume file name); volume in -> volume file out. With ``reference`` (the same scan in the
+    target kernel) the QA report (RMSE, LAA-950, Perc15) goes to ``report_dir`` (default: OUT +
+    '_qa'). The input is only read. Raises for anything that stops the conversion; returns one item.
     """
+    from medseg.ct.models import DEMO_NOTE, canonical_kernel, find_model, load_predictor
+
+    cfg = config
     input_path, output_path = Path(input_path), Path(output_path)
-    source, target = canonical_kernel(source), canonical_kernel(target)
-    kind = input_kind(input_path)
-    fmt = output_format or ("dicom" if kind == "dicom" else "nifti")
-    if fmt not in ("dicom", "nifti"):
-        raise InputError(f"unknown output format {fmt!r}: use dicom or nifti")
-    if fmt == "dicom" and kind != "dicom":
-        raise InputError("DICOM output needs a DICOM input (there is no patient/study to derive from); "
-                         "use --format nifti", path=input_path)
-    check_output(output_path, overwrite=overwrite)
-    entry = find_model(source, target, weights=weights, models_dirs=models_dirs)
-    predictor = load_predictor(entry, device=device, amp=amp)
-    batch_size = batch_size or default_batch_size(predictor.device)
-    warnings: list[str] = []
+    source, target = canonical_kernel(cfg.source), canonical_kernel(cfg.target)
+    plan = preflight(input_path, output_path, cfg, Path(reference) if reference else None,
+                     Path(report_dir) if report_dir else None, source, target)
+    entry = find_model(source, target, weights=cfg.weights, models_dirs=cfg.models_dirs)
+    predictor = load_predictor(entry, device=cfg.device, amp=cfg.amp)
+    batch_size = cfg.batch_size or default_batch_size(predictor.device)
+    item = ItemResult(input_path.name or str(input_path))
+    result = RunResult("ct-convert", items=[item], summary={
+        "source_kernel": source, "target_kernel": target, "format": plan.fmt, "weights": str(entry.path),
+        "demo_weights": entry.demo, **predictor.describe(), "batch_size": batch_size})
     start = time.perf_counter()
-    new_series = ""
-
-    if kind == "dicom":
-        series = open_series(input_path, series_uid=series_uid, modality="CT")
-        warnings += series.warnings
-        tag_kernel = canonical_kernel(series.kernel, strict=False) if series.kernel else None
-        if series.kernel and tag_kernel != source:
-            msg = f"input ConvolutionKernel is {series.kernel!r} but --from is {source}"
-            log.warning("%s: %s", input_path, msg)
-            warnings.append(msg)
-        n = len(series.files)
-        headers: list = []
-
-        def slices():
-            for ds, hu in iter_slices(series):
-                headers.append(ds)
-                yield hu
-
-        stream = progress_bar(map_batched(predictor, slices(), batch_size=batch_size), total=n,
-                              desc="converting", enabled=progress, unit="slice")
-        if fmt == "dicom":
-            new_series = new_uid()
-            derivation = Derivation(
-                series_uid=new_series, kernel=target, description_suffix=f" {target} from {source} (medseg)",
-                derivation_description=f"{source} to {target} by {METHOD}; medseg {__version__}; weights "
-                                       f"{entry.path.name}; source series {series.uid}")
-            with atomic_dir(output_path, overwrite=overwrite) as tmp:
-                for i, converted in enumerate(stream):
-                    write_derived_slice(headers[i], converted, tmp / f"IM{i + 1:05d}.dcm", derivation)
-                    headers[i] = None  # release the header and its pixel data
-        else:
-            if series.irregular:
-                raise InputError("slice spacing is irregular (missing slices?); NIfTI needs a regular grid — "
-                                 "use DICOM output", path=input_path)
-            out = np.empty((n, series.rows, series.columns), np.float32)
-            for i, converted in enumerate(stream):
-                out[i] = converted
-                headers[i] = None
-            write_volume_sitk(output_path, out, series.meta())
+    qa = _QA(plan, source, target) if plan.reference is not None else None
+    job = _Job(plan, input_path, output_path, predictor, batch_size, cfg, entry.path.name, source, target, item, qa)
+    if plan.kind == "dicom":
+        _convert_dicom(job)
     else:
-        volume, meta = read_volume_sitk(input_path)
-        n = len(volume)
-        out = convert_volume(predictor, volume, batch_size=batch_size, progress=progress)
-        write_volume_sitk(output_path, out, meta)
-
+        _convert_volume_file(job)
     seconds = time.perf_counter() - start
-    amp_name = str(predictor.amp_dtype).replace("torch.", "") if predictor.amp_dtype else "fp32"
-    result = ConvertResult(
-        input=str(input_path), output=str(output_path), format=fmt, source_kernel=source, target_kernel=target,
-        weights=str(entry.path), slices=n, seconds=round(seconds, 3), slices_per_second=round(n / seconds, 2),
-        device=str(predictor.device), amp=amp_name, series_uid=new_series, warnings=warnings)
+    n = plan.shape[0]
+    kind = "series" if plan.fmt == "dicom" else "volume"
+    item.outputs[kind] = result.outputs[kind] = str(output_path)
+    item.metrics.update({"slices": n, "seconds": round(seconds, 3), "slices_per_second": round(n / seconds, 2)})
+    if qa is not None:
+        item.metrics.update(qa.metrics)
+        item.warnings += qa.warnings
+        result.outputs.update(qa.write(plan.report_dir, item, [str(input_path), str(reference)], cfg.pdf))
+    result.warnings = ([DEMO_NOTE] if entry.demo else []) + item.warnings
     log.debug("converted %d slices %s->%s in %.1f s -> %s", n, source, target, seconds, output_path)
     return result
+
+
+class _QA:
+    """Collects original and converted slices during the conversion; evaluates before publishing."""
+
+    def __init__(self, plan: _Plan, source: str, target: str) -> None:
+        self.plan, self.source, self.target = plan, source, target
+        self.original = np.empty(plan.shape, np.float32)
+        self.converted = np.empty(plan.shape, np.float32)
+        self.metrics: dict[str, Any] = {}
+        self.warnings: list[str] = []
+        self.figure = None
+
+    def add(self, z: int | slice, converted: np.ndarray) -> None:
+        self.converted[z] = np.clip(np.rint(converted), -32768, 32767)  # as stored (int16 HU)
+
+    def evaluate(self, spacing_zyx: tuple[float, float, float], name: str) -> None:
+        """Load the reference and compute the numbers; raises (and so stops publishing) on a bad reference."""
+        from medseg.ct.report import evaluate_exam, kernel_check, slice_figure
+
+        reference, _ = self.plan.reference.load()
+        self.metrics, mask = evaluate_exam(name, self.original, self.converted, reference, spacing_zyx)
+        sharpness, self.warnings = kernel_check(self.original, self.converted, reference, spacing_zyx,
+                                                source=self.source, target=self.target)
+        self.metrics.update(sharpness)
+        for warning in self.warnings:
+            log.warning("%s: %s", name, warning)
+        self.figure = (f"Exam {name}", slice_figure(self.original, self.converted, reference, mask, self.source,
+                                                    self.target))
+
+    def write(self, out_dir: Path, item: ItemResult, inputs: list[str], pdf: bool) -> dict[str, str]:
+        from medseg.ct.report import write_qa_outputs
+
+        qa_item = ItemResult(item.name, metrics=dict(self.metrics), warnings=list(self.warnings))
+        written = write_qa_outputs(out_dir, [qa_item], source=self.source, target=self.target, inputs=inputs,
+                                   figures=[self.figure] if self.figure else [], pdf=pdf)
+        return {f"qa_{kind}": path for kind, path in written.items()}
+
+
+def _slices(series, headers: list, qa: _QA | None) -> Iterator[np.ndarray]:
+    """Decoded HU slices as (1, H, W) views, keeping each header for the writer (and each slice for QA)."""
+    from medseg.io.dicom import iter_slices
+
+    for z, (ds, hu) in enumerate(iter_slices(series)):
+        headers.append(ds)
+        if qa is not None:
+            qa.original[z] = hu
+        yield hu[None]
+
+
+@dataclass
+class _Job:
+    """One conversion, as planned: what the two input kinds' converters need."""
+
+    plan: _Plan
+    input_path: Path
+    output_path: Path
+    predictor: Callable[[np.ndarray], np.ndarray]
+    batch_size: int
+    cfg: ConvertConfig
+    weights_name: str
+    source: str
+    target: str
+    item: ItemResult
+    qa: _QA | None
+
+
+def _convert_dicom(job: _Job) -> None:
+    """DICOM series in; derived DICOM series (streamed into a temporary folder) or a volume file out."""
+    from medseg.ct.models import canonical_kernel
+    from medseg.engine.batching import map_batched
+    from medseg.engine.progress import progress_bar
+    from medseg.io.atomic import atomic_dir
+    from medseg.io.dicom import Derivation, new_uid, write_derived_slice
+    from medseg.io.volume import write_volume_sitk
+
+    plan, item, qa, source, target = job.plan, job.item, job.qa, job.source, job.target
+    series = plan.series
+    item.warnings += series.warnings
+    tag_kernel = canonical_kernel(series.kernel, strict=False) if series.kernel else None
+    if series.kernel and tag_kernel != source:
+        msg = f"input ConvolutionKernel is '{series.kernel}' but --from is {source}"
+        log.warning("%s: %s", job.input_path, msg)
+        item.warnings.append(msg)
+    headers: list = []
+    stream = progress_bar(map_batched(job.predictor, _slices(series, headers, qa), batch_size=job.batch_size),
+                          total=plan.shape[0], desc="converting", enabled=job.cfg.progress, unit="slice")
+    if plan.fmt == "dicom":
+        new_series = new_uid()
+        item.metrics["series_uid"] = new_series
+        derivation = Derivation(
+            series_uid=new_series, kernel=target, description_suffix=f" {target} from {source} (medseg)",
+            derivation_description=f"{source} to {target} by {METHOD}; medseg {__version__}; weights "
+                                   f"{job.weights_name}; source series {series.uid}")
+        with atomic_dir(job.output_path, overwrite=job.cfg.overwrite) as tmp:
+            for i, converted in enumerate(stream):
+                write_derived_slice(headers[i], converted, tmp / f"IM{i + 1:05d}.dcm", derivation)
+                if qa is not None:
+                    qa.add(i, converted)
+                headers[i] = None  # release the header and its pixel data
+            if qa is not None:
+                qa.evaluate(series.spacing, item.name)
+        return
+    out = np.empty(plan.shape, np.float32)
+    for i, converted in enumerate(stream):
+        out[i] = converted
+        headers[i] = None
+    if qa is not None:
+        qa.add(slice(None), out)
+        qa.evaluate(series.spacing, item.name)
+    write_volume_sitk(job.output_path, out, series.meta())
+
+
+def _convert_volume_file(job: _Job) -> None:
+    """Volume file in (read whole), volume file out."""
+    from medseg.io.volume import read_volume_sitk, write_volume_sitk
+
+    volume, meta = read_volume_sitk(job.input_path)
+    out = convert_volume(job.predictor, volume, batch_size=job.batch_size, progress=job.cfg.progress)
+    if job.qa is not None:
+        job.qa.original[:] = volume
+        job.qa.add(slice(None), out)
+        job.qa.evaluate(meta.spacing, job.input_path.name)
+    write_volume_sitk(job.output_path, out, meta)
+
+
+def convert_text(result: RunResult) -> str:
+    """What ct-convert prints for people."""
+    from medseg.ct.report import qa_text
+
+    s, item = result.summary, result.items[0]
+    m = item.metrics
+    where = item.outputs.get("series") or item.outputs.get("volume", "")
+    text = (f"{m.get('slices', 0)} slices {s['source_kernel']}->{s['target_kernel']} in {m.get('seconds', 0):.1f} s "
+            f"({m.get('slices_per_second', 0):.1f} slices/s on {s['device']}, {s['amp']}) -> {where}")
+    if "rmse_original_hu" in m:
+        text += f"\n{qa_text(m)}\nQA report: {result.outputs.get('qa_html', '')}"
+    return text
+

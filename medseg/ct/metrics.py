@@ -38,14 +38,18 @@ def lung_mask(volume: np.ndarray, spacing_zyx: tuple[float, float, float],
     by slice.
     """
     from scipy import ndimage as ndi
+    from skimage.segmentation import clear_border
 
     p = params or LungMaskParams()
     smooth = ndi.gaussian_filter(np.asarray(volume, np.float32), sigma=(0, p.smooth_sigma_px, p.smooth_sigma_px))
     air = smooth < p.threshold_hu
-    labels, n = ndi.label(air)
-    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
-                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
-    body = ~np.isin(labels, border[border > 0]) | ~air
+    labels, _n = ndi.label(air)
+    # air touching the in-plane image border is outside the body; the first and last slices are
+    # not a border (the lungs continue beyond the scanned slab), hence the mask instead of buffer_size
+    interior = np.zeros(volume.shape, bool)
+    interior[:, 1:-1, 1:-1] = True
+    inner = clear_border(labels, mask=interior)
+    body = ~(air & (inner == 0))
     body_cols = np.flatnonzero(body.any(axis=(0, 1)))
     body_cx = (body_cols[0] + body_cols[-1]) / 2 if body_cols.size else volume.shape[2] / 2
     body_w = (body_cols[-1] - body_cols[0] + 1) if body_cols.size else volume.shape[2]
@@ -54,10 +58,10 @@ def lung_mask(volume: np.ndarray, spacing_zyx: tuple[float, float, float],
     lungs = np.zeros(volume.shape, bool)
     airways = np.zeros(volume.shape, bool)
     candidates = []
-    for idx, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is None or idx in border:
+    for idx, sl in enumerate(ndi.find_objects(inner), start=1):
+        if sl is None:
             continue
-        comp = labels[sl] == idx
+        comp = inner[sl] == idx
         voxels = int(comp.sum())
         n_slices = int(comp.any(axis=(1, 2)).sum())
         mean_area = voxels / max(n_slices, 1) * pixel_cm2

@@ -14,98 +14,125 @@ import io
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from medseg.ct.metrics import bland_altman, laa_percent, lung_mask, perc15, rmse
-from medseg.errors import BatchFailures, InputError, MedsegError
+from medseg.ct.metrics import LAA_THRESHOLD_HU, bland_altman, laa_percent, lung_mask, perc15, rmse
+from medseg.errors import InputError, MedsegError
 from medseg.io.atomic import check_output, safe_name, write_text
+from medseg.results import FAILED, OK, ItemResult, RunResult, json_safe
 
 log = logging.getLogger("medseg.ct")
 
 NOTICE = ("Research use only. Demo weights and phantoms are synthetic and not for clinical use. "
-          "LAA-950 = % of lung voxels <= -950 HU inside one automatic lung mask from the reference series.")
-CSV_COLUMNS = ["exam", "status", "slices", "lung_volume_ml", "rmse_original_hu", "rmse_converted_hu",
-               "rmse_reduction_pct", "laa950_original", "laa950_converted", "laa950_reference",
-               "perc15_original", "perc15_converted", "perc15_reference", "error"]
+          f"LAA-950 = % of lung voxels <= {LAA_THRESHOLD_HU:g} HU inside one automatic lung mask from the "
+          "reference series.")
+METRICS = ["slices", "lung_volume_ml", "rmse_original_hu", "rmse_converted_hu", "rmse_reduction_pct",
+           "laa950_original", "laa950_converted", "laa950_reference", "perc15_original", "perc15_converted",
+           "perc15_reference", "sharpness_original", "sharpness_converted", "sharpness_reference"]
+CSV_COLUMNS = ["exam", "status", *METRICS, "kernel_check", "error"]
+QA_CSV, QA_JSON, QA_HTML, QA_PDF = "ct_qa.csv", "ct_qa.json", "ct_qa.html", "ct_qa.pdf"
+MASKS = "masks"
+MAX_FIGURES = 6  # exams shown as slice figures in the HTML/PDF report
 
 
-@dataclass
-class ExamMetrics:
-    exam: str
-    status: str = "ok"
-    slices: int = 0
-    lung_volume_ml: float = float("nan")
-    rmse_original_hu: float = float("nan")
-    rmse_converted_hu: float = float("nan")
-    rmse_reduction_pct: float = float("nan")
-    laa950_original: float = float("nan")
-    laa950_converted: float = float("nan")
-    laa950_reference: float = float("nan")
-    perc15_original: float = float("nan")
-    perc15_converted: float = float("nan")
-    perc15_reference: float = float("nan")
-    error: str = ""
+def qa_files(*, pdf: bool = True) -> list[str]:
+    """The files a QA report folder receives."""
+    return [QA_CSV, QA_JSON, QA_HTML] + ([QA_PDF] if pdf else [])
+
+
+def check_qa_outputs(out_dir: Path, *, pdf: bool, overwrite: bool) -> None:
+    """Pre-flight for a QA report folder: every report file is new (or ``overwrite``) and writable."""
+    for name in qa_files(pdf=pdf):
+        check_output(out_dir / name, overwrite=overwrite)
 
 
 def evaluate_exam(name: str, original: np.ndarray, converted: np.ndarray, reference: np.ndarray,
-                  spacing_zyx: tuple[float, float, float]) -> tuple[ExamMetrics, np.ndarray]:
-    """All per-exam numbers, plus the lung mask they used."""
+                  spacing_zyx: tuple[float, float, float]) -> tuple[dict[str, float], np.ndarray]:
+    """All per-exam numbers (keys: :data:`METRICS`), plus the lung mask they used."""
     if not (original.shape == converted.shape == reference.shape):
-        raise InputError(f"{name}: original {original.shape}, converted {converted.shape} and reference "
-                         f"{reference.shape} differ in shape")
+        raise InputError(f"{name}: original {_shape(original.shape)}, converted {_shape(converted.shape)} and "
+                         f"reference {_shape(reference.shape)} differ in shape")
     mask, _airways = lung_mask(reference, spacing_zyx)
     r_orig, r_conv = rmse(original, reference), rmse(converted, reference)
-    m = ExamMetrics(
-        exam=name, slices=int(original.shape[0]),
-        lung_volume_ml=float(mask.sum() * np.prod(spacing_zyx) / 1000.0),
-        rmse_original_hu=r_orig, rmse_converted_hu=r_conv,
-        rmse_reduction_pct=100.0 * (r_orig - r_conv) / r_orig if r_orig > 0 else float("nan"),
-        laa950_original=laa_percent(original, mask), laa950_converted=laa_percent(converted, mask),
-        laa950_reference=laa_percent(reference, mask),
-        perc15_original=perc15(original, mask), perc15_converted=perc15(converted, mask),
-        perc15_reference=perc15(reference, mask))
+    metrics = {
+        "slices": int(original.shape[0]),
+        "lung_volume_ml": float(mask.sum() * np.prod(spacing_zyx) / 1000.0),
+        "rmse_original_hu": r_orig, "rmse_converted_hu": r_conv,
+        "rmse_reduction_pct": 100.0 * (r_orig - r_conv) / r_orig if r_orig > 0 else float("nan"),
+        "laa950_original": laa_percent(original, mask), "laa950_converted": laa_percent(converted, mask),
+        "laa950_reference": laa_percent(reference, mask),
+        "perc15_original": perc15(original, mask), "perc15_converted": perc15(converted, mask),
+        "perc15_reference": perc15(reference, mask)}
     if not mask.any():
         log.warning("%s: automatic lung mask is empty; emphysema metrics are n/a", name)
-    return m, mask
+    return metrics, mask
 
 
-def cohort_summary(rows: list[ExamMetrics]) -> dict:
-    ok = [r for r in rows if r.status == "ok"]
-    def arr(attr):
-        return np.array([getattr(r, attr) for r in ok], float)
-    summary = {"exams": len(rows), "ok": len(ok), "failed": len(rows) - len(ok)}
-    if ok:
-        summary.update({
-            "rmse_original_hu_mean": float(np.nanmean(arr("rmse_original_hu"))),
-            "rmse_converted_hu_mean": float(np.nanmean(arr("rmse_converted_hu"))),
-            "rmse_reduction_pct_mean": float(np.nanmean(arr("rmse_reduction_pct"))),
-            "rmse_reduction_pct_range": [float(np.nanmin(arr("rmse_reduction_pct"))),
-                                         float(np.nanmax(arr("rmse_reduction_pct")))],
-            "laa950_mean_sd": {k: [float(np.nanmean(arr(f"laa950_{k}"))),
-                                   float(np.nanstd(arr(f"laa950_{k}"), ddof=1)) if len(ok) > 1 else float("nan")]
-                               for k in ("original", "converted", "reference")},
-            "bland_altman_laa950": {
-                "original_vs_reference": bland_altman(arr("laa950_original"), arr("laa950_reference")).to_dict(),
-                "converted_vs_reference": bland_altman(arr("laa950_converted"), arr("laa950_reference")).to_dict(),
-            },
-        })
+def kernel_check(original: np.ndarray, converted: np.ndarray, reference: np.ndarray,
+                 spacing_zyx: tuple[float, float, float], *, source: str, target: str) -> tuple[dict, list[str]]:
+    """Does each series look like its kernel? Sharpness measured from the images themselves
+    (:mod:`medseg.ct.fingerprint`): catches e.g. a B70f series given as the B30f reference."""
+    from medseg.ct.fingerprint import check_kernel_claims, kernel_fingerprint
+
+    fps = {k: kernel_fingerprint(v, spacing_zyx) for k, v in
+           (("original", original), ("converted", converted), ("reference", reference))}
+    warnings = check_kernel_claims(fps["original"], source, output_fp=fps["converted"],
+                                   reference_fp=fps["reference"], claimed_to=target)
+    return {f"sharpness_{k}": float(fp.sharpness) for k, fp in fps.items()}, warnings
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    """(12, 160, 160) -> '12 slices of 160x160'."""
+    return f"{shape[0]} slices of {shape[1]}x{shape[2]}" if len(shape) == 3 else "x".join(map(str, shape))
+
+
+def _values(items: list[ItemResult], key: str) -> np.ndarray:
+    return np.array([i.metrics.get(key, float("nan")) for i in items], float)
+
+
+def _mean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def _sd(values: np.ndarray) -> float:
+    """Sample SD (n - 1) of the finite values; NaN below two."""
+    finite = values[np.isfinite(values)]
+    return float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+
+
+def cohort_summary(items: list[ItemResult]) -> dict[str, Any]:
+    """Counts, mean RMSE and its reduction, LAA-950 mean/SD and Bland-Altman over the ok exams."""
+    ok = [i for i in items if i.status == OK]
+    summary: dict[str, Any] = {"exams": len(items), "ok": len(ok), "failed": len(items) - len(ok)}
+    if not ok:
+        return summary
+    reduction = _values(ok, "rmse_reduction_pct")
+    finite = reduction[np.isfinite(reduction)]
+    summary.update({
+        "rmse_original_hu_mean": _mean(_values(ok, "rmse_original_hu")),
+        "rmse_converted_hu_mean": _mean(_values(ok, "rmse_converted_hu")),
+        "rmse_reduction_pct_mean": _mean(reduction),
+        "rmse_reduction_pct_min": float(finite.min()) if finite.size else float("nan"),
+        "rmse_reduction_pct_max": float(finite.max()) if finite.size else float("nan"),
+        "laa950": {k: {"mean": _mean(_values(ok, f"laa950_{k}")), "sd": _sd(_values(ok, f"laa950_{k}"))}
+                   for k in ("original", "converted", "reference")},
+        "bland_altman_laa950": {
+            "original_vs_reference": bland_altman(_values(ok, "laa950_original"),
+                                                  _values(ok, "laa950_reference")).to_dict(),
+            "converted_vs_reference": bland_altman(_values(ok, "laa950_converted"),
+                                                   _values(ok, "laa950_reference")).to_dict()},
+    })
     return summary
 
 
-def _clean(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def _slice_figure(original, converted, reference, mask, source, target):
+def slice_figure(original, converted, reference, mask, source: str, target: str):
+    """Lung-window panels of the slice with most lung: original, converted, reference, difference, mask."""
     from medseg.reports.plots import pyplot
 
     plt = pyplot()
@@ -121,8 +148,9 @@ def _slice_figure(original, converted, reference, mask, source, target):
     fig.colorbar(diff, ax=axes[3], fraction=0.046)
     axes[4].imshow(reference[z], cmap="gray", vmin=-1350, vmax=150)
     axes[4].imshow(np.ma.masked_where(~mask[z], mask[z]), cmap="autumn", alpha=0.35)
-    axes[4].imshow(np.ma.masked_where(~(reference[z] <= -950) | ~mask[z], mask[z]), cmap="cool", alpha=0.8)
-    axes[4].set_title("lung mask (orange), LAA-950 (cyan)")
+    axes[4].imshow(np.ma.masked_where(~(reference[z] <= LAA_THRESHOLD_HU) | ~mask[z], mask[z]), cmap="cool",
+                   alpha=0.8)
+    axes[4].set_title(f"lung mask (orange), LAA{-LAA_THRESHOLD_HU:g} (cyan)")
     for ax in axes:
         ax.axis("off")
     fig.suptitle(f"slice {z}")
@@ -130,112 +158,193 @@ def _slice_figure(original, converted, reference, mask, source, target):
     return fig
 
 
-def write_qa_outputs(out_dir: Path, rows: list[ExamMetrics], *, source: str, target: str, inputs: list[str],
-                     figures: list[tuple[str, object]], pdf: bool = True) -> dict:
-    """CSV + JSON + HTML (+ PDF) for a cohort; returns the JSON summary."""
+def _row(item: ItemResult) -> dict[str, Any]:
+    return {"exam": item.name, "status": item.status, **{k: item.metrics.get(k, float("nan")) for k in METRICS},
+            "kernel_check": "; ".join(item.warnings) or ("ok" if item.status == OK else ""), "error": item.reason}
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.4f}" if math.isfinite(value) else ""  # empty cell = not available
+    return value
+
+
+def write_qa_outputs(out_dir: Path, items: list[ItemResult], *, source: str, target: str, inputs: list[str],
+                     figures: list[tuple[str, object]], pdf: bool = True) -> dict[str, str]:
+    """CSV + JSON + HTML (+ PDF) for a cohort (or one series); returns kind -> path of what was written."""
     from medseg.reports import Report, bland_altman_figure
 
-    summary = cohort_summary(rows)
+    out_dir = Path(out_dir)
+    summary = cohort_summary(items)
+    rows = [_row(i) for i in items]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
     writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in asdict(r).items()})
-    write_text(out_dir / "ct_qa.csv", buf.getvalue())
-    doc = _clean({"source_kernel": source, "target_kernel": target, "inputs": inputs, "summary": summary,
-                  "exams": [asdict(r) for r in rows]})
-    write_text(out_dir / "ct_qa.json", json.dumps(doc, indent=2))
+    for row in rows:
+        writer.writerow({k: _csv_value(v) for k, v in row.items()})
+    write_text(out_dir / QA_CSV, buf.getvalue())
+    doc = json_safe({"source_kernel": source, "target_kernel": target, "inputs": inputs, "summary": summary,
+                     "exams": rows})
+    write_text(out_dir / QA_JSON, json.dumps(doc, indent=2) + "\n")
 
     report = Report(f"CT kernel conversion QA: {source} -> {target}", inputs=inputs, notice=NOTICE,
                     subtitle="RMSE vs reference-kernel series, emphysema index agreement (Bland-Altman)")
     if summary.get("ok"):
-        ba = summary["bland_altman_laa950"]
+        laa = summary["laa950"]
         report.add_table("Cohort summary", [
             {"quantity": "RMSE vs reference (HU), mean", "original": summary["rmse_original_hu_mean"],
              "converted": summary["rmse_converted_hu_mean"], "reference": float("nan")},
-            {"quantity": "LAA-950 (%) mean", **{k: v[0] for k, v in summary["laa950_mean_sd"].items()}},
-            {"quantity": "LAA-950 (%) SD", **{k: v[1] for k, v in summary["laa950_mean_sd"].items()}},
+            {"quantity": "LAA-950 (%) mean", **{k: v["mean"] for k, v in laa.items()}},
+            {"quantity": "LAA-950 (%) SD", **{k: v["sd"] for k, v in laa.items()}},
         ], columns=["quantity", "original", "converted", "reference"])
         report.add_table("Bland-Altman of LAA-950 vs reference (percentage points)", [
-            {"comparison": name.replace("_", " "), **vals} for name, vals in ba.items()],
+            {"comparison": name.replace("_", " "), **vals} for name, vals in summary["bland_altman_laa950"].items()],
             columns=["comparison", "n", "bias", "sd", "loa_low", "loa_high"])
-        ok = [r for r in rows if r.status == "ok"]
+        ok = [i for i in items if i.status == OK]
         report.add_figure("Bland-Altman plot: LAA-950", bland_altman_figure([
-            (f"original {source} vs {target}", [r.laa950_original for r in ok], [r.laa950_reference for r in ok]),
-            (f"converted vs {target}", [r.laa950_converted for r in ok], [r.laa950_reference for r in ok]),
+            (f"original {source} vs {target}", _values(ok, "laa950_original"), _values(ok, "laa950_reference")),
+            (f"converted vs {target}", _values(ok, "laa950_converted"), _values(ok, "laa950_reference")),
         ], quantity="LAA-950", unit="%"), caption="Lines: bias and 95 % limits of agreement (bias +- 1.96 SD).")
-    report.add_table("Per exam", [asdict(r) for r in rows], columns=CSV_COLUMNS[:-1] + ["error"])
+    report.add_table("Per exam", rows, columns=CSV_COLUMNS)
+    flagged = [i for i in items if i.warnings]
+    report.add_text("Does each series look like its kernel?", (
+        "Sharpness is measured from the images (noise in uniform soft tissue and the high-/mid-frequency "
+        "power ratio inside the body; B30f-like is about 1). " + (
+            " ".join(f"{i.name}: {'; '.join(i.warnings)}." for i in flagged) if flagged else
+            "Every input, converted series and reference looks like its stated kernel.")))
     for title, fig in figures:
         report.add_figure(title, fig)
-    report.write_html(out_dir / "ct_qa.html")
+    written = {"csv": str(out_dir / QA_CSV), "json": str(out_dir / QA_JSON)}
+    report.write_html(out_dir / QA_HTML)
+    written["html"] = str(out_dir / QA_HTML)
     if pdf:
-        report.write_pdf(out_dir / "ct_qa.pdf")
-    return doc
+        report.write_pdf(out_dir / QA_PDF)
+        written["pdf"] = str(out_dir / QA_PDF)
+    return written
 
 
-def run_ct_report(inputs: list[str | Path], out_dir: str | Path, *, source: str, target: str,
-                  weights: str | Path | None = None, models_dirs: tuple = (), device: str = "auto",
-                  amp: str = "auto", batch_size: int | None = None, save_masks: bool = False, pdf: bool = True,
-                  overwrite: bool = False, progress: bool = False) -> dict:
-    """Convert each exam's ``source`` series in memory and compare with its ``target`` series.
+@dataclass
+class ReportConfig:
+    """What ``ct-report`` needs besides the input folders and the output folder."""
 
-    One failing exam is recorded (status 'failed' with its reason) and the cohort continues;
-    :class:`BatchFailures` is raised at the end if any failed, after all outputs are written.
+    source: str
+    target: str
+    weights: str | Path | None = None
+    models_dirs: tuple[str | Path, ...] = ()
+    device: str = "auto"
+    amp: str = "auto"
+    batch_size: int | None = None
+    save_masks: bool = False
+    pdf: bool = True
+    overwrite: bool = False
+    progress: bool = False
+
+
+def run_ct_report(inputs: list[str | Path], out_dir: str | Path, config: ReportConfig) -> RunResult:
+    """Convert each exam's source series in memory and compare it with its target (reference) series.
+
+    Pre-flight (kernels, exams, report files, model) before any work; then one item per exam. A
+    failing exam is recorded (failed + reason) and the cohort continues; the report covers every
+    exam of this run (exit code 5 when any failed).
     """
     from medseg.ct.cohort import discover_exams
-    from medseg.ct.convert import convert_volume
-    from medseg.ct.models import canonical_kernel, find_model, load_predictor
+    from medseg.ct.convert import check_apart, convert_volume
+    from medseg.ct.models import DEMO_NOTE, canonical_kernel, find_model, load_predictor
+    from medseg.engine.progress import progress_bar
+    from medseg.io.atomic import atomic_dir
     from medseg.io.volume import write_volume_sitk
 
-    source, target = canonical_kernel(source), canonical_kernel(target)
+    cfg = config
+    source, target = canonical_kernel(cfg.source), canonical_kernel(cfg.target)
     out_dir = Path(out_dir)
-    check_output(out_dir / "ct_qa.json", overwrite=overwrite)
-    predictor = load_predictor(find_model(source, target, weights=weights, models_dirs=models_dirs),
-                               device=device, amp=amp)
     exams = discover_exams(list(inputs))
-    rows: list[ExamMetrics] = []
-    figures = []
-    for exam in exams:
-        try:
-            missing = [k for k in (source, target) if k not in exam.series]
-            if missing:
-                raise InputError(f"no {' or '.join(missing)} series (found: {', '.join(exam.series) or 'none'})",
-                                 path=exam.path)
-            original, meta = exam.series[source].load()
-            reference, _ = exam.series[target].load()
-            converted = convert_volume(predictor, original, batch_size=batch_size, progress=progress)
-            metrics, mask = evaluate_exam(exam.name, original, converted, reference, meta.spacing)
-            if save_masks:
-                write_volume_sitk(out_dir / "masks" / f"{safe_name(exam.name)}_lungmask.nii.gz",
-                                  mask.astype(np.uint8), meta, dtype=np.uint8)
-            if len(figures) < 6:
-                figures.append((f"Exam {exam.name}",
-                                _slice_figure(original, converted, reference, mask, source, target)))
-            rows.append(metrics)
-        except MedsegError as exc:
-            log.error("%s", exc)
-            rows.append(ExamMetrics(exam=exam.name, status="failed", error=str(exc)))
-    doc = write_qa_outputs(out_dir, rows, source=source, target=target, inputs=[str(i) for i in inputs],
-                           figures=figures, pdf=pdf)
-    failed = [r.exam for r in rows if r.status != "ok"]
-    if failed:
-        raise BatchFailures(f"{len(failed)} of {len(rows)} exam(s) failed: {', '.join(failed)} "
-                            f"(see {out_dir / 'ct_qa.csv'})")
-    return doc
+    for path in inputs:
+        check_apart(out_dir, Path(path), what="the QA report")
+    check_qa_outputs(out_dir, pdf=cfg.pdf, overwrite=cfg.overwrite)
+    if cfg.save_masks:
+        check_output(out_dir / MASKS, overwrite=cfg.overwrite)
+    entry = find_model(source, target, weights=cfg.weights, models_dirs=cfg.models_dirs)
+    predictor = load_predictor(entry, device=cfg.device, amp=cfg.amp)
+    result = RunResult("ct-report", summary={"source_kernel": source, "target_kernel": target,
+                                             "weights": str(entry.path), "demo_weights": entry.demo,
+                                             **predictor.describe()},
+                       warnings=[DEMO_NOTE] if entry.demo else [])
+    figures: list[tuple[str, object]] = []
+    with atomic_dir(out_dir / MASKS, overwrite=cfg.overwrite) if cfg.save_masks else nullcontext() as mask_tmp:
+        bar = progress_bar(exams, total=len(exams), desc="exams", enabled=cfg.progress, unit="exam")
+        for exam in bar:
+            bar.set_postfix(exam=exam.name)
+            item = result.add(ItemResult(exam.name))
+            try:
+                missing = [k for k in (source, target) if k not in exam.series]
+                if missing:
+                    found = ", ".join(exam.series) or "none"
+                    raise InputError(f"no {' or '.join(missing)} series (found: {found})", path=exam.path)
+                original, meta = exam.series[source].load()
+                reference, _ = exam.series[target].load()
+                converted = convert_volume(predictor, original, batch_size=cfg.batch_size, progress=cfg.progress)
+                item.metrics, mask = evaluate_exam(exam.name, original, converted, reference, meta.spacing)
+                sharpness, item.warnings = kernel_check(original, converted, reference, meta.spacing,
+                                                        source=source, target=target)
+                item.metrics.update(sharpness)
+                for warning in item.warnings:
+                    log.warning("%s: %s", exam.name, warning)
+                if mask_tmp is not None:
+                    name = f"{safe_name(exam.name)}_lungmask.nii.gz"
+                    write_volume_sitk(mask_tmp / name, mask.astype(np.uint8), meta, dtype=np.uint8)
+                    item.outputs["lung_mask"] = str(out_dir / MASKS / name)
+                if len(figures) < MAX_FIGURES:
+                    figures.append((f"Exam {exam.name}", slice_figure(original, converted, reference, mask,
+                                                                      source, target)))
+            except (MedsegError, OSError) as exc:
+                item.status, item.reason = FAILED, _reason(exc)
+                log.error("%s: %s", exam.name, item.reason)
+    result.outputs.update(write_qa_outputs(out_dir, result.items, source=source, target=target,
+                                           inputs=[str(i) for i in inputs], figures=figures, pdf=cfg.pdf))
+    if cfg.save_masks:
+        result.outputs["masks"] = str(out_dir / MASKS)
+    result.summary.update(cohort_summary(result.items))
+    return result
 
 
-def qa_single(original_path: str | Path, converted_path: str | Path, reference_path: str | Path,
-              out_dir: str | Path, *, source: str, target: str, series_uid: str | None = None,
-              pdf: bool = True) -> dict:
-    """QA report for one converted series against a reference series (used by ct-convert --reference)."""
-    from medseg.ct.cohort import SeriesRef
+def _reason(exc: BaseException) -> str:
+    """An error in words: the message, with the file it concerns."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
 
-    original, meta = SeriesRef(Path(original_path), series_uid).load()
-    converted, _ = SeriesRef(Path(converted_path)).load()
-    reference, _ = SeriesRef(Path(reference_path)).load()
-    name = Path(original_path).parent.name if Path(original_path).is_dir() else Path(original_path).stem
-    metrics, mask = evaluate_exam(name, original, converted, reference, meta.spacing)
-    fig = _slice_figure(original, converted, reference, mask, source, target)
-    return write_qa_outputs(Path(out_dir), [metrics], source=source, target=target,
-                            inputs=[str(original_path), str(reference_path)], figures=[(f"Exam {name}", fig)],
-                            pdf=pdf)
+
+def _num(value: Any, fmt: str = ".1f", unit: str = "") -> str:
+    """A number for people: 'n/a' when missing."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:{fmt}}{unit}"
+
+
+def qa_text(metrics: dict[str, Any]) -> str:
+    """One exam's QA numbers in words (for ct-convert --reference)."""
+    reduction = metrics.get("rmse_reduction_pct")
+    if reduction is not None and isinstance(reduction, (int, float)) and reduction < 0:
+        change = f"{_num(-reduction, unit=' %')} HIGHER: the conversion moved away from the reference"
+    else:
+        change = f"{_num(reduction, unit=' %')} lower"
+    return (f"RMSE vs reference: original {_num(metrics.get('rmse_original_hu'), unit=' HU')}, converted "
+            f"{_num(metrics.get('rmse_converted_hu'), unit=' HU')} ({change}); LAA-950 original "
+            f"{_num(metrics.get('laa950_original'), unit=' %')}, converted "
+            f"{_num(metrics.get('laa950_converted'), unit=' %')}, reference "
+            f"{_num(metrics.get('laa950_reference'), unit=' %')}")
+
+
+def report_text(result: RunResult) -> str:
+    """What ct-report prints for people."""
+    s = result.summary
+    lines = [f"{s.get('ok', 0)} of {s.get('exams', 0)} exam(s) evaluated"
+             + (f", {s['failed']} failed" if s.get("failed") else "")
+             + (f"; mean RMSE reduction {_num(s.get('rmse_reduction_pct_mean'), unit=' %')}" if s.get("ok") else "")]
+    for name, v in s.get("bland_altman_laa950", {}).items():
+        loa = (f", 95 % limits of agreement {_num(v['loa_low'], '+.2f')} to {_num(v['loa_high'], '+.2f')}"
+               if v.get("sd") is not None and math.isfinite(v["sd"]) else "")
+        lines.append(f"LAA-950 {name.replace('_', ' ')}: bias {_num(v['bias'], '+.2f')} points{loa}")
+    if "html" in result.outputs:
+        lines.append(f"report: {result.outputs['html']}")
+    return "\n".join(lines)

@@ -73,19 +73,6 @@ def prefetch(items: Iterable[T], *, depth: int = 2, transform: Callable[[T], U] 
                 pass
 
 
-def to_device(array, device, *, dtype=None):
-    """Move a NumPy array or tensor to ``device``; pinned + non-blocking when it is CUDA."""
-    import numpy as np
-    import torch
-
-    tensor = torch.from_numpy(np.ascontiguousarray(array)) if isinstance(array, np.ndarray) else array
-    if dtype is not None:
-        tensor = tensor.to(dtype)
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
 def map_batched(predictor: Callable, items: Iterable, *, batch_size: int, depth: int = 2) -> Iterator:
     """Apply ``predictor`` to stacked batches of same-shape arrays, yielding one output per item.
 

@@ -80,34 +80,25 @@ def plan_tiles(shape: tuple[int, int], *, tile: int | tuple[int, int], margin: i
                     origins=tuple((y, x) for y in ys for x in xs))
 
 
-def mirror_index(coords: np.ndarray, size: int, mode: str = "reflect") -> np.ndarray:
-    """Map any integer coordinates into ``[0, size)`` by mirroring at the borders.
-
-    ``reflect`` mirrors about the edge pixel (d c b | a b c d | c b a), like ``np.pad``;
-    ``symmetric`` repeats it (c b a | a b c d | d c b). Periodic, so any distance works.
-    """
-    coords = np.asarray(coords, dtype=np.int64)
-    if size == 1:
-        return np.zeros_like(coords)
-    if mode == "reflect":
-        period = 2 * size - 2
-        r = np.mod(coords, period)
-        return np.where(r >= size, period - r, r)
-    if mode == "symmetric":
-        period = 2 * size
-        r = np.mod(coords, period)
-        return np.where(r >= size, period - 1 - r, r)
-    raise ValueError(f"unknown mirror mode {mode!r}")
+def _mirrored_indices(start: int, stop: int, size: int, mode: str) -> np.ndarray:
+    """Indices into ``[0, size)`` for coordinates ``start..stop-1``, mirrored by ``np.pad``."""
+    before, after = max(-start, 0), max(stop - size, 0)
+    return np.pad(np.arange(size), (before, after), mode=mode)[start + before:stop + before]
 
 
 def extract_tile(image: np.ndarray, y0: int, x0: int, tile: tuple[int, int], *, mode: str = "reflect") -> np.ndarray:
-    """Input tile whose top-left is (y0, x0) in image coordinates (may be negative), mirrored."""
+    """Input tile whose top-left is (y0, x0) in image coordinates (may be negative), mirrored.
+
+    ``reflect`` mirrors about the edge pixel (d c b | a b c d | c b a), ``symmetric`` repeats it,
+    exactly as ``np.pad`` (which also handles context wider than the image).
+    """
     h, w = image.shape[-2:]
-    ys = np.arange(y0, y0 + tile[0])
-    xs = np.arange(x0, x0 + tile[1])
-    if ys[0] >= 0 and ys[-1] < h and xs[0] >= 0 and xs[-1] < w:
-        return np.ascontiguousarray(image[..., y0:y0 + tile[0], x0:x0 + tile[1]])
-    iy, ix = mirror_index(ys, h, mode), mirror_index(xs, w, mode)
+    y1, x1 = y0 + tile[0], x0 + tile[1]
+    if y0 >= 0 and x0 >= 0 and y1 <= h and x1 <= w:
+        return np.ascontiguousarray(image[..., y0:y1, x0:x1])
+    if mode not in ("reflect", "symmetric"):
+        raise ValueError(f"unknown mirror mode {mode!r}")
+    iy, ix = _mirrored_indices(y0, y1, h, mode), _mirrored_indices(x0, x1, w, mode)
     return np.ascontiguousarray(image[..., iy[:, None], ix[None, :]])
 
 

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from medseg.errors import OutputExistsError
+from medseg.errors import InputError, OutputExistsError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -36,12 +36,36 @@ def safe_name(text: str, *, default: str = "unnamed", max_len: int = 64) -> str:
     return cleaned[:max_len] or default
 
 
+def check_writable(path: str | Path) -> Path:
+    """Pre-flight: can ``path`` (a file or folder, existing or not) be created here?
+
+    Probes the nearest existing folder by creating and removing a temporary file, which is the
+    only check that also holds for root, read-only file systems and full disks. Raises
+    :class:`InputError` naming the path (exit 2).
+    """
+    path = Path(path)
+    probe = path if path.is_dir() else path.parent
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"cannot write here: {probe} is a file, not a folder", path=path)
+    try:
+        fd, name = tempfile.mkstemp(prefix=".medseg-probe.", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise InputError(f"cannot write here: {exc.strerror or exc} ({probe})", path=path) from None
+    return path
+
+
 def check_output(path: str | Path, *, overwrite: bool) -> Path:
-    """Refuse to clobber an existing output unless ``overwrite``."""
+    """Pre-flight for one output: refuse to clobber it unless ``overwrite``; check it is writable."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError("output exists (use --overwrite to replace it)", path=path)
-    return path
+    return check_writable(path)
 
 
 @contextlib.contextmanager

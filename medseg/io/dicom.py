@@ -161,7 +161,7 @@ def open_series(path: str | Path, *, series_uid: str | None = None, modality: st
 
 
 def decode_hu(ds, path: Path) -> np.ndarray:
-    """Pixel data of one slice in HU (RescaleSlope/Intercept applied), float32."""
+    """Pixel data of one slice in HU (``pydicom.pixels.apply_rescale``), float32."""
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types; try GDCM for codecs it lacks
@@ -172,9 +172,14 @@ def decode_hu(ds, path: Path) -> np.ndarray:
         return hu
     if pixels.ndim != 2:
         raise InputError(f"expected one 2D frame per file, got shape {pixels.shape}", path=path)
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    from pydicom.pixels import apply_rescale
+
+    try:  # Modality LUT or RescaleSlope/Intercept, as the standard defines them
+        hu = apply_rescale(pixels, ds)
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise InputError(f"invalid rescale (RescaleSlope/RescaleIntercept or Modality LUT): {exc}",
+                         path=path) from None
+    return np.asarray(hu, dtype=np.float32)
 
 
 def _decode_with_sitk(path: Path) -> np.ndarray | None:

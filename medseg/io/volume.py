@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+# what medseg writes: single-file formats only (a detached header .nhdr/.mhd names its data file,
+# which an atomic rename of the header alone would leave pointing at a temporary name)
+VOLUME_OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 @dataclass
@@ -28,50 +32,54 @@ class VolumeMeta:
     extra: dict = field(default_factory=dict)
 
 
+def has_volume_suffix(path: str | Path, suffixes: tuple[str, ...] = VOLUME_SUFFIXES) -> bool:
+    """True when the file name ends in one of ``suffixes`` (case-insensitive); the file need not exist."""
+    name = Path(path).name.lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
 def is_volume_file(path: Path) -> bool:
-    name = path.name.lower()
-    return path.is_file() and any(name.endswith(s) for s in VOLUME_SUFFIXES)
+    return Path(path).is_file() and has_volume_suffix(path)
 
 
-_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI-1 datatype codes of float32 / float64
+def check_volume_output(path: str | Path) -> Path:
+    """Pre-flight for a volume output: its extension must name a format medseg writes."""
+    path = Path(path)
+    if not has_volume_suffix(path, VOLUME_OUTPUT_SUFFIXES):
+        raise InputError(f"unknown volume file extension; use one of {', '.join(VOLUME_OUTPUT_SUFFIXES)}",
+                         path=path)
+    return path
 
 
-def nifti_nonfinite(path: str | Path, *, chunk: int = 1 << 24) -> int | None:
-    """Count NaN/Inf voxels in a float NIfTI-1 file by reading its raw data (streamed in chunks).
+def nifti_nonfinite(path: str | Path, *, max_voxels: int = 1 << 24) -> int | None:
+    """Count NaN/Inf voxels in a float NIfTI file from its raw data (nibabel, streamed in slabs).
 
     ITK's NIfTI reader silently replaces NaN with 0, so a corrupt export would look valid after
-    SimpleITK. Returns None for files this cannot check (not NIfTI-1, or integer data).
+    SimpleITK. Reads at most ``max_voxels`` voxels at a time along the last (slowest) axis.
+    Returns None for files this cannot check (not NIfTI, or integer data, which cannot hold NaN).
     """
-    import gzip
-    import struct
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
 
-    path = Path(path)
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rb") as handle:
-            header = handle.read(348)
-            if len(header) < 348:
-                return None
-            for order in ("<", ">"):
-                if struct.unpack(order + "i", header[:4])[0] == 348:
-                    break
-            else:
-                return None
-            datatype = struct.unpack(order + "h", header[70:72])[0]
-            if datatype not in _NIFTI_FLOATS:
-                return None
-            offset = int(struct.unpack(order + "f", header[108:112])[0])
-            handle.read(max(0, offset - 348))
-            dtype = np.dtype(order + _NIFTI_FLOATS[datatype])
-            count, rest = 0, b""
-            while block := handle.read(chunk):
-                block = rest + block
-                usable = len(block) - len(block) % dtype.itemsize
-                count += int(np.count_nonzero(~np.isfinite(np.frombuffer(block[:usable], dtype))))
-                rest = block[usable:]
-            return count
-    except (OSError, EOFError, struct.error):
+        image = nib.load(str(path), keep_file_open=True)
+    except (ImageFileError, OSError, EOFError, ValueError):
         return None
+    if not isinstance(image, nib.Nifti1Image) or not np.issubdtype(image.get_data_dtype(), np.floating):
+        return None  # Nifti2Image subclasses Nifti1Image
+    proxy, shape = image.dataobj, image.shape
+    if not shape:
+        return 0
+    plane = int(np.prod(shape[:-1], dtype=np.int64)) or 1
+    step = max(1, max_voxels // plane)
+    count = 0
+    try:
+        for start in range(0, shape[-1], step):
+            block = proxy[..., start:start + step]
+            count += int(np.count_nonzero(~np.isfinite(block)))
+    except (OSError, EOFError, ValueError):
+        return None
+    return count
 
 
 def read_volume_sitk(path: str | Path) -> tuple[np.ndarray, VolumeMeta]:
@@ -102,18 +110,44 @@ def read_volume_sitk(path: str | Path) -> tuple[np.ndarray, VolumeMeta]:
     return array, meta
 
 
-def write_volume_sitk(path: str | Path, array: np.ndarray, meta: VolumeMeta, *, dtype=np.int16) -> Path:
-    """Write (z, y, x) ``array`` with ``meta``'s geometry, atomically."""
+def volume_shape(path: str | Path) -> tuple[int, int, int]:
+    """(z, y, x) of a volume file from its header only (a 2D image is one slice); InputError if unreadable."""
     import SimpleITK as sitk
 
+    path = Path(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        msg = str(exc).strip().splitlines()
+        raise InputError(f"cannot read image ({msg[-1] if msg else 'unknown error'})", path=path) from None
+    size = reader.GetSize()
+    if len(size) == 2:
+        return 1, size[1], size[0]
+    if len(size) != 3:
+        raise InputError(f"expected a 2D or 3D image, got {len(size)}D", path=path)
+    return size[2], size[1], size[0]
+
+
+def write_volume_sitk(path: str | Path, array: np.ndarray, meta: VolumeMeta, *, dtype=np.int16) -> Path:
+    """Write (z, y, x) ``array`` with ``meta``'s geometry, atomically; the extension picks the format."""
+    import SimpleITK as sitk
+
+    path = check_volume_output(path)
     if np.issubdtype(np.dtype(dtype), np.integer):
         info = np.iinfo(dtype)
         array = np.clip(np.rint(array), info.min, info.max)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array.astype(dtype)))
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.astype(dtype, copy=False)))
     z, y, x = meta.spacing
     image.SetSpacing((x, y, z))
     image.SetOrigin(meta.origin)
     image.SetDirection(meta.direction)
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-    return Path(path)
+    suffix = next(s for s in VOLUME_OUTPUT_SUFFIXES if path.name.lower().endswith(s))  # ITK wants lower case
+    with atomic_path(path, suffix=suffix) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as exc:  # ITK wraps OS errors (disk full, permissions) in RuntimeError
+            msg = str(exc).strip().splitlines()
+            raise OSError(errno.EIO, f"cannot write image ({msg[-1] if msg else 'unknown error'})", str(path)) from None
+    return path

@@ -8,36 +8,41 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import InputError
+from medseg.errors import InputError, MedsegError
+from medseg.pathology.labels import CLASS_NAMES, LABELS, NEGATIVE, POSITIVE, class_of
+from medseg.results import FAILED, ItemResult, RunResult
 
 log = logging.getLogger("medseg.pathology")
 
-CLASS_IDS = {1: "C4d+", 2: "C4d-"}
 
+@dataclass
+class EvalConfig:
+    """How detections are matched to the truth."""
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clip(0).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    iou: float = 0.5  # a detection matches a truth box of its class at this IoU or more
+
+    def check(self) -> None:
+        if not 0 < self.iou < 1:
+            raise InputError(f"--iou must be between 0 and 1, got {self.iou:g}")
 
 
 def match_class(pred: np.ndarray, scores: np.ndarray, gt: np.ndarray, *, iou: float = 0.5) -> tuple[int, int, int]:
     """Greedy one-to-one matching by score: (true positives, false positives, false negatives)."""
+    import torch
+    from torchvision.ops import box_iou
+
     pred, gt = np.asarray(pred, float).reshape(-1, 4), np.asarray(gt, float).reshape(-1, 4)
     if len(pred) == 0 or len(gt) == 0:
         return 0, len(pred), len(gt)
-    ious = box_iou(pred, gt)
+    ious = np.nan_to_num(box_iou(torch.from_numpy(pred), torch.from_numpy(gt)).numpy(), nan=0.0)
     used = np.zeros(len(gt), bool)
     tp = 0
-    for i in np.argsort(-np.asarray(scores)):
+    for i in np.argsort(-np.asarray(scores), kind="stable"):
         cand = np.where(used, -1.0, ious[i])
         j = int(cand.argmax())
         if cand[j] >= iou:
@@ -47,6 +52,7 @@ def match_class(pred: np.ndarray, scores: np.ndarray, gt: np.ndarray, *, iou: fl
 
 
 def aggregate(per_class: dict[int, list[tuple[int, int, int]]]) -> dict:
+    """Summed counts per class -> precision, recall, F1 per class and their mean F1."""
     out: dict = {}
     f1s = []
     for c, rows in per_class.items():
@@ -54,7 +60,7 @@ def aggregate(per_class: dict[int, list[tuple[int, int, int]]]) -> dict:
         p = tp / (tp + fp) if tp + fp else 0.0
         r = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * p * r / (p + r) if p + r else 0.0
-        name = CLASS_IDS[c]
+        name = CLASS_NAMES[c]
         out.update({f"{name}_tp": tp, f"{name}_fp": fp, f"{name}_fn": fn, f"{name}_precision": p,
                     f"{name}_recall": r, f"{name}_f1": f1})
         f1s.append(f1)
@@ -64,9 +70,11 @@ def aggregate(per_class: dict[int, list[tuple[int, int, int]]]) -> dict:
 
 def read_detections(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A slide-score GeoJSON -> enlarged boxes (level-0), labels (1/2) and scores."""
-    from medseg.pathology.prepare import LABELS, class_of
-
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the detections: {exc}", path=path) from None
     boxes, labels, scores = [], [], []
     for f in data.get("features", []):
         props = f.get("properties", {})
@@ -104,43 +112,66 @@ def evaluate_slide(detections: str | Path, truth: str | Path, *, margins: dict[s
     from medseg.pathology.prepare import enlarge_boxes, read_geojson_boxes
     from medseg.pathology.score import banff_category
 
+    pos_id, neg_id = LABELS[POSITIVE], LABELS[NEGATIVE]
     all_rows = read_geojson_boxes(truth)
     rows = analysed_truth(all_rows, summary) if summary is not None else all_rows
     labels = rows[:, 4].astype(int)
     big = 1e12
     gt = enlarge_boxes(rows[:, :4], labels, {k: v * scale for k, v in margins.items()}, big, big)
     pb, pl, ps = read_detections(detections)
-    per_class = {c: [match_class(pb[pl == c], ps[pl == c], gt[labels == c], iou=iou)] for c in (1, 2)}
+    per_class = {c: [match_class(pb[pl == c], ps[pl == c], gt[labels == c], iou=iou)] for c in CLASS_NAMES}
     metrics = aggregate(per_class)
-    n_pos, n_neg = int((all_rows[:, 4] == 1).sum()), int((all_rows[:, 4] == 2).sum())
-    d_pos, d_neg = int((pl == 1).sum()), int((pl == 2).sum())
-    metrics.update({"truth_category": banff_category(n_pos, n_neg)[0], "predicted_category": banff_category(d_pos, d_neg)[0],
-                    "truth_C4d+": n_pos, "truth_C4d-": n_neg, "pred_C4d+": d_pos, "pred_C4d-": d_neg})
+    n_pos, n_neg = int((all_rows[:, 4] == pos_id).sum()), int((all_rows[:, 4] == neg_id).sum())
+    d_pos, d_neg = int((pl == pos_id).sum()), int((pl == neg_id).sum())
+    metrics.update({"truth_category": banff_category(n_pos, n_neg)[0],
+                    "predicted_category": banff_category(d_pos, d_neg)[0],
+                    f"truth_{POSITIVE}": n_pos, f"truth_{NEGATIVE}": n_neg,
+                    f"pred_{POSITIVE}": d_pos, f"pred_{NEGATIVE}": d_neg})
     metrics["category_agrees"] = metrics["truth_category"] == metrics["predicted_category"]
     metrics["_counts"] = {c: per_class[c][0] for c in per_class}
     return metrics
 
 
-def evaluate_results(results_dir: str | Path, truths: list[Path], *, iou: float = 0.5) -> dict:
-    """slide-eval: match each ``<name>.geojson`` truth to ``results_dir/<name>/`` of slide-score."""
+def evaluate_results(results_dir: str | Path, truths: list[str | Path], config: EvalConfig | None = None) -> RunResult:
+    """slide-eval: match each ``<name>.geojson`` truth to ``results_dir/<name>/`` of slide-score.
+
+    One item per truth file; a truth without slide-score results (or unreadable) is a failed item
+    and the others are still evaluated. ``summary`` holds the pooled metrics of the evaluated slides.
+    """
     from medseg.io.atomic import safe_name
 
+    cfg = config or EvalConfig()
+    cfg.check()
     results_dir = Path(results_dir)
-    per_slide, per_class = [], {1: [], 2: []}
-    for truth in truths:
-        name = safe_name(Path(truth).name.split(".")[0])
-        summary_path = results_dir / name / "summary.json"
-        det_path = results_dir / name / "detections.geojson"
-        if not summary_path.is_file() or not det_path.is_file():
-            raise InputError(f"no slide-score results for {name} in {results_dir}", path=truth)
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        m = evaluate_slide(det_path, truth, margins=summary["margins"], scale=summary["target_mpp"] / summary["slide_mpp"],
-                           iou=iou, summary=summary)
+    if not results_dir.is_dir():
+        raise InputError("no slide-score results folder here", path=results_dir)
+    if not truths:
+        raise InputError("no truth GeoJSON files given")
+    run = RunResult("slide-eval")
+    per_class: dict[int, list] = {c: [] for c in CLASS_NAMES}
+    agree = []
+    for truth in map(Path, truths):
+        name = safe_name(truth.name.split(".")[0])
+        summary_path, det_path = results_dir / name / "summary.json", results_dir / name / "detections.geojson"
+        try:
+            if not truth.is_file():
+                raise InputError("truth file not found", path=truth)
+            if not summary_path.is_file() or not det_path.is_file():
+                raise InputError(f"no slide-score results for {name} in {results_dir}")
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            m = evaluate_slide(det_path, truth, margins=summary["margins"],
+                               scale=summary["target_mpp"] / summary["slide_mpp"], iou=cfg.iou, summary=summary)
+        except (MedsegError, OSError, ValueError, KeyError) as exc:
+            reason = exc.message if isinstance(exc, MedsegError) else f"unreadable slide-score results: {exc}"
+            run.add(ItemResult(name, FAILED, reason))
+            log.warning("%s: failed: %s", name, reason)
+            continue
         for c, counts in m.pop("_counts").items():
             per_class[c].append(counts)
-        per_slide.append({"slide": name, **m})
+        agree.append(m["category_agrees"])
+        run.add(ItemResult(name, metrics=m, outputs={"truth": str(truth), "detections": str(det_path)}))
     overall = aggregate(per_class)
-    agree = [s["category_agrees"] for s in per_slide]
     overall["category_agreement"] = float(np.mean(agree)) if agree else float("nan")
-    overall["slides"] = len(per_slide)
-    return {"overall": overall, "slides": per_slide}
+    overall["slides"] = len(agree)
+    run.summary = {"overall": overall, "config": asdict(cfg)}
+    return run

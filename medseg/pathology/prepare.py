@@ -1,36 +1,39 @@
 """Annotations -> detector training data, with the mask-enlargement trick of Kim et al. 2019.
 
 Each labelled PTC mask is enlarged by a per-class margin before its box is taken (defaults 50 px
-for C4d+, 40 px for C4d-, in target-resolution pixels), so the box includes the capillary's
-surroundings; the box is then clipped to the tile. Dilating a mask by a disc of radius ``m``
-moves its extreme points by exactly ``m`` along each axis, so the enlarged box is the mask's box
-grown by ``m`` on every side (computed that way, without dilating pixels).
+for C4d+, 40 px for C4d-, in target-resolution pixels: :data:`medseg.pathology.labels.DEFAULT_MARGINS`),
+so the box includes the capillary's surroundings; the box is then clipped to the tile. Dilating a
+mask by a disc of radius ``m`` moves its extreme points by exactly ``m`` along each axis, so the
+enlarged box is the mask's box grown by ``m`` on every side (computed that way, without dilating pixels).
 
-Inputs: a slide + GeoJSON polygons (QuPath export, classification ``C4d+``/``C4d-``), or a folder
+Inputs: slides + GeoJSON polygons (QuPath export, classification ``C4d+``/``C4d-``), or a folder
 of image tiles with label masks (``<name>_mask.png``: 1 = C4d+, 2 = C4d-; instances are the
-connected components). Output folder: ``images/*.png`` + ``annotations.json``.
+connected components). Output folder: ``images/*.png`` + ``annotations.json``, published whole.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import InputError
-from medseg.io.atomic import atomic_path, write_text
+from medseg.errors import InputError, MedsegError, OutputExistsError
+from medseg.io.atomic import atomic_path
+from medseg.pathology.labels import CLASS_NAMES, DEFAULT_MARGINS, LABELS, NEGATIVE, POSITIVE, class_of
+from medseg.results import FAILED, ItemResult, RunResult
 
 log = logging.getLogger("medseg.pathology")
 
-LABELS = {"C4d+": 1, "C4d-": 2}
+ANNOTATIONS = "annotations.json"
 
 
 @dataclass
 class PrepareConfig:
-    margins: dict[str, int] = field(default_factory=lambda: {"C4d+": 50, "C4d-": 40})
+    margins: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MARGINS))
     target_mpp: float = 0.5
     tile: int = 512
     overlap: int = 0
@@ -38,17 +41,15 @@ class PrepareConfig:
     min_tissue: float = 0.2
     slide_mpp: float | None = None
 
-
-def class_of(name: str | None) -> str | None:
-    """Map QuPath classification names to C4d+ / C4d- (None for anything else)."""
-    if not name:
-        return None
-    n = name.strip().lower().replace("\u2212", "-")
-    if n in ("c4d+", "c4d positive", "positive", "ptc+", "c4d_pos", "pos"):
-        return "C4d+"
-    if n in ("c4d-", "c4d negative", "negative", "ptc-", "c4d_neg", "neg"):
-        return "C4d-"
-    return None
+    def check(self) -> None:
+        """Pre-flight: values that would fail every slide are an input error (exit 2)."""
+        if set(self.margins) != set(LABELS) or any(v < 0 for v in self.margins.values()):
+            raise InputError(f"margins must give {POSITIVE} and {NEGATIVE} a size of 0 px or more")
+        if self.target_mpp <= 0 or (self.slide_mpp is not None and self.slide_mpp <= 0):
+            raise InputError("--mpp and --slide-mpp must be > 0")
+        if self.tile < 16 or not 0 <= self.overlap < self.tile:
+            raise InputError(f"--tile must be at least 16 px and --overlap in [0, tile), got {self.tile} and "
+                             f"{self.overlap}")
 
 
 def read_geojson_boxes(path: str | Path) -> np.ndarray:
@@ -79,7 +80,7 @@ def read_geojson_boxes(path: str | Path) -> np.ndarray:
 def enlarge_boxes(boxes: np.ndarray, labels: np.ndarray, margins: dict[str, int], width: int,
                   height: int) -> np.ndarray:
     """Grow each box by its class margin (the enlarged mask's box) and clip it to the tile."""
-    m = np.where(labels == LABELS["C4d+"], margins["C4d+"], margins["C4d-"]).astype(float)[:, None]
+    m = np.where(labels == LABELS[POSITIVE], margins[POSITIVE], margins[NEGATIVE]).astype(float)[:, None]
     out = boxes + np.hstack([-m, -m, m, m])
     out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
     out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
@@ -91,8 +92,8 @@ def boxes_from_label_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from scipy import ndimage as ndi
 
     boxes, labels = [], []
-    for value in (1, 2):
-        inst, n = ndi.label(mask == value)
+    for value in CLASS_NAMES:
+        inst, _n = ndi.label(mask == value)
         for sl in ndi.find_objects(inst):
             if sl is None:
                 continue
@@ -110,12 +111,13 @@ def _tile_targets(boxes: np.ndarray, labels: np.ndarray, x: float, y: float, siz
     return enlarge_boxes(local[keep], labels[keep], cfg.margins, size, size), labels[keep]
 
 
-def _write_dataset(out: Path, records: list[dict], cfg: PrepareConfig, sources: list[str]) -> dict:
-    meta = {"classes": list(LABELS), "margins": cfg.margins, "target_mpp": cfg.target_mpp, "tile": cfg.tile,
+def _dataset_meta(records: list[dict], cfg: PrepareConfig, sources: list[str]) -> dict:
+    return {"classes": list(LABELS), "margins": cfg.margins, "target_mpp": cfg.target_mpp, "tile": cfg.tile,
             "sources": sources, "images": records}
-    write_text(out / "annotations.json", json.dumps(meta, indent=1))
-    counts = {k: int(sum(r["labels"].count(v) for r in records)) for k, v in LABELS.items()}
-    return {"out": str(out), "images": len(records), "boxes": counts, "margins": cfg.margins}
+
+
+def box_counts(records: list[dict]) -> dict[str, int]:
+    return {k: int(sum(r["labels"].count(v) for r in records)) for k, v in LABELS.items()}
 
 
 def _save_png(path: Path, rgb: np.ndarray) -> None:
@@ -125,63 +127,132 @@ def _save_png(path: Path, rgb: np.ndarray) -> None:
         Image.fromarray(rgb).save(tmp, format="PNG")
 
 
-def prepare_slides(pairs: list[tuple[Path, Path]], out: str | Path, *, config: PrepareConfig | None = None,
-                   overwrite: bool = False) -> dict:
-    """(slide, GeoJSON) pairs -> tissue tiles at the target resolution + enlarged, clipped boxes."""
-    from medseg.io.atomic import check_output, safe_name
+def _slide_records(slide_path: Path, ann_path: Path, staging: Path, cfg: PrepareConfig) -> list[dict]:
+    """One slide's tissue tiles (written to ``staging/images``) and their enlarged, clipped boxes."""
+    from medseg.io.atomic import safe_name
     from medseg.pathology.slide import detect_tissue, open_slide
-    from medseg.pathology.tiling import make_grid, plan_tiles, read_tile
+    from medseg.pathology.tiling import make_grid, plan_slide_tiles, read_tile
 
-    cfg = config or PrepareConfig()
-    out = check_output(Path(out) / "annotations.json", overwrite=overwrite).parent
-    records: list[dict] = []
-    for slide_path, ann_path in pairs:
-        rows = read_geojson_boxes(ann_path)
-        with open_slide(slide_path, slide_mpp=cfg.slide_mpp) as slide:
-            grid = make_grid(slide, target_mpp=cfg.target_mpp, tile=cfg.tile, overlap=cfg.overlap)
-            boxes = rows[:, :4] / grid.scale
-            labels = rows[:, 4].astype(int)
-            tissue = detect_tissue(slide)
-            stem = safe_name(Path(slide_path).stem)
-            for t in plan_tiles(slide, grid, tissue, min_tissue=cfg.min_tissue):
-                b, lab = _tile_targets(boxes, labels, t.x, t.y, cfg.tile, cfg)
-                name = f"{stem}_r{t.row:04d}_c{t.col:04d}.png"
-                _save_png(out / "images" / name, read_tile(slide, t, cfg.tile))
-                records.append({"file": f"images/{name}", "boxes": np.round(b, 1).tolist(), "labels": lab.tolist(),
-                                "source": str(slide_path)})
-    return _write_dataset(out, records, cfg, [str(p) for p, _ in pairs])
+    rows = read_geojson_boxes(ann_path)
+    records = []
+    with open_slide(slide_path, slide_mpp=cfg.slide_mpp) as slide:
+        grid = make_grid(slide, target_mpp=cfg.target_mpp, tile=cfg.tile, overlap=cfg.overlap)
+        boxes = rows[:, :4] / grid.scale
+        labels = rows[:, 4].astype(int)
+        tissue = detect_tissue(slide)
+        stem = safe_name(slide_path.name.split(".")[0])
+        for t in plan_slide_tiles(slide, grid, tissue, min_tissue=cfg.min_tissue):
+            b, lab = _tile_targets(boxes, labels, t.x, t.y, cfg.tile, cfg)
+            name = f"{stem}_r{t.row:04d}_c{t.col:04d}.png"
+            _save_png(staging / "images" / name, read_tile(slide, t, cfg.tile))
+            records.append({"file": f"images/{name}", "boxes": np.round(b, 1).tolist(), "labels": lab.tolist(),
+                            "source": str(slide_path)})
+    if not records:
+        raise InputError("no tissue tile at the target resolution", path=slide_path)
+    return records
 
 
-def prepare_masks(folder: str | Path, out: str | Path, *, config: PrepareConfig | None = None,
-                  overwrite: bool = False) -> dict:
-    """Folder of ``X.png`` + ``X_mask.png`` tiles (already at the target resolution) -> dataset."""
-    from PIL import Image
+def _mask_records(img_path: Path, staging: Path, cfg: PrepareConfig) -> list[dict]:
+    """One ``X.png`` + ``X_mask.png`` tile (already at the target resolution)."""
+    from PIL import Image, UnidentifiedImageError
 
-    from medseg.io.atomic import check_output
-
-    cfg = config or PrepareConfig()
-    folder = Path(folder)
-    out = check_output(Path(out) / "annotations.json", overwrite=overwrite).parent
-    records: list[dict] = []
-    images = sorted(p for p in folder.glob("*.png") if not p.stem.endswith("_mask"))
-    if not images:
-        raise InputError("no PNG tiles found (expected X.png + X_mask.png)", path=folder)
-    for img_path in images:
-        mask_path = img_path.with_name(f"{img_path.stem}_mask.png")
-        if not mask_path.is_file():
-            raise InputError(f"label mask {mask_path.name} missing", path=img_path)
+    mask_path = img_path.with_name(f"{img_path.stem}_mask.png")
+    if not mask_path.is_file():
+        raise InputError(f"label mask {mask_path.name} missing", path=img_path)
+    try:
         rgb = np.asarray(Image.open(img_path).convert("RGB"))
         mask = np.asarray(Image.open(mask_path))
-        if mask.shape[:2] != rgb.shape[:2]:
-            raise InputError("mask and image sizes differ", path=mask_path)
-        boxes, labels = boxes_from_label_mask(mask)
-        h, w = rgb.shape[:2]
-        b = enlarge_boxes(boxes, labels, cfg.margins, w, h)
-        _save_png(out / "images" / img_path.name, rgb)
-        records.append({"file": f"images/{img_path.name}", "boxes": np.round(b, 1).tolist(), "labels": labels.tolist(),
-                        "source": str(img_path)})
-    return _write_dataset(out, records, cfg, [str(folder)])
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(f"cannot read the tile or its mask: {exc}", path=img_path) from None
+    if mask.shape[:2] != rgb.shape[:2]:
+        raise InputError("mask and image sizes differ", path=mask_path)
+    boxes, labels = boxes_from_label_mask(mask)
+    h, w = rgb.shape[:2]
+    b = enlarge_boxes(boxes, labels, cfg.margins, w, h)
+    _save_png(staging / "images" / img_path.name, rgb)
+    # source = the folder: mask tiles are not slides, so validation holds out tiles, not "slides"
+    return [{"file": f"images/{img_path.name}", "boxes": np.round(b, 1).tolist(), "labels": labels.tolist(),
+             "source": str(img_path.parent)}]
 
 
-def config_dict(cfg: PrepareConfig) -> dict:
-    return asdict(cfg)
+def pair_annotations(slides: Iterable[str | Path], annotations: str | Path | None) -> list[tuple[Path, Path]]:
+    """Each slide with its GeoJSON: ``annotations`` (a file), ``annotations/<slide>.geojson``, or next to it."""
+    annotations = Path(annotations) if annotations is not None else None
+    if annotations is not None and not annotations.exists():
+        raise InputError("annotations file or folder not found", path=annotations)
+    pairs = []
+    for s in map(Path, slides):
+        if annotations is not None and annotations.is_file():
+            pairs.append((s, annotations))
+        else:
+            pairs.append((s, (annotations or s.parent) / f"{s.name.split('.')[0]}.geojson"))
+    return pairs
+
+
+class _NothingToWrite(Exception):
+    """Every input failed: the staging folder is discarded, nothing is published."""
+
+
+def prepare_dataset(slides: Iterable[str | Path], out: str | Path, config: PrepareConfig | None = None, *,
+                    annotations: str | Path | None = None, masks: str | Path | None = None,
+                    overwrite: bool = False, progress: bool = False) -> RunResult:
+    """slide-prepare: (slides + GeoJSON) or a ``masks`` folder of tiles -> training dataset in ``out``.
+
+    One item per slide (or mask tile); a failing one is recorded with its reason and the others
+    are still prepared. ``out`` is built in a temporary sibling and published whole, and only
+    when at least one item worked, so a failed run leaves nothing that blocks the rerun.
+    """
+    from medseg.engine.progress import progress_bar
+    from medseg.io.atomic import atomic_dir, check_writable
+
+    cfg = config or PrepareConfig()
+    cfg.check()
+    out = Path(out)
+    slides = [Path(s) for s in slides]
+    if masks is not None:
+        masks = Path(masks)
+        if not masks.is_dir():
+            raise InputError("--masks must be a folder of X.png + X_mask.png tiles", path=masks)
+        jobs = [(p.name, p, None) for p in sorted(masks.glob("*.png")) if not p.stem.endswith("_mask")]
+        if not jobs:
+            raise InputError("no PNG tiles found (expected X.png + X_mask.png)", path=masks)
+        sources = [str(masks)]
+    else:
+        if not slides:
+            raise InputError("give SLIDES (with GeoJSON annotations) or --masks FOLDER")
+        jobs = [(s.name.split(".")[0], s, a) for s, a in pair_annotations(slides, annotations)]
+        sources = [str(s) for s in slides]
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise OutputExistsError("output exists and is not empty (use --overwrite to replace it)", path=out)
+    check_writable(out)
+    run = RunResult("slide-prepare")
+    records: list[dict] = []
+    try:
+        with atomic_dir(out, overwrite=True) as staging:
+            for name, src, ann in progress_bar(jobs, total=len(jobs), desc="slide-prepare", enabled=progress,
+                                               unit="slide" if masks is None else "tile"):
+                try:
+                    if ann is not None and not ann.is_file():
+                        raise InputError(f"no annotations {ann}", path=src)
+                    recs = _mask_records(src, staging, cfg) if masks is not None else \
+                        _slide_records(src, ann, staging, cfg)
+                except (MedsegError, OSError, ValueError) as exc:
+                    reason = exc.message if isinstance(exc, MedsegError) else f"{exc.__class__.__name__}: {exc}"
+                    run.add(ItemResult(name, FAILED, reason))
+                    log.warning("%s: failed: %s", name, reason)
+                    continue
+                records += recs
+                counts = box_counts(recs)
+                run.add(ItemResult(name, metrics={"tiles": len(recs), "boxes_c4d_pos": counts[POSITIVE],
+                                                  "boxes_c4d_neg": counts[NEGATIVE]}))
+            if not records:
+                raise _NothingToWrite
+            meta = _dataset_meta(records, cfg, sources)
+            (staging / ANNOTATIONS).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    except _NothingToWrite:
+        log.warning("no tile was prepared: nothing written to %s", out)
+    else:
+        run.outputs["dataset"] = str(out / ANNOTATIONS)
+    run.summary = {"out": str(out), "images": len(records), "boxes": box_counts(records), "margins": cfg.margins,
+                   "config": asdict(cfg)}
+    return run

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.pathology.labels import BANFF_CATEGORIES, COLORS, NEGATIVE, POSITIVE
+
 log = logging.getLogger("medseg.pathology")
 
-CATEGORIES = ["C4d0", "C4d1", "C4d2", "C4d3", "not assessable"]
 MAX_THUMBNAILS = 40
 
 
@@ -18,7 +19,7 @@ def distribution_figure(rows: list[dict]):
     from medseg.reports.plots import pyplot
 
     plt = pyplot()
-    ok = [r for r in rows if r.get("status") in ("ok", "skipped (complete)")]
+    ok = [r for r in rows if r.get("status") == "ok"]
     pct = np.array([float(r["percent_positive"]) for r in ok if r.get("percent_positive") not in (None, "")])
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     a.hist(pct, bins=np.linspace(0, 100, 21), color="#8c510a", edgecolor="k")
@@ -28,13 +29,28 @@ def distribution_figure(rows: list[dict]):
     a.set_xlabel("C4d+ PTCs (% of PTCs)")
     a.set_ylabel("slides")
     a.set_xlim(0, 100)
-    counts = [sum(r.get("banff_category") == c for r in ok) for c in CATEGORIES]
-    b.bar(range(len(CATEGORIES)), counts, color=["#f6e8c3", "#dfc27d", "#bf812d", "#8c510a", "#cccccc"], edgecolor="k")
-    b.set_xticks(range(len(CATEGORIES)), ["C4d0", "C4d1", "C4d2", "C4d3", "n/a"])
+    counts = [sum(r.get("banff_category") == c for r in ok) for c in BANFF_CATEGORIES]
+    b.bar(range(len(BANFF_CATEGORIES)), counts, color=["#f6e8c3", "#dfc27d", "#bf812d", "#8c510a", "#cccccc"], edgecolor="k")
+    b.set_xticks(range(len(BANFF_CATEGORIES)), [c if c.startswith("C4d") else "n/a" for c in BANFF_CATEGORIES])
     b.set_ylabel("slides")
     b.set_title("Banff C4d category (IHC, paraffin)")
     fig.tight_layout()
     return fig
+
+
+def _table_row(r: dict) -> dict:
+    """A batch row for the HTML table, in words (no None, no Python values)."""
+    from medseg.pathology.score import slide_text
+
+    ok = r.get("status") == "ok"
+    pct = r.get("percent_positive")
+    return {"slide": r.get("slide", ""), "status": r.get("status", ""),
+            "result": slide_text(r) if ok else "",
+            "C4d positive (IHC)": ("yes" if str(r.get("c4d_positive_ihc")).lower() == "true" else "no") if ok else "",
+            "% C4d+": "" if pct in (None, "") else f"{float(pct):.1f}",
+            "tissue mm²": r.get("tissue_area_mm2", "") if ok else "",
+            "tiles scored / read": f"{r.get('tiles_feasible')} / {r.get('tiles_read')}" if ok else "",
+            "seconds": r.get("wall_s", "") if ok else "", "reason": r.get("reason") or ""}
 
 
 def write_batch_report(out: str | Path, rows: list[dict]) -> Path:
@@ -45,9 +61,7 @@ def write_batch_report(out: str | Path, rows: list[dict]) -> Path:
     report = Report("C4d whole-slide scoring", inputs=[str(r.get("path", "")) for r in rows],
                     subtitle="Peritubular capillary C4d (IHC, paraffin): Faster R-CNN detection, Banff category",
                     notice="Research tool: detections and categories must be reviewed by a pathologist.")
-    cols = ["slide", "status", "banff_category", "c4d_positive_ihc", "percent_positive", "c4d_pos", "c4d_neg",
-            "tissue_area_mm2", "tiles_feasible", "tiles_read", "wall_s", "reason"]
-    report.add_table("Slides", rows, cols)
+    report.add_table("Slides", [_table_row(r) for r in rows])
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         report.add_table("Failed slides", failed, ["slide", "path", "reason"])
@@ -57,10 +71,14 @@ def write_batch_report(out: str | Path, rows: list[dict]) -> Path:
     shown = 0
     for r in rows:
         png = out / str(r.get("slide", "")) / "overlay.png"
-        if r.get("status") == "failed" or not png.is_file() or shown >= MAX_THUMBNAILS:
+        if r.get("status") != "ok" or not png.is_file() or shown >= MAX_THUMBNAILS:
             continue
         report.add_figure(f"{r['slide']}: {r.get('banff_category')}", png.read_bytes(),
-                          f"{r.get('c4d_pos')} C4d+ (orange) / {r.get('c4d_neg')} C4d- (blue) PTCs; "
-                          "green: tissue outline.")
+                          f"{r.get('c4d_pos')} {POSITIVE} ({_colour(POSITIVE)}) and {r.get('c4d_neg')} {NEGATIVE} "
+                          f"({_colour(NEGATIVE)}) PTCs; green: tissue outline.")
         shown += 1
     return report.write_html(out / "report.html")
+
+
+def _colour(cls: str) -> str:
+    return {(200, 90, 20): "orange", (40, 120, 220): "blue"}.get(tuple(COLORS[cls]), "coloured circles")

@@ -1,17 +1,16 @@
 """Whole-slide C4d scoring: tissue -> tiles -> batched Faster R-CNN -> merged PTCs -> Banff category.
 
-Library entry points (importable by batch scripts): :func:`score_slides` for a batch with failure
-handling and ``--resume``, :func:`score_slide` for one open slide with a loaded detector.
+Library entry points (importable by batch scripts): :func:`score_slides` for a batch (returns a
+:class:`~medseg.results.RunResult`: one item per slide, ok / failed + reason / skipped), and
+:func:`score_slide` for one open slide with a loaded detector.
 
-Memory stays bounded: tiles stream through a bounded queue of reader threads (decoding overlaps
+Memory stays bounded: tiles are read ahead through the engine prefetcher (decoding overlaps
 inference), only tissue tiles are read, and per slide only the detections are kept.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import contextlib
 import logging
 import math
 import time
@@ -22,33 +21,47 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import InputError, MedsegError
+from medseg.errors import InputError, MedsegError, OutputExistsError
+from medseg.pathology.labels import LABELS, NEGATIVE, POSITIVE, category_text, counts_text
+from medseg.results import FAILED, OK, SKIPPED, ItemResult, RunResult
 
 log = logging.getLogger("medseg.pathology")
 
-CSV_NAME = "scores.csv"
-CSV_COLUMNS = ["slide", "status", "reason", "c4d_pos", "c4d_neg", "ptc_total", "percent_positive",
-               "c4d_positive_ihc", "banff_category", "tissue_area_mm2", "tiles_tissue", "tiles_read",
-               "tiles_feasible", "tiles_failed", "wall_s", "slide_mpp", "target_mpp", "path"]
-OUTPUT_FILES = ("summary.json", "detections.geojson", "overlay.png")
-COLORS = {1: (200, 90, 20), 2: (40, 120, 220)}
+# numbers of a slide that the JSON result and the batch table carry
+ITEM_METRICS = ("c4d_pos", "c4d_neg", "ptc_total", "percent_positive", "c4d_positive_ihc", "banff_category",
+                "tissue_area_mm2", "tiles_tissue", "tiles_read", "tiles_feasible", "tiles_failed", "wall_s")
 
 
 @dataclass
 class ScoreConfig:
+    """How slides are tiled and scored (the CLI options of ``slide-score``)."""
+
     target_mpp: float = 0.5
     tile: int = 1024
     overlap: int = 160
     batch_size: int = 4
-    workers: int = 2
+    workers: int = 2  # reader threads per group of tiles
     min_score: float = 0.5
     nms_iou: float = 0.5
     min_tissue: float = 0.05
     slide_mpp: float | None = None
-    feasibility: str | None = None  # None/"default", "none" or "module:function"
+    feasibility: str | None = "default"  # "default", "none" or "module:function"
     device: str = "auto"
-    amp: str | bool | None = None
-    queue_depth: int = 0  # tiles in flight; 0 = 2 batches
+    amp: str = "auto"
+    read_ahead: int = 2  # groups of batch_size tiles read ahead of the detector
+
+    def check(self) -> None:
+        """Pre-flight: option values that would fail every slide are an input error (exit 2)."""
+        if self.target_mpp <= 0:
+            raise InputError(f"--mpp must be > 0, got {self.target_mpp:g}")
+        if self.slide_mpp is not None and self.slide_mpp <= 0:
+            raise InputError(f"--slide-mpp must be > 0, got {self.slide_mpp:g}")
+        if self.tile < 16:
+            raise InputError(f"--tile must be at least 16 px, got {self.tile}")
+        if not 0 <= self.overlap < self.tile:
+            raise InputError(f"--overlap must be at least 0 and below --tile ({self.tile}), got {self.overlap}")
+        if self.batch_size < 1 or self.workers < 1 or self.read_ahead < 1:
+            raise InputError("--batch-size, --workers and the read-ahead depth must be at least 1")
 
 
 def banff_category(pos: int, neg: int) -> tuple[str, float]:
@@ -116,23 +129,26 @@ class SlideResult:
     thumb_downsample: float = 1.0
 
 
-def score_slide(path: str | Path, detector, config: ScoreConfig | None = None) -> SlideResult:
+def score_slide(path: str | Path, detector, config: ScoreConfig | None = None, *, feasible=None,
+                progress: bool = False, name: str | None = None) -> SlideResult:
     """Score one slide with a loaded :class:`~medseg.pathology.detector.Detector` (or anything
-    with the same ``predict`` and ``config.margins``)."""
+    with the same ``predict`` and ``config.margins``). ``feasible``: a loaded feasibility hook
+    (default: the one ``config.feasibility`` names)."""
+    from medseg.engine.progress import progress_bar
     from medseg.pathology.feasibility import load_hook
     from medseg.pathology.slide import detect_tissue, open_slide, read_downsampled
-    from medseg.pathology.tiling import make_grid, plan_tiles, read_tile, stream_tiles
+    from medseg.pathology.tiling import make_grid, plan_slide_tiles, read_ahead, read_tile
 
     cfg = config or ScoreConfig()
     t0 = time.perf_counter()
-    feasible = load_hook(cfg.feasibility)
+    feasible = feasible or load_hook(cfg.feasibility)
+    name = name or Path(path).stem
     with open_slide(path, slide_mpp=cfg.slide_mpp) as slide:
         grid = make_grid(slide, target_mpp=cfg.target_mpp, tile=cfg.tile, overlap=cfg.overlap)
         tissue = detect_tissue(slide)
-        tiles = plan_tiles(slide, grid, tissue, min_tissue=cfg.min_tissue)
+        tiles = plan_slide_tiles(slide, grid, tissue, min_tissue=cfg.min_tissue)
         if not tiles:
             raise InputError("no tissue tile at the target resolution", path=path)
-        depth = cfg.queue_depth or 2 * cfg.batch_size
         n_read = n_feasible = n_failed = 0
         reasons: dict[str, int] = {}
         errors: list[str] = []
@@ -153,36 +169,41 @@ def score_slide(path: str | Path, detector, config: ScoreConfig | None = None) -
             img = read_tile(slide, t, cfg.tile)
             return img, feasible(img)
 
-        for t, item in stream_tiles(tiles, read_and_check, workers=cfg.workers, depth=depth):
-            if isinstance(item, Exception):
-                n_failed += 1
-                errors.append(str(item))
-                if isinstance(item, InputError) and n_failed > max(3, len(tiles) // 10):
-                    raise InputError(f"too many unreadable tiles ({n_failed}): {item.message}", path=path)
-                continue
-            n_read += 1
-            img, (ok, reason) = item
-            if not ok:
-                key = reason.split(" ")[0]
-                reasons[key] = reasons.get(key, 0) + 1
-                continue
-            n_feasible += 1
-            analysed.append([t.row, t.col])
-            pending.append((t, img))
-            if len(pending) >= cfg.batch_size:
+        stream = read_ahead(tiles, read_and_check, batch_size=cfg.batch_size, workers=cfg.workers,
+                            depth=cfg.read_ahead)
+        with contextlib.closing(stream):  # reader threads stop before the slide closes
+            bar = progress_bar(stream, total=len(tiles), desc=name, enabled=progress, unit="tile")
+            for t, item in bar:
+                if isinstance(item, Exception):
+                    n_failed += 1
+                    errors.append(getattr(item, "message", None) or str(item))
+                    if isinstance(item, InputError) and n_failed > max(3, len(tiles) // 10):
+                        raise InputError(f"too many unreadable tiles ({n_failed}): {errors[-1]}", path=path)
+                    continue
+                n_read += 1
+                img, (ok, reason) = item
+                if not ok:
+                    key = reason.split(" ")[0]
+                    reasons[key] = reasons.get(key, 0) + 1
+                    continue
+                n_feasible += 1
+                analysed.append([t.row, t.col])
+                pending.append((t, img))
+                if len(pending) >= cfg.batch_size:
+                    flush()
+                    bar.set_postfix(PTCs=sum(len(b) for b in all_b))
+            if pending:
                 flush()
-        if pending:
-            flush()
         if n_read == 0:
-            raise InputError(f"no tile could be read: {errors[0] if errors else 'unknown'}", path=path)
+            raise InputError(f"no tile could be read: {errors[0] if errors else 'unknown reason'}", path=path)
         boxes = np.concatenate(all_b) if all_b else np.zeros((0, 4))
         labels = np.concatenate(all_l).astype(int) if all_l else np.zeros(0, int)
         scores = np.concatenate(all_s) if all_s else np.zeros(0)
         boxes, labels, scores = class_nms(boxes, labels, scores, cfg.nms_iou)
-        pos, neg = int((labels == 1).sum()), int((labels == 2).sum())
+        pos, neg = int((labels == LABELS[POSITIVE]).sum()), int((labels == LABELS[NEGATIVE]).sum())
         category, pct = banff_category(pos, neg)
         summary = {
-            "slide": Path(path).stem, "path": str(path), "status": "ok", "reason": "",
+            "slide": name, "path": str(path), "status": OK, "reason": "",
             "c4d_pos": pos, "c4d_neg": neg, "ptc_total": pos + neg,
             "percent_positive": None if math.isnan(pct) else round(pct, 2),
             "c4d_positive_ihc": pos > 0, "banff_category": category,
@@ -201,188 +222,119 @@ def score_slide(path: str | Path, detector, config: ScoreConfig | None = None) -
         return SlideResult(summary, boxes, labels, scores, thumb, tissue.mask, thumb_ds)
 
 
-# -- outputs ------------------------------------------------------------------------------------
-def ptc_box(box: np.ndarray, label: int, margins: dict[str, int], scale: float) -> list[float]:
-    """Undo the training enlargement: the detected PTC itself (level-0 px)."""
-    m = margins.get("C4d+" if label == 1 else "C4d-", 0) * scale
-    x0, y0, x1, y1 = box
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    hw, hh = max((x1 - x0) / 2 - m, 2 * scale), max((y1 - y0) / 2 - m, 2 * scale)
-    return [cx - hw, cy - hh, cx + hw, cy + hh]
+def slide_text(row: dict[str, Any]) -> str:
+    """One slide's result in words, e.g. ``C4d2 (focal, 10-50 %): 37.5 % of PTCs C4d+ (12 C4d+ and 20 C4d- PTCs)``."""
+    pct = row.get("percent_positive")
+    counts = counts_text({POSITIVE: row.get("c4d_pos") or 0, NEGATIVE: row.get("c4d_neg") or 0})
+    return f"{category_text(str(row.get('banff_category')), None if pct in (None, '') else float(pct))} ({counts})"
 
 
-def to_geojson(result: SlideResult) -> dict:
-    """QuPath-importable FeatureCollection (level-0 px): one detection per PTC."""
-    s = result.summary
-    scale = s["target_mpp"] / s["slide_mpp"]
-    feats = []
-    for i, (b, lab, sc) in enumerate(zip(result.boxes, result.labels, result.scores)):
-        x0, y0, x1, y1 = (round(float(v), 1) for v in ptc_box(b, int(lab), s["margins"], scale))
-        name = "C4d+" if lab == 1 else "C4d-"
-        feats.append({"type": "Feature", "id": f"det-{i}",
-                      "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
-                      "properties": {"objectType": "detection", "name": f"PTC {name}",
-                                     "classification": {"name": name, "color": list(COLORS[int(lab)])},
-                                     "score": round(float(sc), 4),
-                                     "detection_box": [round(float(v), 1) for v in b]}})
-    return {"type": "FeatureCollection", "features": feats}
+def _item(name: str, row: dict[str, Any], folder: Path, status: str = OK, reason: str = "") -> ItemResult:
+    from medseg.pathology.outputs import OUTPUT_FILES
+
+    return ItemResult(name, status, reason, outputs={k: str(folder / f) for k, f in OUTPUT_FILES.items()},
+                      metrics={k: row.get(k) for k in ITEM_METRICS})
 
 
-def overlay_png(result: SlideResult, max_size: int = 1024) -> bytes:
-    """Thumbnail with the tissue outline and one dot per detected PTC."""
-    from PIL import Image, ImageDraw
-    from scipy import ndimage as ndi
-
-    thumb = result.thumbnail if result.thumbnail is not None else np.full((64, 64, 3), 255, np.uint8)
-    img = Image.fromarray(thumb)
-    f = max(1.0, max(img.size) / max_size)
-    if f > 1:
-        img = img.resize((int(img.width / f), int(img.height / f)), Image.BILINEAR)
-    if result.tissue_mask is not None and result.tissue_mask.any():
-        big = np.asarray(Image.fromarray(result.tissue_mask.astype(np.uint8) * 255).resize(img.size, Image.BILINEAR)) > 127
-        edge = big ^ ndi.binary_erosion(big, iterations=2)
-        arr = np.asarray(img).copy()
-        arr[edge] = (20, 160, 60)
-        img = Image.fromarray(arr)
-    draw = ImageDraw.Draw(img)
-    k = result.thumb_downsample * f
-    r = max(2, int(3 * 1024 / max_size))
-    for b, lab in zip(result.boxes, result.labels):
-        cx, cy = (b[0] + b[2]) / 2 / k, (b[1] + b[3]) / 2 / k
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=COLORS[int(lab)], width=2)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+def _failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, MedsegError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
 
 
-def write_outputs(result: SlideResult, folder: Path) -> None:
-    """Per-slide outputs, each atomic; summary.json last (its presence marks a complete slide)."""
-    from medseg.io.atomic import atomic_path, write_text
+def _preflight(out: Path, names: list[str], *, resume: bool, overwrite: bool) -> None:
+    """Before any work: ``out`` is writable, and no slide's results would be clobbered silently."""
+    from medseg.io.atomic import check_writable
 
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text(folder / "detections.geojson", json.dumps(to_geojson(result)))
-    with atomic_path(folder / "overlay.png") as tmp:
-        tmp.write_bytes(overlay_png(result))
-    write_text(folder / "summary.json", json.dumps(result.summary, indent=2))
-
-
-def is_complete(folder: Path) -> bool:
-    try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return summary.get("status") == "ok" and all((folder / f).is_file() for f in OUTPUT_FILES)
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite exclude each other (keep finished slides, or replace them)")
+    check_writable(out)
+    if not (resume or overwrite):
+        existing = [n for n in names if (out / n).exists()]
+        if existing:
+            shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+            raise OutputExistsError(f"holds results of {shown}; use --resume to keep finished slides or "
+                                    "--overwrite to replace them", path=out)
 
 
-def update_csv(path: Path, row: dict[str, Any]) -> None:
-    """Add (or replace) the slide's row of the batch table, rewriting it atomically."""
-    from medseg.io.atomic import write_text
+def score_slides(inputs: Iterable[str | Path], out: str | Path, config: ScoreConfig | None = None, *,
+                 weights: str | Path | None = None, detector=None, resume: bool = False, overwrite: bool = False,
+                 report: bool = True, progress: bool = False) -> RunResult:
+    """Score many slides; a bad slide becomes a failed item (with its reason) and the batch goes on.
 
-    rows: list[dict[str, str]] = []
-    if path.is_file():
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("slide") != row["slide"]]
-    rows.append({c: "" if row.get(c) is None else row.get(c) for c in CSV_COLUMNS})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
-
-
-def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Slides from paths, folders (their slide files) and CSV lists (a ``path``/``slide`` column or the first)."""
-    exts = {".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm"}
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in exts and q.is_file())
-        elif p.suffix.lower() == ".csv" and p.is_file():
-            with p.open(newline="", encoding="utf-8") as fh:
-                reader = csv.reader(fh)
-                header = next(reader, [])
-                col = next((i for i, h in enumerate(header) if h.strip().lower() in ("path", "slide", "file")), None)
-                if col is None:  # no header: first column, first row included
-                    col, first = 0, header
-                    if first:
-                        out.append((p.parent / first[0].strip()).resolve() if not Path(first[0]).is_absolute() else Path(first[0]))
-                for r in reader:
-                    if r and r[col].strip():
-                        q = Path(r[col].strip())
-                        out.append(q if q.is_absolute() else p.parent / q)
-        else:
-            out.append(p)
-    return out
-
-
-def unique_names(paths: list[Path]) -> list[str]:
-    from medseg.io.atomic import safe_name
-
-    names, seen = [], {}
-    for p in paths:
-        base = safe_name(p.name.split(".")[0], default="slide")
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        names.append(base if n == 0 else f"{base}_{n + 1}")
-    return names
-
-
-def score_slides(inputs: Iterable[str | Path], out: str | Path, *, weights: str | Path,
-                 config: ScoreConfig | None = None, resume: bool = False, overwrite: bool = False,
-                 detector=None, report: bool = True) -> dict:
-    """Score many slides; a bad slide becomes a failed row and the batch goes on.
-
-    Returns ``{"slides": [...rows], "ok": n, "failed": n, "skipped": n, "out": dir}``.
+    ``weights``: a detector weights file (default: the demo detector, with a warning);
+    ``detector``: an already loaded one instead. ``out/scores.csv`` and ``out/report.html`` describe
+    this run; with ``resume`` slides already scored in ``out`` are kept (skipped, their rows kept).
+    Raises (before any work) only for what stops everything: bad options, no usable weights,
+    results that exist without ``resume``/``overwrite``, an unwritable ``out``.
     """
-    from medseg.engine.runtime import resolve_amp_dtype, select_device
-    from medseg.errors import OutputExistsError
-    from medseg.pathology.detector import load_detector
+    from medseg.engine.weights import resolve_weights
+    from medseg.pathology.detector import DEMO_WEIGHTS, load_detector
+    from medseg.pathology.feasibility import load_hook
+    from medseg.pathology.outputs import (
+        TABLE_NAME,
+        is_complete,
+        kept_rows,
+        read_summary,
+        remove_stale,
+        write_slide_outputs,
+        write_table,
+    )
+    from medseg.pathology.slide import expand_inputs, unique_names
 
     cfg = config or ScoreConfig()
+    cfg.check()
     out = Path(out)
     paths = expand_inputs(inputs)
     if not paths:
-        raise InputError("no slides given")
+        raise InputError("no slides given (slide files, folders of slides or CSV lists)")
+    names = unique_names(paths)
+    _preflight(out, names, resume=resume, overwrite=overwrite)
+    feasible = load_hook(cfg.feasibility)
+    is_demo = False
     if detector is None:
-        device = select_device(cfg.device)
-        detector = load_detector(weights, device=device, amp_dtype=resolve_amp_dtype(device, cfg.amp))
-    rows: list[dict] = []
-    counts = {"ok": 0, "failed": 0, "skipped": 0}
-    for path, name in zip(paths, unique_names(paths)):
+        weights_path, is_demo = resolve_weights(weights, demo=DEMO_WEIGHTS)
+        detector = load_detector(weights_path, device=cfg.device, amp=cfg.amp)
+    runtime = detector.describe() if hasattr(detector, "describe") else {}
+    log.info("scoring %d slide(s) on %s (%s) with %s", len(paths), runtime.get("device", "the given detector"),
+             runtime.get("amp", "its own precision"), Path(getattr(detector, "source", "") or "the given detector").name)
+    run = RunResult("slide-score")
+    rows: list[dict[str, Any]] = kept_rows(out, exclude=set(names)) if resume else []
+    for path, name in zip(paths, names):
         folder = out / name
-        if folder.exists() and is_complete(folder):
-            if resume:
-                summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-                rows.append({**summary, "slide": name, "status": "skipped (complete)"})
-                counts["skipped"] += 1
-                log.info("%s: complete, skipped (--resume)", name)
-                continue
-            if not overwrite:
-                raise OutputExistsError("slide results exist (use --resume to skip or --overwrite to replace)",
-                                        path=folder)
+        if resume and is_complete(folder):
+            row = {**read_summary(folder), "slide": name}
+            run.add(_item(name, row, folder, SKIPPED, "already scored in this folder (--resume)"))
+            rows.append({**row, "reason": "scored by an earlier run (--resume)"})
+            log.info("%s: already scored, kept (--resume)", name)
+            continue
         try:
-            result = score_slide(path, detector, cfg)
-            result.summary["slide"] = name
-            write_outputs(result, folder)
+            result = score_slide(path, detector, cfg, feasible=feasible, progress=progress, name=name)
+            write_slide_outputs(result, folder)
             row = result.summary
-            counts["ok"] += 1
-            log.info("%s: %s, %d C4d+ / %d C4d- PTCs (%s %%), %d tiles in %.1f s", name, row["banff_category"],
-                     row["c4d_pos"], row["c4d_neg"], row["percent_positive"], row["tiles_feasible"], row["wall_s"])
-        except MedsegError as exc:
-            row = {"slide": name, "path": str(path), "status": "failed", "reason": exc.message}
-            counts["failed"] += 1
-            log.warning("%s: failed: %s", name, exc.message)
-        except (OSError, ValueError, RuntimeError, MemoryError) as exc:
-            reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            row = {"slide": name, "path": str(path), "status": "failed", "reason": reason}
-            counts["failed"] += 1
+            run.add(_item(name, row, folder))
+            log.info("%s: %s, %d tiles in %.1f s", name, slide_text(row), row["tiles_feasible"], row["wall_s"])
+        except (MedsegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+            reason = _failure_reason(exc)
+            remove_stale(folder)  # results of an earlier run of this slide would contradict the table
+            row = {"slide": name, "path": str(path), "status": FAILED, "reason": reason}
+            run.add(ItemResult(name, FAILED, reason))
             log.warning("%s: failed: %s", name, reason)
-        update_csv(out / CSV_NAME, row)
         rows.append(row)
+    run.outputs["table"] = str(write_table(out / TABLE_NAME, rows))
     if report:
         from medseg.pathology.report import write_batch_report
 
-        write_batch_report(out, rows)
-    return {"out": str(out), "csv": str(out / CSV_NAME), "report": str(out / "report.html") if report else None,
-            "config": asdict(cfg), "weights": str(weights), **counts, "slides": rows}
+        run.outputs["report"] = str(write_batch_report(out, rows))
+    categories: dict[str, int] = {}
+    for r in rows:
+        if r.get("status") == OK:
+            categories[r["banff_category"]] = categories.get(r["banff_category"], 0) + 1
+    run.summary = {"out": str(out), "slides": len(rows), "categories": categories, **runtime,
+                   "weights": str(getattr(detector, "source", "")), "demo_weights": is_demo, "config": asdict(cfg)}
+    if is_demo:
+        run.warnings.append("demo weights (trained on synthetic slides only, not for clinical use)")
+    return run

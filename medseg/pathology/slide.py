@@ -148,6 +148,7 @@ def tissue_mask_from_rgb(rgb: np.ndarray, *, od_threshold: float = 0.15, sat_thr
     temporaries are a few bytes per mask pixel.
     """
     from scipy import ndimage as ndi
+    from skimage.morphology import remove_small_objects
 
     od = _OD_LUT[rgb[..., 0]] + _OD_LUT[rgb[..., 1]] + _OD_LUT[rgb[..., 2]]
     mx = rgb.max(-1)
@@ -159,11 +160,8 @@ def tissue_mask_from_rgb(rgb: np.ndarray, *, od_threshold: float = 0.15, sat_thr
     mask = ndi.binary_opening(mask, iterations=1)
     mask = ndi.binary_closing(mask, iterations=2)
     mask = ndi.binary_fill_holes(mask)
-    labels, n = ndi.label(mask)
-    if n:
-        sizes = ndi.sum(mask, labels, index=np.arange(1, n + 1))
-        mask = np.isin(labels, np.flatnonzero(sizes >= min_area_px) + 1)
-    return mask
+    # keep components of at least min_area_px pixels (max_size: the largest size that is removed)
+    return remove_small_objects(mask, max_size=max(0, min_area_px - 1))
 
 
 @dataclass
@@ -200,3 +198,58 @@ def detect_tissue(slide: Slide, *, downsample: float = TISSUE_DOWNSAMPLE, max_si
         raise InputError("no tissue found on the slide", path=slide.path)
     log.debug("tissue: %.1f %% of %s at downsample %.1f", 100 * mask.mean(), slide.path.name, ds)
     return TissueMap(mask, ds, rgb)
+
+
+SLIDE_EXTENSIONS = {".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm"}
+
+
+def _read_list(path: Path) -> list[Path]:
+    """A CSV list of slides: a ``path``/``slide``/``file`` column, or the first column without a header."""
+    import csv
+
+    out: list[Path] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, [])
+            col = next((i for i, h in enumerate(header) if h.strip().lower() in ("path", "slide", "file")), None)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read the slide list: {exc}", path=path) from None
+    if col is None:  # no header: first column, first row included
+        col, rows = 0, [header, *rows]
+    for r in rows:
+        if len(r) > col and r[col].strip():
+            q = Path(r[col].strip())
+            out.append(q if q.is_absolute() else path.parent / q)
+    return out
+
+
+def expand_inputs(inputs) -> list[Path]:
+    """Slides from paths, folders (their slide files) and CSV lists (a ``path``/``slide`` column or the first).
+
+    A path that does not exist stays in the list: it becomes that slide's failed item, not a stop.
+    """
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in SLIDE_EXTENSIONS and q.is_file())
+        elif p.suffix.lower() == ".csv" and p.is_file():
+            out += _read_list(p)
+        else:
+            out.append(p)
+    return out
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """One safe, unique output folder name per slide (``a``, ``a_2``, ... for equal stems)."""
+    from medseg.io.atomic import safe_name
+
+    names, seen = [], {}
+    for p in paths:
+        base = safe_name(p.name.split(".")[0], default="slide")
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        names.append(base if n == 0 else f"{base}_{n + 1}")
+    return names

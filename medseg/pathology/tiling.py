@@ -1,4 +1,4 @@
-"""Tile grid at a target resolution, streamed through a bounded pool of reader threads.
+"""Tile grid of a whole slide at a target resolution, read ahead through the engine prefetcher.
 
 Coordinates: the grid lives in *target* pixels (level-0 pixels scaled by ``mpp / target_mpp``).
 Tile ``(i, j)`` covers ``[j * stride, j * stride + tile)`` horizontally, ``stride = tile - overlap``.
@@ -11,16 +11,17 @@ size of an (enlarged) object box, the owning tile also sees that object whole.
 from __future__ import annotations
 
 import math
-import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from medseg.errors import InputError
 from medseg.pathology.slide import Slide, TissueMap
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,12 @@ def make_grid(slide: Slide, *, target_mpp: float, tile: int, overlap: int) -> Ti
     return TileGrid(slide.mpp, target_mpp, tile, overlap, int(slide.width / scale), int(slide.height / scale))
 
 
-def plan_tiles(slide: Slide, grid: TileGrid, tissue: TissueMap | None, *, min_tissue: float = 0.05) -> list[Tile]:
-    """Tiles whose footprint holds at least ``min_tissue`` tissue (all tiles without a map)."""
+def plan_slide_tiles(slide: Slide, grid: TileGrid, tissue: TissueMap | None, *, min_tissue: float = 0.05) -> list[Tile]:
+    """The slide's tiles whose footprint holds at least ``min_tissue`` tissue (all tiles without a map).
+
+    (Not :func:`medseg.engine.tiling.plan_tiles`, which plans overlap-tiles of an image for the
+    valid-convolution U-Net: this one plans reads of a whole slide from its pyramid.)
+    """
     s = grid.scale
     level = int(slide.handle.get_best_level_for_downsample(max(1.0, s) * 1.001))
     lds = slide.level_downsamples[level]
@@ -120,40 +125,34 @@ def read_tile(slide: Slide, tile: Tile, size: int) -> np.ndarray:
     return rgb
 
 
-def stream_tiles(tiles: Iterable[Tile], reader: Callable[[Tile], np.ndarray], *, workers: int = 2,
-                 depth: int = 8) -> Iterator[tuple[Tile, np.ndarray | Exception]]:
-    """Read tiles in ``workers`` threads, in order, at most ``depth`` in flight (bounded memory).
+def read_ahead(tiles: Sequence[Tile], reader: Callable[[Tile], T], *, batch_size: int, workers: int = 2,
+               depth: int = 2) -> Iterator[tuple[Tile, T | Exception]]:
+    """Yield ``(tile, reader(tile))`` in order, read ahead of the consumer by the engine's prefetcher.
 
-    OpenSlide decodes in C with the GIL released, so reading overlaps with model inference in
-    the consumer. A tile that fails to read is yielded with its exception instead of an image.
+    Tiles go to :func:`medseg.engine.batching.prefetch` in groups of ``batch_size``; each group is
+    read by ``workers`` threads (OpenSlide decodes in C with the GIL released, so reading overlaps
+    inference in the consumer). At most ``depth`` + 1 groups are in memory, whatever the slide
+    size. A tile that fails to read is yielded with its exception instead of an image. Close the
+    iterator (``contextlib.closing``) before closing the slide.
     """
-    workers = max(1, int(workers))
-    depth = max(depth, workers)
-    pending: deque[tuple[Tile, Future]] = deque()
-    stop = threading.Event()
+    from medseg.engine.batching import iter_batches, prefetch
 
-    def job(t: Tile):
-        if stop.is_set():
-            return None
-        return reader(t)
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medseg-tile") as pool:
-        it = iter(tiles)
+    def safe(tile: Tile) -> T | Exception:
         try:
-            for t in it:
-                pending.append((t, pool.submit(job, t)))
-                if len(pending) >= depth:
-                    yield _result(*pending.popleft())
-            while pending:
-                yield _result(*pending.popleft())
-        finally:
-            stop.set()
-            for _t, f in pending:
-                f.cancel()
+            return reader(tile)
+        except Exception as exc:  # noqa: BLE001 - reported per tile by the caller
+            return exc
 
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medseg-tile") if workers > 1 else None
 
-def _result(tile: Tile, fut: Future) -> tuple[Tile, np.ndarray | Exception]:
+    def read_group(group: list[Tile]) -> list[tuple[Tile, T | Exception]]:
+        return list(zip(group, pool.map(safe, group) if pool is not None else map(safe, group)))
+
+    stream = prefetch(iter_batches(tiles, max(1, batch_size)), depth=max(1, depth), transform=read_group)
     try:
-        return tile, fut.result()
-    except Exception as exc:  # noqa: BLE001 - reported per tile by the caller
-        return tile, exc
+        for group in stream:
+            yield from group
+    finally:
+        stream.close()  # stops and joins the reader thread before the pool (and then the slide) closes
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

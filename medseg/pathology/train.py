@@ -1,29 +1,39 @@
-"""Train the PTC detector on a ``slide-prepare`` dataset: validation split, checkpoints, resume.
+"""Train the PTC detector on a ``slide-prepare`` dataset through the engine trainer.
 
-Per epoch: train on the training tiles (random flips / 90 degree turns / mild colour jitter),
-measure F1 per class at IoU 0.5 on the validation tiles, save resumable state
-(``train_state.pt``, loaded with ``weights_only=True``) and, when validation improves, the
-inference weights (``weights.safetensors`` with self-describing metadata).
+:class:`DetectorTask` plugs the detector into :func:`medseg.engine.trainer.fit`, which owns the
+loop, the files (``best.safetensors``, ``last.safetensors``, ``state.pt``, ``history.json``),
+resume and the time budget. The task supplies the model, AdamW, a one-cycle learning rate,
+augmented batches (flips, 90 degree turns, mild colour jitter) and the validation F1.
+
+Validation is held out by *slide* when the dataset comes from two slides or more (tiles of one
+slide overlap and share its staining, so tile-level hold-out flatters the detector), else by
+tile, else there is none and the trainer warns that F1 is measured on the training tiles.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from medseg.errors import InputError
 from medseg.pathology.detector import MODEL_NAME, DetectorConfig, build_detector
+from medseg.pathology.labels import CLASS_NAMES, CLASSES
 
 log = logging.getLogger("medseg.pathology")
 
+NO_HOLD_OUT = "the training tiles (no held-out data)"
+
 
 @dataclass
-class TrainConfig:
+class DetectorTrainConfig:
+    """``slide-train`` options (the loop's own ones go to :class:`medseg.engine.trainer.TrainConfig`)."""
+
     epochs: int = 20
     batch_size: int = 4
     lr: float = 2e-3
@@ -31,8 +41,10 @@ class TrainConfig:
     val_fraction: float = 0.15
     seed: int = 0
     device: str = "auto"
-    amp: str | bool | None = None
-    max_minutes: float | None = None  # stop early (still checkpointed) after this long
+    amp: str = "auto"
+    max_minutes: float | None = None  # stop after the step that exceeds this budget (weights are kept)
+    grad_clip: float = 10.0
+    warmup: float = 0.15  # part of all steps spent raising the learning rate (one-cycle)
     training_data: str = ""
     detector: DetectorConfig = field(default_factory=DetectorConfig)
 
@@ -42,11 +54,36 @@ def load_dataset(folder: str | Path) -> tuple[dict, list[dict]]:
     ann = folder / "annotations.json"
     if not ann.is_file():
         raise InputError("no annotations.json (run medseg slide-prepare first)", path=folder)
-    meta = json.loads(ann.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(ann.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"unreadable annotations.json: {exc}", path=ann) from None
     records = meta.get("images", [])
     if not records:
         raise InputError("dataset has no images", path=folder)
+    missing = [r["file"] for r in records if not (folder / r["file"]).is_file()]
+    if missing:
+        raise InputError(f"{len(missing)} image(s) of the dataset are missing, e.g. {missing[0]}", path=folder)
     return meta, records
+
+
+def split_records(records: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict], str]:
+    """(train, validation, how): hold out whole slides when there are two or more, else tiles."""
+    rng = np.random.default_rng(seed)
+    if val_fraction <= 0:
+        return records, [], NO_HOLD_OUT
+    sources = sorted({r.get("source", "") for r in records})
+    if len(sources) >= 2:
+        n_val = min(len(sources) - 1, max(1, int(round(len(sources) * val_fraction))))
+        held = {sources[i] for i in rng.permutation(len(sources))[:n_val]}
+        val = [r for r in records if r.get("source", "") in held]
+        return [r for r in records if r.get("source", "") not in held], val, f"{n_val} held-out slide(s)"
+    if len(records) > 4:
+        order = rng.permutation(len(records))
+        n_val = max(1, int(round(len(records) * val_fraction)))
+        return ([records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]],
+                f"{n_val} held-out tile(s) of the one slide")
+    return records, [], NO_HOLD_OUT
 
 
 def _load_image(folder: Path, rec: dict) -> np.ndarray:
@@ -71,127 +108,143 @@ def _augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tu
     return np.clip(img, 0, 255).astype(np.uint8), b
 
 
-def _to_targets(batch, device):
-    import torch
+def one_cycle(step: int, total: int, warmup: float) -> float:
+    """Learning-rate factor at ``step`` of ``total``: linear warm-up from 1/25, then cosine to ~0.
 
-    images, targets = [], []
-    for img, boxes, labels in batch:
-        images.append(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255).to(device))
-        keep = (boxes[:, 2] - boxes[:, 0] > 2) & (boxes[:, 3] - boxes[:, 1] > 2)
-        targets.append({"boxes": torch.as_tensor(boxes[keep], dtype=torch.float32, device=device).reshape(-1, 4),
-                        "labels": torch.as_tensor(labels[keep], dtype=torch.int64, device=device)})
-    return images, targets
-
-
-def validate(model, folder: Path, records: list[dict], device, batch_size: int) -> dict:
-    """F1 per class at IoU 0.5 of the model on ``records``."""
-    from medseg.pathology.detector import Detector
-    from medseg.pathology.evaluate import aggregate, match_class
-
-    det = Detector(model, DetectorConfig(), device)
-    per_class: dict[int, list] = {1: [], 2: []}
-    for i in range(0, len(records), batch_size):
-        chunk = records[i:i + batch_size]
-        imgs = np.stack([_load_image(folder, r) for r in chunk])
-        for rec, (boxes, labels, scores) in zip(chunk, det.predict(imgs, min_score=0.5)):
-            gt_b, gt_l = np.array(rec["boxes"], float).reshape(-1, 4), np.array(rec["labels"], int)
-            for c in (1, 2):
-                per_class[c].append(match_class(boxes[labels == c], scores[labels == c], gt_b[gt_l == c]))
-    model.train()
-    return aggregate(per_class)
+    A pure function of the step, so a resumed run (even with more epochs) needs no scheduler state.
+    """
+    total = max(1, total)
+    up = max(1, int(round(total * warmup)))
+    if step < up:
+        return 0.04 + 0.96 * step / up
+    t = min(1.0, (step - up) / max(1, total - up))
+    return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def train(dataset: str | Path, out: str | Path, *, config: TrainConfig | None = None, resume: bool = False,
-          overwrite: bool = False) -> dict:
-    """Train and write ``out/weights.safetensors`` (best on validation) + ``out/train_state.pt``."""
-    import torch
+class DetectorTask:
+    """The detector as a :class:`medseg.engine.trainer.TrainTask`."""
 
-    from medseg.engine.checkpoint import (
-        CheckpointMeta,
-        load_training_state,
-        save_training_state,
-        save_weights,
-    )
-    from medseg.engine.runtime import seed_everything, select_device
-    from medseg.io.atomic import check_output, write_text
+    metric = "f1_mean"
+    mode = "max"
 
-    cfg = config or TrainConfig()
+    def __init__(self, folder: Path, records: list[dict], config: DetectorTrainConfig) -> None:
+        self.folder = folder
+        self.config = config
+        self.train_records, self.val_records, self.validation = split_records(records, config.val_fraction,
+                                                                              config.seed)
+        self.has_validation = bool(self.val_records)
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_records) / config.batch_size))
+        self._optimizer = None
+        self._epoch = 1
+        self._step = 0
+
+    # -- model and optimiser ---------------------------------------------------------------------
+    def build_model(self):
+        return build_detector(config=self.config.detector)
+
+    def build_optimizer(self, model):
+        import torch
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        self._optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return self._optimizer
+
+    def build_scheduler(self, optimizer):
+        return None  # the one-cycle rate is set per step in train_step (a function of the step only)
+
+    # -- one epoch ------------------------------------------------------------------------------
+    def train_batches(self, epoch: int, rng: np.random.Generator):
+        self._epoch, self._step = epoch, 0
+        perm = rng.permutation(len(self.train_records))
+        for s in range(self.steps_per_epoch):
+            batch = []
+            for i in perm[s * self.config.batch_size:(s + 1) * self.config.batch_size]:
+                rec = self.train_records[i]
+                img, b = _augment(_load_image(self.folder, rec), np.array(rec["boxes"], float).reshape(-1, 4), rng)
+                batch.append((img, b, np.array(rec["labels"], int)))
+            yield batch
+
+    def train_step(self, model, batch, device):
+        import torch
+
+        step = (self._epoch - 1) * self.steps_per_epoch + self._step
+        self._step += 1
+        factor = one_cycle(step, self.config.epochs * self.steps_per_epoch, self.config.warmup)
+        for group in self._optimizer.param_groups:
+            group["lr"] = self.config.lr * factor
+        images, targets = [], []
+        for img, boxes, labels in batch:
+            images.append(torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1).float().div(255))
+            keep = (boxes[:, 2] - boxes[:, 0] > 2) & (boxes[:, 3] - boxes[:, 1] > 2)
+            targets.append({"boxes": torch.as_tensor(boxes[keep], dtype=torch.float32, device=device).reshape(-1, 4),
+                            "labels": torch.as_tensor(labels[keep], dtype=torch.int64, device=device)})
+        return sum(model(images, targets).values())
+
+    # -- validation -----------------------------------------------------------------------------
+    def validate(self, model, device) -> dict[str, float]:
+        """F1 per class at IoU 0.5 on the held-out tiles (the training tiles when there are none)."""
+        from medseg.pathology.detector import Detector
+        from medseg.pathology.evaluate import aggregate, match_class
+
+        records = self.val_records or self.train_records
+        # the engine predictor (no channels_last here: the training model's memory layout stays as it is)
+        det = Detector(model, self.config.detector, device=device, amp=self.config.amp, channels_last=False)
+        per_class: dict[int, list] = {c: [] for c in CLASS_NAMES}
+        for i in range(0, len(records), self.config.batch_size):
+            chunk = records[i:i + self.config.batch_size]
+            imgs = [_load_image(self.folder, r) for r in chunk]
+            preds = det.predict(np.stack(imgs)) if len({im.shape for im in imgs}) == 1 else \
+                [det.predict(im[None])[0] for im in imgs]
+            for rec, (boxes, labels, scores) in zip(chunk, preds):
+                gt_b, gt_l = np.array(rec["boxes"], float).reshape(-1, 4), np.array(rec["labels"], int)
+                for c in per_class:
+                    per_class[c].append(match_class(boxes[labels == c], scores[labels == c], gt_b[gt_l == c]))
+        return {k: float(v) for k, v in aggregate(per_class).items()}
+
+    def weights_meta(self, metrics: dict[str, float], epoch: int):
+        from medseg.engine.checkpoint import CheckpointMeta
+
+        det = self.config.detector
+        return CheckpointMeta(
+            model=MODEL_NAME, task=f"C4d PTC detection ({' / '.join(CLASSES)})", config=asdict(det),
+            training_data=self.config.training_data or f"slide-prepare dataset {self.folder}",
+            normalisation={"input": "RGB uint8 / 255", "mean": list(det.image_mean), "std": list(det.image_std)},
+            metrics={"epoch": epoch, "validation": self.validation, **metrics}, notes="not for clinical use")
+
+    def config_dict(self) -> dict[str, Any]:
+        return {**asdict(self.config), "dataset": str(self.folder), "train_tiles": len(self.train_records),
+                "val_tiles": len(self.val_records), "validation": self.validation}
+
+
+def train_detector(dataset: str | Path, out: str | Path, config: DetectorTrainConfig | None = None, *,
+                   resume: bool = False, overwrite: bool = False, progress: bool = False):
+    """slide-train: fit the detector on a slide-prepare dataset; returns the engine's TrainResult.
+
+    With ``resume`` the architecture comes from ``out/last.safetensors`` (weights and optimiser
+    continue from ``out/state.pt``); without state that is an input error (exit 2).
+    """
+    from medseg.engine.checkpoint import read_meta
+    from medseg.engine.trainer import LAST, TrainConfig, fit, preflight
+
+    cfg = config or DetectorTrainConfig()
+    if cfg.epochs < 1 or cfg.batch_size < 1 or not 0 <= cfg.val_fraction < 1:
+        raise InputError("--epochs and --batch-size must be at least 1, --val-fraction in [0, 1)")
     folder = Path(dataset)
     meta, records = load_dataset(folder)
-    out = Path(out)
-    state_path, weights_path = out / "train_state.pt", out / "weights.safetensors"
-    if not resume:
-        check_output(weights_path, overwrite=overwrite)
-    det_cfg = cfg.detector
-    det_cfg.margins = {k: int(v) for k, v in meta.get("margins", det_cfg.margins).items()}
-    det_cfg.target_mpp = float(meta.get("target_mpp", det_cfg.target_mpp))
-    rng = seed_everything(cfg.seed)
-    device = select_device(cfg.device)
-    order = rng.permutation(len(records))
-    n_val = int(round(len(records) * cfg.val_fraction)) if len(records) > 4 else 0
-    val = [records[i] for i in order[:n_val]]
-    trn = [records[i] for i in order[n_val:]]
-    model = build_detector(config=det_cfg).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, int(np.ceil(len(trn) / cfg.batch_size)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                pct_start=0.15)
-    start_epoch, best, history = 0, -1.0, []
-    if resume and state_path.is_file():
-        st = load_training_state(state_path)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        if int(st["scheduler"].get("total_steps", -1)) == sched.total_steps:
-            sched.load_state_dict(st["scheduler"])
-        else:  # more (or fewer) epochs than first planned: replay a fresh schedule to this point
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for _ in range(min((int(st["epoch"]) + 1) * steps_per_epoch, sched.total_steps - 1)):
-                    sched.step()
-        start_epoch, best, history = int(st["epoch"]) + 1, float(st["best"]), list(st.get("history", []))
-        log.info("resuming at epoch %d (best val F1 %.3f)", start_epoch + 1, best)
-    t0 = time.monotonic()
-    model.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        perm = rng.permutation(len(trn))
-        losses = []
-        for s in range(steps_per_epoch):
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            batch = []
-            for i in idx:
-                rec = trn[i]
-                img, b = _augment(_load_image(folder, rec), np.array(rec["boxes"], float).reshape(-1, 4), rng)
-                batch.append((img, b, np.array(rec["labels"], int)))
-            images, targets = _to_targets(batch, device)
-            loss = sum(model(images, targets).values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        metrics = validate(model, folder, val, device, cfg.batch_size) if val else {}
-        score = metrics.get("f1_mean", -float(np.mean(losses)))
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **metrics})
-        log.info("epoch %d/%d loss %.3f val %s", epoch + 1, cfg.epochs, np.mean(losses),
-                 {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)})
-        if score > best:
-            best = score
-            save_weights(weights_path, model.state_dict(), CheckpointMeta(
-                model=MODEL_NAME, task="C4d PTC detection (C4d+ / C4d-)", config=asdict(det_cfg),
-                training_data=cfg.training_data or f"slide-prepare dataset {folder}",
-                normalisation={"input": "RGB uint8 / 255", "mean": det_cfg.image_mean, "std": det_cfg.image_std},
-                metrics={"epoch": epoch + 1, **metrics}, notes="not for clinical use"))
-        save_training_state(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
-                                         "history": history})
-        if cfg.max_minutes is not None and time.monotonic() - t0 > cfg.max_minutes * 60:
-            log.warning("stopping after %.1f min (--max-minutes)", (time.monotonic() - t0) / 60)
-            break
-    summary = {"weights": str(weights_path), "state": str(state_path), "train_tiles": len(trn), "val_tiles": len(val),
-               "best_val": best, "history": history, "seconds": round(time.monotonic() - t0, 1)}
-    write_text(out / "train_history.json", json.dumps(summary, indent=1))
-    return summary
+    out = preflight(out, resume=resume, overwrite=overwrite)  # before any work; fit checks again
+    det = cfg.detector
+    det.margins = {k: int(v) for k, v in meta.get("margins", det.margins).items()}
+    det.target_mpp = float(meta.get("target_mpp", det.target_mpp))
+    if resume:
+        saved = DetectorConfig.from_dict(read_meta(out / LAST).config)
+        if saved.arch != det.arch:
+            log.warning("resuming the %s detector of %s (not %s)", saved.arch, out, det.arch)
+        cfg.detector = saved
+    task = DetectorTask(folder, records, cfg)
+    log.info("training on %d tile(s), validating on %s", len(task.train_records), task.validation)
+    result = fit(task, out, TrainConfig(epochs=cfg.epochs, seed=cfg.seed, max_minutes=cfg.max_minutes,
+                                        grad_clip=cfg.grad_clip, amp=cfg.amp),
+                 device=cfg.device, resume=resume, overwrite=overwrite, progress=progress)
+    result.extra = {"train_tiles": len(task.train_records), "val_tiles": len(task.val_records),
+                    "validation": task.validation, "arch": cfg.detector.arch}
+    return result

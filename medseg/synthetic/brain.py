@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-MODALITIES = ("t1", "t1c", "t2", "flair")
+from medseg.brain.io import MODALITIES
+
 # tissue index: 0 bg, 1 scalp, 2 skull, 3 csf, 4 gm, 5 wm, 6 necrosis, 7 edema, 8 enhancing
 _TISSUE_INTENSITY = np.array([
     # t1    t1c   t2    flair

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KERNELS = ("B10f", "B30f", "B50f", "B70f")
+from medseg.ct import KERNELS  # the one list of kernel names medseg knows
+
 # (sign, sigma in mm, gain cap) of the ratio R_k(f) = exp(sign * 2 pi^2 sigma^2 f^2) w.r.t. B30f
 KERNEL_SIGMA_MM: dict[str, tuple[int, float, float]] = {
     "B10f": (-1, 0.52, 1.0),
@@ -28,6 +29,7 @@ KERNEL_SIGMA_MM: dict[str, tuple[int, float, float]] = {
     "B50f": (1, 0.52, 40.0),
     "B70f": (1, 0.64, 17.0),
 }
+SIMULATED_KERNELS = tuple(k for k in KERNELS if k in KERNEL_SIGMA_MM)  # what a phantom exam holds by default
 B30_SYSTEM_SIGMA_MM = 0.55  # Gaussian system MTF of the B30f reconstruction
 TEXTURE_SIGMA_PX = 0.45  # grain of the lung parenchyma texture
 NOISE_SPECTRUM_EXPONENT = 0.75  # raw noise power ~ |f|**exponent (1 = pure FBP ramp)
@@ -50,7 +52,7 @@ class PhantomConfig:
 def kernel_ratio(kernel: str, f_per_mm: np.ndarray) -> np.ndarray:
     """Frequency response of ``kernel`` relative to B30f at spatial frequency ``f`` (cycles/mm)."""
     if kernel not in KERNEL_SIGMA_MM:
-        raise ValueError(f"unknown kernel {kernel!r}; valid: {', '.join(KERNELS)}")
+        raise ValueError(f"kernel '{kernel}' is not simulated; simulated: {', '.join(SIMULATED_KERNELS)}")
     sign, sigma, cap = KERNEL_SIGMA_MM[kernel]
     ratio = np.exp(sign * 2 * np.pi**2 * sigma**2 * np.asarray(f_per_mm, float) ** 2)
     return np.minimum(ratio, cap) if sign > 0 else ratio
@@ -200,7 +202,7 @@ class SyntheticExam:
     spacing_zyx: tuple[float, float, float]
 
 
-def make_exam(seed: int, *, kernels: tuple[str, ...] = KERNELS, config: PhantomConfig | None = None) -> SyntheticExam:
+def make_exam(seed: int, *, kernels: tuple[str, ...] = SIMULATED_KERNELS, config: PhantomConfig | None = None) -> SyntheticExam:
     """Generate one exam deterministically from ``seed``."""
     cfg = config or PhantomConfig()
     rng = np.random.default_rng(seed)
@@ -233,7 +235,7 @@ def write_exam_dicom(exam: SyntheticExam, out_dir, *, seed: int, name: str = "ex
     return written
 
 
-def write_cohort(out_dir, seeds: list[int], *, kernels: tuple[str, ...] = KERNELS,
+def write_cohort(out_dir, seeds: list[int], *, kernels: tuple[str, ...] = SIMULATED_KERNELS,
                  config: PhantomConfig | None = None, vary_emphysema: bool = True) -> list:
     """One exam folder per seed; emphysema severity varies by seed so Bland-Altman has a range."""
     from dataclasses import replace

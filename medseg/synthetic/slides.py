@@ -23,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.pathology.labels import COLORS, NEGATIVE, POSITIVE, counts_text
+
 log = logging.getLogger("medseg.pathology")
 
+# object kinds of the generator (not detector label ids: those are medseg.pathology.labels.LABELS)
 PTC_POS, PTC_NEG, TUBULE, GLOMERULUS, ARC = 0, 1, 2, 3, 4
-CLASS_NAMES = {PTC_POS: "C4d+", PTC_NEG: "C4d-"}
-CLASS_COLORS = {"C4d+": [200, 90, 20], "C4d-": [40, 120, 220]}
+CLASS_NAMES = {PTC_POS: POSITIVE, PTC_NEG: NEGATIVE}
 
 _BG = np.array([243, 241, 239], np.float32)
 _STROMA = np.array([224, 208, 226], np.float32)
@@ -189,7 +191,7 @@ class SyntheticSlide:
 
     def counts(self) -> dict[str, int]:
         p = self.ptcs
-        return {"C4d+": int((p[:, 0] == PTC_POS).sum()), "C4d-": int((p[:, 0] == PTC_NEG).sum())}
+        return {POSITIVE: int((p[:, 0] == PTC_POS).sum()), NEGATIVE: int((p[:, 0] == PTC_NEG).sum())}
 
     def ptc_features(self, n_vertices: int = 24) -> list[dict]:
         """GeoJSON Features (level-0 px) of every PTC outline, with QuPath classifications."""
@@ -204,7 +206,7 @@ class SyntheticSlide:
             feats.append({"type": "Feature", "id": f"ptc-{i}",
                           "geometry": {"type": "Polygon", "coordinates": [ring]},
                           "properties": {"objectType": "annotation",
-                                         "classification": {"name": name, "color": CLASS_COLORS[name]}}})
+                                         "classification": {"name": name, "color": list(COLORS[name])}}})
         return feats
 
     # -- rendering --------------------------------------------------------------------------
@@ -395,5 +397,5 @@ def write_slide(path: str | Path, spec: SlideSpec | SyntheticSlide, *, geojson: 
         from medseg.io.atomic import write_text
 
         write_text(geojson, json.dumps({"type": "FeatureCollection", "features": slide.ptc_features()}))
-    log.info("wrote synthetic slide %s (%dx%d px, %s)", path, spec.width, spec.height, slide.counts())
+    log.info("wrote synthetic slide %s (%dx%d px, %s)", path, spec.width, spec.height, counts_text(slide.counts()))
     return slide

@@ -1,4 +1,5 @@
-"""brain-segment / brain-train / brain-eval end to end through the CLI."""
+"""brain-segment / brain-train / brain-eval end to end through the CLI: content of the outputs, exit codes,
+one JSON document on every exit, and a disk left clean by failures."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import SimpleITK as sitk
 from click.testing import CliRunner
 from medseg_cli.main import cli
 
+from medseg.brain.io import find_case_files, labels_from_internal, load_case
+from medseg.brain.segment import load_brain_model, make_predictor, region_volumes_ml, segment_array
+from medseg.engine.weights import demo_weights_path
+
 
 @pytest.fixture(scope="module")
 def tiny_weights(brain_cases, tmp_path_factory):
@@ -19,38 +24,60 @@ def tiny_weights(brain_cases, tmp_path_factory):
                                    "--global-channels", "6", "--epochs", "2", "--steps", "3", "--batch-size", "16",
                                    "--no-n4", "--json", "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    return json.loads(res.stdout)["weights"]
+    doc = json.loads(res.stdout)
+    assert doc["validated_on"] == "training data" and "no held-out validation data" in res.stderr
+    assert [h["stage"] for h in doc["history"]] == ["phase1", "phase1", "phase2", "phase2"]
+    return doc["best_weights"]
 
 
 def _run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def test_segment_explicit_paths(brain_cases, tiny_weights, tmp_path):
+def _explicit(case):
+    n = case.name
+    return ["--t1", case / f"{n}_t1.nii.gz", "--t1c", case / f"{n}_t1ce.nii.gz", "--t2", case / f"{n}_t2.nii.gz",
+            "--flair", case / f"{n}_flair.nii.gz"]
+
+
+def test_segment_writes_the_label_map_geometry_and_volumes(brain_cases, tmp_path):
+    """Demo TwoPathCNN, explicit paths, BraTS 2023 labels: the written file is the library's label map."""
     c = brain_cases[0]
-    n = c.name
     out = tmp_path / "seg.nii.gz"
-    res = _run("brain-segment", "--t1", c / f"{n}_t1.nii.gz", "--t1c", c / f"{n}_t1ce.nii.gz", "--t2",
-               c / f"{n}_t2.nii.gz", "--flair", c / f"{n}_flair.nii.gz", "--out", out, "--weights", tiny_weights,
-               "--labels", "brats2023", "--device", "cpu", "--json")
+    weights = demo_weights_path("brain", "brain_twopath_demo.safetensors")
+    res = _run("brain-segment", *_explicit(c), "--out", out, "--weights", weights, "--labels", "brats2023", "--no-n4",
+               "--device", "cpu", "--json")
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.stdout)
+    assert "trained on synthetic data only" in res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["exit_code"] == 0 and [i["name"] for i in doc["items"]] == [c.name]
     seg_img = sitk.ReadImage(str(out))
-    ref = sitk.ReadImage(str(c / f"{n}_t1ce.nii.gz"))
+    ref = sitk.ReadImage(str(c / f"{c.name}_t1ce.nii.gz"))
     assert seg_img.GetSize() == ref.GetSize() and seg_img.GetSpacing() == ref.GetSpacing()
-    assert np.allclose(seg_img.GetOrigin(), ref.GetOrigin())
+    assert np.allclose(seg_img.GetOrigin(), ref.GetOrigin()) and np.allclose(seg_img.GetDirection(),
+                                                                              ref.GetDirection())
     seg = sitk.GetArrayFromImage(seg_img)
-    assert set(np.unique(seg)) <= {0, 1, 2, 3}  # BraTS 2023: ET is 3, never 4
-    vols = json.loads((tmp_path / "seg_volumes.json").read_text())
+    # the same segmentation computed through the library, written in the BraTS 2023 convention
+    model, _meta, prep = load_brain_model(weights)
+    prep.n4 = False
+    stack, geo = load_case(find_case_files(c))
+    internal = segment_array(make_predictor(model, device="cpu"), stack, geo, arch="twopath", prep=prep)
+    assert np.array_equal(seg, labels_from_internal(internal, labels="brats2023"))
+    assert {1, 2, 3} <= set(np.unique(seg).tolist()) <= {0, 1, 2, 3}  # a tumour, and ET is 3 (never 4)
     voxel_ml = 5 * 3 * 3 / 1000
+    vols = json.loads((tmp_path / "seg_volumes.json").read_text())
     assert vols["WT_ml"] == pytest.approx((seg > 0).sum() * voxel_ml, rel=1e-6)
-    assert vols["ET_ml"] == pytest.approx((seg == 3).sum() * voxel_ml, rel=1e-6)
-    assert summary["cases"][0]["WT_ml"] == vols["WT_ml"]
-    assert (tmp_path / "seg_volumes.csv").read_text().startswith("case,WT_ml,TC_ml,ET_ml")
-    # existing output needs --overwrite (exit 3)
-    res = _run("brain-segment", "--t1", c / f"{n}_t1.nii.gz", "--t1c", c / f"{n}_t1ce.nii.gz", "--t2",
-               c / f"{n}_t2.nii.gz", "--flair", c / f"{n}_flair.nii.gz", "--out", out, "--weights", tiny_weights)
-    assert res.exit_code == 3
+    assert vols["TC_ml"] == pytest.approx(np.isin(seg, (1, 3)).sum() * voxel_ml, rel=1e-6)
+    assert vols["ET_ml"] == pytest.approx((seg == 3).sum() * voxel_ml, rel=1e-6) and vols["ET_ml"] > 0
+    assert {k: vols[k] for k in ("WT_ml", "TC_ml", "ET_ml")} == region_volumes_ml(internal, geo.spacing)
+    assert doc["items"][0]["metrics"]["WT_ml"] == vols["WT_ml"]
+    assert doc["items"][0]["outputs"]["seg"] == str(out)
+    csv = (tmp_path / "seg_volumes.csv").read_text().splitlines()
+    assert csv[0].startswith("case,status,WT_ml,TC_ml,ET_ml") and csv[1].startswith(f"{c.name},ok,{vols['WT_ml']},")
+    # existing output: exit 3, one JSON document naming it
+    res = _run("brain-segment", *_explicit(c), "--out", out, "--weights", weights, "--no-n4", "--json")
+    assert res.exit_code == 3 and json.loads(res.stdout)["exit_code"] == 3
+    assert "seg.nii.gz" in json.loads(res.stdout)["error"] and "--overwrite" in res.stderr
 
 
 def test_segment_batch_and_eval_report(brain_cases, tiny_weights, tmp_path):
@@ -58,17 +85,24 @@ def test_segment_batch_and_eval_report(brain_cases, tiny_weights, tmp_path):
     for c in brain_cases:
         shutil.copytree(c, cohort / c.name)
     res = _run("brain-segment", cohort, "--out", tmp_path / "pred", "--weights", tiny_weights, "--device", "cpu",
-               "--no-n4")
+               "--no-n4", "--json")
     assert res.exit_code == 0, res.output
-    for c in brain_cases:
-        assert (tmp_path / "pred" / f"{c.name}_seg.nii.gz").is_file()
-    assert len((tmp_path / "pred" / "volumes.csv").read_text().splitlines()) == 3
+    doc = json.loads(res.stdout)
+    rows = (tmp_path / "pred" / "volumes.csv").read_text().splitlines()
+    assert len(rows) == 3 and doc["outputs"]["volumes_csv"] == str(tmp_path / "pred" / "volumes.csv")
+    for c, item, row in zip(brain_cases, doc["items"], rows[1:]):
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pred" / f"{c.name}_seg.nii.gz")))
+        assert set(np.unique(seg).tolist()) <= {0, 1, 2, 4}
+        assert item["metrics"]["WT_ml"] == pytest.approx((seg > 0).sum() * 0.045, abs=1e-9)
+        assert row.split(",")[:3] == [c.name, "ok", str(item["metrics"]["WT_ml"])]
     res = _run("brain-eval", cohort, "--pred", tmp_path / "pred", "--out", tmp_path / "qa", "--json")
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
-    assert len(result["cases"]) == 2 and {"dice_WT", "hd95_ET"} <= result["cases"][0].keys()
+    assert [i["name"] for i in result["items"]] == [c.name for c in brain_cases]
+    assert {"dice_WT", "hd95_ET"} <= result["items"][0]["metrics"].keys()
     html = (tmp_path / "qa" / "report.html").read_text()
     assert "Per case" in html and "data:image/png;base64" in html and brain_cases[0].name in html
+    assert json.loads((tmp_path / "qa" / "metrics.json").read_text())["summary"]["dice_WT"]["n"] == 2
 
 
 def test_eval_perfect_prediction_scores_one(brain_cases, tmp_path):
@@ -84,17 +118,98 @@ def test_eval_perfect_prediction_scores_one(brain_cases, tmp_path):
         assert summary[f"hd95_{r}"]["mean"] == pytest.approx(0.0)
 
 
-def test_segment_bad_inputs_exit_2(brain_cases, tiny_weights, tmp_path):
+def test_eval_partial_failure_names_the_case(brain_cases, tmp_path):
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    shutil.copy(brain_cases[0] / f"{brain_cases[0].name}_seg.nii.gz", pred / f"{brain_cases[0].name}_seg.nii.gz")
+    res = _run("brain-eval", *brain_cases, "--pred", pred, "--out", tmp_path / "qa", "--json")
+    assert res.exit_code == 5
+    doc = json.loads(res.stdout)
+    failed = [(i["name"], i["reason"]) for i in doc["items"] if i["status"] == "failed"]
+    assert failed == [(brain_cases[1].name, f"no prediction for case {brain_cases[1].name} (looked for "
+                                            f"{brain_cases[1].name}_seg.nii.gz)")]
+    assert "Cases not evaluated" in (tmp_path / "qa" / "report.html").read_text()
+
+
+def test_segment_bad_inputs(brain_cases, tiny_weights, tmp_path):
     c = tmp_path / "case"
     shutil.copytree(brain_cases[0], c)
     (c / f"{brain_cases[0].name}_t2.nii.gz").unlink()
-    res = _run("brain-segment", c, "--out", tmp_path / "o", "--weights", tiny_weights)
-    assert res.exit_code == 2 and "missing modality t2" in res.output
+    res = _run("brain-segment", c, "--out", tmp_path / "o", "--weights", tiny_weights, "--json")
+    assert res.exit_code == 2 and "missing modality t2" in res.stderr
+    assert "missing modality t2" in json.loads(res.stdout)["error"]
     res = _run("brain-segment", "--t1", c / f"{brain_cases[0].name}_t1.nii.gz", "--out", tmp_path / "x.nii.gz",
                "--weights", tiny_weights)
-    assert res.exit_code == 2 and "missing modality" in res.output
-    res = _run("brain-segment", brain_cases[0], "--out", tmp_path / "o", "--weights", tmp_path / "nope.safetensors")
-    assert res.exit_code == 4
+    assert res.exit_code == 2 and "missing modality" in res.stderr
+    res = _run("brain-segment", brain_cases[0], "--out", tmp_path / "o", "--weights", tmp_path / "nope.safetensors",
+               "--json")
+    assert res.exit_code == 4 and json.loads(res.stdout)["exit_code"] == 4 and "nope.safetensors" in res.stderr
+    assert not (tmp_path / "o").exists()  # nothing written by any of these
+
+
+def test_unwritable_out_is_exit_2_before_any_work(brain_cases, tiny_weights, tmp_path):
+    (tmp_path / "afile.txt").write_text("not a folder")
+    res = _run("brain-segment", brain_cases[0], "--out", tmp_path / "afile.txt" / "out", "--weights", tiny_weights,
+               "--json")
+    assert res.exit_code == 2 and "is a file, not a folder" in json.loads(res.stdout)["error"]
+    res = _run("brain-train", brain_cases[0], "--out", tmp_path / "afile.txt" / "run", "--json")
+    assert res.exit_code == 2 and "afile.txt" in json.loads(res.stdout)["error"]
+    res = _run("brain-eval", brain_cases[0], "--pred", tmp_path, "--out", tmp_path / "afile.txt" / "qa")
+    assert res.exit_code == 2 and "afile.txt" in res.stderr
+
+
+def test_train_resume_without_state_and_existing_run(brain_cases, tiny_weights, tmp_path):
+    res = _run("brain-train", brain_cases[0], "--out", tmp_path / "run", "--resume", "--json")
+    assert res.exit_code == 2 and "no training state" in json.loads(res.stdout)["error"]
+    run_dir = tiny_weights.rsplit("/", 1)[0]
+    res = _run("brain-train", brain_cases[0], "--out", run_dir, "--json")
+    assert res.exit_code == 3 and "--resume" in json.loads(res.stdout)["error"]
+
+
+def test_failed_then_corrected_rerun_needs_no_overwrite(brain_cases, tiny_weights, tmp_path):
+    """A case that fails leaves nothing behind: after fixing it the same command succeeds."""
+    c = tmp_path / "case"
+    shutil.copytree(brain_cases[0], c)
+    flair = c / f"{brain_cases[0].name}_flair.nii.gz"
+    good = flair.read_bytes()
+    img = sitk.ReadImage(str(flair))
+    zero = sitk.Image(img.GetSize(), img.GetPixelID())
+    zero.CopyInformation(img)
+    sitk.WriteImage(zero, str(flair))
+    args = ["brain-segment", c, "--out", tmp_path / "out", "--weights", tiny_weights, "--no-n4", "--device", "cpu"]
+    res = _run(*args)
+    assert res.exit_code == 2 and "all zero" in res.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    flair.write_bytes(good)
+    res = _run(*args)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "case_seg.nii.gz").is_file() and (tmp_path / "out" / "case_seg_volumes.json").is_file()
+
+
+def test_batch_partial_failure_json_names_the_case_and_corrected_case_reruns(brain_cases, tiny_weights, tmp_path):
+    cohort = tmp_path / "cohort"
+    for c in brain_cases:
+        shutil.copytree(c, cohort / c.name)
+    bad = brain_cases[1].name
+    (cohort / bad / f"{bad}_t1.nii.gz").unlink()
+    res = _run("brain-segment", cohort, "--out", tmp_path / "pred", "--weights", tiny_weights, "--no-n4", "--json")
+    assert res.exit_code == 5
+    doc = json.loads(res.stdout)
+    assert doc["exit_code"] == 5 and doc["counts"] == {"ok": 1, "failed": 1, "skipped": 0}
+    failed = [i for i in doc["items"] if i["status"] == "failed"]
+    assert [i["name"] for i in failed] == [bad] and "missing modality t1" in failed[0]["reason"]
+    assert (tmp_path / "pred" / f"{brain_cases[0].name}_seg.nii.gz").is_file()
+    assert not list((tmp_path / "pred").glob(f"{bad}_*"))  # the failed case left nothing
+    rows = [r.split(",") for r in (tmp_path / "pred" / "volumes.csv").read_text().splitlines()[1:]]
+    assert [(r[0], r[1]) for r in rows] == [(brain_cases[0].name, "ok"), (bad, "failed")]
+    res = _run("brain-segment", cohort, "--out", tmp_path / "pred2", "--weights", tiny_weights, "--no-n4")
+    assert res.exit_code == 5 and f"medseg: failed: {bad}: missing modality t1" in res.stderr
+    assert f"{brain_cases[0].name}: WT " in res.stdout  # the human summary of the good case
+    # fix the case and segment it into the same folder: no --overwrite needed
+    shutil.copy(brain_cases[1] / f"{bad}_t1.nii.gz", cohort / bad / f"{bad}_t1.nii.gz")
+    res = _run("brain-segment", cohort / bad, "--out", tmp_path / "pred", "--weights", tiny_weights, "--no-n4")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "pred" / f"{bad}_seg.nii.gz").is_file()
 
 
 def test_help_has_examples():
@@ -112,21 +227,9 @@ def test_segment_mismatched_geometry_cli(brain_cases, tiny_weights, tmp_path):
                         img.GetDirection(), 0.0)
     sitk.WriteImage(img, str(flair))
     res = _run("brain-segment", c, "--out", tmp_path / "o", "--weights", tiny_weights, "--no-n4")
-    assert res.exit_code == 2 and "flair and t1c are on different grids" in res.output
+    assert res.exit_code == 2 and "flair and t1c are on different grids" in res.stderr
     res = _run("brain-segment", c, "--out", tmp_path / "o", "--weights", tiny_weights, "--no-n4",
                "--resample-to", "t1c")
     assert res.exit_code == 0, res.output
     out = sitk.ReadImage(str(tmp_path / "o" / "case_seg.nii.gz"))
     assert out.GetSize() == (64, 64, 24)
-
-
-def test_batch_records_bad_case_and_continues(brain_cases, tiny_weights, tmp_path):
-    cohort = tmp_path / "cohort"
-    for c in brain_cases:
-        shutil.copytree(c, cohort / c.name)
-    bad = brain_cases[1].name
-    (cohort / bad / f"{bad}_t1.nii.gz").unlink()
-    res = _run("brain-segment", cohort, "--out", tmp_path / "pred", "--weights", tiny_weights, "--no-n4")
-    assert res.exit_code == 5 and f"{bad}: " in res.output and "missing modality t1" in res.output
-    assert (tmp_path / "pred" / f"{brain_cases[0].name}_seg.nii.gz").is_file()
-    assert not (tmp_path / "pred" / f"{bad}_seg.nii.gz").exists()

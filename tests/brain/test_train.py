@@ -1,23 +1,36 @@
-"""Two-phase training: phase 2 touches only the output layer, cascade first stage frozen, resume."""
+"""Two-phase training on the shared trainer: phase 2 touches only the output layer, cascade first stage
+frozen bit for bit, held-out validation, resume continues weights and optimiser."""
 
 from __future__ import annotations
+
+import json
+import logging
 
 import numpy as np
 import pytest
 import torch
 
 from medseg.brain import train as train_mod
-from medseg.brain.models import BrainNetConfig, build_model
+from medseg.brain.models import BrainNetConfig
 from medseg.brain.preprocess import PreprocessConfig
 from medseg.brain.sampling import class_balanced_coords, natural_coords
-from medseg.brain.train import PhaseConfig, TrainConfig, load_training_cases, run_phase, train
+from medseg.brain.train import BrainTrainConfig, PhaseConfig, train
+from medseg.engine.checkpoint import load_weights, read_meta
+from medseg.errors import InputError, OutputExistsError
 
 
-def _cfg(arch: str, **kw) -> TrainConfig:
-    return TrainConfig(net=BrainNetConfig(arch=arch, local_channels=4, global_channels=6),
-                       preprocess=PreprocessConfig(n4=False), phase1=PhaseConfig(epochs=2, steps_per_epoch=3),
-                       phase2=PhaseConfig(epochs=1, steps_per_epoch=2, lr=0.001), batch_size=16, val_patches=40,
-                       training_data="synthetic test cases", **kw)
+def _cfg(arch: str, *, epochs: int = 2, steps: int = 3, **kw) -> BrainTrainConfig:
+    return BrainTrainConfig(net=BrainNetConfig(arch=arch, local_channels=4, global_channels=6),
+                            preprocess=PreprocessConfig(n4=False), phase1=PhaseConfig(epochs=epochs, steps_per_epoch=steps),
+                            phase2=PhaseConfig(epochs=1, steps_per_epoch=2, lr=0.001), batch_size=16, val_patches=40,
+                            training_data="synthetic test cases", **kw)
+
+
+@pytest.fixture(scope="module")
+def twopath_run(brain_cases, tmp_path_factory):
+    """A small TwoPathCNN run on both cases (one held out): reused as a cascade's first stage."""
+    out = tmp_path_factory.mktemp("tp")
+    return train(brain_cases, out, _cfg("twopath"), device="cpu")
 
 
 def test_sampling_phase1_balanced_phase2_natural():
@@ -34,87 +47,129 @@ def test_sampling_phase1_balanced_phase2_natural():
     assert frac == pytest.approx((labels > 0).mean(), abs=0.02)
 
 
-def test_phase2_trains_only_output_layer(brain_cases):
-    cfg = _cfg("twopath")
-    cases = load_training_cases(brain_cases[:1], labels="brats2021", prep=cfg.preprocess)
-    model = build_model(config=cfg.net)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    run_phase(model, cases, phase=2, cfg=cfg, device=torch.device("cpu"), state={}, state_path=None,
-              probs_size=None)
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed == {"output.weight", "output.bias"}
+def test_two_phases_held_out_validation_and_phase2_only_output_layer(twopath_run, brain_cases):
+    out = twopath_run.out_dir
+    assert twopath_run.stopped == "completed" and twopath_run.best_weights == f"{out}/best.safetensors"
+    assert twopath_run.validated_on == "held-out data"
+    assert twopath_run.extra["validation_cases"] == [brain_cases[1].name]
+    assert twopath_run.extra["training_cases"] == [brain_cases[0].name]
+    assert [(h["stage"], h["epoch"]) for h in twopath_run.history] == [("phase1", 1), ("phase1", 2), ("phase2", 1)]
+    config = json.loads(open(f"{out}/phase1/train_config.json").read())
+    assert config["task"]["validation_cases"] == [brain_cases[1].name]
+    p1, _ = load_weights(f"{out}/phase1/best.safetensors")
+    p2, meta = load_weights(twopath_run.best_weights)
+    changed = {k for k, v in p2.items() if not torch.equal(v, p1[k])}
+    assert changed == {"output.weight", "output.bias"}  # phase 2 retrains the output layer only
+    assert meta.model == "brain-twopath" and meta.metrics["stage"] == "phase2"
+    assert meta.metrics["validated_on"] == "held-out cases"
 
 
-def test_cascade_first_stage_frozen_and_resume(brain_cases, tmp_path, monkeypatch):
-    from medseg.engine.checkpoint import load_weights, read_meta
+def test_single_case_validates_on_training_data_with_warning(brain_cases, tmp_path, caplog):
+    cfg = _cfg("twopath", epochs=1, steps=1)
+    with caplog.at_level(logging.WARNING, logger="medseg"):
+        result = train(brain_cases[:1], tmp_path, cfg, device="cpu")
+    assert result.validated_on == "training data" and result.extra["validation_cases"] == []
+    assert "no held-out validation data" in caplog.text
 
-    first = train(brain_cases, tmp_path / "tp", _cfg("twopath"), device="cpu")
-    meta = read_meta(first["weights"])
-    assert meta.model == "brain-twopath" and meta.config["net"]["arch"] == "twopath"
-    first_state, _ = load_weights(first["weights"])
 
-    # interrupt the cascade's second stage during phase-1 epoch 2, then resume
+def _interrupt_validation(monkeypatch, at_call: int) -> None:
+    real = train_mod.BrainTask.validate
     calls = {"n": 0}
-    real = train_mod._val_loss
 
-    def flaky(*a, **k):
+    def flaky(self, model, device):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == at_call:
             raise KeyboardInterrupt
-        return real(*a, **k)
+        return real(self, model, device)
 
-    monkeypatch.setattr(train_mod, "_val_loss", flaky)
-    cfg = _cfg("input-cascade")
+    monkeypatch.setattr(train_mod.BrainTask, "validate", flaky)
+
+
+def test_resume_continues_weights_and_optimizer(brain_cases, tmp_path, monkeypatch):
+    """Interrupted after epoch 1, resumed: epoch 2 is exactly the uninterrupted run's epoch 2."""
+    cfg = _cfg("twopath", epochs=3, steps=2)
+    straight = train(brain_cases, tmp_path / "straight", cfg, device="cpu")
+    _interrupt_validation(monkeypatch, at_call=2)  # during phase-1 epoch 2, before it is saved
     with pytest.raises(KeyboardInterrupt):
-        train(brain_cases, tmp_path / "ic", cfg, first_weights=first["weights"], device="cpu")
-    assert (tmp_path / "ic" / "train_state.pt").is_file()
-    monkeypatch.setattr(train_mod, "_val_loss", real)
-    result = train(brain_cases, tmp_path / "ic", cfg, device="cpu", resume=True)
-    assert [h["epoch"] for h in result["history"]["phase1"]] == [1, 2]
-    state, meta = load_weights(result["weights"])
+        train(brain_cases, tmp_path / "cut", cfg, device="cpu")
+    assert len(json.loads((tmp_path / "cut/phase1/history.json").read_text())) == 1
+    monkeypatch.undo()
+    resumed = train(brain_cases, tmp_path / "cut", cfg, device="cpu", resume=True)
+    loss = [h["train_loss"] for h in straight.history]
+    assert [h["train_loss"] for h in resumed.history] == loss  # bit for bit, not restarted
+    assert loss[1] != loss[0]  # (epoch 2 really differs from a restarted epoch 1)
+    for name in ("phase1/last.safetensors", "phase2/last.safetensors", "best.safetensors"):
+        a, _ = load_weights(tmp_path / "straight" / name)
+        b, _ = load_weights(tmp_path / "cut" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    state = torch.load(tmp_path / "cut/phase1/state.pt", weights_only=True)
+    assert state["epoch"] == 3 and state["optimizer"]["state"]  # momentum buffers saved (and restored)
+    assert set(state) <= {"optimizer", "scheduler", "epoch", "best", "best_epoch", "history", "numpy_rng",
+                          "torch_rng"}  # no weights in the state: they resume from last.safetensors
+
+
+def test_cascade_first_stage_frozen_bit_identical_and_resume(twopath_run, brain_cases, tmp_path, monkeypatch):
+    first_state, _ = load_weights(twopath_run.best_weights)
+    cfg = _cfg("input-cascade")
+    _interrupt_validation(monkeypatch, at_call=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(brain_cases, tmp_path, cfg, first_weights=twopath_run.best_weights, device="cpu")
+    monkeypatch.undo()
+    result = train(brain_cases, tmp_path, cfg, first_weights=twopath_run.best_weights, device="cpu", resume=True)
+    assert [(h["stage"], h["epoch"]) for h in result.history] == [("phase1", 1), ("phase1", 2), ("phase2", 1)]
+    state, meta = load_weights(result.best_weights)
     assert meta.model == "brain-input-cascade"
     for k, v in first_state.items():  # the first stage is exactly the frozen TwoPathCNN
         assert torch.equal(state[f"first.{k}"], v), k
-    assert any(not torch.equal(state[f"second.{k}"][:, :4] if k == "local1.conv.weight" else state[f"second.{k}"],
-                               v) for k, v in first_state.items() if state[f"second.{k}"].shape == v.shape)
+    init_like = [k for k, v in first_state.items() if state[f"second.{k}"].shape == v.shape]
+    assert init_like and all(not torch.equal(state[f"second.{k}"], first_state[k]) for k in init_like)
 
 
-def test_existing_output_needs_overwrite(brain_cases, tmp_path):
-    from medseg.errors import OutputExistsError
-
-    cfg = _cfg("twopath")
-    cfg.phase1 = PhaseConfig(epochs=1, steps_per_epoch=1)
-    train(brain_cases[:1], tmp_path, cfg, device="cpu")
-    with pytest.raises(OutputExistsError):
-        train(brain_cases[:1], tmp_path, cfg, device="cpu")
+def test_existing_output_needs_overwrite_and_resume_needs_state(twopath_run, brain_cases, tmp_path):
+    cfg = _cfg("twopath", epochs=1, steps=1)
+    with pytest.raises(OutputExistsError, match="--resume to continue or --overwrite"):
+        train(brain_cases, twopath_run.out_dir, cfg, device="cpu")
+    with pytest.raises(InputError, match="no training state"):
+        train(brain_cases, tmp_path / "empty", cfg, device="cpu", resume=True)
+    with pytest.raises(InputError, match="is a file"):
+        (tmp_path / "afile.txt").write_text("x")
+        train(brain_cases, tmp_path / "afile.txt" / "out", cfg, device="cpu")
+    assert not (tmp_path / "empty").exists()
 
 
 @pytest.mark.parametrize("arch", ["local-cascade", "mf-cascade"])
-def test_other_cascades_train_with_frozen_first_stage(arch, brain_cases, tmp_path):
-    from medseg.engine.checkpoint import load_weights
-
-    quick = _cfg("twopath")
-    quick.phase1 = PhaseConfig(epochs=1, steps_per_epoch=2)
-    first = train(brain_cases[:1], tmp_path / "tp", quick, device="cpu")
-    cfg = _cfg(arch)
-    cfg.phase1 = PhaseConfig(epochs=1, steps_per_epoch=2)
-    result = train(brain_cases[:1], tmp_path / arch, cfg, first_weights=first["weights"], device="cpu")
-    state, meta = load_weights(result["weights"])
-    first_state, _ = load_weights(first["weights"])
+def test_other_cascades_train_with_frozen_first_stage(arch, twopath_run, brain_cases, tmp_path):
+    result = train(brain_cases, tmp_path, _cfg(arch, epochs=1, steps=2), first_weights=twopath_run.best_weights,
+                   device="cpu")
+    state, meta = load_weights(result.best_weights)
+    first_state, _ = load_weights(twopath_run.best_weights)
     assert meta.model == f"brain-{arch}"
     assert all(torch.equal(state[f"first.{k}"], v) for k, v in first_state.items())
 
 
 def test_cascade_trains_its_first_stage_when_not_given(brain_cases, tmp_path):
-    cfg = _cfg("input-cascade")
-    cfg.phase1 = PhaseConfig(epochs=1, steps_per_epoch=2)
-    result = train(brain_cases[:1], tmp_path, cfg, device="cpu")
-    from medseg.engine.checkpoint import load_weights
+    from medseg.brain.models import build_model
     from medseg.engine.runtime import seed_everything
 
-    state, _ = load_weights(result["weights"])
-    seed_everything(cfg.seed)  # train() seeds the same way before building the model
-    init = build_model(config=cfg.net).state_dict()
-    for key in ("first.local1.conv.weight", "first.output.weight"):  # the first stage was trained
-        assert not torch.equal(state[key], init[key]), key
-    assert result["history"]["phase1"] and result["history"]["phase2"]
+    cfg = _cfg("input-cascade", epochs=1, steps=2)
+    result = train(brain_cases, tmp_path, cfg, device="cpu")
+    assert [h["stage"] for h in result.history] == ["first/phase1", "first/phase2", "phase1", "phase2"]
+    first, _ = load_weights(tmp_path / "first/phase2/best.safetensors")
+    state, _ = load_weights(result.best_weights)
+    assert read_meta(tmp_path / "first/phase2/best.safetensors").model == "brain-twopath"
+    assert all(torch.equal(state[f"first.{k}"], v) for k, v in first.items())
+    seed_everything(cfg.seed)  # the first fit() seeds the same way before building its model
+    init = build_model(config=BrainNetConfig(arch="twopath", local_channels=4, global_channels=6)).state_dict()
+    for key in ("local1.conv.weight", "output.weight"):  # the first stage was trained
+        assert not torch.equal(first[key], init[key]), key
+
+
+def test_time_budget_stops_then_resume_finishes(brain_cases, tmp_path):
+    cfg = _cfg("twopath", epochs=2, steps=2, max_minutes=1e-5)  # spent after the first step
+    stopped = train(brain_cases, tmp_path, cfg, device="cpu")
+    assert stopped.stopped == "time budget" and not (tmp_path / "best.safetensors").exists()
+    assert stopped.best_weights == str(tmp_path / "phase1" / "best.safetensors") and not (tmp_path / "phase2").exists()
+    cfg.max_minutes = None
+    done = train(brain_cases, tmp_path, cfg, device="cpu", resume=True)
+    assert done.stopped == "completed" and (tmp_path / "best.safetensors").is_file()
+    assert [(h["stage"], h["epoch"]) for h in done.history] == [("phase1", 1), ("phase1", 2), ("phase2", 1)]

@@ -10,7 +10,9 @@ from dataclasses import replace
 import pytest
 
 from medseg.cells.evaluate import evaluate_labels, summarise
-from medseg.cells.segment import DEMO_WEIGHTS, CellSegmenter, SegmentConfig
+from medseg.cells.model import DEMO_WEIGHTS
+from medseg.cells.segment import CellSegmenter, SegmentConfig
+from medseg.engine.weights import demo_weights_path
 from medseg.synthetic.cells import SyntheticCellsConfig, synthetic_cells
 
 UNSEEN_SEED = 7
@@ -24,8 +26,9 @@ def test_demo_weights_quality_on_unseen_seed(modality):
     from medseg.engine.checkpoint import read_meta
 
     torch.set_num_threads(2)
-    assert "SYNTHETIC" in read_meta(DEMO_WEIGHTS).training_data
-    segmenter = CellSegmenter(DEMO_WEIGHTS, device="cpu", config=SegmentConfig(tile=316))
+    assert "SYNTHETIC" in read_meta(demo_weights_path(DEMO_WEIGHTS)).training_data
+    segmenter = CellSegmenter(SegmentConfig(device="cpu", tile=316))  # no --weights: the shipped demo weights
+    assert segmenter.is_demo and segmenter.predictor.channels_last
     rows = []
     for i in range(2):
         image, truth = synthetic_cells(UNSEEN_SEED * 1000 + i,

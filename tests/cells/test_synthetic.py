@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from medseg.cells.weights import touching_borders
-from medseg.synthetic.cells import SyntheticCellsConfig, synthetic_batch, synthetic_cells
+from medseg.synthetic.cells import MODALITIES, SyntheticCellsConfig, synthetic_batch, synthetic_cells
 
 
 @pytest.mark.parametrize("modality", ["fluorescence", "phase"])
@@ -31,8 +33,19 @@ def test_seeded_and_realistic(modality):
 
 
 def test_batch_alternates_modalities():
-    pairs = synthetic_batch(3, 2, SyntheticCellsConfig(height=64, width=64))
-    assert len(pairs) == 2 and pairs[0][0].shape == (64, 64)
+    cfg = SyntheticCellsConfig(height=96, width=96)
+    pairs = synthetic_batch(3, 4, cfg)
+    assert len(pairs) == 4
+    for i, (image, labels) in enumerate(pairs):  # seeds 3000 + i, fluorescence / phase in turn
+        expected = synthetic_cells(3000 + i, replace(cfg, modality=MODALITIES[i % 2]))
+        np.testing.assert_array_equal(image, expected[0])
+        np.testing.assert_array_equal(labels, expected[1])
+    for image, labels in pairs[0::2]:  # fluorescence: dark background, bright cells
+        bg, fg = np.median(image[labels == 0]), np.median(image[labels > 0])
+        assert bg < 0.15 and fg > bg + 0.3
+    for image, labels in pairs[1::2]:  # phase contrast: grey background, cells darker than it
+        bg, fg = np.median(image[labels == 0]), np.median(image[labels > 0])
+        assert 0.3 < bg < 0.85 and fg < bg - 0.1
 
 
 def test_unknown_modality():

@@ -47,3 +47,18 @@ def volume(folder: Path) -> np.ndarray:
     from medseg.io.dicom import open_series, read_series
 
     return read_series(open_series(folder))[0]
+
+
+def convert_config(**overrides):
+    """A ConvertConfig for the B50f->B30f direction on the CPU (tests override what they need)."""
+    from medseg.ct.convert import ConvertConfig
+
+    return ConvertConfig(**{"source": "B50f", "target": "B30f", "device": "cpu", **overrides})
+
+
+def run_cli(*args):
+    """Invoke ``medseg`` in-process: ``.stdout`` holds the --json document, ``.output`` both streams."""
+    from click.testing import CliRunner
+    from medseg_cli.main import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])

@@ -1,20 +1,18 @@
-"""Bad input gets one clear line and the right exit code; nothing is lost."""
+"""Bad input gets one clear line and the right exit code; nothing is lost, nothing half-written stays."""
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import shutil
+import subprocess
+import sys
 
 import pydicom
 import pytest
-from click.testing import CliRunner
-from medseg_cli.main import cli
 
-from .conftest import tree_digest
-
-
-def run(*args):
-    return CliRunner().invoke(cli, list(map(str, args)))
+from .conftest import convert_config, run_cli, tree_digest
 
 
 def one_line_error(result, code, *fragments):
@@ -24,6 +22,7 @@ def one_line_error(result, code, *fragments):
     assert "Traceback" not in result.output
     for f in fragments:
         assert f in lines[0], lines[0]
+    return lines[0]
 
 
 def convert_args(src, out, weights, *extra):
@@ -31,13 +30,21 @@ def convert_args(src, out, weights, *extra):
             "--device", "cpu", "-q", *extra)
 
 
+def json_error(result, code):
+    """--json on an error: exactly one JSON document on stdout, with the error in words."""
+    assert result.exit_code == code, result.output
+    doc = json.loads(result.stdout)
+    assert doc["exit_code"] == code and doc["error"]
+    return doc
+
+
 def test_empty_folder(tmp_path, tiny_weights):
     (tmp_path / "empty").mkdir()
-    one_line_error(run(*convert_args(tmp_path / "empty", tmp_path / "o", tiny_weights)), 2, "empty")
+    one_line_error(run_cli(*convert_args(tmp_path / "empty", tmp_path / "o", tiny_weights)), 2, "empty")
 
 
 def test_unknown_kernel_lists_valid_ones(small_exam_dir, tmp_path):
-    r = run("ct-convert", small_exam_dir / "B50f", "--from", "B45x", "--to", "B30f", "--out", tmp_path / "o")
+    r = run_cli("ct-convert", small_exam_dir / "B50f", "--from", "B45x", "--to", "B30f", "--out", tmp_path / "o")
     one_line_error(r, 2, "B45x", "B10f, B30f, B50f, B70f")
 
 
@@ -45,10 +52,36 @@ def test_existing_output_needs_overwrite(small_exam_dir, tiny_weights, tmp_path)
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    one_line_error(run(*convert_args(small_exam_dir / "B50f", out, tiny_weights)), 3, "--overwrite")
+    one_line_error(run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights)), 3, "--overwrite")
+    doc = json_error(run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--json")), 3)
+    assert doc["path"] == str(out)
     assert (out / "keep.txt").read_text() == "precious"
-    assert run(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--overwrite")).exit_code == 0
+    assert run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--overwrite")).exit_code == 0
     assert not (out / "keep.txt").exists() and len(list(out.glob("IM*.dcm"))) == 5
+
+
+def test_unwritable_out_is_an_input_error(small_exam_dir, tiny_weights, tmp_path):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("a file, not a folder")
+    out = afile / "out"
+    one_line_error(run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights)), 2, "cannot write", "afile.txt")
+    doc = json_error(run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--json")), 2)
+    assert "afile.txt" in doc["error"]
+    assert afile.read_text() == "a file, not a folder"
+
+
+def test_disk_full_while_writing_is_a_user_error_and_leaves_nothing(small_exam_dir, tiny_weights, tmp_path,
+                                                                    monkeypatch):
+    import medseg.io.dicom
+
+    def full(_ds, _hu, out_file, _derivation):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out_file))
+
+    monkeypatch.setattr(medseg.io.dicom, "write_derived_slice", full)
+    r = run_cli(*convert_args(small_exam_dir / "B50f", tmp_path / "o", tiny_weights))
+    line = one_line_error(r, 2, "No space left on device")
+    assert "internal error" not in line
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
 
 
 def test_non_dicom_files_are_skipped_with_a_warning(small_exam_dir, tiny_weights, tmp_path, caplog):
@@ -59,8 +92,8 @@ def test_non_dicom_files_are_skipped_with_a_warning(small_exam_dir, tiny_weights
     from medseg.ct.convert import convert
 
     with caplog.at_level(logging.WARNING, logger="medseg"):
-        res = convert(mixed, tmp_path / "o", source="B50f", target="B30f", weights=tiny_weights, device="cpu")
-    assert res.slices == 5
+        res = convert(mixed, tmp_path / "o", convert_config(weights=tiny_weights))
+    assert res.items[0].metrics["slices"] == 5
     assert "notes.txt" in caplog.text and "thumbs.db" in caplog.text
 
 
@@ -71,17 +104,27 @@ def test_non_ct_modality(small_exam_dir, tiny_weights, tmp_path):
         ds = pydicom.dcmread(f)
         ds.Modality = "MR"
         ds.save_as(mr / f.name)
-    one_line_error(run(*convert_args(mr, tmp_path / "o", tiny_weights)), 2, "modality is MR")
+    one_line_error(run_cli(*convert_args(mr, tmp_path / "o", tiny_weights)), 2, "modality is MR")
 
 
 def test_missing_slice_warns_for_dicom_and_fails_for_nifti(small_exam_dir, tiny_weights, tmp_path):
     gap = tmp_path / "gap"
     shutil.copytree(small_exam_dir / "B50f", gap)
     sorted(gap.iterdir())[2].unlink()
-    r = run(*convert_args(gap, tmp_path / "o", tiny_weights))
+    r = run_cli(*convert_args(gap, tmp_path / "o", tiny_weights))
     assert r.exit_code == 0 and "inconsistent slice spacing" in r.output
-    one_line_error(run(*convert_args(gap, tmp_path / "o.nii.gz", tiny_weights, "--format", "nifti")), 2,
-                   "irregular")
+    one_line_error(run_cli(*convert_args(gap, tmp_path / "o.nii.gz", tiny_weights)), 2, "irregular")
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_volume_output_needs_a_known_extension(small_exam_dir, tiny_weights, tmp_path):
+    for out in (tmp_path / "o.xyz", tmp_path / "o.mhd"):  # unknown; detached header (cannot be atomic)
+        r = run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--format", "nifti"))
+        one_line_error(r, 2, ".nii.gz, .nii, .nrrd, .mha")
+        assert "internal error" not in r.output and not out.exists()
+    nii = tmp_path / "in.nii.gz"
+    assert run_cli(*convert_args(small_exam_dir / "B50f", nii, tiny_weights)).exit_code == 0  # inferred: volume
+    one_line_error(run_cli(*convert_args(nii, tmp_path / "noext", tiny_weights)), 2, ".nii.gz", "noext")
 
 
 def test_corrupt_pixel_data_names_the_file(small_exam_dir, tiny_weights, tmp_path):
@@ -93,42 +136,116 @@ def test_corrupt_pixel_data_names_the_file(small_exam_dir, tiny_weights, tmp_pat
     ds.save_as(victim)
     before = tree_digest(bad)
     out = tmp_path / "o"
-    one_line_error(run(*convert_args(bad, out, tiny_weights)), 2, victim.name, "pixel data")
+    one_line_error(run_cli(*convert_args(bad, out, tiny_weights)), 2, victim.name, "pixel data")
     assert not out.exists()  # no partial output
     assert tree_digest(bad) == before
     assert not list(tmp_path.glob(".o.*"))  # temporary folder cleaned up
 
 
+def test_report_without_reference_is_a_usage_error(small_exam_dir, tiny_weights, tmp_path):
+    r = run_cli(*convert_args(small_exam_dir / "B50f", tmp_path / "o", tiny_weights, "--report", tmp_path / "qa"))
+    one_line_error(r, 2, "--report needs --reference")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_reference_is_caught_before_converting_and_the_rerun_needs_no_overwrite(small_exam_dir, tiny_weights,
+                                                                                     tmp_path):
+    out, qa = tmp_path / "o", tmp_path / "qa"
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "readme.txt").write_text("not a series")
+    one_line_error(run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--reference", junk,
+                                         "--report", qa)), 2, "no DICOM images", "junk")
+    short = tmp_path / "short"  # readable, but another scan: 3 of the 5 slices
+    short.mkdir()
+    for f in sorted((small_exam_dir / "B30f").iterdir())[:3]:
+        shutil.copy(f, short / f.name)
+    one_line_error(run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--reference", short,
+                                         "--report", qa)), 2, "3 slices of 64x64", "5 slices of 64x64")
+    assert not out.exists() and not qa.exists()  # nothing converted, nothing to clean up
+    r = run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--reference", small_exam_dir / "B30f",
+                              "--report", qa, "--no-pdf", "--json"))
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["items"][0]["metrics"]["rmse_converted_hu"] > 0 and (qa / "ct_qa.html").is_file()
+    assert len(list(out.glob("IM*.dcm"))) == 5
+
+
+def test_reference_failing_after_conversion_leaves_no_output(small_exam_dir, tiny_weights, tmp_path):
+    ref = tmp_path / "ref"
+    shutil.copytree(small_exam_dir / "B30f", ref)
+    victim = sorted(ref.iterdir())[3]
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = ds.PixelData[:100]  # headers fine (pre-flight passes), pixels not
+    ds.save_as(victim)
+    out, qa = tmp_path / "o", tmp_path / "qa"
+    one_line_error(run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--reference", ref,
+                                         "--report", qa)), 2, victim.name)
+    assert not out.exists() and not list(tmp_path.glob(".o.*")) and not (qa / "ct_qa.csv").exists()
+
+
+def test_existing_report_is_refused_before_converting(small_exam_dir, tiny_weights, tmp_path):
+    qa = tmp_path / "qa"
+    qa.mkdir()
+    (qa / "ct_qa.json").write_text("{}")
+    r = run_cli(*convert_args(small_exam_dir / "B50f", tmp_path / "o", tiny_weights, "--reference",
+                              small_exam_dir / "B30f", "--report", qa))
+    one_line_error(r, 3, "ct_qa.json")
+    assert not (tmp_path / "o").exists()
+
+
 def test_several_series_need_series_uid(small_exam_dir, tiny_weights, tmp_path):
-    r = run(*convert_args(small_exam_dir, tmp_path / "o", tiny_weights))
+    r = run_cli(*convert_args(small_exam_dir, tmp_path / "o", tiny_weights))
     one_line_error(r, 2, "2 series found", "--series-uid")
     uid = pydicom.dcmread(next((small_exam_dir / "B50f").iterdir())).SeriesInstanceUID
-    assert run(*convert_args(small_exam_dir, tmp_path / "o", tiny_weights, "--series-uid", uid)).exit_code == 0
+    assert run_cli(*convert_args(small_exam_dir, tmp_path / "o", tiny_weights, "--series-uid", uid)).exit_code == 0
 
 
 def test_kernel_tag_disagreeing_with_from_warns(small_exam_dir, tiny_weights, tmp_path):
-    r = run(*convert_args(small_exam_dir / "B30f", tmp_path / "o", tiny_weights))
+    r = run_cli(*convert_args(small_exam_dir / "B30f", tmp_path / "o", tiny_weights, "--json"))
     assert r.exit_code == 0
     assert "ConvolutionKernel is 'B30f' but --from is B50f" in r.output
+    assert any("B30f" in w for w in json.loads(r.stdout)["warnings"])
 
 
 def test_wrong_weights_are_refused(small_exam_dir, tmp_path, tiny_weights):
-    r = run("ct-convert", small_exam_dir / "B50f", "--from", "B30f", "--to", "B50f", "--out", tmp_path / "o",
-            "--weights", tiny_weights)
+    r = run_cli("ct-convert", small_exam_dir / "B50f", "--from", "B30f", "--to", "B50f", "--out", tmp_path / "o",
+                "--weights", tiny_weights)
     one_line_error(r, 4, "B50f->B30f")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x80\x04not safetensors")
-    one_line_error(run(*convert_args(small_exam_dir / "B50f", tmp_path / "o", junk)), 4, "safetensors")
+    one_line_error(run_cli(*convert_args(small_exam_dir / "B50f", tmp_path / "o", junk)), 4, "safetensors")
+    one_line_error(run_cli(*convert_args(small_exam_dir / "B50f", tmp_path / "o", tmp_path / "none.safetensors")), 4,
+                   "not found")
+    assert not (tmp_path / "o").exists()
 
 
 def test_debug_shows_traceback(tmp_path, tiny_weights):
     (tmp_path / "empty").mkdir()
-    r = CliRunner().invoke(cli, ["--debug", *map(str, convert_args(tmp_path / "empty", tmp_path / "o", tiny_weights))])
-    assert r.exit_code != 0 and r.exception is not None
+    args = [str(a) for a in convert_args(tmp_path / "empty", tmp_path / "o", tiny_weights)]
+    plain = subprocess.run([sys.executable, "-m", "medseg", *args], capture_output=True, text=True)
+    debug = subprocess.run([sys.executable, "-m", "medseg", "--debug", *args], capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert debug.returncode != 0
+    assert "Traceback (most recent call last)" in debug.stderr and "InputError" in debug.stderr
 
 
 @pytest.mark.parametrize("kernel", ["B10f", "B70f"])
 def test_missing_model_direction_is_a_model_error(small_exam_dir, tmp_path, kernel):
-    r = run("ct-convert", small_exam_dir / "B50f", "--from", "B50f", "--to", kernel, "--out", tmp_path / "o",
-            "--models-dir", tmp_path)
+    r = run_cli("ct-convert", small_exam_dir / "B50f", "--from", "B50f", "--to", kernel, "--out", tmp_path / "o",
+                "--models-dir", tmp_path, "--json")
     one_line_error(r, 4, f"no weights for B50f->{kernel}")
+    assert f"B50f->{kernel}" in json_error(r, 4)["error"]
+
+
+def test_output_on_the_input_is_refused_even_with_overwrite(small_exam_dir, tiny_weights, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(small_exam_dir / "B50f", src)
+    before = tree_digest(src)
+    for out in (src, src / "converted", tmp_path):
+        r = run_cli(*convert_args(src, out, tiny_weights, "--overwrite"))
+        one_line_error(r, 2, "would overwrite or change the input")
+    r = run_cli(*convert_args(src, tmp_path / "o", tiny_weights, "--reference", small_exam_dir / "B30f",
+                              "--report", src / "qa"))
+    one_line_error(r, 2, "the QA report would overwrite or change the input")
+    assert tree_digest(src) == before and not (tmp_path / "o").exists()

@@ -32,3 +32,22 @@ def test_flops_per_pixel_is_about_0_3_mflop():
     net = build_kernel_net(config=KernelNetConfig())
     macs = sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.Conv2d))
     assert 0.28e6 < 2 * macs < 0.31e6
+
+
+def test_slice_predictor_runs_channels_last_and_matches_the_plain_model():
+    """The engine Predictor (channels_last on CPU) gives the model's own numbers, slice for slice."""
+    import numpy as np
+
+    from medseg.ct.models import slice_predictor
+
+    torch.manual_seed(0)
+    net = build_kernel_net(config=KernelNetConfig(channels=8, depth=3))
+    x = (torch.randn(3, 1, 33, 40) * 400 - 500).numpy()
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x))[:, 0].numpy()
+    predictor = slice_predictor(net, device="cpu")
+    assert predictor.describe() == {"device": "cpu", "amp": "fp32", "channels_last": True}
+    assert net.body[0].weight.is_contiguous(memory_format=torch.channels_last)
+    got = predictor(x)
+    assert got.shape == (3, 33, 40) and got.dtype == np.float32
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()

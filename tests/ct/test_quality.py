@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from medseg.ct.metrics import lung_mask
 from medseg.ct.models import DEMO_MODELS
-from medseg.ct.report import run_ct_report
+from medseg.ct.report import ReportConfig, run_ct_report
 from medseg.synthetic.ct_phantom import make_exam, write_cohort
 
 TEST_SEEDS = [5001, 5002, 5003, 5004, 5005, 5006]
@@ -22,12 +24,13 @@ def unseen_cohort(tmp_path_factory):
 @pytest.mark.slow
 def test_b50f_to_b30f_meets_the_issue_targets(unseen_cohort, tmp_path):
     assert (DEMO_MODELS / "B50f_to_B30f.safetensors").exists()
-    doc = run_ct_report([unseen_cohort], tmp_path / "qa", source="B50f", target="B30f", device="cpu")
-    exams = doc["exams"]
-    assert len(exams) == len(TEST_SEEDS) and all(e["status"] == "ok" for e in exams)
+    res = run_ct_report([unseen_cohort], tmp_path / "qa", ReportConfig("B50f", "B30f", device="cpu"))
+    assert res.exit_code == 0 and res.summary["demo_weights"] is True
+    exams = [i.metrics for i in res.items]
+    assert len(exams) == len(TEST_SEEDS) and all(i.status == "ok" for i in res.items)
     for e in exams:  # converted-vs-reference RMSE at least 50 % lower, every exam
         assert e["rmse_converted_hu"] <= 0.5 * e["rmse_original_hu"], e
-    ba = doc["summary"]["bland_altman_laa950"]
+    ba = res.summary["bland_altman_laa950"]
     assert abs(ba["converted_vs_reference"]["bias"]) <= 1.5
     assert ba["original_vs_reference"]["bias"] > 5.0
     # the cohort spans a range of emphysema so the agreement analysis means something
@@ -41,9 +44,10 @@ def test_b50f_to_b30f_meets_the_issue_targets(unseen_cohort, tmp_path):
 
 @pytest.mark.slow
 def test_b30f_to_b50f_reduces_rmse(unseen_cohort, tmp_path):
-    doc = run_ct_report([unseen_cohort], tmp_path / "qa", source="B30f", target="B50f", device="cpu", pdf=False)
-    assert doc["summary"]["rmse_reduction_pct_mean"] > 50
-    assert abs(doc["summary"]["bland_altman_laa950"]["converted_vs_reference"]["bias"]) < 3
+    res = run_ct_report([unseen_cohort], tmp_path / "qa", ReportConfig("B30f", "B50f", device="cpu", pdf=False))
+    assert res.summary["rmse_reduction_pct_mean"] > 50
+    assert abs(res.summary["bland_altman_laa950"]["converted_vs_reference"]["bias"]) < 3
+    assert json.loads((tmp_path / "qa" / "ct_qa.json").read_text())["summary"]["ok"] == len(TEST_SEEDS)
 
 
 def test_lung_mask_matches_phantom_truth_and_removes_trachea():

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from medseg.engine.weights import demo_weights_path
+from medseg.pathology.detector import DEMO_WEIGHTS as DEMO_NAME
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_data" / "pathology"
-DEMO_WEIGHTS = SAMPLE / "c4d_light_demo.safetensors"
+DEMO_WEIGHTS = demo_weights_path(DEMO_NAME)
 UNSEEN_SEED = 4242  # the demo weights were trained on seeds 1000-1005
 
 
@@ -25,7 +28,7 @@ def small_slide(tmp_path_factory) -> tuple[Path, Path, object]:
 
 @pytest.fixture(scope="session")
 def demo_weights() -> Path:
-    assert DEMO_WEIGHTS.is_file(), "demo weights missing: run scripts/make_sample_data_pathology.py"
+    assert DEMO_WEIGHTS.is_file(), "demo weights missing from medseg/weights: run scripts/make_sample_data_pathology.py"
     return DEMO_WEIGHTS
 
 

@@ -19,10 +19,10 @@ def test_demo_weights_on_unseen_slide(demo_weights, tmp_path, seed, fraction, ca
     torch.set_num_threads(2)
     path, truth = tmp_path / f"unseen{seed}.tiff", tmp_path / f"unseen{seed}.geojson"
     synth = write_slide(path, SlideSpec(width=4096, height=3072, seed=seed, positive_fraction=fraction), geojson=truth)
-    res = score_slides([path], tmp_path / "out", weights=demo_weights, config=ScoreConfig(device="cpu"),
-                       report=False)
-    row = res["slides"][0]
-    assert row["status"] == "ok", row
+    res = score_slides([path], tmp_path / "out", ScoreConfig(device="cpu"), weights=demo_weights, report=False)
+    (item,) = res.items
+    assert item.ok, item.reason
+    row = item.metrics
     import json
 
     summary = json.loads((tmp_path / "out" / path.stem / "summary.json").read_text())
@@ -46,7 +46,7 @@ def test_demo_weights_count_border_ptcs_once(demo_weights, border_slide):
     from medseg.pathology.score import score_slide
 
     path, sites = border_slide
-    result = score_slide(path, load_detector(demo_weights), ScoreConfig(device="cpu", feasibility="none"))
+    result = score_slide(path, load_detector(demo_weights, device="cpu"), ScoreConfig(device="cpu", feasibility="none"))
     assert result.summary["c4d_pos"] == len(sites), result.summary
     centres = np.c_[(result.boxes[:, 0] + result.boxes[:, 2]) / 2, (result.boxes[:, 1] + result.boxes[:, 3]) / 2]
     pos = centres[result.labels == 1]
@@ -63,13 +63,9 @@ def test_cuda_amp_matches_cpu_counts(demo_weights, small_slide, tmp_path):
     from medseg.pathology.score import score_slide
 
     path, _ann, _s = small_slide
-    cpu = score_slide(path, load_detector(demo_weights), ScoreConfig(device="cpu"))
-    import torch
-
-    from medseg.engine.runtime import resolve_amp_dtype
-
-    dev = torch.device("cuda")
-    gpu = score_slide(path, load_detector(demo_weights, device=dev, amp_dtype=resolve_amp_dtype(dev)),
-                      ScoreConfig(device="cuda", batch_size=8))
+    cpu = score_slide(path, load_detector(demo_weights, device="cpu"), ScoreConfig(device="cpu"))
+    detector = load_detector(demo_weights, device="cuda", amp="auto")
+    assert detector.describe()["amp"] in ("bf16", "fp16")
+    gpu = score_slide(path, detector, ScoreConfig(device="cuda", batch_size=8))
     assert abs(gpu.summary["c4d_pos"] - cpu.summary["c4d_pos"]) <= 2
     assert abs(gpu.summary["c4d_neg"] - cpu.summary["c4d_neg"]) <= 2

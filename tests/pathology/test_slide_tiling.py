@@ -8,7 +8,7 @@ import pytest
 from medseg.errors import InputError
 from medseg.pathology.feasibility import FeasibilityHeuristic, always_feasible, load_hook
 from medseg.pathology.slide import detect_tissue, open_slide, read_downsampled
-from medseg.pathology.tiling import TileGrid, make_grid, plan_tiles, read_tile, stream_tiles
+from medseg.pathology.tiling import TileGrid, make_grid, plan_slide_tiles, read_ahead, read_tile
 from medseg.synthetic.slides import SlideSpec, write_slide
 
 
@@ -76,7 +76,7 @@ def test_grid_at_coarser_target_uses_a_pyramid_level(tmp_path):
     write_slide(path, SlideSpec(width=4096, height=4096, mpp=0.25, seed=3))
     with open_slide(path) as s:
         grid = make_grid(s, target_mpp=1.0, tile=256, overlap=32)
-        tiles = plan_tiles(s, grid, detect_tissue(s))
+        tiles = plan_slide_tiles(s, grid, detect_tissue(s))
         assert grid.scale == 4.0 and tiles[0].level == 1  # level 1 has downsample 4
         img = read_tile(s, tiles[0], 256)
     assert img.shape == (256, 256, 3) and img.dtype == np.uint8
@@ -93,27 +93,61 @@ def test_zero_size_tiles_rejected(small_slide):
             make_grid(s, target_mpp=0, tile=256, overlap=0)
 
 
-def test_stream_tiles_keeps_order_bounds_inflight_and_reports_errors():
+def test_read_ahead_keeps_order_bounds_memory_and_reports_errors():
+    """Tiles come back in order through the engine prefetcher, a bounded number ahead of the
+    consumer, with a failed read as that tile's exception (the others still come)."""
     import threading
     import time
 
-    inflight, peak, lock = [0], [0], threading.Lock()
+    produced, consumed, ahead, lock = [0], [0], [0], threading.Lock()
 
     def reader(t):
+        time.sleep(0.001)
         with lock:
-            inflight[0] += 1
-            peak[0] = max(peak[0], inflight[0])
-        time.sleep(0.002)
-        with lock:
-            inflight[0] -= 1
+            produced[0] += 1
+            ahead[0] = max(ahead[0], produced[0] - consumed[0])
         if t == 7:
             raise InputError("boom")
         return np.full((2, 2, 3), t, np.uint8)
 
-    got = list(stream_tiles(range(40), reader, workers=3, depth=4))
+    got = []
+    for t, item in read_ahead(range(40), reader, batch_size=3, workers=2, depth=2):
+        got.append((t, item))
+        time.sleep(0.002)  # a slow consumer: the readers must wait, not run ahead
+        with lock:
+            consumed[0] += 1
     assert [t for t, _ in got] == list(range(40))
     assert isinstance(got[7][1], InputError) and got[8][1][0, 0, 0] == 8
-    assert peak[0] <= 4
+    # at most depth groups queued + one being read + the one being consumed
+    assert ahead[0] <= (2 + 2) * 3, ahead[0]
+
+
+def test_read_ahead_stops_reading_when_closed():
+    import contextlib
+    import time
+
+    reads = []
+
+    def reader(t):
+        reads.append(t)
+        time.sleep(0.001)
+        return t
+
+    stream = read_ahead(range(1000), reader, batch_size=4, workers=2, depth=2)
+    with contextlib.closing(stream):
+        for t, _ in stream:
+            if t == 5:
+                break
+    n = len(reads)
+    time.sleep(0.05)
+    assert len(reads) == n < 40  # the reader thread is joined on close: no read after it
+
+
+def test_one_prefetcher_and_one_meaning_per_tile_planner():
+    """The pathology package has no reader pool of its own and no second ``plan_tiles``."""
+    import medseg.pathology.tiling as tiling
+
+    assert not hasattr(tiling, "stream_tiles") and not hasattr(tiling, "plan_tiles")
 
 
 def test_feasibility_heuristic():
@@ -151,3 +185,15 @@ def test_aperio_svs_is_read_through_openslide_with_its_mpp(tmp_path):
     write_slide(tmp_path / "n.svs", spec, flavour="aperio", mpp_metadata=False)
     with pytest.raises(InputError, match="--slide-mpp"):
         open_slide(tmp_path / "n.svs")
+
+
+def test_tissue_mask_drops_specks_below_the_minimum_area():
+    """Small-object removal (skimage): a dust speck goes, a piece of tissue of the minimum size stays."""
+    from medseg.pathology.slide import tissue_mask_from_rgb
+
+    rgb = np.full((96, 96, 3), 245, np.uint8)
+    rgb[10:40, 10:40] = (150, 100, 160)  # tissue
+    rgb[70:72, 70:72] = (150, 100, 160)  # dust: a few mask pixels after smoothing
+    mask = tissue_mask_from_rgb(rgb, min_area_px=30)
+    assert mask[25, 25] and not mask[60:80, 60:80].any()
+    assert tissue_mask_from_rgb(rgb, min_area_px=1)[60:80, 60:80].any()

@@ -1,0 +1,238 @@
+"""One training loop for every pipeline (``ct-train``, ``slide-train``, ``cells-train``, ``brain-train``).
+
+A pipeline supplies a :class:`TrainTask` (model, optimiser, batches, loss, validation metric,
+weights metadata); :func:`fit` owns everything else, the same way everywhere:
+
+- files in ``out_dir``: ``best.safetensors`` (best validation metric), ``last.safetensors``,
+  ``state.pt`` (optimiser, scheduler, epoch, history, RNG states: only what resume needs; the
+  weights themselves resume from ``last.safetensors``), ``history.json``, ``train_config.json``;
+- 1-based epochs; ``resume=True`` without ``state.pt`` is an input error (exit 2);
+- a progress bar with loss and metric; a time budget (``max_minutes``) checked after every step;
+- a clear warning when the task has no held-out validation data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from medseg.errors import InputError, OutputExistsError
+
+if TYPE_CHECKING:
+    import torch
+
+    from medseg.engine.checkpoint import CheckpointMeta
+
+log = logging.getLogger("medseg.train")
+
+BEST, LAST, STATE, HISTORY, CONFIG = "best.safetensors", "last.safetensors", "state.pt", "history.json", \
+    "train_config.json"
+TRAIN_FILES = (BEST, LAST, STATE, HISTORY, CONFIG)
+
+
+@dataclass
+class TrainConfig:
+    """What the loop itself needs; pipeline configs hold one of these (or its fields)."""
+
+    epochs: int = 10
+    seed: int = 0
+    max_minutes: float | None = None  # stop after the step that exceeds this budget
+    grad_clip: float | None = None  # clip the gradient norm to this value
+    amp: str = "auto"  # autocast on CUDA (bf16/fp16), off on CPU
+
+
+@runtime_checkable
+class TrainTask(Protocol):
+    """What a pipeline plugs into :func:`fit`.
+
+    ``metric`` names the validation value that chooses ``best.safetensors``; ``mode`` is ``"min"``
+    or ``"max"``. ``has_validation`` is False when validation runs on training data (the trainer
+    then warns). ``train_batches`` yields one epoch of batches; ``train_step`` returns the loss.
+    """
+
+    metric: str
+    mode: str
+    has_validation: bool
+
+    def build_model(self) -> torch.nn.Module: ...
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer: ...
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any | None: ...
+
+    def train_batches(self, epoch: int, rng: np.random.Generator) -> Iterable[Any]: ...
+
+    def train_step(self, model: torch.nn.Module, batch: Any, device: torch.device) -> torch.Tensor: ...
+
+    def validate(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]: ...
+
+    def weights_meta(self, metrics: dict[str, float], epoch: int) -> CheckpointMeta: ...
+
+    def config_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class TrainResult:
+    out_dir: str
+    best_weights: str
+    last_weights: str
+    metric: str
+    best_metric: float
+    best_epoch: int
+    epochs: int  # epochs completed in total (including resumed ones)
+    stopped: str  # "completed" | "time budget"
+    device: str
+    seconds: float
+    validated_on: str  # "held-out data" | "training data"
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        from medseg.results import json_safe
+
+        return json_safe(asdict(self))
+
+
+def preflight(out_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """Check the training folder before any work: resume needs state, a new run needs a free folder."""
+    from medseg.io.atomic import check_writable
+
+    out_dir = Path(out_dir)
+    if resume:
+        if not (out_dir / STATE).is_file() or not (out_dir / LAST).is_file():
+            raise InputError(f"--resume: no training state ({STATE} and {LAST}) to resume from", path=out_dir)
+    elif not overwrite:
+        existing = [name for name in TRAIN_FILES if (out_dir / name).exists()]
+        if existing:
+            raise OutputExistsError(f"holds a training run ({', '.join(existing)}); use --resume to continue or "
+                                    "--overwrite to start again", path=out_dir)
+    check_writable(out_dir)
+    return out_dir
+
+
+def _better(value: float, best: float, mode: str) -> bool:
+    if not math.isfinite(value):
+        return False
+    if not math.isfinite(best):
+        return True
+    return value < best if mode == "min" else value > best
+
+
+def fit(task: TrainTask, out_dir: str | Path, config: TrainConfig, *, device: str = "auto", resume: bool = False,
+        overwrite: bool = False, progress: bool = False) -> TrainResult:
+    """Train ``task`` for ``config.epochs`` (1-based) epochs, validating after each; see module doc."""
+    import torch
+
+    from medseg.engine.checkpoint import load_training_state, load_weights, save_training_state, save_weights
+    from medseg.engine.progress import progress_bar
+    from medseg.engine.runtime import autocast, resolve_amp_dtype, seed_everything, select_device
+    from medseg.io.atomic import write_text
+
+    if task.mode not in ("min", "max"):
+        raise ValueError("task.mode must be 'min' or 'max'")
+    out_dir = preflight(out_dir, resume=resume, overwrite=overwrite)
+    t_start = time.perf_counter()
+    dev = select_device(device)
+    rng = seed_everything(config.seed)
+    amp_dtype = resolve_amp_dtype(dev, config.amp)
+    model = task.build_model().to(dev)
+    optimizer = task.build_optimizer(model)
+    scheduler = task.build_scheduler(optimizer)
+    scaler = torch.amp.GradScaler(dev.type) if amp_dtype == torch.float16 else None
+    history: list[dict[str, Any]] = []
+    best, best_epoch, start_epoch = float("nan"), 0, 0
+    if resume:
+        state = load_training_state(out_dir / STATE)
+        weights, _meta = load_weights(out_dir / LAST)
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+        best, best_epoch = float(state["best"]), int(state["best_epoch"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resuming after epoch %d (best %s %.4g at epoch %d)", start_epoch, task.metric, best, best_epoch)
+    if start_epoch >= config.epochs:
+        log.warning("already trained %d of %d epoch(s): nothing to do (raise --epochs to continue)",
+                    start_epoch, config.epochs)
+    if not task.has_validation and not getattr(task, "validation_warned", False):
+        log.warning("no held-out validation data: %s is computed on the training data, so 'best' may overfit",
+                    task.metric)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:  # --overwrite: nothing of an older run may pass for this one's (e.g. its best weights)
+        for name in TRAIN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+    write_text(out_dir / CONFIG, json.dumps({"train": asdict(config), "task": task.config_dict()}, indent=2,
+                                            default=str) + "\n")
+    budget = config.max_minutes * 60.0 if config.max_minutes else None
+    stopped = "completed"
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        t0, losses = time.perf_counter(), []
+        model.train()
+        bar = progress_bar(task.train_batches(epoch, rng), desc=f"epoch {epoch}/{config.epochs}", enabled=progress,
+                           unit="batch")
+        for batch in bar:
+            with autocast(dev, amp_dtype):
+                loss = task.train_step(model, batch, dev)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            losses.append(float(loss.detach()))
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{np.mean(losses):.4g}")
+            if budget is not None and time.perf_counter() - t_start > budget:
+                stopped = "time budget"
+                break
+        if scheduler is not None:
+            scheduler.step()
+        model.eval()
+        metrics = {k: float(v) for k, v in task.validate(model, dev).items()}
+        if task.metric not in metrics:
+            raise ValueError(f"validate() did not return {task.metric!r}")
+        value = metrics[task.metric]
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"), **metrics,
+                  "lr": float(optimizer.param_groups[0]["lr"]), "seconds": round(time.perf_counter() - t0, 3)}
+        history.append(record)
+        log.info("epoch %d/%d: loss %.4g, %s %.4g", epoch, config.epochs, record["train_loss"], task.metric, value)
+        meta = task.weights_meta(metrics, epoch)
+        if _better(value, best, task.mode):
+            best, best_epoch = value, epoch
+            save_weights(out_dir / BEST, model.state_dict(), meta)
+        save_weights(out_dir / LAST, model.state_dict(), meta)
+        save_training_state(out_dir / STATE, {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+            "epoch": epoch, "best": best, "best_epoch": best_epoch, "history": history,
+            "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()})
+        from medseg.results import json_safe
+
+        write_text(out_dir / HISTORY, json.dumps(json_safe(history), indent=2) + "\n")
+        if stopped != "completed":
+            log.warning("stopped after epoch %d: the time budget of %s minute(s) is spent", epoch, config.max_minutes)
+            break
+    if not (out_dir / BEST).is_file() and (out_dir / LAST).is_file():
+        # no finite validation value yet: the last weights are the best we have
+        save_weights(out_dir / BEST, *load_weights(out_dir / LAST))
+    return TrainResult(
+        out_dir=str(out_dir), best_weights=str(out_dir / BEST), last_weights=str(out_dir / LAST),
+        metric=task.metric, best_metric=best, best_epoch=best_epoch, epochs=len(history), stopped=stopped,
+        device=str(dev), seconds=round(time.perf_counter() - t_start, 3),
+        validated_on="held-out data" if task.has_validation else "training data", history=history)

@@ -1,0 +1,53 @@
+"""Where weights come from: the user's file, or the demo weights shipped inside the package.
+
+One place for the fallback, so every pipeline says the same thing when it uses demo weights.
+Demo weights are package data (``medseg/weights/``): they work after a regular ``pip install``
+from any directory. They are trained on synthetic data and are labelled so in their metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from medseg.errors import ModelError
+
+log = logging.getLogger("medseg")
+
+DEMO_ROOT = Path(__file__).resolve().parents[1] / "weights"
+
+DEMO_WARNING = ("using the demo weights {name} (trained on synthetic data only: a demo, not for clinical use); "
+                "pass --weights for your own model")
+
+
+def demo_weights_path(*parts: str) -> Path:
+    """Path of a shipped demo weights file (or folder), e.g. ``demo_weights_path("ct")``."""
+    return DEMO_ROOT.joinpath(*parts)
+
+
+def resolve_weights(weights: str | Path | None, *, demo: str | Path) -> tuple[Path, bool]:
+    """The weights file to use and whether it is the demo one.
+
+    ``weights`` given: it must be an existing file (ModelError otherwise, exit 4). Not given: the
+    demo file ``demo`` (relative to the demo folder), with the one warning every pipeline gives.
+    """
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise ModelError("weights file not found" if not path.exists() else "weights path is not a file",
+                             path=path)
+        return path, False
+    path = demo_weights_path(str(demo))
+    if not path.is_file():
+        raise ModelError(f"no --weights given and the demo weights {demo} are not installed; pass --weights")
+    log.warning(DEMO_WARNING.format(name=path.name))
+    return path, True
+
+
+def is_demo(path: str | Path) -> bool:
+    """True for a file inside the shipped demo folder."""
+    try:
+        Path(path).resolve().relative_to(DEMO_ROOT)
+    except ValueError:
+        return False
+    return True
