@@ -42,8 +42,9 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def reference_volume(model, stack: np.ndarray, *, pad: tuple[int, int], batch_size: int, device,
-                     amp_dtype) -> np.ndarray:
+def reference_volume(
+    model, stack: np.ndarray, *, pad: tuple[int, int], batch_size: int, device, amp_dtype
+) -> np.ndarray:
     """Plain torch: the same whole-slice batches, channels_last, inference_mode, argmax."""
     import torch
     import torch.nn.functional as F
@@ -52,7 +53,9 @@ def reference_volume(model, stack: np.ndarray, *, pad: tuple[int, int], batch_si
     out = []
     with torch.inference_mode():
         for s in range(0, stack.shape[1], batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(stack[:, s:s + batch_size].transpose(1, 0, 2, 3))).to(device)
+            x = torch.from_numpy(np.ascontiguousarray(stack[:, s : s + batch_size].transpose(1, 0, 2, 3))).to(
+                device
+            )
             x = F.pad(x, (before, after, before, after)).contiguous(memory_format=torch.channels_last)
             if amp_dtype is not None:
                 with torch.autocast(device.type, dtype=amp_dtype):
@@ -82,8 +85,11 @@ def bench_arch(arch: str, args, device, amp_name: str) -> dict:
 
     nx, ny, nz = args.size
     torch.manual_seed(0)
-    model = build_model(config=BrainNetConfig(arch=arch, local_channels=args.local_channels,
-                                              global_channels=args.global_channels)).eval()
+    model = build_model(
+        config=BrainNetConfig(
+            arch=arch, local_channels=args.local_channels, global_channels=args.global_channels
+        )
+    ).eval()
     ref_model = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
     predictor = make_predictor(model, device=str(device), amp=amp_name, postprocess="argmax")
     rng = np.random.default_rng(0)
@@ -95,11 +101,19 @@ def bench_arch(arch: str, args, device, amp_name: str) -> dict:
         return predict_volume(predictor, stack, arch=arch, batch_size=args.batch_size)
 
     def reference():
-        return reference_volume(ref_model, stack, pad=pad, batch_size=args.batch_size, device=device,
-                                amp_dtype=predictor.amp_dtype)
+        return reference_volume(
+            ref_model,
+            stack,
+            pad=pad,
+            batch_size=args.batch_size,
+            device=device,
+            amp_dtype=predictor.amp_dtype,
+        )
 
     predict_volume(predictor, stack[:, :1], arch=arch, batch_size=1)  # warm-up (oneDNN / cuDNN plans)
-    reference_volume(ref_model, stack[:, :1], pad=pad, batch_size=1, device=device, amp_dtype=predictor.amp_dtype)
+    reference_volume(
+        ref_model, stack[:, :1], pad=pad, batch_size=1, device=device, amp_dtype=predictor.amp_dtype
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times: dict[str, list[float]] = {"project": [], "reference": []}
@@ -119,32 +133,52 @@ def bench_arch(arch: str, args, device, amp_name: str) -> dict:
 
     n_vox = nx * ny * nz
     n_patch = min(args.patches, n_vox)
-    coords = np.stack([rng.integers(0, n_slices, n_patch), rng.integers(0, ny, n_patch),
-                       rng.integers(0, nx, n_patch)], axis=1)
+    coords = np.stack(
+        [rng.integers(0, n_slices, n_patch), rng.integers(0, ny, n_patch), rng.integers(0, nx, n_patch)],
+        axis=1,
+    )
     predict_patches(predictor, stack, coords[: min(64, n_patch)], arch=arch, batch_size=args.patch_batch)
     patch_seconds, _cpu, _, patch_peak = _timed(
-        lambda: predict_patches(predictor, stack, coords, arch=arch, batch_size=args.patch_batch), device)
+        lambda: predict_patches(predictor, stack, coords, arch=arch, batch_size=args.patch_batch), device
+    )
     patch_s = patch_seconds * n_vox / n_patch
-    return {"arch": arch, "fcn_s_per_case": round(fcn_s, 3), "reference_s_per_case": round(ref_s, 3),
-            "ratio_vs_reference": round(ref_s / fcn_s, 3),
-            "ratio_vs_reference_cpu_time": round(min(cpu["reference"]) / min(cpu["project"]), 3),
-            "patch_s_per_case": round(patch_s, 1),
-            "ratio_vs_patch_baseline": round(patch_s / fcn_s, 1), "labels_equal_to_reference": agree,
-            "fcn_slices_timed": n_slices, "patches_timed": n_patch, "extrapolated": n_slices < nz or n_patch < n_vox,
-            "peak_rss_mb_project": round(peaks["project"], 1), "peak_rss_mb_reference": round(peaks["reference"], 1),
-            "peak_rss_mb_patch_baseline": round(patch_peak, 1), "peak_cuda_mb": gpu_peak_mb()}
+    return {
+        "arch": arch,
+        "fcn_s_per_case": round(fcn_s, 3),
+        "reference_s_per_case": round(ref_s, 3),
+        "ratio_vs_reference": round(ref_s / fcn_s, 3),
+        "ratio_vs_reference_cpu_time": round(min(cpu["reference"]) / min(cpu["project"]), 3),
+        "patch_s_per_case": round(patch_s, 1),
+        "ratio_vs_patch_baseline": round(patch_s / fcn_s, 1),
+        "labels_equal_to_reference": agree,
+        "fcn_slices_timed": n_slices,
+        "patches_timed": n_patch,
+        "extrapolated": n_slices < nz or n_patch < n_vox,
+        "peak_rss_mb_project": round(peaks["project"], 1),
+        "peak_rss_mb_reference": round(peaks["reference"], 1),
+        "peak_rss_mb_patch_baseline": round(patch_peak, 1),
+        "peak_cuda_mb": gpu_peak_mb(),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, nargs=3, default=(240, 240, 155), metavar=("X", "Y", "Z"))
-    parser.add_argument("--archs", nargs="+", default=["twopath", "input-cascade", "local-cascade", "mf-cascade"])
+    parser.add_argument(
+        "--archs", nargs="+", default=["twopath", "input-cascade", "local-cascade", "mf-cascade"]
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="auto", choices=["auto", "on", "off", "bf16", "fp16"])
     parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
     parser.add_argument("--patch-batch", type=int, default=512, help="patches per forward pass (baseline)")
-    parser.add_argument("--slices", type=int, default=None, help="slices to time (default: all on CUDA, 4 on CPU)")
-    parser.add_argument("--patches", type=int, default=None, help="patches to time (default 20000 CUDA, 128 CPU)")
+    parser.add_argument(
+        "--slices", type=int, default=None, help="slices to time (default: all on CUDA, 4 on CPU)"
+    )
+    parser.add_argument(
+        "--patches", type=int, default=None, help="patches to time (default 20000 CUDA, 128 CPU)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing runs (best is reported)")
     parser.add_argument("--local-channels", type=int, default=64)
     parser.add_argument("--global-channels", type=int, default=160)
@@ -165,24 +199,35 @@ def main() -> None:
     if args.patches is None:
         args.patches = 20000 if device.type == "cuda" else 128
     args.batch_size = min(args.batch_size, args.slices)
-    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-           "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "amp": {None: "fp32"}.get(amp_dtype, str(amp_dtype).replace("torch.", "")),
-           "size_xyz": list(args.size), "widths": [args.local_channels, args.global_channels],
-           "batch_size": args.batch_size, "repeats": args.repeats}
+    env = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "amp": {None: "fp32"}.get(amp_dtype, str(amp_dtype).replace("torch.", "")),
+        "size_xyz": list(args.size),
+        "widths": [args.local_channels, args.global_channels],
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+    }
     print(json.dumps(env))
     rows = []
     for arch in args.archs:
         row = bench_arch(arch, args, device, args.amp)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n{'arch':<15}{'FCN s/case':>12}{'ref s/case':>12}{'proj/ref':>10}{'(CPU time)':>11}{'patch s/case':>14}"
-          f"{'FCN/patch':>11}{'peak RSS MB':>13}")
+    print(
+        f"\n{'arch':<15}{'FCN s/case':>12}{'ref s/case':>12}{'proj/ref':>10}{'(CPU time)':>11}{'patch s/case':>14}"
+        f"{'FCN/patch':>11}{'peak RSS MB':>13}"
+    )
     for r in rows:
-        print(f"{r['arch']:<15}{r['fcn_s_per_case']:>12.2f}{r['reference_s_per_case']:>12.2f}"
-              f"{r['ratio_vs_reference']:>10.2f}{r['ratio_vs_reference_cpu_time']:>11.2f}"
-              f"{r['patch_s_per_case']:>14.1f}{r['ratio_vs_patch_baseline']:>11.1f}"
-              f"{r['peak_rss_mb_project']:>13.0f}{'  (extrapolated)' if r['extrapolated'] else ''}")
+        print(
+            f"{r['arch']:<15}{r['fcn_s_per_case']:>12.2f}{r['reference_s_per_case']:>12.2f}"
+            f"{r['ratio_vs_reference']:>10.2f}{r['ratio_vs_reference_cpu_time']:>11.2f}"
+            f"{r['patch_s_per_case']:>14.1f}{r['ratio_vs_patch_baseline']:>11.1f}"
+            f"{r['peak_rss_mb_project']:>13.0f}{'  (extrapolated)' if r['extrapolated'] else ''}"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"env": env, "results": rows}, fh, indent=2)

@@ -42,8 +42,18 @@ def make_image(size: int, seed: int = 0) -> np.ndarray:
     return normalise(np.tile(np.concatenate([base, base[::-1]], 0), (reps, reps))[:size, :size])
 
 
-def reference_predict(model, image: np.ndarray, *, device, tile: int, margin: int, align: int, batch_size: int,
-                      channels_last: bool = True, amp_dtype=None) -> np.ndarray:
+def reference_predict(
+    model,
+    image: np.ndarray,
+    *,
+    device,
+    tile: int,
+    margin: int,
+    align: int,
+    batch_size: int,
+    channels_last: bool = True,
+    amp_dtype=None,
+) -> np.ndarray:
     """Plain torch: mirror-pad once, slice the engine's tile grid, batch, softmax, assemble."""
     import torch
 
@@ -59,8 +69,8 @@ def reference_predict(model, image: np.ndarray, *, device, tile: int, margin: in
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     with torch.inference_mode():
         for i in range(0, len(plan.origins), batch_size):
-            origins = plan.origins[i:i + batch_size]
-            batch = np.stack([padded[y:y + tile, x:x + tile] for y, x in origins])[:, None]
+            origins = plan.origins[i : i + batch_size]
+            batch = np.stack([padded[y : y + tile, x : x + tile] for y, x in origins])[:, None]
             x = torch.from_numpy(batch).to(device).contiguous(memory_format=fmt)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 y = model(x)
@@ -71,7 +81,7 @@ def reference_predict(model, image: np.ndarray, *, device, tile: int, margin: in
             off = margin - crop
             for (y0, x0), p in zip(origins, probs):
                 hh, ww = min(core, h - y0), min(core, w - x0)
-                out[:, y0:y0 + hh, x0:x0 + ww] = p[:, off:off + hh, off:off + ww]
+                out[:, y0 : y0 + hh, x0 : x0 + ww] = p[:, off : off + hh, off : off + ww]
     return out
 
 
@@ -106,15 +116,23 @@ def main() -> None:
     from medseg.engine.runtime import select_device
     from medseg.engine.weights import demo_weights_path
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=None, help="image edge (default 8192 CUDA, 2048 CPU)")
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=None, help="default 16 on CUDA, 4 on CPU")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing runs per path (best is kept)")
-    parser.add_argument("--base-channels", type=int, default=None,
-                        help="random-weight net of this width instead of the demo weights")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved timing runs per path (best is kept)"
+    )
+    parser.add_argument(
+        "--base-channels",
+        type=int,
+        default=None,
+        help="random-weight net of this width instead of the demo weights",
+    )
     parser.add_argument("--arch", default="unet2015", choices=["unet2015", "basicunet"])
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -136,11 +154,34 @@ def main() -> None:
     ref_model = predictor.model  # the same module: identical weights and memory format
     tile, margin, align = valid_tile(config, args.tile), model_margin(config), model_align(config)
     image = make_image(size)
-    run_project = lambda img=image: predict_image(predictor, config, img, tile=args.tile, batch_size=batch)  # noqa: E731
-    run_reference = lambda: reference_predict(ref_model, image, device=device, tile=tile, margin=margin,  # noqa: E731
-                                              align=align, batch_size=batch, amp_dtype=predictor.amp_dtype)
-    run_naive = lambda: reference_predict(naive_model, image, device=device, tile=tile, margin=margin,  # noqa: E731
-                                          align=align, batch_size=1, channels_last=False)
+
+    def run_project(img=image):
+        return predict_image(predictor, config, img, tile=args.tile, batch_size=batch)
+
+    def run_reference():
+        return reference_predict(
+            ref_model,
+            image,
+            device=device,
+            tile=tile,
+            margin=margin,
+            align=align,
+            batch_size=batch,
+            amp_dtype=predictor.amp_dtype,
+        )
+
+    def run_naive():
+        return reference_predict(
+            naive_model,
+            image,
+            device=device,
+            tile=tile,
+            margin=margin,
+            align=align,
+            batch_size=1,
+            channels_last=False,
+        )
+
     run_project(image[:600, :600])  # warm-up (oneDNN primitive creation, CUDA context)
     times: dict[str, list[float]] = {"project": [], "reference": []}
     memory: dict[str, dict] = {}
@@ -153,11 +194,20 @@ def main() -> None:
     best = {k: min(v) for k, v in times.items()}
     mpx = image.size / 1e6
     results = {
-        "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch_threads": args.threads, "arch": config.arch, "base_channels": config.base_channels,
-        "weights": str(weights), "size": size, "tile": f"{tile} -> {tile - 2 * margin} core", "batch_size": batch,
-        "precision": predictor.amp_name, "channels_last": predictor.channels_last, "repeats": args.repeats,
-        "project_mpx_s": round(mpx / best["project"], 4), "reference_mpx_s": round(mpx / best["reference"], 4),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch_threads": args.threads,
+        "arch": config.arch,
+        "base_channels": config.base_channels,
+        "weights": str(weights),
+        "size": size,
+        "tile": f"{tile} -> {tile - 2 * margin} core",
+        "batch_size": batch,
+        "precision": predictor.amp_name,
+        "channels_last": predictor.channels_last,
+        "repeats": args.repeats,
+        "project_mpx_s": round(mpx / best["project"], 4),
+        "reference_mpx_s": round(mpx / best["reference"], 4),
         "ratio_project_vs_reference": round(best["reference"] / best["project"], 3),
         "project_seconds_all": [round(t, 3) for t in times["project"]],
         "reference_seconds_all": [round(t, 3) for t in times["reference"]],
@@ -168,8 +218,13 @@ def main() -> None:
     }
     if not args.skip_naive:
         seconds, _, mem = timed(run_naive, device)
-        results.update({"naive_mpx_s": round(mpx / seconds, 4), "ratio_project_vs_naive": round(seconds / best["project"], 3),
-                        "naive_peak_rss_mb": mem["peak_rss_mb"]})
+        results.update(
+            {
+                "naive_mpx_s": round(mpx / seconds, 4),
+                "ratio_project_vs_naive": round(seconds / best["project"], 3),
+                "naive_peak_rss_mb": mem["peak_rss_mb"],
+            }
+        )
     for edge in (size // 2, size):  # NumPy memory beyond the output must stay flat as the image grows
         img = image[:edge, :edge]
         tracemalloc.start()
@@ -181,9 +236,11 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
-    print(f"project {results['project_mpx_s']} Mpx/s, reference {results['reference_mpx_s']} Mpx/s: "
-          f"ratio {results['ratio_project_vs_reference']}"
-          + (f"; vs naive {results['ratio_project_vs_naive']}" if "ratio_project_vs_naive" in results else ""))
+    print(
+        f"project {results['project_mpx_s']} Mpx/s, reference {results['reference_mpx_s']} Mpx/s: "
+        f"ratio {results['ratio_project_vs_reference']}"
+        + (f"; vs naive {results['ratio_project_vs_naive']}" if "ratio_project_vs_naive" in results else "")
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,17 @@ def make_series(folder: Path, n: int, size: int) -> None:
 
     rng = np.random.default_rng(0)
     vol = rng.normal(-600, 300, (n, size, size)).astype(np.float32)
-    write_ct_series(folder, vol, spacing_zyx=(1.0, 0.7, 0.7), kernel="B50f", study_uid=new_uid(),
-                    series_uid=new_uid(), frame_uid=new_uid(), series_number=1, description="bench")
+    write_ct_series(
+        folder,
+        vol,
+        spacing_zyx=(1.0, 0.7, 0.7),
+        kernel="B50f",
+        study_uid=new_uid(),
+        series_uid=new_uid(),
+        frame_uid=new_uid(),
+        series_number=1,
+        description="bench",
+    )
 
 
 def make_weights(path: Path) -> None:
@@ -50,8 +59,11 @@ def make_weights(path: Path) -> None:
     from medseg.engine.checkpoint import CheckpointMeta, save_weights
 
     cfg = KernelNetConfig("B50f", "B30f", channels=CHANNELS, depth=DEPTH, hu_mean=HU_MEAN, hu_scale=HU_SCALE)
-    save_weights(path, build_kernel_net(config=cfg).state_dict(),
-                 CheckpointMeta(model=MODEL_NAME, task="B50f->B30f", config=cfg.to_dict(), training_data="random"))
+    save_weights(
+        path,
+        build_kernel_net(config=cfg).state_dict(),
+        CheckpointMeta(model=MODEL_NAME, task="B50f->B30f", config=cfg.to_dict(), training_data="random"),
+    )
 
 
 def reference_net(weights: Path):
@@ -77,16 +89,20 @@ def reference_batch(x_np: np.ndarray, body, device, amp_dtype) -> np.ndarray:
     import torch
 
     cast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    cudnn = (torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False) if device.type == "cuda"
-             else contextlib.nullcontext())
+    cudnn = (
+        torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False)
+        if device.type == "cuda"
+        else contextlib.nullcontext()
+    )
     with torch.inference_mode(), cast, cudnn:
         x = torch.from_numpy(x_np).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = x + (body((x - HU_MEAN) / HU_SCALE) * HU_SCALE).float()
         return y[:, 0].cpu().numpy()
 
 
-def predictor_vs_reference(volume: np.ndarray, weights: Path, body, device, batch_size: int, amp_dtype,
-                           repeats: int) -> tuple[float, float]:
+def predictor_vs_reference(
+    volume: np.ndarray, weights: Path, body, device, batch_size: int, amp_dtype, repeats: int
+) -> tuple[float, float]:
     """Seconds for the whole volume through medseg's Predictor and through the plain-torch reference.
 
     Interleaved batch by batch (alternating which goes first), so both see the same machine load;
@@ -100,8 +116,8 @@ def predictor_vs_reference(volume: np.ndarray, weights: Path, body, device, batc
     for rep in range(repeats):
         t_p = t_r = 0.0
         for k, i in enumerate(range(0, len(volume), batch_size)):
-            x = volume[i:i + batch_size, None]
-            for name in (("p", "r") if (rep + k) % 2 == 0 else ("r", "p")):
+            x = volume[i : i + batch_size, None]
+            for name in ("p", "r") if (rep + k) % 2 == 0 else ("r", "p"):
                 t0 = time.perf_counter()
                 if name == "p":
                     predictor(x)
@@ -138,12 +154,17 @@ def naive(series_dir: Path, weights: Path, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def project(series_dir: Path, weights: Path, out: Path, device: str, batch_size: int | None) -> tuple[float, int]:
+def project(
+    series_dir: Path, weights: Path, out: Path, device: str, batch_size: int | None
+) -> tuple[float, int]:
     from medseg.ct.convert import ConvertConfig, convert
 
     t0 = time.perf_counter()
-    res = convert(series_dir, out, ConvertConfig("B50f", "B30f", weights=weights, device=device,
-                                                 batch_size=batch_size, overwrite=True))
+    res = convert(
+        series_dir,
+        out,
+        ConvertConfig("B50f", "B30f", weights=weights, device=device, batch_size=batch_size, overwrite=True),
+    )
     return time.perf_counter() - t0, res.items[0].metrics["slices"]
 
 
@@ -152,14 +173,23 @@ def memory_check(args, dev, tmp: Path, weights: Path) -> None:
     for n in (args.slices, 4 * args.slices):
         series = tmp / f"s{n}"
         make_series(series, n, args.size)
-        code = ("import resource,sys; sys.path.insert(0, %r); from ct_convert import project; "
-                "from pathlib import Path; project(Path(%r), Path(%r), Path(%r), %r, %r); "
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)") % (
-            str(Path(__file__).parent), str(series), str(weights), str(tmp / f"o{n}"), str(dev), args.batch_size)
+        code = (
+            "import resource,sys; sys.path.insert(0, %r); from ct_convert import project; "
+            "from pathlib import Path; project(Path(%r), Path(%r), Path(%r), %r, %r); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        ) % (
+            str(Path(__file__).parent),
+            str(series),
+            str(weights),
+            str(tmp / f"o{n}"),
+            str(dev),
+            args.batch_size,
+        )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         rows[f"peak_rss_mb_{n}_slices"] = float(out.stdout.strip().splitlines()[-1])
-    rows["rss_growth_ratio_4x_slices"] = rows[f"peak_rss_mb_{4 * args.slices}_slices"] / \
-        rows[f"peak_rss_mb_{args.slices}_slices"]
+    rows["rss_growth_ratio_4x_slices"] = (
+        rows[f"peak_rss_mb_{4 * args.slices}_slices"] / rows[f"peak_rss_mb_{args.slices}_slices"]
+    )
     report("ct_convert memory", {"device": str(dev), "size": args.size, **rows})
 
 
@@ -171,7 +201,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per path (best counts)")
     p.add_argument("--skip-baseline", action="store_true", help="skip the naive loop")
-    p.add_argument("--memory-check", action="store_true", help="peak RSS of the project path for N and 4N slices")
+    p.add_argument(
+        "--memory-check", action="store_true", help="peak RSS of the project path for N and 4N slices"
+    )
     args = p.parse_args()
 
     import torch
@@ -194,15 +226,23 @@ def main() -> None:
         volume, _ = read_series(open_series(series))
         body = reference_net(weights)
         amp = resolve_amp_dtype(dev, "auto")
-        results = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
-                   f"cpu ({torch.get_num_threads()} threads)", "slices": args.slices, "size": args.size,
-                   "batch_size": batch, "precision": str(amp).replace("torch.", "") if amp else "fp32"}
+        results = {
+            "device": torch.cuda.get_device_name(dev)
+            if dev.type == "cuda"
+            else f"cpu ({torch.get_num_threads()} threads)",
+            "slices": args.slices,
+            "size": args.size,
+            "batch_size": batch,
+            "precision": str(amp).replace("torch.", "") if amp else "fp32",
+        }
         project(series, weights, tmp / "warm", str(dev), batch)  # warm-up: oneDNN/cuDNN primitives, allocator
         reference_batch(volume[:batch, None], body.to(dev), dev, amp)
         best, rss = {}, {}
         for _ in range(args.repeats):  # end to end: best of the repeats
-            for name, run in (("project", lambda: project(series, weights, tmp / "out", str(dev), batch)[0]),
-                              ("naive", lambda: naive(series, weights, str(dev)))):
+            for name, run in (
+                ("project", lambda: project(series, weights, tmp / "out", str(dev), batch)[0]),
+                ("naive", lambda: naive(series, weights, str(dev))),
+            ):
                 if name == "naive" and args.skip_baseline:
                     continue
                 if dev.type == "cuda":
@@ -214,8 +254,9 @@ def main() -> None:
                 if dev.type == "cuda":
                     results[f"{name}_gpu_peak_mb"] = gpu_peak_mb()
         with peak_rss() as mem:
-            best["predictor"], best["reference"] = predictor_vs_reference(volume, weights, body, dev, batch, amp,
-                                                                          args.repeats)
+            best["predictor"], best["reference"] = predictor_vs_reference(
+                volume, weights, body, dev, batch, amp, args.repeats
+            )
         rss["interleaved"] = mem["delta_mb"]
         for name, seconds in best.items():
             results[f"{name}_slices_per_s"] = args.slices / seconds
@@ -225,7 +266,9 @@ def main() -> None:
         results["ratio_project_vs_reference"] = results["project_slices_per_s"] / ref
         results["ratio_predictor_vs_reference"] = results["predictor_slices_per_s"] / ref
         if "naive" in best:
-            results["ratio_project_vs_naive"] = results["project_slices_per_s"] / results["naive_slices_per_s"]
+            results["ratio_project_vs_naive"] = (
+                results["project_slices_per_s"] / results["naive_slices_per_s"]
+            )
         report("ct_convert", results)
 
 

@@ -58,7 +58,9 @@ def _detector(args):
 
     if args.arch == "resnet50-fpn":
         torch.manual_seed(0)
-        return Detector(build_resnet50_fpn_detector(), resnet50_config(), device=args.device, source="random r50")
+        return Detector(
+            build_resnet50_fpn_detector(), resnet50_config(), device=args.device, source="random r50"
+        )
     return load_detector(args.weights, device=args.device)
 
 
@@ -85,7 +87,7 @@ def naive_score(path: Path, detector, cfg) -> dict:
                 img = np.asarray(Image.fromarray(img).resize((cfg.tile, cfg.tile)))
             if not feasible(img)[0]:
                 continue
-            (b, lab, s), = detector.predict(img[None], min_score=cfg.min_score)
+            ((b, lab, s),) = detector.predict(img[None], min_score=cfg.min_score)
             b, lab, s = merge_tile_detections(grid, t, b, lab, s)
             boxes.append(b)
             labels.append(lab)
@@ -113,7 +115,7 @@ def reference_score(path: Path, detector, cfg) -> dict:
         grid = make_grid(slide, target_mpp=cfg.target_mpp, tile=cfg.tile, overlap=cfg.overlap)
         tiles = plan_slide_tiles(slide, grid, detect_tissue(slide), min_tissue=cfg.min_tissue)
         for i in range(0, len(tiles), cfg.batch_size):
-            batch = np.stack([read_tile(slide, t, cfg.tile) for t in tiles[i:i + cfg.batch_size]])
+            batch = np.stack([read_tile(slide, t, cfg.tile) for t in tiles[i : i + cfg.batch_size]])
             with torch.inference_mode(), autocast(device, amp):
                 x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0)
                 out = model(list(x))
@@ -136,7 +138,7 @@ def engine_vs_plain(path: Path, detector, cfg, repeats: int = 8) -> dict:
     with open_slide(path) as slide:
         grid = make_grid(slide, target_mpp=cfg.target_mpp, tile=cfg.tile, overlap=cfg.overlap)
         tiles = plan_slide_tiles(slide, grid, detect_tissue(slide), min_tissue=cfg.min_tissue)
-        batch = np.stack([read_tile(slide, t, cfg.tile) for t in tiles[:cfg.batch_size]])
+        batch = np.stack([read_tile(slide, t, cfg.tile) for t in tiles[: cfg.batch_size]])
     device, amp = detector.device, detector.predictor.amp_dtype
     model = detector.model  # the same module object, already channels_last on the device
 
@@ -161,8 +163,13 @@ def engine_vs_plain(path: Path, detector, cfg, repeats: int = 8) -> dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
     p, e = float(np.median(t_plain)), float(np.median(t_engine))
-    return {"batch": len(batch), "plain_s": round(p, 4), "engine_s": round(e, 4), "ratio": round(p / e, 3),
-            "ratio_of_best": round(min(t_plain) / min(t_engine), 3)}
+    return {
+        "batch": len(batch),
+        "plain_s": round(p, 4),
+        "engine_s": round(e, 4),
+        "ratio": round(p / e, 3),
+        "ratio_of_best": round(min(t_plain) / min(t_engine), 3),
+    }
 
 
 def child(args) -> None:
@@ -179,8 +186,12 @@ def child(args) -> None:
         return
     if args.mode == "pipeline":
         res = score_slide(args.child, detector, cfg)
-        out = {"tiles": res.summary["tiles_read"], "feasible": res.summary["tiles_feasible"],
-               "ptcs": res.summary["ptc_total"], "wall_s": res.summary["wall_s"]}
+        out = {
+            "tiles": res.summary["tiles_read"],
+            "feasible": res.summary["tiles_feasible"],
+            "ptcs": res.summary["ptc_total"],
+            "wall_s": res.summary["wall_s"],
+        }
     elif args.mode == "reference":
         out = reference_score(Path(args.child), detector, cfg)
     else:
@@ -198,16 +209,35 @@ def run_child(args, slide: Path, mode: str) -> dict:
 
 
 def _run_child_once(args, slide: Path, mode: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(slide), "--mode", mode, "--device", args.device, "--arch", args.arch,
-           "--weights", str(args.weights), "--threads", str(args.threads), "--batch-size", str(args.batch_size),
-           "--workers", str(args.workers)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(slide),
+        "--mode",
+        mode,
+        "--device",
+        args.device,
+        "--arch",
+        args.arch,
+        "--weights",
+        str(args.weights),
+        "--threads",
+        str(args.threads),
+        "--batch-size",
+        str(args.batch_size),
+        "--workers",
+        str(args.workers),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[20000, 60000], help="slide sides in px (0.5 um/px)")
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[20000, 60000], help="slide sides in px (0.5 um/px)"
+    )
     p.add_argument("--tissue-mm", type=float, default=3.0, help="side of the square tissue region (mm)")
     p.add_argument("--device", default="auto")
     p.add_argument("--arch", choices=["light", "resnet50-fpn"], default="light")
@@ -215,7 +245,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--no-baseline", action="store_true", help="skip the naive baseline (the reference always runs)")
+    p.add_argument(
+        "--no-baseline", action="store_true", help="skip the naive baseline (the reference always runs)"
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs per measurement; the fastest is kept")
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -241,40 +273,71 @@ def main() -> None:
             c = size // 2
             path = Path(tmp) / f"bench_{size}.tiff"
             t0 = time.perf_counter()
-            write_slide(path, SlideSpec(width=size, height=size, seed=99, tissue_box=(c - side // 2, c - side // 2,
-                                                                                   c + side // 2, c + side // 2),
-                                        tissue_fraction=0.95))
+            write_slide(
+                path,
+                SlideSpec(
+                    width=size,
+                    height=size,
+                    seed=99,
+                    tissue_box=(c - side // 2, c - side // 2, c + side // 2, c + side // 2),
+                    tissue_fraction=0.95,
+                ),
+            )
             gen_s = time.perf_counter() - t0
-            row = {"slide_px": size, "gigapixels": round(size * size / 1e9, 2), "generate_s": round(gen_s, 1),
-                   "pipeline": run_child(args, path, "pipeline"), "reference": run_child(args, path, "reference")}
+            row = {
+                "slide_px": size,
+                "gigapixels": round(size * size / 1e9, 2),
+                "generate_s": round(gen_s, 1),
+                "pipeline": run_child(args, path, "pipeline"),
+                "reference": run_child(args, path, "reference"),
+            }
             if engine is None:
                 engine = _run_child_once(args, path, "engine")
-            row["ratio_vs_reference"] = round(row["pipeline"]["tiles_per_s"] / row["reference"]["tiles_per_s"], 3)
+            row["ratio_vs_reference"] = round(
+                row["pipeline"]["tiles_per_s"] / row["reference"]["tiles_per_s"], 3
+            )
             if not args.no_baseline:
                 row["naive"] = run_child(args, path, "naive")
                 row["speedup"] = round(row["naive"]["wall_s"] / row["pipeline"]["wall_s"], 2)
             results.append(row)
             path.unlink()
     if args.json:
-        print(json.dumps({"device": args.device, "arch": args.arch, "engine_vs_plain_torch": engine,
-                          "results": results}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "device": args.device,
+                    "arch": args.arch,
+                    "engine_vs_plain_torch": engine,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
         return
     runtime = results[0]["pipeline"]["runtime"] if results else {}
-    print(f"device={runtime.get('device', args.device)} precision={runtime.get('amp', '')} arch={args.arch} "
-          f"tissue={args.tissue_mm} mm square, tile 1024 @ 0.5 um/px, batch {args.batch_size}, "
-          f"{args.threads} torch threads")
-    print(f"{'slide px':>9} {'Gpx':>5} {'tiles':>6} {'scored':>6} {'tiles/s':>8} {'wall s':>7} {'RSS MB':>7} {'ref tiles/s':>11} "
-          f"{'ref RSS MB':>10} {'vs ref':>6} {'naive tiles/s':>13} {'naive RSS MB':>12} {'vs naive':>8}")
+    print(
+        f"device={runtime.get('device', args.device)} precision={runtime.get('amp', '')} arch={args.arch} "
+        f"tissue={args.tissue_mm} mm square, tile 1024 @ 0.5 um/px, batch {args.batch_size}, "
+        f"{args.threads} torch threads"
+    )
+    print(
+        f"{'slide px':>9} {'Gpx':>5} {'tiles':>6} {'scored':>6} {'tiles/s':>8} {'wall s':>7} {'RSS MB':>7} {'ref tiles/s':>11} "
+        f"{'ref RSS MB':>10} {'vs ref':>6} {'naive tiles/s':>13} {'naive RSS MB':>12} {'vs naive':>8}"
+    )
     for r in results:
         pl, ref, nv = r["pipeline"], r["reference"], r.get("naive", {})
-        print(f"{r['slide_px']:>9} {r['gigapixels']:>5} {pl['tiles']:>6} {pl['feasible']:>6} {pl['tiles_per_s']:>8} {pl['wall_s']:>7.1f} "
-              f"{pl['peak_rss_mb']:>7.0f} {ref['tiles_per_s']:>11} {ref['peak_rss_mb']:>10.0f} "
-              f"{r['ratio_vs_reference']:>6} {nv.get('tiles_per_s', ''):>13} {nv.get('peak_rss_mb', 0):>12.0f} "
-              f"{r.get('speedup', ''):>8}")
+        print(
+            f"{r['slide_px']:>9} {r['gigapixels']:>5} {pl['tiles']:>6} {pl['feasible']:>6} {pl['tiles_per_s']:>8} {pl['wall_s']:>7.1f} "
+            f"{pl['peak_rss_mb']:>7.0f} {ref['tiles_per_s']:>11} {ref['peak_rss_mb']:>10.0f} "
+            f"{r['ratio_vs_reference']:>6} {nv.get('tiles_per_s', ''):>13} {nv.get('peak_rss_mb', 0):>12.0f} "
+            f"{r.get('speedup', ''):>8}"
+        )
     if engine:
-        print(f"inference only, one batch of {engine['batch']} tiles (medians): engine Predictor {engine['engine_s']} s, "
-              f"plain torch {engine['plain_s']} s, throughput ratio engine/plain {engine['ratio']} "
-              f"(best runs: {engine['ratio_of_best']})")
+        print(
+            f"inference only, one batch of {engine['batch']} tiles (medians): engine Predictor {engine['engine_s']} s, "
+            f"plain torch {engine['plain_s']} s, throughput ratio engine/plain {engine['ratio']} "
+            f"(best runs: {engine['ratio_of_best']})"
+        )
 
 
 if __name__ == "__main__":

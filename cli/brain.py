@@ -23,26 +23,36 @@ ARCHS = click.Choice(["twopath", "input-cascade", "local-cascade", "mf-cascade"]
 
 
 def _human_segment(result) -> str:
-    return "\n".join(f"{i.name}: WT {i.metrics['WT_ml']:.2f} mL, TC {i.metrics['TC_ml']:.2f} mL, "
-                     f"ET {i.metrics['ET_ml']:.2f} mL -> {i.outputs['seg']}" for i in result.items if i.ok)
+    return "\n".join(
+        f"{i.name}: WT {i.metrics['WT_ml']:.2f} mL, TC {i.metrics['TC_ml']:.2f} mL, "
+        f"ET {i.metrics['ET_ml']:.2f} mL -> {i.outputs['seg']}"
+        for i in result.items
+        if i.ok
+    )
 
 
 def _human_train(result) -> str:
     if result.stopped != "completed":
         return f"stopped ({result.stopped}) after {result.epochs} epoch(s); continue with --resume"
-    return (f"wrote {result.best_weights} ({result.extra['arch']}, validation loss {result.best_metric:.4g} on "
-            f"{result.validated_on}, {result.seconds:.0f} s)")
+    return (
+        f"wrote {result.best_weights} ({result.extra['arch']}, validation loss {result.best_metric:.4g} on "
+        f"{result.validated_on}, {result.seconds:.0f} s)"
+    )
 
 
 def _human_eval(result) -> str:
     s = result.summary
     if "dice_WT" not in s:
         return "no case could be evaluated"
-    return (f"{s['dice_WT']['n']} case(s): Dice WT {s['dice_WT']['mean']:.3f}, TC {s['dice_TC']['mean']:.3f}, "
-            f"ET {s['dice_ET']['mean']:.3f}; report {result.outputs['html']}")
+    return (
+        f"{s['dice_WT']['n']} case(s): Dice WT {s['dice_WT']['mean']:.3f}, TC {s['dice_TC']['mean']:.3f}, "
+        f"ET {s['dice_ET']['mean']:.3f}; report {result.outputs['html']}"
+    )
 
 
-@click.command("brain-segment", epilog="""\b
+@click.command(
+    "brain-segment",
+    epilog="""\b
 Examples:
   medseg brain-segment --t1 t1.nii.gz --t1c t1ce.nii.gz --t2 t2.nii.gz --flair flair.nii.gz --out seg.nii.gz
   medseg brain-segment sample_data/brain/SYN_0001 --out results/
@@ -52,40 +62,82 @@ Each case writes <out>/<case>_seg.nii.gz (or --out FILE for one case) plus
 <stem>_volumes.json/.csv with WT/TC/ET volumes in mL; a batch also writes volumes.csv.
 Inputs are skull-stripped MRI (BraTS style, zero background): NIfTI/NRRD/MHA files or one
 DICOM series folder per modality. Modalities must share one grid unless --resample-to.
-""")
+""",
+)
 @click.argument("case_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False))
 @click.option("--t1", type=click.Path(exists=True), help="T1 image (file or DICOM folder).")
 @click.option("--t1c", type=click.Path(exists=True), help="T1 contrast-enhanced image.")
 @click.option("--t2", type=click.Path(exists=True), help="T2 image.")
 @click.option("--flair", type=click.Path(exists=True), help="FLAIR image.")
-@click.option("--out", "out", required=True, type=click.Path(), help="Output file (.nii.gz, one case) or folder.")
-@weights_option("Weights (.safetensors) made by brain-train; default: the demo InputCascadeCNN (trained on "
-                "synthetic data only, not for clinical use).")
-@click.option("--labels", type=LABELS, default="brats2021", show_default=True,
-              help="Output label convention: brats2021 (1 NCR/NET, 2 ED, 4 ET), brats2023 (1, 2, 3 ET), "
-                   "havaei (1 necrosis, 2 edema, 3 non-enhancing, 4 enhancing).")
-@click.option("--resample-to", type=MODS, default=None,
-              help="Resample the other modalities (linear) onto this one's grid instead of failing on a mismatch.")
+@click.option(
+    "--out", "out", required=True, type=click.Path(), help="Output file (.nii.gz, one case) or folder."
+)
+@weights_option(
+    "Weights (.safetensors) made by brain-train; default: the demo InputCascadeCNN (trained on "
+    "synthetic data only, not for clinical use)."
+)
+@click.option(
+    "--labels",
+    type=LABELS,
+    default="brats2021",
+    show_default=True,
+    help="Output label convention: brats2021 (1 NCR/NET, 2 ED, 4 ET), brats2023 (1, 2, 3 ET), "
+    "havaei (1 necrosis, 2 edema, 3 non-enhancing, 4 enhancing).",
+)
+@click.option(
+    "--resample-to",
+    type=MODS,
+    default=None,
+    help="Resample the other modalities (linear) onto this one's grid instead of failing on a mismatch.",
+)
 @click.option("--no-n4", is_flag=True, help="Skip N4 bias correction (data already corrected; faster).")
 @click.option("--no-postprocess", is_flag=True, help="Keep small connected components.")
 @batch_size_option(8)
 @amp_option
 @overwrite_option
 @common_options
-def brain_segment(case_dirs, t1, t1c, t2, flair, out, weights, labels, resample_to, no_n4, no_postprocess,
-                  batch_size, amp, overwrite, device, quiet, as_json):
+def brain_segment(
+    case_dirs,
+    t1,
+    t1c,
+    t2,
+    flair,
+    out,
+    weights,
+    labels,
+    resample_to,
+    no_n4,
+    no_postprocess,
+    batch_size,
+    amp,
+    overwrite,
+    device,
+    quiet,
+    as_json,
+):
     """Segment brain tumours (WT/TC/ET) in 4-modality MRI with a Havaei CNN (whole slices, FCN)."""
     from medseg.brain.io import resolve_cases
     from medseg.brain.segment import SegmentConfig, segment_cases
 
     cases = resolve_cases(list(case_dirs), t1=t1, t1c=t1c, t2=t2, flair=flair)
-    cfg = SegmentConfig(weights=weights, labels=labels, resample_to=resample_to, batch_size=batch_size,
-                        n4=False if no_n4 else None, postprocess=not no_postprocess, device=device, amp=amp,
-                        overwrite=overwrite, progress=not quiet)
+    cfg = SegmentConfig(
+        weights=weights,
+        labels=labels,
+        resample_to=resample_to,
+        batch_size=batch_size,
+        n4=False if no_n4 else None,
+        postprocess=not no_postprocess,
+        device=device,
+        amp=amp,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
     finish(segment_cases(cases, Path(out), cfg), as_json=as_json, human=_human_segment)
 
 
-@click.command("brain-train", epilog="""\b
+@click.command(
+    "brain-train",
+    epilog="""\b
 Examples:
   medseg brain-train train_cases/ --arch twopath --out runs/twopath
   medseg brain-train train_cases/ --arch input-cascade --first-weights runs/twopath/best.safetensors --out runs/ic
@@ -96,21 +148,42 @@ class-balanced patches (OUT/phase1), phase 2 only the output layer on the natura
 (OUT/phase2); the final model is OUT/best.safetensors. Cascades train (OUT/first/) or load
 (--first-weights) a TwoPathCNN first, freeze it, then train the second stage. With two or more
 cases, --val-fraction of them (at least one) are held out for validation.
-""")
+""",
+)
 @click.argument("case_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--arch", type=ARCHS, default="twopath", show_default=True)
-@click.option("--first-weights", type=WEIGHTS_TYPE, default=None,
-              help="Trained TwoPathCNN weights for a cascade's first stage (else trained first, in OUT/first).")
-@click.option("--labels", type=LABELS, default="brats2021", show_default=True, help="Label convention of the segs.")
+@click.option(
+    "--first-weights",
+    type=WEIGHTS_TYPE,
+    default=None,
+    help="Trained TwoPathCNN weights for a cascade's first stage (else trained first, in OUT/first).",
+)
+@click.option(
+    "--labels", type=LABELS, default="brats2021", show_default=True, help="Label convention of the segs."
+)
 @click.option("--epochs", type=click.IntRange(1), default=5, show_default=True, help="Phase-1 epochs.")
-@click.option("--steps", type=click.IntRange(1), default=30, show_default=True, help="Steps per phase-1 epoch.")
+@click.option(
+    "--steps", type=click.IntRange(1), default=30, show_default=True, help="Steps per phase-1 epoch."
+)
 @click.option("--phase2-epochs", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Patches per step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.003, show_default=True,
-              help="Phase-1 learning rate (SGD, momentum 0.9); phase 2 uses a third of it.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
-              help="Share of the cases held out for validation (at least one case when there are two or more).")
+@click.option(
+    "--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Patches per step."
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.003,
+    show_default=True,
+    help="Phase-1 learning rate (SGD, momentum 0.9); phase 2 uses a third of it.",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Share of the cases held out for validation (at least one case when there are two or more).",
+)
 @click.option("--local-channels", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--global-channels", type=click.IntRange(1), default=160, show_default=True)
 @click.option("--no-n4", is_flag=True, help="Skip N4 bias correction in preprocessing.")
@@ -118,9 +191,30 @@ cases, --val-fraction of them (at least one) are held out for validation.
 @train_options
 @overwrite_option
 @common_options
-def brain_train(case_dirs, out, arch, first_weights, labels, epochs, steps, phase2_epochs, batch_size, lr,
-                val_fraction, local_channels, global_channels, no_n4, n4_shrink, max_minutes, seed, resume,
-                overwrite, device, quiet, as_json):
+def brain_train(
+    case_dirs,
+    out,
+    arch,
+    first_weights,
+    labels,
+    epochs,
+    steps,
+    phase2_epochs,
+    batch_size,
+    lr,
+    val_fraction,
+    local_channels,
+    global_channels,
+    no_n4,
+    n4_shrink,
+    max_minutes,
+    seed,
+    resume,
+    overwrite,
+    device,
+    quiet,
+    as_json,
+):
     """Train a TwoPathCNN or a cascade on case folders (two-phase patch training)."""
     from medseg.brain.models import BrainNetConfig
     from medseg.brain.preprocess import PreprocessConfig
@@ -131,26 +225,51 @@ def brain_train(case_dirs, out, arch, first_weights, labels, epochs, steps, phas
         preprocess=PreprocessConfig(n4=not no_n4, n4_shrink=n4_shrink),
         phase1=PhaseConfig(epochs=epochs, steps_per_epoch=steps, lr=lr),
         phase2=PhaseConfig(epochs=phase2_epochs, steps_per_epoch=max(1, steps * 2 // 3), lr=lr / 3),
-        batch_size=batch_size, val_fraction=val_fraction, seed=seed, labels=labels, max_minutes=max_minutes)
-    result = train(list(case_dirs), Path(out), cfg, first_weights=first_weights, device=device, resume=resume,
-                   overwrite=overwrite, progress=not quiet)
+        batch_size=batch_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        labels=labels,
+        max_minutes=max_minutes,
+    )
+    result = train(
+        list(case_dirs),
+        Path(out),
+        cfg,
+        first_weights=first_weights,
+        device=device,
+        resume=resume,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
     finish(result, as_json=as_json, human=_human_train)
 
 
-@click.command("brain-eval", epilog="""\b
+@click.command(
+    "brain-eval",
+    epilog="""\b
 Examples:
   medseg brain-eval sample_data/brain/ --pred results/ --out qa/
   medseg brain-eval cohort/ --pred results/ --out qa/ --pred-labels brats2023
 \b
 Matches <pred>/<case>_seg.nii.gz to each case folder's ground truth; writes qa/report.html
 (tables, box plots, overlays), metrics.json and metrics.csv.
-""")
+""",
+)
 @click.argument("case_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--pred", "pred_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder of predicted segmentations.")
+@click.option(
+    "--pred",
+    "pred_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of predicted segmentations.",
+)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Report folder.")
-@click.option("--labels", type=LABELS, default="brats2021", show_default=True, help="Ground-truth label convention.")
-@click.option("--pred-labels", type=LABELS, default=None, help="Prediction label convention (default: --labels).")
+@click.option(
+    "--labels", type=LABELS, default="brats2021", show_default=True, help="Ground-truth label convention."
+)
+@click.option(
+    "--pred-labels", type=LABELS, default=None, help="Prediction label convention (default: --labels)."
+)
 @overwrite_option
 @output_options
 def brain_eval(case_dirs, pred_dir, out, labels, pred_labels, overwrite, quiet, as_json):

@@ -51,15 +51,33 @@ Examples:
 @click.command("cells-segment", epilog=SEGMENT_EPILOG)
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@weights_option("Weights (.safetensors from cells-train). Default: the demo weights (synthetic, not for clinical use).")
+@weights_option(
+    "Weights (.safetensors from cells-train). Default: the demo weights (synthetic, not for clinical use)."
+)
 @click.option("--tile", type=click.IntRange(64), default=512, show_default=True, help="Input tile edge (px).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.6, show_default=True,
-              help="Cell probability threshold.")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=0.6,
+    show_default=True,
+    help="Cell probability threshold.",
+)
 @click.option("--min-size", type=click.IntRange(0), default=40, show_default=True, help="Smallest cell (px).")
-@click.option("--solidity", type=click.FloatRange(0, 1.01), default=0.85, show_default=True,
-              help="Only components less convex than this are split by the watershed.")
-@click.option("--h", "h", type=click.FloatRange(0), default=2.0, show_default=True,
-              help="Watershed seed depth on the distance transform (px); larger merges more.")
+@click.option(
+    "--solidity",
+    type=click.FloatRange(0, 1.01),
+    default=0.85,
+    show_default=True,
+    help="Only components less convex than this are split by the watershed.",
+)
+@click.option(
+    "--h",
+    "h",
+    type=click.FloatRange(0),
+    default=2.0,
+    show_default=True,
+    help="Watershed seed depth on the distance transform (px); larger merges more.",
+)
 @click.option("--no-watershed", is_flag=True, help="Connected components only (no splitting of merges).")
 @click.option("--save-prob", is_flag=True, help="Also write the cell-probability map (float TIFF).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML QA report.")
@@ -68,69 +86,181 @@ Examples:
 @amp_option
 @overwrite_option
 @common_options
-def cells_segment(images, out_dir, weights, tile, threshold, min_size, solidity, h, no_watershed, save_prob, no_report,
-                  resume, batch_size, amp, overwrite, device, quiet, as_json):
+def cells_segment(
+    images,
+    out_dir,
+    weights,
+    tile,
+    threshold,
+    min_size,
+    solidity,
+    h,
+    no_watershed,
+    save_prob,
+    no_report,
+    resume,
+    batch_size,
+    amp,
+    overwrite,
+    device,
+    quiet,
+    as_json,
+):
     """Segment cells (instances) in PNG/TIFF microscopy images of any size."""
     from medseg.cells.instances import InstanceConfig
     from medseg.cells.segment import SegmentConfig, human_summary, segment_images
 
-    config = SegmentConfig(weights=weights, device=device, amp=amp, tile=tile, batch_size=batch_size,
-                           save_probability=save_prob, report=not no_report, overwrite=overwrite, resume=resume,
-                           progress=not quiet,
-                           instances=InstanceConfig(threshold=threshold, min_size=min_size, h=h, solidity=solidity,
-                                                    watershed=not no_watershed))
+    config = SegmentConfig(
+        weights=weights,
+        device=device,
+        amp=amp,
+        tile=tile,
+        batch_size=batch_size,
+        save_probability=save_prob,
+        report=not no_report,
+        overwrite=overwrite,
+        resume=resume,
+        progress=not quiet,
+        instances=InstanceConfig(
+            threshold=threshold, min_size=min_size, h=h, solidity=solidity, watershed=not no_watershed
+        ),
+    )
     finish(segment_images(list(images), out_dir, config), as_json=as_json, human=human_summary)
 
 
 @click.command("cells-train", epilog=TRAIN_EPILOG)
-@click.option("--images", "images_dir", type=click.Path(file_okay=False, exists=True), help="Training images folder.")
+@click.option(
+    "--images", "images_dir", type=click.Path(file_okay=False, exists=True), help="Training images folder."
+)
 @click.option("--masks", "masks_dir", type=click.Path(file_okay=False, exists=True), help="Masks folder.")
-@click.option("--synthetic", type=click.IntRange(1), default=None,
-              help="Train on N synthetic images (medseg.synthetic.cells) instead of --images/--masks.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints).")
+@click.option(
+    "--synthetic",
+    type=click.IntRange(1),
+    default=None,
+    help="Train on N synthetic images (medseg.synthetic.cells) instead of --images/--masks.",
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints)."
+)
 @click.option("--arch", type=click.Choice(["unet2015", "basicunet"]), default="unet2015", show_default=True)
-@click.option("--base-channels", type=click.IntRange(1), default=64, show_default=True,
-              help="Width of the first level (the paper: 64).")
-@click.option("--batch-norm", is_flag=True, help="Batch norm after each conv (not in the paper; trains faster).")
+@click.option(
+    "--base-channels",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Width of the first level (the paper: 64).",
+)
+@click.option(
+    "--batch-norm", is_flag=True, help="Batch norm after each conv (not in the paper; trains faster)."
+)
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True, help="Batches per epoch.")
-@click.option("--tile", type=click.IntRange(64), default=316, show_default=True, help="Input patch edge (px).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
-              help="Adam learning rate (cosine schedule).")
+@click.option(
+    "--tile", type=click.IntRange(64), default=316, show_default=True, help="Input patch edge (px)."
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Adam learning rate (cosine schedule).",
+)
 @click.option("--w0", type=click.FloatRange(0), default=10.0, show_default=True, help="Border weight w0.")
-@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
-              help="Border weight sigma (px).")
-@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True,
-              help="Share of the pairs held out for validation IoU (0: validate on training images, with a warning).")
+@click.option(
+    "--sigma",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Border weight sigma (px).",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 0.9),
+    default=0.2,
+    show_default=True,
+    help="Share of the pairs held out for validation IoU (0: validate on training images, with a warning).",
+)
 @train_options
 @batch_size_option(4, "Patches per training step.")
 @amp_option
 @overwrite_option
 @common_options
-def cells_train(images_dir, masks_dir, synthetic, out_dir, arch, base_channels, batch_norm, epochs, steps, tile,
-                lr, w0, sigma, val_fraction, max_minutes, seed, resume, batch_size, amp, overwrite, device, quiet,
-                as_json):
+def cells_train(
+    images_dir,
+    masks_dir,
+    synthetic,
+    out_dir,
+    arch,
+    base_channels,
+    batch_norm,
+    epochs,
+    steps,
+    tile,
+    lr,
+    w0,
+    sigma,
+    val_fraction,
+    max_minutes,
+    seed,
+    resume,
+    batch_size,
+    amp,
+    overwrite,
+    device,
+    quiet,
+    as_json,
+):
     """Train a cell U-Net (weighted cross-entropy with border weight maps, elastic augmentation)."""
     from medseg.cells.model import CellModelConfig
     from medseg.cells.train import CellsTrainConfig, human_summary, train_cells
     from medseg.cells.weights import WeightMapConfig
 
-    config = CellsTrainConfig(model=CellModelConfig(arch=arch, base_channels=base_channels, batch_norm=batch_norm),
-                              weight_map=WeightMapConfig(w0=w0, sigma=sigma), epochs=epochs, steps_per_epoch=steps,
-                              batch_size=batch_size, tile=tile, lr=lr, val_fraction=val_fraction, seed=seed,
-                              max_minutes=max_minutes, amp=amp, synthetic=synthetic)
-    result = train_cells(out_dir, config, images_dir=images_dir, masks_dir=masks_dir, device=device, resume=resume,
-                         overwrite=overwrite, progress=not quiet)
+    config = CellsTrainConfig(
+        model=CellModelConfig(arch=arch, base_channels=base_channels, batch_norm=batch_norm),
+        weight_map=WeightMapConfig(w0=w0, sigma=sigma),
+        epochs=epochs,
+        steps_per_epoch=steps,
+        batch_size=batch_size,
+        tile=tile,
+        lr=lr,
+        val_fraction=val_fraction,
+        seed=seed,
+        max_minutes=max_minutes,
+        amp=amp,
+        synthetic=synthetic,
+    )
+    result = train_cells(
+        out_dir,
+        config,
+        images_dir=images_dir,
+        masks_dir=masks_dir,
+        device=device,
+        resume=resume,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
     finish(result, as_json=as_json, human=human_summary)
 
 
 @click.command("cells-eval", epilog=EVAL_EPILOG)
 @click.argument("predictions", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
-@click.option("--truth", required=True, type=click.Path(file_okay=False, exists=True),
-              help="Folder of ground-truth instance (or binary) masks, matched by name.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write metrics JSON here.")
-@click.option("--iou", "iou_threshold", type=click.FloatRange(0.5, 1), default=0.5, show_default=True,
-              help="Object IoU threshold for a match.")
+@click.option(
+    "--truth",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder of ground-truth instance (or binary) masks, matched by name.",
+)
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write metrics JSON here."
+)
+@click.option(
+    "--iou",
+    "iou_threshold",
+    type=click.FloatRange(0.5, 1),
+    default=0.5,
+    show_default=True,
+    help="Object IoU threshold for a match.",
+)
 @overwrite_option
 @output_options
 def cells_eval(predictions, truth, out_path, iou_threshold, overwrite, quiet, as_json):

@@ -18,14 +18,19 @@ from medseg_cli.options import (
 )
 
 KERNEL_HELP = "Reconstruction kernel: B10f, B30f, B50f or B70f."
-WEIGHTS_HELP = "Weights file (.safetensors); default: search --models-dir, $MEDSEG_CT_MODELS, then the demo weights."
+WEIGHTS_HELP = (
+    "Weights file (.safetensors); default: search --models-dir, $MEDSEG_CT_MODELS, then the demo weights."
+)
 BATCH_HELP = "Slices per forward pass (default: 16 on CUDA, 1 on CPU)."
 
 
 def _models_dir_option(func):
-    return click.option("--models-dir", multiple=True, type=click.Path(file_okay=False, path_type=Path),
-                        help="Extra folder(s) to search for weights (also $MEDSEG_CT_MODELS); a ct-train run "
-                             "folder works.")(func)
+    return click.option(
+        "--models-dir",
+        multiple=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Extra folder(s) to search for weights (also $MEDSEG_CT_MODELS); a ct-train run folder works.",
+    )(func)
 
 
 def _kernel_options(func):
@@ -44,35 +49,74 @@ def _fractions(_ctx, _param, value: str) -> tuple[float, float, float]:
     return fractions
 
 
-@click.command("ct-convert", epilog="""\b
+@click.command(
+    "ct-convert",
+    epilog="""\b
 Examples:
   medseg ct-convert scan/ --from B50f --to B30f --out scan_B30f/
   medseg ct-convert scan/ --from B50f --to B30f --out scan_B30f/ \\
       --reference scan_ref_B30f/ --report qa/
   medseg ct-convert chest.nii.gz --from B30f --to B50f --out chest_B50f.nii.gz
   medseg ct-convert study/ --series-uid 1.2.3... --from B50f --to B30f --out out.nii.gz
-""")
+""",
+)
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @_kernel_options
-@click.option("--out", "output", required=True, type=click.Path(path_type=Path),
-              help="Output series folder (DICOM) or volume file (.nii.gz, .nii, .nrrd, .mha).")
-@click.option("--format", "output_format", type=click.Choice(["dicom", "nifti"]), default=None,
-              help="Output format (default: a volume file when OUT ends in a volume extension or INPUT is one, "
-                   "else DICOM).")
+@click.option(
+    "--out",
+    "output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output series folder (DICOM) or volume file (.nii.gz, .nii, .nrrd, .mha).",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["dicom", "nifti"]),
+    default=None,
+    help="Output format (default: a volume file when OUT ends in a volume extension or INPUT is one, "
+    "else DICOM).",
+)
 @click.option("--series-uid", default=None, help="Pick one series when INPUT holds several.")
 @weights_option(WEIGHTS_HELP)
 @_models_dir_option
-@click.option("--reference", type=click.Path(exists=True, path_type=Path), default=None,
-              help="The same scan in the target kernel: also write a QA report (RMSE, LAA-950).")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the QA report (default: OUT + '_qa'); needs --reference.")
+@click.option(
+    "--reference",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="The same scan in the target kernel: also write a QA report (RMSE, LAA-950).",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the QA report (default: OUT + '_qa'); needs --reference.",
+)
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write the QA report as PDF.")
 @batch_size_option(None, BATCH_HELP)
 @amp_option
 @overwrite_option
 @common_options
-def ct_convert(input_path, source, target, output, output_format, series_uid, weights, models_dir, reference,
-               report_dir, pdf, batch_size, amp, overwrite, device, quiet, as_json):
+def ct_convert(
+    input_path,
+    source,
+    target,
+    output,
+    output_format,
+    series_uid,
+    weights,
+    models_dir,
+    reference,
+    report_dir,
+    pdf,
+    batch_size,
+    amp,
+    overwrite,
+    device,
+    quiet,
+    as_json,
+):
     """Convert a CT series from one reconstruction kernel to another (no sinogram needed).
 
     INPUT is a DICOM series folder (any file names), a DICOM file, or a NIfTI/NRRD/MHA volume or
@@ -83,30 +127,59 @@ def ct_convert(input_path, source, target, output, output_format, series_uid, we
         raise click.UsageError("--report needs --reference")
     from medseg.ct.convert import ConvertConfig, convert, convert_text
 
-    cfg = ConvertConfig(source=source, target=target, weights=weights, models_dirs=models_dir, series_uid=series_uid,
-                        output_format=output_format, batch_size=batch_size, device=device, amp=amp, pdf=pdf,
-                        overwrite=overwrite, progress=not quiet)
-    finish(convert(input_path, output, cfg, reference=reference, report_dir=report_dir), as_json=as_json,
-           human=convert_text)
+    cfg = ConvertConfig(
+        source=source,
+        target=target,
+        weights=weights,
+        models_dirs=models_dir,
+        series_uid=series_uid,
+        output_format=output_format,
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
+        pdf=pdf,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    finish(
+        convert(input_path, output, cfg, reference=reference, report_dir=report_dir),
+        as_json=as_json,
+        human=convert_text,
+    )
 
 
-@click.command("ct-models", epilog="""\b
+@click.command(
+    "ct-models",
+    epilog="""\b
 Examples:
   medseg ct-models
   medseg ct-models --models-dir my_models/ --json
-""")
+""",
+)
 @_models_dir_option
 @json_option
 def ct_models(models_dir, as_json):
     """List the kernel-conversion models that are available (first listed = used)."""
     from medseg.ct.models import list_models, models_text
 
-    rows = [{"from": e.source, "to": e.target, "path": str(e.path), "demo": e.demo, "version": e.meta.version,
-             "training_data": e.meta.training_data, "created": e.meta.created} for e in list_models(models_dir)]
+    rows = [
+        {
+            "from": e.source,
+            "to": e.target,
+            "path": str(e.path),
+            "demo": e.demo,
+            "version": e.meta.version,
+            "training_data": e.meta.training_data,
+            "created": e.meta.created,
+        }
+        for e in list_models(models_dir)
+    ]
     emit({"models": rows}, as_json=as_json, human=models_text)
 
 
-@click.command("ct-train", epilog="""\b
+@click.command(
+    "ct-train",
+    epilog="""\b
 Examples:
   medseg ct-train pairs/ --from B50f --to B30f --out runs/b50_b30/
   medseg ct-train pairs/ --from B50f --to B30f --out runs/b50_b30/ --epochs 40 --resume
@@ -117,36 +190,86 @@ Examples:
 PAIRS: a folder of exam folders, each with series of both kernels (DICOM, identified by
 their ConvolutionKernel tag, or volumes named like B50f.nii.gz). OUT receives best.safetensors,
 last.safetensors, state.pt, history.json and train_config.json (with the split by exam).
-""")
-@click.argument("pairs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+""",
+)
+@click.argument(
+    "pairs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
 @_kernel_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
 @batch_size_option(4, "Slices per training step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-6, show_default=True)
-@click.option("--lr-step", type=click.IntRange(1), default=20, show_default=True, help="Epochs per x0.1 step.")
-@click.option("--split", default="0.6,0.2,0.2", show_default=True, callback=_fractions,
-              help="Train/validation/test fractions, by exam.")
-@click.option("--crop", type=click.IntRange(16), default=None, help="Random crops of this size (default whole slices).")
-@click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
-              help="Training steps per epoch (default: one pass over the training slices).")
+@click.option(
+    "--lr-step", type=click.IntRange(1), default=20, show_default=True, help="Epochs per x0.1 step."
+)
+@click.option(
+    "--split",
+    default="0.6,0.2,0.2",
+    show_default=True,
+    callback=_fractions,
+    help="Train/validation/test fractions, by exam.",
+)
+@click.option(
+    "--crop", type=click.IntRange(16), default=None, help="Random crops of this size (default whole slices)."
+)
+@click.option(
+    "--steps-per-epoch",
+    type=click.IntRange(1),
+    default=None,
+    help="Training steps per epoch (default: one pass over the training slices).",
+)
 @train_options
 @overwrite_option
 @common_options
-def ct_train(pairs, source, target, out_dir, epochs, batch_size, lr, weight_decay, lr_step, split, crop,
-             steps_per_epoch, max_minutes, seed, resume, overwrite, device, quiet, as_json):
+def ct_train(
+    pairs,
+    source,
+    target,
+    out_dir,
+    epochs,
+    batch_size,
+    lr,
+    weight_decay,
+    lr_step,
+    split,
+    crop,
+    steps_per_epoch,
+    max_minutes,
+    seed,
+    resume,
+    overwrite,
+    device,
+    quiet,
+    as_json,
+):
     """Train a kernel converter for one direction on paired series, split by exam."""
     from medseg.ct.train import CTTrainConfig, train, train_text
 
-    cfg = CTTrainConfig(source_kernel=source, target_kernel=target, epochs=epochs, batch_size=batch_size, lr=lr,
-                        weight_decay=weight_decay, lr_step_epochs=lr_step, split=split, seed=seed, crop=crop,
-                        steps_per_epoch=steps_per_epoch, max_minutes=max_minutes)
-    result = train(list(pairs), out_dir, cfg, device=device, resume=resume, overwrite=overwrite, progress=not quiet)
+    cfg = CTTrainConfig(
+        source_kernel=source,
+        target_kernel=target,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        lr_step_epochs=lr_step,
+        split=split,
+        seed=seed,
+        crop=crop,
+        steps_per_epoch=steps_per_epoch,
+        max_minutes=max_minutes,
+    )
+    result = train(
+        list(pairs), out_dir, cfg, device=device, resume=resume, overwrite=overwrite, progress=not quiet
+    )
     finish(result, as_json=as_json, human=train_text)
 
 
-@click.command("ct-report", epilog="""\b
+@click.command(
+    "ct-report",
+    epilog="""\b
 Examples:
   medseg ct-report cohort/ --from B50f --to B30f --out qa/
   medseg ct-report exam01/ exam02/ --from B50f --to B30f --out qa/ --save-masks
@@ -154,8 +277,11 @@ Examples:
 \b
 Each exam folder holds the source-kernel series and the reference target-kernel series.
 A failing exam is recorded in the report with its reason; the exit code is then 5.
-""")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+""",
+)
+@click.argument(
+    "inputs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
 @_kernel_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @weights_option(WEIGHTS_HELP)
@@ -166,18 +292,44 @@ A failing exam is recorded in the report with its reason; the exit code is then 
 @amp_option
 @overwrite_option
 @common_options
-def ct_report(inputs, source, target, out_dir, weights, models_dir, save_masks, pdf, batch_size, amp, overwrite,
-              device, quiet, as_json):
+def ct_report(
+    inputs,
+    source,
+    target,
+    out_dir,
+    weights,
+    models_dir,
+    save_masks,
+    pdf,
+    batch_size,
+    amp,
+    overwrite,
+    device,
+    quiet,
+    as_json,
+):
     """RMSE and emphysema-index (LAA-950, Perc15) agreement QA with Bland-Altman, for a cohort."""
     from medseg.ct.report import ReportConfig, report_text, run_ct_report
 
-    cfg = ReportConfig(source=source, target=target, weights=weights, models_dirs=models_dir, device=device, amp=amp,
-                       batch_size=batch_size, save_masks=save_masks, pdf=pdf, overwrite=overwrite,
-                       progress=not quiet)
+    cfg = ReportConfig(
+        source=source,
+        target=target,
+        weights=weights,
+        models_dirs=models_dir,
+        device=device,
+        amp=amp,
+        batch_size=batch_size,
+        save_masks=save_masks,
+        pdf=pdf,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
     finish(run_ct_report(list(inputs), out_dir, cfg), as_json=as_json, human=report_text)
 
 
-@click.command("ct-import-caffe", epilog="""\b
+@click.command(
+    "ct-import-caffe",
+    epilog="""\b
 Examples:
   medseg ct-import-caffe snapshot_iter_119400.caffemodel --mean train_image_mean_B50f_B30f.binaryproto \\
       --from B50f --to B30f --out models/lee2019_B50f_to_B30f.safetensors
@@ -187,16 +339,31 @@ Examples:
 Reads the published Caffe model of Lee et al. 2019 (github leegaeun/CT_Kernel_Conversion) without
 Caffe; nothing is downloaded: point at the files you fetched. The converter then computes
 out = in + net(in - mean image), as the authors' notebook does (512 x 512 slices).
-""")
+""",
+)
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--mean", "mean", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The authors' train_image_mean_*.binaryproto.")
+@click.option(
+    "--mean",
+    "mean",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The authors' train_image_mean_*.binaryproto.",
+)
 @_kernel_options
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Weights file to write (.safetensors).")
-@click.option("--input-offset", type=float, default=None,
-              help="CT-number offset of the network's input (default: inferred from the mean image, "
-                   "1024 for the authors' unsigned mean).")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Weights file to write (.safetensors).",
+)
+@click.option(
+    "--input-offset",
+    type=float,
+    default=None,
+    help="CT-number offset of the network's input (default: inferred from the mean image, "
+    "1024 for the authors' unsigned mean).",
+)
 @overwrite_option
 @json_option
 def ct_import_caffe(model, mean, source, target, out, input_offset, overwrite, as_json):
@@ -204,10 +371,16 @@ def ct_import_caffe(model, mean, source, target, out, input_offset, overwrite, a
     from medseg.ct.caffe import import_caffe
     from medseg.engine.checkpoint import read_meta
 
-    path = import_caffe(model, mean, source=source, target=target, out=out, input_offset=input_offset,
-                        overwrite=overwrite)
+    path = import_caffe(
+        model, mean, source=source, target=target, out=out, input_offset=input_offset, overwrite=overwrite
+    )
     meta = read_meta(path)
-    doc = {"weights": str(path), "task": meta.task, "config": meta.config, "normalisation": meta.normalisation}
+    doc = {
+        "weights": str(path),
+        "task": meta.task,
+        "config": meta.config,
+        "normalisation": meta.normalisation,
+    }
     emit(doc, as_json=as_json, human=lambda d: f"imported {d['task']} -> {d['weights']}")
 
 

@@ -49,8 +49,11 @@ def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
 def _command_modules() -> list[str]:
     import medseg_cli
 
-    return sorted(m.name for m in pkgutil.iter_modules(medseg_cli.__path__)
-                  if m.name not in ("main", "options") and not m.name.startswith("_"))
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules(medseg_cli.__path__)
+        if m.name not in ("main", "options") and not m.name.startswith("_")
+    )
 
 
 class MedsegGroup(click.Group):
@@ -91,7 +94,12 @@ class MedsegGroup(click.Group):
             if ctx.meta.get("medseg.debug"):
                 raise
             first = str(exc).splitlines()[0] if str(exc) else ""
-            _fail(ctx, f"internal error: {exc.__class__.__name__}: {first} (rerun with --debug)", 1, internal=True)
+            _fail(
+                ctx,
+                f"internal error: {exc.__class__.__name__}: {first} (rerun with --debug)",
+                1,
+                internal=True,
+            )
 
     def main(self, args=None, prog_name=None, standalone_mode: bool = True, **extra):
         """Click usage errors as one line (``medseg: error: ...``, exit 2), JSON with ``--json``."""

@@ -39,19 +39,32 @@ def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
 
 
 def debug_option(func: Callable) -> Callable:
-    return click.option("--debug", is_flag=True, expose_value=False, callback=_set_debug, is_eager=True,
-                        help="Show full tracebacks and debug logging.")(func)
+    return click.option(
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_debug,
+        is_eager=True,
+        help="Show full tracebacks and debug logging.",
+    )(func)
 
 
 def json_option(func: Callable) -> Callable:
     """--json: one JSON document on stdout whatever the outcome (errors included)."""
-    return click.option("--json", "as_json", is_flag=True, callback=_set_json, is_eager=True,
-                        help="Print one machine-readable JSON document on stdout (also on errors).")(func)
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        callback=_set_json,
+        is_eager=True,
+        help="Print one machine-readable JSON document on stdout (also on errors).",
+    )(func)
 
 
 def quiet_option(func: Callable) -> Callable:
-    return click.option("-q", "--quiet", is_flag=True, callback=_set_quiet,
-                        help="Only warnings and errors; no progress bars.")(func)
+    return click.option(
+        "-q", "--quiet", is_flag=True, callback=_set_quiet, help="Only warnings and errors; no progress bars."
+    )(func)
 
 
 def device_option(func: Callable) -> Callable:
@@ -72,27 +85,45 @@ def overwrite_option(func: Callable) -> Callable:
     return click.option("--overwrite", is_flag=True, help="Replace existing outputs.")(func)
 
 
-def weights_option(help_text: str = "Weights file (.safetensors) made by medseg; default: the demo weights "
-                   "(synthetic, not for clinical use).") -> Callable[[Callable], Callable]:
+def weights_option(
+    help_text: str = "Weights file (.safetensors) made by medseg; default: the demo weights "
+    "(synthetic, not for clinical use).",
+) -> Callable[[Callable], Callable]:
     return click.option("--weights", type=WEIGHTS_TYPE, default=None, help=help_text)
 
 
 def batch_size_option(default: int | None, help_text: str = "Slices/tiles per forward pass.") -> Callable:
-    return click.option("--batch-size", type=click.IntRange(1), default=default, show_default=default is not None,
-                        help=help_text)
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(1),
+        default=default,
+        show_default=default is not None,
+        help=help_text,
+    )
 
 
 def amp_option(func: Callable) -> Callable:
-    return click.option("--amp", type=click.Choice(["auto", "on", "off", "bf16", "fp16"]), default="auto",
-                        show_default=True, help="Mixed precision: auto = bf16/fp16 on CUDA, off on CPU.")(func)
+    return click.option(
+        "--amp",
+        type=click.Choice(["auto", "on", "off", "bf16", "fp16"]),
+        default="auto",
+        show_default=True,
+        help="Mixed precision: auto = bf16/fp16 on CUDA, off on CPU.",
+    )(func)
 
 
 def train_options(func: Callable) -> Callable:
     """--epochs is the pipeline's own (defaults differ); these mean the same in every *-train command."""
-    func = click.option("--resume", is_flag=True, help="Continue from OUT/state.pt and OUT/last.safetensors.")(func)
+    func = click.option(
+        "--resume", is_flag=True, help="Continue from OUT/state.pt and OUT/last.safetensors."
+    )(func)
     func = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(func)
-    func = click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
-                        help="Time budget: stop after the step that exceeds it (weights are kept).")(func)
+    func = click.option(
+        "--max-minutes",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Time budget: stop after the step that exceeds it (weights are kept).",
+    )(func)
     return func
 
 

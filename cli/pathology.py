@@ -24,42 +24,90 @@ SAMPLE = "sample_data/pathology"
 def _score_human(run) -> str:
     from medseg.pathology.score import slide_text
 
-    lines = [f"{i.name}: {slide_text(i.metrics)}" + (" (kept from an earlier run)" if i.status == "skipped" else "")
-             for i in run.items if i.status != "failed"]
+    lines = [
+        f"{i.name}: {slide_text(i.metrics)}"
+        + (" (kept from an earlier run)" if i.status == "skipped" else "")
+        for i in run.items
+        if i.status != "failed"
+    ]
     c = run.counts
-    lines.append(f"{c['ok']} slide(s) scored, {c['failed']} failed, {c['skipped']} kept from an earlier run; "
-                 f"table: {run.outputs.get('table')}" + (f", report: {run.outputs['report']}"
-                                                          if run.outputs.get("report") else ""))
+    lines.append(
+        f"{c['ok']} slide(s) scored, {c['failed']} failed, {c['skipped']} kept from an earlier run; "
+        f"table: {run.outputs.get('table')}"
+        + (f", report: {run.outputs['report']}" if run.outputs.get("report") else "")
+    )
     return "\n".join(lines)
 
 
-@click.command("slide-score", epilog=f"""\b
+@click.command(
+    "slide-score",
+    epilog=f"""\b
 Examples:
   medseg slide-score {SAMPLE}/sample_slide.tiff --out results/        # demo detector
   medseg slide-score slides/ batch.csv --weights model.safetensors --out results/ --resume
   medseg slide-score scan.svs --weights model.safetensors --out results/ --slide-mpp 0.25 --json
-""")
+""",
+)
 @click.argument("slides", nargs=-1, required=True)
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder of the batch.")
-@weights_option("Detector weights (.safetensors); default: the demo detector (synthetic slides, not clinical).")
-@click.option("--mpp", "target_mpp", type=float, default=0.5, show_default=True,
-              help="Target microns per pixel (0.5 ~ one 400x field per 1024 px tile).")
-@click.option("--slide-mpp", type=float, default=None, help="Level-0 microns per pixel when the slide lacks it.")
+@click.option(
+    "--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder of the batch."
+)
+@weights_option(
+    "Detector weights (.safetensors); default: the demo detector (synthetic slides, not clinical)."
+)
+@click.option(
+    "--mpp",
+    "target_mpp",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Target microns per pixel (0.5 ~ one 400x field per 1024 px tile).",
+)
+@click.option(
+    "--slide-mpp", type=float, default=None, help="Level-0 microns per pixel when the slide lacks it."
+)
 @click.option("--tile", type=click.IntRange(16), default=1024, show_default=True, help="Tile size at --mpp.")
-@click.option("--overlap", type=click.IntRange(0), default=160, show_default=True,
-              help="Tile overlap (px at --mpp); >= an enlarged PTC box so border PTCs are seen whole.")
+@click.option(
+    "--overlap",
+    type=click.IntRange(0),
+    default=160,
+    show_default=True,
+    help="Tile overlap (px at --mpp); >= an enlarged PTC box so border PTCs are seen whole.",
+)
 @batch_size_option(4, "Tiles per forward pass.")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Tile reader threads.")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True)
-@click.option("--feasibility", default="default", show_default=True,
-              help="Feasible-ROI filter: default (heuristic), none, or module:function.")
+@click.option(
+    "--feasibility",
+    default="default",
+    show_default=True,
+    help="Feasible-ROI filter: default (heuristic), none, or module:function.",
+)
 @click.option("--resume", is_flag=True, help="Keep slides already scored in --out; score the others.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @overwrite_option
 @amp_option
 @common_options
-def slide_score(slides, out, weights, target_mpp, slide_mpp, tile, overlap, batch_size, workers, min_score,
-                feasibility, resume, no_report, overwrite, amp, device, quiet, as_json):
+def slide_score(
+    slides,
+    out,
+    weights,
+    target_mpp,
+    slide_mpp,
+    tile,
+    overlap,
+    batch_size,
+    workers,
+    min_score,
+    feasibility,
+    resume,
+    no_report,
+    overwrite,
+    amp,
+    device,
+    quiet,
+    as_json,
+):
     """Score C4d in peritubular capillaries of one or many whole slides.
 
     SLIDES are slide files, folders of slides, or CSV lists (column path). Per slide: summary.json,
@@ -69,102 +117,209 @@ def slide_score(slides, out, weights, target_mpp, slide_mpp, tile, overlap, batc
     """
     from medseg.pathology.score import ScoreConfig, score_slides
 
-    cfg = ScoreConfig(target_mpp=target_mpp, tile=tile, overlap=overlap, batch_size=batch_size, workers=workers,
-                      min_score=min_score, slide_mpp=slide_mpp, feasibility=feasibility, device=device, amp=amp)
-    result = score_slides(slides, out, cfg, weights=weights, resume=resume, overwrite=overwrite,
-                          report=not no_report, progress=not quiet)
+    cfg = ScoreConfig(
+        target_mpp=target_mpp,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        workers=workers,
+        min_score=min_score,
+        slide_mpp=slide_mpp,
+        feasibility=feasibility,
+        device=device,
+        amp=amp,
+    )
+    result = score_slides(
+        slides,
+        out,
+        cfg,
+        weights=weights,
+        resume=resume,
+        overwrite=overwrite,
+        report=not no_report,
+        progress=not quiet,
+    )
     finish(result, as_json=as_json, human=_score_human)
 
 
-@click.command("slide-prepare", epilog=f"""\b
+@click.command(
+    "slide-prepare",
+    epilog=f"""\b
 Examples:
   medseg slide-prepare slide1.tiff slide2.svs --out dataset/      # slideN.geojson next to each slide
   medseg slide-prepare slide.svs --annotations qupath/ --out dataset/ --margin-pos {DEFAULT_MARGINS[POSITIVE]}
   medseg slide-prepare --masks tiles/ --out dataset/              # X.png + X_mask.png (1 C4d+, 2 C4d-)
-""")
+""",
+)
 @click.argument("slides", nargs=-1)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Dataset folder to create.")
-@click.option("--annotations", type=click.Path(path_type=Path), default=None,
-              help="GeoJSON file or folder (<slide>.geojson); default: next to each slide.")
-@click.option("--masks", type=click.Path(path_type=Path), default=None, help="Folder of tiles with label masks.")
-@click.option("--margin-pos", type=click.IntRange(0), default=DEFAULT_MARGINS[POSITIVE], show_default=True,
-              help=f"{POSITIVE} mask enlargement (px at --mpp).")
-@click.option("--margin-neg", type=click.IntRange(0), default=DEFAULT_MARGINS[NEGATIVE], show_default=True,
-              help=f"{NEGATIVE} mask enlargement (px at --mpp).")
+@click.option(
+    "--annotations",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="GeoJSON file or folder (<slide>.geojson); default: next to each slide.",
+)
+@click.option(
+    "--masks", type=click.Path(path_type=Path), default=None, help="Folder of tiles with label masks."
+)
+@click.option(
+    "--margin-pos",
+    type=click.IntRange(0),
+    default=DEFAULT_MARGINS[POSITIVE],
+    show_default=True,
+    help=f"{POSITIVE} mask enlargement (px at --mpp).",
+)
+@click.option(
+    "--margin-neg",
+    type=click.IntRange(0),
+    default=DEFAULT_MARGINS[NEGATIVE],
+    show_default=True,
+    help=f"{NEGATIVE} mask enlargement (px at --mpp).",
+)
 @click.option("--mpp", "target_mpp", type=float, default=0.5, show_default=True)
 @click.option("--slide-mpp", type=float, default=None)
 @click.option("--tile", type=click.IntRange(16), default=512, show_default=True)
 @click.option("--overlap", type=click.IntRange(0), default=0, show_default=True)
 @overwrite_option
 @output_options
-def slide_prepare(slides, out, annotations, masks, margin_pos, margin_neg, target_mpp, slide_mpp, tile, overlap,
-                  overwrite, quiet, as_json):
+def slide_prepare(
+    slides,
+    out,
+    annotations,
+    masks,
+    margin_pos,
+    margin_neg,
+    target_mpp,
+    slide_mpp,
+    tile,
+    overlap,
+    overwrite,
+    quiet,
+    as_json,
+):
     """Turn C4d+/C4d- PTC annotations into detector training tiles and enlarged, clipped boxes."""
     from medseg.pathology.labels import counts_text, margins_text
     from medseg.pathology.prepare import PrepareConfig, prepare_dataset
 
-    cfg = PrepareConfig(margins={POSITIVE: margin_pos, NEGATIVE: margin_neg}, target_mpp=target_mpp, tile=tile,
-                        overlap=overlap, slide_mpp=slide_mpp)
-    result = prepare_dataset(slides, out, cfg, annotations=annotations, masks=masks, overwrite=overwrite,
-                             progress=not quiet)
-    finish(result, as_json=as_json, human=lambda r: (
-        f"{r.summary['images']} tiles with {counts_text(r.summary['boxes'], 'boxes')} "
-        f"(margins {margins_text(r.summary['margins'])}) -> {r.summary['out']}" if r.outputs else "nothing written"))
+    cfg = PrepareConfig(
+        margins={POSITIVE: margin_pos, NEGATIVE: margin_neg},
+        target_mpp=target_mpp,
+        tile=tile,
+        overlap=overlap,
+        slide_mpp=slide_mpp,
+    )
+    result = prepare_dataset(
+        slides, out, cfg, annotations=annotations, masks=masks, overwrite=overwrite, progress=not quiet
+    )
+    finish(
+        result,
+        as_json=as_json,
+        human=lambda r: (
+            f"{r.summary['images']} tiles with {counts_text(r.summary['boxes'], 'boxes')} "
+            f"(margins {margins_text(r.summary['margins'])}) -> {r.summary['out']}"
+            if r.outputs
+            else "nothing written"
+        ),
+    )
 
 
 def _train_human(r) -> str:
     best = "n/a" if r.best_metric != r.best_metric else f"{r.best_metric:.3f}"
-    return (f"best validation F1 {best} at epoch {r.best_epoch} of {r.epochs} (on {r.extra.get('validation')}; "
-            f"{r.stopped}) -> {r.best_weights}")
+    return (
+        f"best validation F1 {best} at epoch {r.best_epoch} of {r.epochs} (on {r.extra.get('validation')}; "
+        f"{r.stopped}) -> {r.best_weights}"
+    )
 
 
-@click.command("slide-train", epilog="""\b
+@click.command(
+    "slide-train",
+    epilog="""\b
 Examples:
   medseg slide-train dataset/ --out run/ --arch light --epochs 20
   medseg slide-train dataset/ --out run/ --epochs 30 --resume
   medseg slide-train dataset/ --out run_r50/ --arch resnet50-fpn --device cuda --batch-size 8
-""")
+""",
+)
 @click.argument("dataset", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Training folder (best/last weights).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Training folder (best/last weights)."
+)
 @click.option("--arch", type=click.Choice(["light", "resnet50-fpn"]), default="light", show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
 @batch_size_option(4, "Tiles per training step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
-@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.15, show_default=True,
-              help="Part held out for validation (whole slides when the dataset has two or more).")
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 0.9),
+    default=0.15,
+    show_default=True,
+    help="Part held out for validation (whole slides when the dataset has two or more).",
+)
 @train_options
 @overwrite_option
 @amp_option
 @common_options
-def slide_train(dataset, out, arch, epochs, batch_size, lr, val_fraction, max_minutes, seed, resume, overwrite,
-                amp, device, quiet, as_json):
+def slide_train(
+    dataset,
+    out,
+    arch,
+    epochs,
+    batch_size,
+    lr,
+    val_fraction,
+    max_minutes,
+    seed,
+    resume,
+    overwrite,
+    amp,
+    device,
+    quiet,
+    as_json,
+):
     """Train the Faster R-CNN PTC detector on a slide-prepare dataset (best/last weights, resume)."""
     from medseg.pathology.detector import DetectorConfig, resnet50_config
     from medseg.pathology.train import DetectorTrainConfig, train_detector
 
     det = DetectorConfig() if arch == "light" else resnet50_config()
-    cfg = DetectorTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
-                              device=device, amp=amp, max_minutes=max_minutes, detector=det)
+    cfg = DetectorTrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        val_fraction=val_fraction,
+        seed=seed,
+        device=device,
+        amp=amp,
+        max_minutes=max_minutes,
+        detector=det,
+    )
     result = train_detector(dataset, out, cfg, resume=resume, overwrite=overwrite, progress=not quiet)
     finish(result, as_json=as_json, human=_train_human)
 
 
 def _eval_human(run) -> str:
     o = run.summary["overall"]
-    lines = [f"{c}: precision {o[f'{c}_precision']:.3f}, recall {o[f'{c}_recall']:.3f}, F1 {o[f'{c}_f1']:.3f}"
-             for c in (POSITIVE, NEGATIVE)]
-    lines += [f"{i.name}: truth {i.metrics['truth_category']}, predicted {i.metrics['predicted_category']}"
-              for i in run.items if i.ok]
+    lines = [
+        f"{c}: precision {o[f'{c}_precision']:.3f}, recall {o[f'{c}_recall']:.3f}, F1 {o[f'{c}_f1']:.3f}"
+        for c in (POSITIVE, NEGATIVE)
+    ]
+    lines += [
+        f"{i.name}: truth {i.metrics['truth_category']}, predicted {i.metrics['predicted_category']}"
+        for i in run.items
+        if i.ok
+    ]
     if o["slides"]:
         lines.append(f"category agreement {o['category_agreement']:.0%} of {o['slides']} slide(s)")
     return "\n".join(lines)
 
 
-@click.command("slide-eval", epilog="""\b
+@click.command(
+    "slide-eval",
+    epilog="""\b
 Examples:
   medseg slide-eval results/ truth/sample_slide.geojson
   medseg slide-eval results/ truth/*.geojson --json
-""")
+""",
+)
 @click.argument("results", type=click.Path(path_type=Path))
 @click.argument("truth", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--iou", type=click.FloatRange(0.05, 0.95), default=0.5, show_default=True)

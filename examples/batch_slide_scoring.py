@@ -28,8 +28,13 @@ def main() -> int:
     counts = result.counts
     print(f"scored {counts['ok']}, kept from earlier runs {counts['skipped']}, failed {counts['failed']}")
     for item in result.items:
-        print(f"  {item.name}: " + (f"FAILED: {item.reason}" if item.status == "failed" else slide_text(item.metrics)))
-    categories = collections.Counter(i.metrics["banff_category"] for i in result.items if i.status != "failed")
+        print(
+            f"  {item.name}: "
+            + (f"FAILED: {item.reason}" if item.status == "failed" else slide_text(item.metrics))
+        )
+    categories = collections.Counter(
+        i.metrics["banff_category"] for i in result.items if i.status != "failed"
+    )
     print("Banff categories: " + (", ".join(f"{n} x {c}" for c, n in sorted(categories.items())) or "none"))
     print(f"table: {result.outputs['table']}, report: {result.outputs.get('report', 'not written')}")
     return result.exit_code  # 0, or 5 when some slides failed

@@ -25,12 +25,16 @@ OUT = ROOT / "sample_data" / "brain"
 WEIGHTS = ROOT / "medseg" / "weights" / "brain"
 TRAIN_SEEDS = range(100, 116)
 SAMPLE_SEEDS = (1, 2)
-TRAINING_DATA = ("SYNTHETIC data only (medseg.synthetic.brain seeds 100-112 for training, 113-115 held out for "
-                 "validation, 64x64x24 at 3x3x5 mm): demo weights, NOT for clinical use")
+TRAINING_DATA = (
+    "SYNTHETIC data only (medseg.synthetic.brain seeds 100-112 for training, 113-115 held out for "
+    "validation, 64x64x24 at 3x3x5 mm): demo weights, NOT for clinical use"
+)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cases-only", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -66,16 +70,34 @@ def _train_demo_weights(*, train_seeds) -> None:
         work = Path(tmp) / "runs"
         prep = PreprocessConfig(n4=True, n4_shrink=2)
         runs = {}
-        runs["brain_twopath"] = train(train_dirs, work / "twopath", BrainTrainConfig(
-            net=BrainNetConfig(arch="twopath", local_channels=16, global_channels=32), preprocess=prep,
-            training_data=TRAINING_DATA, seed=0), device="cpu")
-        runs["brain_input_cascade"] = train(train_dirs, work / "ic", BrainTrainConfig(
-            net=BrainNetConfig(arch="input-cascade", local_channels=16, global_channels=32), preprocess=prep,
-            training_data=TRAINING_DATA, seed=1), first_weights=Path(runs["brain_twopath"].best_weights),
-            device="cpu")
+        runs["brain_twopath"] = train(
+            train_dirs,
+            work / "twopath",
+            BrainTrainConfig(
+                net=BrainNetConfig(arch="twopath", local_channels=16, global_channels=32),
+                preprocess=prep,
+                training_data=TRAINING_DATA,
+                seed=0,
+            ),
+            device="cpu",
+        )
+        runs["brain_input_cascade"] = train(
+            train_dirs,
+            work / "ic",
+            BrainTrainConfig(
+                net=BrainNetConfig(arch="input-cascade", local_channels=16, global_channels=32),
+                preprocess=prep,
+                training_data=TRAINING_DATA,
+                seed=1,
+            ),
+            first_weights=Path(runs["brain_twopath"].best_weights),
+            device="cpu",
+        )
         for name, result in runs.items():
             shutil.copyfile(result.best_weights, WEIGHTS / f"{name}_demo.safetensors")
-            (OUT / f"{name}_train.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+            (OUT / f"{name}_train.json").write_text(
+                json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8"
+            )
     for f in WEIGHTS.glob("brain_*"):
         f.chmod(0o644)
 

@@ -32,10 +32,16 @@ def write_samples(out: Path) -> None:
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    specs = [("fluo_01", "fluorescence", 256, 256, "png8"), ("phase_01", "phase", 256, 256, "png8"),
-             ("fluo_02", "fluorescence", 300, 220, "tif16"), ("phase_02", "phase", 240, 320, "rgb")]
+    specs = [
+        ("fluo_01", "fluorescence", 256, 256, "png8"),
+        ("phase_01", "phase", 256, 256, "png8"),
+        ("fluo_02", "fluorescence", 300, 220, "tif16"),
+        ("phase_02", "phase", 240, 320, "rgb"),
+    ]
     for i, (name, modality, h, w, kind) in enumerate(specs):
-        image, labels = synthetic_cells(SAMPLE_SEED * 1000 + i, SyntheticCellsConfig(height=h, width=w, modality=modality))
+        image, labels = synthetic_cells(
+            SAMPLE_SEED * 1000 + i, SyntheticCellsConfig(height=h, width=w, modality=modality)
+        )
         if kind == "png8":
             write_png(out / "images" / f"{name}.png", to_uint8(image))
         elif kind == "rgb":  # a tinted RGB rendering
@@ -60,27 +66,48 @@ def train_demo(weights_out: Path, *, minutes: float, count: int) -> None:
     val = synthetic_batch(VAL_SEED, 2)
     config = CellsTrainConfig(
         model=CellModelConfig(arch="unet2015", base_channels=8, batch_norm=True, dropout=0.1),
-        epochs=16, steps_per_epoch=40, batch_size=4, tile=316, lr=2e-3, seed=TRAIN_SEED, max_minutes=minutes,
-        training_data=(f"SYNTHETIC ONLY: medseg.synthetic.cells seed {TRAIN_SEED} ({count} images 256x256, "
-                       "fluorescence + phase). Demo weights, not for clinical use."),
+        epochs=16,
+        steps_per_epoch=40,
+        batch_size=4,
+        tile=316,
+        lr=2e-3,
+        seed=TRAIN_SEED,
+        max_minutes=minutes,
+        training_data=(
+            f"SYNTHETIC ONLY: medseg.synthetic.cells seed {TRAIN_SEED} ({count} images 256x256, "
+            "fluorescence + phase). Demo weights, not for clinical use."
+        ),
     )
     with tempfile.TemporaryDirectory() as tmp:
         result = train_pairs(pairs, tmp, config, val_pairs=val, device="cpu", progress=True)
         state, meta = load_weights(result.best_weights)
         weights_out.parent.mkdir(parents=True, exist_ok=True)
-        save_weights(weights_out, {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, meta)
-    logging.getLogger("medseg.cells").info("demo weights %s: best validation IoU %.4f at epoch %d of %d",
-                                            weights_out, result.best_metric, result.best_epoch, result.epochs)
+        save_weights(
+            weights_out, {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, meta
+        )
+    logging.getLogger("medseg.cells").info(
+        "demo weights %s: best validation IoU %.4f at epoch %d of %d",
+        weights_out,
+        result.best_metric,
+        result.best_epoch,
+        result.epochs,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--no-train", action="store_true", help="only write the sample images and masks")
     parser.add_argument("--minutes", type=float, default=10.0, help="training time budget")
     parser.add_argument("--count", type=int, default=24, help="synthetic training images")
     parser.add_argument("--out", type=Path, default=OUT, help="sample images folder")
-    parser.add_argument("--weights-out", type=Path, default=None,
-                        help="demo weights file (default: the package's medseg/weights/cells/)")
+    parser.add_argument(
+        "--weights-out",
+        type=Path,
+        default=None,
+        help="demo weights file (default: the package's medseg/weights/cells/)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +116,9 @@ def main() -> None:
         from medseg.cells.model import DEMO_WEIGHTS
         from medseg.engine.weights import demo_weights_path
 
-        train_demo(args.weights_out or demo_weights_path(DEMO_WEIGHTS), minutes=args.minutes, count=args.count)
+        train_demo(
+            args.weights_out or demo_weights_path(DEMO_WEIGHTS), minutes=args.minutes, count=args.count
+        )
 
 
 if __name__ == "__main__":

@@ -23,10 +23,16 @@ DIRECTIONS = [("B50f", "B30f"), ("B30f", "B50f")]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "sample_data" / "ct", help="sample exam folder")
-    parser.add_argument("--weights-out", type=Path, default=ROOT / "medseg" / "weights" / "ct",
-                        help="where the demo weights go (package data)")
+    parser.add_argument(
+        "--weights-out",
+        type=Path,
+        default=ROOT / "medseg" / "weights" / "ct",
+        help="where the demo weights go (package data)",
+    )
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
@@ -51,16 +57,34 @@ def main() -> None:
         for source, target in DIRECTIONS:
             run_dir = Path(tmp) / f"{source}_{target}"
             cfg = CTTrainConfig(
-                source_kernel=source, target_kernel=target, epochs=args.epochs, batch_size=8, lr=1e-3,
-                lr_step_epochs=max(1, int(args.epochs * 0.75)), crop=64, steps_per_epoch=args.steps,
-                split=(0.8, 0.2, 0.0), seed=0,
-                training_data=(f"SYNTHETIC chest phantoms (medseg.synthetic.ct_phantom, seeds "
-                               f"{TRAIN_SEEDS[0]}-{TRAIN_SEEDS[-1]}); demo weights, NOT FOR CLINICAL USE"),
-                extra={"recipe": "lr 1e-3 and 64 px crops instead of the paper's 1e-4 / whole slices, "
-                                  "to train in minutes on a CPU"})
+                source_kernel=source,
+                target_kernel=target,
+                epochs=args.epochs,
+                batch_size=8,
+                lr=1e-3,
+                lr_step_epochs=max(1, int(args.epochs * 0.75)),
+                crop=64,
+                steps_per_epoch=args.steps,
+                split=(0.8, 0.2, 0.0),
+                seed=0,
+                training_data=(
+                    f"SYNTHETIC chest phantoms (medseg.synthetic.ct_phantom, seeds "
+                    f"{TRAIN_SEEDS[0]}-{TRAIN_SEEDS[-1]}); demo weights, NOT FOR CLINICAL USE"
+                ),
+                extra={
+                    "recipe": "lr 1e-3 and 64 px crops instead of the paper's 1e-4 / whole slices, "
+                    "to train in minutes on a CPU"
+                },
+            )
             result = train([cohort], run_dir, cfg, device="cpu", overwrite=True)
-            logging.info("%s->%s: best validation RMSE %.2f HU (unconverted %.2f HU) at epoch %d", source, target,
-                         result.best_metric, result.extra["input_rmse_hu"], result.best_epoch)
+            logging.info(
+                "%s->%s: best validation RMSE %.2f HU (unconverted %.2f HU) at epoch %d",
+                source,
+                target,
+                result.best_metric,
+                result.extra["input_rmse_hu"],
+                result.best_epoch,
+            )
             args.weights_out.mkdir(parents=True, exist_ok=True)
             shutil.copy(result.best_weights, args.weights_out / demo_file_name(source, target))
 

@@ -21,7 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "sample_data" / "pathology"
-WEIGHTS_OUT = ROOT / "medseg" / "weights" / "pathology" / "c4d_light_demo.safetensors"  # = demo_weights_path(DEMO_WEIGHTS)
+WEIGHTS_OUT = (
+    ROOT / "medseg" / "weights" / "pathology" / "c4d_light_demo.safetensors"
+)  # = demo_weights_path(DEMO_WEIGHTS)
 TRAIN_SEEDS = (1000, 1001, 1002, 1003, 1004, 1005)
 TRAIN_FRACTIONS = (0.05, 0.2, 0.35, 0.5, 0.7, 0.9)
 SAMPLE_SEED = 7
@@ -31,8 +33,11 @@ def make_slide() -> None:
     from medseg.synthetic.slides import SlideSpec, write_slide
 
     OUT.mkdir(parents=True, exist_ok=True)
-    write_slide(OUT / "sample_slide.tiff", SlideSpec(width=4096, height=3072, seed=SAMPLE_SEED, positive_fraction=0.3),
-                geojson=OUT / "sample_slide.geojson")
+    write_slide(
+        OUT / "sample_slide.tiff",
+        SlideSpec(width=4096, height=3072, seed=SAMPLE_SEED, positive_fraction=0.3),
+        geojson=OUT / "sample_slide.geojson",
+    )
 
 
 def make_weights(epochs: int, work: Path, weights_out: Path) -> None:
@@ -51,19 +56,36 @@ def make_weights(epochs: int, work: Path, weights_out: Path) -> None:
     prepared = prepare_dataset(slides, work / "dataset", PrepareConfig(tile=512, overlap=192), overwrite=True)
     if prepared.exit_code:
         raise SystemExit("; ".join(prepared.failure_lines()))
-    result = train_detector(work / "dataset", work / "run", DetectorTrainConfig(
-        epochs=epochs, batch_size=4, lr=3e-3, seed=0, device="cpu",
-        training_data=f"synthetic C4d slides, seeds {', '.join(map(str, TRAIN_SEEDS))} (medseg.synthetic.slides); "
-                      "not for clinical use"), overwrite=True)
+    result = train_detector(
+        work / "dataset",
+        work / "run",
+        DetectorTrainConfig(
+            epochs=epochs,
+            batch_size=4,
+            lr=3e-3,
+            seed=0,
+            device="cpu",
+            training_data=f"synthetic C4d slides, seeds {', '.join(map(str, TRAIN_SEEDS))} (medseg.synthetic.slides); "
+            "not for clinical use",
+        ),
+        overwrite=True,
+    )
     weights_out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result.best_weights, weights_out)
-    logging.getLogger("medseg").info("weights: best validation F1 %.3f (epoch %d, %s) in %.0f s -> %s",
-                                     result.best_metric, result.best_epoch, result.extra["validation"],
-                                     result.seconds, weights_out)
+    logging.getLogger("medseg").info(
+        "weights: best validation F1 %.3f (epoch %d, %s) in %.0f s -> %s",
+        result.best_metric,
+        result.best_epoch,
+        result.extra["validation"],
+        result.seconds,
+        weights_out,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--slide-only", action="store_true")
     parser.add_argument("--weights-only", action="store_true", help="do not rewrite the sample slide")
     parser.add_argument("--epochs", type=int, default=14)

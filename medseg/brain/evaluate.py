@@ -26,7 +26,9 @@ log = logging.getLogger("medseg.brain")
 REPORT_FILES = ("report.html", "metrics.json", "metrics.csv")
 
 
-def region_metrics(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, float]:
+def region_metrics(
+    pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float]
+) -> dict[str, float]:
     """Dice and HD95 (mm) per region for two internal label maps on the same grid."""
     import torch
     from monai.metrics import compute_dice, compute_hausdorff_distance
@@ -46,8 +48,9 @@ def region_metrics(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, fl
         out[f"dice_{r}"] = float(compute_dice(pt, tt, include_background=True)[0, 0])
         with warnings.catch_warnings():  # MONAI 1.5 deprecation noise inside its own helpers
             warnings.simplefilter("ignore", FutureWarning)
-            hd = compute_hausdorff_distance(pt, tt, include_background=True, percentile=95,
-                                            spacing=[float(s) for s in spacing])
+            hd = compute_hausdorff_distance(
+                pt, tt, include_background=True, percentile=95, spacing=[float(s) for s in spacing]
+            )
         out[f"hd95_{r}"] = float(hd[0, 0])
     return out
 
@@ -65,16 +68,20 @@ def find_pair(pred_dir: Path, case_dir: Path) -> EvalPair:
     files: CaseFiles = find_case_files(case_dir)
     if files.seg is None:
         raise InputError("case has no ground-truth segmentation", path=case_dir)
-    cands = [pred_dir / f"{files.name}_seg.nii.gz", pred_dir / f"{files.name}.nii.gz",
-             pred_dir / files.name / f"{files.name}_seg.nii.gz"]
+    cands = [
+        pred_dir / f"{files.name}_seg.nii.gz",
+        pred_dir / f"{files.name}.nii.gz",
+        pred_dir / files.name / f"{files.name}_seg.nii.gz",
+    ]
     pred = next((c for c in cands if c.is_file()), None)
     if pred is None:
         raise InputError(f"no prediction for case {files.name} (looked for {cands[0].name})", path=pred_dir)
     return EvalPair(files.name, pred, files.seg, files.modalities["flair"])
 
 
-def evaluate_pair(pair: EvalPair, *, labels: str = "brats2021", pred_labels: str | None = None
-                  ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+def evaluate_pair(
+    pair: EvalPair, *, labels: str = "brats2021", pred_labels: str | None = None
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Metrics of one case, and its internal prediction and truth maps (for the overlays)."""
     pred, pgeo = read_image(pair.pred)
     truth, tgeo = read_image(pair.truth)
@@ -92,10 +99,13 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     for key in (k for k in (rows[0] if rows else {}) if k != "case"):
         vals = np.array([r[key] for r in rows], float)
         ok = vals[np.isfinite(vals)]
-        summary[key] = {"mean": float(ok.mean()) if ok.size else math.nan,
-                        "sd": float(ok.std(ddof=1)) if ok.size > 1 else math.nan,
-                        "median": float(np.median(ok)) if ok.size else math.nan,
-                        "n": int(ok.size), "n_undefined": int(vals.size - ok.size)}
+        summary[key] = {
+            "mean": float(ok.mean()) if ok.size else math.nan,
+            "sd": float(ok.std(ddof=1)) if ok.size > 1 else math.nan,
+            "median": float(np.median(ok)) if ok.size else math.nan,
+            "n": int(ok.size),
+            "n_undefined": int(vals.size - ok.size),
+        }
     return summary
 
 
@@ -107,8 +117,9 @@ class EvalConfig:
     progress: bool = False
 
 
-def evaluate_cases(pred_dir: str | Path, case_dirs: list[str | Path], out_dir: str | Path,
-                   config: EvalConfig | None = None) -> RunResult:
+def evaluate_cases(
+    pred_dir: str | Path, case_dirs: list[str | Path], out_dir: str | Path, config: EvalConfig | None = None
+) -> RunResult:
     """brain-eval: metrics of predictions in ``pred_dir`` against case folders; HTML report in ``out_dir``.
 
     One item per case. In a batch, a case without a prediction, ground truth or matching grid is
@@ -153,17 +164,26 @@ def evaluate_cases(pred_dir: str | Path, case_dirs: list[str | Path], out_dir: s
         rows.append({"case": pair.name, **metrics})
         overlays.append((pair.name, pair.image, p, t))
         result.add(ItemResult(name=pair.name, metrics=metrics))
-        log.info("%s: Dice WT %.3f TC %.3f ET %.3f", pair.name, metrics["dice_WT"], metrics["dice_TC"],
-                 metrics["dice_ET"])
+        log.info(
+            "%s: Dice WT %.3f TC %.3f ET %.3f",
+            pair.name,
+            metrics["dice_WT"],
+            metrics["dice_TC"],
+            metrics["dice_ET"],
+        )
     for item in result.failed:
         log.error("%s: failed: %s", item.name, item.reason)
     result.summary = summarise(rows)
     if rows:
-        report = {"cases": rows, "summary": result.summary, "failed": [{"case": i.name, "reason": i.reason}
-                                                                        for i in result.failed]}
+        report = {
+            "cases": rows,
+            "summary": result.summary,
+            "failed": [{"case": i.name, "reason": i.reason} for i in result.failed],
+        }
         try:
-            paths = write_eval_report(report, out_dir, inputs=[str(pred_dir), *map(str, case_dirs)],
-                                      overlays=overlays)
+            paths = write_eval_report(
+                report, out_dir, inputs=[str(pred_dir), *map(str, case_dirs)], overlays=overlays
+            )
         except BaseException:  # no half report that would block the corrected rerun
             for name in REPORT_FILES:
                 (out_dir / name).unlink(missing_ok=True)

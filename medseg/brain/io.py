@@ -76,14 +76,17 @@ class Geometry:
     def to_volume_meta(self, path: str = ""):
         from medseg.io.volume import VolumeMeta
 
-        return VolumeMeta(spacing=self.spacing, origin=self.origin, direction=self.direction, source="brain",
-                          path=path)
+        return VolumeMeta(
+            spacing=self.spacing, origin=self.origin, direction=self.direction, source="brain", path=path
+        )
 
 
 def error_reason(exc: Exception) -> str:
     """A per-case failure in words: the file it concerns (not the case folder, named by the item) and why."""
     if isinstance(exc, InputError):
-        return f"{exc.path.name}: {exc.message}" if exc.path is not None and exc.path.is_file() else exc.message
+        return (
+            f"{exc.path.name}: {exc.message}" if exc.path is not None and exc.path.is_file() else exc.message
+        )
     if isinstance(exc, OSError):
         return f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc.strerror or exc)
     return str(exc)
@@ -132,30 +135,52 @@ def find_case_files(case_dir: str | Path) -> CaseFiles:
             raise InputError(f"several {mod} inputs: {', '.join(p.name for p in paths)}", path=case_dir)
     missing = [m for m in MODALITIES if m not in found]
     if missing:
-        raise InputError(f"missing modality {', '.join(missing)} (expected BraTS names such as "
-                         f"<case>_t1.nii.gz, _t1ce, _t2, _flair or -t1n, -t1c, -t2w, -t2f)", path=case_dir)
-    return CaseFiles(name=case_dir.name, modalities={m: found[m][0] for m in MODALITIES},
-                     seg=found["seg"][0] if "seg" in found else None)
+        raise InputError(
+            f"missing modality {', '.join(missing)} (expected BraTS names such as "
+            f"<case>_t1.nii.gz, _t1ce, _t2, _flair or -t1n, -t1c, -t2w, -t2f)",
+            path=case_dir,
+        )
+    return CaseFiles(
+        name=case_dir.name,
+        modalities={m: found[m][0] for m in MODALITIES},
+        seg=found["seg"][0] if "seg" in found else None,
+    )
 
 
-def case_from_paths(*, t1: str | Path | None, t1c: str | Path | None, t2: str | Path | None,
-                    flair: str | Path | None, name: str | None = None) -> CaseFiles:
+def case_from_paths(
+    *,
+    t1: str | Path | None,
+    t1c: str | Path | None,
+    t2: str | Path | None,
+    flair: str | Path | None,
+    name: str | None = None,
+) -> CaseFiles:
     """A case from four explicit paths; a missing one is an InputError naming it."""
     given = {"t1": t1, "t1c": t1c, "t2": t2, "flair": flair}
     missing = [m for m, p in given.items() if p is None]
     if missing:
-        raise InputError(f"missing modality {', '.join(missing)}: all four of --t1 --t1c --t2 --flair are needed")
+        raise InputError(
+            f"missing modality {', '.join(missing)}: all four of --t1 --t1c --t2 --flair are needed"
+        )
     paths = {m: Path(p) for m, p in given.items()}
     for m, p in paths.items():
         if not p.exists():
             raise InputError(f"{m} input not found", path=p)
     stem = paths["t1c"].name[: len(_stem(paths["t1c"]))]
-    default = re.split(r"[_\-]t1(ce|c|gd)$", stem, flags=re.IGNORECASE)[0] if _tag(stem.lower()) == "t1c" else stem
+    default = (
+        re.split(r"[_\-]t1(ce|c|gd)$", stem, flags=re.IGNORECASE)[0] if _tag(stem.lower()) == "t1c" else stem
+    )
     return CaseFiles(name=name or default or "case", modalities=paths)
 
 
-def resolve_cases(case_dirs: list[str | Path], *, t1: str | Path | None = None, t1c: str | Path | None = None,
-                  t2: str | Path | None = None, flair: str | Path | None = None) -> list[CaseFiles | Path]:
+def resolve_cases(
+    case_dirs: list[str | Path],
+    *,
+    t1: str | Path | None = None,
+    t1c: str | Path | None = None,
+    t2: str | Path | None = None,
+    flair: str | Path | None = None,
+) -> list[CaseFiles | Path]:
     """The cases of one command: four explicit modality paths, or case / cohort folders.
 
     Folders are only expanded here; their files are found in the pipeline's pre-flight, so a
@@ -184,9 +209,12 @@ def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
         array, meta = read_volume_sitk(path)
     if array.ndim != 3 or min(array.shape) < 2:
         raise InputError(f"2D image (shape {array.shape}) where a 3D volume is expected", path=path)
-    return array, Geometry(shape=tuple(array.shape), spacing=tuple(float(s) for s in meta.spacing),
-                           origin=tuple(float(o) for o in meta.origin),
-                           direction=tuple(float(d) for d in meta.direction))
+    return array, Geometry(
+        shape=tuple(array.shape),
+        spacing=tuple(float(s) for s in meta.spacing),
+        origin=tuple(float(o) for o in meta.origin),
+        direction=tuple(float(d) for d in meta.direction),
+    )
 
 
 def _to_sitk(array: np.ndarray, geo: Geometry):
@@ -205,8 +233,13 @@ def resample_to(array: np.ndarray, geo: Geometry, ref: Geometry, *, nearest: boo
     import SimpleITK as sitk
 
     ref_img = _to_sitk(np.zeros(ref.shape, np.float32), ref)
-    out = sitk.Resample(_to_sitk(array, geo), ref_img, sitk.Transform(),
-                        sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear, 0.0)
+    out = sitk.Resample(
+        _to_sitk(array, geo),
+        ref_img,
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear,
+        0.0,
+    )
     return sitk.GetArrayFromImage(out).astype(array.dtype, copy=False)
 
 
@@ -237,8 +270,11 @@ def load_case(case: CaseFiles, *, resample_to_modality: str | None = None) -> tu
         if not diff:
             continue
         if resample_to_modality is None:
-            raise InputError(f"{mod} and {ref_mod} are on different grids ({diff}); register them first or pass "
-                             f"--resample-to {ref_mod} to resample onto the {ref_mod} grid", path=case.modalities[mod])
+            raise InputError(
+                f"{mod} and {ref_mod} are on different grids ({diff}); register them first or pass "
+                f"--resample-to {ref_mod} to resample onto the {ref_mod} grid",
+                path=case.modalities[mod],
+            )
         log.info("%s: resampling %s onto the %s grid (%s)", case.name, mod, ref_mod, diff)
         arrays[mod] = resample_to(arrays[mod], geos[mod], ref)
     return np.stack([arrays[m] for m in MODALITIES]).astype(np.float32, copy=False), ref
@@ -247,7 +283,9 @@ def load_case(case: CaseFiles, *, resample_to_modality: str | None = None) -> tu
 def load_seg(case: CaseFiles, ref: Geometry, *, labels: str = "brats2021") -> np.ndarray:
     """The case's ground truth in internal (Havaei) labels on ``ref``'s grid."""
     if case.seg is None:
-        raise InputError("no segmentation (<case>_seg.nii.gz) in case folder", path=case.modalities["t1c"].parent)
+        raise InputError(
+            "no segmentation (<case>_seg.nii.gz) in case folder", path=case.modalities["t1c"].parent
+        )
     seg, geo = read_image(case.seg)
     if geo.same_grid(ref):
         raise InputError(f"segmentation grid differs from the images ({geo.same_grid(ref)})", path=case.seg)
@@ -260,7 +298,9 @@ def labels_to_internal(seg: np.ndarray, *, labels: str, path: Path | None = None
     values = set(np.unique(seg).tolist())
     bad = sorted(values - mapping.keys())
     if bad:
-        raise InputError(f"label values {bad} are not in the {labels} convention {sorted(mapping)}", path=path)
+        raise InputError(
+            f"label values {bad} are not in the {labels} convention {sorted(mapping)}", path=path
+        )
     lut = np.zeros(max(mapping) + 1, np.uint8)
     for k, v in mapping.items():
         lut[k] = v

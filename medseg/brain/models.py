@@ -82,9 +82,18 @@ class TwoPathCNN(nn.Module):
 
     receptive_field = TWOPATH_PATCH
 
-    def __init__(self, *, in_channels: int = N_MODALITIES, n_classes: int = N_CLASSES, local_channels: int = 64,
-                 global_channels: int = 160, maxout_k: int = 2, dropout: float = 0.2, local_extra: int = 0,
-                 head_extra: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = N_MODALITIES,
+        n_classes: int = N_CLASSES,
+        local_channels: int = 64,
+        global_channels: int = 160,
+        maxout_k: int = 2,
+        dropout: float = 0.2,
+        local_extra: int = 0,
+        head_extra: int = 0,
+    ) -> None:
         super().__init__()
         self.local1 = MaxoutConv(in_channels, local_channels, 7, k=maxout_k)
         self.pool1 = nn.MaxPool2d(4, stride=1)
@@ -130,7 +139,7 @@ class _Cascade(nn.Module):
     def _inner(self, x: torch.Tensor) -> torch.Tensor:
         """The second stage's input: x cropped to S - (patch - 33)."""
         b, a = self.crop_before, self.crop_after
-        return x[..., b:x.shape[-2] - a, b:x.shape[-1] - a]
+        return x[..., b : x.shape[-2] - a, b : x.shape[-1] - a]
 
     def first_probs(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax output of the first stage (no gradient flows into it once frozen)."""
@@ -188,28 +197,50 @@ class MFCascadeCNN(_Cascade):
         return self.second.head(self.second.features(inner), head_extra=probs)
 
 
-def build_twopath(*, in_channels: int = N_MODALITIES, n_classes: int = N_CLASSES, local_channels: int = 64,
-                  global_channels: int = 160, maxout_k: int = 2, dropout: float = 0.2) -> TwoPathCNN:
-    return TwoPathCNN(in_channels=in_channels, n_classes=n_classes, local_channels=local_channels,
-                      global_channels=global_channels, maxout_k=maxout_k, dropout=dropout)
+def build_twopath(
+    *,
+    in_channels: int = N_MODALITIES,
+    n_classes: int = N_CLASSES,
+    local_channels: int = 64,
+    global_channels: int = 160,
+    maxout_k: int = 2,
+    dropout: float = 0.2,
+) -> TwoPathCNN:
+    return TwoPathCNN(
+        in_channels=in_channels,
+        n_classes=n_classes,
+        local_channels=local_channels,
+        global_channels=global_channels,
+        maxout_k=maxout_k,
+        dropout=dropout,
+    )
 
 
 def build_model(*, config: BrainNetConfig) -> nn.Module:
     """Build any of the four architectures from its config (random weights)."""
     if config.arch not in ARCHS:
         raise ValueError(f"unknown architecture {config.arch!r}; choose from {', '.join(ARCHS)}")
-    kw = dict(n_classes=config.n_classes, local_channels=config.local_channels,
-              global_channels=config.global_channels, maxout_k=config.maxout_k, dropout=config.dropout)
+    kw = dict(
+        n_classes=config.n_classes,
+        local_channels=config.local_channels,
+        global_channels=config.global_channels,
+        maxout_k=config.maxout_k,
+        dropout=config.dropout,
+    )
     if config.arch == "twopath":
         return TwoPathCNN(in_channels=config.in_channels, **kw)
     first = TwoPathCNN(in_channels=config.in_channels, **kw)
     if config.arch == "input-cascade":
-        return InputCascadeCNN(first=first, second=TwoPathCNN(in_channels=config.in_channels + config.n_classes, **kw))
+        return InputCascadeCNN(
+            first=first, second=TwoPathCNN(in_channels=config.in_channels + config.n_classes, **kw)
+        )
     if config.arch == "local-cascade":
-        return LocalCascadeCNN(first=first, second=TwoPathCNN(in_channels=config.in_channels,
-                                                              local_extra=config.n_classes, **kw))
-    return MFCascadeCNN(first=first, second=TwoPathCNN(in_channels=config.in_channels,
-                                                       head_extra=config.n_classes, **kw))
+        return LocalCascadeCNN(
+            first=first, second=TwoPathCNN(in_channels=config.in_channels, local_extra=config.n_classes, **kw)
+        )
+    return MFCascadeCNN(
+        first=first, second=TwoPathCNN(in_channels=config.in_channels, head_extra=config.n_classes, **kw)
+    )
 
 
 def output_layer(model: nn.Module) -> nn.Conv2d:

@@ -54,8 +54,14 @@ def brain_mask(stack: np.ndarray) -> np.ndarray:
     return mask
 
 
-def n4_correct(channel: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float], *, shrink: int = 4,
-               iterations: list[int] | None = None) -> np.ndarray:
+def n4_correct(
+    channel: np.ndarray,
+    mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    *,
+    shrink: int = 4,
+    iterations: list[int] | None = None,
+) -> np.ndarray:
     """N4 bias-field correction (SimpleITK), fitted on a shrunk image, applied at full resolution."""
     import SimpleITK as sitk
 
@@ -75,15 +81,18 @@ def n4_correct(channel: np.ndarray, mask: np.ndarray, spacing: tuple[float, floa
     return np.where(mask, corrected, 0.0).astype(np.float32)
 
 
-def preprocess(stack: np.ndarray, spacing: tuple[float, float, float],
-               config: PreprocessConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+def preprocess(
+    stack: np.ndarray, spacing: tuple[float, float, float], config: PreprocessConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(4, z, y, x) raw intensities -> normalised float32 stack and the brain mask."""
     from monai.transforms import ClipIntensityPercentiles, NormalizeIntensity
 
     cfg = config or PreprocessConfig()
     if stack.ndim != 4 or stack.shape[0] != 4:
         shape = " x ".join(map(str, stack.shape))
-        raise InputError(f"expected a 4 x z x y x x stack of T1, T1c, T2, FLAIR, got an array of shape {shape}")
+        raise InputError(
+            f"expected a 4 x z x y x x stack of T1, T1c, T2, FLAIR, got an array of shape {shape}"
+        )
     if not np.all(np.isfinite(stack)):
         raise InputError("input contains NaN/Inf voxels")
     for c, name in enumerate(MODALITIES):
@@ -92,13 +101,17 @@ def preprocess(stack: np.ndarray, spacing: tuple[float, float, float],
     mask = brain_mask(stack)
     brain = np.asarray(stack[:, mask], np.float32)  # (4, n brain voxels)
     if cfg.clip_percent > 0:
-        clip = ClipIntensityPercentiles(lower=cfg.clip_percent, upper=100.0 - cfg.clip_percent, channel_wise=True)
+        clip = ClipIntensityPercentiles(
+            lower=cfg.clip_percent, upper=100.0 - cfg.clip_percent, channel_wise=True
+        )
         brain = np.asarray(clip(brain), np.float32)
     if cfg.n4:
         for c in N4_MODALITIES:
             volume = np.zeros(mask.shape, np.float32)
             volume[mask] = np.maximum(brain[c], 1e-3)
-            brain[c] = n4_correct(volume, mask, spacing, shrink=cfg.n4_shrink, iterations=cfg.n4_iterations)[mask]
+            brain[c] = n4_correct(volume, mask, spacing, shrink=cfg.n4_shrink, iterations=cfg.n4_iterations)[
+                mask
+            ]
     for c, name in enumerate(MODALITIES):
         if brain[c].max() <= brain[c].min():
             raise InputError(f"{name} channel is constant inside the brain")

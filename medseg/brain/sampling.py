@@ -42,13 +42,20 @@ def slice_batches(stack: np.ndarray, *, pad: tuple[int, int], batch_size: int):
 
     before, after = pad
     for start in range(0, stack.shape[1], batch_size):
-        chunk = stack[:, start:start + batch_size].transpose(1, 2, 3, 0)  # (b, y, x, C) view
+        chunk = stack[:, start : start + batch_size].transpose(1, 2, 3, 0)  # (b, y, x, C) view
         padded = np.pad(chunk, ((0, 0), (before, after), (before, after), (0, 0)))
         yield start, torch.from_numpy(padded).permute(0, 3, 1, 2)
 
 
-def predict_slices(predictor: Predictor, stack: np.ndarray, *, pad: tuple[int, int], batch_size: int = 8,
-                   progress: bool = False, desc: str = "") -> np.ndarray:
+def predict_slices(
+    predictor: Predictor,
+    stack: np.ndarray,
+    *,
+    pad: tuple[int, int],
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "",
+) -> np.ndarray:
     """Run ``predictor`` over every axial slice of a (C, z, y, x) stack, zero-padded by ``pad``.
 
     Returns what the predictor's post-processing gives, slices on axis 1 for maps ((K, z, h, w):
@@ -59,16 +66,17 @@ def predict_slices(predictor: Predictor, stack: np.ndarray, *, pad: tuple[int, i
     nz = stack.shape[1]
     out: np.ndarray | None = None
     batches = slice_batches(stack, pad=pad, batch_size=batch_size)
-    for start, batch in progress_bar(batches, total=-(-nz // batch_size), desc=desc, enabled=progress,
-                                     unit="batch"):
+    for start, batch in progress_bar(
+        batches, total=-(-nz // batch_size), desc=desc, enabled=progress, unit="batch"
+    ):
         y = predictor(batch)
         if out is None:
             shape = (y.shape[1], nz, *y.shape[2:]) if y.ndim == 4 else (nz, *y.shape[1:])
             out = np.empty(shape, y.dtype)
         if y.ndim == 4:
-            out[:, start:start + len(y)] = y.transpose(1, 0, 2, 3)
+            out[:, start : start + len(y)] = y.transpose(1, 0, 2, 3)
         else:
-            out[start:start + len(y)] = y
+            out[start : start + len(y)] = y
     if out is None:
         raise ValueError("empty stack: no slices to predict")
     return out
@@ -92,11 +100,17 @@ def extract_patches(stack: np.ndarray, coords: np.ndarray, *, arch: str) -> np.n
     return windows(pad_slices(stack, before, after), coords, before + after + 1)
 
 
-def class_balanced_coords(labels: np.ndarray, mask: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def class_balanced_coords(
+    labels: np.ndarray, mask: np.ndarray, n: int, rng: np.random.Generator
+) -> np.ndarray:
     """``n`` centres, equally many from each class present (healthy counted inside the brain only)."""
     pools = []
     for c in range(N_CLASSES):
-        where = np.flatnonzero(((labels == c) & mask).ravel()) if c == 0 else np.flatnonzero((labels == c).ravel())
+        where = (
+            np.flatnonzero(((labels == c) & mask).ravel())
+            if c == 0
+            else np.flatnonzero((labels == c).ravel())
+        )
         if where.size:
             pools.append(where)
     if not pools:
@@ -138,23 +152,34 @@ class TrainingCase:
         stack = self.padded[:, :, 16:-16, 16:-16]
         self.probs = predict_slices(predictor, stack, pad=slice_padding(arch), batch_size=batch_size)
 
-    def batch(self, coords: np.ndarray, *, probs_size: int | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    def batch(
+        self, coords: np.ndarray, *, probs_size: int | None
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """(patches, first-stage windows or None, centre labels) for ``coords``."""
         x = windows(self.padded, coords, 33)
         p = windows(self.probs, coords, probs_size) if probs_size else None
         return x, p, self.labels[coords[:, 0], coords[:, 1], coords[:, 2]].astype(np.int64)
 
 
-def sample_batch(cases: list[TrainingCase], n: int, rng: np.random.Generator, *, balanced: bool,
-                 probs_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def sample_batch(
+    cases: list[TrainingCase],
+    n: int,
+    rng: np.random.Generator,
+    *,
+    balanced: bool,
+    probs_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """A mixed batch from randomly chosen cases (phase 1: balanced, phase 2: natural)."""
     picks = np.bincount(rng.integers(0, len(cases), n), minlength=len(cases))
     xs, ps, ys = [], [], []
     for case, k in zip(cases, picks):
         if not k:
             continue
-        coords = (class_balanced_coords(case.labels, case.mask, int(k), rng) if balanced
-                  else natural_coords(case.mask, int(k), rng))
+        coords = (
+            class_balanced_coords(case.labels, case.mask, int(k), rng)
+            if balanced
+            else natural_coords(case.mask, int(k), rng)
+        )
         x, p, y = case.batch(coords, probs_size=probs_size)
         xs.append(x)
         ys.append(y)

@@ -66,43 +66,58 @@ def load_brain_model(weights: str | Path):
 
     state, meta = load_weights(weights)
     if not meta.model.startswith(MODEL_PREFIX) or meta.task != TASK:
-        raise ModelError(f"weights are for {meta.model} / {meta.task}, not a brain tumour model", path=weights)
+        raise ModelError(
+            f"weights are for {meta.model} / {meta.task}, not a brain tumour model", path=weights
+        )
     net_cfg = BrainNetConfig.from_dict(meta.config.get("net", {}))
     model = build_model(config=net_cfg)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelError(f"weights do not fit {net_cfg.arch}: {str(exc).splitlines()[0]}", path=weights) from None
+        raise ModelError(
+            f"weights do not fit {net_cfg.arch}: {str(exc).splitlines()[0]}", path=weights
+        ) from None
     return model.eval(), meta, PreprocessConfig.from_dict(meta.config.get("preprocess", {}))
 
 
-def make_predictor(model, *, device: str = "auto", amp: str = "auto", postprocess: str = "argmax") -> Predictor:
+def make_predictor(
+    model, *, device: str = "auto", amp: str = "auto", postprocess: str = "argmax"
+) -> Predictor:
     """The engine predictor for a brain network (channels_last on CPU and CUDA)."""
     from medseg.engine.predictor import Predictor
 
     return Predictor(model, device=device, amp=amp, channels_last=True, postprocess=postprocess)
 
 
-def predict_volume(predictor: Predictor, stack: np.ndarray, *, arch: str, batch_size: int = 8,
-                   progress: bool = False, desc: str = "") -> np.ndarray:
+def predict_volume(
+    predictor: Predictor,
+    stack: np.ndarray,
+    *,
+    arch: str,
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "",
+) -> np.ndarray:
     """Fully convolutional inference over all axial slices of a (4, z, y, x) normalised stack.
 
     Returns the class map (z, y, x) for an ``argmax`` predictor, or (5, z, y, x) logits/probabilities
     for a ``float``/``softmax`` one.
     """
-    return predict_slices(predictor, stack, pad=slice_padding(arch), batch_size=batch_size, progress=progress,
-                          desc=desc)
+    return predict_slices(
+        predictor, stack, pad=slice_padding(arch), batch_size=batch_size, progress=progress, desc=desc
+    )
 
 
-def predict_patches(predictor: Predictor, stack: np.ndarray, coords: np.ndarray, *, arch: str,
-                    batch_size: int = 256) -> np.ndarray:
+def predict_patches(
+    predictor: Predictor, stack: np.ndarray, coords: np.ndarray, *, arch: str, batch_size: int = 256
+) -> np.ndarray:
     """Patch-by-patch baseline: classify the centre pixel of one patch per coordinate.
 
     Returns (n,) classes for an ``argmax`` predictor, (n, 5) scores for a ``float``/``softmax`` one.
     """
     outs = []
     for start in range(0, len(coords), batch_size):
-        y = predictor(extract_patches(stack, coords[start:start + batch_size], arch=arch))
+        y = predictor(extract_patches(stack, coords[start : start + batch_size], arch=arch))
         outs.append(y[:, :, 0, 0] if y.ndim == 4 else y[:, 0, 0])
     return np.concatenate(outs) if outs else np.empty((0,))
 
@@ -115,8 +130,12 @@ class PostprocessConfig:
     min_component_fraction: float = 0.1  # of the largest component
 
 
-def postprocess(seg: np.ndarray, spacing: tuple[float, float, float], config: PostprocessConfig | None = None,
-                mask: np.ndarray | None = None) -> np.ndarray:
+def postprocess(
+    seg: np.ndarray,
+    spacing: tuple[float, float, float],
+    config: PostprocessConfig | None = None,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
     """Remove tumour labels outside the brain and small 3D connected components of the whole tumour.
 
     A component (18-connected) is kept when it holds at least ``min_component_ml`` and at least
@@ -134,8 +153,10 @@ def postprocess(seg: np.ndarray, spacing: tuple[float, float, float], config: Po
         return seg
     largest = int(np.bincount(comps.ravel())[1:].max())
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    min_voxels = max(int(np.ceil(cfg.min_component_ml / voxel_ml - 1e-9)),
-                     int(np.ceil(cfg.min_component_fraction * largest - 1e-9)))
+    min_voxels = max(
+        int(np.ceil(cfg.min_component_ml / voxel_ml - 1e-9)),
+        int(np.ceil(cfg.min_component_fraction * largest - 1e-9)),
+    )
     if n == 1:  # one component (skimage warns on a single label): kept unless below the volume floor
         return seg if largest >= min_voxels else np.zeros_like(seg)
     if min_voxels > 1:
@@ -144,17 +165,27 @@ def postprocess(seg: np.ndarray, spacing: tuple[float, float, float], config: Po
     return seg
 
 
-def segment_array(predictor: Predictor, stack_raw: np.ndarray, geo: Geometry, *, arch: str,
-                  prep: PreprocessConfig, batch_size: int = 8, post: bool = True, progress: bool = False,
-                  desc: str = "") -> np.ndarray:
+def segment_array(
+    predictor: Predictor,
+    stack_raw: np.ndarray,
+    geo: Geometry,
+    *,
+    arch: str,
+    prep: PreprocessConfig,
+    batch_size: int = 8,
+    post: bool = True,
+    progress: bool = False,
+    desc: str = "",
+) -> np.ndarray:
     """Raw (4, z, y, x) intensities -> internal label map (z, y, x), with an ``argmax`` predictor."""
     norm, mask = preprocess(stack_raw, geo.spacing, prep)
     # Outside the brain the normalised input is 0, like the padding: predicting on the brain's
     # bounding box only gives identical labels inside it, and skips empty slices and margins.
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
     seg = np.zeros(mask.shape, np.uint8)
-    seg[box] = predict_volume(predictor, norm[(slice(None), *box)], arch=arch, batch_size=batch_size,
-                              progress=progress, desc=desc)
+    seg[box] = predict_volume(
+        predictor, norm[(slice(None), *box)], arch=arch, batch_size=batch_size, progress=progress, desc=desc
+    )
     seg[~mask] = 0
     return postprocess(seg, geo.spacing, mask=mask) if post else seg
 
@@ -188,8 +219,13 @@ def plan_outputs(cases: list[CaseFiles | Path], out: Path) -> tuple[list[dict[st
     plans = []
     for seg in segs:
         stem = next(seg.name[: -len(s)] for s in VOLUME_OUTPUT_SUFFIXES if seg.name.lower().endswith(s))
-        plans.append({"seg": seg, "volumes_json": seg.with_name(f"{stem}_volumes.json"),
-                      "volumes_csv": seg.with_name(f"{stem}_volumes.csv")})
+        plans.append(
+            {
+                "seg": seg,
+                "volumes_json": seg.with_name(f"{stem}_volumes.json"),
+                "volumes_csv": seg.with_name(f"{stem}_volumes.csv"),
+            }
+        )
     return plans, (out / "volumes.csv" if len(cases) > 1 else None)
 
 
@@ -198,8 +234,11 @@ def _volumes_csv(rows: list[dict]) -> str:
         text = "" if value is None else str(value)
         return f'"{text}"' if ("," in text or '"' in text) else text
 
-    return ",".join(VOLUME_COLUMNS) + "\n" + "".join(
-        ",".join(cell(r.get(c)) for c in VOLUME_COLUMNS) + "\n" for r in rows)
+    return (
+        ",".join(VOLUME_COLUMNS)
+        + "\n"
+        + "".join(",".join(cell(r.get(c)) for c in VOLUME_COLUMNS) + "\n" for r in rows)
+    )
 
 
 def _write_case(plan: dict[str, Path], seg: np.ndarray, geo: Geometry, record: dict, labels: str) -> None:
@@ -216,7 +255,9 @@ def _write_case(plan: dict[str, Path], seg: np.ndarray, geo: Geometry, record: d
         raise
 
 
-def segment_cases(cases: list[CaseFiles | Path], out: str | Path, config: SegmentConfig | None = None) -> RunResult:
+def segment_cases(
+    cases: list[CaseFiles | Path], out: str | Path, config: SegmentConfig | None = None
+) -> RunResult:
     """Segment each case (a :class:`CaseFiles` or a case folder) into ``out``; one item per case.
 
     Pre-flight, before any work: every output is checked (exists -> exit 3 unless ``overwrite``;
@@ -257,9 +298,13 @@ def segment_cases(cases: list[CaseFiles | Path], out: str | Path, config: Segmen
     weights, is_demo = resolve_weights(cfg.weights, demo=DEMO_WEIGHTS)
     model, meta, prep = load_brain_model(weights)
     if is_demo:
-        result.warnings.append(f"demo weights {weights.name}: trained on synthetic data only, not for clinical use")
+        result.warnings.append(
+            f"demo weights {weights.name}: trained on synthetic data only, not for clinical use"
+        )
     elif "synthetic" in meta.training_data.lower():
-        result.warnings.append(f"{weights.name} was trained on synthetic data only: a demo, not for clinical use")
+        result.warnings.append(
+            f"{weights.name} was trained on synthetic data only: a demo, not for clinical use"
+        )
         log.warning(result.warnings[-1])
     if cfg.n4 is not None:
         prep.n4 = cfg.n4
@@ -270,37 +315,96 @@ def segment_cases(cases: list[CaseFiles | Path], out: str | Path, config: Segmen
         if isinstance(case, ItemResult):
             item = result.add(case)
         else:
-            item = result.add(_segment_one(predictor, case, plan, arch=arch, prep=prep, cfg=cfg,
-                                           desc=f"{case.name} ({i}/{len(found)})", strict=len(cases) == 1))
-        rows.append({"case": item.name, "status": item.status, **item.metrics, "output": item.outputs.get("seg"),
-                     "reason": item.reason})
+            item = result.add(
+                _segment_one(
+                    predictor,
+                    case,
+                    plan,
+                    arch=arch,
+                    prep=prep,
+                    cfg=cfg,
+                    desc=f"{case.name} ({i}/{len(found)})",
+                    strict=len(cases) == 1,
+                )
+            )
+        rows.append(
+            {
+                "case": item.name,
+                "status": item.status,
+                **item.metrics,
+                "output": item.outputs.get("seg"),
+                "reason": item.reason,
+            }
+        )
         if not item.ok:
             log.error("%s: failed: %s", item.name, item.reason)
     if table is not None and any(item.ok for item in result.items):
         result.outputs["volumes_csv"] = str(write_text(table, _volumes_csv(rows)))
-    result.summary = {"weights": str(weights), "demo_weights": is_demo, "arch": arch, "labels": cfg.labels,
-                      **predictor.describe(), "resample_to": cfg.resample_to, "batch_size": cfg.batch_size,
-                      "n4": prep.n4, "postprocess": cfg.postprocess}
+    result.summary = {
+        "weights": str(weights),
+        "demo_weights": is_demo,
+        "arch": arch,
+        "labels": cfg.labels,
+        **predictor.describe(),
+        "resample_to": cfg.resample_to,
+        "batch_size": cfg.batch_size,
+        "n4": prep.n4,
+        "postprocess": cfg.postprocess,
+    }
     return result
 
 
-def _segment_one(predictor: Predictor, case: CaseFiles, plan: dict[str, Path], *, arch: str,
-                 prep: PreprocessConfig, cfg: SegmentConfig, desc: str, strict: bool) -> ItemResult:
+def _segment_one(
+    predictor: Predictor,
+    case: CaseFiles,
+    plan: dict[str, Path],
+    *,
+    arch: str,
+    prep: PreprocessConfig,
+    cfg: SegmentConfig,
+    desc: str,
+    strict: bool,
+) -> ItemResult:
     """One case -> label map and volumes; input and write problems become a failed item (raised if ``strict``)."""
     t0 = time.perf_counter()
     try:
         stack, geo = load_case(case, resample_to_modality=cfg.resample_to)
-        seg = segment_array(predictor, stack, geo, arch=arch, prep=prep, batch_size=cfg.batch_size,
-                            post=cfg.postprocess, progress=cfg.progress, desc=desc)
+        seg = segment_array(
+            predictor,
+            stack,
+            geo,
+            arch=arch,
+            prep=prep,
+            batch_size=cfg.batch_size,
+            post=cfg.postprocess,
+            progress=cfg.progress,
+            desc=desc,
+        )
         volumes = region_volumes_ml(seg, geo.spacing)
-        record = {"case": case.name, "status": "ok", **volumes, "seconds": round(time.perf_counter() - t0, 3),
-                  "output": str(plan["seg"]), "labels": cfg.labels, "arch": arch}
+        record = {
+            "case": case.name,
+            "status": "ok",
+            **volumes,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "output": str(plan["seg"]),
+            "labels": cfg.labels,
+            "arch": arch,
+        }
         _write_case(plan, seg, geo, record, cfg.labels)
     except (InputError, OSError) as exc:
         if strict:
             raise
         return ItemResult(name=case.name, status=FAILED, reason=error_reason(exc))
-    log.info("%s: WT %.2f mL, TC %.2f mL, ET %.2f mL (%.1f s)", case.name, volumes["WT_ml"], volumes["TC_ml"],
-             volumes["ET_ml"], record["seconds"])
-    return ItemResult(name=case.name, outputs={k: str(v) for k, v in plan.items()},
-                      metrics={**volumes, "seconds": record["seconds"]})
+    log.info(
+        "%s: WT %.2f mL, TC %.2f mL, ET %.2f mL (%.1f s)",
+        case.name,
+        volumes["WT_ml"],
+        volumes["TC_ml"],
+        volumes["ET_ml"],
+        record["seconds"],
+    )
+    return ItemResult(
+        name=case.name,
+        outputs={k: str(v) for k, v in plan.items()},
+        metrics={**volumes, "seconds": record["seconds"]},
+    )

@@ -99,12 +99,17 @@ def plan_stages(out_dir: Path, cfg: BrainTrainConfig, first_weights: Path | None
     first = first_weights
     if cfg.net.arch != "twopath" and first is None:
         tp = BrainNetConfig(**{**asdict(cfg.net), "arch": "twopath"})
-        stages += [Stage("first/phase1", tp, 1), Stage("first/phase2", tp, 2, init=out_dir / "first/phase1/best.safetensors")]
+        stages += [
+            Stage("first/phase1", tp, 1),
+            Stage("first/phase2", tp, 2, init=out_dir / "first/phase1/best.safetensors"),
+        ]
         first = out_dir / "first/phase2/best.safetensors"
     if cfg.net.arch == "twopath":
         first = None
-    stages += [Stage("phase1", cfg.net, 1, first=first),
-               Stage("phase2", cfg.net, 2, init=out_dir / "phase1/best.safetensors", first=first)]
+    stages += [
+        Stage("phase1", cfg.net, 1, first=first),
+        Stage("phase2", cfg.net, 2, init=out_dir / "phase1/best.safetensors", first=first),
+    ]
     return stages
 
 
@@ -116,16 +121,18 @@ def split_cases(cases: list[TrainingCase], fraction: float) -> tuple[list[Traini
     return cases[:-n_val], cases[-n_val:]
 
 
-def load_training_cases(case_dirs: list[Path], *, labels: str, prep: PreprocessConfig,
-                        progress: bool = False) -> list[TrainingCase]:
+def load_training_cases(
+    case_dirs: list[Path], *, labels: str, prep: PreprocessConfig, progress: bool = False
+) -> list[TrainingCase]:
     """Read, preprocess and pad every training case once (a bad case stops training, named)."""
     from medseg.engine.progress import progress_bar
 
     files = [find_case_files(d) for d in case_dirs]  # pre-flight: every case complete before the slow part
     for f in files:
         if f.seg is None:
-            raise InputError("no segmentation (<case>_seg.nii.gz) in training case folder",
-                             path=f.modalities["t1c"].parent)
+            raise InputError(
+                "no segmentation (<case>_seg.nii.gz) in training case folder", path=f.modalities["t1c"].parent
+            )
     if not files:
         raise InputError("no training cases")
     cases = []
@@ -155,8 +162,15 @@ class BrainTask:
     metric = METRIC
     mode = "min"
 
-    def __init__(self, stage: Stage, cfg: BrainTrainConfig, train_cases: list[TrainingCase],
-                 val_cases: list[TrainingCase], *, device: str = "auto") -> None:
+    def __init__(
+        self,
+        stage: Stage,
+        cfg: BrainTrainConfig,
+        train_cases: list[TrainingCase],
+        val_cases: list[TrainingCase],
+        *,
+        device: str = "auto",
+    ) -> None:
         self.stage, self.cfg, self.device = stage, cfg, device
         self.train_cases, self.val_cases = train_cases, val_cases
         self.has_validation = bool(val_cases)
@@ -176,7 +190,9 @@ class BrainTask:
             source = str(self.stage.first)
             todo = [c for c in self.train_cases + self.val_cases if c.probs_source != source]
             if todo:
-                predictor = make_predictor(model.first, device=self.device, amp=self.cfg.amp, postprocess="softmax")
+                predictor = make_predictor(
+                    model.first, device=self.device, amp=self.cfg.amp, postprocess="softmax"
+                )
                 for case in todo:
                     case.set_first_stage(predictor, self.stage.net.arch)
                     case.probs_source = source
@@ -185,31 +201,48 @@ class BrainTask:
                 p.requires_grad_(False)
             for p in output_layer(model).parameters():
                 p.requires_grad_(True)
-        self._val = sample_batch(self.val_cases or self.train_cases, self.cfg.val_patches,
-                                 np.random.default_rng(self.cfg.seed + 10_000 * self.stage.phase),
-                                 balanced=self.stage.phase == 1, probs_size=self.probs_size)
+        self._val = sample_batch(
+            self.val_cases or self.train_cases,
+            self.cfg.val_patches,
+            np.random.default_rng(self.cfg.seed + 10_000 * self.stage.phase),
+            balanced=self.stage.phase == 1,
+            probs_size=self.probs_size,
+        )
         return model.to(memory_format=torch.channels_last)
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         trainable = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.SGD(trainable, lr=self.pcfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.l2)
+        return torch.optim.SGD(
+            trainable, lr=self.pcfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.l2
+        )
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.pcfg.lr_halving_epochs, gamma=0.5)
 
     def train_batches(self, epoch: int, rng: np.random.Generator):
         for _ in range(self.pcfg.steps_per_epoch):
-            yield sample_batch(self.train_cases, self.cfg.batch_size, rng, balanced=self.stage.phase == 1,
-                               probs_size=self.probs_size)
+            yield sample_batch(
+                self.train_cases,
+                self.cfg.batch_size,
+                rng,
+                balanced=self.stage.phase == 1,
+                probs_size=self.probs_size,
+            )
 
     def train_step(self, model: torch.nn.Module, batch, device: torch.device) -> torch.Tensor:
         x, p, y = batch
         xt = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
-        pt = torch.from_numpy(p).to(device).contiguous(memory_format=torch.channels_last) if p is not None else None
+        pt = (
+            torch.from_numpy(p).to(device).contiguous(memory_format=torch.channels_last)
+            if p is not None
+            else None
+        )
         logits = (model.combine(xt, pt) if pt is not None else model(xt))[:, :, 0, 0]
         loss = torch.nn.functional.cross_entropy(logits.float(), torch.from_numpy(y).to(device))
         if self.cfg.l1 > 0:
-            loss = loss + self.cfg.l1 * sum(p.abs().sum() for p in model.parameters() if p.requires_grad and p.dim() > 1)
+            loss = loss + self.cfg.l1 * sum(
+                p.abs().sum() for p in model.parameters() if p.requires_grad and p.dim() > 1
+            )
         return loss
 
     def validate(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
@@ -221,9 +254,12 @@ class BrainTask:
         predictor = Predictor(CentreLogits(model), device=device, amp=self.cfg.amp, postprocess="none")
         loss, correct = 0.0, 0
         for s in range(0, len(y), 512):
-            inputs = (predictor.to_device(x[s:s + 512]), predictor.to_device(p[s:s + 512]) if p is not None else None)
+            inputs = (
+                predictor.to_device(x[s : s + 512]),
+                predictor.to_device(p[s : s + 512]) if p is not None else None,
+            )
             logits = predictor.forward(inputs).float()
-            target = torch.from_numpy(y[s:s + 512]).to(logits.device)
+            target = torch.from_numpy(y[s : s + 512]).to(logits.device)
             loss += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
             correct += int((logits.argmax(1) == target).sum())
         return {METRIC: loss / len(y), "val_accuracy": correct / len(y)}
@@ -232,21 +268,37 @@ class BrainTask:
         from medseg.engine.checkpoint import CheckpointMeta
 
         return CheckpointMeta(
-            model=MODEL_PREFIX + self.stage.net.arch, task=TASK,
-            config={"net": asdict(self.stage.net), "preprocess": asdict(self.cfg.preprocess),
-                    "train": {**self.cfg.to_dict(), "stage": self.stage.name}},
-            training_data=self.cfg.training_data, normalisation={"per_channel": "z-score inside brain"},
-            metrics={"stage": self.stage.name, "epoch": epoch, **metrics,
-                     "validated_on": "held-out cases" if self.has_validation else "training cases"},
+            model=MODEL_PREFIX + self.stage.net.arch,
+            task=TASK,
+            config={
+                "net": asdict(self.stage.net),
+                "preprocess": asdict(self.cfg.preprocess),
+                "train": {**self.cfg.to_dict(), "stage": self.stage.name},
+            },
+            training_data=self.cfg.training_data,
+            normalisation={"per_channel": "z-score inside brain"},
+            metrics={
+                "stage": self.stage.name,
+                "epoch": epoch,
+                **metrics,
+                "validated_on": "held-out cases" if self.has_validation else "training cases",
+            },
             notes="Havaei et al. 2017 architecture; labels: Havaei order (0 healthy, 1 necrosis, 2 edema, "
-                  "3 non-enhancing, 4 enhancing)" + ("" if self.stage.phase == 2 else
-                                                      "; phase 1 only (class-balanced, not yet calibrated)"))
+            "3 non-enhancing, 4 enhancing)"
+            + ("" if self.stage.phase == 2 else "; phase 1 only (class-balanced, not yet calibrated)"),
+        )
 
     def config_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage.name, "phase": self.stage.phase, "net": asdict(self.stage.net),
-                "init": str(self.stage.init or ""), "first_stage": str(self.stage.first or ""),
-                "training_cases": [c.name for c in self.train_cases],
-                "validation_cases": [c.name for c in self.val_cases], "config": self.cfg.to_dict()}
+        return {
+            "stage": self.stage.name,
+            "phase": self.stage.phase,
+            "net": asdict(self.stage.net),
+            "init": str(self.stage.init or ""),
+            "first_stage": str(self.stage.first or ""),
+            "training_cases": [c.name for c in self.train_cases],
+            "validation_cases": [c.name for c in self.val_cases],
+            "config": self.cfg.to_dict(),
+        }
 
 
 def _load_into(module: torch.nn.Module, path: Path, *, expect: str) -> None:
@@ -256,8 +308,10 @@ def _load_into(module: torch.nn.Module, path: Path, *, expect: str) -> None:
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelError(f"weights do not fit the network being trained (other widths?): "
-                         f"{str(exc).splitlines()[0]}", path=path) from None
+        raise ModelError(
+            f"weights do not fit the network being trained (other widths?): {str(exc).splitlines()[0]}",
+            path=path,
+        ) from None
 
 
 def _stage_files(d: Path) -> list[Path]:
@@ -274,15 +328,24 @@ def _preflight(out_dir: Path, stages: list[Stage], *, resume: bool, overwrite: b
     dirs = [out_dir / s.name for s in stages]
     if resume:
         if not any((d / STATE).is_file() and (d / LAST).is_file() for d in dirs):
-            raise InputError(f"--resume: no training state ({STATE} and {LAST} in "
-                             f"{', '.join(s.name for s in stages)}) to resume from", path=out_dir)
+            raise InputError(
+                f"--resume: no training state ({STATE} and {LAST} in "
+                f"{', '.join(s.name for s in stages)}) to resume from",
+                path=out_dir,
+            )
     elif not overwrite:
-        existing = [p for p in [out_dir / "best.safetensors", *(f for d in dirs for f in _stage_files(d))]
-                    if p.exists()]
+        existing = [
+            p
+            for p in [out_dir / "best.safetensors", *(f for d in dirs for f in _stage_files(d))]
+            if p.exists()
+        ]
         if existing:
             shown = ", ".join(str(p.relative_to(out_dir)) for p in existing[:3])
-            raise OutputExistsError(f"holds a training run ({shown}{', ...' if len(existing) > 3 else ''}); "
-                                    "use --resume to continue or --overwrite to start again", path=out_dir)
+            raise OutputExistsError(
+                f"holds a training run ({shown}{', ...' if len(existing) > 3 else ''}); "
+                "use --resume to continue or --overwrite to start again",
+                path=out_dir,
+            )
     check_writable(out_dir)
 
 
@@ -301,13 +364,24 @@ def _check_resumable(d: Path, stage: Stage) -> None:
         return
     diff = [k for k, v in asdict(stage.net).items() if k in saved and saved[k] != v]
     if diff:
-        raise InputError(f"--resume: {stage.name} was trained with other network settings "
-                         f"({', '.join(f'{k} {saved[k]} now {getattr(stage.net, k)}' for k in diff)})", path=d)
+        raise InputError(
+            f"--resume: {stage.name} was trained with other network settings "
+            f"({', '.join(f'{k} {saved[k]} now {getattr(stage.net, k)}' for k in diff)})",
+            path=d,
+        )
 
 
-def train(case_dirs: list[str | Path], out_dir: str | Path, cfg: BrainTrainConfig, *, first_weights: Path | None = None,
-          device: str = "auto", resume: bool = False, overwrite: bool = False,
-          progress: bool = False) -> TrainResult:
+def train(
+    case_dirs: list[str | Path],
+    out_dir: str | Path,
+    cfg: BrainTrainConfig,
+    *,
+    first_weights: Path | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> TrainResult:
     """Train ``cfg.net.arch`` on case folders (see the module doc); returns the trainer's result shape."""
     from medseg.engine.checkpoint import read_meta
     from medseg.engine.runtime import select_device
@@ -319,16 +393,23 @@ def train(case_dirs: list[str | Path], out_dir: str | Path, cfg: BrainTrainConfi
     stages = plan_stages(out_dir, cfg, Path(first_weights) if first_weights else None)
     _preflight(out_dir, stages, resume=resume, overwrite=overwrite)
     if first_weights is not None and (kind := read_meta(first_weights).model) != MODEL_PREFIX + "twopath":
-        raise ModelError(f"first-stage weights must be a TwoPathCNN ({MODEL_PREFIX}twopath), not {kind}",
-                         path=first_weights)
+        raise ModelError(
+            f"first-stage weights must be a TwoPathCNN ({MODEL_PREFIX}twopath), not {kind}",
+            path=first_weights,
+        )
     dev = select_device(device)
     dirs = expand_case_dirs(list(case_dirs))
     if not cfg.training_data:
-        cfg.training_data = f"{len(dirs)} case(s): {', '.join(d.name for d in dirs[:5])}{' ...' if len(dirs) > 5 else ''}"
+        cfg.training_data = (
+            f"{len(dirs)} case(s): {', '.join(d.name for d in dirs[:5])}{' ...' if len(dirs) > 5 else ''}"
+        )
     cases = load_training_cases(dirs, labels=cfg.labels, prep=cfg.preprocess, progress=progress)
     train_cases, val_cases = split_cases(cases, cfg.val_fraction)
-    log.info("%d training case(s); validation on %s", len(train_cases),
-             ", ".join(c.name for c in val_cases) if val_cases else "the training case (no held-out case)")
+    log.info(
+        "%d training case(s); validation on %s",
+        len(train_cases),
+        ", ".join(c.name for c in val_cases) if val_cases else "the training case (no held-out case)",
+    )
     final = out_dir / "best.safetensors"
     results: dict[str, dict[str, Any]] = {}
     history: list[dict[str, Any]] = []
@@ -350,21 +431,37 @@ def train(case_dirs: list[str | Path], out_dir: str | Path, cfg: BrainTrainConfi
             first_to_run = not restart
             restart = True
             final.unlink(missing_ok=True)
-            remaining = None if cfg.max_minutes is None else cfg.max_minutes - (time.perf_counter() - t_start) / 60
+            remaining = (
+                None if cfg.max_minutes is None else cfg.max_minutes - (time.perf_counter() - t_start) / 60
+            )
             if remaining is not None and remaining <= 0:
                 if not first_to_run:
                     stopped = "time budget"
-                    log.warning("the time budget of %s minute(s) is spent before %s; run again with --resume",
-                                cfg.max_minutes, stage.name)
+                    log.warning(
+                        "the time budget of %s minute(s) is spent before %s; run again with --resume",
+                        cfg.max_minutes,
+                        stage.name,
+                    )
                     break
                 remaining = 1e-9  # spent while loading: one step, so that there is a state to resume
             log.info("training %s (%s, phase %d)", stage.name, stage.net.arch, stage.phase)
             task = BrainTask(stage, cfg, train_cases, val_cases, device=str(dev))
             task.validation_warned = warned  # the trainer says "no held-out validation" once per run
             warned = True
-            res = fit(task, sdir, TrainConfig(epochs=pcfg.epochs, seed=cfg.seed + 1000 * index, max_minutes=remaining,
-                                              grad_clip=cfg.clip_grad, amp=cfg.amp),
-                      device=str(dev), resume=cont, progress=progress)
+            res = fit(
+                task,
+                sdir,
+                TrainConfig(
+                    epochs=pcfg.epochs,
+                    seed=cfg.seed + 1000 * index,
+                    max_minutes=remaining,
+                    grad_clip=cfg.clip_grad,
+                    amp=cfg.amp,
+                ),
+                device=str(dev),
+                resume=cont,
+                progress=progress,
+            )
             stage_result = {k: getattr(res, k) for k in STAGE_KEYS}
             stage_result["history"] = res.history
             if res.stopped != "completed":
@@ -372,8 +469,12 @@ def train(case_dirs: list[str | Path], out_dir: str | Path, cfg: BrainTrainConfi
         results[stage.name] = stage_result
         history += [{"stage": stage.name, **rec} for rec in stage_result["history"]]
         if stopped != "completed":
-            log.warning("stopped in %s (%s): %s not written; run again with --resume to finish",
-                        stage.name, stopped, final.name)
+            log.warning(
+                "stopped in %s (%s): %s not written; run again with --resume to finish",
+                stage.name,
+                stopped,
+                final.name,
+            )
             break
     last = results[list(results)[-1]] if results else {}
     if stopped == "completed" and (restart or not final.is_file()):
@@ -381,15 +482,25 @@ def train(case_dirs: list[str | Path], out_dir: str | Path, cfg: BrainTrainConfi
             shutil.copyfile(last["best_weights"], tmp)
         log.info("wrote %s", final)
     return TrainResult(
-        out_dir=str(out_dir), best_weights=str(final) if stopped == "completed" else last.get("best_weights", ""),
-        last_weights=last.get("last_weights", ""), metric=METRIC,
+        out_dir=str(out_dir),
+        best_weights=str(final) if stopped == "completed" else last.get("best_weights", ""),
+        last_weights=last.get("last_weights", ""),
+        metric=METRIC,
         best_metric=float(last.get("best_metric") if last.get("best_metric") is not None else float("nan")),
-        best_epoch=int(last.get("best_epoch", 0)), epochs=len(history), stopped=stopped, device=str(dev),
+        best_epoch=int(last.get("best_epoch", 0)),
+        epochs=len(history),
+        stopped=stopped,
+        device=str(dev),
         seconds=round(time.perf_counter() - t_start, 3),
-        validated_on="held-out data" if val_cases else "training data", history=history,
-        extra={"arch": cfg.net.arch, "stages": {k: {kk: vv for kk, vv in v.items() if kk != "history"}
-                                                for k, v in results.items()},
-               "training_cases": [c.name for c in train_cases], "validation_cases": [c.name for c in val_cases]})
+        validated_on="held-out data" if val_cases else "training data",
+        history=history,
+        extra={
+            "arch": cfg.net.arch,
+            "stages": {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in results.items()},
+            "training_cases": [c.name for c in train_cases],
+            "validation_cases": [c.name for c in val_cases],
+        },
+    )
 
 
 def _result_from_disk(d: Path) -> dict[str, Any]:
@@ -397,6 +508,12 @@ def _result_from_disk(d: Path) -> dict[str, Any]:
     history = _history(d)
     values = [(h.get(METRIC), h["epoch"]) for h in history if isinstance(h.get(METRIC), (int, float))]
     best, epoch = min(values) if values else (None, 0)
-    return {"best_weights": str(d / "best.safetensors"), "last_weights": str(d / "last.safetensors"),
-            "best_metric": best, "best_epoch": epoch, "epochs": len(history), "stopped": "completed",
-            "history": history}
+    return {
+        "best_weights": str(d / "best.safetensors"),
+        "last_weights": str(d / "last.safetensors"),
+        "best_metric": best,
+        "best_epoch": epoch,
+        "epochs": len(history),
+        "stopped": "completed",
+        "history": history,
+    }

@@ -107,7 +107,10 @@ class ArchConfig:
             (self.fc_kernel >= 1 and self.fc_kernel % 2 == 1, "fc_kernel must be odd"),
             (self.upsample in UPSAMPLE, f"upsample must be one of {', '.join(UPSAMPLE)}"),
             (self.backbone in DEEPLAB_BACKBONES, f"backbone must be one of {', '.join(DEEPLAB_BACKBONES)}"),
-            (self.input_adapter in INPUT_ADAPTERS, f"input_adapter must be one of {', '.join(INPUT_ADAPTERS)}"),
+            (
+                self.input_adapter in INPUT_ADAPTERS,
+                f"input_adapter must be one of {', '.join(INPUT_ADAPTERS)}",
+            ),
             (len(self.blocks) == 4 and min(self.blocks) >= 1, "blocks: four counts >= 1"),
             (len(self.bins) >= 1 and min(self.bins) >= 1, "bins: at least one bin size >= 1"),
         ]
@@ -136,11 +139,22 @@ def _norm(channels: int, batch_norm: bool) -> nn.Module:
     return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
 
 
-def _conv_bn_relu(cin: int, cout: int, *, batch_norm: bool, kernel: int = 3, stride: int = 1,
-                  dilation: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation,
-                      bias=not batch_norm),
-            _norm(cout, batch_norm), nn.ReLU(inplace=True)]
+def _conv_bn_relu(
+    cin: int, cout: int, *, batch_norm: bool, kernel: int = 3, stride: int = 1, dilation: int = 1
+) -> list[nn.Module]:
+    return [
+        nn.Conv2d(
+            cin,
+            cout,
+            kernel,
+            stride=stride,
+            padding=dilation * (kernel // 2),
+            dilation=dilation,
+            bias=not batch_norm,
+        ),
+        _norm(cout, batch_norm),
+        nn.ReLU(inplace=True),
+    ]
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -202,7 +216,9 @@ class SEBlock(nn.Module):
 
 
 def _double_conv(cin: int, cout: int, *, batch_norm: bool, se: bool, se_reduction: int) -> nn.Sequential:
-    layers = _conv_bn_relu(cin, cout, batch_norm=batch_norm) + _conv_bn_relu(cout, cout, batch_norm=batch_norm)
+    layers = _conv_bn_relu(cin, cout, batch_norm=batch_norm) + _conv_bn_relu(
+        cout, cout, batch_norm=batch_norm
+    )
     block = nn.Sequential(*layers)
     if se:
         block.add_module("se", SEBlock(cout, se_reduction))
@@ -212,8 +228,18 @@ def _double_conv(cin: int, cout: int, *, batch_norm: bool, se: bool, se_reductio
 class UNetSE(_PaddedNet):
     """Padded U-Net (widths ``width * 2**level``) with optional SE after every double-conv block."""
 
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, width: int = 32, depth: int = 4,
-                 batch_norm: bool = True, dropout: float = 0.1, se: bool = True, se_reduction: int = 8) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        width: int = 32,
+        depth: int = 4,
+        batch_norm: bool = True,
+        dropout: float = 0.1,
+        se: bool = True,
+        se_reduction: int = 8,
+    ) -> None:
         super().__init__()
         self.multiple = 2**depth
         chans = [width * 2**i for i in range(depth + 1)]
@@ -324,9 +350,18 @@ class FCN8s(_PaddedNet):
 
     multiple = 32
 
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, width: int = 32,
-                 stage_convs: Sequence[int] = (2, 2, 3, 3, 3), fc_kernel: int = 7, upsample: str = "learned",
-                 batch_norm: bool = True, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        width: int = 32,
+        stage_convs: Sequence[int] = (2, 2, 3, 3, 3),
+        fc_kernel: int = 7,
+        upsample: str = "learned",
+        batch_norm: bool = True,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         widths = vgg_widths(width)
         fc = 2 * widths[-1]  # VGG's 4096 = 8 x 512 scaled down: 2x the last stage
@@ -337,8 +372,12 @@ class FCN8s(_PaddedNet):
             cin = c
         self.pool = nn.MaxPool2d(2)
         drop = [nn.Dropout2d(dropout)] if dropout > 0 else []
-        self.fc = nn.Sequential(*_conv_bn_relu(widths[-1], fc, kernel=fc_kernel, batch_norm=batch_norm), *drop,
-                                *_conv_bn_relu(fc, fc, kernel=1, batch_norm=batch_norm), *drop)
+        self.fc = nn.Sequential(
+            *_conv_bn_relu(widths[-1], fc, kernel=fc_kernel, batch_norm=batch_norm),
+            *drop,
+            *_conv_bn_relu(fc, fc, kernel=1, batch_norm=batch_norm),
+            *drop,
+        )
         self.score_fr = nn.Conv2d(fc, num_classes, 1)
         self.score_pool4 = nn.Conv2d(widths[3], num_classes, 1)
         self.score_pool3 = nn.Conv2d(widths[2], num_classes, 1)
@@ -370,9 +409,16 @@ def _replace_first_conv(net: nn.Module, in_channels: int) -> None:
     for parent in net.modules():
         for name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
-                new = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-                                padding=child.padding, dilation=child.dilation, groups=1,
-                                bias=child.bias is not None)
+                new = nn.Conv2d(
+                    in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    stride=child.stride,
+                    padding=child.padding,
+                    dilation=child.dilation,
+                    groups=1,
+                    bias=child.bias is not None,
+                )
                 nn.init.kaiming_normal_(new.weight, mode="fan_out")
                 if new.bias is not None:
                     nn.init.zeros_(new.bias)
@@ -390,8 +436,14 @@ class DeepLabV3(_PaddedNet):
     batch needs at least 2 images.
     """
 
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, backbone: str = "mobilenet_v3_large",
-                 input_adapter: str = "first_conv") -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        backbone: str = "mobilenet_v3_large",
+        input_adapter: str = "first_conv",
+    ) -> None:
         super().__init__()
         from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50
 
@@ -418,16 +470,20 @@ class DeepLabV3(_PaddedNet):
 class BasicBlock(nn.Module):
     """ResNet basic block (two 3x3 convs), optionally strided or dilated."""
 
-    def __init__(self, cin: int, cout: int, *, stride: int = 1, dilation: int = 1, batch_norm: bool = True) -> None:
+    def __init__(
+        self, cin: int, cout: int, *, stride: int = 1, dilation: int = 1, batch_norm: bool = True
+    ) -> None:
         super().__init__()
         self.body = nn.Sequential(
             *_conv_bn_relu(cin, cout, stride=stride, dilation=dilation, batch_norm=batch_norm),
             nn.Conv2d(cout, cout, 3, padding=dilation, dilation=dilation, bias=not batch_norm),
-            _norm(cout, batch_norm))
+            _norm(cout, batch_norm),
+        )
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=not batch_norm),
-                                          _norm(cout, batch_norm))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=not batch_norm), _norm(cout, batch_norm)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.body(x) + self.shortcut(x), inplace=True)
@@ -441,8 +497,10 @@ class PyramidPooling(nn.Module):
         super().__init__()
         reduced = max(channels // len(bins), 1)
         self.bins = tuple(bins)
-        self.branches = nn.ModuleList(nn.Sequential(*_conv_bn_relu(channels, reduced, kernel=1, batch_norm=batch_norm))
-                                      for _ in self.bins)
+        self.branches = nn.ModuleList(
+            nn.Sequential(*_conv_bn_relu(channels, reduced, kernel=1, batch_norm=batch_norm))
+            for _ in self.bins
+        )
         self.out_channels = channels + reduced * len(self.bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -463,31 +521,46 @@ class PSPNet(_PaddedNet):
 
     multiple = 8
 
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, width: int = 32,
-                 blocks: Sequence[int] = (2, 2, 2, 2), bins: Sequence[int] = (1, 2, 3, 6), batch_norm: bool = True,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        width: int = 32,
+        blocks: Sequence[int] = (2, 2, 2, 2),
+        bins: Sequence[int] = (1, 2, 3, 6),
+        batch_norm: bool = True,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         w = width
-        self.stem = nn.Sequential(*_conv_bn_relu(in_channels, w, stride=2, batch_norm=batch_norm),
-                                  *_conv_bn_relu(w, w, batch_norm=batch_norm),
-                                  *_conv_bn_relu(w, 2 * w, batch_norm=batch_norm),
-                                  nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = nn.Sequential(
+            *_conv_bn_relu(in_channels, w, stride=2, batch_norm=batch_norm),
+            *_conv_bn_relu(w, w, batch_norm=batch_norm),
+            *_conv_bn_relu(w, 2 * w, batch_norm=batch_norm),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
         specs = [(2 * w, 1, 1), (4 * w, 2, 1), (8 * w, 1, 2), (8 * w, 1, 4)]  # (channels, stride, dilation)
         stages = []
         cin = 2 * w
         for (c, stride, dilation), n in zip(specs, blocks):
             layers = []
             for i in range(n):
-                layers.append(BasicBlock(cin, c, stride=stride if i == 0 else 1, dilation=dilation,
-                                         batch_norm=batch_norm))
+                layers.append(
+                    BasicBlock(
+                        cin, c, stride=stride if i == 0 else 1, dilation=dilation, batch_norm=batch_norm
+                    )
+                )
                 cin = c
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
         self.ppm = PyramidPooling(cin, bins, batch_norm=batch_norm)
         head = 4 * w
-        self.head = nn.Sequential(*_conv_bn_relu(self.ppm.out_channels, head, batch_norm=batch_norm),
-                                  nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
-                                  nn.Conv2d(head, num_classes, 1))
+        self.head = nn.Sequential(
+            *_conv_bn_relu(self.ppm.out_channels, head, batch_norm=batch_norm),
+            nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
+            nn.Conv2d(head, num_classes, 1),
+        )
         _init_weights(self)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -521,8 +594,15 @@ class HED(_PaddedNet):
 
     multiple = 16
 
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, width: int = 32,
-                 stage_convs: Sequence[int] = (2, 2, 3, 3, 3), batch_norm: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        width: int = 32,
+        stage_convs: Sequence[int] = (2, 2, 3, 3, 3),
+        batch_norm: bool = True,
+    ) -> None:
         super().__init__()
         widths = vgg_widths(width)
         self.stages = nn.ModuleList()
@@ -561,8 +641,9 @@ class HED(_PaddedNet):
         return (fused, sides) if self.training else fused
 
 
-def class_balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *,
-                                 weight: torch.Tensor | None = None) -> torch.Tensor:
+def class_balanced_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, *, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """HED's class-balanced loss, per image: class c weighs 1 - |Y_c| / |Y|.
 
     For two classes this is the paper's balanced BCE exactly (positives weigh beta = |Y-|/|Y|,
@@ -581,8 +662,9 @@ def class_balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *,
     return (F.cross_entropy(logits.float(), target, reduction="none") * pixel_w).mean()
 
 
-def hed_loss(outputs: Any, target: torch.Tensor, *, weight: torch.Tensor | None = None,
-             side_weight: float = 1.0) -> torch.Tensor:
+def hed_loss(
+    outputs: Any, target: torch.Tensor, *, weight: torch.Tensor | None = None, side_weight: float = 1.0
+) -> torch.Tensor:
     """Deep supervision: class-balanced loss of the fused output plus ``side_weight`` x each side.
 
     ``outputs`` is what ``HED.forward`` returns in training mode, ``(fused, [sides])``; a bare
@@ -602,30 +684,60 @@ def hed_loss(outputs: Any, target: torch.Tensor, *, weight: torch.Tensor | None 
 
 
 def _build_unet_se(*, config: ArchConfig) -> nn.Module:
-    return UNetSE(in_channels=config.in_channels, num_classes=config.num_classes, width=config.width,
-                  depth=config.depth, batch_norm=config.batch_norm, dropout=config.dropout, se=config.se,
-                  se_reduction=config.se_reduction)
+    return UNetSE(
+        in_channels=config.in_channels,
+        num_classes=config.num_classes,
+        width=config.width,
+        depth=config.depth,
+        batch_norm=config.batch_norm,
+        dropout=config.dropout,
+        se=config.se,
+        se_reduction=config.se_reduction,
+    )
 
 
 def _build_fcn8s(*, config: ArchConfig) -> nn.Module:
-    return FCN8s(in_channels=config.in_channels, num_classes=config.num_classes, width=config.width,
-                 stage_convs=config.stage_convs, fc_kernel=config.fc_kernel, upsample=config.upsample,
-                 batch_norm=config.batch_norm, dropout=config.dropout)
+    return FCN8s(
+        in_channels=config.in_channels,
+        num_classes=config.num_classes,
+        width=config.width,
+        stage_convs=config.stage_convs,
+        fc_kernel=config.fc_kernel,
+        upsample=config.upsample,
+        batch_norm=config.batch_norm,
+        dropout=config.dropout,
+    )
 
 
 def _build_deeplabv3(*, config: ArchConfig) -> nn.Module:
-    return DeepLabV3(in_channels=config.in_channels, num_classes=config.num_classes, backbone=config.backbone,
-                     input_adapter=config.input_adapter)
+    return DeepLabV3(
+        in_channels=config.in_channels,
+        num_classes=config.num_classes,
+        backbone=config.backbone,
+        input_adapter=config.input_adapter,
+    )
 
 
 def _build_pspnet(*, config: ArchConfig) -> nn.Module:
-    return PSPNet(in_channels=config.in_channels, num_classes=config.num_classes, width=config.width,
-                  blocks=config.blocks, bins=config.bins, batch_norm=config.batch_norm, dropout=config.dropout)
+    return PSPNet(
+        in_channels=config.in_channels,
+        num_classes=config.num_classes,
+        width=config.width,
+        blocks=config.blocks,
+        bins=config.bins,
+        batch_norm=config.batch_norm,
+        dropout=config.dropout,
+    )
 
 
 def _build_hed(*, config: ArchConfig) -> nn.Module:
-    return HED(in_channels=config.in_channels, num_classes=config.num_classes, width=config.width,
-               stage_convs=config.stage_convs, batch_norm=config.batch_norm)
+    return HED(
+        in_channels=config.in_channels,
+        num_classes=config.num_classes,
+        width=config.width,
+        stage_convs=config.stage_convs,
+        batch_norm=config.batch_norm,
+    )
 
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
@@ -647,8 +759,12 @@ def size_rule(config: ArchConfig) -> int:
     internally to it. Overlap-tile origins should be multiples of it too (``align``)."""
     if config.arch == "unet_se":
         return 2**config.depth
-    return {"fcn8s": 32, "hed": 16, "pspnet": 8,
-            "deeplabv3": 16 if config.backbone == "mobilenet_v3_large" else 8}[config.arch]
+    return {
+        "fcn8s": 32,
+        "hed": 16,
+        "pspnet": 8,
+        "deeplabv3": 16 if config.backbone == "mobilenet_v3_large" else 8,
+    }[config.arch]
 
 
 def translation_equivariant(config: ArchConfig) -> bool:
@@ -670,7 +786,9 @@ def receptive_field(config: ArchConfig) -> int:
         convs = sum(2 * n * 2**i for i, n in enumerate(config.stage_convs))
         if config.arch == "hed":
             return 1 + convs + 15 + 16  # four pools, bilinear upsampling of the 1/16 side output
-        return 1 + convs + 31 + (config.fc_kernel - 1) * 32 + 32 + 16 + 8  # five pools, fc6, three upsamplings
+        return (
+            1 + convs + 31 + (config.fc_kernel - 1) * 32 + 32 + 16 + 8
+        )  # five pools, fc6, three upsamplings
     if config.arch == "pspnet":
         b = config.blocks
         stem = 2 + 4 + 4 + 4
@@ -709,8 +827,9 @@ def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def arch_loss(outputs: Any, target: torch.Tensor, *, config: ArchConfig,
-              weight: torch.Tensor | None = None) -> torch.Tensor:
+def arch_loss(
+    outputs: Any, target: torch.Tensor, *, config: ArchConfig, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """The training loss for ``config.arch``: :func:`hed_loss` for hed (deep supervision, class
     balanced), else pixel-wise (optionally weighted) cross-entropy as the cells trainer uses."""
     if config.arch == "hed":

@@ -34,12 +34,15 @@ def _bicubic_weights(n_out: int, grid: int) -> np.ndarray:
     """
     positions = np.linspace(0, grid - 1, n_out)
     eye = np.eye(grid)
-    return np.stack([ndimage.map_coordinates(eye[:, j], [positions], order=3, mode="nearest")
-                     for j in range(grid)], axis=1)
+    return np.stack(
+        [ndimage.map_coordinates(eye[:, j], [positions], order=3, mode="nearest") for j in range(grid)],
+        axis=1,
+    )
 
 
-def elastic_displacement(rng: np.random.Generator, shape: tuple[int, int], *, grid: int = 3,
-                         std: float = 10.0) -> np.ndarray:
+def elastic_displacement(
+    rng: np.random.Generator, shape: tuple[int, int], *, grid: int = 3, std: float = 10.0
+) -> np.ndarray:
     """Per-pixel displacement field (2, H, W) from a coarse grid, bicubic-interpolated."""
     coarse = rng.normal(scale=std, size=(2, grid, grid))
     wy, wx = _bicubic_weights(shape[0], grid), _bicubic_weights(shape[1], grid)
@@ -51,12 +54,15 @@ def warp(arrays: list[np.ndarray], displacement: np.ndarray, orders: list[int]) 
     h, w = arrays[0].shape
     yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     coords = np.stack([yy + displacement[0], xx + displacement[1]])
-    return [ndimage.map_coordinates(a, coords, order=o, mode="mirror").astype(a.dtype, copy=False)
-            for a, o in zip(arrays, orders)]
+    return [
+        ndimage.map_coordinates(a, coords, order=o, mode="mirror").astype(a.dtype, copy=False)
+        for a, o in zip(arrays, orders)
+    ]
 
 
-def augment(rng: np.random.Generator, arrays: list[np.ndarray], orders: list[int],
-            config: AugmentConfig) -> list[np.ndarray]:
+def augment(
+    rng: np.random.Generator, arrays: list[np.ndarray], orders: list[int], config: AugmentConfig
+) -> list[np.ndarray]:
     """Apply the same random geometric transform to all arrays (first one = image)."""
     if config.elastic_prob > 0 and rng.random() < config.elastic_prob:
         disp = elastic_displacement(rng, arrays[0].shape, grid=config.elastic_grid, std=config.elastic_std)

@@ -20,7 +20,9 @@ log = logging.getLogger("medseg.cells")
 MASK_TAGS = ("_mask", "_masks", "_labels", "_label", "_gt", "")
 
 
-def find_pairs(images_dir: str | Path, masks_dir: str | Path) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
+def find_pairs(
+    images_dir: str | Path, masks_dir: str | Path
+) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
     """Match each image to a mask by name; images without a mask are reported, not fatal."""
     masks = {p.stem: p for p in list_images([masks_dir])}
     pairs, missing = [], []
@@ -38,12 +40,17 @@ def load_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray
     planes, _ = read_image(image_path, allow_stack=False)
     mask = read_mask(mask_path)
     if mask.shape != planes.shape[1:]:
-        raise InputError(f"mask {mask_path.name} is {mask.shape[0]}x{mask.shape[1]} but the image is "
-                         f"{planes.shape[1]}x{planes.shape[2]}", path=image_path)
+        raise InputError(
+            f"mask {mask_path.name} is {mask.shape[0]}x{mask.shape[1]} but the image is "
+            f"{planes.shape[1]}x{planes.shape[2]}",
+            path=image_path,
+        )
     return normalise(planes[0]), instances_from_mask(mask)
 
 
-def load_pairs(images_dir: str | Path, masks_dir: str | Path) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict[str, str]]]:
+def load_pairs(
+    images_dir: str | Path, masks_dir: str | Path
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict[str, str]]]:
     pairs, skipped = find_pairs(images_dir, masks_dir)
     loaded = []
     for image_path, mask_path in pairs:

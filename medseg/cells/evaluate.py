@@ -56,8 +56,14 @@ def match_objects(truth: np.ndarray, pred: np.ndarray, *, threshold: float = 0.5
     else:
         matched = np.zeros(0)
     tp = int(matched.size)
-    return {"n_true": n_true, "n_pred": n_pred, "tp": tp, "fp": n_pred - tp, "fn": n_true - tp,
-            "mean_matched_iou": float(matched.mean()) if tp else float("nan")}
+    return {
+        "n_true": n_true,
+        "n_pred": n_pred,
+        "tp": tp,
+        "fp": n_pred - tp,
+        "fn": n_true - tp,
+        "mean_matched_iou": float(matched.mean()) if tp else float("nan"),
+    }
 
 
 def evaluate_labels(truth: np.ndarray, pred: np.ndarray, config: EvalConfig | None = None) -> dict[str, Any]:
@@ -79,12 +85,18 @@ def evaluate_labels(truth: np.ndarray, pred: np.ndarray, config: EvalConfig | No
     return {
         "pixel_iou": float(inter / union) if union else 1.0,
         "pixel_dice": float(2 * inter / total) if total else 1.0,
-        "precision": precision, "recall": recall, "f1": f1,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
         "ap50": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
         "adapted_rand_error": float(are),
-        "count_true": m["n_true"], "count_pred": m["n_pred"],
+        "count_true": m["n_true"],
+        "count_pred": m["n_pred"],
         "count_rel_error": (m["n_pred"] - m["n_true"]) / m["n_true"] if m["n_true"] else float("nan"),
-        "tp": tp, "fp": fp, "fn": fn, "mean_matched_iou": m["mean_matched_iou"],
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "mean_matched_iou": m["mean_matched_iou"],
     }
 
 
@@ -95,15 +107,23 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ["pixel_iou", "pixel_dice", "adapted_rand_error"]
     out: dict[str, Any] = {f"mean_{k}": float(np.nanmean([r[k] for r in rows])) for k in keys}
     tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
-    out.update({"images": len(rows), "tp": tp, "fp": fp, "fn": fn,
-                "precision": tp / (tp + fp) if tp + fp else float("nan"),
-                "recall": tp / (tp + fn) if tp + fn else float("nan"),
-                "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
-                "ap50": tp / (tp + fp + fn) if tp + fp + fn else float("nan"),
-                "count_true": sum(r["count_true"] for r in rows),
-                "count_pred": sum(r["count_pred"] for r in rows)})
-    out["count_rel_error"] = ((out["count_pred"] - out["count_true"]) / out["count_true"]
-                              if out["count_true"] else float("nan"))
+    out.update(
+        {
+            "images": len(rows),
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "precision": tp / (tp + fp) if tp + fp else float("nan"),
+            "recall": tp / (tp + fn) if tp + fn else float("nan"),
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
+            "ap50": tp / (tp + fp + fn) if tp + fp + fn else float("nan"),
+            "count_true": sum(r["count_true"] for r in rows),
+            "count_pred": sum(r["count_pred"] for r in rows),
+        }
+    )
+    out["count_rel_error"] = (
+        (out["count_pred"] - out["count_true"]) / out["count_true"] if out["count_true"] else float("nan")
+    )
     return out
 
 
@@ -123,7 +143,9 @@ def _find_truth(pred_path: Path, truth_dir: Path) -> Path | None:
     return None
 
 
-def evaluate_folders(pred: list[str | Path], truth_dir: str | Path, config: EvalConfig | None = None) -> RunResult:
+def evaluate_folders(
+    pred: list[str | Path], truth_dir: str | Path, config: EvalConfig | None = None
+) -> RunResult:
     """Evaluate predicted label images against a folder of ground-truth masks (matched by name).
 
     One item per predicted image (failed: no matching mask, unreadable, other size); the summary
@@ -156,8 +178,10 @@ def evaluate_folders(pred: list[str | Path], truth_dir: str | Path, config: Eval
                 raise InputError(f"no ground-truth mask with a matching name in {truth_dir}")
             truth, predicted = instances_from_mask(read_mask(gt_path)), read_mask(path)
             if truth.shape != predicted.shape:
-                raise InputError(f"size {predicted.shape[0]}x{predicted.shape[1]} differs from the ground truth "
-                                 f"{gt_path.name} ({truth.shape[0]}x{truth.shape[1]})")
+                raise InputError(
+                    f"size {predicted.shape[0]}x{predicted.shape[1]} differs from the ground truth "
+                    f"{gt_path.name} ({truth.shape[0]}x{truth.shape[1]})"
+                )
             row = evaluate_labels(truth, predicted, cfg)
         except InputError as exc:
             reason = exc.message if exc.path in (None, path) else str(exc)
@@ -182,7 +206,9 @@ def human_summary(result: RunResult) -> str:
     s = result.summary
     if not s.get("images"):
         return "no image could be evaluated"
-    return (f"{s['images']} image(s): pixel IoU {_fmt(s['mean_pixel_iou'], 4)}, Dice {_fmt(s['mean_pixel_dice'], 4)}, "
-            f"AP@{s['iou_threshold']:g} {_fmt(s['ap50'], 4)}, precision {_fmt(s['precision'], 3)}, "
-            f"recall {_fmt(s['recall'], 3)}, F1 {_fmt(s['f1'], 3)}, adapted Rand error "
-            f"{_fmt(s['mean_adapted_rand_error'], 4)}, cells found {s['count_pred']} of {s['count_true']}")
+    return (
+        f"{s['images']} image(s): pixel IoU {_fmt(s['mean_pixel_iou'], 4)}, Dice {_fmt(s['mean_pixel_dice'], 4)}, "
+        f"AP@{s['iou_threshold']:g} {_fmt(s['ap50'], 4)}, precision {_fmt(s['precision'], 3)}, "
+        f"recall {_fmt(s['recall'], 3)}, F1 {_fmt(s['f1'], 3)}, adapted Rand error "
+        f"{_fmt(s['mean_adapted_rand_error'], 4)}, cells found {s['count_pred']} of {s['count_true']}"
+    )

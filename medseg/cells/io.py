@@ -44,7 +44,9 @@ def _read_raw(path: Path) -> np.ndarray:
     except Exception:  # decoders raise many types for corrupt files; --debug logs the decoder's words
         log.debug("%s: decoder error", path, exc_info=True)
         kind = suffix.lstrip(".").upper().replace("TIFF", "TIF").replace("JPEG", "JPG") or "image"
-        raise InputError(f"cannot read image: not a valid {kind} file (corrupt or truncated?)", path=path) from None
+        raise InputError(
+            f"cannot read image: not a valid {kind} file (corrupt or truncated?)", path=path
+        ) from None
 
 
 def _to_gray(a: np.ndarray) -> np.ndarray:
@@ -72,8 +74,11 @@ def read_image(path: str | Path, *, allow_stack: bool = True) -> tuple[np.ndarra
         planes = planes[None]
     elif planes.ndim == 3:
         if not allow_stack:
-            raise InputError(f"expected a 2D image, got a stack of {planes.shape[0]} planes {planes.shape[1:]} "
-                             "(split it into 2D files)", path=path)
+            raise InputError(
+                f"expected a 2D image, got a stack of {planes.shape[0]} planes {planes.shape[1:]} "
+                "(split it into 2D files)",
+                path=path,
+            )
     else:
         raise InputError(f"expected a 2D image or a stack of 2D planes, got shape {raw.shape}", path=path)
     if min(planes.shape[1:]) < 1:
@@ -157,7 +162,9 @@ def list_images(inputs: list[str | Path]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+            out += sorted(
+                f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+            )
         elif p.exists():
             out.append(p)
         else:

@@ -57,14 +57,22 @@ def _double_conv(cin: int, cout: int, *, padding: int, batch_norm: bool) -> nn.S
 
 def _center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     dy, dx = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
-    return x[..., dy:dy + h, dx:dx + w]
+    return x[..., dy : dy + h, dx : dx + w]
 
 
 class UNet2015(nn.Module):
     """Ronneberger et al. 2015: unpadded 3x3 convs, 572x572 in -> 388x388 out for depth 4."""
 
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, base_channels: int = 64, depth: int = 4,
-                 dropout: float = 0.5, batch_norm: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        base_channels: int = 64,
+        depth: int = 4,
+        dropout: float = 0.5,
+        batch_norm: bool = False,
+    ) -> None:
         super().__init__()
         self.depth = depth
         chans = [base_channels * 2**i for i in range(depth + 1)]
@@ -155,9 +163,14 @@ def basicunet_receptive_margin() -> int:
 def build_model(*, config: CellModelConfig) -> nn.Module:
     """Build the net named by ``config.arch`` (keyword-only, no I/O)."""
     if config.arch == "unet2015":
-        return UNet2015(in_channels=config.in_channels, num_classes=config.num_classes,
-                        base_channels=config.base_channels, depth=config.depth, dropout=config.dropout,
-                        batch_norm=config.batch_norm)
+        return UNet2015(
+            in_channels=config.in_channels,
+            num_classes=config.num_classes,
+            base_channels=config.base_channels,
+            depth=config.depth,
+            dropout=config.dropout,
+            batch_norm=config.batch_norm,
+        )
     if config.arch == "basicunet":
         if config.depth != 4:
             raise ValueError("basicunet has a fixed depth of 4")
@@ -165,9 +178,15 @@ def build_model(*, config: CellModelConfig) -> nn.Module:
 
         # batch norm (not MONAI's default instance norm): instance statistics depend on the
         # whole tile, which would make overlap-tile output differ from whole-image output.
-        return BasicUNet(spatial_dims=2, in_channels=config.in_channels, out_channels=config.num_classes,
-                         features=basicunet_features(config.base_channels), norm="batch",
-                         dropout=config.dropout, act=("relu", {"inplace": True}))
+        return BasicUNet(
+            spatial_dims=2,
+            in_channels=config.in_channels,
+            out_channels=config.num_classes,
+            features=basicunet_features(config.base_channels),
+            norm="batch",
+            dropout=config.dropout,
+            act=("relu", {"inplace": True}),
+        )
     raise ValueError(f"unknown arch {config.arch!r}: use one of {', '.join(ARCHS)}")
 
 
@@ -213,6 +232,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, CellModelConfig, Checkpoint
         model = build_model(config=config)
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise ModelError(f"weights do not fit the {config.arch} model they describe: {str(exc).splitlines()[0]}",
-                         path=path) from None
+        raise ModelError(
+            f"weights do not fit the {config.arch} model they describe: {str(exc).splitlines()[0]}", path=path
+        ) from None
     return model.eval(), config, meta

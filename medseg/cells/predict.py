@@ -22,16 +22,28 @@ if TYPE_CHECKING:
     from medseg.engine.predictor import Predictor
 
 
-def make_predictor(model: torch.nn.Module, *, device: str | torch.device = "auto", amp: str = "auto",
-                   postprocess: str = "softmax") -> Predictor:
+def make_predictor(
+    model: torch.nn.Module,
+    *,
+    device: str | torch.device = "auto",
+    amp: str = "auto",
+    postprocess: str = "softmax",
+) -> Predictor:
     """The engine Predictor for a cell model: channels_last (CPU and CUDA), softmax probabilities."""
     from medseg.engine.predictor import Predictor
 
     return Predictor(model, device=device, amp=amp, channels_last=True, postprocess=postprocess)
 
 
-def predict_image(predictor: Predictor, config: CellModelConfig, image: np.ndarray, *, tile: int = 512,
-                  batch_size: int = 4) -> np.ndarray:
+def predict_image(
+    predictor: Predictor, config: CellModelConfig, image: np.ndarray, *, tile: int = 512, batch_size: int = 4
+) -> np.ndarray:
     """Class probabilities (K, H, W) for a normalised (H, W) or (C, H, W) image, by overlap-tile."""
-    return overlap_tile_predict(predictor, image, tile=valid_tile(config, tile), margin=model_margin(config),
-                                align=model_align(config), batch_size=batch_size)
+    return overlap_tile_predict(
+        predictor,
+        image,
+        tile=valid_tile(config, tile),
+        margin=model_margin(config),
+        align=model_align(config),
+        batch_size=batch_size,
+    )

@@ -44,7 +44,16 @@ log = logging.getLogger("medseg.cells")
 
 COMMAND = "cells-segment"
 SUMMARY, REPORT = "summary.json", "report.html"
-CSV_COLUMNS = ["page", "label", "area", "centroid_y", "centroid_x", "perimeter", "eccentricity", "mean_intensity"]
+CSV_COLUMNS = [
+    "page",
+    "label",
+    "area",
+    "centroid_y",
+    "centroid_x",
+    "perimeter",
+    "eccentricity",
+    "mean_intensity",
+]
 MAX_FIGURES = 6  # overlays kept (as thumbnails) for the report
 THUMB_EDGE = 768
 
@@ -65,7 +74,11 @@ class SegmentConfig:
 
     def settings(self) -> dict[str, Any]:
         """What decides the outputs (compared on --resume)."""
-        return {"tile": self.tile, "save_probability": self.save_probability, "instances": asdict(self.instances)}
+        return {
+            "tile": self.tile,
+            "save_probability": self.save_probability,
+            "instances": asdict(self.instances),
+        }
 
 
 def cell_table(labels: np.ndarray, intensity: np.ndarray, page: int = 0) -> list[dict[str, Any]]:
@@ -75,10 +88,18 @@ def cell_table(labels: np.ndarray, intensity: np.ndarray, page: int = 0) -> list
     rows = []
     for r in regionprops(labels, intensity_image=intensity):
         cy, cx = r.centroid
-        rows.append({"page": page, "label": int(r.label), "area": int(r.area), "centroid_y": round(float(cy), 2),
-                     "centroid_x": round(float(cx), 2), "perimeter": round(float(r.perimeter), 2),
-                     "eccentricity": round(float(r.eccentricity), 4),
-                     "mean_intensity": round(float(r.intensity_mean), 4)})
+        rows.append(
+            {
+                "page": page,
+                "label": int(r.label),
+                "area": int(r.area),
+                "centroid_y": round(float(cy), 2),
+                "centroid_x": round(float(cx), 2),
+                "perimeter": round(float(r.perimeter), 2),
+                "eccentricity": round(float(r.eccentricity), 4),
+                "mean_intensity": round(float(r.intensity_mean), 4),
+            }
+        )
     return rows
 
 
@@ -102,24 +123,36 @@ class CellSegmenter:
         self.weights, self.is_demo = resolve_weights(self.config.weights, demo=DEMO_WEIGHTS)
         model, self.model_config, self.meta = load_model(self.weights)
         if self.model_config.in_channels != 1:
-            raise ModelError(f"model expects {self.model_config.in_channels} channels; cells models take 1",
-                             path=self.weights)
+            raise ModelError(
+                f"model expects {self.model_config.in_channels} channels; cells models take 1",
+                path=self.weights,
+            )
         self.predictor = make_predictor(model, device=self.config.device, amp=self.config.amp)
 
     def predict(self, plane: np.ndarray) -> np.ndarray:
         """Cell probability (H, W) for a raw 2D plane (normalised here)."""
         from medseg.cells.predict import predict_image
 
-        return predict_image(self.predictor, self.model_config, normalise(plane), tile=self.config.tile,
-                             batch_size=self.config.batch_size)[1]
+        return predict_image(
+            self.predictor,
+            self.model_config,
+            normalise(plane),
+            tile=self.config.tile,
+            batch_size=self.config.batch_size,
+        )[1]
 
     def segment_plane(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         prob = self.predict(plane)
         return prob, instances_from_probability(prob, self.config.instances)
 
     def describe(self) -> dict[str, Any]:
-        return {"weights": str(self.weights), "demo_weights": self.is_demo, "model": self.model_config.to_dict(),
-                "training_data": self.meta.training_data, **self.predictor.describe()}
+        return {
+            "weights": str(self.weights),
+            "demo_weights": self.is_demo,
+            "model": self.model_config.to_dict(),
+            "training_data": self.meta.training_data,
+            **self.predictor.describe(),
+        }
 
 
 def _unique_stems(paths: list[Path]) -> list[str]:
@@ -158,7 +191,9 @@ def _thumbnail(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb[::step, ::step])
 
 
-def segment_one(segmenter: CellSegmenter, path: Path, out_dir: Path, stem: str) -> tuple[ItemResult, np.ndarray, list[int]]:
+def segment_one(
+    segmenter: CellSegmenter, path: Path, out_dir: Path, stem: str
+) -> tuple[ItemResult, np.ndarray, list[int]]:
     """Segment one file (2D or a stack, plane by plane) and write its outputs.
 
     Returns the item, a thumbnail of the first overlay and the cell areas. If anything fails,
@@ -177,13 +212,21 @@ def segment_one(segmenter: CellSegmenter, path: Path, out_dir: Path, stem: str) 
                 prob_stack.append(prob)
             rows += cell_table(labels, plane, page=k)
             rgb = overlay_outlines(normalise(plane), labels)
-            written.append(write_png(outputs["overlay" if planes.shape[0] == 1 else f"overlay_p{k:03d}"], rgb))
+            written.append(
+                write_png(outputs["overlay" if planes.shape[0] == 1 else f"overlay_p{k:03d}"], rgb)
+            )
             thumb = _thumbnail(rgb) if thumb is None else thumb
-        written.append(write_labels(outputs["labels"], np.stack(labels_stack) if len(labels_stack) > 1
-                                    else labels_stack[0]))
+        written.append(
+            write_labels(
+                outputs["labels"], np.stack(labels_stack) if len(labels_stack) > 1 else labels_stack[0]
+            )
+        )
         if prob_stack:
-            written.append(write_float_tiff(outputs["probability"], np.stack(prob_stack) if len(prob_stack) > 1
-                                            else prob_stack[0]))
+            written.append(
+                write_float_tiff(
+                    outputs["probability"], np.stack(prob_stack) if len(prob_stack) > 1 else prob_stack[0]
+                )
+            )
         written.append(write_text(outputs["cells"], _csv_text(rows)))
     except BaseException:
         for p in written:
@@ -191,10 +234,21 @@ def segment_one(segmenter: CellSegmenter, path: Path, out_dir: Path, stem: str) 
         raise
     areas = [r["area"] for r in rows]
     per_page = [int(lab.max()) for lab in labels_stack]
-    item = ItemResult(name=str(path), outputs={k: str(v) for k, v in outputs.items()}, metrics={
-        "pages": int(planes.shape[0]), "height": meta["height"], "width": meta["width"], "dtype": meta["dtype"],
-        "color": meta["color"], "cells": int(sum(per_page)), "cells_per_page": per_page,
-        "median_area": float(np.median(areas)) if areas else None, "seconds": round(time.perf_counter() - t0, 3)})
+    item = ItemResult(
+        name=str(path),
+        outputs={k: str(v) for k, v in outputs.items()},
+        metrics={
+            "pages": int(planes.shape[0]),
+            "height": meta["height"],
+            "width": meta["width"],
+            "dtype": meta["dtype"],
+            "color": meta["color"],
+            "cells": int(sum(per_page)),
+            "cells_per_page": per_page,
+            "median_area": float(np.median(areas)) if areas else None,
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    )
     return item, thumb, areas
 
 
@@ -210,9 +264,16 @@ def _previous_items(out_dir: Path, config: SegmentConfig) -> dict[str, dict[str,
         log.warning("%s: unreadable; every image is segmented again", path)
         return {}
     if doc.get("summary", {}).get("settings") != json.loads(json.dumps(config.settings())):
-        log.warning("the earlier run in %s used other settings; its finished images are kept as they are", out_dir)
-    return {str(Path(i["name"]).resolve()): i for i in items if i.get("status") in (OK, SKIPPED)
-            and i.get("outputs") and all(Path(p).is_file() for p in i["outputs"].values())}
+        log.warning(
+            "the earlier run in %s used other settings; its finished images are kept as they are", out_dir
+        )
+    return {
+        str(Path(i["name"]).resolve()): i
+        for i in items
+        if i.get("status") in (OK, SKIPPED)
+        and i.get("outputs")
+        and all(Path(p).is_file() for p in i["outputs"].values())
+    }
 
 
 def _preflight(paths: list[Path], stems: list[str], out_dir: Path, config: SegmentConfig) -> None:
@@ -223,9 +284,13 @@ def _preflight(paths: list[Path], stems: list[str], out_dir: Path, config: Segme
     batch = [out_dir / n for n in (SUMMARY, REPORT) if (out_dir / n).exists()]
     existing = batch + [p for stem in stems for p in _existing_outputs(out_dir, stem)]
     if existing:
-        names = ", ".join(p.name for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise OutputExistsError(f"outputs exist ({names}); use --overwrite to replace them or --resume to keep "
-                                "finished images", path=out_dir)
+        names = ", ".join(p.name for p in existing[:3]) + (
+            f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        )
+        raise OutputExistsError(
+            f"outputs exist ({names}); use --overwrite to replace them or --resume to keep finished images",
+            path=out_dir,
+        )
 
 
 def _remove(paths: set[Path]) -> None:
@@ -237,11 +302,15 @@ def _failure_reason(exc: BaseException) -> str:
     if isinstance(exc, InputError):
         return exc.message
     if isinstance(exc, OSError):
-        return f"cannot write its outputs: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+        return f"cannot write its outputs: {exc.strerror or exc}" + (
+            f" ({exc.filename})" if exc.filename else ""
+        )
     return f"unexpected error ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
 
 
-def segment_images(inputs: list[str | Path], out_dir: str | Path, config: SegmentConfig | None = None) -> RunResult:
+def segment_images(
+    inputs: list[str | Path], out_dir: str | Path, config: SegmentConfig | None = None
+) -> RunResult:
     """Segment every image (files or folders of images) into ``out_dir``: one item per image."""
     from medseg.engine.progress import progress_bar
 
@@ -259,11 +328,20 @@ def segment_images(inputs: list[str | Path], out_dir: str | Path, config: Segmen
     thumbs: list[tuple[str, np.ndarray, int]] = []
     areas: list[int] = []
     t0 = time.perf_counter()
-    for path, stem in progress_bar(list(zip(paths, stems)), desc="cells", enabled=config.progress, unit="image"):
+    for path, stem in progress_bar(
+        list(zip(paths, stems)), desc="cells", enabled=config.progress, unit="image"
+    ):
         done = previous.get(str(path.resolve()))
         if done is not None:
-            result.add(ItemResult(name=str(path), status=SKIPPED, reason="segmented in an earlier run (--resume)",
-                                  outputs=done["outputs"], metrics=done.get("metrics", {})))
+            result.add(
+                ItemResult(
+                    name=str(path),
+                    status=SKIPPED,
+                    reason="segmented in an earlier run (--resume)",
+                    outputs=done["outputs"],
+                    metrics=done.get("metrics", {}),
+                )
+            )
             continue
         stale = set(_existing_outputs(out_dir, stem))  # from an earlier run (--overwrite / --resume)
         try:
@@ -282,11 +360,18 @@ def segment_images(inputs: list[str | Path], out_dir: str | Path, config: Segmen
         if len(thumbs) < MAX_FIGURES:
             thumbs.append((path.name, thumb, item.metrics["cells"]))
     cells = sum(int(i.metrics.get("cells", 0)) for i in result.items if i.status != FAILED)
-    result.summary = {"out_dir": str(out_dir), **segmenter.describe(), "settings": config.settings(),
-                      "batch_size": config.batch_size, "images": len(result.items),
-                      "segmented": result.counts[OK], "kept_from_earlier_run": result.counts[SKIPPED],
-                      "failed": result.counts[FAILED], "total_cells": cells,
-                      "seconds": round(time.perf_counter() - t0, 3)}
+    result.summary = {
+        "out_dir": str(out_dir),
+        **segmenter.describe(),
+        "settings": config.settings(),
+        "batch_size": config.batch_size,
+        "images": len(result.items),
+        "segmented": result.counts[OK],
+        "kept_from_earlier_run": result.counts[SKIPPED],
+        "failed": result.counts[FAILED],
+        "total_cells": cells,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     result.outputs["summary"] = str(out_dir / SUMMARY)
     if config.report:
         from medseg.cells.report import segmentation_report

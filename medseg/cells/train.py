@@ -46,7 +46,12 @@ log = logging.getLogger("medseg.cells")
 
 METRIC = "val_pixel_iou"
 VAL_TILE = 512  # validation is inference: whole-image-sized tiles, not the (small) training patches
-NORMALISATION = {"method": "percentile", "low": PERCENTILES[0], "high": PERCENTILES[1], "channels": "luminance"}
+NORMALISATION = {
+    "method": "percentile",
+    "low": PERCENTILES[0],
+    "high": PERCENTILES[1],
+    "channels": "luminance",
+}
 
 
 @dataclass
@@ -94,8 +99,16 @@ def prepare_sample(image: np.ndarray, labels: np.ndarray, config: WeightMapConfi
     return Sample(image.astype(np.float32), (separated > 0).astype(np.int64), weight, labels.astype(np.int32))
 
 
-def draw_batch(rng: np.random.Generator, samples: list[Sample], *, batch_size: int, tile: int, margin: int,
-               out_size: int, augment_config: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def draw_batch(
+    rng: np.random.Generator,
+    samples: list[Sample],
+    *,
+    batch_size: int,
+    tile: int,
+    margin: int,
+    out_size: int,
+    augment_config: AugmentConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random patches: (N,1,tile,tile) input; (N,o,o) target and weights for the output core.
 
     Context beyond the image border is mirrored, as at inference.
@@ -110,10 +123,13 @@ def draw_batch(rng: np.random.Generator, samples: list[Sample], *, batch_size: i
         parts = [extract_tile(a, y0, x0, (tile, tile)) for a in (s.image, s.target, s.weight)]
         image, target, weight = augment(rng, parts, [1, 0, 1], augment_config)
         xs.append(image[None])
-        ts.append(target[crop:crop + out_size, crop:crop + out_size])
-        ws.append(weight[crop:crop + out_size, crop:crop + out_size])
-    return (torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ts).astype(np.int64)),
-            torch.from_numpy(np.stack(ws).astype(np.float32)))
+        ts.append(target[crop : crop + out_size, crop : crop + out_size])
+        ws.append(weight[crop : crop + out_size, crop : crop + out_size])
+    return (
+        torch.from_numpy(np.stack(xs)),
+        torch.from_numpy(np.stack(ts).astype(np.int64)),
+        torch.from_numpy(np.stack(ws).astype(np.float32)),
+    )
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -126,7 +142,9 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: t
 def make_meta(config: CellsTrainConfig, metrics: dict[str, Any]) -> CheckpointMeta:
     """What a cells weights file says about itself (enough for :func:`medseg.cells.model.load_model`)."""
     return CheckpointMeta(
-        model=MODEL_NAME, task=TASK, config=config.model.to_dict(),
+        model=MODEL_NAME,
+        task=TASK,
+        config=config.model.to_dict(),
         training_data=config.training_data or "user-supplied image/mask pairs",
         normalisation=NORMALISATION,
         notes=json.dumps({"instances": asdict(config.instances), "tile": config.tile, "seed": config.seed}),
@@ -134,7 +152,9 @@ def make_meta(config: CellsTrainConfig, metrics: dict[str, Any]) -> CheckpointMe
     )
 
 
-def split_validation(samples: list[Sample], fraction: float, rng: np.random.Generator) -> tuple[list[Sample], list[Sample]]:
+def split_validation(
+    samples: list[Sample], fraction: float, rng: np.random.Generator
+) -> tuple[list[Sample], list[Sample]]:
     """Hold out ``fraction`` of the samples (at least one when there are two or more and fraction > 0)."""
     if len(samples) < 2 or fraction <= 0:
         return samples, []
@@ -149,8 +169,13 @@ class CellsTrainTask:
     metric = METRIC
     mode = "max"
 
-    def __init__(self, config: CellsTrainConfig, train: list[Sample], val: list[Sample],
-                 data: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: CellsTrainConfig,
+        train: list[Sample],
+        val: list[Sample],
+        data: dict[str, Any] | None = None,
+    ) -> None:
         if not train:
             raise InputError("no usable image/mask pairs to train on")
         self.config, self.train, self.val = config, train, val
@@ -171,10 +196,19 @@ class CellsTrainTask:
 
     def train_batches(self, epoch: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
         for _ in range(self.config.steps_per_epoch):
-            yield draw_batch(rng, self.train, batch_size=self.config.batch_size, tile=self.tile,
-                             margin=self.margin, out_size=self.out_size, augment_config=self.config.augment)
+            yield draw_batch(
+                rng,
+                self.train,
+                batch_size=self.config.batch_size,
+                tile=self.tile,
+                margin=self.margin,
+                out_size=self.out_size,
+                augment_config=self.config.augment,
+            )
 
-    def train_step(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device) -> torch.Tensor:
+    def train_step(
+        self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device
+    ) -> torch.Tensor:
         x, target, weight = (b.to(device) for b in batch)
         return weighted_cross_entropy(model(x), target, weight)
 
@@ -189,26 +223,47 @@ class CellsTrainTask:
         predictor = make_predictor(model, device=device, amp=self.config.amp)
         ious = []
         for s in samples:
-            prob = predict_image(predictor, self.config.model, s.image, tile=max(self.config.tile, VAL_TILE),
-                                 batch_size=self.config.batch_size)[1]
+            prob = predict_image(
+                predictor,
+                self.config.model,
+                s.image,
+                tile=max(self.config.tile, VAL_TILE),
+                batch_size=self.config.batch_size,
+            )[1]
             pred, truth = instances_from_probability(prob, self.config.instances) > 0, s.labels > 0
             union = np.logical_or(pred, truth).sum()
             ious.append(np.logical_and(pred, truth).sum() / union if union else 1.0)
-        model.to(memory_format=torch.contiguous_format)  # the predictor made it channels_last: train as before
+        model.to(
+            memory_format=torch.contiguous_format
+        )  # the predictor made it channels_last: train as before
         return {METRIC: float(np.mean(ious))}
 
     def weights_meta(self, metrics: dict[str, float], epoch: int) -> CheckpointMeta:
         return make_meta(self.config, {**metrics, "epoch": epoch})
 
     def config_dict(self) -> dict[str, Any]:
-        return {**self.config.to_dict(), "input_tile": self.tile, "output_tile": self.out_size,
-                "train_images": len(self.train), "val_images": len(self.val), **self.data}
+        return {
+            **self.config.to_dict(),
+            "input_tile": self.tile,
+            "output_tile": self.out_size,
+            "train_images": len(self.train),
+            "val_images": len(self.val),
+            **self.data,
+        }
 
 
-def train_pairs(pairs: list[tuple[np.ndarray, np.ndarray]], out_dir: str | Path, config: CellsTrainConfig, *,
-                val_pairs: list[tuple[np.ndarray, np.ndarray]] | None = None, device: str = "auto",
-                resume: bool = False, overwrite: bool = False, progress: bool = False,
-                data: dict[str, Any] | None = None) -> TrainResult:
+def train_pairs(
+    pairs: list[tuple[np.ndarray, np.ndarray]],
+    out_dir: str | Path,
+    config: CellsTrainConfig,
+    *,
+    val_pairs: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    data: dict[str, Any] | None = None,
+) -> TrainResult:
     """Train on (normalised image, instance labels) pairs; ``best/last.safetensors`` etc. in ``out_dir``.
 
     Without ``val_pairs`` a ``val_fraction`` of the pairs is held out for validation.
@@ -221,17 +276,33 @@ def train_pairs(pairs: list[tuple[np.ndarray, np.ndarray]], out_dir: str | Path,
     else:
         train, val = samples, [prepare_sample(i, m, config.weight_map) for i, m in val_pairs]
     task = CellsTrainTask(config, train, val, data)
-    log.info("training %s (base %d) on %d image(s), %d held out for validation; tile %d -> %d",
-             config.model.arch, config.model.base_channels, len(train), len(val), task.tile, task.out_size)
-    result = fit(task, out_dir, config.loop(), device=device, resume=resume, overwrite=overwrite,
-                 progress=progress)
+    log.info(
+        "training %s (base %d) on %d image(s), %d held out for validation; tile %d -> %d",
+        config.model.arch,
+        config.model.base_channels,
+        len(train),
+        len(val),
+        task.tile,
+        task.out_size,
+    )
+    result = fit(
+        task, out_dir, config.loop(), device=device, resume=resume, overwrite=overwrite, progress=progress
+    )
     result.extra.update({"train_images": len(train), "val_images": len(val), **(data or {})})
     return result
 
 
-def train_cells(out_dir: str | Path, config: CellsTrainConfig, *, images_dir: str | Path | None = None,
-                masks_dir: str | Path | None = None, device: str = "auto", resume: bool = False,
-                overwrite: bool = False, progress: bool = False) -> TrainResult:
+def train_cells(
+    out_dir: str | Path,
+    config: CellsTrainConfig,
+    *,
+    images_dir: str | Path | None = None,
+    masks_dir: str | Path | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> TrainResult:
     """What ``medseg cells-train`` does: check the run folder, gather pairs, then :func:`train_pairs`.
 
     Pairs that cannot be used are skipped with their reason (``extra["skipped"]``); none usable is an
@@ -251,25 +322,43 @@ def train_cells(out_dir: str | Path, config: CellsTrainConfig, *, images_dir: st
         pairs = synthetic_batch(config.seed + 1, config.synthetic)
         n_val = max(int(round(config.synthetic * config.val_fraction)), 1) if config.val_fraction > 0 else 0
         val_pairs = synthetic_batch(config.seed + 2, n_val)
-        config.training_data = (f"SYNTHETIC ONLY: medseg.synthetic.cells seed {config.seed + 1}, {config.synthetic} "
-                                "images; not for clinical use")
+        config.training_data = (
+            f"SYNTHETIC ONLY: medseg.synthetic.cells seed {config.seed + 1}, {config.synthetic} "
+            "images; not for clinical use"
+        )
     else:
         pairs, skipped = load_pairs(images_dir, masks_dir)
-        config.training_data = config.training_data or f"images {images_dir}, masks {masks_dir} ({len(pairs)} pairs)"
+        config.training_data = (
+            config.training_data or f"images {images_dir}, masks {masks_dir} ({len(pairs)} pairs)"
+        )
     if not pairs:
         reasons = "; ".join(f"{Path(s['image']).name}: {s['reason']}" for s in skipped[:3])
         raise InputError(f"no usable image/mask pairs{': ' + reasons if reasons else ''}")
-    return train_pairs(pairs, out_dir, config, val_pairs=val_pairs, device=device, resume=resume,
-                       overwrite=overwrite, progress=progress, data={"skipped": skipped})
+    return train_pairs(
+        pairs,
+        out_dir,
+        config,
+        val_pairs=val_pairs,
+        device=device,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        data={"skipped": skipped},
+    )
 
 
 def human_summary(result: TrainResult) -> str:
     """A few lines for the terminal: what was trained, how well, where the weights are."""
     best = "n/a" if not np.isfinite(result.best_metric) else f"{result.best_metric:.4f}"
-    text = (f"{result.epochs} epoch(s) ({result.stopped}), best validation pixel IoU {best} at epoch "
-            f"{result.best_epoch}, measured on {result.validated_on} -> {result.best_weights}")
+    text = (
+        f"{result.epochs} epoch(s) ({result.stopped}), best validation pixel IoU {best} at epoch "
+        f"{result.best_epoch}, measured on {result.validated_on} -> {result.best_weights}"
+    )
     skipped = result.extra.get("skipped") or []
     if skipped:
-        text += f"\nskipped {len(skipped)} pair(s): " + "; ".join(
-            f"{Path(s['image']).name}: {s['reason']}" for s in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        text += (
+            f"\nskipped {len(skipped)} pair(s): "
+            + "; ".join(f"{Path(s['image']).name}: {s['reason']}" for s in skipped[:5])
+            + (" ..." if len(skipped) > 5 else "")
+        )
     return text

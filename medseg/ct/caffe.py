@@ -55,19 +55,53 @@ STORED_VALUE_OFFSET = 1024.0  # stored CT number = HU + 1024 (RescaleIntercept -
 
 # V1LayerParameter.LayerType (legacy ``layers`` field) -> the type string of the new ``layer`` field.
 V1_LAYER_TYPES = {
-    0: "None", 1: "Accuracy", 2: "BNLL", 3: "Concat", 4: "Convolution", 5: "Data", 6: "Dropout",
-    7: "EuclideanLoss", 8: "Flatten", 9: "HDF5Data", 10: "HDF5Output", 11: "Im2col", 12: "ImageData",
-    13: "InfogainLoss", 14: "InnerProduct", 15: "LRN", 16: "MultinomialLogisticLoss", 17: "Pooling",
-    18: "ReLU", 19: "Sigmoid", 20: "Softmax", 21: "SoftmaxWithLoss", 22: "Split", 23: "TanH",
-    24: "WindowData", 25: "Eltwise", 26: "Power", 27: "SigmoidCrossEntropyLoss", 28: "HingeLoss",
-    29: "MemoryData", 30: "ArgMax", 31: "Threshold", 32: "DummyData", 33: "Slice", 34: "MVN",
-    35: "AbsVal", 36: "Silence", 37: "ContrastiveLoss", 38: "Exp", 39: "Deconvolution",
+    0: "None",
+    1: "Accuracy",
+    2: "BNLL",
+    3: "Concat",
+    4: "Convolution",
+    5: "Data",
+    6: "Dropout",
+    7: "EuclideanLoss",
+    8: "Flatten",
+    9: "HDF5Data",
+    10: "HDF5Output",
+    11: "Im2col",
+    12: "ImageData",
+    13: "InfogainLoss",
+    14: "InnerProduct",
+    15: "LRN",
+    16: "MultinomialLogisticLoss",
+    17: "Pooling",
+    18: "ReLU",
+    19: "Sigmoid",
+    20: "Softmax",
+    21: "SoftmaxWithLoss",
+    22: "Split",
+    23: "TanH",
+    24: "WindowData",
+    25: "Eltwise",
+    26: "Power",
+    27: "SigmoidCrossEntropyLoss",
+    28: "HingeLoss",
+    29: "MemoryData",
+    30: "ArgMax",
+    31: "Threshold",
+    32: "DummyData",
+    33: "Slice",
+    34: "MVN",
+    35: "AbsVal",
+    36: "Silence",
+    37: "ContrastiveLoss",
+    38: "Exp",
+    39: "Deconvolution",
 }
 # Layers without weights that do not change what the deployed network computes.
 _PASSIVE = {"Input", "Dropout", "Split", "Silence", "Accuracy"}
 
 
 # --- protobuf wire format ------------------------------------------------------------------------
+
 
 class _ProtoError(Exception):
     """Malformed or unexpected protobuf data (turned into a ModelError naming the file)."""
@@ -104,7 +138,7 @@ def _fields(buf: bytes, start: int, end: int) -> dict[int, list[tuple[int, Any]]
             size = 8 if wire == 1 else 4
             if pos + size > end:
                 raise _ProtoError("truncated (fixed-size value runs past the end)")
-            value, pos = buf[pos:pos + size], pos + size
+            value, pos = buf[pos : pos + size], pos + size
         elif wire == 2:
             size, pos = _varint(buf, pos, end)
             if pos + size > end:
@@ -154,7 +188,7 @@ def _reals(buf: bytes, msg: dict, number: int, dtype: str, what: str) -> np.ndar
         elif wire == 2:
             if (value[1] - value[0]) % size:
                 raise _ProtoError(f"{what}: packed length is not a multiple of {size}")
-            chunks.append(buf[value[0]:value[1]])
+            chunks.append(buf[value[0] : value[1]])
         else:
             raise _ProtoError(f"{what} has wire type {wire}")
     return np.frombuffer(b"".join(chunks), dtype=dtype)
@@ -173,6 +207,7 @@ def _sub(buf: bytes, msg: dict, number: int, what: str) -> list[dict]:
 
 
 # --- Caffe messages ------------------------------------------------------------------------------
+
 
 def _blob(buf: bytes, msg: dict) -> np.ndarray:
     """BlobProto -> float32 array with its shape (``shape`` field, else legacy num/channels/h/w)."""
@@ -225,14 +260,18 @@ def _conv_param(buf: bytes, msg: dict) -> dict:
 def _layer(buf: bytes, msg: dict, *, legacy: bool) -> _LayerInfo:
     if legacy:  # V1LayerParameter: name 4, type 5 (enum), blobs 6, convolution_param 10, relu_param 30
         kind = _int(msg, 5, "V1LayerParameter.type", 0)
-        info = _LayerInfo(_text(buf, msg, 4, "V1LayerParameter.name"),
-                          V1_LAYER_TYPES.get(kind, f"V1Type{kind}"),
-                          [_blob(buf, b) for b in _sub(buf, msg, 6, "V1LayerParameter.blobs")])
+        info = _LayerInfo(
+            _text(buf, msg, 4, "V1LayerParameter.name"),
+            V1_LAYER_TYPES.get(kind, f"V1Type{kind}"),
+            [_blob(buf, b) for b in _sub(buf, msg, 6, "V1LayerParameter.blobs")],
+        )
         conv, relu = _sub(buf, msg, 10, "convolution_param"), _sub(buf, msg, 30, "relu_param")
     else:  # LayerParameter: name 1, type 2, blobs 7, convolution_param 106, relu_param 123
-        info = _LayerInfo(_text(buf, msg, 1, "LayerParameter.name"),
-                          _text(buf, msg, 2, "LayerParameter.type"),
-                          [_blob(buf, b) for b in _sub(buf, msg, 7, "LayerParameter.blobs")])
+        info = _LayerInfo(
+            _text(buf, msg, 1, "LayerParameter.name"),
+            _text(buf, msg, 2, "LayerParameter.type"),
+            [_blob(buf, b) for b in _sub(buf, msg, 7, "LayerParameter.blobs")],
+        )
         conv, relu = _sub(buf, msg, 106, "convolution_param"), _sub(buf, msg, 123, "relu_param")
     if conv:
         info.conv = _conv_param(buf, conv[-1])
@@ -270,8 +309,10 @@ def _read_net(path: Path) -> tuple[str, list[_LayerInfo]]:
         layers += [_layer(data, m, legacy=True) for m in _sub(data, net, 2, "NetParameter.layers")]
     except _ProtoError as exc:
         if _looks_like_text(data):
-            raise ModelError("is a text file (a .prototxt network definition?), not a binary "
-                             ".caffemodel with weights", path=path) from None
+            raise ModelError(
+                "is a text file (a .prototxt network definition?), not a binary .caffemodel with weights",
+                path=path,
+            ) from None
         raise ModelError(f"not a Caffe model: {exc}", path=path) from None
     if not layers:
         hint = " (a text file?)" if _looks_like_text(data) else ""
@@ -311,8 +352,9 @@ def read_mean_binaryproto(path: str | Path) -> np.ndarray:
     elif mean.ndim == 2:
         mean = mean[None]
     if mean.ndim != 3 or 0 in mean.shape:
-        raise ModelError(f"mean image has shape {tuple(mean.shape)}; "
-                         "expected (1, C, H, W), (C, H, W) or (H, W)", path=path)
+        raise ModelError(
+            f"mean image has shape {tuple(mean.shape)}; expected (1, C, H, W), (C, H, W) or (H, W)", path=path
+        )
     if not np.isfinite(mean).all():
         raise ModelError("mean image has non-finite values", path=path)
     return np.ascontiguousarray(mean, dtype=np.float32)
@@ -324,13 +366,17 @@ def infer_input_offset(mean: np.ndarray) -> tuple[float, str]:
     if low < 0:
         return 0.0, f"mean image has negative values (min {low:.1f}): input in HU"
     if high > 32767:
-        return 0.0, (f"mean image has values above 32767 (max {high:.0f}: negative HU wrapped by "
-                     "the authors' uint16 cast): input in HU")
-    return STORED_VALUE_OFFSET, (f"mean image is non-negative (min {low:.1f}, max {high:.1f}): "
-                                 "input in stored CT numbers, HU + 1024")
+        return 0.0, (
+            f"mean image has values above 32767 (max {high:.0f}: negative HU wrapped by "
+            "the authors' uint16 cast): input in HU"
+        )
+    return STORED_VALUE_OFFSET, (
+        f"mean image is non-negative (min {low:.1f}, max {high:.1f}): input in stored CT numbers, HU + 1024"
+    )
 
 
 # --- the network ---------------------------------------------------------------------------------
+
 
 @dataclass
 class CaffeKernelNetConfig:
@@ -359,8 +405,15 @@ class CaffeKernelNetConfig:
 class CaffeKernelNet(nn.Module):
     """The authors' residual CNN, HU in and HU out: ``x + net((x + offset) * scale - mean) / scale``."""
 
-    def __init__(self, *, layers: int = 6, channels: int = 64, mean_shape: tuple[int, int] = (512, 512),
-                 input_offset: float = 0.0, input_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        layers: int = 6,
+        channels: int = 64,
+        mean_shape: tuple[int, int] = (512, 512),
+        input_offset: float = 0.0,
+        input_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         if layers < 2 or channels < 1:
             raise ValueError("need at least 2 convolutions and 1 channel")
@@ -378,8 +431,10 @@ class CaffeKernelNet(nn.Module):
         """The predicted (target - input), in HU."""
         if tuple(x_hu.shape[-2:]) != tuple(self.mean_image.shape[-2:]):
             h, w = self.mean_image.shape[-2:]
-            raise ModelError(f"this imported Caffe model subtracts a {h}x{w} mean image; "
-                             f"the input slices are {x_hu.shape[-2]}x{x_hu.shape[-1]}")
+            raise ModelError(
+                f"this imported Caffe model subtracts a {h}x{w} mean image; "
+                f"the input slices are {x_hu.shape[-2]}x{x_hu.shape[-1]}"
+            )
         z = (x_hu + self.input_offset) * self.input_scale - self.mean_image
         return self.body(z) / self.input_scale
 
@@ -387,14 +442,26 @@ class CaffeKernelNet(nn.Module):
         return x_hu + self.residual(x_hu).to(x_hu.dtype)
 
 
-def build_caffe_kernel_net(*, layers: int, channels: int, mean_shape: tuple[int, int] = (512, 512),
-                           input_offset: float = 0.0, input_scale: float = 1.0) -> CaffeKernelNet:
-    return CaffeKernelNet(layers=layers, channels=channels, mean_shape=mean_shape,
-                          input_offset=input_offset, input_scale=input_scale)
+def build_caffe_kernel_net(
+    *,
+    layers: int,
+    channels: int,
+    mean_shape: tuple[int, int] = (512, 512),
+    input_offset: float = 0.0,
+    input_scale: float = 1.0,
+) -> CaffeKernelNet:
+    return CaffeKernelNet(
+        layers=layers,
+        channels=channels,
+        mean_shape=mean_shape,
+        input_offset=input_offset,
+        input_scale=input_scale,
+    )
 
 
 def _conv_chain(path: Path, layers: list[_LayerInfo]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The convolutions (name, weight, bias) if the net is conv(3x3) -> ReLU -> ... -> conv(3x3)."""
+
     def fail(problem: str) -> ModelError:
         return ModelError(f"not the kernel-conversion CNN: {problem}", path=path)
 
@@ -403,14 +470,17 @@ def _conv_chain(path: Path, layers: list[_LayerInfo]) -> list[tuple[str, np.ndar
     for layer in layers:
         if layer.type == "Convolution":
             if convs and relu_after_last != 1:
-                raise fail(f"{relu_after_last} ReLU layers between {convs[-1][0]!r} and {layer.name!r}, "
-                           "expected 1")
+                raise fail(
+                    f"{relu_after_last} ReLU layers between {convs[-1][0]!r} and {layer.name!r}, expected 1"
+                )
             if not layer.blobs:
                 raise fail(f"convolution {layer.name!r} has no weights")
             weight = layer.blobs[0]
             if weight.ndim != 4 or weight.shape[2:] != (3, 3):
-                raise fail(f"convolution {layer.name!r} has weights of shape {weight.shape}, "
-                           "expected (out, in, 3, 3)")
+                raise fail(
+                    f"convolution {layer.name!r} has weights of shape {weight.shape}, "
+                    "expected (out, in, 3, 3)"
+                )
             if len(layer.blobs) > 2:
                 raise fail(f"convolution {layer.name!r} has {len(layer.blobs)} blobs")
             if len(layer.blobs) == 2:
@@ -420,11 +490,17 @@ def _conv_chain(path: Path, layers: list[_LayerInfo]) -> list[tuple[str, np.ndar
             if bias.size != weight.shape[0]:
                 raise fail(f"convolution {layer.name!r} has {bias.size} biases for {weight.shape[0]} filters")
             p = layer.conv
-            if p is not None and (set(p["pad"]) != {1} or set(p["stride"]) != {1} or set(p["dilation"]) != {1}
-                                  or p["group"] != 1):
-                raise fail(f"convolution {layer.name!r} has pad {p['pad']}, stride {p['stride']}, "
-                           f"dilation {p['dilation']}, group {p['group']}; "
-                           "expected pad 1, stride 1, dilation 1, group 1")
+            if p is not None and (
+                set(p["pad"]) != {1}
+                or set(p["stride"]) != {1}
+                or set(p["dilation"]) != {1}
+                or p["group"] != 1
+            ):
+                raise fail(
+                    f"convolution {layer.name!r} has pad {p['pad']}, stride {p['stride']}, "
+                    f"dilation {p['dilation']}, group {p['group']}; "
+                    "expected pad 1, stride 1, dilation 1, group 1"
+                )
             convs.append((layer.name, weight, bias))
             relu_after_last = 0
         elif layer.type == "ReLU":
@@ -434,8 +510,10 @@ def _conv_chain(path: Path, layers: list[_LayerInfo]) -> list[tuple[str, np.ndar
                 raise fail(f"ReLU {layer.name!r} is leaky (negative_slope {layer.negative_slope})")
             relu_after_last += 1
         elif layer.blobs:
-            raise fail(f"layer {layer.name!r} of type {layer.type} has weights; "
-                       "only 3x3 convolutions and ReLU can be imported")
+            raise fail(
+                f"layer {layer.name!r} of type {layer.type} has weights; "
+                "only 3x3 convolutions and ReLU can be imported"
+            )
         elif not (layer.type in _PASSIVE or layer.type.endswith(("Data", "Loss"))):
             raise fail(f"unsupported layer {layer.name!r} of type {layer.type}")
     if not convs:
@@ -445,8 +523,10 @@ def _conv_chain(path: Path, layers: list[_LayerInfo]) -> list[tuple[str, np.ndar
     if len(convs) < 2:
         raise fail("only one convolution")
     if convs[0][1].shape[1] != 1 or convs[-1][1].shape[0] != 1:
-        raise fail(f"first convolution takes {convs[0][1].shape[1]} channels and the last gives "
-                   f"{convs[-1][1].shape[0]}; expected 1 and 1")
+        raise fail(
+            f"first convolution takes {convs[0][1].shape[1]} channels and the last gives "
+            f"{convs[-1][1].shape[0]}; expected 1 and 1"
+        )
     channels = convs[0][1].shape[0]
     for (name_a, w_a, _), (name_b, w_b, _) in zip(convs, convs[1:]):
         if w_b.shape[1] != w_a.shape[0]:
@@ -462,9 +542,17 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def import_caffe(model_path: str | Path, mean_path: str | Path, *, source: str, target: str,
-                 out: str | Path, input_offset: float | None = None, input_scale: float = 1.0,
-                 overwrite: bool = False) -> Path:
+def import_caffe(
+    model_path: str | Path,
+    mean_path: str | Path,
+    *,
+    source: str,
+    target: str,
+    out: str | Path,
+    input_offset: float | None = None,
+    input_scale: float = 1.0,
+    overwrite: bool = False,
+) -> Path:
     """Convert the authors' ``.caffemodel`` + mean ``.binaryproto`` into medseg weights at ``out``.
 
     ``input_offset=None`` infers the units from the mean image (:func:`infer_input_offset`).
@@ -488,8 +576,10 @@ def import_caffe(model_path: str | Path, mean_path: str | Path, *, source: str, 
     convs = _conv_chain(model_path, layers)
     mean = read_mean_binaryproto(mean_path)
     if mean.shape[0] != convs[0][1].shape[1]:
-        raise ModelError(f"mean image has {mean.shape[0]} channels; the network takes {convs[0][1].shape[1]}",
-                         path=mean_path)
+        raise ModelError(
+            f"mean image has {mean.shape[0]} channels; the network takes {convs[0][1].shape[1]}",
+            path=mean_path,
+        )
     if input_offset is None:
         input_offset, offset_rule = infer_input_offset(mean)
     else:
@@ -499,13 +589,25 @@ def import_caffe(model_path: str | Path, mean_path: str | Path, *, source: str, 
 
     channels = int(convs[0][1].shape[0])
     cfg = CaffeKernelNetConfig(
-        source_kernel=source, target_kernel=target, layers=len(convs), channels=channels,
-        mean_shape=[int(mean.shape[1]), int(mean.shape[2])], input_offset=float(input_offset),
-        input_scale=float(input_scale), origin=f"Lee et al. 2019 Caffe model {model_path.name}",
-        caffe_layers=[name for name, _, _ in convs], caffemodel_sha256=_sha256(model_path),
-        mean_sha256=_sha256(mean_path))
-    net = build_caffe_kernel_net(layers=cfg.layers, channels=channels, mean_shape=tuple(cfg.mean_shape),
-                                 input_offset=cfg.input_offset, input_scale=cfg.input_scale)
+        source_kernel=source,
+        target_kernel=target,
+        layers=len(convs),
+        channels=channels,
+        mean_shape=[int(mean.shape[1]), int(mean.shape[2])],
+        input_offset=float(input_offset),
+        input_scale=float(input_scale),
+        origin=f"Lee et al. 2019 Caffe model {model_path.name}",
+        caffe_layers=[name for name, _, _ in convs],
+        caffemodel_sha256=_sha256(model_path),
+        mean_sha256=_sha256(mean_path),
+    )
+    net = build_caffe_kernel_net(
+        layers=cfg.layers,
+        channels=channels,
+        mean_shape=tuple(cfg.mean_shape),
+        input_offset=cfg.input_offset,
+        input_scale=cfg.input_scale,
+    )
     convs_torch = [m for m in net.body if isinstance(m, nn.Conv2d)]
     with torch.no_grad():
         for module, (_, weight, bias) in zip(convs_torch, convs):
@@ -513,19 +615,27 @@ def import_caffe(model_path: str | Path, mean_path: str | Path, *, source: str, 
             module.bias.copy_(torch.from_numpy(bias))
         net.mean_image.copy_(torch.from_numpy(mean)[None])
     meta = CheckpointMeta(
-        model=CAFFE_MODEL_NAME, task=f"{source}->{target}", config=cfg.to_dict(),
-        training_data=("the authors' training data (Lee et al., Korean J Radiol 2019; chest CT reconstructed "
-                       "with B10f/B30f/B50f/B70f); weights imported unchanged, not trained by medseg"),
+        model=CAFFE_MODEL_NAME,
+        task=f"{source}->{target}",
+        config=cfg.to_dict(),
+        training_data=(
+            "the authors' training data (Lee et al., Korean J Radiol 2019; chest CT reconstructed "
+            "with B10f/B30f/B50f/B70f); weights imported unchanged, not trained by medseg"
+        ),
         normalisation={
-            "formula": ("out = x + net((x + input_offset) * input_scale - mean_image) / input_scale "
-                        "(x, out in HU)"),
-            "input_offset": cfg.input_offset, "input_scale": cfg.input_scale,
+            "formula": (
+                "out = x + net((x + input_offset) * input_scale - mean_image) / input_scale (x, out in HU)"
+            ),
+            "input_offset": cfg.input_offset,
+            "input_scale": cfg.input_scale,
             "input_offset_rule": offset_rule,
             "mean_image": f"per-pixel, tensor 'mean_image' (1, 1, {cfg.mean_shape[0]}, {cfg.mean_shape[1]}) "
-                          f"from {mean_path.name}",
+            f"from {mean_path.name}",
         },
-        notes=(f"imported from {model_path.name} + {mean_path.name} "
-               f"({len(convs)} convolutions, {channels} channels)"),
+        notes=(
+            f"imported from {model_path.name} + {mean_path.name} "
+            f"({len(convs)} convolutions, {channels} channels)"
+        ),
     )
     return save_weights(out, net.state_dict(), meta)
 
@@ -537,9 +647,13 @@ def load_caffe_kernel_net(path: str | Path) -> CaffeKernelNet:
     state, meta = load_weights(path, expect_model=CAFFE_MODEL_NAME)
     try:
         cfg = CaffeKernelNetConfig.from_dict(meta.config)
-        net = build_caffe_kernel_net(layers=int(cfg.layers), channels=int(cfg.channels),
-                                     mean_shape=(int(cfg.mean_shape[0]), int(cfg.mean_shape[1])),
-                                     input_offset=float(cfg.input_offset), input_scale=float(cfg.input_scale))
+        net = build_caffe_kernel_net(
+            layers=int(cfg.layers),
+            channels=int(cfg.channels),
+            mean_shape=(int(cfg.mean_shape[0]), int(cfg.mean_shape[1])),
+            input_offset=float(cfg.input_offset),
+            input_scale=float(cfg.input_scale),
+        )
         net.load_state_dict(state)
     except (TypeError, ValueError, IndexError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
@@ -548,6 +662,14 @@ def load_caffe_kernel_net(path: str | Path) -> CaffeKernelNet:
 
 
 __all__ = [
-    "CAFFE_MODEL_NAME", "CaffeKernelNet", "CaffeKernelNetConfig", "CaffeLayer", "build_caffe_kernel_net",
-    "import_caffe", "infer_input_offset", "load_caffe_kernel_net", "read_caffemodel", "read_mean_binaryproto",
+    "CAFFE_MODEL_NAME",
+    "CaffeKernelNet",
+    "CaffeKernelNetConfig",
+    "CaffeLayer",
+    "build_caffe_kernel_net",
+    "import_caffe",
+    "infer_input_offset",
+    "load_caffe_kernel_net",
+    "read_caffemodel",
+    "read_mean_binaryproto",
 ]

@@ -94,8 +94,11 @@ def discover_exams(roots: list[str | Path]) -> list[Exam]:
     for root in map(Path, roots):
         if not root.is_dir():
             raise InputError("expected an exam or cohort folder", path=root)
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if _is_cohort(root) else [root]
+        folders = (
+            sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if _is_cohort(root)
+            else [root]
+        )
         exams += [scan_exam(f) for f in folders]
     if not exams:
         raise InputError("no exams found", path=roots[0] if roots else ".")
@@ -112,5 +115,8 @@ def split_exams(exams: list[Exam], fractions: tuple[float, float, float], seed: 
         n_test = max(0, n - n_val - 1)
         n_val = min(n_val, n - n_test - 1)
     picked = [exams[i] for i in order]
-    return {"train": picked[: n - n_val - n_test], "val": picked[n - n_val - n_test: n - n_test],
-            "test": picked[n - n_test:]}
+    return {
+        "train": picked[: n - n_val - n_test],
+        "val": picked[n - n_val - n_test : n - n_test],
+        "test": picked[n - n_test :],
+    }

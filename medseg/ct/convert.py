@@ -72,11 +72,16 @@ def output_format(kind: str, output: Path, requested: str | None) -> str:
     if fmt not in FORMATS:
         raise InputError(f"unknown output format '{fmt}': use {' or '.join(FORMATS)}")
     if fmt == "dicom" and kind != "dicom":
-        raise InputError("DICOM output needs a DICOM input (there is no patient/study to derive from); "
-                         "use --format nifti", path=output)
+        raise InputError(
+            "DICOM output needs a DICOM input (there is no patient/study to derive from); use --format nifti",
+            path=output,
+        )
     if fmt == "dicom" and has_volume_suffix(output):
-        raise InputError("DICOM output is a series folder, but this name ends like a volume file; choose another "
-                         "--out or --format nifti", path=output)
+        raise InputError(
+            "DICOM output is a series folder, but this name ends like a volume file; choose another "
+            "--out or --format nifti",
+            path=output,
+        )
     if fmt == "nifti":
         check_volume_output(output)
     return fmt
@@ -88,8 +93,13 @@ def default_batch_size(device) -> int:
     return 16 if getattr(device, "type", "cpu") == "cuda" else 1
 
 
-def convert_volume(predictor: Callable[[np.ndarray], np.ndarray], volume: np.ndarray, *,
-                   batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+def convert_volume(
+    predictor: Callable[[np.ndarray], np.ndarray],
+    volume: np.ndarray,
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
     """Convert an in-memory (z, y, x) HU volume slice by slice; returns a new float32 volume.
 
     ``predictor`` maps (B, 1, H, W) float32 to (B, H, W); batches are views of ``volume`` (no copy).
@@ -99,9 +109,11 @@ def convert_volume(predictor: Callable[[np.ndarray], np.ndarray], volume: np.nda
     batch_size = batch_size or default_batch_size(getattr(predictor, "device", None))
     volume = np.asarray(volume, dtype=np.float32)
     out = np.empty(volume.shape, np.float32)
-    for z in progress_bar(range(len(volume)), total=len(volume), desc="converting", enabled=progress, unit="slice"):
+    for z in progress_bar(
+        range(len(volume)), total=len(volume), desc="converting", enabled=progress, unit="slice"
+    ):
         if z % batch_size == 0:  # the bar counts slices; the model sees batches
-            out[z:z + batch_size] = predictor(volume[z:z + batch_size, None])
+            out[z : z + batch_size] = predictor(volume[z : z + batch_size, None])
     return out
 
 
@@ -126,12 +138,20 @@ def check_apart(output: Path, source: Path, *, what: str = "the output") -> None
     """Inputs are never modified: an output may not be an input, contain it, or sit inside an input folder."""
     out, src = Path(output).resolve(), Path(source).resolve()
     if out == src or out in src.parents or (src.is_dir() and src in out.parents):
-        raise InputError(f"{what} would overwrite or change the input {source}; choose another place",
-                         path=output)
+        raise InputError(
+            f"{what} would overwrite or change the input {source}; choose another place", path=output
+        )
 
 
-def preflight(input_path: Path, output_path: Path, cfg: ConvertConfig, reference: Path | None,
-              report_dir: Path | None, source: str, target: str) -> _Plan:
+def preflight(
+    input_path: Path,
+    output_path: Path,
+    cfg: ConvertConfig,
+    reference: Path | None,
+    report_dir: Path | None,
+    source: str,
+    target: str,
+) -> _Plan:
     """Check every input and output before converting (errors: exit 2 input, 3 output exists)."""
     from medseg.ct.cohort import SeriesRef
     from medseg.ct.report import _shape, check_qa_outputs
@@ -149,8 +169,10 @@ def preflight(input_path: Path, output_path: Path, cfg: ConvertConfig, reference
     check_output(output_path, overwrite=cfg.overwrite)
     plan = _Plan(kind, fmt, (0, 0, 0))
     if reference is not None:
-        plan.reference, plan.report_dir = SeriesRef(Path(reference)), Path(report_dir or
-                                                                          default_report_dir(output_path))
+        plan.reference, plan.report_dir = (
+            SeriesRef(Path(reference)),
+            Path(report_dir or default_report_dir(output_path)),
+        )
         for path in (input_path, reference):
             check_apart(plan.report_dir, path, what="the QA report")
         check_qa_outputs(plan.report_dir, pdf=cfg.pdf, overwrite=cfg.overwrite)
@@ -158,20 +180,31 @@ def preflight(input_path: Path, output_path: Path, cfg: ConvertConfig, reference
         plan.series = open_series(input_path, series_uid=cfg.series_uid, modality="CT")
         plan.shape = (len(plan.series.files), plan.series.rows, plan.series.columns)
         if fmt == "nifti" and plan.series.irregular:
-            raise InputError("slice spacing is irregular (missing slices?); a volume file needs a regular grid — "
-                             "use DICOM output", path=input_path)
+            raise InputError(
+                "slice spacing is irregular (missing slices?); a volume file needs a regular grid — "
+                "use DICOM output",
+                path=input_path,
+            )
     else:
         plan.shape = volume_shape(input_path)
     if plan.reference is not None:
         ref_shape = plan.reference.shape()
         if ref_shape != plan.shape:
-            raise InputError(f"the reference has {_shape(ref_shape)}, the input {_shape(plan.shape)}: not the "
-                             "same scan", path=reference)
+            raise InputError(
+                f"the reference has {_shape(ref_shape)}, the input {_shape(plan.shape)}: not the same scan",
+                path=reference,
+            )
     return plan
 
 
-def convert(input_path: str | Path, output_path: str | Path, config: ConvertConfig, *,
-            reference: str | Path | None = None, report_dir: str | Path | None = None) -> RunResult:
+def convert(
+    input_path: str | Path,
+    output_path: str | Path,
+    config: ConvertConfig,
+    *,
+    reference: str | Path | None = None,
+    report_dir: str | Path | None = None,
+) -> RunResult:
     """Convert one CT series (DICOM folder/file or NIfTI/NRRD/MHA) from ``source`` to ``target`` kernel.
 
     DICOM in -> derived DICOM series out (or a volume file with ``output_format='nifti'`` or a
@@ -184,18 +217,37 @@ def convert(input_path: str | Path, output_path: str | Path, config: ConvertConf
     cfg = config
     input_path, output_path = Path(input_path), Path(output_path)
     source, target = canonical_kernel(cfg.source), canonical_kernel(cfg.target)
-    plan = preflight(input_path, output_path, cfg, Path(reference) if reference else None,
-                     Path(report_dir) if report_dir else None, source, target)
+    plan = preflight(
+        input_path,
+        output_path,
+        cfg,
+        Path(reference) if reference else None,
+        Path(report_dir) if report_dir else None,
+        source,
+        target,
+    )
     entry = find_model(source, target, weights=cfg.weights, models_dirs=cfg.models_dirs)
     predictor = load_predictor(entry, device=cfg.device, amp=cfg.amp)
     batch_size = cfg.batch_size or default_batch_size(predictor.device)
     item = ItemResult(input_path.name or str(input_path))
-    result = RunResult("ct-convert", items=[item], summary={
-        "source_kernel": source, "target_kernel": target, "format": plan.fmt, "weights": str(entry.path),
-        "demo_weights": entry.demo, **predictor.describe(), "batch_size": batch_size})
+    result = RunResult(
+        "ct-convert",
+        items=[item],
+        summary={
+            "source_kernel": source,
+            "target_kernel": target,
+            "format": plan.fmt,
+            "weights": str(entry.path),
+            "demo_weights": entry.demo,
+            **predictor.describe(),
+            "batch_size": batch_size,
+        },
+    )
     start = time.perf_counter()
     qa = _QA(plan, source, target) if plan.reference is not None else None
-    job = _Job(plan, input_path, output_path, predictor, batch_size, cfg, entry.path.name, source, target, item, qa)
+    job = _Job(
+        plan, input_path, output_path, predictor, batch_size, cfg, entry.path.name, source, target, item, qa
+    )
     if plan.kind == "dicom":
         _convert_dicom(job)
     else:
@@ -204,7 +256,9 @@ def convert(input_path: str | Path, output_path: str | Path, config: ConvertConf
     n = plan.shape[0]
     kind = "series" if plan.fmt == "dicom" else "volume"
     item.outputs[kind] = result.outputs[kind] = str(output_path)
-    item.metrics.update({"slices": n, "seconds": round(seconds, 3), "slices_per_second": round(n / seconds, 2)})
+    item.metrics.update(
+        {"slices": n, "seconds": round(seconds, 3), "slices_per_second": round(n / seconds, 2)}
+    )
     if qa is not None:
         item.metrics.update(qa.metrics)
         item.warnings += qa.warnings
@@ -234,20 +288,30 @@ class _QA:
 
         reference, _ = self.plan.reference.load()
         self.metrics, mask = evaluate_exam(name, self.original, self.converted, reference, spacing_zyx)
-        sharpness, self.warnings = kernel_check(self.original, self.converted, reference, spacing_zyx,
-                                                source=self.source, target=self.target)
+        sharpness, self.warnings = kernel_check(
+            self.original, self.converted, reference, spacing_zyx, source=self.source, target=self.target
+        )
         self.metrics.update(sharpness)
         for warning in self.warnings:
             log.warning("%s: %s", name, warning)
-        self.figure = (f"Exam {name}", slice_figure(self.original, self.converted, reference, mask, self.source,
-                                                    self.target))
+        self.figure = (
+            f"Exam {name}",
+            slice_figure(self.original, self.converted, reference, mask, self.source, self.target),
+        )
 
     def write(self, out_dir: Path, item: ItemResult, inputs: list[str], pdf: bool) -> dict[str, str]:
         from medseg.ct.report import write_qa_outputs
 
         qa_item = ItemResult(item.name, metrics=dict(self.metrics), warnings=list(self.warnings))
-        written = write_qa_outputs(out_dir, [qa_item], source=self.source, target=self.target, inputs=inputs,
-                                   figures=[self.figure] if self.figure else [], pdf=pdf)
+        written = write_qa_outputs(
+            out_dir,
+            [qa_item],
+            source=self.source,
+            target=self.target,
+            inputs=inputs,
+            figures=[self.figure] if self.figure else [],
+            pdf=pdf,
+        )
         return {f"qa_{kind}": path for kind, path in written.items()}
 
 
@@ -297,15 +361,23 @@ def _convert_dicom(job: _Job) -> None:
         log.warning("%s: %s", job.input_path, msg)
         item.warnings.append(msg)
     headers: list = []
-    stream = progress_bar(map_batched(job.predictor, _slices(series, headers, qa), batch_size=job.batch_size),
-                          total=plan.shape[0], desc="converting", enabled=job.cfg.progress, unit="slice")
+    stream = progress_bar(
+        map_batched(job.predictor, _slices(series, headers, qa), batch_size=job.batch_size),
+        total=plan.shape[0],
+        desc="converting",
+        enabled=job.cfg.progress,
+        unit="slice",
+    )
     if plan.fmt == "dicom":
         new_series = new_uid()
         item.metrics["series_uid"] = new_series
         derivation = Derivation(
-            series_uid=new_series, kernel=target, description_suffix=f" {target} from {source} (medseg)",
+            series_uid=new_series,
+            kernel=target,
+            description_suffix=f" {target} from {source} (medseg)",
             derivation_description=f"{source} to {target} by {METHOD}; medseg {__version__}; weights "
-                                   f"{job.weights_name}; source series {series.uid}")
+            f"{job.weights_name}; source series {series.uid}",
+        )
         with atomic_dir(job.output_path, overwrite=job.cfg.overwrite) as tmp:
             for i, converted in enumerate(stream):
                 write_derived_slice(headers[i], converted, tmp / f"IM{i + 1:05d}.dcm", derivation)
@@ -345,9 +417,10 @@ def convert_text(result: RunResult) -> str:
     s, item = result.summary, result.items[0]
     m = item.metrics
     where = item.outputs.get("series") or item.outputs.get("volume", "")
-    text = (f"{m.get('slices', 0)} slices {s['source_kernel']}->{s['target_kernel']} in {m.get('seconds', 0):.1f} s "
-            f"({m.get('slices_per_second', 0):.1f} slices/s on {s['device']}, {s['amp']}) -> {where}")
+    text = (
+        f"{m.get('slices', 0)} slices {s['source_kernel']}->{s['target_kernel']} in {m.get('seconds', 0):.1f} s "
+        f"({m.get('slices_per_second', 0):.1f} slices/s on {s['device']}, {s['amp']}) -> {where}"
+    )
     if "rmse_original_hu" in m:
         text += f"\n{qa_text(m)}\nQA report: {result.outputs.get('qa_html', '')}"
     return text
-

@@ -76,15 +76,19 @@ class KernelFingerprint:
     pixel_mm: float
 
     def to_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()
+        }
 
     def describe(self) -> str:
         def fmt(v, spec):
             return format(v, spec) if math.isfinite(v) else "n/a"
 
-        return (f"sharpness {fmt(self.sharpness, '.2f')} ({sharpness_class(self)}; noise "
-                f"{fmt(self.noise_sd_hu, '.1f')} HU, noise spectrum ratio {fmt(self.nps_ratio, '.2f')}, "
-                f"image spectrum ratio {fmt(self.hf_ratio, '.3f')})")
+        return (
+            f"sharpness {fmt(self.sharpness, '.2f')} ({sharpness_class(self)}; noise "
+            f"{fmt(self.noise_sd_hu, '.1f')} HU, noise spectrum ratio {fmt(self.nps_ratio, '.2f')}, "
+            f"image spectrum ratio {fmt(self.hf_ratio, '.3f')})"
+        )
 
 
 def _odd(n: float, minimum: int = 3) -> int:
@@ -95,6 +99,7 @@ def _odd(n: float, minimum: int = 3) -> int:
 def _span_fill(mask: np.ndarray) -> np.ndarray:
     """Pixels enclosed by ``mask`` both along their row and along their column (a cheap hull that
     also fills regions whose outline has gaps, such as a skull cut between sutures)."""
+
     def inside(m: np.ndarray, axis: int) -> np.ndarray:
         fwd = np.maximum.accumulate(m, axis=axis)
         back = np.flip(np.maximum.accumulate(np.flip(m, axis=axis), axis=axis), axis=axis)
@@ -107,7 +112,9 @@ def _box(mask: np.ndarray, size: int, op: str) -> np.ndarray:
     """Binary dilation ('grow') or erosion ('shrink') by a square box, via a box filter (fast)."""
     from scipy import ndimage as ndi
 
-    mean = ndi.uniform_filter(mask.astype(np.float32), size, mode="constant", cval=0.0 if op == "grow" else 1.0)
+    mean = ndi.uniform_filter(
+        mask.astype(np.float32), size, mode="constant", cval=0.0 if op == "grow" else 1.0
+    )
     return mean > 1e-3 if op == "grow" else mean > 1.0 - 1e-3
 
 
@@ -138,8 +145,10 @@ def _band_masks(shape: tuple[int, int], spacing_yx: tuple[float, float], *, half
     fy = np.fft.fftfreq(shape[0], d=spacing_yx[0])
     fx = np.fft.rfftfreq(shape[1], d=spacing_yx[1]) if half else np.fft.fftfreq(shape[1], d=spacing_yx[1])
     f2 = fy[:, None] ** 2 + fx[None, :] ** 2
-    return ((f2 >= MID_BAND[0] ** 2) & (f2 <= MID_BAND[1] ** 2),
-            (f2 >= HIGH_BAND[0] ** 2) & (f2 <= HIGH_BAND[1] ** 2))
+    return (
+        (f2 >= MID_BAND[0] ** 2) & (f2 <= MID_BAND[1] ** 2),
+        (f2 >= HIGH_BAND[0] ** 2) & (f2 <= HIGH_BAND[1] ** 2),
+    )
 
 
 @dataclass
@@ -180,7 +189,7 @@ class _Slice:
         full = ndi.minimum_filter(self.soft_coarse, size=size_c, mode="constant", cval=0)
         stride = max(1, size_c // 2)
         grid = np.zeros_like(full)
-        grid[size_c // 2::stride, size_c // 2::stride] = True
+        grid[size_c // 2 :: stride, size_c // 2 :: stride] = True
         at = np.argwhere(full & grid)
         centres = at * c + c // 2
         half = size // 2
@@ -229,8 +238,16 @@ def _noise(slices: list[_Slice], spacing_yx) -> tuple[float, float, int]:
     keep = min(len(var), max(4, min(int(np.ceil(0.25 * len(var))), 400)))
     chosen = np.argsort(var, kind="stable")[:keep]
     offsets = np.arange(size) - size // 2
-    patches = np.stack([slices[index[j]].img[centres[j, 0] + offsets[:, None], centres[j, 1] + offsets[None, :]]
-                        for j in chosen]).astype(np.float64).reshape(len(chosen), -1)
+    patches = (
+        np.stack(
+            [
+                slices[index[j]].img[centres[j, 0] + offsets[:, None], centres[j, 1] + offsets[None, :]]
+                for j in chosen
+            ]
+        )
+        .astype(np.float64)
+        .reshape(len(chosen), -1)
+    )
     yy, xx = np.meshgrid(offsets, offsets, indexing="ij")
     design = np.stack([np.ones(size * size), yy.ravel(), xx.ravel()], axis=1)
     residual = patches - (patches @ np.linalg.pinv(design).T) @ design.T  # plane-detrended
@@ -248,8 +265,9 @@ def combine_sharpness(noise_sd_hu: float, nps_ratio: float, hf_ratio: float) -> 
     return float(math.exp(sum(logs) / len(logs))) if logs else math.nan
 
 
-def kernel_fingerprint(volume_hu: np.ndarray, spacing_yx: tuple[float, float] = (1.0, 1.0), *,
-                       max_slices: int = MAX_SLICES) -> KernelFingerprint:
+def kernel_fingerprint(
+    volume_hu: np.ndarray, spacing_yx: tuple[float, float] = (1.0, 1.0), *, max_slices: int = MAX_SLICES
+) -> KernelFingerprint:
     """Fingerprint a (z, y, x) (or (y, x)) HU volume from up to ``max_slices`` evenly spaced slices.
 
     ``spacing_yx`` is the pixel size (dy, dx) in mm; a (dz, dy, dx) triple such as
@@ -285,9 +303,15 @@ def kernel_fingerprint(volume_hu: np.ndarray, spacing_yx: tuple[float, float] = 
         slices.append(sl)
     hf_ratio = high_sum / mid_sum if mid_sum > 0 else math.nan
     noise_sd, nps_ratio, patches = _noise(slices, spacing) if slices else (math.nan, math.nan, 0)
-    return KernelFingerprint(sharpness=combine_sharpness(noise_sd, nps_ratio, hf_ratio), noise_sd_hu=noise_sd,
-                             nps_ratio=nps_ratio, hf_ratio=hf_ratio, slices=len(slices), noise_patches=patches,
-                             pixel_mm=float(math.sqrt(dy * dx)))
+    return KernelFingerprint(
+        sharpness=combine_sharpness(noise_sd, nps_ratio, hf_ratio),
+        noise_sd_hu=noise_sd,
+        nps_ratio=nps_ratio,
+        hf_ratio=hf_ratio,
+        slices=len(slices),
+        noise_patches=patches,
+        pixel_mm=float(math.sqrt(dy * dx)),
+    )
 
 
 def sharpness_class(fp: KernelFingerprint | float) -> str:
@@ -338,7 +362,9 @@ def nominal_class(name: str | None) -> str | None:
     return "smooth" if order <= 25 else "medium" if order <= 44 else "sharp" if order <= 64 else "very sharp"
 
 
-def expected_direction(claimed_from: str | None, claimed_to: str | None, expect: str | None = None) -> str | None:
+def expected_direction(
+    claimed_from: str | None, claimed_to: str | None, expect: str | None = None
+) -> str | None:
     """'smoother', 'sharper' or None: from the names when both are Siemens-style, else ``expect``."""
     if expect not in (None, "smoother", "sharper"):
         raise ValueError(f"expect must be 'smoother', 'sharper' or None, not {expect!r}")
@@ -352,9 +378,15 @@ def _measured(fp: KernelFingerprint | None) -> bool:
     return fp is not None and math.isfinite(fp.sharpness) and fp.sharpness > 0
 
 
-def check_kernel_claims(input_fp: KernelFingerprint, claimed_from: str | None,
-                        output_fp: KernelFingerprint | None = None, reference_fp: KernelFingerprint | None = None,
-                        claimed_to: str | None = None, *, expect: str | None = None) -> list[str]:
+def check_kernel_claims(
+    input_fp: KernelFingerprint,
+    claimed_from: str | None,
+    output_fp: KernelFingerprint | None = None,
+    reference_fp: KernelFingerprint | None = None,
+    claimed_to: str | None = None,
+    *,
+    expect: str | None = None,
+) -> list[str]:
     """Warnings, in words, where the series do not look like the kernels they are claimed to be.
 
     ``input_fp`` is the series given as ``claimed_from``; ``output_fp`` its converted output;
@@ -381,8 +413,10 @@ def check_kernel_claims(input_fp: KernelFingerprint, claimed_from: str | None,
     warnings: list[str] = []
     for label, fp in (("input", input_fp), ("converted output", output_fp), ("reference", reference_fp)):
         if fp is not None and not _measured(fp):
-            warnings.append(f"could not measure the sharpness of the {label} series (no body or uniform soft "
-                            "tissue found): its kernel was not checked")
+            warnings.append(
+                f"could not measure the sharpness of the {label} series (no body or uniform soft "
+                "tissue found): its kernel was not checked"
+            )
     inp = input_fp if _measured(input_fp) else None
     out = output_fp if _measured(output_fp) else None
     ref = reference_fp if _measured(reference_fp) else None
@@ -402,12 +436,16 @@ def check_kernel_claims(input_fp: KernelFingerprint, claimed_from: str | None,
     output_bad = reference_bad = False
     if inp is not None and out is not None and direction is not None and (how := wrong_way(out, inp)):
         verb = "smooth" if direction == "smoother" else "sharpen"
-        warnings.append(f"the converted output looks {how} the input ({vs(out, inp)}), but the {src} -> {dst} "
-                        f"conversion should {verb} it: check --from/--to and the model")
+        warnings.append(
+            f"the converted output looks {how} the input ({vs(out, inp)}), but the {src} -> {dst} "
+            f"conversion should {verb} it: check --from/--to and the model"
+        )
         output_bad = True
     if inp is not None and ref is not None and direction is not None and (how := wrong_way(ref, inp)):
-        warnings.append(f"the reference series looks {how} the input ({vs(ref, inp)}), but a {dst} reference "
-                        f"should be {direction} than a {src} input: is it really a {dst} reconstruction?")
+        warnings.append(
+            f"the reference series looks {how} the input ({vs(ref, inp)}), but a {dst} reference "
+            f"should be {direction} than a {src} input: is it really a {dst} reconstruction?"
+        )
         reference_bad = True
     if out is not None and ref is not None:
         ratio = compare_fingerprints(ref, out)
@@ -415,34 +453,54 @@ def check_kernel_claims(input_fp: KernelFingerprint, claimed_from: str | None,
             ref_how, out_how = ("sharper", "smoother") if ratio > 1 else ("smoother", "sharper")
             if reference_bad or direction is None:
                 tail = "" if reference_bad else ", or did the conversion miss it?"
-                warnings.append(f"the reference series looks much {ref_how} than the input's converted output "
-                                f"({vs(ref, out)}): is it really a {dst} reconstruction{tail or '?'}")
+                warnings.append(
+                    f"the reference series looks much {ref_how} than the input's converted output "
+                    f"({vs(ref, out)}): is it really a {dst} reconstruction{tail or '?'}"
+                )
                 reference_bad = True
             elif not output_bad:
-                warnings.append(f"the converted output looks much {out_how} than the {dst} reference "
-                                f"({vs(out, ref)}): the conversion missed the reference's sharpness, or the "
-                                f"reference is not a {dst} reconstruction")
-    for label, fp, name in (("input", inp, claimed_from), ("reference", None if reference_bad else ref, claimed_to)):
+                warnings.append(
+                    f"the converted output looks much {out_how} than the {dst} reference "
+                    f"({vs(out, ref)}): the conversion missed the reference's sharpness, or the "
+                    f"reference is not a {dst} reconstruction"
+                )
+    for label, fp, name in (
+        ("input", inp, claimed_from),
+        ("reference", None if reference_bad else ref, claimed_to),
+    ):
         expected = nominal_class(name)
         if fp is None or expected is None:
             continue
         measured = sharpness_class(fp)
         if abs(CLASSES.index(measured) - CLASSES.index(expected)) >= 2:
-            warnings.append(f"the {label} series looks {measured} (sharpness {fp.sharpness:.2f}), but {name} is a "
-                            f"{expected} kernel: is it really a {name} reconstruction?")
+            warnings.append(
+                f"the {label} series looks {measured} (sharpness {fp.sharpness:.2f}), but {name} is a "
+                f"{expected} kernel: is it really a {name} reconstruction?"
+            )
     return warnings
 
 
-def kernel_check_report(input_fp: KernelFingerprint, claimed_from: str | None,
-                        output_fp: KernelFingerprint | None = None, reference_fp: KernelFingerprint | None = None,
-                        claimed_to: str | None = None, *, expect: str | None = None) -> dict:
+def kernel_check_report(
+    input_fp: KernelFingerprint,
+    claimed_from: str | None,
+    output_fp: KernelFingerprint | None = None,
+    reference_fp: KernelFingerprint | None = None,
+    claimed_to: str | None = None,
+    *,
+    expect: str | None = None,
+) -> dict:
     """JSON-ready summary for a QA report: each series' fingerprint and class, the sharpness ratios
     between them, the expected direction and :func:`check_kernel_claims`' warnings."""
 
     def entry(fp: KernelFingerprint | None, kernel: str | None) -> dict | None:
         if fp is None:
             return None
-        return {"kernel": kernel, **fp.to_dict(), "class": sharpness_class(fp), "nominal_class": nominal_class(kernel)}
+        return {
+            "kernel": kernel,
+            **fp.to_dict(),
+            "class": sharpness_class(fp),
+            "nominal_class": nominal_class(kernel),
+        }
 
     def ratio(x: KernelFingerprint | None, y: KernelFingerprint | None) -> float | None:
         value = compare_fingerprints(x, y) if x is not None and y is not None else math.nan
@@ -453,8 +511,12 @@ def kernel_check_report(input_fp: KernelFingerprint, claimed_from: str | None,
         "converted": entry(output_fp, claimed_to),
         "reference": entry(reference_fp, claimed_to),
         "expected_direction": expected_direction(claimed_from, claimed_to, expect),
-        "sharpness_ratio": {"converted_vs_input": ratio(output_fp, input_fp),
-                            "reference_vs_input": ratio(reference_fp, input_fp),
-                            "reference_vs_converted": ratio(reference_fp, output_fp)},
-        "warnings": check_kernel_claims(input_fp, claimed_from, output_fp, reference_fp, claimed_to, expect=expect),
+        "sharpness_ratio": {
+            "converted_vs_input": ratio(output_fp, input_fp),
+            "reference_vs_input": ratio(reference_fp, input_fp),
+            "reference_vs_converted": ratio(reference_fp, output_fp),
+        },
+        "warnings": check_kernel_claims(
+            input_fp, claimed_from, output_fp, reference_fp, claimed_to, expect=expect
+        ),
     }

@@ -28,8 +28,9 @@ class LungMaskParams:
     min_component_fraction: float = 0.02  # drop air pockets smaller than 2 % of the largest lung
 
 
-def lung_mask(volume: np.ndarray, spacing_zyx: tuple[float, float, float],
-              params: LungMaskParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+def lung_mask(
+    volume: np.ndarray, spacing_zyx: tuple[float, float, float], params: LungMaskParams | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Automatic lung mask of a (z, y, x) HU volume, and the airway mask removed from it.
 
     Threshold the in-plane smoothed image, drop air connected to the image border (outside the
@@ -41,7 +42,9 @@ def lung_mask(volume: np.ndarray, spacing_zyx: tuple[float, float, float],
     from skimage.segmentation import clear_border
 
     p = params or LungMaskParams()
-    smooth = ndi.gaussian_filter(np.asarray(volume, np.float32), sigma=(0, p.smooth_sigma_px, p.smooth_sigma_px))
+    smooth = ndi.gaussian_filter(
+        np.asarray(volume, np.float32), sigma=(0, p.smooth_sigma_px, p.smooth_sigma_px)
+    )
     air = smooth < p.threshold_hu
     labels, _n = ndi.label(air)
     # air touching the in-plane image border is outside the body; the first and last slices are

@@ -41,8 +41,9 @@ class KernelNetConfig:
 class KernelConversionNet(nn.Module):
     """Residual CNN mapping a CT slice (N, 1, H, W) in HU to the target kernel, in HU."""
 
-    def __init__(self, *, channels: int = 64, depth: int = 6, hu_mean: float = -500.0,
-                 hu_scale: float = 1000.0) -> None:
+    def __init__(
+        self, *, channels: int = 64, depth: int = 6, hu_mean: float = -500.0, hu_scale: float = 1000.0
+    ) -> None:
         super().__init__()
         if depth < 2:
             raise ValueError("depth must be >= 2")
@@ -69,5 +70,6 @@ class KernelConversionNet(nn.Module):
 
 
 def build_kernel_net(*, config: KernelNetConfig) -> KernelConversionNet:
-    return KernelConversionNet(channels=config.channels, depth=config.depth, hu_mean=config.hu_mean,
-                               hu_scale=config.hu_scale)
+    return KernelConversionNet(
+        channels=config.channels, depth=config.depth, hu_mean=config.hu_mean, hu_scale=config.hu_scale
+    )

@@ -113,8 +113,9 @@ def _check_entry(path: Path, source: str, target: str) -> ModelEntry:
     return ModelEntry(path, source, target, meta)
 
 
-def find_model(source: str, target: str, *, weights: str | Path | None = None,
-               models_dirs: list[str | Path] | tuple = ()) -> ModelEntry:
+def find_model(
+    source: str, target: str, *, weights: str | Path | None = None, models_dirs: list[str | Path] | tuple = ()
+) -> ModelEntry:
     """The weights for ``source -> target``: --weights, else the search folders, else the demo weights."""
     source, target = canonical_kernel(source), canonical_kernel(target)
     if source == target:
@@ -129,8 +130,10 @@ def find_model(source: str, target: str, *, weights: str | Path | None = None,
         path, _demo = resolve_weights(None, demo=f"{DEMO_FOLDER}/{demo_file_name(source, target)}")
         return _check_entry(path, source, target)
     available = ", ".join(f"{e.source}->{e.target}" for e in list_models(models_dirs)) or "none"
-    raise ModelError(f"no weights for {source}->{target} (available: {available}); train with "
-                     f"'medseg ct-train' or pass --weights / --models-dir")
+    raise ModelError(
+        f"no weights for {source}->{target} (available: {available}); train with "
+        f"'medseg ct-train' or pass --weights / --models-dir"
+    )
 
 
 def converter_models() -> tuple[str, ...]:
@@ -154,8 +157,9 @@ def load_net(entry: ModelEntry) -> torch.nn.Module:
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelError(f"weights do not match the model config ({str(exc).splitlines()[0]})",
-                         path=entry.path) from None
+        raise ModelError(
+            f"weights do not match the model config ({str(exc).splitlines()[0]})", path=entry.path
+        ) from None
     return net
 
 
@@ -166,7 +170,9 @@ def _hu_slices(y: torch.Tensor) -> np.ndarray:
     return y[:, 0].to(torch.float32).cpu().numpy()
 
 
-def slice_predictor(net: torch.nn.Module, *, device: str = "auto", amp: str | bool | None = "auto") -> Predictor:
+def slice_predictor(
+    net: torch.nn.Module, *, device: str = "auto", amp: str | bool | None = "auto"
+) -> Predictor:
     """The engine Predictor for a converter: (B, 1, H, W) float32 HU in -> (B, H, W) float32 HU out.
 
     channels_last on CPU and CUDA; on CUDA cuDNN autotunes once per slice shape (every slice of
@@ -176,8 +182,14 @@ def slice_predictor(net: torch.nn.Module, *, device: str = "auto", amp: str | bo
     from medseg.engine.runtime import select_device
 
     dev = select_device(device)
-    return Predictor(net, device=dev, amp=amp, channels_last=True, cudnn_benchmark=dev.type == "cuda",
-                     postprocess=_hu_slices)
+    return Predictor(
+        net,
+        device=dev,
+        amp=amp,
+        channels_last=True,
+        cudnn_benchmark=dev.type == "cuda",
+        postprocess=_hu_slices,
+    )
 
 
 def load_predictor(entry: ModelEntry, *, device: str = "auto", amp: str | bool | None = "auto") -> Predictor:
@@ -194,5 +206,8 @@ def models_text(doc: dict) -> str:
     rows = doc.get("models", [])
     if not rows:
         return "no models found (train with 'medseg ct-train' or pass --models-dir)"
-    return "\n".join(f"{r['from']} -> {r['to']}  {r['path']}{'  (demo)' if r.get('demo') else ''}\n"
-                     f"    trained on: {r['training_data'] or 'not recorded'}" for r in rows)
+    return "\n".join(
+        f"{r['from']} -> {r['to']}  {r['path']}{'  (demo)' if r.get('demo') else ''}\n"
+        f"    trained on: {r['training_data'] or 'not recorded'}"
+        for r in rows
+    )

@@ -28,12 +28,27 @@ from medseg.results import FAILED, OK, ItemResult, RunResult, json_safe
 
 log = logging.getLogger("medseg.ct")
 
-NOTICE = ("Research use only. Demo weights and phantoms are synthetic and not for clinical use. "
-          f"LAA-950 = % of lung voxels <= {LAA_THRESHOLD_HU:g} HU inside one automatic lung mask from the "
-          "reference series.")
-METRICS = ["slices", "lung_volume_ml", "rmse_original_hu", "rmse_converted_hu", "rmse_reduction_pct",
-           "laa950_original", "laa950_converted", "laa950_reference", "perc15_original", "perc15_converted",
-           "perc15_reference", "sharpness_original", "sharpness_converted", "sharpness_reference"]
+NOTICE = (
+    "Research use only. Demo weights and phantoms are synthetic and not for clinical use. "
+    f"LAA-950 = % of lung voxels <= {LAA_THRESHOLD_HU:g} HU inside one automatic lung mask from the "
+    "reference series."
+)
+METRICS = [
+    "slices",
+    "lung_volume_ml",
+    "rmse_original_hu",
+    "rmse_converted_hu",
+    "rmse_reduction_pct",
+    "laa950_original",
+    "laa950_converted",
+    "laa950_reference",
+    "perc15_original",
+    "perc15_converted",
+    "perc15_reference",
+    "sharpness_original",
+    "sharpness_converted",
+    "sharpness_reference",
+]
 CSV_COLUMNS = ["exam", "status", *METRICS, "kernel_check", "error"]
 QA_CSV, QA_JSON, QA_HTML, QA_PDF = "ct_qa.csv", "ct_qa.json", "ct_qa.html", "ct_qa.pdf"
 MASKS = "masks"
@@ -51,38 +66,59 @@ def check_qa_outputs(out_dir: Path, *, pdf: bool, overwrite: bool) -> None:
         check_output(out_dir / name, overwrite=overwrite)
 
 
-def evaluate_exam(name: str, original: np.ndarray, converted: np.ndarray, reference: np.ndarray,
-                  spacing_zyx: tuple[float, float, float]) -> tuple[dict[str, float], np.ndarray]:
+def evaluate_exam(
+    name: str,
+    original: np.ndarray,
+    converted: np.ndarray,
+    reference: np.ndarray,
+    spacing_zyx: tuple[float, float, float],
+) -> tuple[dict[str, float], np.ndarray]:
     """All per-exam numbers (keys: :data:`METRICS`), plus the lung mask they used."""
     if not (original.shape == converted.shape == reference.shape):
-        raise InputError(f"{name}: original {_shape(original.shape)}, converted {_shape(converted.shape)} and "
-                         f"reference {_shape(reference.shape)} differ in shape")
+        raise InputError(
+            f"{name}: original {_shape(original.shape)}, converted {_shape(converted.shape)} and "
+            f"reference {_shape(reference.shape)} differ in shape"
+        )
     mask, _airways = lung_mask(reference, spacing_zyx)
     r_orig, r_conv = rmse(original, reference), rmse(converted, reference)
     metrics = {
         "slices": int(original.shape[0]),
         "lung_volume_ml": float(mask.sum() * np.prod(spacing_zyx) / 1000.0),
-        "rmse_original_hu": r_orig, "rmse_converted_hu": r_conv,
+        "rmse_original_hu": r_orig,
+        "rmse_converted_hu": r_conv,
         "rmse_reduction_pct": 100.0 * (r_orig - r_conv) / r_orig if r_orig > 0 else float("nan"),
-        "laa950_original": laa_percent(original, mask), "laa950_converted": laa_percent(converted, mask),
+        "laa950_original": laa_percent(original, mask),
+        "laa950_converted": laa_percent(converted, mask),
         "laa950_reference": laa_percent(reference, mask),
-        "perc15_original": perc15(original, mask), "perc15_converted": perc15(converted, mask),
-        "perc15_reference": perc15(reference, mask)}
+        "perc15_original": perc15(original, mask),
+        "perc15_converted": perc15(converted, mask),
+        "perc15_reference": perc15(reference, mask),
+    }
     if not mask.any():
         log.warning("%s: automatic lung mask is empty; emphysema metrics are n/a", name)
     return metrics, mask
 
 
-def kernel_check(original: np.ndarray, converted: np.ndarray, reference: np.ndarray,
-                 spacing_zyx: tuple[float, float, float], *, source: str, target: str) -> tuple[dict, list[str]]:
+def kernel_check(
+    original: np.ndarray,
+    converted: np.ndarray,
+    reference: np.ndarray,
+    spacing_zyx: tuple[float, float, float],
+    *,
+    source: str,
+    target: str,
+) -> tuple[dict, list[str]]:
     """Does each series look like its kernel? Sharpness measured from the images themselves
     (:mod:`medseg.ct.fingerprint`): catches e.g. a B70f series given as the B30f reference."""
     from medseg.ct.fingerprint import check_kernel_claims, kernel_fingerprint
 
-    fps = {k: kernel_fingerprint(v, spacing_zyx) for k, v in
-           (("original", original), ("converted", converted), ("reference", reference))}
-    warnings = check_kernel_claims(fps["original"], source, output_fp=fps["converted"],
-                                   reference_fp=fps["reference"], claimed_to=target)
+    fps = {
+        k: kernel_fingerprint(v, spacing_zyx)
+        for k, v in (("original", original), ("converted", converted), ("reference", reference))
+    }
+    warnings = check_kernel_claims(
+        fps["original"], source, output_fp=fps["converted"], reference_fp=fps["reference"], claimed_to=target
+    )
     return {f"sharpness_{k}": float(fp.sharpness) for k, fp in fps.items()}, warnings
 
 
@@ -114,20 +150,27 @@ def cohort_summary(items: list[ItemResult]) -> dict[str, Any]:
         return summary
     reduction = _values(ok, "rmse_reduction_pct")
     finite = reduction[np.isfinite(reduction)]
-    summary.update({
-        "rmse_original_hu_mean": _mean(_values(ok, "rmse_original_hu")),
-        "rmse_converted_hu_mean": _mean(_values(ok, "rmse_converted_hu")),
-        "rmse_reduction_pct_mean": _mean(reduction),
-        "rmse_reduction_pct_min": float(finite.min()) if finite.size else float("nan"),
-        "rmse_reduction_pct_max": float(finite.max()) if finite.size else float("nan"),
-        "laa950": {k: {"mean": _mean(_values(ok, f"laa950_{k}")), "sd": _sd(_values(ok, f"laa950_{k}"))}
-                   for k in ("original", "converted", "reference")},
-        "bland_altman_laa950": {
-            "original_vs_reference": bland_altman(_values(ok, "laa950_original"),
-                                                  _values(ok, "laa950_reference")).to_dict(),
-            "converted_vs_reference": bland_altman(_values(ok, "laa950_converted"),
-                                                   _values(ok, "laa950_reference")).to_dict()},
-    })
+    summary.update(
+        {
+            "rmse_original_hu_mean": _mean(_values(ok, "rmse_original_hu")),
+            "rmse_converted_hu_mean": _mean(_values(ok, "rmse_converted_hu")),
+            "rmse_reduction_pct_mean": _mean(reduction),
+            "rmse_reduction_pct_min": float(finite.min()) if finite.size else float("nan"),
+            "rmse_reduction_pct_max": float(finite.max()) if finite.size else float("nan"),
+            "laa950": {
+                k: {"mean": _mean(_values(ok, f"laa950_{k}")), "sd": _sd(_values(ok, f"laa950_{k}"))}
+                for k in ("original", "converted", "reference")
+            },
+            "bland_altman_laa950": {
+                "original_vs_reference": bland_altman(
+                    _values(ok, "laa950_original"), _values(ok, "laa950_reference")
+                ).to_dict(),
+                "converted_vs_reference": bland_altman(
+                    _values(ok, "laa950_converted"), _values(ok, "laa950_reference")
+                ).to_dict(),
+            },
+        }
+    )
     return summary
 
 
@@ -137,8 +180,11 @@ def slice_figure(original, converted, reference, mask, source: str, target: str)
 
     plt = pyplot()
     z = int(np.argmax(mask.sum(axis=(1, 2)))) if mask.any() else original.shape[0] // 2
-    panels = [(original[z], f"original ({source})"), (converted[z], f"converted ({target})"),
-              (reference[z], f"reference ({target})")]
+    panels = [
+        (original[z], f"original ({source})"),
+        (converted[z], f"converted ({target})"),
+        (reference[z], f"reference ({target})"),
+    ]
     fig, axes = plt.subplots(1, 5, figsize=(17, 3.8))
     for ax, (img, title) in zip(axes[:3], panels):
         ax.imshow(img, cmap="gray", vmin=-1350, vmax=150)
@@ -148,8 +194,9 @@ def slice_figure(original, converted, reference, mask, source: str, target: str)
     fig.colorbar(diff, ax=axes[3], fraction=0.046)
     axes[4].imshow(reference[z], cmap="gray", vmin=-1350, vmax=150)
     axes[4].imshow(np.ma.masked_where(~mask[z], mask[z]), cmap="autumn", alpha=0.35)
-    axes[4].imshow(np.ma.masked_where(~(reference[z] <= LAA_THRESHOLD_HU) | ~mask[z], mask[z]), cmap="cool",
-                   alpha=0.8)
+    axes[4].imshow(
+        np.ma.masked_where(~(reference[z] <= LAA_THRESHOLD_HU) | ~mask[z], mask[z]), cmap="cool", alpha=0.8
+    )
     axes[4].set_title(f"lung mask (orange), LAA{-LAA_THRESHOLD_HU:g} (cyan)")
     for ax in axes:
         ax.axis("off")
@@ -159,8 +206,13 @@ def slice_figure(original, converted, reference, mask, source: str, target: str)
 
 
 def _row(item: ItemResult) -> dict[str, Any]:
-    return {"exam": item.name, "status": item.status, **{k: item.metrics.get(k, float("nan")) for k in METRICS},
-            "kernel_check": "; ".join(item.warnings) or ("ok" if item.status == OK else ""), "error": item.reason}
+    return {
+        "exam": item.name,
+        "status": item.status,
+        **{k: item.metrics.get(k, float("nan")) for k in METRICS},
+        "kernel_check": "; ".join(item.warnings) or ("ok" if item.status == OK else ""),
+        "error": item.reason,
+    }
 
 
 def _csv_value(value: Any) -> Any:
@@ -169,8 +221,16 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def write_qa_outputs(out_dir: Path, items: list[ItemResult], *, source: str, target: str, inputs: list[str],
-                     figures: list[tuple[str, object]], pdf: bool = True) -> dict[str, str]:
+def write_qa_outputs(
+    out_dir: Path,
+    items: list[ItemResult],
+    *,
+    source: str,
+    target: str,
+    inputs: list[str],
+    figures: list[tuple[str, object]],
+    pdf: bool = True,
+) -> dict[str, str]:
     """CSV + JSON + HTML (+ PDF) for a cohort (or one series); returns kind -> path of what was written."""
     from medseg.reports import Report, bland_altman_figure
 
@@ -183,35 +243,82 @@ def write_qa_outputs(out_dir: Path, items: list[ItemResult], *, source: str, tar
     for row in rows:
         writer.writerow({k: _csv_value(v) for k, v in row.items()})
     write_text(out_dir / QA_CSV, buf.getvalue())
-    doc = json_safe({"source_kernel": source, "target_kernel": target, "inputs": inputs, "summary": summary,
-                     "exams": rows})
+    doc = json_safe(
+        {
+            "source_kernel": source,
+            "target_kernel": target,
+            "inputs": inputs,
+            "summary": summary,
+            "exams": rows,
+        }
+    )
     write_text(out_dir / QA_JSON, json.dumps(doc, indent=2) + "\n")
 
-    report = Report(f"CT kernel conversion QA: {source} -> {target}", inputs=inputs, notice=NOTICE,
-                    subtitle="RMSE vs reference-kernel series, emphysema index agreement (Bland-Altman)")
+    report = Report(
+        f"CT kernel conversion QA: {source} -> {target}",
+        inputs=inputs,
+        notice=NOTICE,
+        subtitle="RMSE vs reference-kernel series, emphysema index agreement (Bland-Altman)",
+    )
     if summary.get("ok"):
         laa = summary["laa950"]
-        report.add_table("Cohort summary", [
-            {"quantity": "RMSE vs reference (HU), mean", "original": summary["rmse_original_hu_mean"],
-             "converted": summary["rmse_converted_hu_mean"], "reference": float("nan")},
-            {"quantity": "LAA-950 (%) mean", **{k: v["mean"] for k, v in laa.items()}},
-            {"quantity": "LAA-950 (%) SD", **{k: v["sd"] for k, v in laa.items()}},
-        ], columns=["quantity", "original", "converted", "reference"])
-        report.add_table("Bland-Altman of LAA-950 vs reference (percentage points)", [
-            {"comparison": name.replace("_", " "), **vals} for name, vals in summary["bland_altman_laa950"].items()],
-            columns=["comparison", "n", "bias", "sd", "loa_low", "loa_high"])
+        report.add_table(
+            "Cohort summary",
+            [
+                {
+                    "quantity": "RMSE vs reference (HU), mean",
+                    "original": summary["rmse_original_hu_mean"],
+                    "converted": summary["rmse_converted_hu_mean"],
+                    "reference": float("nan"),
+                },
+                {"quantity": "LAA-950 (%) mean", **{k: v["mean"] for k, v in laa.items()}},
+                {"quantity": "LAA-950 (%) SD", **{k: v["sd"] for k, v in laa.items()}},
+            ],
+            columns=["quantity", "original", "converted", "reference"],
+        )
+        report.add_table(
+            "Bland-Altman of LAA-950 vs reference (percentage points)",
+            [
+                {"comparison": name.replace("_", " "), **vals}
+                for name, vals in summary["bland_altman_laa950"].items()
+            ],
+            columns=["comparison", "n", "bias", "sd", "loa_low", "loa_high"],
+        )
         ok = [i for i in items if i.status == OK]
-        report.add_figure("Bland-Altman plot: LAA-950", bland_altman_figure([
-            (f"original {source} vs {target}", _values(ok, "laa950_original"), _values(ok, "laa950_reference")),
-            (f"converted vs {target}", _values(ok, "laa950_converted"), _values(ok, "laa950_reference")),
-        ], quantity="LAA-950", unit="%"), caption="Lines: bias and 95 % limits of agreement (bias +- 1.96 SD).")
+        report.add_figure(
+            "Bland-Altman plot: LAA-950",
+            bland_altman_figure(
+                [
+                    (
+                        f"original {source} vs {target}",
+                        _values(ok, "laa950_original"),
+                        _values(ok, "laa950_reference"),
+                    ),
+                    (
+                        f"converted vs {target}",
+                        _values(ok, "laa950_converted"),
+                        _values(ok, "laa950_reference"),
+                    ),
+                ],
+                quantity="LAA-950",
+                unit="%",
+            ),
+            caption="Lines: bias and 95 % limits of agreement (bias +- 1.96 SD).",
+        )
     report.add_table("Per exam", rows, columns=CSV_COLUMNS)
     flagged = [i for i in items if i.warnings]
-    report.add_text("Does each series look like its kernel?", (
-        "Sharpness is measured from the images (noise in uniform soft tissue and the high-/mid-frequency "
-        "power ratio inside the body; B30f-like is about 1). " + (
-            " ".join(f"{i.name}: {'; '.join(i.warnings)}." for i in flagged) if flagged else
-            "Every input, converted series and reference looks like its stated kernel.")))
+    report.add_text(
+        "Does each series look like its kernel?",
+        (
+            "Sharpness is measured from the images (noise in uniform soft tissue and the high-/mid-frequency "
+            "power ratio inside the body; B30f-like is about 1). "
+            + (
+                " ".join(f"{i.name}: {'; '.join(i.warnings)}." for i in flagged)
+                if flagged
+                else "Every input, converted series and reference looks like its stated kernel."
+            )
+        ),
+    )
     for title, fig in figures:
         report.add_figure(title, fig)
     written = {"csv": str(out_dir / QA_CSV), "json": str(out_dir / QA_JSON)}
@@ -265,12 +372,21 @@ def run_ct_report(inputs: list[str | Path], out_dir: str | Path, config: ReportC
         check_output(out_dir / MASKS, overwrite=cfg.overwrite)
     entry = find_model(source, target, weights=cfg.weights, models_dirs=cfg.models_dirs)
     predictor = load_predictor(entry, device=cfg.device, amp=cfg.amp)
-    result = RunResult("ct-report", summary={"source_kernel": source, "target_kernel": target,
-                                             "weights": str(entry.path), "demo_weights": entry.demo,
-                                             **predictor.describe()},
-                       warnings=[DEMO_NOTE] if entry.demo else [])
+    result = RunResult(
+        "ct-report",
+        summary={
+            "source_kernel": source,
+            "target_kernel": target,
+            "weights": str(entry.path),
+            "demo_weights": entry.demo,
+            **predictor.describe(),
+        },
+        warnings=[DEMO_NOTE] if entry.demo else [],
+    )
     figures: list[tuple[str, object]] = []
-    with atomic_dir(out_dir / MASKS, overwrite=cfg.overwrite) if cfg.save_masks else nullcontext() as mask_tmp:
+    with (
+        atomic_dir(out_dir / MASKS, overwrite=cfg.overwrite) if cfg.save_masks else nullcontext() as mask_tmp
+    ):
         bar = progress_bar(exams, total=len(exams), desc="exams", enabled=cfg.progress, unit="exam")
         for exam in bar:
             bar.set_postfix(exam=exam.name)
@@ -282,10 +398,13 @@ def run_ct_report(inputs: list[str | Path], out_dir: str | Path, config: ReportC
                     raise InputError(f"no {' or '.join(missing)} series (found: {found})", path=exam.path)
                 original, meta = exam.series[source].load()
                 reference, _ = exam.series[target].load()
-                converted = convert_volume(predictor, original, batch_size=cfg.batch_size, progress=cfg.progress)
+                converted = convert_volume(
+                    predictor, original, batch_size=cfg.batch_size, progress=cfg.progress
+                )
                 item.metrics, mask = evaluate_exam(exam.name, original, converted, reference, meta.spacing)
-                sharpness, item.warnings = kernel_check(original, converted, reference, meta.spacing,
-                                                        source=source, target=target)
+                sharpness, item.warnings = kernel_check(
+                    original, converted, reference, meta.spacing, source=source, target=target
+                )
                 item.metrics.update(sharpness)
                 for warning in item.warnings:
                     log.warning("%s: %s", exam.name, warning)
@@ -294,13 +413,26 @@ def run_ct_report(inputs: list[str | Path], out_dir: str | Path, config: ReportC
                     write_volume_sitk(mask_tmp / name, mask.astype(np.uint8), meta, dtype=np.uint8)
                     item.outputs["lung_mask"] = str(out_dir / MASKS / name)
                 if len(figures) < MAX_FIGURES:
-                    figures.append((f"Exam {exam.name}", slice_figure(original, converted, reference, mask,
-                                                                      source, target)))
+                    figures.append(
+                        (
+                            f"Exam {exam.name}",
+                            slice_figure(original, converted, reference, mask, source, target),
+                        )
+                    )
             except (MedsegError, OSError) as exc:
                 item.status, item.reason = FAILED, _reason(exc)
                 log.error("%s: %s", exam.name, item.reason)
-    result.outputs.update(write_qa_outputs(out_dir, result.items, source=source, target=target,
-                                           inputs=[str(i) for i in inputs], figures=figures, pdf=cfg.pdf))
+    result.outputs.update(
+        write_qa_outputs(
+            out_dir,
+            result.items,
+            source=source,
+            target=target,
+            inputs=[str(i) for i in inputs],
+            figures=figures,
+            pdf=cfg.pdf,
+        )
+    )
     if cfg.save_masks:
         result.outputs["masks"] = str(out_dir / MASKS)
     result.summary.update(cohort_summary(result.items))
@@ -328,22 +460,33 @@ def qa_text(metrics: dict[str, Any]) -> str:
         change = f"{_num(-reduction, unit=' %')} HIGHER: the conversion moved away from the reference"
     else:
         change = f"{_num(reduction, unit=' %')} lower"
-    return (f"RMSE vs reference: original {_num(metrics.get('rmse_original_hu'), unit=' HU')}, converted "
-            f"{_num(metrics.get('rmse_converted_hu'), unit=' HU')} ({change}); LAA-950 original "
-            f"{_num(metrics.get('laa950_original'), unit=' %')}, converted "
-            f"{_num(metrics.get('laa950_converted'), unit=' %')}, reference "
-            f"{_num(metrics.get('laa950_reference'), unit=' %')}")
+    return (
+        f"RMSE vs reference: original {_num(metrics.get('rmse_original_hu'), unit=' HU')}, converted "
+        f"{_num(metrics.get('rmse_converted_hu'), unit=' HU')} ({change}); LAA-950 original "
+        f"{_num(metrics.get('laa950_original'), unit=' %')}, converted "
+        f"{_num(metrics.get('laa950_converted'), unit=' %')}, reference "
+        f"{_num(metrics.get('laa950_reference'), unit=' %')}"
+    )
 
 
 def report_text(result: RunResult) -> str:
     """What ct-report prints for people."""
     s = result.summary
-    lines = [f"{s.get('ok', 0)} of {s.get('exams', 0)} exam(s) evaluated"
-             + (f", {s['failed']} failed" if s.get("failed") else "")
-             + (f"; mean RMSE reduction {_num(s.get('rmse_reduction_pct_mean'), unit=' %')}" if s.get("ok") else "")]
+    lines = [
+        f"{s.get('ok', 0)} of {s.get('exams', 0)} exam(s) evaluated"
+        + (f", {s['failed']} failed" if s.get("failed") else "")
+        + (
+            f"; mean RMSE reduction {_num(s.get('rmse_reduction_pct_mean'), unit=' %')}"
+            if s.get("ok")
+            else ""
+        )
+    ]
     for name, v in s.get("bland_altman_laa950", {}).items():
-        loa = (f", 95 % limits of agreement {_num(v['loa_low'], '+.2f')} to {_num(v['loa_high'], '+.2f')}"
-               if v.get("sd") is not None and math.isfinite(v["sd"]) else "")
+        loa = (
+            f", 95 % limits of agreement {_num(v['loa_low'], '+.2f')} to {_num(v['loa_high'], '+.2f')}"
+            if v.get("sd") is not None and math.isfinite(v["sd"])
+            else ""
+        )
         lines.append(f"LAA-950 {name.replace('_', ' ')}: bias {_num(v['bias'], '+.2f')} points{loa}")
     if "html" in result.outputs:
         lines.append(f"report: {result.outputs['html']}")

@@ -71,9 +71,11 @@ def load_pairs(exams, source: str, target: str, *, progress: bool = False) -> tu
         x, _ = exam.series[source].load()
         y, _ = exam.series[target].load()
         if x.shape != y.shape:
-            raise InputError(f"the {source} series ({x.shape[0]} slices of {x.shape[1]}x{x.shape[2]}) and the "
-                             f"{target} series ({y.shape[0]} slices of {y.shape[1]}x{y.shape[2]}) differ in shape",
-                             path=exam.path)
+            raise InputError(
+                f"the {source} series ({x.shape[0]} slices of {x.shape[1]}x{x.shape[2]}) and the "
+                f"{target} series ({y.shape[0]} slices of {y.shape[1]}x{y.shape[2]}) differ in shape",
+                path=exam.path,
+            )
         xs.append(_to_int16(x))
         ys.append(_to_int16(y))
     if not xs:
@@ -99,9 +101,16 @@ class CTTrainTask:
     metric = METRIC
     mode = "min"
 
-    def __init__(self, cfg: CTTrainConfig, net_config, train_xy: tuple[np.ndarray, np.ndarray],
-                 val_xy: tuple[np.ndarray, np.ndarray] | None, *, split: dict[str, list[str]],
-                 training_data: str) -> None:
+    def __init__(
+        self,
+        cfg: CTTrainConfig,
+        net_config,
+        train_xy: tuple[np.ndarray, np.ndarray],
+        val_xy: tuple[np.ndarray, np.ndarray] | None,
+        *,
+        split: dict[str, list[str]],
+        training_data: str,
+    ) -> None:
         self.cfg, self.net_config = cfg, net_config
         self.x_tr, self.y_tr = train_xy
         self.has_validation = val_xy is not None
@@ -124,7 +133,9 @@ class CTTrainTask:
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
         import torch
 
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.cfg.lr_step_epochs, gamma=self.cfg.lr_gamma)
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=self.cfg.lr_step_epochs, gamma=self.cfg.lr_gamma
+        )
 
     def train_batches(self, epoch: int, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``steps_per_epoch`` random batches (default: one pass), each slice cropped at one random offset."""
@@ -134,14 +145,20 @@ class CTTrainTask:
         for _ in range(steps):
             idx = rng.integers(0, n, self.cfg.batch_size)
             oy, ox = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
-            yield (self.x_tr[idx, None, oy:oy + crop, ox:ox + crop], self.y_tr[idx, None, oy:oy + crop, ox:ox + crop])
+            yield (
+                self.x_tr[idx, None, oy : oy + crop, ox : ox + crop],
+                self.y_tr[idx, None, oy : oy + crop, ox : ox + crop],
+            )
 
-    def train_step(self, model: torch.nn.Module, batch: tuple[np.ndarray, np.ndarray],
-                   device: torch.device) -> torch.Tensor:
+    def train_step(
+        self, model: torch.nn.Module, batch: tuple[np.ndarray, np.ndarray], device: torch.device
+    ) -> torch.Tensor:
         import torch
 
-        x, y = (torch.from_numpy(a).to(device, torch.float32).contiguous(memory_format=torch.channels_last)
-                for a in batch)
+        x, y = (
+            torch.from_numpy(a).to(device, torch.float32).contiguous(memory_format=torch.channels_last)
+            for a in batch
+        )
         # L2 loss on the residual, in units of hu_scale (same optimum as on HU, well-conditioned for Adam)
         return torch.mean(((model(x) - y) / self.net_config.hu_scale) ** 2)
 
@@ -152,8 +169,8 @@ class CTTrainTask:
         predictor = slice_predictor(model, device=str(device), amp="off")
         sq, bs = 0.0, self.cfg.batch_size
         for i in range(0, len(self.x_va), bs):
-            out = predictor(self.x_va[i:i + bs, None].astype(np.float32))
-            sq += float(np.sum((out.astype(np.float64) - self.y_va[i:i + bs]) ** 2))
+            out = predictor(self.x_va[i : i + bs, None].astype(np.float32))
+            sq += float(np.sum((out.astype(np.float64) - self.y_va[i : i + bs]) ** 2))
         return {METRIC: float(np.sqrt(sq / self.y_va.size)) if self.y_va.size else float("nan")}
 
     def weights_meta(self, metrics: dict[str, float], epoch: int) -> CheckpointMeta:
@@ -162,12 +179,19 @@ class CTTrainTask:
 
         nc = self.net_config
         return CheckpointMeta(
-            model=MODEL_NAME, task=f"{nc.source_kernel}->{nc.target_kernel}", config=nc.to_dict(),
+            model=MODEL_NAME,
+            task=f"{nc.source_kernel}->{nc.target_kernel}",
+            config=nc.to_dict(),
             training_data=self.training_data,
             normalisation={"hu_mean": nc.hu_mean, "hu_scale": nc.hu_scale, "input": "raw HU"},
-            metrics={**metrics, "input_rmse_hu": self.input_rmse_hu, "epoch": epoch,
-                     "validated_on": "held-out exams" if self.has_validation else "training exams"},
-            notes=json.dumps(self.cfg.extra) if self.cfg.extra else "")
+            metrics={
+                **metrics,
+                "input_rmse_hu": self.input_rmse_hu,
+                "epoch": epoch,
+                "validated_on": "held-out exams" if self.has_validation else "training exams",
+            },
+            notes=json.dumps(self.cfg.extra) if self.cfg.extra else "",
+        )
 
     def config_dict(self) -> dict[str, Any]:
         return {"ct": asdict(self.cfg), "model": self.net_config.to_dict(), "split": self.split}
@@ -182,12 +206,22 @@ def _resumed_net_config(out_dir: Path, source: str, target: str):
     meta = read_meta(out_dir / LAST)
     have = (meta.config.get("source_kernel"), meta.config.get("target_kernel"))
     if have != (source, target):
-        raise InputError(f"--resume: this run trains {have[0]}->{have[1]}, not {source}->{target}", path=out_dir)
+        raise InputError(
+            f"--resume: this run trains {have[0]}->{have[1]}, not {source}->{target}", path=out_dir
+        )
     return KernelNetConfig.from_dict(meta.config)
 
 
-def train(pairs: list[str | Path], out_dir: str | Path, config: CTTrainConfig, *, device: str = "auto",
-          resume: bool = False, overwrite: bool = False, progress: bool = False) -> TrainResult:
+def train(
+    pairs: list[str | Path],
+    out_dir: str | Path,
+    config: CTTrainConfig,
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> TrainResult:
     """Train one direction on paired exams, validate on held-out exams each epoch, keep the best weights."""
     from medseg.ct.cohort import discover_exams, split_exams
     from medseg.ct.model import KernelNetConfig
@@ -208,15 +242,35 @@ def train(pairs: list[str | Path], out_dir: str | Path, config: CTTrainConfig, *
     if len(train_xy[0]) == 0:
         raise InputError("no training slices found", path=pairs[0])
     if net_config is None:
-        net_config = KernelNetConfig(source, target, cfg.channels, cfg.depth, hu_mean=float(train_xy[0].mean()),
-                                     hu_scale=1000.0)
+        net_config = KernelNetConfig(
+            source, target, cfg.channels, cfg.depth, hu_mean=float(train_xy[0].mean()), hu_scale=1000.0
+        )
     names = {part: [e.name for e in part_exams] for part, part_exams in split.items()}
-    task = CTTrainTask(cfg, net_config, train_xy, val_xy, split=names, training_data=cfg.training_data or
-                       f"{len(split['train'])} exam(s) from {', '.join(map(str, pairs))}")
-    result = fit(task, out_dir, TrainConfig(epochs=cfg.epochs, seed=cfg.seed, max_minutes=cfg.max_minutes, amp="off"),
-                 device=device, resume=resume, overwrite=overwrite, progress=progress)
-    result.extra.update({"source_kernel": source, "target_kernel": target, "input_rmse_hu": task.input_rmse_hu,
-                         "split": names})
+    task = CTTrainTask(
+        cfg,
+        net_config,
+        train_xy,
+        val_xy,
+        split=names,
+        training_data=cfg.training_data or f"{len(split['train'])} exam(s) from {', '.join(map(str, pairs))}",
+    )
+    result = fit(
+        task,
+        out_dir,
+        TrainConfig(epochs=cfg.epochs, seed=cfg.seed, max_minutes=cfg.max_minutes, amp="off"),
+        device=device,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    result.extra.update(
+        {
+            "source_kernel": source,
+            "target_kernel": target,
+            "input_rmse_hu": task.input_rmse_hu,
+            "split": names,
+        }
+    )
     return result
 
 
@@ -224,6 +278,8 @@ def train_text(result: TrainResult) -> str:
     """What ct-train prints for people."""
     e = result.extra
     best = "n/a" if result.best_metric != result.best_metric else f"{result.best_metric:.2f} HU"
-    return (f"{e.get('source_kernel')}->{e.get('target_kernel')}: best validation RMSE {best} at epoch "
-            f"{result.best_epoch} of {result.epochs} (unconverted input: {e.get('input_rmse_hu', float('nan')):.2f} HU; "
-            f"validated on {result.validated_on}; {result.stopped}) -> {result.best_weights}")
+    return (
+        f"{e.get('source_kernel')}->{e.get('target_kernel')}: best validation RMSE {best} at epoch "
+        f"{result.best_epoch} of {result.epochs} (unconverted input: {e.get('input_rmse_hu', float('nan')):.2f} HU; "
+        f"validated on {result.validated_on}; {result.stopped}) -> {result.best_weights}"
+    )

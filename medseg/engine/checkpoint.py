@@ -40,7 +40,9 @@ class CheckpointMeta:
     normalisation: dict[str, Any] = field(default_factory=dict)
     version: str = "1"  # version of these weights
     medseg_version: str = __version__
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
     notes: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -116,4 +118,6 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise ModelError(f"cannot load training state safely: {str(exc).splitlines()[0]}", path=path) from None
+        raise ModelError(
+            f"cannot load training state safely: {str(exc).splitlines()[0]}", path=path
+        ) from None

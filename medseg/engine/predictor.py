@@ -61,10 +61,17 @@ class Predictor:
     ``nn.Module.to``: a trainer that validates through a predictor puts the model back in train mode.
     """
 
-    def __init__(self, model: torch.nn.Module, *, device: str | torch.device = "auto",
-                 amp: str | bool | None = "auto", channels_last: bool = True, cudnn_benchmark: bool = False,
-                 prepare: Callable[[torch.Tensor], Any] | None = None,
-                 postprocess: str | Callable[[Any], Any] = "float") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: str | torch.device = "auto",
+        amp: str | bool | None = "auto",
+        channels_last: bool = True,
+        cudnn_benchmark: bool = False,
+        prepare: Callable[[torch.Tensor], Any] | None = None,
+        postprocess: str | Callable[[Any], Any] = "float",
+    ) -> None:
         import torch
 
         from medseg.engine.runtime import resolve_amp_dtype, select_device
@@ -84,10 +91,14 @@ class Predictor:
     @property
     def amp_name(self) -> str:
         """'bf16', 'fp16' or 'fp32': what the report and the JSON say about precision."""
-        return {None: "fp32"}.get(self.amp_dtype, str(self.amp_dtype).replace("torch.", "").replace("bfloat", "bf")
-                                   .replace("float", "fp"))
+        return {None: "fp32"}.get(
+            self.amp_dtype,
+            str(self.amp_dtype).replace("torch.", "").replace("bfloat", "bf").replace("float", "fp"),
+        )
 
-    def to_device(self, batch: np.ndarray | torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def to_device(
+        self, batch: np.ndarray | torch.Tensor, *, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """NumPy/tensor -> tensor on the device (pinned + non-blocking on CUDA; NHWC for 4-D)."""
         import torch
 
@@ -95,7 +106,9 @@ class Predictor:
         if dtype is not None:
             tensor = tensor.to(dtype)
         if self.device.type == "cuda":
-            tensor = (tensor if tensor.is_pinned() else tensor.pin_memory()).to(self.device, non_blocking=True)
+            tensor = (tensor if tensor.is_pinned() else tensor.pin_memory()).to(
+                self.device, non_blocking=True
+            )
         else:
             tensor = tensor.to(self.device)
         if self.channels_last and tensor.ndim == 4 and tensor.is_floating_point():

@@ -53,8 +53,9 @@ class _Bar(_Plain[T]):
             self._bar.set_postfix(**values)
 
 
-def progress_bar(iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True,
-                 unit: str = "it") -> _Plain[T]:
+def progress_bar(
+    iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True, unit: str = "it"
+) -> _Plain[T]:
     """Wrap ``iterable`` in a tqdm bar on a TTY; plain iteration otherwise or when disabled."""
     if not enabled or not sys.stderr.isatty():
         return _Plain(iterable)

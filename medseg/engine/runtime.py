@@ -37,7 +37,9 @@ def select_device(spec: str = "auto") -> torch.device:
         raise InputError(f"device {spec!r} requested but CUDA is not available on this machine")
     index = int(spec.split(":")[1]) if ":" in spec else 0
     if index >= torch.cuda.device_count():
-        raise InputError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        raise InputError(
+            f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
     return torch.device("cuda", index)
 
 

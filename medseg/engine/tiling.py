@@ -59,8 +59,9 @@ def _axis_origins(size: int, core: int, step: int) -> list[int]:
     return origins
 
 
-def plan_tiles(shape: tuple[int, int], *, tile: int | tuple[int, int], margin: int | tuple[int, int],
-               align: int = 1) -> TilePlan:
+def plan_tiles(
+    shape: tuple[int, int], *, tile: int | tuple[int, int], margin: int | tuple[int, int], align: int = 1
+) -> TilePlan:
     """Lay out tiles for an image of ``shape`` (h, w)."""
     tile, margin = _pair(tile), _pair(margin)
     if align < 1:
@@ -76,17 +77,20 @@ def plan_tiles(shape: tuple[int, int], *, tile: int | tuple[int, int], margin: i
         steps.append(step)
     ys = _axis_origins(shape[0], tile[0] - 2 * margin[0], steps[0])
     xs = _axis_origins(shape[1], tile[1] - 2 * margin[1], steps[1])
-    return TilePlan(tile=tile, margin=margin, step=(steps[0], steps[1]),
-                    origins=tuple((y, x) for y in ys for x in xs))
+    return TilePlan(
+        tile=tile, margin=margin, step=(steps[0], steps[1]), origins=tuple((y, x) for y in ys for x in xs)
+    )
 
 
 def _mirrored_indices(start: int, stop: int, size: int, mode: str) -> np.ndarray:
     """Indices into ``[0, size)`` for coordinates ``start..stop-1``, mirrored by ``np.pad``."""
     before, after = max(-start, 0), max(stop - size, 0)
-    return np.pad(np.arange(size), (before, after), mode=mode)[start + before:stop + before]
+    return np.pad(np.arange(size), (before, after), mode=mode)[start + before : stop + before]
 
 
-def extract_tile(image: np.ndarray, y0: int, x0: int, tile: tuple[int, int], *, mode: str = "reflect") -> np.ndarray:
+def extract_tile(
+    image: np.ndarray, y0: int, x0: int, tile: tuple[int, int], *, mode: str = "reflect"
+) -> np.ndarray:
     """Input tile whose top-left is (y0, x0) in image coordinates (may be negative), mirrored.
 
     ``reflect`` mirrors about the edge pixel (d c b | a b c d | c b a), ``symmetric`` repeats it,
@@ -102,10 +106,19 @@ def extract_tile(image: np.ndarray, y0: int, x0: int, tile: tuple[int, int], *, 
     return np.ascontiguousarray(image[..., iy[:, None], ix[None, :]])
 
 
-def overlap_tile_predict(predictor: Predictor, image: np.ndarray, *, tile: int | tuple[int, int],
-                         margin: int | tuple[int, int], align: int = 1, batch_size: int = 4,
-                         mode: str = "reflect", out: np.ndarray | None = None,
-                         out_dtype: np.dtype | type = np.float32, prefetch_depth: int = 2) -> np.ndarray:
+def overlap_tile_predict(
+    predictor: Predictor,
+    image: np.ndarray,
+    *,
+    tile: int | tuple[int, int],
+    margin: int | tuple[int, int],
+    align: int = 1,
+    batch_size: int = 4,
+    mode: str = "reflect",
+    out: np.ndarray | None = None,
+    out_dtype: np.dtype | type = np.float32,
+    prefetch_depth: int = 2,
+) -> np.ndarray:
     """Predict ``image`` (C, H, W) or (H, W) tile by tile; return (K, H, W).
 
     ``predictor`` maps a float32 batch (N, C, th, tw) to (N, K, oh, ow) with ``oh = th - 2*s``
@@ -127,22 +140,32 @@ def overlap_tile_predict(predictor: Predictor, image: np.ndarray, *, tile: int |
         tiles = [extract_tile(image, y0 - my, x0 - mx, plan.tile, mode=mode) for y0, x0 in origins]
         return origins, np.stack(tiles).astype(np.float32, copy=False)
 
-    batches: Iterator = prefetch(iter_batches(plan.origins, batch_size), depth=prefetch_depth,
-                                 transform=make_batch)
+    batches: Iterator = prefetch(
+        iter_batches(plan.origins, batch_size), depth=prefetch_depth, transform=make_batch
+    )
     for origins, batch in batches:
         pred = np.asarray(predictor(batch))
         if pred.ndim != 4 or pred.shape[0] != len(origins):
             raise ValueError(f"predictor returned shape {pred.shape} for a batch of {batch.shape}")
         sy, sx = plan.tile[0] - pred.shape[2], plan.tile[1] - pred.shape[3]
         if sy % 2 or sx % 2 or sy < 0 or sx < 0 or sy // 2 > my or sx // 2 > mx:
-            raise ValueError(f"predictor output {pred.shape[2:]} does not fit tile {plan.tile} with margin {plan.margin}")
+            raise ValueError(
+                f"predictor output {pred.shape[2:]} does not fit tile {plan.tile} with margin {plan.margin}"
+            )
         oy, ox = my - sy // 2, mx - sx // 2  # what is left of the margin to crop
         if out is None:
             out = np.zeros((pred.shape[1], h, w), dtype=out_dtype)
         for (y0, x0), p in zip(origins, pred):
             hh, ww = min(cy, h - y0), min(cx, w - x0)
-            out[:, y0:y0 + hh, x0:x0 + ww] = p[:, oy:oy + hh, ox:ox + ww]
-    log.debug("overlap-tile: %d tiles of %s (margin %s, step %s) for %dx%d",
-              len(plan.origins), plan.tile, plan.margin, plan.step, h, w)
+            out[:, y0 : y0 + hh, x0 : x0 + ww] = p[:, oy : oy + hh, ox : ox + ww]
+    log.debug(
+        "overlap-tile: %d tiles of %s (margin %s, step %s) for %dx%d",
+        len(plan.origins),
+        plan.tile,
+        plan.margin,
+        plan.step,
+        h,
+        w,
+    )
     assert out is not None
     return out

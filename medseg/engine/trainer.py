@@ -33,8 +33,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("medseg.train")
 
-BEST, LAST, STATE, HISTORY, CONFIG = "best.safetensors", "last.safetensors", "state.pt", "history.json", \
-    "train_config.json"
+BEST, LAST, STATE, HISTORY, CONFIG = (
+    "best.safetensors",
+    "last.safetensors",
+    "state.pt",
+    "history.json",
+    "train_config.json",
+)
 TRAIN_FILES = (BEST, LAST, STATE, HISTORY, CONFIG)
 
 
@@ -112,8 +117,11 @@ def preflight(out_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
     elif not overwrite:
         existing = [name for name in TRAIN_FILES if (out_dir / name).exists()]
         if existing:
-            raise OutputExistsError(f"holds a training run ({', '.join(existing)}); use --resume to continue or "
-                                    "--overwrite to start again", path=out_dir)
+            raise OutputExistsError(
+                f"holds a training run ({', '.join(existing)}); use --resume to continue or "
+                "--overwrite to start again",
+                path=out_dir,
+            )
     check_writable(out_dir)
     return out_dir
 
@@ -126,8 +134,16 @@ def _better(value: float, best: float, mode: str) -> bool:
     return value < best if mode == "min" else value > best
 
 
-def fit(task: TrainTask, out_dir: str | Path, config: TrainConfig, *, device: str = "auto", resume: bool = False,
-        overwrite: bool = False, progress: bool = False) -> TrainResult:
+def fit(
+    task: TrainTask,
+    out_dir: str | Path,
+    config: TrainConfig,
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> TrainResult:
     """Train ``task`` for ``config.epochs`` (1-based) epochs, validating after each; see module doc."""
     import torch
 
@@ -160,26 +176,39 @@ def fit(task: TrainTask, out_dir: str | Path, config: TrainConfig, *, device: st
         best, best_epoch = float(state["best"]), int(state["best_epoch"])
         rng.bit_generator.state = json.loads(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
-        log.info("resuming after epoch %d (best %s %.4g at epoch %d)", start_epoch, task.metric, best, best_epoch)
+        log.info(
+            "resuming after epoch %d (best %s %.4g at epoch %d)", start_epoch, task.metric, best, best_epoch
+        )
     if start_epoch >= config.epochs:
-        log.warning("already trained %d of %d epoch(s): nothing to do (raise --epochs to continue)",
-                    start_epoch, config.epochs)
+        log.warning(
+            "already trained %d of %d epoch(s): nothing to do (raise --epochs to continue)",
+            start_epoch,
+            config.epochs,
+        )
     if not task.has_validation and not getattr(task, "validation_warned", False):
-        log.warning("no held-out validation data: %s is computed on the training data, so 'best' may overfit",
-                    task.metric)
+        log.warning(
+            "no held-out validation data: %s is computed on the training data, so 'best' may overfit",
+            task.metric,
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:  # --overwrite: nothing of an older run may pass for this one's (e.g. its best weights)
         for name in TRAIN_FILES:
             (out_dir / name).unlink(missing_ok=True)
-    write_text(out_dir / CONFIG, json.dumps({"train": asdict(config), "task": task.config_dict()}, indent=2,
-                                            default=str) + "\n")
+    write_text(
+        out_dir / CONFIG,
+        json.dumps({"train": asdict(config), "task": task.config_dict()}, indent=2, default=str) + "\n",
+    )
     budget = config.max_minutes * 60.0 if config.max_minutes else None
     stopped = "completed"
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0, losses = time.perf_counter(), []
         model.train()
-        bar = progress_bar(task.train_batches(epoch, rng), desc=f"epoch {epoch}/{config.epochs}", enabled=progress,
-                           unit="batch")
+        bar = progress_bar(
+            task.train_batches(epoch, rng),
+            desc=f"epoch {epoch}/{config.epochs}",
+            enabled=progress,
+            unit="batch",
+        )
         for batch in bar:
             with autocast(dev, amp_dtype):
                 loss = task.train_step(model, batch, dev)
@@ -209,30 +238,57 @@ def fit(task: TrainTask, out_dir: str | Path, config: TrainConfig, *, device: st
         if task.metric not in metrics:
             raise ValueError(f"validate() did not return {task.metric!r}")
         value = metrics[task.metric]
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"), **metrics,
-                  "lr": float(optimizer.param_groups[0]["lr"]), "seconds": round(time.perf_counter() - t0, 3)}
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            **metrics,
+            "lr": float(optimizer.param_groups[0]["lr"]),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         history.append(record)
-        log.info("epoch %d/%d: loss %.4g, %s %.4g", epoch, config.epochs, record["train_loss"], task.metric, value)
+        log.info(
+            "epoch %d/%d: loss %.4g, %s %.4g", epoch, config.epochs, record["train_loss"], task.metric, value
+        )
         meta = task.weights_meta(metrics, epoch)
         if _better(value, best, task.mode):
             best, best_epoch = value, epoch
             save_weights(out_dir / BEST, model.state_dict(), meta)
         save_weights(out_dir / LAST, model.state_dict(), meta)
-        save_training_state(out_dir / STATE, {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
-            "epoch": epoch, "best": best, "best_epoch": best_epoch, "history": history,
-            "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()})
+        save_training_state(
+            out_dir / STATE,
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler else None,
+                "epoch": epoch,
+                "best": best,
+                "best_epoch": best_epoch,
+                "history": history,
+                "numpy_rng": json.dumps(rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
         from medseg.results import json_safe
 
         write_text(out_dir / HISTORY, json.dumps(json_safe(history), indent=2) + "\n")
         if stopped != "completed":
-            log.warning("stopped after epoch %d: the time budget of %s minute(s) is spent", epoch, config.max_minutes)
+            log.warning(
+                "stopped after epoch %d: the time budget of %s minute(s) is spent", epoch, config.max_minutes
+            )
             break
     if not (out_dir / BEST).is_file() and (out_dir / LAST).is_file():
         # no finite validation value yet: the last weights are the best we have
         save_weights(out_dir / BEST, *load_weights(out_dir / LAST))
     return TrainResult(
-        out_dir=str(out_dir), best_weights=str(out_dir / BEST), last_weights=str(out_dir / LAST),
-        metric=task.metric, best_metric=best, best_epoch=best_epoch, epochs=len(history), stopped=stopped,
-        device=str(dev), seconds=round(time.perf_counter() - t_start, 3),
-        validated_on="held-out data" if task.has_validation else "training data", history=history)
+        out_dir=str(out_dir),
+        best_weights=str(out_dir / BEST),
+        last_weights=str(out_dir / LAST),
+        metric=task.metric,
+        best_metric=best,
+        best_epoch=best_epoch,
+        epochs=len(history),
+        stopped=stopped,
+        device=str(dev),
+        seconds=round(time.perf_counter() - t_start, 3),
+        validated_on="held-out data" if task.has_validation else "training data",
+        history=history,
+    )

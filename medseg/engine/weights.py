@@ -16,8 +16,10 @@ log = logging.getLogger("medseg")
 
 DEMO_ROOT = Path(__file__).resolve().parents[1] / "weights"
 
-DEMO_WARNING = ("using the demo weights {name} (trained on synthetic data only: a demo, not for clinical use); "
-                "pass --weights for your own model")
+DEMO_WARNING = (
+    "using the demo weights {name} (trained on synthetic data only: a demo, not for clinical use); "
+    "pass --weights for your own model"
+)
 
 
 def demo_weights_path(*parts: str) -> Path:
@@ -34,8 +36,9 @@ def resolve_weights(weights: str | Path | None, *, demo: str | Path) -> tuple[Pa
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise ModelError("weights file not found" if not path.exists() else "weights path is not a file",
-                             path=path)
+            raise ModelError(
+                "weights file not found" if not path.exists() else "weights path is not a file", path=path
+            )
         return path, False
     path = demo_weights_path(str(demo))
     if not path.is_file():

@@ -45,9 +45,16 @@ class DicomSeries:
     irregular: bool = False  # missing slices / uneven gaps
 
     def meta(self) -> VolumeMeta:
-        return VolumeMeta(spacing=self.spacing, origin=self.origin, direction=self.direction, source="dicom",
-                          path=str(self.files[0].parent), kernel=self.kernel, modality=self.modality,
-                          series_uid=self.uid)
+        return VolumeMeta(
+            spacing=self.spacing,
+            origin=self.origin,
+            direction=self.direction,
+            source="dicom",
+            path=str(self.files[0].parent),
+            kernel=self.kernel,
+            modality=self.modality,
+            series_uid=self.uid,
+        )
 
 
 def kernel_of(ds) -> str:
@@ -88,21 +95,29 @@ def scan_dicom(path: str | Path) -> tuple[dict[str, list[tuple[Path, object]]], 
     return groups, skipped
 
 
-def _geometry(headers: list[tuple[Path, object]]) -> tuple[list[tuple[Path, object]], list[float], np.ndarray, np.ndarray]:
+def _geometry(
+    headers: list[tuple[Path, object]],
+) -> tuple[list[tuple[Path, object]], list[float], np.ndarray, np.ndarray]:
     first = headers[0][1]
     iop = [float(v) for v in first.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
     row, col = np.array(iop[:3]), np.array(iop[3:])
     normal = np.cross(row, col)
     if all("ImagePositionPatient" in ds for _, ds in headers):
-        keyed = [(float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])), f, ds) for f, ds in headers]
+        keyed = [
+            (float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])), f, ds) for f, ds in headers
+        ]
     else:
-        keyed = [(float(ds.get("InstanceNumber", i)) * float(ds.get("SliceThickness", 1.0) or 1.0), f, ds)
-                 for i, (f, ds) in enumerate(headers)]
+        keyed = [
+            (float(ds.get("InstanceNumber", i)) * float(ds.get("SliceThickness", 1.0) or 1.0), f, ds)
+            for i, (f, ds) in enumerate(headers)
+        ]
     keyed.sort(key=lambda t: t[0])
     return [(f, ds) for _, f, ds in keyed], [k for k, _, _ in keyed], np.stack([row, col, normal], 1), normal
 
 
-def open_series(path: str | Path, *, series_uid: str | None = None, modality: str | None = "CT") -> DicomSeries:
+def open_series(
+    path: str | Path, *, series_uid: str | None = None, modality: str | None = "CT"
+) -> DicomSeries:
     """Find exactly one series under ``path`` (pick with ``series_uid`` when there are several)."""
     path = Path(path)
     if not path.exists():
@@ -116,11 +131,16 @@ def open_series(path: str | Path, *, series_uid: str | None = None, modality: st
         raise InputError("no DICOM images found", path=path)
     if series_uid is not None:
         if series_uid not in groups:
-            raise InputError(f"series {series_uid} not found; present: {', '.join(sorted(groups))}", path=path)
+            raise InputError(
+                f"series {series_uid} not found; present: {', '.join(sorted(groups))}", path=path
+            )
         headers = groups[series_uid]
     elif len(groups) > 1:
-        listing = "; ".join(f"{uid} ({len(h)} images, {kernel_of(h[0][1]) or 'no kernel'}, "
-                            f"{h[0][1].get('SeriesDescription', '')})" for uid, h in sorted(groups.items()))
+        listing = "; ".join(
+            f"{uid} ({len(h)} images, {kernel_of(h[0][1]) or 'no kernel'}, "
+            f"{h[0][1].get('SeriesDescription', '')})"
+            for uid, h in sorted(groups.items())
+        )
         raise InputError(f"{len(groups)} series found, choose one with --series-uid: {listing}", path=path)
     else:
         series_uid, headers = next(iter(groups.items()))
@@ -139,22 +159,37 @@ def open_series(path: str | Path, *, series_uid: str | None = None, modality: st
     if len(gaps):
         if np.any(gaps < 1e-3):
             i = int(np.argmin(gaps))
-            raise InputError(f"two slices share position {positions[i]:.2f} mm ({headers[i][0].name}, "
-                             f"{headers[i + 1][0].name}): duplicated or mixed series", path=path)
+            raise InputError(
+                f"two slices share position {positions[i]:.2f} mm ({headers[i][0].name}, "
+                f"{headers[i + 1][0].name}): duplicated or mixed series",
+                path=path,
+            )
         z_spacing = float(np.median(gaps))
         bad = np.flatnonzero(np.abs(gaps - z_spacing) > 0.1 * z_spacing)
         if bad.size:
             irregular = True
             i = int(bad[0])
-            warnings.append(f"inconsistent slice spacing: gap of {gaps[i]:.2f} mm after {headers[i][0].name} "
-                            f"(median {z_spacing:.2f} mm; {bad.size} irregular gap(s), missing slices?)")
+            warnings.append(
+                f"inconsistent slice spacing: gap of {gaps[i]:.2f} mm after {headers[i][0].name} "
+                f"(median {z_spacing:.2f} mm; {bad.size} irregular gap(s), missing slices?)"
+            )
     ps = [float(v) for v in first.get("PixelSpacing", [1.0, 1.0])]
     origin = tuple(float(v) for v in headers[0][1].get("ImagePositionPatient", [0.0, 0.0, 0.0]))
     series = DicomSeries(
-        uid=str(series_uid), files=[f for f, _ in headers], modality=found_modality, kernel=kernel_of(first),
-        description=str(first.get("SeriesDescription", "")), rows=int(first.Rows), columns=int(first.Columns),
-        spacing=(z_spacing, ps[0], ps[1]), origin=origin, direction=tuple(axes.flatten().tolist()),
-        positions=positions, warnings=warnings, irregular=irregular)
+        uid=str(series_uid),
+        files=[f for f, _ in headers],
+        modality=found_modality,
+        kernel=kernel_of(first),
+        description=str(first.get("SeriesDescription", "")),
+        rows=int(first.Rows),
+        columns=int(first.Columns),
+        spacing=(z_spacing, ps[0], ps[1]),
+        origin=origin,
+        direction=tuple(axes.flatten().tolist()),
+        positions=positions,
+        warnings=warnings,
+        irregular=irregular,
+    )
     for w in warnings:
         log.warning("%s: %s", path, w)
     return series
@@ -168,7 +203,9 @@ def decode_hu(ds, path: Path) -> np.ndarray:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         hu = _decode_with_sitk(path) if syntax is not None and syntax.is_compressed else None
         if hu is None:
-            raise InputError(f"cannot decode pixel data ({str(exc).splitlines()[0][:160]})", path=path) from None
+            raise InputError(
+                f"cannot decode pixel data ({str(exc).splitlines()[0][:160]})", path=path
+            ) from None
         return hu
     if pixels.ndim != 2:
         raise InputError(f"expected one 2D frame per file, got shape {pixels.shape}", path=path)
@@ -177,8 +214,9 @@ def decode_hu(ds, path: Path) -> np.ndarray:
     try:  # Modality LUT or RescaleSlope/Intercept, as the standard defines them
         hu = apply_rescale(pixels, ds)
     except (TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise InputError(f"invalid rescale (RescaleSlope/RescaleIntercept or Modality LUT): {exc}",
-                         path=path) from None
+        raise InputError(
+            f"invalid rescale (RescaleSlope/RescaleIntercept or Modality LUT): {exc}", path=path
+        ) from None
     return np.asarray(hu, dtype=np.float32)
 
 
@@ -231,9 +269,16 @@ def _set_pixels_int16(ds, hu: np.ndarray) -> None:
     from pydicom.uid import ExplicitVRLittleEndian
 
     stored = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
-    for tag in ("SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue",
-                "PixelPaddingRangeLimit", "SmallestPixelValueInSeries", "LargestPixelValueInSeries",
-                "FloatPixelData", "DoubleFloatPixelData"):
+    for tag in (
+        "SmallestImagePixelValue",
+        "LargestImagePixelValue",
+        "PixelPaddingValue",
+        "PixelPaddingRangeLimit",
+        "SmallestPixelValueInSeries",
+        "LargestPixelValueInSeries",
+        "FloatPixelData",
+        "DoubleFloatPixelData",
+    ):
         if tag in ds:
             del ds[tag]
     ds.SamplesPerPixel = 1
@@ -296,7 +341,9 @@ def write_derived_slice(source_ds, hu: np.ndarray, out_file: Path, derivation: D
     if derivation.kernel is not None:
         ds.ConvolutionKernel = derivation.kernel
     ds.DerivationDescription = derivation.derivation_description[:1024]
-    ds.SeriesDescription = (str(source_ds.get("SeriesDescription", "")) + derivation.description_suffix)[-64:].strip()
+    ds.SeriesDescription = (str(source_ds.get("SeriesDescription", "")) + derivation.description_suffix)[
+        -64:
+    ].strip()
     now = _dt.datetime.now()
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
@@ -306,10 +353,22 @@ def write_derived_slice(source_ds, hu: np.ndarray, out_file: Path, derivation: D
     return sop_uid
 
 
-def write_ct_series(out_dir: Path, volume_hu: np.ndarray, *, spacing_zyx: tuple[float, float, float],
-                    kernel: str, study_uid: str, series_uid: str, frame_uid: str, series_number: int,
-                    description: str, patient_id: str = "SYNTH0001", patient_name: str = "Synthetic^Phantom",
-                    rescale_intercept: float = -1024.0, file_prefix: str = "IM") -> list[Path]:
+def write_ct_series(
+    out_dir: Path,
+    volume_hu: np.ndarray,
+    *,
+    spacing_zyx: tuple[float, float, float],
+    kernel: str,
+    study_uid: str,
+    series_uid: str,
+    frame_uid: str,
+    series_number: int,
+    description: str,
+    patient_id: str = "SYNTH0001",
+    patient_name: str = "Synthetic^Phantom",
+    rescale_intercept: float = -1024.0,
+    file_prefix: str = "IM",
+) -> list[Path]:
     """Write a new (original) CT series from a HU volume; used for phantoms and tests."""
     from pydicom.dataset import Dataset
 

@@ -46,8 +46,9 @@ def check_volume_output(path: str | Path) -> Path:
     """Pre-flight for a volume output: its extension must name a format medseg writes."""
     path = Path(path)
     if not has_volume_suffix(path, VOLUME_OUTPUT_SUFFIXES):
-        raise InputError(f"unknown volume file extension; use one of {', '.join(VOLUME_OUTPUT_SUFFIXES)}",
-                         path=path)
+        raise InputError(
+            f"unknown volume file extension; use one of {', '.join(VOLUME_OUTPUT_SUFFIXES)}", path=path
+        )
     return path
 
 
@@ -75,7 +76,7 @@ def nifti_nonfinite(path: str | Path, *, max_voxels: int = 1 << 24) -> int | Non
     count = 0
     try:
         for start in range(0, shape[-1], step):
-            block = proxy[..., start:start + step]
+            block = proxy[..., start : start + step]
             count += int(np.count_nonzero(~np.isfinite(block)))
     except (OSError, EOFError, ValueError):
         return None
@@ -105,8 +106,13 @@ def read_volume_sitk(path: str | Path) -> tuple[np.ndarray, VolumeMeta]:
     if bad:
         raise InputError(f"image contains {bad} NaN/Inf voxels", path=path)
     sx, sy, sz = image.GetSpacing()
-    meta = VolumeMeta(spacing=(sz, sy, sx), origin=tuple(image.GetOrigin()), direction=tuple(image.GetDirection()),
-                      source="sitk", path=str(path))
+    meta = VolumeMeta(
+        spacing=(sz, sy, sx),
+        origin=tuple(image.GetOrigin()),
+        direction=tuple(image.GetDirection()),
+        source="sitk",
+        path=str(path),
+    )
     return array, meta
 
 
@@ -149,5 +155,7 @@ def write_volume_sitk(path: str | Path, array: np.ndarray, meta: VolumeMeta, *, 
             sitk.WriteImage(image, str(tmp), useCompression=True)
         except RuntimeError as exc:  # ITK wraps OS errors (disk full, permissions) in RuntimeError
             msg = str(exc).strip().splitlines()
-            raise OSError(errno.EIO, f"cannot write image ({msg[-1] if msg else 'unknown error'})", str(path)) from None
+            raise OSError(
+                errno.EIO, f"cannot write image ({msg[-1] if msg else 'unknown error'})", str(path)
+            ) from None
     return path

@@ -67,27 +67,40 @@ def _fixed_scale_transform(scale: float, mean, std):
                 return image, target
             h, w = image.shape[-2:]
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear",
-                                                    align_corners=False, antialias=scale < 1)[0]
+            image = torch.nn.functional.interpolate(
+                image[None], size=size, mode="bilinear", align_corners=False, antialias=scale < 1
+            )[0]
             if target is not None and "boxes" in target:
                 ry, rx = size[0] / h, size[1] / w
                 target["boxes"] = target["boxes"] * torch.tensor([rx, ry, rx, ry], device=image.device)
             return image, target
 
-    return FixedScaleTransform(min_size=1, max_size=1, image_mean=list(mean), image_std=list(std),
-                               size_divisible=32)
+    return FixedScaleTransform(
+        min_size=1, max_size=1, image_mean=list(mean), image_std=list(std), size_divisible=32
+    )
 
 
 def _light_backbone(channels: tuple[int, ...]):
     from torch import nn
 
     def block(cin, cout, stride=1, dilation=1):
-        return [nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
-                nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        return [
+            nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        ]
 
     c0, c1, c2, c3 = channels
-    layers = (block(3, c0, 2) + block(c0, c0) + block(c0, c1, 2) + block(c1, c1) + block(c1, c2, 2)
-              + block(c2, c2) + block(c2, c3, dilation=2) + block(c3, c3, dilation=4))
+    layers = (
+        block(3, c0, 2)
+        + block(c0, c0)
+        + block(c0, c1, 2)
+        + block(c1, c1)
+        + block(c1, c2, 2)
+        + block(c2, c2)
+        + block(c2, c3, dilation=2)
+        + block(c3, c3, dilation=4)
+    )
     body = nn.Sequential(*layers)
     body.out_channels = c3  # what FasterRCNN reads
     return body
@@ -104,12 +117,23 @@ def build_light_detector(*, config: DetectorConfig | None = None):
     backbone = _light_backbone(tuple(cfg.channels))
     anchors = AnchorGenerator(sizes=(tuple(cfg.anchor_sizes),), aspect_ratios=(tuple(cfg.aspect_ratios),))
     roi = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
-    model = FasterRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=roi,
-                       box_head=TwoMLPHead(backbone.out_channels * 49, cfg.representation),
-                       box_predictor=FastRCNNPredictor(cfg.representation, cfg.num_classes),
-                       min_size=1, max_size=1, rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
-                       rpn_pre_nms_top_n_test=600, rpn_post_nms_top_n_test=300, box_batch_size_per_image=256,
-                       box_detections_per_img=cfg.detections_per_img, box_score_thresh=0.05)
+    model = FasterRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=roi,
+        box_head=TwoMLPHead(backbone.out_channels * 49, cfg.representation),
+        box_predictor=FastRCNNPredictor(cfg.representation, cfg.num_classes),
+        min_size=1,
+        max_size=1,
+        rpn_pre_nms_top_n_train=1000,
+        rpn_post_nms_top_n_train=500,
+        rpn_pre_nms_top_n_test=600,
+        rpn_post_nms_top_n_test=300,
+        box_batch_size_per_image=256,
+        box_detections_per_img=cfg.detections_per_img,
+        box_score_thresh=0.05,
+    )
     model.transform = _fixed_scale_transform(cfg.input_scale, cfg.image_mean, cfg.image_std)
     return model
 
@@ -119,18 +143,37 @@ def build_resnet50_fpn_detector(*, config: DetectorConfig | None = None, weights
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
     if weights is not None or weights_backbone is not None:
-        raise ModelError("pretrained torchvision weights are not downloaded; load medseg weights with --weights")
-    cfg = config or DetectorConfig(arch="resnet50-fpn", input_scale=1.0, image_mean=(0.485, 0.456, 0.406),
-                                   image_std=(0.229, 0.224, 0.225))
-    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=cfg.num_classes,
-                                    box_detections_per_img=cfg.detections_per_img, min_size=1, max_size=1)
+        raise ModelError(
+            "pretrained torchvision weights are not downloaded; load medseg weights with --weights"
+        )
+    cfg = config or DetectorConfig(
+        arch="resnet50-fpn",
+        input_scale=1.0,
+        image_mean=(0.485, 0.456, 0.406),
+        image_std=(0.229, 0.224, 0.225),
+    )
+    model = fasterrcnn_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=cfg.num_classes,
+        box_detections_per_img=cfg.detections_per_img,
+        min_size=1,
+        max_size=1,
+    )
     model.transform = _fixed_scale_transform(cfg.input_scale, cfg.image_mean, cfg.image_std)
     return model
 
 
 def resnet50_config() -> DetectorConfig:
-    return DetectorConfig(arch="resnet50-fpn", input_scale=1.0, image_mean=(0.485, 0.456, 0.406),
-                          image_std=(0.229, 0.224, 0.225), anchor_sizes=(), aspect_ratios=(), channels=())
+    return DetectorConfig(
+        arch="resnet50-fpn",
+        input_scale=1.0,
+        image_mean=(0.485, 0.456, 0.406),
+        image_std=(0.229, 0.224, 0.225),
+        anchor_sizes=(),
+        aspect_ratios=(),
+        channels=(),
+    )
 
 
 def build_detector(*, config: DetectorConfig):
@@ -153,22 +196,38 @@ def tiles_to_images(batch):
 
 def detections_to_numpy(outputs: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Predictor ``postprocess``: torchvision's list of dicts -> per tile NumPy (boxes, labels, scores)."""
-    return [(out["boxes"].float().cpu().numpy(), out["labels"].cpu().numpy(), out["scores"].float().cpu().numpy())
-            for out in outputs]
+    return [
+        (out["boxes"].float().cpu().numpy(), out["labels"].cpu().numpy(), out["scores"].float().cpu().numpy())
+        for out in outputs
+    ]
 
 
 class Detector:
     """A detector behind the engine :class:`~medseg.engine.predictor.Predictor`: uint8 tiles in,
     boxes in tile pixels out. The predictor owns device, AMP, channels_last and inference mode."""
 
-    def __init__(self, model, config: DetectorConfig, *, device: Any = "auto", amp: str | bool | None = "auto",
-                 channels_last: bool = True, source: str = "") -> None:
+    def __init__(
+        self,
+        model,
+        config: DetectorConfig,
+        *,
+        device: Any = "auto",
+        amp: str | bool | None = "auto",
+        channels_last: bool = True,
+        source: str = "",
+    ) -> None:
         from medseg.engine.predictor import Predictor
 
         self.config = config
         self.source = source
-        self.predictor = Predictor(model, device=device, amp=amp, channels_last=channels_last,
-                                   prepare=tiles_to_images, postprocess=detections_to_numpy)
+        self.predictor = Predictor(
+            model,
+            device=device,
+            amp=amp,
+            channels_last=channels_last,
+            prepare=tiles_to_images,
+            postprocess=detections_to_numpy,
+        )
 
     @property
     def device(self):
@@ -182,7 +241,9 @@ class Detector:
         """Device and precision in words (for summaries and logs)."""
         return self.predictor.describe()
 
-    def predict(self, tiles: np.ndarray, *, min_score: float = 0.5) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def predict(
+        self, tiles: np.ndarray, *, min_score: float = 0.5
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``tiles`` uint8 (B, H, W, 3) -> per tile (boxes (N, 4) xyxy, labels (N,), scores (N,))."""
         result = []
         for boxes, labels, scores in self.predictor(np.ascontiguousarray(tiles)):
@@ -202,7 +263,7 @@ def load_detector(path: str | Path, *, device: Any = "auto", amp: str | bool | N
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:
         first = str(exc).splitlines()[0]
-        raise ModelError(f"weights do not fit the {meta.config.get('arch', 'unknown')} detector: {first}",
-                         path=path) from None
+        raise ModelError(
+            f"weights do not fit the {meta.config.get('arch', 'unknown')} detector: {first}", path=path
+        ) from None
     return Detector(model, config, device=device, amp=amp, source=str(path))
-

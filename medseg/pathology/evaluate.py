@@ -31,7 +31,9 @@ class EvalConfig:
             raise InputError(f"--iou must be between 0 and 1, got {self.iou:g}")
 
 
-def match_class(pred: np.ndarray, scores: np.ndarray, gt: np.ndarray, *, iou: float = 0.5) -> tuple[int, int, int]:
+def match_class(
+    pred: np.ndarray, scores: np.ndarray, gt: np.ndarray, *, iou: float = 0.5
+) -> tuple[int, int, int]:
     """Greedy one-to-one matching by score: (true positives, false positives, false negatives)."""
     import torch
     from torchvision.ops import box_iou
@@ -61,8 +63,16 @@ def aggregate(per_class: dict[int, list[tuple[int, int, int]]]) -> dict:
         r = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * p * r / (p + r) if p + r else 0.0
         name = CLASS_NAMES[c]
-        out.update({f"{name}_tp": tp, f"{name}_fp": fp, f"{name}_fn": fn, f"{name}_precision": p,
-                    f"{name}_recall": r, f"{name}_f1": f1})
+        out.update(
+            {
+                f"{name}_tp": tp,
+                f"{name}_fp": fp,
+                f"{name}_fn": fn,
+                f"{name}_precision": p,
+                f"{name}_recall": r,
+                f"{name}_f1": f1,
+            }
+        )
         f1s.append(f1)
     out["f1_mean"] = float(np.mean(f1s)) if f1s else 0.0
     return out
@@ -102,8 +112,15 @@ def analysed_truth(rows: np.ndarray, summary: dict) -> np.ndarray:
     return rows[np.array([(a, b) in analysed for a, b in zip(r, c)], bool)]
 
 
-def evaluate_slide(detections: str | Path, truth: str | Path, *, margins: dict[str, int], scale: float,
-                   iou: float = 0.5, summary: dict | None = None) -> dict:
+def evaluate_slide(
+    detections: str | Path,
+    truth: str | Path,
+    *,
+    margins: dict[str, int],
+    scale: float,
+    iou: float = 0.5,
+    summary: dict | None = None,
+) -> dict:
     """Metrics of one slide: ``scale`` = level-0 px per target px (margins are in target px).
 
     With ``summary`` (slide-score's), detection metrics count only truth inside the scored
@@ -123,16 +140,24 @@ def evaluate_slide(detections: str | Path, truth: str | Path, *, margins: dict[s
     metrics = aggregate(per_class)
     n_pos, n_neg = int((all_rows[:, 4] == pos_id).sum()), int((all_rows[:, 4] == neg_id).sum())
     d_pos, d_neg = int((pl == pos_id).sum()), int((pl == neg_id).sum())
-    metrics.update({"truth_category": banff_category(n_pos, n_neg)[0],
-                    "predicted_category": banff_category(d_pos, d_neg)[0],
-                    f"truth_{POSITIVE}": n_pos, f"truth_{NEGATIVE}": n_neg,
-                    f"pred_{POSITIVE}": d_pos, f"pred_{NEGATIVE}": d_neg})
+    metrics.update(
+        {
+            "truth_category": banff_category(n_pos, n_neg)[0],
+            "predicted_category": banff_category(d_pos, d_neg)[0],
+            f"truth_{POSITIVE}": n_pos,
+            f"truth_{NEGATIVE}": n_neg,
+            f"pred_{POSITIVE}": d_pos,
+            f"pred_{NEGATIVE}": d_neg,
+        }
+    )
     metrics["category_agrees"] = metrics["truth_category"] == metrics["predicted_category"]
     metrics["_counts"] = {c: per_class[c][0] for c in per_class}
     return metrics
 
 
-def evaluate_results(results_dir: str | Path, truths: list[str | Path], config: EvalConfig | None = None) -> RunResult:
+def evaluate_results(
+    results_dir: str | Path, truths: list[str | Path], config: EvalConfig | None = None
+) -> RunResult:
     """slide-eval: match each ``<name>.geojson`` truth to ``results_dir/<name>/`` of slide-score.
 
     One item per truth file; a truth without slide-score results (or unreadable) is a failed item
@@ -152,15 +177,24 @@ def evaluate_results(results_dir: str | Path, truths: list[str | Path], config: 
     agree = []
     for truth in map(Path, truths):
         name = safe_name(truth.name.split(".")[0])
-        summary_path, det_path = results_dir / name / "summary.json", results_dir / name / "detections.geojson"
+        summary_path, det_path = (
+            results_dir / name / "summary.json",
+            results_dir / name / "detections.geojson",
+        )
         try:
             if not truth.is_file():
                 raise InputError("truth file not found", path=truth)
             if not summary_path.is_file() or not det_path.is_file():
                 raise InputError(f"no slide-score results for {name} in {results_dir}")
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
-            m = evaluate_slide(det_path, truth, margins=summary["margins"],
-                               scale=summary["target_mpp"] / summary["slide_mpp"], iou=cfg.iou, summary=summary)
+            m = evaluate_slide(
+                det_path,
+                truth,
+                margins=summary["margins"],
+                scale=summary["target_mpp"] / summary["slide_mpp"],
+                iou=cfg.iou,
+                summary=summary,
+            )
         except (MedsegError, OSError, ValueError, KeyError) as exc:
             reason = exc.message if isinstance(exc, MedsegError) else f"unreadable slide-score results: {exc}"
             run.add(ItemResult(name, FAILED, reason))

@@ -22,8 +22,13 @@ COLORS: dict[str, tuple[int, int, int]] = {POSITIVE: (200, 90, 20), NEGATIVE: (4
 
 # Banff C4d categories for IHC on paraffin (percent of PTCs that are C4d+), and their names in words.
 BANFF_CATEGORIES: tuple[str, ...] = ("C4d0", "C4d1", "C4d2", "C4d3", "not assessable")
-BANFF_WORDS: dict[str, str] = {"C4d0": "negative", "C4d1": "minimal, under 10 %", "C4d2": "focal, 10-50 %",
-                               "C4d3": "diffuse, over 50 %", "not assessable": "no PTC found"}
+BANFF_WORDS: dict[str, str] = {
+    "C4d0": "negative",
+    "C4d1": "minimal, under 10 %",
+    "C4d2": "focal, 10-50 %",
+    "C4d3": "diffuse, over 50 %",
+    "not assessable": "no PTC found",
+}
 
 _ALIASES = {
     POSITIVE: ("c4d+", "c4d positive", "positive", "ptc+", "c4d_pos", "pos"),

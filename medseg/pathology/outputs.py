@@ -20,9 +20,26 @@ import numpy as np
 from medseg.pathology.labels import CLASS_NAMES, COLORS, POSITIVE
 
 TABLE_NAME = "scores.csv"
-TABLE_COLUMNS = ["slide", "status", "reason", "c4d_pos", "c4d_neg", "ptc_total", "percent_positive",
-                 "c4d_positive_ihc", "banff_category", "tissue_area_mm2", "tiles_tissue", "tiles_read",
-                 "tiles_feasible", "tiles_failed", "wall_s", "slide_mpp", "target_mpp", "path"]
+TABLE_COLUMNS = [
+    "slide",
+    "status",
+    "reason",
+    "c4d_pos",
+    "c4d_neg",
+    "ptc_total",
+    "percent_positive",
+    "c4d_positive_ihc",
+    "banff_category",
+    "tissue_area_mm2",
+    "tiles_tissue",
+    "tiles_read",
+    "tiles_feasible",
+    "tiles_failed",
+    "wall_s",
+    "slide_mpp",
+    "target_mpp",
+    "path",
+]
 OUTPUT_FILES = {"summary": "summary.json", "detections": "detections.geojson", "overlay": "overlay.png"}
 
 
@@ -43,13 +60,23 @@ def to_geojson(result) -> dict:
     for i, (b, lab, sc) in enumerate(zip(result.boxes, result.labels, result.scores)):
         x0, y0, x1, y1 = (round(float(v), 1) for v in ptc_box(b, int(lab), s["margins"], scale))
         name = CLASS_NAMES[int(lab)]
-        feats.append({"type": "Feature", "id": f"det-{i}",
-                      "geometry": {"type": "Polygon",
-                                   "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
-                      "properties": {"objectType": "detection", "name": f"PTC {name}",
-                                     "classification": {"name": name, "color": list(COLORS[name])},
-                                     "score": round(float(sc), 4),
-                                     "detection_box": [round(float(v), 1) for v in b]}})
+        feats.append(
+            {
+                "type": "Feature",
+                "id": f"det-{i}",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
+                },
+                "properties": {
+                    "objectType": "detection",
+                    "name": f"PTC {name}",
+                    "classification": {"name": name, "color": list(COLORS[name])},
+                    "score": round(float(sc), 4),
+                    "detection_box": [round(float(v), 1) for v in b],
+                },
+            }
+        )
     return {"type": "FeatureCollection", "features": feats}
 
 
@@ -64,7 +91,9 @@ def overlay_png(result, max_size: int = 1024) -> bytes:
     if f > 1:
         img = img.resize((int(img.width / f), int(img.height / f)), Image.BILINEAR)
     if result.tissue_mask is not None and result.tissue_mask.any():
-        big = np.asarray(Image.fromarray(result.tissue_mask.astype(np.uint8) * 255).resize(img.size, Image.BILINEAR))
+        big = np.asarray(
+            Image.fromarray(result.tissue_mask.astype(np.uint8) * 255).resize(img.size, Image.BILINEAR)
+        )
         big = big > 127
         edge = big ^ ndi.binary_erosion(big, iterations=2)
         arr = np.asarray(img).copy()
@@ -75,7 +104,9 @@ def overlay_png(result, max_size: int = 1024) -> bytes:
     r = max(2, int(3 * 1024 / max_size))
     for b, lab in zip(result.boxes, result.labels):
         cx, cy = (b[0] + b[2]) / 2 / k, (b[1] + b[3]) / 2 / k
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=COLORS[CLASS_NAMES.get(int(lab), POSITIVE)], width=2)
+        draw.ellipse(
+            [cx - r, cy - r, cx + r, cy + r], outline=COLORS[CLASS_NAMES.get(int(lab), POSITIVE)], width=2
+        )
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -122,8 +153,13 @@ def read_table(path: Path) -> list[dict[str, str]]:
 
 def kept_rows(out: Path, *, exclude: set[str]) -> list[dict[str, Any]]:
     """``--resume``: rows of the earlier table for finished slides that this run does not touch."""
-    return [r for r in read_table(out / TABLE_NAME)
-            if r.get("status") == "ok" and r.get("slide") not in exclude and is_complete(out / str(r.get("slide")))]
+    return [
+        r
+        for r in read_table(out / TABLE_NAME)
+        if r.get("status") == "ok"
+        and r.get("slide") not in exclude
+        and is_complete(out / str(r.get("slide")))
+    ]
 
 
 def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -135,4 +171,3 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
     writer.writeheader()
     writer.writerows({c: "" if row.get(c) is None else row.get(c) for c in TABLE_COLUMNS} for row in rows)
     return write_text(path, buf.getvalue())
-

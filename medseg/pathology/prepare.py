@@ -48,8 +48,10 @@ class PrepareConfig:
         if self.target_mpp <= 0 or (self.slide_mpp is not None and self.slide_mpp <= 0):
             raise InputError("--mpp and --slide-mpp must be > 0")
         if self.tile < 16 or not 0 <= self.overlap < self.tile:
-            raise InputError(f"--tile must be at least 16 px and --overlap in [0, tile), got {self.tile} and "
-                             f"{self.overlap}")
+            raise InputError(
+                f"--tile must be at least 16 px and --overlap in [0, tile), got {self.tile} and "
+                f"{self.overlap}"
+            )
 
 
 def read_geojson_boxes(path: str | Path) -> np.ndarray:
@@ -66,7 +68,9 @@ def read_geojson_boxes(path: str | Path) -> np.ndarray:
         cls = props.get("classification") or {}
         name = class_of(cls.get("name") if isinstance(cls, dict) else str(cls))
         geom = f.get("geometry") or {}
-        polys = {"Polygon": [geom.get("coordinates")], "MultiPolygon": geom.get("coordinates")}.get(geom.get("type"))
+        polys = {"Polygon": [geom.get("coordinates")], "MultiPolygon": geom.get("coordinates")}.get(
+            geom.get("type")
+        )
         if name is None or not polys:
             skipped += 1
             continue
@@ -77,8 +81,9 @@ def read_geojson_boxes(path: str | Path) -> np.ndarray:
     return np.array(rows, float).reshape(-1, 5)
 
 
-def enlarge_boxes(boxes: np.ndarray, labels: np.ndarray, margins: dict[str, int], width: int,
-                  height: int) -> np.ndarray:
+def enlarge_boxes(
+    boxes: np.ndarray, labels: np.ndarray, margins: dict[str, int], width: int, height: int
+) -> np.ndarray:
     """Grow each box by its class margin (the enlarged mask's box) and clip it to the tile."""
     m = np.where(labels == LABELS[POSITIVE], margins[POSITIVE], margins[NEGATIVE]).astype(float)[:, None]
     out = boxes + np.hstack([-m, -m, m, m])
@@ -112,8 +117,14 @@ def _tile_targets(boxes: np.ndarray, labels: np.ndarray, x: float, y: float, siz
 
 
 def _dataset_meta(records: list[dict], cfg: PrepareConfig, sources: list[str]) -> dict:
-    return {"classes": list(LABELS), "margins": cfg.margins, "target_mpp": cfg.target_mpp, "tile": cfg.tile,
-            "sources": sources, "images": records}
+    return {
+        "classes": list(LABELS),
+        "margins": cfg.margins,
+        "target_mpp": cfg.target_mpp,
+        "tile": cfg.tile,
+        "sources": sources,
+        "images": records,
+    }
 
 
 def box_counts(records: list[dict]) -> dict[str, int]:
@@ -145,8 +156,14 @@ def _slide_records(slide_path: Path, ann_path: Path, staging: Path, cfg: Prepare
             b, lab = _tile_targets(boxes, labels, t.x, t.y, cfg.tile, cfg)
             name = f"{stem}_r{t.row:04d}_c{t.col:04d}.png"
             _save_png(staging / "images" / name, read_tile(slide, t, cfg.tile))
-            records.append({"file": f"images/{name}", "boxes": np.round(b, 1).tolist(), "labels": lab.tolist(),
-                            "source": str(slide_path)})
+            records.append(
+                {
+                    "file": f"images/{name}",
+                    "boxes": np.round(b, 1).tolist(),
+                    "labels": lab.tolist(),
+                    "source": str(slide_path),
+                }
+            )
     if not records:
         raise InputError("no tissue tile at the target resolution", path=slide_path)
     return records
@@ -171,8 +188,14 @@ def _mask_records(img_path: Path, staging: Path, cfg: PrepareConfig) -> list[dic
     b = enlarge_boxes(boxes, labels, cfg.margins, w, h)
     _save_png(staging / "images" / img_path.name, rgb)
     # source = the folder: mask tiles are not slides, so validation holds out tiles, not "slides"
-    return [{"file": f"images/{img_path.name}", "boxes": np.round(b, 1).tolist(), "labels": labels.tolist(),
-             "source": str(img_path.parent)}]
+    return [
+        {
+            "file": f"images/{img_path.name}",
+            "boxes": np.round(b, 1).tolist(),
+            "labels": labels.tolist(),
+            "source": str(img_path.parent),
+        }
+    ]
 
 
 def pair_annotations(slides: Iterable[str | Path], annotations: str | Path | None) -> list[tuple[Path, Path]]:
@@ -193,9 +216,16 @@ class _NothingToWrite(Exception):
     """Every input failed: the staging folder is discarded, nothing is published."""
 
 
-def prepare_dataset(slides: Iterable[str | Path], out: str | Path, config: PrepareConfig | None = None, *,
-                    annotations: str | Path | None = None, masks: str | Path | None = None,
-                    overwrite: bool = False, progress: bool = False) -> RunResult:
+def prepare_dataset(
+    slides: Iterable[str | Path],
+    out: str | Path,
+    config: PrepareConfig | None = None,
+    *,
+    annotations: str | Path | None = None,
+    masks: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> RunResult:
     """slide-prepare: (slides + GeoJSON) or a ``masks`` folder of tiles -> training dataset in ``out``.
 
     One item per slide (or mask tile); a failing one is recorded with its reason and the others
@@ -229,22 +259,40 @@ def prepare_dataset(slides: Iterable[str | Path], out: str | Path, config: Prepa
     records: list[dict] = []
     try:
         with atomic_dir(out, overwrite=True) as staging:
-            for name, src, ann in progress_bar(jobs, total=len(jobs), desc="slide-prepare", enabled=progress,
-                                               unit="slide" if masks is None else "tile"):
+            for name, src, ann in progress_bar(
+                jobs,
+                total=len(jobs),
+                desc="slide-prepare",
+                enabled=progress,
+                unit="slide" if masks is None else "tile",
+            ):
                 try:
                     if ann is not None and not ann.is_file():
                         raise InputError(f"no annotations {ann}", path=src)
-                    recs = _mask_records(src, staging, cfg) if masks is not None else \
-                        _slide_records(src, ann, staging, cfg)
+                    recs = (
+                        _mask_records(src, staging, cfg)
+                        if masks is not None
+                        else _slide_records(src, ann, staging, cfg)
+                    )
                 except (MedsegError, OSError, ValueError) as exc:
-                    reason = exc.message if isinstance(exc, MedsegError) else f"{exc.__class__.__name__}: {exc}"
+                    reason = (
+                        exc.message if isinstance(exc, MedsegError) else f"{exc.__class__.__name__}: {exc}"
+                    )
                     run.add(ItemResult(name, FAILED, reason))
                     log.warning("%s: failed: %s", name, reason)
                     continue
                 records += recs
                 counts = box_counts(recs)
-                run.add(ItemResult(name, metrics={"tiles": len(recs), "boxes_c4d_pos": counts[POSITIVE],
-                                                  "boxes_c4d_neg": counts[NEGATIVE]}))
+                run.add(
+                    ItemResult(
+                        name,
+                        metrics={
+                            "tiles": len(recs),
+                            "boxes_c4d_pos": counts[POSITIVE],
+                            "boxes_c4d_neg": counts[NEGATIVE],
+                        },
+                    )
+                )
             if not records:
                 raise _NothingToWrite
             meta = _dataset_meta(records, cfg, sources)
@@ -253,6 +301,11 @@ def prepare_dataset(slides: Iterable[str | Path], out: str | Path, config: Prepa
         log.warning("no tile was prepared: nothing written to %s", out)
     else:
         run.outputs["dataset"] = str(out / ANNOTATIONS)
-    run.summary = {"out": str(out), "images": len(records), "boxes": box_counts(records), "margins": cfg.margins,
-                   "config": asdict(cfg)}
+    run.summary = {
+        "out": str(out),
+        "images": len(records),
+        "boxes": box_counts(records),
+        "margins": cfg.margins,
+        "config": asdict(cfg),
+    }
     return run

@@ -30,8 +30,15 @@ def distribution_figure(rows: list[dict]):
     a.set_ylabel("slides")
     a.set_xlim(0, 100)
     counts = [sum(r.get("banff_category") == c for r in ok) for c in BANFF_CATEGORIES]
-    b.bar(range(len(BANFF_CATEGORIES)), counts, color=["#f6e8c3", "#dfc27d", "#bf812d", "#8c510a", "#cccccc"], edgecolor="k")
-    b.set_xticks(range(len(BANFF_CATEGORIES)), [c if c.startswith("C4d") else "n/a" for c in BANFF_CATEGORIES])
+    b.bar(
+        range(len(BANFF_CATEGORIES)),
+        counts,
+        color=["#f6e8c3", "#dfc27d", "#bf812d", "#8c510a", "#cccccc"],
+        edgecolor="k",
+    )
+    b.set_xticks(
+        range(len(BANFF_CATEGORIES)), [c if c.startswith("C4d") else "n/a" for c in BANFF_CATEGORIES]
+    )
     b.set_ylabel("slides")
     b.set_title("Banff C4d category (IHC, paraffin)")
     fig.tight_layout()
@@ -44,13 +51,19 @@ def _table_row(r: dict) -> dict:
 
     ok = r.get("status") == "ok"
     pct = r.get("percent_positive")
-    return {"slide": r.get("slide", ""), "status": r.get("status", ""),
-            "result": slide_text(r) if ok else "",
-            "C4d positive (IHC)": ("yes" if str(r.get("c4d_positive_ihc")).lower() == "true" else "no") if ok else "",
-            "% C4d+": "" if pct in (None, "") else f"{float(pct):.1f}",
-            "tissue mm²": r.get("tissue_area_mm2", "") if ok else "",
-            "tiles scored / read": f"{r.get('tiles_feasible')} / {r.get('tiles_read')}" if ok else "",
-            "seconds": r.get("wall_s", "") if ok else "", "reason": r.get("reason") or ""}
+    return {
+        "slide": r.get("slide", ""),
+        "status": r.get("status", ""),
+        "result": slide_text(r) if ok else "",
+        "C4d positive (IHC)": ("yes" if str(r.get("c4d_positive_ihc")).lower() == "true" else "no")
+        if ok
+        else "",
+        "% C4d+": "" if pct in (None, "") else f"{float(pct):.1f}",
+        "tissue mm²": r.get("tissue_area_mm2", "") if ok else "",
+        "tiles scored / read": f"{r.get('tiles_feasible')} / {r.get('tiles_read')}" if ok else "",
+        "seconds": r.get("wall_s", "") if ok else "",
+        "reason": r.get("reason") or "",
+    }
 
 
 def write_batch_report(out: str | Path, rows: list[dict]) -> Path:
@@ -58,24 +71,33 @@ def write_batch_report(out: str | Path, rows: list[dict]) -> Path:
     from medseg.reports import Report
 
     out = Path(out)
-    report = Report("C4d whole-slide scoring", inputs=[str(r.get("path", "")) for r in rows],
-                    subtitle="Peritubular capillary C4d (IHC, paraffin): Faster R-CNN detection, Banff category",
-                    notice="Research tool: detections and categories must be reviewed by a pathologist.")
+    report = Report(
+        "C4d whole-slide scoring",
+        inputs=[str(r.get("path", "")) for r in rows],
+        subtitle="Peritubular capillary C4d (IHC, paraffin): Faster R-CNN detection, Banff category",
+        notice="Research tool: detections and categories must be reviewed by a pathologist.",
+    )
     report.add_table("Slides", [_table_row(r) for r in rows])
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         report.add_table("Failed slides", failed, ["slide", "path", "reason"])
-    report.add_figure("Score distribution", distribution_figure(rows),
-                      "C4d1 minimal < 10 %, C4d2 focal 10-50 %, C4d3 diffuse > 50 % of PTCs; "
-                      "any C4d+ PTC means C4d > 0 on IHC.")
+    report.add_figure(
+        "Score distribution",
+        distribution_figure(rows),
+        "C4d1 minimal < 10 %, C4d2 focal 10-50 %, C4d3 diffuse > 50 % of PTCs; "
+        "any C4d+ PTC means C4d > 0 on IHC.",
+    )
     shown = 0
     for r in rows:
         png = out / str(r.get("slide", "")) / "overlay.png"
         if r.get("status") != "ok" or not png.is_file() or shown >= MAX_THUMBNAILS:
             continue
-        report.add_figure(f"{r['slide']}: {r.get('banff_category')}", png.read_bytes(),
-                          f"{r.get('c4d_pos')} {POSITIVE} ({_colour(POSITIVE)}) and {r.get('c4d_neg')} {NEGATIVE} "
-                          f"({_colour(NEGATIVE)}) PTCs; green: tissue outline.")
+        report.add_figure(
+            f"{r['slide']}: {r.get('banff_category')}",
+            png.read_bytes(),
+            f"{r.get('c4d_pos')} {POSITIVE} ({_colour(POSITIVE)}) and {r.get('c4d_neg')} {NEGATIVE} "
+            f"({_colour(NEGATIVE)}) PTCs; green: tissue outline.",
+        )
         shown += 1
     return report.write_html(out / "report.html")
 

@@ -28,8 +28,20 @@ from medseg.results import FAILED, OK, SKIPPED, ItemResult, RunResult
 log = logging.getLogger("medseg.pathology")
 
 # numbers of a slide that the JSON result and the batch table carry
-ITEM_METRICS = ("c4d_pos", "c4d_neg", "ptc_total", "percent_positive", "c4d_positive_ihc", "banff_category",
-                "tissue_area_mm2", "tiles_tissue", "tiles_read", "tiles_feasible", "tiles_failed", "wall_s")
+ITEM_METRICS = (
+    "c4d_pos",
+    "c4d_neg",
+    "ptc_total",
+    "percent_positive",
+    "c4d_positive_ihc",
+    "banff_category",
+    "tissue_area_mm2",
+    "tiles_tissue",
+    "tiles_read",
+    "tiles_feasible",
+    "tiles_failed",
+    "wall_s",
+)
 
 
 @dataclass
@@ -59,7 +71,9 @@ class ScoreConfig:
         if self.tile < 16:
             raise InputError(f"--tile must be at least 16 px, got {self.tile}")
         if not 0 <= self.overlap < self.tile:
-            raise InputError(f"--overlap must be at least 0 and below --tile ({self.tile}), got {self.overlap}")
+            raise InputError(
+                f"--overlap must be at least 0 and below --tile ({self.tile}), got {self.overlap}"
+            )
         if self.batch_size < 1 or self.workers < 1 or self.read_ahead < 1:
             raise InputError("--batch-size, --workers and the read-ahead depth must be at least 1")
 
@@ -79,8 +93,9 @@ def banff_category(pos: int, neg: int) -> tuple[str, float]:
     return "C4d3", pct
 
 
-def merge_tile_detections(grid, tile, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray,
-                          tolerance: float = 16.0):
+def merge_tile_detections(
+    grid, tile, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, tolerance: float = 16.0
+):
     """Keep detections whose centre lies in ``tile``'s core; return them in level-0 pixels.
 
     The core is widened by ``tolerance`` px: a PTC centred right on a core boundary is then kept
@@ -110,8 +125,12 @@ def class_nms(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, iou: fl
 
     if len(boxes) == 0:
         return boxes.reshape(0, 4), labels, scores
-    keep = batched_nms(torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(scores, dtype=torch.float32),
-                       torch.as_tensor(labels), iou).numpy()
+    keep = batched_nms(
+        torch.as_tensor(boxes, dtype=torch.float32),
+        torch.as_tensor(scores, dtype=torch.float32),
+        torch.as_tensor(labels),
+        iou,
+    ).numpy()
     keep.sort()
     return boxes[keep], labels[keep], scores[keep]
 
@@ -129,8 +148,15 @@ class SlideResult:
     thumb_downsample: float = 1.0
 
 
-def score_slide(path: str | Path, detector, config: ScoreConfig | None = None, *, feasible=None,
-                progress: bool = False, name: str | None = None) -> SlideResult:
+def score_slide(
+    path: str | Path,
+    detector,
+    config: ScoreConfig | None = None,
+    *,
+    feasible=None,
+    progress: bool = False,
+    name: str | None = None,
+) -> SlideResult:
     """Score one slide with a loaded :class:`~medseg.pathology.detector.Detector` (or anything
     with the same ``predict`` and ``config.margins``). ``feasible``: a loaded feasibility hook
     (default: the one ``config.feasibility`` names)."""
@@ -169,8 +195,9 @@ def score_slide(path: str | Path, detector, config: ScoreConfig | None = None, *
             img = read_tile(slide, t, cfg.tile)
             return img, feasible(img)
 
-        stream = read_ahead(tiles, read_and_check, batch_size=cfg.batch_size, workers=cfg.workers,
-                            depth=cfg.read_ahead)
+        stream = read_ahead(
+            tiles, read_and_check, batch_size=cfg.batch_size, workers=cfg.workers, depth=cfg.read_ahead
+        )
         with contextlib.closing(stream):  # reader threads stop before the slide closes
             bar = progress_bar(stream, total=len(tiles), desc=name, enabled=progress, unit="tile")
             for t, item in bar:
@@ -203,22 +230,44 @@ def score_slide(path: str | Path, detector, config: ScoreConfig | None = None, *
         pos, neg = int((labels == LABELS[POSITIVE]).sum()), int((labels == LABELS[NEGATIVE]).sum())
         category, pct = banff_category(pos, neg)
         summary = {
-            "slide": name, "path": str(path), "status": OK, "reason": "",
-            "c4d_pos": pos, "c4d_neg": neg, "ptc_total": pos + neg,
+            "slide": name,
+            "path": str(path),
+            "status": OK,
+            "reason": "",
+            "c4d_pos": pos,
+            "c4d_neg": neg,
+            "ptc_total": pos + neg,
             "percent_positive": None if math.isnan(pct) else round(pct, 2),
-            "c4d_positive_ihc": pos > 0, "banff_category": category,
+            "c4d_positive_ihc": pos > 0,
+            "banff_category": category,
             "tissue_area_mm2": round(tissue.area_mm2(slide.mpp), 4),
-            "tiles_tissue": len(tiles), "tiles_read": n_read, "tiles_feasible": n_feasible, "tiles_failed": n_failed,
-            "tiles_rejected": reasons, "wall_s": round(time.perf_counter() - t0, 3),
-            "slide_mpp": slide.mpp, "slide_mpp_source": slide.mpp_source, "target_mpp": cfg.target_mpp,
-            "slide_size": [slide.width, slide.height], "vendor": slide.vendor, "tile": cfg.tile,
-            "overlap": cfg.overlap, "min_score": cfg.min_score,
+            "tiles_tissue": len(tiles),
+            "tiles_read": n_read,
+            "tiles_feasible": n_feasible,
+            "tiles_failed": n_failed,
+            "tiles_rejected": reasons,
+            "wall_s": round(time.perf_counter() - t0, 3),
+            "slide_mpp": slide.mpp,
+            "slide_mpp_source": slide.mpp_source,
+            "target_mpp": cfg.target_mpp,
+            "slide_size": [slide.width, slide.height],
+            "vendor": slide.vendor,
+            "tile": cfg.tile,
+            "overlap": cfg.overlap,
+            "min_score": cfg.min_score,
             "margins": dict(getattr(detector.config, "margins", {})),
             "weights": getattr(detector, "source", ""),
-            "grid": {"tile": grid.tile, "overlap": grid.overlap, "n_rows": grid.n_rows, "n_cols": grid.n_cols,
-                     "analysed_tiles": analysed},
+            "grid": {
+                "tile": grid.tile,
+                "overlap": grid.overlap,
+                "n_rows": grid.n_rows,
+                "n_cols": grid.n_cols,
+                "analysed_tiles": analysed,
+            },
         }
-        thumb, thumb_ds = read_downsampled(slide, max(tissue.downsample / 8, max(slide.width, slide.height) / 1024))
+        thumb, thumb_ds = read_downsampled(
+            slide, max(tissue.downsample / 8, max(slide.width, slide.height) / 1024)
+        )
         return SlideResult(summary, boxes, labels, scores, thumb, tissue.mask, thumb_ds)
 
 
@@ -232,8 +281,13 @@ def slide_text(row: dict[str, Any]) -> str:
 def _item(name: str, row: dict[str, Any], folder: Path, status: str = OK, reason: str = "") -> ItemResult:
     from medseg.pathology.outputs import OUTPUT_FILES
 
-    return ItemResult(name, status, reason, outputs={k: str(folder / f) for k, f in OUTPUT_FILES.items()},
-                      metrics={k: row.get(k) for k in ITEM_METRICS})
+    return ItemResult(
+        name,
+        status,
+        reason,
+        outputs={k: str(folder / f) for k, f in OUTPUT_FILES.items()},
+        metrics={k: row.get(k) for k in ITEM_METRICS},
+    )
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -250,19 +304,33 @@ def _preflight(out: Path, names: list[str], *, resume: bool, overwrite: bool) ->
     from medseg.io.atomic import check_writable
 
     if resume and overwrite:
-        raise InputError("--resume and --overwrite exclude each other (keep finished slides, or replace them)")
+        raise InputError(
+            "--resume and --overwrite exclude each other (keep finished slides, or replace them)"
+        )
     check_writable(out)
     if not (resume or overwrite):
         existing = [n for n in names if (out / n).exists()]
         if existing:
             shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-            raise OutputExistsError(f"holds results of {shown}; use --resume to keep finished slides or "
-                                    "--overwrite to replace them", path=out)
+            raise OutputExistsError(
+                f"holds results of {shown}; use --resume to keep finished slides or "
+                "--overwrite to replace them",
+                path=out,
+            )
 
 
-def score_slides(inputs: Iterable[str | Path], out: str | Path, config: ScoreConfig | None = None, *,
-                 weights: str | Path | None = None, detector=None, resume: bool = False, overwrite: bool = False,
-                 report: bool = True, progress: bool = False) -> RunResult:
+def score_slides(
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    config: ScoreConfig | None = None,
+    *,
+    weights: str | Path | None = None,
+    detector=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    report: bool = True,
+    progress: bool = False,
+) -> RunResult:
     """Score many slides; a bad slide becomes a failed item (with its reason) and the batch goes on.
 
     ``weights``: a detector weights file (default: the demo detector, with a warning);
@@ -299,8 +367,13 @@ def score_slides(inputs: Iterable[str | Path], out: str | Path, config: ScoreCon
         weights_path, is_demo = resolve_weights(weights, demo=DEMO_WEIGHTS)
         detector = load_detector(weights_path, device=cfg.device, amp=cfg.amp)
     runtime = detector.describe() if hasattr(detector, "describe") else {}
-    log.info("scoring %d slide(s) on %s (%s) with %s", len(paths), runtime.get("device", "the given detector"),
-             runtime.get("amp", "its own precision"), Path(getattr(detector, "source", "") or "the given detector").name)
+    log.info(
+        "scoring %d slide(s) on %s (%s) with %s",
+        len(paths),
+        runtime.get("device", "the given detector"),
+        runtime.get("amp", "its own precision"),
+        Path(getattr(detector, "source", "") or "the given detector").name,
+    )
     run = RunResult("slide-score")
     rows: list[dict[str, Any]] = kept_rows(out, exclude=set(names)) if resume else []
     for path, name in zip(paths, names):
@@ -316,7 +389,9 @@ def score_slides(inputs: Iterable[str | Path], out: str | Path, config: ScoreCon
             write_slide_outputs(result, folder)
             row = result.summary
             run.add(_item(name, row, folder))
-            log.info("%s: %s, %d tiles in %.1f s", name, slide_text(row), row["tiles_feasible"], row["wall_s"])
+            log.info(
+                "%s: %s, %d tiles in %.1f s", name, slide_text(row), row["tiles_feasible"], row["wall_s"]
+            )
         except (MedsegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
             reason = _failure_reason(exc)
             remove_stale(folder)  # results of an earlier run of this slide would contradict the table
@@ -333,8 +408,15 @@ def score_slides(inputs: Iterable[str | Path], out: str | Path, config: ScoreCon
     for r in rows:
         if r.get("status") == OK:
             categories[r["banff_category"]] = categories.get(r["banff_category"], 0) + 1
-    run.summary = {"out": str(out), "slides": len(rows), "categories": categories, **runtime,
-                   "weights": str(getattr(detector, "source", "")), "demo_weights": is_demo, "config": asdict(cfg)}
+    run.summary = {
+        "out": str(out),
+        "slides": len(rows),
+        "categories": categories,
+        **runtime,
+        "weights": str(getattr(detector, "source", "")),
+        "demo_weights": is_demo,
+        "config": asdict(cfg),
+    }
     if is_demo:
         run.warnings.append("demo weights (trained on synthetic slides only, not for clinical use)")
     return run

@@ -48,7 +48,9 @@ class Slide:
         try:
             rgba = np.asarray(self.handle.read_region(location, level, size))
         except openslide.OpenSlideError as exc:
-            raise InputError(f"cannot decode slide region (corrupt or truncated file?): {exc}", path=self.path) from None
+            raise InputError(
+                f"cannot decode slide region (corrupt or truncated file?): {exc}", path=self.path
+            ) from None
         if rgba[..., 3].min() == 255:
             return np.ascontiguousarray(rgba[..., :3])
         alpha = rgba[..., 3:4].astype(np.float32) / 255.0
@@ -79,7 +81,9 @@ def open_slide(path: str | Path, *, slide_mpp: float | None = None) -> Slide:
         with path.open("rb") as fh:
             magic = fh.read(4)
         if magic[:2] in (b"II", b"MM") and magic[2:4] in (b"*\x00", b"\x00*", b"+\x00", b"\x00+"):
-            raise InputError("TIFF file OpenSlide cannot read (truncated, corrupt, or not tiled)", path=path) from None
+            raise InputError(
+                "TIFF file OpenSlide cannot read (truncated, corrupt, or not tiled)", path=path
+            ) from None
         raise InputError("not a slide, or a format OpenSlide does not support", path=path) from None
     except openslide.OpenSlideError as exc:
         raise InputError(f"corrupt or unreadable slide: {exc}", path=path) from None
@@ -103,8 +107,10 @@ def open_slide(path: str | Path, *, slide_mpp: float | None = None) -> Slide:
         mpp, source = float(slide_mpp), "--slide-mpp"
     if mpp is None:
         handle.close()
-        raise InputError("slide has no microns-per-pixel metadata; pass --slide-mpp (e.g. 0.25 for 40x, 0.5 for 20x)",
-                         path=path)
+        raise InputError(
+            "slide has no microns-per-pixel metadata; pass --slide-mpp (e.g. 0.25 for 40x, 0.5 for 20x)",
+            path=path,
+        )
     vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
     return Slide(path, handle, width, height, mpp, source, vendor)
 
@@ -133,15 +139,16 @@ def read_downsampled(slide: Slide, downsample: float) -> tuple[np.ndarray, float
             region = slide.read_rgb((int(x * lds), int(y * lds)), level, (w, h))
             if factor > 1:
                 region = np.asarray(Image.fromarray(region).resize((w // factor, h // factor), Image.BOX))
-            out[y // factor:(y + h) // factor, x // factor:(x + w) // factor] = region
+            out[y // factor : (y + h) // factor, x // factor : (x + w) // factor] = region
     return out, lds * factor
 
 
 _OD_LUT = (-np.log10(np.clip(np.arange(256, dtype=np.float32), 1.0, 255.0) / 255.0)).astype(np.float32)
 
 
-def tissue_mask_from_rgb(rgb: np.ndarray, *, od_threshold: float = 0.15, sat_threshold: float = 0.05,
-                         min_area_px: int = 16) -> np.ndarray:
+def tissue_mask_from_rgb(
+    rgb: np.ndarray, *, od_threshold: float = 0.15, sat_threshold: float = 0.05, min_area_px: int = 16
+) -> np.ndarray:
     """Tissue = optical density or saturation above a threshold, cleaned by morphology.
 
     Works on single-channel float32 maps (optical density through a lookup table), so the
@@ -200,7 +207,19 @@ def detect_tissue(slide: Slide, *, downsample: float = TISSUE_DOWNSAMPLE, max_si
     return TissueMap(mask, ds, rgb)
 
 
-SLIDE_EXTENSIONS = {".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm"}
+SLIDE_EXTENSIONS = {
+    ".svs",
+    ".ndpi",
+    ".mrxs",
+    ".tif",
+    ".tiff",
+    ".scn",
+    ".vms",
+    ".vmu",
+    ".bif",
+    ".svslide",
+    ".dcm",
+}
 
 
 def _read_list(path: Path) -> list[Path]:
@@ -212,7 +231,9 @@ def _read_list(path: Path) -> list[Path]:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             header = next(reader, [])
-            col = next((i for i, h in enumerate(header) if h.strip().lower() in ("path", "slide", "file")), None)
+            col = next(
+                (i for i, h in enumerate(header) if h.strip().lower() in ("path", "slide", "file")), None
+            )
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cannot read the slide list: {exc}", path=path) from None

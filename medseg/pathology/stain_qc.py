@@ -343,8 +343,11 @@ class _Hist:
 
     def white_point(self) -> np.ndarray:
         """Per-channel 99th percentile (the glass, or the lightest lumen) of non-padding pixels."""
-        return np.clip(np.array([_weighted_quantile(self.raw[:, c], self.weights, 0.99) for c in range(3)],
-                                np.float32), 128, 255)
+        return np.clip(
+            np.array([_weighted_quantile(self.raw[:, c], self.weights, 0.99) for c in range(3)], np.float32),
+            128,
+            255,
+        )
 
 
 def _histogram(packed: np.ndarray, code: np.ndarray, cfg: QCConfig) -> _Hist:
@@ -381,7 +384,9 @@ class _Colours:
         self.vmax = vmax
         self.sat = delta / np.maximum(vmax, 1e-6)
         d = np.where(delta > 0, delta, 1.0)
-        h = np.where(vmax == r, ((g - b) / d) % 6.0, np.where(vmax == g, (b - r) / d + 2.0, (r - g) / d + 4.0))
+        h = np.where(
+            vmax == r, ((g - b) / d) % 6.0, np.where(vmax == g, (b - r) / d + 2.0, (r - g) / d + 4.0)
+        )
         self.hue = np.where(delta > 0, h * 60.0, 0.0).astype(np.float32)  # HSV hue, degrees
         self.brown_order = (r >= g) & (g >= b)  # absorbance rises towards blue: OD_R <= OD_G <= OD_B
         self.conc = self.od @ np.asarray(hed_from_rgb, np.float32)  # H, E, DAB (Ruifrok-Johnston)
@@ -462,7 +467,7 @@ def tile_mosaic(tiles: list[np.ndarray], columns: int | None = None) -> np.ndarr
     out = np.full((rows * th, cols * tw, 3), 255, np.uint8)
     for i, t in enumerate(tiles):
         r, c = divmod(i, cols)
-        out[r * th:r * th + t.shape[0], c * tw:c * tw + t.shape[1]] = t
+        out[r * th : r * th + t.shape[0], c * tw : c * tw + t.shape[1]] = t
     return out
 
 
@@ -499,7 +504,9 @@ def _blur_fraction(packed: np.ndarray, tissue: np.ndarray, cfg: QCConfig) -> flo
     p = packed[: nh * t, : nw * t]
     grey = ((p & 255).astype(np.float32) + ((p >> 8) & 255) + ((p >> 16) & 255)) / 3.0
     lap = np.zeros_like(grey)
-    lap[1:-1, 1:-1] = grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4 * grey[1:-1, 1:-1]
+    lap[1:-1, 1:-1] = (
+        grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4 * grey[1:-1, 1:-1]
+    )
 
     def tile_var(a: np.ndarray) -> np.ndarray:
         a = a.reshape(nh, t, nw, t)
@@ -508,17 +515,19 @@ def _blur_fraction(packed: np.ndarray, tissue: np.ndarray, cfg: QCConfig) -> flo
 
     tis = tissue[: nh * t, : nw * t].reshape(nh, t, nw, t).mean((1, 3)) >= cfg.blur_tile_min_tissue
     g = tile_var(grey)
-    judged = tis & (g >= cfg.blur_min_contrast ** 2)
+    judged = tis & (g >= cfg.blur_min_contrast**2)
     if not judged.any():
         return None
-    blurred = tile_var(lap) < (cfg.blur_max_ratio ** 2) * g
+    blurred = tile_var(lap) < (cfg.blur_max_ratio**2) * g
     return float((blurred & judged).sum() / judged.sum())
 
 
 # ------------------------------------------------------------------------------------------ verdict
 
-def assess_stain(rgb: np.ndarray, config: QCConfig | None = None, *, mpp: float | None = None,
-                 **overrides) -> StainQC:
+
+def assess_stain(
+    rgb: np.ndarray, config: QCConfig | None = None, *, mpp: float | None = None, **overrides
+) -> StainQC:
     """Decide whether a slide thumbnail is brightfield DAB IHC; only that kind passes.
 
     ``rgb``: (H, W, 3) uint8 RGB of the whole slide at low resolution (1-4k px on the long side;
@@ -542,15 +551,28 @@ def assess_stain(rgb: np.ndarray, config: QCConfig | None = None, *, mpp: float 
     packed, code = _pack(rgb)
     n = code.size
     hist = _histogram(packed, code, cfg)
-    min_tissue = max(cfg.min_tissue_pixels / factor ** 2, cfg.min_tissue_fraction * n)
+    min_tissue = max(cfg.min_tissue_pixels / factor**2, cfg.min_tissue_fraction * n)
 
     def verdict(kind, reasons, *, tissue_fraction, bg, **kw) -> StainQC:
-        base = dict(dab_fraction=None, hematoxylin_fraction=None, eosin_fraction=None, blur_fraction=None,
-                    pen_fraction=0.0, flags=[])
+        base = dict(
+            dab_fraction=None,
+            hematoxylin_fraction=None,
+            eosin_fraction=None,
+            blur_fraction=None,
+            pen_fraction=0.0,
+            flags=[],
+        )
         base.update(kw)
-        return StainQC(kind=kind, passed=kind == "brightfield_dab" and not reasons, reasons=reasons,
-                       background_brightness=float(bg), tissue_fraction=float(tissue_fraction),
-                       image_size=size, mpp=mpp, **base)
+        return StainQC(
+            kind=kind,
+            passed=kind == "brightfield_dab" and not reasons,
+            reasons=reasons,
+            background_brightness=float(bg),
+            tissue_fraction=float(tissue_fraction),
+            image_size=size,
+            mpp=mpp,
+            **base,
+        )
 
     def background(mask: np.ndarray) -> float:
         c = np.bincount(code[~mask], minlength=_NQ + 1)[hist.present].astype(np.float64)
@@ -561,11 +583,24 @@ def assess_stain(rgb: np.ndarray, config: QCConfig | None = None, *, mpp: float 
         nt = int(tissue.sum())
         bg = background(tissue)
         if nt < min_tissue:
-            return verdict("no_tissue", [f"no tissue found: the image is dark (median brightness {bg:.0f}/255) "
-                                         "with no signal - an empty fluorescence / dark-field scan or a blank image"],
-                           tissue_fraction=nt / n, bg=bg)
-        return verdict("fluorescence", [f"dark background (median brightness {bg:.0f}/255): looks like a fluorescence "
-                                        "or dark-field image, not brightfield IHC"], tissue_fraction=nt / n, bg=bg)
+            return verdict(
+                "no_tissue",
+                [
+                    f"no tissue found: the image is dark (median brightness {bg:.0f}/255) "
+                    "with no signal - an empty fluorescence / dark-field scan or a blank image"
+                ],
+                tissue_fraction=nt / n,
+                bg=bg,
+            )
+        return verdict(
+            "fluorescence",
+            [
+                f"dark background (median brightness {bg:.0f}/255): looks like a fluorescence "
+                "or dark-field image, not brightfield IHC"
+            ],
+            tissue_fraction=nt / n,
+            bg=bg,
+        )
 
     col = _Colours(hist)
     tissue_t, ink_t = _brightfield_tables(hist, col, cfg)
@@ -574,16 +609,28 @@ def assess_stain(rgb: np.ndarray, config: QCConfig | None = None, *, mpp: float 
     nt, npen = int(tissue.sum()), int(pen.sum())
     bg = background(tissue | pen | hist.table(col.raw_max <= cfg.padding_black_max)[code])
     if nt < min_tissue:
-        return verdict("no_tissue", [f"no tissue found: {_pct(nt / n)} of the image differs from the background "
-                                     f"(median brightness {bg:.0f}/255)"], tissue_fraction=nt / n, bg=bg,
-                       pen_fraction=npen / max(1, nt + npen))
+        return verdict(
+            "no_tissue",
+            [
+                f"no tissue found: {_pct(nt / n)} of the image differs from the background "
+                f"(median brightness {bg:.0f}/255)"
+            ],
+            tissue_fraction=nt / n,
+            bg=bg,
+            pen_fraction=npen / max(1, nt + npen),
+        )
 
     # stain measures: pixel counts per colour on tissue, dotted with per-colour stain tests
     ct = np.bincount(code[tissue], minlength=_NQ + 1)[hist.present].astype(np.float64)
     conc, hue, sat = col.conc, col.hue, col.sat
     od = col.od
-    dab = ((conc[:, 2] > cfg.dab_od_min) & col.brown_order & (hue <= cfg.dab_hue_max)
-           & (sat >= cfg.dab_sat_min) & (od[:, 0] >= cfg.dab_red_od_min * od[:, 2]))
+    dab = (
+        (conc[:, 2] > cfg.dab_od_min)
+        & col.brown_order
+        & (hue <= cfg.dab_hue_max)
+        & (sat >= cfg.dab_sat_min)
+        & (od[:, 0] >= cfg.dab_red_od_min * od[:, 2])
+    )
     eos = (conc[:, 1] > cfg.eosin_od_min) & ((hue >= 290) | (hue < 10)) & (sat >= 0.05) & ~dab
     hem = (conc[:, 0] > cfg.hematoxylin_od_min) & (hue >= 180) & (hue < 290)
     dab_f, eos_f, hem_f = (float(ct[m].sum() / nt) for m in (dab, eos, hem))
@@ -593,8 +640,10 @@ def assess_stain(rgb: np.ndarray, config: QCConfig | None = None, *, mpp: float 
     flags: list[str] = []
     reasons: list[str] = []
     if pen_f >= cfg.pen_flag_fraction:
-        flags.append(f"ink or pen marks (blue/green/red/black, not stain colours) on {_pct(pen_f)} of the "
-                     "tissue+ink area: check they do not cover the region to score")
+        flags.append(
+            f"ink or pen marks (blue/green/red/black, not stain colours) on {_pct(pen_f)} of the "
+            "tissue+ink area: check they do not cover the region to score"
+        )
         if pen_f >= cfg.pen_fail_fraction:
             reasons.append(f"ink or pen marks cover {_pct(pen_f)} of the tissue+ink area")
     if blur_f is not None and blur_f >= cfg.blur_flag_fraction:
@@ -612,16 +661,33 @@ def assess_stain(rgb: np.ndarray, config: QCConfig | None = None, *, mpp: float 
         if hem_f < 0.05 and eos_f < 0.05:
             what = "no recognisable H, E or DAB colour (another chromogen, or an unstained section?)"
         elif eos_f >= 0.03:
-            what = ("hematoxylin with some eosin: looks like an H&E with little eosin (e.g. lymphoid tissue) "
-                    "or a counterstained section without DAB")
+            what = (
+                "hematoxylin with some eosin: looks like an H&E with little eosin (e.g. lymphoid tissue) "
+                "or a counterstained section without DAB"
+            )
         else:
-            what = ("looks like hematoxylin only: an IHC without any positive staining (not even its internal "
-                    "control) or a counterstain-only section")
-        reasons.insert(0, f"no DAB stain found (DAB on {_pct(dab_f)} of tissue, need >= "
-                          f"{_pct(cfg.min_dab_fraction)}): {what}; {stains}")
+            what = (
+                "looks like hematoxylin only: an IHC without any positive staining (not even its internal "
+                "control) or a counterstain-only section"
+            )
+        reasons.insert(
+            0,
+            f"no DAB stain found (DAB on {_pct(dab_f)} of tissue, need >= "
+            f"{_pct(cfg.min_dab_fraction)}): {what}; {stains}",
+        )
     else:
         kind = "brightfield_dab"
         if eos_f >= cfg.he_min_eosin_fraction:
             flags.append(f"eosin-like pink on {_pct(eos_f)} of tissue: unusual for an IHC counterstain")
-    return verdict(kind, reasons, tissue_fraction=nt / n, bg=bg, dab_fraction=dab_f, hematoxylin_fraction=hem_f,
-                   eosin_fraction=eos_f, blur_fraction=blur_f, pen_fraction=pen_f, flags=flags)
+    return verdict(
+        kind,
+        reasons,
+        tissue_fraction=nt / n,
+        bg=bg,
+        dab_fraction=dab_f,
+        hematoxylin_fraction=hem_f,
+        eosin_fraction=eos_f,
+        blur_fraction=blur_f,
+        pen_fraction=pen_f,
+        flags=flags,
+    )

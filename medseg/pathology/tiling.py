@@ -91,7 +91,9 @@ def make_grid(slide: Slide, *, target_mpp: float, tile: int, overlap: int) -> Ti
     return TileGrid(slide.mpp, target_mpp, tile, overlap, int(slide.width / scale), int(slide.height / scale))
 
 
-def plan_slide_tiles(slide: Slide, grid: TileGrid, tissue: TissueMap | None, *, min_tissue: float = 0.05) -> list[Tile]:
+def plan_slide_tiles(
+    slide: Slide, grid: TileGrid, tissue: TissueMap | None, *, min_tissue: float = 0.05
+) -> list[Tile]:
     """The slide's tiles whose footprint holds at least ``min_tissue`` tissue (all tiles without a map).
 
     (Not :func:`medseg.engine.tiling.plan_tiles`, which plans overlap-tiles of an image for the
@@ -108,7 +110,9 @@ def plan_slide_tiles(slide: Slide, grid: TileGrid, tissue: TissueMap | None, *, 
         for c in range(grid.n_cols):
             x, y = c * grid.stride, r * grid.stride
             x0, y0 = x * s, y * s
-            frac = tissue.fraction(x0, y0, x0 + grid.tile * s, y0 + grid.tile * s) if tissue is not None else 1.0
+            frac = (
+                tissue.fraction(x0, y0, x0 + grid.tile * s, y0 + grid.tile * s) if tissue is not None else 1.0
+            )
             if frac < min_tissue:
                 continue
             tiles.append(Tile(r, c, x, y, level, int(round(x0)), int(round(y0)), read, read, frac))
@@ -125,8 +129,9 @@ def read_tile(slide: Slide, tile: Tile, size: int) -> np.ndarray:
     return rgb
 
 
-def read_ahead(tiles: Sequence[Tile], reader: Callable[[Tile], T], *, batch_size: int, workers: int = 2,
-               depth: int = 2) -> Iterator[tuple[Tile, T | Exception]]:
+def read_ahead(
+    tiles: Sequence[Tile], reader: Callable[[Tile], T], *, batch_size: int, workers: int = 2, depth: int = 2
+) -> Iterator[tuple[Tile, T | Exception]]:
     """Yield ``(tile, reader(tile))`` in order, read ahead of the consumer by the engine's prefetcher.
 
     Tiles go to :func:`medseg.engine.batching.prefetch` in groups of ``batch_size``; each group is

@@ -63,7 +63,9 @@ def load_dataset(folder: str | Path) -> tuple[dict, list[dict]]:
         raise InputError("dataset has no images", path=folder)
     missing = [r["file"] for r in records if not (folder / r["file"]).is_file()]
     if missing:
-        raise InputError(f"{len(missing)} image(s) of the dataset are missing, e.g. {missing[0]}", path=folder)
+        raise InputError(
+            f"{len(missing)} image(s) of the dataset are missing, e.g. {missing[0]}", path=folder
+        )
     return meta, records
 
 
@@ -81,8 +83,11 @@ def split_records(records: list[dict], val_fraction: float, seed: int) -> tuple[
     if len(records) > 4:
         order = rng.permutation(len(records))
         n_val = max(1, int(round(len(records) * val_fraction)))
-        return ([records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]],
-                f"{n_val} held-out tile(s) of the one slide")
+        return (
+            [records[i] for i in order[n_val:]],
+            [records[i] for i in order[:n_val]],
+            f"{n_val} held-out tile(s) of the one slide",
+        )
     return records, [], NO_HOLD_OUT
 
 
@@ -130,8 +135,9 @@ class DetectorTask:
     def __init__(self, folder: Path, records: list[dict], config: DetectorTrainConfig) -> None:
         self.folder = folder
         self.config = config
-        self.train_records, self.val_records, self.validation = split_records(records, config.val_fraction,
-                                                                              config.seed)
+        self.train_records, self.val_records, self.validation = split_records(
+            records, config.val_fraction, config.seed
+        )
         self.has_validation = bool(self.val_records)
         self.steps_per_epoch = max(1, math.ceil(len(self.train_records) / config.batch_size))
         self._optimizer = None
@@ -158,9 +164,11 @@ class DetectorTask:
         perm = rng.permutation(len(self.train_records))
         for s in range(self.steps_per_epoch):
             batch = []
-            for i in perm[s * self.config.batch_size:(s + 1) * self.config.batch_size]:
+            for i in perm[s * self.config.batch_size : (s + 1) * self.config.batch_size]:
                 rec = self.train_records[i]
-                img, b = _augment(_load_image(self.folder, rec), np.array(rec["boxes"], float).reshape(-1, 4), rng)
+                img, b = _augment(
+                    _load_image(self.folder, rec), np.array(rec["boxes"], float).reshape(-1, 4), rng
+                )
                 batch.append((img, b, np.array(rec["labels"], int)))
             yield batch
 
@@ -174,10 +182,16 @@ class DetectorTask:
             group["lr"] = self.config.lr * factor
         images, targets = [], []
         for img, boxes, labels in batch:
-            images.append(torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1).float().div(255))
+            images.append(
+                torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1).float().div(255)
+            )
             keep = (boxes[:, 2] - boxes[:, 0] > 2) & (boxes[:, 3] - boxes[:, 1] > 2)
-            targets.append({"boxes": torch.as_tensor(boxes[keep], dtype=torch.float32, device=device).reshape(-1, 4),
-                            "labels": torch.as_tensor(labels[keep], dtype=torch.int64, device=device)})
+            targets.append(
+                {
+                    "boxes": torch.as_tensor(boxes[keep], dtype=torch.float32, device=device).reshape(-1, 4),
+                    "labels": torch.as_tensor(labels[keep], dtype=torch.int64, device=device),
+                }
+            )
         return sum(model(images, targets).values())
 
     # -- validation -----------------------------------------------------------------------------
@@ -191,10 +205,13 @@ class DetectorTask:
         det = Detector(model, self.config.detector, device=device, amp=self.config.amp, channels_last=False)
         per_class: dict[int, list] = {c: [] for c in CLASS_NAMES}
         for i in range(0, len(records), self.config.batch_size):
-            chunk = records[i:i + self.config.batch_size]
+            chunk = records[i : i + self.config.batch_size]
             imgs = [_load_image(self.folder, r) for r in chunk]
-            preds = det.predict(np.stack(imgs)) if len({im.shape for im in imgs}) == 1 else \
-                [det.predict(im[None])[0] for im in imgs]
+            preds = (
+                det.predict(np.stack(imgs))
+                if len({im.shape for im in imgs}) == 1
+                else [det.predict(im[None])[0] for im in imgs]
+            )
             for rec, (boxes, labels, scores) in zip(chunk, preds):
                 gt_b, gt_l = np.array(rec["boxes"], float).reshape(-1, 4), np.array(rec["labels"], int)
                 for c in per_class:
@@ -206,18 +223,38 @@ class DetectorTask:
 
         det = self.config.detector
         return CheckpointMeta(
-            model=MODEL_NAME, task=f"C4d PTC detection ({' / '.join(CLASSES)})", config=asdict(det),
+            model=MODEL_NAME,
+            task=f"C4d PTC detection ({' / '.join(CLASSES)})",
+            config=asdict(det),
             training_data=self.config.training_data or f"slide-prepare dataset {self.folder}",
-            normalisation={"input": "RGB uint8 / 255", "mean": list(det.image_mean), "std": list(det.image_std)},
-            metrics={"epoch": epoch, "validation": self.validation, **metrics}, notes="not for clinical use")
+            normalisation={
+                "input": "RGB uint8 / 255",
+                "mean": list(det.image_mean),
+                "std": list(det.image_std),
+            },
+            metrics={"epoch": epoch, "validation": self.validation, **metrics},
+            notes="not for clinical use",
+        )
 
     def config_dict(self) -> dict[str, Any]:
-        return {**asdict(self.config), "dataset": str(self.folder), "train_tiles": len(self.train_records),
-                "val_tiles": len(self.val_records), "validation": self.validation}
+        return {
+            **asdict(self.config),
+            "dataset": str(self.folder),
+            "train_tiles": len(self.train_records),
+            "val_tiles": len(self.val_records),
+            "validation": self.validation,
+        }
 
 
-def train_detector(dataset: str | Path, out: str | Path, config: DetectorTrainConfig | None = None, *,
-                   resume: bool = False, overwrite: bool = False, progress: bool = False):
+def train_detector(
+    dataset: str | Path,
+    out: str | Path,
+    config: DetectorTrainConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+):
     """slide-train: fit the detector on a slide-prepare dataset; returns the engine's TrainResult.
 
     With ``resume`` the architecture comes from ``out/last.safetensors`` (weights and optimiser
@@ -242,9 +279,25 @@ def train_detector(dataset: str | Path, out: str | Path, config: DetectorTrainCo
         cfg.detector = saved
     task = DetectorTask(folder, records, cfg)
     log.info("training on %d tile(s), validating on %s", len(task.train_records), task.validation)
-    result = fit(task, out, TrainConfig(epochs=cfg.epochs, seed=cfg.seed, max_minutes=cfg.max_minutes,
-                                        grad_clip=cfg.grad_clip, amp=cfg.amp),
-                 device=cfg.device, resume=resume, overwrite=overwrite, progress=progress)
-    result.extra = {"train_tiles": len(task.train_records), "val_tiles": len(task.val_records),
-                    "validation": task.validation, "arch": cfg.detector.arch}
+    result = fit(
+        task,
+        out,
+        TrainConfig(
+            epochs=cfg.epochs,
+            seed=cfg.seed,
+            max_minutes=cfg.max_minutes,
+            grad_clip=cfg.grad_clip,
+            amp=cfg.amp,
+        ),
+        device=cfg.device,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    result.extra = {
+        "train_tiles": len(task.train_records),
+        "val_tiles": len(task.val_records),
+        "validation": task.validation,
+        "arch": cfg.detector.arch,
+    }
     return result

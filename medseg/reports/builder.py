@@ -52,8 +52,9 @@ def _table_lines(columns: list[str], rows: list[list[str]], max_width: int = 150
 class Report:
     """A QA report: header (tool, version, date, inputs) then text, tables and figures in order."""
 
-    def __init__(self, title: str, *, inputs: list[str] | None = None, subtitle: str = "",
-                 notice: str = "") -> None:
+    def __init__(
+        self, title: str, *, inputs: list[str] | None = None, subtitle: str = "", notice: str = ""
+    ) -> None:
         self.title = title
         self.subtitle = subtitle
         self.notice = notice
@@ -83,15 +84,21 @@ class Report:
     def render_html(self) -> str:
         from jinja2 import Environment, PackageLoader, select_autoescape
 
-        env = Environment(loader=PackageLoader("medseg.reports", "templates"),
-                          autoescape=select_autoescape(["html", "j2"]))
+        env = Environment(
+            loader=PackageLoader("medseg.reports", "templates"), autoescape=select_autoescape(["html", "j2"])
+        )
         sections = [
             {**s.__dict__, "png_b64": base64.b64encode(s.png).decode("ascii") if s.png else ""}
             for s in self.sections
         ]
         return env.get_template("report.html.j2").render(
-            title=self.title, subtitle=self.subtitle, notice=self.notice, inputs=self.inputs,
-            created=self.created, version=__version__, sections=sections,
+            title=self.title,
+            subtitle=self.subtitle,
+            notice=self.notice,
+            inputs=self.inputs,
+            created=self.created,
+            version=__version__,
+            sections=sections,
         )
 
     def write_html(self, path: str | Path) -> Path:
@@ -123,14 +130,18 @@ class Report:
                     lines += [("text", t) for t in textwrap.wrap(s.text, 95)]
                 else:
                     lines += _table_lines(s.columns, s.rows)
-            styles = {"title": (16, "bold", "sans-serif"), "heading": (12, "bold", "sans-serif"),
-                      "text": (9, "normal", "sans-serif"), "small": (7, "normal", "sans-serif"),
-                      "mono": (6.5, "normal", "monospace")}
+            styles = {
+                "title": (16, "bold", "sans-serif"),
+                "heading": (12, "bold", "sans-serif"),
+                "text": (9, "normal", "sans-serif"),
+                "small": (7, "normal", "sans-serif"),
+                "mono": (6.5, "normal", "monospace"),
+            }
             per_page = 70
             for start in range(0, max(len(lines), 1), per_page):
                 fig = plt.figure(figsize=(8.27, 11.69))
                 y = 0.96
-                for kind, text in lines[start:start + per_page]:
+                for kind, text in lines[start : start + per_page]:
                     size, weight, family = styles[kind]
                     fig.text(0.06, y, text, fontsize=size, fontweight=weight, family=family, va="top")
                     y -= 0.013 if kind in ("mono", "small", "text") else 0.022

@@ -27,8 +27,9 @@ def figure_png(fig, *, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
-def bland_altman_figure(series: Sequence[tuple[str, np.ndarray, np.ndarray]], *, quantity: str,
-                        unit: str = ""):
+def bland_altman_figure(
+    series: Sequence[tuple[str, np.ndarray, np.ndarray]], *, quantity: str, unit: str = ""
+):
     """Bland-Altman panels, one per (label, measured, reference) triple.
 
     x = mean of the two measurements, y = measured - reference; lines at the bias and the
@@ -47,8 +48,15 @@ def bland_altman_figure(series: Sequence[tuple[str, np.ndarray, np.ndarray]], *,
         if np.isfinite(sd):
             for v, name in ((bias - 1.96 * sd, "-1.96 SD"), (bias + 1.96 * sd, "+1.96 SD")):
                 ax.axhline(v, color="#c0392b", lw=1, ls="--")
-                ax.annotate(f"{name}: {v:+.2f}", (1.0, v), xycoords=("axes fraction", "data"),
-                            ha="right", va="bottom", fontsize=8, color="#c0392b")
+                ax.annotate(
+                    f"{name}: {v:+.2f}",
+                    (1.0, v),
+                    xycoords=("axes fraction", "data"),
+                    ha="right",
+                    va="bottom",
+                    fontsize=8,
+                    color="#c0392b",
+                )
         ax.set_title(label)
         ax.set_xlabel(f"mean of both {quantity}{f' ({unit})' if unit else ''}")
         ax.set_ylabel(f"difference {quantity}{f' ({unit})' if unit else ''}")

@@ -27,18 +27,21 @@ from scipy import ndimage as ndi
 from medseg.brain.io import MODALITIES
 
 # tissue index: 0 bg, 1 scalp, 2 skull, 3 csf, 4 gm, 5 wm, 6 necrosis, 7 edema, 8 enhancing
-_TISSUE_INTENSITY = np.array([
-    # t1    t1c   t2    flair
-    [0.00, 0.00, 0.00, 0.00],  # background
-    [0.90, 0.90, 0.50, 0.55],  # scalp / fat
-    [0.08, 0.08, 0.08, 0.08],  # skull
-    [0.22, 0.22, 1.00, 0.12],  # CSF
-    [0.55, 0.55, 0.62, 0.60],  # grey matter
-    [0.78, 0.78, 0.42, 0.48],  # white matter
-    [0.28, 0.30, 0.95, 0.35],  # necrosis
-    [0.45, 0.45, 0.82, 0.95],  # edema
-    [0.58, 1.25, 0.62, 0.70],  # enhancing tumour
-], dtype=np.float32)
+_TISSUE_INTENSITY = np.array(
+    [
+        # t1    t1c   t2    flair
+        [0.00, 0.00, 0.00, 0.00],  # background
+        [0.90, 0.90, 0.50, 0.55],  # scalp / fat
+        [0.08, 0.08, 0.08, 0.08],  # skull
+        [0.22, 0.22, 1.00, 0.12],  # CSF
+        [0.55, 0.55, 0.62, 0.60],  # grey matter
+        [0.78, 0.78, 0.42, 0.48],  # white matter
+        [0.28, 0.30, 0.95, 0.35],  # necrosis
+        [0.45, 0.45, 0.82, 0.95],  # edema
+        [0.58, 1.25, 0.62, 0.70],  # enhancing tumour
+    ],
+    dtype=np.float32,
+)
 _GAIN = {"t1": 800.0, "t1c": 900.0, "t2": 1200.0, "flair": 600.0}
 _BIAS_AMPLITUDE = {"t1": 0.25, "t1c": 0.25, "t2": 0.10, "flair": 0.10}
 _TISSUE_LABEL = {6: 1, 7: 2, 8: 4}
@@ -66,7 +69,9 @@ class BrainCase:
     spacing: tuple[float, float, float]
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: tuple[float, ...]) -> np.ndarray:
+def _smooth_field(
+    rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: tuple[float, ...]
+) -> np.ndarray:
     """Zero-mean, unit-max smooth random field."""
     f = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox, mode="wrap")
     return f / (np.abs(f).max() + 1e-8)
@@ -78,8 +83,12 @@ def make_brain_case(seed: int, config: BrainPhantomConfig | None = None) -> Brai
     rng = np.random.default_rng(seed)
     nz, ny, nx = cfg.shape
     sz, sy, sx = cfg.spacing
-    z, y, x = np.meshgrid((np.arange(nz) - (nz - 1) / 2) * sz, (np.arange(ny) - (ny - 1) / 2) * sy,
-                          (np.arange(nx) - (nx - 1) / 2) * sx, indexing="ij")
+    z, y, x = np.meshgrid(
+        (np.arange(nz) - (nz - 1) / 2) * sz,
+        (np.arange(ny) - (ny - 1) / 2) * sy,
+        (np.arange(nx) - (nx - 1) / 2) * sx,
+        indexing="ij",
+    )
     fov = np.array([nz * sz, ny * sy, nx * sx]) / 2
     semi = np.array([min(fov[0] * 1.15, 75.0), fov[1] * 0.92, fov[2] * 0.8]) * rng.uniform(0.94, 1.02, 3)
     head_d = np.sqrt((z / semi[0]) ** 2 + (y / semi[1]) ** 2 + (x / semi[2]) ** 2)
@@ -100,8 +109,13 @@ def make_brain_case(seed: int, config: BrainPhantomConfig | None = None) -> Brai
         tissue[vd < 1.0] = 3
 
     # tumour: centre inside one hemisphere, nested irregular shells
-    centre = np.array([rng.uniform(-0.25, 0.25) * semi[0], rng.uniform(-0.35, 0.35) * semi[1],
-                       rng.choice([-1, 1]) * rng.uniform(0.25, 0.45) * semi[2]])
+    centre = np.array(
+        [
+            rng.uniform(-0.25, 0.25) * semi[0],
+            rng.uniform(-0.35, 0.35) * semi[1],
+            rng.choice([-1, 1]) * rng.uniform(0.25, 0.45) * semi[2],
+        ]
+    )
     r = np.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
     r = r * (1.0 + 0.22 * _smooth_field(rng, cfg.shape, tuple(9.0 / s for s in cfg.spacing)))
     r_core = rng.uniform(*cfg.tumour_core_mm)
@@ -125,7 +139,7 @@ def make_brain_case(seed: int, config: BrainPhantomConfig | None = None) -> Brai
         if cfg.bias:
             zz, yy, xx = (z / fov[0], y / fov[1], x / fov[2])
             c = rng.normal(0, 1, 6)
-            poly = c[0] * xx + c[1] * yy + c[2] * zz + c[3] * xx * yy + c[4] * xx ** 2 + c[5] * yy ** 2
+            poly = c[0] * xx + c[1] * yy + c[2] * zz + c[3] * xx * yy + c[4] * xx**2 + c[5] * yy**2
             poly /= np.abs(poly).max() + 1e-8
             img *= np.exp(_BIAS_AMPLITUDE[mod] * poly)
         sigma = cfg.noise * _TISSUE_INTENSITY[5, m_idx]
@@ -151,8 +165,13 @@ def write_brain_case(case: BrainCase, out_dir: str | Path, *, name: str) -> Path
     out.mkdir(parents=True, exist_ok=True)
     nz, ny, nx = case.label.shape
     sz, sy, sx = case.spacing
-    meta = VolumeMeta(spacing=case.spacing, origin=(-(nx - 1) / 2 * sx, -(ny - 1) / 2 * sy, -(nz - 1) / 2 * sz),
-                      direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), source="synthetic", path="")
+    meta = VolumeMeta(
+        spacing=case.spacing,
+        origin=(-(nx - 1) / 2 * sx, -(ny - 1) / 2 * sy, -(nz - 1) / 2 * sz),
+        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+        source="synthetic",
+        path="",
+    )
     for mod, img in case.images.items():
         write_volume_sitk(out / f"{name}_{BRATS2021_SUFFIX[mod]}.nii.gz", img, meta, dtype=np.float32)
     write_volume_sitk(out / f"{name}_seg.nii.gz", case.label, meta, dtype=np.uint8)

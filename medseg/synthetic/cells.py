@@ -39,7 +39,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return field / (field.std() + 1e-8)
 
 
-def _place_cells(rng: np.random.Generator, cfg: SyntheticCellsConfig) -> list[tuple[float, float, float, np.ndarray]]:
+def _place_cells(
+    rng: np.random.Generator, cfg: SyntheticCellsConfig
+) -> list[tuple[float, float, float, np.ndarray]]:
     """Centres, radii and Fourier boundary coefficients; clustered so that many cells touch."""
     h, w = cfg.height, cfg.width
     r_lo, r_hi = cfg.radius_range
@@ -78,8 +80,12 @@ def _rasterise(cells, shape: tuple[int, int]) -> np.ndarray:
         dy, dx = yy - cy, xx - cx
         theta = np.arctan2(dy, dx)
         k = np.arange(1, 6)[:, None, None]
-        radius = r * (1 + (coeffs[:, 0, None, None] * np.cos(k * theta)
-                           + coeffs[:, 1, None, None] * np.sin(k * theta)).sum(0))
+        radius = r * (
+            1
+            + (
+                coeffs[:, 0, None, None] * np.cos(k * theta) + coeffs[:, 1, None, None] * np.sin(k * theta)
+            ).sum(0)
+        )
         rho = (np.hypot(dy, dx) / np.maximum(radius, 1.0)).astype(np.float32)
         region = best[y0:y1, x0:x1]
         take = (rho < 1) & (rho < region)
@@ -136,11 +142,17 @@ def synthetic_cells(seed: int, config: SyntheticCellsConfig | None = None) -> tu
     return image, labels.astype(np.int32)
 
 
-def synthetic_batch(seed: int, count: int, config: SyntheticCellsConfig | None = None,
-                    modalities: tuple[str, ...] = MODALITIES) -> list[tuple[np.ndarray, np.ndarray]]:
+def synthetic_batch(
+    seed: int,
+    count: int,
+    config: SyntheticCellsConfig | None = None,
+    modalities: tuple[str, ...] = MODALITIES,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """``count`` image/label pairs, alternating modalities, from seeds ``seed*1000 + i``."""
     from dataclasses import replace
 
     cfg = config or SyntheticCellsConfig()
-    return [synthetic_cells(seed * 1000 + i, replace(cfg, modality=modalities[i % len(modalities)]))
-            for i in range(count)]
+    return [
+        synthetic_cells(seed * 1000 + i, replace(cfg, modality=modalities[i % len(modalities)]))
+        for i in range(count)
+    ]

@@ -112,14 +112,28 @@ def make_object(cfg: PhantomConfig, rng: np.random.Generator) -> tuple[np.ndarra
     vessels = []
     for _ in range(int(26 * (n / 160) ** 2)):
         side = rng.choice([-1, 1])
-        vessels.append((rng.uniform(-0.8, 0.8) * lung_ry + lung_cy, side * lung_cx + rng.uniform(-0.75, 0.75) * lung_rx,
-                        rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3), rng.uniform(0.6, 2.2)))
+        vessels.append(
+            (
+                rng.uniform(-0.8, 0.8) * lung_ry + lung_cy,
+                side * lung_cx + rng.uniform(-0.75, 0.75) * lung_rx,
+                rng.uniform(-0.3, 0.3),
+                rng.uniform(-0.3, 0.3),
+                rng.uniform(0.6, 2.2),
+            )
+        )
     # small bronchi: rings running with the vessels
     bronchi = []
     for _ in range(int(6 * (n / 160) ** 2)):
         side = rng.choice([-1, 1])
-        bronchi.append((rng.uniform(-0.6, 0.6) * lung_ry + lung_cy, side * lung_cx + rng.uniform(-0.5, 0.5) * lung_rx,
-                        rng.uniform(-0.15, 0.15), rng.uniform(-0.15, 0.15), rng.uniform(1.2, 2.2)))
+        bronchi.append(
+            (
+                rng.uniform(-0.6, 0.6) * lung_ry + lung_cy,
+                side * lung_cx + rng.uniform(-0.5, 0.5) * lung_rx,
+                rng.uniform(-0.15, 0.15),
+                rng.uniform(-0.15, 0.15),
+                rng.uniform(1.2, 2.2),
+            )
+        )
 
     for k, z in enumerate(zz):
         s = 1.0 + 0.02 * np.sin(z / 20.0)
@@ -169,8 +183,9 @@ def make_object(cfg: PhantomConfig, rng: np.random.Generator) -> tuple[np.ndarra
     return obj, {"lungs": lungs, "airways": airways, "emphysema": emph & lungs}
 
 
-def reconstruct(obj: np.ndarray, kernels: tuple[str, ...], cfg: PhantomConfig,
-                rng: np.random.Generator) -> dict[str, np.ndarray]:
+def reconstruct(
+    obj: np.ndarray, kernels: tuple[str, ...], cfg: PhantomConfig, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Simulate reconstructions of one acquisition with several kernels (shared noise)."""
     nz, n, _ = obj.shape
     pad = n // 8
@@ -188,7 +203,7 @@ def reconstruct(obj: np.ndarray, kernels: tuple[str, ...], cfg: PhantomConfig,
         spectrum = np.fft.fft2(sl) + noise_f * (cfg.noise_b30_hu / sd30)
         for k in kernels:
             img = np.real(np.fft.ifft2(spectrum * filters[k]))
-            out[k][z] = img[pad:pad + n, pad:pad + n]
+            out[k][z] = img[pad : pad + n, pad : pad + n]
     return out
 
 
@@ -202,7 +217,9 @@ class SyntheticExam:
     spacing_zyx: tuple[float, float, float]
 
 
-def make_exam(seed: int, *, kernels: tuple[str, ...] = SIMULATED_KERNELS, config: PhantomConfig | None = None) -> SyntheticExam:
+def make_exam(
+    seed: int, *, kernels: tuple[str, ...] = SIMULATED_KERNELS, config: PhantomConfig | None = None
+) -> SyntheticExam:
     """Generate one exam deterministically from ``seed``."""
     cfg = config or PhantomConfig()
     rng = np.random.default_rng(seed)
@@ -211,8 +228,9 @@ def make_exam(seed: int, *, kernels: tuple[str, ...] = SIMULATED_KERNELS, config
     return SyntheticExam(vols, obj, masks, (cfg.slice_mm, cfg.pixel_mm, cfg.pixel_mm))
 
 
-def write_exam_dicom(exam: SyntheticExam, out_dir, *, seed: int, name: str = "exam",
-                     layout: str = "folders") -> dict[str, list]:
+def write_exam_dicom(
+    exam: SyntheticExam, out_dir, *, seed: int, name: str = "exam", layout: str = "folders"
+) -> dict[str, list]:
     """Write each kernel's volume as a real DICOM CT series (shared study and frame of reference).
 
     ``layout='folders'`` puts each series in ``out_dir/<kernel>/``; ``'flat'`` mixes all series
@@ -228,15 +246,29 @@ def write_exam_dicom(exam: SyntheticExam, out_dir, *, seed: int, name: str = "ex
     for number, (kernel, volume) in enumerate(sorted(exam.volumes.items()), start=1):
         folder = out_dir / kernel if layout == "folders" else out_dir
         written[kernel] = write_ct_series(
-            folder, volume, spacing_zyx=exam.spacing_zyx, kernel=kernel, study_uid=study,
-            series_uid=new_uid("series", name, str(seed), kernel), frame_uid=frame, series_number=number,
-            description=f"Thorax {exam.spacing_zyx[0]:g} {kernel} (synthetic)", patient_id=f"SYN{seed:06d}",
-            file_prefix="IM" if layout == "folders" else f"{kernel[1:3]}x")
+            folder,
+            volume,
+            spacing_zyx=exam.spacing_zyx,
+            kernel=kernel,
+            study_uid=study,
+            series_uid=new_uid("series", name, str(seed), kernel),
+            frame_uid=frame,
+            series_number=number,
+            description=f"Thorax {exam.spacing_zyx[0]:g} {kernel} (synthetic)",
+            patient_id=f"SYN{seed:06d}",
+            file_prefix="IM" if layout == "folders" else f"{kernel[1:3]}x",
+        )
     return written
 
 
-def write_cohort(out_dir, seeds: list[int], *, kernels: tuple[str, ...] = SIMULATED_KERNELS,
-                 config: PhantomConfig | None = None, vary_emphysema: bool = True) -> list:
+def write_cohort(
+    out_dir,
+    seeds: list[int],
+    *,
+    kernels: tuple[str, ...] = SIMULATED_KERNELS,
+    config: PhantomConfig | None = None,
+    vary_emphysema: bool = True,
+) -> list:
     """One exam folder per seed; emphysema severity varies by seed so Bland-Altman has a range."""
     from dataclasses import replace
     from pathlib import Path

@@ -107,7 +107,12 @@ class SyntheticSlide:
         """Boolean tissue mask on the grid ``ys[:, None], xs[None, :]`` (level-0 coordinates)."""
         mask = np.zeros((ys.size, xs.size), bool)
         for cx, cy, rx, ry, th, ph in self.blobs:
-            if xs[-1] < cx - rx * 1.1 or xs[0] > cx + rx * 1.1 or ys[-1] < cy - ry * 1.1 or ys[0] > cy + ry * 1.1:
+            if (
+                xs[-1] < cx - rx * 1.1
+                or xs[0] > cx + rx * 1.1
+                or ys[-1] < cy - ry * 1.1
+                or ys[0] > cy + ry * 1.1
+            ):
                 continue
             dx, dy = xs[None, :] - cx, ys[:, None] - cy
             u = (dx * math.cos(th) + dy * math.sin(th)) / rx
@@ -143,8 +148,19 @@ class SyntheticSlide:
         gy = rng.uniform(y0, y1, n_glom)
         gr = rng.uniform(90, 130, n_glom)
         keep = self._inside_tissue(gx, gy, 140)
-        glom = np.stack([np.full(n_glom, GLOMERULUS), gx, gy, gr, gr * rng.uniform(0.85, 1.0, n_glom),
-                         rng.uniform(0, np.pi, n_glom), np.zeros(n_glom), np.ones(n_glom)], 1)[keep]
+        glom = np.stack(
+            [
+                np.full(n_glom, GLOMERULUS),
+                gx,
+                gy,
+                gr,
+                gr * rng.uniform(0.85, 1.0, n_glom),
+                rng.uniform(0, np.pi, n_glom),
+                np.zeros(n_glom),
+                np.ones(n_glom),
+            ],
+            1,
+        )[keep]
         rows.append(glom)
         # tubules on a coarse jittered grid, PTCs on a finer one between them
         tsp = 330
@@ -154,8 +170,19 @@ class SyntheticSlide:
         sel = (rng.random(tx.size) < 0.6) & self._inside_tissue(tx, ty, 80) & ~self._near(tx, ty, glom, 60)
         n = int(sel.sum())
         trx = rng.uniform(55, 85, n)
-        tub = np.stack([np.full(n, TUBULE), tx[sel], ty[sel], trx, trx * rng.uniform(0.6, 0.9, n),
-                        rng.uniform(0, np.pi, n), np.zeros(n), np.zeros(n)], 1)
+        tub = np.stack(
+            [
+                np.full(n, TUBULE),
+                tx[sel],
+                ty[sel],
+                trx,
+                trx * rng.uniform(0.6, 0.9, n),
+                rng.uniform(0, np.pi, n),
+                np.zeros(n),
+                np.zeros(n),
+            ],
+            1,
+        )
         rows.append(tub)
         sp = s.ptc_spacing
         jit = sp * 0.14
@@ -172,8 +199,9 @@ class SyntheticSlide:
         is_arc = rng.random(n) < s.arc_fraction
         kind = np.where(is_arc, ARC, kind)
         wall = np.where(kind == PTC_NEG, rng.uniform(2.0, 3.0, n), rng.uniform(3.0, 4.5, n))
-        rows.append(np.stack([kind, px, py, rx, ry, rng.uniform(0, np.pi, n), wall,
-                              rng.uniform(0, 2 * np.pi, n)], 1))
+        rows.append(
+            np.stack([kind, px, py, rx, ry, rng.uniform(0, np.pi, n), wall, rng.uniform(0, 2 * np.pi, n)], 1)
+        )
         return np.concatenate(rows, 0) if rows else np.zeros((0, 8))
 
     @staticmethod
@@ -203,10 +231,17 @@ class SyntheticSlide:
             ring = [[round(float(a), 2), round(float(b), 2)] for a, b in zip(x, y)]
             ring.append(ring[0])
             name = CLASS_NAMES[int(kind)]
-            feats.append({"type": "Feature", "id": f"ptc-{i}",
-                          "geometry": {"type": "Polygon", "coordinates": [ring]},
-                          "properties": {"objectType": "annotation",
-                                         "classification": {"name": name, "color": list(COLORS[name])}}})
+            feats.append(
+                {
+                    "type": "Feature",
+                    "id": f"ptc-{i}",
+                    "geometry": {"type": "Polygon", "coordinates": [ring]},
+                    "properties": {
+                        "objectType": "annotation",
+                        "classification": {"name": name, "color": list(COLORS[name])},
+                    },
+                }
+            )
         return feats
 
     # -- rendering --------------------------------------------------------------------------
@@ -234,12 +269,14 @@ class SyntheticSlide:
         for i in self._objects_in(xs[0] - ds, ys[0] - ds, xs[-1] + ds, ys[-1] + ds):
             self._draw_object(img, self.objects[i], xs, ys, i)
         ox, oy = int(x0 / ds) % self.spec.tile, int(y0 / ds) % self.spec.tile
-        noise = self._noise[oy:oy + h, ox:ox + w]
+        noise = self._noise[oy : oy + h, ox : ox + w]
         if noise.shape[:2] == (h, w):
             img += noise
         return np.clip(img, 0, 255).astype(np.uint8)
 
-    def _draw_nuclei(self, img: np.ndarray, tissue: np.ndarray, xs: np.ndarray, ys: np.ndarray, ds: float) -> None:
+    def _draw_nuclei(
+        self, img: np.ndarray, tissue: np.ndarray, xs: np.ndarray, ys: np.ndarray, ds: float
+    ) -> None:
         r = 3.5
         cx0, cx1 = int((xs[0] - r) // _NUC_CELL), int((xs[-1] + r) // _NUC_CELL)
         cy0, cy1 = int((ys[0] - r) // _NUC_CELL), int((ys[-1] + r) // _NUC_CELL)
@@ -264,7 +301,9 @@ class SyntheticSlide:
                 d &= where[i0:i1, j0:j1]
             img[i0:i1, j0:j1][d] = color
 
-    def _draw_object(self, img: np.ndarray, obj: np.ndarray, xs: np.ndarray, ys: np.ndarray, idx: int) -> None:
+    def _draw_object(
+        self, img: np.ndarray, obj: np.ndarray, xs: np.ndarray, ys: np.ndarray, idx: int
+    ) -> None:
         kind, cx, cy, rx, ry, th, wall, flag = obj
         R = max(rx, ry) + 1
         j0, j1 = np.searchsorted(xs, cx - R), np.searchsorted(xs, cx + R)
@@ -296,8 +335,13 @@ class SyntheticSlide:
             if ds <= 4:
                 n = max(8, int(2 * math.pi * rx / 22))
                 a = np.linspace(0, 2 * np.pi, n, endpoint=False) + idx
-                pts = np.stack([cx + 0.72 * (rx * np.cos(a) * math.cos(th) - ry * np.sin(a) * math.sin(th)),
-                                cy + 0.72 * (rx * np.cos(a) * math.sin(th) + ry * np.sin(a) * math.cos(th))], 1)
+                pts = np.stack(
+                    [
+                        cx + 0.72 * (rx * np.cos(a) * math.cos(th) - ry * np.sin(a) * math.sin(th)),
+                        cy + 0.72 * (rx * np.cos(a) * math.sin(th) + ry * np.sin(a) * math.cos(th)),
+                    ],
+                    1,
+                )
                 self._stamp_discs(img, pts, 4.0, xs, ys, ds, _NUCLEUS)
         elif kind == GLOMERULUS:
             sub[r <= 1.0] = _LUMEN * 0.6 + _STROMA * 0.4
@@ -358,12 +402,20 @@ def _tiles(slide: SyntheticSlide, ds: int, W: int, H: int) -> Iterator[np.ndarra
 def _aperio_description(spec: SlideSpec, width: int, height: int, ds: float) -> str:
     """ImageDescription of an Aperio SVS level: OpenSlide's aperio driver keys on the 'Aperio' prefix
     and reads MPP / AppMag from the '|'-separated fields."""
-    return (f"Aperio Image Library v12.0.15 medseg synthetic, not for clinical use\n{width}x{height} "
-            f"({spec.tile}x{spec.tile}) JPEG/RGB Q={spec.jpeg_quality}|AppMag = 20|MPP = {spec.mpp * ds:.4f}")
+    return (
+        f"Aperio Image Library v12.0.15 medseg synthetic, not for clinical use\n{width}x{height} "
+        f"({spec.tile}x{spec.tile}) JPEG/RGB Q={spec.jpeg_quality}|AppMag = 20|MPP = {spec.mpp * ds:.4f}"
+    )
 
 
-def write_slide(path: str | Path, spec: SlideSpec | SyntheticSlide, *, geojson: str | Path | None = None,
-                mpp_metadata: bool = True, flavour: str = "tiff") -> SyntheticSlide:
+def write_slide(
+    path: str | Path,
+    spec: SlideSpec | SyntheticSlide,
+    *,
+    geojson: str | Path | None = None,
+    mpp_metadata: bool = True,
+    flavour: str = "tiff",
+) -> SyntheticSlide:
     """Write a pyramidal tiled TIFF (JPEG tiles, mpp in resolution tags) streaming tile by tile.
 
     Memory is bounded by one tile per level whatever the slide size. ``mpp_metadata=False``
@@ -388,14 +440,28 @@ def write_slide(path: str | Path, spec: SlideSpec | SyntheticSlide, *, geojson: 
             level_desc = desc if level == 0 else None
             if flavour == "aperio":
                 scale = {}
-                level_desc = _aperio_description(spec, W, H, ds) if mpp_metadata else "Aperio Image Library v12.0.15"
-            tw.write(_tiles(slide, ds, W, H), shape=(H, W, 3), dtype=np.uint8, tile=(spec.tile, spec.tile),
-                     compression="jpeg", compressionargs={"level": spec.jpeg_quality}, photometric="rgb",
-                     **scale, subfiletype=1 if level else 0,
-                     description=level_desc, metadata=None, software="medseg synthetic")
+                level_desc = (
+                    _aperio_description(spec, W, H, ds) if mpp_metadata else "Aperio Image Library v12.0.15"
+                )
+            tw.write(
+                _tiles(slide, ds, W, H),
+                shape=(H, W, 3),
+                dtype=np.uint8,
+                tile=(spec.tile, spec.tile),
+                compression="jpeg",
+                compressionargs={"level": spec.jpeg_quality},
+                photometric="rgb",
+                **scale,
+                subfiletype=1 if level else 0,
+                description=level_desc,
+                metadata=None,
+                software="medseg synthetic",
+            )
     if geojson is not None:
         from medseg.io.atomic import write_text
 
         write_text(geojson, json.dumps({"type": "FeatureCollection", "features": slide.ptc_features()}))
-    log.info("wrote synthetic slide %s (%dx%d px, %s)", path, spec.width, spec.height, counts_text(slide.counts()))
+    log.info(
+        "wrote synthetic slide %s (%dx%d px, %s)", path, spec.width, spec.height, counts_text(slide.counts())
+    )
     return slide

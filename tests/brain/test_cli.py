@@ -20,9 +20,29 @@ from medseg.engine.weights import demo_weights_path
 @pytest.fixture(scope="module")
 def tiny_weights(brain_cases, tmp_path_factory):
     out = tmp_path_factory.mktemp("brain_w")
-    res = CliRunner().invoke(cli, ["brain-train", str(brain_cases[0]), "--out", str(out), "--local-channels", "4",
-                                   "--global-channels", "6", "--epochs", "2", "--steps", "3", "--batch-size", "16",
-                                   "--no-n4", "--json", "--device", "cpu"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "brain-train",
+            str(brain_cases[0]),
+            "--out",
+            str(out),
+            "--local-channels",
+            "4",
+            "--global-channels",
+            "6",
+            "--epochs",
+            "2",
+            "--steps",
+            "3",
+            "--batch-size",
+            "16",
+            "--no-n4",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["validated_on"] == "training data" and "no held-out validation data" in res.stderr
@@ -36,8 +56,16 @@ def _run(*args):
 
 def _explicit(case):
     n = case.name
-    return ["--t1", case / f"{n}_t1.nii.gz", "--t1c", case / f"{n}_t1ce.nii.gz", "--t2", case / f"{n}_t2.nii.gz",
-            "--flair", case / f"{n}_flair.nii.gz"]
+    return [
+        "--t1",
+        case / f"{n}_t1.nii.gz",
+        "--t1c",
+        case / f"{n}_t1ce.nii.gz",
+        "--t2",
+        case / f"{n}_t2.nii.gz",
+        "--flair",
+        case / f"{n}_flair.nii.gz",
+    ]
 
 
 def test_segment_writes_the_label_map_geometry_and_volumes(brain_cases, tmp_path):
@@ -45,8 +73,20 @@ def test_segment_writes_the_label_map_geometry_and_volumes(brain_cases, tmp_path
     c = brain_cases[0]
     out = tmp_path / "seg.nii.gz"
     weights = demo_weights_path("brain", "brain_twopath_demo.safetensors")
-    res = _run("brain-segment", *_explicit(c), "--out", out, "--weights", weights, "--labels", "brats2023", "--no-n4",
-               "--device", "cpu", "--json")
+    res = _run(
+        "brain-segment",
+        *_explicit(c),
+        "--out",
+        out,
+        "--weights",
+        weights,
+        "--labels",
+        "brats2023",
+        "--no-n4",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     assert "trained on synthetic data only" in res.stderr
     doc = json.loads(res.stdout)
@@ -54,8 +94,9 @@ def test_segment_writes_the_label_map_geometry_and_volumes(brain_cases, tmp_path
     seg_img = sitk.ReadImage(str(out))
     ref = sitk.ReadImage(str(c / f"{c.name}_t1ce.nii.gz"))
     assert seg_img.GetSize() == ref.GetSize() and seg_img.GetSpacing() == ref.GetSpacing()
-    assert np.allclose(seg_img.GetOrigin(), ref.GetOrigin()) and np.allclose(seg_img.GetDirection(),
-                                                                              ref.GetDirection())
+    assert np.allclose(seg_img.GetOrigin(), ref.GetOrigin()) and np.allclose(
+        seg_img.GetDirection(), ref.GetDirection()
+    )
     seg = sitk.GetArrayFromImage(seg_img)
     # the same segmentation computed through the library, written in the BraTS 2023 convention
     model, _meta, prep = load_brain_model(weights)
@@ -73,7 +114,9 @@ def test_segment_writes_the_label_map_geometry_and_volumes(brain_cases, tmp_path
     assert doc["items"][0]["metrics"]["WT_ml"] == vols["WT_ml"]
     assert doc["items"][0]["outputs"]["seg"] == str(out)
     csv = (tmp_path / "seg_volumes.csv").read_text().splitlines()
-    assert csv[0].startswith("case,status,WT_ml,TC_ml,ET_ml") and csv[1].startswith(f"{c.name},ok,{vols['WT_ml']},")
+    assert csv[0].startswith("case,status,WT_ml,TC_ml,ET_ml") and csv[1].startswith(
+        f"{c.name},ok,{vols['WT_ml']},"
+    )
     # existing output: exit 3, one JSON document naming it
     res = _run("brain-segment", *_explicit(c), "--out", out, "--weights", weights, "--no-n4", "--json")
     assert res.exit_code == 3 and json.loads(res.stdout)["exit_code"] == 3
@@ -84,8 +127,18 @@ def test_segment_batch_and_eval_report(brain_cases, tiny_weights, tmp_path):
     cohort = tmp_path / "cohort"
     for c in brain_cases:
         shutil.copytree(c, cohort / c.name)
-    res = _run("brain-segment", cohort, "--out", tmp_path / "pred", "--weights", tiny_weights, "--device", "cpu",
-               "--no-n4", "--json")
+    res = _run(
+        "brain-segment",
+        cohort,
+        "--out",
+        tmp_path / "pred",
+        "--weights",
+        tiny_weights,
+        "--device",
+        "cpu",
+        "--no-n4",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     rows = (tmp_path / "pred" / "volumes.csv").read_text().splitlines()
@@ -121,13 +174,19 @@ def test_eval_perfect_prediction_scores_one(brain_cases, tmp_path):
 def test_eval_partial_failure_names_the_case(brain_cases, tmp_path):
     pred = tmp_path / "pred"
     pred.mkdir()
-    shutil.copy(brain_cases[0] / f"{brain_cases[0].name}_seg.nii.gz", pred / f"{brain_cases[0].name}_seg.nii.gz")
+    shutil.copy(
+        brain_cases[0] / f"{brain_cases[0].name}_seg.nii.gz", pred / f"{brain_cases[0].name}_seg.nii.gz"
+    )
     res = _run("brain-eval", *brain_cases, "--pred", pred, "--out", tmp_path / "qa", "--json")
     assert res.exit_code == 5
     doc = json.loads(res.stdout)
     failed = [(i["name"], i["reason"]) for i in doc["items"] if i["status"] == "failed"]
-    assert failed == [(brain_cases[1].name, f"no prediction for case {brain_cases[1].name} (looked for "
-                                            f"{brain_cases[1].name}_seg.nii.gz)")]
+    assert failed == [
+        (
+            brain_cases[1].name,
+            f"no prediction for case {brain_cases[1].name} (looked for {brain_cases[1].name}_seg.nii.gz)",
+        )
+    ]
     assert "Cases not evaluated" in (tmp_path / "qa" / "report.html").read_text()
 
 
@@ -138,19 +197,42 @@ def test_segment_bad_inputs(brain_cases, tiny_weights, tmp_path):
     res = _run("brain-segment", c, "--out", tmp_path / "o", "--weights", tiny_weights, "--json")
     assert res.exit_code == 2 and "missing modality t2" in res.stderr
     assert "missing modality t2" in json.loads(res.stdout)["error"]
-    res = _run("brain-segment", "--t1", c / f"{brain_cases[0].name}_t1.nii.gz", "--out", tmp_path / "x.nii.gz",
-               "--weights", tiny_weights)
+    res = _run(
+        "brain-segment",
+        "--t1",
+        c / f"{brain_cases[0].name}_t1.nii.gz",
+        "--out",
+        tmp_path / "x.nii.gz",
+        "--weights",
+        tiny_weights,
+    )
     assert res.exit_code == 2 and "missing modality" in res.stderr
-    res = _run("brain-segment", brain_cases[0], "--out", tmp_path / "o", "--weights", tmp_path / "nope.safetensors",
-               "--json")
-    assert res.exit_code == 4 and json.loads(res.stdout)["exit_code"] == 4 and "nope.safetensors" in res.stderr
+    res = _run(
+        "brain-segment",
+        brain_cases[0],
+        "--out",
+        tmp_path / "o",
+        "--weights",
+        tmp_path / "nope.safetensors",
+        "--json",
+    )
+    assert (
+        res.exit_code == 4 and json.loads(res.stdout)["exit_code"] == 4 and "nope.safetensors" in res.stderr
+    )
     assert not (tmp_path / "o").exists()  # nothing written by any of these
 
 
 def test_unwritable_out_is_exit_2_before_any_work(brain_cases, tiny_weights, tmp_path):
     (tmp_path / "afile.txt").write_text("not a folder")
-    res = _run("brain-segment", brain_cases[0], "--out", tmp_path / "afile.txt" / "out", "--weights", tiny_weights,
-               "--json")
+    res = _run(
+        "brain-segment",
+        brain_cases[0],
+        "--out",
+        tmp_path / "afile.txt" / "out",
+        "--weights",
+        tiny_weights,
+        "--json",
+    )
     assert res.exit_code == 2 and "is a file, not a folder" in json.loads(res.stdout)["error"]
     res = _run("brain-train", brain_cases[0], "--out", tmp_path / "afile.txt" / "run", "--json")
     assert res.exit_code == 2 and "afile.txt" in json.loads(res.stdout)["error"]
@@ -176,23 +258,39 @@ def test_failed_then_corrected_rerun_needs_no_overwrite(brain_cases, tiny_weight
     zero = sitk.Image(img.GetSize(), img.GetPixelID())
     zero.CopyInformation(img)
     sitk.WriteImage(zero, str(flair))
-    args = ["brain-segment", c, "--out", tmp_path / "out", "--weights", tiny_weights, "--no-n4", "--device", "cpu"]
+    args = [
+        "brain-segment",
+        c,
+        "--out",
+        tmp_path / "out",
+        "--weights",
+        tiny_weights,
+        "--no-n4",
+        "--device",
+        "cpu",
+    ]
     res = _run(*args)
     assert res.exit_code == 2 and "all zero" in res.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     flair.write_bytes(good)
     res = _run(*args)
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "out" / "case_seg.nii.gz").is_file() and (tmp_path / "out" / "case_seg_volumes.json").is_file()
+    assert (tmp_path / "out" / "case_seg.nii.gz").is_file() and (
+        tmp_path / "out" / "case_seg_volumes.json"
+    ).is_file()
 
 
-def test_batch_partial_failure_json_names_the_case_and_corrected_case_reruns(brain_cases, tiny_weights, tmp_path):
+def test_batch_partial_failure_json_names_the_case_and_corrected_case_reruns(
+    brain_cases, tiny_weights, tmp_path
+):
     cohort = tmp_path / "cohort"
     for c in brain_cases:
         shutil.copytree(c, cohort / c.name)
     bad = brain_cases[1].name
     (cohort / bad / f"{bad}_t1.nii.gz").unlink()
-    res = _run("brain-segment", cohort, "--out", tmp_path / "pred", "--weights", tiny_weights, "--no-n4", "--json")
+    res = _run(
+        "brain-segment", cohort, "--out", tmp_path / "pred", "--weights", tiny_weights, "--no-n4", "--json"
+    )
     assert res.exit_code == 5
     doc = json.loads(res.stdout)
     assert doc["exit_code"] == 5 and doc["counts"] == {"ok": 1, "failed": 1, "skipped": 0}
@@ -207,7 +305,9 @@ def test_batch_partial_failure_json_names_the_case_and_corrected_case_reruns(bra
     assert f"{brain_cases[0].name}: WT " in res.stdout  # the human summary of the good case
     # fix the case and segment it into the same folder: no --overwrite needed
     shutil.copy(brain_cases[1] / f"{bad}_t1.nii.gz", cohort / bad / f"{bad}_t1.nii.gz")
-    res = _run("brain-segment", cohort / bad, "--out", tmp_path / "pred", "--weights", tiny_weights, "--no-n4")
+    res = _run(
+        "brain-segment", cohort / bad, "--out", tmp_path / "pred", "--weights", tiny_weights, "--no-n4"
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "pred" / f"{bad}_seg.nii.gz").is_file()
 
@@ -223,13 +323,30 @@ def test_segment_mismatched_geometry_cli(brain_cases, tiny_weights, tmp_path):
     shutil.copytree(brain_cases[0], c)
     flair = c / f"{brain_cases[0].name}_flair.nii.gz"
     img = sitk.ReadImage(str(flair))
-    img = sitk.Resample(img, [48, 48, 24], sitk.Transform(), sitk.sitkLinear, img.GetOrigin(), (4.0, 4.0, 5.0),
-                        img.GetDirection(), 0.0)
+    img = sitk.Resample(
+        img,
+        [48, 48, 24],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        img.GetOrigin(),
+        (4.0, 4.0, 5.0),
+        img.GetDirection(),
+        0.0,
+    )
     sitk.WriteImage(img, str(flair))
     res = _run("brain-segment", c, "--out", tmp_path / "o", "--weights", tiny_weights, "--no-n4")
     assert res.exit_code == 2 and "flair and t1c are on different grids" in res.stderr
-    res = _run("brain-segment", c, "--out", tmp_path / "o", "--weights", tiny_weights, "--no-n4",
-               "--resample-to", "t1c")
+    res = _run(
+        "brain-segment",
+        c,
+        "--out",
+        tmp_path / "o",
+        "--weights",
+        tiny_weights,
+        "--no-n4",
+        "--resample-to",
+        "t1c",
+    )
     assert res.exit_code == 0, res.output
     out = sitk.ReadImage(str(tmp_path / "o" / "case_seg.nii.gz"))
     assert out.GetSize() == (64, 64, 24)

@@ -16,7 +16,9 @@ from medseg.synthetic.brain import MODALITIES, BrainPhantomConfig, make_brain_ca
 @pytest.fixture(scope="module")
 def stack() -> np.ndarray:
     case = make_brain_case(77, BrainPhantomConfig(shape=(6, 48, 44)))
-    norm, _ = preprocess(np.stack([case.images[m] for m in MODALITIES]), case.spacing, PreprocessConfig(n4=False))
+    norm, _ = preprocess(
+        np.stack([case.images[m] for m in MODALITIES]), case.spacing, PreprocessConfig(n4=False)
+    )
     return norm
 
 
@@ -39,17 +41,25 @@ def test_fcn_equals_patch_by_patch(arch, stack):
     labels = predict_volume(classes, stack, arch=arch, batch_size=3)
     assert labels.shape == stack.shape[1:] and labels.dtype == np.uint8
     assert np.array_equal(labels[coords[:, 0], coords[:, 1], coords[:, 2]], patch_logits.argmax(1))
-    assert np.array_equal(predict_patches(classes, stack, coords[:10], arch=arch), patch_logits[:10].argmax(1))
+    assert np.array_equal(
+        predict_patches(classes, stack, coords[:10], arch=arch), patch_logits[:10].argmax(1)
+    )
 
 
 def test_channels_last_equals_contiguous(stack):
     """The predictor runs the brain nets channels_last on CPU: same numbers as plain NCHW torch."""
     torch.manual_seed(5)
-    model = build_model(config=BrainNetConfig(arch="input-cascade", local_channels=6, global_channels=10)).eval()
-    x = torch.from_numpy(np.pad(stack[:, :2], ((0, 0), (0, 0), (32, 32), (32, 32))).transpose(1, 0, 2, 3).copy())
+    model = build_model(
+        config=BrainNetConfig(arch="input-cascade", local_channels=6, global_channels=10)
+    ).eval()
+    x = torch.from_numpy(
+        np.pad(stack[:, :2], ((0, 0), (0, 0), (32, 32), (32, 32))).transpose(1, 0, 2, 3).copy()
+    )
     with torch.inference_mode():
         plain = model(x).numpy()
-    fcn = predict_volume(make_predictor(model, device="cpu", postprocess="float"), stack[:, :2], arch="input-cascade")
+    fcn = predict_volume(
+        make_predictor(model, device="cpu", postprocess="float"), stack[:, :2], arch="input-cascade"
+    )
     np.testing.assert_allclose(fcn.transpose(1, 0, 2, 3), plain, atol=1e-5, rtol=1e-5)
 
 
@@ -57,10 +67,14 @@ def test_precomputed_first_stage_maps_equal_cascade_forward(stack):
     """Training reads windows of precomputed first-stage maps: must equal running the cascade on patches."""
     for arch in ARCHS[1:]:
         torch.manual_seed(2)
-        model = build_model(config=BrainNetConfig(arch=arch, local_channels=4, global_channels=6, dropout=0)).eval()
+        model = build_model(
+            config=BrainNetConfig(arch=arch, local_channels=4, global_channels=6, dropout=0)
+        ).eval()
         labels = np.zeros(stack.shape[1:], np.uint8)
         case = TrainingCase.build("c", stack, labels, np.ones_like(labels, bool))
-        case.set_first_stage(make_predictor(model.first, device="cpu", postprocess="softmax"), arch, batch_size=4)
+        case.set_first_stage(
+            make_predictor(model.first, device="cpu", postprocess="softmax"), arch, batch_size=4
+        )
         coords = np.array([[0, 0, 0], [3, 20, 30], [5, 47, 43]])
         x, p, _ = case.batch(coords, probs_size=model.probs_size)
         with torch.no_grad():
@@ -81,7 +95,9 @@ def test_brain_bounding_box_crop_is_exact():
     model = build_model(config=BrainNetConfig(arch="mf-cascade", local_channels=4, global_channels=6)).eval()
     predictor = make_predictor(model, device="cpu")
     full = predict_volume(predictor, norm, arch="mf-cascade")
-    geo = Geometry(shape=mask.shape, spacing=case.spacing, origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    geo = Geometry(
+        shape=mask.shape, spacing=case.spacing, origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)
+    )
     seg = segment_array(predictor, raw, geo, arch="mf-cascade", prep=prep, post=False)
     assert np.array_equal(seg[mask], full[mask]) and not seg[~mask].any()
 
@@ -89,8 +105,13 @@ def test_brain_bounding_box_crop_is_exact():
 @pytest.mark.cuda
 def test_cuda_matches_cpu(stack):
     torch.manual_seed(4)
-    model = build_model(config=BrainNetConfig(arch="input-cascade", local_channels=8, global_channels=16)).eval()
-    cpu = predict_volume(make_predictor(model, device="cpu", postprocess="float"), stack, arch="input-cascade")
-    gpu = predict_volume(make_predictor(model, device="cuda", amp="off", postprocess="float"), stack,
-                         arch="input-cascade")
+    model = build_model(
+        config=BrainNetConfig(arch="input-cascade", local_channels=8, global_channels=16)
+    ).eval()
+    cpu = predict_volume(
+        make_predictor(model, device="cpu", postprocess="float"), stack, arch="input-cascade"
+    )
+    gpu = predict_volume(
+        make_predictor(model, device="cuda", amp="off", postprocess="float"), stack, arch="input-cascade"
+    )
     np.testing.assert_allclose(gpu, cpu, atol=2e-3, rtol=2e-3)

@@ -32,7 +32,9 @@ def test_brats2023_naming_and_cohort_folder(brain_cases, tmp_path):
     for old, new in (("t1", "t1n"), ("t1ce", "t1c"), ("t2", "t2w"), ("flair", "t2f"), ("seg", "seg")):
         shutil.copy(src / f"{src.name}_{old}.nii.gz", dst / f"{dst.name}-{new}.nii.gz")
     files = find_case_files(dst)
-    assert files.modalities["t1c"].name.endswith("-t1c.nii.gz") and files.modalities["t1"].name.endswith("-t1n.nii.gz")
+    assert files.modalities["t1c"].name.endswith("-t1c.nii.gz") and files.modalities["t1"].name.endswith(
+        "-t1n.nii.gz"
+    )
     assert files.seg is not None
     assert expand_case_dirs([tmp_path / "cohort"]) == [dst]
 
@@ -43,8 +45,9 @@ def test_missing_modality(brain_cases, tmp_path):
     with pytest.raises(InputError, match="missing modality flair"):
         find_case_files(case)
     with pytest.raises(InputError, match="missing modality t2"):
-        case_from_paths(t1=case / f"{case.name}_t1.nii.gz", t1c=case / f"{case.name}_t1ce.nii.gz", t2=None,
-                        flair=None)
+        case_from_paths(
+            t1=case / f"{case.name}_t1.nii.gz", t1c=case / f"{case.name}_t1ce.nii.gz", t2=None, flair=None
+        )
 
 
 def _rewrite(path, fn):
@@ -122,9 +125,18 @@ def test_dicom_series_folder_per_modality(tmp_path):
     root = tmp_path / "DCM_1"
     study, frame = new_uid("study"), new_uid("frame")
     for i, (mod, folder) in enumerate((("t1", "t1"), ("t1c", "t1ce"), ("t2", "t2"), ("flair", "flair"))):
-        write_ct_series(root / folder, case.images[mod], spacing_zyx=case.spacing, kernel="", study_uid=study,
-                        series_uid=new_uid(mod), frame_uid=frame, series_number=i + 1, description=mod,
-                        rescale_intercept=0.0)
+        write_ct_series(
+            root / folder,
+            case.images[mod],
+            spacing_zyx=case.spacing,
+            kernel="",
+            study_uid=study,
+            series_uid=new_uid(mod),
+            frame_uid=frame,
+            series_number=i + 1,
+            description=mod,
+            rescale_intercept=0.0,
+        )
     files = find_case_files(root)
     assert files.modalities["t1c"].name == "t1ce"
     stack, geo = load_case(files)

@@ -32,8 +32,9 @@ def test_twopath_paper_shapes():
     assert net.output.kernel_size == (21, 21)
 
 
-@pytest.mark.parametrize("arch,patch,first_out", [("input-cascade", 65, 33), ("local-cascade", 56, 24),
-                                                  ("mf-cascade", 53, 21)])
+@pytest.mark.parametrize(
+    "arch,patch,first_out", [("input-cascade", 65, 33), ("local-cascade", 56, 24), ("mf-cascade", 53, 21)]
+)
 def test_cascade_shapes(arch, patch, first_out):
     model = build_model(config=BrainNetConfig(arch=arch))
     assert model.patch_size == patch
@@ -58,7 +59,9 @@ def test_cascade_shapes(arch, patch, first_out):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_receptive_field_and_fully_convolutional_output(arch):
     torch.manual_seed(0)
-    model = build_model(config=BrainNetConfig(arch=arch, local_channels=4, global_channels=6, dropout=0.0)).eval()
+    model = build_model(
+        config=BrainNetConfig(arch=arch, local_channels=4, global_channels=6, dropout=0.0)
+    ).eval()
     p = model.patch_size if hasattr(model, "patch_size") else 33
     x = torch.randn(1, 4, p + 10, p + 7, requires_grad=True)
     out = model(x)

@@ -32,7 +32,9 @@ def _hand_written_preprocess(stack, spacing, cfg):
         lo, hi = np.percentile(ch[mask], [cfg.clip_percent, 100.0 - cfg.clip_percent])
         ch = np.clip(ch, lo, hi)
         if cfg.n4 and c in N4_MODALITIES:
-            ch = n4_correct(np.maximum(ch, 1e-3), mask, spacing, shrink=cfg.n4_shrink, iterations=cfg.n4_iterations)
+            ch = n4_correct(
+                np.maximum(ch, 1e-3), mask, spacing, shrink=cfg.n4_shrink, iterations=cfg.n4_iterations
+            )
         vals = ch[mask]
         out[c] = np.where(mask, (ch - float(vals.mean())) / float(vals.std()), 0.0)
     return out, mask
@@ -42,7 +44,9 @@ def _hand_written_preprocess(stack, spacing, cfg):
 def test_monai_transforms_equal_hand_written_preprocessing(n4):
     case = make_brain_case(31, BrainPhantomConfig(shape=(12, 40, 40)))
     stack = _stack(case)
-    stack[0, 6, 18:22, 18:22] = 0  # zeros inside the brain in one channel: statistics still over the brain mask
+    stack[0, 6, 18:22, 18:22] = (
+        0  # zeros inside the brain in one channel: statistics still over the brain mask
+    )
     stack[3, 6, 20, 20] = 50 * stack[3].max()  # an outlier the 1 % clipping removes
     cfg = PreprocessConfig(n4=n4, n4_shrink=2, n4_iterations=[10, 5])
     out, mask = preprocess(stack, case.spacing, cfg)

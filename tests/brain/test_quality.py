@@ -21,7 +21,9 @@ def unseen_cases(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("weights", ["brain_input_cascade_demo.safetensors", "brain_twopath_demo.safetensors"])
+@pytest.mark.parametrize(
+    "weights", ["brain_input_cascade_demo.safetensors", "brain_twopath_demo.safetensors"]
+)
 def test_demo_weights_dice_on_unseen_seeds(weights, unseen_cases):
     model, meta, prep = load_brain_model(demo_weights_path("brain", weights))
     assert "synthetic" in meta.training_data.lower() and "5001" not in meta.training_data

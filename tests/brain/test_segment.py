@@ -13,7 +13,9 @@ def test_small_blobs_removed_big_kept():
     seg[4:6, 8:12, 8:12] = 4
     seg[5, 30, 30] = 1  # isolated false positive
     seg[1:3, 35:37, 2:4] = 2  # small blob: 8 voxels
-    out = postprocess(seg, (1.0, 1.0, 1.0), PostprocessConfig(min_component_ml=0.05, min_component_fraction=0.1))
+    out = postprocess(
+        seg, (1.0, 1.0, 1.0), PostprocessConfig(min_component_ml=0.05, min_component_fraction=0.1)
+    )
     assert out[5, 30, 30] == 0 and not out[1:3, 35:37, 2:4].any()
     assert np.array_equal(out[2:8, 5:20, 5:20], seg[2:8, 5:20, 5:20])
     mask = np.ones_like(seg, bool)
@@ -52,15 +54,23 @@ def test_postprocess_equals_hand_written_version():
     seg = (blobs * rng.integers(1, 5, blobs.shape)).astype(np.uint8)
     comps, n = ndi.label(seg > 0, structure=ndi.generate_binary_structure(3, 2))
     assert n > 10
-    for cfg, spacing in ((PostprocessConfig(), (1.0, 1.0, 1.0)), (PostprocessConfig(0.05, 0.1), (2.0, 1.0, 1.0)),
-                         (PostprocessConfig(0.0, 0.3), (1.0, 1.0, 1.0)), (PostprocessConfig(0.0, 0.0), (1.0,) * 3)):
+    for cfg, spacing in (
+        (PostprocessConfig(), (1.0, 1.0, 1.0)),
+        (PostprocessConfig(0.05, 0.1), (2.0, 1.0, 1.0)),
+        (PostprocessConfig(0.0, 0.3), (1.0, 1.0, 1.0)),
+        (PostprocessConfig(0.0, 0.0), (1.0,) * 3),
+    ):
         expected = _hand_written_postprocess(seg, spacing, cfg)
         got = postprocess(seg, spacing, cfg)
         assert np.array_equal(got, expected), cfg
-    assert 0 < (postprocess(seg, (1.0, 1.0, 1.0)) > 0).sum() < (seg > 0).sum()  # something removed, something kept
+    assert (
+        0 < (postprocess(seg, (1.0, 1.0, 1.0)) > 0).sum() < (seg > 0).sum()
+    )  # something removed, something kept
     one = np.zeros((4, 10, 10), np.uint8)
     one[1:3, 2:5, 2:5] = 2  # a single 18-voxel component: kept at 0.01 mL, removed at 0.02 mL
     for floor in (0.01, 0.02):
         cfg = PostprocessConfig(min_component_ml=floor)
-        assert np.array_equal(postprocess(one, (1.0, 1.0, 1.0), cfg), _hand_written_postprocess(one, (1.0,) * 3, cfg))
+        assert np.array_equal(
+            postprocess(one, (1.0, 1.0, 1.0), cfg), _hand_written_postprocess(one, (1.0,) * 3, cfg)
+        )
     assert postprocess(one, (1.0,) * 3, PostprocessConfig(min_component_ml=0.02)).sum() == 0

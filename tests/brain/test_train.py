@@ -20,10 +20,16 @@ from medseg.errors import InputError, OutputExistsError
 
 
 def _cfg(arch: str, *, epochs: int = 2, steps: int = 3, **kw) -> BrainTrainConfig:
-    return BrainTrainConfig(net=BrainNetConfig(arch=arch, local_channels=4, global_channels=6),
-                            preprocess=PreprocessConfig(n4=False), phase1=PhaseConfig(epochs=epochs, steps_per_epoch=steps),
-                            phase2=PhaseConfig(epochs=1, steps_per_epoch=2, lr=0.001), batch_size=16, val_patches=40,
-                            training_data="synthetic test cases", **kw)
+    return BrainTrainConfig(
+        net=BrainNetConfig(arch=arch, local_channels=4, global_channels=6),
+        preprocess=PreprocessConfig(n4=False),
+        phase1=PhaseConfig(epochs=epochs, steps_per_epoch=steps),
+        phase2=PhaseConfig(epochs=1, steps_per_epoch=2, lr=0.001),
+        batch_size=16,
+        val_patches=40,
+        training_data="synthetic test cases",
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +59,11 @@ def test_two_phases_held_out_validation_and_phase2_only_output_layer(twopath_run
     assert twopath_run.validated_on == "held-out data"
     assert twopath_run.extra["validation_cases"] == [brain_cases[1].name]
     assert twopath_run.extra["training_cases"] == [brain_cases[0].name]
-    assert [(h["stage"], h["epoch"]) for h in twopath_run.history] == [("phase1", 1), ("phase1", 2), ("phase2", 1)]
+    assert [(h["stage"], h["epoch"]) for h in twopath_run.history] == [
+        ("phase1", 1),
+        ("phase1", 2),
+        ("phase2", 1),
+    ]
     config = json.loads(open(f"{out}/phase1/train_config.json").read())
     assert config["task"]["validation_cases"] == [brain_cases[1].name]
     p1, _ = load_weights(f"{out}/phase1/best.safetensors")
@@ -104,8 +114,16 @@ def test_resume_continues_weights_and_optimizer(brain_cases, tmp_path, monkeypat
         assert all(torch.equal(a[k], b[k]) for k in a), name
     state = torch.load(tmp_path / "cut/phase1/state.pt", weights_only=True)
     assert state["epoch"] == 3 and state["optimizer"]["state"]  # momentum buffers saved (and restored)
-    assert set(state) <= {"optimizer", "scheduler", "epoch", "best", "best_epoch", "history", "numpy_rng",
-                          "torch_rng"}  # no weights in the state: they resume from last.safetensors
+    assert set(state) <= {
+        "optimizer",
+        "scheduler",
+        "epoch",
+        "best",
+        "best_epoch",
+        "history",
+        "numpy_rng",
+        "torch_rng",
+    }  # no weights in the state: they resume from last.safetensors
 
 
 def test_cascade_first_stage_frozen_bit_identical_and_resume(twopath_run, brain_cases, tmp_path, monkeypatch):
@@ -115,7 +133,9 @@ def test_cascade_first_stage_frozen_bit_identical_and_resume(twopath_run, brain_
     with pytest.raises(KeyboardInterrupt):
         train(brain_cases, tmp_path, cfg, first_weights=twopath_run.best_weights, device="cpu")
     monkeypatch.undo()
-    result = train(brain_cases, tmp_path, cfg, first_weights=twopath_run.best_weights, device="cpu", resume=True)
+    result = train(
+        brain_cases, tmp_path, cfg, first_weights=twopath_run.best_weights, device="cpu", resume=True
+    )
     assert [(h["stage"], h["epoch"]) for h in result.history] == [("phase1", 1), ("phase1", 2), ("phase2", 1)]
     state, meta = load_weights(result.best_weights)
     assert meta.model == "brain-input-cascade"
@@ -139,8 +159,13 @@ def test_existing_output_needs_overwrite_and_resume_needs_state(twopath_run, bra
 
 @pytest.mark.parametrize("arch", ["local-cascade", "mf-cascade"])
 def test_other_cascades_train_with_frozen_first_stage(arch, twopath_run, brain_cases, tmp_path):
-    result = train(brain_cases, tmp_path, _cfg(arch, epochs=1, steps=2), first_weights=twopath_run.best_weights,
-                   device="cpu")
+    result = train(
+        brain_cases,
+        tmp_path,
+        _cfg(arch, epochs=1, steps=2),
+        first_weights=twopath_run.best_weights,
+        device="cpu",
+    )
     state, meta = load_weights(result.best_weights)
     first_state, _ = load_weights(twopath_run.best_weights)
     assert meta.model == f"brain-{arch}"
@@ -159,7 +184,9 @@ def test_cascade_trains_its_first_stage_when_not_given(brain_cases, tmp_path):
     assert read_meta(tmp_path / "first/phase2/best.safetensors").model == "brain-twopath"
     assert all(torch.equal(state[f"first.{k}"], v) for k, v in first.items())
     seed_everything(cfg.seed)  # the first fit() seeds the same way before building its model
-    init = build_model(config=BrainNetConfig(arch="twopath", local_channels=4, global_channels=6)).state_dict()
+    init = build_model(
+        config=BrainNetConfig(arch="twopath", local_channels=4, global_channels=6)
+    ).state_dict()
     for key in ("local1.conv.weight", "output.weight"):  # the first stage was trained
         assert not torch.equal(first[key], init[key]), key
 
@@ -168,7 +195,10 @@ def test_time_budget_stops_then_resume_finishes(brain_cases, tmp_path):
     cfg = _cfg("twopath", epochs=2, steps=2, max_minutes=1e-5)  # spent after the first step
     stopped = train(brain_cases, tmp_path, cfg, device="cpu")
     assert stopped.stopped == "time budget" and not (tmp_path / "best.safetensors").exists()
-    assert stopped.best_weights == str(tmp_path / "phase1" / "best.safetensors") and not (tmp_path / "phase2").exists()
+    assert (
+        stopped.best_weights == str(tmp_path / "phase1" / "best.safetensors")
+        and not (tmp_path / "phase2").exists()
+    )
     cfg.max_minutes = None
     done = train(brain_cases, tmp_path, cfg, device="cpu", resume=True)
     assert done.stopped == "completed" and (tmp_path / "best.safetensors").is_file()

@@ -72,7 +72,9 @@ def discs(n: int = 2, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torc
         for _ in range(max(4, size * size // 1024)):  # about 12 % cell pixels at any size
             cy, cx = rng.integers(8, size - 8, 2)
             target[i][(yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(16, 64)] = 1
-    image = target[:, None].astype(np.float32) + 0.3 * rng.standard_normal((n, 1, size, size)).astype(np.float32)
+    image = target[:, None].astype(np.float32) + 0.3 * rng.standard_normal((n, 1, size, size)).astype(
+        np.float32
+    )
     return torch.from_numpy(image), torch.from_numpy(target)
 
 
@@ -175,7 +177,9 @@ def _overlap_tile_vs_whole(model, config: ArchConfig) -> tuple[np.ndarray, np.nd
         return whole(model, torch.from_numpy(batch)).numpy()
 
     tiled = overlap_tile_predict(predictor, image, tile=tile, margin=margin, align=align, batch_size=3)
-    ref = predictor(_mirror_pad(image, margin, align)[None, None])[0][:, margin:margin + 150, margin:margin + 130]
+    ref = predictor(_mirror_pad(image, margin, align)[None, None])[0][
+        :, margin : margin + 150, margin : margin + 130
+    ]
     assert tiled.shape == ref.shape == (2, 150, 130)
     return tiled, ref
 
@@ -226,11 +230,18 @@ def _sliding_exact(model, image: np.ndarray, config: ArchConfig, tile: int) -> t
     padded = np.pad(image, ((margin, hh - h + margin), (margin, ww - w + margin)), mode="reflect")
     assert core % align == 0 and padded.shape[0] % align == 0
     weight = torch.zeros(1, 1, tile, tile)
-    weight[..., margin:tile - margin, margin:tile - margin] = 1
+    weight[..., margin : tile - margin, margin : tile - margin] = 1
     x = torch.from_numpy(padded)[None, None]
     with torch.no_grad():
-        out = sliding_window_inference(x, (tile, tile), 4, model, overlap=2 * margin / tile - 1e-9,
-                                       mode="constant", roi_weight_map=weight)
+        out = sliding_window_inference(
+            x,
+            (tile, tile),
+            4,
+            model,
+            overlap=2 * margin / tile - 1e-9,
+            mode="constant",
+            roi_weight_map=weight,
+        )
     crop = (0, slice(None), slice(margin, margin + h), slice(margin, margin + w))
     return out[crop].numpy(), whole(model, x)[crop].numpy()
 
@@ -240,7 +251,9 @@ def test_monai_sliding_window_exact_with_a_margin_weight_map():
     the window margins get zero weight and windows stay on the size-rule grid."""
     config = tiny("hed")
     image = discs(1, 100, seed=1)[0][0, 0, :, :90].numpy()
-    tiled, ref = _sliding_exact(eval_model("hed"), image, config, tile=valid_tile(config, 2 * context_margin(config) + 32))
+    tiled, ref = _sliding_exact(
+        eval_model("hed"), image, config, tile=valid_tile(config, 2 * context_margin(config) + 32)
+    )
     np.testing.assert_allclose(tiled, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
 
 
@@ -322,7 +335,10 @@ def test_hed_training_outputs_and_class_balanced_loss():
     t = (torch.rand(2, 16, 16) < 0.2).long()
     z = logits[:, 1] - logits[:, 0]
     beta = 1 - t.float().mean(dim=(1, 2), keepdim=True)
-    paper = -(beta * t * torch.nn.functional.logsigmoid(z) + (1 - beta) * (1 - t) * torch.nn.functional.logsigmoid(-z))
+    paper = -(
+        beta * t * torch.nn.functional.logsigmoid(z)
+        + (1 - beta) * (1 - t) * torch.nn.functional.logsigmoid(-z)
+    )
     torch.testing.assert_close(class_balanced_cross_entropy(logits, t), paper.mean())
     w = torch.rand(2, 16, 16)
     torch.testing.assert_close(class_balanced_cross_entropy(logits, t, weight=w), (paper * w).mean())
@@ -337,7 +353,9 @@ def test_fcn8s_upsampling_modes_and_bilinear_init():
     with torch.no_grad():
         up.weight.copy_(bilinear_kernel(1, 4))
         y = up(torch.ones(1, 1, 8, 8))
-    torch.testing.assert_close(y[..., 1:-1, 1:-1], torch.ones(1, 1, 14, 14))  # bilinear: constant stays constant
+    torch.testing.assert_close(
+        y[..., 1:-1, 1:-1], torch.ones(1, 1, 14, 14)
+    )  # bilinear: constant stays constant
     assert isinstance(tiny_model(tiny("fcn8s")), FCN8s)
 
 
@@ -377,7 +395,13 @@ def test_config_registry_and_geometry():
         assert margin % rule == 0 and valid_tile(config, 1) % rule == 0
         assert valid_tile(config, 1) >= 2 * margin + rule
     assert [size_rule(ArchConfig(arch=a)) for a in ARCH_NAMES] == [16, 32, 16, 8, 16]
-    assert [translation_equivariant(ArchConfig(arch=a)) for a in ARCH_NAMES] == [False, True, False, False, True]
+    assert [translation_equivariant(ArchConfig(arch=a)) for a in ARCH_NAMES] == [
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
     with pytest.raises(ValueError, match="unknown arch"):
         ArchConfig(arch="segnet")
     with pytest.raises(ValueError, match="upsample"):

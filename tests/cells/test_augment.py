@@ -32,6 +32,8 @@ def test_warp_identity_and_label_preserving():
     out_img, out_lab = warp([image, labels], np.zeros((2, 32, 32)), [1, 0])
     np.testing.assert_array_equal(out_lab, labels)
     rng = np.random.default_rng(2)
-    img, lab, w = augment(rng, [image, labels, image], [1, 0, 1], AugmentConfig(elastic_prob=1.0, intensity=0))
+    img, lab, w = augment(
+        rng, [image, labels, image], [1, 0, 1], AugmentConfig(elastic_prob=1.0, intensity=0)
+    )
     assert set(np.unique(lab)) <= {0, 3} and lab.dtype == np.int64  # nearest keeps labels intact
     assert img.shape == (32, 32) and np.allclose(w, img)  # same transform for every array

@@ -47,29 +47,71 @@ def run(*args):
 
 
 def segment(inputs, out, weights, *extra):
-    return run("cells-segment", *([inputs] if not isinstance(inputs, list) else inputs), "--out", out,
-               "--weights", weights, "--device", "cpu", "--tile", "300", "--no-report", "-q", *extra)
+    return run(
+        "cells-segment",
+        *([inputs] if not isinstance(inputs, list) else inputs),
+        "--out",
+        out,
+        "--weights",
+        weights,
+        "--device",
+        "cpu",
+        "--tile",
+        "300",
+        "--no-report",
+        "-q",
+        *extra,
+    )
 
 
 def test_segment_outputs_and_bad_input_continues(tmp_path, data, tiny_weights):
     img_dir, _ = data
     (img_dir / "broken.png").write_bytes(b"\x89PNG garbage")
     write_png(img_dir / "blank.png", np.full((40, 50), 17, np.uint8))  # an empty field is not an error
-    tifffile.imwrite(img_dir / "stack.tif", (np.random.default_rng(0).random((2, 70, 50)) * 255).astype(np.uint8),
-                     photometric="minisblack")
+    tifffile.imwrite(
+        img_dir / "stack.tif",
+        (np.random.default_rng(0).random((2, 70, 50)) * 255).astype(np.uint8),
+        photometric="minisblack",
+    )
     out = tmp_path / "out"
-    res = run("cells-segment", img_dir, "--out", out, "--weights", tiny_weights, "--device", "cpu", "--tile", "300",
-              "--save-prob", "--json", "-q")
+    res = run(
+        "cells-segment",
+        img_dir,
+        "--out",
+        out,
+        "--weights",
+        tiny_weights,
+        "--device",
+        "cpu",
+        "--tile",
+        "300",
+        "--save-prob",
+        "--json",
+        "-q",
+    )
     assert res.exit_code == 5, res.output  # one bad image: recorded, the others done
     doc = json.loads(res.stdout)  # exactly one JSON document on stdout
     assert doc["exit_code"] == 5 and doc["counts"] == {"ok": 4, "failed": 1, "skipped": 0}
     failed = [i for i in doc["items"] if i["status"] == "failed"]
-    assert len(failed) == 1 and failed[0]["name"].endswith("broken.png") and "cannot read image" in failed[0]["reason"]
+    assert (
+        len(failed) == 1
+        and failed[0]["name"].endswith("broken.png")
+        and "cannot read image" in failed[0]["reason"]
+    )
     assert not list(out.glob("broken_*"))  # a failed image leaves no outputs
     blank = next(i for i in doc["items"] if i["name"].endswith("blank.png"))
-    assert blank["status"] == "ok" and blank["metrics"]["cells"] == 0 and blank["metrics"]["median_area"] is None
-    for name in ("c0_labels.tif", "c0_overlay.png", "c0_cells.csv", "c0_prob.tif", "stack_overlay_p001.png",
-                 "summary.json", "report.html"):
+    assert (
+        blank["status"] == "ok" and blank["metrics"]["cells"] == 0 and blank["metrics"]["median_area"] is None
+    )
+    for name in (
+        "c0_labels.tif",
+        "c0_overlay.png",
+        "c0_cells.csv",
+        "c0_prob.tif",
+        "stack_overlay_p001.png",
+        "summary.json",
+        "report.html",
+    ):
         assert (out / name).is_file(), name
     assert json.loads((out / "summary.json").read_text())["counts"] == doc["counts"]
     labels = tifffile.imread(out / "c0_labels.tif")
@@ -151,11 +193,17 @@ def test_eval(tmp_path, data):
     res = run("cells-eval", pred_dir, "--truth", mask_dir, "--json", "--out", tmp_path / "m.json")
     assert res.exit_code == 5, res.output
     doc = json.loads(res.stdout)
-    assert doc["summary"]["ap50"] == 1 and doc["summary"]["mean_pixel_iou"] == 1 and doc["summary"]["images"] == 1
+    assert (
+        doc["summary"]["ap50"] == 1
+        and doc["summary"]["mean_pixel_iou"] == 1
+        and doc["summary"]["images"] == 1
+    )
     (failed,) = [i for i in doc["items"] if i["status"] == "failed"]
     assert failed["name"].endswith("c1_labels.tif") and "3x3 differs" in failed["reason"]
     assert json.loads((tmp_path / "m.json").read_text())["counts"] == doc["counts"]
-    res = run("cells-eval", pred_dir / "c0_labels.tif", "--truth", mask_dir, "--out", tmp_path / "m.json", "--json")
+    res = run(
+        "cells-eval", pred_dir / "c0_labels.tif", "--truth", mask_dir, "--out", tmp_path / "m.json", "--json"
+    )
     assert res.exit_code == 3 and "exists" in json.loads(res.stdout)["error"]
     res = run("cells-eval", pred_dir / "c0_labels.tif", "--truth", mask_dir)
     assert res.exit_code == 0 and "AP@0.5 1.0000" in res.stdout and "cells found" in res.stdout

@@ -21,7 +21,12 @@ def test_perfect_prediction():
     pred = truth.copy()
     pred[pred == 1] = 7  # label values need not match
     r = evaluate_labels(truth, pred)
-    assert r["pixel_iou"] == 1 and r["ap50"] == 1 and r["f1"] == 1 and r["adapted_rand_error"] == pytest.approx(0)
+    assert (
+        r["pixel_iou"] == 1
+        and r["ap50"] == 1
+        and r["f1"] == 1
+        and r["adapted_rand_error"] == pytest.approx(0)
+    )
 
 
 def test_missed_split_and_false_positive():

@@ -38,7 +38,9 @@ def test_watershed_splits_merged_discs_but_not_single_disc():
     dumbbell = _disc(shape, 30, 22, 12) | _disc(shape, 30, 64, 12)
     dumbbell[29:32, 22:64] = True
     assert instances_from_probability(dumbbell.astype(float)).max() == 2
-    single = instances_from_probability(_disc(shape, 30, 40, 15).astype(float), InstanceConfig(h=2, solidity=1.1))
+    single = instances_from_probability(
+        _disc(shape, 30, 40, 15).astype(float), InstanceConfig(h=2, solidity=1.1)
+    )
     assert single.max() == 1  # even when forced through the watershed, one disc has one h-maximum
 
 

@@ -30,7 +30,9 @@ def test_png8_png16_tiff16_rgb(tmp_path, gray):
 
 def test_stack(tmp_path, gray):
     tifffile.imwrite(tmp_path / "s.tif", np.stack([gray] * 3), photometric="minisblack")
-    tifffile.imwrite(tmp_path / "planar_rgb.tif", np.stack([gray] * 3), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(
+        tmp_path / "planar_rgb.tif", np.stack([gray] * 3), photometric="rgb", planarconfig="separate"
+    )
     assert read_image(tmp_path / "planar_rgb.tif")[0].shape == (1, 30, 40)
     planes, meta = read_image(tmp_path / "s.tif")
     assert planes.shape == (3, 30, 40) and meta["pages"] == 3
@@ -44,8 +46,12 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "junk.tif").write_bytes(b"not a tiff at all")
     tifffile.imwrite(tmp_path / "zero.tif", np.zeros((0, 5), np.uint8))
     tifffile.imwrite(tmp_path / "4d.tif", np.zeros((2, 2, 8, 8), np.uint8))
-    for name, msg in [("empty.png", "empty file"), ("junk.tif", "cannot read"), ("missing.png", "not found"),
-                      ("4d.tif", "expected a 2D image")]:
+    for name, msg in [
+        ("empty.png", "empty file"),
+        ("junk.tif", "cannot read"),
+        ("missing.png", "not found"),
+        ("4d.tif", "expected a 2D image"),
+    ]:
         with pytest.raises(InputError, match=msg):
             read_image(tmp_path / name)
     with pytest.raises(InputError):

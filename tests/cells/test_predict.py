@@ -29,7 +29,7 @@ def _whole_image(model, image, margin, valid_size):
         y = model(torch.from_numpy(padded)[None, None].float().contiguous())[0].numpy()
     shrink = (ph - y.shape[1]) // 2
     off = margin - shrink
-    return y[:, off:off + h, off:off + w]
+    return y[:, off : off + h, off : off + w]
 
 
 def _model(arch):
@@ -44,7 +44,9 @@ def _model(arch):
     return config, model
 
 
-@pytest.mark.parametrize("arch,shape", [("unet2015", (150, 203)), ("unet2015", (61, 47)), ("basicunet", (150, 203))])
+@pytest.mark.parametrize(
+    "arch,shape", [("unet2015", (150, 203)), ("unet2015", (61, 47)), ("basicunet", (150, 203))]
+)
 def test_overlap_tile_equals_whole_image(arch, shape):
     torch.set_num_threads(2)
     config, model = _model(arch)
@@ -56,7 +58,10 @@ def test_overlap_tile_equals_whole_image(arch, shape):
     predictor = make_predictor(model, device="cpu", postprocess="float")
     assert predictor.channels_last and predictor.amp_name == "fp32"  # channels_last on CPU, no AMP
     tiled = predict_image(predictor, config, image, tile=tile, batch_size=3)
-    assert len(plan_tiles(shape, tile=tile, margin=margin, align=model_align(config)).origins) > 1 or min(shape) < 70
+    assert (
+        len(plan_tiles(shape, tile=tile, margin=margin, align=model_align(config)).origins) > 1
+        or min(shape) < 70
+    )
     np.testing.assert_allclose(tiled, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
     if arch == "unet2015":  # the default post-processing: class probabilities
         probs = predict_image(make_predictor(model, device="cpu"), config, image, tile=tile, batch_size=2)

@@ -31,8 +31,9 @@ def test_demo_weights_quality_on_unseen_seed(modality):
     assert segmenter.is_demo and segmenter.predictor.channels_last
     rows = []
     for i in range(2):
-        image, truth = synthetic_cells(UNSEEN_SEED * 1000 + i,
-                                       replace(SyntheticCellsConfig(height=256, width=288), modality=modality))
+        image, truth = synthetic_cells(
+            UNSEEN_SEED * 1000 + i, replace(SyntheticCellsConfig(height=256, width=288), modality=modality)
+        )
         _, labels = segmenter.segment_plane(image)
         rows.append(evaluate_labels(truth, labels))
     s = summarise(rows)

@@ -38,7 +38,9 @@ def test_weighted_cross_entropy_matches_definition():
     target = torch.randint(0, 2, (2, 5, 6))
     weight = torch.rand(2, 5, 6) * 10
     logp = torch.log_softmax(logits, 1).gather(1, target[:, None])[:, 0]
-    assert weighted_cross_entropy(logits, target, weight).item() == pytest.approx((-(weight * logp)).mean().item())
+    assert weighted_cross_entropy(logits, target, weight).item() == pytest.approx(
+        (-(weight * logp)).mean().item()
+    )
     with pytest.raises(ValueError):
         weighted_cross_entropy(logits, target[:, :4], weight)
 
@@ -50,26 +52,49 @@ def test_prepare_sample_and_draw_batch():
     assert sample.weight.max() > 5  # border term present
     with pytest.raises(InputError):
         prepare_sample(image, labels[:10], WeightMapConfig())
-    x, t, w = draw_batch(np.random.default_rng(0), [sample], batch_size=3, tile=188, margin=92, out_size=4,
-                         augment_config=AugmentConfig())
+    x, t, w = draw_batch(
+        np.random.default_rng(0),
+        [sample],
+        batch_size=3,
+        tile=188,
+        margin=92,
+        out_size=4,
+        augment_config=AugmentConfig(),
+    )
     assert x.shape == (3, 1, 188, 188) and t.shape == (3, 4, 4) and w.shape == (3, 4, 4)
     # without augmentation the target core is exactly the sample's target at that place
-    x, t, w = draw_batch(np.random.default_rng(1), [sample], batch_size=2, tile=188 + 40, margin=92, out_size=44,
-                         augment_config=AugmentConfig(elastic_prob=0, flips=False, rot90=False, intensity=0))
+    x, t, w = draw_batch(
+        np.random.default_rng(1),
+        [sample],
+        batch_size=2,
+        tile=188 + 40,
+        margin=92,
+        out_size=44,
+        augment_config=AugmentConfig(elastic_prob=0, flips=False, rot90=False, intensity=0),
+    )
     img = sample.image
-    found = [np.argwhere((np.lib.stride_tricks.sliding_window_view(img, (44, 44)) == x[k, 0, 92:136, 92:136].numpy())
-                         .all(axis=(2, 3))) for k in range(2)]
+    found = [
+        np.argwhere(
+            (np.lib.stride_tricks.sliding_window_view(img, (44, 44)) == x[k, 0, 92:136, 92:136].numpy()).all(
+                axis=(2, 3)
+            )
+        )
+        for k in range(2)
+    ]
     for k, pos in enumerate(found):
-        (y0, x0), = pos
-        np.testing.assert_array_equal(t[k].numpy(), sample.target[y0:y0 + 44, x0:x0 + 44])
+        ((y0, x0),) = pos
+        np.testing.assert_array_equal(t[k].numpy(), sample.target[y0 : y0 + 44, x0 : x0 + 44])
 
 
 def test_checkpoint_roundtrip_and_wrong_model(tmp_path):
     config = CellsTrainConfig(model=CellModelConfig(base_channels=2))
     model = build_model(config=config.model)
     path = tmp_path / "w.safetensors"
-    save_weights(path, {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
-                 make_meta(config, {"val_pixel_iou": 0.5}))
+    save_weights(
+        path,
+        {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
+        make_meta(config, {"val_pixel_iou": 0.5}),
+    )
     loaded, cfg, meta = load_model(path)
     assert cfg == config.model and meta.metrics["val_pixel_iou"] == 0.5
     assert next(loaded.parameters()).dtype == torch.float32 and not loaded.training
@@ -80,9 +105,11 @@ def test_checkpoint_roundtrip_and_wrong_model(tmp_path):
 
 
 def test_inference_does_not_import_training():
-    code = ("import sys, medseg.cells.segment, medseg.cells.predict, medseg.cells.model; "
-            "bad = [m for m in ('medseg.cells.train', 'medseg.engine.trainer', 'medseg.cells.augment') "
-            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, medseg.cells.segment, medseg.cells.predict, medseg.cells.model; "
+        "bad = [m for m in ('medseg.cells.train', 'medseg.engine.trainer', 'medseg.cells.augment') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -117,7 +144,9 @@ def test_resume_continues_weights_and_optimizer(tmp_path, pairs, monkeypatch):
     a, b = straight.history[1], resumed.history[1]
     # a fresh model, a fresh Adam or a restarted schedule would give epoch 2 another loss
     assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
-    assert b["lr"] == pytest.approx(a["lr"]) and b["val_pixel_iou"] == pytest.approx(a["val_pixel_iou"], abs=1e-3)
+    assert b["lr"] == pytest.approx(a["lr"]) and b["val_pixel_iou"] == pytest.approx(
+        a["val_pixel_iou"], abs=1e-3
+    )
     wa, _ = load_weights(tmp_path / "a" / "last.safetensors")
     wb, _ = load_weights(tmp_path / "b" / "last.safetensors")
     for key in wa:
@@ -136,7 +165,11 @@ def test_training_state_is_small(tmp_path, pairs):
 
     assert "model" not in load_training_state(tmp_path / "state.pt")
     assert result.best_weights.endswith("best.safetensors")
-    assert set(json.loads((tmp_path / "history.json").read_text())[0]) >= {"epoch", "train_loss", "val_pixel_iou"}
+    assert set(json.loads((tmp_path / "history.json").read_text())[0]) >= {
+        "epoch",
+        "train_loss",
+        "val_pixel_iou",
+    }
 
 
 def test_single_pair_validates_on_training_data_with_warning(tmp_path, pairs, caplog):
@@ -174,9 +207,30 @@ def test_cli_train_resume_and_skip_mismatched(tmp_path, folders):
     out = tmp_path / "run"
 
     def args(epochs, *extra):
-        return ["cells-train", "--images", img_dir, "--masks", mask_dir, "--out", out, "--base-channels", "2",
-                "--epochs", epochs, "--steps", "1", "--batch-size", "1", "--tile", "188", "--device", "cpu",
-                "--json", "-q", *extra]
+        return [
+            "cells-train",
+            "--images",
+            img_dir,
+            "--masks",
+            mask_dir,
+            "--out",
+            out,
+            "--base-channels",
+            "2",
+            "--epochs",
+            epochs,
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--tile",
+            "188",
+            "--device",
+            "cpu",
+            "--json",
+            "-q",
+            *extra,
+        ]
 
     res = run(*args(1, "--resume"))  # nothing to resume from yet
     assert res.exit_code == 2 and "no training state" in json.loads(res.stdout)["error"] and not out.exists()
@@ -184,9 +238,17 @@ def test_cli_train_resume_and_skip_mismatched(tmp_path, folders):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["epochs"] == 1 and doc["validated_on"] == "held-out data" and len(doc["extra"]["skipped"]) == 1
-    assert "odd" in doc["extra"]["skipped"][0]["image"] and "but the image is" in doc["extra"]["skipped"][0]["reason"]
-    assert {p.name for p in out.iterdir()} == {"best.safetensors", "last.safetensors", "state.pt", "history.json",
-                                               "train_config.json"}
+    assert (
+        "odd" in doc["extra"]["skipped"][0]["image"]
+        and "but the image is" in doc["extra"]["skipped"][0]["reason"]
+    )
+    assert {p.name for p in out.iterdir()} == {
+        "best.safetensors",
+        "last.safetensors",
+        "state.pt",
+        "history.json",
+        "train_config.json",
+    }
     res = run(*args(1))  # refuses to restart over an existing run
     assert res.exit_code == 3 and "--resume" in json.loads(res.stdout)["error"]
     res = run(*args(2, "--resume"))
@@ -199,10 +261,30 @@ def test_cli_train_resume_and_skip_mismatched(tmp_path, folders):
 def test_cli_train_no_pairs_and_unwritable(tmp_path):
     empty = tmp_path / "e"
     empty.mkdir()
-    res = run("cells-train", "--images", empty, "--masks", empty, "--out", tmp_path / "r", "--device", "cpu", "--json")
+    res = run(
+        "cells-train",
+        "--images",
+        empty,
+        "--masks",
+        empty,
+        "--out",
+        tmp_path / "r",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert res.exit_code == 2 and "no usable" in json.loads(res.stdout)["error"]
     (tmp_path / "afile.txt").write_text("x")
-    res = run("cells-train", "--synthetic", "1", "--out", tmp_path / "afile.txt" / "run", "--device", "cpu", "--json")
+    res = run(
+        "cells-train",
+        "--synthetic",
+        "1",
+        "--out",
+        tmp_path / "afile.txt" / "run",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert res.exit_code == 2 and "afile.txt" in json.loads(res.stdout)["error"]
     res = run("cells-train", "--out", tmp_path / "r", "--device", "cpu")
     assert res.exit_code == 2 and "--synthetic" in res.stderr

@@ -16,18 +16,22 @@ from medseg.results import ItemResult, RunResult
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = ("import sys; from medseg_cli.main import cli; "
-            "cli.main(['--help'], standalone_mode=False); "
-            "[cli.get_command(None, n) for n in cli.list_commands(None)]; "
-            "heavy = [m for m in ('torch', 'openslide', 'SimpleITK', 'monai', 'skimage') if m in sys.modules]; "
-            "print('HEAVY=' + ','.join(heavy))")
+    code = (
+        "import sys; from medseg_cli.main import cli; "
+        "cli.main(['--help'], standalone_mode=False); "
+        "[cli.get_command(None, n) for n in cli.list_commands(None)]; "
+        "heavy = [m for m in ('torch', 'openslide', 'SimpleITK', 'monai', 'skimage') if m in sys.modules]; "
+        "print('HEAVY=' + ','.join(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
 
 
 def test_version_and_python_m():
     assert __version__ in CliRunner().invoke(cli, ["--version"]).output
-    out = subprocess.run([sys.executable, "-m", "medseg", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "medseg", "--version"], capture_output=True, text=True, check=True
+    )
     assert __version__ in out.stdout
 
 
@@ -54,7 +58,9 @@ def test_usage_error_is_one_line_exit_2():
 
 
 def test_usage_error_with_json_prints_a_json_document():
-    out = subprocess.run([sys.executable, "-m", "medseg", "ct-convert", "--json"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "medseg", "ct-convert", "--json"], capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert json.loads(out.stdout)["exit_code"] == 2
 
@@ -89,15 +95,24 @@ def _group() -> click.Group:
     @group.command("partial", epilog="Examples: none")
     @json_option
     def partial(as_json):
-        finish(RunResult("partial", [ItemResult("a"), ItemResult("b", "failed", "corrupt file")]), as_json=as_json,
-               human=lambda r: f"{r.counts['ok']} ok")
+        finish(
+            RunResult("partial", [ItemResult("a"), ItemResult("b", "failed", "corrupt file")]),
+            as_json=as_json,
+            human=lambda r: f"{r.counts['ok']} ok",
+        )
 
     return group
 
 
-@pytest.mark.parametrize(("command", "code", "text"), [
-    ("bad-input", 2, "scan/: not a CT series"), ("exists", 3, "out/: output exists"),
-    ("denied", 2, "/proc/medseg-cannot-write-here"), ("bug", 1, "internal error: KeyError")])
+@pytest.mark.parametrize(
+    ("command", "code", "text"),
+    [
+        ("bad-input", 2, "scan/: not a CT series"),
+        ("exists", 3, "out/: output exists"),
+        ("denied", 2, "/proc/medseg-cannot-write-here"),
+        ("bug", 1, "internal error: KeyError"),
+    ],
+)
 def test_errors_are_one_line_and_json_always_prints_a_document(command, code, text):
     runner = CliRunner()
     r = runner.invoke(_group(), [command])
@@ -123,7 +138,16 @@ def test_debug_shows_a_traceback(tmp_path):
     r = CliRunner().invoke(_group(), ["bad-input", "--debug"])
     assert r.exit_code != 0 and isinstance(r.exception, InputError)
     (tmp_path / "empty").mkdir()
-    args = ["ct-convert", str(tmp_path / "empty"), "--from", "B50f", "--to", "B30f", "--out", str(tmp_path / "o")]
+    args = [
+        "ct-convert",
+        str(tmp_path / "empty"),
+        "--from",
+        "B50f",
+        "--to",
+        "B30f",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     plain = subprocess.run([sys.executable, "-m", "medseg", *args], capture_output=True, text=True)
     debug = subprocess.run([sys.executable, "-m", "medseg", "--debug", *args], capture_output=True, text=True)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr

@@ -34,8 +34,16 @@ def tiny_weights(tmp_path_factory) -> Path:
         net.body[-1].weight.zero_()
         net.body[-1].bias.fill_(-0.2)  # residual = -0.2 * hu_scale = -200 HU
     path = tmp_path_factory.mktemp("ct_models") / "B50f_to_B30f.safetensors"
-    save_weights(path, net.state_dict(), CheckpointMeta(model=MODEL_NAME, task="B50f->B30f", config=cfg.to_dict(),
-                                                        training_data="test fixture (untrained)"))
+    save_weights(
+        path,
+        net.state_dict(),
+        CheckpointMeta(
+            model=MODEL_NAME,
+            task="B50f->B30f",
+            config=cfg.to_dict(),
+            training_data="test fixture (untrained)",
+        ),
+    )
     return path
 
 

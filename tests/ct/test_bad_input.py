@@ -26,8 +26,22 @@ def one_line_error(result, code, *fragments):
 
 
 def convert_args(src, out, weights, *extra):
-    return ("ct-convert", src, "--from", "B50f", "--to", "B30f", "--out", out, "--weights", weights,
-            "--device", "cpu", "-q", *extra)
+    return (
+        "ct-convert",
+        src,
+        "--from",
+        "B50f",
+        "--to",
+        "B30f",
+        "--out",
+        out,
+        "--weights",
+        weights,
+        "--device",
+        "cpu",
+        "-q",
+        *extra,
+    )
 
 
 def json_error(result, code):
@@ -44,7 +58,9 @@ def test_empty_folder(tmp_path, tiny_weights):
 
 
 def test_unknown_kernel_lists_valid_ones(small_exam_dir, tmp_path):
-    r = run_cli("ct-convert", small_exam_dir / "B50f", "--from", "B45x", "--to", "B30f", "--out", tmp_path / "o")
+    r = run_cli(
+        "ct-convert", small_exam_dir / "B50f", "--from", "B45x", "--to", "B30f", "--out", tmp_path / "o"
+    )
     one_line_error(r, 2, "B45x", "B10f, B30f, B50f, B70f")
 
 
@@ -64,14 +80,17 @@ def test_unwritable_out_is_an_input_error(small_exam_dir, tiny_weights, tmp_path
     afile = tmp_path / "afile.txt"
     afile.write_text("a file, not a folder")
     out = afile / "out"
-    one_line_error(run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights)), 2, "cannot write", "afile.txt")
+    one_line_error(
+        run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights)), 2, "cannot write", "afile.txt"
+    )
     doc = json_error(run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--json")), 2)
     assert "afile.txt" in doc["error"]
     assert afile.read_text() == "a file, not a folder"
 
 
-def test_disk_full_while_writing_is_a_user_error_and_leaves_nothing(small_exam_dir, tiny_weights, tmp_path,
-                                                                    monkeypatch):
+def test_disk_full_while_writing_is_a_user_error_and_leaves_nothing(
+    small_exam_dir, tiny_weights, tmp_path, monkeypatch
+):
     import medseg.io.dicom
 
     def full(_ds, _hu, out_file, _derivation):
@@ -123,7 +142,9 @@ def test_volume_output_needs_a_known_extension(small_exam_dir, tiny_weights, tmp
         one_line_error(r, 2, ".nii.gz, .nii, .nrrd, .mha")
         assert "internal error" not in r.output and not out.exists()
     nii = tmp_path / "in.nii.gz"
-    assert run_cli(*convert_args(small_exam_dir / "B50f", nii, tiny_weights)).exit_code == 0  # inferred: volume
+    assert (
+        run_cli(*convert_args(small_exam_dir / "B50f", nii, tiny_weights)).exit_code == 0
+    )  # inferred: volume
     one_line_error(run_cli(*convert_args(nii, tmp_path / "noext", tiny_weights)), 2, ".nii.gz", "noext")
 
 
@@ -143,28 +164,54 @@ def test_corrupt_pixel_data_names_the_file(small_exam_dir, tiny_weights, tmp_pat
 
 
 def test_report_without_reference_is_a_usage_error(small_exam_dir, tiny_weights, tmp_path):
-    r = run_cli(*convert_args(small_exam_dir / "B50f", tmp_path / "o", tiny_weights, "--report", tmp_path / "qa"))
+    r = run_cli(
+        *convert_args(small_exam_dir / "B50f", tmp_path / "o", tiny_weights, "--report", tmp_path / "qa")
+    )
     one_line_error(r, 2, "--report needs --reference")
     assert not (tmp_path / "o").exists()
 
 
-def test_bad_reference_is_caught_before_converting_and_the_rerun_needs_no_overwrite(small_exam_dir, tiny_weights,
-                                                                                     tmp_path):
+def test_bad_reference_is_caught_before_converting_and_the_rerun_needs_no_overwrite(
+    small_exam_dir, tiny_weights, tmp_path
+):
     out, qa = tmp_path / "o", tmp_path / "qa"
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "readme.txt").write_text("not a series")
-    one_line_error(run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--reference", junk,
-                                         "--report", qa)), 2, "no DICOM images", "junk")
+    one_line_error(
+        run_cli(
+            *convert_args(small_exam_dir / "B50f", out, tiny_weights, "--reference", junk, "--report", qa)
+        ),
+        2,
+        "no DICOM images",
+        "junk",
+    )
     short = tmp_path / "short"  # readable, but another scan: 3 of the 5 slices
     short.mkdir()
     for f in sorted((small_exam_dir / "B30f").iterdir())[:3]:
         shutil.copy(f, short / f.name)
-    one_line_error(run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--reference", short,
-                                         "--report", qa)), 2, "3 slices of 64x64", "5 slices of 64x64")
+    one_line_error(
+        run_cli(
+            *convert_args(small_exam_dir / "B50f", out, tiny_weights, "--reference", short, "--report", qa)
+        ),
+        2,
+        "3 slices of 64x64",
+        "5 slices of 64x64",
+    )
     assert not out.exists() and not qa.exists()  # nothing converted, nothing to clean up
-    r = run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--reference", small_exam_dir / "B30f",
-                              "--report", qa, "--no-pdf", "--json"))
+    r = run_cli(
+        *convert_args(
+            small_exam_dir / "B50f",
+            out,
+            tiny_weights,
+            "--reference",
+            small_exam_dir / "B30f",
+            "--report",
+            qa,
+            "--no-pdf",
+            "--json",
+        )
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["items"][0]["metrics"]["rmse_converted_hu"] > 0 and (qa / "ct_qa.html").is_file()
@@ -179,8 +226,13 @@ def test_reference_failing_after_conversion_leaves_no_output(small_exam_dir, tin
     ds.PixelData = ds.PixelData[:100]  # headers fine (pre-flight passes), pixels not
     ds.save_as(victim)
     out, qa = tmp_path / "o", tmp_path / "qa"
-    one_line_error(run_cli(*convert_args(small_exam_dir / "B50f", out, tiny_weights, "--reference", ref,
-                                         "--report", qa)), 2, victim.name)
+    one_line_error(
+        run_cli(
+            *convert_args(small_exam_dir / "B50f", out, tiny_weights, "--reference", ref, "--report", qa)
+        ),
+        2,
+        victim.name,
+    )
     assert not out.exists() and not list(tmp_path.glob(".o.*")) and not (qa / "ct_qa.csv").exists()
 
 
@@ -188,8 +240,17 @@ def test_existing_report_is_refused_before_converting(small_exam_dir, tiny_weigh
     qa = tmp_path / "qa"
     qa.mkdir()
     (qa / "ct_qa.json").write_text("{}")
-    r = run_cli(*convert_args(small_exam_dir / "B50f", tmp_path / "o", tiny_weights, "--reference",
-                              small_exam_dir / "B30f", "--report", qa))
+    r = run_cli(
+        *convert_args(
+            small_exam_dir / "B50f",
+            tmp_path / "o",
+            tiny_weights,
+            "--reference",
+            small_exam_dir / "B30f",
+            "--report",
+            qa,
+        )
+    )
     one_line_error(r, 3, "ct_qa.json")
     assert not (tmp_path / "o").exists()
 
@@ -198,7 +259,10 @@ def test_several_series_need_series_uid(small_exam_dir, tiny_weights, tmp_path):
     r = run_cli(*convert_args(small_exam_dir, tmp_path / "o", tiny_weights))
     one_line_error(r, 2, "2 series found", "--series-uid")
     uid = pydicom.dcmread(next((small_exam_dir / "B50f").iterdir())).SeriesInstanceUID
-    assert run_cli(*convert_args(small_exam_dir, tmp_path / "o", tiny_weights, "--series-uid", uid)).exit_code == 0
+    assert (
+        run_cli(*convert_args(small_exam_dir, tmp_path / "o", tiny_weights, "--series-uid", uid)).exit_code
+        == 0
+    )
 
 
 def test_kernel_tag_disagreeing_with_from_warns(small_exam_dir, tiny_weights, tmp_path):
@@ -209,14 +273,27 @@ def test_kernel_tag_disagreeing_with_from_warns(small_exam_dir, tiny_weights, tm
 
 
 def test_wrong_weights_are_refused(small_exam_dir, tmp_path, tiny_weights):
-    r = run_cli("ct-convert", small_exam_dir / "B50f", "--from", "B30f", "--to", "B50f", "--out", tmp_path / "o",
-                "--weights", tiny_weights)
+    r = run_cli(
+        "ct-convert",
+        small_exam_dir / "B50f",
+        "--from",
+        "B30f",
+        "--to",
+        "B50f",
+        "--out",
+        tmp_path / "o",
+        "--weights",
+        tiny_weights,
+    )
     one_line_error(r, 4, "B50f->B30f")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x80\x04not safetensors")
     one_line_error(run_cli(*convert_args(small_exam_dir / "B50f", tmp_path / "o", junk)), 4, "safetensors")
-    one_line_error(run_cli(*convert_args(small_exam_dir / "B50f", tmp_path / "o", tmp_path / "none.safetensors")), 4,
-                   "not found")
+    one_line_error(
+        run_cli(*convert_args(small_exam_dir / "B50f", tmp_path / "o", tmp_path / "none.safetensors")),
+        4,
+        "not found",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -232,8 +309,19 @@ def test_debug_shows_traceback(tmp_path, tiny_weights):
 
 @pytest.mark.parametrize("kernel", ["B10f", "B70f"])
 def test_missing_model_direction_is_a_model_error(small_exam_dir, tmp_path, kernel):
-    r = run_cli("ct-convert", small_exam_dir / "B50f", "--from", "B50f", "--to", kernel, "--out", tmp_path / "o",
-                "--models-dir", tmp_path, "--json")
+    r = run_cli(
+        "ct-convert",
+        small_exam_dir / "B50f",
+        "--from",
+        "B50f",
+        "--to",
+        kernel,
+        "--out",
+        tmp_path / "o",
+        "--models-dir",
+        tmp_path,
+        "--json",
+    )
     one_line_error(r, 4, f"no weights for B50f->{kernel}")
     assert f"B50f->{kernel}" in json_error(r, 4)["error"]
 
@@ -245,7 +333,10 @@ def test_output_on_the_input_is_refused_even_with_overwrite(small_exam_dir, tiny
     for out in (src, src / "converted", tmp_path):
         r = run_cli(*convert_args(src, out, tiny_weights, "--overwrite"))
         one_line_error(r, 2, "would overwrite or change the input")
-    r = run_cli(*convert_args(src, tmp_path / "o", tiny_weights, "--reference", small_exam_dir / "B30f",
-                              "--report", src / "qa"))
+    r = run_cli(
+        *convert_args(
+            src, tmp_path / "o", tiny_weights, "--reference", small_exam_dir / "B30f", "--report", src / "qa"
+        )
+    )
     one_line_error(r, 2, "the QA report would overwrite or change the input")
     assert tree_digest(src) == before and not (tmp_path / "o").exists()

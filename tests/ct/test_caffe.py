@@ -95,8 +95,13 @@ def random_convs(seed: int, *, layers: int = 6, channels: int = CHANNELS) -> lis
     """[(weight (out, in, 3, 3), bias (out,))] of a 1 -> channels -> ... -> 1 chain."""
     rng = np.random.default_rng(seed)
     widths = [1] + [channels] * (layers - 1) + [1]
-    return [((rng.standard_normal((o, i, 3, 3)) / np.sqrt(9 * i)).astype(np.float32),
-             (rng.standard_normal(o) * 0.1).astype(np.float32)) for i, o in zip(widths, widths[1:])]
+    return [
+        (
+            (rng.standard_normal((o, i, 3, 3)) / np.sqrt(9 * i)).astype(np.float32),
+            (rng.standard_normal(o) * 0.1).astype(np.float32),
+        )
+        for i, o in zip(widths, widths[1:])
+    ]
 
 
 def caffemodel_new(convs, *, conv_extra=True) -> bytes:
@@ -132,8 +137,9 @@ def mean_legacy(mean: np.ndarray) -> bytes:
     return blob_legacy(mean, (1, 1, *mean.shape))
 
 
-def reference(x: torch.Tensor, convs, mean: np.ndarray, *, offset: float = 0.0,
-              scale: float = 1.0) -> torch.Tensor:
+def reference(
+    x: torch.Tensor, convs, mean: np.ndarray, *, offset: float = 0.0, scale: float = 1.0
+) -> torch.Tensor:
     """out = x + net((x + offset) * scale - mean) / scale, straight from the raw arrays."""
     z = (x + offset) * scale - torch.from_numpy(mean)
     for k, (w, b) in enumerate(convs):
@@ -149,6 +155,7 @@ def files(tmp_path):
         path = tmp_path / name
         path.write_bytes(data)
         return path
+
     return write
 
 
@@ -192,8 +199,9 @@ def test_imported_model_matches_the_caffe_network(files, tmp_path, style):
     mean_bytes = mean_with_shape(mean) if new else mean_legacy(mean)
     mean_file = files("train_image_mean_50to30.binaryproto", mean_bytes)
 
-    out = import_caffe(model, mean_file, source="b50f", target="B30f", out=tmp_path / "w.safetensors",
-                       input_offset=0.0)
+    out = import_caffe(
+        model, mean_file, source="b50f", target="B30f", out=tmp_path / "w.safetensors", input_offset=0.0
+    )
     net = load_caffe_kernel_net(out)
     assert isinstance(net, CaffeKernelNet) and not net.training
     x = torch.from_numpy(np.random.default_rng(5).standard_normal((2, 1, SIZE, SIZE)).astype(np.float32))
@@ -231,8 +239,13 @@ def test_bias_free_convolutions_and_no_stored_conv_params(files, tmp_path):
         if k < len(convs):
             parts.append(layer_new(f"relu{k}", "ReLU"))
     mean = np.full((SIZE, SIZE), -3.0, np.float32)
-    out = import_caffe(files("m.caffemodel", b"".join(parts)), files("mean.binaryproto", mean_legacy(mean)),
-                       source="B30f", target="B50f", out=tmp_path / "w.safetensors")
+    out = import_caffe(
+        files("m.caffemodel", b"".join(parts)),
+        files("mean.binaryproto", mean_legacy(mean)),
+        source="B30f",
+        target="B50f",
+        out=tmp_path / "w.safetensors",
+    )
     net = load_caffe_kernel_net(out)
     x = torch.randn(1, 1, SIZE, SIZE)
     with torch.no_grad():
@@ -243,8 +256,13 @@ def test_input_offset_inferred_from_the_mean_image(files, tmp_path):
     convs = random_convs(7, layers=3)
     model = files("m.caffemodel", caffemodel_new(convs))
     stored = np.random.default_rng(8).uniform(0, 1200, (SIZE, SIZE)).astype(np.float32)  # HU + 1024
-    out = import_caffe(model, files("mean.binaryproto", mean_legacy(stored)), source="B50f", target="B30f",
-                       out=tmp_path / "a.safetensors")
+    out = import_caffe(
+        model,
+        files("mean.binaryproto", mean_legacy(stored)),
+        source="B50f",
+        target="B30f",
+        out=tmp_path / "a.safetensors",
+    )
     meta = read_meta(out)
     assert meta.config["input_offset"] == STORED_VALUE_OFFSET == 1024.0
     assert "HU + 1024" in meta.normalisation["input_offset_rule"]
@@ -256,12 +274,20 @@ def test_input_offset_inferred_from_the_mean_image(files, tmp_path):
 
     assert infer_input_offset(stored - 1024.0)[0] == 0.0  # a mean in HU
     assert infer_input_offset(np.array([[65000.0, 40.0]]))[0] == 0.0  # negative HU wrapped by uint16
-    custom = import_caffe(model, files("mean.binaryproto", mean_legacy(stored)), source="B50f", target="B30f",
-                          out=tmp_path / "b.safetensors", input_offset=24.0, input_scale=0.5)
+    custom = import_caffe(
+        model,
+        files("mean.binaryproto", mean_legacy(stored)),
+        source="B50f",
+        target="B30f",
+        out=tmp_path / "b.safetensors",
+        input_offset=24.0,
+        input_scale=0.5,
+    )
     net = load_caffe_kernel_net(custom)
     with torch.no_grad():
-        torch.testing.assert_close(net(x_hu), reference(x_hu, convs, stored, offset=24.0, scale=0.5),
-                                   rtol=1e-5, atol=2e-3)
+        torch.testing.assert_close(
+            net(x_hu), reference(x_hu, convs, stored, offset=24.0, scale=0.5), rtol=1e-5, atol=2e-3
+        )
 
 
 def test_builder_and_refusals_of_the_module():
@@ -297,17 +323,28 @@ def test_files_that_are_not_caffe_models_raise_model_error(files, tmp_path):
     }
     for name, data in bad.items():
         path = files(name, data)
-        _assert_model_error(path, lambda p=path: import_caffe(p, good_mean, source="B50f", target="B30f",
-                                                              out=tmp_path / "o.safetensors"))
+        _assert_model_error(
+            path,
+            lambda p=path: import_caffe(
+                p, good_mean, source="B50f", target="B30f", out=tmp_path / "o.safetensors"
+            ),
+        )
         if name != "noconv.caffemodel":  # a readable Caffe model, just not the kernel-conversion CNN
             _assert_model_error(path, lambda p=path: read_caffemodel(p))
     noconv = tmp_path / "noconv.caffemodel"
-    _assert_model_error(noconv, lambda: import_caffe(noconv, good_mean, source="B50f", target="B30f",
-                                                     out=tmp_path / "o.safetensors"), "no convolution layers")
-    _assert_model_error(tmp_path / "deploy.prototxt", lambda: read_caffemodel(tmp_path / "deploy.prototxt"),
-                        "text file")
-    _assert_model_error(tmp_path / "truncated.caffemodel",
-                        lambda: read_caffemodel(tmp_path / "truncated.caffemodel"), "truncated")
+    _assert_model_error(
+        noconv,
+        lambda: import_caffe(noconv, good_mean, source="B50f", target="B30f", out=tmp_path / "o.safetensors"),
+        "no convolution layers",
+    )
+    _assert_model_error(
+        tmp_path / "deploy.prototxt", lambda: read_caffemodel(tmp_path / "deploy.prototxt"), "text file"
+    )
+    _assert_model_error(
+        tmp_path / "truncated.caffemodel",
+        lambda: read_caffemodel(tmp_path / "truncated.caffemodel"),
+        "truncated",
+    )
     missing = tmp_path / "missing.caffemodel"
     _assert_model_error(missing, lambda: read_caffemodel(missing), "not found")
     assert not (tmp_path / "o.safetensors").exists()
@@ -318,14 +355,24 @@ def test_networks_that_are_not_the_conv_chain_raise_model_error(files, tmp_path)
     rng = np.random.default_rng(12)
     convs = random_convs(12, layers=3)
     three_in = [(rng.standard_normal((CHANNELS, 3, 3, 3)).astype(np.float32), convs[0][1])] + convs[1:]
-    two_out = convs[:-1] + [(rng.standard_normal((2, CHANNELS, 3, 3)).astype(np.float32),
-                             np.zeros(2, np.float32))]
+    two_out = convs[:-1] + [
+        (rng.standard_normal((2, CHANNELS, 3, 3)).astype(np.float32), np.zeros(2, np.float32))
+    ]
     five = [(rng.standard_normal((*w.shape[:2], 5, 5)).astype(np.float32), b) for w, b in convs]
-    no_relu = b"".join(layer_new(f"conv{k}", "Convolution", (blob_with_shape(w), blob_with_shape(b)))
-                       for k, (w, b) in enumerate(convs, 1))
-    pad0 = b"".join(layer_new(f"c{k}", "Convolution", (blob_with_shape(w), blob_with_shape(b)),
-                              _len(106, conv_param(w.shape[0], pad=0))) + layer_new(f"r{k}", "ReLU")
-                    for k, (w, b) in enumerate(convs, 1))[: -len(layer_new("r3", "ReLU"))]
+    no_relu = b"".join(
+        layer_new(f"conv{k}", "Convolution", (blob_with_shape(w), blob_with_shape(b)))
+        for k, (w, b) in enumerate(convs, 1)
+    )
+    pad0 = b"".join(
+        layer_new(
+            f"c{k}",
+            "Convolution",
+            (blob_with_shape(w), blob_with_shape(b)),
+            _len(106, conv_param(w.shape[0], pad=0)),
+        )
+        + layer_new(f"r{k}", "ReLU")
+        for k, (w, b) in enumerate(convs, 1)
+    )[: -len(layer_new("r3", "ReLU"))]
     pooling = caffemodel_v1(convs) + layer_v1("pool", V1_POOLING)
     cases = {
         "in3.caffemodel": (caffemodel_new(three_in), "takes 3 channels"),
@@ -337,8 +384,13 @@ def test_networks_that_are_not_the_conv_chain_raise_model_error(files, tmp_path)
     }
     for name, (data, match) in cases.items():
         path = files(name, data)
-        _assert_model_error(path, lambda p=path: import_caffe(p, mean, source="B50f", target="B30f",
-                                                              out=tmp_path / "o.safetensors"), match)
+        _assert_model_error(
+            path,
+            lambda p=path: import_caffe(
+                p, mean, source="B50f", target="B30f", out=tmp_path / "o.safetensors"
+            ),
+            match,
+        )
 
 
 def test_bad_mean_files_raise_model_error(files, tmp_path):
@@ -352,8 +404,12 @@ def test_bad_mean_files_raise_model_error(files, tmp_path):
     }
     for name, data in cases.items():
         path = files(name, data)
-        _assert_model_error(path, lambda p=path: import_caffe(model, p, source="B50f", target="B30f",
-                                                              out=tmp_path / "o.safetensors"))
+        _assert_model_error(
+            path,
+            lambda p=path: import_caffe(
+                model, p, source="B50f", target="B30f", out=tmp_path / "o.safetensors"
+            ),
+        )
 
 
 def test_existing_output_and_wrong_weights_are_refused(files, tmp_path, tiny_weights):
@@ -364,8 +420,9 @@ def test_existing_output_and_wrong_weights_are_refused(files, tmp_path, tiny_wei
     with pytest.raises(OutputExistsError):
         import_caffe(model, mean, source="B50f", target="B30f", out=out)
     import_caffe(model, mean, source="B50f", target="B30f", out=out, overwrite=True)
-    _assert_model_error(tiny_weights, lambda: load_caffe_kernel_net(tiny_weights),
-                        "expected 'ct-kernel-cnn-caffe'")
+    _assert_model_error(
+        tiny_weights, lambda: load_caffe_kernel_net(tiny_weights), "expected 'ct-kernel-cnn-caffe'"
+    )
 
 
 # --- CLI: import, then convert with it ----------------------------------------------------------
@@ -383,15 +440,46 @@ def test_cli_import_then_convert_matches_the_caffe_network(files, tmp_path):
     model = files("m.caffemodel", caffemodel_v1(convs))
     mean_file = files("mean.binaryproto", mean_legacy(mean))
     models = tmp_path / "models"
-    r = CliRunner().invoke(cli, ["ct-import-caffe", str(model), "--mean", str(mean_file), "--from", "b50f",
-                                 "--to", "B30f", "--out", str(models / "lee.safetensors"), "--json"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "ct-import-caffe",
+            str(model),
+            "--mean",
+            str(mean_file),
+            "--from",
+            "b50f",
+            "--to",
+            "B30f",
+            "--out",
+            str(models / "lee.safetensors"),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["normalisation"]["input_offset"] == 1024.0
     volume = np.random.default_rng(7).normal(-300, 200, (2, 64, 64)).astype(np.float32)
     sitk.WriteImage(sitk.GetImageFromArray(volume), str(tmp_path / "in.nii.gz"))
-    r = CliRunner().invoke(cli, ["ct-convert", str(tmp_path / "in.nii.gz"), "--from", "B50f", "--to", "B30f",
-                                 "--out", str(tmp_path / "out.nii.gz"), "--models-dir", str(models), "--device",
-                                 "cpu", "--amp", "on", "--json"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "ct-convert",
+            str(tmp_path / "in.nii.gz"),
+            "--from",
+            "B50f",
+            "--to",
+            "B30f",
+            "--out",
+            str(tmp_path / "out.nii.gz"),
+            "--models-dir",
+            str(models),
+            "--device",
+            "cpu",
+            "--amp",
+            "on",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out.nii.gz")))
     expected = reference(torch.from_numpy(volume)[:, None], convs, mean, offset=1024.0)[:, 0].numpy()
@@ -406,8 +494,21 @@ def test_cli_not_a_caffe_model_is_one_line_exit_4(files, tmp_path):
 
     bad = files("notes.caffemodel", b"this is not a protobuf at all \xff\xfe")
     mean_file = files("mean.binaryproto", mean_legacy(np.zeros((8, 8), np.float32)))
-    r = CliRunner().invoke(cli, ["ct-import-caffe", str(bad), "--mean", str(mean_file), "--from", "B50f",
-                                 "--to", "B30f", "--out", str(tmp_path / "w.safetensors")])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "ct-import-caffe",
+            str(bad),
+            "--mean",
+            str(mean_file),
+            "--from",
+            "B50f",
+            "--to",
+            "B30f",
+            "--out",
+            str(tmp_path / "w.safetensors"),
+        ],
+    )
     assert r.exit_code == 4
     assert len(r.stderr.strip().splitlines()) == 1 and "notes.caffemodel" in r.stderr
     assert not (tmp_path / "w.safetensors").exists()

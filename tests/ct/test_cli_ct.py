@@ -26,8 +26,23 @@ def cohort(tmp_path_factory) -> Path:
 
 
 def report_args(inputs, out, weights, *extra):
-    return ("ct-report", inputs, "--from", "B50f", "--to", "B30f", "--out", out, "--weights", weights,
-            "--device", "cpu", "--no-pdf", "-q", *extra)
+    return (
+        "ct-report",
+        inputs,
+        "--from",
+        "B50f",
+        "--to",
+        "B30f",
+        "--out",
+        out,
+        "--weights",
+        weights,
+        "--device",
+        "cpu",
+        "--no-pdf",
+        "-q",
+        *extra,
+    )
 
 
 def test_ct_models_lists_the_packaged_demo_weights(tmp_path, monkeypatch):
@@ -38,16 +53,34 @@ def test_ct_models_lists_the_packaged_demo_weights(tmp_path, monkeypatch):
     models = json.loads(r.stdout)["models"]
     assert {(m["from"], m["to"]) for m in models} == {("B50f", "B30f"), ("B30f", "B50f")}
     assert all(m["demo"] and "SYNTHETIC" in m["training_data"] for m in models)
-    assert all(Path(m["path"]).parent.name == "ct" and Path(m["path"]).parent.parent.name == "weights"
-               for m in models)
+    assert all(
+        Path(m["path"]).parent.name == "ct" and Path(m["path"]).parent.parent.name == "weights"
+        for m in models
+    )
 
 
 @pytest.mark.slow
 def test_quick_start_job_on_sample_data(tmp_path):
     before = tree_digest(SAMPLE)
     out = tmp_path / "exam01_B30f"
-    r = run_cli("ct-convert", SAMPLE / "B50f", "--from", "B50f", "--to", "B30f", "--out", out,
-                "--reference", SAMPLE / "B30f", "--report", tmp_path / "qa", "--device", "cpu", "--json", "-q")
+    r = run_cli(
+        "ct-convert",
+        SAMPLE / "B50f",
+        "--from",
+        "B50f",
+        "--to",
+        "B30f",
+        "--out",
+        out,
+        "--reference",
+        SAMPLE / "B30f",
+        "--report",
+        tmp_path / "qa",
+        "--device",
+        "cpu",
+        "--json",
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["command"] == "ct-convert" and doc["exit_code"] == 0 and doc["summary"]["demo_weights"] is True
@@ -55,7 +88,9 @@ def test_quick_start_job_on_sample_data(tmp_path):
     qa = doc["items"][0]["metrics"]
     assert qa["slices"] == len(list((SAMPLE / "B50f").iterdir())) == len(list(out.iterdir()))
     assert qa["rmse_converted_hu"] < 0.5 * qa["rmse_original_hu"]
-    assert abs(qa["laa950_converted"] - qa["laa950_reference"]) < abs(qa["laa950_original"] - qa["laa950_reference"])
+    assert abs(qa["laa950_converted"] - qa["laa950_reference"]) < abs(
+        qa["laa950_original"] - qa["laa950_reference"]
+    )
     assert (tmp_path / "qa" / "ct_qa.html").exists() and (tmp_path / "qa" / "ct_qa.pdf").exists()
     assert doc["outputs"]["qa_html"] == str(tmp_path / "qa" / "ct_qa.html")
     assert tree_digest(SAMPLE) == before
@@ -93,8 +128,22 @@ def test_ct_report_human_summary_is_in_words(cohort, tmp_path, tiny_weights):
 
 def test_ct_report_failed_run_leaves_nothing_and_the_rerun_needs_no_overwrite(cohort, tmp_path, tiny_weights):
     out = tmp_path / "qa"
-    bad = run_cli("ct-report", cohort, "--from", "B50f", "--to", "B70f", "--out", out, "--models-dir", tmp_path,
-                  "--device", "cpu", "-q", "--save-masks")
+    bad = run_cli(
+        "ct-report",
+        cohort,
+        "--from",
+        "B50f",
+        "--to",
+        "B70f",
+        "--out",
+        out,
+        "--models-dir",
+        tmp_path,
+        "--device",
+        "cpu",
+        "-q",
+        "--save-masks",
+    )
     assert bad.exit_code == 4 and "no weights for B50f->B70f" in bad.output
     assert not out.exists() or not any(out.iterdir())
     r = run_cli(*report_args(cohort, out, tiny_weights, "--save-masks"))

@@ -62,7 +62,9 @@ def test_derived_series_round_trip(small_exam_dir, tiny_weights, tmp_path):
     assert np.allclose(in_img.GetSpacing(), out_img.GetSpacing())
     assert np.allclose(in_img.GetOrigin(), out_img.GetOrigin())
     assert np.allclose(in_img.GetDirection(), out_img.GetDirection())
-    diff = sitk.GetArrayFromImage(out_img).astype(float) - (sitk.GetArrayFromImage(in_img).astype(float) - 200)
+    diff = sitk.GetArrayFromImage(out_img).astype(float) - (
+        sitk.GetArrayFromImage(in_img).astype(float) - 200
+    )
     assert np.abs(diff).max() <= 0.5 + 1e-3
 
 
@@ -100,7 +102,9 @@ def test_compressed_input(small_exam_dir, tiny_weights, tmp_path, syntax):
     out = tmp_path / "out"
     convert(comp, out, convert_config(weights=tiny_weights))
     assert np.abs(volume(out) - (volume(small_exam_dir / "B50f") - 200)).max() <= 0.5 + 1e-3
-    assert pydicom.dcmread(next(out.iterdir())).file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert (
+        pydicom.dcmread(next(out.iterdir())).file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    )
 
 
 def test_gdcm_decodes_what_pydicom_cannot(small_exam_dir, tmp_path, monkeypatch):
@@ -133,8 +137,11 @@ def test_cuda_amp_matches_cpu(small_exam_dir, tmp_path):
 
     weights = DEMO_MODELS / "B50f_to_B30f.safetensors"
     convert(small_exam_dir / "B50f", tmp_path / "cpu", convert_config(weights=weights))
-    res = convert(small_exam_dir / "B50f", tmp_path / "gpu", convert_config(weights=weights, device="cuda",
-                                                                            batch_size=4))
+    res = convert(
+        small_exam_dir / "B50f",
+        tmp_path / "gpu",
+        convert_config(weights=weights, device="cuda", batch_size=4),
+    )
     assert res.summary["device"].startswith("cuda") and res.summary["amp"] in ("bf16", "fp16")
     assert np.abs(volume(tmp_path / "gpu") - volume(tmp_path / "cpu")).max() <= 5.0
 

@@ -24,7 +24,9 @@ from medseg.synthetic.ct_phantom import KERNELS, PhantomConfig, make_exam
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_PHILIPS = REPO / "tests" / "data" / "real" / "ct_philips"
-SHARED_PHILIPS = Path(os.environ.get("MEDSEG_REALDATA", REPO.parent / "shared" / "realdata")) / "ct_philips_two_kernels"
+SHARED_PHILIPS = (
+    Path(os.environ.get("MEDSEG_REALDATA", REPO.parent / "shared" / "realdata")) / "ct_philips_two_kernels"
+)
 PIXEL_MM = 0.7
 
 
@@ -42,7 +44,9 @@ def read_hu(folder: Path) -> tuple[np.ndarray, tuple[float, float]]:
     """HU volume (z, y, x) of the DICOM files in ``folder``, sorted by position, and (dy, dx)."""
     import pydicom
 
-    ds = sorted((pydicom.dcmread(p) for p in folder.glob("*.dcm")), key=lambda d: float(d.ImagePositionPatient[2]))
+    ds = sorted(
+        (pydicom.dcmread(p) for p in folder.glob("*.dcm")), key=lambda d: float(d.ImagePositionPatient[2])
+    )
     assert ds, f"no DICOM files in {folder}"
     vol = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in ds])
     return vol.astype(np.float32), tuple(float(s) for s in ds[0].PixelSpacing)
@@ -77,7 +81,8 @@ def test_padding_and_pixel_size(exam, fps):
     # the same phantom sampled with larger pixels keeps its sharpness (frequencies in cycles/mm)
     coarse = make_exam(7, kernels=("B30f",), config=PhantomConfig(size=100, n_slices=3, pixel_mm=0.9))
     assert kernel_fingerprint(coarse.volumes["B30f"], (0.9, 0.9)).sharpness == pytest.approx(
-        fps["B30f"].sharpness, rel=0.25)
+        fps["B30f"].sharpness, rel=0.25
+    )
 
 
 def test_b70f_given_as_b30f_reference_is_caught(fps):
@@ -113,11 +118,15 @@ def test_failed_conversion_and_mislabelled_input(fps):
     assert len(warnings) == 1 and "converted output looks no smoother" in warnings[0]
     # sharpening conversions work the other way round
     assert check_kernel_claims(fps["B30f"], "B30f", fps["B50f"], fps["B50f"], "B50f") == []
-    assert any("should be sharper" in w for w in check_kernel_claims(fps["B30f"], "B30f", fps["B50f"],
-                                                                      fps["B10f"], "B50f"))
+    assert any(
+        "should be sharper" in w
+        for w in check_kernel_claims(fps["B30f"], "B30f", fps["B50f"], fps["B10f"], "B50f")
+    )
     # a smooth series passed as --from B70f: caught from the image alone (Siemens names only)
     warnings = check_kernel_claims(fps["B10f"], "B70f")
-    assert len(warnings) == 1 and "looks smooth" in warnings[0] and "B70f is a very sharp kernel" in warnings[0]
+    assert (
+        len(warnings) == 1 and "looks smooth" in warnings[0] and "B70f is a very sharp kernel" in warnings[0]
+    )
     assert check_kernel_claims(fps["B10f"], "FC13") == []  # unknown vendor name: no absolute check
 
 
@@ -133,7 +142,8 @@ def test_unmeasurable_series():
     # a body without soft tissue (all bone): the image spectrum alone gives the sharpness
     yy, xx = np.mgrid[:96, :96]
     bone = np.where(np.hypot(yy - 48, xx - 48) < 35, 400.0, -1000.0)[None] + np.random.default_rng(1).normal(
-        0, 20, (2, 96, 96))
+        0, 20, (2, 96, 96)
+    )
     fp = kernel_fingerprint(bone, (0.7, 0.7))
     assert fp.slices == 2 and fp.noise_patches == 0 and math.isnan(fp.noise_sd_hu)
     assert math.isfinite(fp.hf_ratio) and math.isfinite(fp.sharpness)
@@ -161,12 +171,37 @@ def test_single_slice_and_report(exam, fps):
     assert "sharpness" in fps["B30f"].describe()
 
 
-@pytest.mark.parametrize(("name", "order"), [
-    ("B10f", 10), ("b30f", 30), ("B50f", 50), ("B70f", 70), ("Br40", 40), ("Br40d", 40), ("BR64", 64),
-    ("Qr40", 40), ("Hr38", 38), ("Bv40", 40), ("I30f 3", 30), ("B70f\\3", 70), ("H30s", 30),
-    ("UB", None), ("YA", None), ("B", None), ("C", None), ("L", None), ("STANDARD", None), ("SOFT", None),
-    ("LUNG", None), ("BONE", None), ("FC13", None), ("FC51", None), ("", None), (None, None),
-])
+@pytest.mark.parametrize(
+    ("name", "order"),
+    [
+        ("B10f", 10),
+        ("b30f", 30),
+        ("B50f", 50),
+        ("B70f", 70),
+        ("Br40", 40),
+        ("Br40d", 40),
+        ("BR64", 64),
+        ("Qr40", 40),
+        ("Hr38", 38),
+        ("Bv40", 40),
+        ("I30f 3", 30),
+        ("B70f\\3", 70),
+        ("H30s", 30),
+        ("UB", None),
+        ("YA", None),
+        ("B", None),
+        ("C", None),
+        ("L", None),
+        ("STANDARD", None),
+        ("SOFT", None),
+        ("LUNG", None),
+        ("BONE", None),
+        ("FC13", None),
+        ("FC51", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_nominal_sharpness_order(name, order):
     assert nominal_sharpness_order(name) == order
 
@@ -188,7 +223,11 @@ def check_philips(ub_dir: Path, ya_dir: Path) -> tuple[KernelFingerprint, Kernel
     ub, ya = kernel_fingerprint(ub_vol, ub_px), kernel_fingerprint(ya_vol, ya_px)
     assert ub.noise_patches >= 4 and ya.noise_patches >= 4
     assert compare_fingerprints(ya, ub) > 2.5, (ub.describe(), ya.describe())  # measured ~3.3
-    assert ya.noise_sd_hu > 3 * ub.noise_sd_hu and ya.nps_ratio > 2 * ub.nps_ratio and ya.hf_ratio > 2 * ub.hf_ratio
+    assert (
+        ya.noise_sd_hu > 3 * ub.noise_sd_hu
+        and ya.nps_ratio > 2 * ub.nps_ratio
+        and ya.hf_ratio > 2 * ub.hf_ratio
+    )
     # Philips names carry no sharpness rank: the user's "smoother" claim drives the relative checks
     assert check_kernel_claims(ya, "YA", reference_fp=ub, claimed_to="UB", expect="smoother") == []
     swapped = check_kernel_claims(ub, "UB", reference_fp=ya, claimed_to="YA", expect="smoother")

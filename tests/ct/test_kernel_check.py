@@ -18,15 +18,34 @@ DEMO = Path(__file__).resolve().parents[2] / "medseg" / "weights" / "ct" / "B50f
 def exam(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ct_kc") / "exam"
     config = PhantomConfig(size=128, n_slices=3)
-    write_exam_dicom(make_exam(9191, kernels=("B30f", "B50f", "B70f"), config=config), out, seed=9191, name="exam")
+    write_exam_dicom(
+        make_exam(9191, kernels=("B30f", "B50f", "B70f"), config=config), out, seed=9191, name="exam"
+    )
     return out
 
 
 @pytest.mark.parametrize(("reference", "flagged"), [("B30f", False), ("B70f", True)])
 def test_reference_of_the_wrong_kernel_is_flagged(exam, tmp_path, reference, flagged):
-    r = run_cli("ct-convert", exam / "B50f", "--from", "B50f", "--to", "B30f", "--out", tmp_path / "out",
-                "--weights", DEMO, "--reference", exam / reference, "--report", tmp_path / "qa", "--device", "cpu",
-                "--json", "-q")
+    r = run_cli(
+        "ct-convert",
+        exam / "B50f",
+        "--from",
+        "B50f",
+        "--to",
+        "B30f",
+        "--out",
+        tmp_path / "out",
+        "--weights",
+        DEMO,
+        "--reference",
+        exam / reference,
+        "--report",
+        tmp_path / "qa",
+        "--device",
+        "cpu",
+        "--json",
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     item = doc["items"][0]

@@ -39,6 +39,10 @@ def test_noise_and_emphysema_index_behave_like_real_kernels():
 
 
 def test_phantom_is_deterministic_per_seed():
-    a, b, c = make_exam(3, kernels=("B30f",)), make_exam(3, kernels=("B30f",)), make_exam(4, kernels=("B30f",))
+    a, b, c = (
+        make_exam(3, kernels=("B30f",)),
+        make_exam(3, kernels=("B30f",)),
+        make_exam(4, kernels=("B30f",)),
+    )
     assert np.array_equal(a.volumes["B30f"], b.volumes["B30f"])
     assert not np.array_equal(a.volumes["B30f"], c.volumes["B30f"])

@@ -44,7 +44,9 @@ def test_b50f_to_b30f_meets_the_issue_targets(unseen_cohort, tmp_path):
 
 @pytest.mark.slow
 def test_b30f_to_b50f_reduces_rmse(unseen_cohort, tmp_path):
-    res = run_ct_report([unseen_cohort], tmp_path / "qa", ReportConfig("B30f", "B50f", device="cpu", pdf=False))
+    res = run_ct_report(
+        [unseen_cohort], tmp_path / "qa", ReportConfig("B30f", "B50f", device="cpu", pdf=False)
+    )
     assert res.summary["rmse_reduction_pct_mean"] > 50
     assert abs(res.summary["bland_altman_laa950"]["converted_vs_reference"]["bias"]) < 3
     assert json.loads((tmp_path / "qa" / "ct_qa.json").read_text())["summary"]["ok"] == len(TEST_SEEDS)

@@ -19,16 +19,28 @@ from .conftest import run_cli
 
 def tiny(**overrides) -> CTTrainConfig:
     """A config that trains in about a second on 2 CPU cores."""
-    base = {"epochs": 2, "batch_size": 2, "channels": 8, "depth": 3, "lr": 1e-3, "steps_per_epoch": 3, "seed": 1,
-            "crop": 32}
+    base = {
+        "epochs": 2,
+        "batch_size": 2,
+        "channels": 8,
+        "depth": 3,
+        "lr": 1e-3,
+        "steps_per_epoch": 3,
+        "seed": 1,
+        "crop": 32,
+    }
     return CTTrainConfig(**{**base, **overrides})
 
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pairs")
-    write_cohort(root, [7001, 7002, 7003, 7004, 7005], kernels=("B30f", "B50f"),
-                 config=PhantomConfig(size=48, n_slices=3))
+    write_cohort(
+        root,
+        [7001, 7002, 7003, 7004, 7005],
+        kernels=("B30f", "B50f"),
+        config=PhantomConfig(size=48, n_slices=3),
+    )
     return root
 
 
@@ -75,8 +87,21 @@ def test_resume_continues_weights_and_optimizer(pairs, tmp_path):
 
 def test_resume_without_state_is_exit_2(pairs, tmp_path):
     out = tmp_path / "nothing"
-    r = run_cli("ct-train", pairs, "--from", "B50f", "--to", "B30f", "--out", out, "--resume", "--device", "cpu",
-                "-q", "--json")
+    r = run_cli(
+        "ct-train",
+        pairs,
+        "--from",
+        "B50f",
+        "--to",
+        "B30f",
+        "--out",
+        out,
+        "--resume",
+        "--device",
+        "cpu",
+        "-q",
+        "--json",
+    )
     assert r.exit_code == 2, r.output
     assert "no training state" in json.loads(r.stdout)["error"]
 
@@ -85,7 +110,9 @@ def test_missing_kernel_is_reported_before_any_file_is_written(pairs, tmp_path):
     with pytest.raises(InputError, match="no B70f series"):
         train([pairs], tmp_path / "x", tiny(source_kernel="B70f", target_kernel="B30f"), device="cpu")
     assert not (tmp_path / "x").exists()
-    assert train([pairs], tmp_path / "x", tiny(epochs=1), device="cpu").epochs == 1  # corrected: no --overwrite
+    assert (
+        train([pairs], tmp_path / "x", tiny(epochs=1), device="cpu").epochs == 1
+    )  # corrected: no --overwrite
 
 
 def test_without_validation_exams_the_trainer_says_so(pairs, tmp_path, caplog):
@@ -97,8 +124,28 @@ def test_without_validation_exams_the_trainer_says_so(pairs, tmp_path, caplog):
 
 def test_ct_train_cli_and_the_run_folder_as_models_folder(pairs, small_exam_dir, tmp_path):
     out = tmp_path / "cli_run"
-    args = ["ct-train", pairs, "--from", "B50f", "--to", "B30f", "--out", out, "--epochs", "1", "--crop", "32",
-            "--steps-per-epoch", "1", "--batch-size", "2", "--device", "cpu", "--json", "-q"]
+    args = [
+        "ct-train",
+        pairs,
+        "--from",
+        "B50f",
+        "--to",
+        "B30f",
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--crop",
+        "32",
+        "--steps-per-epoch",
+        "1",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+        "-q",
+    ]
     r = run_cli(*args)
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)
@@ -106,16 +153,35 @@ def test_ct_train_cli_and_the_run_folder_as_models_folder(pairs, small_exam_dir,
     assert result["extra"]["input_rmse_hu"] > 0 and result["metric"] == "val_rmse_hu"
     assert read_meta(out / "best.safetensors").task == "B50f->B30f"
     again = run_cli(*args)
-    assert again.exit_code == 3 and json.loads(again.stdout)["exit_code"] == 3  # needs --resume or --overwrite
+    assert (
+        again.exit_code == 3 and json.loads(again.stdout)["exit_code"] == 3
+    )  # needs --resume or --overwrite
     bad = run_cli(*args[:-2], "--split", "0.5,0.5", "--overwrite")
     assert bad.exit_code == 2 and "three comma-separated fractions" in bad.output
 
     models = json.loads(run_cli("ct-models", "--models-dir", out, "--json").stdout)["models"]
     ours = [m for m in models if not m["demo"]]
-    assert [(m["from"], m["to"], m["path"]) for m in ours] == [("B50f", "B30f", str(out / "best.safetensors"))]
+    assert [(m["from"], m["to"], m["path"]) for m in ours] == [
+        ("B50f", "B30f", str(out / "best.safetensors"))
+    ]
     for how in (("--models-dir", out), ("--weights", out / "best.safetensors")):
-        conv = run_cli("ct-convert", small_exam_dir / "B50f", "--from", "B50f", "--to", "B30f", "--out",
-                       tmp_path / f"o{how[0]}", *how, "--device", "cpu", "-q", "--json")
+        conv = run_cli(
+            "ct-convert",
+            small_exam_dir / "B50f",
+            "--from",
+            "B50f",
+            "--to",
+            "B30f",
+            "--out",
+            tmp_path / f"o{how[0]}",
+            *how,
+            "--device",
+            "cpu",
+            "-q",
+            "--json",
+        )
         assert conv.exit_code == 0, conv.output
         doc = json.loads(conv.stdout)
-        assert doc["summary"]["weights"] == str(out / "best.safetensors") and not doc["summary"]["demo_weights"]
+        assert (
+            doc["summary"]["weights"] == str(out / "best.safetensors") and not doc["summary"]["demo_weights"]
+        )

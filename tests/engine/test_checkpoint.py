@@ -19,8 +19,13 @@ from medseg.errors import ModelError
 
 def test_weights_round_trip_with_metadata(tmp_path):
     net = torch.nn.Conv2d(1, 2, 3)
-    meta = CheckpointMeta(model="m", task="t", config={"a": 1}, training_data="synthetic, seed 1",
-                          normalisation={"mean": -500.0})
+    meta = CheckpointMeta(
+        model="m",
+        task="t",
+        config={"a": 1},
+        training_data="synthetic, seed 1",
+        normalisation={"mean": -500.0},
+    )
     path = save_weights(tmp_path / "w.safetensors", net.state_dict(), meta)
     state, back = load_weights(path, expect_model="m")
     assert torch.equal(state["weight"], net.weight.detach())
@@ -52,8 +57,10 @@ def test_training_state_round_trip(tmp_path):
     opt = torch.optim.Adam(net.parameters())
     net(torch.randn(3, 2)).sum().backward()
     opt.step()
-    save_training_state(tmp_path / "s.pt", {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
-                                            "history": [{"val": 1.5}]})
+    save_training_state(
+        tmp_path / "s.pt",
+        {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": 3, "history": [{"val": 1.5}]},
+    )
     state = load_training_state(tmp_path / "s.pt")
     assert state["epoch"] == 3 and state["history"][0]["val"] == 1.5
     opt2 = torch.optim.Adam(torch.nn.Linear(2, 2).parameters())

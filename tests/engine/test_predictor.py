@@ -18,8 +18,14 @@ class PlusOne(nn.Module):
 
 def small_cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=2, dilation=2),
-                         nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 3, 1)).eval()
+    return nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 3, 1),
+    ).eval()
 
 
 def test_known_output_plus_one():
@@ -95,8 +101,12 @@ def test_prepare_and_callable_postprocess_for_list_models():
         def forward(self, images):
             return [{"sum": im.sum()} for im in images]
 
-    pred = Predictor(ListModel(), device="cpu", prepare=lambda x: list(x.permute(0, 3, 1, 2).float() / 255),
-                     postprocess=lambda outs: [float(o["sum"]) for o in outs])
+    pred = Predictor(
+        ListModel(),
+        device="cpu",
+        prepare=lambda x: list(x.permute(0, 3, 1, 2).float() / 255),
+        postprocess=lambda outs: [float(o["sum"]) for o in outs],
+    )
     tiles = np.full((2, 4, 4, 3), 255, np.uint8)
     assert pred(tiles) == [48.0, 48.0]
 

@@ -65,7 +65,7 @@ def test_extract_tile_mirrors_like_numpy_pad_at_any_distance():
         padded = np.pad(image, 23, mode=mode)
         for y0, x0 in ((-23, -23), (-3, 2), (4, 6), (-23, 10), (10, -20)):
             tile = extract_tile(image, y0, x0, (9, 11), mode=mode)
-            np.testing.assert_array_equal(tile, padded[y0 + 23:y0 + 32, x0 + 23:x0 + 34])
+            np.testing.assert_array_equal(tile, padded[y0 + 23 : y0 + 32, x0 + 23 : x0 + 34])
 
 
 def test_extract_tile_inside_is_a_view_copy():

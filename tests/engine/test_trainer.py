@@ -58,7 +58,9 @@ class LineTask:
             return {"val_mse": float(torch.mean((model(x) - (3 * x - 2)) ** 2))}
 
     def weights_meta(self, metrics, epoch):
-        return CheckpointMeta(model="line", task="test", config={"in": 1}, metrics={**metrics, "epoch": epoch})
+        return CheckpointMeta(
+            model="line", task="test", config={"in": 1}, metrics={**metrics, "epoch": epoch}
+        )
 
     def config_dict(self):
         return {"steps": self.steps, "lr": self.lr}

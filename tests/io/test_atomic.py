@@ -40,9 +40,16 @@ def test_check_output(tmp_path):
     check_output(f, overwrite=True)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("../../etc/passwd", "etc_passwd"), ("Thorax 1.0 B50f", "Thorax_1.0_B50f"), ("", "unnamed"),
-    ("a/b\\c:d*e?f", "a_b_c_d_e_f"), ("...", "unnamed")])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("../../etc/passwd", "etc_passwd"),
+        ("Thorax 1.0 B50f", "Thorax_1.0_B50f"),
+        ("", "unnamed"),
+        ("a/b\\c:d*e?f", "a_b_c_d_e_f"),
+        ("...", "unnamed"),
+    ],
+)
 def test_safe_name(text, expected):
     assert safe_name(text) == expected
     assert "/" not in safe_name(text) and ".." not in safe_name(text).replace("1.0", "")

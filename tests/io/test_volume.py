@@ -34,7 +34,10 @@ def test_nifti_raw_check(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp_path / "bad.nii.gz"))
     assert nifti_nonfinite(tmp_path / "bad.nii.gz", max_voxels=150) == 2
     assert nifti_nonfinite(tmp_path / "bad.nii.gz") == 2  # one slab
-    sitk.WriteImage(sitk.GetImageFromArray(np.nan_to_num(a, posinf=0, neginf=0).astype(np.int16)), str(tmp_path / "int.nii.gz"))
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.nan_to_num(a, posinf=0, neginf=0).astype(np.int16)),
+        str(tmp_path / "int.nii.gz"),
+    )
     assert nifti_nonfinite(tmp_path / "int.nii.gz") is None  # integers cannot hold NaN
     sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp_path / "bad.mha"))
     assert nifti_nonfinite(tmp_path / "bad.mha") is None  # not NIfTI: SimpleITK keeps NaN there itself
@@ -52,8 +55,13 @@ def test_nan_in_nifti2_is_found(tmp_path):
 
 
 def test_volume_output_extension_is_checked_before_writing(tmp_path):
-    meta = VolumeMeta(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
-                      source="test", path="")
+    meta = VolumeMeta(
+        spacing=(1.0, 1.0, 1.0),
+        origin=(0.0, 0.0, 0.0),
+        direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
+        source="test",
+        path="",
+    )
     for bad in ("out", "out.xyz", "out.mhd", "out.nhdr"):
         with pytest.raises(InputError, match=r"\.nii\.gz, \.nii, \.nrrd, \.mha"):
             check_volume_output(tmp_path / bad)

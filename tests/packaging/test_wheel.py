@@ -27,33 +27,80 @@ pytestmark = pytest.mark.slow
 def wheel_env(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("wheel")
     build = base / "src"
-    shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns(".venv*", ".git", "build", "dist", "*.egg-info",
-                                                               "__pycache__", "results", "tests"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(base / "dist"), str(build)], check=True, capture_output=True, text=True)
+    shutil.copytree(
+        ROOT,
+        build,
+        ignore=shutil.ignore_patterns(
+            ".venv*", ".git", "build", "dist", "*.egg-info", "__pycache__", "results", "tests"
+        ),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(base / "dist"),
+            str(build),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     wheel = next((base / "dist").glob("medseg-*.whl"))
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    purelib = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  check=True, capture_output=True, text=True).stdout.strip())
+    purelib = Path(
+        subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (purelib / "medseg_deps.pth").write_text("\n".join(sorted(deps)) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
-                    str(wheel)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(py),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     work = base / "work"
     work.mkdir()
     return {"medseg": str(venv / "bin" / "medseg"), "py": str(py), "work": work, "purelib": purelib}
 
 
 def run(env: dict, *args, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([env["medseg"], *map(str, args)], cwd=env["work"], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [env["medseg"], *map(str, args)], cwd=env["work"], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_wheel_imports_its_own_copy(wheel_env):
-    out = subprocess.run([wheel_env["py"], "-c", "import medseg, medseg_cli; print(medseg.__file__)"],
-                         cwd=wheel_env["work"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [wheel_env["py"], "-c", "import medseg, medseg_cli; print(medseg.__file__)"],
+        cwd=wheel_env["work"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert Path(out.stdout.strip()).is_relative_to(wheel_env["purelib"])
 
 
@@ -69,16 +116,37 @@ def test_ct_models_lists_packaged_demo_weights_and_converts(wheel_env):
     image = sitk.GetImageFromArray(vol)
     image.SetSpacing((0.7, 0.7, 1.0))
     sitk.WriteImage(image, str(wheel_env["work"] / "tiny_B50f.nii.gz"))
-    r = run(wheel_env, "ct-convert", "tiny_B50f.nii.gz", "--from", "B50f", "--to", "B30f", "--out", "tiny_B30f.nii.gz",
-            "--device", "cpu", "--json")
+    r = run(
+        wheel_env,
+        "ct-convert",
+        "tiny_B50f.nii.gz",
+        "--from",
+        "B50f",
+        "--to",
+        "B30f",
+        "--out",
+        "tiny_B30f.nii.gz",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     out = sitk.GetArrayFromImage(sitk.ReadImage(str(wheel_env["work"] / "tiny_B30f.nii.gz")))
     assert out.shape == vol.shape and out.std() < vol.std()  # B30f is smoother than B50f
 
 
 def test_cells_segment_with_packaged_demo_weights(wheel_env):
-    r = run(wheel_env, "cells-segment", SAMPLE / "cells" / "images" / "fluo_01.png", "--out", "cells_out",
-            "--device", "cpu", "--json", "--quiet")
+    r = run(
+        wheel_env,
+        "cells-segment",
+        SAMPLE / "cells" / "images" / "fluo_01.png",
+        "--out",
+        "cells_out",
+        "--device",
+        "cpu",
+        "--json",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["items"][0]["status"] == "ok"
@@ -86,14 +154,32 @@ def test_cells_segment_with_packaged_demo_weights(wheel_env):
 
 
 def test_brain_segment_with_packaged_demo_weights(wheel_env):
-    r = run(wheel_env, "brain-segment", SAMPLE / "brain" / "SYN_0001", "--out", "brain_out", "--device", "cpu",
-            "--json", "--quiet")
+    r = run(
+        wheel_env,
+        "brain-segment",
+        SAMPLE / "brain" / "SYN_0001",
+        "--out",
+        "brain_out",
+        "--device",
+        "cpu",
+        "--json",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["items"][0]["status"] == "ok"
 
 
 def test_slide_score_with_packaged_demo_weights(wheel_env):
-    r = run(wheel_env, "slide-score", SAMPLE / "pathology" / "sample_slide.tiff", "--out", "slides_out",
-            "--device", "cpu", "--json", "--quiet")
+    r = run(
+        wheel_env,
+        "slide-score",
+        SAMPLE / "pathology" / "sample_slide.tiff",
+        "--out",
+        "slides_out",
+        "--device",
+        "cpu",
+        "--json",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["items"][0]["status"] == "ok"

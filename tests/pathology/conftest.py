@@ -28,7 +28,9 @@ def small_slide(tmp_path_factory) -> tuple[Path, Path, object]:
 
 @pytest.fixture(scope="session")
 def demo_weights() -> Path:
-    assert DEMO_WEIGHTS.is_file(), "demo weights missing from medseg/weights: run scripts/make_sample_data_pathology.py"
+    assert DEMO_WEIGHTS.is_file(), (
+        "demo weights missing from medseg/weights: run scripts/make_sample_data_pathology.py"
+    )
     return DEMO_WEIGHTS
 
 
@@ -42,7 +44,9 @@ def border_slide(tmp_path_factory) -> tuple[Path, list[tuple[int, int]]]:
     spec = SlideSpec(width=2400, height=2400, seed=5, tissue_box=(0, 0, 2400, 2400), tissue_fraction=1.0)
     synth = SyntheticSlide(spec)
     sites = [(864, 400), (1024, 600), (944, 800), (1024, 1024), (864, 864), (1700, 1900)]
-    synth.set_objects([[PTC_POS, x, y, 16, 14, 0.3, 4, 0] for x, y in sites] + [[PTC_NEG, 300, 300, 15, 15, 0, 2.5, 0]])
+    synth.set_objects(
+        [[PTC_POS, x, y, 16, 14, 0.3, 4, 0] for x, y in sites] + [[PTC_NEG, 300, 300, 15, 15, 0, 2.5, 0]]
+    )
     path = tmp_path_factory.mktemp("border") / "border.tiff"
     write_slide(path, synth)
     return path, sites

@@ -52,15 +52,20 @@ def test_class_names_from_qupath():
 
 def test_prepare_slides_writes_tiles_and_enlarged_boxes(small_slide, tmp_path):
     path, ann, synth = small_slide
-    run = prepare_dataset([path], tmp_path / "ds", PrepareConfig(tile=512, margins={"C4d+": 30, "C4d-": 20}),
-                          annotations=ann)
+    run = prepare_dataset(
+        [path], tmp_path / "ds", PrepareConfig(tile=512, margins={"C4d+": 30, "C4d-": 20}), annotations=ann
+    )
     assert run.exit_code == 0 and [i.name for i in run.items] == ["small"]
     meta = json.loads((tmp_path / "ds" / "annotations.json").read_text())
     assert meta["margins"] == {"C4d+": 30, "C4d-": 20} and run.summary["images"] == len(meta["images"]) > 4
     total = sum(run.summary["boxes"].values())
     assert 0.85 * len(synth.ptcs) <= total <= 1.2 * len(synth.ptcs)
-    widths = [b[2] - b[0] for r in meta["images"] for b, lab in zip(r["boxes"], r["labels"])
-              if lab == 1 and 0 < b[0] and b[2] < 512]
+    widths = [
+        b[2] - b[0]
+        for r in meta["images"]
+        for b, lab in zip(r["boxes"], r["labels"])
+        if lab == 1 and 0 < b[0] and b[2] < 512
+    ]
     assert min(widths) >= 2 * 30 + 10  # margin on both sides + the PTC itself
     assert all(0 <= v <= 512 for r in meta["images"] for b in r["boxes"] for v in b)
     assert len(read_geojson_boxes(ann)) == len(synth.ptcs)
@@ -110,7 +115,11 @@ def test_wrong_weights_are_model_errors(tmp_path):
     with pytest.raises(ModelError, match="expected"):
         load_detector(other)
     bad = tmp_path / "bad.safetensors"
-    save_weights(bad, {"w": torch.zeros(2)}, CheckpointMeta(model="c4d-faster-rcnn", task="x", config={"arch": "light"}))
+    save_weights(
+        bad,
+        {"w": torch.zeros(2)},
+        CheckpointMeta(model="c4d-faster-rcnn", task="x", config={"arch": "light"}),
+    )
     with pytest.raises(ModelError, match="do not fit"):
         load_detector(bad)
     junk = tmp_path / "junk.safetensors"

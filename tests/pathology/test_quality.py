@@ -12,22 +12,33 @@ from .conftest import UNSEEN_SEED
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed, fraction, category", [(UNSEEN_SEED, 0.3, "C4d2"), (UNSEEN_SEED + 1, 0.75, "C4d3")])
+@pytest.mark.parametrize(
+    "seed, fraction, category", [(UNSEEN_SEED, 0.3, "C4d2"), (UNSEEN_SEED + 1, 0.75, "C4d3")]
+)
 def test_demo_weights_on_unseen_slide(demo_weights, tmp_path, seed, fraction, category):
     import torch
 
     torch.set_num_threads(2)
     path, truth = tmp_path / f"unseen{seed}.tiff", tmp_path / f"unseen{seed}.geojson"
-    synth = write_slide(path, SlideSpec(width=4096, height=3072, seed=seed, positive_fraction=fraction), geojson=truth)
-    res = score_slides([path], tmp_path / "out", ScoreConfig(device="cpu"), weights=demo_weights, report=False)
+    synth = write_slide(
+        path, SlideSpec(width=4096, height=3072, seed=seed, positive_fraction=fraction), geojson=truth
+    )
+    res = score_slides(
+        [path], tmp_path / "out", ScoreConfig(device="cpu"), weights=demo_weights, report=False
+    )
     (item,) = res.items
     assert item.ok, item.reason
     row = item.metrics
     import json
 
     summary = json.loads((tmp_path / "out" / path.stem / "summary.json").read_text())
-    m = evaluate_slide(tmp_path / "out" / path.stem / "detections.geojson", truth, margins=summary["margins"],
-                       scale=1.0, summary=summary)
+    m = evaluate_slide(
+        tmp_path / "out" / path.stem / "detections.geojson",
+        truth,
+        margins=summary["margins"],
+        scale=1.0,
+        summary=summary,
+    )
     counts = synth.counts()
     assert m["truth_category"] == category  # the generator made what we asked for
     assert m["C4d+_f1"] >= 0.8, m
@@ -46,9 +57,13 @@ def test_demo_weights_count_border_ptcs_once(demo_weights, border_slide):
     from medseg.pathology.score import score_slide
 
     path, sites = border_slide
-    result = score_slide(path, load_detector(demo_weights, device="cpu"), ScoreConfig(device="cpu", feasibility="none"))
+    result = score_slide(
+        path, load_detector(demo_weights, device="cpu"), ScoreConfig(device="cpu", feasibility="none")
+    )
     assert result.summary["c4d_pos"] == len(sites), result.summary
-    centres = np.c_[(result.boxes[:, 0] + result.boxes[:, 2]) / 2, (result.boxes[:, 1] + result.boxes[:, 3]) / 2]
+    centres = np.c_[
+        (result.boxes[:, 0] + result.boxes[:, 2]) / 2, (result.boxes[:, 1] + result.boxes[:, 3]) / 2
+    ]
     pos = centres[result.labels == 1]
     for x, y in sites:  # one C4d+ detection per site
         assert (np.hypot(pos[:, 0] - x, pos[:, 1] - y) < 10).sum() == 1

@@ -49,8 +49,17 @@ class ColourDetector:
         return out
 
 
-@pytest.mark.parametrize("pos, neg, category", [(0, 10, "C4d0"), (1, 99, "C4d1"), (1, 9, "C4d2"), (5, 5, "C4d2"),
-                                                (6, 4, "C4d3"), (0, 0, "not assessable")])
+@pytest.mark.parametrize(
+    "pos, neg, category",
+    [
+        (0, 10, "C4d0"),
+        (1, 99, "C4d1"),
+        (1, 9, "C4d2"),
+        (5, 5, "C4d2"),
+        (6, 4, "C4d3"),
+        (0, 0, "not assessable"),
+    ],
+)
 def test_banff_category(pos, neg, category):
     assert banff_category(pos, neg)[0] == category
 
@@ -60,7 +69,9 @@ def test_ptc_straddling_tile_borders_is_counted_once(border_slide):
     path, sites = border_slide
     cfg = ScoreConfig(tile=1024, overlap=160, feasibility="none", batch_size=3, workers=2)
     result = score_slide(path, ColourDetector(), cfg)
-    centres = np.c_[(result.boxes[:, 0] + result.boxes[:, 2]) / 2, (result.boxes[:, 1] + result.boxes[:, 3]) / 2]
+    centres = np.c_[
+        (result.boxes[:, 0] + result.boxes[:, 2]) / 2, (result.boxes[:, 1] + result.boxes[:, 3]) / 2
+    ]
     assert result.summary["c4d_pos"] == len(sites), centres
     for x, y in sites:  # each detection is the whole PTC (seen by the tile that owns it), not a fragment
         d = np.hypot(centres[:, 0] - x, centres[:, 1] - y)
@@ -106,14 +117,24 @@ def test_batch_failures_outputs_resume(small_slide, tmp_path):
     assert [r["status"] for r in rows.values()].count("failed") == 4 and len(rows) == 5
     # per-slide outputs
     summary = json.loads((out / "small" / "summary.json").read_text())
-    for key in ("c4d_pos", "c4d_neg", "percent_positive", "c4d_positive_ihc", "banff_category", "tissue_area_mm2",
-                "tiles_read", "wall_s"):
+    for key in (
+        "c4d_pos",
+        "c4d_neg",
+        "percent_positive",
+        "c4d_positive_ihc",
+        "banff_category",
+        "tissue_area_mm2",
+        "tiles_read",
+        "wall_s",
+    ):
         assert key in summary
     assert by["small"].outputs["summary"] == str(out / "small" / "summary.json")
     gj = json.loads((out / "small" / "detections.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == summary["ptc_total"]
     f = gj["features"][0]
-    assert f["properties"]["classification"]["name"] in ("C4d+", "C4d-") and f["geometry"]["type"] == "Polygon"
+    assert (
+        f["properties"]["classification"]["name"] in ("C4d+", "C4d-") and f["geometry"]["type"] == "Polygon"
+    )
     assert (out / "small" / "overlay.png").read_bytes()[:4] == b"\x89PNG"
     html = (out / "report.html").read_text()
     assert "Banff" in html and "small" in html and "data:image/png;base64" in html
@@ -171,7 +192,9 @@ def test_preflight_stops_before_any_work(small_slide, tmp_path):
     with pytest.raises(InputError, match="overlap"):
         score_slides([path], tmp_path / "o", ScoreConfig(tile=256, overlap=256), detector=ColourDetector())
     with pytest.raises(InputError, match="feasibility"):
-        score_slides([path], tmp_path / "o", ScoreConfig(feasibility="no.such:hook"), detector=ColourDetector())
+        score_slides(
+            [path], tmp_path / "o", ScoreConfig(feasibility="no.such:hook"), detector=ColourDetector()
+        )
     assert not (tmp_path / "o").exists()
 
 

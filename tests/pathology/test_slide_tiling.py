@@ -20,8 +20,10 @@ def test_open_reads_mpp_and_override(small_slide):
         assert s.mpp == 0.25 and s.mpp_source == "--slide-mpp"
 
 
-@pytest.mark.parametrize("content, message", [(None, "slide not found"), (b"hello", "not a slide"),
-                                              (b"II*\x00\x08\x00\x00\x00\x01\x00", "TIFF file")])
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "slide not found"), (b"hello", "not a slide"), (b"II*\x00\x08\x00\x00\x00\x01\x00", "TIFF file")],
+)
 def test_bad_inputs_are_one_line_errors(tmp_path, content, message):
     path = tmp_path / "x.tiff"
     if content is not None:

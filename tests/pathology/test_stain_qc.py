@@ -41,10 +41,13 @@ def _assert_he(qc: StainQC) -> None:
 
 # --------------------------------------------------------------------------------- real slides
 
+
 def test_real_he_svs_from_shared():
     """The real Aperio H&E slide (OpenSlide test data) is not DAB IHC, and the QC says H&E."""
     if not SHARED_SVS.is_file():
-        pytest.skip(f"real-data folder absent ({SHARED_SVS.parent}); the copy in tests/data/real is tested below")
+        pytest.skip(
+            f"real-data folder absent ({SHARED_SVS.parent}); the copy in tests/data/real is tested below"
+        )
     openslide = pytest.importorskip("openslide")
     with openslide.OpenSlide(str(SHARED_SVS)) as slide:
         thumb = np.asarray(slide.get_thumbnail((1024, 1024)).convert("RGB"))
@@ -77,6 +80,7 @@ def test_real_fluorescence_nuclei():
 
 
 # ----------------------------------------------------------------------------- synthetic cases
+
 
 def _fluorescence_image(seed: int = 0, size: int = 384) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -159,7 +163,7 @@ def _beer_lambert(ihc: np.ndarray, dab_nuclei_fraction: float, seed: int = 0) ->
     positive[0] = False
     dab = ndi.gaussian_filter(np.where(positive[nuclei], dab_conc, 0.0), 0.7)
     od_new = hema[..., None] * rgb_from_hed[0] + dab[..., None] * dab_vec
-    return np.clip(white * 10 ** -od_new, 0, 255).round().astype(np.uint8)
+    return np.clip(white * 10**-od_new, 0, 255).round().astype(np.uint8)
 
 
 def test_ki67_like_few_brown_nuclei_pass_and_hematoxylin_only_fails(ihc):
@@ -181,13 +185,14 @@ def test_coarse_thumbnail_hides_small_dab_a_tile_mosaic_finds_it(ihc):
     ki67 = _beer_lambert(ihc, 0.05)
     coarse = assess_stain(np.asarray(Image.fromarray(ki67).reduce(8)))
     assert coarse.kind == "brightfield_no_dab" and "hematoxylin" in coarse.reasons[0], coarse
-    tiles = [ki67[i:i + 256, j:j + 256] for i in (0, 256) for j in (0, 256)]
+    tiles = [ki67[i : i + 256, j : j + 256] for i in (0, 256) for j in (0, 256)]
     mosaic = tile_mosaic(tiles)
     assert mosaic.shape == (512, 512, 3)
     assert assess_stain(mosaic).passed
 
 
 # ------------------------------------------------------------------------------------ the API
+
 
 def test_tissue_mask_both_polarities(ihc):
     m = tissue_mask(ihc)

@@ -71,8 +71,13 @@ write_slide(sys.argv[1], SlideSpec(width=30000, height=30000, seed=1, tissue_box
 # VmHWM (not ru_maxrss, which keeps the forking parent's peak across exec)
 print(int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024)
 """
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.tiff")], capture_output=True, text=True,
-                         check=True, timeout=240)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "big.tiff")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=240,
+    )
     peak_mb = int(out.stdout.strip().splitlines()[-1])
     assert peak_mb < 300, peak_mb  # a level-0 RGB copy alone would be 2700 MB
     with openslide.OpenSlide(str(tmp_path / "big.tiff")) as s:

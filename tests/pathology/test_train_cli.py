@@ -20,8 +20,11 @@ def dataset(tmp_path_factory):
     slides = []
     for seed in (21, 22):
         path = d / f"s{seed}.tiff"
-        write_slide(path, SlideSpec(width=1024, height=768, seed=seed, positive_fraction=0.5),
-                    geojson=d / f"s{seed}.geojson")
+        write_slide(
+            path,
+            SlideSpec(width=1024, height=768, seed=seed, positive_fraction=0.5),
+            geojson=d / f"s{seed}.geojson",
+        )
         slides.append(path)
     run = prepare_dataset(slides, d / "ds", PrepareConfig(tile=256))
     assert run.exit_code == 0
@@ -50,7 +53,12 @@ def test_train_files_validation_and_resume_continues_weights_and_optimizer(datas
     torch.set_num_threads(1)
     straight = train_detector(dataset, tmp_path / "a", _config(2))
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
-        "best.safetensors", "history.json", "last.safetensors", "state.pt", "train_config.json"]
+        "best.safetensors",
+        "history.json",
+        "last.safetensors",
+        "state.pt",
+        "train_config.json",
+    ]
     assert straight.validated_on == "held-out data" and straight.extra["validation"] == "1 held-out slide(s)"
     assert straight.extra["train_tiles"] == straight.extra["val_tiles"] == 8
     meta = read_meta(tmp_path / "a" / "best.safetensors")
@@ -82,8 +90,22 @@ def test_cli_train_resume_without_state_and_existing_run(dataset, tmp_path):
     out = tmp_path / "run"
     res = runner.invoke(cli, ["slide-train", str(dataset), "--out", str(out), "--resume", "--json"])
     assert res.exit_code == 2 and "state.pt" in json.loads(res.stdout)["error"]
-    res = runner.invoke(cli, ["slide-train", str(dataset), "--out", str(out), "--epochs", "1", "--device", "cpu",
-                              "--val-fraction", "0", "--quiet"])
+    res = runner.invoke(
+        cli,
+        [
+            "slide-train",
+            str(dataset),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--val-fraction",
+            "0",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "best validation F1" in res.stdout and "on the training tiles (no held-out data)" in res.stdout
     assert "no held-out validation data" in res.stderr  # the trainer's warning
@@ -102,8 +124,21 @@ def test_cli_score_and_eval(demo_weights, small_slide, tmp_path):
     path, ann, _s = small_slide
     runner = CliRunner()
     out = tmp_path / "res"
-    res = runner.invoke(cli, ["slide-score", str(path), "--weights", str(demo_weights), "--out", str(out),
-                              "--device", "cpu", "--json", "--quiet"])
+    res = runner.invoke(
+        cli,
+        [
+            "slide-score",
+            str(path),
+            "--weights",
+            str(demo_weights),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--json",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["counts"] == {"ok": 1, "failed": 0, "skipped": 0} and doc["exit_code"] == 0
@@ -124,9 +159,26 @@ def test_cli_partial_failure_json_names_the_failed_slide(demo_weights, small_sli
     path, _ann, _s = small_slide
     corrupt = tmp_path / "corrupt.tiff"
     corrupt.write_bytes(path.read_bytes()[:20000])
-    res = CliRunner().invoke(cli, ["slide-score", str(path), str(corrupt), "--weights", str(demo_weights),
-                                   "--out", str(tmp_path / "o"), "--device", "cpu", "--json", "--quiet",
-                                   "--tile", "512", "--overlap", "128"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "slide-score",
+            str(path),
+            str(corrupt),
+            "--weights",
+            str(demo_weights),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "--json",
+            "--quiet",
+            "--tile",
+            "512",
+            "--overlap",
+            "128",
+        ],
+    )
     assert res.exit_code == 5
     doc = json.loads(res.stdout)
     assert doc["exit_code"] == 5 and doc["counts"]["failed"] == 1 and doc["counts"]["ok"] == 1
@@ -142,7 +194,18 @@ def test_cli_output_checks_and_corrected_rerun(demo_weights, small_slide, tmp_pa
     runner = CliRunner()
     blocker = tmp_path / "afile.txt"
     blocker.write_text("x")
-    base = ["--weights", str(demo_weights), "--device", "cpu", "--json", "--quiet", "--tile", "512", "--overlap", "128"]
+    base = [
+        "--weights",
+        str(demo_weights),
+        "--device",
+        "cpu",
+        "--json",
+        "--quiet",
+        "--tile",
+        "512",
+        "--overlap",
+        "128",
+    ]
     res = runner.invoke(cli, ["slide-score", str(path), "--out", str(blocker / "out"), *base])
     assert res.exit_code == 2 and "afile.txt" in json.loads(res.stdout)["error"]
     case = tmp_path / "case.tiff"
@@ -163,23 +226,49 @@ def test_cli_wrong_weights_one_line(small_slide, tmp_path):
     path, _a, _s = small_slide
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"garbage")
-    res = CliRunner().invoke(cli, ["slide-score", str(path), "--weights", str(weights), "--out", str(tmp_path / "o"),
-                                   "--json"])
+    res = CliRunner().invoke(
+        cli, ["slide-score", str(path), "--weights", str(weights), "--out", str(tmp_path / "o"), "--json"]
+    )
     assert res.exit_code == 4 and "medseg: error:" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert "safetensors" in json.loads(res.stdout)["error"] and not (tmp_path / "o").exists()
-    res = CliRunner().invoke(cli, ["slide-score", str(path), "--weights", str(tmp_path / "none.safetensors"),
-                                   "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "slide-score",
+            str(path),
+            "--weights",
+            str(tmp_path / "none.safetensors"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert res.exit_code == 4 and "not found" in res.stderr
 
 
 def test_cli_prepare_words_not_dicts(small_slide, tmp_path):
     path, ann, _s = small_slide
-    res = CliRunner().invoke(cli, ["slide-prepare", str(path), "--annotations", str(ann), "--out",
-                                   str(tmp_path / "ds"), "--margin-pos", "45"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "slide-prepare",
+            str(path),
+            "--annotations",
+            str(ann),
+            "--out",
+            str(tmp_path / "ds"),
+            "--margin-pos",
+            "45",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    assert "C4d- boxes" in res.stdout and "margins C4d+ 45 px, C4d- 40 px" in res.stdout and "{" not in res.stdout
-    res = CliRunner().invoke(cli, ["slide-prepare", str(path), "--annotations", str(ann), "--out",
-                                   str(tmp_path / "ds"), "--json"])
+    assert (
+        "C4d- boxes" in res.stdout
+        and "margins C4d+ 45 px, C4d- 40 px" in res.stdout
+        and "{" not in res.stdout
+    )
+    res = CliRunner().invoke(
+        cli, ["slide-prepare", str(path), "--annotations", str(ann), "--out", str(tmp_path / "ds"), "--json"]
+    )
     assert res.exit_code == 3 and json.loads(res.stdout)["exit_code"] == 3
 
 

@@ -15,14 +15,18 @@ from medseg.reports import Report, bland_altman_figure
 def _report() -> Report:
     import matplotlib.pyplot as plt
 
-    rep = Report("QA test report", inputs=["/data/scan1", "/data/scan2"], notice="synthetic <b>not</b> clinical")
+    rep = Report(
+        "QA test report", inputs=["/data/scan1", "/data/scan2"], notice="synthetic <b>not</b> clinical"
+    )
     rep.add_text("Method", "A sentence about the method.")
     rep.add_table("Numbers", [{"exam": "e1", "rmse": 12.3456}, {"exam": "e2", "rmse": float("nan")}])
     fig, ax = plt.subplots()
     ax.imshow(np.random.default_rng(0).random((32, 32)))
     rep.add_figure("A picture", fig, caption="random")
-    rep.add_figure("Bland-Altman", bland_altman_figure([("a vs b", [1, 2, 3, 4], [1.5, 2.2, 2.9, 4.4])],
-                                                       quantity="LAA", unit="%"))
+    rep.add_figure(
+        "Bland-Altman",
+        bland_altman_figure([("a vs b", [1, 2, 3, 4], [1.5, 2.2, 2.9, 4.4])], quantity="LAA", unit="%"),
+    )
     return rep
 
 
@@ -55,10 +59,21 @@ def test_html_renders_in_headless_chromium(tmp_path):
 
     html = _report().write_html(tmp_path / "r.html")
     shot = tmp_path / "shot.png"
-    cmd = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600", f"--screenshot={shot}",
-           html.as_uri()]
+    cmd = [
+        _browser(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,1600",
+        f"--screenshot={shot}",
+        html.as_uri(),
+    ]
     subprocess.run(cmd, check=True, timeout=120, capture_output=True)
     img = np.asarray(Image.open(shot).convert("L"), float)
     assert img.shape[0] > 500
