@@ -4,6 +4,7 @@ patch-by-patch baseline, all in the same run on the same net, slices and batch s
     python benchmarks/brain_segment.py                         # CPU: a few slices, extrapolated to a case
     python benchmarks/brain_segment.py --local-channels 16 --global-channels 32 --size 120 120 155
     python benchmarks/brain_segment.py --device cuda --slices 155 --patches 20000
+    python benchmarks/brain_segment.py --case --threads 2   # one whole case, demo weights, brain box
 
 - project: ``medseg.brain.segment.predict_volume`` = engine Predictor (channels_last, inference_mode,
   AMP on CUDA, argmax) over zero-padded whole-slice batches (fully convolutional);
@@ -161,6 +162,103 @@ def bench_arch(arch: str, args, device, amp_name: str) -> dict:
     }
 
 
+def bench_case(args, device) -> dict:
+    """One whole 240x240x155 case with the demo weights: the brain-box path against today's full grid.
+
+    - ``box``: ``medseg.brain.segment.predict_in_brain`` (brain slices only, each batch cropped to its
+      brain box), timed on the WHOLE case, and end to end (``segment_array``: preprocessing as the
+      weights ask, N4 included, inference, post-processing);
+    - ``full_grid``: the path before issue 12 (every slice, whole 240x240 grid, engine predictor);
+    - ``reference``: plain torch on the whole grid (as above).
+    Full grid and reference are timed on ``--case-slices`` slices through the brain and extrapolated
+    to all slices (their cost per slice does not depend on content); labels of the box path must
+    equal the full grid's inside the brain on those slices.
+    """
+    import torch
+
+    from medseg.brain.io import MODALITIES, Geometry
+    from medseg.brain.preprocess import preprocess
+    from medseg.brain.sampling import slice_padding
+    from medseg.brain.segment import (
+        DEMO_WEIGHTS,
+        brain_boxes,
+        load_brain_model,
+        make_predictor,
+        predict_in_brain,
+        predict_volume,
+        segment_array,
+    )
+    from medseg.engine.weights import resolve_weights
+    from medseg.synthetic.brain import BrainPhantomConfig, make_brain_case
+
+    nx, ny, nz = args.size
+    weights, _ = resolve_weights(args.weights, demo=DEMO_WEIGHTS)
+    model, meta, prep = load_brain_model(weights)
+    arch = meta.config["net"]["arch"]
+    t0 = time.perf_counter()
+    case = make_brain_case(7, BrainPhantomConfig(shape=(nz, ny, nx), spacing=(1.0, 1.0, 1.0)))
+    print(f"synthetic {nx}x{ny}x{nz} case made in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    raw = np.stack([case.images[m] for m in MODALITIES])
+    geo = Geometry(
+        shape=(nz, ny, nx), spacing=(1.0, 1.0, 1.0), origin=(0.0,) * 3, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)
+    )
+    predictor = make_predictor(model, device=str(device), amp=args.amp, postprocess="argmax")
+    ref_model = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
+    pad = slice_padding(arch)
+    bs = args.batch_size
+
+    prep_s, prep_cpu, (norm, mask), _ = _timed(lambda: preprocess(raw, geo.spacing, prep), device)
+    boxes = brain_boxes(mask, bs)
+    box_pixels = sum(
+        (b[0].stop - b[0].start) * (b[1].stop - b[1].start) * (b[2].stop - b[2].start) for b in boxes
+    )
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    mid = int(zs[len(zs) // 2])
+    sl = slice(max(0, mid - args.case_slices // 2), max(0, mid - args.case_slices // 2) + args.case_slices)
+    n_timed = sl.stop - sl.start
+
+    predict_volume(predictor, norm[:, :1], arch=arch, batch_size=1)  # warm-up
+    box_s, box_cpu, box_seg, box_peak = _timed(
+        lambda: predict_in_brain(predictor, norm, mask, arch=arch, batch_size=bs), device
+    )
+    full_s, full_cpu, full_seg, full_peak = _timed(
+        lambda: predict_volume(predictor, norm[:, sl], arch=arch, batch_size=bs), device
+    )
+    ref_s, ref_cpu, ref_seg, ref_peak = _timed(
+        lambda: reference_volume(
+            ref_model, norm[:, sl], pad=pad, batch_size=bs, device=device, amp_dtype=predictor.amp_dtype
+        ),
+        device,
+    )
+    e2e_s, e2e_cpu, _, e2e_peak = _timed(
+        lambda: segment_array(predictor, raw, geo, arch=arch, prep=prep, batch_size=bs), device
+    )
+    inside = mask[sl]
+    return {
+        "case": f"synthetic {nx}x{ny}x{nz} @ 1 mm, brain {mask.mean():.1%} of the grid, slices with brain {zs.size}",
+        "arch": arch,
+        "weights": weights.name,
+        "batch_size": bs,
+        "box_pixels_fraction_of_grid": round(box_pixels / mask.size, 3),
+        "box_s_per_case": round(box_s, 2),
+        "box_cpu_s": round(box_cpu, 2),
+        "full_grid_s_per_case": round(full_s * nz / n_timed, 2),
+        "full_grid_cpu_s": round(full_cpu * nz / n_timed, 2),
+        "reference_full_grid_s_per_case": round(ref_s * nz / n_timed, 2),
+        "speedup_vs_full_grid": round(full_s * nz / n_timed / box_s, 2),
+        "speedup_vs_reference": round(ref_s * nz / n_timed / box_s, 2),
+        "preprocess_s": round(prep_s, 2),
+        "preprocess_cpu_s": round(prep_cpu, 2),
+        "n4": prep.n4,
+        "end_to_end_s_per_case": round(e2e_s, 2),
+        "end_to_end_cpu_s": round(e2e_cpu, 2),
+        "full_grid_slices_timed": n_timed,
+        "box_equals_full_grid_inside_brain": bool(np.array_equal(box_seg[sl][inside], full_seg[inside])),
+        "reference_equals_full_grid": float(np.mean(ref_seg == full_seg)),
+        "peak_rss_mb": round(max(box_peak, full_peak, ref_peak, e2e_peak), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,6 +282,15 @@ def main() -> None:
     parser.add_argument("--global-channels", type=int, default=160)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--case",
+        action="store_true",
+        help="one whole synthetic case with the demo weights: brain-box path vs full grid vs reference",
+    )
+    parser.add_argument("--case-slices", type=int, default=16, help="slices timed for full grid / reference")
+    parser.add_argument(
+        "--weights", default=None, help="weights for --case (default: the demo InputCascadeCNN)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -198,7 +305,8 @@ def main() -> None:
         args.slices = args.size[2] if device.type == "cuda" else 4
     if args.patches is None:
         args.patches = 20000 if device.type == "cuda" else 128
-    args.batch_size = min(args.batch_size, args.slices)
+    if not args.case:
+        args.batch_size = min(args.batch_size, args.slices)
     env = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -212,6 +320,13 @@ def main() -> None:
         "repeats": args.repeats,
     }
     print(json.dumps(env))
+    if args.case:
+        row = bench_case(args, device)
+        print(json.dumps(row, indent=1))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump({"env": env, "case": row}, fh, indent=2)
+        return
     rows = []
     for arch in args.archs:
         row = bench_arch(arch, args, device, args.amp)

@@ -56,12 +56,14 @@ def _human_eval(result) -> str:
 Examples:
   medseg brain-segment --t1 t1.nii.gz --t1c t1ce.nii.gz --t2 t2.nii.gz --flair flair.nii.gz --out seg.nii.gz
   medseg brain-segment sample_data/brain/SYN_0001 --out results/
-  medseg brain-segment cohort/ --out results/ --labels brats2023 --resample-to t1c
+  medseg brain-segment cohort/ --out results/ --labels brats2023 --resample
 \b
 Each case writes <out>/<case>_seg.nii.gz (or --out FILE for one case) plus
 <stem>_volumes.json/.csv with WT/TC/ET volumes in mL; a batch also writes volumes.csv.
 Inputs are skull-stripped MRI (BraTS style, zero background): NIfTI/NRRD/MHA files or one
-DICOM series folder per modality. Modalities must share one grid unless --resample-to.
+DICOM series folder per modality, named as in BraTS 2018-2021 (_t1, _t1ce, _t2, _flair),
+BraTS 2023+ (-t1n, -t1c, -t2w, -t2f) or plainly (t1, T1c, T1_post, t1gd, T2, FLAIR, T2-FLAIR,
+any case). Modalities must share one grid unless --resample / --resample-to.
 """,
 )
 @click.argument("case_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False))
@@ -90,8 +92,15 @@ DICOM series folder per modality. Modalities must share one grid unless --resamp
     default=None,
     help="Resample the other modalities (linear) onto this one's grid instead of failing on a mismatch.",
 )
+@click.option(
+    "--resample",
+    is_flag=True,
+    help="Same as --resample-to t1c: resample T1, T2 and FLAIR onto the T1c grid (with a warning).",
+)
 @click.option("--no-n4", is_flag=True, help="Skip N4 bias correction (data already corrected; faster).")
-@click.option("--no-postprocess", is_flag=True, help="Keep small connected components.")
+@click.option(
+    "--no-postprocess", is_flag=True, help="Keep small and core-less connected components (docs/brain.md)."
+)
 @batch_size_option(8)
 @amp_option
 @overwrite_option
@@ -106,6 +115,7 @@ def brain_segment(
     weights,
     labels,
     resample_to,
+    resample,
     no_n4,
     no_postprocess,
     batch_size,
@@ -123,7 +133,7 @@ def brain_segment(
     cfg = SegmentConfig(
         weights=weights,
         labels=labels,
-        resample_to=resample_to,
+        resample_to=resample_to or ("t1c" if resample else None),
         batch_size=batch_size,
         n4=False if no_n4 else None,
         postprocess=not no_postprocess,

@@ -17,7 +17,14 @@ from medseg_cli.options import (
     weights_option,
 )
 
-KERNEL_HELP = "Reconstruction kernel: B10f, B30f, B50f or B70f."
+KERNEL_HELP = (
+    "Reconstruction kernel as the scanner writes it in ConvolutionKernel (B30f, Br40, UB, YA, STANDARD, "
+    "FC13, ...); 'Vendor:NAME' (e.g. Philips:B) names the vendor too."
+)
+VENDOR_HELP = (
+    "Scanner vendor of --from/--to (Siemens, Philips, GE, Canon, ... or the Manufacturer tag), where "
+    "kernel names of several vendors collide."
+)
 WEIGHTS_HELP = (
     "Weights file (.safetensors); default: search --models-dir, $MEDSEG_CT_MODELS, then the demo weights."
 )
@@ -39,6 +46,10 @@ def _kernel_options(func):
     return func
 
 
+def _vendor_option(func):
+    return click.option("--vendor", "vendor", default=None, metavar="VENDOR", help=VENDOR_HELP)(func)
+
+
 def _fractions(_ctx, _param, value: str) -> tuple[float, float, float]:
     try:
         fractions = tuple(float(v) for v in value.split(","))
@@ -58,10 +69,13 @@ Examples:
       --reference scan_ref_B30f/ --report qa/
   medseg ct-convert chest.nii.gz --from B30f --to B50f --out chest_B50f.nii.gz
   medseg ct-convert study/ --series-uid 1.2.3... --from B50f --to B30f --out out.nii.gz
+  medseg ct-convert bone/ --from YA --to UB --vendor Philips --out std/ --models-dir models/
+  medseg ct-convert scan/ --from GE:BONE --to GE:STANDARD --out std/ --models-dir models/
 """,
 )
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @_kernel_options
+@_vendor_option
 @click.option(
     "--out",
     "output",
@@ -102,6 +116,7 @@ def ct_convert(
     input_path,
     source,
     target,
+    vendor,
     output,
     output_format,
     series_uid,
@@ -119,9 +134,10 @@ def ct_convert(
 ):
     """Convert a CT series from one reconstruction kernel to another (no sinogram needed).
 
-    INPUT is a DICOM series folder (any file names), a DICOM file, or a NIfTI/NRRD/MHA volume or
-    slice. DICOM input gives a derived DICOM series (new UIDs, same patient/study and geometry,
-    signed int16 HU). The input is never modified.
+    INPUT is a DICOM series folder or study folder (any file names; SEG, SR, localizers and other
+    non-image objects are left out), a DICOM file (also a multi-frame Enhanced CT), or a
+    NIfTI/NRRD/MHA volume or slice. DICOM input gives a derived classic DICOM series (new UIDs, same
+    patient/study and geometry, signed int16 HU). The input is never modified.
     """
     if report_dir is not None and reference is None:
         raise click.UsageError("--report needs --reference")
@@ -130,6 +146,7 @@ def ct_convert(
     cfg = ConvertConfig(
         source=source,
         target=target,
+        vendor=vendor,
         weights=weights,
         models_dirs=models_dir,
         series_uid=series_uid,
@@ -159,22 +176,10 @@ Examples:
 @_models_dir_option
 @json_option
 def ct_models(models_dir, as_json):
-    """List the kernel-conversion models that are available (first listed = used)."""
-    from medseg.ct.models import list_models, models_text
+    """List the kernel-conversion models that are available, by scanner vendor (first listed = used)."""
+    from medseg.ct.models import models_doc, models_text
 
-    rows = [
-        {
-            "from": e.source,
-            "to": e.target,
-            "path": str(e.path),
-            "demo": e.demo,
-            "version": e.meta.version,
-            "training_data": e.meta.training_data,
-            "created": e.meta.created,
-        }
-        for e in list_models(models_dir)
-    ]
-    emit({"models": rows}, as_json=as_json, human=models_text)
+    emit(models_doc(models_dir), as_json=as_json, human=models_text)
 
 
 @click.command(
@@ -184,12 +189,16 @@ Examples:
   medseg ct-train pairs/ --from B50f --to B30f --out runs/b50_b30/
   medseg ct-train pairs/ --from B50f --to B30f --out runs/b50_b30/ --epochs 40 --resume
   medseg ct-train pairs/ --from B30f --to B50f --out m/ --epochs 5 --crop 128   # quick CPU run
+  medseg ct-train study/ --from YA --to UB --out run/ --crop 128 --lr 1e-3 --max-minutes 10
   medseg ct-convert scan/ --from B50f --to B30f --out o/ --models-dir runs/b50_b30/
 
 \b
-PAIRS: a folder of exam folders, each with series of both kernels (DICOM, identified by
-their ConvolutionKernel tag, or volumes named like B50f.nii.gz). OUT receives best.safetensors,
-last.safetensors, state.pt, history.json and train_config.json (with the split by exam).
+PAIRS: study folder(s) in any layout (all series in one folder, per-kernel sub-folders, exam
+folders). The two kernels' DICOM series (by ConvolutionKernel tag; volumes named like
+B50f.nii.gz pair by folder) are paired by FrameOfReferenceUID and slice position; mismatched
+geometry is refused with the reason. Split by exam from 3 exams on, else by contiguous z slabs
+with a gap. OUT receives best.safetensors, last.safetensors, state.pt, history.json and
+train_config.json (with the split); the summary ends with the held-out test RMSE before/after.
 """,
 )
 @click.argument(
@@ -209,7 +218,7 @@ last.safetensors, state.pt, history.json and train_config.json (with the split b
     default="0.6,0.2,0.2",
     show_default=True,
     callback=_fractions,
-    help="Train/validation/test fractions, by exam.",
+    help="Train/validation/test fractions: by exam (3+ exams) or by slabs along z (1-2 exams).",
 )
 @click.option(
     "--crop", type=click.IntRange(16), default=None, help="Random crops of this size (default whole slices)."
@@ -244,7 +253,7 @@ def ct_train(
     quiet,
     as_json,
 ):
-    """Train a kernel converter for one direction on paired series, split by exam."""
+    """Train a kernel converter for one direction on paired series (split by exam or by z slabs)."""
     from medseg.ct.train import CTTrainConfig, train, train_text
 
     cfg = CTTrainConfig(
@@ -283,6 +292,7 @@ A failing exam is recorded in the report with its reason; the exit code is then 
     "inputs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
 @_kernel_options
+@_vendor_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @weights_option(WEIGHTS_HELP)
 @_models_dir_option
@@ -296,6 +306,7 @@ def ct_report(
     inputs,
     source,
     target,
+    vendor,
     out_dir,
     weights,
     models_dir,
@@ -314,6 +325,7 @@ def ct_report(
     cfg = ReportConfig(
         source=source,
         target=target,
+        vendor=vendor,
         weights=weights,
         models_dirs=models_dir,
         device=device,

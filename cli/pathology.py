@@ -16,7 +16,7 @@ from medseg_cli.options import (
     weights_option,
 )
 
-from medseg.pathology.labels import DEFAULT_MARGINS, NEGATIVE, POSITIVE
+from medseg.pathology.labels import DEFAULT_MARGINS, DEFAULT_MIN_PTCS, NEGATIVE, POSITIVE
 
 SAMPLE = "sample_data/pathology"
 
@@ -24,16 +24,22 @@ SAMPLE = "sample_data/pathology"
 def _score_human(run) -> str:
     from medseg.pathology.score import slide_text
 
-    lines = [
-        f"{i.name}: {slide_text(i.metrics)}"
-        + (" (kept from an earlier run)" if i.status == "skipped" else "")
-        for i in run.items
-        if i.status != "failed"
-    ]
+    lines = []
+    for i in run.items:
+        if i.status == "failed":
+            continue
+        if i.metrics.get("status") == "qc_failed":
+            lines.append(f"{i.name}: not scored: {i.reason}")
+        else:
+            lines.append(
+                f"{i.name}: {slide_text(i.metrics)}"
+                + (" (kept from an earlier run)" if i.status == "skipped" else "")
+            )
     c = run.counts
+    qc = sum(i.metrics.get("status") == "qc_failed" for i in run.items)
     lines.append(
-        f"{c['ok']} slide(s) scored, {c['failed']} failed, {c['skipped']} kept from an earlier run; "
-        f"table: {run.outputs.get('table')}"
+        f"{c['ok']} slide(s) scored, {c['failed']} failed, {qc} not scored (stain QC), "
+        f"{c['skipped'] - qc} kept from an earlier run; table: {run.outputs.get('table')}"
         + (f", report: {run.outputs['report']}" if run.outputs.get("report") else "")
     )
     return "\n".join(lines)
@@ -83,6 +89,25 @@ Examples:
     show_default=True,
     help="Feasible-ROI filter: default (heuristic), none, or module:function.",
 )
+@click.option(
+    "--reader",
+    type=click.Choice(["auto", "openslide", "tifffile", "dicom"]),
+    default="auto",
+    show_default=True,
+    help="Slide reader backend (auto: OpenSlide, then tifffile, then the DICOM readers).",
+)
+@click.option(
+    "--min-ptcs",
+    type=click.IntRange(1),
+    default=DEFAULT_MIN_PTCS,
+    show_default=True,
+    help="PTCs a slide needs for a Banff category; fewer: 'not assessable (n PTCs)', counts kept.",
+)
+@click.option(
+    "--skip-stain-qc",
+    is_flag=True,
+    help="Score slides that fail the stain QC (not brightfield DAB IHC) anyway; QC is still recorded.",
+)
 @click.option("--resume", is_flag=True, help="Keep slides already scored in --out; score the others.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @overwrite_option
@@ -100,6 +125,9 @@ def slide_score(
     workers,
     min_score,
     feasibility,
+    reader,
+    min_ptcs,
+    skip_stain_qc,
     resume,
     no_report,
     overwrite,
@@ -112,8 +140,10 @@ def slide_score(
 
     SLIDES are slide files, folders of slides, or CSV lists (column path). Per slide: summary.json,
     detections.geojson (QuPath), overlay.png; per batch: scores.csv and report.html (they describe
-    this run; with --resume also the slides kept). A slide that cannot be read is recorded as failed
-    and the batch goes on (exit code 5).
+    this run; with --resume also the slides kept). Stain QC comes first: a slide that is not a
+    brightfield DAB IHC (H&E, fluorescence, no tissue) is not scored (status qc_failed, with the
+    reason; exit code 0). A slide that cannot be read is recorded as failed and the batch goes on
+    (exit code 5).
     """
     from medseg.pathology.score import ScoreConfig, score_slides
 
@@ -128,6 +158,9 @@ def slide_score(
         feasibility=feasibility,
         device=device,
         amp=amp,
+        reader=reader,
+        min_ptcs=min_ptcs,
+        skip_stain_qc=skip_stain_qc,
     )
     result = score_slides(
         slides,
@@ -149,6 +182,7 @@ Examples:
   medseg slide-prepare slide1.tiff slide2.svs --out dataset/      # slideN.geojson next to each slide
   medseg slide-prepare slide.svs --annotations qupath/ --out dataset/ --margin-pos {DEFAULT_MARGINS[POSITIVE]}
   medseg slide-prepare --masks tiles/ --out dataset/              # X.png + X_mask.png (1 C4d+, 2 C4d-)
+  medseg slide-prepare s.svs --annotations pts.geojson --class-map Positive=C4d+,Negative=C4d- --out ds/
 """,
 )
 @click.argument("slides", nargs=-1)
@@ -180,6 +214,25 @@ Examples:
 @click.option("--slide-mpp", type=float, default=None)
 @click.option("--tile", type=click.IntRange(16), default=512, show_default=True)
 @click.option("--overlap", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--class-map",
+    default=None,
+    help=f"Your annotation class names, e.g. 'Positive={POSITIVE},Negative={NEGATIVE}' (any case).",
+)
+@click.option(
+    "--reader",
+    type=click.Choice(["auto", "openslide", "tifffile", "dicom"]),
+    default="auto",
+    show_default=True,
+    help="Slide reader backend.",
+)
+@click.option(
+    "--point-size",
+    type=click.FloatRange(0, min_open=True),
+    default=15.0,
+    show_default=True,
+    help="Diameter (um) of the PTC box made from a point annotation (PTC centre), before the margins.",
+)
 @overwrite_option
 @output_options
 def slide_prepare(
@@ -193,13 +246,20 @@ def slide_prepare(
     slide_mpp,
     tile,
     overlap,
+    class_map,
+    reader,
+    point_size,
     overwrite,
     quiet,
     as_json,
 ):
-    """Turn C4d+/C4d- PTC annotations into detector training tiles and enlarged, clipped boxes."""
+    """Turn C4d+/C4d- PTC annotations into detector training tiles and enlarged, clipped boxes.
+
+    Annotations are GeoJSON (QuPath export): polygons (PTC outlines) or points (PTC centres, made
+    into boxes of --point-size um), classified C4d+/C4d- (also Positive/Negative, or --class-map).
+    """
     from medseg.pathology.labels import counts_text, margins_text
-    from medseg.pathology.prepare import PrepareConfig, prepare_dataset
+    from medseg.pathology.prepare import PrepareConfig, parse_class_map, prepare_dataset
 
     cfg = PrepareConfig(
         margins={POSITIVE: margin_pos, NEGATIVE: margin_neg},
@@ -207,6 +267,9 @@ def slide_prepare(
         tile=tile,
         overlap=overlap,
         slide_mpp=slide_mpp,
+        point_diameter_um=point_size,
+        class_map=parse_class_map(class_map),
+        reader=reader,
     )
     result = prepare_dataset(
         slides, out, cfg, annotations=annotations, masks=masks, overwrite=overwrite, progress=not quiet
@@ -307,6 +370,7 @@ def _eval_human(run) -> str:
         for i in run.items
         if i.ok
     ]
+    lines += [f"{i.name}: {i.reason}" for i in run.items if i.status == "skipped"]
     if o["slides"]:
         lines.append(f"category agreement {o['category_agreement']:.0%} of {o['slides']} slide(s)")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Dice and HD95 (mm) for whole tumour, tumour core and enhancing tumour, per case and summary.
+"""Dice, HD95 (mm) and volumes (mL, prediction and truth) for whole tumour, tumour core and
+enhancing tumour, per case and summary.
 
 Metrics come from MONAI (``DiceMetric``, ``HausdorffDistanceMetric`` with ``percentile=95`` and
 the voxel spacing) so numbers are comparable with the BraTS literature. Conventions for empty
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.brain.io import CaseFiles, error_reason, find_case_files, labels_to_internal, read_image
-from medseg.brain.segment import REGIONS, region_masks
+from medseg.brain.segment import REGIONS, region_masks, region_volumes_ml
 from medseg.errors import InputError
 from medseg.results import FAILED, ItemResult, RunResult
 
@@ -90,7 +91,18 @@ def evaluate_pair(
         raise InputError(f"prediction and ground truth grids differ ({diff})", path=pair.pred)
     p = labels_to_internal(np.rint(pred).astype(np.int64), labels=pred_labels or labels, path=pair.pred)
     t = labels_to_internal(np.rint(truth).astype(np.int64), labels=labels, path=pair.truth)
-    return region_metrics(p, t, tgeo.spacing), p, t
+    return {**region_metrics(p, t, tgeo.spacing), **volume_metrics(p, t, tgeo.spacing)}, p, t
+
+
+def volume_metrics(
+    pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float]
+) -> dict[str, float]:
+    """Region volumes in mL of prediction and truth (``pred_WT_ml``, ``truth_WT_ml`` ...).
+
+    Over- or under-calling (e.g. normal tissue called edema) shows here even where Dice is middling.
+    """
+    vp, vt = region_volumes_ml(pred, spacing), region_volumes_ml(truth, spacing)
+    return {f"{who}_{r}_ml": v[f"{r}_ml"] for who, v in (("pred", vp), ("truth", vt)) for r in REGIONS}
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -165,11 +177,13 @@ def evaluate_cases(
         overlays.append((pair.name, pair.image, p, t))
         result.add(ItemResult(name=pair.name, metrics=metrics))
         log.info(
-            "%s: Dice WT %.3f TC %.3f ET %.3f",
+            "%s: Dice WT %.3f TC %.3f ET %.3f; WT %.1f mL predicted, %.1f mL true",
             pair.name,
             metrics["dice_WT"],
             metrics["dice_TC"],
             metrics["dice_ET"],
+            metrics["pred_WT_ml"],
+            metrics["truth_WT_ml"],
         )
     for item in result.failed:
         log.error("%s: failed: %s", item.name, item.reason)

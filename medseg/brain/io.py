@@ -20,14 +20,45 @@ log = logging.getLogger("medseg.brain")
 
 MODALITIES = ("t1", "t1c", "t2", "flair")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-# file-name tags per modality: BraTS 2021 (_t1, _t1ce, _t2, _flair) and 2023 (-t1n, -t1c, -t2w, -t2f)
+# File-name tags per modality, matched case-insensitively at the END of the name (after a separator
+# ``_ - . space`` or as the whole name): BraTS 2018-2021 (``_t1``, ``_t1ce``, ``_t2``, ``_flair``),
+# BraTS 2023+ (``-t1n``, ``-t1c``, ``-t2w``, ``-t2f``) and plain exports of other tools (``t1.nii.gz``,
+# ``T1c``, ``T1_post``, ``t1gd``, ``T2-FLAIR`` ...). Separators inside a tag match any separator or none.
 MODALITY_TAGS: dict[str, tuple[str, ...]] = {
-    "t1": ("t1", "t1n"),
-    "t1c": ("t1ce", "t1c", "t1gd"),
+    "t1": ("t1", "t1n", "t1w", "t1_pre", "t1_native", "t1_precontrast"),
+    "t1c": (
+        "t1ce",
+        "t1c",
+        "t1gd",
+        "t1_gd",
+        "t1_post",
+        "t1_postcontrast",
+        "t1_contrast",
+        "t1_ce",
+        "t1_c",
+        "t1w_ce",
+        "t1w_gd",
+        "t1w_post",
+        "t1_gad",
+        "t1gad",
+    ),
     "t2": ("t2", "t2w"),
-    "flair": ("flair", "t2f"),
-    "seg": ("seg",),
+    "flair": ("flair", "t2f", "t2_flair", "t2w_flair"),
+    "seg": ("seg", "segmentation", "label", "labels"),
 }
+
+
+def _tag_pattern(tag: str) -> str:
+    return r"[_\-. ]?".join(re.escape(part) for part in tag.split("_"))
+
+
+# longest tags first, so "t2_flair" wins over "flair"... and "t1_post" is not read as "t1"
+_TAG_RES = [
+    (mod, re.compile(rf"(?:^|[_\-. ]){_tag_pattern(tag)}$"))
+    for mod, tag in sorted(
+        ((m, t) for m, ts in MODALITY_TAGS.items() for t in ts), key=lambda mt: -len(mt[1])
+    )
+]
 LABEL_CONVENTIONS = ("brats2021", "brats2023", "havaei")
 # internal (Havaei) label -> label written in each convention; NCR and NET merge in BraTS
 _TO_CONVENTION = {
@@ -105,19 +136,20 @@ def _stem(path: Path) -> str:
 
 
 def _tag(stem: str) -> str | None:
-    """Modality of a file/folder name: the last ``_``/``-``/``.`` separated token, or the whole name."""
-    token = re.split(r"[_\-.]", stem)[-1]
-    for mod, tags in MODALITY_TAGS.items():
-        if token in tags or stem in tags:
+    """Modality of a file/folder name (case-insensitive), from the tag it ends with; None if none."""
+    stem = stem.lower()
+    for mod, pattern in _TAG_RES:
+        if pattern.search(stem):
             return mod
     return None
 
 
 def find_case_files(case_dir: str | Path) -> CaseFiles:
-    """Find T1/T1c/T2/FLAIR (and seg, if present) in a case folder by BraTS naming.
+    """Find T1/T1c/T2/FLAIR (and seg, if present) in a case folder by name (:data:`MODALITY_TAGS`).
 
-    Files (``<case>_t1.nii.gz``, ``<case>_t1ce.nii.gz``, ``<case>-t2f.nii.gz`` ...) or one DICOM
-    series folder per modality (``t1/``, ``t1ce/``, ``t2/``, ``flair/``).
+    Files (``<case>_t1.nii.gz``, ``<case>_t1ce.nii.gz``, ``<case>-t2f.nii.gz``, ``T1_post.nii.gz`` ...)
+    or one DICOM series folder per modality (``t1/``, ``t1ce/``, ``t2/``, ``flair/``). Each recognised
+    file is logged; two candidates for one modality, or a missing one, is an error naming them.
     """
     case_dir = Path(case_dir)
     if not case_dir.is_dir():
@@ -132,19 +164,30 @@ def find_case_files(case_dir: str | Path) -> CaseFiles:
             found.setdefault(mod, []).append(entry)
     for mod, paths in found.items():
         if len(paths) > 1:
-            raise InputError(f"several {mod} inputs: {', '.join(p.name for p in paths)}", path=case_dir)
+            raise InputError(
+                f"ambiguous {mod}: {len(paths)} candidates ({', '.join(p.name for p in paths)}); "
+                "keep one per modality in the case folder",
+                path=case_dir,
+            )
     missing = [m for m in MODALITIES if m not in found]
     if missing:
         raise InputError(
-            f"missing modality {', '.join(missing)} (expected BraTS names such as "
-            f"<case>_t1.nii.gz, _t1ce, _t2, _flair or -t1n, -t1c, -t2w, -t2f)",
+            f"missing modality {', '.join(missing)} (expected names ending in t1/t1n, t1c/t1ce/t1gd/t1_post, "
+            f"t2/t2w, flair/t2f, e.g. <case>_t1ce.nii.gz, <case>-t2f.nii.gz or T1c.nii.gz)",
             path=case_dir,
         )
-    return CaseFiles(
+    files = CaseFiles(
         name=case_dir.name,
         modalities={m: found[m][0] for m in MODALITIES},
         seg=found["seg"][0] if "seg" in found else None,
     )
+    log.info(
+        "%s: %s%s",
+        files.name,
+        ", ".join(f"{m}={p.name}" for m, p in files.modalities.items()),
+        f", seg={files.seg.name}" if files.seg else "",
+    )
+    return files
 
 
 def case_from_paths(
@@ -196,6 +239,25 @@ def resolve_cases(
     return list(expand_case_dirs(list(case_dirs)))
 
 
+def _refuse_4d(path: Path) -> None:
+    """A 4D file (time series, several volumes, DTI ...) where one 3D volume is expected: one clear line."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # unreadable: read_volume_sitk gives the error
+    size = reader.GetSize()
+    if len(size) > 3 and int(np.prod(size[3:])) > 1:
+        raise InputError(
+            f"{len(size)}D image ({' x '.join(map(str, size))}) where one 3D volume is expected; "
+            "give each modality as its own 3D file",
+            path=path,
+        )
+
+
 def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
     """One modality: a volume file via SimpleITK or a DICOM series folder; float32 (z, y, x)."""
     path = Path(path)
@@ -206,6 +268,7 @@ def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
     else:
         from medseg.io.volume import read_volume_sitk
 
+        _refuse_4d(path)
         array, meta = read_volume_sitk(path)
     if array.ndim != 3 or min(array.shape) < 2:
         raise InputError(f"2D image (shape {array.shape}) where a 3D volume is expected", path=path)
@@ -250,11 +313,37 @@ def check_values(array: np.ndarray, *, what: str, path: Path) -> None:
         raise InputError(f"{what} is all zero (empty or failed export?)", path=path)
 
 
-def load_case(case: CaseFiles, *, resample_to_modality: str | None = None) -> tuple[np.ndarray, Geometry]:
+# Skull-stripped BraTS-style input is exactly zero outside the brain, which fills ~10-35 % of a
+# 240x240x155 field of view; a head with scalp and a noisy (non-zero) background fills nearly all of it.
+SKULL_STRIP_MAX_COVERAGE = 0.5
+
+
+def skull_strip_warning(stack: np.ndarray, *, name: str = "") -> str | None:
+    """A warning when the input does not look skull-stripped (non-zero over most of the field of view).
+
+    The brain mask of this method is "any modality non-zero": on a head scan with scalp, skull and
+    background signal it covers most of the field of view and the bright tissue outside the brain is
+    segmented as if it were brain (typically as edema).
+    """
+    coverage = float(np.any(stack != 0, axis=0).mean())
+    if coverage <= SKULL_STRIP_MAX_COVERAGE:
+        return None
+    return (
+        f"{name + ': ' if name else ''}{coverage:.0%} of the field of view is non-zero: the input does not "
+        "look skull-stripped; the method expects skull-stripped BraTS-style input (zero outside the brain), "
+        "and tissue outside the brain will be mislabelled - skull-strip first (e.g. HD-BET, SynthStrip)"
+    )
+
+
+def load_case(
+    case: CaseFiles, *, resample_to_modality: str | None = None, warnings: list[str] | None = None
+) -> tuple[np.ndarray, Geometry]:
     """Read the four modalities as a (4, z, y, x) float32 stack on one grid.
 
-    Grids must agree; with ``resample_to_modality`` (e.g. ``"t1c"``) the others are resampled
-    (linear) onto that modality's grid instead of failing.
+    Grids must agree (shape, spacing, origin, direction within :meth:`Geometry.same_grid`'s
+    tolerance); with ``resample_to_modality`` (e.g. ``"t1c"``) the others are resampled (linear,
+    SimpleITK) onto that modality's grid instead of failing, with a warning (logged and appended
+    to ``warnings``).
     """
     arrays: dict[str, np.ndarray] = {}
     geos: dict[str, Geometry] = {}
@@ -275,7 +364,10 @@ def load_case(case: CaseFiles, *, resample_to_modality: str | None = None) -> tu
                 f"--resample-to {ref_mod} to resample onto the {ref_mod} grid",
                 path=case.modalities[mod],
             )
-        log.info("%s: resampling %s onto the %s grid (%s)", case.name, mod, ref_mod, diff)
+        msg = f"{case.name}: {mod} resampled onto the {ref_mod} grid ({diff})"
+        log.warning(msg)
+        if warnings is not None:
+            warnings.append(msg)
         arrays[mod] = resample_to(arrays[mod], geos[mod], ref)
     return np.stack([arrays[m] for m in MODALITIES]).astype(np.float32, copy=False), ref
 

@@ -1,4 +1,5 @@
-"""QA report for brain-eval: summary and per-case tables, Dice/HD95 box plots, overlay slices."""
+"""QA report for brain-eval: summary and per-case tables (Dice, HD95, volumes), box plots, and per case
+three orthogonal planes through the tumour with truth and prediction contours."""
 
 from __future__ import annotations
 
@@ -31,22 +32,61 @@ def boxplot_figure(rows: list[dict]):
     return fig
 
 
-def overlay_figure(name: str, image: np.ndarray | None, pred: np.ndarray, truth: np.ndarray):
-    """The slice with most tumour: ground truth (left) and prediction (right) over FLAIR."""
+def tumour_planes(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    """(z, y, x) indices of the axial, coronal and sagittal planes through the tumour.
+
+    Per axis, the plane holding the most whole tumour (truth and prediction together), so each plane
+    cuts through the tumour even when it is irregular; the volume's centre when both are empty.
+    """
+    union = (truth > 0) | (pred > 0)
+    if not union.any():
+        return tuple(n // 2 for n in union.shape)  # type: ignore[return-value]
+    return tuple(  # type: ignore[return-value]
+        int(np.argmax(union.sum(axis=tuple(a for a in range(3) if a != axis)))) for axis in range(3)
+    )
+
+
+def _plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """A 2D plane, rows top-to-bottom as a radiologist views it (superior up for coronal/sagittal)."""
+    plane = np.take(volume, index, axis=axis)
+    return plane[::-1] if axis != 0 else plane
+
+
+def overlay_figure(
+    name: str,
+    image: np.ndarray | None,
+    pred: np.ndarray,
+    truth: np.ndarray,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+):
+    """Axial, coronal and sagittal planes through the tumour: truth (top) and prediction (bottom).
+
+    Contours per region over FLAIR, pixels drawn at their physical aspect ratio (``spacing`` z, y, x).
+    """
     from medseg.brain.segment import region_masks
 
     plt = pyplot()
-    z = int(np.argmax((truth > 0).sum((1, 2)) + (pred > 0).sum((1, 2))))
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
-    for ax, seg, title in ((axes[0], truth, "ground truth"), (axes[1], pred, "prediction")):
-        if image is not None:
-            ax.imshow(image[z], cmap="gray")
+    centre = tumour_planes(pred, truth)
+    sz, sy, sx = spacing
+    views = (("axial", 0, sy / sx), ("coronal", 1, sz / sx), ("sagittal", 2, sz / sy))
+    fig, axes = plt.subplots(2, 3, figsize=(10, 6.6))
+    for row, (seg, title) in enumerate(((truth, "truth"), (pred, "prediction"))):
         masks = region_masks(seg)
-        for r in REGIONS:
-            if masks[r][z].any():
-                ax.contour(masks[r][z].astype(float), levels=[0.5], colors=_COLOURS[r], linewidths=1.0)
-        ax.set_title(f"{name} z={z}: {title}", fontsize=8)
-        ax.axis("off")
+        for col, (view, axis, aspect) in enumerate(views):
+            ax = axes[row, col]
+            if image is not None:
+                ax.imshow(
+                    _plane(image, axis, centre[axis]), cmap="gray", aspect=aspect, interpolation="nearest"
+                )
+            else:
+                ax.imshow(np.zeros_like(_plane(seg, axis, centre[axis]), float), cmap="gray", aspect=aspect)
+            for r in REGIONS:
+                m = _plane(masks[r], axis, centre[axis])
+                if m.any():
+                    ax.contour(m.astype(float), levels=[0.5], colors=_COLOURS[r], linewidths=1.0)
+            ax.set_title(f"{title}: {view} {'zyx'[axis]}={centre[axis]}", fontsize=8)
+            ax.axis("off")
+    fig.suptitle(f"{name} (WT yellow, TC orange, ET red)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -62,11 +102,16 @@ def write_eval_report(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = result["cases"]
-    cols = ["case"] + [f"{m}_{r}" for m in ("dice", "hd95") for r in REGIONS]
+    cols = (
+        ["case"]
+        + [f"{m}_{r}" for m in ("dice", "hd95") for r in REGIONS]
+        + [f"{w}_{r}_ml" for r in REGIONS for w in ("pred", "truth")]
+    )
     rep = Report(
         "Brain tumour segmentation: evaluation",
         inputs=inputs,
-        subtitle="Dice and HD95 (mm) for whole tumour (WT), tumour core (TC), enhancing tumour (ET)",
+        subtitle="Dice, HD95 (mm) and volumes (mL, predicted and true) for whole tumour (WT), tumour core "
+        "(TC), enhancing tumour (ET)",
         notice="Research software, not for clinical use.",
     )
     summary_rows = [
@@ -80,11 +125,14 @@ def write_eval_report(
     if rows:
         rep.add_figure("Distribution over cases", boxplot_figure(rows))
     for name, image_path, pred, truth in (overlays or [])[:max_overlays]:
-        image = read_image(image_path)[0] if image_path is not None else None
+        image, geo = read_image(image_path) if image_path is not None else (None, None)
+        if image is not None and image.shape != truth.shape:
+            image = None  # FLAIR on another grid than the labels: contours only
         rep.add_figure(
             f"Overlay: {name}",
-            overlay_figure(name, image, pred, truth),
-            caption="Contours: WT yellow, TC orange, ET red.",
+            overlay_figure(name, image, pred, truth, geo.spacing if geo else (1.0, 1.0, 1.0)),
+            caption="Axial, coronal and sagittal planes through the tumour over FLAIR; top: truth, "
+            "bottom: prediction. Contours: WT yellow, TC orange, ET red.",
         )
     paths = {"html": rep.write_html(out_dir / "report.html")}
     paths["json"] = write_text(out_dir / "metrics.json", json.dumps(json_safe(result), indent=2) + "\n")

@@ -30,6 +30,7 @@ from medseg.brain.io import (
     find_case_files,
     labels_from_internal,
     load_case,
+    skull_strip_warning,
     write_seg,
 )
 from medseg.brain.models import BrainNetConfig, build_model
@@ -124,10 +125,35 @@ def predict_patches(
 
 @dataclass
 class PostprocessConfig:
-    """Connected components of the whole tumour smaller than this are removed (false-positive blobs)."""
+    """Post-processing rules (``docs/brain.md``, "Post-processing").
+
+    Core rule: a whole-tumour component must hold tumour core (edema surrounds a core; a
+    FLAIR-bright component without one is most often normal tissue - periventricular caps, CSF
+    flow, white-matter lesions). Size rule: small components are false-positive blobs.
+    """
 
     min_component_ml: float = 0.2
     min_component_fraction: float = 0.1  # of the largest component
+    require_core: bool = True  # drop whole-tumour components without tumour core (when any has one)
+    min_core_ml: float = 0.1  # tumour core a component needs to count as holding one
+
+
+def _drop_coreless(seg: np.ndarray, comps: np.ndarray, n: int, voxel_ml: float, min_core_ml: float) -> int:
+    """Zero the whole-tumour components holding less than ``min_core_ml`` of tumour core (in place).
+
+    Only when at least one component holds that much core: with no core anywhere the prediction
+    is left to the size rule (an edema-only call cannot be told from a missed core). Returns how
+    many components were dropped.
+    """
+    core = np.isin(seg, (1, 3, 4))
+    core_voxels = np.bincount(comps[core], minlength=n + 1)
+    min_core = max(1, int(np.ceil(min_core_ml / voxel_ml - 1e-9)))
+    keep = core_voxels >= min_core
+    keep[0] = True
+    if not keep[1:].any() or keep.all():
+        return 0
+    seg[~keep[comps]] = 0
+    return int((~keep).sum())
 
 
 def postprocess(
@@ -136,10 +162,12 @@ def postprocess(
     config: PostprocessConfig | None = None,
     mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Remove tumour labels outside the brain and small 3D connected components of the whole tumour.
+    """Remove tumour labels outside the brain, core-less and small 3D components of the whole tumour.
 
-    A component (18-connected) is kept when it holds at least ``min_component_ml`` and at least
-    ``min_component_fraction`` of the largest component's voxels.
+    Components are 18-connected. Core rule (``require_core``): when some component holds at least
+    ``min_core_ml`` of tumour core (necrosis, non-enhancing, enhancing), the components holding less
+    are removed. Size rule, then: a component is kept when it holds at least ``min_component_ml``
+    and at least ``min_component_fraction`` of the largest remaining component's voxels.
     """
     from scipy import ndimage as ndi
     from skimage.morphology import remove_small_objects
@@ -148,11 +176,14 @@ def postprocess(
     seg = seg.copy()
     if mask is not None:
         seg[~mask] = 0
-    comps, n = ndi.label(seg > 0, structure=ndi.generate_binary_structure(3, 2))
+    structure = ndi.generate_binary_structure(3, 2)
+    comps, n = ndi.label(seg > 0, structure=structure)
     if n == 0:
         return seg
-    largest = int(np.bincount(comps.ravel())[1:].max())
     voxel_ml = float(np.prod(spacing)) / 1000.0
+    if cfg.require_core and n > 1 and _drop_coreless(seg, comps, n, voxel_ml, cfg.min_core_ml):
+        comps, n = ndi.label(seg > 0, structure=structure)
+    largest = int(np.bincount(comps.ravel())[1:].max())
     min_voxels = max(
         int(np.ceil(cfg.min_component_ml / voxel_ml - 1e-9)),
         int(np.ceil(cfg.min_component_fraction * largest - 1e-9)),
@@ -162,6 +193,52 @@ def postprocess(
     if min_voxels > 1:
         kept = remove_small_objects(comps, max_size=min_voxels - 1)  # labelled input: sizes per label
         seg[kept == 0] = 0
+    return seg
+
+
+def brain_boxes(mask: np.ndarray, batch_size: int) -> list[tuple[slice, slice, slice]]:
+    """Per batch of consecutive brain slices, the (z, y, x) box holding their brain voxels.
+
+    Slices without brain are skipped; each batch is cropped to the union of its slices' in-plane
+    extents (an axial brain section shrinks towards the vertex and the skull base, so this is
+    tighter than one box for the whole brain).
+    """
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if zs.size == 0:
+        return []
+    rows, cols = mask.any(axis=2), mask.any(axis=1)  # (z, y), (z, x)
+    boxes = []
+    z0, z1 = int(zs[0]), int(zs[-1]) + 1
+    for start in range(z0, z1, batch_size):
+        zsl = slice(start, min(start + batch_size, z1))
+        ys, xs = np.flatnonzero(rows[zsl].any(0)), np.flatnonzero(cols[zsl].any(0))
+        if ys.size:
+            boxes.append((zsl, slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1)))
+    return boxes
+
+
+def predict_in_brain(
+    predictor: Predictor,
+    norm: np.ndarray,
+    mask: np.ndarray,
+    *,
+    arch: str,
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "",
+) -> np.ndarray:
+    """Class map (z, y, x) computed only on the brain's slices, each batch cropped to its brain box.
+
+    Outside the brain the normalised input is 0, exactly like the slice padding, so the labels
+    inside the brain equal full-grid inference (tested); voxels outside every box are 0.
+    """
+    from medseg.engine.progress import progress_bar
+
+    seg = np.zeros(mask.shape, np.uint8)
+    pad = slice_padding(arch)
+    boxes = brain_boxes(mask, batch_size)
+    for box in progress_bar(boxes, total=len(boxes), desc=desc, enabled=progress, unit="batch"):
+        seg[box] = predict_slices(predictor, norm[(slice(None), *box)], pad=pad, batch_size=batch_size)
     return seg
 
 
@@ -179,12 +256,8 @@ def segment_array(
 ) -> np.ndarray:
     """Raw (4, z, y, x) intensities -> internal label map (z, y, x), with an ``argmax`` predictor."""
     norm, mask = preprocess(stack_raw, geo.spacing, prep)
-    # Outside the brain the normalised input is 0, like the padding: predicting on the brain's
-    # bounding box only gives identical labels inside it, and skips empty slices and margins.
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
-    seg = np.zeros(mask.shape, np.uint8)
-    seg[box] = predict_volume(
-        predictor, norm[(slice(None), *box)], arch=arch, batch_size=batch_size, progress=progress, desc=desc
+    seg = predict_in_brain(
+        predictor, norm, mask, arch=arch, batch_size=batch_size, progress=progress, desc=desc
     )
     seg[~mask] = 0
     return postprocess(seg, geo.spacing, mask=mask) if post else seg
@@ -367,8 +440,13 @@ def _segment_one(
 ) -> ItemResult:
     """One case -> label map and volumes; input and write problems become a failed item (raised if ``strict``)."""
     t0 = time.perf_counter()
+    warnings: list[str] = []
     try:
-        stack, geo = load_case(case, resample_to_modality=cfg.resample_to)
+        stack, geo = load_case(case, resample_to_modality=cfg.resample_to, warnings=warnings)
+        stripped = skull_strip_warning(stack, name=case.name)
+        if stripped:
+            log.warning(stripped)
+            warnings.append(stripped)
         seg = segment_array(
             predictor,
             stack,
@@ -407,4 +485,5 @@ def _segment_one(
         name=case.name,
         outputs={k: str(v) for k, v in plan.items()},
         metrics={**volumes, "seconds": record["seconds"]},
+        warnings=warnings,
     )

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from medseg import __version__
+from medseg.ct.kernels import KernelSpec
+from medseg.ct.metrics import AIR_HU, PADDING_MAX_HU
 from medseg.errors import InputError
 from medseg.io.volume import has_volume_suffix
 from medseg.results import ItemResult, RunResult
@@ -37,6 +39,7 @@ class ConvertConfig:
     target: str
     weights: str | Path | None = None
     models_dirs: tuple[str | Path, ...] = ()
+    vendor: str | None = None  # scanner vendor of --from/--to (also 'Philips:UB' in a name)
     series_uid: str | None = None
     output_format: str | None = None  # default: a volume for a volume file name or input, else DICOM
     batch_size: int | None = None  # default: 16 on CUDA, 1 on CPU
@@ -93,6 +96,25 @@ def default_batch_size(device) -> int:
     return 16 if getattr(device, "type", "cpu") == "cuda" else 1
 
 
+class PaddingGuard:
+    """Wraps a slice predictor so out-of-field padding never reaches the network: padded pixels are
+    fed as air (-1000 HU, so the field-of-view edge is no artificial cliff) and keep their input value
+    in the output (they hold no data to convert)."""
+
+    def __init__(self, predictor: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.predictor = predictor
+        self.device = getattr(predictor, "device", None)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.float32)
+        pad = batch <= PADDING_MAX_HU
+        if not pad.any():
+            return self.predictor(batch)
+        out = np.array(self.predictor(np.where(pad, np.float32(AIR_HU), batch)), dtype=np.float32)
+        out[pad[:, 0]] = batch[pad]
+        return out
+
+
 def convert_volume(
     predictor: Callable[[np.ndarray], np.ndarray],
     volume: np.ndarray,
@@ -103,10 +125,12 @@ def convert_volume(
     """Convert an in-memory (z, y, x) HU volume slice by slice; returns a new float32 volume.
 
     ``predictor`` maps (B, 1, H, W) float32 to (B, H, W); batches are views of ``volume`` (no copy).
+    Out-of-field padding (<= -1500 HU) is kept as it is (:class:`PaddingGuard`).
     """
     from medseg.engine.progress import progress_bar
 
     batch_size = batch_size or default_batch_size(getattr(predictor, "device", None))
+    predictor = predictor if isinstance(predictor, PaddingGuard) else PaddingGuard(predictor)
     volume = np.asarray(volume, dtype=np.float32)
     out = np.empty(volume.shape, np.float32)
     for z in progress_bar(
@@ -212,21 +236,24 @@ def convert(
     target kernel) the QA report (RMSE, LAA-950, Perc15) goes to ``report_dir`` (default: OUT +
     '_qa'). The input is only read. Raises for anything that stops the conversion; returns one item.
     """
-    from medseg.ct.models import DEMO_NOTE, canonical_kernel, find_model, load_predictor
+    from medseg.ct.kernels import vendor_name
+    from medseg.ct.models import DEMO_NOTE, find_model, kernel_specs, load_predictor
 
     cfg = config
     input_path, output_path = Path(input_path), Path(output_path)
-    source, target = canonical_kernel(cfg.source), canonical_kernel(cfg.target)
+    src, tgt = kernel_specs(cfg.source, cfg.target, vendor=cfg.vendor)
     plan = preflight(
         input_path,
         output_path,
         cfg,
         Path(reference) if reference else None,
         Path(report_dir) if report_dir else None,
-        source,
-        target,
+        src.name,
+        tgt.name,
     )
-    entry = find_model(source, target, weights=cfg.weights, models_dirs=cfg.models_dirs)
+    input_vendor = vendor_name(plan.series.manufacturer) if plan.series is not None else None
+    entry = find_model(src, tgt, weights=cfg.weights, models_dirs=cfg.models_dirs, input_vendor=input_vendor)
+    source, target = entry.source, entry.target  # as the weights spell them
     predictor = load_predictor(entry, device=cfg.device, amp=cfg.amp)
     batch_size = cfg.batch_size or default_batch_size(predictor.device)
     item = ItemResult(input_path.name or str(input_path))
@@ -236,6 +263,7 @@ def convert(
         summary={
             "source_kernel": source,
             "target_kernel": target,
+            "vendor": entry.vendor or src.vendor,
             "format": plan.fmt,
             "weights": str(entry.path),
             "demo_weights": entry.demo,
@@ -246,7 +274,18 @@ def convert(
     start = time.perf_counter()
     qa = _QA(plan, source, target) if plan.reference is not None else None
     job = _Job(
-        plan, input_path, output_path, predictor, batch_size, cfg, entry.path.name, source, target, item, qa
+        plan,
+        input_path,
+        output_path,
+        PaddingGuard(predictor),
+        batch_size,
+        cfg,
+        entry.path.name,
+        source,
+        target,
+        item,
+        qa,
+        KernelSpec(source, entry.vendor or src.vendor),
     )
     if plan.kind == "dicom":
         _convert_dicom(job)
@@ -341,11 +380,11 @@ class _Job:
     target: str
     item: ItemResult
     qa: _QA | None
+    source_spec: KernelSpec | None = None
 
 
 def _convert_dicom(job: _Job) -> None:
     """DICOM series in; derived DICOM series (streamed into a temporary folder) or a volume file out."""
-    from medseg.ct.models import canonical_kernel
     from medseg.engine.batching import map_batched
     from medseg.engine.progress import progress_bar
     from medseg.io.atomic import atomic_dir
@@ -355,11 +394,13 @@ def _convert_dicom(job: _Job) -> None:
     plan, item, qa, source, target = job.plan, job.item, job.qa, job.source, job.target
     series = plan.series
     item.warnings += series.warnings
-    tag_kernel = canonical_kernel(series.kernel, strict=False) if series.kernel else None
-    if series.kernel and tag_kernel != source:
-        msg = f"input ConvolutionKernel is '{series.kernel}' but --from is {source}"
+    for msg in kernel_tag_warnings(series, job.source_spec or KernelSpec(source)):
         log.warning("%s: %s", job.input_path, msg)
         item.warnings.append(msg)
+    item.metrics["input_kernel_tag"] = list(series.kernel_values)
+    item.metrics["input_manufacturer"] = series.manufacturer
+    if series.frames:
+        item.metrics["input_frames"] = len(series.frames)
     headers: list = []
     stream = progress_bar(
         map_batched(job.predictor, _slices(series, headers, qa), batch_size=job.batch_size),
@@ -395,6 +436,29 @@ def _convert_dicom(job: _Job) -> None:
         qa.add(slice(None), out)
         qa.evaluate(series.spacing, item.name)
     write_volume_sitk(job.output_path, out, series.meta())
+
+
+def kernel_tag_warnings(series, spec: KernelSpec) -> list[str]:
+    """What the input's ConvolutionKernel and Manufacturer tags say against --from (and --vendor):
+    an empty tag, several kernel names in one tag or across slices, another kernel, another vendor."""
+    from medseg.ct.kernels import tag_agrees, tag_kernel_names, vendor_name
+
+    values = list(series.kernel_values)
+    names = tag_kernel_names(values)
+    vendor = vendor_name(series.manufacturer)
+    warnings = []
+    if not names:
+        warnings.append(f"input has no ConvolutionKernel tag; taking --from {spec.name} on trust")
+    elif len(names) > 1:
+        warnings.append(f"input ConvolutionKernel has several values {names}; --from is {spec.name}")
+    if names and not tag_agrees(values, spec, vendor if spec.vendor is None else spec.vendor):
+        shown = "\\".join(values)
+        warnings.append(f"input ConvolutionKernel is '{shown}' but --from is {spec.name}")
+    if spec.vendor and vendor and vendor != spec.vendor:
+        warnings.append(
+            f"input Manufacturer is '{series.manufacturer}' ({vendor}) but the kernels are {spec.vendor}'s"
+        )
+    return warnings
 
 
 def _convert_volume_file(job: _Job) -> None:

@@ -7,6 +7,21 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 LAA_THRESHOLD_HU = -950.0
+PADDING_MAX_HU = -1500.0  # at or below: out-of-field padding (-2048, -3024, PixelPaddingValue), never tissue
+AIR_HU = -1000.0
+
+
+def padding_mask(volume: np.ndarray) -> np.ndarray:
+    """Out-of-field pixels: no body voxel reads below -1500 HU (air is -1000)."""
+    return np.asarray(volume) <= PADDING_MAX_HU
+
+
+def in_field(*volumes: np.ndarray) -> np.ndarray:
+    """Voxels inside the reconstructed field of view of every volume."""
+    mask = ~padding_mask(volumes[0])
+    for volume in volumes[1:]:
+        mask &= ~padding_mask(volume)
+    return mask
 
 
 def rmse(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -28,31 +43,57 @@ class LungMaskParams:
     min_component_fraction: float = 0.02  # drop air pockets smaller than 2 % of the largest lung
 
 
-def lung_mask(
-    volume: np.ndarray, spacing_zyx: tuple[float, float, float], params: LungMaskParams | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Automatic lung mask of a (z, y, x) HU volume, and the airway mask removed from it.
+@dataclass
+class Regions:
+    """What :func:`segment_regions` finds in a (z, y, x) HU volume."""
 
-    Threshold the in-plane smoothed image, drop air connected to the image border (outside the
-    body), classify internal air components: the trachea/main bronchi are small in cross-section
-    and medial; the lungs are the remaining large components. Holes (vessels) are filled slice
-    by slice.
+    lungs: np.ndarray
+    airways: np.ndarray
+    body: np.ndarray  # the patient: largest non-air 3-D component, holes (lungs) filled slice by slice
+    table: np.ndarray  # non-air objects outside the body (table, cushions, cables), slightly dilated
+    padding: np.ndarray  # out-of-field pixels (<= -1500 HU)
+
+
+def segment_regions(
+    volume: np.ndarray, spacing_zyx: tuple[float, float, float], params: LungMaskParams | None = None
+) -> Regions:
+    """Body, table, out-of-field padding, lungs and central airways of a (z, y, x) HU volume.
+
+    Padding is read as air before anything else (so the field-of-view edge is no edge). The body is
+    the largest connected non-air object; other non-air objects (the table and what lies on it)
+    are not the patient. Lungs: the in-plane smoothed image below the threshold, not connected to
+    the image border (outside air) and enclosed by the body; the trachea/main bronchi are small in
+    cross-section and medial; the lungs are the remaining large components. Holes (vessels) are
+    filled slice by slice; nothing within 2 pixels of padding is lung.
     """
     from scipy import ndimage as ndi
     from skimage.segmentation import clear_border
 
     p = params or LungMaskParams()
-    smooth = ndi.gaussian_filter(
-        np.asarray(volume, np.float32), sigma=(0, p.smooth_sigma_px, p.smooth_sigma_px)
-    )
+    volume = np.asarray(volume, np.float32)
+    padding = padding_mask(volume)
+    filled = np.where(padding, np.float32(AIR_HU), volume) if padding.any() else volume
+    smooth = ndi.gaussian_filter(filled, sigma=(0, p.smooth_sigma_px, p.smooth_sigma_px))
     air = smooth < p.threshold_hu
-    labels, _n = ndi.label(air)
+    # objects = non-air with their in-plane holes filled (a chest with its lungs, a skull with its
+    # brain, a table with its foam core); the patient is the largest, the others are not the patient
+    solid = np.stack([ndi.binary_fill_holes(~a) for a in air])
+    objects, n_objects = ndi.label(solid)
+    if n_objects:
+        sizes = np.bincount(objects.ravel())
+        sizes[0] = 0
+        body = objects == int(np.argmax(sizes))
+    else:
+        body = np.zeros(volume.shape, bool)
+    table = solid & ~body
+    if table.any():
+        table = ndi.binary_dilation(table, structure=np.ones((1, 5, 5), bool)) & ~body
+    labels, _n = ndi.label(air & body)
     # air touching the in-plane image border is outside the body; the first and last slices are
     # not a border (the lungs continue beyond the scanned slab), hence the mask instead of buffer_size
     interior = np.zeros(volume.shape, bool)
     interior[:, 1:-1, 1:-1] = True
     inner = clear_border(labels, mask=interior)
-    body = ~(air & (inner == 0))
     body_cols = np.flatnonzero(body.any(axis=(0, 1)))
     body_cx = (body_cols[0] + body_cols[-1]) / 2 if body_cols.size else volume.shape[2] / 2
     body_w = (body_cols[-1] - body_cols[0] + 1) if body_cols.size else volume.shape[2]
@@ -80,7 +121,29 @@ def lung_mask(
     for z in range(lungs.shape[0]):
         lungs[z] = ndi.binary_fill_holes(lungs[z])
     lungs &= ~airways
-    return lungs, airways
+    if padding.any():
+        lungs &= ~ndi.binary_dilation(padding, structure=np.ones((1, 5, 5), bool))
+    return Regions(lungs, airways, body, table, padding)
+
+
+def rmse_region(regions: Regions, *volumes: np.ndarray, margin_px: int = 3) -> np.ndarray:
+    """Where RMSE is measured: the patient (body outline grown by ``margin_px`` in-plane, so the skin
+    edge counts) inside every volume's field of view, without the table. Out-of-field padding, the
+    table and however much air surrounds the patient then do not change the number."""
+    from scipy import ndimage as ndi
+
+    size = 2 * margin_px + 1
+    region = ndi.binary_dilation(regions.body, structure=np.ones((1, size, size), bool))
+    return region & in_field(*volumes) & ~regions.table
+
+
+def lung_mask(
+    volume: np.ndarray, spacing_zyx: tuple[float, float, float], params: LungMaskParams | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Automatic lung mask of a (z, y, x) HU volume, and the airway mask removed from it
+    (:func:`segment_regions`: out-of-field padding and the table never enter it)."""
+    regions = segment_regions(volume, spacing_zyx, params)
+    return regions.lungs, regions.airways
 
 
 def laa_percent(volume: np.ndarray, mask: np.ndarray, threshold: float = LAA_THRESHOLD_HU) -> float:

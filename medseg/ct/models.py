@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medseg.ct import KERNELS
+from medseg.ct.kernels import KernelSpec, normalise_kernel, parse_kernel, siemens_family
 from medseg.engine.checkpoint import CheckpointMeta, load_weights, read_meta
 from medseg.engine.weights import demo_weights_path, is_demo, resolve_weights
 from medseg.errors import InputError, ModelError
@@ -36,24 +35,30 @@ DEMO_NOTE = "demo weights: trained on synthetic phantoms only, not for clinical 
 RUN_BEST, RUN_LAST = "best.safetensors", "last.safetensors"
 
 
-def canonical_kernel(name: str, *, strict: bool = True) -> str | None:
-    """'b50f' -> 'B50f'; DICOM tags such as 'B50f\\3' or 'Br50f' map by their number."""
-    text = str(name).strip()
-    for k in KERNELS:
-        if text.lower() == k.lower():
-            return k
-    match = re.match(r"^[A-Za-z]{1,2}(\d{2})", text)
-    if match:
-        for k in KERNELS:
-            if k[1:3] == match.group(1):
-                return k
-    if strict:
-        raise InputError(f"unknown kernel '{name}'; valid kernels: {', '.join(KERNELS)}")
-    return None
+def canonical_kernel(name: str, *, strict: bool = True, vendor: str | None = None) -> str | None:
+    """A kernel name in its one spelling (:func:`medseg.ct.kernels.normalise_kernel`): any name a
+    scanner writes is valid (``UB``, ``STANDARD``, ``FC13``, ``Br40``); classic Siemens names keep
+    normalising (``b50f``, ``B50`` -> ``B50f``). A multi-valued tag string (``'Br40d\\3'``) gives its
+    first kernel-naming value; a ``Vendor:`` prefix is dropped. Empty -> InputError (``strict``) or None."""
+    from medseg.ct.kernels import kernel_values, normalise_kernel, tag_kernel_names, vendor_name
+
+    text = str(name or "").strip()
+    if ":" in text:
+        head, text = text.split(":", 1)
+        vendor = vendor or vendor_name(head)
+    values = tag_kernel_names(kernel_values(text))
+    if not values:
+        if strict:
+            raise InputError(f"empty kernel name '{name}'")
+        return None
+    return normalise_kernel(values[0], vendor_name(vendor) if vendor else None)
 
 
 def demo_file_name(source: str, target: str) -> str:
-    return f"{source}_to_{target}.safetensors"
+    """File name of a direction's weights; kernel names may hold spaces or slashes (safe_name)."""
+    from medseg.io.atomic import safe_name
+
+    return f"{safe_name(source)}_to_{safe_name(target)}.safetensors"
 
 
 @dataclass
@@ -62,10 +67,42 @@ class ModelEntry:
     source: str
     target: str
     meta: CheckpointMeta
+    vendor: str | None = None  # scanner vendor of the kernels (None: not recorded, matches any)
 
     @property
     def demo(self) -> bool:
         return is_demo(self.path)
+
+    @property
+    def group(self) -> str:
+        """The vendor this model is listed under (old weights without a manufacturer: inferred
+        Siemens for classic Siemens names, else 'vendor not recorded')."""
+        if self.vendor:
+            return self.vendor
+        if siemens_family(self.source) and siemens_family(self.target):
+            return "Siemens"
+        return "vendor not recorded"
+
+    def matches(self, source: KernelSpec, target: KernelSpec) -> bool:
+        vendor = self.vendor or ("Siemens" if self.group == "Siemens" else None)
+        return source.matches(self.source, vendor) and target.matches(self.target, vendor)
+
+    def direction(self) -> str:
+        return f"{self.vendor + ':' if self.vendor else ''}{self.source}->{self.target}"
+
+
+def _entry(path: Path, meta: CheckpointMeta) -> ModelEntry:
+    from medseg.ct.kernels import vendor_name
+
+    cfg = meta.config
+    vendor = vendor_name(cfg.get("manufacturer") or cfg.get("vendor"))
+    return ModelEntry(
+        path,
+        normalise_kernel(str(cfg.get("source_kernel", "")), vendor),
+        normalise_kernel(str(cfg.get("target_kernel", "")), vendor),
+        meta,
+        vendor,
+    )
 
 
 def search_dirs(models_dirs: list[str | Path] | tuple = (), *, demo: bool = True) -> list[Path]:
@@ -85,8 +122,9 @@ def _weights_files(folder: Path) -> list[Path]:
 
 
 def list_models(models_dirs: list[str | Path] | tuple = (), *, demo: bool = True) -> list[ModelEntry]:
-    """Every readable kernel-conversion weights file in the search folders (first found per direction wins)."""
-    entries: dict[tuple[str, str], ModelEntry] = {}
+    """Every readable kernel-conversion weights file in the search folders (first found per
+    vendor and direction wins)."""
+    entries: dict[tuple, ModelEntry] = {}
     for folder in search_dirs(models_dirs, demo=demo):
         if not folder.is_dir():
             continue
@@ -98,40 +136,91 @@ def list_models(models_dirs: list[str | Path] | tuple = (), *, demo: bool = True
                 continue
             if meta.model not in converter_models():
                 continue
-            key = (meta.config.get("source_kernel", ""), meta.config.get("target_kernel", ""))
-            entries.setdefault(key, ModelEntry(file, key[0], key[1], meta))
+            entry = _entry(file, meta)
+            key = (entry.vendor, entry.source.casefold(), entry.target.casefold())
+            entries.setdefault(key, entry)
     return list(entries.values())
 
 
-def _check_entry(path: Path, source: str, target: str) -> ModelEntry:
+def _check_entry(path: Path, source: KernelSpec, target: KernelSpec) -> ModelEntry:
     meta = read_meta(path)
     if meta.model not in converter_models():
         raise ModelError(f"weights are for model '{meta.model}', not a CT kernel converter", path=path)
-    have = (meta.config.get("source_kernel"), meta.config.get("target_kernel"))
-    if have != (source, target):
-        raise ModelError(f"weights convert {have[0]}->{have[1]}, not {source}->{target}", path=path)
-    return ModelEntry(path, source, target, meta)
+    entry = _entry(path, meta)
+    if not entry.matches(source, target):
+        raise ModelError(f"weights convert {entry.direction()}, not {source}->{target.name}", path=path)
+    return entry
+
+
+def kernel_specs(
+    source: str | KernelSpec, target: str | KernelSpec, *, vendor: str | None = None
+) -> tuple[KernelSpec, KernelSpec]:
+    """--from/--to (and --vendor) as two specs of one vendor; the same kernel twice is an input error."""
+    src = source if isinstance(source, KernelSpec) else parse_kernel(source, vendor=vendor, option="--from")
+    tgt = target if isinstance(target, KernelSpec) else parse_kernel(target, vendor=vendor, option="--to")
+    if src.vendor and tgt.vendor and src.vendor != tgt.vendor:
+        raise InputError(
+            f"--from is a {src.vendor} kernel and --to a {tgt.vendor} kernel: one vendor per model"
+        )
+    common = src.vendor or tgt.vendor
+    src, tgt = KernelSpec(src.name, common), KernelSpec(tgt.name, common)
+    if src.key == tgt.key:
+        raise InputError(f"--from and --to are both {src.name}: nothing to convert")
+    return src, tgt
+
+
+def available_text(models_dirs: list[str | Path] | tuple = ()) -> str:
+    """'Siemens: B50f->B30f, B30f->B50f; Philips: YA->UB' (what exists, by vendor)."""
+    groups: dict[str, list[str]] = {}
+    for e in list_models(models_dirs):
+        groups.setdefault(e.group, []).append(f"{e.source}->{e.target}")
+    return "; ".join(f"{g}: {', '.join(d)}" for g, d in groups.items()) or "none"
 
 
 def find_model(
-    source: str, target: str, *, weights: str | Path | None = None, models_dirs: list[str | Path] | tuple = ()
+    source: str | KernelSpec,
+    target: str | KernelSpec,
+    *,
+    weights: str | Path | None = None,
+    models_dirs: list[str | Path] | tuple = (),
+    vendor: str | None = None,
+    input_vendor: str | None = None,
 ) -> ModelEntry:
-    """The weights for ``source -> target``: --weights, else the search folders, else the demo weights."""
-    source, target = canonical_kernel(source), canonical_kernel(target)
-    if source == target:
-        raise InputError(f"--from and --to are both {source}: nothing to convert")
+    """The weights for ``source -> target``: --weights, else the search folders, else the demo weights.
+
+    ``vendor`` (``--vendor``, or a ``Vendor:`` prefix of a name) restricts the search to weights of
+    that vendor (and old weights that record none); ``input_vendor`` (the input's Manufacturer) only
+    chooses between weights of several vendors that share the kernel names.
+    """
+    src, tgt = kernel_specs(source, target, vendor=vendor)
     if weights is not None:
-        path, _demo = resolve_weights(weights, demo=f"{DEMO_FOLDER}/{demo_file_name(source, target)}")
-        return _check_entry(path, source, target)
-    for entry in list_models(models_dirs, demo=False):
-        if (entry.source, entry.target) == (source, target):
-            return entry
-    if (DEMO_MODELS / demo_file_name(source, target)).is_file():
-        path, _demo = resolve_weights(None, demo=f"{DEMO_FOLDER}/{demo_file_name(source, target)}")
-        return _check_entry(path, source, target)
-    available = ", ".join(f"{e.source}->{e.target}" for e in list_models(models_dirs)) or "none"
+        path, _demo = resolve_weights(weights, demo=f"{DEMO_FOLDER}/{demo_file_name(src.name, tgt.name)}")
+        return _check_entry(path, src, tgt)
+    found = [e for e in list_models(models_dirs, demo=False) if e.matches(src, tgt)]
+    wanted = src.vendor or input_vendor
+    exact = [e for e in found if e.vendor is not None and e.vendor == wanted]
+    vendors = {e.vendor for e in found if e.vendor is not None}
+    if exact:
+        return exact[0]
+    if len(vendors) > 1 and src.vendor is None:
+        raise InputError(
+            f"weights for {src.name}->{tgt.name} exist for several vendors ({', '.join(sorted(vendors))}); "
+            f"say which with --vendor or a prefix such as {sorted(vendors)[0]}:{src.name}"
+        )
+    if found:
+        return found[0]
+    demo_path = DEMO_MODELS / demo_file_name(src.name, tgt.name)
+    entry = None
+    if demo_path.is_file():
+        try:
+            entry = _check_entry(demo_path, src, tgt)
+        except ModelError:
+            entry = None  # e.g. Philips:B50f asked, Siemens demo weights found: not these
+    if entry is not None:
+        resolve_weights(None, demo=f"{DEMO_FOLDER}/{demo_path.name}")  # the one demo warning
+        return entry
     raise ModelError(
-        f"no weights for {source}->{target} (available: {available}); train with "
+        f"no weights for {src}->{tgt.name} (available: {available_text(models_dirs)}); train with "
         f"'medseg ct-train' or pass --weights / --models-dir"
     )
 
@@ -201,13 +290,36 @@ def load_predictor(entry: ModelEntry, *, device: str = "auto", amp: str | bool |
     return slice_predictor(load_net(entry), device=device, amp=amp)
 
 
+def models_doc(models_dirs: list[str | Path] | tuple = ()) -> dict:
+    """What ``ct-models`` reports: every model found, grouped (sorted) by scanner vendor."""
+    rows = [
+        {
+            "vendor": e.group,
+            "manufacturer_recorded": e.vendor is not None,
+            "from": e.source,
+            "to": e.target,
+            "path": str(e.path),
+            "demo": e.demo,
+            "version": e.meta.version,
+            "training_data": e.meta.training_data,
+            "created": e.meta.created,
+        }
+        for e in list_models(models_dirs)
+    ]
+    order = {g: i for i, g in enumerate(dict.fromkeys(r["vendor"] for r in rows))}
+    rows.sort(key=lambda r: (r["vendor"] == "vendor not recorded", order[r["vendor"]]))
+    return {"models": rows}
+
+
 def models_text(doc: dict) -> str:
-    """What ct-models prints for people."""
+    """What ct-models prints for people: one block per scanner vendor."""
     rows = doc.get("models", [])
     if not rows:
         return "no models found (train with 'medseg ct-train' or pass --models-dir)"
-    return "\n".join(
-        f"{r['from']} -> {r['to']}  {r['path']}{'  (demo)' if r.get('demo') else ''}\n"
-        f"    trained on: {r['training_data'] or 'not recorded'}"
-        for r in rows
-    )
+    blocks: dict[str, list[str]] = {}
+    for r in rows:
+        blocks.setdefault(r.get("vendor", "vendor not recorded"), []).append(
+            f"  {r['from']} -> {r['to']}  {r['path']}{'  (demo)' if r.get('demo') else ''}\n"
+            f"      trained on: {r['training_data'] or 'not recorded'}"
+        )
+    return "\n".join(f"{vendor}:\n" + "\n".join(items) for vendor, items in blocks.items())

@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from medseg.ct.metrics import LAA_THRESHOLD_HU, bland_altman, laa_percent, lung_mask, perc15, rmse
+from medseg.ct.metrics import (
+    LAA_THRESHOLD_HU,
+    bland_altman,
+    laa_percent,
+    perc15,
+    rmse,
+    rmse_region,
+    segment_regions,
+)
 from medseg.errors import InputError, MedsegError
 from medseg.io.atomic import check_output, safe_name, write_text
 from medseg.results import FAILED, OK, ItemResult, RunResult, json_safe
@@ -79,10 +87,15 @@ def evaluate_exam(
             f"{name}: original {_shape(original.shape)}, converted {_shape(converted.shape)} and "
             f"reference {_shape(reference.shape)} differ in shape"
         )
-    mask, _airways = lung_mask(reference, spacing_zyx)
-    r_orig, r_conv = rmse(original, reference), rmse(converted, reference)
+    regions = segment_regions(reference, spacing_zyx)
+    mask = regions.lungs
+    # RMSE inside the patient and the field of view of both series, without the table: a padded
+    # scan, or one with a table, scores as the same scan without them
+    valid = rmse_region(regions, original, reference)
+    r_orig, r_conv = rmse(original, reference, valid), rmse(converted, reference, valid)
     metrics = {
         "slices": int(original.shape[0]),
+        "rmse_voxels_pct": float(100.0 * valid.mean()),
         "lung_volume_ml": float(mask.sum() * np.prod(spacing_zyx) / 1000.0),
         "rmse_original_hu": r_orig,
         "rmse_converted_hu": r_conv,
@@ -355,6 +368,7 @@ class ReportConfig:
     target: str
     weights: str | Path | None = None
     models_dirs: tuple[str | Path, ...] = ()
+    vendor: str | None = None  # scanner vendor of --from/--to (also 'Philips:UB' in a name)
     device: str = "auto"
     amp: str = "auto"
     batch_size: int | None = None
@@ -373,13 +387,13 @@ def run_ct_report(inputs: list[str | Path], out_dir: str | Path, config: ReportC
     """
     from medseg.ct.cohort import discover_exams
     from medseg.ct.convert import check_apart, convert_volume
-    from medseg.ct.models import DEMO_NOTE, canonical_kernel, find_model, load_predictor
+    from medseg.ct.models import DEMO_NOTE, find_model, kernel_specs, load_predictor
     from medseg.engine.progress import progress_bar
     from medseg.io.atomic import atomic_dir
     from medseg.io.volume import write_volume_sitk
 
     cfg = config
-    source, target = canonical_kernel(cfg.source), canonical_kernel(cfg.target)
+    src, tgt = kernel_specs(cfg.source, cfg.target, vendor=cfg.vendor)
     out_dir = Path(out_dir)
     exams = discover_exams(list(inputs))
     for path in inputs:
@@ -387,13 +401,15 @@ def run_ct_report(inputs: list[str | Path], out_dir: str | Path, config: ReportC
     check_qa_outputs(out_dir, pdf=cfg.pdf, overwrite=cfg.overwrite)
     if cfg.save_masks:
         check_output(out_dir / MASKS, overwrite=cfg.overwrite)
-    entry = find_model(source, target, weights=cfg.weights, models_dirs=cfg.models_dirs)
+    entry = find_model(src, tgt, weights=cfg.weights, models_dirs=cfg.models_dirs)
+    source, target = entry.source, entry.target  # as the weights spell them
     predictor = load_predictor(entry, device=cfg.device, amp=cfg.amp)
     result = RunResult(
         "ct-report",
         summary={
             "source_kernel": source,
             "target_kernel": target,
+            "vendor": entry.vendor or src.vendor,
             "weights": str(entry.path),
             "demo_weights": entry.demo,
             **predictor.describe(),
@@ -409,12 +425,13 @@ def run_ct_report(inputs: list[str | Path], out_dir: str | Path, config: ReportC
             bar.set_postfix(exam=exam.name)
             item = result.add(ItemResult(exam.name))
             try:
-                missing = [k for k in (source, target) if k not in exam.series]
+                refs = {k: _exam_series(exam, k) for k in (source, target)}
+                missing = [k for k, ref in refs.items() if ref is None]
                 if missing:
                     found = ", ".join(exam.series) or "none"
                     raise InputError(f"no {' or '.join(missing)} series (found: {found})", path=exam.path)
-                original, meta = exam.series[source].load()
-                reference, _ = exam.series[target].load()
+                original, meta = refs[source].load()
+                reference, _ = refs[target].load()
                 converted = convert_volume(
                     predictor, original, batch_size=cfg.batch_size, progress=cfg.progress
                 )
@@ -454,6 +471,13 @@ def run_ct_report(inputs: list[str | Path], out_dir: str | Path, config: ReportC
         result.outputs["masks"] = str(out_dir / MASKS)
     result.summary.update(cohort_summary(result.items))
     return result
+
+
+def _exam_series(exam, kernel: str):
+    """An exam's series of ``kernel`` (kernel names compare case-insensitively), or None."""
+    if kernel in exam.series:
+        return exam.series[kernel]
+    return next((ref for k, ref in exam.series.items() if k.casefold() == kernel.casefold()), None)
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,13 +1,16 @@
 """``medseg ct-train``: train one kernel-direction converter on paired series (Lee et al. 2019).
 
-Whole-slice training with L2 loss, Adam (lr 1e-4, weight decay 1e-6) and step decay x0.1;
-split by exam (6/2/2 by default), validation RMSE in HU on the held-out exams every epoch. The
-loop is the engine's (:func:`medseg.engine.trainer.fit`): ``best.safetensors`` (lowest validation
-RMSE), ``last.safetensors``, ``state.pt``, ``history.json``, ``train_config.json`` (with the
-split) in the run folder, which is itself a models folder (``--models-dir run/``). Paired series
-are held in memory as int16 HU (about 0.5 MB per 512x512 slice and kernel). Training runs in
-fp32 (HU differences of a few units matter; bf16 resolves about 4 HU at -1000 HU) and in
-channels_last, like inference.
+Series are paired by acquisition (:func:`medseg.ct.cohort.find_pairs`: FrameOfReferenceUID and
+slice position, any folder layout). Whole-slice (or cropped) training with L2 loss, Adam (lr 1e-4,
+weight decay 1e-6) and step decay x0.1. Split by exam from 3 exams on (6/2/2 by default), else by
+contiguous slabs along z with a gap between them (one scan reconstructed twice is the usual case);
+validation RMSE in HU every epoch, and at the end the held-out test RMSE before/after conversion
+with the best weights. The loop is the engine's (:func:`medseg.engine.trainer.fit`):
+``best.safetensors`` (lowest validation RMSE), ``last.safetensors``, ``state.pt``,
+``history.json``, ``train_config.json`` (with the split) in the run folder, which is itself a
+models folder (``--models-dir run/``). Paired slices are held in memory as int16 HU (about 0.5 MB
+per 512x512 slice and kernel). Training runs in fp32 (HU differences of a few units matter; bf16
+resolves about 4 HU at -1000 HU) and in channels_last, like inference.
 """
 
 from __future__ import annotations
@@ -59,32 +62,73 @@ def _to_int16(volume: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(volume), -32768, 32767).astype(np.int16)
 
 
-def load_pairs(exams, source: str, target: str, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Stack the (source, target) series of ``exams`` as int16 HU slices; InputError on a missing/odd pair."""
+def kernel_name(name: str) -> str:
+    """A user's kernel name as stored: the canonical spelling when known (b50f -> B50f), else stripped."""
+    from medseg.ct.models import canonical_kernel
+
+    text = str(name).strip()
+    return canonical_kernel(text, strict=False) or text
+
+
+@dataclass
+class PairedSlices:
+    """The matched slices of one source/target pair, in position order, as int16 HU."""
+
+    name: str
+    exam_key: str
+    x: np.ndarray
+    y: np.ndarray
+    slice_spacing: float | None  # mm (None when unknown)
+
+
+def _load_slices(ref, index: np.ndarray, positions: np.ndarray | None):
+    """The matched slices of one series as int16 HU, chosen by position for DICOM (by index for volumes)."""
+    from medseg.io.dicom import open_series, read_series
+
+    if positions is None:
+        volume, meta = ref.load()
+        if index.max(initial=-1) >= len(volume):
+            raise InputError(f"has {len(volume)} slices, fewer than its pair", path=ref.path)
+        return _to_int16(volume[index]), meta
+    series = open_series(ref.path, series_uid=ref.series_uid)
+    have = np.asarray(series.positions, dtype=float)
+    if len(have) == 0:
+        raise InputError("series has no slices", path=ref.path)
+    nearest = np.abs(have[None, :] - np.asarray(positions)[:, None]).argmin(axis=1)
+    if np.any(np.abs(have[nearest] - positions) > 1e-3):
+        raise InputError("slice positions changed since the series was paired", path=ref.path)
+    volume, meta = read_series(series)
+    return _to_int16(volume[nearest]), meta
+
+
+def load_pairs(pairs, *, progress: bool = False) -> list[PairedSlices]:
+    """Read each pair's matched slices (``medseg.ct.cohort.SlicePair``) as int16 HU; InputError on odd input."""
     from medseg.engine.progress import progress_bar
 
-    xs, ys = [], []
-    for exam in progress_bar(exams, total=len(exams), desc="loading", enabled=progress, unit="exam"):
-        missing = [k for k in (source, target) if k not in exam.series]
-        if missing:
-            raise InputError(f"no {' or '.join(missing)} series", path=exam.path)
-        x, _ = exam.series[source].load()
-        y, _ = exam.series[target].load()
-        if x.shape != y.shape:
+    out: list[PairedSlices] = []
+    for pair in progress_bar(pairs, total=len(pairs), desc="loading", enabled=progress, unit="pair"):
+        x, meta_x = _load_slices(pair.source, pair.source_index, pair.positions)
+        y, _ = _load_slices(pair.target, pair.target_index, pair.target_positions)
+        if x.shape[1:] != y.shape[1:]:
             raise InputError(
-                f"the {source} series ({x.shape[0]} slices of {x.shape[1]}x{x.shape[2]}) and the "
-                f"{target} series ({y.shape[0]} slices of {y.shape[1]}x{y.shape[2]}) differ in shape",
-                path=exam.path,
+                f"source {x.shape[1]}x{x.shape[2]} and target {y.shape[1]}x{y.shape[2]} slices differ in size",
+                path=pair.source.path,
             )
-        xs.append(_to_int16(x))
-        ys.append(_to_int16(y))
-    if not xs:
-        return np.zeros((0, 1, 1), np.int16), np.zeros((0, 1, 1), np.int16)
-    shapes = {a.shape[1:] for a in xs}
+        spacing = pair.slice_spacing or float(meta_x.spacing[0]) or None
+        out.append(
+            PairedSlices(
+                pair.name,
+                pair.exam_key,
+                x,
+                y,
+                spacing,
+            )
+        )
+    shapes = {p.x.shape[1:] for p in out}
     if len(shapes) > 1:
         sizes = ", ".join(f"{h}x{w}" for h, w in sorted(shapes))
         raise InputError(f"exams have different slice sizes ({sizes}); train on one matrix size")
-    return np.concatenate(xs), np.concatenate(ys)
+    return out
 
 
 def rmse_hu(x: np.ndarray, y: np.ndarray) -> float:
@@ -188,7 +232,11 @@ class CTTrainTask:
                 **metrics,
                 "input_rmse_hu": self.input_rmse_hu,
                 "epoch": epoch,
-                "validated_on": "held-out exams" if self.has_validation else "training exams",
+                "validated_on": (
+                    f"held-out {'exams' if self.split.get('mode') == 'exams' else 'slabs'}"
+                    if self.has_validation
+                    else "training data"
+                ),
             },
             notes=json.dumps(self.cfg.extra) if self.cfg.extra else "",
         )
@@ -212,6 +260,131 @@ def _resumed_net_config(out_dir: Path, source: str, target: str):
     return KernelNetConfig.from_dict(meta.config)
 
 
+SLAB_GAP_MIN_SLICES = 2  # slices left out between slabs (adjacent slices are correlated) ...
+SLAB_GAP_MM = 3.0  # ... or at least this many mm, whichever is more slices
+EXAM_SPLIT_MIN = 3  # from this many exams (frames of reference) on, split by exam; below, by slabs
+
+
+def slab_split(n: int, fractions: tuple[float, float, float], gap: int) -> dict[str, np.ndarray]:
+    """Contiguous train | gap | validation | gap | test slabs of ``n`` slices (test at the top in z).
+
+    When the slices cannot hold the held-out slabs and their gaps, everything is training data
+    (the trainer then warns that it validates on training data).
+    """
+    wanted = [part for part, f in zip(("val", "test"), fractions[1:]) if f > 0]
+    usable = n - gap * len(wanted)
+    empty = np.zeros(0, int)
+    if not wanted or usable < 1 + len(wanted):
+        return {"train": np.arange(n), "val": empty, "test": empty}
+    total = sum(fractions) or 1.0
+    sizes = {
+        part: max(1, int(round(fractions[i + 1] / total * usable))) for i, part in enumerate(("val", "test"))
+    }
+    sizes = {part: (sizes[part] if part in wanted else 0) for part in ("val", "test")}
+    while usable - sizes["val"] - sizes["test"] < 1:  # keep at least one training slice
+        biggest = max(wanted, key=lambda p: sizes[p])
+        sizes[biggest] -= 1
+    n_train = usable - sizes["val"] - sizes["test"]
+    out, start = {"train": np.arange(n_train)}, n_train
+    for part in ("val", "test"):
+        if sizes[part]:
+            start += gap
+            out[part] = np.arange(start, start + sizes[part])
+            start += sizes[part]
+        else:
+            out[part] = empty
+    return out
+
+
+def split_slices(
+    data: list[PairedSlices], fractions: tuple[float, float, float], seed: int
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
+    """Train/val/test stacks: by exam from :data:`EXAM_SPLIT_MIN` exams on, else by slabs along z."""
+    from medseg.ct.cohort import split_exams
+
+    keys = list(dict.fromkeys(p.exam_key for p in data))
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "val": [], "test": []}
+    if len(keys) >= EXAM_SPLIT_MIN:
+        by_key = split_exams(keys, fractions, seed)
+        names = {part: [p.name for p in data if p.exam_key in ks] for part, ks in by_key.items()}
+        for part, ks in by_key.items():
+            parts[part] = [(p.x, p.y) for p in data if p.exam_key in ks]
+        how = (
+            f"by exam ({len(keys)} exams: "
+            + ", ".join(f"{part} {len(by_key[part])}" for part in ("train", "val", "test"))
+            + ")"
+        )
+        info: dict[str, Any] = {"mode": "exams", "description": how, **names}
+    else:
+        slabs = []
+        for p in data:
+            spacing = p.slice_spacing or 1.0
+            gap = max(SLAB_GAP_MIN_SLICES, int(np.ceil(SLAB_GAP_MM / spacing - 1e-6)))
+            idx = slab_split(len(p.x), fractions, gap)
+            for part in parts:
+                if len(idx[part]):
+                    parts[part].append((p.x[idx[part]], p.y[idx[part]]))
+            slabs.append(
+                {
+                    "exam": p.name,
+                    **{
+                        part: [int(idx[part][0]), int(idx[part][-1])] if len(idx[part]) else []
+                        for part in parts
+                    },
+                    "gap_slices": gap,
+                    "gap_mm": round(gap * spacing, 3),
+                }
+            )
+        counts = {part: sum(len(x) for x, _ in parts[part]) for part in parts}
+        gaps = ", ".join(f"{s['gap_slices']} slices = {s['gap_mm']:g} mm" for s in slabs)
+        how = (
+            f"by contiguous slabs along z ({len(keys)} exam{'s' if len(keys) > 1 else ''}: train "
+            f"{counts['train']}, validation {counts['val']}, test {counts['test']} slices; gap of {gaps} "
+            "between slabs)"
+        )
+        if not counts["val"] and not counts["test"] and any(f > 0 for f in fractions[1:]):
+            how += "; too few slices for held-out slabs: everything is training data"
+        info = {"mode": "slabs", "description": how, "slabs": slabs}
+    stacks = {}
+    for part, items in parts.items():
+        if items:
+            stacks[part] = (np.concatenate([x for x, _ in items]), np.concatenate([y for _, y in items]))
+    return stacks, info
+
+
+def evaluate_test(
+    weights: str | Path, net_config, xy: tuple[np.ndarray, np.ndarray] | None, *, device: str, batch_size: int
+) -> dict[str, Any]:
+    """Held-out test RMSE (HU) before and after conversion with ``weights``, and the % reduction."""
+    if xy is None or len(xy[0]) == 0:
+        return {"slices": 0, "note": "no held-out test data (see split)"}
+    from medseg.ct.model import build_kernel_net
+    from medseg.ct.models import slice_predictor
+    from medseg.engine.checkpoint import load_weights
+
+    model = build_kernel_net(config=net_config)
+    model.load_state_dict(load_weights(weights)[0])
+    model.eval()
+    predictor = slice_predictor(model, device=device, amp="off")
+    x, y = xy
+    sq = 0.0
+    for i in range(0, len(x), batch_size):
+        out = predictor(x[i : i + batch_size, None].astype(np.float32))
+        sq += float(
+            np.sum(
+                (np.asarray(out, np.float64).reshape(y[i : i + batch_size].shape) - y[i : i + batch_size])
+                ** 2
+            )
+        )
+    before, after = rmse_hu(x, y), float(np.sqrt(sq / y.size))
+    return {
+        "slices": int(len(x)),
+        "rmse_before_hu": before,
+        "rmse_after_hu": after,
+        "reduction_pct": 100.0 * (before - after) / before if before > 0 else float("nan"),
+    }
+
+
 def train(
     pairs: list[str | Path],
     out_dir: str | Path,
@@ -222,37 +395,38 @@ def train(
     overwrite: bool = False,
     progress: bool = False,
 ) -> TrainResult:
-    """Train one direction on paired exams, validate on held-out exams each epoch, keep the best weights."""
-    from medseg.ct.cohort import discover_exams, split_exams
+    """Train one direction on paired series (found by acquisition), validate on held-out data, test the best."""
+    from medseg.ct.cohort import find_pairs, kernel_key
     from medseg.ct.model import KernelNetConfig
-    from medseg.ct.models import canonical_kernel
     from medseg.engine.trainer import TrainConfig, fit, preflight
 
     cfg = config
-    source, target = canonical_kernel(cfg.source_kernel), canonical_kernel(cfg.target_kernel)
-    if source == target:
+    source, target = kernel_name(cfg.source_kernel), kernel_name(cfg.target_kernel)
+    if kernel_key(source) == kernel_key(target):
         raise InputError(f"--from and --to are both {source}: nothing to learn")
     cfg.source_kernel, cfg.target_kernel = source, target
     out_dir = preflight(out_dir, resume=resume, overwrite=overwrite)  # before loading any data
     net_config = _resumed_net_config(out_dir, source, target) if resume else None
-    exams = discover_exams(list(pairs))
-    split = split_exams(exams, tuple(cfg.split), cfg.seed)
-    train_xy = load_pairs(split["train"], source, target, progress=progress)
-    val_xy = load_pairs(split["val"], source, target, progress=progress) if split["val"] else None
-    if len(train_xy[0]) == 0:
+    found = find_pairs(list(pairs), source, target)
+    data = load_pairs(found, progress=progress)
+    stacks, split_info = split_slices(data, tuple(cfg.split), cfg.seed)
+    if "train" not in stacks:
         raise InputError("no training slices found", path=pairs[0])
+    train_xy, val_xy = stacks["train"], stacks.get("val")
+    log.info("split %s", split_info["description"])
     if net_config is None:
         net_config = KernelNetConfig(
             source, target, cfg.channels, cfg.depth, hu_mean=float(train_xy[0].mean()), hu_scale=1000.0
         )
-    names = {part: [e.name for e in part_exams] for part, part_exams in split.items()}
+    exams = list(dict.fromkeys(p.name for p in data))
     task = CTTrainTask(
         cfg,
         net_config,
         train_xy,
         val_xy,
-        split=names,
-        training_data=cfg.training_data or f"{len(split['train'])} exam(s) from {', '.join(map(str, pairs))}",
+        split=split_info,
+        training_data=cfg.training_data
+        or f"{len(exams)} exam(s) ({', '.join(exams)}) from {', '.join(map(str, pairs))}; split {split_info['description']}",
     )
     result = fit(
         task,
@@ -263,12 +437,27 @@ def train(
         overwrite=overwrite,
         progress=progress,
     )
+    test = evaluate_test(
+        result.best_weights, net_config, stacks.get("test"), device=result.device, batch_size=cfg.batch_size
+    )
+    test["on"] = "held-out test exams" if split_info["mode"] == "exams" else "held-out test slabs"
+    test["weights"] = "best"
     result.extra.update(
         {
             "source_kernel": source,
             "target_kernel": target,
+            "pairs": [
+                {
+                    "exam": p.name,
+                    "source": str(f.source.path),
+                    "target": str(f.target.path),
+                    "slices": len(p.x),
+                }
+                for p, f in zip(data, found)
+            ],
             "input_rmse_hu": task.input_rmse_hu,
-            "split": names,
+            "split": split_info,
+            "test": test,  # last: the summary ends with the held-out result
         }
     )
     return result
@@ -278,8 +467,19 @@ def train_text(result: TrainResult) -> str:
     """What ct-train prints for people."""
     e = result.extra
     best = "n/a" if result.best_metric != result.best_metric else f"{result.best_metric:.2f} HU"
+    split = e.get("split", {}).get("description", "")
+    test = e.get("test", {})
+    if test.get("slices"):
+        held_out = (
+            f"{test['on']} ({test['slices']} slices): RMSE {test['rmse_before_hu']:.2f} HU before, "
+            f"{test['rmse_after_hu']:.2f} HU after conversion ({test['reduction_pct']:.1f} % reduction)"
+        )
+    else:
+        held_out = "no held-out test data"
     return (
-        f"{e.get('source_kernel')}->{e.get('target_kernel')}: best validation RMSE {best} at epoch "
-        f"{result.best_epoch} of {result.epochs} (unconverted input: {e.get('input_rmse_hu', float('nan')):.2f} HU; "
-        f"validated on {result.validated_on}; {result.stopped}) -> {result.best_weights}"
+        f"{e.get('source_kernel')}->{e.get('target_kernel')}: split {split}\n"
+        f"best validation RMSE {best} at epoch {result.best_epoch} of {result.epochs} (unconverted input: "
+        f"{e.get('input_rmse_hu', float('nan')):.2f} HU; validated on {result.validated_on}; {result.stopped}) "
+        f"-> {result.best_weights}\n"
+        f"test: {held_out}"
     )

@@ -18,11 +18,20 @@ import numpy as np
 
 from medseg import __version__
 from medseg.errors import InputError
+from medseg.io.dicom_objects import (  # noqa: F401 - re-exported: the DICOM object vocabulary
+    CT_IMAGE_STORAGE,
+    ENHANCED_CT,
+    LEGACY_ENHANCED_CT,
+    frame_headers,
+    is_frame,
+    is_multiframe,
+    secondary_kind,
+    source_of,
+)
 from medseg.io.volume import VolumeMeta
 
 log = logging.getLogger("medseg.io.dicom")
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root; generate_uid appends a unique suffix
 
 
@@ -43,6 +52,13 @@ class DicomSeries:
     positions: list[float]  # position of each slice along the normal (mm)
     warnings: list[str] = field(default_factory=list)
     irregular: bool = False  # missing slices / uneven gaps
+    frames: list[int | None] = field(default_factory=list)  # 1-based frame number per slice (multi-frame)
+    manufacturer: str = ""
+    kernel_values: list[str] = field(default_factory=list)  # distinct ConvolutionKernel values, all slices
+    ignored: list[str] = field(default_factory=list)  # objects left out of the choice (SEG, localizer, ...)
+
+    def frame_of(self, index: int) -> int | None:
+        return self.frames[index] if self.frames else None
 
     def meta(self) -> VolumeMeta:
         return VolumeMeta(
@@ -65,6 +81,20 @@ def kernel_of(ds) -> str:
     return str(value).strip()
 
 
+def kernel_list(ds) -> list[str]:
+    """ConvolutionKernel as its list of non-empty values ([] when absent or empty)."""
+    from medseg.ct.kernels import kernel_values
+
+    return kernel_values(ds.get("ConvolutionKernel"))
+
+
+def _image_name(entry: tuple[Path, object]) -> str:
+    """'IM0001.dcm' or 'ct.dcm frame 3' (for messages)."""
+    file, ds = entry
+    source = getattr(ds, "_medseg_source", None)
+    return f"{file.name} frame {source[2]}" if source else file.name
+
+
 def _read_header(path: Path):
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -75,23 +105,46 @@ def _read_header(path: Path):
         return None
 
 
-def scan_dicom(path: str | Path) -> tuple[dict[str, list[tuple[Path, object]]], list[Path]]:
-    """Group the DICOM files under ``path`` (a folder, recursively, or one file) by series.
+def scan_study(
+    path: str | Path,
+) -> tuple[dict[str, list[tuple[Path, object]]], list[Path], list[str]]:
+    """Like :func:`scan_dicom`, plus a description of each DICOM object left out because it is not an
+    image to convert (SEG, RTSTRUCT, SR, PR, KO, secondary capture, localizer/scout images).
 
-    Returns ``(series_uid -> [(file, header)], skipped_non_dicom_files)``.
+    Multi-frame (Enhanced CT) files give one header per frame (see :func:`frame_headers`).
     """
     path = Path(path)
     candidates = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     groups: dict[str, list[tuple[Path, object]]] = {}
     skipped: list[Path] = []
+    ignored: dict[str, int] = {}
     for file in candidates:
         if file.name.startswith("."):
             continue
         ds = _read_header(file)
-        if ds is None or "SeriesInstanceUID" not in ds or "Rows" not in ds:
+        if ds is None or "SeriesInstanceUID" not in ds:
             skipped.append(file)
             continue
-        groups.setdefault(str(ds.SeriesInstanceUID), []).append((file, ds))
+        kind = secondary_kind(ds)
+        if kind is not None:
+            ignored[kind] = ignored.get(kind, 0) + 1
+            continue
+        uid = str(ds.SeriesInstanceUID)
+        if is_multiframe(ds):
+            groups.setdefault(uid, []).extend((file, frame) for frame in frame_headers(ds))
+        else:
+            groups.setdefault(uid, []).append((file, ds))
+    notes = [f"{n} {kind} object(s)" for kind, n in sorted(ignored.items())]
+    return groups, skipped, notes
+
+
+def scan_dicom(path: str | Path) -> tuple[dict[str, list[tuple[Path, object]]], list[Path]]:
+    """Group the DICOM images under ``path`` (a folder, recursively, or one file) by series.
+
+    Returns ``(series_uid -> [(file, header)], skipped_non_dicom_files)``; non-image and secondary
+    objects (SEG, SR, localizers, ...) are left out. A multi-frame file gives one entry per frame.
+    """
+    groups, skipped, _ignored = scan_study(path)
     return groups, skipped
 
 
@@ -115,35 +168,80 @@ def _geometry(
     return [(f, ds) for _, f, ds in keyed], [k for k, _, _ in keyed], np.stack([row, col, normal], 1), normal
 
 
-def open_series(
-    path: str | Path, *, series_uid: str | None = None, modality: str | None = "CT"
-) -> DicomSeries:
-    """Find exactly one series under ``path`` (pick with ``series_uid`` when there are several)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError("no such file or folder", path=path)
-    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
-        raise InputError("folder is empty", path=path)
-    groups, skipped = scan_dicom(path)
-    for file in skipped:
-        log.warning("skipping %s: not a DICOM image", file)
-    if not groups:
-        raise InputError("no DICOM images found", path=path)
+def _describe(uid: str, headers: list) -> str:
+    ds = headers[0][1]
+    return f"{uid} ({len(headers)} images, {kernel_of(ds) or 'no kernel'}, {ds.get('SeriesDescription', '')})"
+
+
+def _is_axial(headers: list) -> bool:
+    iop = [float(v) for v in headers[0][1].get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+    return abs(float(np.cross(iop[:3], iop[3:])[2])) > 0.9
+
+
+def _choose(path: Path, groups: dict, series_uid: str | None, modality: str | None, ignored: list[str]):
+    """The one series to use: ``series_uid``, else the only (axial) image series of ``modality``."""
     if series_uid is not None:
         if series_uid not in groups:
             raise InputError(
                 f"series {series_uid} not found; present: {', '.join(sorted(groups))}", path=path
             )
-        headers = groups[series_uid]
-    elif len(groups) > 1:
-        listing = "; ".join(
-            f"{uid} ({len(h)} images, {kernel_of(h[0][1]) or 'no kernel'}, "
-            f"{h[0][1].get('SeriesDescription', '')})"
-            for uid, h in sorted(groups.items())
-        )
-        raise InputError(f"{len(groups)} series found, choose one with --series-uid: {listing}", path=path)
-    else:
-        series_uid, headers = next(iter(groups.items()))
+        return series_uid, groups[series_uid]
+    if len(groups) == 1:
+        return next(iter(groups.items()))
+    matching = {
+        uid: h
+        for uid, h in groups.items()
+        if modality is None or str(h[0][1].get("Modality", "")) == modality
+    }
+    axial = {uid: h for uid, h in matching.items() if _is_axial(h)}
+    for pool in (axial, matching):
+        if len(pool) == 1:
+            left_out = len(groups) - 1
+            if left_out:
+                log.info(
+                    "%s: using the only %s series; %d other series left out", path, modality or "", left_out
+                )
+            return next(iter(pool.items()))
+    listing = "; ".join(_describe(uid, h) for uid, h in sorted((axial or matching or groups).items()))
+    also = f" (ignored: {', '.join(ignored)})" if ignored else ""
+    n = len(axial or matching or groups)
+    raise InputError(f"{n} series found, choose one with --series-uid: {listing}{also}", path=path)
+
+
+def _check_frames(headers: list) -> None:
+    """Every frame of a multi-frame file needs its position (Plane Position Sequence)."""
+    for file, ds in headers:
+        source = getattr(ds, "_medseg_source", None)
+        if source is not None and "ImagePositionPatient" not in ds and len(headers) > 1:
+            raise InputError(
+                f"Enhanced CT frame {source[2]} has no ImagePositionPatient (Plane Position Sequence, "
+                "per-frame or shared): cannot order the slices",
+                path=file,
+            )
+
+
+def open_series(
+    path: str | Path, *, series_uid: str | None = None, modality: str | None = "CT"
+) -> DicomSeries:
+    """Find exactly one series under ``path`` (pick with ``series_uid`` when there are several).
+
+    Non-image and secondary objects (SEG, RTSTRUCT, SR, PR, KO, secondary capture) and localizer
+    images are left out; of the rest, the only axial series of ``modality`` is taken on its own.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file or folder", path=path)
+    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+        raise InputError("folder is empty", path=path)
+    groups, skipped, ignored = scan_study(path)
+    for file in skipped:
+        log.warning("skipping %s: not a DICOM image", file)
+    if ignored:
+        log.info("%s: not images to convert, left out: %s", path, ", ".join(ignored))
+    if not groups:
+        extra = f" (only {', '.join(ignored)})" if ignored else ""
+        raise InputError(f"no DICOM images found{extra}", path=path)
+    series_uid, headers = _choose(path, groups, series_uid, modality, ignored)
     first = headers[0][1]
     found_modality = str(first.get("Modality", ""))
     if modality is not None and found_modality != modality:
@@ -151,7 +249,9 @@ def open_series(
     sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in headers}
     if len(sizes) > 1:
         raise InputError(f"slices of one series have different sizes {sorted(sizes)}", path=path)
+    _check_frames(headers)
     headers, positions, axes, _normal = _geometry(headers)
+    first = headers[0][1]
     warnings: list[str] = []
     irregular = False
     gaps = np.diff(positions)
@@ -160,8 +260,8 @@ def open_series(
         if np.any(gaps < 1e-3):
             i = int(np.argmin(gaps))
             raise InputError(
-                f"two slices share position {positions[i]:.2f} mm ({headers[i][0].name}, "
-                f"{headers[i + 1][0].name}): duplicated or mixed series",
+                f"two slices share position {positions[i]:.2f} mm ({_image_name(headers[i])}, "
+                f"{_image_name(headers[i + 1])}): duplicated or mixed series",
                 path=path,
             )
         z_spacing = float(np.median(gaps))
@@ -170,7 +270,7 @@ def open_series(
             irregular = True
             i = int(bad[0])
             warnings.append(
-                f"inconsistent slice spacing: gap of {gaps[i]:.2f} mm after {headers[i][0].name} "
+                f"inconsistent slice spacing: gap of {gaps[i]:.2f} mm after {_image_name(headers[i])} "
                 f"(median {z_spacing:.2f} mm; {bad.size} irregular gap(s), missing slices?)"
             )
     ps = [float(v) for v in first.get("PixelSpacing", [1.0, 1.0])]
@@ -189,22 +289,57 @@ def open_series(
         positions=positions,
         warnings=warnings,
         irregular=irregular,
+        frames=[source_of(ds)[2] for _, ds in headers] if any(is_frame(ds) for _, ds in headers) else [],
+        manufacturer=str(first.get("Manufacturer", "") or ""),
+        kernel_values=list(dict.fromkeys(v for _, ds in headers for v in kernel_list(ds))),
+        ignored=ignored,
     )
     for w in warnings:
         log.warning("%s: %s", path, w)
     return series
 
 
-def decode_hu(ds, path: Path) -> np.ndarray:
-    """Pixel data of one slice in HU (``pydicom.pixels.apply_rescale``), float32."""
+PADDING_HU = -3024.0  # what pixels marked by PixelPaddingValue are read as (out of field)
+
+
+def _mark_padding(hu: np.ndarray, pixels: np.ndarray, ds) -> np.ndarray:
+    """Pixels in the PixelPaddingValue (.. PixelPaddingRangeLimit) range are out of field: read
+    them as -3024 HU, so that one rule (HU <= -1500 is padding) holds for every later step."""
+    value = ds.get("PixelPaddingValue")
+    if value is None or isinstance(value, (bytes, list)):
+        return hu
+    limit = ds.get("PixelPaddingRangeLimit")
+    low, high = (
+        (value, value) if limit is None or isinstance(limit, (bytes, list)) else sorted((value, limit))
+    )
+    pad = (pixels >= low) & (pixels <= high)
+    if pad.any():
+        hu = np.where(pad, np.minimum(hu, PADDING_HU), hu).astype(np.float32)
+    return hu
+
+
+def decode_hu(ds, path: Path, *, frame: int | None = None, header=None) -> np.ndarray:
+    """Pixel data of one slice (or one 1-based ``frame`` of a multi-frame ``ds``, rescaled by that
+    frame's ``header``) in HU (``pydicom.pixels.apply_rescale``), float32; padding pixels
+    (PixelPaddingValue) as -3024 HU."""
+    header = ds if header is None else header
     try:
-        pixels = ds.pixel_array
+        if frame is None:
+            pixels = ds.pixel_array
+        else:
+            from pydicom.pixels import pixel_array
+
+            pixels = pixel_array(ds, index=frame - 1)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types; try GDCM for codecs it lacks
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        hu = _decode_with_sitk(path) if syntax is not None and syntax.is_compressed else None
+        hu = (
+            _decode_with_sitk(path) if frame is None and syntax is not None and syntax.is_compressed else None
+        )
         if hu is None:
             raise InputError(
-                f"cannot decode pixel data ({str(exc).splitlines()[0][:160]})", path=path
+                f"cannot decode pixel data{f' of frame {frame}' if frame else ''} "
+                f"({str(exc).splitlines()[0][:160]})",
+                path=path,
             ) from None
         return hu
     if pixels.ndim != 2:
@@ -212,12 +347,12 @@ def decode_hu(ds, path: Path) -> np.ndarray:
     from pydicom.pixels import apply_rescale
 
     try:  # Modality LUT or RescaleSlope/Intercept, as the standard defines them
-        hu = apply_rescale(pixels, ds)
+        hu = apply_rescale(pixels, header)
     except (TypeError, ValueError, AttributeError, IndexError) as exc:
         raise InputError(
             f"invalid rescale (RescaleSlope/RescaleIntercept or Modality LUT): {exc}", path=path
         ) from None
-    return np.asarray(hu, dtype=np.float32)
+    return _mark_padding(np.asarray(hu, dtype=np.float32), pixels, header)
 
 
 def _decode_with_sitk(path: Path) -> np.ndarray | None:
@@ -236,15 +371,30 @@ def _decode_with_sitk(path: Path) -> np.ndarray | None:
 
 
 def iter_slices(series: DicomSeries) -> Iterator[tuple[object, np.ndarray]]:
-    """Yield ``(dataset, hu_slice)`` in slice order, one file at a time."""
+    """Yield ``(dataset, hu_slice)`` in slice order, one file at a time (a multi-frame file is read
+    once and its frames decoded one by one; the dataset is then the frame's classic header)."""
     import pydicom
 
-    for file in series.files:
-        try:
-            ds = pydicom.dcmread(file)
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(f"cannot read DICOM file ({exc.__class__.__name__})", path=file) from None
-        hu = decode_hu(ds, file)
+    frame_headers_by_file: dict[Path, list] = {}
+    loaded: tuple[Path | None, object] = (None, None)
+    for index, file in enumerate(series.files):
+        frame = series.frame_of(index)
+        if frame is None or loaded[0] != file:
+            try:
+                loaded = (file, pydicom.dcmread(file))
+            except Exception as exc:  # noqa: BLE001
+                raise InputError(f"cannot read DICOM file ({exc.__class__.__name__})", path=file) from None
+        ds = loaded[1]
+        if frame is None:
+            hu = decode_hu(ds, file)
+        else:
+            if file not in frame_headers_by_file:
+                frame_headers_by_file.clear()  # one multi-frame file's headers at a time
+                frame_headers_by_file[file] = frame_headers(ds)
+            header = frame_headers_by_file[file][frame - 1]
+            # rescale and padding of this frame: its functional groups, on the file's pixel module
+            hu = decode_hu(ds, file, frame=frame, header=header)
+            ds = header
         if hu.shape != (series.rows, series.columns):
             raise InputError(f"pixel data shape {hu.shape} does not match Rows/Columns", path=file)
         yield ds, hu
@@ -329,11 +479,15 @@ def write_derived_slice(source_ds, hu: np.ndarray, out_file: Path, derivation: D
         del ds["PixelData"]
     ds.remove_private_tags()  # vendor tags may describe the source reconstruction
     sop_uid = new_uid()
+    src_class, src_instance, src_frame = source_of(source_ds)
     src_ref = Dataset()
-    src_ref.ReferencedSOPClassUID = source_ds.SOPClassUID
-    src_ref.ReferencedSOPInstanceUID = source_ds.SOPInstanceUID
+    src_ref.ReferencedSOPClassUID = src_class
+    src_ref.ReferencedSOPInstanceUID = src_instance
+    if src_frame is not None:  # a frame of an Enhanced CT: the output is a classic CT image
+        src_ref.ReferencedFrameNumber = src_frame
     ds.SourceImageSequence = Sequence([src_ref])
-    ds.file_meta = _file_meta(str(source_ds.SOPClassUID), sop_uid)
+    ds.SOPClassUID = CT_IMAGE_STORAGE if src_frame is not None else source_ds.SOPClassUID
+    ds.file_meta = _file_meta(str(ds.SOPClassUID), sop_uid)
     ds.SOPInstanceUID = sop_uid
     ds.SeriesInstanceUID = derivation.series_uid
     ds.SeriesNumber = int(source_ds.get("SeriesNumber", 0) or 0) + derivation.series_number_offset

@@ -15,7 +15,7 @@ import numpy as np
 
 from medseg.errors import InputError, MedsegError
 from medseg.pathology.labels import CLASS_NAMES, LABELS, NEGATIVE, POSITIVE, class_of
-from medseg.results import FAILED, ItemResult, RunResult
+from medseg.results import FAILED, SKIPPED, ItemResult, RunResult
 
 log = logging.getLogger("medseg.pathology")
 
@@ -187,6 +187,10 @@ def evaluate_results(
             if not summary_path.is_file() or not det_path.is_file():
                 raise InputError(f"no slide-score results for {name} in {results_dir}")
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            if summary.get("status") == "qc_failed":  # never scored: no detections to judge
+                run.add(ItemResult(name, SKIPPED, f"not scored by slide-score: {summary.get('reason', '')}"))
+                log.warning("%s: skipped: not scored (stain QC)", name)
+                continue
             m = evaluate_slide(
                 det_path,
                 truth,

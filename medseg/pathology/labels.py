@@ -30,6 +30,11 @@ BANFF_WORDS: dict[str, str] = {
     "not assessable": "no PTC found",
 }
 
+# PTCs a slide needs for a Banff category (--min-ptcs): the smallest N for which a slide without a C4d+
+# PTC is below the 10 % C4d2 cut-off at 95 % one-sided confidence, 1 - 0.05 ** (1 / N) < 0.10 (N >= 29),
+# rounded up; see docs/pathology.md.
+DEFAULT_MIN_PTCS = 30
+
 _ALIASES = {
     POSITIVE: ("c4d+", "c4d positive", "positive", "ptc+", "c4d_pos", "pos"),
     NEGATIVE: ("c4d-", "c4d negative", "negative", "ptc-", "c4d_neg", "neg"),
@@ -54,8 +59,16 @@ def margins_text(margins: Mapping[str, float]) -> str:
     return ", ".join(f"{c} {margins[c]:g} px" for c in CLASSES if c in margins)
 
 
+def category_key(category: str | None) -> str:
+    """``"not assessable (3 PTCs)"`` -> ``"not assessable"``: the entry of :data:`BANFF_CATEGORIES`."""
+    text = str(category or "")
+    return "not assessable" if text.startswith("not assessable") else text
+
+
 def category_text(category: str, percent: float | None) -> str:
     """``("C4d2", 37.5)`` -> ``"C4d2 (focal, 10-50 %): 37.5 % of PTCs C4d+"``."""
+    if category.startswith("not assessable (") and percent is not None and percent == percent:
+        return f"{category}: too few PTCs for a Banff category"
     words = BANFF_WORDS.get(category, "")
     text = f"{category} ({words})" if words and category != "not assessable" else category
     if percent is None or percent != percent:  # None or NaN

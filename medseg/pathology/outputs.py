@@ -30,7 +30,20 @@ TABLE_COLUMNS = [
     "percent_positive",
     "c4d_positive_ihc",
     "banff_category",
+    "min_ptcs",
     "tissue_area_mm2",
+    "feasible_area_mm2",
+    "stain_qc_status",
+    "stain_qc_kind",
+    "stain_qc_reasons",
+    "stain_qc_flags",
+    "stain_qc_skipped",
+    "stain_qc_dab_fraction",
+    "stain_qc_eosin_fraction",
+    "stain_qc_hematoxylin_fraction",
+    "stain_qc_background_brightness",
+    "stain_qc_blur_fraction",
+    "stain_qc_pen_fraction",
     "tiles_tissue",
     "tiles_read",
     "tiles_feasible",
@@ -162,6 +175,15 @@ def kept_rows(out: Path, *, exclude: set[str]) -> list[dict[str, Any]]:
     ]
 
 
+def flat_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A summary as a table row: the stain-QC numbers (``summary["stain_qc"]``) as ``stain_qc_*`` columns."""
+    qc = row.get("stain_qc")
+    if not isinstance(qc, dict):
+        return row
+    flat = {f"stain_qc_{k}": v for k, v in qc.items() if not isinstance(v, (list, dict))}
+    return {**flat, **{k: v for k, v in row.items() if k != "stain_qc"}}
+
+
 def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
     """The batch table, rewritten whole and atomically (one row per slide)."""
     from medseg.io.atomic import write_text
@@ -169,5 +191,7 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows({c: "" if row.get(c) is None else row.get(c) for c in TABLE_COLUMNS} for row in rows)
+    writer.writerows(
+        {c: "" if row.get(c) is None else row.get(c) for c in TABLE_COLUMNS} for row in map(flat_row, rows)
+    )
     return write_text(path, buf.getvalue())

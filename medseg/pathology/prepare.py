@@ -40,6 +40,11 @@ class PrepareConfig:
     min_visible: float = 0.5  # keep a PTC in a tile when this part of its own box is inside
     min_tissue: float = 0.2
     slide_mpp: float | None = None
+    # QuPath point annotations (PTC centres) become boxes of this diameter (um) before the margins:
+    # a PTC is ~10-20 um across (lumen + wall); 15 um = 30 px at 0.5 um/px, the synthetic PTCs' size
+    point_diameter_um: float = 15.0
+    class_map: dict[str, str] = field(default_factory=dict)  # user class name -> C4d+ / C4d- (--class-map)
+    reader: str = "auto"  # slide reader backend: auto, openslide, tifffile, dicom
 
     def check(self) -> None:
         """Pre-flight: values that would fail every slide are an input error (exit 2)."""
@@ -47,6 +52,13 @@ class PrepareConfig:
             raise InputError(f"margins must give {POSITIVE} and {NEGATIVE} a size of 0 px or more")
         if self.target_mpp <= 0 or (self.slide_mpp is not None and self.slide_mpp <= 0):
             raise InputError("--mpp and --slide-mpp must be > 0")
+        if self.reader not in ("auto", "openslide", "tifffile", "dicom"):
+            raise InputError(f"--reader must be auto, openslide, tifffile or dicom, got {self.reader!r}")
+        if self.point_diameter_um <= 0:
+            raise InputError(f"--point-size must be > 0 um, got {self.point_diameter_um:g}")
+        bad = sorted(v for v in self.class_map.values() if class_of(v) is None)
+        if bad:
+            raise InputError(f"--class-map must map to {POSITIVE} or {NEGATIVE}, got {', '.join(bad)}")
         if self.tile < 16 or not 0 <= self.overlap < self.tile:
             raise InputError(
                 f"--tile must be at least 16 px and --overlap in [0, tile), got {self.tile} and "
@@ -54,30 +66,84 @@ class PrepareConfig:
             )
 
 
-def read_geojson_boxes(path: str | Path) -> np.ndarray:
-    """PTC polygons of a GeoJSON file -> rows (x0, y0, x1, y1, label) in level-0 pixels."""
+def parse_class_map(text: str | None) -> dict[str, str]:
+    """``"Positive=C4d+,Negative=C4d-"`` -> ``{"positive": "C4d+", "negative": "C4d-"}`` (keys lower case)."""
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, target = part.partition("=")
+        cls = class_of(target)
+        if not sep or not name.strip() or cls is None:
+            raise InputError(
+                f"--class-map entries are NAME={POSITIVE} or NAME={NEGATIVE}, comma-separated; "
+                f"got {part.strip()!r}"
+            )
+        out[name.strip().lower()] = cls
+    return out
+
+
+def _feature_class(props: dict, class_map: dict[str, str]) -> str | None:
+    """QuPath's ``properties.classification.name`` (or a plain string) -> C4d+ / C4d- / None."""
+    cls = props.get("classification") or props.get("class") or {}
+    name = cls.get("name") if isinstance(cls, dict) else cls
+    if name is None:
+        return None
+    mapped = {k.lower(): v for k, v in class_map.items()}.get(str(name).strip().lower())
+    return mapped if mapped is not None else class_of(str(name))
+
+
+def read_geojson_boxes(
+    path: str | Path, *, point_size: float | None = None, class_map: dict[str, str] | None = None
+) -> np.ndarray:
+    """PTC annotations of a GeoJSON file (QuPath export) -> rows (x0, y0, x1, y1, label), level-0 px.
+
+    Polygons give their bounding box. Points (``Point``/``MultiPoint``: PTC centres, QuPath's point
+    tool) give a square of ``point_size`` level-0 px centred on each point; without ``point_size``
+    points are skipped with a warning. ``class_map`` maps the user's class names (any case) to
+    ``C4d+``/``C4d-`` before the built-in names (``C4d+``, ``Positive``, ...) are tried.
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read GeoJSON: {exc}", path=path) from None
     feats = data.get("features", []) if isinstance(data, dict) else data
-    rows, skipped = [], 0
+    if isinstance(data, dict) and data.get("type") == "Feature":
+        feats = [data]
+    if not isinstance(feats, list):
+        raise InputError("not a GeoJSON FeatureCollection or list of features", path=path)
+    rows, skipped, points_skipped = [], 0, 0
+    half = (point_size or 0) / 2
     for f in feats:
-        props = f.get("properties") or {}
-        cls = props.get("classification") or {}
-        name = class_of(cls.get("name") if isinstance(cls, dict) else str(cls))
-        geom = f.get("geometry") or {}
-        polys = {"Polygon": [geom.get("coordinates")], "MultiPolygon": geom.get("coordinates")}.get(
-            geom.get("type")
-        )
-        if name is None or not polys:
+        if not isinstance(f, dict):
             skipped += 1
             continue
-        pts = np.array([p for poly in polys for p in poly[0]], float)
-        rows.append((*pts.min(0), *pts.max(0), LABELS[name]))
+        name = _feature_class(f.get("properties") or {}, class_map or {})
+        geom = f.get("geometry") or {}
+        kind, coords = geom.get("type"), geom.get("coordinates")
+        if name is None or not coords:
+            skipped += 1
+            continue
+        try:
+            if kind in ("Point", "MultiPoint"):
+                if point_size is None:
+                    points_skipped += 1
+                    continue
+                for x, y in np.array(coords, float).reshape(-1, 2):
+                    rows.append((x - half, y - half, x + half, y + half, LABELS[name]))
+            elif kind in ("Polygon", "MultiPolygon"):
+                polys = [coords] if kind == "Polygon" else coords
+                pts = np.array([p[:2] for poly in polys for p in poly[0]], float)
+                rows.append((*pts.min(0), *pts.max(0), LABELS[name]))
+            else:
+                skipped += 1
+        except (TypeError, ValueError, IndexError):
+            skipped += 1
     if skipped:
-        log.warning("%s: skipped %d features that are not C4d+/C4d- polygons", path.name, skipped)
+        log.warning("%s: skipped %d features that are not C4d+/C4d- polygons or points", path.name, skipped)
+    if points_skipped:
+        log.warning("%s: skipped %d points (no point size given)", path.name, points_skipped)
     return np.array(rows, float).reshape(-1, 5)
 
 
@@ -144,9 +210,18 @@ def _slide_records(slide_path: Path, ann_path: Path, staging: Path, cfg: Prepare
     from medseg.pathology.slide import detect_tissue, open_slide
     from medseg.pathology.tiling import make_grid, plan_slide_tiles, read_tile
 
-    rows = read_geojson_boxes(ann_path)
     records = []
-    with open_slide(slide_path, slide_mpp=cfg.slide_mpp) as slide:
+    backend = {} if cfg.reader == "auto" else {"reader": cfg.reader}
+    with open_slide(slide_path, slide_mpp=cfg.slide_mpp, **backend) as slide:
+        rows = read_geojson_boxes(
+            ann_path, point_size=cfg.point_diameter_um / slide.mpp, class_map=cfg.class_map
+        )
+        if len(rows) == 0:
+            raise InputError(
+                f"no {POSITIVE}/{NEGATIVE} polygons or points in the annotations (map your class names "
+                "with --class-map, e.g. Positive=C4d+,Negative=C4d-)",
+                path=ann_path,
+            )
         grid = make_grid(slide, target_mpp=cfg.target_mpp, tile=cfg.tile, overlap=cfg.overlap)
         boxes = rows[:, :4] / grid.scale
         labels = rows[:, 4].astype(int)

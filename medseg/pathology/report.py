@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.pathology.labels import BANFF_CATEGORIES, COLORS, NEGATIVE, POSITIVE
+from medseg.pathology.labels import BANFF_CATEGORIES, COLORS, NEGATIVE, POSITIVE, category_key
 
 log = logging.getLogger("medseg.pathology")
 
@@ -29,7 +29,7 @@ def distribution_figure(rows: list[dict]):
     a.set_xlabel("C4d+ PTCs (% of PTCs)")
     a.set_ylabel("slides")
     a.set_xlim(0, 100)
-    counts = [sum(r.get("banff_category") == c for r in ok) for c in BANFF_CATEGORIES]
+    counts = [sum(category_key(r.get("banff_category")) == c for r in ok) for c in BANFF_CATEGORIES]
     b.bar(
         range(len(BANFF_CATEGORIES)),
         counts,
@@ -45,23 +45,49 @@ def distribution_figure(rows: list[dict]):
     return fig
 
 
+def _qc_text(r: dict) -> str:
+    """The stain-QC verdict of a row in words ("passed", "failed: ...", "skipped by --skip-stain-qc ...")."""
+    status = r.get("stain_qc_status") or ""
+    if not status:
+        return ""
+    text = status
+    if str(r.get("stain_qc_skipped")).lower() == "true" and status != "passed":
+        text += " (not blocking: --skip-stain-qc)"
+    if r.get("stain_qc_reasons"):
+        text += f": {r['stain_qc_reasons']}"
+    if r.get("stain_qc_flags"):
+        text += f"; flags: {r['stain_qc_flags']}"
+    return text
+
+
 def _table_row(r: dict) -> dict:
     """A batch row for the HTML table, in words (no None, no Python values)."""
     from medseg.pathology.score import slide_text
 
     ok = r.get("status") == "ok"
     pct = r.get("percent_positive")
+
+    def num(key: str) -> str:
+        value = r.get(key)
+        return "" if value in (None, "") or not ok else str(value)
+
     return {
         "slide": r.get("slide", ""),
         "status": r.get("status", ""),
         "result": slide_text(r) if ok else "",
-        "C4d positive (IHC)": ("yes" if str(r.get("c4d_positive_ihc")).lower() == "true" else "no")
+        "category": (r.get("banff_category") or "") if ok else "",
+        "PTCs assessed": num("ptc_total"),
+        "C4d+": num("c4d_pos"),
+        "C4d-": num("c4d_neg"),
+        "% C4d+": "" if pct in (None, "") or not ok else f"{float(pct):.1f}",
+        "C4d positive (IHC)": {"true": "yes", "false": "no"}.get(str(r.get("c4d_positive_ihc")).lower(), "")
         if ok
         else "",
-        "% C4d+": "" if pct in (None, "") else f"{float(pct):.1f}",
-        "tissue mm²": r.get("tissue_area_mm2", "") if ok else "",
+        "tissue mm²": "" if r.get("tissue_area_mm2") in (None, "") else r.get("tissue_area_mm2"),
+        "feasible tissue mm²": num("feasible_area_mm2"),
         "tiles scored / read": f"{r.get('tiles_feasible')} / {r.get('tiles_read')}" if ok else "",
         "seconds": r.get("wall_s", "") if ok else "",
+        "stain QC": _qc_text(r),
         "reason": r.get("reason") or "",
     }
 
@@ -81,6 +107,15 @@ def write_batch_report(out: str | Path, rows: list[dict]) -> Path:
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         report.add_table("Failed slides", failed, ["slide", "path", "reason"])
+    qc_failed = [r for r in rows if r.get("status") == "qc_failed"]
+    if qc_failed:
+        report.add_table(
+            "Not scored: stain QC failed (not a brightfield DAB IHC, or no tissue)",
+            [
+                {"slide": r.get("slide", ""), "stain QC": _qc_text(r), "path": r.get("path", "")}
+                for r in qc_failed
+            ],
+        )
     report.add_figure(
         "Score distribution",
         distribution_figure(rows),
@@ -90,14 +125,20 @@ def write_batch_report(out: str | Path, rows: list[dict]) -> Path:
     shown = 0
     for r in rows:
         png = out / str(r.get("slide", "")) / "overlay.png"
-        if r.get("status") != "ok" or not png.is_file() or shown >= MAX_THUMBNAILS:
+        if r.get("status") not in ("ok", "qc_failed") or not png.is_file() or shown >= MAX_THUMBNAILS:
             continue
-        report.add_figure(
-            f"{r['slide']}: {r.get('banff_category')}",
-            png.read_bytes(),
-            f"{r.get('c4d_pos')} {POSITIVE} ({_colour(POSITIVE)}) and {r.get('c4d_neg')} {NEGATIVE} "
-            f"({_colour(NEGATIVE)}) PTCs; green: tissue outline.",
-        )
+        qc = f" {r['stain_qc_summary']}." if r.get("stain_qc_summary") else ""
+        if not qc and r.get("stain_qc_status"):  # rows kept from an earlier table (--resume)
+            qc = f" Stain QC {_qc_text(r)}."
+        if r.get("status") == "ok":
+            title = f"{r['slide']}: {r.get('banff_category')}"
+            caption = (
+                f"{r.get('c4d_pos')} {POSITIVE} ({_colour(POSITIVE)}) and {r.get('c4d_neg')} {NEGATIVE} "
+                f"({_colour(NEGATIVE)}) PTCs; green: tissue outline.{qc}"
+            )
+        else:
+            title, caption = f"{r['slide']}: not scored (stain QC)", f"Thumbnail; green: tissue outline.{qc}"
+        report.add_figure(title, png.read_bytes(), caption)
         shown += 1
     return report.write_html(out / "report.html")
 

@@ -22,7 +22,15 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError, MedsegError, OutputExistsError
-from medseg.pathology.labels import LABELS, NEGATIVE, POSITIVE, category_text, counts_text
+from medseg.pathology.labels import (
+    DEFAULT_MIN_PTCS,
+    LABELS,
+    NEGATIVE,
+    POSITIVE,
+    category_text,
+    counts_text,
+)
+from medseg.pathology.stain_qc import QCConfig
 from medseg.results import FAILED, OK, SKIPPED, ItemResult, RunResult
 
 log = logging.getLogger("medseg.pathology")
@@ -41,7 +49,17 @@ ITEM_METRICS = (
     "tiles_feasible",
     "tiles_failed",
     "wall_s",
+    "min_ptcs",
+    "status",
+    "stain_qc_status",
+    "stain_qc_kind",
+    "stain_qc_reasons",
+    "stain_qc_flags",
+    "stain_qc_skipped",
 )
+
+SLIDE_READERS = ("auto", "openslide", "tifffile", "dicom")
+QC_FAILED = "qc_failed"  # table status of a slide that stain QC kept from scoring (an outcome, not a crash)
 
 
 @dataclass
@@ -61,6 +79,16 @@ class ScoreConfig:
     device: str = "auto"
     amp: str = "auto"
     read_ahead: int = 2  # groups of batch_size tiles read ahead of the detector
+    reader: str = "auto"  # slide reader backend: auto, openslide, tifffile, dicom
+    min_ptcs: int = DEFAULT_MIN_PTCS  # fewer PTCs assessed -> "not assessable (n PTCs)", counts kept
+    skip_stain_qc: bool = False  # QC is still computed and recorded, but does not block scoring
+    stain_qc: QCConfig = field(default_factory=QCConfig)
+    qc_mosaic_tiles: int = 16  # second look: tissue tiles read at qc_mosaic_mpp (0: never)
+    qc_mosaic_mpp: float = 1.0
+    qc_mosaic_tile: int = 512
+    # DAB share of tissue the second look needs: a C4d0 biopsy stains only its glomerular loops and a
+    # few vessels (~0.1-0.3 % of tissue); H&E never reaches the second look (eosin decides)
+    qc_mosaic_min_dab: float = 0.0005
 
     def check(self) -> None:
         """Pre-flight: option values that would fail every slide are an input error (exit 2)."""
@@ -76,13 +104,26 @@ class ScoreConfig:
             )
         if self.batch_size < 1 or self.workers < 1 or self.read_ahead < 1:
             raise InputError("--batch-size, --workers and the read-ahead depth must be at least 1")
+        if self.reader not in SLIDE_READERS:
+            raise InputError(f"--reader must be one of {', '.join(SLIDE_READERS)}, got {self.reader!r}")
+        if self.min_ptcs < 1:
+            raise InputError(f"--min-ptcs must be at least 1, got {self.min_ptcs}")
+        if self.qc_mosaic_mpp <= 0 or self.qc_mosaic_tile < 16 or self.qc_mosaic_tiles < 0:
+            raise InputError("stain-QC second look: qc_mosaic_mpp > 0, qc_mosaic_tile >= 16, tiles >= 0")
 
 
-def banff_category(pos: int, neg: int) -> tuple[str, float]:
-    """Banff C4d category for IHC on paraffin from PTC counts: (category, percent positive)."""
+def banff_category(pos: int, neg: int, min_ptcs: int = 1) -> tuple[str, float]:
+    """Banff C4d category for IHC on paraffin from PTC counts: (category, percent positive).
+
+    Below ``min_ptcs`` assessed PTCs the percentage is too uncertain for a category (one detection
+    would be "C4d3, 100 %"): ``"not assessable (n PTCs)"``, the percentage is still returned.
+    """
     total = pos + neg
-    if total == 0:
-        return "not assessable", float("nan")
+    if total < max(1, min_ptcs):
+        label = (
+            "not assessable" if min_ptcs <= 1 else f"not assessable ({total} PTC{'s' if total != 1 else ''})"
+        )
+        return label, 100.0 * pos / total if total else float("nan")
     pct = 100.0 * pos / total
     if pos == 0:
         return "C4d0", pct
@@ -148,6 +189,96 @@ class SlideResult:
     thumb_downsample: float = 1.0
 
 
+def _mosaic_tiles(slide, tissue, cfg: ScoreConfig) -> tuple[list[np.ndarray], float]:
+    """Up to ``cfg.qc_mosaic_tiles`` tissue tiles at ~``cfg.qc_mosaic_mpp``, spread over the tissue."""
+    from medseg.pathology.tiling import make_grid, plan_slide_tiles, read_tile
+
+    mpp = max(cfg.qc_mosaic_mpp, slide.mpp)
+    grid = make_grid(slide, target_mpp=mpp, tile=cfg.qc_mosaic_tile, overlap=0)
+    tiles = plan_slide_tiles(slide, grid, tissue, min_tissue=0.5) or plan_slide_tiles(
+        slide, grid, tissue, min_tissue=0.05
+    )
+    if not tiles:
+        return [], mpp
+    picks = sorted(
+        set(np.linspace(0, len(tiles) - 1, min(cfg.qc_mosaic_tiles, len(tiles))).round().astype(int))
+    )
+    return [read_tile(slide, tiles[i], cfg.qc_mosaic_tile) for i in picks], mpp
+
+
+def assess_slide_stain(slide, tissue, cfg: ScoreConfig):
+    """Stain QC of an open slide: (verdict, where it was taken) - see :mod:`medseg.pathology.stain_qc`.
+
+    The tissue thumbnail decides H&E (eosin), fluorescence and empty slides. A thumbnail without
+    DAB and without much eosin gets a second look at tissue tiles read at ~1 um/px: thin C4d
+    capillary walls blend with hematoxylin at 16 um/px and stop looking brown.
+    """
+    from dataclasses import replace
+
+    from medseg.pathology.stain_qc import assess_stain, tile_mosaic
+
+    qc = assess_stain(tissue.thumbnail, cfg.stain_qc, mpp=slide.mpp * tissue.downsample)
+    look = f"thumbnail at {slide.mpp * tissue.downsample:.1f} um/px"
+    weak_eosin = (qc.eosin_fraction or 0.0) < cfg.stain_qc.he_min_eosin_fraction
+    if qc.kind != "brightfield_no_dab" or not weak_eosin or cfg.qc_mosaic_tiles < 1:
+        return qc, look
+    tiles, mpp = _mosaic_tiles(slide, tissue, cfg)
+    if not tiles:
+        return qc, look
+    second = assess_stain(tile_mosaic(tiles), cfg.stain_qc, mpp=mpp, min_dab_fraction=cfg.qc_mosaic_min_dab)
+    look = f"{len(tiles)} tissue tiles at {mpp:.1f} um/px (the thumbnail showed no DAB)"
+    other = [r for r in qc.reasons if not r.startswith("no DAB")]  # ink / blur failures still count
+    flags = list(dict.fromkeys(qc.flags + second.flags))
+    reasons = second.reasons + [r for r in other if r not in second.reasons]
+    return replace(second, reasons=reasons, flags=flags, passed=second.passed and not other), look
+
+
+def _qc_fields(qc, look: str, cfg: ScoreConfig) -> dict[str, Any]:
+    return {
+        "stain_qc": {**qc.to_dict(), "look": look},
+        "stain_qc_status": "passed" if qc.passed else "failed",
+        "stain_qc_kind": qc.kind,
+        "stain_qc_reasons": "; ".join(qc.reasons),
+        "stain_qc_flags": "; ".join(qc.flags),
+        "stain_qc_skipped": bool(cfg.skip_stain_qc),
+        "stain_qc_summary": qc.summary(),
+    }
+
+
+def _not_scored(slide, name: str, path, t0: float, qc, look: str, cfg: ScoreConfig, tissue=None, thumb=None):
+    """The result of a slide that stain QC kept from scoring: reasons, QC numbers, no category."""
+    reason = "stain QC failed: " + "; ".join(qc.reasons or ["not a brightfield DAB IHC"])
+    summary = {
+        "slide": name,
+        "path": str(path),
+        "status": QC_FAILED,
+        "reason": reason,
+        "c4d_pos": None,
+        "c4d_neg": None,
+        "ptc_total": None,
+        "percent_positive": None,
+        "c4d_positive_ihc": None,
+        "banff_category": None,
+        "min_ptcs": cfg.min_ptcs,
+        "tissue_area_mm2": round(tissue.area_mm2(slide.mpp), 4) if tissue is not None else 0.0,
+        "feasible_area_mm2": None,
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "slide_mpp": slide.mpp,
+        "slide_mpp_source": slide.mpp_source,
+        "target_mpp": cfg.target_mpp,
+        "slide_size": [slide.width, slide.height],
+        "vendor": slide.vendor,
+        "margins": {},
+        **_qc_fields(qc, look, cfg),
+    }
+    if tissue is not None:
+        return SlideResult(
+            summary, thumbnail=tissue.thumbnail, tissue_mask=tissue.mask, thumb_downsample=tissue.downsample
+        )
+    image, ds = thumb
+    return SlideResult(summary, thumbnail=image, thumb_downsample=ds)
+
+
 def score_slide(
     path: str | Path,
     detector,
@@ -159,23 +290,46 @@ def score_slide(
 ) -> SlideResult:
     """Score one slide with a loaded :class:`~medseg.pathology.detector.Detector` (or anything
     with the same ``predict`` and ``config.margins``). ``feasible``: a loaded feasibility hook
-    (default: the one ``config.feasibility`` names)."""
+    (default: the one ``config.feasibility`` names).
+
+    Stain QC runs first (:func:`assess_slide_stain`): a slide that is not brightfield DAB IHC, or
+    shows no tissue, comes back with status ``qc_failed``, its reasons and no category, without
+    running the detector (``config.skip_stain_qc``: QC is recorded but does not stop scoring).
+    """
     from medseg.engine.progress import progress_bar
     from medseg.pathology.feasibility import load_hook
-    from medseg.pathology.slide import detect_tissue, open_slide, read_downsampled
+    from medseg.pathology.slide import TISSUE_DOWNSAMPLE, detect_tissue, open_slide, read_downsampled
+    from medseg.pathology.stain_qc import assess_stain
     from medseg.pathology.tiling import make_grid, plan_slide_tiles, read_ahead, read_tile
 
     cfg = config or ScoreConfig()
     t0 = time.perf_counter()
     feasible = feasible or load_hook(cfg.feasibility)
     name = name or Path(path).stem
-    with open_slide(path, slide_mpp=cfg.slide_mpp) as slide:
+    backend = {} if cfg.reader == "auto" else {"reader": cfg.reader}
+    with open_slide(path, slide_mpp=cfg.slide_mpp, **backend) as slide:
         grid = make_grid(slide, target_mpp=cfg.target_mpp, tile=cfg.tile, overlap=cfg.overlap)
-        tissue = detect_tissue(slide)
+        try:
+            tissue = detect_tissue(slide)
+        except InputError as exc:
+            if "no tissue" not in exc.message:
+                raise
+            # all background: a QC outcome with the reason in words, whatever --skip-stain-qc says
+            thumb = read_downsampled(slide, max(TISSUE_DOWNSAMPLE, max(slide.width, slide.height) / 2048))
+            qc = assess_stain(thumb[0], cfg.stain_qc, mpp=slide.mpp * thumb[1])
+            if not qc.reasons:
+                qc.reasons.append("no tissue found on the slide")
+            qc.passed = False
+            return _not_scored(slide, name, path, t0, qc, "thumbnail", cfg, thumb=thumb)
+        qc, look = assess_slide_stain(slide, tissue, cfg)
+        log.info("%s: %s (%s)", name, qc.summary(), look)
+        if not qc.passed and not cfg.skip_stain_qc:
+            return _not_scored(slide, name, path, t0, qc, look, cfg, tissue=tissue)
         tiles = plan_slide_tiles(slide, grid, tissue, min_tissue=cfg.min_tissue)
         if not tiles:
             raise InputError("no tissue tile at the target resolution", path=path)
         n_read = n_feasible = n_failed = 0
+        feasible_tissue = 0.0  # tile-cores' worth of tissue in feasible tiles
         reasons: dict[str, int] = {}
         errors: list[str] = []
         all_b, all_l, all_s = [], [], []
@@ -214,6 +368,7 @@ def score_slide(
                     reasons[key] = reasons.get(key, 0) + 1
                     continue
                 n_feasible += 1
+                feasible_tissue += t.tissue
                 analysed.append([t.row, t.col])
                 pending.append((t, img))
                 if len(pending) >= cfg.batch_size:
@@ -228,19 +383,29 @@ def score_slide(
         scores = np.concatenate(all_s) if all_s else np.zeros(0)
         boxes, labels, scores = class_nms(boxes, labels, scores, cfg.nms_iou)
         pos, neg = int((labels == LABELS[POSITIVE]).sum()), int((labels == LABELS[NEGATIVE]).sum())
-        category, pct = banff_category(pos, neg)
+        category, pct = banff_category(pos, neg, cfg.min_ptcs)
+        assessable = category.startswith("C4d")
+        n_text = f"{pos + neg} PTC{'' if pos + neg == 1 else 's'}"
+        notes = [] if assessable else [f"{n_text} assessed, a category needs {cfg.min_ptcs} (--min-ptcs)"]
+        if not qc.passed:
+            notes.append("stain QC failed, scored anyway (--skip-stain-qc): " + "; ".join(qc.reasons))
+        feasible_mm2 = min(
+            feasible_tissue * (grid.stride * cfg.target_mpp * 1e-3) ** 2, tissue.area_mm2(slide.mpp)
+        )
         summary = {
             "slide": name,
             "path": str(path),
             "status": OK,
-            "reason": "",
+            "reason": "; ".join(notes),
             "c4d_pos": pos,
             "c4d_neg": neg,
             "ptc_total": pos + neg,
             "percent_positive": None if math.isnan(pct) else round(pct, 2),
-            "c4d_positive_ihc": pos > 0,
+            "c4d_positive_ihc": pos > 0 if assessable else None,
             "banff_category": category,
+            "min_ptcs": cfg.min_ptcs,
             "tissue_area_mm2": round(tissue.area_mm2(slide.mpp), 4),
+            "feasible_area_mm2": round(feasible_mm2, 4),
             "tiles_tissue": len(tiles),
             "tiles_read": n_read,
             "tiles_feasible": n_feasible,
@@ -252,11 +417,13 @@ def score_slide(
             "target_mpp": cfg.target_mpp,
             "slide_size": [slide.width, slide.height],
             "vendor": slide.vendor,
+            "reader": getattr(slide, "backend", "openslide"),
             "tile": cfg.tile,
             "overlap": cfg.overlap,
             "min_score": cfg.min_score,
             "margins": dict(getattr(detector.config, "margins", {})),
             "weights": getattr(detector, "source", ""),
+            **_qc_fields(qc, look, cfg),
             "grid": {
                 "tile": grid.tile,
                 "overlap": grid.overlap,
@@ -388,10 +555,16 @@ def score_slides(
             result = score_slide(path, detector, cfg, feasible=feasible, progress=progress, name=name)
             write_slide_outputs(result, folder)
             row = result.summary
-            run.add(_item(name, row, folder))
-            log.info(
-                "%s: %s, %d tiles in %.1f s", name, slide_text(row), row["tiles_feasible"], row["wall_s"]
-            )
+            if row["status"] == QC_FAILED:  # an outcome, not a crash: skipped with the reason, exit 0
+                run.add(_item(name, row, folder, SKIPPED, row["reason"]))
+                log.warning("%s: not scored: %s", name, row["reason"])
+            else:
+                run.add(_item(name, row, folder, OK, row["reason"]))
+                log.info(
+                    "%s: %s, %d tiles in %.1f s", name, slide_text(row), row["tiles_feasible"], row["wall_s"]
+                )
+                if row["stain_qc_status"] != "passed":
+                    log.warning("%s: scored despite the stain QC (--skip-stain-qc): %s", name, row["reason"])
         except (MedsegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
             reason = _failure_reason(exc)
             remove_stale(folder)  # results of an earlier run of this slide would contradict the table
@@ -412,6 +585,9 @@ def score_slides(
         "out": str(out),
         "slides": len(rows),
         "categories": categories,
+        "qc_failed": sum(r.get("status") == QC_FAILED for r in rows),
+        "min_ptcs": cfg.min_ptcs,
+        "skip_stain_qc": cfg.skip_stain_qc,
         **runtime,
         "weights": str(getattr(detector, "source", "")),
         "demo_weights": is_demo,

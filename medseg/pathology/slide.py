@@ -1,4 +1,4 @@
-"""Open whole-slide images with OpenSlide, read their scale, find tissue on a low-resolution level.
+"""Open whole-slide images (any reader backend), read their scale, find tissue on a low-resolution level.
 
 Nothing here ever reads a whole level-0 image: tissue detection reads the smallest level that is
 fine enough, and when a slide has no pyramid that level is read in strips and reduced on the fly.
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.pathology.readers import SlideReader
 
 log = logging.getLogger("medseg.pathology")
 
@@ -23,15 +24,17 @@ _STRIP = 2048
 
 @dataclass
 class Slide:
-    """An open slide: the OpenSlide handle plus the facts the pipeline needs."""
+    """An open slide: its reader (:class:`~medseg.pathology.readers.SlideReader`) plus the facts the
+    pipeline needs. ``handle`` is the reader (OpenSlide-like: ``get_best_level_for_downsample``)."""
 
     path: Path
-    handle: object  # openslide.OpenSlide
+    handle: SlideReader
     width: int
     height: int
     mpp: float  # level-0 microns per pixel
     mpp_source: str  # "metadata" or "--slide-mpp"
     vendor: str
+    backend: str = "openslide"
 
     @property
     def level_downsamples(self) -> tuple[float, ...]:
@@ -41,20 +44,21 @@ class Slide:
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
         return tuple(self.handle.level_dimensions)
 
+    def associated_images(self) -> dict[str, np.ndarray]:
+        """Label, macro and thumbnail images where the file has them."""
+        return self.handle.associated_images()
+
     def read_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """RGB uint8 region; pixels outside the slide or transparent become white."""
-        import openslide
-
         try:
-            rgba = np.asarray(self.handle.read_region(location, level, size))
-        except openslide.OpenSlideError as exc:
+            return self.handle.read_region(location, level, size)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every backend has its own decode errors
+            first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
             raise InputError(
-                f"cannot decode slide region (corrupt or truncated file?): {exc}", path=self.path
+                f"cannot decode slide region (corrupt or truncated file?): {first}", path=self.path
             ) from None
-        if rgba[..., 3].min() == 255:
-            return np.ascontiguousarray(rgba[..., :3])
-        alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-        return (rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
 
     def close(self) -> None:
         self.handle.close()
@@ -66,53 +70,39 @@ class Slide:
         self.close()
 
 
-def open_slide(path: str | Path, *, slide_mpp: float | None = None) -> Slide:
-    """Open ``path`` with OpenSlide; InputError (one line) for anything that is not a usable slide."""
-    import openslide
+def open_slide(path: str | Path, *, slide_mpp: float | None = None, reader: str = "auto") -> Slide:
+    """Open ``path`` with the reader ``reader`` names (``auto``: OpenSlide, then tifffile, then the
+    DICOM readers); InputError (one line) for anything that is not a usable slide, saying whether the
+    file is corrupt/truncated or valid but unsupported."""
+    from medseg.pathology.readers import open_reader
 
     path = Path(path)
     if not path.exists():
         raise InputError("slide not found", path=path)
     if not path.is_file() and path.suffix.lower() != ".mrxs":
         raise InputError("not a file", path=path)
+    if slide_mpp is not None and slide_mpp <= 0:
+        raise InputError(f"--slide-mpp must be > 0, got {slide_mpp}")
+    handle = open_reader(path, reader)
     try:
-        handle = openslide.OpenSlide(str(path))
-    except openslide.OpenSlideUnsupportedFormatError:
-        with path.open("rb") as fh:
-            magic = fh.read(4)
-        if magic[:2] in (b"II", b"MM") and magic[2:4] in (b"*\x00", b"\x00*", b"+\x00", b"\x00+"):
+        width, height = handle.dimensions
+        if width <= 0 or height <= 0:
+            raise InputError("slide has zero size", path=path)
+        mpp, source = None, "metadata"
+        if handle.mpp is not None:
+            mx, my = handle.mpp
+            mpp = (mx + my) / 2
+        if slide_mpp is not None:
+            mpp, source = float(slide_mpp), "--slide-mpp"
+        if mpp is None:
             raise InputError(
-                "TIFF file OpenSlide cannot read (truncated, corrupt, or not tiled)", path=path
-            ) from None
-        raise InputError("not a slide, or a format OpenSlide does not support", path=path) from None
-    except openslide.OpenSlideError as exc:
-        raise InputError(f"corrupt or unreadable slide: {exc}", path=path) from None
-    width, height = handle.dimensions
-    if width <= 0 or height <= 0:
+                "slide has no microns-per-pixel metadata; pass --slide-mpp (e.g. 0.25 for 40x, 0.5 for 20x)",
+                path=path,
+            )
+    except BaseException:
         handle.close()
-        raise InputError("slide has zero size", path=path)
-    props = handle.properties
-    mpp, source = None, "metadata"
-    try:
-        mx = float(props.get(openslide.PROPERTY_NAME_MPP_X, "nan"))
-        my = float(props.get(openslide.PROPERTY_NAME_MPP_Y, "nan"))
-        if math.isfinite(mx) and mx > 0:
-            mpp = (mx + my) / 2 if math.isfinite(my) and my > 0 else mx
-    except ValueError:
-        mpp = None
-    if slide_mpp is not None:
-        if slide_mpp <= 0:
-            handle.close()
-            raise InputError(f"--slide-mpp must be > 0, got {slide_mpp}")
-        mpp, source = float(slide_mpp), "--slide-mpp"
-    if mpp is None:
-        handle.close()
-        raise InputError(
-            "slide has no microns-per-pixel metadata; pass --slide-mpp (e.g. 0.25 for 40x, 0.5 for 20x)",
-            path=path,
-        )
-    vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
-    return Slide(path, handle, width, height, mpp, source, vendor)
+        raise
+    return Slide(path, handle, width, height, mpp, source, handle.vendor, handle.backend)
 
 
 def read_downsampled(slide: Slide, downsample: float) -> tuple[np.ndarray, float]:
@@ -219,7 +209,12 @@ SLIDE_EXTENSIONS = {
     ".bif",
     ".svslide",
     ".dcm",
+    ".dicom",
+    ".btf",
+    ".tf8",
+    ".qptiff",
 }
+_DICOM_SUFFIXES = {".dcm", ".dicom", ""}
 
 
 def _read_list(path: Path) -> list[Path]:
@@ -255,12 +250,39 @@ def expand_inputs(inputs) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in SLIDE_EXTENSIONS and q.is_file())
+            files = sorted(q for q in p.iterdir() if q.is_file())
+            out += [q for q in files if q.suffix.lower() in SLIDE_EXTENSIONS - _DICOM_SUFFIXES]
+            out += _dicom_slides([q for q in files if q.suffix.lower() in _DICOM_SUFFIXES])
         elif p.suffix.lower() == ".csv" and p.is_file():
             out += _read_list(p)
         else:
             out.append(p)
     return out
+
+
+def _dicom_slides(files: list[Path]) -> list[Path]:
+    """One file per DICOM series (its largest level): a multi-instance slide is one slide, not one per
+    level. Files that are not DICOM are left out (a folder may hold notes)."""
+    import pydicom
+
+    best: dict[str, tuple[int, Path]] = {}
+    for q in files:
+        try:
+            with q.open("rb") as fh:
+                fh.seek(128)
+                if fh.read(4) != b"DICM":
+                    continue
+            h = pydicom.dcmread(
+                q, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "TotalPixelMatrixColumns"]
+            )
+        except Exception:  # noqa: BLE001 - unreadable: keep it so it becomes that slide's failed row
+            best[str(q)] = (0, q)
+            continue
+        key = str(h.get("SeriesInstanceUID") or q)
+        width = int(h.get("TotalPixelMatrixColumns") or 0)
+        if key not in best or width > best[key][0]:
+            best[key] = (width, q)
+    return sorted(p for _w, p in best.values())
 
 
 def unique_names(paths: list[Path]) -> list[str]:

@@ -350,3 +350,46 @@ def test_segment_mismatched_geometry_cli(brain_cases, tiny_weights, tmp_path):
     assert res.exit_code == 0, res.output
     out = sitk.ReadImage(str(tmp_path / "o" / "case_seg.nii.gz"))
     assert out.GetSize() == (64, 64, 24)
+
+
+def test_resample_flag_warns_and_plain_names_work(brain_cases, tiny_weights, tmp_path):
+    c = tmp_path / "plain"
+    c.mkdir()
+    src = brain_cases[0]
+    for tag, name in (
+        ("t1", "T1.nii.gz"),
+        ("t1ce", "T1_post.nii.gz"),
+        ("t2", "t2.nii.gz"),
+        ("flair", "T2-FLAIR.nii.gz"),
+    ):
+        shutil.copy(src / f"{src.name}_{tag}.nii.gz", c / name)
+    img = sitk.ReadImage(str(c / "t2.nii.gz"))
+    img.SetOrigin(tuple(o + 2.0 for o in img.GetOrigin()))
+    sitk.WriteImage(img, str(c / "t2.nii.gz"))
+    args = ("brain-segment", c, "--out", tmp_path / "o", "--weights", tiny_weights, "--no-n4", "--json")
+    res = _run(*args)
+    assert (
+        res.exit_code == 2
+        and "t2.nii.gz" in res.stderr
+        and "t2 and t1c are on different grids (origin" in res.stderr
+    )
+    res = _run(*args, "--resample")
+    assert res.exit_code == 0, res.output
+    item = json.loads(res.stdout)["items"][0]
+    assert (
+        len(item["warnings"]) == 1 and "plain: t2 resampled onto the t1c grid (origin" in item["warnings"][0]
+    )
+    assert "t2 resampled onto the t1c grid" in res.stderr
+
+
+def test_non_skull_stripped_case_is_segmented_with_a_warning(tiny_weights, tmp_path):
+    from medseg.synthetic.brain import BrainPhantomConfig, make_brain_case, write_brain_case
+
+    case = write_brain_case(
+        make_brain_case(5005, BrainPhantomConfig(skull_strip=False)), tmp_path, name="HEAD"
+    )
+    res = _run("brain-segment", case, "--out", tmp_path / "o", "--weights", tiny_weights, "--no-n4", "--json")
+    assert res.exit_code == 0, res.output
+    warnings = json.loads(res.stdout)["items"][0]["warnings"]
+    assert len(warnings) == 1 and "expects skull-stripped BraTS-style input" in warnings[0]
+    assert "does not look skull-stripped" in res.stderr

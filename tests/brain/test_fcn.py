@@ -85,7 +85,7 @@ def test_precomputed_first_stage_maps_equal_cascade_forward(stack):
 
 def test_brain_bounding_box_crop_is_exact():
     from medseg.brain.io import Geometry
-    from medseg.brain.segment import segment_array
+    from medseg.brain.segment import brain_boxes, segment_array
 
     case = make_brain_case(78)
     raw = np.stack([case.images[m] for m in MODALITIES])
@@ -98,8 +98,17 @@ def test_brain_bounding_box_crop_is_exact():
     geo = Geometry(
         shape=mask.shape, spacing=case.spacing, origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)
     )
-    seg = segment_array(predictor, raw, geo, arch="mf-cascade", prep=prep, post=False)
-    assert np.array_equal(seg[mask], full[mask]) and not seg[~mask].any()
+    for batch_size in (8, 3):  # one box per batch of slices, tighter towards the brain's ends
+        seg = segment_array(
+            predictor, raw, geo, arch="mf-cascade", prep=prep, post=False, batch_size=batch_size
+        )
+        assert np.array_equal(seg[mask], full[mask]) and not seg[~mask].any()
+    boxes = brain_boxes(mask, 3)
+    assert sum(int(np.prod([s.stop - s.start for s in b])) for b in boxes) < 0.8 * mask.size
+    covered = np.zeros_like(mask)
+    for b in boxes:
+        covered[b] = True
+    assert covered[mask].all()  # every brain voxel is predicted
 
 
 @pytest.mark.cuda

@@ -54,11 +54,11 @@ def test_postprocess_equals_hand_written_version():
     seg = (blobs * rng.integers(1, 5, blobs.shape)).astype(np.uint8)
     comps, n = ndi.label(seg > 0, structure=ndi.generate_binary_structure(3, 2))
     assert n > 10
-    for cfg, spacing in (
-        (PostprocessConfig(), (1.0, 1.0, 1.0)),
-        (PostprocessConfig(0.05, 0.1), (2.0, 1.0, 1.0)),
-        (PostprocessConfig(0.0, 0.3), (1.0, 1.0, 1.0)),
-        (PostprocessConfig(0.0, 0.0), (1.0,) * 3),
+    for cfg, spacing in (  # the size rule alone (the core rule has its own tests)
+        (PostprocessConfig(require_core=False), (1.0, 1.0, 1.0)),
+        (PostprocessConfig(0.05, 0.1, require_core=False), (2.0, 1.0, 1.0)),
+        (PostprocessConfig(0.0, 0.3, require_core=False), (1.0, 1.0, 1.0)),
+        (PostprocessConfig(0.0, 0.0, require_core=False), (1.0,) * 3),
     ):
         expected = _hand_written_postprocess(seg, spacing, cfg)
         got = postprocess(seg, spacing, cfg)
@@ -74,3 +74,39 @@ def test_postprocess_equals_hand_written_version():
             postprocess(one, (1.0, 1.0, 1.0), cfg), _hand_written_postprocess(one, (1.0,) * 3, cfg)
         )
     assert postprocess(one, (1.0,) * 3, PostprocessConfig(min_component_ml=0.02)).sum() == 0
+
+
+def _two_tumours():
+    seg = np.zeros((12, 50, 50), np.uint8)
+    seg[2:10, 5:25, 5:25] = 2  # tumour with a core: 3200 voxels
+    seg[4:8, 10:18, 10:18] = 1
+    seg[5:7, 12:16, 12:16] = 4
+    seg[2:10, 32:48, 32:48] = 2  # core-less "edema" (e.g. a periventricular cap): 2048 voxels
+    return seg
+
+
+def test_core_rule_drops_coreless_components():
+    seg = _two_tumours()
+    out = postprocess(seg, (1.0, 1.0, 1.0))
+    assert np.array_equal(out[:, :, :30], seg[:, :, :30])  # the tumour with a core: untouched
+    assert not out[:, :, 30:].any()  # the large edema-only component: removed
+    kept = postprocess(seg, (1.0, 1.0, 1.0), PostprocessConfig(require_core=False))
+    assert np.array_equal(kept, seg)  # rule off: both kept (the edema is > 10 % of the largest)
+
+
+def test_core_rule_needs_min_core_volume_and_keeps_edema_only_predictions():
+    seg = _two_tumours()
+    seg[5, 40, 40] = 1  # one core voxel (1 uL) does not make the edema a tumour at 0.1 mL ...
+    assert not postprocess(seg, (1.0, 1.0, 1.0))[:, :, 30:].any()
+    seg[4:8, 38:44, 38:44] = 4  # ... 144 uL of enhancing tumour does
+    assert np.array_equal(postprocess(seg, (1.0, 1.0, 1.0))[:, :, 30:], seg[:, :, 30:])
+    edema_only = np.where(_two_tumours() > 0, 2, 0).astype(np.uint8)
+    # no component holds core: nothing to be consistent with, the prediction is left to the size rule
+    assert np.array_equal(postprocess(edema_only, (1.0, 1.0, 1.0)), edema_only)
+    # coarse voxels: 0.1 mL = 2.2 voxels of 45 mm^3; a 3-voxel core counts
+    coarse = _two_tumours()
+    coarse[4:8, 10:18, 10:18] = 2
+    coarse[5:7, 12:16, 12:16] = 2
+    coarse[5, 14, 14:17] = 4
+    out = postprocess(coarse, (5.0, 3.0, 3.0))
+    assert out[5, 14, 14] == 4 and not out[:, :, 30:].any()

@@ -57,11 +57,27 @@ def test_empty_folder(tmp_path, tiny_weights):
     one_line_error(run_cli(*convert_args(tmp_path / "empty", tmp_path / "o", tiny_weights)), 2, "empty")
 
 
-def test_unknown_kernel_lists_valid_ones(small_exam_dir, tmp_path):
+def test_kernel_without_weights_lists_what_exists(small_exam_dir, tmp_path):
+    """Any name a scanner writes is a kernel; one without weights is a model error listing what exists."""
     r = run_cli(
         "ct-convert", small_exam_dir / "B50f", "--from", "B45x", "--to", "B30f", "--out", tmp_path / "o"
     )
-    one_line_error(r, 2, "B45x", "B10f, B30f, B50f, B70f")
+    one_line_error(r, 4, "no weights for B45x->B30f", "Siemens: ", "B50f->B30f")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--from", "", "--to", "B30f"), "empty kernel name"),
+        (("--from", "Philips:UB", "--to", "YA", "--vendor", "GE"), "names vendor Philips but --vendor is GE"),
+        (("--from", "Philips:UB", "--to", "GE:STANDARD"), "one vendor per model"),
+        (("--from", "b30", "--to", "B30f"), "both B30f"),
+    ],
+)
+def test_bad_kernel_names_are_input_errors(small_exam_dir, tmp_path, args, fragment):
+    r = run_cli("ct-convert", small_exam_dir / "B50f", *args, "--out", tmp_path / "o", "-q")
+    one_line_error(r, 2, fragment)
 
 
 def test_existing_output_needs_overwrite(small_exam_dir, tiny_weights, tmp_path):

@@ -62,7 +62,11 @@ def test_training_beats_the_unconverted_input_on_held_out_exams(pairs, tmp_path)
     assert result.best_metric < 0.8 * result.extra["input_rmse_hu"], (result.best_metric, result.extra)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     split = json.loads((out / "train_config.json").read_text())["task"]["split"]
+    assert split["mode"] == "exams" and "by exam (5 exams" in split["description"]
     assert split["val"] and split["test"] and not set(split["val"]) & set(split["train"])
+    test = result.extra["test"]  # held-out test exam, scored with the best weights
+    assert list(result.extra)[-1] == "test" and test["on"] == "held-out test exams"
+    assert test["rmse_after_hu"] < test["rmse_before_hu"], test
     for name in ("best.safetensors", "last.safetensors", "state.pt", "history.json"):
         assert (out / name).is_file()
     meta = read_meta(out / "best.safetensors")

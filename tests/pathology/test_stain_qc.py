@@ -219,15 +219,17 @@ def test_result_and_config_are_serialisable(ihc):
 
 
 def test_runtime_2048(ihc):
-    """2048 x 2048 thumbnail: well under a second on one core (bound generous for a loaded CI box)."""
+    """2048 x 2048 thumbnail: well under a second on one core (bound generous for a loaded CI box).
+
+    CPU time of this process, not wall time: other jobs on a shared machine do not count."""
     from PIL import Image
 
     big = np.asarray(Image.fromarray(ihc).resize((2048, 2048)))
     best = float("inf")
     for _ in range(2):  # a second try only when the first was slow (a busy shared machine)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         qc = assess_stain(big)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
         if best < 1.0:
             break
     assert qc.passed
