@@ -14,6 +14,7 @@ from medseg_cli.options import (
     output_options,
     overwrite_option,
     train_options,
+    val_fraction_option,
     weights_option,
 )
 
@@ -187,13 +188,7 @@ cases, --val-fraction of them (at least one) are held out for validation.
     show_default=True,
     help="Phase-1 learning rate (SGD, momentum 0.9); phase 2 uses a third of it.",
 )
-@click.option(
-    "--val-fraction",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.2,
-    show_default=True,
-    help="Share of the cases held out for validation (at least one case when there are two or more).",
-)
+@val_fraction_option(0.2, "whole cases, at least one when there are two or more")
 @click.option("--local-channels", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--global-channels", type=click.IntRange(1), default=160, show_default=True)
 @click.option("--no-n4", is_flag=True, help="Skip N4 bias correction in preprocessing.")

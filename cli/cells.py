@@ -11,6 +11,7 @@ from medseg_cli.options import (
     output_options,
     overwrite_option,
     train_options,
+    val_fraction_option,
     weights_option,
 )
 
@@ -48,6 +49,43 @@ Examples:
 """
 
 
+def _channel_option(f):
+    return click.option(
+        "--channel",
+        type=click.IntRange(0),
+        default=None,
+        help="Channel (0-based) of a multi-channel image that holds the nuclei/cells.",
+    )(f)
+
+
+def _stain_option(f):
+    return click.option(
+        "--stain",
+        type=click.Choice(["auto", "fluo", "phase", "he", "ihc"]),
+        default="auto",
+        show_default=True,
+        help="Image type: fluorescence, phase contrast, H&E or IHC brightfield (hematoxylin channel by "
+        "colour deconvolution); auto decides per image and reports it.",
+    )(f)
+
+
+def _diameter(value: str | None, pixel_size: float | None) -> float | str | None:
+    """--diameter: a positive number or 'auto' (a usage error otherwise)."""
+    if value is None or value.strip().lower() == "auto":
+        if value is None and pixel_size is not None:
+            raise click.BadParameter("--pixel-size needs --diameter in um", param_hint="--pixel-size")
+        return None if value is None else "auto"
+    try:
+        number = float(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither a number nor 'auto'", param_hint="--diameter"
+        ) from None
+    if not number > 0 or number == float("inf"):
+        raise click.BadParameter(f"must be positive, got {value}", param_hint="--diameter")
+    return number
+
+
 @click.command("cells-segment", epilog=SEGMENT_EPILOG)
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
@@ -79,6 +117,21 @@ Examples:
     help="Watershed seed depth on the distance transform (px); larger merges more.",
 )
 @click.option("--no-watershed", is_flag=True, help="Connected components only (no splitting of merges).")
+@_channel_option
+@_stain_option
+@click.option(
+    "--diameter",
+    type=str,
+    default=None,
+    help="Typical cell diameter (px, or um with --pixel-size), or 'auto' (estimated by a first pass); "
+    "the image is rescaled to the model's training scale and results mapped back.",
+)
+@click.option(
+    "--pixel-size",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Pixel size in um: --diameter is then in um.",
+)
 @click.option("--save-prob", is_flag=True, help="Also write the cell-probability map (float TIFF).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML QA report.")
 @click.option("--resume", is_flag=True, help="Keep images an earlier run in OUT finished; segment the rest.")
@@ -96,6 +149,10 @@ def cells_segment(
     solidity,
     h,
     no_watershed,
+    channel,
+    stain,
+    diameter,
+    pixel_size,
     save_prob,
     no_report,
     resume,
@@ -111,6 +168,10 @@ def cells_segment(
     from medseg.cells.segment import SegmentConfig, human_summary, segment_images
 
     config = SegmentConfig(
+        channel=channel,
+        stain=stain,
+        diameter=_diameter(diameter, pixel_size),
+        pixel_size=pixel_size,
         weights=weights,
         device=device,
         amp=amp,
@@ -142,7 +203,19 @@ def cells_segment(
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints)."
 )
-@click.option("--arch", type=click.Choice(["unet2015", "basicunet"]), default="unet2015", show_default=True)
+@click.option(
+    "--arch",
+    type=click.Choice(["unet2015", "basicunet", "unet_se", "fcn8s", "deeplabv3", "pspnet", "hed"]),
+    default="unet2015",
+    show_default=True,
+    help="unet2015 (valid convs, the paper), basicunet (MONAI), unet_se (padded U-Net with SE blocks), "
+    "fcn8s, deeplabv3 (torchvision, no downloads), pspnet, hed (deep supervision).",
+)
+@click.option(
+    "--se/--no-se",
+    default=None,
+    help="Squeeze-and-excitation blocks in the U-Net (unet2015/basicunet: off by default; unet_se: on).",
+)
 @click.option(
     "--base-channels",
     type=click.IntRange(1),
@@ -173,13 +246,9 @@ def cells_segment(
     show_default=True,
     help="Border weight sigma (px).",
 )
-@click.option(
-    "--val-fraction",
-    type=click.FloatRange(0, 0.9),
-    default=0.2,
-    show_default=True,
-    help="Share of the pairs held out for validation IoU (0: validate on training images, with a warning).",
-)
+@val_fraction_option(0.2, "image/mask pairs, scored by IoU")
+@_channel_option
+@_stain_option
 @train_options
 @batch_size_option(4, "Patches per training step.")
 @amp_option
@@ -191,6 +260,7 @@ def cells_train(
     synthetic,
     out_dir,
     arch,
+    se,
     base_channels,
     batch_norm,
     epochs,
@@ -200,6 +270,8 @@ def cells_train(
     w0,
     sigma,
     val_fraction,
+    channel,
+    stain,
     max_minutes,
     seed,
     resume,
@@ -211,12 +283,19 @@ def cells_train(
     as_json,
 ):
     """Train a cell U-Net (weighted cross-entropy with border weight maps, elastic augmentation)."""
-    from medseg.cells.model import CellModelConfig
+    from medseg.cells.archs import ArchConfig
+    from medseg.cells.model import UNET_ARCHS, CellModelConfig
     from medseg.cells.train import CellsTrainConfig, human_summary, train_cells
     from medseg.cells.weights import WeightMapConfig
 
+    if arch in UNET_ARCHS:
+        model = CellModelConfig(arch=arch, base_channels=base_channels, batch_norm=batch_norm, se=bool(se))
+    else:  # the seed papers' padded nets: batch norm always, width = --base-channels
+        if se is not None and arch != "unet_se":
+            raise click.BadParameter(f"--se applies to the U-Nets, not {arch}", param_hint="--se")
+        model = ArchConfig(arch=arch, width=base_channels, se=True if se is None else se)
     config = CellsTrainConfig(
-        model=CellModelConfig(arch=arch, base_channels=base_channels, batch_norm=batch_norm),
+        model=model,
         weight_map=WeightMapConfig(w0=w0, sigma=sigma),
         epochs=epochs,
         steps_per_epoch=steps,
@@ -228,6 +307,8 @@ def cells_train(
         max_minutes=max_minutes,
         amp=amp,
         synthetic=synthetic,
+        stain=stain,
+        channel=channel,
     )
     result = train_cells(
         out_dir,
@@ -256,10 +337,10 @@ def cells_train(
 @click.option(
     "--iou",
     "iou_threshold",
-    type=click.FloatRange(0.5, 1),
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=0.5,
     show_default=True,
-    help="Object IoU threshold for a match.",
+    help="Object IoU threshold for a match (AP at it; mAP@0.5:0.95 is always reported).",
 )
 @overwrite_option
 @output_options

@@ -127,6 +127,17 @@ def train_options(func: Callable) -> Callable:
     return func
 
 
+def val_fraction_option(default: float, held_out: str) -> Callable[[Callable], Callable]:
+    """--val-fraction for every *-train command; ``held_out`` says what is held out, in words."""
+    return click.option(
+        "--val-fraction",
+        type=click.FloatRange(0, 0.9),
+        default=default,
+        show_default=True,
+        help=f"Share held out for validation: {held_out} (0: validate on training data, with a warning).",
+    )
+
+
 def emit(summary: Any, *, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
     """Print a result as JSON (for scripts) or as a short human text."""
     if as_json:

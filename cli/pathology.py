@@ -13,6 +13,7 @@ from medseg_cli.options import (
     output_options,
     overwrite_option,
     train_options,
+    val_fraction_option,
     weights_option,
 )
 
@@ -311,13 +312,7 @@ Examples:
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
 @batch_size_option(4, "Tiles per training step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
-@click.option(
-    "--val-fraction",
-    type=click.FloatRange(0, 0.9),
-    default=0.15,
-    show_default=True,
-    help="Part held out for validation (whole slides when the dataset has two or more).",
-)
+@val_fraction_option(0.15, "whole slides when the dataset has two or more, else tiles")
 @train_options
 @overwrite_option
 @amp_option

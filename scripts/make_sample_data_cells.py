@@ -57,13 +57,21 @@ def train_demo(weights_out: Path, *, minutes: float, count: int) -> None:
     import torch
 
     from medseg.cells.model import CellModelConfig
+    from medseg.cells.stain import prepare_plane
     from medseg.cells.train import CellsTrainConfig, train_pairs
     from medseg.engine.checkpoint import load_weights, save_weights
     from medseg.synthetic.cells import synthetic_batch
 
+    def prepared(seed: int, n: int) -> list:
+        """Synthetic pairs normalised as cells-segment normalises (fluo / phase alternate)."""
+        return [
+            (prepare_plane(image, "fluo" if i % 2 == 0 else "phase")[0], labels)
+            for i, (image, labels) in enumerate(synthetic_batch(seed, n))
+        ]
+
     torch.set_num_threads(1)
-    pairs = synthetic_batch(TRAIN_SEED, count)
-    val = synthetic_batch(VAL_SEED, 2)
+    pairs = prepared(TRAIN_SEED, count)
+    val = prepared(VAL_SEED, 2)
     config = CellsTrainConfig(
         model=CellModelConfig(arch="unet2015", base_channels=8, batch_norm=True, dropout=0.1),
         epochs=16,

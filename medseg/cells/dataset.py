@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.cells.io import list_images, normalise, read_image, read_mask
+from medseg.cells.io import list_images, read_image, read_mask
+from medseg.cells.stain import prepare_plane
 from medseg.cells.weights import instances_from_mask
 from medseg.errors import InputError
 
@@ -35,9 +36,14 @@ def find_pairs(
     return pairs, missing
 
 
-def load_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(normalised 2D image, instance labels); refuses stacks and size mismatches."""
-    planes, _ = read_image(image_path, allow_stack=False)
+def load_pair(
+    image_path: Path, mask_path: Path, *, stain: str = "auto", channel: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(normalised 2D nuclear plane, instance labels); refuses stacks and size mismatches.
+
+    The image goes through the same stain handling and normalisation as at inference.
+    """
+    planes, _ = read_image(image_path, allow_stack=False, channel=channel, keep_color=True)
     mask = read_mask(mask_path)
     if mask.shape != planes.shape[1:]:
         raise InputError(
@@ -45,19 +51,18 @@ def load_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray
             f"{planes.shape[1]}x{planes.shape[2]}",
             path=image_path,
         )
-    return normalise(planes[0]), instances_from_mask(mask)
+    return prepare_plane(planes[0], stain, path=image_path)[0], instances_from_mask(mask)
 
 
 def load_pairs(
-    images_dir: str | Path, masks_dir: str | Path
+    images_dir: str | Path, masks_dir: str | Path, *, stain: str = "auto", channel: int | None = None
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict[str, str]]]:
     pairs, skipped = find_pairs(images_dir, masks_dir)
     loaded = []
     for image_path, mask_path in pairs:
         try:
-            loaded.append(load_pair(image_path, mask_path))
+            loaded.append(load_pair(image_path, mask_path, stain=stain, channel=channel))
         except InputError as exc:
-            log.warning("skipping pair: %s", exc)
             where = f"{exc.path.name}: " if exc.path is not None and exc.path != image_path else ""
             skipped.append({"image": str(image_path), "reason": where + exc.message})
     return loaded, skipped

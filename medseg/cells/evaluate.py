@@ -1,7 +1,11 @@
 """Segmentation metrics against ground truth: pixel IoU/Dice, object matching, AP@0.5, Rand error.
 
-Object matching is one-to-one at IoU > 0.5 (at that threshold a match is necessarily unique),
-AP@0.5 = TP / (TP + FP + FN) as in the cell-tracking and DSB 2018 challenges.
+Object matching is one-to-one and optimal (Hungarian, ``scipy.optimize.linear_sum_assignment``):
+it maximises the number of pairs above the IoU threshold, then their total IoU (as StarDist's
+``matching``). Above IoU 0.5 a match is unique anyway; below it a greedy "highest IoU first"
+matching can pair away an object that had no other partner, which the assignment does not.
+AP@t = TP / (TP + FP + FN) as in the cell-tracking and DSB 2018 challenges; ``map_50_95`` is its
+mean over t = 0.5, 0.55, ..., 0.95 (as StarDist and Cellpose report).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import numpy as np
 from medseg.results import FAILED, ItemResult, RunResult
 
 log = logging.getLogger("medseg.cells")
+
+AP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.5:0.95
 
 
 @dataclass
@@ -39,22 +45,36 @@ def iou_matrix(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return iou[1:, 1:]
 
 
-def match_objects(truth: np.ndarray, pred: np.ndarray, *, threshold: float = 0.5) -> dict[str, Any]:
-    """One-to-one matching; returns TP/FP/FN counts and the matched IoUs."""
-    from scipy.optimize import linear_sum_assignment
-
+def present_iou(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """IoU matrix restricted to the labels present in each image (true rows, predicted columns)."""
     iou = iou_matrix(truth, pred)
-    # only labels that are present count as objects
     present_t = np.bincount(truth.ravel(), minlength=iou.shape[0] + 1)[1:] > 0
     present_p = np.bincount(pred.ravel(), minlength=iou.shape[1] + 1)[1:] > 0
-    iou = iou[present_t][:, present_p]
+    return iou[present_t][:, present_p]
+
+
+def matched_ious(iou: np.ndarray, threshold: float) -> np.ndarray:
+    """IoUs of the optimal one-to-one matching: most pairs with IoU > ``threshold``, then most IoU."""
+    from scipy.optimize import linear_sum_assignment
+
+    if not iou.size:
+        return np.zeros(0)
+    good = iou > threshold
+    n = max(int(good.sum()), 1)
+    # one unit per pair above the threshold dominates any IoU sum (each IoU term < 1 / (2n))
+    cost = -(good.astype(np.float64) + good * iou / (2 * n))
+    rows, cols = linear_sum_assignment(cost)
+    keep = good[rows, cols]
+    return iou[rows, cols][keep]
+
+
+def match_objects(
+    truth: np.ndarray, pred: np.ndarray, *, threshold: float = 0.5, iou: np.ndarray | None = None
+) -> dict[str, Any]:
+    """One-to-one matching; returns TP/FP/FN counts and the mean matched IoU."""
+    iou = present_iou(truth, pred) if iou is None else iou
     n_true, n_pred = iou.shape
-    if n_true and n_pred:
-        rows, cols = linear_sum_assignment(-iou)
-        good = iou[rows, cols] > threshold
-        matched = iou[rows, cols][good]
-    else:
-        matched = np.zeros(0)
+    matched = matched_ious(iou, threshold)
     tp = int(matched.size)
     return {
         "n_true": n_true,
@@ -76,7 +96,11 @@ def evaluate_labels(truth: np.ndarray, pred: np.ndarray, config: EvalConfig | No
     t_fg, p_fg = truth > 0, pred > 0
     inter, union = np.logical_and(t_fg, p_fg).sum(), np.logical_or(t_fg, p_fg).sum()
     total = t_fg.sum() + p_fg.sum()
-    m = match_objects(truth, pred, threshold=cfg.iou_threshold)
+    iou = present_iou(truth, pred)
+    m = match_objects(truth, pred, threshold=cfg.iou_threshold, iou=iou)
+    n_obj = iou.shape[0] + iou.shape[1]
+    tps = {t: int(matched_ious(iou, t).size) for t in AP_THRESHOLDS}
+    aps = {t: tp_t / (n_obj - tp_t) if n_obj - tp_t else 1.0 for t, tp_t in tps.items()}
     tp, fp, fn = m["tp"], m["fp"], m["fn"]
     precision = tp / (tp + fp) if tp + fp else float("nan")
     recall = tp / (tp + fn) if tp + fn else float("nan")
@@ -89,6 +113,9 @@ def evaluate_labels(truth: np.ndarray, pred: np.ndarray, config: EvalConfig | No
         "recall": recall,
         "f1": f1,
         "ap50": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
+        "map_50_95": float(np.mean(list(aps.values()))),
+        "ap_at": {f"{t:.2f}": round(v, 6) for t, v in aps.items()},
+        "tp_at": {f"{t:.2f}": v for t, v in tps.items()},
         "adapted_rand_error": float(are),
         "count_true": m["n_true"],
         "count_pred": m["n_pred"],
@@ -121,6 +148,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "count_pred": sum(r["count_pred"] for r in rows),
         }
     )
+    pooled = []
+    for t in rows[0].get("tp_at", {}):
+        tp_t = sum(r["tp_at"][t] for r in rows)
+        n_obj = sum(r["count_true"] + r["count_pred"] for r in rows)
+        pooled.append(tp_t / (n_obj - tp_t) if n_obj - tp_t else float("nan"))
+    out["map_50_95"] = float(np.mean(pooled)) if pooled else float("nan")
     out["count_rel_error"] = (
         (out["count_pred"] - out["count_true"]) / out["count_true"] if out["count_true"] else float("nan")
     )
@@ -208,7 +241,7 @@ def human_summary(result: RunResult) -> str:
         return "no image could be evaluated"
     return (
         f"{s['images']} image(s): pixel IoU {_fmt(s['mean_pixel_iou'], 4)}, Dice {_fmt(s['mean_pixel_dice'], 4)}, "
-        f"AP@{s['iou_threshold']:g} {_fmt(s['ap50'], 4)}, precision {_fmt(s['precision'], 3)}, "
+        f"AP@{s['iou_threshold']:g} {_fmt(s['ap50'], 4)}, mAP@0.5:0.95 {_fmt(s['map_50_95'], 4)}, precision {_fmt(s['precision'], 3)}, "
         f"recall {_fmt(s['recall'], 3)}, F1 {_fmt(s['f1'], 3)}, adapted Rand error "
         f"{_fmt(s['mean_adapted_rand_error'], 4)}, cells found {s['count_pred']} of {s['count_true']}"
     )

@@ -22,7 +22,8 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 PERCENTILES = (1.0, 99.8)  # per-plane normalisation (low, high); stored in every weights file
 
 
-def _read_raw(path: Path) -> np.ndarray:
+def _read_raw(path: Path) -> tuple[np.ndarray, bool]:
+    """(pixels, whether the last axis holds channels: RGB samples or a TIFF channel axis)."""
     if not path.is_file():
         raise InputError("file not found", path=path)
     if path.stat().st_size == 0:
@@ -35,12 +36,14 @@ def _read_raw(path: Path) -> np.ndarray:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 data, axes = np.asarray(series.asarray()), series.axes
-            if "S" in axes and data.ndim == len(axes):  # samples (RGB) last, wherever stored
-                data = np.moveaxis(data, axes.index("S"), -1)
-            return data
+            for ax in "SC":  # samples (RGB) or channels last, wherever stored
+                if ax in axes and data.ndim == len(axes):
+                    return np.moveaxis(data, axes.index(ax), -1), True
+            return data, False
         import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path, plugin="pillow"))
+        data = np.asarray(iio.imread(path, plugin="pillow"))
+        return data, data.ndim == 3 and data.shape[-1] in (2, 3, 4)
     except Exception:  # decoders raise many types for corrupt files; --debug logs the decoder's words
         log.debug("%s: decoder error", path, exc_info=True)
         kind = suffix.lstrip(".").upper().replace("TIFF", "TIF").replace("JPEG", "JPG") or "image"
@@ -56,10 +59,16 @@ def _to_gray(a: np.ndarray) -> np.ndarray:
     return rgb2gray(a[..., :3].astype(np.float32)).astype(np.float32, copy=False)
 
 
-def read_image(path: str | Path, *, allow_stack: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read an image as grayscale float32 planes (P, H, W), not yet normalised."""
+def read_image(
+    path: str | Path, *, allow_stack: bool = True, channel: int | None = None, keep_color: bool = False
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an image as float32 planes (P, H, W), not yet normalised.
+
+    ``channel``: take that channel of a multi-channel image (an error when there is none).
+    ``keep_color``: RGB(A) stays (P, H, W, 3) for stain handling; otherwise it becomes luminance.
+    """
     path = Path(path)
-    raw = _read_raw(path)
+    raw, channels_last = _read_raw(path)
     meta: dict[str, Any] = {"path": str(path), "dtype": str(raw.dtype), "raw_shape": list(raw.shape)}
     if raw.size == 0:
         raise InputError("image has no pixels", path=path)
@@ -67,9 +76,40 @@ def read_image(path: str | Path, *, allow_stack: bool = True) -> tuple[np.ndarra
         raw = raw.astype(np.uint8)
     if not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating)):
         raise InputError(f"unsupported pixel type {raw.dtype}", path=path)
-    rgb = raw.ndim >= 3 and raw.shape[-1] in (3, 4) and raw.shape[-2] > 4
-    planes = _to_gray(raw) if rgb else raw.astype(np.float32)
+    channels_last = channels_last or (raw.ndim >= 3 and raw.shape[-1] in (3, 4) and raw.shape[-2] > 4)
+    n_channels = int(raw.shape[-1]) if channels_last else 1
+    rgb = channels_last and n_channels in (3, 4) and channel is None
+    if channel is not None:
+        if not 0 <= channel < n_channels:
+            have = f"{n_channels} channels (0..{n_channels - 1})" if n_channels > 1 else "one channel"
+            raise InputError(f"--channel {channel} is out of range: the image has {have}", path=path)
+        if channels_last:
+            raw = raw[..., channel]
+    elif channels_last and not rgb:  # gray + alpha, or two channels: the first one
+        if (
+            n_channels > 2
+            or not np.issubdtype(raw.dtype, np.integer)
+            or raw[..., 1].min() != raw[..., 1].max()
+        ):
+            log.warning("%s: %d channels, using channel 0 (choose one with --channel)", path, n_channels)
+        raw = raw[..., 0]
+    if rgb and keep_color:
+        planes = raw[..., :3].astype(np.float32)
+    else:
+        planes = _to_gray(raw) if rgb else raw.astype(np.float32)
     meta["color"] = "rgb" if rgb else "gray"
+    meta["channels"] = n_channels
+    if channel is not None:
+        meta["channel"] = channel
+    if rgb and keep_color:
+        planes = planes[None] if planes.ndim == 3 else planes
+        if planes.ndim != 4:
+            raise InputError(f"expected a 2D image or a stack of 2D planes, got shape {raw.shape}", path=path)
+        if not np.all(np.isfinite(planes)):
+            raise InputError("image contains NaN or infinite values", path=path)
+        meta["pages"] = int(planes.shape[0])
+        meta["height"], meta["width"] = int(planes.shape[1]), int(planes.shape[2])
+        return planes, meta
     if planes.ndim == 2:
         planes = planes[None]
     elif planes.ndim == 3:
@@ -92,18 +132,15 @@ def read_image(path: str | Path, *, allow_stack: bool = True) -> tuple[np.ndarra
 
 def normalise(plane: np.ndarray, *, low: float = PERCENTILES[0], high: float = PERCENTILES[1]) -> np.ndarray:
     """Percentile-normalise a plane to about [0, 1]; constant planes become all zero."""
-    plane = plane.astype(np.float32, copy=False)
-    sample = plane[:: max(plane.shape[0] // 1024, 1), :: max(plane.shape[1] // 1024, 1)]
-    lo, hi = np.percentile(sample, [low, high])
-    if hi - lo < 1e-6 * max(abs(hi), 1.0):
-        return np.zeros_like(plane)
-    return ((plane - lo) / (hi - lo)).astype(np.float32)
+    from medseg.cells.stain import percentile_normalise
+
+    return percentile_normalise(plane, low=low, high=high)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A 2D instance or binary mask as int32 (RGB masks are refused: ambiguous)."""
     path = Path(path)
-    raw = _read_raw(path)
+    raw, _ = _read_raw(path)
     if raw.ndim != 2:
         raise InputError(f"mask must be a 2D label image, got shape {raw.shape}", path=path)
     if not np.issubdtype(raw.dtype, np.integer) and raw.dtype != bool:

@@ -1,7 +1,10 @@
-"""Cell segmentation nets: the 2015 valid-convolution U-Net and a padded MONAI BasicUNet.
+"""Cell segmentation nets: the 2015 valid-convolution U-Net, a padded MONAI BasicUNet, and the
+seed papers' padded nets of :mod:`medseg.cells.archs` (unet_se, fcn8s, deeplabv3, pspnet, hed).
 
-Both expose what overlap-tile inference needs: the context ``margin`` per side, the pooling
-``align`` (total down-sampling) and valid tile sizes. :func:`load_model` rebuilds a net from a
+All expose what overlap-tile inference needs: the context ``margin`` per side, the pooling
+``align`` (total down-sampling) and valid tile sizes. A config is a :class:`CellModelConfig`
+(unet2015, basicunet) or an :class:`medseg.cells.archs.ArchConfig` (the others); both are stored
+as ``meta.config`` in the weights and rebuilt from its ``arch``. :func:`load_model` rebuilds a net from a
 weights file; it lives here (not in ``train``) so that inference never imports training code.
 """
 
@@ -14,10 +17,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from medseg.cells import archs
+from medseg.cells.archs import ArchConfig
+
 if TYPE_CHECKING:
     from medseg.engine.checkpoint import CheckpointMeta
 
-ARCHS = ("unet2015", "basicunet")
+UNET_ARCHS = ("unet2015", "basicunet")
+ARCHS = UNET_ARCHS + archs.ARCH_NAMES
+BATCH_NORM_IN_GLOBAL_POOLING = ("deeplabv3", "pspnet")  # train with batches of >= 2
 MODEL_NAME = "medseg-cells-unet"  # the ``model`` field of every cells weights file
 TASK = "cell-foreground-with-borders"
 DEMO_WEIGHTS = "cells/demo_unet2015.safetensors"  # relative to the shipped demo-weights folder
@@ -36,6 +44,7 @@ class CellModelConfig:
     batch_norm: bool = False  # the paper has none; optional for faster training
     # basicunet only: context margin for overlap-tile inference (its receptive field radius)
     context_margin: int = 0
+    se: bool = False  # squeeze-and-excitation after every double-conv block (Hu et al. 2017)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,8 +169,25 @@ def basicunet_receptive_margin() -> int:
     return 112
 
 
-def build_model(*, config: CellModelConfig) -> nn.Module:
+ModelConfig = CellModelConfig | ArchConfig
+
+
+def config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """The config class for ``data['arch']`` (weights' ``meta.config``)."""
+    if data.get("arch") in archs.ARCHS:
+        return ArchConfig.from_dict(data)
+    return CellModelConfig.from_dict(data)
+
+
+def build_model(*, config: ModelConfig) -> nn.Module:
     """Build the net named by ``config.arch`` (keyword-only, no I/O)."""
+    if isinstance(config, ArchConfig):
+        return archs.build_arch(config=config)
+    model = _build_unet(config=config)
+    return archs.insert_se(model) if config.se else model
+
+
+def _build_unet(*, config: CellModelConfig) -> nn.Module:
     if config.arch == "unet2015":
         return UNet2015(
             in_channels=config.in_channels,
@@ -190,19 +216,26 @@ def build_model(*, config: CellModelConfig) -> nn.Module:
     raise ValueError(f"unknown arch {config.arch!r}: use one of {', '.join(ARCHS)}")
 
 
-def model_margin(config: CellModelConfig) -> int:
+def model_margin(config: ModelConfig) -> int:
     """Context margin per side for overlap-tile inference."""
+    if isinstance(config, ArchConfig):
+        return archs.context_margin(config)
     if config.arch == "unet2015":
         return unet2015_margin(config.depth)
     return config.context_margin or basicunet_receptive_margin()
 
 
-def model_align(config: CellModelConfig) -> int:
+def model_align(config: ModelConfig) -> int:
+    """Tile origins are multiples of this (the total down-sampling)."""
+    if isinstance(config, ArchConfig):
+        return archs.size_rule(config)
     return 2**config.depth
 
 
-def valid_tile(config: CellModelConfig, at_least: int) -> int:
+def valid_tile(config: ModelConfig, at_least: int) -> int:
     """Input tile size >= ``at_least`` that the arch accepts and that leaves a non-empty core."""
+    if isinstance(config, ArchConfig):
+        return archs.valid_tile(config, at_least)
     margin = model_margin(config)
     align = model_align(config)
     at_least = max(at_least, 2 * margin + align)
@@ -211,9 +244,9 @@ def valid_tile(config: CellModelConfig, at_least: int) -> int:
     return -(-at_least // align) * align
 
 
-def model_output_size(config: CellModelConfig, tile: int) -> int:
+def model_output_size(config: ModelConfig, tile: int) -> int:
     """Output edge for an input tile of ``tile`` px (a size :func:`valid_tile` returned)."""
-    if config.arch == "unet2015":
+    if isinstance(config, CellModelConfig) and config.arch == "unet2015":
         size = unet2015_output_size(tile, config.depth)
         if size is None:
             raise ValueError(f"{tile} px is not a valid unet2015 input size")
@@ -221,14 +254,14 @@ def model_output_size(config: CellModelConfig, tile: int) -> int:
     return tile
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, CellModelConfig, CheckpointMeta]:
+def load_model(path: str | Path) -> tuple[nn.Module, ModelConfig, CheckpointMeta]:
     """Rebuild a cell model (CPU, eval mode) from a medseg weights file; ModelError if it does not fit."""
     from medseg.engine.checkpoint import load_weights
     from medseg.errors import ModelError
 
     state, meta = load_weights(path, expect_model=MODEL_NAME)
-    config = CellModelConfig.from_dict(meta.config)
     try:
+        config = config_from_dict(meta.config)
         model = build_model(config=config)
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except (RuntimeError, ValueError, TypeError) as exc:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medseg.cells.model import CellModelConfig, model_align, model_margin, valid_tile
+from medseg.cells.archs import ArchConfig
+from medseg.cells.model import ModelConfig, model_align, model_margin, valid_tile
 from medseg.engine.tiling import overlap_tile_predict
 
 if TYPE_CHECKING:
@@ -36,9 +37,16 @@ def make_predictor(
 
 
 def predict_image(
-    predictor: Predictor, config: CellModelConfig, image: np.ndarray, *, tile: int = 512, batch_size: int = 4
+    predictor: Predictor, config: ModelConfig, image: np.ndarray, *, tile: int = 512, batch_size: int = 4
 ) -> np.ndarray:
-    """Class probabilities (K, H, W) for a normalised (H, W) or (C, H, W) image, by overlap-tile."""
+    """Class probabilities (K, H, W) for a normalised (H, W) or (C, H, W) image, by overlap-tile.
+
+    For the seed papers' padded nets (large context margins: 264 px for pspnet) the tile is grown so
+    that its output core is ``tile`` px (or the whole image when smaller), not a sliver between margins.
+    """
+    if isinstance(config, ArchConfig):
+        core = min(tile, max(image.shape[-2:]))
+        tile = max(tile, 2 * model_margin(config) + core)
     return overlap_tile_predict(
         predictor,
         image,

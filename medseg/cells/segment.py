@@ -36,6 +36,7 @@ from medseg.cells.io import (
     write_png,
 )
 from medseg.cells.model import DEMO_WEIGHTS
+from medseg.cells.stain import StainDecision, detect_stain, normalise_for_stain, nuclear_plane
 from medseg.errors import InputError, ModelError, OutputExistsError
 from medseg.io.atomic import check_writable, safe_name, write_text
 from medseg.results import FAILED, OK, SKIPPED, ItemResult, RunResult
@@ -66,6 +67,10 @@ class SegmentConfig:
     tile: int = 512  # input tile edge (rounded up to a size the net accepts)
     batch_size: int = 4  # tiles per forward pass
     save_probability: bool = False
+    channel: int | None = None  # channel of a multi-channel image (None: RGB stays colour, else the first)
+    stain: str = "auto"  # auto | fluo | phase | he | ihc
+    diameter: float | str | None = None  # typical cell diameter: px (or um with pixel_size), "auto", None
+    pixel_size: float | None = None  # um per pixel: then ``diameter`` is in um
     instances: InstanceConfig = field(default_factory=InstanceConfig)
     report: bool = True
     overwrite: bool = False
@@ -77,6 +82,10 @@ class SegmentConfig:
         return {
             "tile": self.tile,
             "save_probability": self.save_probability,
+            "channel": self.channel,
+            "stain": self.stain,
+            "diameter": self.diameter,
+            "pixel_size": self.pixel_size,
             "instances": asdict(self.instances),
         }
 
@@ -111,6 +120,40 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+DEFAULT_TRAIN_DIAMETER = 23.0  # px: median cell diameter of the synthetic training images
+AUTO_MIN_CELLS = 3  # a first pass needs this many cells to estimate the diameter
+AUTO_TOLERANCE = 0.1  # rescale only when the estimate is more than 10 % off the training scale
+AUTO_SCALES = (1.0, 0.5)  # first passes for --diameter auto
+
+
+@dataclass
+class PlaneResult:
+    prob: np.ndarray  # (H, W) cell probability at the input size
+    labels: np.ndarray  # (H, W) instances at the input size
+    nuclear: np.ndarray  # (H, W) the plane the net read, raw units (for the table and overlay)
+    stain: StainDecision
+    diameter: float | None  # the diameter used (px of the input), None: the model's own scale
+    scale: float  # input -> model scale factor
+
+
+def train_diameter(meta: Any) -> float:
+    """Median cell diameter (px) of the weights' training data (stored in ``notes``) or the default."""
+    try:
+        value = float(json.loads(meta.notes or "{}").get("diameter") or DEFAULT_TRAIN_DIAMETER)
+    except (ValueError, TypeError, AttributeError):
+        value = DEFAULT_TRAIN_DIAMETER
+    return value if value > 0 else DEFAULT_TRAIN_DIAMETER
+
+
+def median_diameter(labels: np.ndarray) -> float | None:
+    """Median equivalent-circle diameter of the instances (None below AUTO_MIN_CELLS cells)."""
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    if areas.size < AUTO_MIN_CELLS:
+        return None
+    return float(2 * np.sqrt(np.median(areas) / np.pi))
+
+
 class CellSegmenter:
     """Holds the model behind the engine Predictor; ``segment_plane`` turns a 2D plane into instances."""
 
@@ -129,21 +172,82 @@ class CellSegmenter:
             )
         self.predictor = make_predictor(model, device=self.config.device, amp=self.config.amp)
 
-    def predict(self, plane: np.ndarray) -> np.ndarray:
-        """Cell probability (H, W) for a raw 2D plane (normalised here)."""
+        self.train_diameter = train_diameter(self.meta)
+
+    def predict(self, plane: np.ndarray, *, stain: str = "fluo", scale: float = 1.0) -> np.ndarray:
+        """Cell probability (H, W) for a raw 2D nuclear plane: rescaled by ``scale`` to the model's
+        object size, normalised for ``stain``, predicted, and mapped back to the plane's size."""
+        from skimage.transform import rescale, resize
+
         from medseg.cells.predict import predict_image
 
-        return predict_image(
+        x = plane
+        if scale != 1.0:
+            x = rescale(plane, scale, order=1, anti_aliasing=scale < 1, preserve_range=True)
+            x = x.astype(np.float32, copy=False)
+        prob = predict_image(
             self.predictor,
             self.model_config,
-            normalise(plane),
+            normalise_for_stain(x, stain),
             tile=self.config.tile,
             batch_size=self.config.batch_size,
         )[1]
+        if prob.shape != plane.shape:
+            prob = resize(prob, plane.shape, order=1, preserve_range=True).astype(np.float32)
+        return prob
+
+    def _given_diameter(self) -> float | None:
+        d = self.config.diameter
+        if d is None or d == "auto":
+            return None
+        d = float(d)
+        if d <= 0:
+            raise InputError(f"--diameter must be positive, got {d:g}")
+        return d / self.config.pixel_size if self.config.pixel_size else d
+
+    def analyse(self, plane: np.ndarray, *, path: Any = None) -> PlaneResult:
+        """One plane (gray (H, W) or RGB (H, W, 3)): stain, nuclear plane, size, probability, instances."""
+        stain = self.config.stain
+        decision = detect_stain(plane, path=path) if stain == "auto" else StainDecision(stain, "given")
+        nuclear = nuclear_plane(plane, decision.stain)
+        diameter = self._given_diameter()
+        scale = self.train_diameter / diameter if diameter else 1.0
+        prob = self.predict(nuclear, stain=decision.stain, scale=scale)
+        labels = instances_from_probability(prob, self.config.instances)
+        if self.config.diameter == "auto":
+            estimate = self._estimate_diameter(nuclear, decision.stain, labels)
+            if estimate is not None:
+                diameter = estimate
+                if abs(self.train_diameter / estimate - 1) > AUTO_TOLERANCE:
+                    scale = self.train_diameter / estimate
+                    prob = self.predict(nuclear, stain=decision.stain, scale=scale)
+                    labels = instances_from_probability(prob, self.config.instances)
+        return PlaneResult(prob, labels, nuclear, decision, diameter, scale)
+
+    def _estimate_diameter(self, nuclear: np.ndarray, stain: str, labels: np.ndarray) -> float | None:
+        """First passes at scale 1 (``labels``) and 1/2: the median cell diameter each finds, in input
+        px; the pass whose cells, at its scale, are closest to the training size is believed. (Cells
+        twice the training size fragment at scale 1 into pieces of about the training size; at 1/2
+        they are whole.)"""
+        candidates = []
+        for scale in AUTO_SCALES:
+            found = labels if scale == 1.0 else self._labels_at(nuclear, stain, scale)
+            d = median_diameter(found)
+            if d is not None:
+                d /= scale
+                candidates.append((abs(np.log(d * scale / self.train_diameter)), d))
+        return min(candidates)[1] if candidates else None
+
+    def _labels_at(self, nuclear: np.ndarray, stain: str, scale: float) -> np.ndarray:
+        """Instances at ``scale`` (in the rescaled frame, for measuring sizes)."""
+        from skimage.transform import rescale
+
+        x = rescale(nuclear, scale, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+        return instances_from_probability(self.predict(x, stain=stain), self.config.instances)
 
     def segment_plane(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        prob = self.predict(plane)
-        return prob, instances_from_probability(prob, self.config.instances)
+        r = self.analyse(plane)
+        return r.prob, r.labels
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -200,18 +304,24 @@ def segment_one(
     the outputs already written for this image are removed before the error propagates.
     """
     t0 = time.perf_counter()
-    planes, meta = read_image(path)
+    planes, meta = read_image(path, channel=segmenter.config.channel, keep_color=True)
     outputs = _outputs(out_dir, stem, planes.shape[0], segmenter.config)
     written: list[Path] = []
+    stains: list[dict[str, str]] = []
+    diameters: list[float | None] = []
     try:
         labels_stack, prob_stack, rows, thumb = [], [], [], None
         for k, plane in enumerate(planes):
-            prob, labels = segmenter.segment_plane(plane)
+            r = segmenter.analyse(plane, path=path)
+            prob, labels = r.prob, r.labels
+            if not stains or stains[-1] != r.stain.to_dict():
+                stains.append(r.stain.to_dict())
+            diameters.append(None if r.diameter is None else round(r.diameter, 2))
             labels_stack.append(labels)
             if segmenter.config.save_probability:
                 prob_stack.append(prob)
-            rows += cell_table(labels, plane, page=k)
-            rgb = overlay_outlines(normalise(plane), labels)
+            rows += cell_table(labels, r.nuclear, page=k)
+            rgb = overlay_outlines(normalise(r.nuclear), labels)
             written.append(
                 write_png(outputs["overlay" if planes.shape[0] == 1 else f"overlay_p{k:03d}"], rgb)
             )
@@ -243,6 +353,10 @@ def segment_one(
             "width": meta["width"],
             "dtype": meta["dtype"],
             "color": meta["color"],
+            "channel": meta.get("channel"),
+            "stain": stains[0]["stain"] if len(stains) == 1 else [x["stain"] for x in stains],
+            "stain_reason": stains[0]["how"] if len(stains) == 1 else [x["how"] for x in stains],
+            "diameter_px": diameters[0] if len(diameters) == 1 else diameters,
             "cells": int(sum(per_page)),
             "cells_per_page": per_page,
             "median_area": float(np.median(areas)) if areas else None,
@@ -354,7 +468,14 @@ def segment_images(
             _remove(stale)  # no earlier outputs that would contradict this failure
             continue
         _remove(stale - {Path(p) for p in item.outputs.values()})
-        log.info("%s: %d cells (%.2f s)", path.name, item.metrics["cells"], item.metrics["seconds"])
+        log.info(
+            "%s: %d cells, stain %s (%s) (%.2f s)",
+            path.name,
+            item.metrics["cells"],
+            item.metrics["stain"],
+            item.metrics["stain_reason"],
+            item.metrics["seconds"],
+        )
         result.add(item)
         areas += item_areas
         if len(thumbs) < MAX_FIGURES:

@@ -24,13 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medseg.cells import archs
 from medseg.cells.augment import AugmentConfig, augment
 from medseg.cells.instances import InstanceConfig, instances_from_probability
 from medseg.cells.io import PERCENTILES
 from medseg.cells.model import (
+    BATCH_NORM_IN_GLOBAL_POOLING,
     MODEL_NAME,
     TASK,
     CellModelConfig,
+    ModelConfig,
     build_model,
     model_margin,
     model_output_size,
@@ -47,10 +50,10 @@ log = logging.getLogger("medseg.cells")
 METRIC = "val_pixel_iou"
 VAL_TILE = 512  # validation is inference: whole-image-sized tiles, not the (small) training patches
 NORMALISATION = {
-    "method": "percentile",
+    "method": "percentile, then local contrast for fluo/he/ihc (medseg.cells.stain.normalise_for_stain)",
     "low": PERCENTILES[0],
     "high": PERCENTILES[1],
-    "channels": "luminance",
+    "channels": "luminance, --channel, or hematoxylin (colour deconvolution) for he/ihc",
 }
 
 
@@ -58,7 +61,7 @@ NORMALISATION = {
 class CellsTrainConfig:
     """Everything ``cells-train`` decides; the loop's own settings are in :meth:`loop`."""
 
-    model: CellModelConfig = field(default_factory=CellModelConfig)
+    model: ModelConfig = field(default_factory=CellModelConfig)  # or an archs.ArchConfig
     weight_map: WeightMapConfig = field(default_factory=WeightMapConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     instances: InstanceConfig = field(default_factory=InstanceConfig)
@@ -74,6 +77,9 @@ class CellsTrainConfig:
     amp: str = "auto"
     synthetic: int | None = None  # train on N synthetic images instead of image/mask folders
     training_data: str = ""  # free text stored in the weights' metadata
+    stain: str = "auto"  # how training images are read (as cells-segment --stain)
+    channel: int | None = None  # as cells-segment --channel
+    diameter: float | None = None  # median cell diameter (px) of the training masks; set by train_pairs
 
     def loop(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, seed=self.seed, max_minutes=self.max_minutes, amp=self.amp)
@@ -147,7 +153,14 @@ def make_meta(config: CellsTrainConfig, metrics: dict[str, Any]) -> CheckpointMe
         config=config.model.to_dict(),
         training_data=config.training_data or "user-supplied image/mask pairs",
         normalisation=NORMALISATION,
-        notes=json.dumps({"instances": asdict(config.instances), "tile": config.tile, "seed": config.seed}),
+        notes=json.dumps(
+            {
+                "instances": asdict(config.instances),
+                "tile": config.tile,
+                "seed": config.seed,
+                "diameter": config.diameter,
+            }
+        ),
         metrics=metrics,
     )
 
@@ -181,9 +194,18 @@ class CellsTrainTask:
         self.config, self.train, self.val = config, train, val
         self.has_validation = bool(val)
         self.data = data or {}
-        self.tile = valid_tile(config.model, config.tile)
-        self.margin = model_margin(config.model)
-        self.out_size = model_output_size(config.model, self.tile)
+        model = config.model
+        if isinstance(model, archs.ArchConfig):
+            # padded nets: whole patches, a multiple of the size rule, no context margin
+            if model.arch in BATCH_NORM_IN_GLOBAL_POOLING and config.batch_size < 2:
+                raise InputError(f"{model.arch} trains with batches of at least 2 (--batch-size)")
+            rule = archs.size_rule(model)
+            self.tile = max(-(-config.tile // rule) * rule, rule)
+            self.margin, self.out_size = 0, self.tile
+        else:
+            self.tile = valid_tile(model, config.tile)
+            self.margin = model_margin(model)
+            self.out_size = model_output_size(model, self.tile)
 
     def build_model(self) -> torch.nn.Module:
         return build_model(config=self.config.model)
@@ -210,6 +232,8 @@ class CellsTrainTask:
         self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device
     ) -> torch.Tensor:
         x, target, weight = (b.to(device) for b in batch)
+        if isinstance(self.config.model, archs.ArchConfig):
+            return archs.arch_loss(model(x), target, config=self.config.model, weight=weight)
         return weighted_cross_entropy(model(x), target, weight)
 
     def validate(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
@@ -271,15 +295,20 @@ def train_pairs(
     if not pairs:
         raise InputError("no usable image/mask pairs to train on")
     samples = [prepare_sample(i, m, config.weight_map) for i, m in pairs]
+    if config.diameter is None:
+        from medseg.cells.segment import median_diameter
+
+        sizes = [d for d in (median_diameter(s.labels) for s in samples) if d is not None]
+        config.diameter = round(float(np.median(sizes)), 2) if sizes else None
     if val_pairs is None:
         train, val = split_validation(samples, config.val_fraction, np.random.default_rng([config.seed, 7]))
     else:
         train, val = samples, [prepare_sample(i, m, config.weight_map) for i, m in val_pairs]
     task = CellsTrainTask(config, train, val, data)
     log.info(
-        "training %s (base %d) on %d image(s), %d held out for validation; tile %d -> %d",
+        "training %s (width %d) on %d image(s), %d held out for validation; tile %d -> %d",
         config.model.arch,
-        config.model.base_channels,
+        getattr(config.model, "base_channels", getattr(config.model, "width", 0)),
         len(train),
         len(val),
         task.tile,
@@ -317,23 +346,35 @@ def train_cells(
     skipped: list[dict[str, str]] = []
     val_pairs = None
     if config.synthetic is not None:
-        from medseg.synthetic.cells import synthetic_batch
+        from medseg.cells.stain import prepare_plane
+        from medseg.synthetic.cells import MODALITIES, synthetic_batch
 
-        pairs = synthetic_batch(config.seed + 1, config.synthetic)
+        known = {"fluorescence": "fluo", "phase": "phase"}  # the generator knows its modality
+
+        def prepared(seed: int, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+            stains = [known[MODALITIES[i % len(MODALITIES)]] for i in range(n)]
+            return [
+                (prepare_plane(im, config.stain if config.stain != "auto" else st)[0], m)
+                for (im, m), st in zip(synthetic_batch(seed, n), stains)
+            ]
+
+        pairs = prepared(config.seed + 1, config.synthetic)
         n_val = max(int(round(config.synthetic * config.val_fraction)), 1) if config.val_fraction > 0 else 0
-        val_pairs = synthetic_batch(config.seed + 2, n_val)
+        val_pairs = prepared(config.seed + 2, n_val)
         config.training_data = (
             f"SYNTHETIC ONLY: medseg.synthetic.cells seed {config.seed + 1}, {config.synthetic} "
             "images; not for clinical use"
         )
     else:
-        pairs, skipped = load_pairs(images_dir, masks_dir)
+        pairs, skipped = load_pairs(images_dir, masks_dir, stain=config.stain, channel=config.channel)
         config.training_data = (
             config.training_data or f"images {images_dir}, masks {masks_dir} ({len(pairs)} pairs)"
         )
-    if not pairs:
+    if not pairs:  # one line naming the pairs (no warnings before it)
         reasons = "; ".join(f"{Path(s['image']).name}: {s['reason']}" for s in skipped[:3])
         raise InputError(f"no usable image/mask pairs{': ' + reasons if reasons else ''}")
+    for s in skipped:
+        log.warning("skipping pair %s: %s", s["image"], s["reason"])
     return train_pairs(
         pairs,
         out_dir,

@@ -1,0 +1,215 @@
+"""From what a microscope writes to what the cell nets read: channel, stain, nuclear plane, normalisation.
+
+The nets take one plane with bright objects on a dark background (fluorescence-like) or the
+phase-contrast look they were trained on. This module turns any input into that plane:
+
+* ``--channel N`` picks one channel of a multi-channel image (RGB(A) samples or a TIFF channel axis).
+* ``--stain``: ``fluo`` (bright nuclei on dark background), ``phase`` (grey background, dark
+  cells with halo), ``he`` / ``ihc`` (RGB brightfield: colour deconvolution, Ruifrok & Johnston
+  2001 via ``skimage.color.rgb2hed``, to the hematoxylin optical density, where nuclei are
+  bright), or ``auto`` (decided from the image by :func:`detect_stain`, reported per image).
+* :func:`normalise_for_stain`: per-image percentile normalisation (1-99.8 %, as StarDist and
+  Cellpose), then, for fluorescence-like planes, a local contrast normalisation so that dim
+  nuclei next to saturated ones reach the same range (real images spread brightness over two
+  decades; a global stretch leaves the dim ones near zero).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from medseg.errors import InputError
+
+log = logging.getLogger("medseg.cells")
+
+STAINS = ("auto", "fluo", "phase", "he", "ihc")
+BRIGHTFIELD = ("he", "ihc")
+LOCAL_WINDOW = 48  # px at the model's training scale (about 2 training diameters)
+BACKGROUND_WINDOW = 128  # px: local background (minimum) window
+LOCAL_SNR = 20.0  # local contrast range never below 20 x the noise level (noise is not stretched)
+LOCAL_MIN_FLOOR = 1e-3  # ... nor below 0.1 % of the percentile range
+
+
+@dataclass
+class StainDecision:
+    stain: str  # fluo | phase | he | ihc
+    how: str  # "given" or the reason auto chose it
+
+    def to_dict(self) -> dict[str, str]:
+        return {"stain": self.stain, "how": self.how}
+
+
+def _rel_background(gray: np.ndarray) -> float:
+    """Where the background (the histogram's mode) sits between the 1st and 99.8th percentile:
+    near 0 for a dark background, mid-range for phase contrast, near 1 for bright glass. The mode,
+    not the median: in a crowded image most pixels may be cells."""
+    from scipy.ndimage import uniform_filter1d
+
+    x = _sample(gray).astype(np.float64)
+    lo, hi = np.percentile(x, [1.0, 99.8])
+    if hi - lo <= 0:
+        return 0.0
+    hist, _ = np.histogram(np.clip((x - lo) / (hi - lo), 0, 1), bins=50, range=(0, 1))
+    return float((np.argmax(uniform_filter1d(hist.astype(np.float64), 3)) + 0.5) / 50)
+
+
+def _sample(a: np.ndarray) -> np.ndarray:
+    step = max(min(a.shape[0], a.shape[1]) // 1024, 1)
+    return a[::step, ::step]
+
+
+def _is_gray_rgb(rgb: np.ndarray) -> bool:
+    """RGB that carries one image: channels (nearly) equal, or a tinted grey image (every pair of
+    channels correlated above 0.98). A fluorescence composite's channels show different objects."""
+    s = _sample(rgb[..., :3]).astype(np.float32)
+    spread = float(np.percentile(s.max(-1) - s.min(-1), 99))
+    full = float(s.max() - s.min())
+    if full == 0 or spread <= 0.02 * full:
+        return True
+    flat = s.reshape(-1, 3).T
+    if np.any(flat.std(axis=1) == 0):
+        return False
+    return bool(np.corrcoef(flat).min() > 0.98)
+
+
+def _white_level(rgb: np.ndarray) -> float:
+    if np.issubdtype(rgb.dtype, np.integer):
+        return float(np.iinfo(rgb.dtype).max)
+    return 1.0 if float(rgb.max(initial=0)) <= 1.0 else float(rgb.max())
+
+
+def hematoxylin(rgb: np.ndarray) -> np.ndarray:
+    """Hematoxylin optical density (H, W) of a brightfield RGB image: nuclei bright, glass dark."""
+    from skimage.color import rgb2hed
+
+    scaled = np.clip(rgb[..., :3].astype(np.float32) / _white_level(rgb), 0, 1)
+    return np.clip(rgb2hed(scaled)[..., 0], 0, None).astype(np.float32)
+
+
+def _brown_share(rgb01: np.ndarray) -> float:
+    """Share of the tissue (saturated, not white) pixels whose hue is brown (DAB: 10-60 degrees);
+    hematoxylin is blue-purple, eosin pink (300-10 degrees)."""
+    from skimage.color import rgb2hsv
+
+    hsv = rgb2hsv(rgb01)
+    tissue = (hsv[..., 1] > 0.15) & (hsv[..., 2] < 0.95)
+    if not tissue.any():
+        return 0.0
+    hue = hsv[..., 0][tissue] * 360
+    return float(np.mean((hue >= 10) & (hue <= 60)))
+
+
+def detect_stain(plane: np.ndarray, *, path: object = None) -> StainDecision:
+    """Decide fluo / phase / he / ihc from one plane (gray (H, W) or RGB (H, W, 3|4)).
+
+    Gray: dark background (histogram mode in the lowest 20 % of the range) -> fluo; mid-grey background
+    -> phase. A bright background without colour (grey brightfield) is not a supported look.
+    RGB: equal or fully correlated (tinted grey) channels -> as gray; bright background -> brightfield, ``ihc`` when more than 15 %
+    of the tissue pixels are brown (DAB), else ``he``; a dark colour image is a multi-channel
+    fluorescence composite: which channel holds the nuclei is not knowable -> error naming
+    ``--stain`` and ``--channel``.
+    """
+    if plane.ndim == 3 and not _is_gray_rgb(plane):
+        from skimage.color import rgb2gray
+
+        scaled = np.clip(_sample(plane[..., :3]).astype(np.float32) / _white_level(plane), 0, 1)
+        gray = rgb2gray(scaled)
+        if float(np.median(gray)) > 0.45:
+            brown = _brown_share(scaled)
+            if brown > 0.15:
+                return StainDecision("ihc", f"brightfield RGB, {brown:.0%} of the tissue brown (DAB)")
+            return StainDecision("he", f"brightfield RGB, {brown:.0%} of the tissue brown (no DAB)")
+        raise InputError(
+            "cannot determine the stain: a dark colour image (multi-channel fluorescence?); "
+            "pass --stain fluo with --channel N for the nuclear channel, or --stain he|ihc|phase",
+            path=path,
+        )
+    gray = plane[..., 0] if plane.ndim == 3 else plane
+    rel = _rel_background(gray)
+    if rel < 0.2:
+        return StainDecision("fluo", f"dark background (at {rel:.0%} of the range)")
+    if rel < 0.75:
+        return StainDecision("phase", f"grey background (at {rel:.0%} of the range)")
+    raise InputError(
+        f"cannot determine the stain: grey image with a bright background (at {rel:.0%} of "
+        "the range); pass --stain fluo|phase|he|ihc",
+        path=path,
+    )
+
+
+def nuclear_plane(plane: np.ndarray, stain: str) -> np.ndarray:
+    """The (H, W) float32 plane the net reads, in raw units (before normalisation)."""
+    if plane.ndim == 3:
+        if stain in BRIGHTFIELD:
+            return hematoxylin(plane)
+        from skimage.color import rgb2gray
+
+        return rgb2gray(plane[..., :3].astype(np.float32)).astype(np.float32, copy=False)
+    if stain in BRIGHTFIELD:  # a grey brightfield plane: dark nuclei on bright glass
+        return (float(plane.max(initial=0)) - plane).astype(np.float32)
+    return plane.astype(np.float32, copy=False)
+
+
+def percentile_normalise(plane: np.ndarray, *, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """Percentile-normalise to about [0, 1]; constant planes (all-zero images) become all zero."""
+    plane = plane.astype(np.float32, copy=False)
+    lo, hi = np.percentile(_sample(plane), [low, high])
+    if hi - lo < 1e-6 * max(abs(hi), 1.0):
+        return np.zeros_like(plane)
+    return ((plane - lo) / (hi - lo)).astype(np.float32)
+
+
+def noise_sigma(x: np.ndarray) -> float:
+    """Robust noise level: MAD of the high-pass (x - gaussian(x, 1)) over the darker half (background)."""
+    from scipy import ndimage as ndi
+
+    x = _sample(x).astype(np.float32)
+    high = x - ndi.gaussian_filter(x, 1)
+    smooth = ndi.gaussian_filter(x, 2)
+    sel = high[smooth <= np.percentile(smooth, 50)]
+    if sel.size == 0:
+        return 0.0
+    mad = 1.4826 * float(np.median(np.abs(sel - np.median(sel))))
+    return mad if mad > 0 else float(sel.std())  # quantised (8-bit) data: MAD can be 0
+
+
+def local_normalise(plane: np.ndarray, *, window: int = LOCAL_WINDOW, snr: float = LOCAL_SNR) -> np.ndarray:
+    """Bright objects on dark: (x - local background) / (local peak - local background), in [0, 1.2].
+
+    After the percentile normalisation: the local background is the minimum of the lightly smoothed
+    plane over ``BACKGROUND_WINDOW``; the local peak a grey closing (max then min) over ``window``,
+    smoothed with sigma window / 8. The closing, unlike a blurred maximum, does not spread a saturated
+    nucleus's peak onto dim neighbours beyond its own window. The denominator never drops below
+    ``snr`` x the noise level, so empty regions and noise are not stretched to full contrast, while a
+    dim nucleus 1 % as bright as a saturated one (at 30 x the noise) still reaches the full range.
+    """
+    from scipy import ndimage as ndi
+
+    x = percentile_normalise(plane)
+    if not x.any():
+        return x
+    background = ndi.minimum_filter(ndi.gaussian_filter(x, 2), size=BACKGROUND_WINDOW)
+    peak = ndi.gaussian_filter(ndi.grey_closing(x, size=(window, window)), window / 8)
+    floor = max(snr * noise_sigma(x), LOCAL_MIN_FLOOR)
+    out = (x - background) / np.maximum(peak - background, floor)
+    return np.clip(out, 0.0, 1.2).astype(np.float32)
+
+
+def normalise_for_stain(plane: np.ndarray, stain: str) -> np.ndarray:
+    """What the net reads: local contrast for fluorescence-like planes (fluo, he, ihc), percentile
+    normalisation for phase contrast (its grey background and halo are the signal)."""
+    if stain == "phase":
+        return percentile_normalise(plane)
+    return local_normalise(plane)
+
+
+def prepare_plane(
+    plane: np.ndarray, stain: str = "auto", *, path: object = None
+) -> tuple[np.ndarray, StainDecision]:
+    """Raw plane (gray or RGB) -> (normalised nuclear plane, stain decision): what training and
+    inference both feed the net, so that user-trained weights see at inference what they saw."""
+    decision = detect_stain(plane, path=path) if stain == "auto" else StainDecision(stain, "given")
+    return normalise_for_stain(nuclear_plane(plane, decision.stain), decision.stain), decision
