@@ -29,6 +29,7 @@ class KernelNetConfig:
     depth: int = 6
     hu_mean: float = -500.0
     hu_scale: float = 1000.0
+    manufacturer: str | None = None  # scanner vendor of the training series (kernel names are per vendor)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medseg.errors import InputError
+from medseg.errors import InputError, MedsegError
 
 if TYPE_CHECKING:
     import torch
@@ -416,7 +416,13 @@ def train(
     log.info("split %s", split_info["description"])
     if net_config is None:
         net_config = KernelNetConfig(
-            source, target, cfg.channels, cfg.depth, hu_mean=float(train_xy[0].mean()), hu_scale=1000.0
+            source,
+            target,
+            cfg.channels,
+            cfg.depth,
+            hu_mean=float(train_xy[0].mean()),
+            hu_scale=1000.0,
+            manufacturer=_training_vendor(found),
         )
     exams = list(dict.fromkeys(p.name for p in data))
     task = CTTrainTask(
@@ -483,3 +489,22 @@ def train_text(result: TrainResult) -> str:
         f"-> {result.best_weights}\n"
         f"test: {held_out}"
     )
+
+
+def _training_vendor(found: list) -> str | None:
+    """The scanner vendor of the training series (from the DICOM Manufacturer tag), recorded in the
+    weights so ``ct-models`` lists them under it; None for volume files or mixed vendors."""
+    from medseg.ct.kernels import vendor_name
+    from medseg.io.dicom import open_series
+    from medseg.io.volume import is_volume_file
+
+    vendors = set()
+    for pair in found:
+        ref = pair.source
+        if is_volume_file(ref.path):
+            return None
+        try:
+            vendors.add(vendor_name(open_series(ref.path, series_uid=ref.series_uid).manufacturer))
+        except MedsegError:
+            return None
+    return vendors.pop() if len(vendors) == 1 else None

@@ -189,3 +189,22 @@ def test_ct_train_cli_and_the_run_folder_as_models_folder(pairs, small_exam_dir,
         assert (
             doc["summary"]["weights"] == str(out / "best.safetensors") and not doc["summary"]["demo_weights"]
         )
+
+
+def test_trained_weights_record_the_scanner_vendor(tmp_path):
+    """Kernel names are per vendor: weights trained on Philips series are listed under Philips."""
+    import pydicom
+
+    from medseg.ct.models import list_models
+
+    root = tmp_path / "study"
+    write_cohort(root, [7101], kernels=("B30f", "B50f"), config=PhantomConfig(size=48, n_slices=3))
+    for path in root.rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.Manufacturer = "Philips Medical Systems"
+        ds.save_as(path)
+    out = tmp_path / "run"
+    train([root], out, tiny(epochs=1, steps_per_epoch=1), device="cpu")
+    assert read_meta(out / "best.safetensors").config["manufacturer"] == "Philips"
+    [entry] = list_models([out], demo=False)
+    assert entry.vendor == "Philips"
