@@ -46,6 +46,17 @@ def _score_human(run) -> str:
     return "\n".join(lines)
 
 
+def _reader_option(func):
+    """--reader for every command that opens slides (names as in medseg.pathology.readers.READERS)."""
+    return click.option(
+        "--reader",
+        type=click.Choice(["auto", "openslide", "tifffile", "dicom"]),
+        default="auto",
+        show_default=True,
+        help="Slide reader backend (auto: OpenSlide, then tifffile, then the DICOM readers).",
+    )(func)
+
+
 @click.command(
     "slide-score",
     epilog=f"""\b
@@ -90,13 +101,7 @@ Examples:
     show_default=True,
     help="Feasible-ROI filter: default (heuristic), none, or module:function.",
 )
-@click.option(
-    "--reader",
-    type=click.Choice(["auto", "openslide", "tifffile", "dicom"]),
-    default="auto",
-    show_default=True,
-    help="Slide reader backend (auto: OpenSlide, then tifffile, then the DICOM readers).",
-)
+@_reader_option
 @click.option(
     "--min-ptcs",
     type=click.IntRange(1),
@@ -220,13 +225,7 @@ Examples:
     default=None,
     help=f"Your annotation class names, e.g. 'Positive={POSITIVE},Negative={NEGATIVE}' (any case).",
 )
-@click.option(
-    "--reader",
-    type=click.Choice(["auto", "openslide", "tifffile", "dicom"]),
-    default="auto",
-    show_default=True,
-    help="Slide reader backend.",
-)
+@_reader_option
 @click.option(
     "--point-size",
     type=click.FloatRange(0, min_open=True),

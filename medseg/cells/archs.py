@@ -48,6 +48,7 @@ computes; nothing here reads or writes files or touches the network.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -158,69 +159,23 @@ class ArchConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _build_unet_se(*, config: ArchConfig) -> nn.Module:
-    return UNetSE(
-        in_channels=config.in_channels,
-        num_classes=config.num_classes,
-        width=config.width,
-        depth=config.depth,
-        batch_norm=config.batch_norm,
-        dropout=config.dropout,
-        se=config.se,
-        se_reduction=config.se_reduction,
-    )
+def _from_config(net: type[nn.Module]) -> Callable[..., nn.Module]:
+    """A keyword-only builder for ``net``: the constructors' keyword names are the config's field
+    names, so each net takes exactly the fields it uses (e.g. deeplabv3 ignores ``width``)."""
+    names = [n for n in inspect.signature(net).parameters if n in {f.name for f in fields(ArchConfig)}]
 
+    def build(*, config: ArchConfig) -> nn.Module:
+        return net(**{n: getattr(config, n) for n in names})
 
-def _build_fcn8s(*, config: ArchConfig) -> nn.Module:
-    return FCN8s(
-        in_channels=config.in_channels,
-        num_classes=config.num_classes,
-        width=config.width,
-        stage_convs=config.stage_convs,
-        fc_kernel=config.fc_kernel,
-        upsample=config.upsample,
-        batch_norm=config.batch_norm,
-        dropout=config.dropout,
-    )
-
-
-def _build_deeplabv3(*, config: ArchConfig) -> nn.Module:
-    return DeepLabV3(
-        in_channels=config.in_channels,
-        num_classes=config.num_classes,
-        backbone=config.backbone,
-        input_adapter=config.input_adapter,
-    )
-
-
-def _build_pspnet(*, config: ArchConfig) -> nn.Module:
-    return PSPNet(
-        in_channels=config.in_channels,
-        num_classes=config.num_classes,
-        width=config.width,
-        blocks=config.blocks,
-        bins=config.bins,
-        batch_norm=config.batch_norm,
-        dropout=config.dropout,
-    )
-
-
-def _build_hed(*, config: ArchConfig) -> nn.Module:
-    return HED(
-        in_channels=config.in_channels,
-        num_classes=config.num_classes,
-        width=config.width,
-        stage_convs=config.stage_convs,
-        batch_norm=config.batch_norm,
-    )
+    return build
 
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
-    "unet_se": _build_unet_se,
-    "fcn8s": _build_fcn8s,
-    "deeplabv3": _build_deeplabv3,
-    "pspnet": _build_pspnet,
-    "hed": _build_hed,
+    "unet_se": _from_config(UNetSE),
+    "fcn8s": _from_config(FCN8s),
+    "deeplabv3": _from_config(DeepLabV3),
+    "pspnet": _from_config(PSPNet),
+    "hed": _from_config(HED),
 }
 
 

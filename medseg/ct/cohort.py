@@ -199,6 +199,7 @@ class SeriesGeometry:
     positions: np.ndarray  # slice positions along the normal (mm), ascending
     thickness: float | None
     description: str = ""
+    manufacturer: str = ""  # the DICOM Manufacturer tag (kernel names are per vendor)
 
     @property
     def label(self) -> str:
@@ -222,6 +223,7 @@ class SlicePair:
     positions: np.ndarray | None  # matched source positions (mm), ascending; None for volume files
     slice_spacing: float | None
     target_positions: np.ndarray | None = None  # matched target positions (mm)
+    manufacturer: str | None = None  # of the source series; None for volume files
 
 
 def _geometry_from_headers(uid: str, headers: list[tuple[Path, object]]) -> SeriesGeometry | None:
@@ -251,6 +253,7 @@ def _geometry_from_headers(uid: str, headers: list[tuple[Path, object]]) -> Seri
         positions=(ipp @ normal)[order],
         thickness=float(thickness) if thickness not in (None, "") else None,
         description=str(first.get("SeriesDescription", "")),
+        manufacturer=str(first.get("Manufacturer", "") or ""),
     )
 
 
@@ -276,6 +279,7 @@ def _geometry_from_series(uid: str, headers: list[tuple[Path, object]]) -> Serie
         positions=np.asarray(s.positions, dtype=float),
         thickness=float(thickness) if thickness not in (None, "") else None,
         description=s.description,
+        manufacturer=str(first.get("Manufacturer", "") or ""),
     )
 
 
@@ -434,6 +438,7 @@ def find_pairs(roots: list[str | Path], source: str, target: str) -> list[SliceP
                 positions=s.positions[si],
                 slice_spacing=s.spacing,
                 target_positions=t.positions[ti],
+                manufacturer=s.manufacturer,
             )
         )
     for s in sources:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medseg.errors import InputError, MedsegError
+from medseg.errors import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -492,19 +492,9 @@ def train_text(result: TrainResult) -> str:
 
 
 def _training_vendor(found: list) -> str | None:
-    """The scanner vendor of the training series (from the DICOM Manufacturer tag), recorded in the
-    weights so ``ct-models`` lists them under it; None for volume files or mixed vendors."""
+    """The scanner vendor of the training series (their Manufacturer tag, read during pairing),
+    recorded in the weights so ``ct-models`` lists them under it; None for volume files or mixed vendors."""
     from medseg.ct.kernels import vendor_name
-    from medseg.io.dicom import open_series
-    from medseg.io.volume import is_volume_file
 
-    vendors = set()
-    for pair in found:
-        ref = pair.source
-        if is_volume_file(ref.path):
-            return None
-        try:
-            vendors.add(vendor_name(open_series(ref.path, series_uid=ref.series_uid).manufacturer))
-        except MedsegError:
-            return None
+    vendors = {vendor_name(pair.manufacturer) if pair.manufacturer is not None else None for pair in found}
     return vendors.pop() if len(vendors) == 1 else None

@@ -20,13 +20,6 @@ from medseg.errors import ModelError
 from medseg.io.atomic import atomic_path
 
 META_KEY = "medseg"
-SAMPLE_DATA = Path(__file__).resolve().parents[2] / "sample_data"
-
-
-def sample_data_path(*parts: str) -> Path:
-    """Where the demo weights and sample data of a source checkout live (the editable install of the
-    quick start); a regular install does not ship them, so callers check ``is_file()``."""
-    return SAMPLE_DATA.joinpath(*parts)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from medseg.errors import InputError, OutputExistsError
+from medseg.results import json_safe
 
 if TYPE_CHECKING:
     import torch
@@ -101,8 +102,6 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        from medseg.results import json_safe
-
         return json_safe(asdict(self))
 
 
@@ -267,8 +266,6 @@ def fit(
                 "torch_rng": torch.get_rng_state(),
             },
         )
-        from medseg.results import json_safe
-
         write_text(out_dir / HISTORY, json.dumps(json_safe(history), indent=2) + "\n")
         if stopped != "completed":
             log.warning(

@@ -245,6 +245,19 @@ def _qc_fields(qc, look: str, cfg: ScoreConfig) -> dict[str, Any]:
     }
 
 
+def _slide_fields(slide, cfg: ScoreConfig, t0: float) -> dict[str, Any]:
+    """What every slide summary says about the slide and the run, scored or not."""
+    return {
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "slide_mpp": slide.mpp,
+        "slide_mpp_source": slide.mpp_source,
+        "target_mpp": cfg.target_mpp,
+        "slide_size": [slide.width, slide.height],
+        "vendor": slide.vendor,
+        "reader": slide.backend,
+    }
+
+
 def _not_scored(slide, name: str, path, t0: float, qc, look: str, cfg: ScoreConfig, tissue=None, thumb=None):
     """The result of a slide that stain QC kept from scoring: reasons, QC numbers, no category."""
     reason = "stain QC failed: " + "; ".join(qc.reasons or ["not a brightfield DAB IHC"])
@@ -262,12 +275,7 @@ def _not_scored(slide, name: str, path, t0: float, qc, look: str, cfg: ScoreConf
         "min_ptcs": cfg.min_ptcs,
         "tissue_area_mm2": round(tissue.area_mm2(slide.mpp), 4) if tissue is not None else 0.0,
         "feasible_area_mm2": None,
-        "wall_s": round(time.perf_counter() - t0, 3),
-        "slide_mpp": slide.mpp,
-        "slide_mpp_source": slide.mpp_source,
-        "target_mpp": cfg.target_mpp,
-        "slide_size": [slide.width, slide.height],
-        "vendor": slide.vendor,
+        **_slide_fields(slide, cfg, t0),
         "margins": {},
         **_qc_fields(qc, look, cfg),
     }
@@ -411,13 +419,7 @@ def score_slide(
             "tiles_feasible": n_feasible,
             "tiles_failed": n_failed,
             "tiles_rejected": reasons,
-            "wall_s": round(time.perf_counter() - t0, 3),
-            "slide_mpp": slide.mpp,
-            "slide_mpp_source": slide.mpp_source,
-            "target_mpp": cfg.target_mpp,
-            "slide_size": [slide.width, slide.height],
-            "vendor": slide.vendor,
-            "reader": getattr(slide, "backend", "openslide"),
+            **_slide_fields(slide, cfg, t0),
             "tile": cfg.tile,
             "overlap": cfg.overlap,
             "min_score": cfg.min_score,
