@@ -45,15 +45,16 @@ def distribution_figure(rows: list[dict]):
     return fig
 
 
-def _qc_text(r: dict) -> str:
-    """The stain-QC verdict of a row in words ("passed", "failed: ...", "skipped by --skip-stain-qc ...")."""
+def _qc_text(r: dict, *, reasons: bool = True) -> str:
+    """The stain-QC verdict of a row in words ("passed", "failed: ...", "skipped by --skip-stain-qc ...");
+    without ``reasons`` for the slides table, whose "reason" column already says why."""
     status = r.get("stain_qc_status") or ""
     if not status:
         return ""
     text = status
     if str(r.get("stain_qc_skipped")).lower() == "true" and status != "passed":
         text += " (not blocking: --skip-stain-qc)"
-    if r.get("stain_qc_reasons"):
+    if reasons and r.get("stain_qc_reasons"):
         text += f": {r['stain_qc_reasons']}"
     if r.get("stain_qc_flags"):
         text += f"; flags: {r['stain_qc_flags']}"
@@ -87,7 +88,7 @@ def _table_row(r: dict) -> dict:
         "feasible tissue mm²": num("feasible_area_mm2"),
         "tiles scored / read": f"{r.get('tiles_feasible')} / {r.get('tiles_read')}" if ok else "",
         "seconds": r.get("wall_s", "") if ok else "",
-        "stain QC": _qc_text(r),
+        "stain QC": _qc_text(r, reasons=False),
         "reason": r.get("reason") or "",
     }
 

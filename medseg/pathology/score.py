@@ -258,6 +258,14 @@ def _slide_fields(slide, cfg: ScoreConfig, t0: float) -> dict[str, Any]:
     }
 
 
+def _overview(slide, tissue) -> tuple[np.ndarray, float]:
+    """The picture a person looks at (about 1024 px on the long side, at least 8x the tissue map's
+    resolution), for scored and not-scored slides alike."""
+    from medseg.pathology.slide import read_downsampled
+
+    return read_downsampled(slide, max(tissue.downsample / 8, max(slide.width, slide.height) / 1024))
+
+
 def _not_scored(slide, name: str, path, t0: float, qc, look: str, cfg: ScoreConfig, tissue=None, thumb=None):
     """The result of a slide that stain QC kept from scoring: reasons, QC numbers, no category."""
     reason = "stain QC failed: " + "; ".join(qc.reasons or ["not a brightfield DAB IHC"])
@@ -280,9 +288,8 @@ def _not_scored(slide, name: str, path, t0: float, qc, look: str, cfg: ScoreConf
         **_qc_fields(qc, look, cfg),
     }
     if tissue is not None:
-        return SlideResult(
-            summary, thumbnail=tissue.thumbnail, tissue_mask=tissue.mask, thumb_downsample=tissue.downsample
-        )
+        image, ds = _overview(slide, tissue)
+        return SlideResult(summary, thumbnail=image, tissue_mask=tissue.mask, thumb_downsample=ds)
     image, ds = thumb
     return SlideResult(summary, thumbnail=image, thumb_downsample=ds)
 
@@ -434,9 +441,7 @@ def score_slide(
                 "analysed_tiles": analysed,
             },
         }
-        thumb, thumb_ds = read_downsampled(
-            slide, max(tissue.downsample / 8, max(slide.width, slide.height) / 1024)
-        )
+        thumb, thumb_ds = _overview(slide, tissue)
         return SlideResult(summary, boxes, labels, scores, thumb, tissue.mask, thumb_ds)
 
 
