@@ -60,6 +60,8 @@ ITEM_METRICS = (
 
 SLIDE_READERS = ("auto", "openslide", "tifffile", "dicom")
 QC_FAILED = "qc_failed"  # table status of a slide that stain QC kept from scoring (an outcome, not a crash)
+# what makes one slide a failed row (anything else is a bug and stops the batch)
+SLIDE_ERRORS = (MedsegError, OSError, ValueError, RuntimeError, MemoryError)
 
 
 @dataclass
@@ -144,9 +146,13 @@ def merge_tile_detections(
     lost when the two detections' centres jitter to opposite sides. Fragments of PTCs cut by a
     tile edge have their centres within half an enlarged box of that edge, outside the widened
     core as long as ``overlap / 2 - tolerance`` exceeds half a box.
+
+    Rows may carry more per-detection data after the box, as (x, y) pairs in tile pixels (Mask
+    R-CNN outlines, :mod:`medseg.pathology.maskrcnn`): they are moved and scaled with the box.
     """
+    cols = boxes.shape[1] if boxes.ndim == 2 else 4
     if len(boxes) == 0:
-        return boxes.reshape(0, 4), labels, scores
+        return boxes.reshape(0, cols), labels, scores
     cx = tile.x + (boxes[:, 0] + boxes[:, 2]) / 2
     cy = tile.y + (boxes[:, 1] + boxes[:, 3]) / 2
     half, stride = grid.overlap / 2, grid.stride
@@ -155,19 +161,20 @@ def merge_tile_detections(
     y_lo = tile.y + half - tolerance if tile.row > 0 else -np.inf
     y_hi = tile.y + stride + half + tolerance if tile.row < grid.n_rows - 1 else np.inf
     keep = (cx >= x_lo) & (cx < x_hi) & (cy >= y_lo) & (cy < y_hi)
-    shifted = boxes[keep] + np.array([tile.x, tile.y, tile.x, tile.y], float)
+    shifted = boxes[keep] + np.where(np.arange(cols) % 2 == 0, float(tile.x), float(tile.y))
     return shifted * grid.scale, labels[keep], scores[keep]
 
 
 def class_nms(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, iou: float):
-    """Class-aware NMS over the whole slide (safety net after core ownership)."""
+    """Class-aware NMS over the whole slide (safety net after core ownership); on the box columns,
+    extra per-detection columns (outlines) are kept with their rows."""
     import torch
     from torchvision.ops import batched_nms
 
     if len(boxes) == 0:
-        return boxes.reshape(0, 4), labels, scores
+        return boxes.reshape(0, boxes.shape[1] if boxes.ndim == 2 else 4), labels, scores
     keep = batched_nms(
-        torch.as_tensor(boxes, dtype=torch.float32),
+        torch.as_tensor(boxes[:, :4], dtype=torch.float32),
         torch.as_tensor(scores, dtype=torch.float32),
         torch.as_tensor(labels),
         iou,
@@ -248,7 +255,7 @@ def _qc_fields(qc, look: str, cfg: ScoreConfig) -> dict[str, Any]:
 def _slide_fields(slide, cfg: ScoreConfig, t0: float) -> dict[str, Any]:
     """What every slide summary says about the slide and the run, scored or not."""
     return {
-        "wall_s": round(time.perf_counter() - t0, 3),
+        "wall_s": round(time.time() - t0, 3),
         "slide_mpp": slide.mpp,
         "slide_mpp_source": slide.mpp_source,
         "target_mpp": cfg.target_mpp,
@@ -294,6 +301,214 @@ def _not_scored(slide, name: str, path, t0: float, qc, look: str, cfg: ScoreConf
     return SlideResult(summary, thumbnail=image, thumb_downsample=ds)
 
 
+@dataclass
+class SlidePlan:
+    """A slide past stain QC with its tile plan: what tile reading and :func:`finish_slide` need.
+
+    It holds no open handle and pickles, so a Ray slide task can plan and read a slide on one
+    machine while the driver finishes it on another (:mod:`medseg.scale`).
+    """
+
+    name: str
+    path: str
+    grid: Any  # medseg.pathology.tiling.TileGrid
+    tiles: list  # medseg.pathology.tiling.Tile, in reading order (the tile index is the position)
+    qc: Any
+    look: str
+    tissue_area_mm2: float
+    tissue_mask: np.ndarray
+    slide_info: dict[str, Any]  # _slide_fields at planning time (wall_s is redone when finished)
+    overview: np.ndarray
+    overview_ds: float
+    t0: float
+
+
+@dataclass
+class TileTally:
+    """What became of a slide's tiles: counters, and merged detections keyed by tile index.
+
+    Detections may arrive in any order (batches fused across slides on Ray); :func:`finish_slide`
+    reads them in tile order, so the result does not depend on the order or the batching.
+    """
+
+    n_tiles: int
+    path: str
+    n_read: int = 0
+    n_failed: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    feasible: list[int] = field(default_factory=list)  # tile indices, in reading order
+    detections: dict[int, tuple] = field(default_factory=dict)
+
+    def failed(self, exc: Exception) -> None:
+        self.n_failed += 1
+        self.errors.append(getattr(exc, "message", None) or str(exc))
+        if isinstance(exc, InputError) and self.n_failed > max(3, self.n_tiles // 10):
+            raise InputError(
+                f"too many unreadable tiles ({self.n_failed}): {self.errors[-1]}", path=self.path
+            )
+
+    def rejected(self, reason: str) -> None:
+        self.n_read += 1
+        key = reason.split(" ")[0]
+        self.reasons[key] = self.reasons.get(key, 0) + 1
+
+    def accepted(self, index: int) -> None:
+        self.n_read += 1
+        self.feasible.append(index)
+
+    def detected(self, plan: SlidePlan, index: int, detections) -> None:
+        """Record a tile's raw detections (tile pixels), kept by core ownership (level-0 pixels)."""
+        self.detections[index] = merge_tile_detections(plan.grid, plan.tiles[index], *detections)
+
+    @property
+    def n_ptcs(self) -> int:
+        return sum(len(d[0]) for d in self.detections.values())
+
+
+def open_scoring_slide(path: str | Path, cfg: ScoreConfig):
+    """The slide opened with the configured reader (a context manager)."""
+    from medseg.pathology.slide import open_slide
+
+    backend = {} if cfg.reader == "auto" else {"reader": cfg.reader}
+    return open_slide(path, slide_mpp=cfg.slide_mpp, **backend)
+
+
+def plan_slide(slide, path: str | Path, cfg: ScoreConfig, name: str) -> SlidePlan | SlideResult:
+    """Phase 1 on an open slide: tissue, stain QC, tile plan; a slide QC keeps from scoring is
+    returned finished (a :class:`SlideResult` with status ``qc_failed``)."""
+    from medseg.pathology.slide import TISSUE_DOWNSAMPLE, detect_tissue, read_downsampled
+    from medseg.pathology.stain_qc import assess_stain
+    from medseg.pathology.tiling import make_grid, plan_slide_tiles
+
+    t0 = time.time()
+    grid = make_grid(slide, target_mpp=cfg.target_mpp, tile=cfg.tile, overlap=cfg.overlap)
+    try:
+        tissue = detect_tissue(slide)
+    except InputError as exc:
+        if "no tissue" not in exc.message:
+            raise
+        # all background: a QC outcome with the reason in words, whatever --skip-stain-qc says
+        thumb = read_downsampled(slide, max(TISSUE_DOWNSAMPLE, max(slide.width, slide.height) / 2048))
+        qc = assess_stain(thumb[0], cfg.stain_qc, mpp=slide.mpp * thumb[1])
+        if not qc.reasons:
+            qc.reasons.append("no tissue found on the slide")
+        qc.passed = False
+        return _not_scored(slide, name, path, t0, qc, "thumbnail", cfg, thumb=thumb)
+    qc, look = assess_slide_stain(slide, tissue, cfg)
+    log.info("%s: %s (%s)", name, qc.summary(), look)
+    if not qc.passed and not cfg.skip_stain_qc:
+        return _not_scored(slide, name, path, t0, qc, look, cfg, tissue=tissue)
+    tiles = plan_slide_tiles(slide, grid, tissue, min_tissue=cfg.min_tissue)
+    if not tiles:
+        raise InputError("no tissue tile at the target resolution", path=path)
+    overview, overview_ds = _overview(slide, tissue)
+    return SlidePlan(
+        name, str(path), grid, tiles, qc, look, tissue.area_mm2(slide.mpp), tissue.mask,
+        _slide_fields(slide, cfg, t0), overview, overview_ds, t0,
+    )  # fmt: skip
+
+
+def read_slide_tiles(slide, plan: SlidePlan, cfg: ScoreConfig, feasible, tally: TileTally):
+    """Phase 2: yield ``(index, tile, image or None)`` for every planned tile, in order, read ahead
+    by ``cfg.workers`` threads (at most ``cfg.read_ahead + 1`` groups of ``cfg.batch_size`` tiles in
+    memory). Unreadable and infeasible tiles are counted in ``tally`` and yield ``None``. Close the
+    generator (``contextlib.closing``) before closing the slide."""
+    from medseg.pathology.tiling import read_ahead, read_tile
+
+    def read_and_check(t):  # runs in the reader threads, overlapping inference
+        img = read_tile(slide, t, cfg.tile)
+        return img, feasible(img)
+
+    stream = read_ahead(
+        plan.tiles, read_and_check, batch_size=cfg.batch_size, workers=cfg.workers, depth=cfg.read_ahead
+    )
+    with contextlib.closing(stream):  # reader threads stop before the slide closes
+        for i, (t, item) in enumerate(stream):
+            if isinstance(item, Exception):
+                tally.failed(item)
+                yield i, t, None
+                continue
+            img, (ok, reason) = item
+            if not ok:
+                tally.rejected(reason)
+                yield i, t, None
+                continue
+            tally.accepted(i)
+            yield i, t, img
+
+
+def finish_slide(
+    plan: SlidePlan, tally: TileTally, cfg: ScoreConfig, *, margins: dict, weights: str
+) -> SlideResult:
+    """Phase 3 (after inference): merge the slide's detections (NMS over the whole slide), Banff
+    category, summary. Detections are taken in tile order whatever order they arrived in."""
+    if tally.n_read == 0:
+        msg = tally.errors[0] if tally.errors else "unknown reason"
+        raise InputError(f"no tile could be read: {msg}", path=plan.path)
+    dets = [tally.detections[i] for i in sorted(tally.detections)]
+    boxes = np.concatenate([d[0] for d in dets]) if dets else np.zeros((0, 4))
+    labels = np.concatenate([d[1] for d in dets]).astype(int) if dets else np.zeros(0, int)
+    scores = np.concatenate([d[2] for d in dets]) if dets else np.zeros(0)
+    boxes, labels, scores = class_nms(boxes, labels, scores, cfg.nms_iou)
+    pos, neg = int((labels == LABELS[POSITIVE]).sum()), int((labels == LABELS[NEGATIVE]).sum())
+    category, pct = banff_category(pos, neg, cfg.min_ptcs)
+    assessable = category.startswith("C4d")
+    n_text = f"{pos + neg} PTC{'' if pos + neg == 1 else 's'}"
+    notes = [] if assessable else [f"{n_text} assessed, a category needs {cfg.min_ptcs} (--min-ptcs)"]
+    qc, grid = plan.qc, plan.grid
+    if not qc.passed:
+        notes.append("stain QC failed, scored anyway (--skip-stain-qc): " + "; ".join(qc.reasons))
+    feasible_tissue = 0.0  # tile-cores' worth of tissue in feasible tiles
+    for i in tally.feasible:
+        feasible_tissue += plan.tiles[i].tissue
+    feasible_mm2 = min(feasible_tissue * (grid.stride * cfg.target_mpp * 1e-3) ** 2, plan.tissue_area_mm2)
+    summary = {
+        "slide": plan.name,
+        "path": plan.path,
+        "status": OK,
+        "reason": "; ".join(notes),
+        "c4d_pos": pos,
+        "c4d_neg": neg,
+        "ptc_total": pos + neg,
+        "percent_positive": None if math.isnan(pct) else round(pct, 2),
+        "c4d_positive_ihc": pos > 0 if assessable else None,
+        "banff_category": category,
+        "min_ptcs": cfg.min_ptcs,
+        "tissue_area_mm2": round(plan.tissue_area_mm2, 4),
+        "feasible_area_mm2": round(feasible_mm2, 4),
+        "tiles_tissue": len(plan.tiles),
+        "tiles_read": tally.n_read,
+        "tiles_feasible": len(tally.feasible),
+        "tiles_failed": tally.n_failed,
+        "tiles_rejected": tally.reasons,
+        **plan.slide_info,
+        "wall_s": round(time.time() - plan.t0, 3),
+        "tile": cfg.tile,
+        "overlap": cfg.overlap,
+        "min_score": cfg.min_score,
+        "margins": dict(margins),
+        "weights": weights,
+        **_qc_fields(qc, plan.look, cfg),
+        "grid": {
+            "tile": grid.tile,
+            "overlap": grid.overlap,
+            "n_rows": grid.n_rows,
+            "n_cols": grid.n_cols,
+            "analysed_tiles": [[plan.tiles[i].row, plan.tiles[i].col] for i in tally.feasible],
+        },
+    }
+    return SlideResult(summary, boxes, labels, scores, plan.overview, plan.tissue_mask, plan.overview_ds)
+
+
+def detector_meta(detector) -> dict[str, Any]:
+    """What a slide summary records about the detector (the Ray driver gets it from an actor)."""
+    return {
+        "margins": dict(getattr(detector.config, "margins", {})),
+        "weights": getattr(detector, "source", ""),
+    }
+
+
 def score_slide(
     path: str | Path,
     detector,
@@ -310,139 +525,41 @@ def score_slide(
     Stain QC runs first (:func:`assess_slide_stain`): a slide that is not brightfield DAB IHC, or
     shows no tissue, comes back with status ``qc_failed``, its reasons and no category, without
     running the detector (``config.skip_stain_qc``: QC is recorded but does not stop scoring).
+    The phases (:func:`plan_slide`, :func:`read_slide_tiles`, :func:`finish_slide`) are the ones
+    the Ray runner (:mod:`medseg.scale`) composes, so both give the same outputs by construction.
     """
     from medseg.engine.progress import progress_bar
     from medseg.pathology.feasibility import load_hook
-    from medseg.pathology.slide import TISSUE_DOWNSAMPLE, detect_tissue, open_slide, read_downsampled
-    from medseg.pathology.stain_qc import assess_stain
-    from medseg.pathology.tiling import make_grid, plan_slide_tiles, read_ahead, read_tile
 
     cfg = config or ScoreConfig()
-    t0 = time.perf_counter()
     feasible = feasible or load_hook(cfg.feasibility)
     name = name or Path(path).stem
-    backend = {} if cfg.reader == "auto" else {"reader": cfg.reader}
-    with open_slide(path, slide_mpp=cfg.slide_mpp, **backend) as slide:
-        grid = make_grid(slide, target_mpp=cfg.target_mpp, tile=cfg.tile, overlap=cfg.overlap)
-        try:
-            tissue = detect_tissue(slide)
-        except InputError as exc:
-            if "no tissue" not in exc.message:
-                raise
-            # all background: a QC outcome with the reason in words, whatever --skip-stain-qc says
-            thumb = read_downsampled(slide, max(TISSUE_DOWNSAMPLE, max(slide.width, slide.height) / 2048))
-            qc = assess_stain(thumb[0], cfg.stain_qc, mpp=slide.mpp * thumb[1])
-            if not qc.reasons:
-                qc.reasons.append("no tissue found on the slide")
-            qc.passed = False
-            return _not_scored(slide, name, path, t0, qc, "thumbnail", cfg, thumb=thumb)
-        qc, look = assess_slide_stain(slide, tissue, cfg)
-        log.info("%s: %s (%s)", name, qc.summary(), look)
-        if not qc.passed and not cfg.skip_stain_qc:
-            return _not_scored(slide, name, path, t0, qc, look, cfg, tissue=tissue)
-        tiles = plan_slide_tiles(slide, grid, tissue, min_tissue=cfg.min_tissue)
-        if not tiles:
-            raise InputError("no tissue tile at the target resolution", path=path)
-        n_read = n_feasible = n_failed = 0
-        feasible_tissue = 0.0  # tile-cores' worth of tissue in feasible tiles
-        reasons: dict[str, int] = {}
-        errors: list[str] = []
-        all_b, all_l, all_s = [], [], []
-        analysed: list[list[int]] = []
-        pending: list[tuple[Any, np.ndarray]] = []
+    with open_scoring_slide(path, cfg) as slide:
+        plan = plan_slide(slide, path, cfg, name)
+        if isinstance(plan, SlideResult):
+            return plan
+        tally = TileTally(len(plan.tiles), str(path))
+        pending: list[tuple[int, np.ndarray]] = []
 
         def flush() -> None:
-            batch = np.stack([img for _t, img in pending])
-            for (t, _img), (b, lab, s) in zip(pending, detector.predict(batch, min_score=cfg.min_score)):
-                b, lab, s = merge_tile_detections(grid, t, b, lab, s)
-                all_b.append(b)
-                all_l.append(lab)
-                all_s.append(s)
+            batch = np.stack([img for _i, img in pending])
+            for (i, _img), dets in zip(pending, detector.predict(batch, min_score=cfg.min_score)):
+                tally.detected(plan, i, dets)
             pending.clear()
 
-        def read_and_check(t):  # runs in the reader threads, overlapping inference
-            img = read_tile(slide, t, cfg.tile)
-            return img, feasible(img)
-
-        stream = read_ahead(
-            tiles, read_and_check, batch_size=cfg.batch_size, workers=cfg.workers, depth=cfg.read_ahead
-        )
-        with contextlib.closing(stream):  # reader threads stop before the slide closes
-            bar = progress_bar(stream, total=len(tiles), desc=name, enabled=progress, unit="tile")
-            for t, item in bar:
-                if isinstance(item, Exception):
-                    n_failed += 1
-                    errors.append(getattr(item, "message", None) or str(item))
-                    if isinstance(item, InputError) and n_failed > max(3, len(tiles) // 10):
-                        raise InputError(f"too many unreadable tiles ({n_failed}): {errors[-1]}", path=path)
+        stream = read_slide_tiles(slide, plan, cfg, feasible, tally)
+        with contextlib.closing(stream):
+            bar = progress_bar(stream, total=len(plan.tiles), desc=name, enabled=progress, unit="tile")
+            for i, _t, img in bar:
+                if img is None:
                     continue
-                n_read += 1
-                img, (ok, reason) = item
-                if not ok:
-                    key = reason.split(" ")[0]
-                    reasons[key] = reasons.get(key, 0) + 1
-                    continue
-                n_feasible += 1
-                feasible_tissue += t.tissue
-                analysed.append([t.row, t.col])
-                pending.append((t, img))
+                pending.append((i, img))
                 if len(pending) >= cfg.batch_size:
                     flush()
-                    bar.set_postfix(PTCs=sum(len(b) for b in all_b))
+                    bar.set_postfix(PTCs=tally.n_ptcs)
             if pending:
                 flush()
-        if n_read == 0:
-            raise InputError(f"no tile could be read: {errors[0] if errors else 'unknown reason'}", path=path)
-        boxes = np.concatenate(all_b) if all_b else np.zeros((0, 4))
-        labels = np.concatenate(all_l).astype(int) if all_l else np.zeros(0, int)
-        scores = np.concatenate(all_s) if all_s else np.zeros(0)
-        boxes, labels, scores = class_nms(boxes, labels, scores, cfg.nms_iou)
-        pos, neg = int((labels == LABELS[POSITIVE]).sum()), int((labels == LABELS[NEGATIVE]).sum())
-        category, pct = banff_category(pos, neg, cfg.min_ptcs)
-        assessable = category.startswith("C4d")
-        n_text = f"{pos + neg} PTC{'' if pos + neg == 1 else 's'}"
-        notes = [] if assessable else [f"{n_text} assessed, a category needs {cfg.min_ptcs} (--min-ptcs)"]
-        if not qc.passed:
-            notes.append("stain QC failed, scored anyway (--skip-stain-qc): " + "; ".join(qc.reasons))
-        feasible_mm2 = min(
-            feasible_tissue * (grid.stride * cfg.target_mpp * 1e-3) ** 2, tissue.area_mm2(slide.mpp)
-        )
-        summary = {
-            "slide": name,
-            "path": str(path),
-            "status": OK,
-            "reason": "; ".join(notes),
-            "c4d_pos": pos,
-            "c4d_neg": neg,
-            "ptc_total": pos + neg,
-            "percent_positive": None if math.isnan(pct) else round(pct, 2),
-            "c4d_positive_ihc": pos > 0 if assessable else None,
-            "banff_category": category,
-            "min_ptcs": cfg.min_ptcs,
-            "tissue_area_mm2": round(tissue.area_mm2(slide.mpp), 4),
-            "feasible_area_mm2": round(feasible_mm2, 4),
-            "tiles_tissue": len(tiles),
-            "tiles_read": n_read,
-            "tiles_feasible": n_feasible,
-            "tiles_failed": n_failed,
-            "tiles_rejected": reasons,
-            **_slide_fields(slide, cfg, t0),
-            "tile": cfg.tile,
-            "overlap": cfg.overlap,
-            "min_score": cfg.min_score,
-            "margins": dict(getattr(detector.config, "margins", {})),
-            "weights": getattr(detector, "source", ""),
-            **_qc_fields(qc, look, cfg),
-            "grid": {
-                "tile": grid.tile,
-                "overlap": grid.overlap,
-                "n_rows": grid.n_rows,
-                "n_cols": grid.n_cols,
-                "analysed_tiles": analysed,
-            },
-        }
-        thumb, thumb_ds = _overview(slide, tissue)
-        return SlideResult(summary, boxes, labels, scores, thumb, tissue.mask, thumb_ds)
+    return finish_slide(plan, tally, cfg, **detector_meta(detector))
 
 
 def slide_text(row: dict[str, Any]) -> str:
@@ -493,6 +610,79 @@ def _preflight(out: Path, names: list[str], *, resume: bool, overwrite: bool) ->
             )
 
 
+def record_kept(run: RunResult, name: str, folder: Path) -> dict[str, Any]:
+    """``--resume``: a slide already scored in ``folder`` becomes a skipped item; its table row."""
+    from medseg.pathology.outputs import read_summary
+
+    row = {**read_summary(folder), "slide": name}
+    run.add(_item(name, row, folder, SKIPPED, "already scored in this folder (--resume)"))
+    log.info("%s: already scored, kept (--resume)", name)
+    return {**row, "reason": "scored by an earlier run (--resume)"}
+
+
+def record_slide(
+    run: RunResult, name: str, path: str | Path, folder: Path, outcome: SlideResult | BaseException
+) -> dict[str, Any]:
+    """Publish one slide's outcome (its folder written atomically, or a failed row with the
+    reason and earlier results removed) as an item of ``run``; return its table row. The one
+    writer of a slide's outputs, locally and on Ray (the driver)."""
+    from medseg.pathology.outputs import remove_stale, write_slide_outputs
+
+    if isinstance(outcome, BaseException):
+        reason = _failure_reason(outcome)
+        remove_stale(folder)  # results of an earlier run of this slide would contradict the table
+        run.add(ItemResult(name, FAILED, reason))
+        log.warning("%s: failed: %s", name, reason)
+        return {"slide": name, "path": str(path), "status": FAILED, "reason": reason}
+    write_slide_outputs(outcome, folder)
+    row = outcome.summary
+    if row["status"] == QC_FAILED:  # an outcome, not a crash: skipped with the reason, exit 0
+        run.add(_item(name, row, folder, SKIPPED, row["reason"]))
+        log.warning("%s: not scored: %s", name, row["reason"])
+    else:
+        run.add(_item(name, row, folder, OK, row["reason"]))
+        log.info("%s: %s, %d tiles in %.1f s", name, slide_text(row), row["tiles_feasible"], row["wall_s"])
+        if row["stain_qc_status"] != "passed":
+            log.warning("%s: scored despite the stain QC (--skip-stain-qc): %s", name, row["reason"])
+    return row
+
+
+def finish_run(
+    run: RunResult,
+    rows: list[dict[str, Any]],
+    out: Path,
+    cfg: ScoreConfig,
+    *,
+    report: bool,
+    runtime: dict[str, Any],
+    weights: str,
+) -> None:
+    """The batch table, the report and the run summary (local and Ray runs alike)."""
+    from medseg.pathology.outputs import TABLE_NAME, write_table
+
+    run.outputs["table"] = str(write_table(out / TABLE_NAME, rows))
+    if report:
+        from medseg.pathology.report import write_batch_report
+
+        run.outputs["report"] = str(write_batch_report(out, rows))
+    categories: dict[str, int] = {}
+    for r in rows:
+        if r.get("status") == OK:
+            categories[r["banff_category"]] = categories.get(r["banff_category"], 0) + 1
+    run.summary = {
+        "out": str(out),
+        "slides": len(rows),
+        "categories": categories,
+        "qc_failed": sum(r.get("status") == QC_FAILED for r in rows),
+        "min_ptcs": cfg.min_ptcs,
+        "skip_stain_qc": cfg.skip_stain_qc,
+        **runtime,
+        "weights": str(weights),
+        "demo_weights": False,
+        "config": asdict(cfg),
+    }
+
+
 def score_slides(
     inputs: Iterable[str | Path],
     out: str | Path,
@@ -516,15 +706,7 @@ def score_slides(
     from medseg.engine.weights import resolve_weights
     from medseg.pathology.detector import DEMO_WEIGHTS, load_detector
     from medseg.pathology.feasibility import load_hook
-    from medseg.pathology.outputs import (
-        TABLE_NAME,
-        is_complete,
-        kept_rows,
-        read_summary,
-        remove_stale,
-        write_slide_outputs,
-        write_table,
-    )
+    from medseg.pathology.outputs import is_complete, kept_rows
     from medseg.pathology.slide import expand_inputs, unique_names
 
     cfg = config or ScoreConfig()
@@ -553,53 +735,15 @@ def score_slides(
     for path, name in zip(paths, names):
         folder = out / name
         if resume and is_complete(folder):
-            row = {**read_summary(folder), "slide": name}
-            run.add(_item(name, row, folder, SKIPPED, "already scored in this folder (--resume)"))
-            rows.append({**row, "reason": "scored by an earlier run (--resume)"})
-            log.info("%s: already scored, kept (--resume)", name)
+            rows.append(record_kept(run, name, folder))
             continue
         try:
             result = score_slide(path, detector, cfg, feasible=feasible, progress=progress, name=name)
-            write_slide_outputs(result, folder)
-            row = result.summary
-            if row["status"] == QC_FAILED:  # an outcome, not a crash: skipped with the reason, exit 0
-                run.add(_item(name, row, folder, SKIPPED, row["reason"]))
-                log.warning("%s: not scored: %s", name, row["reason"])
-            else:
-                run.add(_item(name, row, folder, OK, row["reason"]))
-                log.info(
-                    "%s: %s, %d tiles in %.1f s", name, slide_text(row), row["tiles_feasible"], row["wall_s"]
-                )
-                if row["stain_qc_status"] != "passed":
-                    log.warning("%s: scored despite the stain QC (--skip-stain-qc): %s", name, row["reason"])
-        except (MedsegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-            reason = _failure_reason(exc)
-            remove_stale(folder)  # results of an earlier run of this slide would contradict the table
-            row = {"slide": name, "path": str(path), "status": FAILED, "reason": reason}
-            run.add(ItemResult(name, FAILED, reason))
-            log.warning("%s: failed: %s", name, reason)
-        rows.append(row)
-    run.outputs["table"] = str(write_table(out / TABLE_NAME, rows))
-    if report:
-        from medseg.pathology.report import write_batch_report
-
-        run.outputs["report"] = str(write_batch_report(out, rows))
-    categories: dict[str, int] = {}
-    for r in rows:
-        if r.get("status") == OK:
-            categories[r["banff_category"]] = categories.get(r["banff_category"], 0) + 1
-    run.summary = {
-        "out": str(out),
-        "slides": len(rows),
-        "categories": categories,
-        "qc_failed": sum(r.get("status") == QC_FAILED for r in rows),
-        "min_ptcs": cfg.min_ptcs,
-        "skip_stain_qc": cfg.skip_stain_qc,
-        **runtime,
-        "weights": str(getattr(detector, "source", "")),
-        "demo_weights": is_demo,
-        "config": asdict(cfg),
-    }
+            rows.append(record_slide(run, name, path, folder, result))
+        except SLIDE_ERRORS as exc:
+            rows.append(record_slide(run, name, path, folder, exc))
+    finish_run(run, rows, out, cfg, report=report, runtime=runtime, weights=getattr(detector, "source", ""))
+    run.summary["demo_weights"] = is_demo
     if is_demo:
         run.warnings.append("demo weights (trained on synthetic slides only, not for clinical use)")
     return run
