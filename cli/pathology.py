@@ -114,6 +114,17 @@ Examples:
     is_flag=True,
     help="Score slides that fail the stain QC (not brightfield DAB IHC) anyway; QC is still recorded.",
 )
+@click.option(
+    "--cascade",
+    is_flag=True,
+    help="IDK cascade: a tiny tile gate skips the detector on tiles it is sure hold no PTC.",
+)
+@click.option(
+    "--cascade-weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Gate weights for --cascade; default: the demo gate (synthetic tiles, not clinical).",
+)
 @click.option("--resume", is_flag=True, help="Keep slides already scored in --out; score the others.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @overwrite_option
@@ -134,6 +145,8 @@ def slide_score(
     reader,
     min_ptcs,
     skip_stain_qc,
+    cascade,
+    cascade_weights,
     resume,
     no_report,
     overwrite,
@@ -149,7 +162,8 @@ def slide_score(
     this run; with --resume also the slides kept). Stain QC comes first: a slide that is not a
     brightfield DAB IHC (H&E, fluorescence, no tissue) is not scored (status qc_failed, with the
     reason; exit code 0). A slide that cannot be read is recorded as failed and the batch goes on
-    (exit code 5).
+    (exit code 5). With --cascade the tiles a small gate is sure hold no PTC skip the detector
+    (counted per slide in cascade_tiles_skipped).
     """
     from medseg.pathology.score import ScoreConfig, score_slides
 
@@ -168,16 +182,26 @@ def slide_score(
         min_ptcs=min_ptcs,
         skip_stain_qc=skip_stain_qc,
     )
+    detector, demo = None, False
+    if cascade or cascade_weights is not None:
+        from medseg.pathology.cascade import load_cascade
+
+        cfg.check()  # bad options before loading anything
+        detector, demo = load_cascade(weights, cascade_weights, device=device, amp=amp)
     result = score_slides(
         slides,
         out,
         cfg,
         weights=weights,
+        detector=detector,
         resume=resume,
         overwrite=overwrite,
         report=not no_report,
         progress=not quiet,
     )
+    if demo:  # score_slides only knows that it was handed a loaded detector
+        result.summary["demo_weights"] = True
+        result.warnings.append("demo weights (trained on synthetic slides only, not for clinical use)")
     finish(result, as_json=as_json, human=_score_human)
 
 
@@ -301,13 +325,20 @@ Examples:
   medseg slide-train dataset/ --out run/ --arch light --epochs 20
   medseg slide-train dataset/ --out run/ --epochs 30 --resume
   medseg slide-train dataset/ --out run_r50/ --arch resnet50-fpn --device cuda --batch-size 8
+  medseg slide-train dataset/ --out run_mask/ --arch maskrcnn     # PTC outlines from polygons
 """,
 )
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option(
     "--out", type=click.Path(path_type=Path), required=True, help="Training folder (best/last weights)."
 )
-@click.option("--arch", type=click.Choice(["light", "resnet50-fpn"]), default="light", show_default=True)
+@click.option(
+    "--arch",
+    type=click.Choice(["light", "resnet50-fpn", "maskrcnn"]),
+    default="light",
+    show_default=True,
+    help="light / resnet50-fpn Faster R-CNN (boxes), or maskrcnn: the light one + PTC outlines (Mask R-CNN).",
+)
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
 @batch_size_option(4, "Tiles per training step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
@@ -333,11 +364,11 @@ def slide_train(
     quiet,
     as_json,
 ):
-    """Train the Faster R-CNN PTC detector on a slide-prepare dataset (best/last weights, resume)."""
+    """Train the PTC detector (Faster R-CNN, or Mask R-CNN) on a slide-prepare dataset (best/last weights, resume)."""
     from medseg.pathology.detector import DetectorConfig, resnet50_config
     from medseg.pathology.train import DetectorTrainConfig, train_detector
 
-    det = DetectorConfig() if arch == "light" else resnet50_config()
+    det = resnet50_config() if arch == "resnet50-fpn" else DetectorConfig(arch=arch)
     cfg = DetectorTrainConfig(
         epochs=epochs,
         batch_size=batch_size,

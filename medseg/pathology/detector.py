@@ -1,4 +1,5 @@
-"""Faster R-CNN PTC detectors (torchvision): ResNet-50-FPN for real use, a light one for demos.
+"""PTC detectors (torchvision): Faster R-CNN ResNet-50-FPN for real use, a light one for demos, and
+the light one with a mask head (Mask R-CNN, ``arch="maskrcnn"``: :mod:`medseg.pathology.maskrcnn`).
 
 Both take tiles at the target resolution and rescale them internally by ``input_scale`` (fixed,
 not torchvision's min/max-size rule), so training crops and 1024 px scoring tiles see objects at
@@ -32,7 +33,7 @@ DEMO_WEIGHTS = "pathology/c4d_light_demo.safetensors"
 class DetectorConfig:
     """Everything needed to rebuild a detector (stored in the weights' metadata)."""
 
-    arch: str = "light"  # "light" | "resnet50-fpn"
+    arch: str = "light"  # "light" | "resnet50-fpn" | "maskrcnn" (light + mask head)
     num_classes: int = NUM_CLASSES
     input_scale: float = 0.5  # tile pixels -> model pixels
     anchor_sizes: tuple[int, ...] = (40, 56, 80)  # model pixels (light: one feature map)
@@ -73,7 +74,20 @@ def _fixed_scale_transform(scale: float, mean, std):
             if target is not None and "boxes" in target:
                 ry, rx = size[0] / h, size[1] / w
                 target["boxes"] = target["boxes"] * torch.tensor([rx, ry, rx, ry], device=image.device)
+            if target is not None and "masks" in target and len(target["masks"]):
+                masks = target["masks"][:, None].float()
+                target["masks"] = torch.nn.functional.interpolate(masks, size=size)[:, 0].byte()
             return image, target
+
+        def postprocess(self, result, image_shapes, original_image_sizes):
+            """Boxes back to tile pixels; Mask R-CNN's 28 x 28 masks stay per box (not pasted)."""
+            from torchvision.models.detection.transform import resize_boxes
+
+            if self.training:
+                return result
+            for pred, im_s, o_im_s in zip(result, image_shapes, original_image_sizes):
+                pred["boxes"] = resize_boxes(pred["boxes"], im_s, o_im_s)
+            return result
 
     return FixedScaleTransform(
         min_size=1, max_size=1, image_mean=list(mean), image_std=list(std), size_divisible=32
@@ -176,12 +190,28 @@ def resnet50_config() -> DetectorConfig:
     )
 
 
+ARCHS = ("light", "resnet50-fpn", "maskrcnn")
+
+
 def build_detector(*, config: DetectorConfig):
     if config.arch == "light":
         return build_light_detector(config=config)
     if config.arch == "resnet50-fpn":
         return build_resnet50_fpn_detector(config=config)
-    raise ModelError(f"unknown detector architecture {config.arch!r} (light or resnet50-fpn)")
+    if config.arch == "maskrcnn":
+        from medseg.pathology.maskrcnn import build_light_maskrcnn
+
+        return build_light_maskrcnn(config=config)
+    raise ModelError(f"unknown detector architecture {config.arch!r} ({', '.join(ARCHS)})")
+
+
+def postprocess_for(config: DetectorConfig):
+    """The Predictor ``postprocess`` of an architecture: boxes, or boxes + outlines (Mask R-CNN)."""
+    if config.arch == "maskrcnn":
+        from medseg.pathology.maskrcnn import maskrcnn_to_numpy
+
+        return maskrcnn_to_numpy
+    return detections_to_numpy
 
 
 def tiles_to_images(batch):
@@ -204,7 +234,9 @@ def detections_to_numpy(outputs: list[dict[str, Any]]) -> list[tuple[np.ndarray,
 
 class Detector:
     """A detector behind the engine :class:`~medseg.engine.predictor.Predictor`: uint8 tiles in,
-    boxes in tile pixels out. The predictor owns device, AMP, channels_last and inference mode."""
+    boxes in tile pixels out (Mask R-CNN: each row a box then its outline, see
+    :func:`medseg.pathology.maskrcnn.split_detections`). The predictor owns device, AMP,
+    channels_last and inference mode."""
 
     def __init__(
         self,
@@ -226,7 +258,7 @@ class Detector:
             amp=amp,
             channels_last=channels_last,
             prepare=tiles_to_images,
-            postprocess=detections_to_numpy,
+            postprocess=postprocess_for(config),
         )
 
     @property
@@ -244,7 +276,8 @@ class Detector:
     def predict(
         self, tiles: np.ndarray, *, min_score: float = 0.5
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """``tiles`` uint8 (B, H, W, 3) -> per tile (boxes (N, 4) xyxy, labels (N,), scores (N,))."""
+        """``tiles`` uint8 (B, H, W, 3) -> per tile (boxes (N, 4) xyxy, labels (N,), scores (N,));
+        Mask R-CNN: (N, 4 + 2K) rows, the box then the enlarged outline."""
         result = []
         for boxes, labels, scores in self.predictor(np.ascontiguousarray(tiles)):
             keep = scores >= min_score

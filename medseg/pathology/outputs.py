@@ -48,6 +48,8 @@ TABLE_COLUMNS = [
     "tiles_read",
     "tiles_feasible",
     "tiles_failed",
+    "cascade_tiles_gated",
+    "cascade_tiles_skipped",
     "wall_s",
     "slide_mpp",
     "target_mpp",
@@ -65,28 +67,52 @@ def ptc_box(box: np.ndarray, label: int, margins: dict[str, int], scale: float) 
     return [cx - hw, cy - hh, cx + hw, cy + hh]
 
 
+def ptc_outline(
+    outline: np.ndarray, box: np.ndarray, label: int, margins: dict[str, int], scale: float
+) -> list:
+    """Undo the training enlargement of a Mask R-CNN outline (level-0 px): the outline eroded by the
+    class margin, as :func:`ptc_box` shrinks the box; where nothing is left, the shrunk box."""
+    from medseg.pathology.maskrcnn import shrink_outline
+
+    m = margins.get(CLASS_NAMES.get(int(label), ""), 0) * scale
+    ring = shrink_outline(outline, m, step=scale)
+    if ring is None:
+        x0, y0, x1, y1 = ptc_box(box, label, margins, scale)
+        ring = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])
+    return [[round(float(x), 1), round(float(y), 1)] for x, y in ring]
+
+
 def to_geojson(result) -> dict:
-    """QuPath-importable FeatureCollection (level-0 px): one detection per PTC."""
+    """QuPath-importable FeatureCollection (level-0 px): one detection per PTC.
+
+    The polygon is the PTC itself: the box (Faster R-CNN) or the mask outline (Mask R-CNN) with the
+    training margin taken off; ``detection_box`` keeps the enlarged box the detector predicted.
+    """
+    from medseg.pathology.maskrcnn import split_detections
+
     s = result.summary
     scale = s["target_mpp"] / s["slide_mpp"]
+    boxes, outlines = split_detections(result.boxes)
     feats = []
-    for i, (b, lab, sc) in enumerate(zip(result.boxes, result.labels, result.scores)):
-        x0, y0, x1, y1 = (round(float(v), 1) for v in ptc_box(b, int(lab), s["margins"], scale))
+    for i, (b, lab, sc) in enumerate(zip(boxes, result.labels, result.scores)):
+        if outlines is not None:
+            ring = ptc_outline(outlines[i], b, int(lab), s["margins"], scale)
+        else:
+            x0, y0, x1, y1 = (round(float(v), 1) for v in ptc_box(b, int(lab), s["margins"], scale))
+            ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
         name = CLASS_NAMES[int(lab)]
         feats.append(
             {
                 "type": "Feature",
                 "id": f"det-{i}",
-                "geometry": {
-                    "type": "Polygon",
-                    "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
-                },
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
                 "properties": {
                     "objectType": "detection",
                     "name": f"PTC {name}",
                     "classification": {"name": name, "color": list(COLORS[name])},
                     "score": round(float(sc), 4),
                     "detection_box": [round(float(v), 1) for v in b],
+                    "outline": "mask" if outlines is not None else "box",
                 },
             }
         )

@@ -9,6 +9,8 @@ enlarged box is the mask's box grown by ``m`` on every side (computed that way, 
 Inputs: slides + GeoJSON polygons (QuPath export, classification ``C4d+``/``C4d-``), or a folder
 of image tiles with label masks (``<name>_mask.png``: 1 = C4d+, 2 = C4d-; instances are the
 connected components). Output folder: ``images/*.png`` + ``annotations.json``, published whole.
+Each record keeps the PTC outlines (``polygons``, tile px, not enlarged) beside the enlarged boxes:
+Mask R-CNN training builds its enlarged instance masks from them.
 """
 
 from __future__ import annotations
@@ -93,15 +95,17 @@ def _feature_class(props: dict, class_map: dict[str, str]) -> str | None:
     return mapped if mapped is not None else class_of(str(name))
 
 
-def read_geojson_boxes(
+def read_geojson_ptcs(
     path: str | Path, *, point_size: float | None = None, class_map: dict[str, str] | None = None
-) -> np.ndarray:
-    """PTC annotations of a GeoJSON file (QuPath export) -> rows (x0, y0, x1, y1, label), level-0 px.
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """PTC annotations of a GeoJSON file (QuPath export) -> rows (x0, y0, x1, y1, label) and outlines.
 
-    Polygons give their bounding box. Points (``Point``/``MultiPoint``: PTC centres, QuPath's point
-    tool) give a square of ``point_size`` level-0 px centred on each point; without ``point_size``
-    points are skipped with a warning. ``class_map`` maps the user's class names (any case) to
-    ``C4d+``/``C4d-`` before the built-in names (``C4d+``, ``Positive``, ...) are tried.
+    Coordinates are level-0 px. Polygons give their bounding box and keep their outline (the
+    exterior ring; a MultiPolygon's rings together). Points (``Point``/``MultiPoint``: PTC centres,
+    QuPath's point tool) give a square of ``point_size`` level-0 px centred on each point, and a
+    circle of that diameter as outline; without ``point_size`` points are skipped with a warning.
+    ``class_map`` maps the user's class names (any case) to ``C4d+``/``C4d-`` before the built-in
+    names (``C4d+``, ``Positive``, ...) are tried. Outlines are (M, 2) arrays, one per row.
     """
     path = Path(path)
     try:
@@ -113,8 +117,18 @@ def read_geojson_boxes(
         feats = [data]
     if not isinstance(feats, list):
         raise InputError("not a GeoJSON FeatureCollection or list of features", path=path)
-    rows, skipped, points_skipped = [], 0, 0
+    rows, outlines, skipped, points_skipped = [], [], 0, 0
     half = (point_size or 0) / 2
+    circle = (
+        np.stack(
+            [
+                np.cos(np.linspace(0, 2 * np.pi, 16, endpoint=False)),
+                np.sin(np.linspace(0, 2 * np.pi, 16, endpoint=False)),
+            ],
+            1,
+        )
+        * half
+    )
     for f in feats:
         if not isinstance(f, dict):
             skipped += 1
@@ -132,10 +146,12 @@ def read_geojson_boxes(
                     continue
                 for x, y in np.array(coords, float).reshape(-1, 2):
                     rows.append((x - half, y - half, x + half, y + half, LABELS[name]))
+                    outlines.append(circle + (x, y))
             elif kind in ("Polygon", "MultiPolygon"):
                 polys = [coords] if kind == "Polygon" else coords
                 pts = np.array([p[:2] for poly in polys for p in poly[0]], float)
                 rows.append((*pts.min(0), *pts.max(0), LABELS[name]))
+                outlines.append(pts)
             else:
                 skipped += 1
         except (TypeError, ValueError, IndexError):
@@ -144,7 +160,14 @@ def read_geojson_boxes(
         log.warning("%s: skipped %d features that are not C4d+/C4d- polygons or points", path.name, skipped)
     if points_skipped:
         log.warning("%s: skipped %d points (no point size given)", path.name, points_skipped)
-    return np.array(rows, float).reshape(-1, 5)
+    return np.array(rows, float).reshape(-1, 5), outlines
+
+
+def read_geojson_boxes(
+    path: str | Path, *, point_size: float | None = None, class_map: dict[str, str] | None = None
+) -> np.ndarray:
+    """Rows (x0, y0, x1, y1, label) of :func:`read_geojson_ptcs` (level-0 px), without the outlines."""
+    return read_geojson_ptcs(path, point_size=point_size, class_map=class_map)[0]
 
 
 def enlarge_boxes(
@@ -160,26 +183,46 @@ def enlarge_boxes(
 
 def boxes_from_label_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Semantic mask (1 = C4d+, 2 = C4d-) -> instance boxes (x0, y0, x1, y1) and labels."""
-    from scipy import ndimage as ndi
+    boxes, labels, _outlines = instances_from_label_mask(mask)
+    return boxes, labels
 
-    boxes, labels = [], []
+
+def instances_from_label_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Semantic mask -> instance boxes, labels and outlines ((M, 2) x, y rings around the pixels)."""
+    from scipy import ndimage as ndi
+    from skimage.measure import find_contours
+
+    boxes, labels, outlines = [], [], []
     for value in CLASS_NAMES:
         inst, _n = ndi.label(mask == value)
-        for sl in ndi.find_objects(inst):
+        for i, sl in enumerate(ndi.find_objects(inst), 1):
             if sl is None:
                 continue
             boxes.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
             labels.append(value)
-    return np.array(boxes, float).reshape(-1, 4), np.array(labels, int)
+            # contour of the component at half level, on a 1-px padded crop: pixel edges, in x, y
+            crop = np.pad((inst[sl] == i).astype(float), 1)
+            ring = max(find_contours(crop, 0.5), key=len)
+            outlines.append(np.stack([ring[:, 1] - 0.5 + sl[1].start, ring[:, 0] - 0.5 + sl[0].start], 1))
+    return np.array(boxes, float).reshape(-1, 4), np.array(labels, int), outlines
 
 
-def _tile_targets(boxes: np.ndarray, labels: np.ndarray, x: float, y: float, size: int, cfg: PrepareConfig):
+def _tile_targets(
+    boxes: np.ndarray, labels: np.ndarray, x: float, y: float, size: int, cfg: PrepareConfig, outlines=None
+):
+    """A tile's enlarged, clipped boxes, labels and (with ``outlines``) the PTC outlines in tile px
+    (not enlarged: the training masks are enlarged when they are built, :mod:`medseg.pathology.maskrcnn`)."""
     local = boxes - np.array([x, y, x, y])
     inter_w = (np.minimum(local[:, 2], size) - np.maximum(local[:, 0], 0)).clip(0)
     inter_h = (np.minimum(local[:, 3], size) - np.maximum(local[:, 1], 0)).clip(0)
     area = ((local[:, 2] - local[:, 0]) * (local[:, 3] - local[:, 1])).clip(1e-6)
     keep = inter_w * inter_h / area >= cfg.min_visible
-    return enlarge_boxes(local[keep], labels[keep], cfg.margins, size, size), labels[keep]
+    polys = [outlines[i] - (x, y) for i in np.flatnonzero(keep)] if outlines is not None else None
+    return enlarge_boxes(local[keep], labels[keep], cfg.margins, size, size), labels[keep], polys
+
+
+def _round_polys(polys) -> list:
+    return [np.round(np.asarray(p, float), 1).tolist() for p in polys]
 
 
 def _dataset_meta(records: list[dict], cfg: PrepareConfig, sources: list[str]) -> dict:
@@ -213,7 +256,7 @@ def _slide_records(slide_path: Path, ann_path: Path, staging: Path, cfg: Prepare
     records = []
     backend = {} if cfg.reader == "auto" else {"reader": cfg.reader}
     with open_slide(slide_path, slide_mpp=cfg.slide_mpp, **backend) as slide:
-        rows = read_geojson_boxes(
+        rows, outlines = read_geojson_ptcs(
             ann_path, point_size=cfg.point_diameter_um / slide.mpp, class_map=cfg.class_map
         )
         if len(rows) == 0:
@@ -225,10 +268,11 @@ def _slide_records(slide_path: Path, ann_path: Path, staging: Path, cfg: Prepare
         grid = make_grid(slide, target_mpp=cfg.target_mpp, tile=cfg.tile, overlap=cfg.overlap)
         boxes = rows[:, :4] / grid.scale
         labels = rows[:, 4].astype(int)
+        outlines = [np.asarray(o, float) / grid.scale for o in outlines]
         tissue = detect_tissue(slide)
         stem = safe_name(slide_path.name.split(".")[0])
         for t in plan_slide_tiles(slide, grid, tissue, min_tissue=cfg.min_tissue):
-            b, lab = _tile_targets(boxes, labels, t.x, t.y, cfg.tile, cfg)
+            b, lab, polys = _tile_targets(boxes, labels, t.x, t.y, cfg.tile, cfg, outlines)
             name = f"{stem}_r{t.row:04d}_c{t.col:04d}.png"
             _save_png(staging / "images" / name, read_tile(slide, t, cfg.tile))
             records.append(
@@ -236,6 +280,7 @@ def _slide_records(slide_path: Path, ann_path: Path, staging: Path, cfg: Prepare
                     "file": f"images/{name}",
                     "boxes": np.round(b, 1).tolist(),
                     "labels": lab.tolist(),
+                    "polygons": _round_polys(polys),
                     "source": str(slide_path),
                 }
             )
@@ -258,7 +303,7 @@ def _mask_records(img_path: Path, staging: Path, cfg: PrepareConfig) -> list[dic
         raise InputError(f"cannot read the tile or its mask: {exc}", path=img_path) from None
     if mask.shape[:2] != rgb.shape[:2]:
         raise InputError("mask and image sizes differ", path=mask_path)
-    boxes, labels = boxes_from_label_mask(mask)
+    boxes, labels, outlines = instances_from_label_mask(mask)
     h, w = rgb.shape[:2]
     b = enlarge_boxes(boxes, labels, cfg.margins, w, h)
     _save_png(staging / "images" / img_path.name, rgb)
@@ -268,6 +313,7 @@ def _mask_records(img_path: Path, staging: Path, cfg: PrepareConfig) -> list[dic
             "file": f"images/{img_path.name}",
             "boxes": np.round(b, 1).tolist(),
             "labels": labels.tolist(),
+            "polygons": _round_polys(outlines),
             "source": str(img_path.parent),
         }
     ]

@@ -439,7 +439,13 @@ def read_slide_tiles(slide, plan: SlidePlan, cfg: ScoreConfig, feasible, tally: 
 
 
 def finish_slide(
-    plan: SlidePlan, tally: TileTally, cfg: ScoreConfig, *, margins: dict, weights: str
+    plan: SlidePlan,
+    tally: TileTally,
+    cfg: ScoreConfig,
+    *,
+    margins: dict,
+    weights: str,
+    **detector_fields: Any,
 ) -> SlideResult:
     """Phase 3 (after inference): merge the slide's detections (NMS over the whole slide), Banff
     category, summary. Detections are taken in tile order whatever order they arrived in."""
@@ -489,6 +495,7 @@ def finish_slide(
         "min_score": cfg.min_score,
         "margins": dict(margins),
         "weights": weights,
+        **detector_fields,  # e.g. the cascade's tile counts (CascadeDetector.slide_fields)
         **_qc_fields(qc, plan.look, cfg),
         "grid": {
             "tile": grid.tile,
@@ -506,6 +513,7 @@ def detector_meta(detector) -> dict[str, Any]:
     return {
         "margins": dict(getattr(detector.config, "margins", {})),
         "weights": getattr(detector, "source", ""),
+        **(detector.slide_fields() if hasattr(detector, "slide_fields") else {}),  # once per slide
     }
 
 

@@ -47,6 +47,8 @@ class DetectorTrainConfig:
     warmup: float = 0.15  # part of all steps spent raising the learning rate (one-cycle)
     training_data: str = ""
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    # start from these detector weights (same backbone/heads; a Mask R-CNN's mask head may be new)
+    init_weights: str | None = None
 
 
 def load_dataset(folder: str | Path) -> tuple[dict, list[dict]]:
@@ -97,20 +99,26 @@ def _load_image(folder: Path, rec: dict) -> np.ndarray:
     return np.asarray(Image.open(folder / rec["file"]).convert("RGB"))
 
 
-def _augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _augment(
+    img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, masks: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Flips, a 90 degree turn and colour jitter; instance ``masks`` (N, H, W) follow the boxes."""
     h, w = img.shape[:2]
     b = boxes.copy()
     if rng.random() < 0.5:
         img = img[:, ::-1]
         b[:, [0, 2]] = w - b[:, [2, 0]]
+        masks = masks[:, :, ::-1] if masks is not None else None
     if rng.random() < 0.5:
         img = img[::-1]
         b[:, [1, 3]] = h - b[:, [3, 1]]
+        masks = masks[:, ::-1] if masks is not None else None
     if rng.random() < 0.5 and h == w:  # transpose = 90 degree turn combined with the flips
         img = img.transpose(1, 0, 2)
         b = b[:, [1, 0, 3, 2]]
+        masks = masks.transpose(0, 2, 1) if masks is not None else None
     img = img.astype(np.float32) * rng.uniform(0.92, 1.08, 3) + rng.uniform(-8, 8)
-    return np.clip(img, 0, 255).astype(np.uint8), b
+    return np.clip(img, 0, 255).astype(np.uint8), b, masks
 
 
 def one_cycle(step: int, total: int, warmup: float) -> float:
@@ -139,6 +147,7 @@ class DetectorTask:
             records, config.val_fraction, config.seed
         )
         self.has_validation = bool(self.val_records)
+        self.with_masks = config.detector.arch == "maskrcnn"
         self.steps_per_epoch = max(1, math.ceil(len(self.train_records) / config.batch_size))
         self._optimizer = None
         self._epoch = 1
@@ -146,7 +155,31 @@ class DetectorTask:
 
     # -- model and optimiser ---------------------------------------------------------------------
     def build_model(self):
-        return build_detector(config=self.config.detector)
+        model = build_detector(config=self.config.detector)
+        if self.config.init_weights:
+            self._init_from(model, self.config.init_weights)
+        return model
+
+    @staticmethod
+    def _init_from(model, path: str) -> None:
+        """Load matching tensors of other detector weights (e.g. Faster R-CNN into a Mask R-CNN)."""
+        from medseg.engine.checkpoint import load_weights
+        from medseg.errors import ModelError
+
+        state, _meta = load_weights(path, expect_model=MODEL_NAME)
+        own = model.state_dict()
+        wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+        if wrong or not set(state) & set(own):
+            raise ModelError(
+                f"weights do not fit this detector (e.g. {(wrong or list(state))[0]})", path=path
+            )
+        missing, _unexpected = model.load_state_dict(state, strict=False)
+        log.info(
+            "initialised from %s (%d tensors; new: %s)",
+            path,
+            len(state),
+            ", ".join(sorted({k.split(".")[1] for k in missing})) or "none",
+        )
 
     def build_optimizer(self, model):
         import torch
@@ -166,11 +199,18 @@ class DetectorTask:
             batch = []
             for i in perm[s * self.config.batch_size : (s + 1) * self.config.batch_size]:
                 rec = self.train_records[i]
-                img, b = _augment(
-                    _load_image(self.folder, rec), np.array(rec["boxes"], float).reshape(-1, 4), rng
-                )
-                batch.append((img, b, np.array(rec["labels"], int)))
+                img = _load_image(self.folder, rec)
+                labels = np.array(rec["labels"], int)
+                masks = self._masks(rec, labels, img.shape[:2]) if self.with_masks else None
+                img, b, masks = _augment(img, np.array(rec["boxes"], float).reshape(-1, 4), rng, masks)
+                batch.append((img, b, labels, masks))
             yield batch
+
+    def _masks(self, rec: dict, labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Mask R-CNN targets: the record's PTC outlines enlarged by the class margins, clipped."""
+        from medseg.pathology.maskrcnn import instance_masks
+
+        return instance_masks(rec.get("polygons") or [], labels, self.config.detector.margins, size)
 
     def train_step(self, model, batch, device):
         import torch
@@ -181,17 +221,21 @@ class DetectorTask:
         for group in self._optimizer.param_groups:
             group["lr"] = self.config.lr * factor
         images, targets = [], []
-        for img, boxes, labels in batch:
+        for img, boxes, labels, masks in batch:
             images.append(
                 torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1).float().div(255)
             )
             keep = (boxes[:, 2] - boxes[:, 0] > 2) & (boxes[:, 3] - boxes[:, 1] > 2)
-            targets.append(
-                {
-                    "boxes": torch.as_tensor(boxes[keep], dtype=torch.float32, device=device).reshape(-1, 4),
-                    "labels": torch.as_tensor(labels[keep], dtype=torch.int64, device=device),
-                }
-            )
+            target = {
+                "boxes": torch.as_tensor(boxes[keep], dtype=torch.float32, device=device).reshape(-1, 4),
+                "labels": torch.as_tensor(labels[keep], dtype=torch.int64, device=device),
+            }
+            if masks is not None:
+                h, w = img.shape[:2]
+                target["masks"] = torch.as_tensor(
+                    np.ascontiguousarray(masks[keep]), dtype=torch.uint8, device=device
+                ).reshape(-1, h, w)
+            targets.append(target)
         return sum(model(images, targets).values())
 
     # -- validation -----------------------------------------------------------------------------
@@ -212,7 +256,8 @@ class DetectorTask:
                 if len({im.shape for im in imgs}) == 1
                 else [det.predict(im[None])[0] for im in imgs]
             )
-            for rec, (boxes, labels, scores) in zip(chunk, preds):
+            for rec, (dets, labels, scores) in zip(chunk, preds):
+                boxes = dets[:, :4]  # Mask R-CNN rows carry the outline after the box
                 gt_b, gt_l = np.array(rec["boxes"], float).reshape(-1, 4), np.array(rec["labels"], int)
                 for c in per_class:
                     per_class[c].append(match_class(boxes[labels == c], scores[labels == c], gt_b[gt_l == c]))
@@ -277,6 +322,14 @@ def train_detector(
         if saved.arch != det.arch:
             log.warning("resuming the %s detector of %s (not %s)", saved.arch, out, det.arch)
         cfg.detector = saved
+    if cfg.detector.arch == "maskrcnn":
+        without = sum("polygons" not in r or len(r["polygons"]) != len(r["labels"]) for r in records)
+        if without:
+            raise InputError(
+                f"{without} tile(s) of the dataset have no PTC outlines (polygons), which Mask R-CNN "
+                "needs: prepare it again with this version of medseg slide-prepare",
+                path=folder,
+            )
     task = DetectorTask(folder, records, cfg)
     log.info("training on %d tile(s), validating on %s", len(task.train_records), task.validation)
     result = fit(

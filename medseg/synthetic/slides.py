@@ -6,9 +6,10 @@ so any region can be rendered at any downsample without rendering the rest. That
 :func:`write_slide` stream a 100 000 x 100 000 px pyramidal tiled TIFF (JPEG tiles, mpp in the
 resolution tags, which OpenSlide reads as ``openslide.mpp-x``) tile by tile in bounded memory.
 
-Ground truth: :meth:`SyntheticSlide.ptc_features` (GeoJSON polygons in level-0 pixels, QuPath
-classification ``C4d+``/``C4d-``) and :meth:`SyntheticSlide.render_labels` (instance label mask
-of any region). Glomerular capillary loops and incomplete arcs are brown but are *not* PTCs: by
+Ground truth: :meth:`SyntheticSlide.ptc_features` (GeoJSON polygons in level-0 pixels: each PTC's
+outline, which ``slide-prepare`` keeps for Mask R-CNN training; QuPath classification
+``C4d+``/``C4d-``) and :meth:`SyntheticSlide.render_labels` (instance label mask of any region).
+:meth:`SyntheticSlide.without_ptcs` empties a region of PTCs (tissue the cascade gate may skip). Glomerular capillary loops and incomplete arcs are brown but are *not* PTCs: by
 the scoring rule they must not be counted.
 """
 
@@ -85,6 +86,19 @@ class SyntheticSlide:
                 for by in range(int((cy - r) // _BUCKET), int((cy + r) // _BUCKET) + 1):
                     self._buckets.setdefault((bx, by), []).append(i)
         return self
+
+    def without_ptcs(
+        self, x0: float, y0: float, x1: float, y1: float, *, arcs_kept: float = 0.25
+    ) -> SyntheticSlide:
+        """Remove the PTCs centred in a level-0 box (PTC-free tissue, like scar or medulla), keeping
+        ``arcs_kept`` of them as incomplete DAB arcs (brown, but not PTCs); glomeruli and tubules stay."""
+        obj = self.objects
+        gone = np.isin(obj[:, 0], (PTC_POS, PTC_NEG))
+        gone &= (obj[:, 1] >= x0) & (obj[:, 1] < x1) & (obj[:, 2] >= y0) & (obj[:, 2] < y1)
+        arcs = obj[gone].copy()
+        arcs[:, 0] = ARC
+        keep = np.random.default_rng(self.spec.seed + 31).random(len(arcs)) < arcs_kept
+        return self.set_objects(np.vstack([obj[~gone], arcs[keep]]))
 
     # -- layout ---------------------------------------------------------------------------------
     def _make_blobs(self, rng: np.random.Generator) -> np.ndarray:

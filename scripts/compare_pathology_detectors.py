@@ -1,0 +1,203 @@
+"""Faster R-CNN (light) vs Mask R-CNN (light) on the same synthetic slides with the same CPU budget.
+
+    OMP_NUM_THREADS=1 python scripts/compare_pathology_detectors.py --work /tmp/cmp --minutes 6.5
+
+Both detectors start from the shipped light demo detector (backbone, RPN and box head; the Mask
+R-CNN's mask head starts new; ``--from-scratch`` starts both from random weights) and train through
+``slide-train``'s library call on one ``slide-prepare`` dataset (train slides seeds 2000-2003,
+validation slide 2004), each for about ``--minutes`` of one CPU thread: a
+short probe times a training step and the epoch count is set so that the one-cycle schedule ends
+within the budget (``max_minutes`` stops it in any case). Then both score the same held-out slides
+(seeds 3000-3002, never seen in training) and ``slide-eval`` gives F1 per class; time per tile is
+the detector's own forward pass (batches of 4 tiles of 1024 px, after one warm-up batch).
+
+Writes ``WORK/comparison.json``; with ``--ship-maskrcnn`` the Mask R-CNN weights are copied to
+``medseg/weights/pathology/c4d_maskrcnn_demo.safetensors`` (synthetic, not for clinical use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MASK_DEMO = ROOT / "medseg" / "weights" / "pathology" / "c4d_maskrcnn_demo.safetensors"
+TRAIN_SEEDS = (2000, 2001, 2002, 2003, 2004)
+TRAIN_FRACTIONS = (0.1, 0.3, 0.5, 0.8, 0.4)
+TEST_SEEDS = (3000, 3001, 3002)
+TEST_FRACTIONS = (0.05, 0.3, 0.7)
+log = logging.getLogger("medseg")
+
+
+def _slides(work: Path, seeds, fractions, size: tuple[int, int]) -> list[Path]:
+    from medseg.synthetic.slides import SlideSpec, write_slide
+
+    out = []
+    for seed, frac in zip(seeds, fractions):
+        path = work / f"s{seed}.tiff"
+        if not path.is_file():
+            spec = SlideSpec(width=size[0], height=size[1], seed=seed, positive_fraction=frac)
+            write_slide(path, spec, geojson=work / f"s{seed}.geojson")
+        out.append(path)
+    return out
+
+
+def _epochs_for(dataset: Path, arch: str, minutes: float, batch_size: int) -> tuple[int, float]:
+    """Epochs that fit ``minutes``: time 3 training steps (after one warm-up) of this architecture."""
+    import torch
+
+    from medseg.pathology.detector import DetectorConfig
+    from medseg.pathology.train import DetectorTask, DetectorTrainConfig, load_dataset
+
+    meta, records = load_dataset(dataset)
+    det = DetectorConfig(arch=arch, margins={k: int(v) for k, v in meta["margins"].items()})
+    task = DetectorTask(
+        dataset, records, DetectorTrainConfig(batch_size=batch_size, detector=det, val_fraction=0.2)
+    )
+    model = task.build_model().train()
+    opt = task.build_optimizer(model)
+    batches = task.train_batches(1, np.random.default_rng(0))
+    times = []
+    for k in range(4):
+        t0 = time.perf_counter()
+        loss = task.train_step(model, next(batches), torch.device("cpu"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if k:
+            times.append(time.perf_counter() - t0)
+    step = float(np.mean(times))
+    # validation (~1 forward per held-out tile) adds about a sixth of an epoch's training time
+    epoch_s = step * task.steps_per_epoch * 1.2 + 0.35 * len(task.val_records)
+    return max(1, int(minutes * 60 / epoch_s)), step
+
+
+def _train(dataset: Path, run: Path, arch: str, minutes: float, epochs: int, init: str | None):
+    from medseg.pathology.detector import DetectorConfig
+    from medseg.pathology.train import DetectorTrainConfig, train_detector
+
+    cfg = DetectorTrainConfig(
+        epochs=epochs,
+        batch_size=4,
+        lr=1e-3 if init else 3e-3,  # fine-tuning keeps the demo detector's features
+        seed=0,
+        device="cpu",
+        val_fraction=0.2,
+        max_minutes=minutes,
+        training_data="synthetic C4d slides, seeds 2000-2004 (medseg.synthetic.slides); not for clinical use",
+        detector=DetectorConfig(arch=arch),
+        init_weights=init,
+    )
+    return train_detector(dataset, run, cfg, overwrite=True)
+
+
+def _tile_seconds(weights: Path, slides: list[Path]) -> float:
+    """Seconds per 1024 px tile of the detector's forward pass (batches of 4, on tissue tiles)."""
+    from medseg.pathology.detector import load_detector
+    from medseg.pathology.slide import detect_tissue, open_slide
+    from medseg.pathology.tiling import make_grid, plan_slide_tiles, read_tile
+
+    det = load_detector(weights, device="cpu")
+    tiles = []
+    for path in slides:
+        with open_slide(path) as slide:
+            grid = make_grid(slide, target_mpp=0.5, tile=1024, overlap=160)
+            tiles += [read_tile(slide, t, 1024) for t in plan_slide_tiles(slide, grid, detect_tissue(slide))]
+    det.predict(np.stack(tiles[:4]))  # warm-up
+    t0 = time.perf_counter()
+    n = 0
+    for i in range(0, len(tiles) - len(tiles) % 4, 4):
+        det.predict(np.stack(tiles[i : i + 4]))
+        n += 4
+    return (time.perf_counter() - t0) / max(1, n)
+
+
+def _score_and_eval(weights: Path, slides: list[Path], out: Path) -> dict:
+    from medseg.pathology.evaluate import evaluate_results
+    from medseg.pathology.score import ScoreConfig, score_slides
+
+    run = score_slides(slides, out, ScoreConfig(device="cpu", workers=1), weights=weights, overwrite=True)
+    if run.exit_code:
+        raise SystemExit("; ".join(run.failure_lines()))
+    ev = evaluate_results(out, [p.with_suffix(".geojson") for p in slides])
+    o = ev.summary["overall"]
+    keep = ("C4d+_f1", "C4d-_f1", "C4d+_precision", "C4d+_recall", "C4d-_precision", "C4d-_recall", "f1_mean")
+    return {
+        **{k: round(float(o[k]), 3) for k in keep},
+        "category_agreement": o["category_agreement"],
+        "slides": [
+            {k: i.metrics[k] for k in ("truth_category", "predicted_category", "pred_C4d+", "pred_C4d-")}
+            | {"name": i.name, "truth_C4d+": i.metrics["truth_C4d+"], "truth_C4d-": i.metrics["truth_C4d-"]}
+            for i in ev.items
+        ],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--minutes", type=float, default=6.5, help="training budget per detector (1 thread)")
+    parser.add_argument("--archs", nargs="+", default=["light", "maskrcnn"])
+    parser.add_argument(
+        "--ship-maskrcnn", action="store_true", help="copy the Mask R-CNN weights into the package"
+    )
+    parser.add_argument(
+        "--from-scratch", action="store_true", help="do not start both from the shipped light demo detector"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import torch
+
+    from medseg.pathology.prepare import PrepareConfig, prepare_dataset
+
+    torch.set_num_threads(1)
+    args.work.mkdir(parents=True, exist_ok=True)
+    train = _slides(args.work, TRAIN_SEEDS, TRAIN_FRACTIONS, (2560, 2560))
+    test = _slides(args.work, TEST_SEEDS, TEST_FRACTIONS, (3072, 2048))
+    dataset = args.work / "dataset"
+    if not (dataset / "annotations.json").is_file():
+        prepare_dataset(train, dataset, PrepareConfig(tile=512, overlap=192), overwrite=True)
+    init = None
+    if not args.from_scratch:
+        from medseg.engine.weights import demo_weights_path
+        from medseg.pathology.detector import DEMO_WEIGHTS
+
+        init = str(demo_weights_path(DEMO_WEIGHTS))
+    results_path = args.work / "comparison.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for arch in args.archs:
+        epochs, step = _epochs_for(dataset, arch, args.minutes, 4)
+        log.info("%s: %.2f s per training step -> %d epochs in %.1f min", arch, step, epochs, args.minutes)
+        t0 = time.perf_counter()
+        tr = _train(dataset, args.work / f"run_{arch}", arch, args.minutes, epochs, init)
+        train_s = time.perf_counter() - t0
+        weights = Path(tr.best_weights)
+        results[arch] = {
+            "init": "light demo detector" if init else "scratch",
+            "train_seconds": round(train_s, 1),
+            "train_step_s": round(step, 3),
+            "epochs": tr.epochs,
+            "best_epoch": tr.best_epoch,
+            "stopped": tr.stopped,
+            "validation_f1_mean": round(float(tr.best_metric), 3),
+            "weights_bytes": weights.stat().st_size,
+            "held_out": _score_and_eval(weights, test, args.work / f"scores_{arch}"),
+            "s_per_tile": round(_tile_seconds(weights, test), 3),
+        }
+        results_path.write_text(json.dumps(results, indent=1))
+        log.info("%s: %s", arch, json.dumps(results[arch]))
+        if arch == "maskrcnn" and args.ship_maskrcnn:
+            shutil.copyfile(weights, MASK_DEMO)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
