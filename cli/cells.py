@@ -246,6 +246,14 @@ def cells_segment(
     show_default=True,
     help="Border weight sigma (px).",
 )
+@click.option(
+    "--init",
+    default="demo",
+    show_default=True,
+    help="Starting weights: 'demo' fine-tunes the shipped demo weights (the net's shape is theirs unless "
+    "--arch/--base-channels/--batch-norm/--se ask for another net, which then trains from scratch), "
+    "'scratch', or a weights file to fine-tune.",
+)
 @val_fraction_option(0.2, "image/mask pairs, scored by IoU")
 @_channel_option
 @_stain_option
@@ -269,6 +277,7 @@ def cells_train(
     lr,
     w0,
     sigma,
+    init,
     val_fraction,
     channel,
     stain,
@@ -285,7 +294,7 @@ def cells_train(
     """Train a cell U-Net (weighted cross-entropy with border weight maps, elastic augmentation)."""
     from medseg.cells.archs import ArchConfig
     from medseg.cells.model import UNET_ARCHS, CellModelConfig
-    from medseg.cells.train import CellsTrainConfig, human_summary, train_cells
+    from medseg.cells.train import CellsTrainConfig, human_summary, resolve_init, train_cells
     from medseg.cells.weights import WeightMapConfig
 
     if arch in UNET_ARCHS:
@@ -294,6 +303,12 @@ def cells_train(
         if se is not None and arch != "unet_se":
             raise click.BadParameter(f"--se applies to the U-Nets, not {arch}", param_hint="--se")
         model = ArchConfig(arch=arch, width=base_channels, se=True if se is None else se)
+    ctx = click.get_current_context()
+    shaped = any(
+        ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        for name in ("arch", "se", "base_channels", "batch_norm")
+    )
+    model, init_weights = resolve_init(init, model if shaped else None)
     config = CellsTrainConfig(
         model=model,
         weight_map=WeightMapConfig(w0=w0, sigma=sigma),
@@ -309,6 +324,7 @@ def cells_train(
         synthetic=synthetic,
         stain=stain,
         channel=channel,
+        init_weights=init_weights,
     )
     result = train_cells(
         out_dir,

@@ -80,6 +80,7 @@ class CellsTrainConfig:
     stain: str = "auto"  # how training images are read (as cells-segment --stain)
     channel: int | None = None  # as cells-segment --channel
     diameter: float | None = None  # median cell diameter (px) of the training masks; set by train_pairs
+    init_weights: str | None = None  # fine-tune: start from these weights (same model config), else scratch
 
     def loop(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, seed=self.seed, max_minutes=self.max_minutes, amp=self.amp)
@@ -165,6 +166,75 @@ def make_meta(config: CellsTrainConfig, metrics: dict[str, Any]) -> CheckpointMe
     )
 
 
+def init_compatible(config: ModelConfig, path: str | Path) -> bool:
+    """Whether the weights at ``path`` describe the same net as ``config`` (so they can be fine-tuned)."""
+    from medseg.cells.model import config_from_dict
+    from medseg.engine.checkpoint import read_meta
+
+    try:
+        theirs = config_from_dict(read_meta(path).config).to_dict()
+    except Exception:  # unreadable or foreign weights: not a starting point
+        return False
+    ours = config.to_dict()
+    ignore = {"dropout"}  # a training-time setting: does not change the parameters' shapes
+    return {k: v for k, v in theirs.items() if k not in ignore} == {
+        k: v for k, v in ours.items() if k not in ignore
+    }
+
+
+def init_from(model: torch.nn.Module, config: ModelConfig, path: str | Path) -> None:
+    """Load ``path``'s parameters into ``model`` (fine-tuning); an input error naming the file when the
+    weights describe another net or their tensors do not fit."""
+    from medseg.engine.checkpoint import load_weights
+
+    if not init_compatible(config, path):
+        raise InputError(
+            f"initial weights describe another net than {config.arch} with these settings "
+            "(pass matching --arch/--base-channels/--batch-norm, or --init scratch)",
+            path=path,
+        )
+    state, _ = load_weights(path, expect_model=MODEL_NAME)
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as exc:
+        raise InputError(f"initial weights do not fit: {str(exc).splitlines()[0]}", path=path) from None
+    log.info("fine-tuning from %s", path)
+
+
+def resolve_init(init: str, model: ModelConfig | None) -> tuple[ModelConfig, str | None]:
+    """``cells-train --init``: the net to train and the weights to start from.
+
+    ``init`` is ``demo`` (the shipped demo weights), ``scratch`` or a weights file. ``model`` is the
+    net the user asked for, or None when they left the net's shape to the starting weights (then
+    the net is the one those weights describe). ``demo`` falls back to scratch, with a log line, when
+    the asked-for net has another shape (or no demo weights are installed); a given file that does
+    not fit is an input error.
+    """
+    from medseg.cells.model import DEMO_WEIGHTS, config_from_dict
+    from medseg.engine.checkpoint import read_meta
+    from medseg.engine.weights import demo_weights_path
+
+    if init == "scratch":
+        return model or CellModelConfig(), None
+    path = demo_weights_path(DEMO_WEIGHTS) if init == "demo" else Path(init)
+    if not Path(path).is_file():
+        if init == "demo":
+            log.warning("no demo weights installed (%s): training from scratch", path)
+            return model or CellModelConfig(), None
+        raise InputError("--init: weights file not found", path=path)
+    if model is None:
+        model = config_from_dict(read_meta(path).config)
+    if init_compatible(model, path):
+        return model, str(path)
+    if init == "demo":
+        log.info(
+            "the demo weights are another net than %s with these settings: training from scratch", model.arch
+        )
+        return model, None
+    init_from(build_model(config=model), model, path)  # raises the input error naming the file
+    return model, str(path)
+
+
 def split_validation(
     samples: list[Sample], fraction: float, rng: np.random.Generator
 ) -> tuple[list[Sample], list[Sample]]:
@@ -208,7 +278,10 @@ class CellsTrainTask:
             self.out_size = model_output_size(model, self.tile)
 
     def build_model(self) -> torch.nn.Module:
-        return build_model(config=self.config.model)
+        model = build_model(config=self.config.model)
+        if self.config.init_weights:
+            init_from(model, self.config.model, self.config.init_weights)
+        return model
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)

@@ -51,3 +51,44 @@ def test_batch_alternates_modalities():
 def test_unknown_modality():
     with pytest.raises(ValueError):
         synthetic_cells(0, SyntheticCellsConfig(modality="xray"))
+
+
+def test_randomised_batch_spans_what_real_images_vary_in():
+    """The demo weights' training distribution: sizes 4-40 px, three looks, brightness over decades."""
+    from medseg.synthetic.cells import randomised_batch, randomised_config
+
+    configs = [randomised_config(np.random.default_rng([1, i])) for i in range(200)]
+    diameters = np.array([sum(c.radius_range) for c in configs])  # mean diameter: 2 x mean radius
+    assert diameters.min() < 6 and diameters.max() > 32
+    assert {c.modality for c in configs} == {"fluorescence", "phase", "he"}
+    assert max(c.brightness_decades for c in configs) > 1.8 and any(c.saturation > 0 for c in configs)
+    assert any(c.photons for c in configs) and any(c.photons is None for c in configs)
+
+    a = randomised_batch(5, 6, height=96, width=112)
+    b = randomised_batch(5, 6, height=96, width=112)
+    for (ia, la, ma), (ib, lb, mb) in zip(a, b):
+        assert ma == mb and np.array_equal(ia, ib) and np.array_equal(la, lb)  # seeded
+        assert la.shape == (96, 112) and ia.shape[:2] == (96, 112) and la.max() >= 1
+        assert ia.shape == ((96, 112, 3) if ma == "he" else (96, 112))
+
+
+def test_he_rendering_reads_as_he_with_bright_hematoxylin_nuclei():
+    """H&E-like RGB: auto stain detection says he, and the hematoxylin plane the net reads has the
+    nuclei brighter than the eosin background."""
+    from medseg.cells.stain import detect_stain, nuclear_plane
+
+    image, labels = synthetic_cells(11, SyntheticCellsConfig(modality="he", height=128, width=128))
+    assert image.shape == (128, 128, 3) and 0 <= image.min() and image.max() <= 1
+    assert detect_stain(image).stain == "he"
+    h = nuclear_plane(image, "he")
+    assert np.median(h[labels > 0]) > 2 * np.median(h[labels == 0])
+
+
+def test_brightness_decades_and_saturation():
+    cfg = SyntheticCellsConfig(height=160, width=160, brightness_decades=2.0, saturation=0.05, noise=0.0)
+    image, labels = synthetic_cells(3, cfg)
+    from scipy import ndimage as ndi
+
+    means = ndi.mean(image, labels, np.arange(1, labels.max() + 1))
+    assert means.max() / max(np.percentile(means, 10), 1e-6) > 10  # over a decade within one image
+    assert (image >= image.max() - 1e-6).sum() >= 10  # a saturated plateau, not one peak pixel

@@ -1,0 +1,73 @@
+"""cells-train --init: fine-tunes the demo weights by default (the net's shape taken from them),
+trains from scratch when another net is asked for, and refuses a weights file that does not fit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from medseg_cli.main import cli
+
+from medseg.cells.io import to_uint8, write_labels, write_png
+from medseg.cells.model import DEMO_WEIGHTS, CellModelConfig
+from medseg.cells.train import init_compatible, resolve_init
+from medseg.engine.checkpoint import read_meta
+from medseg.engine.weights import demo_weights_path
+from medseg.synthetic.cells import SyntheticCellsConfig, synthetic_batch
+
+TINY = ["--epochs", "1", "--steps", "1", "--batch-size", "1", "--tile", "188", "--val-fraction", "0"]
+
+
+@pytest.fixture
+def folders(tmp_path):
+    img_dir, mask_dir = tmp_path / "img", tmp_path / "mask"
+    img_dir.mkdir()
+    mask_dir.mkdir()
+    for i, (image, labels) in enumerate(synthetic_batch(43, 1, SyntheticCellsConfig(height=96, width=96))):
+        write_png(img_dir / f"c{i}.png", to_uint8(image))
+        write_labels(mask_dir / f"c{i}_mask.tif", labels)
+    return img_dir, mask_dir
+
+
+def train(tmp_path, folders, name, *extra):
+    img_dir, mask_dir = folders
+    args = ["cells-train", "--images", img_dir, "--masks", mask_dir, "--out", tmp_path / name, *TINY]
+    return CliRunner().invoke(cli, [str(a) for a in [*args, *extra, "--device", "cpu", "--json", "-q"]])
+
+
+def test_default_finetunes_the_demo_weights(tmp_path, folders):
+    res = train(tmp_path, folders, "ft")
+    assert res.exit_code == 0, res.output
+    task = json.loads((tmp_path / "ft" / "train_config.json").read_text())["task"]
+    demo = demo_weights_path(DEMO_WEIGHTS)
+    assert task["init_weights"] == str(demo)
+    shape = ("arch", "base_channels", "batch_norm", "depth")
+    theirs = read_meta(demo).config
+    assert {k: task["model"][k] for k in shape} == {k: theirs[k] for k in shape}  # the demo weights' net
+    assert init_compatible(CellModelConfig.from_dict(task["model"]), tmp_path / "ft" / "last.safetensors")
+
+
+def test_another_net_trains_from_scratch(tmp_path, folders):
+    res = train(tmp_path, folders, "scratch", "--base-channels", "4")
+    assert res.exit_code == 0, res.output
+    task = json.loads((tmp_path / "scratch" / "train_config.json").read_text())["task"]
+    assert task["init_weights"] is None and task["model"]["base_channels"] == 4
+
+
+def test_a_weights_file_that_does_not_fit_is_refused(tmp_path, folders):
+    res = train(tmp_path, folders, "bad", "--init", demo_weights_path(DEMO_WEIGHTS), "--base-channels", "4")
+    assert res.exit_code == 2, res.output
+    assert "--init scratch" in res.output and "demo_unet2015" in res.output
+    res = train(tmp_path, folders, "missing", "--init", tmp_path / "nope.safetensors")
+    assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_resolve_init_library():
+    demo = demo_weights_path(DEMO_WEIGHTS)
+    model, path = resolve_init("demo", None)
+    assert path == str(demo) and init_compatible(model, demo)
+    model, path = resolve_init("demo", CellModelConfig(base_channels=16))
+    assert path is None and model.base_channels == 16
+    model, path = resolve_init("scratch", None)
+    assert path is None and model == CellModelConfig()  # --init scratch: the CLI's default net
