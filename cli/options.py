@@ -161,3 +161,42 @@ def finish(result: Any, *, as_json: bool, human: Callable[[Any], str] | None = N
             for line in getattr(result, "failure_lines", list)():
                 click.echo(f"medseg: failed: {line}", err=True)
         click.get_current_context().exit(code)
+
+
+def ray_options(func: Callable) -> Callable:
+    """--ray [auto|ADDRESS], --ray-actors, --priority, --deadline: run a batch command on Ray.
+
+    Ray is imported only when --ray is given (an optional extra: pip install 'medseg[ray]').
+    """
+    func = click.option(
+        "--deadline",
+        type=click.FloatRange(0, min_open=True),
+        default=None,
+        metavar="SECONDS",
+        help="With --ray: finish within SECONDS of the start; the actors' queue serves the "
+        "earliest deadline first (a fairness bound keeps other jobs moving).",
+    )(func)
+    func = click.option(
+        "--priority",
+        type=int,
+        default=0,
+        show_default=True,
+        help="With --ray: jobs sharing the model actors are served higher priority first.",
+    )(func)
+    func = click.option(
+        "--ray-actors",
+        type=click.IntRange(1),
+        default=None,
+        help="With --ray: model actors (default: one per GPU of the cluster, else 1).",
+    )(func)
+    func = click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="auto",
+        default=None,
+        metavar="[auto|ADDRESS]",
+        help="Run on Ray: auto (or no value) starts a local runtime; ray://host:10001 or "
+        "host:6379 joins a cluster (see docs/scale-out.md).",
+    )(func)
+    return func

@@ -12,6 +12,7 @@ from medseg_cli.options import (
     finish,
     output_options,
     overwrite_option,
+    ray_options,
     train_options,
     val_fraction_option,
     weights_option,
@@ -128,6 +129,7 @@ Examples:
 @click.option("--resume", is_flag=True, help="Keep slides already scored in --out; score the others.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @overwrite_option
+@ray_options
 @amp_option
 @common_options
 def slide_score(
@@ -150,6 +152,10 @@ def slide_score(
     resume,
     no_report,
     overwrite,
+    ray_address,
+    ray_actors,
+    priority,
+    deadline,
     amp,
     device,
     quiet,
@@ -188,17 +194,30 @@ def slide_score(
 
         cfg.check()  # bad options before loading anything
         detector, demo = load_cascade(weights, cascade_weights, device=device, amp=amp)
-    result = score_slides(
-        slides,
-        out,
-        cfg,
-        weights=weights,
-        detector=detector,
-        resume=resume,
-        overwrite=overwrite,
-        report=not no_report,
-        progress=not quiet,
-    )
+    if ray_address is not None:
+        from medseg.scale.slides import score_slides_cli
+
+        result = score_slides_cli(
+            slides, out, cfg, ray_address, actors=ray_actors, priority=priority, deadline=deadline,
+            weights=weights, cascade=detector is not None, resume=resume, overwrite=overwrite,
+            report=not no_report, progress=not quiet,
+        )  # fmt: skip
+    else:
+        if ray_actors is not None or priority or deadline is not None:
+            from medseg.errors import InputError
+
+            raise InputError("--ray-actors, --priority and --deadline need --ray")
+        result = score_slides(
+            slides,
+            out,
+            cfg,
+            weights=weights,
+            detector=detector,
+            resume=resume,
+            overwrite=overwrite,
+            report=not no_report,
+            progress=not quiet,
+        )
     if demo:  # score_slides only knows that it was handed a loaded detector
         result.summary["demo_weights"] = True
         result.warnings.append("demo weights (trained on synthetic slides only, not for clinical use)")
@@ -351,6 +370,7 @@ def slide_train(
     dataset,
     out,
     arch,
+    init_weights,
     epochs,
     batch_size,
     lr,
@@ -379,6 +399,7 @@ def slide_train(
         amp=amp,
         max_minutes=max_minutes,
         detector=det,
+        init_weights=str(init_weights) if init_weights else None,
     )
     result = train_detector(dataset, out, cfg, resume=resume, overwrite=overwrite, progress=not quiet)
     finish(result, as_json=as_json, human=_train_human)

@@ -47,7 +47,7 @@ class RayConfig:
     """How a batch runs on Ray (``--ray``, ``--ray-actors``, ``--priority``, ``--deadline``)."""
 
     address: str = "auto"  # auto: local runtime; ray://host:10001 or host:6379: join a cluster
-    actors: int = 1  # model actors
+    actors: int | None = None  # model actors; None: one per GPU of the cluster, else 1
     actor_cpus: float = 1.0
     actor_gpus: float | None = None  # None: 1 per actor when the cluster has GPUs, else 0
     slide_cpus: float = 0.25  # slide tasks mostly wait on the actors
@@ -62,7 +62,7 @@ class RayConfig:
     track_memory: bool = False  # sample each slide task's RSS (benchmark)
 
     def check(self) -> None:
-        if self.actors < 1:
+        if self.actors is not None and self.actors < 1:
             raise InputError(f"--ray-actors must be at least 1, got {self.actors}")
         if self.slides_in_flight < 1 or self.tiles_in_flight < 1:
             raise InputError("slides and tiles in flight must be at least 1")
@@ -174,7 +174,8 @@ class ModelPool:
             "max_concurrency": 10_000,
         }
         args = (factory, batch_size, ray_cfg.max_wait_s, ray_cfg.fuse, ray_cfg.fair_every)
-        self.actors = [_actor_class().options(**opts).remote(*args) for _ in range(ray_cfg.actors)]
+        n = ray_cfg.actors or (max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)) if gpus else 1)
+        self.actors = [_actor_class().options(**opts).remote(*args) for _ in range(n)]
         self._meta: dict[str, Any] | None = None
 
     def meta(self) -> dict[str, Any]:
@@ -429,7 +430,7 @@ def score_slides_ray(
         rows.append(row)
     finish_run(final, rows, out, cfg, report=report, runtime=meta.get("runtime", {}), weights=meta["weights"])
     final.summary["demo_weights"] = is_demo
-    final.summary["ray"] = {**asdict(rc), "runtime": "ray", "workers": _node_count(ray)}
+    final.summary["ray"] = {**asdict(rc), "actors": len(pool.actors), "nodes": _node_count(ray)}
     if is_demo:
         final.warnings.append("demo weights (trained on synthetic slides only, not for clinical use)")
     return final
@@ -505,3 +506,29 @@ def _publish(ray, ref, path, name, out, record_slide):
     item = one.items[0]
     item.metrics["ray"] = outcome.get("stats", {})
     return item, row
+
+
+def score_slides_cli(
+    slides,
+    out,
+    cfg,
+    address: str,
+    *,
+    actors: int | None,
+    priority: int,
+    deadline: float | None,
+    weights,
+    cascade: bool,
+    **kwargs: Any,
+) -> RunResult:
+    """``slide-score --ray``: one-line errors for what does not run on Ray, then :func:`score_slides_ray`."""
+    from medseg.scale import require_ray
+
+    require_ray()
+    if cascade:
+        raise InputError(
+            "--cascade does not run with --ray yet (its per-slide tile counts assume a slide's own "
+            "batches); drop one of the two"
+        )
+    rc = RayConfig(address=address, actors=actors, priority=priority, deadline_s=deadline)
+    return score_slides_ray(slides, out, cfg, rc, weights=weights, **kwargs)
