@@ -344,7 +344,7 @@ Examples:
   medseg slide-train dataset/ --out run/ --arch light --epochs 20
   medseg slide-train dataset/ --out run/ --epochs 30 --resume
   medseg slide-train dataset/ --out run_r50/ --arch resnet50-fpn --device cuda --batch-size 8
-  medseg slide-train dataset/ --out run_mask/ --arch maskrcnn     # PTC outlines from polygons
+  medseg slide-train dataset/ --out run_mask/ --arch maskrcnn --init-weights run/best.safetensors
 """,
 )
 @click.argument("dataset", type=click.Path(path_type=Path))
@@ -357,6 +357,12 @@ Examples:
     default="light",
     show_default=True,
     help="light / resnet50-fpn Faster R-CNN (boxes), or maskrcnn: the light one + PTC outlines (Mask R-CNN).",
+)
+@click.option(
+    "--init-weights",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Start from these detector weights (matching layers; e.g. light weights for --arch maskrcnn).",
 )
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
 @batch_size_option(4, "Tiles per training step.")

@@ -25,6 +25,9 @@ log = logging.getLogger("medseg.pathology")
 ARCH = "maskrcnn"
 OUTLINE_VERTICES = 32  # outline resampled to this many vertices (PTCs are convex-ish rings)
 MASK_CHANNELS = (32, 32)  # the mask head's conv layers (torchvision's default is 4 x 256)
+# small demo Mask R-CNN trained on synthetic slides (scripts/compare_pathology_detectors.py
+# --ship-maskrcnn); not for clinical use. Resolve with medseg.engine.weights.demo_weights_path.
+DEMO_WEIGHTS = "pathology/c4d_maskrcnn_demo.safetensors"
 
 
 def detection_columns(arch: str) -> int:
