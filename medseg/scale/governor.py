@@ -150,7 +150,7 @@ class Governor:
             return True
         oldest = self.queue.peek_oldest()
         now = self.clock() if now is None else now
-        return oldest is not None and now - oldest.arrival >= self.max_wait_s
+        return oldest is not None and now >= oldest.arrival + self.max_wait_s
 
     def wait_s(self, now: float | None = None) -> float | None:
         """Seconds until the oldest request's wait runs out (None: nothing queued)."""

@@ -59,7 +59,7 @@ class RayConfig:
     priority: int = 0  # higher first
     deadline_s: float | None = None  # seconds from the job's start; None: no deadline
     max_restarts: int = 3  # per actor
-    track_memory: bool = False  # sample each slide task's RSS (benchmark)
+    track_memory: bool = False  # sample each slide task's RSS, one fresh worker per slide (benchmark)
 
     def check(self) -> None:
         if self.actors is not None and self.actors < 1:
@@ -264,7 +264,12 @@ def _slide_task(
         read_slide_tiles,
     )
 
-    sampler = _MemorySampler() if rc.track_memory else None
+    sampler = None
+    if rc.track_memory:  # libraries first, so the sample shows what the tiles cost
+        import torch  # noqa: F401
+        import torchvision.ops  # noqa: F401
+
+        sampler = _MemorySampler()
     stats = {"max_tiles_in_flight": 0, "tiles_sent": 0, "pid": os.getpid()}
     waiting: dict[Any, tuple[int, Any, int]] = {}  # call -> (tile index, image ref, attempt)
 
@@ -420,6 +425,7 @@ def score_slides_ray(
             record_slide,
             is_complete,
         )
+        served = _served(pool.stats(timeout=5.0))
     finally:
         if own_pool:
             pool.shutdown()
@@ -430,10 +436,26 @@ def score_slides_ray(
         rows.append(row)
     finish_run(final, rows, out, cfg, report=report, runtime=meta.get("runtime", {}), weights=meta["weights"])
     final.summary["demo_weights"] = is_demo
-    final.summary["ray"] = {**asdict(rc), "actors": len(pool.actors), "nodes": _node_count(ray)}
+    final.summary["ray"] = {**asdict(rc), "actors": len(pool.actors), "nodes": _node_count(ray), **served}
     if is_demo:
         final.warnings.append("demo weights (trained on synthetic slides only, not for clinical use)")
     return final
+
+
+def _served(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the model actors did (since they started: with a shared pool, other jobs too)."""
+    sizes: dict[int, int] = {}
+    for st in stats:
+        for n, k in st["batch_sizes"].items():
+            sizes[int(n)] = sizes.get(int(n), 0) + k
+    tiles, busy = sum(st["tiles"] for st in stats), sum(st["busy_s"] for st in stats)
+    return {
+        "batches": sum(sizes.values()),
+        "tiles_inferred": tiles,
+        "mean_batch": round(tiles / max(1, sum(sizes.values())), 2),
+        "batch_sizes": dict(sorted(sizes.items())),
+        "model_busy_s": round(busy, 3),
+    }
 
 
 def _node_count(ray) -> int:
@@ -451,7 +473,10 @@ def _run_job(
     start = time.time()
     job = _Job(uuid.uuid4().hex[:12], rc.priority, start + rc.deadline_s if rc.deadline_s else math.inf,
                cfg.min_score)  # fmt: skip
-    task = ray.remote(_slide_task).options(num_cpus=rc.slide_cpus, max_retries=2)
+    opts = {"num_cpus": rc.slide_cpus, "max_retries": 2}
+    if rc.track_memory:
+        opts["max_calls"] = 1  # a fresh worker per slide: its memory numbers are that slide's alone
+    task = ray.remote(_slide_task).options(**opts)
     slots: list[tuple | None] = [None] * len(paths)
     todo = []
     for k, name in enumerate(names):
