@@ -18,7 +18,6 @@ slides (and jobs) into full batches, served earliest-deadline-first with a fairn
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -28,16 +27,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from medseg.errors import InputError, MedsegError, ModelError
+from medseg.errors import InputError, MedsegError
 from medseg.results import RunResult
-from medseg.scale.governor import Governor, Request
+from medseg.scale.actors import ModelPool, ModelWorker, _served, _shared_name  # noqa: F401 - re-exported
 
 log = logging.getLogger("medseg.scale")
 
@@ -59,6 +55,10 @@ class RayConfig:
     priority: int = 0  # higher first
     deadline_s: float | None = None  # seconds from the job's start; None: no deadline
     max_restarts: int = 3  # per actor
+    # share the model actors with other jobs of the cluster (named, detached; None: when joining a
+    # cluster by address): their one queue then orders all jobs' tiles by priority and deadline
+    share_actors: bool | None = None
+    idle_exit_s: float = 600.0  # shared actors end themselves after this long without work
     track_memory: bool = False  # sample each slide task's RSS, one fresh worker per slide (benchmark)
 
     def check(self) -> None:
@@ -70,147 +70,6 @@ class RayConfig:
             raise InputError(f"--deadline must be > 0 seconds, got {self.deadline_s:g}")
         if self.fair_every < 0:
             raise InputError(f"fair_every must be >= 0, got {self.fair_every}")
-
-
-class ModelWorker:
-    """A model actor's body: the detector behind a governor (asyncio: many slides' calls wait on it)."""
-
-    def __init__(
-        self, factory: Callable[[], Any], batch_size: int, max_wait_s: float, fuse: bool, fair_every: int
-    ):
-        self.detector = factory()
-        self.governor = Governor(batch_size, max_wait_s=max_wait_s, fuse=fuse, fair_every=fair_every)
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-model")
-        self.counts = {"tiles": 0, "batches": 0, "busy_s": 0.0, "started": time.time()}
-        self.batch_sizes: dict[int, int] = {}
-        self.job_tiles: dict[str, int] = {}
-        self.order: list[str] = []  # job of each batch's first tile (tests read the serving order)
-        self._task: asyncio.Task | None = None
-        self._wake: asyncio.Event | None = None
-
-    def meta(self) -> dict[str, Any]:
-        from medseg.pathology.score import detector_meta
-
-        describe = self.detector.describe() if hasattr(self.detector, "describe") else {}
-        return {**detector_meta(self.detector), "runtime": describe, "pid": os.getpid()}
-
-    def stats(self) -> dict[str, Any]:
-        return {**self.counts, "batch_sizes": dict(self.batch_sizes), "jobs": dict(self.job_tiles),
-                "order": list(self.order), "queued": len(self.governor), "pid": os.getpid()}  # fmt: skip
-
-    async def infer(
-        self, image: np.ndarray, group: str, job: str, priority: int, deadline: float, min_score: float
-    ):
-        """Detections (tile pixels) of one tile, once the governor has run it in a batch."""
-        loop = asyncio.get_running_loop()
-        if self._task is None:
-            self._wake = asyncio.Event()
-            self._task = loop.create_task(self._serve())
-        future = loop.create_future()
-        req = Request(image, group, job, priority, deadline, shape=image.shape, tag=(future, min_score))
-        self.governor.put(req)
-        self._wake.set()
-        return await future
-
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = self.governor.next_batch()
-            if not batch:
-                self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.governor.wait_s())
-                continue
-            t0 = time.perf_counter()
-            try:
-                dets = await loop.run_in_executor(self.pool, self._predict, batch)
-            except Exception as exc:  # noqa: BLE001 - every tile of the batch gets the error
-                for r in batch:
-                    if not r.tag[0].done():
-                        r.tag[0].set_exception(exc)
-                continue
-            self.counts["busy_s"] += time.perf_counter() - t0
-            self.counts["batches"] += 1
-            self.counts["tiles"] += len(batch)
-            self.batch_sizes[len(batch)] = self.batch_sizes.get(len(batch), 0) + 1
-            self.order.append(str(batch[0].job))
-            for r, d in zip(batch, dets):
-                self.job_tiles[str(r.job)] = self.job_tiles.get(str(r.job), 0) + 1
-                if not r.tag[0].done():
-                    r.tag[0].set_result(d)
-
-    def _predict(self, batch: list[Request]) -> list[tuple]:
-        low = min(r.tag[1] for r in batch)  # jobs may differ in min_score: filter per tile after
-        dets = self.detector.predict(np.stack([r.payload for r in batch]), min_score=low)
-        out = []
-        for r, (b, lab, s, *rest) in zip(batch, dets):
-            keep = s >= r.tag[1]
-            out.append((b[keep], lab[keep], s[keep], *(x[keep] for x in rest)))
-        return out
-
-
-@functools.cache
-def _actor_class():
-    import ray
-
-    return ray.remote(ModelWorker)
-
-
-class ModelPool:
-    """The model actors of one or several jobs (share one pool to let EDF order jobs' tiles)."""
-
-    def __init__(self, factory: Callable[[], Any], *, batch_size: int, ray_cfg: RayConfig) -> None:
-        import ray
-
-        self.ray_cfg = ray_cfg
-        gpus = ray_cfg.actor_gpus
-        if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        opts = {
-            "num_cpus": ray_cfg.actor_cpus,
-            "num_gpus": gpus,
-            "max_restarts": ray_cfg.max_restarts,
-            "max_task_retries": max(1, ray_cfg.max_restarts),  # unfinished calls re-run after a restart
-            "max_concurrency": 10_000,
-        }
-        args = (factory, batch_size, ray_cfg.max_wait_s, ray_cfg.fuse, ray_cfg.fair_every)
-        n = ray_cfg.actors or (max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)) if gpus else 1)
-        self.actors = [_actor_class().options(**opts).remote(*args) for _ in range(n)]
-        self._meta: dict[str, Any] | None = None
-
-    def meta(self) -> dict[str, Any]:
-        """Margins, weights and runtime of the detector (ModelError if the actors cannot load it)."""
-        import ray
-
-        if self._meta is None:
-            try:
-                self._meta = ray.get(self.actors[0].meta.remote())
-            except ray.exceptions.RayError as exc:
-                cause = getattr(exc, "cause", None) or exc
-                first = (getattr(cause, "message", None) or str(cause)).strip().splitlines()
-                raise ModelError(
-                    f"the model actors could not load the detector: {first[-1] if first else cause}"
-                ) from None
-        return self._meta
-
-    def stats(self, timeout: float = 2.0) -> list[dict[str, Any]]:
-        """Counters of the actors that answer within ``timeout`` (a restarting one is left out)."""
-        import ray
-
-        refs = [a.stats.remote() for a in self.actors]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        out = []
-        for ref in ready:
-            with contextlib.suppress(ray.exceptions.RayError):
-                out.append(ray.get(ref))
-        return out
-
-    def shutdown(self) -> None:
-        import ray
-
-        for a in self.actors:
-            with contextlib.suppress(Exception):
-                ray.kill(a, no_restart=True)
 
 
 @dataclass
@@ -407,7 +266,11 @@ def score_slides_ray(
     ray = connect(rc.address)
     own_pool = pool is None
     if own_pool:
-        pool = ModelPool(detector_factory, batch_size=cfg.batch_size, ray_cfg=rc)
+        share = (
+            rc.share_actors if rc.share_actors is not None else rc.address not in (None, "", "auto", "local")
+        )
+        name = _shared_name(detector_factory, cfg, rc) if share else None
+        pool = ModelPool(detector_factory, batch_size=cfg.batch_size, ray_cfg=rc, shared_name=name)
     try:
         meta = pool.meta()
         run = _run_job(
@@ -427,7 +290,7 @@ def score_slides_ray(
         )
         served = _served(pool.stats(timeout=5.0))
     finally:
-        if own_pool:
+        if own_pool and not pool.shared:  # shared actors serve other jobs; they end when idle
             pool.shutdown()
     rows = kept_rows(out, exclude=set(names)) if resume else []
     final = RunResult("slide-score")
@@ -440,22 +303,6 @@ def score_slides_ray(
     if is_demo:
         final.warnings.append("demo weights (trained on synthetic slides only, not for clinical use)")
     return final
-
-
-def _served(stats: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the model actors did (since they started: with a shared pool, other jobs too)."""
-    sizes: dict[int, int] = {}
-    for st in stats:
-        for n, k in st["batch_sizes"].items():
-            sizes[int(n)] = sizes.get(int(n), 0) + k
-    tiles, busy = sum(st["tiles"] for st in stats), sum(st["busy_s"] for st in stats)
-    return {
-        "batches": sum(sizes.values()),
-        "tiles_inferred": tiles,
-        "mean_batch": round(tiles / max(1, sum(sizes.values())), 2),
-        "batch_sizes": dict(sorted(sizes.items())),
-        "model_busy_s": round(busy, 3),
-    }
 
 
 def _node_count(ray) -> int:

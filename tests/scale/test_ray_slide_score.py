@@ -159,3 +159,23 @@ def test_high_priority_job_submitted_after_a_backlog_finishes_first(ray_runtime,
     assert b["end"] < a["end"], order  # submitted last, finished first
     jobs = list(dict.fromkeys(order))
     assert len(jobs) == 2 and order[-1] == jobs[0]  # the backlog's job still had tiles when B was done
+
+
+def test_jobs_on_a_cluster_share_named_actors_that_end_when_idle(ray_runtime, slide_batch, tmp_path):
+    rc = RayConfig(actors=1, actor_cpus=0.5, share_actors=True, idle_exit_s=3.0)
+    one = score_slides_ray(slide_batch[2:3], tmp_path / "a", _cfg(), rc, detector_factory=ColourDetector)
+    two = score_slides_ray(slide_batch[2:3], tmp_path / "b", _cfg(), rc, detector_factory=ColourDetector)
+    n = one.summary["ray"]["tiles_inferred"]
+    assert n >= 1 and two.summary["ray"]["tiles_inferred"] == 2 * n  # the second job found the same actor
+    names = [a["name"] for a in ray_runtime.util.list_named_actors(all_namespaces=True)]
+    shared = [x for x in names if x.startswith("medseg-slide-score-")]
+    assert len(shared) == 1
+    end = time.time() + 60
+    while time.time() < end:  # idle past idle_exit_s: it ends itself and frees its CPU
+        try:
+            ray_runtime.get_actor(shared[0], namespace="medseg")
+        except ValueError:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the shared actor did not end when idle")
