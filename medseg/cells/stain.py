@@ -102,13 +102,26 @@ def _brown_share(rgb01: np.ndarray) -> float:
     return float(np.mean((hue >= 10) & (hue <= 60)))
 
 
+def _he_tissue_share(rgb01: np.ndarray) -> float:
+    """Share of all pixels that are stained H&E tissue: saturated (> 0.2), not dark (value > 0.25), hue
+    pink to purple (240-360 or 0-10 degrees). A tile full of tissue shows no glass, so the image's
+    median is dark-ish, but unlike a fluorescence composite (black background) most of it is lit."""
+    from skimage.color import rgb2hsv
+
+    hsv = rgb2hsv(rgb01)
+    hue = hsv[..., 0] * 360
+    stained = (hsv[..., 1] > 0.2) & (hsv[..., 2] > 0.25) & ((hue >= 240) | (hue <= 10))
+    return float(stained.mean())
+
+
 def detect_stain(plane: np.ndarray, *, path: object = None) -> StainDecision:
     """Decide fluo / phase / he / ihc from one plane (gray (H, W) or RGB (H, W, 3|4)).
 
     Gray: dark background (histogram mode in the lowest 20 % of the range) -> fluo; mid-grey background
     -> phase. A bright background without colour (grey brightfield) is not a supported look.
     RGB: equal or fully correlated (tinted grey) channels -> as gray; bright background -> brightfield, ``ihc`` when more than 15 %
-    of the tissue pixels are brown (DAB), else ``he``; a dark colour image is a multi-channel
+    of the tissue pixels are brown (DAB), else ``he``; a tile full of H&E tissue (no glass: median
+    above 0.2 and more than 60 % of the pixels lit, saturated pink/purple) -> ``he``; any other dark colour image is a multi-channel
     fluorescence composite: which channel holds the nuclei is not knowable -> error naming
     ``--stain`` and ``--channel``.
     """
@@ -122,6 +135,11 @@ def detect_stain(plane: np.ndarray, *, path: object = None) -> StainDecision:
             if brown > 0.15:
                 return StainDecision("ihc", f"brightfield RGB, {brown:.0%} of the tissue brown (DAB)")
             return StainDecision("he", f"brightfield RGB, {brown:.0%} of the tissue brown (no DAB)")
+        he_share = _he_tissue_share(scaled)
+        if float(np.median(gray)) > 0.2 and he_share > 0.6:
+            return StainDecision(
+                "he", f"dense brightfield tissue, {he_share:.0%} of the pixels H&E pink/purple"
+            )
         raise InputError(
             "cannot determine the stain: a dark colour image (multi-channel fluorescence?); "
             "pass --stain fluo with --channel N for the nuclear channel, or --stain he|ihc|phase",

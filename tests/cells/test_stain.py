@@ -150,3 +150,15 @@ def test_demo_weights_find_dim_nuclei_next_to_saturated_ones():
     assert result.stain.stain == "fluo"
     found = [(result.labels[labels == d] > 0).mean() > 0.5 for d in dim]
     assert np.mean(found) >= 0.9, f"{sum(found)} of {len(dim)} dim nuclei found"
+
+
+def test_real_dense_he_tile_without_glass_is_he():
+    """A 512^2 tile of the real CMU-1 H&E slide (full resolution, tissue everywhere, no glass): the
+    median is dark-ish (0.35), yet it is H&E, not a fluorescence composite."""
+    svs = Path(__file__).resolve().parents[2].parent / "shared" / "realdata" / "slide_cmu1_he_svs"
+    if not (svs / "CMU-1-Small-Region.svs").is_file():
+        pytest.skip(f"shared real data absent: {svs}")
+    with tifffile.TiffFile(svs / "CMU-1-Small-Region.svs") as tif:
+        tile = tif.pages[0].asarray()[768:1280, 1024:1536, :3]
+    decision = detect_stain(tile)
+    assert decision.stain == "he" and "dense" in decision.how, decision
