@@ -99,3 +99,25 @@ def test_unknown_arch_and_keyword_only_builder():
         build_model(config=BrainNetConfig(arch="unet"))
     with pytest.raises(TypeError):
         build_model(BrainNetConfig())  # type: ignore[misc]
+
+
+def test_row_split_output_layer_equals_direct_convolution():
+    """The CPU inference path of the 21x21 output layer (row-split) gives the direct convolution."""
+    from medseg.brain.models import ROWSPLIT_MIN_PIXELS, OutputConv
+
+    torch.manual_seed(0)
+    layer = OutputConv(12, 5, 21).eval()
+    x = torch.randn(2, 12, 90, 84).contiguous(memory_format=torch.channels_last)
+    assert (90 - 20) * (84 - 20) >= ROWSPLIT_MIN_PIXELS  # large enough to take the row-split path
+    direct = torch.nn.functional.conv2d(x, layer.weight, layer.bias)
+    with torch.inference_mode():
+        fast = layer(x)
+    assert fast.shape == direct.shape == (2, 5, 70, 64)
+    torch.testing.assert_close(fast, direct, atol=1e-5, rtol=1e-5)
+    # a wrong shift (e.g. rows summed without their offset) would be far off
+    assert (fast - direct).abs().max() < 1e-3 * direct.abs().max()
+    with torch.no_grad():  # small maps (patches) and autograd use the direct convolution
+        torch.testing.assert_close(layer(x[..., :30, :30]), direct[..., :10, :10], atol=1e-5, rtol=1e-5)
+    y = layer(x[:1, :, :25, :25].clone().requires_grad_())
+    y.sum().backward()
+    assert layer.weight.grad is not None
