@@ -29,7 +29,7 @@ from medseg.errors import InputError
 log = logging.getLogger("medseg.brain")
 
 N4_MODALITIES = (0, 1)  # T1 and T1c
-N4_MAX_AXIS = 64  # N4 fits on at most this many voxels per axis (BraTS 240x240x155: shrink 4, 4, 3)
+N4_MAX_AXIS = 32  # N4 fits on at most this many voxels per axis (BraTS 240x240x155: shrink 8, 8, 5)
 
 
 @dataclass
