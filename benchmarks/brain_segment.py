@@ -4,7 +4,8 @@ patch-by-patch baseline, all in the same run on the same net, slices and batch s
     python benchmarks/brain_segment.py                         # CPU: a few slices, extrapolated to a case
     python benchmarks/brain_segment.py --local-channels 16 --global-channels 32 --size 120 120 155
     python benchmarks/brain_segment.py --device cuda --slices 155 --patches 20000
-    python benchmarks/brain_segment.py --case --threads 2   # one whole case, demo weights, brain box
+    git archive 0f1ff74 medseg cli | tar -x -C /tmp/brain_before   # the code before issue 12's speed work
+    python benchmarks/brain_segment.py --case --threads 2 --repeats 1 --before-src /tmp/brain_before
 
 - project: ``medseg.brain.segment.predict_volume`` = engine Predictor (channels_last, inference_mode,
   AMP on CUDA, argmax) over zero-padded whole-slice batches (fully convolutional);
@@ -162,21 +163,84 @@ def bench_arch(arch: str, args, device, amp_name: str) -> dict:
     }
 
 
-def bench_case(args, device) -> dict:
-    """One whole 240x240x155 case with the demo weights: the brain-box path against today's full grid.
-
-    - ``box``: ``medseg.brain.segment.predict_in_brain`` (brain slices only, each batch cropped to its
-      brain box), timed on the WHOLE case, and end to end (``segment_array``: preprocessing as the
-      weights ask, N4 included, inference, post-processing);
-    - ``full_grid``: the path before issue 12 (every slice, whole 240x240 grid, engine predictor);
-    - ``reference``: plain torch on the whole grid (as above).
-    Full grid and reference are timed on ``--case-slices`` slices through the brain and extrapolated
-    to all slices (their cost per slice does not depend on content); labels of the box path must
-    equal the full grid's inside the brain on those slices.
-    """
+def _plain_torch_copy(model):
+    """The same net with every layer plain torch (the output layers as ``nn.Conv2d``), channels_last."""
     import torch
+    from torch import nn
 
-    from medseg.brain.io import MODALITIES, Geometry
+    from medseg.brain.models import OutputConv
+
+    ref = copy.deepcopy(model)
+    for module in list(ref.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, OutputConv):
+                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size)
+                conv.load_state_dict(child.state_dict())
+                setattr(module, name, conv)
+    return ref.eval().to(memory_format=torch.channels_last)
+
+
+def reference_in_brain(ref_model, norm: np.ndarray, boxes, *, pad: tuple[int, int], batch_size: int, device):
+    """Plain torch over the same brain boxes as the project path."""
+    seg = np.zeros(norm.shape[1:], np.uint8)
+    for box in boxes:
+        seg[box] = reference_volume(
+            ref_model,
+            norm[(slice(None), *box)],
+            pad=pad,
+            batch_size=batch_size,
+            device=device,
+            amp_dtype=None,
+        )
+    return seg
+
+
+def _cli_call(src: Path, case_dir: Path, out: Path, threads: int) -> tuple[float, float, dict]:
+    """One whole ``medseg brain-segment CASE --json`` call of the code in ``src`` (its demo weights):
+    (wall s, CPU s of the child process, its JSON)."""
+    import resource
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as links:
+        (Path(links) / "medseg").symlink_to(src / "medseg")
+        (Path(links) / "medseg_cli").symlink_to(src / "cli")
+        env = {
+            **__import__("os").environ,
+            "PYTHONPATH": links,
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads),
+        }
+        cmd = [sys.executable, "-c", "from medseg_cli.main import main; main()"]
+        cmd += ["brain-segment", str(case_dir), "--out", str(out), "--overwrite", "--quiet", "--json"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=links)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{src}: brain-segment failed: {proc.stderr.strip()[-500:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, json.loads(proc.stdout)
+
+
+def bench_case(args, device) -> dict:
+    """One whole 240x240x155 case: the whole ``brain-segment`` call now vs today's path, and the
+    project's inference vs a plain-torch reference of the same net on the same brain boxes.
+
+    - ``whole call``: ``medseg brain-segment CASE`` in a child process (reading the NIfTI files,
+      preprocessing as the weights ask, N4 included, inference, post-processing, writing), this
+      tree against ``--before-src`` (an export of the code before, e.g.
+      ``git archive 0f1ff74 medseg cli | tar -x -C /tmp/brain_before``), each with its own demo
+      weights, interleaved, best of ``--repeats``;
+    - ``inference``: ``predict_in_brain`` (engine predictor, brain slices and boxes, row-split
+      output layers) against the same net in plain torch (``nn.Conv2d`` output layers, ``F.pad``,
+      channels_last, ``inference_mode``) over the same boxes, with the demo weights.
+    """
+    import tempfile
+
+    from medseg.brain.io import MODALITIES
     from medseg.brain.preprocess import preprocess
     from medseg.brain.sampling import slice_padding
     from medseg.brain.segment import (
@@ -185,78 +249,73 @@ def bench_case(args, device) -> dict:
         load_brain_model,
         make_predictor,
         predict_in_brain,
-        predict_volume,
-        segment_array,
     )
     from medseg.engine.weights import resolve_weights
-    from medseg.synthetic.brain import BrainPhantomConfig, make_brain_case
+    from medseg.synthetic.brain import BrainPhantomConfig, make_brain_case, write_brain_case
 
     nx, ny, nz = args.size
     weights, _ = resolve_weights(args.weights, demo=DEMO_WEIGHTS)
     model, meta, prep = load_brain_model(weights)
     arch = meta.config["net"]["arch"]
-    t0 = time.perf_counter()
     case = make_brain_case(7, BrainPhantomConfig(shape=(nz, ny, nx), spacing=(1.0, 1.0, 1.0)))
-    print(f"synthetic {nx}x{ny}x{nz} case made in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     raw = np.stack([case.images[m] for m in MODALITIES])
-    geo = Geometry(
-        shape=(nz, ny, nx), spacing=(1.0, 1.0, 1.0), origin=(0.0,) * 3, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)
-    )
-    predictor = make_predictor(model, device=str(device), amp=args.amp, postprocess="argmax")
-    ref_model = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
-    pad = slice_padding(arch)
     bs = args.batch_size
+    row: dict = {"arch": arch, "weights": weights.name, "batch_size": bs, "threads": args.threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        case_dir = write_brain_case(case, tmp, name="BENCH_0007")
+        srcs = {"now": Path(__file__).resolve().parents[1]}
+        if args.before_src:
+            srcs["before"] = Path(args.before_src).resolve()
+        calls: dict[str, list[tuple[float, float]]] = {k: [] for k in srcs}
+        volumes = {}
+        for i in range(args.repeats):
+            order = list(srcs.items()) if i % 2 == 0 else list(srcs.items())[::-1]
+            for name, src in order:
+                wall, cpu, doc = _cli_call(src, case_dir, Path(tmp) / f"out_{name}", args.threads or 2)
+                calls[name].append((wall, cpu))
+                volumes[name] = doc["items"][0]["metrics"]
+                print(f"whole call {name}: {wall:.1f} s wall, {cpu:.1f} CPU s", file=sys.stderr, flush=True)
+        for name, runs in calls.items():
+            row[f"whole_call_{name}_s"] = round(min(w for w, _ in runs), 1)
+            row[f"whole_call_{name}_cpu_s"] = round(min(c for _, c in runs), 1)
+            row[f"whole_call_{name}_volumes"] = volumes[name]
+        if "before" in calls:
+            row["whole_call_speedup"] = round(row["whole_call_before_s"] / row["whole_call_now_s"], 2)
+            row["whole_call_speedup_cpu"] = round(
+                row["whole_call_before_cpu_s"] / row["whole_call_now_cpu_s"], 2
+            )
 
-    prep_s, prep_cpu, (norm, mask), _ = _timed(lambda: preprocess(raw, geo.spacing, prep), device)
+    norm, mask = preprocess(raw, case.spacing, prep)
     boxes = brain_boxes(mask, bs)
-    box_pixels = sum(
-        (b[0].stop - b[0].start) * (b[1].stop - b[1].start) * (b[2].stop - b[2].start) for b in boxes
-    )
+    box_pixels = sum(int(np.prod([s.stop - s.start for s in b])) for b in boxes)
     zs = np.flatnonzero(mask.any(axis=(1, 2)))
-    mid = int(zs[len(zs) // 2])
-    sl = slice(max(0, mid - args.case_slices // 2), max(0, mid - args.case_slices // 2) + args.case_slices)
-    n_timed = sl.stop - sl.start
-
-    predict_volume(predictor, norm[:, :1], arch=arch, batch_size=1)  # warm-up
-    box_s, box_cpu, box_seg, box_peak = _timed(
+    predictor = make_predictor(model, device=str(device), amp="off", postprocess="argmax")
+    ref_model = _plain_torch_copy(model).to(device)
+    pad = slice_padding(arch)
+    project_s, project_cpu, project_seg, peak = _timed(
         lambda: predict_in_brain(predictor, norm, mask, arch=arch, batch_size=bs), device
     )
-    full_s, full_cpu, full_seg, full_peak = _timed(
-        lambda: predict_volume(predictor, norm[:, sl], arch=arch, batch_size=bs), device
+    ref_s, ref_cpu, ref_seg, _ = _timed(
+        lambda: reference_in_brain(ref_model, norm, boxes, pad=pad, batch_size=bs, device=device), device
     )
-    ref_s, ref_cpu, ref_seg, ref_peak = _timed(
-        lambda: reference_volume(
-            ref_model, norm[:, sl], pad=pad, batch_size=bs, device=device, amp_dtype=predictor.amp_dtype
-        ),
-        device,
+    row.update(
+        {
+            "case": f"synthetic {nx}x{ny}x{nz} @ 1 mm, brain {mask.mean():.1%} of the grid, "
+            f"{zs.size} slices with brain",
+            "box_pixels_fraction_of_grid": round(box_pixels / mask.size, 3),
+            "inference_project_s": round(project_s, 1),
+            "inference_project_cpu_s": round(project_cpu, 1),
+            "inference_reference_s": round(ref_s, 1),
+            "inference_reference_cpu_s": round(ref_cpu, 1),
+            "inference_speedup_vs_reference": round(ref_s / project_s, 2),
+            "inference_speedup_vs_reference_cpu": round(ref_cpu / project_cpu, 2),
+            "labels_equal_to_reference_in_brain": round(
+                float(np.mean(project_seg[mask] == ref_seg[mask])), 6
+            ),
+            "peak_rss_mb": round(peak, 1),
+        }
     )
-    e2e_s, e2e_cpu, _, e2e_peak = _timed(
-        lambda: segment_array(predictor, raw, geo, arch=arch, prep=prep, batch_size=bs), device
-    )
-    inside = mask[sl]
-    return {
-        "case": f"synthetic {nx}x{ny}x{nz} @ 1 mm, brain {mask.mean():.1%} of the grid, slices with brain {zs.size}",
-        "arch": arch,
-        "weights": weights.name,
-        "batch_size": bs,
-        "box_pixels_fraction_of_grid": round(box_pixels / mask.size, 3),
-        "box_s_per_case": round(box_s, 2),
-        "box_cpu_s": round(box_cpu, 2),
-        "full_grid_s_per_case": round(full_s * nz / n_timed, 2),
-        "full_grid_cpu_s": round(full_cpu * nz / n_timed, 2),
-        "reference_full_grid_s_per_case": round(ref_s * nz / n_timed, 2),
-        "speedup_vs_full_grid": round(full_s * nz / n_timed / box_s, 2),
-        "speedup_vs_reference": round(ref_s * nz / n_timed / box_s, 2),
-        "preprocess_s": round(prep_s, 2),
-        "preprocess_cpu_s": round(prep_cpu, 2),
-        "n4": prep.n4,
-        "end_to_end_s_per_case": round(e2e_s, 2),
-        "end_to_end_cpu_s": round(e2e_cpu, 2),
-        "full_grid_slices_timed": n_timed,
-        "box_equals_full_grid_inside_brain": bool(np.array_equal(box_seg[sl][inside], full_seg[inside])),
-        "reference_equals_full_grid": float(np.mean(ref_seg == full_seg)),
-        "peak_rss_mb": round(max(box_peak, full_peak, ref_peak, e2e_peak), 1),
-    }
+    return row
 
 
 def main() -> None:
@@ -285,9 +344,13 @@ def main() -> None:
     parser.add_argument(
         "--case",
         action="store_true",
-        help="one whole synthetic case with the demo weights: brain-box path vs full grid vs reference",
+        help="one whole synthetic case: whole brain-segment call vs --before-src, inference vs plain torch",
     )
-    parser.add_argument("--case-slices", type=int, default=16, help="slices timed for full grid / reference")
+    parser.add_argument(
+        "--before-src",
+        default=None,
+        help="--case: folder holding medseg/ and cli/ of the code to compare with (today's path)",
+    )
     parser.add_argument(
         "--weights", default=None, help="weights for --case (default: the demo InputCascadeCNN)"
     )
