@@ -218,15 +218,20 @@ def _render_he(
 
 
 def randomised_config(
-    rng: np.random.Generator, *, height: int = 256, width: int = 256, modality: str | None = None
+    rng: np.random.Generator,
+    *,
+    height: int = 256,
+    width: int = 256,
+    modality: str | None = None,
+    diameters: tuple[float, float] = (4.0, 40.0),
 ) -> SyntheticCellsConfig:
     """One image's generator settings, drawn over what real microscopy varies in (the demo weights'
-    training distribution): diameter log-uniform 4-40 px, brightness spread up to two decades,
+    training distribution): diameter log-uniform in ``diameters`` (4-40 px), brightness spread up to two decades,
     saturation in half the images, blur, Gaussian and (half the time) Poisson noise, uneven
     illumination and background, density and clumping; looks fluorescence 50 %, H&E 30 %, phase 20 %."""
     if modality is None:
         modality = str(rng.choice(ALL_MODALITIES, p=[0.5, 0.2, 0.3]))
-    diameter = float(np.exp(rng.uniform(np.log(4.0), np.log(40.0))))
+    diameter = float(np.exp(rng.uniform(np.log(diameters[0]), np.log(diameters[1]))))
     r = diameter / 2
     return SyntheticCellsConfig(
         height=height,
@@ -250,14 +255,19 @@ def randomised_config(
 
 
 def randomised_batch(
-    seed: int, count: int, *, height: int = 256, width: int = 256
+    seed: int,
+    count: int,
+    *,
+    height: int = 256,
+    width: int = 256,
+    diameters: tuple[float, float] = (4.0, 40.0),
 ) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """``count`` (image, labels, modality) triples from :func:`randomised_config`, seeds ``seed*1000 + i``;
     the image is (H, W) for the gray looks and (H, W, 3) RGB for ``he``."""
     out = []
     for i in range(count):
         rng = np.random.default_rng([seed, i])
-        cfg = randomised_config(rng, height=height, width=width)
+        cfg = randomised_config(rng, height=height, width=width, diameters=diameters)
         image, labels = synthetic_cells(seed * 1000 + i, cfg)
         out.append((image, labels, cfg.modality))
     return out
