@@ -5,17 +5,21 @@
     python benchmarks/slide_score_ray.py --slides 24 --batch-size 8 --device cuda
 
 1. **Fused vs per-slide batching** (``--parts fuse``): ``--slides`` small synthetic slides, each
-   with fewer tissue tiles than one batch, scored twice in the same Ray runtime by one model
-   actor with the demo detector: governor fusing tiles of all slides into batches, then batches
-   of one slide each (what a per-slide loop does). Reported: end-to-end tiles/s, the actor's
-   inference tiles/s (tiles / time inside ``predict``), mean batch size. Outputs are checked equal.
+   with fewer tissue tiles (``--tile`` 512) than one batch (``--batch-size`` 8), scored twice in
+   the same Ray runtime by one model actor with the demo detector (feasibility filter off, so
+   every tissue tile reaches the model): batches of one slide each (what a per-slide loop does),
+   then the governor fusing tiles of all slides; a partial batch waits ``--max-wait`` s in both.
+   Reported: end-to-end tiles/s, the actor's inference tiles/s (tiles / time inside
+   ``predict``), mean batch size and histogram; the PTC counts are checked equal.
+   ``--parts batch``: the model alone at batch 1, 4 and 8 (one thread): the most fusing can buy.
 2. **EDF vs FIFO** (``--parts sim``): a simulated arrival stream (seeded) of background jobs
    (loose deadlines) and STAT jobs (tight deadlines) served by the :class:`Governor` with a
    service time ``a + b * batch`` per batch: share of deadlines met under FIFO, EDF with the
    fairness bound (every 4th tile the oldest) and pure EDF, plus the worst background lateness.
-3. **Memory** (``--parts mem``): peak RSS growth of the slide task (a fresh worker per slide)
-   for slides of growing size with a fixed in-flight limit, and for a larger limit: bounded by
-   the tiles in flight plus the read-ahead groups, not by the slide size.
+3. **Memory** (``--parts mem``): peak RSS growth of the slide task (a fresh worker per slide,
+   torch imported before sampling) for slides of growing size (tile 1024, batch 4, read-ahead
+   1), with 4 and 16 tiles in flight: bounded by the tiles in flight plus the read-ahead groups
+   (3 MiB per tile), not by the slide size.
 """
 
 from __future__ import annotations
@@ -55,9 +59,10 @@ def part_fuse(args, work: Path) -> dict:
     from medseg.scale.slides import RayConfig, score_slides_ray
 
     slides = _write_slides(work / "small", args.slides, args.slide_size, 100)
-    cfg = ScoreConfig(batch_size=args.batch_size, device=args.device, workers=1, read_ahead=1)
+    cfg = ScoreConfig(batch_size=args.batch_size, device=args.device, workers=1, read_ahead=1,
+                      tile=args.tile, overlap=args.tile // 4, feasibility="none")  # fmt: skip
     factory = _factory(args.device)
-    results = {}
+    results = {"tile": args.tile, "batch_size": args.batch_size, "max_wait_s": args.max_wait}
     warm = RayConfig(actors=1, actor_cpus=1, slide_cpus=0.25, slides_in_flight=args.slides_in_flight)
     score_slides_ray(
         slides[:2], work / "warm", cfg, warm, detector_factory=factory, overwrite=True, report=False
@@ -65,7 +70,7 @@ def part_fuse(args, work: Path) -> dict:
     tables = {}
     for mode in args.order.split(","):
         rc = RayConfig(actors=1, actor_cpus=1, slide_cpus=0.25, slides_in_flight=args.slides_in_flight,
-                       tiles_in_flight=args.batch_size, fuse=mode == "fused")  # fmt: skip
+                       tiles_in_flight=args.batch_size, fuse=mode == "fused", max_wait_s=args.max_wait)  # fmt: skip
         t0 = time.perf_counter()
         run = score_slides_ray(
             slides, work / mode, cfg, rc, detector_factory=factory, overwrite=True, report=False
@@ -161,13 +166,34 @@ def part_sim(args) -> dict:
     return out
 
 
+def part_batch(args) -> dict:
+    """The model alone, in this process: tiles/s at batch 1, 4, 8 (what fusing can buy at best)."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    det = _factory(args.device)()
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(150, 255, (8, args.tile, args.tile, 3), dtype=np.uint8)
+    det.predict(tiles[:2])  # warm-up
+    out = {"tile": args.tile, "threads": 1}
+    for n in (1, 4, 8):
+        t0 = time.perf_counter()
+        reps = max(1, 8 // n) * args.batch_reps
+        for _ in range(reps):
+            det.predict(tiles[:n])
+        out[f"batch{n}_tiles_per_s"] = round(n * reps / (time.perf_counter() - t0), 3)
+    out["batch8_vs_batch1"] = round(out["batch8_tiles_per_s"] / out["batch1_tiles_per_s"], 3)
+    return out
+
+
 def part_mem(args, work: Path) -> dict:
     from medseg.pathology.score import ScoreConfig
     from medseg.scale.slides import RayConfig, score_slides_ray
 
-    cfg = ScoreConfig(batch_size=4, device=args.device, workers=1, read_ahead=1)
+    cfg = ScoreConfig(batch_size=4, device=args.device, workers=1, read_ahead=1, feasibility="none")
     factory = _factory(args.device)
-    out = {}
+    out = {"batch_size": 4, "read_ahead_groups": 2}
     for size in args.mem_sizes:
         slides = _write_slides(work / f"mem{size}", 1, size, 500)
         for limit in (4, 16):
@@ -187,21 +213,29 @@ def part_mem(args, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="fuse,sim,mem")
-    ap.add_argument("--slides", type=int, default=12)
-    ap.add_argument("--slide-size", type=int, default=1536, help="px at 0.5 um/px (1536: at most 4 tiles)")
+    ap.add_argument("--parts", default="batch,fuse,sim,mem")
+    ap.add_argument("--batch-reps", type=int, default=2)
+    ap.add_argument("--slides", type=int, default=16)
+    ap.add_argument(
+        "--slide-size", type=int, default=896, help="px at 0.5 um/px (896: at most 4 tiles of 512)"
+    )
+    ap.add_argument("--tile", type=int, default=512)
+    ap.add_argument("--max-wait", type=float, default=0.5, help="governor: a partial batch waits this long")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--slides-in-flight", type=int, default=8)
     ap.add_argument("--order", default="per_slide,fused")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--loads", type=float, nargs="+", default=[0.9, 1.1], help="offered load / capacity")
     ap.add_argument("--sim-seeds", type=int, default=5)
-    ap.add_argument("--mem-sizes", type=int, nargs="+", default=[3072, 6144])
+    ap.add_argument("--mem-sizes", type=int, nargs="+", default=[2048, 4096])
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--num-cpus", type=int, default=None)
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     results: dict = {}
+    if "batch" in parts:
+        results["model_batch"] = part_batch(args)
+        print(json.dumps(results["model_batch"], indent=1), flush=True)
     if "sim" in parts:
         results["edf_vs_fifo"] = part_sim(args)
         print(json.dumps(results["edf_vs_fifo"], indent=1), flush=True)

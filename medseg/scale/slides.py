@@ -323,7 +323,7 @@ def _run_job(
     opts = {"num_cpus": rc.slide_cpus, "max_retries": 2}
     if rc.track_memory:
         opts["max_calls"] = 1  # a fresh worker per slide: its memory numbers are that slide's alone
-    task = ray.remote(_slide_task).options(**opts)
+    task = ray.remote(**opts)(_slide_task)
     slots: list[tuple | None] = [None] * len(paths)
     todo = []
     for k, name in enumerate(names):
