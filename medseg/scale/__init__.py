@@ -46,6 +46,8 @@ def connect(address: str | None = "auto", **init_kwargs: Any) -> Any:
         **init_kwargs,
     }
     target = "local" if address in (None, "", "auto", "local") else address
+    if not log.isEnabledFor(logging.DEBUG):  # Ray's start-up notices are not the user's business
+        logging.getLogger("ray").setLevel(logging.ERROR)
     try:
         ray.init(address=target, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
