@@ -42,12 +42,11 @@ def connect(address: str | None = "auto", **init_kwargs: Any) -> Any:
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": bool(os.environ.get("MEDSEG_RAY_WORKER_LOGS")),
-        "logging_level": logging.WARNING,
+        # Ray's start-up notices (token set-up, ...) are not the user's business unless --debug
+        "logging_level": logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.ERROR,
         **init_kwargs,
     }
     target = "local" if address in (None, "", "auto", "local") else address
-    if not log.isEnabledFor(logging.DEBUG):  # Ray's start-up notices are not the user's business
-        logging.getLogger("ray").setLevel(logging.ERROR)
     try:
         ray.init(address=target, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
