@@ -100,6 +100,17 @@ def evaluate(weights: Path, source: str, target: str, exams: list) -> dict:
     }
 
 
+def as_demo_weights(path: Path) -> None:
+    """Drop the manufacturer ct-train read from the phantom headers: demo weights carry none, so they
+    match any vendor's B-kernel names and ``ct-models`` lists them under Siemens (docs/ct.md)."""
+    from dataclasses import replace
+
+    from medseg.engine.checkpoint import load_weights, save_weights
+
+    state, meta = load_weights(path)
+    save_weights(path, state, replace(meta, config={**meta.config, "manufacturer": None}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -166,6 +177,7 @@ def main() -> None:
                 result = train([cohort], Path(tmp) / f"{source}_{target}", cfg, device="cpu", overwrite=True)
                 args.weights_out.mkdir(parents=True, exist_ok=True)
                 shutil.copy(result.best_weights, args.weights_out / name)
+                as_demo_weights(args.weights_out / name)
                 row["train"] = {
                     "best_val_rmse_hu": result.best_metric,
                     "val_input_rmse_hu": result.extra["input_rmse_hu"],

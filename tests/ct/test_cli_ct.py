@@ -51,7 +51,9 @@ def test_ct_models_lists_the_packaged_demo_weights(tmp_path, monkeypatch):
     r = run_cli("ct-models", "--json")
     assert r.exit_code == 0, r.output
     models = json.loads(r.stdout)["models"]
-    assert {(m["from"], m["to"]) for m in models} == {("B50f", "B30f"), ("B30f", "B50f")}
+    kernels = ("B10f", "B30f", "B50f", "B70f")  # all twelve directions among the simulated kernels
+    assert {(m["from"], m["to"]) for m in models} == {(a, b) for a in kernels for b in kernels if a != b}
+    assert len(models) == 12 and {m["vendor"] for m in models} == {"Siemens"}
     assert all(m["demo"] and "SYNTHETIC" in m["training_data"] for m in models)
     assert all(
         Path(m["path"]).parent.name == "ct" and Path(m["path"]).parent.parent.name == "weights"
@@ -134,7 +136,7 @@ def test_ct_report_failed_run_leaves_nothing_and_the_rerun_needs_no_overwrite(co
         "--from",
         "B50f",
         "--to",
-        "B70f",
+        "B40f",  # the demo weights cover B10f/B30f/B50f/B70f: no weights for B40f
         "--out",
         out,
         "--models-dir",
@@ -144,7 +146,7 @@ def test_ct_report_failed_run_leaves_nothing_and_the_rerun_needs_no_overwrite(co
         "-q",
         "--save-masks",
     )
-    assert bad.exit_code == 4 and "no weights for B50f->B70f" in bad.output
+    assert bad.exit_code == 4 and "no weights for B50f->B40f" in bad.output
     assert not out.exists() or not any(out.iterdir())
     r = run_cli(*report_args(cohort, out, tiny_weights, "--save-masks"))
     assert r.exit_code == 0, r.output
