@@ -271,6 +271,7 @@ def score_slides_ray(
         )
         name = _shared_name(detector_factory, cfg, rc) if share else None
         pool = ModelPool(detector_factory, batch_size=cfg.batch_size, ray_cfg=rc, shared_name=name)
+    started = time.time()
     try:
         meta = pool.meta()
         run = _run_job(
@@ -300,6 +301,12 @@ def score_slides_ray(
     finish_run(final, rows, out, cfg, report=report, runtime=meta.get("runtime", {}), weights=meta["weights"])
     final.summary["demo_weights"] = is_demo
     final.summary["ray"] = {**asdict(rc), "actors": len(pool.actors), "nodes": _node_count(ray), **served}
+    job_s = time.time() - started
+    final.summary["ray"]["job_wall_s"] = round(job_s, 3)
+    if rc.deadline_s is not None:  # scheduling only: a missed deadline is said, not an error
+        final.summary["ray"]["deadline_met"] = job_s <= rc.deadline_s
+        if job_s > rc.deadline_s:
+            final.warnings.append(f"deadline missed: {job_s:.0f} s for a deadline of {rc.deadline_s:g} s")
     if is_demo:
         final.warnings.append("demo weights (trained on synthetic slides only, not for clinical use)")
     return final

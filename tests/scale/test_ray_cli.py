@@ -75,6 +75,7 @@ def test_ray_auto_on_the_command_line(ray_runtime, slide_batch, tmp_path):
     doc = json.loads(res.stdout)
     assert doc["counts"] == {"ok": 1, "failed": 1, "skipped": 0}
     assert doc["summary"]["ray"]["priority"] == 2 and doc["summary"]["ray"]["actors"] == 1
+    assert doc["summary"]["ray"]["deadline_met"] is True and doc["summary"]["ray"]["tiles_inferred"] >= 1
     assert doc["summary"]["demo_weights"] is True and doc["summary"]["weights"].endswith(".safetensors")
     assert (out / "scores.csv").is_file() and (out / "s3" / "detections.geojson").is_file()
     assert (out / "report.html").is_file() and not (out / "s5_corrupt").exists()
