@@ -259,10 +259,14 @@ def score_slides_ray(
     names = unique_names(paths)
     _preflight(out, names, resume=resume, overwrite=overwrite)
     load_hook(cfg.feasibility)  # a bad hook stops everything before any work, as locally
-    is_demo = False
+    is_demo, label = False, None
     if pool is None and detector_factory is None:
         weights_path, is_demo = resolve_weights(weights, demo=DEMO_WEIGHTS)
-        detector_factory = functools.partial(load_detector, str(weights_path), device=cfg.device, amp=cfg.amp)
+        label = str(weights_path)  # the summaries name the weights as given, as locally
+        # workers may run in another folder (or machine): they load the absolute path
+        detector_factory = functools.partial(
+            load_detector, str(Path(weights_path).resolve()), device=cfg.device, amp=cfg.amp
+        )
     ray = connect(rc.address)
     own_pool = pool is None
     if own_pool:
@@ -274,6 +278,8 @@ def score_slides_ray(
     started = time.time()
     try:
         meta = pool.meta()
+        if label is not None:
+            meta = {**meta, "weights": label}
         run = _run_job(
             ray,
             pool,
