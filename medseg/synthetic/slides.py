@@ -9,8 +9,9 @@ resolution tags, which OpenSlide reads as ``openslide.mpp-x``) tile by tile in b
 Ground truth: :meth:`SyntheticSlide.ptc_features` (GeoJSON polygons in level-0 pixels: each PTC's
 outline, which ``slide-prepare`` keeps for Mask R-CNN training; QuPath classification
 ``C4d+``/``C4d-``) and :meth:`SyntheticSlide.render_labels` (instance label mask of any region).
-:meth:`SyntheticSlide.without_ptcs` empties a region of PTCs (tissue the cascade gate may skip). Glomerular capillary loops and incomplete arcs are brown but are *not* PTCs: by
-the scoring rule they must not be counted.
+Glomerular capillary loops and incomplete arcs are brown but are *not* PTCs: by the scoring rule
+they must not be counted. :meth:`SyntheticSlide.without_ptcs` empties a region of PTCs (tissue
+the cascade gate may skip).
 """
 
 from __future__ import annotations
@@ -88,12 +89,13 @@ class SyntheticSlide:
         return self
 
     def without_ptcs(
-        self, x0: float, y0: float, x1: float, y1: float, *, arcs_kept: float = 0.25
+        self, x0: float, y0: float, x1: float, y1: float, *, arcs_kept: float = 0.0
     ) -> SyntheticSlide:
-        """Remove the PTCs centred in a level-0 box (PTC-free tissue, like scar or medulla), keeping
-        ``arcs_kept`` of them as incomplete DAB arcs (brown, but not PTCs); glomeruli and tubules stay."""
+        """Remove the PTCs (and incomplete arcs, which sit at capillary sites too) centred in a level-0
+        box: PTC-free tissue, like scar or medulla. ``arcs_kept`` (a fraction) of the removed sites
+        come back as incomplete DAB arcs; glomeruli and tubules stay."""
         obj = self.objects
-        gone = np.isin(obj[:, 0], (PTC_POS, PTC_NEG))
+        gone = np.isin(obj[:, 0], (PTC_POS, PTC_NEG, ARC))
         gone &= (obj[:, 1] >= x0) & (obj[:, 1] < x1) & (obj[:, 2] >= y0) & (obj[:, 2] < y1)
         arcs = obj[gone].copy()
         arcs[:, 0] = ARC
