@@ -192,7 +192,13 @@ cases, --val-fraction of them (at least one) are held out for validation.
 @click.option("--local-channels", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--global-channels", type=click.IntRange(1), default=160, show_default=True)
 @click.option("--no-n4", is_flag=True, help="Skip N4 bias correction in preprocessing.")
-@click.option("--n4-shrink", type=click.IntRange(1), default=4, show_default=True, help="N4 shrink factor.")
+@click.option(
+    "--n4-shrink",
+    type=click.IntRange(1),
+    default=4,
+    show_default=True,
+    help="N4 shrink factor (at least: every axis is also shrunk to <= 32 voxels for the fit).",
+)
 @train_options
 @overwrite_option
 @common_options
