@@ -70,7 +70,15 @@ def prepared(seed: int, count: int, diameters: tuple[float, float] = DIAMETERS) 
 
 
 def train_demo(
-    weights_out: Path, *, minutes: float, count: int, epochs: int, steps: int, init: Path | None = None
+    weights_out: Path,
+    *,
+    minutes: float,
+    count: int,
+    epochs: int,
+    steps: int,
+    init: Path | None = None,
+    diameters: tuple[float, float] = DIAMETERS,
+    lr: float = 5e-4,
 ) -> None:
     """Train with the shared trainer; write the last epoch as float16 (half the size)."""
     import torch
@@ -85,24 +93,43 @@ def train_demo(
 
             init = Path(stage1) / "stage1.safetensors"
             train_stage1(init, minutes=minutes, count=24)
-        _fine_tune(weights_out, init, minutes=minutes, count=count, epochs=epochs, steps=steps)
+        _fine_tune(
+            weights_out,
+            init,
+            minutes=minutes,
+            count=count,
+            epochs=epochs,
+            steps=steps,
+            diameters=diameters,
+            lr=lr,
+        )
 
 
-def _fine_tune(weights_out: Path, init: Path, *, minutes: float, count: int, epochs: int, steps: int) -> None:
+def _fine_tune(
+    weights_out: Path,
+    init: Path,
+    *,
+    minutes: float,
+    count: int,
+    epochs: int,
+    steps: int,
+    diameters: tuple[float, float],
+    lr: float,
+) -> None:
 
     from medseg.cells.model import CellModelConfig
     from medseg.cells.train import CellsTrainConfig, train_pairs
     from medseg.engine.checkpoint import load_weights, save_weights
 
-    pairs = prepared(TRAIN_SEED, count) + classic(TRAIN_SEED, 16)
-    val = prepared(VAL_SEED, 6) + classic(VAL_SEED, 2)
+    pairs = prepared(TRAIN_SEED, count, diameters) + classic(TRAIN_SEED, 16)
+    val = prepared(VAL_SEED, 6, diameters) + classic(VAL_SEED, 2)
     config = CellsTrainConfig(
         model=CellModelConfig(arch="unet2015", base_channels=8, batch_norm=True, dropout=0.1),
         epochs=epochs,
         steps_per_epoch=steps,
         batch_size=4,
         tile=316,
-        lr=5e-4,
+        lr=lr,
         seed=TRAIN_SEED,
         max_minutes=minutes,
         diameter=DIAMETER,
@@ -110,7 +137,7 @@ def _fine_tune(weights_out: Path, init: Path, *, minutes: float, count: int, epo
         training_data=(
             f"SYNTHETIC ONLY: medseg.synthetic.cells, seed {TRAIN_SEED}: 24 fixed-look images (stage 1), "
             f"then {count} randomised_batch images 256x256 (fluorescence, phase, H&E-like; diameter "
-            f"{DIAMETERS[0]:g}-{DIAMETERS[1]:g} px, two decades of brightness, saturation, blur, Poisson/Gaussian noise) + 16 of "
+            f"{diameters[0]:g}-{diameters[1]:g} px, two decades of brightness, saturation, blur, Poisson/Gaussian noise) + 16 of "
             "the first looks (stage 2). Demo weights, not for clinical use."
         ),
     )
@@ -143,6 +170,10 @@ def main() -> None:
         "--init", type=Path, default=None, help="stage-1 weights to fine-tune (default: train stage 1)"
     )
     parser.add_argument("--weights-out", type=Path, required=True, help="candidate weights file to write")
+    parser.add_argument(
+        "--diameters", type=float, nargs=2, default=DIAMETERS, help="stage-2 object diameters (px)"
+    )
+    parser.add_argument("--lr", type=float, default=5e-4, help="stage-2 learning rate")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train_demo(
@@ -152,6 +183,8 @@ def main() -> None:
         epochs=args.epochs,
         steps=args.steps,
         init=args.init,
+        diameters=tuple(args.diameters),
+        lr=args.lr,
     )
 
 
