@@ -1,4 +1,4 @@
-"""Demo weights on phantoms they never saw (seeds 5001-5006; training used 100-109)."""
+"""Demo weights on phantoms they never saw (seeds 5001-5006; training used 200-211, varied_config)."""
 
 from __future__ import annotations
 
