@@ -136,10 +136,11 @@ def test_high_priority_job_submitted_after_a_backlog_finishes_first(ray_runtime,
     import functools
 
     s1, _s2, s3, s4 = slide_batch[:4]
-    backlog = [s4, s1, s4, s1, s4, s1]  # 18 tissue tiles, all queued at the actor at once
-    low = RayConfig(actors=1, actor_cpus=0.5, slides_in_flight=6, tiles_in_flight=8, priority=0)
-    high = RayConfig(actors=1, actor_cpus=0.5, priority=10, deadline_s=30)
-    pool = ModelPool(functools.partial(ColourDetector, 0.3), batch_size=2, ray_cfg=low)
+    backlog = [s4, s1] * 3  # 18 tissue tiles at 0.8 s each (sleep, no CPU): ~14 s of model time
+    # 3 backlog slide tasks (0.75 CPU) + the actor (0.5) leave room for the STAT job's slide task
+    low = RayConfig(actors=1, actor_cpus=0.5, slides_in_flight=3, tiles_in_flight=8, priority=0)
+    high = RayConfig(actors=1, actor_cpus=0.5, priority=10, deadline_s=60)
+    pool = ModelPool(functools.partial(ColourDetector, 0.8), batch_size=2, ray_cfg=low)
     try:
         _wait_for(pool, lambda s: True)
         th_a, a = _run_in_thread(
