@@ -378,7 +378,7 @@ def main() -> None:
         "torch": torch.__version__,
         "amp": {None: "fp32"}.get(amp_dtype, str(amp_dtype).replace("torch.", "")),
         "size_xyz": list(args.size),
-        "widths": [args.local_channels, args.global_channels],
+        "widths": "from the weights" if args.case else [args.local_channels, args.global_channels],
         "batch_size": args.batch_size,
         "repeats": args.repeats,
     }
