@@ -171,7 +171,8 @@ def slide_score(
     (exit code 5). With --cascade the tiles a small gate is sure hold no PTC skip the detector
     (counted per slide in cascade_tiles_skipped).
     """
-    from medseg.pathology.score import ScoreConfig, score_slides
+    from medseg.pathology.batch import score_slides
+    from medseg.pathology.score import ScoreConfig
 
     cfg = ScoreConfig(
         target_mpp=target_mpp,

@@ -16,7 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from medseg.pathology.score import ScoreConfig, score_slides, slide_text
+from medseg.pathology.batch import score_slides
+from medseg.pathology.score import ScoreConfig, slide_text
 
 
 def main() -> int:

@@ -121,8 +121,9 @@ def _tile_seconds(weights: Path, slides: list[Path]) -> float:
 
 
 def _score_and_eval(weights: Path, slides: list[Path], out: Path) -> dict:
+    from medseg.pathology.batch import score_slides
     from medseg.pathology.evaluate import evaluate_results
-    from medseg.pathology.score import ScoreConfig, score_slides
+    from medseg.pathology.score import ScoreConfig
 
     run = score_slides(slides, out, ScoreConfig(device="cpu", workers=1), weights=weights, overwrite=True)
     if run.exit_code:

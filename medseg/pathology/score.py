@@ -1,8 +1,8 @@
 """Whole-slide C4d scoring: tissue -> tiles -> batched Faster R-CNN -> merged PTCs -> Banff category.
 
-Library entry points (importable by batch scripts): :func:`score_slides` for a batch (returns a
-:class:`~medseg.results.RunResult`: one item per slide, ok / failed + reason / skipped), and
-:func:`score_slide` for one open slide with a loaded detector.
+:func:`score_slide` scores one slide with a loaded detector, built from phases (:func:`plan_slide`,
+:func:`read_slide_tiles`, :func:`finish_slide`) that the Ray runner (:mod:`medseg.scale`) composes
+too. Batches (:func:`~medseg.pathology.batch.score_slides`) live in :mod:`medseg.pathology.batch`.
 
 Memory stays bounded: tiles are read ahead through the engine prefetcher (decoding overlaps
 inference), only tissue tiles are read, and per slide only the detections are kept.
@@ -14,14 +14,13 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medseg.errors import InputError, MedsegError, OutputExistsError
+from medseg.errors import InputError, MedsegError
 from medseg.pathology.labels import (
     DEFAULT_MIN_PTCS,
     LABELS,
@@ -31,32 +30,9 @@ from medseg.pathology.labels import (
     counts_text,
 )
 from medseg.pathology.stain_qc import QCConfig
-from medseg.results import FAILED, OK, SKIPPED, ItemResult, RunResult
+from medseg.results import OK
 
 log = logging.getLogger("medseg.pathology")
-
-# numbers of a slide that the JSON result and the batch table carry
-ITEM_METRICS = (
-    "c4d_pos",
-    "c4d_neg",
-    "ptc_total",
-    "percent_positive",
-    "c4d_positive_ihc",
-    "banff_category",
-    "tissue_area_mm2",
-    "tiles_tissue",
-    "tiles_read",
-    "tiles_feasible",
-    "tiles_failed",
-    "wall_s",
-    "min_ptcs",
-    "status",
-    "stain_qc_status",
-    "stain_qc_kind",
-    "stain_qc_reasons",
-    "stain_qc_flags",
-    "stain_qc_skipped",
-)
 
 SLIDE_READERS = ("auto", "openslide", "tifffile", "dicom")
 QC_FAILED = "qc_failed"  # table status of a slide that stain QC kept from scoring (an outcome, not a crash)
@@ -575,183 +551,3 @@ def slide_text(row: dict[str, Any]) -> str:
     pct = row.get("percent_positive")
     counts = counts_text({POSITIVE: row.get("c4d_pos") or 0, NEGATIVE: row.get("c4d_neg") or 0})
     return f"{category_text(str(row.get('banff_category')), None if pct in (None, '') else float(pct))} ({counts})"
-
-
-def _item(name: str, row: dict[str, Any], folder: Path, status: str = OK, reason: str = "") -> ItemResult:
-    from medseg.pathology.outputs import OUTPUT_FILES
-
-    return ItemResult(
-        name,
-        status,
-        reason,
-        outputs={k: str(folder / f) for k, f in OUTPUT_FILES.items()},
-        metrics={k: row.get(k) for k in ITEM_METRICS},
-    )
-
-
-def _failure_reason(exc: BaseException) -> str:
-    if isinstance(exc, MedsegError):
-        return exc.message
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
-
-
-def _preflight(out: Path, names: list[str], *, resume: bool, overwrite: bool) -> None:
-    """Before any work: ``out`` is writable, and no slide's results would be clobbered silently."""
-    from medseg.io.atomic import check_writable
-
-    if resume and overwrite:
-        raise InputError(
-            "--resume and --overwrite exclude each other (keep finished slides, or replace them)"
-        )
-    check_writable(out)
-    if not (resume or overwrite):
-        existing = [n for n in names if (out / n).exists()]
-        if existing:
-            shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-            raise OutputExistsError(
-                f"holds results of {shown}; use --resume to keep finished slides or "
-                "--overwrite to replace them",
-                path=out,
-            )
-
-
-def record_kept(run: RunResult, name: str, folder: Path) -> dict[str, Any]:
-    """``--resume``: a slide already scored in ``folder`` becomes a skipped item; its table row."""
-    from medseg.pathology.outputs import read_summary
-
-    row = {**read_summary(folder), "slide": name}
-    run.add(_item(name, row, folder, SKIPPED, "already scored in this folder (--resume)"))
-    log.info("%s: already scored, kept (--resume)", name)
-    return {**row, "reason": "scored by an earlier run (--resume)"}
-
-
-def record_slide(
-    run: RunResult, name: str, path: str | Path, folder: Path, outcome: SlideResult | BaseException
-) -> dict[str, Any]:
-    """Publish one slide's outcome (its folder written atomically, or a failed row with the
-    reason and earlier results removed) as an item of ``run``; return its table row. The one
-    writer of a slide's outputs, locally and on Ray (the driver)."""
-    from medseg.pathology.outputs import remove_stale, write_slide_outputs
-
-    if isinstance(outcome, BaseException):
-        reason = _failure_reason(outcome)
-        remove_stale(folder)  # results of an earlier run of this slide would contradict the table
-        run.add(ItemResult(name, FAILED, reason))
-        log.warning("%s: failed: %s", name, reason)
-        return {"slide": name, "path": str(path), "status": FAILED, "reason": reason}
-    write_slide_outputs(outcome, folder)
-    row = outcome.summary
-    if row["status"] == QC_FAILED:  # an outcome, not a crash: skipped with the reason, exit 0
-        run.add(_item(name, row, folder, SKIPPED, row["reason"]))
-        log.warning("%s: not scored: %s", name, row["reason"])
-    else:
-        run.add(_item(name, row, folder, OK, row["reason"]))
-        log.info("%s: %s, %d tiles in %.1f s", name, slide_text(row), row["tiles_feasible"], row["wall_s"])
-        if row["stain_qc_status"] != "passed":
-            log.warning("%s: scored despite the stain QC (--skip-stain-qc): %s", name, row["reason"])
-    return row
-
-
-def finish_run(
-    run: RunResult,
-    rows: list[dict[str, Any]],
-    out: Path,
-    cfg: ScoreConfig,
-    *,
-    report: bool,
-    runtime: dict[str, Any],
-    weights: str,
-) -> None:
-    """The batch table, the report and the run summary (local and Ray runs alike)."""
-    from medseg.pathology.outputs import TABLE_NAME, write_table
-
-    run.outputs["table"] = str(write_table(out / TABLE_NAME, rows))
-    if report:
-        from medseg.pathology.report import write_batch_report
-
-        run.outputs["report"] = str(write_batch_report(out, rows))
-    categories: dict[str, int] = {}
-    for r in rows:
-        if r.get("status") == OK:
-            categories[r["banff_category"]] = categories.get(r["banff_category"], 0) + 1
-    run.summary = {
-        "out": str(out),
-        "slides": len(rows),
-        "categories": categories,
-        "qc_failed": sum(r.get("status") == QC_FAILED for r in rows),
-        "min_ptcs": cfg.min_ptcs,
-        "skip_stain_qc": cfg.skip_stain_qc,
-        **runtime,
-        "weights": str(weights),
-        "demo_weights": False,
-        "config": asdict(cfg),
-    }
-
-
-def score_slides(
-    inputs: Iterable[str | Path],
-    out: str | Path,
-    config: ScoreConfig | None = None,
-    *,
-    weights: str | Path | None = None,
-    detector=None,
-    resume: bool = False,
-    overwrite: bool = False,
-    report: bool = True,
-    progress: bool = False,
-) -> RunResult:
-    """Score many slides; a bad slide becomes a failed item (with its reason) and the batch goes on.
-
-    ``weights``: a detector weights file (default: the demo detector, with a warning);
-    ``detector``: an already loaded one instead. ``out/scores.csv`` and ``out/report.html`` describe
-    this run; with ``resume`` slides already scored in ``out`` are kept (skipped, their rows kept).
-    Raises (before any work) only for what stops everything: bad options, no usable weights,
-    results that exist without ``resume``/``overwrite``, an unwritable ``out``.
-    """
-    from medseg.engine.weights import resolve_weights
-    from medseg.pathology.detector import DEMO_WEIGHTS, load_detector
-    from medseg.pathology.feasibility import load_hook
-    from medseg.pathology.outputs import is_complete, kept_rows
-    from medseg.pathology.slide import expand_inputs, unique_names
-
-    cfg = config or ScoreConfig()
-    cfg.check()
-    out = Path(out)
-    paths = expand_inputs(inputs)
-    if not paths:
-        raise InputError("no slides given (slide files, folders of slides or CSV lists)")
-    names = unique_names(paths)
-    _preflight(out, names, resume=resume, overwrite=overwrite)
-    feasible = load_hook(cfg.feasibility)
-    is_demo = False
-    if detector is None:
-        weights_path, is_demo = resolve_weights(weights, demo=DEMO_WEIGHTS)
-        detector = load_detector(weights_path, device=cfg.device, amp=cfg.amp)
-    runtime = detector.describe() if hasattr(detector, "describe") else {}
-    log.info(
-        "scoring %d slide(s) on %s (%s) with %s",
-        len(paths),
-        runtime.get("device", "the given detector"),
-        runtime.get("amp", "its own precision"),
-        Path(getattr(detector, "source", "") or "the given detector").name,
-    )
-    run = RunResult("slide-score")
-    rows: list[dict[str, Any]] = kept_rows(out, exclude=set(names)) if resume else []
-    for path, name in zip(paths, names):
-        folder = out / name
-        if resume and is_complete(folder):
-            rows.append(record_kept(run, name, folder))
-            continue
-        try:
-            result = score_slide(path, detector, cfg, feasible=feasible, progress=progress, name=name)
-            rows.append(record_slide(run, name, path, folder, result))
-        except SLIDE_ERRORS as exc:
-            rows.append(record_slide(run, name, path, folder, exc))
-    finish_run(run, rows, out, cfg, report=report, runtime=runtime, weights=getattr(detector, "source", ""))
-    run.summary["demo_weights"] = is_demo
-    if is_demo:
-        run.warnings.append("demo weights (trained on synthetic slides only, not for clinical use)")
-    return run

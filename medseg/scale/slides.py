@@ -10,7 +10,7 @@ slides (and jobs) into full batches, served earliest-deadline-first with a fairn
 - Model actors (``RayConfig.actors``; one GPU each when the cluster has GPUs): each holds the
   detector and a :class:`~medseg.scale.governor.Governor` that fuses queued tiles into batches.
 - The driver is the one writer of every slide's outputs (atomic folder, as locally), the table,
-  the report; ``--resume`` and failed rows work as in :func:`~medseg.pathology.score.score_slides`.
+  the report; ``--resume`` and failed rows work as in :func:`~medseg.pathology.batch.score_slides`.
 - Fault tolerance: actors restart (``max_restarts``) and Ray retries their unfinished calls; a
   tile whose actor is gone for good goes to another actor; a slide task whose worker dies is
   re-run (``max_retries``). A slide's result is taken once per tile index and published once.
@@ -111,12 +111,12 @@ def _slide_task(
     ``{"result": SlideResult}`` or ``{"failed": reason}``, with the task's memory numbers."""
     import ray
 
+    from medseg.pathology.batch import failure_reason
     from medseg.pathology.feasibility import load_hook
     from medseg.pathology.score import (
         SLIDE_ERRORS,
         SlideResult,
         TileTally,
-        _failure_reason,
         finish_slide,
         open_scoring_slide,
         plan_slide,
@@ -172,7 +172,7 @@ def _slide_task(
         result = finish_slide(plan, tally, cfg, margins=meta["margins"], weights=meta["weights"])
         return {"result": result, "stats": stats}
     except SLIDE_ERRORS as exc:
-        reason = _failure_reason(exc)
+        reason = failure_reason(exc)
         if abspath != path:  # the reason names the slide as the user gave it, as locally
             reason = reason.replace(abspath, path)
         return {"failed": reason, "stats": stats}
@@ -227,7 +227,7 @@ def score_slides_ray(
     report: bool = True,
     progress: bool = False,
 ) -> RunResult:
-    """:func:`medseg.pathology.score.score_slides` on Ray: the same result, table, folders, report.
+    """:func:`medseg.pathology.batch.score_slides` on Ray: the same result, table, folders, report.
 
     ``weights`` / ``detector_factory`` (a picklable callable returning a detector) say what the
     actors load; ``pool``: model actors shared with other jobs (then their queue orders the jobs'
@@ -235,16 +235,11 @@ def score_slides_ray(
     storage); only the driver writes ``out``.
     """
     from medseg.engine.weights import resolve_weights
+    from medseg.pathology.batch import finish_run, preflight, record_kept, record_slide
     from medseg.pathology.detector import DEMO_WEIGHTS, load_detector
     from medseg.pathology.feasibility import load_hook
     from medseg.pathology.outputs import is_complete, kept_rows
-    from medseg.pathology.score import (
-        ScoreConfig,
-        _preflight,
-        finish_run,
-        record_kept,
-        record_slide,
-    )
+    from medseg.pathology.score import ScoreConfig
     from medseg.pathology.slide import expand_inputs, unique_names
     from medseg.scale import connect
 
@@ -257,7 +252,7 @@ def score_slides_ray(
     if not paths:
         raise InputError("no slides given (slide files, folders of slides or CSV lists)")
     names = unique_names(paths)
-    _preflight(out, names, resume=resume, overwrite=overwrite)
+    preflight(out, names, resume=resume, overwrite=overwrite)
     load_hook(cfg.feasibility)  # a bad hook stops everything before any work, as locally
     is_demo, label = False, None
     if pool is None and detector_factory is None:

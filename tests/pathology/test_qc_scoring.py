@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.pathology.score import ScoreConfig, banff_category, score_slide, score_slides
+from medseg.pathology.batch import score_slides
+from medseg.pathology.score import ScoreConfig, banff_category, score_slide
 
 from .test_score import ColourDetector
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from medseg.pathology.batch import score_slides
 from medseg.pathology.evaluate import evaluate_slide
-from medseg.pathology.score import ScoreConfig, score_slides
+from medseg.pathology.score import ScoreConfig
 from medseg.synthetic.slides import SlideSpec, write_slide
 
 from .conftest import UNSEEN_SEED

@@ -329,7 +329,8 @@ def test_batch_rows_for_unreadable_formats(tmp_path):
     import csv
     from types import SimpleNamespace
 
-    from medseg.pathology.score import ScoreConfig, score_slides
+    from medseg.pathology.batch import score_slides
+    from medseg.pathology.score import ScoreConfig
 
     write_ome_pyramid(tmp_path / "nompp.ome.tif", _image(seed=8), mpp=None)
     write_dicom_wsi(tmp_path / "frames.dcm", _image(seed=9), frames_declared=30)

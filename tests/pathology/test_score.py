@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from medseg.errors import OutputExistsError
+from medseg.pathology.batch import score_slides
 from medseg.pathology.labels import DEFAULT_MARGINS
-from medseg.pathology.score import ScoreConfig, banff_category, score_slide, score_slides
+from medseg.pathology.score import ScoreConfig, banff_category, score_slide
 from medseg.results import RunResult
 from medseg.synthetic.slides import SlideSpec, write_slide
 

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from medseg.pathology.score import ScoreConfig, score_slides
+from medseg.pathology.batch import score_slides
+from medseg.pathology.score import ScoreConfig
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # a local Ray runtime and worker start-up: tens of seconds on 2 cores
