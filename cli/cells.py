@@ -135,6 +135,17 @@ def _diameter(value: str | None, pixel_size: float | None) -> float | str | None
 @click.option("--save-prob", is_flag=True, help="Also write the cell-probability map (float TIFF).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML QA report.")
 @click.option("--resume", is_flag=True, help="Keep images an earlier run in OUT finished; segment the rest.")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    metavar="[auto|ADDRESS]",
+    help="Run on Ray, one task per image: auto (or no value) starts a local runtime; "
+    "ray://host:10001 or host:6379 joins a cluster (see docs/scale-out.md). Same outputs and rows "
+    "as the local run; no --priority/--deadline here (those schedule slide-score's model actors).",
+)
 @batch_size_option(4, "Tiles per forward pass.")
 @amp_option
 @overwrite_option
@@ -156,6 +167,7 @@ def cells_segment(
     save_prob,
     no_report,
     resume,
+    ray_address,
     batch_size,
     amp,
     overwrite,
@@ -186,7 +198,12 @@ def cells_segment(
             threshold=threshold, min_size=min_size, h=h, solidity=solidity, watershed=not no_watershed
         ),
     )
-    finish(segment_images(list(images), out_dir, config), as_json=as_json, human=human_summary)
+    mapper = None
+    if ray_address is not None:  # Ray is imported only here
+        from medseg.scale.items import ray_mapper
+
+        mapper = ray_mapper(ray_address)
+    finish(segment_images(list(images), out_dir, config, mapper=mapper), as_json=as_json, human=human_summary)
 
 
 @click.command("cells-train", epilog=TRAIN_EPILOG)

@@ -15,13 +15,14 @@ only; with ``resume`` images done in an earlier run are kept (status ``skipped``
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from medseg.cells.stain import StainDecision, detect_stain, normalise_for_stain,
 from medseg.errors import InputError, ModelError, OutputExistsError
 from medseg.io.atomic import check_writable, safe_name, write_text
 from medseg.results import FAILED, OK, SKIPPED, ItemResult, RunResult
+
+if TYPE_CHECKING:
+    from medseg.scale.items import Mapper
 
 log = logging.getLogger("medseg.cells")
 
@@ -412,6 +416,13 @@ def _remove(paths: set[Path]) -> None:
         p.unlink(missing_ok=True)
 
 
+def _segment_item(
+    segmenter: CellSegmenter, out_dir: Path, path_stem: tuple[Path, str]
+) -> tuple[ItemResult, np.ndarray, list[int]]:
+    """:func:`segment_one` for one (path, stem) item: what a mapper runs, here or on a Ray worker."""
+    return segment_one(segmenter, path_stem[0], out_dir, path_stem[1])
+
+
 def _failure_reason(exc: BaseException) -> str:
     if isinstance(exc, InputError):
         return exc.message
@@ -423,10 +434,20 @@ def _failure_reason(exc: BaseException) -> str:
 
 
 def segment_images(
-    inputs: list[str | Path], out_dir: str | Path, config: SegmentConfig | None = None
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    config: SegmentConfig | None = None,
+    *,
+    mapper: Mapper | None = None,
 ) -> RunResult:
-    """Segment every image (files or folders of images) into ``out_dir``: one item per image."""
+    """Segment every image (files or folders of images) into ``out_dir``: one item per image.
+
+    ``mapper`` decides where each image is segmented (default: here, one after the other;
+    :class:`medseg.scale.items.RayMapper` for ``--ray``); rows, resume and summary are recorded
+    here either way, so both runs give the same outputs.
+    """
     from medseg.engine.progress import progress_bar
+    from medseg.scale.items import local_map
 
     config = config or SegmentConfig()
     out_dir = Path(out_dir)
@@ -442,6 +463,10 @@ def segment_images(
     thumbs: list[tuple[str, np.ndarray, int]] = []
     areas: list[int] = []
     t0 = time.perf_counter()
+    todo = [(p, s) for p, s in zip(paths, stems) if str(p.resolve()) not in previous]
+    # earlier outputs (--overwrite / --resume), listed before any item of this run writes
+    stale_of = {stem: set(_existing_outputs(out_dir, stem)) for _p, stem in todo}
+    outcomes = (mapper or local_map)(functools.partial(_segment_item, segmenter, out_dir), todo)
     for path, stem in progress_bar(
         list(zip(paths, stems)), desc="cells", enabled=config.progress, unit="image"
     ):
@@ -457,16 +482,17 @@ def segment_images(
                 )
             )
             continue
-        stale = set(_existing_outputs(out_dir, stem))  # from an earlier run (--overwrite / --resume)
-        try:
-            item, thumb, item_areas = segment_one(segmenter, path, out_dir, stem)
-        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
-            log.debug("%s failed", path, exc_info=True)
+        stale = stale_of[stem]
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):  # one bad image must not stop the batch
+            exc = outcome
+            log.debug("%s failed", path, exc_info=exc)
             item = ItemResult(name=str(path), status=FAILED, reason=_failure_reason(exc))
             log.info("%s: failed: %s", path.name, item.reason)
             result.add(item)
             _remove(stale)  # no earlier outputs that would contradict this failure
             continue
+        item, thumb, item_areas = outcome
         _remove(stale - {Path(p) for p in item.outputs.values()})
         log.info(
             "%s: %d cells, stain %s (%s) (%.2f s)",

@@ -1,0 +1,126 @@
+"""One Ray task per item for the folder commands (cells-segment, brain-segment): the same rows,
+outputs and summaries as the local loop, a bad item a failed row with the same reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medseg.errors import InputError
+from medseg.scale.items import RayMapper, _Failure, local_map
+
+
+def _half(x: int) -> int:
+    if x == 3:
+        raise InputError("three is odd", path="/data/three.png")
+    return x // 2
+
+
+def test_local_map_yields_results_and_exceptions_in_order():
+    out = list(local_map(_half, [4, 3, 8]))
+    assert out[0] == 2 and out[2] == 4
+    assert isinstance(out[1], InputError) and out[1].message == "three is odd"
+
+
+def test_failure_survives_pickling_unchanged():
+    import pickle
+
+    exc = InputError("cannot read image", path="/x/a.png")
+    back = pickle.loads(pickle.dumps(_Failure.of(exc))).rebuild()
+    assert type(back) is InputError and back.message == exc.message and back.path == exc.path
+    assert str(back) == str(exc)
+    oserr = pickle.loads(pickle.dumps(_Failure.of(PermissionError(13, "denied", "/o/x.tif")))).rebuild()
+    assert isinstance(oserr, PermissionError) and oserr.filename == "/o/x.tif" and oserr.strerror == "denied"
+
+
+@pytest.mark.slow
+def test_ray_mapper_keeps_order_and_reasons(ray_runtime):
+    mapper = RayMapper(ray_runtime, max_in_flight=2)
+    out = list(mapper(_half, [10, 3, 6, 2, 8]))
+    assert [o for i, o in enumerate(out) if i != 1] == [5, 3, 1, 4]
+    assert isinstance(out[1], InputError) and out[1].message == "three is odd"
+    assert str(out[1].path) == "/data/three.png"
+
+
+# --- cells-segment -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cells_setup(tmp_path_factory):
+    import torch
+
+    from medseg.cells.io import to_uint8, write_png
+    from medseg.cells.model import CellModelConfig, build_model
+    from medseg.cells.train import CellsTrainConfig, make_meta
+    from medseg.engine.checkpoint import save_weights
+    from medseg.synthetic.cells import SyntheticCellsConfig, synthetic_cells
+
+    torch.manual_seed(0)
+    config = CellsTrainConfig(model=CellModelConfig(base_channels=4), training_data="random init (test)")
+    d = tmp_path_factory.mktemp("ray_cells")
+    weights = d / "tiny.safetensors"
+    save_weights(weights, build_model(config=config.model).state_dict(), make_meta(config, {}))
+    img = d / "img"
+    img.mkdir()
+    for i in range(3):
+        image, _ = synthetic_cells(910 + i, SyntheticCellsConfig(height=96, width=112))
+        write_png(img / f"c{i}.png", to_uint8(image))
+    (img / "broken.png").write_bytes(b"\x89PNG garbage")
+    return img, weights
+
+
+def _cells_config(weights: Path, **kw):
+    from medseg.cells.segment import SegmentConfig
+
+    return SegmentConfig(weights=weights, device="cpu", tile=300, report=False, progress=False, **kw)
+
+
+def _rows(doc: dict, out: Path) -> list[dict]:
+    """Items with timings dropped and output paths relative to their folder."""
+    rows = []
+    for it in doc["items"]:
+        metrics = {k: v for k, v in it.get("metrics", {}).items() if k != "seconds"}
+        outputs = {k: str(Path(v).relative_to(out)) for k, v in it.get("outputs", {}).items()}
+        rows.append({**it, "metrics": metrics, "outputs": outputs})
+    return rows
+
+
+def _same_files(a: Path, b: Path, pattern: str) -> list[str]:
+    names = sorted(p.name for p in a.glob(pattern))
+    assert names == sorted(p.name for p in b.glob(pattern))
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    return names
+
+
+@pytest.mark.slow
+def test_cells_segment_on_ray_equals_local(ray_runtime, cells_setup, tmp_path):
+    from click.testing import CliRunner
+    from medseg_cli.main import cli
+
+    from medseg.cells.segment import segment_images
+
+    img, weights = cells_setup
+    local_out, ray_out = tmp_path / "local", tmp_path / "ray"
+    local = segment_images([img], local_out, _cells_config(weights))
+    args = ["cells-segment", str(img), "--out", str(ray_out), "--weights", str(weights), "--device", "cpu"]
+    res = CliRunner().invoke(cli, [*args, "--tile", "300", "--no-report", "--json", "-q", "--ray"])
+    assert res.exit_code == 5, res.output  # the broken image is a failed row, the batch went on
+    doc = json.loads(res.stdout)
+    assert doc["counts"] == {"ok": 3, "failed": 1, "skipped": 0} == local.counts
+    assert _rows(doc, ray_out) == _rows(local.to_dict(), local_out)
+    failed = [r for r in doc["items"] if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["name"].endswith("broken.png")
+    assert "cannot read image" in failed[0]["reason"]
+    drop = ("seconds", "out_dir")
+    assert {k: v for k, v in doc["summary"].items() if k not in drop} == {
+        k: v for k, v in local.summary.items() if k not in drop
+    }
+    names = _same_files(local_out, ray_out, "c*")
+    assert len(names) == 9 and not list(ray_out.glob("broken*"))  # labels, overlay, CSV per image
+
+    # --resume on Ray keeps the finished images and retries only the broken one
+    again = segment_images([img], ray_out, _cells_config(weights, resume=True), mapper=RayMapper(ray_runtime))
+    assert again.counts == {"ok": 0, "failed": 1, "skipped": 3}
