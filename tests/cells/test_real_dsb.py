@@ -2,7 +2,7 @@
 scored by ``cells-eval``, against a classical baseline (Otsu + distance-transform watershed).
 
 Numbers (docs/cells.md): demo weights AP@0.5 0.36 before the stain-aware local normalisation,
-0.72 after; classical baseline 0.52. The normalisation's window and noise floor were chosen on a
+0.72 after, 0.79 with the demo weights retrained on randomised synthetic data; classical baseline 0.52. The normalisation's window and noise floor were chosen on a
 small grid that included this image, so it is not a fully independent test for them.
 """
 
@@ -78,5 +78,5 @@ def test_demo_weights_beat_the_classical_baseline_on_real_nuclei(dsb, tmp_path):
     demo = evaluate(out, gt)
     print({"classical": base["ap50"], "demo": demo["ap50"], "demo_map": demo["map_50_95"]})
     assert demo["count_true"] == 125
-    assert demo["ap50"] >= 0.65, demo  # 0.36 before the normalisation change
+    assert demo["ap50"] >= 0.70, demo  # the issue's target; 0.36 before the normalisation change
     assert demo["ap50"] > base["ap50"] and demo["map_50_95"] > base["map_50_95"]
