@@ -102,6 +102,17 @@ any case). Modalities must share one grid unless --resample / --resample-to.
 @click.option(
     "--no-postprocess", is_flag=True, help="Keep small and core-less connected components (docs/brain.md)."
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    metavar="[auto|ADDRESS]",
+    help="Run on Ray, one task per case: auto (or no value) starts a local runtime; "
+    "ray://host:10001 or host:6379 joins a cluster (see docs/scale-out.md). Same outputs and rows "
+    "as the local run; no --priority/--deadline here (those schedule slide-score's model actors).",
+)
 @batch_size_option(8)
 @amp_option
 @overwrite_option
@@ -119,6 +130,7 @@ def brain_segment(
     resample,
     no_n4,
     no_postprocess,
+    ray_address,
     batch_size,
     amp,
     overwrite,
@@ -143,7 +155,12 @@ def brain_segment(
         overwrite=overwrite,
         progress=not quiet,
     )
-    finish(segment_cases(cases, Path(out), cfg), as_json=as_json, human=_human_segment)
+    mapper = None
+    if ray_address is not None:  # Ray is imported only here
+        from medseg.scale.items import ray_mapper
+
+        mapper = ray_mapper(ray_address)
+    finish(segment_cases(cases, Path(out), cfg, mapper=mapper), as_json=as_json, human=_human_segment)
 
 
 @click.command(

@@ -13,6 +13,7 @@ Memory is bounded by ``batch_size`` slices, whatever the number of slices.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -41,6 +42,7 @@ from medseg.results import FAILED, ItemResult, RunResult
 
 if TYPE_CHECKING:
     from medseg.engine.predictor import Predictor
+    from medseg.scale.items import Mapper
 
 log = logging.getLogger("medseg.brain")
 
@@ -329,7 +331,11 @@ def _write_case(plan: dict[str, Path], seg: np.ndarray, geo: Geometry, record: d
 
 
 def segment_cases(
-    cases: list[CaseFiles | Path], out: str | Path, config: SegmentConfig | None = None
+    cases: list[CaseFiles | Path],
+    out: str | Path,
+    config: SegmentConfig | None = None,
+    *,
+    mapper: Mapper | None = None,
 ) -> RunResult:
     """Segment each case (a :class:`CaseFiles` or a case folder) into ``out``; one item per case.
 
@@ -338,10 +344,13 @@ def segment_cases(
     case that cannot be read or segmented is recorded as failed (reason in words) and the batch
     goes on; a single case that fails raises :class:`InputError` instead (exit 2). A failed case
     leaves no output; ``volumes.csv`` (batch) lists this run's cases only and is written when at
-    least one case succeeded.
+    least one case succeeded. ``mapper`` decides where each case runs (default: here, in
+    order; :class:`medseg.scale.items.RayMapper` for ``--ray``); rows and the table are recorded
+    here either way.
     """
     from medseg.engine.weights import resolve_weights
     from medseg.io.atomic import check_output, write_text
+    from medseg.scale.items import local_map
 
     cfg = config or SegmentConfig()
     out = Path(out)
@@ -384,22 +393,19 @@ def segment_cases(
     arch = BrainNetConfig.from_dict(meta.config["net"]).arch
     predictor = make_predictor(model, device=cfg.device, amp=cfg.amp, postprocess="argmax")
     rows = []
-    for i, (case, plan) in enumerate(zip(found, plans), start=1):
+    todo = [(i, c, p) for i, (c, p) in enumerate(zip(found, plans), start=1) if isinstance(c, CaseFiles)]
+    run_one = functools.partial(
+        _segment_item, predictor, arch=arch, prep=prep, cfg=cfg, total=len(found), strict=len(cases) == 1
+    )
+    outcomes = (mapper or local_map)(run_one, todo)
+    for case in found:
         if isinstance(case, ItemResult):
             item = result.add(case)
         else:
-            item = result.add(
-                _segment_one(
-                    predictor,
-                    case,
-                    plan,
-                    arch=arch,
-                    prep=prep,
-                    cfg=cfg,
-                    desc=f"{case.name} ({i}/{len(found)})",
-                    strict=len(cases) == 1,
-                )
-            )
+            outcome = next(outcomes)
+            if isinstance(outcome, Exception):  # strict (single case) or a bug: as the local loop
+                raise outcome
+            item = result.add(outcome)
         rows.append(
             {
                 "case": item.name,
@@ -425,6 +431,22 @@ def segment_cases(
         "postprocess": cfg.postprocess,
     }
     return result
+
+
+def _segment_item(
+    predictor: Predictor,
+    item: tuple[int, CaseFiles, dict[str, Path]],
+    *,
+    arch: str,
+    prep: PreprocessConfig,
+    cfg: SegmentConfig,
+    total: int,
+    strict: bool,
+) -> ItemResult:
+    """:func:`_segment_one` for one (index, case, plan) item: what a mapper runs, here or on Ray."""
+    i, case, plan = item
+    desc = f"{case.name} ({i}/{total})"
+    return _segment_one(predictor, case, plan, arch=arch, prep=prep, cfg=cfg, desc=desc, strict=strict)
 
 
 def _segment_one(

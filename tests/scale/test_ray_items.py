@@ -124,3 +124,62 @@ def test_cells_segment_on_ray_equals_local(ray_runtime, cells_setup, tmp_path):
     # --resume on Ray keeps the finished images and retries only the broken one
     again = segment_images([img], ray_out, _cells_config(weights, resume=True), mapper=RayMapper(ray_runtime))
     assert again.counts == {"ok": 0, "failed": 1, "skipped": 3}
+
+
+# --- brain-segment -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def brain_setup(tmp_path_factory):
+    import shutil
+
+    from click.testing import CliRunner
+    from medseg_cli.main import cli
+
+    from medseg.synthetic.brain import make_brain_case, write_brain_case
+
+    root = tmp_path_factory.mktemp("ray_brain")
+    cohort = root / "cohort"
+    cohort.mkdir()
+    cases = [write_brain_case(make_brain_case(seed), cohort, name=f"SYN_{seed}") for seed in (5101, 5102)]
+    bad = cohort / "SYN_bad"
+    shutil.copytree(cases[0], bad)
+    for f in bad.iterdir():
+        f.rename(bad / f.name.replace(cases[0].name, "SYN_bad"))
+    (bad / "SYN_bad_flair.nii.gz").write_bytes(b"not a NIfTI file")  # fails inside the case's task
+    w = root / "w"
+    args = ["brain-train", str(cases[0]), "--out", str(w), "--local-channels", "4", "--global-channels"]
+    args += ["6", "--epochs", "1", "--steps", "2", "--batch-size", "16", "--no-n4", "--json", "-q"]
+    res = CliRunner().invoke(cli, [*args, "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    return cohort, json.loads(res.stdout)["best_weights"]
+
+
+@pytest.mark.slow
+def test_brain_segment_on_ray_equals_local(ray_runtime, brain_setup, tmp_path):
+    from click.testing import CliRunner
+    from medseg_cli.main import cli
+
+    cohort, weights = brain_setup
+    docs = {}
+    for mode in ("local", "ray"):
+        args = ["brain-segment", str(cohort), "--out", str(tmp_path / mode), "--weights", weights]
+        args += ["--no-n4", "--device", "cpu", "--json", "-q"] + (["--ray"] if mode == "ray" else [])
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 5, res.output  # the corrupt case is a failed row, the batch went on
+        docs[mode] = json.loads(res.stdout)
+    assert docs["ray"]["counts"] == {"ok": 2, "failed": 1, "skipped": 0} == docs["local"]["counts"]
+    assert _rows(docs["ray"], tmp_path / "ray") == _rows(docs["local"], tmp_path / "local")
+    failed = [r for r in docs["ray"]["items"] if r["status"] == "failed"]
+    assert [r["name"] for r in failed] == ["SYN_bad"] and "SYN_bad_flair" in failed[0]["reason"]
+    assert docs["ray"]["summary"] == docs["local"]["summary"]
+    assert len(_same_files(tmp_path / "local", tmp_path / "ray", "SYN_5*_seg.nii.gz")) == 2
+    assert not list((tmp_path / "ray").glob("SYN_bad*"))
+
+    def table(mode: str) -> list[list[str]]:  # volumes.csv without seconds, output paths relative
+        text = (tmp_path / mode / "volumes.csv").read_text().replace(str(tmp_path / mode), "OUT")
+        lines = [r.split(",") for r in text.splitlines()]
+        col = lines[0].index("seconds")
+        return [[v for j, v in enumerate(r) if j != col] for r in lines]
+
+    assert table("ray") == table("local")
