@@ -298,6 +298,17 @@ A failing exam is recorded in the report with its reason; the exit code is then 
 @_models_dir_option
 @click.option("--save-masks", is_flag=True, help="Also write each exam's lung mask (NIfTI) to OUT/masks.")
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write the PDF report.")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    metavar="[auto|ADDRESS]",
+    help="Run on Ray, one task per exam: auto (or no value) starts a local runtime; "
+    "ray://host:10001 or host:6379 joins a cluster (see docs/scale-out.md). Same report and rows "
+    "as the local run; no --priority/--deadline here (those schedule slide-score's model actors).",
+)
 @batch_size_option(None, BATCH_HELP)
 @amp_option
 @overwrite_option
@@ -312,6 +323,7 @@ def ct_report(
     models_dir,
     save_masks,
     pdf,
+    ray_address,
     batch_size,
     amp,
     overwrite,
@@ -336,7 +348,12 @@ def ct_report(
         overwrite=overwrite,
         progress=not quiet,
     )
-    finish(run_ct_report(list(inputs), out_dir, cfg), as_json=as_json, human=report_text)
+    mapper = None
+    if ray_address is not None:  # Ray is imported only here
+        from medseg.scale.items import ray_mapper
+
+        mapper = ray_mapper(ray_address)
+    finish(run_ct_report(list(inputs), out_dir, cfg, mapper=mapper), as_json=as_json, human=report_text)
 
 
 @click.command(

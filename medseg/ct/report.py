@@ -10,6 +10,7 @@ reference, converted vs reference). Outputs: CSV, JSON, HTML and PDF QA report.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -17,7 +18,7 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from medseg.ct.metrics import (
 from medseg.errors import InputError, MedsegError
 from medseg.io.atomic import check_output, safe_name, write_text
 from medseg.results import FAILED, OK, ItemResult, RunResult, json_safe
+
+if TYPE_CHECKING:
+    from medseg.scale.items import Mapper
 
 log = logging.getLogger("medseg.ct")
 
@@ -378,19 +382,23 @@ class ReportConfig:
     progress: bool = False
 
 
-def run_ct_report(inputs: list[str | Path], out_dir: str | Path, config: ReportConfig) -> RunResult:
+def run_ct_report(
+    inputs: list[str | Path], out_dir: str | Path, config: ReportConfig, *, mapper: Mapper | None = None
+) -> RunResult:
     """Convert each exam's source series in memory and compare it with its target (reference) series.
 
     Pre-flight (kernels, exams, report files, model) before any work; then one item per exam. A
     failing exam is recorded (failed + reason) and the cohort continues; the report covers every
-    exam of this run (exit code 5 when any failed).
+    exam of this run (exit code 5 when any failed). ``mapper`` decides where each exam runs
+    (default: here, in order; :class:`medseg.scale.items.RayMapper` for ``--ray``); the report is
+    written here either way.
     """
     from medseg.ct.cohort import discover_exams
-    from medseg.ct.convert import check_apart, convert_volume
+    from medseg.ct.convert import check_apart
     from medseg.ct.models import DEMO_NOTE, find_model, kernel_specs, load_predictor
     from medseg.engine.progress import progress_bar
     from medseg.io.atomic import atomic_dir
-    from medseg.io.volume import write_volume_sitk
+    from medseg.scale.items import local_map
 
     cfg = config
     src, tgt = kernel_specs(cfg.source, cfg.target, vendor=cfg.vendor)
@@ -421,41 +429,22 @@ def run_ct_report(inputs: list[str | Path], out_dir: str | Path, config: ReportC
         atomic_dir(out_dir / MASKS, overwrite=cfg.overwrite) if cfg.save_masks else nullcontext() as mask_tmp
     ):
         bar = progress_bar(exams, total=len(exams), desc="exams", enabled=cfg.progress, unit="exam")
-        for exam in bar:
+        run_one = functools.partial(_report_exam, predictor, cfg, source, target, mask_tmp, out_dir / MASKS)
+        outcomes = (mapper or local_map)(run_one, exams)
+        for exam, outcome in zip(bar, outcomes):
             bar.set_postfix(exam=exam.name)
-            item = result.add(ItemResult(exam.name))
-            try:
-                refs = {k: _exam_series(exam, k) for k in (source, target)}
-                missing = [k for k, ref in refs.items() if ref is None]
-                if missing:
-                    found = ", ".join(exam.series) or "none"
-                    raise InputError(f"no {' or '.join(missing)} series (found: {found})", path=exam.path)
-                original, meta = refs[source].load()
-                reference, _ = refs[target].load()
-                converted = convert_volume(
-                    predictor, original, batch_size=cfg.batch_size, progress=cfg.progress
-                )
-                item.metrics, mask = evaluate_exam(exam.name, original, converted, reference, meta.spacing)
-                sharpness, item.warnings = kernel_check(
-                    original, converted, reference, meta.spacing, source=source, target=target
-                )
-                item.metrics.update(sharpness)
-                for warning in item.warnings:
-                    log.warning("%s: %s", exam.name, warning)
-                if mask_tmp is not None:
-                    name = f"{safe_name(exam.name)}_lungmask.nii.gz"
-                    write_volume_sitk(mask_tmp / name, mask.astype(np.uint8), meta, dtype=np.uint8)
-                    item.outputs["lung_mask"] = str(out_dir / MASKS / name)
-                if len(figures) < MAX_FIGURES:
-                    figures.append(
-                        (
-                            f"Exam {exam.name}",
-                            slice_figure(original, converted, reference, mask, source, target),
-                        )
-                    )
-            except (MedsegError, OSError) as exc:
-                item.status, item.reason = FAILED, _reason(exc)
+            if isinstance(outcome, Exception):  # a bug, not a bad exam: as the local loop
+                raise outcome
+            item, panels = result.add(outcome[0]), outcome[1]
+            for warning in item.warnings:
+                log.warning("%s: %s", exam.name, warning)
+            if not item.ok:
                 log.error("%s: %s", exam.name, item.reason)
+            if panels is not None and len(figures) < MAX_FIGURES:
+                z, *slabs = panels
+                fig = slice_figure(*slabs, source, target)
+                fig.suptitle(f"slice {z}")  # the slab is that one slice of the exam
+                figures.append((f"Exam {exam.name}", fig))
     result.outputs.update(
         write_qa_outputs(
             out_dir,
@@ -471,6 +460,48 @@ def run_ct_report(inputs: list[str | Path], out_dir: str | Path, config: ReportC
         result.outputs["masks"] = str(out_dir / MASKS)
     result.summary.update(cohort_summary(result.items))
     return result
+
+
+def _report_exam(
+    predictor: Any,
+    cfg: ReportConfig,
+    source: str,
+    target: str,
+    mask_tmp: Path | None,
+    mask_dir: Path,
+    exam: Any,
+) -> tuple[ItemResult, tuple | None]:
+    """One exam: convert its source series, compare with the target one (what a mapper runs, here
+    or on a Ray worker). Returns the item and, for the figure, the slice with most lung as 1-slice
+    volumes (not the whole exam); a bad exam is a failed item, not an exception."""
+    from medseg.ct.convert import convert_volume
+    from medseg.io.volume import write_volume_sitk
+
+    item = ItemResult(exam.name)
+    try:
+        refs = {k: _exam_series(exam, k) for k in (source, target)}
+        missing = [k for k, ref in refs.items() if ref is None]
+        if missing:
+            found = ", ".join(exam.series) or "none"
+            raise InputError(f"no {' or '.join(missing)} series (found: {found})", path=exam.path)
+        original, meta = refs[source].load()
+        reference, _ = refs[target].load()
+        converted = convert_volume(predictor, original, batch_size=cfg.batch_size, progress=cfg.progress)
+        item.metrics, mask = evaluate_exam(exam.name, original, converted, reference, meta.spacing)
+        sharpness, item.warnings = kernel_check(
+            original, converted, reference, meta.spacing, source=source, target=target
+        )
+        item.metrics.update(sharpness)
+        if mask_tmp is not None:
+            name = f"{safe_name(exam.name)}_lungmask.nii.gz"
+            write_volume_sitk(mask_tmp / name, mask.astype(np.uint8), meta, dtype=np.uint8)
+            item.outputs["lung_mask"] = str(mask_dir / name)
+    except (MedsegError, OSError) as exc:
+        item.status, item.reason = FAILED, _reason(exc)
+        return item, None
+    z = int(np.argmax(mask.sum(axis=(1, 2)))) if mask.any() else original.shape[0] // 2
+    sl = slice(z, z + 1)
+    return item, (z, original[sl], converted[sl], reference[sl], mask[sl])
 
 
 def _exam_series(exam, kernel: str):

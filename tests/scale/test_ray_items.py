@@ -4,6 +4,7 @@ outputs and summaries as the local loop, a bad item a failed row with the same r
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,84 @@ def test_brain_segment_on_ray_equals_local(ray_runtime, brain_setup, tmp_path):
         return [[v for j, v in enumerate(r) if j != col] for r in lines]
 
     assert table("ray") == table("local")
+
+
+NO_RAY_RUN = """
+import sys
+from click.testing import CliRunner
+from medseg_cli.main import cli
+res = CliRunner().invoke(cli, ["cells-segment", sys.argv[1], "--out", sys.argv[2], "--weights", sys.argv[3],
+                               "--device", "cpu", "--tile", "300", "--no-report", "-q"])
+assert res.exit_code == 5, res.output
+assert "ray" not in sys.modules, "Ray was imported"
+print("NO-RAY-OK")
+"""
+
+
+def test_cells_segment_without_ray_flag_never_imports_ray(cells_setup, tmp_path):
+    import subprocess
+    import sys
+
+    img, weights = cells_setup
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_RAY_RUN, str(img), str(tmp_path / "out"), str(weights)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and "NO-RAY-OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+# --- ct-report ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ct_setup(tmp_path_factory):
+    import shutil
+
+    import torch
+
+    from medseg.ct.model import MODEL_NAME, KernelNetConfig, build_kernel_net
+    from medseg.engine.checkpoint import CheckpointMeta, save_weights
+    from medseg.synthetic.ct_phantom import PhantomConfig, write_cohort
+
+    root = tmp_path_factory.mktemp("ray_ct")
+    cohort = root / "cohort"
+    write_cohort(
+        cohort, [8101, 8102, 8103], kernels=("B30f", "B50f"), config=PhantomConfig(size=64, n_slices=4)
+    )
+    shutil.rmtree(cohort / "exam8102" / "B30f")  # no reference series: fails inside the exam's task
+    cfg = KernelNetConfig("B50f", "B30f", channels=8, depth=3)
+    net = build_kernel_net(config=cfg)
+    with torch.no_grad():
+        net.body[-1].weight.zero_()
+        net.body[-1].bias.fill_(-0.2)  # output = input - 200 HU
+    weights = root / "B50f_to_B30f.safetensors"
+    meta = CheckpointMeta(model=MODEL_NAME, task="B50f->B30f", config=cfg.to_dict(), training_data="test")
+    save_weights(weights, net.state_dict(), meta)
+    return cohort, weights
+
+
+@pytest.mark.slow
+def test_ct_report_on_ray_equals_local(ray_runtime, ct_setup, tmp_path):
+    from click.testing import CliRunner
+    from medseg_cli.main import cli
+
+    cohort, weights = ct_setup
+    docs = {}
+    for mode in ("local", "ray"):
+        args = ["ct-report", str(cohort), "--from", "B50f", "--to", "B30f", "--out", str(tmp_path / mode)]
+        args += ["--weights", str(weights), "--device", "cpu", "--no-pdf", "--save-masks", "--json", "-q"]
+        res = CliRunner().invoke(cli, args + (["--ray"] if mode == "ray" else []))
+        assert res.exit_code == 5, res.output  # the exam without a reference is a failed row
+        docs[mode] = json.loads(res.stdout)
+    assert docs["ray"]["counts"] == {"ok": 2, "failed": 1, "skipped": 0} == docs["local"]["counts"]
+    assert _rows(docs["ray"], tmp_path / "ray") == _rows(docs["local"], tmp_path / "local")
+    failed = [r for r in docs["ray"]["items"] if r["status"] == "failed"]
+    assert [r["name"] for r in failed] == ["exam8102"] and "no B30f series" in failed[0]["reason"]
+    assert docs["ray"]["summary"] == docs["local"]["summary"]
+    for name in ("ct_qa.csv", "masks/exam8101_lungmask.nii.gz", "masks/exam8103_lungmask.nii.gz"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    html = {m: (tmp_path / m / "ct_qa.html").read_text().replace(str(tmp_path / m), "OUT") for m in docs}
+    html = {m: re.sub(r"\d{4}-\d\d-\d\dT[\d:]+[+-]\d\d:\d\d", "TIME", h) for m, h in html.items()}
+    assert html["ray"] == html["local"] and html["ray"].count("data:image/png") >= 2  # figures included
