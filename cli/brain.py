@@ -103,6 +103,13 @@ any case). Modalities must share one grid unless --resample / --resample-to.
     "--no-postprocess", is_flag=True, help="Keep small and core-less connected components (docs/brain.md)."
 )
 @click.option(
+    "--native-spacing",
+    is_flag=True,
+    help="Run the nets at the case's own in-plane spacing, even when the weights were trained at another "
+    "(default: resample to the weights' training spacing when it differs by more than 15%, labels back "
+    "on the input grid).",
+)
+@click.option(
     "--ray",
     "ray_address",
     is_flag=False,
@@ -130,6 +137,7 @@ def brain_segment(
     resample,
     no_n4,
     no_postprocess,
+    native_spacing,
     ray_address,
     batch_size,
     amp,
@@ -154,12 +162,13 @@ def brain_segment(
         amp=amp,
         overwrite=overwrite,
         progress=not quiet,
+        native_spacing=native_spacing,
     )
     mapper = None
     if ray_address is not None:  # Ray is imported only here
         from medseg.scale.items import ray_mapper
 
-        mapper = ray_mapper(ray_address)
+        mapper = ray_mapper(ray_address, device=device)
     finish(segment_cases(cases, Path(out), cfg, mapper=mapper), as_json=as_json, human=_human_segment)
 
 

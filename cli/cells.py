@@ -202,7 +202,7 @@ def cells_segment(
     if ray_address is not None:  # Ray is imported only here
         from medseg.scale.items import ray_mapper
 
-        mapper = ray_mapper(ray_address)
+        mapper = ray_mapper(ray_address, device=device)
     finish(segment_images(list(images), out_dir, config, mapper=mapper), as_json=as_json, human=human_summary)
 
 

@@ -352,7 +352,7 @@ def ct_report(
     if ray_address is not None:  # Ray is imported only here
         from medseg.scale.items import ray_mapper
 
-        mapper = ray_mapper(ray_address)
+        mapper = ray_mapper(ray_address, device=device)
     finish(run_ct_report(list(inputs), out_dir, cfg, mapper=mapper), as_json=as_json, human=report_text)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from medseg.errors import MedsegError
+from medseg.errors import InputError, MedsegError
 
 log = logging.getLogger("medseg.scale")
 
@@ -132,8 +132,22 @@ class RayMapper:
             yield value if ok else value.rebuild()
 
 
-def ray_mapper(address: str | None, **kwargs: Any) -> RayMapper:
-    """Connect to Ray (``--ray`` value) and return a mapper running one task per item."""
+def ray_mapper(address: str | None, *, device: str = "auto", **kwargs: Any) -> RayMapper:
+    """Connect to Ray (``--ray`` value) and return a mapper running one task per item.
+
+    The model is built once on the driver (``device`` as the command resolves it) and shipped to
+    the tasks; a model on CUDA makes each task ask Ray for one GPU (there it is ``cuda``), so the
+    cluster must have GPUs. A failure here is one line, before any item runs.
+    """
+    from medseg.engine.runtime import select_device
     from medseg.scale import connect
 
-    return RayMapper(connect(address), **kwargs)
+    dev = select_device(device)
+    if dev.type == "cuda" and (dev.index or 0) > 0:
+        raise InputError(f"--device {device} with --ray: give --device cuda (each task gets one GPU)")
+    ray = connect(address)
+    if dev.type == "cuda":
+        if ray.cluster_resources().get("GPU", 0) < 1:
+            raise InputError(f"--device {device} with --ray: the Ray cluster has no GPU; give --device cpu")
+        kwargs.setdefault("num_gpus", 1)
+    return RayMapper(ray, **kwargs)
