@@ -13,6 +13,17 @@ from medseg.errors import InputError
 from medseg.scale.items import RayMapper, _Failure, local_map
 
 
+@pytest.fixture
+def ray_here(ray_runtime):
+    """The session's Ray runtime, with this module's functions shipped to workers by value."""
+    import sys
+
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return ray_runtime
+
+
 def _half(x: int) -> int:
     if x == 3:
         raise InputError("three is odd", path="/data/three.png")
@@ -37,12 +48,32 @@ def test_failure_survives_pickling_unchanged():
 
 
 @pytest.mark.slow
-def test_ray_mapper_keeps_order_and_reasons(ray_runtime):
-    mapper = RayMapper(ray_runtime, max_in_flight=2)
+def test_ray_mapper_keeps_order_and_reasons(ray_here):
+    mapper = RayMapper(ray_here, max_in_flight=2)
     out = list(mapper(_half, [10, 3, 6, 2, 8]))
     assert [o for i, o in enumerate(out) if i != 1] == [5, 3, 1, 4]
     assert isinstance(out[1], InputError) and out[1].message == "three is odd"
     assert str(out[1].path) == "/data/three.png"
+
+
+def _dies_once(marker_and_x: tuple[str, int]) -> int:
+    """Kills its worker process the first time it runs for x == 2 (as a lost node would)."""
+    import os
+
+    marker, x = marker_and_x
+    if x == 2 and not os.path.exists(marker):
+        Path(marker).write_text("died once")
+        os._exit(1)
+    return x * 10
+
+
+@pytest.mark.slow
+def test_ray_mapper_reruns_an_item_whose_worker_died(ray_here, tmp_path):
+    marker = str(tmp_path / "died")
+    out = list(
+        RayMapper(ray_here, max_in_flight=2, max_retries=2)(_dies_once, [(marker, i) for i in range(4)])
+    )
+    assert out == [0, 10, 20, 30] and Path(marker).exists()  # the item ran again, exactly one result each
 
 
 # --- cells-segment -----------------------------------------------------------------------------
@@ -265,3 +296,28 @@ def test_ct_report_on_ray_equals_local(ray_runtime, ct_setup, tmp_path):
     html = {m: (tmp_path / m / "ct_qa.html").read_text().replace(str(tmp_path / m), "OUT") for m in docs}
     html = {m: re.sub(r"\d{4}-\d\d-\d\dT[\d:]+[+-]\d\d:\d\d", "TIME", h) for m, h in html.items()}
     assert html["ray"] == html["local"] and html["ray"].count("data:image/png") >= 2  # figures included
+
+
+MISSING_RAY = """
+import sys
+sys.modules["ray"] = None  # as if the extra were not installed
+from medseg_cli.main import main
+sys.argv = ["medseg", "cells-segment", sys.argv[1], "--out", sys.argv[2], "--weights", sys.argv[3], "--ray"]
+main()
+"""
+
+
+def test_cells_segment_ray_without_ray_installed_is_one_line(cells_setup, tmp_path):
+    import subprocess
+    import sys
+
+    img, weights = cells_setup
+    proc = subprocess.run(
+        [sys.executable, "-c", MISSING_RAY, str(img), str(tmp_path / "out"), str(weights)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "pip install 'medseg[ray]'" in lines[0] and not (tmp_path / "out").exists()
