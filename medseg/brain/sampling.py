@@ -137,6 +137,7 @@ class TrainingCase:
     mask: np.ndarray  # brain mask
     probs: np.ndarray | None = None  # (5, z, ., .) first-stage maps aligned so windows start at (y, x)
     probs_source: str | None = None  # which first-stage weights made ``probs`` (reused across phases)
+    spacing: tuple[float, float, float] | None = None  # mm (z, y, x): the weights record the in-plane one
 
     @classmethod
     def build(cls, name: str, stack: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> TrainingCase:

@@ -13,6 +13,7 @@ Memory is bounded by ``batch_size`` slices, whatever the number of slices.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -51,6 +52,7 @@ TASK = "brain-tumour-segmentation"
 DEMO_WEIGHTS = "brain/brain_input_cascade_demo.safetensors"  # relative to the shipped demo weights folder
 REGIONS = ("WT", "TC", "ET")  # whole tumour, tumour core, enhancing tumour
 VOLUME_COLUMNS = ("case", "status", "WT_ml", "TC_ml", "ET_ml", "seconds", "output", "reason")
+SPACING_TOLERANCE = 0.15  # relative in-plane spacing difference that triggers resampling to the training grid
 
 
 def region_masks(seg: np.ndarray) -> dict[str, np.ndarray]:
@@ -244,6 +246,84 @@ def predict_in_brain(
     return seg
 
 
+def train_spacing(meta) -> tuple[float, float] | None:
+    """In-plane (row, col) spacing in mm the weights were trained at, or None (older weights)."""
+    value = (meta.config or {}).get("train_spacing_mm")
+    if not value or len(value) != 2:
+        return None
+    return float(value[0]), float(value[1])
+
+
+def inference_zoom(
+    spacing: tuple[float, float, float], trained: tuple[float, float] | None
+) -> tuple[float, float] | None:
+    """In-plane zoom (row, col) from the case's grid to the training grid; None to run at the case's own.
+
+    The slice nets have a fixed receptive field in voxels (33/65): a case at another in-plane
+    spacing shows them tissue at another scale than they learnt. Within ``SPACING_TOLERANCE`` the
+    case is run as it is.
+    """
+    if trained is None:
+        return None
+    ratios = (spacing[1] / trained[0], spacing[2] / trained[1])
+    if all(abs(r - 1.0) <= SPACING_TOLERANCE for r in ratios):
+        return None
+    return ratios
+
+
+def _zoom_plane(array: np.ndarray, shape: tuple[int, int], *, antialias: bool) -> np.ndarray:
+    """Linear in-plane resize of a (C, z, y, x) array to (C, z, *shape), corners aligned.
+
+    Downsampling first smooths with a Gaussian (sigma = half the step) so thin bright structures
+    are averaged as in a coarser acquisition instead of aliased.
+    """
+    from scipy import ndimage as ndi
+
+    h, w = array.shape[2:]
+    fy, fx = shape[0] / h, shape[1] / w
+    if antialias and (fy < 1 or fx < 1):
+        sigma = (0, 0, max(0.0, (1 / fy - 1) / 2), max(0.0, (1 / fx - 1) / 2))
+        array = ndi.gaussian_filter(array, sigma=sigma, mode="constant")
+    out = ndi.zoom(array, (1, 1, fy, fx), order=1, mode="nearest", grid_mode=False)
+    if out.shape[2:] != tuple(shape):  # zoom rounds; guard the exact size
+        raise AssertionError(f"in-plane zoom gave {out.shape[2:]}, expected {shape}")
+    return out
+
+
+def predict_in_brain_resampled(
+    predictor: Predictor,
+    norm: np.ndarray,
+    mask: np.ndarray,
+    zoom: tuple[float, float],
+    *,
+    arch: str,
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "",
+) -> np.ndarray:
+    """Class map (z, y, x) with the net run at the training spacing, per brain box.
+
+    Each batch's brain box is resampled in-plane by ``zoom`` (z untouched: the nets are 2D), the
+    class probabilities are computed there and brought back to the box linearly, then argmax:
+    the labels are on the case's own grid. Memory is bounded by one box of ``batch_size`` slices.
+    """
+    from medseg.engine.progress import progress_bar
+
+    soft = copy.copy(predictor)  # same model, probabilities instead of classes
+    soft.postprocess = "softmax"
+    seg = np.zeros(mask.shape, np.uint8)
+    pad = slice_padding(arch)
+    boxes = brain_boxes(mask, batch_size)
+    for box in progress_bar(boxes, total=len(boxes), desc=desc, enabled=progress, unit="batch"):
+        crop = norm[(slice(None), *box)]
+        h, w = crop.shape[2:]
+        small = (max(1, round(h * zoom[0])), max(1, round(w * zoom[1])))
+        resampled = _zoom_plane(crop, small, antialias=True).astype(np.float32, copy=False)
+        probs = predict_slices(soft, resampled, pad=pad, batch_size=batch_size)  # (K, z, h', w')
+        seg[box] = _zoom_plane(probs, (h, w), antialias=False).argmax(0).astype(np.uint8)
+    return seg
+
+
 def segment_array(
     predictor: Predictor,
     stack_raw: np.ndarray,
@@ -255,12 +335,22 @@ def segment_array(
     post: bool = True,
     progress: bool = False,
     desc: str = "",
+    zoom: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """Raw (4, z, y, x) intensities -> internal label map (z, y, x), with an ``argmax`` predictor."""
+    """Raw (4, z, y, x) intensities -> internal label map (z, y, x), with an ``argmax`` predictor.
+
+    ``zoom`` (from :func:`inference_zoom`): run the net on a grid resampled in-plane by it, labels
+    back on the case's grid; None runs at the case's own spacing.
+    """
     norm, mask = preprocess(stack_raw, geo.spacing, prep)
-    seg = predict_in_brain(
-        predictor, norm, mask, arch=arch, batch_size=batch_size, progress=progress, desc=desc
-    )
+    if zoom is None:
+        seg = predict_in_brain(
+            predictor, norm, mask, arch=arch, batch_size=batch_size, progress=progress, desc=desc
+        )
+    else:
+        seg = predict_in_brain_resampled(
+            predictor, norm, mask, zoom, arch=arch, batch_size=batch_size, progress=progress, desc=desc
+        )
     seg[~mask] = 0
     return postprocess(seg, geo.spacing, mask=mask) if post else seg
 
@@ -279,6 +369,7 @@ class SegmentConfig:
     amp: str = "auto"
     overwrite: bool = False
     progress: bool = False
+    native_spacing: bool = False  # True: run the nets at the case's spacing even if trained at another
 
 
 def _case_name(case: CaseFiles | Path) -> str:
@@ -394,8 +485,16 @@ def segment_cases(
     predictor = make_predictor(model, device=cfg.device, amp=cfg.amp, postprocess="argmax")
     rows = []
     todo = [(i, c, p) for i, (c, p) in enumerate(zip(found, plans), start=1) if isinstance(c, CaseFiles)]
+    trained = train_spacing(meta)
     run_one = functools.partial(
-        _segment_item, predictor, arch=arch, prep=prep, cfg=cfg, total=len(found), strict=len(cases) == 1
+        _segment_item,
+        predictor,
+        arch=arch,
+        prep=prep,
+        cfg=cfg,
+        total=len(found),
+        strict=len(cases) == 1,
+        trained=trained,
     )
     outcomes = (mapper or local_map)(run_one, todo)
     for case in found:
@@ -429,6 +528,8 @@ def segment_cases(
         "batch_size": cfg.batch_size,
         "n4": prep.n4,
         "postprocess": cfg.postprocess,
+        "train_spacing_mm": list(trained) if trained else None,
+        "native_spacing": cfg.native_spacing,
     }
     return result
 
@@ -442,11 +543,14 @@ def _segment_item(
     cfg: SegmentConfig,
     total: int,
     strict: bool,
+    trained: tuple[float, float] | None = None,
 ) -> ItemResult:
     """:func:`_segment_one` for one (index, case, plan) item: what a mapper runs, here or on Ray."""
     i, case, plan = item
     desc = f"{case.name} ({i}/{total})"
-    return _segment_one(predictor, case, plan, arch=arch, prep=prep, cfg=cfg, desc=desc, strict=strict)
+    return _segment_one(
+        predictor, case, plan, arch=arch, prep=prep, cfg=cfg, desc=desc, strict=strict, trained=trained
+    )
 
 
 def _segment_one(
@@ -459,6 +563,7 @@ def _segment_one(
     cfg: SegmentConfig,
     desc: str,
     strict: bool,
+    trained: tuple[float, float] | None = None,
 ) -> ItemResult:
     """One case -> label map and volumes; input and write problems become a failed item (raised if ``strict``)."""
     t0 = time.perf_counter()
@@ -469,6 +574,17 @@ def _segment_one(
         if stripped:
             log.warning(stripped)
             warnings.append(stripped)
+        zoom = None if cfg.native_spacing else inference_zoom(geo.spacing, trained)
+        run_yx = [round(float(s), 4) for s in (trained if zoom else geo.spacing[1:])]
+        log.info(
+            "%s: in-plane spacing %.3g x %.3g mm; nets run at %s",
+            case.name,
+            geo.spacing[1],
+            geo.spacing[2],
+            f"the training spacing {run_yx[0]:.3g} x {run_yx[1]:.3g} mm (probabilities resampled back)"
+            if zoom
+            else "the case's own spacing" + (" (--native-spacing)" if cfg.native_spacing and trained else ""),
+        )
         seg = segment_array(
             predictor,
             stack,
@@ -479,6 +595,7 @@ def _segment_one(
             post=cfg.postprocess,
             progress=cfg.progress,
             desc=desc,
+            zoom=zoom,
         )
         volumes = region_volumes_ml(seg, geo.spacing)
         record = {
@@ -489,6 +606,8 @@ def _segment_one(
             "output": str(plan["seg"]),
             "labels": cfg.labels,
             "arch": arch,
+            "inference_spacing_mm": run_yx,
+            "resampled_to_training_spacing": zoom is not None,
         }
         _write_case(plan, seg, geo, record, cfg.labels)
     except (InputError, OSError) as exc:
@@ -506,6 +625,11 @@ def _segment_one(
     return ItemResult(
         name=case.name,
         outputs={k: str(v) for k, v in plan.items()},
-        metrics={**volumes, "seconds": record["seconds"]},
+        metrics={
+            **volumes,
+            "seconds": record["seconds"],
+            "inference_spacing_mm": run_yx,
+            "resampled_to_training_spacing": zoom is not None,
+        },
         warnings=warnings,
     )

@@ -77,6 +77,7 @@ class BrainTrainConfig:
     training_data: str = ""
     max_minutes: float | None = None  # time budget for the whole run (all phases)
     amp: str = "auto"
+    train_spacing_mm: list[float] | None = None  # in-plane (row, col) of the training cases; set by train
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,6 +122,20 @@ def split_cases(cases: list[TrainingCase], fraction: float) -> tuple[list[Traini
     return cases[:-n_val], cases[-n_val:]
 
 
+def training_spacing(cases: list[TrainingCase]) -> list[float] | None:
+    """Median in-plane (row, col) spacing in mm of the training cases: what brain-segment resamples to.
+
+    The slice nets learn tissue at this scale; a case much finer or coarser is resampled to it.
+    """
+    spacings = [c.spacing[1:] for c in cases if c.spacing is not None]
+    if not spacings:
+        return None
+    ys, xs = zip(*spacings)
+    if max(ys) > 1.15 * min(ys) or max(xs) > 1.15 * min(xs):
+        log.warning("training cases have different in-plane spacings; the weights record the median")
+    return [round(float(np.median(ys)), 4), round(float(np.median(xs)), 4)]
+
+
 def load_training_cases(
     case_dirs: list[Path], *, labels: str, prep: PreprocessConfig, progress: bool = False
 ) -> list[TrainingCase]:
@@ -140,7 +155,9 @@ def load_training_cases(
         stack, geo = load_case(f)
         seg = load_seg(f, geo, labels=labels)
         norm, mask = preprocess(stack, geo.spacing, prep)
-        cases.append(TrainingCase.build(f.name, norm, seg, mask))
+        case = TrainingCase.build(f.name, norm, seg, mask)
+        case.spacing = tuple(float(v) for v in geo.spacing)
+        cases.append(case)
     return cases
 
 
@@ -274,6 +291,7 @@ class BrainTask:
                 "net": asdict(self.stage.net),
                 "preprocess": asdict(self.cfg.preprocess),
                 "train": {**self.cfg.to_dict(), "stage": self.stage.name},
+                "train_spacing_mm": self.cfg.train_spacing_mm,
             },
             training_data=self.cfg.training_data,
             normalisation={"per_channel": "z-score inside brain"},
@@ -405,6 +423,7 @@ def train(
         )
     cases = load_training_cases(dirs, labels=cfg.labels, prep=cfg.preprocess, progress=progress)
     train_cases, val_cases = split_cases(cases, cfg.val_fraction)
+    cfg.train_spacing_mm = training_spacing(cases)
     log.info(
         "%d training case(s); validation on %s",
         len(train_cases),
