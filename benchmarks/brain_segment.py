@@ -195,7 +195,9 @@ def reference_in_brain(ref_model, norm: np.ndarray, boxes, *, pad: tuple[int, in
     return seg
 
 
-def _cli_call(src: Path, case_dir: Path, out: Path, threads: int) -> tuple[float, float, dict]:
+def _cli_call(
+    src: Path, case_dir: Path, out: Path, threads: int, extra: tuple[str, ...] = ()
+) -> tuple[float, float, dict]:
     """One whole ``medseg brain-segment CASE --json`` call of the code in ``src`` (its demo weights):
     (wall s, CPU s of the child process, its JSON)."""
     import resource
@@ -213,7 +215,7 @@ def _cli_call(src: Path, case_dir: Path, out: Path, threads: int) -> tuple[float
             "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads),
         }
         cmd = [sys.executable, "-c", "from medseg_cli.main import main; main()"]
-        cmd += ["brain-segment", str(case_dir), "--out", str(out), "--overwrite", "--quiet", "--json"]
+        cmd += ["brain-segment", str(case_dir), "--out", str(out), "--overwrite", "--quiet", "--json", *extra]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=links)
@@ -223,6 +225,21 @@ def _cli_call(src: Path, case_dir: Path, out: Path, threads: int) -> tuple[float
         raise RuntimeError(f"{src}: brain-segment failed: {proc.stderr.strip()[-500:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu, json.loads(proc.stdout)
+
+
+def _dice_vs_truth(seg_path: str, truth) -> dict[str, float]:
+    """Dice WT/TC/ET of a written label map (BraTS 2021 labels) against the phantom's internal labels."""
+    import SimpleITK as sitk
+
+    from medseg.brain.segment import region_masks
+
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(seg_path))
+    got = {"WT": pred > 0, "TC": np.isin(pred, (1, 4)), "ET": pred == 4}
+    out = {}
+    for region, t in region_masks(truth).items():
+        p = got[region]
+        out[region] = round(2 * float((p & t).sum()) / max(1, int(p.sum() + t.sum())), 4)
+    return out
 
 
 def bench_case(args, device) -> dict:
@@ -263,18 +280,27 @@ def bench_case(args, device) -> dict:
     row: dict = {"arch": arch, "weights": weights.name, "batch_size": bs, "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         case_dir = write_brain_case(case, tmp, name="BENCH_0007")
-        srcs = {"now": Path(__file__).resolve().parents[1]}
+        now = Path(__file__).resolve().parents[1]
+        srcs: dict[str, tuple[Path, tuple[str, ...]]] = {"now": (now, ())}
         if args.before_src:
-            srcs["before"] = Path(args.before_src).resolve()
+            srcs["before"] = (Path(args.before_src).resolve(), ())
+        if args.spacing_compare:  # the same tree at the case's own 1 mm spacing (today's path)
+            srcs["native_spacing"] = (now, ("--native-spacing",))
         calls: dict[str, list[tuple[float, float]]] = {k: [] for k in srcs}
         volumes = {}
         for i in range(args.repeats):
             order = list(srcs.items()) if i % 2 == 0 else list(srcs.items())[::-1]
-            for name, src in order:
-                wall, cpu, doc = _cli_call(src, case_dir, Path(tmp) / f"out_{name}", args.threads or 2)
+            for name, (src, extra) in order:
+                out = Path(tmp) / f"out_{name}"
+                wall, cpu, doc = _cli_call(src, case_dir, out, args.threads or 2, extra)
                 calls[name].append((wall, cpu))
                 volumes[name] = doc["items"][0]["metrics"]
-                print(f"whole call {name}: {wall:.1f} s wall, {cpu:.1f} CPU s", file=sys.stderr, flush=True)
+                volumes[name]["dice"] = _dice_vs_truth(doc["items"][0]["outputs"]["seg"], case.label)
+                print(
+                    f"whole call {name}: {wall:.1f} s wall, {cpu:.1f} CPU s, Dice {volumes[name]['dice']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         for name, runs in calls.items():
             row[f"whole_call_{name}_s"] = round(min(w for w, _ in runs), 1)
             row[f"whole_call_{name}_cpu_s"] = round(min(c for _, c in runs), 1)
@@ -285,6 +311,8 @@ def bench_case(args, device) -> dict:
                 row["whole_call_before_cpu_s"] / row["whole_call_now_cpu_s"], 2
             )
 
+    if args.spacing_compare:
+        return row
     norm, mask = preprocess(raw, case.spacing, prep)
     boxes = brain_boxes(mask, bs)
     box_pixels = sum(int(np.prod([s.stop - s.start for s in b])) for b in boxes)
@@ -350,6 +378,12 @@ def main() -> None:
         "--before-src",
         default=None,
         help="--case: folder holding medseg/ and cli/ of the code to compare with (today's path)",
+    )
+    parser.add_argument(
+        "--spacing-compare",
+        action="store_true",
+        help="--case: also time the call with --native-spacing (nets at 1 mm instead of the weights' "
+        "training spacing), Dice of each against the phantom's truth; skips the plain-torch part",
     )
     parser.add_argument(
         "--weights", default=None, help="weights for --case (default: the demo InputCascadeCNN)"

@@ -48,7 +48,8 @@ def train_demo_weights(out: Path, *, seeds=TRAIN_SEEDS) -> dict:
     from medseg.brain.models import BrainNetConfig
     from medseg.brain.preprocess import PreprocessConfig
     from medseg.brain.train import BrainTrainConfig, PhaseConfig, train
-    from medseg.synthetic.brain import make_brain_case, write_brain_case
+    from medseg.engine.checkpoint import read_meta
+    from medseg.synthetic.brain import BrainPhantomConfig, make_brain_case, write_brain_case
 
     out.mkdir(parents=True, exist_ok=True)
     prep = PreprocessConfig(n4=True, n4_shrink=2, n4_iterations=[50, 50])
@@ -80,6 +81,10 @@ def train_demo_weights(out: Path, *, seeds=TRAIN_SEEDS) -> dict:
         )
         seconds["brain_input_cascade"] = (time.perf_counter() - t0, time.process_time() - c0)
         for name, result in runs.items():
+            # brain-train records the phantoms' in-plane spacing; brain-segment resamples other cases to it
+            spacing = read_meta(result.best_weights).config.get("train_spacing_mm")
+            if spacing != [float(v) for v in BrainPhantomConfig().spacing[1:]]:
+                raise RuntimeError(f"{name}: weights record train_spacing_mm={spacing}, not the phantoms'")
             shutil.copyfile(result.best_weights, out / f"{name}_demo.safetensors")
             (out / f"{name}_demo.safetensors").chmod(0o644)
             log_doc = result.to_dict()

@@ -72,6 +72,8 @@ def test_two_phases_held_out_validation_and_phase2_only_output_layer(twopath_run
     assert changed == {"output.weight", "output.bias"}  # phase 2 retrains the output layer only
     assert meta.model == "brain-twopath" and meta.metrics["stage"] == "phase2"
     assert meta.metrics["validated_on"] == "held-out cases"
+    # the phantoms' in-plane spacing: brain-segment resamples other cases to it
+    assert meta.config["train_spacing_mm"] == [3.0, 3.0]
 
 
 def test_single_case_validates_on_training_data_with_warning(brain_cases, tmp_path, caplog):
