@@ -13,6 +13,7 @@ from medseg_cli.options import (
     finish,
     output_options,
     overwrite_option,
+    ray_task_option,
     train_options,
     val_fraction_option,
     weights_option,
@@ -109,17 +110,7 @@ any case). Modalities must share one grid unless --resample / --resample-to.
     "(default: resample to the weights' training spacing when it differs by more than 15%, labels back "
     "on the input grid).",
 )
-@click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="auto",
-    default=None,
-    metavar="[auto|ADDRESS]",
-    help="Run on Ray, one task per case: auto (or no value) starts a local runtime; "
-    "ray://host:10001 or host:6379 joins a cluster (see docs/scale-out.md). Same outputs and rows "
-    "as the local run; no --priority/--deadline here (those schedule slide-score's model actors).",
-)
+@ray_task_option("case")
 @batch_size_option(8)
 @amp_option
 @overwrite_option

@@ -10,6 +10,7 @@ from medseg_cli.options import (
     finish,
     output_options,
     overwrite_option,
+    ray_task_option,
     train_options,
     val_fraction_option,
     weights_option,
@@ -135,17 +136,7 @@ def _diameter(value: str | None, pixel_size: float | None) -> float | str | None
 @click.option("--save-prob", is_flag=True, help="Also write the cell-probability map (float TIFF).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML QA report.")
 @click.option("--resume", is_flag=True, help="Keep images an earlier run in OUT finished; segment the rest.")
-@click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="auto",
-    default=None,
-    metavar="[auto|ADDRESS]",
-    help="Run on Ray, one task per image: auto (or no value) starts a local runtime; "
-    "ray://host:10001 or host:6379 joins a cluster (see docs/scale-out.md). Same outputs and rows "
-    "as the local run; no --priority/--deadline here (those schedule slide-score's model actors).",
-)
+@ray_task_option("image")
 @batch_size_option(4, "Tiles per forward pass.")
 @amp_option
 @overwrite_option

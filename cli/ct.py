@@ -13,6 +13,7 @@ from medseg_cli.options import (
     finish,
     json_option,
     overwrite_option,
+    ray_task_option,
     train_options,
     weights_option,
 )
@@ -298,17 +299,7 @@ A failing exam is recorded in the report with its reason; the exit code is then 
 @_models_dir_option
 @click.option("--save-masks", is_flag=True, help="Also write each exam's lung mask (NIfTI) to OUT/masks.")
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write the PDF report.")
-@click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="auto",
-    default=None,
-    metavar="[auto|ADDRESS]",
-    help="Run on Ray, one task per exam: auto (or no value) starts a local runtime; "
-    "ray://host:10001 or host:6379 joins a cluster (see docs/scale-out.md). Same report and rows "
-    "as the local run; no --priority/--deadline here (those schedule slide-score's model actors).",
-)
+@ray_task_option("exam")
 @batch_size_option(None, BATCH_HELP)
 @amp_option
 @overwrite_option

@@ -189,14 +189,28 @@ def ray_options(func: Callable) -> Callable:
         default=None,
         help="With --ray: model actors (default: one per GPU of the cluster, else 1).",
     )(func)
-    func = click.option(
+    return _ray_address_option(
+        "Run on Ray: auto (or no value) starts a local runtime; ray://host:10001 or "
+        "host:6379 joins a cluster (see docs/scale-out.md)."
+    )(func)
+
+
+def _ray_address_option(help_text: str) -> Callable:
+    return click.option(
         "--ray",
         "ray_address",
         is_flag=False,
         flag_value="auto",
         default=None,
         metavar="[auto|ADDRESS]",
-        help="Run on Ray: auto (or no value) starts a local runtime; ray://host:10001 or "
-        "host:6379 joins a cluster (see docs/scale-out.md).",
-    )(func)
-    return func
+        help=help_text,
+    )
+
+
+def ray_task_option(unit: str) -> Callable:
+    """--ray [auto|ADDRESS] for commands that run one Ray task per ``unit`` (image, case, exam)."""
+    return _ray_address_option(
+        f"Run on Ray, one task per {unit}: auto (or no value) starts a local runtime; "
+        "ray://host:10001 or host:6379 joins a cluster (see docs/scale-out.md). Same outputs and rows "
+        "as the local run; no --priority/--deadline here (those schedule slide-score's model actors)."
+    )
