@@ -145,3 +145,16 @@ def test_segment_cases_records_and_old_weights(thin_1mm_case, tmp_path):
     assert records["native"]["inference_spacing_mm"] == pytest.approx([1.0, 1.0])
     assert records["old"]["resampled_to_training_spacing"] is False
     np.testing.assert_array_equal(labels["old"], labels["native"])  # no field: today's path
+
+
+def test_cli_native_spacing_flag(thin_1mm_case, tmp_path):
+    from click.testing import CliRunner
+    from medseg_cli.main import cli
+
+    out = tmp_path / "seg.nii.gz"
+    args = ["brain-segment", str(thin_1mm_case), "--out", str(out), "--no-n4", "--device", "cpu"]
+    res = CliRunner().invoke(cli, [*args, "--native-spacing", "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["summary"]["native_spacing"] is True and doc["summary"]["train_spacing_mm"] == [3.0, 3.0]
+    assert doc["items"][0]["metrics"]["resampled_to_training_spacing"] is False
