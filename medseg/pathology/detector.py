@@ -120,34 +120,42 @@ def _light_backbone(channels: tuple[int, ...]):
     return body
 
 
-def build_light_detector(*, config: DetectorConfig | None = None):
-    """Small stride-8 CNN backbone + single-level RPN + small box head (about 0.6 M parameters)."""
-    from torchvision.models.detection import FasterRCNN
+def light_rcnn_parts(cfg: DetectorConfig) -> tuple[Any, dict[str, Any]]:
+    """Backbone and R-CNN keyword arguments of the light detector, shared by its Faster R-CNN and
+    Mask R-CNN variants (:mod:`medseg.pathology.maskrcnn`), so both see tiles the same way."""
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.ops import MultiScaleRoIAlign
 
-    cfg = config or DetectorConfig()
     backbone = _light_backbone(tuple(cfg.channels))
-    anchors = AnchorGenerator(sizes=(tuple(cfg.anchor_sizes),), aspect_ratios=(tuple(cfg.aspect_ratios),))
-    roi = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
-    model = FasterRCNN(
-        backbone,
-        num_classes=None,
-        rpn_anchor_generator=anchors,
-        box_roi_pool=roi,
-        box_head=TwoMLPHead(backbone.out_channels * 49, cfg.representation),
-        box_predictor=FastRCNNPredictor(cfg.representation, cfg.num_classes),
-        min_size=1,
-        max_size=1,
-        rpn_pre_nms_top_n_train=1000,
-        rpn_post_nms_top_n_train=500,
-        rpn_pre_nms_top_n_test=600,
-        rpn_post_nms_top_n_test=300,
-        box_batch_size_per_image=256,
-        box_detections_per_img=cfg.detections_per_img,
-        box_score_thresh=0.05,
-    )
+    kwargs = {
+        "num_classes": None,
+        "rpn_anchor_generator": AnchorGenerator(
+            sizes=(tuple(cfg.anchor_sizes),), aspect_ratios=(tuple(cfg.aspect_ratios),)
+        ),
+        "box_roi_pool": MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2),
+        "box_head": TwoMLPHead(backbone.out_channels * 49, cfg.representation),
+        "box_predictor": FastRCNNPredictor(cfg.representation, cfg.num_classes),
+        "min_size": 1,
+        "max_size": 1,
+        "rpn_pre_nms_top_n_train": 1000,
+        "rpn_post_nms_top_n_train": 500,
+        "rpn_pre_nms_top_n_test": 600,
+        "rpn_post_nms_top_n_test": 300,
+        "box_batch_size_per_image": 256,
+        "box_detections_per_img": cfg.detections_per_img,
+        "box_score_thresh": 0.05,
+    }
+    return backbone, kwargs
+
+
+def build_light_detector(*, config: DetectorConfig | None = None):
+    """Small stride-8 CNN backbone + single-level RPN + small box head (about 0.6 M parameters)."""
+    from torchvision.models.detection import FasterRCNN
+
+    cfg = config or DetectorConfig()
+    backbone, kwargs = light_rcnn_parts(cfg)
+    model = FasterRCNN(backbone, **kwargs)
     model.transform = _fixed_scale_transform(cfg.input_scale, cfg.image_mean, cfg.image_std)
     return model
 

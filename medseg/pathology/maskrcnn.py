@@ -47,36 +47,18 @@ def build_light_maskrcnn(*, config):
     """The light detector (:func:`medseg.pathology.detector.build_light_detector`) with a mask branch:
     14 x 14 RoIAlign, two 32-channel convs, a 28 x 28 mask per class (about 30 k extra parameters)."""
     from torchvision.models.detection import MaskRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
     from torchvision.ops import MultiScaleRoIAlign
 
-    from medseg.pathology.detector import _fixed_scale_transform, _light_backbone
+    from medseg.pathology.detector import _fixed_scale_transform, light_rcnn_parts
 
-    backbone = _light_backbone(tuple(config.channels))
-    anchors = AnchorGenerator(
-        sizes=(tuple(config.anchor_sizes),), aspect_ratios=(tuple(config.aspect_ratios),)
-    )
+    backbone, kwargs = light_rcnn_parts(config)
     model = MaskRCNN(
         backbone,
-        num_classes=None,
-        rpn_anchor_generator=anchors,
-        box_roi_pool=MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2),
-        box_head=TwoMLPHead(backbone.out_channels * 49, config.representation),
-        box_predictor=FastRCNNPredictor(config.representation, config.num_classes),
         mask_roi_pool=MultiScaleRoIAlign(featmap_names=["0"], output_size=14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(backbone.out_channels, list(MASK_CHANNELS), 1),
         mask_predictor=MaskRCNNPredictor(MASK_CHANNELS[-1], MASK_CHANNELS[-1], config.num_classes),
-        min_size=1,
-        max_size=1,
-        rpn_pre_nms_top_n_train=1000,
-        rpn_post_nms_top_n_train=500,
-        rpn_pre_nms_top_n_test=600,
-        rpn_post_nms_top_n_test=300,
-        box_batch_size_per_image=256,
-        box_detections_per_img=config.detections_per_img,
-        box_score_thresh=0.05,
+        **kwargs,
     )
     model.transform = _fixed_scale_transform(config.input_scale, config.image_mean, config.image_std)
     return model
