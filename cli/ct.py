@@ -92,6 +92,14 @@ Examples:
     help="Output format (default: a volume file when OUT ends in a volume extension or INPUT is one, "
     "else DICOM).",
 )
+@click.option(
+    "--dicom-format",
+    type=click.Choice(["classic", "enhanced"]),
+    default="classic",
+    show_default=True,
+    help="DICOM output layout: classic (one CT file per slice, streamed) or enhanced (one Legacy "
+    "Converted Enhanced CT multi-frame file; the whole series is held in memory).",
+)
 @click.option("--series-uid", default=None, help="Pick one series when INPUT holds several.")
 @weights_option(WEIGHTS_HELP)
 @_models_dir_option
@@ -120,6 +128,7 @@ def ct_convert(
     vendor,
     output,
     output_format,
+    dicom_format,
     series_uid,
     weights,
     models_dir,
@@ -138,7 +147,8 @@ def ct_convert(
     INPUT is a DICOM series folder or study folder (any file names; SEG, SR, localizers and other
     non-image objects are left out), a DICOM file (also a multi-frame Enhanced CT), or a
     NIfTI/NRRD/MHA volume or slice. DICOM input gives a derived classic DICOM series (new UIDs, same
-    patient/study and geometry, signed int16 HU). The input is never modified.
+    patient/study and geometry, signed int16 HU), or with --dicom-format enhanced one multi-frame
+    Legacy Converted Enhanced CT file in the OUT folder. The input is never modified.
     """
     if report_dir is not None and reference is None:
         raise click.UsageError("--report needs --reference")
@@ -152,6 +162,7 @@ def ct_convert(
         models_dirs=models_dir,
         series_uid=series_uid,
         output_format=output_format,
+        dicom_format=dicom_format,
         batch_size=batch_size,
         device=device,
         amp=amp,

@@ -42,6 +42,7 @@ class ConvertConfig:
     vendor: str | None = None  # scanner vendor of --from/--to (also 'Philips:UB' in a name)
     series_uid: str | None = None
     output_format: str | None = None  # default: a volume for a volume file name or input, else DICOM
+    dicom_format: str = "classic"  # 'enhanced': one Legacy Converted Enhanced CT file (held in memory)
     batch_size: int | None = None  # default: 16 on CUDA, 1 on CPU
     device: str = "auto"
     amp: str = "auto"
@@ -181,6 +182,7 @@ def preflight(
     from medseg.ct.report import _shape, check_qa_outputs
     from medseg.io.atomic import check_output
     from medseg.io.dicom import open_series
+    from medseg.io.dicom_enhanced import check_dicom_format
     from medseg.io.volume import volume_shape
 
     if source == target:
@@ -189,6 +191,8 @@ def preflight(
         raise InputError("--report needs --reference (the QA report compares with a reference series)")
     kind = input_kind(input_path)
     fmt = output_format(kind, output_path, cfg.output_format)
+    if check_dicom_format(cfg.dicom_format) == "enhanced" and fmt != "dicom":
+        raise InputError("--dicom-format enhanced needs DICOM output, not a volume file", path=output_path)
     check_apart(output_path, input_path)
     check_output(output_path, overwrite=cfg.overwrite)
     plan = _Plan(kind, fmt, (0, 0, 0))
@@ -265,6 +269,7 @@ def convert(
             "target_kernel": target,
             "vendor": entry.vendor or src.vendor,
             "format": plan.fmt,
+            **({"dicom_format": cfg.dicom_format} if plan.fmt == "dicom" else {}),
             "weights": str(entry.path),
             "demo_weights": entry.demo,
             **predictor.describe(),
@@ -388,7 +393,8 @@ def _convert_dicom(job: _Job) -> None:
     from medseg.engine.batching import map_batched
     from medseg.engine.progress import progress_bar
     from medseg.io.atomic import atomic_dir
-    from medseg.io.dicom import Derivation, new_uid, write_derived_slice
+    from medseg.io.dicom import Derivation, derived_slice, new_uid, write_derived_slice
+    from medseg.io.dicom_enhanced import ENHANCED_FILE, write_enhanced_ct
     from medseg.io.volume import write_volume_sitk
 
     plan, item, qa, source, target = job.plan, job.item, job.qa, job.source, job.target
@@ -419,12 +425,20 @@ def _convert_dicom(job: _Job) -> None:
             derivation_description=f"{source} to {target} by {METHOD}; medseg {__version__}; weights "
             f"{job.weights_name}; source series {series.uid}",
         )
+        enhanced: list | None = [] if job.cfg.dicom_format == "enhanced" else None
         with atomic_dir(job.output_path, overwrite=job.cfg.overwrite) as tmp:
             for i, converted in enumerate(stream):
-                write_derived_slice(headers[i], converted, tmp / f"IM{i + 1:05d}.dcm", derivation)
+                if enhanced is not None:  # the whole derived series in memory, merged below
+                    enhanced.append(derived_slice(headers[i], converted, derivation))
+                else:
+                    write_derived_slice(headers[i], converted, tmp / f"IM{i + 1:05d}.dcm", derivation)
                 if qa is not None:
                     qa.add(i, converted)
                 headers[i] = None  # release the header and its pixel data
+            if enhanced is not None:
+                number = int(enhanced[0].SeriesNumber)
+                write_enhanced_ct(enhanced, tmp / ENHANCED_FILE, series_uid=new_series, series_number=number)
+                item.metrics["enhanced_frames"] = len(enhanced)
             if qa is not None:
                 qa.evaluate(series.spacing, item.name)
         return

@@ -471,6 +471,14 @@ class Derivation:
 
 def write_derived_slice(source_ds, hu: np.ndarray, out_file: Path, derivation: Derivation) -> str:
     """Write ``hu`` as a derived copy of ``source_ds`` (same patient/study/geometry); return its SOP UID."""
+    ds = derived_slice(source_ds, hu, derivation)
+    ds.save_as(out_file, enforce_file_format=True)
+    return str(ds.SOPInstanceUID)
+
+
+def derived_slice(source_ds, hu: np.ndarray, derivation: Derivation):
+    """The derived classic CT dataset of one slice, in memory (written per slice, or merged into an
+    Enhanced CT by :mod:`medseg.io.dicom_enhanced`)."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
@@ -503,8 +511,7 @@ def write_derived_slice(source_ds, hu: np.ndarray, out_file: Path, derivation: D
     ds.InstanceCreationTime = now.strftime("%H%M%S")
     ds.SoftwareVersions = f"medseg {__version__}"
     _set_pixels_int16(ds, hu)
-    ds.save_as(out_file, enforce_file_format=True)
-    return sop_uid
+    return ds
 
 
 def write_ct_series(
