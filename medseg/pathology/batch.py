@@ -84,6 +84,22 @@ def preflight(out: Path, names: list[str], *, resume: bool, overwrite: bool) -> 
             )
 
 
+def batch_inputs(
+    inputs, out: str | Path, *, resume: bool, overwrite: bool
+) -> tuple[Path, list[Path], list[str]]:
+    """The slides of a batch (files, folders, CSV lists) with unique output names, after the
+    pre-flight checks of ``out``; shared by the local and the Ray runner."""
+    from medseg.pathology.slide import expand_inputs, unique_names
+
+    out = Path(out)
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise InputError("no slides given (slide files, folders of slides or CSV lists)")
+    names = unique_names(paths)
+    preflight(out, names, resume=resume, overwrite=overwrite)
+    return out, paths, names
+
+
 def record_kept(run: RunResult, name: str, folder: Path) -> dict[str, Any]:
     """``--resume``: a slide already scored in ``folder`` becomes a skipped item; its table row."""
     from medseg.pathology.outputs import read_summary
@@ -181,16 +197,10 @@ def score_slides(
     from medseg.pathology.detector import DEMO_WEIGHTS, load_detector
     from medseg.pathology.feasibility import load_hook
     from medseg.pathology.outputs import is_complete, kept_rows
-    from medseg.pathology.slide import expand_inputs, unique_names
 
     cfg = config or ScoreConfig()
     cfg.check()
-    out = Path(out)
-    paths = expand_inputs(inputs)
-    if not paths:
-        raise InputError("no slides given (slide files, folders of slides or CSV lists)")
-    names = unique_names(paths)
-    preflight(out, names, resume=resume, overwrite=overwrite)
+    out, paths, names = batch_inputs(inputs, out, resume=resume, overwrite=overwrite)
     feasible = load_hook(cfg.feasibility)
     is_demo = False
     if detector is None:

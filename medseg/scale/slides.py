@@ -235,24 +235,18 @@ def score_slides_ray(
     storage); only the driver writes ``out``.
     """
     from medseg.engine.weights import resolve_weights
-    from medseg.pathology.batch import finish_run, preflight, record_kept, record_slide
+    from medseg.pathology.batch import batch_inputs, finish_run, record_kept, record_slide
     from medseg.pathology.detector import DEMO_WEIGHTS, load_detector
     from medseg.pathology.feasibility import load_hook
     from medseg.pathology.outputs import is_complete, kept_rows
     from medseg.pathology.score import ScoreConfig
-    from medseg.pathology.slide import expand_inputs, unique_names
     from medseg.scale import connect
 
     cfg = config or ScoreConfig()
     rc = ray_config or RayConfig()
     cfg.check()
     rc.check()
-    out = Path(out)
-    paths = expand_inputs(inputs)
-    if not paths:
-        raise InputError("no slides given (slide files, folders of slides or CSV lists)")
-    names = unique_names(paths)
-    preflight(out, names, resume=resume, overwrite=overwrite)
+    out, paths, names = batch_inputs(inputs, out, resume=resume, overwrite=overwrite)
     load_hook(cfg.feasibility)  # a bad hook stops everything before any work, as locally
     is_demo, label = False, None
     if pool is None and detector_factory is None:
