@@ -82,6 +82,9 @@ FRAME_MACROS = (
     ("FrameVOILUTSequence", ("WindowCenter", "WindowWidth")),
     ("CTReconstructionSequence", ("ConvolutionKernel", "ReconstructionAlgorithm")),
     ("CTExposureSequence", ("ExposureTime", "XRayTubeCurrent", "CTDIvol")),
+    # Legacy Converted Enhanced CT (e.g. ct-convert --dicom-format enhanced) has no CT Reconstruction
+    # group: the kernel sits among the converted attributes
+    ("UnassignedSharedConvertedAttributesSequence", ("ConvolutionKernel",)),
 )
 _NOT_COPIED = {
     "PixelData",

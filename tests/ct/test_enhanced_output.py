@@ -83,6 +83,7 @@ def test_enhanced_output_matches_classic(small_exam_dir, tiny_weights, tmp_path)
         ds.SharedFunctionalGroupsSequence[0].UnassignedSharedConvertedAttributesSequence[0].ConvolutionKernel
         == "B30f"
     )
+    assert open_series(tmp_path / "enh").kernel == "B30f"  # and the project's reader finds it there
     derivations = [g.DerivationImageSequence[0] for g in ds.PerFrameFunctionalGroupsSequence]
     assert all("B50f to B30f" in d.DerivationDescription for d in derivations)
     sources = {d.SourceImageSequence[0].ReferencedSOPInstanceUID for d in derivations}
