@@ -22,6 +22,8 @@ from medseg_cli.options import (
 LABELS = click.Choice(["brats2021", "brats2023", "havaei"])
 MODS = click.Choice(["t1", "t1c", "t2", "flair"])
 ARCHS = click.Choice(["twopath", "input-cascade", "local-cascade", "mf-cascade"])
+# brain-eval reads either BraTS convention: 2018 (= 2018-2021: 1, 2, 4 ET) or 2023 (1, 2, 3 ET), or detects it
+EVAL_LABELS = click.Choice(["auto", "2018", "2023", "brats2018", "brats2021", "brats2023", "havaei"])
 
 
 def _human_segment(result) -> str:
@@ -48,7 +50,8 @@ def _human_eval(result) -> str:
         return "no case could be evaluated"
     return (
         f"{s['dice_WT']['n']} case(s): Dice WT {s['dice_WT']['mean']:.3f}, TC {s['dice_TC']['mean']:.3f}, "
-        f"ET {s['dice_ET']['mean']:.3f}; report {result.outputs['html']}"
+        f"ET {s['dice_ET']['mean']:.3f}; HD95 WT {s['hd95_WT']['mean']:.1f}, TC {s['hd95_TC']['mean']:.1f}, "
+        f"ET {s['hd95_ET']['mean']:.1f} mm; report {result.outputs['html']}"
     )
 
 
@@ -280,7 +283,10 @@ Examples:
   medseg brain-eval cohort/ --pred results/ --out qa/ --pred-labels brats2023
 \b
 Matches <pred>/<case>_seg.nii.gz to each case folder's ground truth; writes qa/report.html
-(tables, box plots, overlays), metrics.json and metrics.csv.
+(tables, box plots, overlays), metrics.json and metrics.csv: per case and mean Dice, HD95 (mm),
+sensitivity and specificity for WT/TC/ET and predicted vs true volumes (mL). A region empty in
+exactly one of prediction and truth scores Dice 0 and HD95 = the grid diagonal (373.13 mm on BraTS),
+both empty Dice 1 and HD95 0 (the BraTS convention).
 """,
 )
 @click.argument("case_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
@@ -293,15 +299,23 @@ Matches <pred>/<case>_seg.nii.gz to each case folder's ground truth; writes qa/r
 )
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Report folder.")
 @click.option(
-    "--labels", type=LABELS, default="brats2021", show_default=True, help="Ground-truth label convention."
+    "--labels",
+    type=EVAL_LABELS,
+    default="auto",
+    show_default=True,
+    help="Ground-truth label convention: 2018 (BraTS 2018-2021: 1 NCR/NET, 2 ED, 4 ET), 2023 (ET = 3), "
+    "havaei, or auto (per file: 4 present -> 2018, 3 -> 2023, both -> havaei).",
 )
 @click.option(
-    "--pred-labels", type=LABELS, default=None, help="Prediction label convention (default: --labels)."
+    "--pred-labels",
+    type=EVAL_LABELS,
+    default=None,
+    help="Prediction label convention (default: --labels; with auto detected per file).",
 )
 @overwrite_option
 @output_options
 def brain_eval(case_dirs, pred_dir, out, labels, pred_labels, overwrite, quiet, as_json):
-    """Dice and HD95 (mm) for WT/TC/ET per case and summary, with an HTML QA report."""
+    """Dice, HD95 (mm), sensitivity/specificity and volumes for WT/TC/ET per case and mean, HTML QA report."""
     from medseg.brain.evaluate import EvalConfig, evaluate_cases
 
     cfg = EvalConfig(labels=labels, pred_labels=pred_labels, overwrite=overwrite, progress=not quiet)

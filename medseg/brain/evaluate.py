@@ -1,17 +1,22 @@
-"""Dice, HD95 (mm) and volumes (mL, prediction and truth) for whole tumour, tumour core and
-enhancing tumour, per case and summary.
+"""Dice, HD95 (mm), sensitivity, specificity and volumes (mL, prediction and truth) for whole tumour,
+tumour core and enhancing tumour, per case and summary, the way the BraTS challenge reports them.
 
-Metrics come from MONAI (``DiceMetric``, ``HausdorffDistanceMetric`` with ``percentile=95`` and
-the voxel spacing) so numbers are comparable with the BraTS literature. Conventions for empty
-regions: both empty -> Dice 1, HD95 0; one empty -> Dice 0, HD95 NaN (reported as n/a and left
-out of the mean, with the count of such cases).
+HD95 is the larger of the two directed 95th percentiles of the surface distances (surface = mask minus
+its 6-connected erosion; distances in mm from the voxel spacing; linear percentile), which is what
+MONAI's ``compute_hausdorff_distance(percentile=95)`` computes (tested equal); computed here with a
+KD-tree on the cropped surfaces, so brain-eval does not import MONAI (~8 CPU-s).
+
+Empty regions, BraTS convention (the BraTS 2018-2021 evaluation): truth and prediction both empty ->
+Dice 1, HD95 0; exactly one empty -> Dice 0 and HD95 = the grid's diagonal in mm (373.13 mm on the
+240x240x155 1 mm BraTS grid, BraTS's penalty), so a missed or invented region weighs in the mean
+instead of being left out. Sensitivity is undefined (NaN, counted as such in the summary) when the
+truth region is empty; specificity is over every voxel of the grid, as BraTS computes it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,34 +30,83 @@ from medseg.results import FAILED, ItemResult, RunResult
 log = logging.getLogger("medseg.brain")
 
 REPORT_FILES = ("report.html", "metrics.json", "metrics.csv")
+# label values of each convention (BraTS 2018-2021 share 1 NCR/NET, 2 ED, 4 ET; BraTS 2023+ writes ET as 3)
+LABEL_ALIASES = {"2018": "brats2021", "brats2018": "brats2021", "2021": "brats2021", "2023": "brats2023"}
+
+
+def resolve_labels(values: set[int], labels: str, *, path: Path | None = None) -> str:
+    """The label convention to read a map with: ``labels`` itself, or detected from its values (``auto``).
+
+    Detection: 4 and 3 present -> havaei (3 non-enhancing, 4 enhancing); 4 -> BraTS 2018-2021; 3 ->
+    BraTS 2023+; neither -> BraTS 2018-2021 (0, 1, 2 mean the same in both BraTS conventions).
+    """
+    labels = LABEL_ALIASES.get(labels, labels)
+    if labels != "auto":
+        return labels
+    bad = sorted(values - {0, 1, 2, 3, 4})
+    if bad:
+        raise InputError(
+            f"label values {bad} are in no BraTS convention (2018-2021: 0, 1, 2, 4; 2023: 0, 1, 2, 3)",
+            path=path,
+        )
+    if 3 in values and 4 in values:
+        return "havaei"
+    return "brats2023" if 3 in values else "brats2021"
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Surface voxels: the mask minus its erosion (6-connected; voxels on the grid's border count)."""
+    from scipy import ndimage as ndi
+
+    return mask & ~ndi.binary_erosion(mask, border_value=0)
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """95th-percentile Hausdorff distance in mm between two non-empty masks (symmetric, MONAI's way)."""
+    from scipy.spatial import cKDTree
+
+    both = pred | truth
+    lo = [
+        max(0, int(np.flatnonzero(both.any(axis=tuple(a for a in range(3) if a != ax))).min()) - 1)
+        for ax in range(3)
+    ]
+    hi = [
+        int(np.flatnonzero(both.any(axis=tuple(a for a in range(3) if a != ax))).max()) + 2 for ax in range(3)
+    ]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    sp = np.asarray(spacing, float)
+    pts = [np.argwhere(_surface(m[box])) * sp for m in (pred, truth)]
+    d_pt = cKDTree(pts[1]).query(pts[0])[0]
+    d_tp = cKDTree(pts[0]).query(pts[1])[0]
+    return float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
+
+
+def empty_penalty_mm(shape: tuple[int, ...], spacing: tuple[float, ...]) -> float:
+    """HD95 of a region present in only one of prediction and truth: the grid's diagonal (BraTS: 373.13)."""
+    return float(np.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
 
 
 def region_metrics(
     pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float]
 ) -> dict[str, float]:
-    """Dice and HD95 (mm) per region for two internal label maps on the same grid."""
-    import torch
-    from monai.metrics import compute_dice, compute_hausdorff_distance
-
+    """Dice, HD95 (mm), sensitivity, specificity per region for two internal label maps on one grid."""
     out: dict[str, float] = {}
     pm, tm = region_masks(pred), region_masks(truth)
+    penalty = empty_penalty_mm(truth.shape, spacing)
     for r in REGIONS:
         p, t = pm[r], tm[r]
-        if not p.any() and not t.any():
+        n_p, n_t = int(p.sum()), int(t.sum())
+        tp = int(np.count_nonzero(p & t))
+        negatives = t.size - n_t
+        out[f"sensitivity_{r}"] = tp / n_t if n_t else math.nan
+        out[f"specificity_{r}"] = (negatives - (n_p - tp)) / negatives if negatives else math.nan
+        if not n_p and not n_t:
             out[f"dice_{r}"], out[f"hd95_{r}"] = 1.0, 0.0
-            continue
-        if not p.any() or not t.any():
-            out[f"dice_{r}"], out[f"hd95_{r}"] = 0.0, math.nan
-            continue
-        pt = torch.from_numpy(p[None, None].astype(np.float32))
-        tt = torch.from_numpy(t[None, None].astype(np.float32))
-        out[f"dice_{r}"] = float(compute_dice(pt, tt, include_background=True)[0, 0])
-        with warnings.catch_warnings():  # MONAI 1.5 deprecation noise inside its own helpers
-            warnings.simplefilter("ignore", FutureWarning)
-            hd = compute_hausdorff_distance(
-                pt, tt, include_background=True, percentile=95, spacing=[float(s) for s in spacing]
-            )
-        out[f"hd95_{r}"] = float(hd[0, 0])
+        elif not n_p or not n_t:
+            out[f"dice_{r}"], out[f"hd95_{r}"] = 0.0, penalty
+        else:
+            out[f"dice_{r}"] = 2.0 * tp / (n_p + n_t)
+            out[f"hd95_{r}"] = hd95(p, t, spacing)
     return out
 
 
@@ -81,17 +135,22 @@ def find_pair(pred_dir: Path, case_dir: Path) -> EvalPair:
 
 
 def evaluate_pair(
-    pair: EvalPair, *, labels: str = "brats2021", pred_labels: str | None = None
-) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Metrics of one case, and its internal prediction and truth maps (for the overlays)."""
+    pair: EvalPair, *, labels: str = "auto", pred_labels: str | None = None
+) -> tuple[dict[str, float], np.ndarray, np.ndarray, dict[str, str]]:
+    """Metrics of one case, its internal prediction and truth maps (for the overlays), and the label
+    conventions read (``pred_labels`` None: the truth's when given, else detected per file)."""
     pred, pgeo = read_image(pair.pred)
     truth, tgeo = read_image(pair.truth)
     diff = pgeo.same_grid(tgeo)
     if diff:
         raise InputError(f"prediction and ground truth grids differ ({diff})", path=pair.pred)
-    p = labels_to_internal(np.rint(pred).astype(np.int64), labels=pred_labels or labels, path=pair.pred)
-    t = labels_to_internal(np.rint(truth).astype(np.int64), labels=labels, path=pair.truth)
-    return {**region_metrics(p, t, tgeo.spacing), **volume_metrics(p, t, tgeo.spacing)}, p, t
+    pred_i, truth_i = np.rint(pred).astype(np.int64), np.rint(truth).astype(np.int64)
+    t_conv = resolve_labels(set(np.unique(truth_i).tolist()), labels, path=pair.truth)
+    p_conv = resolve_labels(set(np.unique(pred_i).tolist()), pred_labels or labels, path=pair.pred)
+    p = labels_to_internal(pred_i, labels=p_conv, path=pair.pred)
+    t = labels_to_internal(truth_i, labels=t_conv, path=pair.truth)
+    metrics = {**region_metrics(p, t, tgeo.spacing), **volume_metrics(p, t, tgeo.spacing)}
+    return metrics, p, t, {"truth_labels": t_conv, "pred_labels": p_conv}
 
 
 def volume_metrics(
@@ -123,7 +182,7 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 @dataclass
 class EvalConfig:
-    labels: str = "brats2021"  # ground-truth label convention
+    labels: str = "auto"  # ground-truth label convention (auto: detected per file, see resolve_labels)
     pred_labels: str | None = None  # prediction convention (default: ``labels``)
     overwrite: bool = False
     progress: bool = False
@@ -167,7 +226,7 @@ def evaluate_cases(
             result.add(pair)
             continue
         try:
-            metrics, p, t = evaluate_pair(pair, labels=cfg.labels, pred_labels=cfg.pred_labels)
+            metrics, p, t, conventions = evaluate_pair(pair, labels=cfg.labels, pred_labels=cfg.pred_labels)
         except InputError as exc:
             if len(pairs) == 1:
                 raise
@@ -175,15 +234,18 @@ def evaluate_cases(
             continue
         rows.append({"case": pair.name, **metrics})
         overlays.append((pair.name, pair.image, p, t))
-        result.add(ItemResult(name=pair.name, metrics=metrics))
+        result.add(ItemResult(name=pair.name, metrics={**metrics, **conventions}))
         log.info(
-            "%s: Dice WT %.3f TC %.3f ET %.3f; WT %.1f mL predicted, %.1f mL true",
+            "%s: Dice WT %.3f TC %.3f ET %.3f; WT %.1f mL predicted, %.1f mL true (labels: truth %s, "
+            "prediction %s)",
             pair.name,
             metrics["dice_WT"],
             metrics["dice_TC"],
             metrics["dice_ET"],
             metrics["pred_WT_ml"],
             metrics["truth_WT_ml"],
+            conventions["truth_labels"],
+            conventions["pred_labels"],
         )
     for item in result.failed:
         log.error("%s: failed: %s", item.name, item.reason)

@@ -104,14 +104,15 @@ def write_eval_report(
     rows = result["cases"]
     cols = (
         ["case"]
-        + [f"{m}_{r}" for m in ("dice", "hd95") for r in REGIONS]
+        + [f"{m}_{r}" for m in ("dice", "hd95", "sensitivity", "specificity") for r in REGIONS]
         + [f"{w}_{r}_ml" for r in REGIONS for w in ("pred", "truth")]
     )
     rep = Report(
         "Brain tumour segmentation: evaluation",
         inputs=inputs,
-        subtitle="Dice, HD95 (mm) and volumes (mL, predicted and true) for whole tumour (WT), tumour core "
-        "(TC), enhancing tumour (ET)",
+        subtitle="Dice, HD95 (mm), sensitivity, specificity and volumes (mL, predicted and true) for whole "
+        "tumour (WT), tumour core (TC), enhancing tumour (ET). A region empty in exactly one of prediction "
+        "and truth scores Dice 0 and HD95 = the grid diagonal (BraTS: 373.13 mm).",
         notice="Research software, not for clinical use.",
     )
     summary_rows = [
