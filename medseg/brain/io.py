@@ -2,7 +2,9 @@
 
 Input is refused early, with the file named, when it cannot be segmented meaningfully: a missing
 modality, a 2D image, NaNs, an all-zero channel, or modalities on different grids (unless
-``resample_to`` names the modality whose grid the others are resampled onto).
+``resample_to`` names the modality whose grid the others are resampled onto); and input that breaks
+what the method assumes (:mod:`medseg.brain.checks`): one file for several modalities, CT instead of
+MRI, a field of view no head fits.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.brain.checks import refuse_ct, refuse_implausible_extent, refuse_same_files, refuse_same_voxels
 from medseg.errors import InputError
 
 log = logging.getLogger("medseg.brain")
@@ -181,6 +184,7 @@ def find_case_files(case_dir: str | Path) -> CaseFiles:
         modalities={m: found[m][0] for m in MODALITIES},
         seg=found["seg"][0] if "seg" in found else None,
     )
+    refuse_same_files(files.modalities)
     log.info(
         "%s: %s%s",
         files.name,
@@ -209,6 +213,7 @@ def case_from_paths(
     for m, p in paths.items():
         if not p.exists():
             raise InputError(f"{m} input not found", path=p)
+    refuse_same_files(paths)
     stem = paths["t1c"].name[: len(_stem(paths["t1c"]))]
     default = (
         re.split(r"[_\-]t1(ce|c|gd)$", stem, flags=re.IGNORECASE)[0] if _tag(stem.lower()) == "t1c" else stem
@@ -350,6 +355,8 @@ def load_case(
     for mod in MODALITIES:
         arrays[mod], geos[mod] = read_image(case.modalities[mod])
         check_values(arrays[mod], what=f"{mod} image", path=case.modalities[mod])
+        refuse_ct(arrays[mod], what=f"{mod} image", path=case.modalities[mod])
+    refuse_same_voxels(arrays, case.modalities)
     ref_mod = resample_to_modality or "t1c"
     if ref_mod not in MODALITIES:
         raise InputError(f"--resample-to must be one of {', '.join(MODALITIES)}, got {ref_mod!r}")
@@ -369,7 +376,9 @@ def load_case(
         if warnings is not None:
             warnings.append(msg)
         arrays[mod] = resample_to(arrays[mod], geos[mod], ref)
-    return np.stack([arrays[m] for m in MODALITIES]).astype(np.float32, copy=False), ref
+    stack = np.stack([arrays[m] for m in MODALITIES]).astype(np.float32, copy=False)
+    refuse_implausible_extent(stack, ref.spacing, path=case.modalities[ref_mod])
+    return stack, ref
 
 
 def load_seg(case: CaseFiles, ref: Geometry, *, labels: str = "brats2021") -> np.ndarray:
