@@ -37,7 +37,10 @@ def _human_segment(result) -> str:
 
 def _human_train(result) -> str:
     if result.stopped != "completed":
-        return f"stopped ({result.stopped}) after {result.epochs} epoch(s); continue with --resume"
+        return (
+            f"wrote {result.best_weights} ({result.extra['arch']}); the time budget shortened "
+            f"{', '.join(result.extra.get('budget_shortened', []))}: run again with --resume to train them fully"
+        )
     return (
         f"wrote {result.best_weights} ({result.extra['arch']}, validation loss {result.best_metric:.4g} on "
         f"{result.validated_on}, {result.seconds:.0f} s)"

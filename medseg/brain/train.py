@@ -12,9 +12,12 @@
 Each phase is one ``fit()`` call in its own folder (``OUT/phase1``, ``OUT/phase2``; a cascade that
 trains its first stage also ``OUT/first/phase1``, ``OUT/first/phase2``), with the trainer's files
 (``best.safetensors``, ``last.safetensors``, ``state.pt``, ``history.json``, ``train_config.json``).
-The finished model is ``OUT/best.safetensors`` (phase 2's best). ``resume=True`` keeps completed
-phases, continues the interrupted one (weights, optimiser, scheduler, RNG) and restarts the
-phases after it. With two or more cases, ``val_fraction`` of them (at least one) are held out for
+The finished model is ``OUT/best.safetensors`` (phase 2's best). A time budget (``max_minutes``)
+covers every stage: what is left is shared among the stages still to run by their steps
+(:func:`stage_budget`), a stage whose share is spent stops early and the next starts from its best
+weights, so a budgeted run always ends with ``OUT/best.safetensors``. ``resume=True`` keeps completed
+phases, continues the interrupted or shortened one (weights, optimiser, scheduler, RNG) and restarts
+the phases after it. With two or more cases, ``val_fraction`` of them (at least one) are held out for
 validation; with one case the trainer warns that validation uses the training case.
 """
 
@@ -389,6 +392,42 @@ def _check_resumable(d: Path, stage: Stage) -> None:
         )
 
 
+PHASE2_STEP_COST = 0.5  # a phase-2 step (gradients of the output layer only) against a phase-1 step
+
+
+def remaining_epochs(out_dir: Path, stages: list[Stage], cfg: BrainTrainConfig, *, resume: bool) -> list[int]:
+    """Epochs each stage still has to train: 0 for a completed phase kept by ``resume``; once one phase
+    runs, every phase after it is retrained in full (it starts from the new weights)."""
+    from medseg.engine.trainer import LAST, STATE
+
+    left, rerun = [], not resume
+    for stage in stages:
+        d, epochs = out_dir / stage.name, (cfg.phase1 if stage.phase == 1 else cfg.phase2).epochs
+        has_state = (d / STATE).is_file() and (d / LAST).is_file()
+        done = 0 if rerun or not has_state else min(len(_history(d)), epochs)
+        left.append(epochs - done)
+        rerun = rerun or done < epochs
+    return left
+
+
+def stage_budget(
+    stages: list[Stage], cfg: BrainTrainConfig, epochs_left: list[int], index: int, elapsed_s: float
+) -> float | None:
+    """Minutes of ``cfg.max_minutes`` for stage ``index``: what is left, shared among it and the stages
+    after it by their remaining steps (phase 2 steps cost less), so every stage runs and the run
+    always ends with usable weights. A spent budget still gives each stage one step and a validation."""
+    if cfg.max_minutes is None:
+        return None
+
+    def cost(i: int) -> float:
+        pcfg = cfg.phase1 if stages[i].phase == 1 else cfg.phase2
+        return epochs_left[i] * pcfg.steps_per_epoch * (1.0 if stages[i].phase == 1 else PHASE2_STEP_COST)
+
+    total = sum(cost(i) for i in range(index, len(stages)))
+    left = cfg.max_minutes - elapsed_s / 60.0
+    return max(left * cost(index) / total if total > 0 else left, 1e-9)
+
+
 def train(
     case_dirs: list[str | Path],
     out_dir: str | Path,
@@ -432,7 +471,8 @@ def train(
     final = out_dir / "best.safetensors"
     results: dict[str, dict[str, Any]] = {}
     history: list[dict[str, Any]] = []
-    restart, stopped, warned = False, "completed", False
+    restart, warned, cut = False, False, []
+    epochs_left = remaining_epochs(out_dir, stages, cfg, resume=resume)
     for index, stage in enumerate(stages):
         sdir = out_dir / stage.name
         pcfg = cfg.phase1 if stage.phase == 1 else cfg.phase2
@@ -447,23 +487,15 @@ def train(
                 _check_resumable(sdir, stage)
             else:
                 shutil.rmtree(sdir, ignore_errors=True)
-            first_to_run = not restart
             restart = True
-            final.unlink(missing_ok=True)
-            remaining = (
-                None if cfg.max_minutes is None else cfg.max_minutes - (time.perf_counter() - t_start) / 60
+            remaining = stage_budget(stages, cfg, epochs_left, index, time.perf_counter() - t_start)
+            log.info(
+                "training %s (%s, phase %d)%s",
+                stage.name,
+                stage.net.arch,
+                stage.phase,
+                "" if remaining is None else f", {remaining:.2f} minute(s) of the budget",
             )
-            if remaining is not None and remaining <= 0:
-                if not first_to_run:
-                    stopped = "time budget"
-                    log.warning(
-                        "the time budget of %s minute(s) is spent before %s; run again with --resume",
-                        cfg.max_minutes,
-                        stage.name,
-                    )
-                    break
-                remaining = 1e-9  # spent while loading: one step, so that there is a state to resume
-            log.info("training %s (%s, phase %d)", stage.name, stage.net.arch, stage.phase)
             task = BrainTask(stage, cfg, train_cases, val_cases, device=str(dev))
             task.validation_warned = warned  # the trainer says "no held-out validation" once per run
             warned = True
@@ -483,32 +515,31 @@ def train(
             )
             stage_result = {k: getattr(res, k) for k in STAGE_KEYS}
             stage_result["history"] = res.history
-            if res.stopped != "completed":
-                stopped = res.stopped
+            if res.stopped != "completed":  # shortened, not abandoned: the next stages start from its best
+                cut.append(stage.name)
+                log.warning(
+                    "%s: its share of the time budget is spent after %d of %d epoch(s); going on with its "
+                    "best weights (--resume continues it later)",
+                    stage.name,
+                    len(res.history),
+                    pcfg.epochs,
+                )
         results[stage.name] = stage_result
         history += [{"stage": stage.name, **rec} for rec in stage_result["history"]]
-        if stopped != "completed":
-            log.warning(
-                "stopped in %s (%s): %s not written; run again with --resume to finish",
-                stage.name,
-                stopped,
-                final.name,
-            )
-            break
-    last = results[list(results)[-1]] if results else {}
-    if stopped == "completed" and (restart or not final.is_file()):
+    last = results[list(results)[-1]]
+    if restart or not final.is_file():
         with atomic_path(final) as tmp:
             shutil.copyfile(last["best_weights"], tmp)
-        log.info("wrote %s", final)
+        log.info("wrote %s%s", final, f" (budget shortened {', '.join(cut)})" if cut else "")
     return TrainResult(
         out_dir=str(out_dir),
-        best_weights=str(final) if stopped == "completed" else last.get("best_weights", ""),
+        best_weights=str(final),
         last_weights=last.get("last_weights", ""),
         metric=METRIC,
         best_metric=float(last.get("best_metric") if last.get("best_metric") is not None else float("nan")),
         best_epoch=int(last.get("best_epoch", 0)),
         epochs=len(history),
-        stopped=stopped,
+        stopped="time budget" if cut else "completed",
         device=str(dev),
         seconds=round(time.perf_counter() - t_start, 3),
         validated_on="held-out data" if val_cases else "training data",
@@ -518,6 +549,7 @@ def train(
             "stages": {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in results.items()},
             "training_cases": [c.name for c in train_cases],
             "validation_cases": [c.name for c in val_cases],
+            "budget_shortened": cut,
         },
     )
 

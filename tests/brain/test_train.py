@@ -193,15 +193,30 @@ def test_cascade_trains_its_first_stage_when_not_given(brain_cases, tmp_path):
         assert not torch.equal(first[key], init[key]), key
 
 
-def test_time_budget_stops_then_resume_finishes(brain_cases, tmp_path):
+def test_time_budget_spent_in_phase1_still_writes_weights_then_resume_finishes(brain_cases, tmp_path):
+    """A budget spent inside phase 1 shortens every phase but ends with OUT/best.safetensors."""
     cfg = _cfg("twopath", epochs=2, steps=2, max_minutes=1e-5)  # spent after the first step
-    stopped = train(brain_cases, tmp_path, cfg, device="cpu")
-    assert stopped.stopped == "time budget" and not (tmp_path / "best.safetensors").exists()
-    assert (
-        stopped.best_weights == str(tmp_path / "phase1" / "best.safetensors")
-        and not (tmp_path / "phase2").exists()
-    )
+    short = train(brain_cases, tmp_path, cfg, device="cpu")
+    assert short.stopped == "time budget" and short.best_weights == str(tmp_path / "best.safetensors")
+    assert short.extra["budget_shortened"] == ["phase1", "phase2"]
+    assert [(h["stage"], h["epoch"]) for h in short.history] == [("phase1", 1), ("phase2", 1)]
+    state, meta = load_weights(tmp_path / "best.safetensors")  # usable: phase 2's (calibrated) weights
+    assert meta.metrics["stage"] == "phase2" and "not yet calibrated" not in meta.notes
     cfg.max_minutes = None
     done = train(brain_cases, tmp_path, cfg, device="cpu", resume=True)
     assert done.stopped == "completed" and (tmp_path / "best.safetensors").is_file()
     assert [(h["stage"], h["epoch"]) for h in done.history] == [("phase1", 1), ("phase1", 2), ("phase2", 1)]
+
+
+def test_time_budget_shared_by_remaining_steps_of_every_stage(tmp_path):
+    """Cascade: four stages share the budget by their steps (phase 2 steps at half cost)."""
+    cfg = _cfg("input-cascade", epochs=4, steps=10, max_minutes=10.0)  # phase 2: 1 epoch x 2 steps
+    stages = train_mod.plan_stages(tmp_path, cfg, None)
+    left = train_mod.remaining_epochs(tmp_path, stages, cfg, resume=False)
+    assert [s.name for s in stages] == ["first/phase1", "first/phase2", "phase1", "phase2"]
+    assert left == [4, 1, 4, 1]
+    # costs 40, 1, 40, 1 of 82: the first stage gets 10 * 40 / 82 minutes
+    assert train_mod.stage_budget(stages, cfg, left, 0, 0.0) == pytest.approx(400 / 82)
+    # after 6 minutes the last stage gets all that is left; a spent budget still gives it one step
+    assert train_mod.stage_budget(stages, cfg, left, 3, 360.0) == pytest.approx(4.0)
+    assert train_mod.stage_budget(stages, cfg, left, 3, 900.0) == pytest.approx(1e-9)
