@@ -485,12 +485,17 @@ def _report_exam(
             found = ", ".join(exam.series) or "none"
             raise InputError(f"no {' or '.join(missing)} series (found: {found})", path=exam.path)
         original, meta = refs[source].load()
-        reference, _ = refs[target].load()
+        reference, ref_meta = refs[target].load()
+        # what the series reader noticed (gantry tilt, uneven slices), per series
+        item.warnings += [
+            f"{k} series: {w}" for k, m in ((source, meta), (target, ref_meta)) for w in m.warnings
+        ]
         converted = convert_volume(predictor, original, batch_size=cfg.batch_size, progress=cfg.progress)
         item.metrics, mask = evaluate_exam(exam.name, original, converted, reference, meta.spacing)
-        sharpness, item.warnings = kernel_check(
+        sharpness, kernel_warnings = kernel_check(
             original, converted, reference, meta.spacing, source=source, target=target
         )
+        item.warnings += kernel_warnings
         item.metrics.update(sharpness)
         if mask_tmp is not None:
             name = f"{safe_name(exam.name)}_lungmask.nii.gz"

@@ -79,6 +79,7 @@ class PairedSlices:
     x: np.ndarray
     y: np.ndarray
     slice_spacing: float | None  # mm (None when unknown)
+    warnings: list[str] = field(default_factory=list)  # what the series reader noticed (tilt, gaps)
 
 
 def _load_slices(ref, index: np.ndarray, positions: np.ndarray | None):
@@ -108,7 +109,7 @@ def load_pairs(pairs, *, progress: bool = False) -> list[PairedSlices]:
     out: list[PairedSlices] = []
     for pair in progress_bar(pairs, total=len(pairs), desc="loading", enabled=progress, unit="pair"):
         x, meta_x = _load_slices(pair.source, pair.source_index, pair.positions)
-        y, _ = _load_slices(pair.target, pair.target_index, pair.target_positions)
+        y, meta_y = _load_slices(pair.target, pair.target_index, pair.target_positions)
         if x.shape[1:] != y.shape[1:]:
             raise InputError(
                 f"source {x.shape[1]}x{x.shape[2]} and target {y.shape[1]}x{y.shape[2]} slices differ in size",
@@ -122,6 +123,11 @@ def load_pairs(pairs, *, progress: bool = False) -> list[PairedSlices]:
                 x,
                 y,
                 spacing,
+                [
+                    f"{pair.name}: {k} series: {w}"
+                    for k, m in (("source", meta_x), ("target", meta_y))
+                    for w in m.warnings
+                ],
             )
         )
     shapes = {p.x.shape[1:] for p in out}
@@ -458,9 +464,11 @@ def train(
                     "source": str(f.source.path),
                     "target": str(f.target.path),
                     "slices": len(p.x),
+                    "warnings": p.warnings,
                 }
                 for p, f in zip(data, found)
             ],
+            "warnings": [w for p in data for w in p.warnings],
             "input_rmse_hu": task.input_rmse_hu,
             "split": split_info,
             "test": test,  # last: the summary ends with the held-out result

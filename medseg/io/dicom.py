@@ -18,6 +18,14 @@ import numpy as np
 
 from medseg import __version__
 from medseg.errors import InputError
+from medseg.io.dicom_checks import (
+    check_header_values,
+    check_syntaxes,
+    decodable,
+    tilt_warning,
+    undecodable_error,
+)
+from medseg.io.dicom_checks import image_name as _image_name
 from medseg.io.dicom_objects import (  # noqa: F401 - re-exported: the DICOM object vocabulary
     CT_IMAGE_STORAGE,
     ENHANCED_CT,
@@ -26,6 +34,8 @@ from medseg.io.dicom_objects import (  # noqa: F401 - re-exported: the DICOM obj
     is_frame,
     is_multiframe,
     secondary_kind,
+    sop_class_of,
+    sop_instance_of,
     source_of,
 )
 from medseg.io.volume import VolumeMeta
@@ -70,6 +80,7 @@ class DicomSeries:
             kernel=self.kernel,
             modality=self.modality,
             series_uid=self.uid,
+            warnings=list(self.warnings),
         )
 
 
@@ -86,13 +97,6 @@ def kernel_list(ds) -> list[str]:
     from medseg.ct.kernels import kernel_values
 
     return kernel_values(ds.get("ConvolutionKernel"))
-
-
-def _image_name(entry: tuple[Path, object]) -> str:
-    """'IM0001.dcm' or 'ct.dcm frame 3' (for messages)."""
-    file, ds = entry
-    source = getattr(ds, "_medseg_source", None)
-    return f"{file.name} frame {source[2]}" if source else file.name
 
 
 def _read_header(path: Path):
@@ -250,9 +254,14 @@ def open_series(
     if len(sizes) > 1:
         raise InputError(f"slices of one series have different sizes {sorted(sizes)}", path=path)
     _check_frames(headers)
-    headers, positions, axes, _normal = _geometry(headers)
+    check_header_values(headers)  # spacing, orientation, rescale: possible values, else the field named
+    check_syntaxes(headers)  # a decoder for every transfer syntax, before any pixel is decoded
+    headers, positions, axes, normal = _geometry(headers)
     first = headers[0][1]
     warnings: list[str] = []
+    tilt = tilt_warning(headers, normal)
+    if tilt:
+        warnings.append(tilt)
     irregular = False
     gaps = np.diff(positions)
     z_spacing = float(first.get("SliceThickness", 1.0) or 1.0)
@@ -332,6 +341,8 @@ def decode_hu(ds, path: Path, *, frame: int | None = None, header=None) -> np.nd
             pixels = pixel_array(ds, index=frame - 1)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types; try GDCM for codecs it lacks
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is not None and not decodable(str(syntax), multiframe=frame is not None):
+            raise undecodable_error(str(syntax), path) from None
         hu = (
             _decode_with_sitk(path) if frame is None and syntax is not None and syntax.is_compressed else None
         )
@@ -494,7 +505,8 @@ def derived_slice(source_ds, hu: np.ndarray, derivation: Derivation):
     if src_frame is not None:  # a frame of an Enhanced CT: the output is a classic CT image
         src_ref.ReferencedFrameNumber = src_frame
     ds.SourceImageSequence = Sequence([src_ref])
-    ds.SOPClassUID = CT_IMAGE_STORAGE if src_frame is not None else source_ds.SOPClassUID
+    # a frame of an Enhanced CT gives a classic CT image; an empty (0008,0016) is taken from the file meta
+    ds.SOPClassUID = CT_IMAGE_STORAGE if src_frame is not None else (src_class or CT_IMAGE_STORAGE)
     ds.file_meta = _file_meta(str(ds.SOPClassUID), sop_uid)
     ds.SOPInstanceUID = sop_uid
     ds.SeriesInstanceUID = derivation.series_uid

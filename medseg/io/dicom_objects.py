@@ -48,9 +48,34 @@ SECONDARY_MODALITIES = {
 }
 
 
+def _meta_value(ds, keyword: str) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get(keyword, "") or "").strip() if meta is not None else ""
+
+
+def sop_class_of(ds) -> str:
+    """The SOP Class UID of ``ds``: (0008,0016), else the file meta's MediaStorageSOPClassUID, else CT
+    Image Storage for a CT image. Anonymised research data often carry an empty (0008,0016) while the
+    file meta still says what the object is; '' when nothing says it."""
+    value = str(ds.get("SOPClassUID", "") or "").strip()
+    if value:
+        return value
+    value = _meta_value(ds, "MediaStorageSOPClassUID")
+    if value:
+        return value
+    if str(ds.get("Modality", "")).upper() == "CT" and "Rows" in ds:
+        return CT_IMAGE_STORAGE
+    return ""
+
+
+def sop_instance_of(ds) -> str:
+    """The SOP Instance UID: (0008,0018), else the file meta's MediaStorageSOPInstanceUID."""
+    return str(ds.get("SOPInstanceUID", "") or "").strip() or _meta_value(ds, "MediaStorageSOPInstanceUID")
+
+
 def secondary_kind(ds) -> str | None:
     """'SEG', 'SR', 'LOCALIZER', ... for objects that are not images to convert; None for an image."""
-    sop = str(ds.get("SOPClassUID", ""))
+    sop = sop_class_of(ds)
     if sop in SECONDARY_SOP_CLASSES:
         return SECONDARY_SOP_CLASSES[sop]
     for prefix, kind in SECONDARY_SOP_PREFIXES.items():
@@ -69,7 +94,7 @@ def secondary_kind(ds) -> str | None:
 
 def is_multiframe(ds) -> bool:
     """Enhanced (functional groups) CT, or any image holding several frames."""
-    sop = str(ds.get("SOPClassUID", ""))
+    sop = sop_class_of(ds)
     return sop in (ENHANCED_CT, LEGACY_ENHANCED_CT) or int(ds.get("NumberOfFrames", 1) or 1) > 1
 
 
@@ -113,11 +138,14 @@ def frame_headers(ds) -> list:
     shared = shared_seq[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     base = [elem for elem in ds if elem.keyword not in _NOT_COPIED]
-    source = (str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")))
+    source = (sop_class_of(ds), sop_instance_of(ds))
+    file_meta = getattr(ds, "file_meta", None)
     frames = []
     for i in range(n):
         groups = per_frame[i] if i < len(per_frame) else Dataset()
         frame = Dataset()  # its own elements: setting a value changes the element object in place
+        if file_meta is not None:
+            frame.file_meta = file_meta  # the file's transfer syntax, for the decoder check
         for elem in base:
             frame.add(copy.copy(elem))
         for macro, keywords in FRAME_MACROS:
@@ -139,7 +167,7 @@ def frame_headers(ds) -> list:
 
 def source_of(ds) -> tuple[str, str, int | None]:
     """(SOP class, SOP instance, frame number or None) that a derived image references."""
-    return getattr(ds, "_medseg_source", None) or (str(ds.SOPClassUID), str(ds.SOPInstanceUID), None)
+    return getattr(ds, "_medseg_source", None) or (sop_class_of(ds), sop_instance_of(ds), None)
 
 
 def is_frame(ds) -> bool:

@@ -10,6 +10,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
+from medseg.io.volume_checks import check_sitk_geometry, itk_read_error, verify_volume_file
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 # what medseg writes: single-file formats only (a detached header .nhdr/.mhd names its data file,
@@ -30,6 +31,7 @@ class VolumeMeta:
     modality: str = ""
     series_uid: str = ""
     extra: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the reader noticed (tilt, uneven slices)
 
 
 def has_volume_suffix(path: str | Path, suffixes: tuple[str, ...] = VOLUME_SUFFIXES) -> bool:
@@ -88,17 +90,18 @@ def read_volume_sitk(path: str | Path) -> tuple[np.ndarray, VolumeMeta]:
     import SimpleITK as sitk
 
     path = Path(path)
+    verify_volume_file(path)  # truncation and impossible geometry, which ITK lets through
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        msg = str(exc).strip().splitlines()
-        raise InputError(f"cannot read image ({msg[-1] if msg else 'unknown error'})", path=path) from None
+        raise InputError(itk_read_error(str(exc)), path=path) from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError("expected a single-channel (grey-level) image", path=path)
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
     if image.GetDimension() != 3:
         raise InputError(f"expected a 2D or 3D image, got {image.GetDimension()}D", path=path)
+    check_sitk_geometry(image.GetSpacing(), image.GetDirection(), path)
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     bad = int(np.count_nonzero(~np.isfinite(array)))
     if not bad and path.name.lower().endswith((".nii", ".nii.gz")):
@@ -121,13 +124,14 @@ def volume_shape(path: str | Path) -> tuple[int, int, int]:
     import SimpleITK as sitk
 
     path = Path(path)
+    verify_volume_file(path, data=False)  # the header's geometry; the data are checked when read
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        msg = str(exc).strip().splitlines()
-        raise InputError(f"cannot read image ({msg[-1] if msg else 'unknown error'})", path=path) from None
+        raise InputError(itk_read_error(str(exc)), path=path) from None
+    check_sitk_geometry(reader.GetSpacing(), reader.GetDirection(), path)
     size = reader.GetSize()
     if len(size) == 2:
         return 1, size[1], size[0]
