@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import json
 import logging
 import pkgutil
 import sys
+import warnings
 
 import click
 
 from medseg import __version__
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, one_line
 
 log = logging.getLogger("medseg")
 
@@ -29,14 +32,65 @@ Exit codes: 0 ok, 1 internal error, 2 bad input or usage, 3 output exists
 
 
 class _Formatter(logging.Formatter):
+    """``medseg: <level>: <message>``, always one line (a message is joined, never cut)."""
+
     def format(self, record: logging.LogRecord) -> str:
         level = record.levelname.lower()
         prefix = "medseg: " if record.levelno < logging.WARNING else f"medseg: {level}: "
-        return prefix + record.getMessage()
+        return prefix + one_line(record.getMessage())
+
+
+_SHOWN_WARNINGS: set[str] = set()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Library warnings (pydicom, numpy, monai, torch) as ``medseg: warning:`` lines, each text once.
+
+    What ``logging.captureWarnings`` does, minus its formatting: no file name, no source line, no
+    category, one line; a warning repeated for every slice is shown once.
+    """
+    text = one_line(message)
+    if not text or text in _SHOWN_WARNINGS:
+        return
+    _SHOWN_WARNINGS.add(text)
+    logging.getLogger("medseg.lib").warning("%s", text)
+
+
+class _QuietITK(importlib.abc.MetaPathFinder):
+    """Switch off SimpleITK's own stderr warnings when it is first imported (it is imported lazily).
+
+    ITK prints notices (pixdim, direction cosines) straight to stderr from C++, past Python's
+    warnings; the readers check what matters themselves and say it in words.
+    """
+
+    def find_spec(self, fullname, path, target=None):  # noqa: ANN001, ANN201
+        if fullname != "SimpleITK":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module) -> None:  # noqa: ANN001
+            run(module)
+            _itk_quiet(module)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def _itk_quiet(module) -> None:  # noqa: ANN001
+    try:
+        module.ProcessObject_SetGlobalWarningDisplay(False)
+    except AttributeError:
+        pass
 
 
 def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
-    """Log to stderr: INFO by default, WARNING with --quiet, DEBUG with --debug."""
+    """Log to stderr: INFO by default, WARNING with --quiet, DEBUG with --debug; library warnings too."""
     root = logging.getLogger("medseg")
     root.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
@@ -44,6 +98,11 @@ def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     root.propagate = False
+    warnings.showwarning = _show_warning
+    if "SimpleITK" in sys.modules:
+        _itk_quiet(sys.modules["SimpleITK"])
+    elif not any(isinstance(f, _QuietITK) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietITK())
 
 
 def _command_modules() -> list[str]:
@@ -76,8 +135,13 @@ class MedsegGroup(click.Group):
         return super().get_command(ctx, name) or self._load().get(name)
 
     def invoke(self, ctx: click.Context):
+        from medseg.io.atomic import os_error_cause, output_session
+        from medseg.results import take_partial
+
+        take_partial()  # nothing of an earlier command in this process
         try:
-            return super().invoke(ctx)
+            with output_session():  # the outputs this command checked stay locked until it ends
+                return super().invoke(ctx)
         except MedsegError as exc:
             if ctx.meta.get("medseg.debug"):
                 raise
@@ -85,18 +149,23 @@ class MedsegGroup(click.Group):
         except OSError as exc:  # permission denied, disk full, read-only file system: the user's to fix
             if ctx.meta.get("medseg.debug"):
                 raise
-            where = exc.filename if exc.filename is not None else ""
-            text = exc.strerror or str(exc)
+            cause = os_error_cause(exc) or exc  # pydicom wraps it in an OSError holding a traceback
+            name = exc.filename if exc.filename is not None else cause.filename
+            where = "" if name is None else str(name)
+            text = cause.strerror or str(cause)
             _fail(ctx, f"{where}: {text}" if where else text, 2, path=where or None)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            if ctx.meta.get("medseg.debug"):
+                raise
+            _interrupted(ctx, take_partial())
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # a bug: still one line by default
             if ctx.meta.get("medseg.debug"):
                 raise
-            first = str(exc).splitlines()[0] if str(exc) else ""
             _fail(
                 ctx,
-                f"internal error: {exc.__class__.__name__}: {first} (rerun with --debug)",
+                f"internal error: {exc.__class__.__name__}: {one_line(exc)} (rerun with --debug)",
                 1,
                 internal=True,
             )
@@ -124,8 +193,23 @@ class MedsegGroup(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def _interrupted(ctx: click.Context, partial: dict | None) -> None:
+    """Ctrl-C: exit 130; with --json one document, the partial result when the command had begun one.
+
+    Temporary outputs were removed on the way out and the output locks end with the command, so
+    the rerun is not refused; a training run keeps its last finished epoch (see engine.trainer).
+    """
+    if ctx.meta.get("medseg.json"):
+        doc = dict(partial or {})
+        doc.update(error="interrupted", exit_code=130)
+        click.echo(json.dumps(doc, indent=2))
+    click.echo("medseg: interrupted", err=True)
+    ctx.exit(130)
+
+
 def _fail(ctx: click.Context, message: str, code: int, *, path=None, internal: bool = False) -> None:
     """One line on stderr, one JSON document on stdout with --json, then the exit code."""
+    message = one_line(message)
     if ctx.meta.get("medseg.json"):
         click.echo(json.dumps({"error": message, "path": str(path) if path else None, "exit_code": code}))
     click.echo(f"medseg: {message}" if internal else f"medseg: error: {message}", err=True)

@@ -42,3 +42,12 @@ class BatchFailures(MedsegError):
     """Some items of a batch failed (each was recorded and skipped)."""
 
     exit_code = 5
+
+
+def one_line(text: object) -> str:
+    """A message on one line, whole: lines joined, an embedded traceback (pydicom adds one) dropped."""
+    text = str(text)
+    cut = text.find("Traceback (most recent call last):")
+    if cut > 0:
+        text = text[:cut]
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())

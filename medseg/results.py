@@ -47,6 +47,9 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        note_partial(self)  # what an interrupted command prints (items so far)
+
     def add(self, item: ItemResult) -> ItemResult:
         self.items.append(item)
         return item
@@ -72,6 +75,29 @@ class RunResult:
         doc["counts"] = self.counts
         doc["exit_code"] = self.exit_code
         return json_safe(doc)
+
+
+_PARTIAL: Any = None
+
+
+def note_partial(result: Any) -> None:
+    """Remember the result being built (anything with ``to_dict()``, or a dict kept up to date).
+
+    A command interrupted with Ctrl-C prints it with ``--json`` (exit 130), so a script learns what
+    was done before the interruption instead of getting nothing.
+    """
+    global _PARTIAL
+    _PARTIAL = result
+
+
+def take_partial() -> dict[str, Any] | None:
+    """The last noted result as a JSON-safe dict (and forget it); None when nothing was noted."""
+    global _PARTIAL
+    result, _PARTIAL = _PARTIAL, None
+    if result is None:
+        return None
+    doc = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    return json_safe(doc)
 
 
 def json_safe(value: Any) -> Any:

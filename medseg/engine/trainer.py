@@ -8,16 +8,24 @@ weights metadata); :func:`fit` owns everything else, the same way everywhere:
   weights themselves resume from ``last.safetensors``), ``history.json``, ``train_config.json``;
 - 1-based epochs; ``resume=True`` without ``state.pt`` is an input error (exit 2);
 - a progress bar with loss and metric; a time budget (``max_minutes``) checked after every step;
-- a clear warning when the task has no held-out validation data.
+- a clear warning when the task has no held-out validation data;
+- interruption (Ctrl-C, a crash): the folder always holds whole epochs. An epoch's files are saved
+  with Ctrl-C held back, ``train_config.json`` is written with the first saved epoch, and a run
+  stopped before its first epoch ended leaves no training file, so the plain rerun starts afresh;
+  a later epoch leaves the state of the last finished one, which ``--resume`` continues;
+- one run per folder: the folder stays locked while training (a second run is refused, exit 3).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -25,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from medseg.errors import InputError, OutputExistsError
-from medseg.results import json_safe
+from medseg.results import json_safe, note_partial
 
 if TYPE_CHECKING:
     import torch
@@ -125,12 +133,66 @@ def preflight(out_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
     return out_dir
 
 
+@dataclass
+class _Partial:
+    """What an interrupted run prints with ``--json``: the epochs finished so far."""
+
+    out_dir: str
+    metric: str
+    history: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(
+            {
+                "out_dir": self.out_dir,
+                "metric": self.metric,
+                "epochs": len(self.history),
+                "history": self.history,
+            }
+        )
+
+
+def _left_behind(out_dir: Path, done: int, saved: int, *, resume: bool, exc: BaseException) -> None:
+    """After an interruption or a crash: a folder of whole epochs, and the user told what to rerun.
+
+    ``done`` is the last epoch whose files are saved, ``saved`` how many of them this run saved.
+    """
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    if not saved and not resume:  # nothing of this run is worth keeping, nothing may block the rerun
+        for name in TRAIN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+        if interrupted:
+            log.warning("interrupted in epoch 1: nothing was saved; rerun the same command to start again")
+    elif interrupted:
+        log.warning(
+            "interrupted in epoch %d: epochs up to %d are saved; rerun with --resume to continue",
+            done + 1,
+            done,
+        )
+
+
 def _better(value: float, best: float, mode: str) -> bool:
     if not math.isfinite(value):
         return False
     if not math.isfinite(best):
         return True
     return value < best if mode == "min" else value > best
+
+
+@contextlib.contextmanager
+def _hold_ctrl_c() -> Iterator[None]:
+    """Ctrl-C waits until an epoch's files are all saved (weights, state, history agree)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def fit(
@@ -144,6 +206,24 @@ def fit(
     progress: bool = False,
 ) -> TrainResult:
     """Train ``task`` for ``config.epochs`` (1-based) epochs, validating after each; see module doc."""
+    from medseg.io.atomic import output_session
+
+    with output_session():  # the folder stays locked while this run trains in it
+        return _fit(
+            task, out_dir, config, device=device, resume=resume, overwrite=overwrite, progress=progress
+        )
+
+
+def _fit(
+    task: TrainTask,
+    out_dir: str | Path,
+    config: TrainConfig,
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> TrainResult:
     import torch
 
     from medseg.engine.checkpoint import load_training_state, load_weights, save_training_state, save_weights
@@ -193,85 +273,99 @@ def fit(
     if not resume:  # --overwrite: nothing of an older run may pass for this one's (e.g. its best weights)
         for name in TRAIN_FILES:
             (out_dir / name).unlink(missing_ok=True)
-    write_text(
-        out_dir / CONFIG,
-        json.dumps({"train": asdict(config), "task": task.config_dict()}, indent=2, default=str) + "\n",
-    )
+    config_text = json.dumps({"train": asdict(config), "task": task.config_dict()}, indent=2, default=str)
+    note_partial(_Partial(str(out_dir), task.metric, history))
     budget = config.max_minutes * 60.0 if config.max_minutes else None
-    stopped = "completed"
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        t0, losses = time.perf_counter(), []
-        model.train()
-        bar = progress_bar(
-            task.train_batches(epoch, rng),
-            desc=f"epoch {epoch}/{config.epochs}",
-            enabled=progress,
-            unit="batch",
-        )
-        for batch in bar:
-            with autocast(dev, amp_dtype):
-                loss = task.train_step(model, batch, dev)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            losses.append(float(loss.detach()))
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{np.mean(losses):.4g}")
-            if budget is not None and time.perf_counter() - t_start > budget:
-                stopped = "time budget"
-                break
-        if scheduler is not None:
-            scheduler.step()
-        model.eval()
-        metrics = {k: float(v) for k, v in task.validate(model, dev).items()}
-        if task.metric not in metrics:
-            raise ValueError(f"validate() did not return {task.metric!r}")
-        value = metrics[task.metric]
-        record = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            **metrics,
-            "lr": float(optimizer.param_groups[0]["lr"]),
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        history.append(record)
-        log.info(
-            "epoch %d/%d: loss %.4g, %s %.4g", epoch, config.epochs, record["train_loss"], task.metric, value
-        )
-        meta = task.weights_meta(metrics, epoch)
-        if _better(value, best, task.mode):
-            best, best_epoch = value, epoch
-            save_weights(out_dir / BEST, model.state_dict(), meta)
-        save_weights(out_dir / LAST, model.state_dict(), meta)
-        save_training_state(
-            out_dir / STATE,
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler else None,
-                "epoch": epoch,
-                "best": best,
-                "best_epoch": best_epoch,
-                "history": history,
-                "numpy_rng": json.dumps(rng.bit_generator.state),
-                "torch_rng": torch.get_rng_state(),
-            },
-        )
-        write_text(out_dir / HISTORY, json.dumps(json_safe(history), indent=2) + "\n")
-        if stopped != "completed":
-            log.warning(
-                "stopped after epoch %d: the time budget of %s minute(s) is spent", epoch, config.max_minutes
+    stopped, saved = "completed", 0
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            t0, losses = time.perf_counter(), []
+            model.train()
+            bar = progress_bar(
+                task.train_batches(epoch, rng),
+                desc=f"epoch {epoch}/{config.epochs}",
+                enabled=progress,
+                unit="batch",
             )
-            break
+            for batch in bar:
+                with autocast(dev, amp_dtype):
+                    loss = task.train_step(model, batch, dev)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                losses.append(float(loss.detach()))
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{np.mean(losses):.4g}")
+                if budget is not None and time.perf_counter() - t_start > budget:
+                    stopped = "time budget"
+                    break
+            if scheduler is not None:
+                scheduler.step()
+            model.eval()
+            metrics = {k: float(v) for k, v in task.validate(model, dev).items()}
+            if task.metric not in metrics:
+                raise ValueError(f"validate() did not return {task.metric!r}")
+            value = metrics[task.metric]
+            record = {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                **metrics,
+                "lr": float(optimizer.param_groups[0]["lr"]),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            history.append(record)
+            log.info(
+                "epoch %d/%d: loss %.4g, %s %.4g",
+                epoch,
+                config.epochs,
+                record["train_loss"],
+                task.metric,
+                value,
+            )
+            meta = task.weights_meta(metrics, epoch)
+            with _hold_ctrl_c():  # an epoch's files are saved whole
+                if _better(value, best, task.mode):
+                    best, best_epoch = value, epoch
+                    save_weights(out_dir / BEST, model.state_dict(), meta)
+                save_weights(out_dir / LAST, model.state_dict(), meta)
+                save_training_state(
+                    out_dir / STATE,
+                    {
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler else None,
+                        "epoch": epoch,
+                        "best": best,
+                        "best_epoch": best_epoch,
+                        "history": history,
+                        "numpy_rng": json.dumps(rng.bit_generator.state),
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                )
+                write_text(out_dir / HISTORY, json.dumps(json_safe(history), indent=2) + "\n")
+                if not saved:  # with the first saved epoch: a config alone is not a run to resume
+                    write_text(out_dir / CONFIG, config_text + "\n")
+                saved += 1
+            if stopped != "completed":
+                log.warning(
+                    "stopped after epoch %d: the time budget of %s minute(s) is spent",
+                    epoch,
+                    config.max_minutes,
+                )
+                break
+    except BaseException as exc:
+        _left_behind(out_dir, start_epoch + saved, saved, resume=resume, exc=exc)
+        raise
     if not (out_dir / BEST).is_file() and (out_dir / LAST).is_file():
         # no finite validation value yet: the last weights are the best we have
         save_weights(out_dir / BEST, *load_weights(out_dir / LAST))
