@@ -3,6 +3,8 @@
 Readers return ``(pages, metadata)`` where ``pages`` is a float32 array (P, H, W) of grayscale
 planes; RGB(A) is converted to luminance (the cell models take one channel). Intensities are
 normalised per plane by percentiles, so 8-bit, 16-bit and float inputs look alike to the net.
+Every page of a multi-page TIFF is a plane (also when each page is its own TIFF series, as in files
+written page by page); pages of different sizes are refused.
 """
 
 from __future__ import annotations
@@ -31,11 +33,7 @@ def _read_raw(path: Path) -> tuple[np.ndarray, bool]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                data, axes = np.asarray(series.asarray()), series.axes
+            data, axes = _read_tiff(path)
             for ax in "SC":  # samples (RGB) or channels last, wherever stored
                 if ax in axes and data.ndim == len(axes):
                     return np.moveaxis(data, axes.index(ax), -1), True
@@ -44,12 +42,75 @@ def _read_raw(path: Path) -> tuple[np.ndarray, bool]:
 
         data = np.asarray(iio.imread(path, plugin="pillow"))
         return data, data.ndim == 3 and data.shape[-1] in (2, 3, 4)
+    except InputError:
+        raise
     except Exception:  # decoders raise many types for corrupt files; --debug logs the decoder's words
         log.debug("%s: decoder error", path, exc_info=True)
         kind = suffix.lstrip(".").upper().replace("TIFF", "TIF").replace("JPEG", "JPG") or "image"
         raise InputError(
             f"cannot read image: not a valid {kind} file (corrupt or truncated?)", path=path
         ) from None
+
+
+def _stack_series(tif, path: Path) -> list:
+    """The TIFF series that form the image's planes, refusing pages of different sizes in words.
+
+    A TIFF written page by page (``tifffile.imwrite(..., append=True)``, many microscope exports)
+    holds one *series* per page: all of them are planes, not only the first. Reduced-resolution
+    pages (thumbnails, pyramid levels) are skipped. Pages of different sizes (or pixel types) cannot
+    form one stack; reads page headers only.
+    """
+    series = [s for s in tif.series if not getattr(s.keyframe, "is_reduced", False)] or tif.series[:1]
+    if len(series) == 1:
+        return series
+    first_page, kinds = 1, []
+    for s in series:
+        kinds.append((first_page, tuple(int(n) for n in s.shape), s.axes, s.dtype))
+        first_page += max(1, len(s))
+    if len({k[1:] for k in kinds}) > 1:
+        odd = next(k for k in kinds if k[1:] != kinds[0][1:])
+        described = [
+            f"page {k[0]}: {' x '.join(map(str, k[1]))}{'' if k[3] == kinds[0][3] else f' {k[3]}'}"
+            for k in (kinds[0], odd)
+        ]
+        raise InputError(
+            f"pages of different sizes in one TIFF ({', '.join(described)}; {len(kinds)} pages): a stack "
+            "is segmented plane by plane into one multi-page output, so its pages must share one size "
+            "and type; save pages of another size as their own images",
+            path=path,
+        )
+    return series
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
+    """Every page of a TIFF as one array and its axes (tifffile's letters; ``I`` for stacked series)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = _stack_series(tif, path)
+        if len(series) == 1:
+            return np.asarray(series[0].asarray()), series[0].axes
+        log.debug("%s: %d TIFF series of %s stacked as pages", path, len(series), series[0].shape)
+        return np.stack([np.asarray(s.asarray()) for s in series]), "I" + series[0].axes
+
+
+def check_pages(path: str | Path) -> None:
+    """Pre-flight for one image: a TIFF whose pages differ in size is refused (InputError), headers only.
+
+    Anything the headers cannot tell (a corrupt file) is left to the reader, which names it.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            _stack_series(tif, path)
+    except InputError:
+        raise
+    except Exception:  # unreadable: read_image gives the error
+        log.debug("%s: TIFF headers unreadable in pre-flight", path, exc_info=True)
 
 
 def _to_gray(a: np.ndarray) -> np.ndarray:

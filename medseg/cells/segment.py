@@ -28,6 +28,7 @@ import numpy as np
 
 from medseg.cells.instances import InstanceConfig, instances_from_probability
 from medseg.cells.io import (
+    check_pages,
     list_images,
     normalise,
     overlay_outlines,
@@ -395,7 +396,13 @@ def _previous_items(out_dir: Path, config: SegmentConfig) -> dict[str, dict[str,
 
 
 def _preflight(paths: list[Path], stems: list[str], out_dir: Path, config: SegmentConfig) -> None:
-    """Before any work: the folder must be writable and hold no outputs this run would replace."""
+    """Before any work: the folder must be writable and hold no outputs this run would replace.
+
+    One image alone whose TIFF pages differ in size is refused here (exit 2, nothing written); in a
+    batch it is a failed item like any unreadable image.
+    """
+    if len(paths) == 1:
+        check_pages(paths[0])
     check_writable(out_dir)
     if config.overwrite or config.resume or not out_dir.is_dir():
         return
@@ -516,6 +523,8 @@ def segment_images(
         "segmented": result.counts[OK],
         "kept_from_earlier_run": result.counts[SKIPPED],
         "failed": result.counts[FAILED],
+        # planes segmented (a multi-page TIFF counts each page; its item has "pages" too)
+        "pages": sum(int(i.metrics.get("pages", 0)) for i in result.items if i.status != FAILED),
         "total_cells": cells,
         "seconds": round(time.perf_counter() - t0, 3),
     }
@@ -534,7 +543,8 @@ def segment_images(
 def human_summary(result: RunResult) -> str:
     """One line for the terminal."""
     s = result.summary
-    parts = [f"{s['segmented']} image(s) segmented"]
+    pages = s.get("pages", 0)
+    parts = [f"{s['segmented']} image(s) segmented" + (f" ({pages} pages)" if pages > s["images"] else "")]
     if s["kept_from_earlier_run"]:
         parts.append(f"{s['kept_from_earlier_run']} kept from an earlier run")
     if s["failed"]:
