@@ -22,6 +22,7 @@ from medseg import __version__
 from medseg.ct.kernels import KernelSpec
 from medseg.ct.metrics import AIR_HU, PADDING_MAX_HU
 from medseg.errors import InputError
+from medseg.io.atomic import check_apart, output_set
 from medseg.io.volume import has_volume_suffix
 from medseg.results import ItemResult, RunResult
 
@@ -159,15 +160,6 @@ def default_report_dir(output: Path) -> Path:
     return output.with_name(output.name.split(".")[0] + "_qa")
 
 
-def check_apart(output: Path, source: Path, *, what: str = "the output") -> None:
-    """Inputs are never modified: an output may not be an input, contain it, or sit inside an input folder."""
-    out, src = Path(output).resolve(), Path(source).resolve()
-    if out == src or out in src.parents or (src.is_dir() and src in out.parents):
-        raise InputError(
-            f"{what} would overwrite or change the input {source}; choose another place", path=output
-        )
-
-
 def preflight(
     input_path: Path,
     output_path: Path,
@@ -193,7 +185,7 @@ def preflight(
     fmt = output_format(kind, output_path, cfg.output_format)
     if check_dicom_format(cfg.dicom_format) == "enhanced" and fmt != "dicom":
         raise InputError("--dicom-format enhanced needs DICOM output, not a volume file", path=output_path)
-    check_apart(output_path, input_path)
+    check_apart(output_path, [input_path, reference])
     check_output(output_path, overwrite=cfg.overwrite)
     plan = _Plan(kind, fmt, (0, 0, 0))
     if reference is not None:
@@ -292,21 +284,22 @@ def convert(
         qa,
         KernelSpec(source, entry.vendor or src.vendor),
     )
-    if plan.kind == "dicom":
-        _convert_dicom(job)
-    else:
-        _convert_volume_file(job)
-    seconds = time.perf_counter() - start
-    n = plan.shape[0]
-    kind = "series" if plan.fmt == "dicom" else "volume"
-    item.outputs[kind] = result.outputs[kind] = str(output_path)
-    item.metrics.update(
-        {"slices": n, "seconds": round(seconds, 3), "slices_per_second": round(n / seconds, 2)}
-    )
-    if qa is not None:
-        item.metrics.update(qa.metrics)
-        item.warnings += qa.warnings
-        result.outputs.update(qa.write(plan.report_dir, item, [str(input_path), str(reference)], cfg.pdf))
+    with output_set():  # the series and its QA report: published together or not at all (full disk)
+        if plan.kind == "dicom":
+            _convert_dicom(job)
+        else:
+            _convert_volume_file(job)
+        seconds = time.perf_counter() - start
+        n = plan.shape[0]
+        kind = "series" if plan.fmt == "dicom" else "volume"
+        item.outputs[kind] = result.outputs[kind] = str(output_path)
+        item.metrics.update(
+            {"slices": n, "seconds": round(seconds, 3), "slices_per_second": round(n / seconds, 2)}
+        )
+        if qa is not None:
+            item.metrics.update(qa.metrics)
+            item.warnings += qa.warnings
+            result.outputs.update(qa.write(plan.report_dir, item, [str(input_path), str(reference)], cfg.pdf))
     result.warnings = ([DEMO_NOTE] if entry.demo else []) + item.warnings
     log.debug("converted %d slices %s->%s in %.1f s -> %s", n, source, target, seconds, output_path)
     return result

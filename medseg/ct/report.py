@@ -394,10 +394,9 @@ def run_ct_report(
     written here either way.
     """
     from medseg.ct.cohort import discover_exams
-    from medseg.ct.convert import check_apart
     from medseg.ct.models import DEMO_NOTE, find_model, kernel_specs, load_predictor
     from medseg.engine.progress import progress_bar
-    from medseg.io.atomic import atomic_dir
+    from medseg.io.atomic import atomic_dir, check_apart
     from medseg.scale.items import local_map
 
     cfg = config

@@ -368,6 +368,18 @@ def _publish(pending: list[_Pending]) -> None:
             p.finalize()
 
 
+_MADE: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("medseg_made", default=None)
+
+
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s folder; inside an :func:`output_set` remember what was made, to take it back."""
+    missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    made = _MADE.get()
+    if made is not None:
+        made.extend(missing)  # deepest first
+
+
 def _finish(pending: _Pending) -> None:
     group = _GROUP.get()
     if group is not None:  # published with the rest of its set; a later write of the same file wins
@@ -391,16 +403,22 @@ def output_set() -> Iterator[None]:
         yield
         return
     pending: list[_Pending] = []
-    token = _GROUP.set(pending)
+    made: list[Path] = []
+    token, made_token = _GROUP.set(pending), _MADE.set(made)
     try:
-        yield
+        try:
+            yield
+        finally:
+            _GROUP.reset(token)
+            _MADE.reset(made_token)
+        _publish(pending)
     except BaseException:
-        _GROUP.reset(token)
         for p in pending:
             p.discard()
+        for folder in made:  # folders made for outputs that were not published (if still empty)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
-    _GROUP.reset(token)
-    _publish(pending)
 
 
 @contextlib.contextmanager
@@ -413,7 +431,7 @@ def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path
     ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     existed = path.exists()
     suffix = suffix if suffix is not None else "".join(path.suffixes)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
@@ -437,7 +455,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     check_output(path, overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     existed = path.exists()
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     pending = _Pending(tmp, path, existed, directory=True)
