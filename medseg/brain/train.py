@@ -35,11 +35,12 @@ import numpy as np
 import torch  # already imported by medseg.brain.models
 from torch import nn
 
-from medseg.brain.io import expand_case_dirs, find_case_files, load_case, load_seg
+from medseg.brain.io import expand_case_dirs
 from medseg.brain.models import BrainNetConfig, build_model, is_cascade, output_layer
-from medseg.brain.preprocess import PreprocessConfig, preprocess
+from medseg.brain.preprocess import PreprocessConfig
 from medseg.brain.sampling import TrainingCase, sample_batch
 from medseg.brain.segment import MODEL_PREFIX, TASK, make_predictor
+from medseg.brain.train_cases import load_training_cases, split_cases, training_spacing
 from medseg.errors import InputError, ModelError, OutputExistsError
 
 if TYPE_CHECKING:
@@ -115,53 +116,6 @@ def plan_stages(out_dir: Path, cfg: BrainTrainConfig, first_weights: Path | None
         Stage("phase2", cfg.net, 2, init=out_dir / "phase1/best.safetensors", first=first),
     ]
     return stages
-
-
-def split_cases(cases: list[TrainingCase], fraction: float) -> tuple[list[TrainingCase], list[TrainingCase]]:
-    """(training, held-out validation) cases: the last ``fraction`` of the cases, at least one when >= 2."""
-    if len(cases) < 2 or fraction <= 0:
-        return cases, []
-    n_val = min(len(cases) - 1, max(1, round(len(cases) * fraction)))
-    return cases[:-n_val], cases[-n_val:]
-
-
-def training_spacing(cases: list[TrainingCase]) -> list[float] | None:
-    """Median in-plane (row, col) spacing in mm of the training cases: what brain-segment resamples to.
-
-    The slice nets learn tissue at this scale; a case much finer or coarser is resampled to it.
-    """
-    spacings = [c.spacing[1:] for c in cases if c.spacing is not None]
-    if not spacings:
-        return None
-    ys, xs = zip(*spacings)
-    if max(ys) > 1.15 * min(ys) or max(xs) > 1.15 * min(xs):
-        log.warning("training cases have different in-plane spacings; the weights record the median")
-    return [round(float(np.median(ys)), 4), round(float(np.median(xs)), 4)]
-
-
-def load_training_cases(
-    case_dirs: list[Path], *, labels: str, prep: PreprocessConfig, progress: bool = False
-) -> list[TrainingCase]:
-    """Read, preprocess and pad every training case once (a bad case stops training, named)."""
-    from medseg.engine.progress import progress_bar
-
-    files = [find_case_files(d) for d in case_dirs]  # pre-flight: every case complete before the slow part
-    for f in files:
-        if f.seg is None:
-            raise InputError(
-                "no segmentation (<case>_seg.nii.gz) in training case folder", path=f.modalities["t1c"].parent
-            )
-    if not files:
-        raise InputError("no training cases")
-    cases = []
-    for f in progress_bar(files, total=len(files), desc="loading cases", enabled=progress, unit="case"):
-        stack, geo = load_case(f)
-        seg = load_seg(f, geo, labels=labels)
-        norm, mask = preprocess(stack, geo.spacing, prep)
-        case = TrainingCase.build(f.name, norm, seg, mask)
-        case.spacing = tuple(float(v) for v in geo.spacing)
-        cases.append(case)
-    return cases
 
 
 class CentreLogits(nn.Module):
@@ -295,6 +249,8 @@ class BrainTask:
                 "preprocess": asdict(self.cfg.preprocess),
                 "train": {**self.cfg.to_dict(), "stage": self.stage.name},
                 "train_spacing_mm": self.cfg.train_spacing_mm,
+                "training_cases": [c.name for c in self.train_cases],
+                "validation_cases": [c.name for c in self.val_cases],
             },
             training_data=self.cfg.training_data,
             normalisation={"per_channel": "z-score inside brain"},
@@ -433,13 +389,19 @@ def train(
     out_dir: str | Path,
     cfg: BrainTrainConfig,
     *,
+    val_case_dirs: list[str | Path] | None = None,
     first_weights: Path | None = None,
     device: str = "auto",
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    cache_dir: Path | None = None,
 ) -> TrainResult:
-    """Train ``cfg.net.arch`` on case folders (see the module doc); returns the trainer's result shape."""
+    """Train ``cfg.net.arch`` on case folders (see the module doc); returns the trainer's result shape.
+
+    ``val_case_dirs``: the held-out validation cases (a recorded split); otherwise the last
+    ``cfg.val_fraction`` of ``case_dirs`` are held out. ``cache_dir``: see :func:`load_training_cases`.
+    """
     from medseg.engine.checkpoint import read_meta
     from medseg.engine.runtime import select_device
     from medseg.engine.trainer import LAST, STATE, TrainConfig, TrainResult, fit
@@ -456,12 +418,18 @@ def train(
         )
     dev = select_device(device)
     dirs = expand_case_dirs(list(case_dirs))
+    val_dirs = expand_case_dirs(list(val_case_dirs)) if val_case_dirs else []
     if not cfg.training_data:
         cfg.training_data = (
             f"{len(dirs)} case(s): {', '.join(d.name for d in dirs[:5])}{' ...' if len(dirs) > 5 else ''}"
         )
-    cases = load_training_cases(dirs, labels=cfg.labels, prep=cfg.preprocess, progress=progress)
-    train_cases, val_cases = split_cases(cases, cfg.val_fraction)
+    cases = load_training_cases(
+        dirs + val_dirs, labels=cfg.labels, prep=cfg.preprocess, progress=progress, cache_dir=cache_dir
+    )
+    if val_dirs:
+        train_cases, val_cases = cases[: len(dirs)], cases[len(dirs) :]
+    else:
+        train_cases, val_cases = split_cases(cases, cfg.val_fraction)
     cfg.train_spacing_mm = training_spacing(cases)
     log.info(
         "%d training case(s); validation on %s",
