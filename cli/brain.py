@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from medseg_cli._types import FiniteFloatRange
 from medseg_cli.options import (
     WEIGHTS_TYPE,
     amp_option,
@@ -206,7 +207,7 @@ cases, --val-fraction of them (at least one) are held out for validation.
 )
 @click.option(
     "--lr",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=0.003,
     show_default=True,
     help="Phase-1 learning rate (SGD, momentum 0.9); phase 2 uses a third of it.",

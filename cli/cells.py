@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from medseg_cli._types import FiniteFloatRange
 from medseg_cli.options import (
     amp_option,
     batch_size_option,
@@ -82,8 +83,8 @@ def _diameter(value: str | None, pixel_size: float | None) -> float | str | None
         raise click.BadParameter(
             f"{value!r} is neither a number nor 'auto'", param_hint="--diameter"
         ) from None
-    if not number > 0 or number == float("inf"):
-        raise click.BadParameter(f"must be positive, got {value}", param_hint="--diameter")
+    if not number > 0 or number == float("inf"):  # NaN too: not > 0
+        raise click.BadParameter(f"must be a positive, finite number, got {value}", param_hint="--diameter")
     return number
 
 
@@ -96,7 +97,7 @@ def _diameter(value: str | None, pixel_size: float | None) -> float | str | None
 @click.option("--tile", type=click.IntRange(64), default=512, show_default=True, help="Input tile edge (px).")
 @click.option(
     "--threshold",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.6,
     show_default=True,
     help="Cell probability threshold.",
@@ -104,7 +105,7 @@ def _diameter(value: str | None, pixel_size: float | None) -> float | str | None
 @click.option("--min-size", type=click.IntRange(0), default=40, show_default=True, help="Smallest cell (px).")
 @click.option(
     "--solidity",
-    type=click.FloatRange(0, 1.01),
+    type=FiniteFloatRange(0, 1.01),
     default=0.85,
     show_default=True,
     help="Only components less convex than this are split by the watershed.",
@@ -112,7 +113,7 @@ def _diameter(value: str | None, pixel_size: float | None) -> float | str | None
 @click.option(
     "--h",
     "h",
-    type=click.FloatRange(0),
+    type=FiniteFloatRange(0),
     default=2.0,
     show_default=True,
     help="Watershed seed depth on the distance transform (px); larger merges more.",
@@ -129,7 +130,7 @@ def _diameter(value: str | None, pixel_size: float | None) -> float | str | None
 )
 @click.option(
     "--pixel-size",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=None,
     help="Pixel size in um: --diameter is then in um.",
 )
@@ -241,15 +242,15 @@ def cells_segment(
 )
 @click.option(
     "--lr",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=1e-3,
     show_default=True,
     help="Adam learning rate (cosine schedule).",
 )
-@click.option("--w0", type=click.FloatRange(0), default=10.0, show_default=True, help="Border weight w0.")
+@click.option("--w0", type=FiniteFloatRange(0), default=10.0, show_default=True, help="Border weight w0.")
 @click.option(
     "--sigma",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=5.0,
     show_default=True,
     help="Border weight sigma (px).",
@@ -361,7 +362,7 @@ def cells_train(
 @click.option(
     "--iou",
     "iou_threshold",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
     default=0.5,
     show_default=True,
     help="Object IoU threshold for a match (AP at it; mAP@0.5:0.95 is always reported).",
