@@ -201,10 +201,11 @@ def evaluate_cases(
     from medseg.brain.io import expand_case_dirs
     from medseg.brain.report import write_eval_report
     from medseg.engine.progress import progress_bar
-    from medseg.io.atomic import check_output
+    from medseg.io.atomic import check_apart, check_output
 
     cfg = config or EvalConfig()
     out_dir = Path(out_dir)
+    check_apart(out_dir, [pred_dir, *case_dirs])  # the report never lands among predictions or cases
     for name in REPORT_FILES:
         check_output(out_dir / name, overwrite=cfg.overwrite)
     pred_dir = Path(pred_dir)

@@ -342,6 +342,10 @@ def _write_case(plan: dict[str, Path], seg: np.ndarray, geo: Geometry, record: d
         raise
 
 
+def _case_inputs(case: CaseFiles | Path) -> list[Path | None]:
+    return [*case.modalities.values(), case.seg] if isinstance(case, CaseFiles) else [Path(case)]
+
+
 def segment_cases(
     cases: list[CaseFiles | Path],
     out: str | Path,
@@ -361,7 +365,7 @@ def segment_cases(
     here either way.
     """
     from medseg.engine.weights import resolve_weights
-    from medseg.io.atomic import check_output, write_text
+    from medseg.io.atomic import check_apart, check_output, write_text
     from medseg.scale.items import local_map
 
     cfg = config or SegmentConfig()
@@ -375,6 +379,7 @@ def segment_cases(
         dup = sorted({n for n in names if names.count(n) > 1})
         raise InputError(f"several cases are named {', '.join(dup)}: their outputs would collide")
     plans, table = plan_outputs(cases, out)
+    check_apart(out, [cfg.weights, *(p for c in cases for p in _case_inputs(c))])  # never write a case
     for plan in plans:
         for path in plan.values():
             check_output(path, overwrite=cfg.overwrite)

@@ -405,11 +405,12 @@ def train(
     from medseg.engine.checkpoint import read_meta
     from medseg.engine.runtime import select_device
     from medseg.engine.trainer import LAST, STATE, TrainConfig, TrainResult, fit
-    from medseg.io.atomic import atomic_path
+    from medseg.io.atomic import atomic_path, check_apart
 
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
     stages = plan_stages(out_dir, cfg, Path(first_weights) if first_weights else None)
+    check_apart(out_dir, [*case_dirs, *(val_case_dirs or []), first_weights])  # never write a case
     _preflight(out_dir, stages, resume=resume, overwrite=overwrite)
     if first_weights is not None and (kind := read_meta(first_weights).model) != MODEL_PREFIX + "twopath":
         raise ModelError(

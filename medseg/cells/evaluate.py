@@ -188,13 +188,14 @@ def evaluate_folders(
     from medseg.cells.weights import instances_from_mask
     from medseg.engine.progress import progress_bar
     from medseg.errors import InputError
-    from medseg.io.atomic import check_output, write_text
+    from medseg.io.atomic import check_apart, check_output, write_text
 
     cfg = config or EvalConfig()
     truth_dir = Path(truth_dir)
     if not truth_dir.is_dir():
         raise InputError("ground-truth folder not found", path=truth_dir)
-    if cfg.out is not None:
+    if cfg.out is not None:  # not into the predictions' folder (its summary.json) nor the truth
+        check_apart(cfg.out, [truth_dir, *(q if Path(q).is_dir() else Path(q).parent for q in pred)])
         check_output(cfg.out, overwrite=cfg.overwrite)
     paths = [p for p in list_images(pred) if p.suffix.lower() in (".tif", ".tiff", ".png")]
     if any(p.name.endswith(("_labels.tif", "_labels.tiff")) for p in paths):

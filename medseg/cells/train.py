@@ -415,7 +415,8 @@ def train_cells(
 
     if (config.synthetic is None) == (images_dir is None or masks_dir is None):
         raise InputError("give either --images and --masks, or --synthetic N")
-    preflight(out_dir, resume=resume, overwrite=overwrite)  # before the (slow) data loading
+    inputs = [images_dir, masks_dir, config.init_weights]
+    preflight(out_dir, resume=resume, overwrite=overwrite, inputs=inputs)  # before the (slow) data loading
     skipped: list[dict[str, str]] = []
     val_pairs = None
     if config.synthetic is not None:

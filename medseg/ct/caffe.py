@@ -563,9 +563,10 @@ def import_caffe(
     from medseg.ct.models import canonical_kernel
     from medseg.engine.checkpoint import CheckpointMeta, save_weights
     from medseg.errors import InputError
-    from medseg.io.atomic import check_output
+    from medseg.io.atomic import check_apart, check_output
 
     model_path, mean_path, out = Path(model_path), Path(mean_path), Path(out)
+    check_apart(out, [model_path, mean_path], what="the imported weights")
     source, target = canonical_kernel(source), canonical_kernel(target)
     if source == target:
         raise InputError(f"--from and --to are both {source}: nothing to convert")

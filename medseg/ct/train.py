@@ -411,7 +411,7 @@ def train(
     if kernel_key(source) == kernel_key(target):
         raise InputError(f"--from and --to are both {source}: nothing to learn")
     cfg.source_kernel, cfg.target_kernel = source, target
-    out_dir = preflight(out_dir, resume=resume, overwrite=overwrite)  # before loading any data
+    out_dir = preflight(out_dir, resume=resume, overwrite=overwrite, inputs=pairs)  # before loading any data
     net_config = _resumed_net_config(out_dir, source, target) if resume else None
     found = find_pairs(list(pairs), source, target)
     data = load_pairs(found, progress=progress)

@@ -113,11 +113,17 @@ class TrainResult:
         return json_safe(asdict(self))
 
 
-def preflight(out_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
-    """Check the training folder before any work: resume needs state, a new run needs a free folder."""
-    from medseg.io.atomic import check_writable
+def preflight(
+    out_dir: str | Path, *, resume: bool, overwrite: bool, inputs: Iterable[str | Path | None] = ()
+) -> Path:
+    """Check the training folder before any work: resume needs state, a new run needs a free folder.
+
+    ``inputs`` (training data, initial weights) may not be, contain or lie inside the folder.
+    """
+    from medseg.io.atomic import check_apart, check_writable
 
     out_dir = Path(out_dir)
+    check_apart(out_dir, list(inputs), what="the training folder")
     if resume:
         if not (out_dir / STATE).is_file() or not (out_dir / LAST).is_file():
             raise InputError(f"--resume: no training state ({STATE} and {LAST}) to resume from", path=out_dir)

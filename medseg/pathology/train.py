@@ -313,7 +313,8 @@ def train_detector(
         raise InputError("--epochs and --batch-size must be at least 1, --val-fraction in [0, 1)")
     folder = Path(dataset)
     meta, records = load_dataset(folder)
-    out = preflight(out, resume=resume, overwrite=overwrite)  # before any work; fit checks again
+    inputs = [folder, cfg.init_weights]  # before any work; fit checks again
+    out = preflight(out, resume=resume, overwrite=overwrite, inputs=inputs)
     det = cfg.detector
     det.margins = {k: int(v) for k, v in meta.get("margins", det.margins).items()}
     det.target_mpp = float(meta.get("target_mpp", det.target_mpp))
