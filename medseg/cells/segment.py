@@ -40,7 +40,7 @@ from medseg.cells.io import (
 from medseg.cells.model import DEMO_WEIGHTS
 from medseg.cells.stain import StainDecision, detect_stain, normalise_for_stain, nuclear_plane
 from medseg.errors import InputError, ModelError, OutputExistsError
-from medseg.io.atomic import check_writable, safe_name, write_text
+from medseg.io.atomic import check_apart, check_writable, safe_name, write_text
 from medseg.results import FAILED, OK, SKIPPED, ItemResult, RunResult
 
 if TYPE_CHECKING:
@@ -462,6 +462,7 @@ def segment_images(
     if not paths:
         raise InputError("no input images (give files or folders with .png/.tif images)")
     stems = _unique_stems(paths)
+    check_apart(out_dir, [config.weights, *inputs, *paths])  # never into (or around) an input folder
     _preflight(paths, stems, out_dir, config)
     segmenter = CellSegmenter(config)  # a bad model stops here, before anything is written
     previous = _previous_items(out_dir, config) if config.resume else {}

@@ -89,6 +89,7 @@ def batch_inputs(
 ) -> tuple[Path, list[Path], list[str]]:
     """The slides of a batch (files, folders, CSV lists) with unique output names, after the
     pre-flight checks of ``out``; shared by the local and the Ray runner."""
+    from medseg.io.atomic import check_apart
     from medseg.pathology.slide import expand_inputs, unique_names
 
     out = Path(out)
@@ -96,6 +97,7 @@ def batch_inputs(
     if not paths:
         raise InputError("no slides given (slide files, folders of slides or CSV lists)")
     names = unique_names(paths)
+    check_apart(out, [*([inputs] if isinstance(inputs, (str, Path)) else inputs), *paths])
     preflight(out, names, resume=resume, overwrite=overwrite)
     return out, paths, names
 

@@ -354,7 +354,7 @@ def prepare_dataset(
     when at least one item worked, so a failed run leaves nothing that blocks the rerun.
     """
     from medseg.engine.progress import progress_bar
-    from medseg.io.atomic import atomic_dir, check_writable
+    from medseg.io.atomic import atomic_dir, check_apart, check_writable
 
     cfg = config or PrepareConfig()
     cfg.check()
@@ -373,6 +373,7 @@ def prepare_dataset(
             raise InputError("give SLIDES (with GeoJSON annotations) or --masks FOLDER")
         jobs = [(s.name.split(".")[0], s, a) for s, a in pair_annotations(slides, annotations)]
         sources = [str(s) for s in slides]
+    check_apart(out, [*slides, annotations, masks])  # the dataset never replaces or fills an input
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError("output exists and is not empty (use --overwrite to replace it)", path=out)
     check_writable(out)
