@@ -75,9 +75,12 @@ def refuse_same_files(modalities: Mapping[str, Path]) -> None:
     dup = _groups(list(paths), lambda a, b: _same_file(paths[a], paths[b]))
     if dup:
         mods = dup[0]
+        targets = {paths[m].resolve() for m in mods}
+        names = sorted({paths[m].name for m in mods})
+        how = next(iter(targets)).name if len(targets) == 1 else f"{_join(names)} have identical bytes"
         raise InputError(
-            f"{_join(mods)} are the same file ({paths[mods[-1]].name}): the method needs a different "
-            "image for each of T1, T1c, T2 and FLAIR",
+            f"{_join(mods)} are the same file ({how}): the method needs a different image for each of "
+            "T1, T1c, T2 and FLAIR",
             path=paths[mods[-1]],
         )
 
