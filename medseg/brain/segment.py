@@ -35,6 +35,7 @@ from medseg.brain.io import (
     write_seg,
 )
 from medseg.brain.models import BrainNetConfig, build_model
+from medseg.brain.postprocess import PostprocessConfig, postprocess  # noqa: F401 (re-exported)
 from medseg.brain.preprocess import PreprocessConfig, preprocess
 from medseg.brain.sampling import extract_patches, predict_slices, slice_padding
 from medseg.brain.spacing import inference_zoom, predict_in_brain_resampled, train_spacing
@@ -124,79 +125,6 @@ def predict_patches(
         y = predictor(extract_patches(stack, coords[start : start + batch_size], arch=arch))
         outs.append(y[:, :, 0, 0] if y.ndim == 4 else y[:, 0, 0])
     return np.concatenate(outs) if outs else np.empty((0,))
-
-
-@dataclass
-class PostprocessConfig:
-    """Post-processing rules (``docs/brain.md``, "Post-processing").
-
-    Core rule: a whole-tumour component must hold tumour core (edema surrounds a core; a
-    FLAIR-bright component without one is most often normal tissue - periventricular caps, CSF
-    flow, white-matter lesions). Size rule: small components are false-positive blobs.
-    """
-
-    min_component_ml: float = 0.2
-    min_component_fraction: float = 0.1  # of the largest component
-    require_core: bool = True  # drop whole-tumour components without tumour core (when any has one)
-    min_core_ml: float = 0.1  # tumour core a component needs to count as holding one
-
-
-def _drop_coreless(seg: np.ndarray, comps: np.ndarray, n: int, voxel_ml: float, min_core_ml: float) -> int:
-    """Zero the whole-tumour components holding less than ``min_core_ml`` of tumour core (in place).
-
-    Only when at least one component holds that much core: with no core anywhere the prediction
-    is left to the size rule (an edema-only call cannot be told from a missed core). Returns how
-    many components were dropped.
-    """
-    core = np.isin(seg, (1, 3, 4))
-    core_voxels = np.bincount(comps[core], minlength=n + 1)
-    min_core = max(1, int(np.ceil(min_core_ml / voxel_ml - 1e-9)))
-    keep = core_voxels >= min_core
-    keep[0] = True
-    if not keep[1:].any() or keep.all():
-        return 0
-    seg[~keep[comps]] = 0
-    return int((~keep).sum())
-
-
-def postprocess(
-    seg: np.ndarray,
-    spacing: tuple[float, float, float],
-    config: PostprocessConfig | None = None,
-    mask: np.ndarray | None = None,
-) -> np.ndarray:
-    """Remove tumour labels outside the brain, core-less and small 3D components of the whole tumour.
-
-    Components are 18-connected. Core rule (``require_core``): when some component holds at least
-    ``min_core_ml`` of tumour core (necrosis, non-enhancing, enhancing), the components holding less
-    are removed. Size rule, then: a component is kept when it holds at least ``min_component_ml``
-    and at least ``min_component_fraction`` of the largest remaining component's voxels.
-    """
-    from scipy import ndimage as ndi
-    from skimage.morphology import remove_small_objects
-
-    cfg = config or PostprocessConfig()
-    seg = seg.copy()
-    if mask is not None:
-        seg[~mask] = 0
-    structure = ndi.generate_binary_structure(3, 2)
-    comps, n = ndi.label(seg > 0, structure=structure)
-    if n == 0:
-        return seg
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    if cfg.require_core and n > 1 and _drop_coreless(seg, comps, n, voxel_ml, cfg.min_core_ml):
-        comps, n = ndi.label(seg > 0, structure=structure)
-    largest = int(np.bincount(comps.ravel())[1:].max())
-    min_voxels = max(
-        int(np.ceil(cfg.min_component_ml / voxel_ml - 1e-9)),
-        int(np.ceil(cfg.min_component_fraction * largest - 1e-9)),
-    )
-    if n == 1:  # one component (skimage warns on a single label): kept unless below the volume floor
-        return seg if largest >= min_voxels else np.zeros_like(seg)
-    if min_voxels > 1:
-        kept = remove_small_objects(comps, max_size=min_voxels - 1)  # labelled input: sizes per label
-        seg[kept == 0] = 0
-    return seg
 
 
 def brain_boxes(mask: np.ndarray, batch_size: int) -> list[tuple[slice, slice, slice]]:
