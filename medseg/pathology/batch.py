@@ -40,6 +40,7 @@ ITEM_METRICS = (
     "stain_qc_reasons",
     "stain_qc_flags",
     "stain_qc_skipped",
+    "dab_pattern",
 )
 
 

@@ -44,6 +44,8 @@ TABLE_COLUMNS = [
     "stain_qc_background_brightness",
     "stain_qc_blur_fraction",
     "stain_qc_pen_fraction",
+    "dab_pattern",
+    "dab_pattern_nuclear_fraction",
     "tiles_tissue",
     "tiles_read",
     "tiles_feasible",

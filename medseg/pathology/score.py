@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError, MedsegError
+from medseg.pathology.dab_pattern import PatternConfig
 from medseg.pathology.labels import (
     DEFAULT_MIN_PTCS,
     LABELS,
@@ -67,6 +68,8 @@ class ScoreConfig:
     # DAB share of tissue the second look needs: a C4d0 biopsy stains only its glomerular loops and a
     # few vessels (~0.1-0.3 % of tissue); H&E never reaches the second look (eosin decides)
     qc_mosaic_min_dab: float = 0.0005
+    # after the stain passes: is the DAB shaped like capillary walls (C4d) or like nuclei (Ki67)?
+    dab_pattern: PatternConfig = field(default_factory=PatternConfig)
 
     def check(self) -> None:
         """Pre-flight: option values that would fail every slide are an input error (exit 2)."""
@@ -88,6 +91,8 @@ class ScoreConfig:
             raise InputError(f"--min-ptcs must be at least 1, got {self.min_ptcs}")
         if self.qc_mosaic_mpp <= 0 or self.qc_mosaic_tile < 16 or self.qc_mosaic_tiles < 0:
             raise InputError("stain-QC second look: qc_mosaic_mpp > 0, qc_mosaic_tile >= 16, tiles >= 0")
+        if self.dab_pattern.tiles < 0 or self.dab_pattern.tile < 64 or not self.dab_pattern.mpp > 0:
+            raise InputError("DAB pattern check: tiles >= 0 (0: off), tile >= 64 px, mpp > 0")
 
 
 def banff_category(pos: int, neg: int, min_ptcs: int = 1) -> tuple[str, float]:
@@ -216,8 +221,27 @@ def assess_slide_stain(slide, tissue, cfg: ScoreConfig):
     return replace(second, reasons=reasons, flags=flags, passed=second.passed and not other), look
 
 
+def with_dab_pattern(qc, slide, tissue, cfg: ScoreConfig):
+    """The stain verdict with the DAB pattern check (:mod:`medseg.pathology.dab_pattern`) added: a
+    DAB IHC whose brown objects are solid nuclei, not capillary walls, is not a C4d stain."""
+    from dataclasses import replace
+
+    from medseg.pathology.dab_pattern import assess_slide_pattern
+
+    if qc.kind != "brightfield_dab" or cfg.dab_pattern.tiles < 1:
+        return qc
+    pattern = assess_slide_pattern(slide, tissue, cfg.dab_pattern)
+    log.info("%s", pattern.summary())
+    if pattern.passed:
+        return replace(qc, dab_pattern=pattern.to_dict())
+    return replace(qc, dab_pattern=pattern.to_dict(), passed=False, reasons=[*qc.reasons, pattern.reason])
+
+
 def _qc_fields(qc, look: str, cfg: ScoreConfig) -> dict[str, Any]:
+    pattern = qc.dab_pattern or {}
     return {
+        "dab_pattern": pattern.get("pattern"),
+        "dab_pattern_nuclear_fraction": pattern.get("nuclear_fraction"),
         "stain_qc": {**qc.to_dict(), "look": look},
         "stain_qc_status": "passed" if qc.passed else "failed",
         "stain_qc_kind": qc.kind,
@@ -372,6 +396,7 @@ def plan_slide(slide, path: str | Path, cfg: ScoreConfig, name: str) -> SlidePla
         qc.passed = False
         return _not_scored(slide, name, path, t0, qc, "thumbnail", cfg, thumb=thumb)
     qc, look = assess_slide_stain(slide, tissue, cfg)
+    qc = with_dab_pattern(qc, slide, tissue, cfg)
     log.info("%s: %s (%s)", name, qc.summary(), look)
     if not qc.passed and not cfg.skip_stain_qc:
         return _not_scored(slide, name, path, t0, qc, look, cfg, tissue=tissue)

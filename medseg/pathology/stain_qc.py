@@ -212,6 +212,7 @@ class StainQC:
     flags: list[str] = field(default_factory=list)
     image_size: tuple[int, int] = (0, 0)  # (width, height) of the thumbnail given
     mpp: float | None = None  # microns per analysed pixel, when the caller said
+    dab_pattern: dict | None = None  # medseg.pathology.dab_pattern.DabPattern.to_dict(), when checked
 
     def to_dict(self) -> dict:
         """JSON-able dict (floats rounded to 6 digits) for summary.json."""
@@ -226,6 +227,8 @@ class StainQC:
         """Flat scalars for one CSV row (lists joined with "; ", None as empty)."""
         row = {}
         for k, v in self.to_dict().items():
+            if isinstance(v, dict):  # the DAB pattern record: its own columns (score._qc_fields)
+                continue
             if isinstance(v, list):
                 v = "; ".join(str(x) for x in v) if k != "image_size" else "x".join(str(x) for x in v)
             row[prefix + k] = "" if v is None else v
