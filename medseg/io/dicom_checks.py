@@ -45,13 +45,13 @@ def image_name(entry: tuple[Path, object]) -> str:
 
 
 def syntax_label(uid: str) -> str:
-    """'JPEG XL (1.2.840.10008.1.2.4.112)'; 'unknown transfer syntax (1.2.3)' for a UID nobody names."""
+    """'JPEG XL (1.2.840.10008.1.2.4.112)'; '1.2.3 (unknown)' for a UID that names no transfer syntax."""
     from pydicom.uid import UID
 
     uid = str(uid)
     name = SYNTAX_NAMES.get(uid) or UID(uid).name
     if not name or name == uid:
-        name = "unknown transfer syntax"
+        return f"{uid} (unknown)"
     return f"{name} ({uid})"
 
 
@@ -124,7 +124,8 @@ def check_header_values(headers: list[tuple[Path, object]]) -> None:
     for file, ds in headers:
 
         def refuse(what: str, file=file, ds=ds) -> None:
-            raise InputError(f"{image_name((file, ds))}: {what}", path=file)
+            source = getattr(ds, "_medseg_source", None)  # the path names the file; a frame needs its number
+            raise InputError(f"frame {source[2]}: {what}" if source else what, path=file)
 
         spacing = _numbers(ds, "PixelSpacing")
         if spacing is not None and (

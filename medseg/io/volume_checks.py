@@ -155,7 +155,12 @@ def nifti_data_check(path: Path, header) -> None:
     need = (
         int(header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * header.get_data_dtype().itemsize
     )
-    have = gzip_size(path) if _is_gzip(path) else path.stat().st_size
+    try:
+        have = gzip_size(path) if _is_gzip(path) else path.stat().st_size
+    except InputError as exc:
+        if "truncated" not in exc.message:
+            raise
+        raise InputError(f"{exc.message}; its header needs {need} bytes", path=path) from None
     if have < need:
         raise InputError(
             f"file is truncated: {have} bytes of the {need} that its header needs "
