@@ -52,6 +52,11 @@ def _read_raw(path: Path) -> tuple[np.ndarray, bool]:
         ) from None
 
 
+# tifffile's series kinds for plain TIFFs, where each further series is one more page (plane) of the
+# image: files written page by page, or by tools without stack metadata
+STACKABLE_SERIES = ("shaped", "generic", "uniform")
+
+
 def _stack_series(tif, path: Path) -> list:
     """The TIFF series that form the image's planes, refusing pages of different sizes in words.
 
@@ -63,6 +68,17 @@ def _stack_series(tif, path: Path) -> list:
     series = [s for s in tif.series if not getattr(s.keyframe, "is_reduced", False)] or tif.series[:1]
     if len(series) == 1:
         return series
+    if any(getattr(s, "kind", "") not in STACKABLE_SERIES for s in series):
+        # a format whose further series are other images (slide thumbnail, label, macro), not planes
+        log.warning(
+            "%s: %s file holding %d images: only the first (%s) is segmented, not %s",
+            path.name,
+            series[0].kind.upper(),
+            len(series),
+            " x ".join(map(str, series[0].shape)),
+            ", ".join(s.name or f"image {k}" for k, s in enumerate(series[1:], start=2)),
+        )
+        return series[:1]
     first_page, kinds = 1, []
     for s in series:
         kinds.append((first_page, tuple(int(n) for n in s.shape), s.axes, s.dtype))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +112,16 @@ def test_pages_of_different_sizes_are_refused_alone_and_failed_in_a_batch(tmp_pa
     }
     assert status["good.tif"][0] == "ok" and "pages of different sizes" in status["mixed.tif"][1]
     assert not list((tmp_path / "out2").glob("mixed*"))
+
+
+SVS = Path(__file__).resolve().parents[2].parent / "shared/realdata/slide_cmu1_he_svs/CMU-1-Small-Region.svs"
+
+
+@pytest.mark.skipif(not SVS.is_file(), reason="../shared/realdata/slide_cmu1_he_svs not present")
+def test_slide_thumbnail_is_not_a_page(tmp_path, caplog):
+    """An SVS (saved as .tif) holds a thumbnail, label and macro image: not planes of the image."""
+    path = shutil.copy(SVS, tmp_path / "slide.tif")
+    with caplog.at_level(logging.WARNING, logger="medseg.cells"):
+        pages, meta = read_image(path, keep_color=True)
+    assert pages.shape == (1, 2967, 2220, 3) and meta["pages"] == 1
+    assert "only the first" in caplog.text and "Thumbnail" in caplog.text
