@@ -211,18 +211,23 @@ def metaimage_data_check(path: Path) -> None:
 
 
 def verify_volume_file(path: str | Path, *, data: bool = True) -> None:
-    """Refuse a volume file that is truncated (``data``) or whose header geometry is impossible."""
+    """Refuse a volume file whose header geometry is impossible or that is truncated.
+
+    Without ``data`` (a header probe in pre-flight) only what is cheap is checked: the size of an
+    uncompressed file against its header; a gzip stream is read to its end only with ``data``.
+    """
     path = Path(path)
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         header = _nifti_header(path)
+        gz = _is_gzip(path)
         if header is not None:
             check_nifti_header(path, header)
-            if data:
+            if data or not gz:
                 nifti_data_check(path, header)
-        elif data and _is_gzip(path):
+        elif data and gz:
             gzip_size(path)  # not NIfTI inside: at least the stream must be whole
-    elif name.endswith(".mha") and data:
+    elif name.endswith(".mha"):
         metaimage_data_check(path)
 
 
