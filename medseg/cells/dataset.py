@@ -19,6 +19,8 @@ from medseg.errors import InputError
 log = logging.getLogger("medseg.cells")
 
 MASK_TAGS = ("_mask", "_masks", "_labels", "_label", "_gt", "")
+MIN_MEAN_AREA = 4  # px per label: fewer is noise or an image, not cells
+MAX_FRAGMENTS = 3  # connected fragments per label: more is an image, not instance labels
 
 
 def find_pairs(
@@ -36,6 +38,39 @@ def find_pairs(
     return pairs, missing
 
 
+def check_label_mask(mask: np.ndarray, path: Path) -> np.ndarray:
+    """Refuse, in words, a mask that cannot be instance labels: empty, or a raw image saved as the mask.
+
+    An instance mask has few labels for its size, each mostly one connected region; a grey image
+    passed as the mask has hundreds of values scattered over thousands of fragments (or tiny
+    "objects"). Binary masks (one label, many components) are fine: components become instances.
+    """
+    from skimage.measure import label as connected
+
+    if mask.min(initial=0) < 0:
+        raise InputError("mask has negative values: not instance labels", path=path)
+    values = np.unique(mask)
+    values = values[values > 0]
+    if values.size == 0:
+        raise InputError("mask is empty (no labelled cells)", path=path)
+    if values.size > 2:
+        area = (mask > 0).sum()
+        if area / values.size < MIN_MEAN_AREA:
+            raise InputError(
+                f"mask has {values.size} labels for {area} labelled pixels (under {MIN_MEAN_AREA} px per "
+                "cell): an image saved as the mask, not instance labels",
+                path=path,
+            )
+        regions = int(connected(mask, background=0, connectivity=2).max())
+        if regions > MAX_FRAGMENTS * values.size:
+            raise InputError(
+                f"mask's {values.size} labels fall into {regions} separate fragments: an image saved as "
+                "the mask, not instance labels",
+                path=path,
+            )
+    return mask
+
+
 def load_pair(
     image_path: Path, mask_path: Path, *, stain: str = "auto", channel: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -45,12 +80,13 @@ def load_pair(
     """
     planes, _ = read_image(image_path, allow_stack=False, channel=channel, keep_color=True)
     mask = read_mask(mask_path)
-    if mask.shape != planes.shape[1:]:
+    if mask.shape != planes.shape[1:3]:  # RGB planes are (1, H, W, 3): compare the plane's H, W
         raise InputError(
             f"mask {mask_path.name} is {mask.shape[0]}x{mask.shape[1]} but the image is "
             f"{planes.shape[1]}x{planes.shape[2]}",
             path=image_path,
         )
+    check_label_mask(mask, mask_path)
     return prepare_plane(planes[0], stain, path=image_path)[0], instances_from_mask(mask)
 
 

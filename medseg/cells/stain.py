@@ -118,7 +118,7 @@ def detect_stain(plane: np.ndarray, *, path: object = None) -> StainDecision:
     """Decide fluo / phase / he / ihc from one plane (gray (H, W) or RGB (H, W, 3|4)).
 
     Gray: dark background (histogram mode in the lowest 20 % of the range) -> fluo; mid-grey background
-    -> phase. A bright background without colour (grey brightfield) is not a supported look.
+    -> phase; bright background (grey brightfield, dark nuclei) -> ``he``, which inverts a grey plane.
     RGB: equal or fully correlated (tinted grey) channels -> as gray; bright background -> brightfield, ``ihc`` when more than 15 %
     of the tissue pixels are brown (DAB), else ``he``; a tile full of H&E tissue (no glass: median
     above 0.2 and more than 60 % of the pixels lit, saturated pink/purple) -> ``he``; any other dark colour image is a multi-channel
@@ -151,21 +151,21 @@ def detect_stain(plane: np.ndarray, *, path: object = None) -> StainDecision:
         return StainDecision("fluo", f"dark background (at {rel:.0%} of the range)")
     if rel < 0.75:
         return StainDecision("phase", f"grey background (at {rel:.0%} of the range)")
-    raise InputError(
-        f"cannot determine the stain: grey image with a bright background (at {rel:.0%} of "
-        "the range); pass --stain fluo|phase|he|ihc",
-        path=path,
+    # grey brightfield (bright glass, dark nuclei; e.g. the DSB 2018 grey brightfield images): the
+    # brightfield path inverts a grey plane, so nuclei become bright on dark as the nets read them
+    return StainDecision(
+        "he", f"grey brightfield: bright background (at {rel:.0%} of the range), dark nuclei"
     )
 
 
 def nuclear_plane(plane: np.ndarray, stain: str) -> np.ndarray:
     """The (H, W) float32 plane the net reads, in raw units (before normalisation)."""
     if plane.ndim == 3:
-        if stain in BRIGHTFIELD:
+        if stain in BRIGHTFIELD and not _is_gray_rgb(plane):
             return hematoxylin(plane)
         from skimage.color import rgb2gray
 
-        return rgb2gray(plane[..., :3].astype(np.float32)).astype(np.float32, copy=False)
+        plane = rgb2gray(plane[..., :3].astype(np.float32)).astype(np.float32, copy=False)
     if stain in BRIGHTFIELD:  # a grey brightfield plane: dark nuclei on bright glass
         return (float(plane.max(initial=0)) - plane).astype(np.float32)
     return plane.astype(np.float32, copy=False)

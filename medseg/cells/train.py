@@ -81,6 +81,8 @@ class CellsTrainConfig:
     channel: int | None = None  # as cells-segment --channel
     diameter: float | None = None  # median cell diameter (px) of the training masks; set by train_pairs
     init_weights: str | None = None  # fine-tune: start from these weights (same model config), else scratch
+    scale_range: tuple[float, float] = (1.0, 1.0)  # scale jitter of training patches (log-uniform)
+    noise: float = 0.0  # blur / Gaussian-noise jitter of training patches (noise SD up to this)
 
     def loop(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, seed=self.seed, max_minutes=self.max_minutes, amp=self.amp)
@@ -106,6 +108,46 @@ def prepare_sample(image: np.ndarray, labels: np.ndarray, config: WeightMapConfi
     return Sample(image.astype(np.float32), (separated > 0).astype(np.int64), weight, labels.astype(np.int32))
 
 
+def _resize(a: np.ndarray, size: int, order: int) -> np.ndarray:
+    """Square patch ``a`` resampled to ``size`` px (bilinear, or nearest for the target)."""
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    mode = "bilinear" if order else "nearest"
+    kwargs = {"align_corners": False} if order else {}
+    return F.interpolate(t, size=(size, size), mode=mode, **kwargs)[0, 0].numpy()
+
+
+def _patch(
+    rng: np.random.Generator, s: Sample, *, tile: int, margin: int, out_size: int, scale: float
+) -> list[np.ndarray]:
+    """Image, target and weight patch of ``tile`` px whose output core lies in the image; with
+    ``scale`` != 1 a region of ``tile / scale`` px is cut and resampled (scale jitter: objects look
+    ``scale`` times larger)."""
+    h, w = s.image.shape
+    arrays = (s.image, s.target, s.weight)
+    if scale == 1.0:
+        y0 = int(rng.integers(0, max(h - out_size, 0) + 1)) - margin
+        x0 = int(rng.integers(0, max(w - out_size, 0) + 1)) - margin
+        return [extract_tile(a, y0, x0, (tile, tile)) for a in arrays]
+    src = max(int(round(tile / scale)), 8)
+    core = int(round(out_size / scale))
+    m = (src - core) // 2
+    y0 = int(rng.integers(0, max(h - core, 0) + 1)) - m
+    x0 = int(rng.integers(0, max(w - core, 0) + 1)) - m
+    parts = [extract_tile(a, y0, x0, (src, src)) for a in arrays]
+    return [_resize(a, tile, order).astype(np.float32) for a, order in zip(parts, (1, 0, 1))]
+
+
+def _intensity_jitter(rng: np.random.Generator, image: np.ndarray, noise: float) -> np.ndarray:
+    """Blur or Gaussian noise (each in a third of the patches): microscopes differ in focus and noise."""
+    from scipy.ndimage import gaussian_filter
+
+    if rng.random() < 1 / 3:
+        image = gaussian_filter(image, float(rng.uniform(0.5, 1.5)))
+    if rng.random() < 1 / 3:
+        image = image + rng.normal(0, rng.uniform(0, noise), image.shape)
+    return image.astype(np.float32, copy=False)
+
+
 def draw_batch(
     rng: np.random.Generator,
     samples: list[Sample],
@@ -115,25 +157,34 @@ def draw_batch(
     margin: int,
     out_size: int,
     augment_config: AugmentConfig,
+    scale_range: tuple[float, float] = (1.0, 1.0),
+    noise: float = 0.0,
+    probabilities: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random patches: (N,1,tile,tile) input; (N,o,o) target and weights for the output core.
 
-    Context beyond the image border is mirrored, as at inference.
+    Context beyond the image border is mirrored, as at inference. ``scale_range`` (log-uniform),
+    ``noise`` (blur / Gaussian noise up to this SD) and ``probabilities`` (which images patches
+    come from) are off by default.
     """
     xs, ts, ws = [], [], []
     crop = (tile - out_size) // 2
-    for index in rng.integers(len(samples), size=batch_size):
-        s = samples[index]
-        h, w = s.image.shape
-        y0 = int(rng.integers(0, max(h - out_size, 0) + 1)) - margin
-        x0 = int(rng.integers(0, max(w - out_size, 0) + 1)) - margin
-        parts = [extract_tile(a, y0, x0, (tile, tile)) for a in (s.image, s.target, s.weight)]
+    jitter_scale = scale_range != (1.0, 1.0)
+    if probabilities is None:
+        indices = rng.integers(len(samples), size=batch_size)
+    else:
+        indices = rng.choice(len(samples), size=batch_size, p=probabilities)
+    for index in indices:
+        scale = float(np.exp(rng.uniform(*np.log(scale_range)))) if jitter_scale else 1.0
+        parts = _patch(rng, samples[index], tile=tile, margin=margin, out_size=out_size, scale=scale)
         image, target, weight = augment(rng, parts, [1, 0, 1], augment_config)
+        if noise > 0:
+            image = _intensity_jitter(rng, image, noise)
         xs.append(image[None])
         ts.append(target[crop : crop + out_size, crop : crop + out_size])
         ws.append(weight[crop : crop + out_size, crop : crop + out_size])
     return (
-        torch.from_numpy(np.stack(xs)),
+        torch.from_numpy(np.stack(xs).astype(np.float32, copy=False)),
         torch.from_numpy(np.stack(ts).astype(np.int64)),
         torch.from_numpy(np.stack(ws).astype(np.float32)),
     )
@@ -264,6 +315,7 @@ class CellsTrainTask:
         self.config, self.train, self.val = config, train, val
         self.has_validation = bool(val)
         self.data = data or {}
+        self.probabilities: np.ndarray | None = None  # patch sampling per image (None: uniform)
         model = config.model
         if isinstance(model, archs.ArchConfig):
             # padded nets: whole patches, a multiple of the size rule, no context margin
@@ -299,6 +351,9 @@ class CellsTrainTask:
                 margin=self.margin,
                 out_size=self.out_size,
                 augment_config=self.config.augment,
+                scale_range=tuple(self.config.scale_range),
+                noise=self.config.noise,
+                probabilities=self.probabilities,
             )
 
     def train_step(
