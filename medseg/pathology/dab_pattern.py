@@ -76,6 +76,7 @@ class PatternConfig:
     nucleus_max_um: float = 16.0
     lumen_max_od: float = 0.25
     lumen_min_um2: float = 1.0
+    lumen_max_hematoxylin: float = 0.12
     nucleus_min_hematoxylin: float = 0.2
     hematoxylin_min: float = 0.1
     sheet_min_um2: float = 400.0
@@ -228,15 +229,22 @@ def iter_objects(rgb: np.ndarray, mpp: float, config: PatternConfig | None = Non
         filled = ndi.binary_fill_holes(img)
         hole = filled & ~img
         sub_od, sub_h = od_sum[y0:y1, x0:x1], hema[y0:y1, x0:x1]
-        lumen = (
-            bool(hole.sum() * mpp**2 >= cfg.lumen_min_um2) and float(sub_od[hole].mean()) <= cfg.lumen_max_od
-        )
+        lumen, hole_um2 = False, float(hole.sum() * mpp**2)
+        if hole_um2 >= cfg.lumen_min_um2:
+            # most of the hole pale (an empty lumen) or, in a larger hole, free of hematoxylin (red
+            # cells, plasma): a ring of wall. An endothelial nucleus in the lumen does not change
+            # that; DAB around a hematoxylin nucleus, or specks of a granular nucleus, are no ring.
+            clear = sub_od[hole] <= cfg.lumen_max_od
+            if hole_um2 >= cfg.lumen_min_um2 * 4:
+                clear |= sub_h[hole] < cfg.lumen_max_hematoxylin
+            lumen = float(clear.mean()) >= 0.5
         shape = img if lumen else filled
         dist = ndi.distance_transform_edt(np.pad(shape, 1))
         thick = max(2 * float(dist.max()) - 1, 1.0) * mpp
         major = max(r.axis_major_length, 1.0)
         ratio = r.axis_minor_length / major
         diam = math.sqrt(4 * filled.sum() / math.pi) * mpp
+        solidity = float(filled.sum() / max(r.area_convex, 1))  # granular nuclei: their specks filled
         rim = False
         if not lumen and thick < cfg.solid_min_um:
             deficit = convex_hull_image(filled) & ~filled
@@ -249,7 +257,7 @@ def iter_objects(rgb: np.ndarray, mpp: float, config: PatternConfig | None = Non
             on_nucleus = rim or float(sub_h[img].mean()) >= cfg.nucleus_min_hematoxylin
             kind = "linear" if line and not on_nucleus else "other"
         elif (
-            r.solidity >= cfg.solid_min_solidity
+            solidity >= cfg.solid_min_solidity
             and ratio >= cfg.round_min_ratio
             and cfg.nucleus_min_um <= diam <= cfg.nucleus_max_um
         ):
@@ -257,7 +265,7 @@ def iter_objects(rgb: np.ndarray, mpp: float, config: PatternConfig | None = Non
         else:
             kind = "other"
         yield DabObject(
-            kind, (y0, x0, y1, x1), img, float(r.area * mpp**2), thick, diam, float(r.solidity), float(ratio),
+            kind, (y0, x0, y1, x1), img, float(r.area * mpp**2), thick, diam, solidity, float(ratio),
             lumen, float(sub_h[filled].mean()), rim,
         )  # fmt: skip
 
