@@ -33,7 +33,7 @@ GDCM_SYNTAXES = {
     "1.2.840.10008.1.2.4.91",
     "1.2.840.10008.1.2.5",
 }
-ORTHO_TOL = 1e-3  # DICOM DS values are rounded to at most 16 characters
+ORTHO_TOL = 1e-2  # DICOM DS values are rounded (some writers keep 4-5 digits)
 TILT_MIN_DEG = 0.5  # smaller angles are rounding of ImagePositionPatient
 
 
