@@ -1,22 +1,37 @@
-"""Regenerate the brain demo weights (synthetic data only) and measure them on held-out cases.
+"""Regenerate the brain demo weights: from real BraTS 2018 cases (``--data``), or synthetic phantoms.
 
-    python scripts/train_demo_weights_brain.py                       # train both nets into medseg/weights/brain/
-    python scripts/train_demo_weights_brain.py --out /tmp/new        # train elsewhere (to compare first)
+Real data (the shipped weights)::
+
+    python scripts/train_demo_weights_brain.py --data ../shared/realdata/brain_brats2018 --max-minutes 25 --resume
+    python scripts/train_demo_weights_brain.py --data ../shared/realdata/brain_brats2018 \
+        --evaluate-only ../brain_runs/brats2018/best.safetensors medseg/weights/brain/brain_twopath_demo.safetensors
+    python scripts/train_demo_weights_brain.py --data ../shared/realdata/brain_brats2018 \
+        --ship ../brain_runs/brats2018/best.safetensors
+
+``--data``: the 12 cases are split with a fixed seed (``make_split``: one validation case from each of
+the 2013, CBICA and low-grade TCIA groups, the other 9 train), recorded in
+``medseg/weights/brain/brats2018_split.json`` and in the weights' metadata. ``medseg.brain.train``
+trains at the data's own 1 mm spacing (TwoPathCNN by default, ``--arch input-cascade`` adds the
+cascade on its outputs): phase 1 on class-balanced patches, phase 2 only the output layer on the
+natural distribution; N4 + per-sequence clipping + z-score inside the brain. ``--max-minutes`` covers
+every phase (the run always ends with ``WORK/best.safetensors``), ``--resume`` continues an
+interrupted or shortened run; preprocessed cases are cached (``--cache``). Each run's wall and CPU
+time are added to ``WORK/cpu_time.json`` (``--work``, default ../brain_runs/brats2018). After
+training (and with ``--evaluate-only``) the weights segment the 3 validation cases (never trained
+on) and the script reports Dice / HD95 / volumes per case and mean for each post-processing variant
+(``WORK/validation.json``); ``--ship`` copies weights into
+``medseg/weights/brain/brain_twopath_demo.safetensors`` with the data's citations and terms.
+
+Synthetic (without ``--data``, the earlier demo weights)::
+
+    python scripts/train_demo_weights_brain.py --synthetic-out /tmp/new
     python scripts/train_demo_weights_brain.py --evaluate medseg/weights/brain /tmp/new   # held-out Dice
 
 Training: ``medseg.brain.train.train`` on synthetic cases from ``medseg.synthetic.brain`` (seeds
 100-127; ``brain-train`` holds the last 20 % out for validation), a TwoPathCNN first, then the
-InputCascadeCNN (the default of ``brain-segment``) on top of it, each in the paper's two phases:
-phase 1 on class-balanced patches, phase 2 retraining only the output layer on patches drawn from
-the natural label distribution inside the brain (``sampling.natural_coords``), so the softmax learns
-the real class priors again. Networks use reduced widths (16 local / 32 global maps instead of the
-paper's 64 / 160) so both train in about 15 CPU-minutes on one thread; the architecture is
-otherwise the paper's. Training logs go next to the sample cases (``sample_data/brain/*_train.json``).
-
-Evaluation (``--evaluate DIR...``): each folder's ``brain_input_cascade_demo.safetensors`` and
-``brain_twopath_demo.safetensors`` segment the same held-out synthetic cases (seeds 6001-6010,
-never used for training, validation or the quality test) end to end (preprocessing as the weights
-ask, post-processing on); prints mean Dice WT/TC/ET and predicted vs true volumes as JSON.
+InputCascadeCNN on top of it, each in the paper's two phases; 16 local / 32 global maps.
+``--evaluate DIR...``: each folder's demo weights segment held-out synthetic seeds 6001-6010 end to
+end and the script prints mean Dice WT/TC/ET and predicted vs true volumes as JSON.
 """
 
 from __future__ import annotations
@@ -132,11 +147,268 @@ def evaluate(folders: list[Path], *, seeds=EVAL_SEEDS) -> dict:
     return report
 
 
+# ----------------------------------------------------------------------------------------- real BraTS 2018
+SPLIT_FILE = WEIGHTS / "brats2018_split.json"
+SPLIT_SEED = 19
+REAL_WORK = ROOT.parent / "brain_runs" / "brats2018"  # outside the repository
+REAL_CACHE = ROOT.parent / "brain_runs" / "cache"  # preprocessed cases, shared by runs
+SHIPPED = WEIGHTS / "brain_twopath_demo.safetensors"
+CITATIONS = (
+    "Menze et al., The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS), IEEE TMI 2015; "
+    "Bakas et al., Advancing The Cancer Genome Atlas glioma MRI collections with expert segmentation "
+    "labels and radiomic features, Sci Data 2017; Bakas et al., Identifying the best machine learning "
+    "algorithms for brain tumor segmentation, progression assessment, and overall survival prediction "
+    "in the BRATS challenge, arXiv:1811.02629"
+)
+# institution and grade of the 12 shared cases (BraTS 2018 training data: HGG or LGG folder)
+CASES = {
+    "Brats18_2013_11_1": ("2013", "HGG"),
+    "Brats18_2013_20_1": ("2013", "HGG"),
+    "Brats18_CBICA_ALU_1": ("CBICA", "HGG"),
+    "Brats18_CBICA_AVG_1": ("CBICA", "HGG"),
+    "Brats18_TCIA01_425_1": ("TCIA", "HGG"),
+    "Brats18_TCIA02_370_1": ("TCIA", "HGG"),
+    "Brats18_TCIA02_606_1": ("TCIA", "HGG"),
+    "Brats18_TCIA03_265_1": ("TCIA", "HGG"),
+    "Brats18_TCIA10_628_1": ("TCIA", "LGG"),
+    "Brats18_TCIA10_637_1": ("TCIA", "LGG"),
+    "Brats18_TCIA10_639_1": ("TCIA", "LGG"),
+    "Brats18_TCIA13_623_1": ("TCIA", "LGG"),
+}
+# post-processing variants compared on the validation cases (PostprocessConfig fields; None: no rules)
+VARIANTS = {
+    "none": None,
+    "components": {},
+    "components+et<0.5mL": {"et_min_ml": 0.5},
+    "components+fill": {"fill_core_holes": True},
+    "components+et<0.5mL+fill": {"et_min_ml": 0.5, "fill_core_holes": True},
+    "no-components+fill": {
+        "require_core": False,
+        "min_component_ml": 0.0,
+        "min_component_fraction": 0.0,
+        "fill_core_holes": True,
+    },
+}
+
+
+def make_split(names: list[str], seed: int = SPLIT_SEED) -> dict:
+    """9 training / 3 validation cases: one validation case drawn from each of the 2013 (HGG), CBICA (HGG)
+    and TCIA low-grade groups, so validation mixes institutions and grades; the rest train."""
+    import numpy as np
+
+    unknown = sorted(set(names) - CASES.keys())
+    if unknown:
+        raise SystemExit(f"cases not in the recorded BraTS 2018 table: {', '.join(unknown)}")
+    rng = np.random.default_rng(seed)
+    groups = (
+        sorted(n for n in names if CASES[n][0] == "2013"),
+        sorted(n for n in names if CASES[n][0] == "CBICA"),
+        sorted(n for n in names if CASES[n] == ("TCIA", "LGG")),
+    )
+    val = [str(rng.choice(g)) for g in groups]
+    return {
+        "dataset": "BraTS 2018 training data, the 12 cases of ../shared/realdata/brain_brats2018",
+        "seed": seed,
+        "rule": "one validation case drawn (numpy default_rng(seed)) from each of: 2013 HGG, CBICA HGG, "
+        "TCIA LGG; the other cases train",
+        "train": sorted(n for n in names if n not in val),
+        "validation": val,
+        "cases": {n: {"institution": CASES[n][0], "grade": CASES[n][1]} for n in sorted(names)},
+    }
+
+
+def recorded_split(data: Path) -> dict:
+    """The split of ``data``'s cases: the recorded JSON (checked against the seeded draw) or a new one."""
+    names = sorted(d.name for d in data.iterdir() if d.is_dir() and d.name.startswith("Brats18_"))
+    split = make_split(names)
+    if SPLIT_FILE.is_file():
+        saved = json.loads(SPLIT_FILE.read_text(encoding="utf-8"))
+        if (saved["train"], saved["validation"]) != (split["train"], split["validation"]):
+            raise SystemExit(f"{SPLIT_FILE} differs from the seeded split of {data}")
+    else:
+        SPLIT_FILE.write_text(json.dumps(split, indent=2) + "\n", encoding="utf-8")
+    return split
+
+
+def real_training_data(split: dict) -> str:
+    return (
+        f"REAL data: BraTS 2018 training cases ({CITATIONS}). Trained on {len(split['train'])} cases "
+        f"({', '.join(split['train'])}), validated on {len(split['validation'])} held-out cases "
+        f"({', '.join(split['validation'])}); seeded split (seed {split['seed']}, "
+        "medseg/weights/brain/brats2018_split.json). BraTS data terms: research use only. "
+        "Research use, not for clinical use."
+    )
+
+
+def real_config(args, split: dict):
+    from medseg.brain.models import BrainNetConfig
+    from medseg.brain.preprocess import PreprocessConfig
+    from medseg.brain.train import BrainTrainConfig, PhaseConfig
+
+    return BrainTrainConfig(
+        net=BrainNetConfig(arch=args.arch, local_channels=args.widths[0], global_channels=args.widths[1]),
+        preprocess=PreprocessConfig(n4=True),
+        phase1=PhaseConfig(
+            epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr, lr_halving_epochs=args.halving
+        ),
+        phase2=PhaseConfig(epochs=3, steps_per_epoch=max(1, args.steps // 2), lr=args.lr / 3),
+        batch_size=128,
+        val_patches=3000,
+        training_data=real_training_data(split),
+        seed=0,
+        max_minutes=args.max_minutes,
+    )
+
+
+def train_real(args) -> Path:
+    """Train on the split's training cases into ``args.work``; returns the final weights."""
+    from medseg.brain.train import train
+
+    split = recorded_split(args.data)
+    work = args.work
+    resumable = args.resume and any(work.glob("**/state.pt"))
+    cfg = real_config(args, split)
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = train(
+        [args.data / n for n in split["train"]],
+        work,
+        cfg,
+        val_case_dirs=[args.data / n for n in split["validation"]],
+        device="cpu",
+        resume=resumable,
+        overwrite=not resumable,
+        cache_dir=args.cache,
+    )
+    ledger_file = work / "cpu_time.json"
+    ledger = json.loads(ledger_file.read_text(encoding="utf-8")) if ledger_file.is_file() else []
+    ledger.append(
+        {
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "cpu_s": round(time.process_time() - c0, 1),
+            "threads": args.threads,
+            "max_minutes": args.max_minutes,
+            "resumed": resumable,
+            "stopped": result.stopped,
+            "budget_shortened": result.extra.get("budget_shortened", []),
+            "epochs": [(h["stage"], h["epoch"]) for h in result.history][-1:],
+        }
+    )
+    ledger_file.write_text(json.dumps(ledger, indent=2) + "\n", encoding="utf-8")
+    log.info(
+        "training: %.0f s wall, %.0f CPU-s this run; %.0f CPU-s over %d run(s)",
+        ledger[-1]["wall_s"],
+        ledger[-1]["cpu_s"],
+        sum(r["cpu_s"] for r in ledger),
+        len(ledger),
+    )
+    return Path(result.best_weights)
+
+
+def evaluate_real(weights: list[Path], data: Path, cache_dir: Path | None) -> dict:
+    """Dice, HD95 and volumes of each weights file on the validation cases, per post-processing variant.
+
+    The nets run on the cached brain crops (same labels as the whole grid: zero outside the brain),
+    at the weights' training spacing when it differs from the case's (as brain-segment does).
+    """
+    import numpy as np
+
+    from medseg.brain.evaluate import region_metrics, volume_metrics
+    from medseg.brain.postprocess import PostprocessConfig, postprocess
+    from medseg.brain.segment import load_brain_model, make_predictor, predict_in_brain
+    from medseg.brain.spacing import inference_zoom, predict_in_brain_resampled, train_spacing
+    from medseg.brain.train_cases import load_training_cases
+
+    split = recorded_split(data)
+    report: dict = {"validation_cases": split["validation"], "weights": {}}
+    for w in weights:
+        model, meta, prep = load_brain_model(w)
+        arch = meta.config["net"]["arch"]
+        predictor = make_predictor(model, device="cpu")
+        cases = load_training_cases(
+            [data / n for n in split["validation"]], labels="brats2021", prep=prep, cache_dir=cache_dir
+        )
+        rows: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+        seconds = []
+        for case in cases:
+            norm, mask, truth = case.padded[:, :, 16:-16, 16:-16], case.mask, case.labels
+            zoom = inference_zoom(case.spacing, train_spacing(meta))
+            t0 = time.perf_counter()
+            if zoom is None:
+                raw = predict_in_brain(predictor, norm, mask, arch=arch)
+            else:
+                raw = predict_in_brain_resampled(predictor, norm, mask, zoom, arch=arch)
+            raw[~mask] = 0
+            seconds.append(time.perf_counter() - t0)
+            for name, variant in VARIANTS.items():
+                pred = (
+                    raw if variant is None else postprocess(raw, case.spacing, PostprocessConfig(**variant))
+                )
+                m = {**region_metrics(pred, truth, case.spacing), **volume_metrics(pred, truth, case.spacing)}
+                rows[name].append({"case": case.name, **{k: round(v, 4) for k, v in m.items()}})
+        out = {"inference_s_per_case": round(float(np.mean(seconds)), 1), "variants": {}}
+        for name, rs in rows.items():
+            mean = {
+                k: round(float(np.nanmean([r[k] for r in rs])), 4)
+                for k in rs[0]
+                if k != "case" and (k.startswith(("dice", "hd95")) or k.endswith("_ml"))
+            }
+            out["variants"][name] = {"mean": mean, "cases": rs}
+            log.info(
+                "%s [%s]: Dice WT %.3f TC %.3f ET %.3f, HD95 %.1f / %.1f / %.1f mm",
+                w.name,
+                name,
+                mean["dice_WT"],
+                mean["dice_TC"],
+                mean["dice_ET"],
+                mean["hd95_WT"],
+                mean["hd95_TC"],
+                mean["hd95_ET"],
+            )
+        report["weights"][str(w)] = out
+    return report
+
+
+def ship(weights: Path, data: Path, validation: dict | None) -> Path:
+    """Copy trained weights into the package as the TwoPathCNN demo weights, with the data's terms."""
+    from medseg.engine.checkpoint import load_weights, save_weights
+
+    split = recorded_split(data)
+    state, meta = load_weights(weights)
+    meta.training_data = real_training_data(split)
+    meta.notes = (
+        "Havaei et al. 2017 TwoPathCNN trained on REAL BraTS 2018 cases (" + CITATIONS + "). "
+        "Research use, not for clinical use. Labels: Havaei order (0 healthy, 1 necrosis, 2 edema, "
+        "3 non-enhancing, 4 enhancing)."
+    )
+    meta.config = {**meta.config, "split": split}
+    if validation is not None:
+        meta.metrics = {**meta.metrics, "validation": validation}
+    save_weights(SHIPPED, state, meta)
+    SHIPPED.chmod(0o644)
+    log.info("shipped %s -> %s", weights, SHIPPED)
+    return SHIPPED
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=WEIGHTS, help="where the weights go")
+    parser.add_argument("--data", type=Path, default=None, help="folder of the real BraTS 2018 cases")
+    parser.add_argument("--work", type=Path, default=REAL_WORK, help="training folder (real data)")
+    parser.add_argument("--cache", type=Path, default=REAL_CACHE, help="preprocessed cases (real data)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="time budget for all phases")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --work")
+    parser.add_argument("--arch", default="twopath", choices=["twopath", "input-cascade"])
+    parser.add_argument("--widths", type=int, nargs=2, default=(16, 32), metavar=("LOCAL", "GLOBAL"))
+    parser.add_argument("--epochs", type=int, default=24, help="phase-1 epochs (real data)")
+    parser.add_argument("--steps", type=int, default=100, help="phase-1 steps of 128 patches per epoch")
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--halving", type=int, default=6, help="phase-1 epochs per learning-rate halving")
+    parser.add_argument("--evaluate-only", type=Path, nargs="+", default=None, metavar="WEIGHTS")
+    parser.add_argument("--no-evaluate", action="store_true", help="skip the validation after training")
+    parser.add_argument("--ship", type=Path, default=None, metavar="WEIGHTS", help="ship these weights")
+    parser.add_argument("--synthetic-out", type=Path, default=None, help="train the synthetic demo weights")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--evaluate", type=Path, nargs="+", default=None, metavar="DIR")
     args = parser.parse_args()
@@ -148,10 +420,25 @@ def main() -> None:
     if args.evaluate:
         print(json.dumps(evaluate(args.evaluate), indent=1))
         return
-    times = train_demo_weights(args.out)
+    if args.data is not None:
+        cache = args.cache
+        if args.ship:
+            report = args.work / "validation.json"
+            validation = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None
+            summary = validation and validation["weights"].get(str(args.ship))
+            ship(args.ship, args.data, summary and {k: v["mean"] for k, v in summary["variants"].items()})
+            return
+        weights = args.evaluate_only or [train_real(args)]
+        if not args.no_evaluate:
+            report = evaluate_real(weights, args.data, cache)
+            (args.work / "validation.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        return
+    if args.synthetic_out is None:
+        parser.error("give --data (real BraTS cases) or --synthetic-out (synthetic demo weights)")
+    times = train_demo_weights(args.synthetic_out)
     for name in NETS:  # the training logs live beside the sample cases
-        log_file = args.out / f"{name}_train.json"
-        if args.out.resolve() == WEIGHTS.resolve():
+        log_file = args.synthetic_out / f"{name}_train.json"
+        if args.synthetic_out.resolve() == WEIGHTS.resolve():
             shutil.move(log_file, SAMPLE / log_file.name)
     print(json.dumps(times))
 
