@@ -207,6 +207,22 @@ def read_image(
     return planes, meta
 
 
+def check_positive(value: float | str | None, option: str) -> None:
+    """A size option (``--diameter``, ``--pixel-size``) must be a positive, finite number (or None/'auto').
+
+    NaN passes every ``<=`` test and would scale the image by NaN: refused here too, for library calls
+    that do not come through the CLI's own checks.
+    """
+    if value is None or value == "auto":
+        return
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{option} must be a positive number, got {value!r}") from None
+    if not (np.isfinite(number) and number > 0):
+        raise InputError(f"{option} must be a positive, finite number, got {value!r}")
+
+
 def normalise(plane: np.ndarray, *, low: float = PERCENTILES[0], high: float = PERCENTILES[1]) -> np.ndarray:
     """Percentile-normalise a plane to about [0, 1]; constant planes become all zero."""
     from medseg.cells.stain import percentile_normalise

@@ -29,6 +29,7 @@ import numpy as np
 from medseg.cells.instances import InstanceConfig, instances_from_probability
 from medseg.cells.io import (
     check_pages,
+    check_positive,
     list_images,
     normalise,
     overlay_outlines,
@@ -401,6 +402,8 @@ def _preflight(paths: list[Path], stems: list[str], out_dir: Path, config: Segme
     One image alone whose TIFF pages differ in size is refused here (exit 2, nothing written); in a
     batch it is a failed item like any unreadable image.
     """
+    check_positive(config.diameter, "--diameter")
+    check_positive(config.pixel_size, "--pixel-size")
     if len(paths) == 1:
         check_pages(paths[0])
     check_writable(out_dir)

@@ -347,3 +347,17 @@ def test_brain_eval_batch_fails_the_bad_case_and_scores_the_other(tmp_path: Path
     items = {i["name"]: i for i in json.loads(res.stdout)["items"]}
     assert items["GOOD"]["status"] == "ok" and items["GOOD"]["metrics"]["dice_WT"] == 1.0
     assert items["BAD"]["status"] == "failed" and "t1 and t2 are the same file" in items["BAD"]["reason"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"diameter": float("nan")}, {"diameter": 10.0, "pixel_size": float("nan")}, {"diameter": -1.0}],
+)
+def test_cells_library_call_refuses_nan_sizes_before_any_work(options, tmp_path: Path) -> None:
+    """The same refusal for library callers that bypass the CLI's option types."""
+    from medseg.cells.segment import SegmentConfig, segment_images
+    from medseg.errors import InputError
+
+    with pytest.raises(InputError, match="positive, finite number"):
+        segment_images([cells_image(tmp_path)], tmp_path / "out", SegmentConfig(**options))
+    assert not (tmp_path / "out").exists()
