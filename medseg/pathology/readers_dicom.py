@@ -190,6 +190,42 @@ def _mpp_from(ds) -> tuple[float, float] | None:
     return (col, row) if col > 0 and row > 0 else None
 
 
+def volume_mpp(path: Path) -> tuple[float, float, str] | None:
+    """(x, y) microns per pixel from ImagedVolumeWidth/Height (mm) over TotalPixelMatrixColumns/Rows
+    of the series' finest level, with a sentence saying so; None when they are absent or not > 0.
+
+    Why: PixelSpacing is the scale a WSI should carry, but some exporters leave it out while
+    writing the imaged volume; width mm / total pixel columns is then the same number (type 1 in
+    the VL Whole Slide Microscopy IOD, so it is there whenever the file is conformant).
+    """
+    import pydicom
+
+    best = None
+    for q in series_files(path):
+        try:
+            ds = pydicom.dcmread(q, stop_before_pixels=True)
+            cols, rows = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
+            w_mm, h_mm = float(ds.ImagedVolumeWidth), float(ds.ImagedVolumeHeight)
+        except Exception:  # noqa: BLE001 - absent or unreadable: not a scale
+            continue
+        kind = [str(v).upper() for v in (ds.get("ImageType") or [])]
+        if any(k in kind for k in _NON_LEVEL) or cols <= 0 or rows <= 0:
+            continue
+        if best is None or cols > best[0]:
+            best = (cols, rows, w_mm, h_mm)
+    if best is None:
+        return None
+    cols, rows, w_mm, h_mm = best
+    mx, my = w_mm * 1000 / cols, h_mm * 1000 / rows
+    if not (math.isfinite(mx) and math.isfinite(my) and mx > 0 and my > 0):
+        return None
+    text = (
+        f"no PixelSpacing: {(mx + my) / 2:.4g} um/px taken from ImagedVolumeWidth/Height "
+        f"({w_mm:g} x {h_mm:g} mm over {cols} x {rows} px)"
+    )
+    return mx, my, text
+
+
 class _DicomLevels(SlideReader):
     """Levels sorted finest first, downsamples from their sizes."""
 
@@ -211,7 +247,8 @@ class WsiDicomReader(_DicomLevels):
         try:
             self.wsi = WsiDicom.open(series_files(path))
         except Exception as exc:  # noqa: BLE001 - wsidicom raises its own types for unsupported files
-            raise UnsupportedSlide(f"wsidicom cannot read it ({str(exc).splitlines()[0][:200]})") from None
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise UnsupportedSlide(f"wsidicom cannot read it ({first})") from None
         self.lv = sorted(self.wsi.levels, key=lambda lv: -lv.size.width)
         self._set_levels([(lv.size.width, lv.size.height) for lv in self.lv])
         mpp = self.lv[0].mpp

@@ -32,7 +32,7 @@ class Slide:
     width: int
     height: int
     mpp: float  # level-0 microns per pixel
-    mpp_source: str  # "metadata" or "--slide-mpp"
+    mpp_source: str  # "metadata", "--slide-mpp" or "ImagedVolumeWidth/Height" (DICOM without PixelSpacing)
     vendor: str
     backend: str = "openslide"
 
@@ -74,15 +74,15 @@ def open_slide(path: str | Path, *, slide_mpp: float | None = None, reader: str 
     """Open ``path`` with the reader ``reader`` names (``auto``: OpenSlide, then tifffile, then the
     DICOM readers); InputError (one line) for anything that is not a usable slide, saying whether the
     file is corrupt/truncated or valid but unsupported."""
-    from medseg.pathology.readers import open_reader
+    from medseg.pathology.readers import open_reader, sniff
 
     path = Path(path)
     if not path.exists():
         raise InputError("slide not found", path=path)
     if not path.is_file() and path.suffix.lower() != ".mrxs":
         raise InputError("not a file", path=path)
-    if slide_mpp is not None and slide_mpp <= 0:
-        raise InputError(f"--slide-mpp must be > 0, got {slide_mpp}")
+    if slide_mpp is not None and not (math.isfinite(slide_mpp) and slide_mpp > 0):
+        raise InputError(f"--slide-mpp must be a finite number > 0, got {slide_mpp}")
     handle = open_reader(path, reader)
     try:
         width, height = handle.dimensions
@@ -94,6 +94,13 @@ def open_slide(path: str | Path, *, slide_mpp: float | None = None, reader: str 
             mpp = (mx + my) / 2
         if slide_mpp is not None:
             mpp, source = float(slide_mpp), "--slide-mpp"
+        if mpp is None and sniff(path) == "dicom":
+            from medseg.pathology.readers_dicom import volume_mpp
+
+            found = volume_mpp(path)
+            if found is not None:
+                mpp, source = (found[0] + found[1]) / 2, "ImagedVolumeWidth/Height"
+                log.warning("%s: %s", path.name, found[2])
         if mpp is None:
             raise InputError(
                 "slide has no microns-per-pixel metadata; pass --slide-mpp (e.g. 0.25 for 40x, 0.5 for 20x)",

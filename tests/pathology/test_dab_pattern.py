@@ -171,3 +171,45 @@ def test_too_few_objects_or_check_off_is_not_judged(ki67_slide):
         tissue = detect_tissue(slide)
         assert assess_slide_pattern(slide, tissue, PatternConfig(min_objects=10**6)).pattern == "not judged"
     assert assess_pattern([np.full((64, 64, 3), 240, np.uint8)], 0.5).pattern == "not judged"
+
+
+REAL_DICOM = Path(__file__).resolve().parents[1] / "data" / "real" / "dicom_wsi_camelyon_tiled_full.dcm"
+
+
+def test_dicom_wsi_scale_from_imaged_volume(tmp_path, caplog):
+    """The real CAMELYON DICOM WSI level with PixelSpacing removed: its ImagedVolumeWidth/Height
+    (33.37 x 20.28 mm over 1152 x 700 px) give the same 28.97 um/px, with a warning and the source
+    in the record; without the volume either, the slide asks for --slide-mpp."""
+    import json
+    import logging
+
+    import pydicom
+
+    from medseg.pathology.slide import open_slide
+
+    ds = pydicom.dcmread(REAL_DICOM)
+    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    spacing_um = float(measures.PixelSpacing[1]) * 1000
+    del measures.PixelSpacing
+    path = tmp_path / "slides" / "novol.dcm"
+    path.parent.mkdir()
+    ds.save_as(path)
+    with caplog.at_level(logging.WARNING, logger="medseg.pathology"):
+        for reader in ("auto", "dicom"):
+            with open_slide(path, reader=reader) as slide:
+                assert slide.mpp == pytest.approx(spacing_um, rel=2e-3), (reader, slide.mpp)
+                assert slide.mpp_source == "ImagedVolumeWidth/Height"
+    assert "no PixelSpacing" in caplog.text and "ImagedVolumeWidth/Height" in caplog.text
+    out = tmp_path / "out"
+    res = score_slides([path], out, ScoreConfig(), detector=OneDetection())
+    assert res.exit_code == 0  # an H&E lymph node: stain QC says so; the scale was found
+    summary = json.loads((out / "novol" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["slide_mpp_source"] == "ImagedVolumeWidth/Height"
+    assert summary["slide_mpp"] == pytest.approx(spacing_um, rel=2e-3)
+
+    del ds.ImagedVolumeWidth
+    ds.save_as(path)
+    from medseg.errors import InputError
+
+    with pytest.raises(InputError, match="--slide-mpp"):
+        open_slide(path)
