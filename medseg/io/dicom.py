@@ -19,9 +19,11 @@ import numpy as np
 from medseg import __version__
 from medseg.errors import InputError
 from medseg.io.dicom_checks import (
+    check_frames,
     check_header_values,
     check_syntaxes,
     decodable,
+    numbers,
     tilt_warning,
     undecodable_error,
 )
@@ -152,11 +154,18 @@ def scan_dicom(path: str | Path) -> tuple[dict[str, list[tuple[Path, object]]], 
     return groups, skipped
 
 
+def _orientation(ds) -> list[float]:
+    """ImageOrientationPatient as 6 numbers; axial when absent or empty (a bad value is refused by
+    :func:`check_header_values` before the geometry is used)."""
+    iop = numbers(ds, "ImageOrientationPatient")
+    return iop if iop is not None and len(iop) == 6 else [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
 def _geometry(
     headers: list[tuple[Path, object]],
 ) -> tuple[list[tuple[Path, object]], list[float], np.ndarray, np.ndarray]:
     first = headers[0][1]
-    iop = [float(v) for v in first.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+    iop = _orientation(first)
     row, col = np.array(iop[:3]), np.array(iop[3:])
     normal = np.cross(row, col)
     if all("ImagePositionPatient" in ds for _, ds in headers):
@@ -178,7 +187,7 @@ def _describe(uid: str, headers: list) -> str:
 
 
 def _is_axial(headers: list) -> bool:
-    iop = [float(v) for v in headers[0][1].get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+    iop = _orientation(headers[0][1])
     return abs(float(np.cross(iop[:3], iop[3:])[2])) > 0.9
 
 
@@ -212,18 +221,6 @@ def _choose(path: Path, groups: dict, series_uid: str | None, modality: str | No
     raise InputError(f"{n} series found, choose one with --series-uid: {listing}{also}", path=path)
 
 
-def _check_frames(headers: list) -> None:
-    """Every frame of a multi-frame file needs its position (Plane Position Sequence)."""
-    for file, ds in headers:
-        source = getattr(ds, "_medseg_source", None)
-        if source is not None and "ImagePositionPatient" not in ds and len(headers) > 1:
-            raise InputError(
-                f"Enhanced CT frame {source[2]} has no ImagePositionPatient (Plane Position Sequence, "
-                "per-frame or shared): cannot order the slices",
-                path=file,
-            )
-
-
 def open_series(
     path: str | Path, *, series_uid: str | None = None, modality: str | None = "CT"
 ) -> DicomSeries:
@@ -253,7 +250,7 @@ def open_series(
     sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in headers}
     if len(sizes) > 1:
         raise InputError(f"slices of one series have different sizes {sorted(sizes)}", path=path)
-    _check_frames(headers)
+    check_frames(headers)
     check_header_values(headers)  # spacing, orientation, rescale: possible values, else the field named
     check_syntaxes(headers)  # a decoder for every transfer syntax, before any pixel is decoded
     headers, positions, axes, normal = _geometry(headers)
@@ -282,7 +279,12 @@ def open_series(
                 f"inconsistent slice spacing: gap of {gaps[i]:.2f} mm after {_image_name(headers[i])} "
                 f"(median {z_spacing:.2f} mm; {bad.size} irregular gap(s), missing slices?)"
             )
-    ps = [float(v) for v in first.get("PixelSpacing", [1.0, 1.0])]
+    ps = numbers(first, "PixelSpacing")  # checked positive above, when present
+    if ps is None:
+        ps = [1.0, 1.0]
+        warnings.append(
+            "no PixelSpacing (0028,0030): pixel size unknown, taken as 1 mm (sizes in mm are not real)"
+        )
     origin = tuple(float(v) for v in headers[0][1].get("ImagePositionPatient", [0.0, 0.0, 0.0]))
     series = DicomSeries(
         uid=str(series_uid),

@@ -99,8 +99,20 @@ def check_syntaxes(headers: list[tuple[Path, object]]) -> None:
             raise undecodable_error(key[0], file)
 
 
-def _numbers(ds, keyword: str) -> list[float] | None:
-    """A numeric attribute as floats; None when absent or empty; InputError text when not numbers."""
+def check_frames(headers: list) -> None:
+    """Every frame of a multi-frame file needs its position (Plane Position Sequence)."""
+    for file, ds in headers:
+        source = getattr(ds, "_medseg_source", None)
+        if source is not None and "ImagePositionPatient" not in ds and len(headers) > 1:
+            raise InputError(
+                f"Enhanced CT frame {source[2]} has no ImagePositionPatient (Plane Position Sequence, "
+                "per-frame or shared): cannot order the slices",
+                path=file,
+            )
+
+
+def numbers(ds, keyword: str) -> list[float] | None:
+    """A numeric attribute as floats; None when absent or empty; [nan] when it holds no number."""
     value = ds.get(keyword)
     if (
         value is None
@@ -127,27 +139,27 @@ def check_header_values(headers: list[tuple[Path, object]]) -> None:
             source = getattr(ds, "_medseg_source", None)  # the path names the file; a frame needs its number
             raise InputError(f"frame {source[2]}: {what}" if source else what, path=file)
 
-        spacing = _numbers(ds, "PixelSpacing")
+        spacing = numbers(ds, "PixelSpacing")
         if spacing is not None and (
             len(spacing) != 2 or not all(math.isfinite(v) and v > 0 for v in spacing)
         ):
             refuse(f"PixelSpacing {_show(spacing)} must be two positive numbers (mm)")
-        thickness = _numbers(ds, "SliceThickness")
+        thickness = numbers(ds, "SliceThickness")
         if thickness is not None and not all(math.isfinite(v) and v >= 0 for v in thickness):
             refuse(f"SliceThickness {_show(thickness)} must be a positive number (mm)")
-        position = _numbers(ds, "ImagePositionPatient")
+        position = numbers(ds, "ImagePositionPatient")
         if position is not None and (len(position) != 3 or not all(math.isfinite(v) for v in position)):
             refuse(f"ImagePositionPatient {_show(position)} must be three finite numbers (mm)")
-        orientation = _numbers(ds, "ImageOrientationPatient")
+        orientation = numbers(ds, "ImageOrientationPatient")
         if orientation is not None and not _orthonormal(orientation):
             refuse(
                 f"ImageOrientationPatient {_show(orientation)} is not two perpendicular unit vectors "
                 "(the direction matrix is not orthonormal)"
             )
-        slope = _numbers(ds, "RescaleSlope")
+        slope = numbers(ds, "RescaleSlope")
         if slope is not None and not all(math.isfinite(v) and v > 0 for v in slope):
             refuse(f"RescaleSlope {_show(slope)} must be a positive number")
-        intercept = _numbers(ds, "RescaleIntercept")
+        intercept = numbers(ds, "RescaleIntercept")
         if intercept is not None and not all(math.isfinite(v) for v in intercept):
             refuse(f"RescaleIntercept {_show(intercept)} must be a finite number")
 
@@ -171,7 +183,7 @@ def tilt_warning(headers: list[tuple[Path, object]], normal: np.ndarray) -> str 
     """A warning when the slices are not stacked along their normal (gantry tilt): from the slice
     positions (first to last) and from GantryDetectorTilt; None for a straight stack."""
     tags = {
-        float(v[0]) for _, ds in headers if (v := _numbers(ds, "GantryDetectorTilt")) and math.isfinite(v[0])
+        float(v[0]) for _, ds in headers if (v := numbers(ds, "GantryDetectorTilt")) and math.isfinite(v[0])
     }
     tag = max(tags, key=abs) if tags else 0.0
     angle = 0.0

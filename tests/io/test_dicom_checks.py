@@ -148,3 +148,14 @@ def test_tilt_warning_ignores_rounding():
     normal = np.array([0, 0, 1.0])
     headers = [(Path(f"{i}"), _header(ImagePositionPatient=[0, 0.001 * i, 2.5 * i])) for i in range(5)]
     assert tilt_warning(headers, normal) is None
+
+
+def test_missing_pixel_spacing_is_a_warning_and_empty_orientation_reads_as_axial(tmp_path):
+    for f in PHILIPS.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.PixelSpacing = None  # present but empty
+        ds.ImageOrientationPatient = None
+        ds.save_as(tmp_path / f.name)
+    series = open_series(tmp_path)
+    assert series.spacing[1:] == (1.0, 1.0)
+    assert any("no PixelSpacing" in w for w in series.warnings)
