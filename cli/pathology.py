@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from medseg_cli._types import POSITIVE_FLOAT, FiniteFloatRange
 from medseg_cli.options import (
     amp_option,
     batch_size_option,
@@ -77,13 +78,16 @@ Examples:
 @click.option(
     "--mpp",
     "target_mpp",
-    type=float,
+    type=POSITIVE_FLOAT,
     default=0.5,
     show_default=True,
     help="Target microns per pixel (0.5 ~ one 400x field per 1024 px tile).",
 )
 @click.option(
-    "--slide-mpp", type=float, default=None, help="Level-0 microns per pixel when the slide lacks it."
+    "--slide-mpp",
+    type=POSITIVE_FLOAT,
+    default=None,
+    help="Level-0 microns per pixel when the slide lacks it (a finite number > 0).",
 )
 @click.option("--tile", type=click.IntRange(16), default=1024, show_default=True, help="Tile size at --mpp.")
 @click.option(
@@ -95,7 +99,7 @@ Examples:
 )
 @batch_size_option(4, "Tiles per forward pass.")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Tile reader threads.")
-@click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--min-score", type=FiniteFloatRange(0, 1), default=0.5, show_default=True)
 @click.option(
     "--feasibility",
     default="default",
@@ -260,8 +264,8 @@ Examples:
     show_default=True,
     help=f"{NEGATIVE} mask enlargement (px at --mpp).",
 )
-@click.option("--mpp", "target_mpp", type=float, default=0.5, show_default=True)
-@click.option("--slide-mpp", type=float, default=None)
+@click.option("--mpp", "target_mpp", type=POSITIVE_FLOAT, default=0.5, show_default=True)
+@click.option("--slide-mpp", type=POSITIVE_FLOAT, default=None)
 @click.option("--tile", type=click.IntRange(16), default=512, show_default=True)
 @click.option("--overlap", type=click.IntRange(0), default=0, show_default=True)
 @click.option(
@@ -272,7 +276,7 @@ Examples:
 @_reader_option
 @click.option(
     "--point-size",
-    type=click.FloatRange(0, min_open=True),
+    type=POSITIVE_FLOAT,
     default=15.0,
     show_default=True,
     help="Diameter (um) of the PTC box made from a point annotation (PTC centre), before the margins.",
@@ -367,7 +371,7 @@ Examples:
 )
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
 @batch_size_option(4, "Tiles per training step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option("--lr", type=POSITIVE_FLOAT, default=2e-3, show_default=True)
 @val_fraction_option(0.15, "whole slides when the dataset has two or more, else tiles")
 @train_options
 @overwrite_option
@@ -439,7 +443,7 @@ Examples:
 )
 @click.argument("results", type=click.Path(path_type=Path))
 @click.argument("truth", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--iou", type=click.FloatRange(0.05, 0.95), default=0.5, show_default=True)
+@click.option("--iou", type=FiniteFloatRange(0.05, 0.95), default=0.5, show_default=True)
 @output_options
 def slide_eval(results, truth, iou, quiet, as_json):
     """Precision, recall, F1 per class at IoU 0.5 and Banff category agreement against annotations.

@@ -86,12 +86,18 @@ def read_detections(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read the detections: {exc}", path=path) from None
     boxes, labels, scores = [], [], []
-    for f in data.get("features", []):
+    for index, f in enumerate(data.get("features", [])):
         props = f.get("properties", {})
         name = class_of((props.get("classification") or {}).get("name"))
         if name is None or "detection_box" not in props:
             continue
-        boxes.append(props["detection_box"])
+        try:
+            box = np.asarray(props["detection_box"], float).reshape(4)
+        except (TypeError, ValueError):
+            raise InputError(f"feature index {index}: detection_box is not 4 numbers", path=path) from None
+        if not np.isfinite(box).all():
+            raise InputError(f"feature index {index}: detection_box has NaN or infinite values", path=path)
+        boxes.append(box)
         labels.append(LABELS[name])
         scores.append(float(props.get("score", 1.0)))
     return np.array(boxes, float).reshape(-1, 4), np.array(labels, int), np.array(scores, float)
@@ -172,6 +178,9 @@ def evaluate_results(
         raise InputError("no slide-score results folder here", path=results_dir)
     if not truths:
         raise InputError("no truth GeoJSON files given")
+    from medseg.pathology.prepare import check_annotation_files
+
+    check_annotation_files(map(Path, truths))  # NaN or zero-area truth PTCs: exit 2, before any work
     run = RunResult("slide-eval")
     per_class: dict[int, list] = {c: [] for c in CLASS_NAMES}
     agree = []

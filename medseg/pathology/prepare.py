@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,11 @@ from medseg.results import FAILED, ItemResult, RunResult
 log = logging.getLogger("medseg.pathology")
 
 ANNOTATIONS = "annotations.json"
+
+
+def _positive(x: float) -> bool:
+    """A finite number > 0 (NaN fails every comparison, so ``x <= 0`` lets it through)."""
+    return math.isfinite(x) and x > 0
 
 
 @dataclass
@@ -52,11 +58,14 @@ class PrepareConfig:
         """Pre-flight: values that would fail every slide are an input error (exit 2)."""
         if set(self.margins) != set(LABELS) or any(v < 0 for v in self.margins.values()):
             raise InputError(f"margins must give {POSITIVE} and {NEGATIVE} a size of 0 px or more")
-        if self.target_mpp <= 0 or (self.slide_mpp is not None and self.slide_mpp <= 0):
-            raise InputError("--mpp and --slide-mpp must be > 0")
+        if not _positive(self.target_mpp) or (self.slide_mpp is not None and not _positive(self.slide_mpp)):
+            raise InputError(
+                f"--mpp and --slide-mpp must be finite numbers > 0, got {self.target_mpp:g} and "
+                f"{self.slide_mpp if self.slide_mpp is not None else 'none'}"
+            )
         if self.reader not in ("auto", "openslide", "tifffile", "dicom"):
             raise InputError(f"--reader must be auto, openslide, tifffile or dicom, got {self.reader!r}")
-        if self.point_diameter_um <= 0:
+        if not _positive(self.point_diameter_um):
             raise InputError(f"--point-size must be > 0 um, got {self.point_diameter_um:g}")
         bad = sorted(v for v in self.class_map.values() if class_of(v) is None)
         if bad:
@@ -95,6 +104,83 @@ def _feature_class(props: dict, class_map: dict[str, str]) -> str | None:
     return mapped if mapped is not None else class_of(str(name))
 
 
+def _load_features(path: Path) -> list:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read GeoJSON: {exc}", path=path) from None
+    feats = data.get("features", []) if isinstance(data, dict) else data
+    if isinstance(data, dict) and data.get("type") == "Feature":
+        feats = [data]
+    if not isinstance(feats, list):
+        raise InputError("not a GeoJSON FeatureCollection or list of features", path=path)
+    return feats
+
+
+def _geometry_problem(kind, coords, *, ptc: bool) -> str | None:
+    """Why a feature's coordinates cannot be used, in words (None when they can).
+
+    NaN / infinite numbers (Python's JSON reader accepts ``NaN`` and ``Infinity``) are damage in
+    any feature; an empty or zero-area polygon is refused for PTC features only (it would count as
+    a PTC of no size). Malformed nesting is left to the reader, which skips it with a warning.
+    """
+    if kind not in ("Point", "MultiPoint", "Polygon", "MultiPolygon", "LineString", "MultiLineString"):
+        return None
+    try:
+        flat = np.asarray(_flatten(coords), float)
+    except (TypeError, ValueError):
+        return None
+    if flat.size and not np.isfinite(flat).all():
+        return (
+            f"{kind} coordinates contain NaN or infinite values ({int((~np.isfinite(flat)).sum())} of "
+            f"{flat.size} numbers): a damaged export, fix or remove the feature"
+        )
+    if not ptc or kind not in ("Polygon", "MultiPolygon", "Point", "MultiPoint"):
+        return None
+    if flat.size == 0:
+        return f"empty {kind} (no coordinates)"
+    if kind in ("Polygon", "MultiPolygon"):
+        for poly in [coords] if kind == "Polygon" else coords:
+            try:
+                ring = np.asarray([p[:2] for p in poly[0]], float)
+            except (TypeError, ValueError, IndexError):
+                return None
+            distinct = len({(float(x), float(y)) for x, y in ring})
+            area = 0.5 * abs(
+                float(np.dot(ring[:, 0], np.roll(ring[:, 1], 1)) - np.dot(ring[:, 1], np.roll(ring[:, 0], 1)))
+            )
+            if distinct < 3 or area == 0:
+                pts = f"{distinct} distinct point{'s' if distinct != 1 else ''}"
+                return f"degenerate polygon ({pts}, zero area): not a PTC outline"
+    return None
+
+
+def _flatten(x) -> list:
+    if isinstance(x, (list, tuple)):
+        return [v for item in x for v in _flatten(item)]
+    return [x]
+
+
+def check_annotation_files(paths: Iterable[Path], class_map: dict[str, str] | None = None) -> None:
+    """Pre-flight: damaged coordinates in any annotation file stop the command (exit 2) before
+    anything is written; unreadable files are left to their item (a failed row)."""
+    for path in paths:
+        if path is None or not Path(path).is_file():
+            continue
+        try:
+            feats = _load_features(Path(path))
+        except InputError:
+            continue
+        for index, f in enumerate(feats):
+            if not isinstance(f, dict):
+                continue
+            geom = f.get("geometry") or {}
+            name = _feature_class(f.get("properties") or {}, class_map or {})
+            problem = _geometry_problem(geom.get("type"), geom.get("coordinates"), ptc=name is not None)
+            if problem:
+                raise InputError(f"feature index {index} ({name or 'unclassified'}): {problem}", path=path)
+
+
 def read_geojson_ptcs(
     path: str | Path, *, point_size: float | None = None, class_map: dict[str, str] | None = None
 ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -108,15 +194,7 @@ def read_geojson_ptcs(
     names (``C4d+``, ``Positive``, ...) are tried. Outlines are (M, 2) arrays, one per row.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read GeoJSON: {exc}", path=path) from None
-    feats = data.get("features", []) if isinstance(data, dict) else data
-    if isinstance(data, dict) and data.get("type") == "Feature":
-        feats = [data]
-    if not isinstance(feats, list):
-        raise InputError("not a GeoJSON FeatureCollection or list of features", path=path)
+    feats = _load_features(path)
     rows, outlines, skipped, points_skipped = [], [], 0, 0
     half = (point_size or 0) / 2
     circle = (
@@ -129,13 +207,16 @@ def read_geojson_ptcs(
         )
         * half
     )
-    for f in feats:
+    for index, f in enumerate(feats):
         if not isinstance(f, dict):
             skipped += 1
             continue
         name = _feature_class(f.get("properties") or {}, class_map or {})
         geom = f.get("geometry") or {}
         kind, coords = geom.get("type"), geom.get("coordinates")
+        problem = _geometry_problem(kind, coords, ptc=name is not None)
+        if problem:
+            raise InputError(f"feature index {index} ({name or 'unclassified'}): {problem}", path=path)
         if name is None or not coords:
             skipped += 1
             continue
@@ -374,6 +455,8 @@ def prepare_dataset(
         jobs = [(s.name.split(".")[0], s, a) for s, a in pair_annotations(slides, annotations)]
         sources = [str(s) for s in slides]
     check_apart(out, [*slides, annotations, masks])  # the dataset never replaces or fills an input
+    if masks is None:
+        check_annotation_files([a for _n, _s, a in jobs], cfg.class_map)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError("output exists and is not empty (use --overwrite to replace it)", path=out)
     check_writable(out)

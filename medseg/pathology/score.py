@@ -73,10 +73,12 @@ class ScoreConfig:
 
     def check(self) -> None:
         """Pre-flight: option values that would fail every slide are an input error (exit 2)."""
-        if self.target_mpp <= 0:
-            raise InputError(f"--mpp must be > 0, got {self.target_mpp:g}")
-        if self.slide_mpp is not None and self.slide_mpp <= 0:
-            raise InputError(f"--slide-mpp must be > 0, got {self.slide_mpp:g}")
+        if not (math.isfinite(self.target_mpp) and self.target_mpp > 0):
+            raise InputError(f"--mpp must be a finite number > 0, got {self.target_mpp:g}")
+        if self.slide_mpp is not None and not (math.isfinite(self.slide_mpp) and self.slide_mpp > 0):
+            raise InputError(f"--slide-mpp must be a finite number > 0, got {self.slide_mpp:g}")
+        if not (0 <= self.min_score <= 1 and 0 <= self.nms_iou <= 1 and 0 <= self.min_tissue <= 1):
+            raise InputError("--min-score, the NMS IoU and the tile tissue share must be numbers in [0, 1]")
         if self.tile < 16:
             raise InputError(f"--tile must be at least 16 px, got {self.tile}")
         if not 0 <= self.overlap < self.tile:
