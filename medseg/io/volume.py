@@ -91,8 +91,12 @@ def read_volume_sitk(path: str | Path) -> tuple[np.ndarray, VolumeMeta]:
 
     path = Path(path)
     verify_volume_file(path)  # truncation and impossible geometry, which ITK lets through
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()  # the header as written (ReadImage may flip a negative spacing)
+        check_sitk_geometry(reader.GetSpacing(), reader.GetDirection(), path)
+        image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(itk_read_error(str(exc)), path=path) from None
     if image.GetNumberOfComponentsPerPixel() != 1:

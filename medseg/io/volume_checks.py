@@ -144,7 +144,7 @@ def check_spacing(spacing_xyz, path: Path, *, field: str) -> None:
 
 def check_sitk_geometry(spacing_xyz, direction, path: Path) -> None:
     """Spacing and direction as ITK read them (any format)."""
-    check_spacing(spacing_xyz, path, field="spacing")
+    check_spacing(spacing_xyz, path, field="image header")
     n = len(spacing_xyz)
     check_direction(np.reshape(direction, (n, n)), path, field="direction cosines")
 

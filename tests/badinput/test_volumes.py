@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -182,6 +183,12 @@ def _ct_sheared_mha(tmp: Path) -> list:
     return convert(path, tmp / "out.nii.gz")
 
 
+def _ct_negative_spacing_mha(tmp: Path) -> list:
+    path = ct_volume(tmp, "ct.mha")
+    path.write_bytes(re.sub(rb"ElementSpacing = [^\n]*", b"ElementSpacing = 0.7 -0.7 2", path.read_bytes()))
+    return convert(path, tmp / "out.nii.gz")
+
+
 def _ct_sheared_sform(tmp: Path) -> list:
     import nibabel as nib
 
@@ -228,6 +235,14 @@ ROWS = [
     _ct_pixdim("zero", 0.0),
     _ct_pixdim("negative", -0.7),
     _ct_pixdim("nan", float("nan")),
+    Case(
+        "ct-convert-negative-spacing-mha",
+        _ct_negative_spacing_mha,
+        2,
+        "voxel spacing (image header) must be a positive number, got y -0.7",
+        inputs=("ct.mha",),
+        out="out.nii.gz",
+    ),
     Case(
         "ct-convert-sheared-mha", _ct_sheared_mha, 2, "not orthonormal", inputs=("ct.mha",), out="out.nii.gz"
     ),
