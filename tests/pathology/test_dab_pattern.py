@@ -164,6 +164,106 @@ def test_real_ihc_image_pattern():
     assert assess_pattern([_beer_lambert_ki67(0.1)], 0.5).pattern == "not judged"
 
 
+_H = np.array([0.65, 0.70, 0.29]) / np.linalg.norm([0.65, 0.70, 0.29])  # Ruifrok-Johnston OD vectors
+_D = np.array([0.27, 0.57, 0.78]) / np.linalg.norm([0.27, 0.57, 0.78])
+_E = np.array([0.07, 0.99, 0.11]) / np.linalg.norm([0.07, 0.99, 0.11])
+
+
+def _ellipse(shape, x, y, a, b, th) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    u = ((xx - x) * math.cos(th) + (yy - y) * math.sin(th)) / a
+    v = (-(xx - x) * math.sin(th) + (yy - y) * math.cos(th)) / b
+    return u * u + v * v
+
+
+def _scan(od: np.ndarray, rng) -> np.ndarray:
+    """Beer-Lambert to RGB, camera noise, JPEG q75 (what a scanner tile looks like)."""
+    import io
+
+    from PIL import Image
+
+    rgb = np.clip(240 * 10**-od + rng.normal(0, 2.5, od.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=75)
+    return np.asarray(Image.open(buf))
+
+
+def _field(kind: str, seed: int, size: int = 768, mpp: float = 0.5) -> np.ndarray:
+    """One 0.5 um/px field rendered by optical density, not by the slide renderer's colours.
+
+    ``ki67``: 4000 nuclei / mm^2, half of them in clumps, textured, 25 % DAB-positive (a third of
+    those weak), a faint DAB blush on the background. ``c4d``: 2500 interstitial nuclei / mm^2 and
+    600 PTCs / mm^2 of 3-10 um radius, some slit-like (axis ratio down to 0.2), walls 1-3 um, 80 %
+    DAB-stained, half with red cells (eosin-like OD) in the lumen, each with an endothelial nucleus.
+    """
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    h = w = size
+    hema = 0.06 + ndi.gaussian_filter(rng.normal(0, 0.04, (h, w)), 6)
+    dab = np.zeros((h, w))
+    eos = np.zeros((h, w))
+    area = (size * mpp / 1000) ** 2
+
+    def stamp(arr, x, y, a, b, th, amount, soft=False, tex=False):
+        r = int(a + b + 3)
+        y0, y1, x0, x1 = max(0, int(y) - r), min(h, int(y) + r), max(0, int(x) - r), min(w, int(x) + r)
+        if y1 <= y0 or x1 <= x0:
+            return None
+        q = _ellipse((y1 - y0, x1 - x0), x - x0, y - y0, a, b, th)
+        m = np.clip(1 - q, 0, None) ** 0.25 if soft else (q <= 1).astype(float)
+        if tex:
+            m = m * np.clip(1 + 1.0 * ndi.gaussian_filter(rng.standard_normal(m.shape), 0.8), 0.2, None)
+        arr[y0:y1, x0:x1] += amount * m
+        return q, (y0, y1, x0, x1)
+
+    if kind == "ki67":
+        dab += 0.1 + np.clip(ndi.gaussian_filter(rng.normal(0, 0.05, (h, w)), 8) * 3, 0, None)
+        n = rng.poisson(4000 * area)
+        pts = rng.uniform(0, size, (n, 2))
+        centres = rng.uniform(0, size, (max(1, n // 40), 2))
+        pts[: n // 2] = centres[rng.integers(0, len(centres), n // 2)] + rng.normal(0, 12 / mpp, (n // 2, 2))
+        for x, y in pts:
+            a = rng.uniform(2.5, 5) / mpp
+            b, th = a * rng.uniform(0.5, 1), rng.uniform(0, math.pi)
+            stamp(hema, x, y, a, b, th, rng.uniform(0.3, 0.6), soft=True, tex=True)
+            if rng.random() < 0.25:
+                strength = rng.uniform(0.15, 0.35) if rng.random() < 0.3 else rng.uniform(0.4, 1.2)
+                stamp(dab, x, y, a, b, th, strength, soft=True, tex=True)
+    else:
+        for x, y in rng.uniform(0, size, (rng.poisson(2500 * area), 2)):
+            a = rng.uniform(2.5, 4.5) / mpp
+            stamp(hema, x, y, a, a * rng.uniform(0.5, 1), rng.uniform(0, math.pi), 0.45)
+        for x, y in rng.uniform(20, size - 20, (rng.poisson(600 * area), 2)):
+            a, wall = rng.uniform(3, 10) / mpp, rng.uniform(1.0, 3.0) / mpp
+            b, th = max(a * rng.uniform(0.2, 1.0), wall), rng.uniform(0, math.pi)
+            q, (y0, y1, x0, x1) = stamp(np.zeros((h, w)), x, y, a + wall / 2, b + wall / 2, th, 0)
+            r = np.sqrt(q)
+            inner = 1 - wall / (b + wall / 2)
+            wall_px, lumen = (r <= 1) & (r >= inner), r < inner
+            if rng.random() < 0.8:
+                dab[y0:y1, x0:x1] += rng.uniform(0.4, 1.0) * wall_px
+            else:
+                hema[y0:y1, x0:x1] += 0.15 * wall_px
+            if rng.random() < 0.5:
+                eos[y0:y1, x0:x1] += 0.35 * lumen  # red cells
+            ang = rng.uniform(0, 2 * math.pi)
+            stamp(hema, x + a * math.cos(ang), y + b * math.sin(ang), 5, 3, th, 0.45)
+    hema, dab, eos = (ndi.gaussian_filter(c, 1.0) for c in (hema, dab, eos))
+    return _scan(hema[..., None] * _H + dab[..., None] * _D + eos[..., None] * _E * 0.5, rng)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scanner_like_fields_by_optical_density(seed):
+    """Fields rendered from stain optical densities (textured nuclei, clumps, weak positives, a DAB
+    blush, red cells and endothelial nuclei in capillaries, slit-like capillaries, JPEG): the
+    Ki67-like one is nuclear, the C4d-like one is capillary with a wide margin to the threshold."""
+    ki67 = assess_pattern([_field("ki67", seed)], 0.5)
+    assert ki67.pattern == "nuclear" and ki67.nuclear_fraction >= 0.9, ki67
+    c4d = assess_pattern([_field("c4d", seed)], 0.5)
+    assert c4d.pattern == "capillary" and c4d.nuclear_fraction <= 0.4, c4d
+
+
 def test_too_few_objects_or_check_off_is_not_judged(ki67_slide):
     from medseg.pathology.slide import detect_tissue, open_slide
 
