@@ -6,6 +6,7 @@ patch-by-patch baseline, all in the same run on the same net, slices and batch s
     python benchmarks/brain_segment.py --device cuda --slices 155 --patches 20000
     git archive 0f1ff74 medseg cli | tar -x -C /tmp/brain_before   # the code before issue 12's speed work
     python benchmarks/brain_segment.py --case --threads 2 --repeats 1 --before-src /tmp/brain_before
+    python benchmarks/brain_segment.py --real ../shared/realdata/brain_brats2018 --threads 2   # validation Dice, s/case
 
 - project: ``medseg.brain.segment.predict_volume`` = engine Predictor (channels_last, inference_mode,
   AMP on CUDA, argmax) over zero-padded whole-slice batches (fully convolutional);
@@ -346,6 +347,49 @@ def bench_case(args, device) -> dict:
     return row
 
 
+def bench_real(args) -> dict:
+    """Real cases with expert labels in ``args.real``: the whole ``medseg brain-segment CASE`` call per case
+    (child process: reading, N4, inference, post-processing, writing) with its wall and CPU seconds, and
+    Dice / HD95 / volumes against the case's ``_seg`` labels (``brain-eval``'s metrics, labels detected).
+
+    Cases that trained the shipped weights (the recorded split's training list) are skipped: no figure
+    is ever reported on a training case. ``--spacing-compare`` also runs each case with ``--native-spacing``.
+    """
+    import tempfile
+
+    from medseg.brain.evaluate import EvalPair, evaluate_pair
+    from medseg.brain.io import expand_case_dirs, find_case_files
+
+    root = Path(__file__).resolve().parents[1]
+    split = json.loads((root / "medseg/weights/brain/brats2018_split.json").read_text(encoding="utf-8"))
+    dirs = [d for d in expand_case_dirs([args.real]) if d.name not in split["train"]]
+    extra = ("--weights", args.weights) if args.weights else ()
+    modes = {
+        "default": extra,
+        **({"native-spacing": (*extra, "--native-spacing")} if args.spacing_compare else {}),
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in dirs:
+            files = find_case_files(d)
+            for mode, flags in modes.items():
+                out = Path(tmp) / mode
+                wall, cpu, doc = _cli_call(root, d, out, args.threads or 2, flags)
+                seg = Path(doc["items"][0]["outputs"]["seg"])
+                metrics, *_ = evaluate_pair(EvalPair(files.name, seg, files.seg))
+                row = {"case": files.name, "mode": mode, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
+                row.update({k: round(v, 4) for k, v in metrics.items() if k.startswith(("dice", "hd95"))})
+                row.update({k: round(v, 2) for k, v in metrics.items() if k.endswith("_ml")})
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    means = {}
+    for mode in modes:
+        rs = [r for r in rows if r["mode"] == mode]
+        keys = [k for k in rs[0] if k not in ("case", "mode")] if rs else []
+        means[mode] = {k: round(float(np.mean([r[k] for r in rs])), 4) for k in keys}
+    return {"cases": rows, "mean": means, "skipped_training_cases": split["train"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -386,7 +430,14 @@ def main() -> None:
         "training spacing), Dice of each against the phantom's truth; skips the plain-torch part",
     )
     parser.add_argument(
-        "--weights", default=None, help="weights for --case (default: the demo InputCascadeCNN)"
+        "--weights", default=None, help="weights for --case / --real (default: brain-segment's default)"
+    )
+    parser.add_argument(
+        "--real",
+        default=None,
+        metavar="FOLDER",
+        help="real cases with expert labels (e.g. ../shared/realdata/brain_brats2018): whole brain-segment "
+        "call per case, seconds and Dice/HD95; the split's training cases are skipped",
     )
     args = parser.parse_args()
 
@@ -417,6 +468,18 @@ def main() -> None:
         "repeats": args.repeats,
     }
     print(json.dumps(env))
+    if args.real:
+        res = bench_real(args)
+        print(f"\n{'case':<24}{'mode':<16}{'wall s':>8}{'CPU s':>8}{'WT':>7}{'TC':>7}{'ET':>7}{'HD95 WT':>9}")
+        for r in res["cases"] + [{"case": "mean", "mode": m, **v} for m, v in res["mean"].items()]:
+            print(
+                f"{r['case']:<24}{r['mode']:<16}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}{r['dice_WT']:>7.3f}"
+                f"{r['dice_TC']:>7.3f}{r['dice_ET']:>7.3f}{r['hd95_WT']:>9.1f}"
+            )
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump({"env": env, "real": res}, fh, indent=2)
+        return
     if args.case:
         row = bench_case(args, device)
         print(json.dumps(row, indent=1))

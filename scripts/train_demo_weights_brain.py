@@ -252,7 +252,7 @@ def real_config(args, split: dict):
             epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr, lr_halving_epochs=args.halving
         ),
         phase2=PhaseConfig(epochs=3, steps_per_epoch=max(1, args.steps // 2), lr=args.lr / 3),
-        batch_size=128,
+        batch_size=args.batch_size,
         val_patches=3000,
         training_data=real_training_data(split),
         seed=0,
@@ -274,7 +274,7 @@ def train_real(args) -> Path:
         work,
         cfg,
         val_case_dirs=[args.data / n for n in split["validation"]],
-        device="cpu",
+        device=args.device,
         resume=resumable,
         overwrite=not resumable,
         cache_dir=args.cache,
@@ -405,6 +405,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="phase-1 steps of 128 patches per epoch")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--halving", type=int, default=6, help="phase-1 epochs per learning-rate halving")
+    parser.add_argument("--batch-size", type=int, default=128, help="patches per step (larger on a GPU)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda (AMP on CUDA) or auto")
     parser.add_argument("--evaluate-only", type=Path, nargs="+", default=None, metavar="WEIGHTS")
     parser.add_argument("--no-evaluate", action="store_true", help="skip the validation after training")
     parser.add_argument("--ship", type=Path, default=None, metavar="WEIGHTS", help="ship these weights")
