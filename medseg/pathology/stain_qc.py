@@ -43,7 +43,9 @@ What this QC cannot do: it answers "is this a DAB IHC slide", not "is it a C4d s
 CD34 or any other DAB IHC passes (a few brown nuclei on a hematoxylin background are enough), and
 no colour test can tell C4d from Ki67: both are DAB. C4d specificity is the detector's job (it
 must only count PTC-shaped linear/circumferential staining) and the pathologist's (the stain name
-on the slide label / in the LIS, which the caller should check when it has it). A C4d IHC with
+on the slide label / in the LIS, which the caller should check when it has it); after this QC,
+:mod:`medseg.pathology.dab_pattern` refuses a slide whose DAB objects are solid nuclei rather
+than capillary walls (a Ki67-like pattern). A C4d IHC with
 *no* DAB at all, not even its glomerular internal control, fails as ``"brightfield_no_dab"``:
 that is not a valid C4d0 but a technically inadequate stain, and must be read by a person.
 
