@@ -70,7 +70,10 @@ class PatternConfig:
     0.3 (real IHC: 0.34 at the 10th percentile). ``lumen_min_um2`` = 1: smallest pale hole; a hole
     of 4x that counts as lumen also when its hematoxylin is below ``lumen_max_hematoxylin`` = 0.12
     (red cells, plasma; real nuclei: >= 0.2). Half of the hole must qualify, so an endothelial
-    nucleus inside a lumen does not turn the ring into a blob.
+    nucleus inside a lumen does not turn the ring into a blob. ``ring_max_wall_um`` = 6: the
+    median wall of a ring (C4d: 1.5-2.7 um on the synthetic slides, 2-4.5 um on the C4d-like fields
+    with blur); a ring of positive nuclei around a gland lumen is thicker (4.5-12 um) and is
+    ``other``.
     ``nucleus_min_hematoxylin`` = 0.2: a thin object lying on this much hematoxylin is a thin
     positive nucleus, not a wall. ``hematoxylin_min`` = 0.1: nuclear objects at or above it are
     reported "over hematoxylin" (information: real DAB alone deconvolves to ~0.08 hematoxylin, so
@@ -96,6 +99,7 @@ class PatternConfig:
     lumen_max_od: float = 0.25
     lumen_min_um2: float = 1.0
     lumen_max_hematoxylin: float = 0.12
+    ring_max_wall_um: float = 6.0
     nucleus_min_hematoxylin: float = 0.2
     hematoxylin_min: float = 0.1
     sheet_min_um2: float = 400.0
@@ -222,6 +226,19 @@ def dab_objects_mask(brown: np.ndarray, dab: np.ndarray, low: float, min_seed: i
     return seeds[lab]
 
 
+def _median_wall(mask: np.ndarray, mpp: float) -> float:
+    """Typical wall thickness (um) of an object: twice the median distance to its edge along its
+    skeleton (the largest inscribed disc says how thick it is at its thickest point only)."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import skeletonize
+
+    m = np.pad(mask, 1)
+    skeleton = skeletonize(m)
+    if not skeleton.any():
+        return 0.0
+    return max(2 * float(np.median(ndi.distance_transform_edt(m)[skeleton])) - 1, 1.0) * mpp
+
+
 def iter_objects(rgb: np.ndarray, mpp: float, config: PatternConfig | None = None, *, edge: bool = False):
     """Yield a :class:`DabObject` for every DAB object of an RGB image (``edge``: also those cut
     by the image edge, of kind ``"cut"``: their shape is unknown)."""
@@ -269,7 +286,8 @@ def iter_objects(rgb: np.ndarray, mpp: float, config: PatternConfig | None = Non
             deficit = convex_hull_image(filled) & ~filled
             rim = bool(deficit.sum() >= 4) and float(sub_h[deficit].mean()) >= cfg.nucleus_min_hematoxylin
         if lumen:
-            kind = "ring"
+            # a capillary wall is thin all round; a ring of positive nuclei around a gland is not
+            kind = "ring" if _median_wall(img, mpp) <= cfg.ring_max_wall_um else "other"
         elif thick < cfg.solid_min_um:
             length = major * mpp
             line = length >= cfg.linear_min_um and length >= cfg.linear_min_elongation * thick
