@@ -180,6 +180,7 @@ VARIANTS = {
     "none": None,
     "components": {},
     "components+et<0.5mL": {"et_min_ml": 0.5},
+    "components+et<2mL": {"et_min_ml": 2.0},
     "components+fill": {"fill_core_holes": True},
     "components+et<0.5mL+fill": {"et_min_ml": 0.5, "fill_core_holes": True},
     "no-components+fill": {
@@ -390,6 +391,33 @@ def ship(weights: Path, data: Path, validation: dict | None) -> Path:
     return SHIPPED
 
 
+TEST_CASE_DIR = ROOT / "tests" / "data" / "real" / "brats2018_val_crop"
+TEST_CASE_SLICES = 48
+
+
+def make_test_case(data: Path, name: str, out: Path = TEST_CASE_DIR) -> Path:
+    """A few-MB copy of one validation case for the quality test: the brain's in-plane box and the
+    ``TEST_CASE_SLICES`` axial slices centred on the slice with the most tumour; voxels unchanged."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    if name not in recorded_split(data)["validation"]:
+        raise SystemExit(f"{name} is not a validation case: the quality test must not use a training case")
+    mods = ("t1", "t1ce", "t2", "flair", "seg")
+    imgs = {m: sitk.ReadImage(str(data / name / f"{name}_{m}.nii.gz")) for m in mods}
+    arrs = {m: sitk.GetArrayFromImage(i) for m, i in imgs.items()}
+    brain = np.any([arrs[m] != 0 for m in mods[:4]], axis=0)
+    ys, xs = np.flatnonzero(brain.any((0, 2))), np.flatnonzero(brain.any((0, 1)))
+    zc = int(np.argmax((arrs["seg"] > 0).sum((1, 2))))
+    z0 = max(0, min(zc - TEST_CASE_SLICES // 2, brain.shape[0] - TEST_CASE_SLICES))
+    out.mkdir(parents=True, exist_ok=True)
+    for m, img in imgs.items():
+        crop = img[int(xs[0]) : int(xs[-1]) + 1, int(ys[0]) : int(ys[-1]) + 1, z0 : z0 + TEST_CASE_SLICES]
+        sitk.WriteImage(crop, str(out / f"{name}_{m}.nii.gz"), True)
+    log.info("wrote %s (z %d-%d)", out, z0, z0 + TEST_CASE_SLICES - 1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -410,6 +438,7 @@ def main() -> None:
     parser.add_argument("--evaluate-only", type=Path, nargs="+", default=None, metavar="WEIGHTS")
     parser.add_argument("--no-evaluate", action="store_true", help="skip the validation after training")
     parser.add_argument("--ship", type=Path, default=None, metavar="WEIGHTS", help="ship these weights")
+    parser.add_argument("--test-case", default=None, metavar="CASE", help="write the quality test's crop")
     parser.add_argument("--synthetic-out", type=Path, default=None, help="train the synthetic demo weights")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--evaluate", type=Path, nargs="+", default=None, metavar="DIR")
@@ -424,6 +453,9 @@ def main() -> None:
         return
     if args.data is not None:
         cache = args.cache
+        if args.test_case:
+            make_test_case(args.data, args.test_case)
+            return
         if args.ship:
             report = args.work / "validation.json"
             validation = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None

@@ -325,9 +325,12 @@ def segment_cases(
     weights, is_demo = resolve_weights(cfg.weights, demo=DEMO_WEIGHTS)
     model, meta, prep = load_brain_model(weights)
     if is_demo:
-        result.warnings.append(
-            f"demo weights {weights.name}: trained on synthetic data only, not for clinical use"
+        trained_on = (
+            "trained on synthetic data only"
+            if "synthetic" in meta.training_data.lower()
+            else "trained on a few real BraTS 2018 cases (research use)"
         )
+        result.warnings.append(f"demo weights {weights.name}: {trained_on}, not for clinical use")
     elif "synthetic" in meta.training_data.lower():
         result.warnings.append(
             f"{weights.name} was trained on synthetic data only: a demo, not for clinical use"
