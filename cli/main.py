@@ -185,8 +185,11 @@ class MedsegGroup(click.Group):
         except click.ClickException as exc:
             click.echo(f"medseg: error: {exc.format_message()}", err=True)
             rv = exc.exit_code
-        except (click.Abort, KeyboardInterrupt):
-            click.echo("medseg: aborted", err=True)
+        except (click.Abort, KeyboardInterrupt):  # before the command began (while parsing)
+            if "--json" in argv:
+                click.echo(json.dumps({"error": "interrupted", "exit_code": 130}))
+            click.echo("medseg: interrupted", err=True)
+            _forget_unhandled_interrupt()
             rv = 130
         if not standalone_mode:
             return rv
@@ -204,7 +207,25 @@ def _interrupted(ctx: click.Context, partial: dict | None) -> None:
         doc.update(error="interrupted", exit_code=130)
         click.echo(json.dumps(doc, indent=2))
     click.echo("medseg: interrupted", err=True)
+    _forget_unhandled_interrupt()
     ctx.exit(130)
+
+
+def _forget_unhandled_interrupt() -> None:
+    """Exit 130, not death by SIGINT: the interrupt was handled here.
+
+    CPython marks a KeyboardInterrupt as unhandled when it passes through a nested C-level eval
+    (``PyRun_String``, as pybind11 extensions use), even if Python code catches it later; under
+    ``python -m`` the process then kills itself with SIGINT at exit. Running an empty string
+    resets the mark (3.11+); older versions expose the flag itself.
+    """
+    import ctypes
+
+    try:
+        ctypes.pythonapi.PyRun_SimpleString(b"")
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
+    except (AttributeError, ValueError, OSError):
+        pass
 
 
 def _fail(ctx: click.Context, message: str, code: int, *, path=None, internal: bool = False) -> None:

@@ -146,15 +146,12 @@ class _Partial:
     out_dir: str
     metric: str
     history: list[dict[str, Any]]
+    epochs: int = 0  # epochs whose files are saved (a validated but unsaved epoch is not reported)
 
     def to_dict(self) -> dict[str, Any]:
+        history = self.history[: self.epochs]
         return json_safe(
-            {
-                "out_dir": self.out_dir,
-                "metric": self.metric,
-                "epochs": len(self.history),
-                "history": self.history,
-            }
+            {"out_dir": self.out_dir, "metric": self.metric, "epochs": self.epochs, "history": history}
         )
 
 
@@ -280,7 +277,8 @@ def _fit(
         for name in TRAIN_FILES:
             (out_dir / name).unlink(missing_ok=True)
     config_text = json.dumps({"train": asdict(config), "task": task.config_dict()}, indent=2, default=str)
-    note_partial(_Partial(str(out_dir), task.metric, history))
+    partial = _Partial(str(out_dir), task.metric, history, start_epoch)
+    note_partial(partial)
     budget = config.max_minutes * 60.0 if config.max_minutes else None
     stopped, saved = "completed", 0
     epoch = start_epoch
@@ -362,6 +360,7 @@ def _fit(
                 if not saved:  # with the first saved epoch: a config alone is not a run to resume
                     write_text(out_dir / CONFIG, config_text + "\n")
                 saved += 1
+                partial.epochs = start_epoch + saved
             if stopped != "completed":
                 log.warning(
                     "stopped after epoch %d: the time budget of %s minute(s) is spent",
