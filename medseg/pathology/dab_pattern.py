@@ -189,7 +189,9 @@ class DabObject:
     rim_on_nucleus: bool = False  # thin object whose concave side is hematoxylin: DAB rim of a nucleus
 
 
-def classify_objects(rgb: np.ndarray, mpp: float, config: PatternConfig | None = None) -> dict[str, float]:
+def classify_objects(
+    rgb: np.ndarray | None, mpp: float, config: PatternConfig | None = None, *, maps=None
+) -> dict[str, float]:
     """Count the DAB objects of one RGB image (about ``config.mpp`` um/px) per kind, plus
     ``nuclear_on_hematoxylin`` (nuclear objects whose mean hematoxylin reaches
     ``config.hematoxylin_min``: a DAB-positive nucleus is counterstained too), and the DAB area
@@ -197,7 +199,7 @@ def classify_objects(rgb: np.ndarray, mpp: float, config: PatternConfig | None =
     ``config.sheet_min_um2`` (``sheet_um2``: sheets of stained cells, glands, vessels)."""
     cfg = config or PatternConfig()
     counts: dict[str, float] = dict.fromkeys((*KINDS, "nuclear_on_hematoxylin", "dab_um2", "sheet_um2"), 0)
-    for obj in iter_objects(rgb, mpp, cfg, edge=True):
+    for obj in iter_objects(rgb, mpp, cfg, edge=True, maps=maps):
         counts["dab_um2"] += obj.area
         counts["sheet_um2"] += obj.area if obj.area >= cfg.sheet_min_um2 else 0.0
         if obj.kind == "cut":
@@ -239,15 +241,18 @@ def _median_wall(mask: np.ndarray, mpp: float) -> float:
     return max(2 * float(np.median(ndi.distance_transform_edt(m)[skeleton])) - 1, 1.0) * mpp
 
 
-def iter_objects(rgb: np.ndarray, mpp: float, config: PatternConfig | None = None, *, edge: bool = False):
+def iter_objects(
+    rgb: np.ndarray | None, mpp: float, config: PatternConfig | None = None, *, edge: bool = False, maps=None
+):
     """Yield a :class:`DabObject` for every DAB object of an RGB image (``edge``: also those cut
-    by the image edge, of kind ``"cut"``: their shape is unknown)."""
+    by the image edge, of kind ``"cut"``: their shape is unknown). ``maps``: the image's
+    :func:`stain_maps` when already computed (then ``rgb`` is not used)."""
     from scipy import ndimage as ndi
     from skimage.measure import regionprops
     from skimage.morphology import convex_hull_image
 
     cfg = config or PatternConfig()
-    brown, dab, hema, od_sum = stain_maps(rgb)
+    brown, dab, hema, od_sum = maps if maps is not None else stain_maps(rgb)
     lab, n = ndi.label(dab_objects_mask(brown, dab, cfg.dab_low))
     if n == 0:
         return
@@ -338,11 +343,25 @@ def judge(counts: dict[str, float], config: PatternConfig | None = None, *, mpp=
 
 
 def assess_pattern(images: list[np.ndarray], mpp: float, config: PatternConfig | None = None) -> DabPattern:
-    """Classify the DAB objects of tiles (RGB, ``mpp`` um/px) and judge the pattern."""
+    """Classify the DAB objects of tiles (RGB, ``mpp`` um/px) and judge the pattern.
+
+    The stains are measured once on a mosaic of all tiles, so every tile is white-balanced on the
+    same glass (a tile full of tumour has none; its lightest stroma would be its "white"); objects
+    are then found tile by tile (the mosaic's seams are no objects).
+    """
+    from medseg.pathology.stain_qc import tile_mosaic
+
     cfg = config or PatternConfig()
     counts: dict[str, float] = {}
-    for img in images:
-        for k, v in classify_objects(img, mpp, cfg).items():
+    if not images:
+        return judge(counts, cfg, mpp=mpp, tiles=0)
+    cols = math.ceil(math.sqrt(len(images)))
+    maps = stain_maps(tile_mosaic(images, columns=cols))
+    th, tw = max(t.shape[0] for t in images), max(t.shape[1] for t in images)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        cell = (slice(r * th, r * th + img.shape[0]), slice(c * tw, c * tw + img.shape[1]))
+        for k, v in classify_objects(None, mpp, cfg, maps=tuple(m[cell] for m in maps)).items():
             counts[k] = counts.get(k, 0) + v
     return judge(counts, cfg, mpp=mpp, tiles=len(images))
 
