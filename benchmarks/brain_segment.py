@@ -370,6 +370,7 @@ def bench_real(args) -> dict:
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = args.keep or tmp  # --keep: the label maps stay there (PRED/<mode>/<case>_seg.nii.gz)
         for d in dirs:
             files = find_case_files(d)
             for mode, flags in modes.items():
@@ -439,6 +440,7 @@ def main() -> None:
         help="real cases with expert labels (e.g. ../shared/realdata/brain_brats2018): whole brain-segment "
         "call per case, seconds and Dice/HD95; the split's training cases are skipped",
     )
+    parser.add_argument("--keep", default=None, metavar="DIR", help="--real: keep the label maps in DIR")
     args = parser.parse_args()
 
     import torch
@@ -453,7 +455,7 @@ def main() -> None:
         args.slices = args.size[2] if device.type == "cuda" else 4
     if args.patches is None:
         args.patches = 20000 if device.type == "cuda" else 128
-    if not args.case:
+    if not args.case and not args.real:
         args.batch_size = min(args.batch_size, args.slices)
     env = {
         "device": torch.cuda.get_device_name(device)
@@ -463,7 +465,9 @@ def main() -> None:
         "torch": torch.__version__,
         "amp": {None: "fp32"}.get(amp_dtype, str(amp_dtype).replace("torch.", "")),
         "size_xyz": list(args.size),
-        "widths": "from the weights" if args.case else [args.local_channels, args.global_channels],
+        "widths": "from the weights"
+        if args.case or args.real
+        else [args.local_channels, args.global_channels],
         "batch_size": args.batch_size,
         "repeats": args.repeats,
     }
