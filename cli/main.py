@@ -63,12 +63,16 @@ class _QuietITK(importlib.abc.MetaPathFinder):
     warnings; the readers check what matters themselves and say it in words.
     """
 
+    _busy = False
+
     def find_spec(self, fullname, path, target=None):  # noqa: ANN001, ANN201
-        if fullname != "SimpleITK":
+        if fullname != "SimpleITK" or self._busy:
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
+        self._busy = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._busy = False
         loader = getattr(spec, "loader", None)
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
@@ -77,6 +81,8 @@ class _QuietITK(importlib.abc.MetaPathFinder):
         def exec_module(module) -> None:  # noqa: ANN001
             run(module)
             _itk_quiet(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
 
         loader.exec_module = exec_module
         return spec

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
-import fcntl
 import hashlib
 import os
 import re
@@ -31,6 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.errors import InputError, OutputExistsError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no output locks (pre-flight and no-clobber publishing still hold)
+    fcntl = None
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -144,7 +148,7 @@ def hold_output(path: str | Path) -> None:
     having written nothing. Outside a session (library calls, Ray workers) it does nothing.
     """
     held = _SESSION.get()
-    if held is None:
+    if held is None or fcntl is None:
         return
     target = _resolved(path)
     offset = _lock_offset(target)

@@ -236,3 +236,12 @@ def test_library_warnings_are_one_medseg_line_each_once(capsys):
     assert "UI" in err[0] and "64" in err[0]
     assert "divide by zero" in err[1]
     assert err[2] == "medseg: warning: a library notice with a second line"
+
+
+def test_simpleitk_stderr_warnings_are_off_when_it_is_imported_later():
+    code = (
+        "from medseg_cli.main import setup_logging; setup_logging(); import SimpleITK as s; "
+        "print(s.ProcessObject_GetGlobalWarningDisplay())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
