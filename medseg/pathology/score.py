@@ -233,8 +233,8 @@ def with_dab_pattern(qc, slide, tissue, cfg: ScoreConfig):
     if qc.kind != "brightfield_dab" or cfg.dab_pattern.tiles < 1:
         return qc
     pattern = assess_slide_pattern(slide, tissue, cfg.dab_pattern)
-    log.info("%s", pattern.summary())
-    if pattern.passed:
+    if pattern.passed:  # a refusal is said once, by the stain QC line that carries it
+        log.info("%s", pattern.summary())
         return replace(qc, dab_pattern=pattern.to_dict())
     return replace(qc, dab_pattern=pattern.to_dict(), passed=False, reasons=[*qc.reasons, pattern.reason])
 
