@@ -181,6 +181,8 @@ VARIANTS = {
     "components": {},
     "components+et<0.5mL": {"et_min_ml": 0.5},
     "components+et<2mL": {"et_min_ml": 2.0},
+    "components>=30%": {"min_component_fraction": 0.3},
+    "components>=30%+fill": {"min_component_fraction": 0.3, "fill_core_holes": True},
     "components+fill": {"fill_core_holes": True},
     "components+et<0.5mL+fill": {"et_min_ml": 0.5, "fill_core_holes": True},
     "no-components+fill": {
