@@ -114,12 +114,14 @@ def test_shapes_in_micrometres():
 
 def test_ki67_like_slide_is_qc_failed_nuclear_with_no_category(ki67_slide, small_slide, tmp_path):
     """The Ki67-like slide passes the colour QC (it is DAB IHC) but its DAB is nuclear: qc_failed
-    with the reason in words, no category, exit 0; the synthetic C4d slide in the same batch is
-    scored (its DAB objects are rings)."""
+    with the reason in words, no category, exit 0; the synthetic C4d slide and the shipped sample
+    slide in the same batch are scored (their DAB objects are rings)."""
     out = tmp_path / "out"
-    res = score_slides([ki67_slide, small_slide[0]], out, ScoreConfig(), detector=OneDetection())
+    slides = [ki67_slide, small_slide[0], SAMPLE / "sample_slide.tiff"]
+    res = score_slides(slides, out, ScoreConfig(), detector=OneDetection())
     assert res.exit_code == 0
-    ki67, c4d = res.items
+    ki67, c4d, sample = res.items
+    assert sample.ok and sample.metrics["dab_pattern"] == "capillary", sample
     assert ki67.status == "skipped" and ki67.metrics["status"] == "qc_failed", ki67
     assert "DAB pattern is nuclear, not capillary" in ki67.reason, ki67.reason
     assert ki67.metrics["banff_category"] is None and ki67.metrics["c4d_pos"] is None
