@@ -105,6 +105,7 @@ def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
     root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     root.propagate = False
     warnings.showwarning = _show_warning
+    _SHOWN_WARNINGS.clear()  # once per command (a process may run several, e.g. in tests)
     if "SimpleITK" in sys.modules:
         _itk_quiet(sys.modules["SimpleITK"])
     elif not any(isinstance(f, _QuietITK) for f in sys.meta_path):
