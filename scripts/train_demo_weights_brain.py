@@ -359,7 +359,7 @@ def evaluate_real(weights: list[Path], data: Path, cache_dir: Path | None) -> di
             out["variants"][name] = {"mean": mean, "cases": rs}
             log.info(
                 "%s [%s]: Dice WT %.3f TC %.3f ET %.3f, HD95 %.1f / %.1f / %.1f mm",
-                w.name,
+                f"{w.parent.name}/{w.name}",
                 name,
                 mean["dice_WT"],
                 mean["dice_TC"],
@@ -464,7 +464,11 @@ def main() -> None:
             summary = validation and validation["weights"].get(str(args.ship))
             ship(args.ship, args.data, summary and {k: v["mean"] for k, v in summary["variants"].items()})
             return
-        weights = args.evaluate_only or [train_real(args)]
+        # after training: the final (phase-2) weights and phase 1's, so the validation shows what phase 2 did
+        weights = args.evaluate_only or [
+            final := train_real(args),
+            final.parent / "phase1" / "best.safetensors",
+        ]
         if not args.no_evaluate:
             report = evaluate_real(weights, args.data, cache)
             (args.work / "validation.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
