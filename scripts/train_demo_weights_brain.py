@@ -4,7 +4,7 @@ Real data (the shipped weights)::
 
     python scripts/train_demo_weights_brain.py --data ../shared/realdata/brain_brats2018 --max-minutes 25 --resume
     python scripts/train_demo_weights_brain.py --data ../shared/realdata/brain_brats2018 \
-        --evaluate-only ../brain_runs/brats2018/best.safetensors medseg/weights/brain/brain_twopath_demo.safetensors
+        --evaluate-only ../brain_runs/brats2018/best.safetensors medseg/weights/brain/brain_input_cascade_demo.safetensors
     python scripts/train_demo_weights_brain.py --data ../shared/realdata/brain_brats2018 \
         --ship ../brain_runs/brats2018/best.safetensors
 
@@ -20,7 +20,7 @@ time are added to ``WORK/cpu_time.json`` (``--work``, default ../brain_runs/brat
 training (and with ``--evaluate-only``) the weights segment the 3 validation cases (never trained
 on) and the script reports Dice / HD95 / volumes per case and mean for each post-processing variant
 (``WORK/validation.json``); ``--ship`` copies weights into
-``medseg/weights/brain/brain_twopath_demo.safetensors`` with the data's citations and terms.
+``medseg/weights/brain/brain_twopath_brats2018.safetensors`` with the data's citations and terms.
 
 Synthetic (without ``--data``, the earlier demo weights)::
 
@@ -152,7 +152,7 @@ SPLIT_FILE = WEIGHTS / "brats2018_split.json"
 SPLIT_SEED = 19
 REAL_WORK = ROOT.parent / "brain_runs" / "brats2018"  # outside the repository
 REAL_CACHE = ROOT.parent / "brain_runs" / "cache"  # preprocessed cases, shared by runs
-SHIPPED = WEIGHTS / "brain_twopath_demo.safetensors"
+SHIPPED = WEIGHTS / "brain_twopath_brats2018.safetensors"  # the default of brain-segment
 CITATIONS = (
     "Menze et al., The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS), IEEE TMI 2015; "
     "Bakas et al., Advancing The Cancer Genome Atlas glioma MRI collections with expert segmentation "
@@ -373,7 +373,7 @@ def evaluate_real(weights: list[Path], data: Path, cache_dir: Path | None) -> di
 
 
 def ship(weights: Path, data: Path, validation: dict | None) -> Path:
-    """Copy trained weights into the package as the TwoPathCNN demo weights, with the data's terms."""
+    """Copy trained weights into the package as the default demo weights, with the data's terms."""
     from medseg.engine.checkpoint import load_weights, save_weights
 
     split = recorded_split(data)
@@ -461,7 +461,10 @@ def main() -> None:
         if args.ship:
             report = args.work / "validation.json"
             validation = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None
-            summary = validation and validation["weights"].get(str(args.ship))
+            summary = validation and next(
+                (v for k, v in validation["weights"].items() if Path(k).resolve() == args.ship.resolve()),
+                None,
+            )
             ship(args.ship, args.data, summary and {k: v["mean"] for k, v in summary["variants"].items()})
             return
         # after training: the final (phase-2) weights and phase 1's, so the validation shows what phase 2 did
