@@ -266,6 +266,42 @@ def test_scanner_like_fields_by_optical_density(seed):
     assert c4d.pattern == "capillary" and c4d.nuclear_fraction <= 0.4, c4d
 
 
+DSB = Path(__file__).resolve().parents[2].parent / "shared" / "realdata" / "nuclei_dsb2018_stage1"
+
+
+@pytest.mark.skipif(
+    not (DSB / "index.tsv").is_file(), reason="needs ../shared/realdata/nuclei_dsb2018_stage1"
+)
+def test_real_nuclei_filled_with_dab_are_nuclear():
+    """Real nuclear shapes from other tissues: the brightfield (hematoxylin) images of the 2018 Data
+    Science Bowl with their expert nucleus masks (about 0.25 um/px, read at 0.5), DAB painted into
+    30 % of the real nuclei (OD 0.8-1.5, their counterstain halved: positive nuclei look brown).
+    On these 40 images: 197 nuclear, 0 ring, 0 linear (53 other); on all 93 (image by image): 455
+    nuclear, 1 ring, 6 linear."""
+    import tifffile
+    from PIL import Image
+    from scipy import ndimage as ndi
+
+    rows = [ln.split("\t") for ln in (DSB / "index.tsv").read_text().splitlines()[1:]]
+    ids = [r[0] for r in rows if len(r) > 1 and r[1] == "brightfield"][:40]
+    rng = np.random.default_rng(0)
+    tiles = []
+    for i in ids:
+        img = np.asarray(Image.open(DSB / "images" / f"{i}.png").convert("RGB")).astype(float)
+        labels = tifffile.imread(DSB / "masks" / f"{i}.tif")
+        white = np.percentile(img.reshape(-1, 3), 99, axis=0)
+        od = -np.log10(np.clip(img, 1, None) / white)
+        positive = rng.random(labels.max() + 1) < 0.3
+        positive[0] = False
+        strength = rng.uniform(0.8, 1.5, labels.max() + 1)
+        od = np.where(positive[labels][..., None], od * 0.5, od)
+        dab = ndi.gaussian_filter(np.where(positive[labels], strength[labels], 0.0), 1.0)
+        rgb = np.clip(white * 10 ** -(od + dab[..., None] * _D), 0, 255).astype(np.uint8)
+        tiles.append(np.asarray(Image.fromarray(rgb).reduce(2)))
+    p = assess_pattern(tiles, 0.5)
+    assert p.pattern == "nuclear" and p.nuclear_fraction >= 0.9, p
+
+
 def test_too_few_objects_or_check_off_is_not_judged(ki67_slide):
     from medseg.pathology.slide import detect_tissue, open_slide
 
