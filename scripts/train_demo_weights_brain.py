@@ -398,7 +398,7 @@ TEST_CASE_SLICES = 48
 
 
 def make_test_case(data: Path, name: str, out: Path = TEST_CASE_DIR) -> Path:
-    """A few-MB copy of one validation case for the quality test: the brain's in-plane box and the
+    """A few-MB copy of one validation case for the quality test: the brain's in-plane box (+20 voxels) and the
     ``TEST_CASE_SLICES`` axial slices centred on the slice with the most tumour; voxels unchanged."""
     import numpy as np
     import SimpleITK as sitk
@@ -410,6 +410,10 @@ def make_test_case(data: Path, name: str, out: Path = TEST_CASE_DIR) -> Path:
     arrs = {m: sitk.GetArrayFromImage(i) for m, i in imgs.items()}
     brain = np.any([arrs[m] != 0 for m in mods[:4]], axis=0)
     ys, xs = np.flatnonzero(brain.any((0, 2))), np.flatnonzero(brain.any((0, 1)))
+    # 20 zero voxels around the brain (as in BraTS, where the brain fills well under half the field of
+    # view; a tighter box would trip brain-segment's not-skull-stripped warning)
+    ys = np.clip([ys[0] - 20, ys[-1] + 20], 0, brain.shape[1] - 1)
+    xs = np.clip([xs[0] - 20, xs[-1] + 20], 0, brain.shape[2] - 1)
     zc = int(np.argmax((arrs["seg"] > 0).sum((1, 2))))
     z0 = max(0, min(zc - TEST_CASE_SLICES // 2, brain.shape[0] - TEST_CASE_SLICES))
     out.mkdir(parents=True, exist_ok=True)
