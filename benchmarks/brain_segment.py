@@ -362,8 +362,9 @@ def bench_real(args) -> dict:
 
     root = Path(__file__).resolve().parents[1]
     split = json.loads((root / "medseg/weights/brain/brats2018_split.json").read_text(encoding="utf-8"))
-    dirs = [d for d in expand_case_dirs([args.real]) if d.name not in split["train"]]
-    extra = ("--weights", args.weights) if args.weights else ()
+    # absolute paths: the child process runs in a temporary folder
+    dirs = [d.resolve() for d in expand_case_dirs([args.real]) if d.name not in split["train"]]
+    extra = ("--weights", str(Path(args.weights).resolve())) if args.weights else ()
     modes = {
         "default": extra,
         **({"native-spacing": (*extra, "--native-spacing")} if args.spacing_compare else {}),
