@@ -79,7 +79,8 @@ def check_apart(
     Files and folders, after resolving symlinks; ``--overwrite`` does not lift it (an input that a
     run replaced or filled with its own files is lost or changed for good). ``None`` entries are
     ignored so optional paths can be passed as they are. Raises :class:`InputError` (exit 2) naming
-    both paths.
+    both paths. Being the first pre-flight check of an output, it also takes the output's lock
+    (:func:`hold_output`), so no later existence check can race with another run.
     """
     outs = [outputs] if isinstance(outputs, (str, Path)) else list(outputs)
     ins = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
@@ -87,6 +88,7 @@ def check_apart(
         if output is None:
             continue
         out = _resolved(output)
+        hold_output(out)
         for source in ins:
             if source is None:
                 continue

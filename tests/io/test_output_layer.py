@@ -87,6 +87,8 @@ def test_output_lock_between_processes(tmp_path):
                 check_output(out, overwrite=True)
             with pytest.raises(OutputExistsError, match="another medseg run"):
                 check_output(tmp_path / "x" / ".." / "out", overwrite=True)  # the same path, spelt otherwise
+            with pytest.raises(OutputExistsError, match="another medseg run"):
+                check_apart(out, [tmp_path / "input"])  # the first pre-flight check of an output locks it
             check_output(tmp_path / "other", overwrite=False)  # another output: free
         check_output(out, overwrite=False)  # outside a session (library call): no lock
     finally:
