@@ -158,8 +158,10 @@ def finish(result: Any, *, as_json: bool, human: Callable[[Any], str] | None = N
     code = int(getattr(result, "exit_code", 0))
     if code:
         if not as_json:
+            from medseg.errors import one_line
+
             for line in getattr(result, "failure_lines", list)():
-                click.echo(f"medseg: failed: {line}", err=True)
+                click.echo(f"medseg: failed: {one_line(line)}", err=True)
         click.get_current_context().exit(code)
 
 
