@@ -87,8 +87,8 @@ def check_apart(
     for output in outs:
         if output is None:
             continue
+        hold_output(output)
         out = _resolved(output)
-        hold_output(out)
         for source in ins:
             if source is None:
                 continue
