@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from medseg_cli._types import FiniteFloatRange
 from medseg_cli.options import (
     amp_option,
     batch_size_option,
@@ -220,8 +221,8 @@ train_config.json (with the split); the summary ends with the held-out test RMSE
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
 @batch_size_option(4, "Slices per training step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-6, show_default=True)
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option("--weight-decay", type=FiniteFloatRange(min=0), default=1e-6, show_default=True)
 @click.option(
     "--lr-step", type=click.IntRange(1), default=20, show_default=True, help="Epochs per x0.1 step."
 )

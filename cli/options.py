@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from medseg_cli._types import FiniteFloatRange
 
 DEVICE_HELP = "auto (CUDA if present), cpu, cuda or cuda:N."
 # one click type for every --weights: existence is checked by the library (a weights problem is exit 4)
@@ -120,7 +121,7 @@ def train_options(func: Callable) -> Callable:
     func = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(func)
     func = click.option(
         "--max-minutes",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteFloatRange(min=0, min_open=True),
         default=None,
         help="Time budget: stop after the step that exceeds it (weights are kept).",
     )(func)
@@ -131,7 +132,7 @@ def val_fraction_option(default: float, held_out: str) -> Callable[[Callable], C
     """--val-fraction for every *-train command; ``held_out`` says what is held out, in words."""
     return click.option(
         "--val-fraction",
-        type=click.FloatRange(0, 0.9),
+        type=FiniteFloatRange(0, 0.9),
         default=default,
         show_default=True,
         help=f"Share held out for validation: {held_out} (0: validate on training data, with a warning).",
@@ -172,7 +173,7 @@ def ray_options(func: Callable) -> Callable:
     """
     func = click.option(
         "--deadline",
-        type=click.FloatRange(0, min_open=True),
+        type=FiniteFloatRange(0, min_open=True),
         default=None,
         metavar="SECONDS",
         help="With --ray: finish within SECONDS of the start; the actors' queue serves the "
