@@ -153,6 +153,7 @@ def test_cli_native_spacing_flag(thin_1mm_case, tmp_path):
 
     out = tmp_path / "seg.nii.gz"
     args = ["brain-segment", str(thin_1mm_case), "--out", str(out), "--no-n4", "--device", "cpu"]
+    args += ["--weights", str(DEMO)]  # the 3 mm synthetic weights (the default is trained at 1 mm)
     res = CliRunner().invoke(cli, [*args, "--native-spacing", "--json", "--quiet"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
