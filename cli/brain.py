@@ -15,6 +15,7 @@ from medseg_cli.options import (
     output_options,
     overwrite_option,
     ray_task_option,
+    runtime_option,
     train_options,
     val_fraction_option,
     weights_option,
@@ -119,6 +120,7 @@ any case). Modalities must share one grid unless --resample / --resample-to.
 )
 @ray_task_option("case")
 @batch_size_option(8)
+@runtime_option
 @amp_option
 @overwrite_option
 @common_options

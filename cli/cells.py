@@ -12,6 +12,7 @@ from medseg_cli.options import (
     output_options,
     overwrite_option,
     ray_task_option,
+    runtime_option,
     train_options,
     val_fraction_option,
     weights_option,
@@ -139,6 +140,7 @@ def _diameter(value: str | None, pixel_size: float | None) -> float | str | None
 @click.option("--resume", is_flag=True, help="Keep images an earlier run in OUT finished; segment the rest.")
 @ray_task_option("image")
 @batch_size_option(4, "Tiles per forward pass.")
+@runtime_option
 @amp_option
 @overwrite_option
 @common_options

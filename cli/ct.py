@@ -15,6 +15,7 @@ from medseg_cli.options import (
     json_option,
     overwrite_option,
     ray_task_option,
+    runtime_option,
     train_options,
     weights_option,
 )
@@ -119,6 +120,7 @@ Examples:
 )
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write the QA report as PDF.")
 @batch_size_option(None, BATCH_HELP)
+@runtime_option
 @amp_option
 @overwrite_option
 @common_options
@@ -313,6 +315,7 @@ A failing exam is recorded in the report with its reason; the exit code is then 
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write the PDF report.")
 @ray_task_option("exam")
 @batch_size_option(None, BATCH_HELP)
+@runtime_option
 @amp_option
 @overwrite_option
 @common_options

@@ -14,6 +14,7 @@ from medseg_cli.options import (
     output_options,
     overwrite_option,
     ray_options,
+    runtime_option,
     train_options,
     val_fraction_option,
     weights_option,
@@ -134,6 +135,7 @@ Examples:
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @overwrite_option
 @ray_options
+@runtime_option
 @amp_option
 @common_options
 def slide_score(

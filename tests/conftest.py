@@ -7,6 +7,9 @@ import os
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# pipeline tests run PyTorch (exact expected values, no conversions); tests/engine/test_openvino*.py
+# choose OpenVINO explicitly, and a run with MEDSEG_RUNTIME=openvino exercises it everywhere
+os.environ.setdefault("MEDSEG_RUNTIME", "torch")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

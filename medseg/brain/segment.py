@@ -86,12 +86,25 @@ def load_brain_model(weights: str | Path):
 
 
 def make_predictor(
-    model, *, device: str = "auto", amp: str = "auto", postprocess: str = "argmax"
+    model, *, device: str = "auto", amp: str = "auto", postprocess: str = "argmax", runtime: str | None = None
 ) -> Predictor:
-    """The engine predictor for a brain network (channels_last on CPU and CUDA)."""
+    """The engine predictor for a brain network (channels_last on CPU and CUDA; None: --runtime / auto).
+
+    OpenVINO converts the net at 160^2 so that the output layer takes its row-split form (outputs
+    of 4096 px and more), which OpenVINO runs about 1.8x faster than the direct 21x21 convolution.
+    """
+    from medseg.brain.models import N_MODALITIES
     from medseg.engine.predictor import Predictor
 
-    return Predictor(model, device=device, amp=amp, channels_last=True, postprocess=postprocess)
+    return Predictor(
+        model,
+        device=device,
+        amp=amp,
+        channels_last=True,
+        postprocess=postprocess,
+        runtime=runtime,
+        example_shape=(1, N_MODALITIES, 160, 160),
+    )
 
 
 def predict_volume(

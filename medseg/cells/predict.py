@@ -29,11 +29,29 @@ def make_predictor(
     device: str | torch.device = "auto",
     amp: str = "auto",
     postprocess: str = "softmax",
+    runtime: str | None = None,
+    config: ModelConfig | None = None,
 ) -> Predictor:
-    """The engine Predictor for a cell model: channels_last (CPU and CUDA), softmax probabilities."""
+    """The engine Predictor for a cell model: channels_last (CPU and CUDA), softmax probabilities.
+
+    ``runtime`` None: --runtime / auto. With ``config`` OpenVINO converts at construction (on a
+    small valid tile; batch and tile size stay dynamic), else at the first batch.
+    """
     from medseg.engine.predictor import Predictor
 
-    return Predictor(model, device=device, amp=amp, channels_last=True, postprocess=postprocess)
+    example = None
+    if config is not None:
+        edge = valid_tile(config, 2 * model_margin(config) + 16)
+        example = (1, int(config.in_channels), edge, edge)
+    return Predictor(
+        model,
+        device=device,
+        amp=amp,
+        channels_last=True,
+        postprocess=postprocess,
+        runtime=runtime,
+        example_shape=example,
+    )
 
 
 def predict_image(

@@ -176,7 +176,9 @@ class CellSegmenter:
                 f"model expects {self.model_config.in_channels} channels; cells models take 1",
                 path=self.weights,
             )
-        self.predictor = make_predictor(model, device=self.config.device, amp=self.config.amp)
+        self.predictor = make_predictor(
+            model, device=self.config.device, amp=self.config.amp, config=self.model_config
+        )
 
         self.train_diameter = train_diameter(self.meta)
 

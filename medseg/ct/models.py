@@ -260,7 +260,11 @@ def _hu_slices(y: torch.Tensor) -> np.ndarray:
 
 
 def slice_predictor(
-    net: torch.nn.Module, *, device: str = "auto", amp: str | bool | None = "auto"
+    net: torch.nn.Module,
+    *,
+    device: str = "auto",
+    amp: str | bool | None = "auto",
+    runtime: str | None = None,
 ) -> Predictor:
     """The engine Predictor for a converter: (B, 1, H, W) float32 HU in -> (B, H, W) float32 HU out.
 
@@ -278,6 +282,8 @@ def slice_predictor(
         channels_last=True,
         cudnn_benchmark=dev.type == "cuda",
         postprocess=_hu_slices,
+        runtime=runtime,  # None: --runtime / auto (OpenVINO on a CPU)
+        example_shape=(1, 1, 64, 64),  # fully convolutional: converted once for any slice size
     )
 
 

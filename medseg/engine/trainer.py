@@ -209,9 +209,11 @@ def fit(
     progress: bool = False,
 ) -> TrainResult:
     """Train ``task`` for ``config.epochs`` (1-based) epochs, validating after each; see module doc."""
+    from medseg.engine.openvino_runtime import runtime_scope
     from medseg.io.atomic import output_session
 
-    with output_session():  # the folder stays locked while this run trains in it
+    # validation runs PyTorch: the weights change every epoch (no conversion per epoch)
+    with output_session(), runtime_scope("torch"):  # the folder stays locked while this run trains in it
         return _fit(
             task, out_dir, config, device=device, resume=resume, overwrite=overwrite, progress=progress
         )

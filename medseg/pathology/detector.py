@@ -255,6 +255,7 @@ class Detector:
         amp: str | bool | None = "auto",
         channels_last: bool = True,
         source: str = "",
+        runtime: str | None = None,
     ) -> None:
         from medseg.engine.predictor import Predictor
 
@@ -267,6 +268,11 @@ class Detector:
             channels_last=channels_last,
             prepare=tiles_to_images,
             postprocess=postprocess_for(config),
+            # OpenVINO (None: --runtime / auto) runs the backbone (+ FPN), where the time goes; the
+            # proposals, NMS and box heads are data-dependent torchvision code and stay on PyTorch
+            runtime=runtime,
+            openvino_part="backbone",
+            example_shape=(1, 3, 256, 256),
         )
 
     @property
@@ -293,7 +299,9 @@ class Detector:
         return result
 
 
-def load_detector(path: str | Path, *, device: Any = "auto", amp: str | bool | None = "auto") -> Detector:
+def load_detector(
+    path: str | Path, *, device: Any = "auto", amp: str | bool | None = "auto", runtime: str | None = None
+) -> Detector:
     """Rebuild the model described by the weights' metadata; ModelError for the wrong weights."""
     from medseg.engine.checkpoint import load_weights
 
@@ -307,4 +315,4 @@ def load_detector(path: str | Path, *, device: Any = "auto", amp: str | bool | N
         raise ModelError(
             f"weights do not fit the {meta.config.get('arch', 'unknown')} detector: {first}", path=path
         ) from None
-    return Detector(model, config, device=device, amp=amp, source=str(path))
+    return Detector(model, config, device=device, amp=amp, source=str(path), runtime=runtime)
