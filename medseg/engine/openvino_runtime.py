@@ -305,6 +305,7 @@ class OpenVINOModule:
             "convert_s": round(t1 - t0, 3),
             "compile_s": round(time.perf_counter() - t1, 3),
             "key": key,
+            "example": tuple(example_shape),
         }
         self.names = [_output_name(out, i) for i, out in enumerate(self.compiled.outputs)]
         self.dict_output = isinstance(_probe_output_type(module), dict)
