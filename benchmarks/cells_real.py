@@ -110,6 +110,46 @@ def run(
     return out
 
 
+def held_out_ids(n: int = 20) -> list[str]:
+    """The training-split images ``scripts/train_demo_weights_cells.py`` holds out to pick the epoch
+    (same seed): post-processing is tuned on them, never on the validation split."""
+    split = json.loads(SPLIT.read_text())
+    rng = np.random.default_rng(split["seed"] + 1)
+    return sorted(rng.choice(list(split["train"]), size=n, replace=False).tolist())
+
+
+def tune(data: Path, weights: str | None) -> list[dict[str, Any]]:
+    """Pooled AP@0.5 of instance settings (threshold x min size) on the held-out training images."""
+    from medseg.cells.evaluate import evaluate_labels, summarise
+    from medseg.cells.instances import InstanceConfig, instances_from_probability
+    from medseg.cells.io import read_image, read_mask
+    from medseg.cells.segment import CellSegmenter, SegmentConfig
+    from medseg.cells.weights import instances_from_mask
+
+    seg = CellSegmenter(SegmentConfig(weights=weights, device="cpu"))
+    probs = []
+    for i in held_out_ids():
+        planes, _ = read_image(data / "images" / f"{i}.png", allow_stack=False, keep_color=True)
+        probs.append(
+            (seg.analyse(planes[0]).prob, instances_from_mask(read_mask(data / "masks" / f"{i}.tif")))
+        )
+    table = []
+    for threshold in (0.4, 0.5, 0.6, 0.7):
+        for min_size in (10, 20, 40):
+            cfg = InstanceConfig(threshold=threshold, min_size=min_size)
+            s = summarise([evaluate_labels(t, instances_from_probability(p, cfg)) for p, t in probs])
+            table.append(
+                {
+                    "threshold": threshold,
+                    "min_size": min_size,
+                    "ap50": round(s["ap50"], 4),
+                    "map_50_95": round(s["map_50_95"], 4),
+                }
+            )
+            log.info("%s", table[-1])
+    return table
+
+
 def end_to_end(weights: str | None, repeats: int = 3) -> float:
     """Best wall time (s) of segment_images on the 512^2 real image, the model loaded beforehand."""
     from medseg.cells.segment import CellSegmenter, SegmentConfig, segment_images
@@ -136,11 +176,17 @@ def main() -> None:
     parser.add_argument("--overlays", type=Path, default=None, help="write prediction | truth overlays here")
     parser.add_argument("--overlay-ids", nargs="*", default=None, help="only these ids (default: all)")
     parser.add_argument("--e2e", action="store_true", help="also time segment_images on a 512^2 image")
+    parser.add_argument(
+        "--tune", action="store_true", help="only: instance settings on the held-out training images"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.tune:
+        print(json.dumps(tune(args.data, args.weights), indent=1))
+        return
     ids = json.loads(SPLIT.read_text())["validation"]
     result = run(
         args.data,

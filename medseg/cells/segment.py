@@ -39,7 +39,13 @@ from medseg.cells.io import (
     write_png,
 )
 from medseg.cells.model import DEMO_WEIGHTS
-from medseg.cells.stain import StainDecision, detect_stain, normalise_for_stain, nuclear_plane
+from medseg.cells.stain import (
+    StainDecision,
+    detect_stain,
+    normalise_for_stain,
+    nuclear_plane,
+    uses_local_contrast,
+)
 from medseg.errors import InputError, ModelError, OutputExistsError
 from medseg.io.atomic import check_apart, check_writable, safe_name, write_text
 from medseg.results import FAILED, OK, SKIPPED, ItemResult, RunResult
@@ -196,7 +202,7 @@ class CellSegmenter:
         prob = predict_image(
             self.predictor,
             self.model_config,
-            normalise_for_stain(x, stain),
+            normalise_for_stain(x, stain, local=uses_local_contrast(self.meta.normalisation)),
             tile=self.config.tile,
             batch_size=self.config.batch_size,
         )[1]

@@ -216,18 +216,26 @@ def local_normalise(plane: np.ndarray, *, window: int = LOCAL_WINDOW, snr: float
     return np.clip(out, 0.0, 1.2).astype(np.float32)
 
 
-def normalise_for_stain(plane: np.ndarray, stain: str) -> np.ndarray:
+def normalise_for_stain(plane: np.ndarray, stain: str, *, local: bool = True) -> np.ndarray:
     """What the net reads: local contrast for fluorescence-like planes (fluo, he, ihc), percentile
-    normalisation for phase contrast (its grey background and halo are the signal)."""
-    if stain == "phase":
+    normalisation for phase contrast (its grey background and halo are the signal). ``local=False``
+    (weights trained so, see :func:`uses_local_contrast`): percentile normalisation for every stain."""
+    if stain == "phase" or not local:
         return percentile_normalise(plane)
     return local_normalise(plane)
 
 
+def uses_local_contrast(normalisation: dict | None) -> bool:
+    """Whether weights were trained on locally contrast-normalised planes (the default, and what every
+    weights file without the ``local_contrast`` key was trained on). The local stretch lifts dim nuclei
+    but also background noise and brightfield stroma; the DSB 2018 real-data weights use percentiles."""
+    return bool((normalisation or {}).get("local_contrast", True))
+
+
 def prepare_plane(
-    plane: np.ndarray, stain: str = "auto", *, path: object = None
+    plane: np.ndarray, stain: str = "auto", *, path: object = None, local: bool = True
 ) -> tuple[np.ndarray, StainDecision]:
     """Raw plane (gray or RGB) -> (normalised nuclear plane, stain decision): what training and
     inference both feed the net, so that user-trained weights see at inference what they saw."""
     decision = detect_stain(plane, path=path) if stain == "auto" else StainDecision(stain, "given")
-    return normalise_for_stain(nuclear_plane(plane, decision.stain), decision.stain), decision
+    return normalise_for_stain(nuclear_plane(plane, decision.stain), decision.stain, local=local), decision

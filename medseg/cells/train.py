@@ -83,6 +83,7 @@ class CellsTrainConfig:
     init_weights: str | None = None  # fine-tune: start from these weights (same model config), else scratch
     scale_range: tuple[float, float] = (1.0, 1.0)  # scale jitter of training patches (log-uniform)
     noise: float = 0.0  # blur / Gaussian-noise jitter of training patches (noise SD up to this)
+    local_contrast: bool = True  # the pairs were normalised with the local contrast step (recorded)
 
     def loop(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, seed=self.seed, max_minutes=self.max_minutes, amp=self.amp)
@@ -204,7 +205,9 @@ def make_meta(config: CellsTrainConfig, metrics: dict[str, Any]) -> CheckpointMe
         task=TASK,
         config=config.model.to_dict(),
         training_data=config.training_data or "user-supplied image/mask pairs",
-        normalisation=NORMALISATION,
+        normalisation=NORMALISATION
+        if config.local_contrast
+        else {**NORMALISATION, "method": "percentile only (no local contrast)", "local_contrast": False},
         notes=json.dumps(
             {
                 "instances": asdict(config.instances),
@@ -474,6 +477,11 @@ def train_cells(
     preflight(out_dir, resume=resume, overwrite=overwrite, inputs=inputs)  # before the (slow) data loading
     skipped: list[dict[str, str]] = []
     val_pairs = None
+    if config.init_weights:  # fine-tuning: normalise as the starting weights were trained
+        from medseg.cells.stain import uses_local_contrast
+        from medseg.engine.checkpoint import read_meta
+
+        config.local_contrast = uses_local_contrast(read_meta(config.init_weights).normalisation)
     if config.synthetic is not None:
         from medseg.cells.stain import prepare_plane
         from medseg.synthetic.cells import MODALITIES, synthetic_batch
@@ -483,7 +491,12 @@ def train_cells(
         def prepared(seed: int, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
             stains = [known[MODALITIES[i % len(MODALITIES)]] for i in range(n)]
             return [
-                (prepare_plane(im, config.stain if config.stain != "auto" else st)[0], m)
+                (
+                    prepare_plane(
+                        im, config.stain if config.stain != "auto" else st, local=config.local_contrast
+                    )[0],
+                    m,
+                )
                 for (im, m), st in zip(synthetic_batch(seed, n), stains)
             ]
 
@@ -495,7 +508,9 @@ def train_cells(
             "images; not for clinical use"
         )
     else:
-        pairs, skipped = load_pairs(images_dir, masks_dir, stain=config.stain, channel=config.channel)
+        pairs, skipped = load_pairs(
+            images_dir, masks_dir, stain=config.stain, channel=config.channel, local=config.local_contrast
+        )
         config.training_data = (
             config.training_data or f"images {images_dir}, masks {masks_dir} ({len(pairs)} pairs)"
         )
