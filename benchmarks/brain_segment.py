@@ -442,7 +442,17 @@ def main() -> None:
         "call per case, seconds and Dice/HD95; the split's training cases are skipped",
     )
     parser.add_argument("--keep", default=None, metavar="DIR", help="--real: keep the label maps in DIR")
+    parser.add_argument(
+        "--runtimes",
+        action="store_true",
+        help="PyTorch vs OpenVINO: brain-segment on a real BraTS case per runtime (issue 21)",
+    )
     args = parser.parse_args()
+    if args.runtimes:
+        from _runtimes import brain, print_result
+
+        print_result("brain_segment --runtimes", brain(args), None)
+        return
 
     import torch
 

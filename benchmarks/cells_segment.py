@@ -136,7 +136,17 @@ def main() -> None:
     parser.add_argument("--arch", default="unet2015", choices=["unet2015", "basicunet"])
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--runtimes",
+        action="store_true",
+        help="PyTorch vs OpenVINO: real DSB validation images per runtime (issue 21)",
+    )
     args = parser.parse_args()
+    if args.runtimes:
+        from _runtimes import cells, print_result
+
+        print_result("cells_segment --runtimes", cells(args), None)
+        return
 
     torch.set_num_threads(args.threads)
     device = select_device(args.device)

@@ -204,7 +204,19 @@ def main() -> None:
     p.add_argument(
         "--memory-check", action="store_true", help="peak RSS of the project path for N and 4N slices"
     )
+    p.add_argument(
+        "--runtimes",
+        action="store_true",
+        help="PyTorch vs OpenVINO on the real Philips slab (all its slices)",
+    )
+    p.add_argument("--skip-command", action="store_true", help="--runtimes: the net only, no ct-convert runs")
     args = p.parse_args()
+    if args.runtimes:
+        from _runtimes import ct, print_result
+
+        args.slices = args.slices if "--slices" in sys.argv else 0
+        print_result("ct_convert --runtimes", ct(args), None)
+        return
 
     import torch
 

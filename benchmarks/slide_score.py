@@ -252,7 +252,17 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="pipeline", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--runtimes",
+        action="store_true",
+        help="PyTorch vs OpenVINO: slide-score on the sample slide per runtime (issue 21)",
+    )
     args = p.parse_args()
+    if args.runtimes:
+        from _runtimes import print_result, slide
+
+        print_result("slide_score --runtimes", slide(args), None)
+        return
     if args.weights is None:
         from medseg.engine.weights import demo_weights_path
         from medseg.pathology.detector import DEMO_WEIGHTS
