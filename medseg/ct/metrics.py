@@ -165,16 +165,46 @@ class BlandAltman:
     sd: float
     loa_low: float
     loa_high: float
+    icc: float = float("nan")  # ICC(A,1) of measured and reference (absolute agreement, single measures)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def bland_altman(measured, reference) -> BlandAltman:
-    """Bias (mean of measured - reference), SD of the differences and 95 % limits of agreement."""
-    diff = np.asarray(measured, float) - np.asarray(reference, float)
-    diff = diff[np.isfinite(diff)]
+    """Bias (mean of measured - reference), SD of the differences, 95 % limits of agreement and the
+    ICC(A,1) of the exams where both values are finite."""
+    measured, reference = np.asarray(measured, float), np.asarray(reference, float)
+    both = np.isfinite(measured) & np.isfinite(reference)
+    diff = measured[both] - reference[both]
     n = int(diff.size)
     bias = float(diff.mean()) if n else float("nan")
     sd = float(diff.std(ddof=1)) if n > 1 else float("nan")
-    return BlandAltman(n, bias, sd, bias - 1.96 * sd, bias + 1.96 * sd)
+    icc = icc_a1(np.stack([measured[both], reference[both]], axis=1))
+    return BlandAltman(n, bias, sd, bias - 1.96 * sd, bias + 1.96 * sd, icc)
+
+
+def icc_a1(ratings) -> float:
+    """Intraclass correlation ICC(A,1) (McGraw & Wong 1996; Shrout & Fleiss 1979 ICC(2,1)).
+
+    Two-way random effects, absolute agreement, single measures: how far one measurement can stand
+    in for another, a systematic offset counting against it (unlike a correlation). ``ratings`` is
+    (subjects n, measurements k), e.g. one row per exam of (converted, reference); needs n >= 2 and
+    k >= 2 finite rows, else NaN. With mean squares of rows (MSR), columns (MSC) and error (MSE)
+    of the two-way ANOVA: ``(MSR - MSE) / (MSR + (k - 1) MSE + k (MSC - MSE) / n)``. NaN when all
+    values are equal (no variance to agree on).
+    """
+    y = np.asarray(ratings, float)
+    if y.ndim != 2:
+        raise ValueError(f"ratings must be (subjects, measurements), got shape {y.shape}")
+    y = y[np.all(np.isfinite(y), axis=1)]
+    n, k = y.shape
+    if n < 2 or k < 2:
+        return float("nan")
+    grand = y.mean()
+    ss_rows = k * float(np.sum((y.mean(axis=1) - grand) ** 2))
+    ss_cols = n * float(np.sum((y.mean(axis=0) - grand) ** 2))
+    ss_err = float(np.sum((y - grand) ** 2)) - ss_rows - ss_cols
+    msr, msc, mse = ss_rows / (n - 1), ss_cols / (k - 1), ss_err / ((n - 1) * (k - 1))
+    denominator = msr + (k - 1) * mse + k * (msc - mse) / n
+    return float((msr - mse) / denominator) if denominator > 0 else float("nan")

@@ -3,8 +3,9 @@
 Per exam: RMSE (HU, whole image) of original vs reference and converted vs reference and the %
 reduction; LAA-950 (% lung voxels <= -950 HU) and Perc15 for original, converted and reference,
 all inside ONE lung mask computed automatically on the reference series (so the three differ
-only by kernel, not by segmentation). Across the cohort: Bland-Altman of LAA-950 (original vs
-reference, converted vs reference). Outputs: CSV, JSON, HTML and PDF QA report.
+only by kernel, not by segmentation). Across the cohort: Bland-Altman (bias, 95 % limits of
+agreement) and ICC(A,1) of LAA-950 and Perc15 (original vs reference, converted vs reference;
+:mod:`medseg.ct.agreement`). Outputs: CSV (per exam, and the agreement), JSON, HTML and PDF QA report.
 """
 
 from __future__ import annotations
@@ -22,9 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medseg.ct.agreement import (
+    AGREEMENT_COLUMNS,
+    agreement_csv,
+    agreement_line,
+    agreement_rows,
+    agreement_summary,
+)
 from medseg.ct.metrics import (
     LAA_THRESHOLD_HU,
-    bland_altman,
     laa_percent,
     perc15,
     rmse,
@@ -63,13 +70,14 @@ METRICS = [
 ]
 CSV_COLUMNS = ["exam", "status", *METRICS, "kernel_check", "error"]
 QA_CSV, QA_JSON, QA_HTML, QA_PDF = "ct_qa.csv", "ct_qa.json", "ct_qa.html", "ct_qa.pdf"
+QA_AGREEMENT = "ct_qa_agreement.csv"  # Bland-Altman + ICC of LAA-950 and Perc15 (medseg.ct.agreement)
 MASKS = "masks"
 MAX_FIGURES = 6  # exams shown as slice figures in the HTML/PDF report
 
 
 def qa_files(*, pdf: bool = True) -> list[str]:
     """The files a QA report folder receives."""
-    return [QA_CSV, QA_JSON, QA_HTML] + ([QA_PDF] if pdf else [])
+    return [QA_CSV, QA_AGREEMENT, QA_JSON, QA_HTML] + ([QA_PDF] if pdf else [])
 
 
 def check_qa_outputs(out_dir: Path, *, pdf: bool, overwrite: bool) -> None:
@@ -178,14 +186,7 @@ def cohort_summary(items: list[ItemResult]) -> dict[str, Any]:
                 k: {"mean": _mean(_values(ok, f"laa950_{k}")), "sd": _sd(_values(ok, f"laa950_{k}"))}
                 for k in ("original", "converted", "reference")
             },
-            "bland_altman_laa950": {
-                "original_vs_reference": bland_altman(
-                    _values(ok, "laa950_original"), _values(ok, "laa950_reference")
-                ).to_dict(),
-                "converted_vs_reference": bland_altman(
-                    _values(ok, "laa950_converted"), _values(ok, "laa950_reference")
-                ).to_dict(),
-            },
+            **agreement_summary(lambda name: _values(ok, name)),  # Bland-Altman + ICC, LAA-950 and Perc15
         }
     )
     return summary
@@ -267,6 +268,7 @@ def write_qa_outputs(
     for row in rows:
         writer.writerow({k: _csv_value(v) for k, v in row.items()})
     write_text(out_dir / QA_CSV, buf.getvalue())
+    write_text(out_dir / QA_AGREEMENT, agreement_csv(summary))
     doc = json_safe(
         {
             "source_kernel": source,
@@ -301,12 +303,9 @@ def write_qa_outputs(
             columns=["quantity", "original", "converted", "reference"],
         )
         report.add_table(
-            "Bland-Altman of LAA-950 vs reference (percentage points)",
-            [
-                {"comparison": name.replace("_", " "), **vals}
-                for name, vals in summary["bland_altman_laa950"].items()
-            ],
-            columns=["comparison", "n", "bias", "sd", "loa_low", "loa_high"],
+            "Agreement with the reference: Bland-Altman (bias, SD, 95 % limits of agreement) and ICC(A,1)",
+            agreement_rows(summary),
+            columns=AGREEMENT_COLUMNS,
         )
         ok = [i for i in items if i.status == OK]
         report.add_figure(
@@ -355,7 +354,8 @@ def write_qa_outputs(
         )
     for title, fig in figures:
         report.add_figure(title, fig)
-    written = {"csv": str(out_dir / QA_CSV), "json": str(out_dir / QA_JSON)}
+    written = {"csv": str(out_dir / QA_CSV), "agreement_csv": str(out_dir / QA_AGREEMENT)}
+    written["json"] = str(out_dir / QA_JSON)
     report.write_html(out_dir / QA_HTML)
     written["html"] = str(out_dir / QA_HTML)
     if pdf:
@@ -557,13 +557,9 @@ def report_text(result: RunResult) -> str:
             else ""
         )
     ]
-    for name, v in s.get("bland_altman_laa950", {}).items():
-        loa = (
-            f", 95 % limits of agreement {_num(v['loa_low'], '+.2f')} to {_num(v['loa_high'], '+.2f')}"
-            if v.get("sd") is not None and math.isfinite(v["sd"])
-            else ""
-        )
-        lines.append(f"LAA-950 {name.replace('_', ' ')}: bias {_num(v['bias'], '+.2f')} points{loa}")
+    for key, label, unit in (("laa950", "LAA-950", " points"), ("perc15", "Perc15", " HU")):
+        for name, v in s.get(f"bland_altman_{key}", {}).items():
+            lines.append(agreement_line(f"{label} {name.replace('_', ' ')}", v, "+.2f", unit))
     if "html" in result.outputs:
         lines.append(f"report: {result.outputs['html']}")
     return "\n".join(lines)
