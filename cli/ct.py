@@ -201,10 +201,11 @@ def ct_models(models_dir, as_json):
     "ct-train",
     epilog="""\b
 Examples:
+  medseg ct-train study/ --from YA --to UB --out run/ --max-minutes 5    # CPU: fitted to 5 minutes
   medseg ct-train pairs/ --from B50f --to B30f --out runs/b50_b30/
   medseg ct-train pairs/ --from B50f --to B30f --out runs/b50_b30/ --epochs 40 --resume
   medseg ct-train pairs/ --from B30f --to B50f --out m/ --epochs 5 --crop 128   # quick CPU run
-  medseg ct-train study/ --from YA --to UB --out run/ --crop 128 --lr 1e-3 --max-minutes 10
+  medseg ct-train study/ --from YA --to UB --out run/ --init scratch --max-minutes 10
   medseg ct-convert scan/ --from B50f --to B30f --out o/ --models-dir runs/b50_b30/
 
 \b
@@ -212,7 +213,11 @@ PAIRS: study folder(s) in any layout (all series in one folder, per-kernel sub-f
 folders). The two kernels' DICOM series (by ConvolutionKernel tag; volumes named like
 B50f.nii.gz pair by folder) are paired by FrameOfReferenceUID and slice position; mismatched
 geometry is refused with the reason. Split by exam from 3 exams on, else by contiguous z slabs
-with a gap. OUT receives best.safetensors, last.safetensors, state.pt, history.json and
+with a gap. Starts from the shipped direction nearest in measured sharpness (--init demo). With
+--max-minutes the run fits itself to the budget: it times its first steps, then plans 128 px crops,
+about one epoch per minute and a one-cycle learning rate (peak 1e-3) that ends annealed within
+the budget (loading and the final test included); without, the paper's recipe (30 whole-slice
+epochs, lr 1e-4, x0.1 every --lr-step epochs). OUT receives best.safetensors, last.safetensors, state.pt, history.json and
 train_config.json (with the split); the summary ends with the held-out test RMSE before/after.
 """,
 )
@@ -221,9 +226,34 @@ train_config.json (with the split); the summary ends with the held-out test RMSE
 )
 @_kernel_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1),
+    default=None,
+    help="Epochs (default 30; with --max-minutes about one per minute, 2 to 10).",
+)
 @batch_size_option(4, "Slices per training step.")
-@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option(
+    "--lr",
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=None,
+    help="Learning rate (default 1e-4; the one-cycle peak, default 1e-3, with --max-minutes).",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["auto", "onecycle", "step"]),
+    default="auto",
+    show_default=True,
+    help="Learning-rate schedule: one cycle (fitted to --max-minutes when given) or x0.1 steps; auto: "
+    "onecycle with --max-minutes, else step.",
+)
+@click.option(
+    "--init",
+    default="demo",
+    show_default=True,
+    help="Starting weights: 'demo' (the shipped direction nearest in measured sharpness: smoothing or "
+    "sharpening), 'scratch', or a weights file to fine-tune.",
+)
 @click.option("--weight-decay", type=FiniteFloatRange(min=0), default=1e-6, show_default=True)
 @click.option(
     "--lr-step", type=click.IntRange(1), default=20, show_default=True, help="Epochs per x0.1 step."
@@ -236,7 +266,10 @@ train_config.json (with the split); the summary ends with the held-out test RMSE
     help="Train/validation/test fractions: by exam (3+ exams) or by slabs along z (1-2 exams).",
 )
 @click.option(
-    "--crop", type=click.IntRange(16), default=None, help="Random crops of this size (default whole slices)."
+    "--crop",
+    type=click.IntRange(16),
+    default=None,
+    help="Random crops of this size (default whole slices; 128 with --max-minutes).",
 )
 @click.option(
     "--steps-per-epoch",
@@ -255,6 +288,8 @@ def ct_train(
     epochs,
     batch_size,
     lr,
+    schedule,
+    init,
     weight_decay,
     lr_step,
     split,
@@ -277,6 +312,8 @@ def ct_train(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        schedule=schedule,
+        init=init,
         weight_decay=weight_decay,
         lr_step_epochs=lr_step,
         split=split,

@@ -26,6 +26,7 @@ from medseg.ct.models import canonical_kernel
 from medseg.errors import InputError
 from medseg.io.dicom import kernel_of, open_series, read_series, scan_dicom
 from medseg.io.volume import VOLUME_SUFFIXES, VolumeMeta, is_volume_file, read_volume_sitk, volume_shape
+from medseg.io.walk import walk_files
 
 log = logging.getLogger("medseg.ct")
 
@@ -200,6 +201,8 @@ class SeriesGeometry:
     thickness: float | None
     description: str = ""
     manufacturer: str = ""  # the DICOM Manufacturer tag (kernel names are per vendor)
+    acquisition: str = ""  # AcquisitionDate and AcquisitionTime ('' when absent)
+    kvp: str = ""  # KVP
 
     @property
     def label(self) -> str:
@@ -224,6 +227,7 @@ class SlicePair:
     slice_spacing: float | None
     target_positions: np.ndarray | None = None  # matched target positions (mm)
     manufacturer: str | None = None  # of the source series; None for volume files
+    paired_by: str = "frame of reference"  # or how else (acquisition, when the UIDs differ)
 
 
 def _geometry_from_headers(uid: str, headers: list[tuple[Path, object]]) -> SeriesGeometry | None:
@@ -254,6 +258,7 @@ def _geometry_from_headers(uid: str, headers: list[tuple[Path, object]]) -> Seri
         thickness=float(thickness) if thickness not in (None, "") else None,
         description=str(first.get("SeriesDescription", "")),
         manufacturer=str(first.get("Manufacturer", "") or ""),
+        **_acquisition(first),
     )
 
 
@@ -280,6 +285,36 @@ def _geometry_from_series(uid: str, headers: list[tuple[Path, object]]) -> Serie
         thickness=float(thickness) if thickness not in (None, "") else None,
         description=s.description,
         manufacturer=str(first.get("Manufacturer", "") or ""),
+        **_acquisition(first),
+    )
+
+
+def _acquisition(ds) -> dict[str, str]:
+    """AcquisitionDate/Time and kVp: what still tells one acquisition apart after separate anonymisation."""
+    when = " ".join(str(ds.get(k, "") or "").strip() for k in ("AcquisitionDate", "AcquisitionTime")).strip()
+    return {"acquisition": when, "kvp": str(ds.get("KVP", "") or "").strip()}
+
+
+def same_acquisition(a: SeriesGeometry, b: SeriesGeometry) -> tuple[str | None, str]:
+    """(why not, how): are two series one acquisition? By FrameOfReferenceUID; when the UIDs differ
+    (reconstructions anonymised separately), by AcquisitionDate/Time and kVp, the pixel grid, the
+    orientation and the slice positions being checked by :func:`geometry_mismatch` after this."""
+    if a.frame_of_reference == b.frame_of_reference:
+        return None, "frame of reference"
+    uids = f"different FrameOfReferenceUID ({a.frame_of_reference or 'missing'} vs {b.frame_of_reference or 'missing'})"
+    if not (a.acquisition and b.acquisition):
+        return f"{uids} and no AcquisitionDate/Time to tell whether they are one acquisition", ""
+    if a.acquisition != b.acquisition:
+        return (
+            f"{uids} and acquisition date/time ({a.acquisition} vs {b.acquisition}): not the same acquisition",
+            "",
+        )
+    if a.kvp and b.kvp and a.kvp != b.kvp:
+        return f"{uids} and kVp ({a.kvp} vs {b.kvp}): not the same acquisition", ""
+    kvp = f", {a.kvp} kVp" if a.kvp else ""
+    return None, (
+        f"acquisition (UIDs differ: same AcquisitionDate/Time {a.acquisition}{kvp}, orientation, "
+        "pixel grid and slice positions)"
     )
 
 
@@ -310,11 +345,9 @@ def tolerance_mm(a: SeriesGeometry, b: SeriesGeometry) -> float:
 
 def geometry_mismatch(a: SeriesGeometry, b: SeriesGeometry) -> str | None:
     """Why two series cannot be slice pairs (None when they can), in words a user can act on."""
-    if a.frame_of_reference != b.frame_of_reference:
-        return (
-            f"different FrameOfReferenceUID ({a.frame_of_reference or 'missing'} vs "
-            f"{b.frame_of_reference or 'missing'}): not the same acquisition"
-        )
+    why, _how = same_acquisition(a, b)
+    if why is not None:
+        return why
     if (a.rows, a.columns) != (b.rows, b.columns):
         return f"different matrix ({a.rows}x{a.columns} vs {b.rows}x{b.columns})"
     if not np.allclose(a.pixel_spacing, b.pixel_spacing, rtol=1e-3, atol=1e-4):
@@ -339,7 +372,8 @@ def geometry_mismatch(a: SeriesGeometry, b: SeriesGeometry) -> str | None:
 def _volume_pairs(root: Path, source: str, target: str) -> list[SlicePair]:
     """Volume files named after the kernels (B50f.nii.gz), paired by folder; shapes must agree."""
     out: list[SlicePair] = []
-    folders = sorted({p.parent for p in [root, *root.rglob("*")] if p.is_file() and is_volume_file(p)})
+    files = [root] if root.is_file() else walk_files(root)  # linked folders too
+    folders = sorted({p.parent for p in files if is_volume_file(p)})
     for folder in folders:
         found: dict[str, Path] = {}
         for file in sorted(folder.iterdir()):
@@ -426,7 +460,8 @@ def find_pairs(roots: list[str | Path], source: str, target: str) -> list[SliceP
             continue
         used |= {s.uid, t.uid}
         name = Path(os.path.commonpath([s.path, t.path])).name
-        log.info("paired %s with %s: %d common slice(s)", s.label, t.label, n)
+        how = same_acquisition(s, t)[1]
+        log.info("paired %s with %s by %s: %d common slice(s)", s.label, t.label, how, n)
         pairs.append(
             SlicePair(
                 name=name or s.uid[-8:],
@@ -439,6 +474,7 @@ def find_pairs(roots: list[str | Path], source: str, target: str) -> list[SliceP
                 slice_spacing=s.spacing,
                 target_positions=t.positions[ti],
                 manufacturer=s.manufacturer,
+                paired_by=how,
             )
         )
     for s in sources:

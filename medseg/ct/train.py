@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medseg.ct.budget import budget_summary, budget_text
+from medseg.ct.metrics import AIR_HU, PADDING_MAX_HU
+from medseg.ct.split import (  # noqa: F401 - re-exported: the split belongs to ct-train
+    EXAM_SPLIT_MIN,
+    SLAB_GAP_MIN_SLICES,
+    SLAB_GAP_MM,
+    slab_split,
+    split_slices,
+)
 from medseg.errors import InputError
 
 if TYPE_CHECKING:
@@ -41,9 +51,9 @@ METRIC = "val_rmse_hu"
 class CTTrainConfig:
     source_kernel: str = "B50f"
     target_kernel: str = "B30f"
-    epochs: int = 30
+    epochs: int | None = None  # None: 30, or fitted to max_minutes (medseg.ct.budget)
     batch_size: int = 4
-    lr: float = 1e-4
+    lr: float | None = None  # None: 1e-4 (step schedule), or a one-cycle peak of 1e-3
     weight_decay: float = 1e-6
     lr_step_epochs: int = 20  # multiply lr by lr_gamma every this many epochs
     lr_gamma: float = 0.1
@@ -55,6 +65,8 @@ class CTTrainConfig:
     depth: int = 6
     max_minutes: float | None = None  # time budget (the trainer stops after the step that exceeds it)
     training_data: str = ""  # free-text description stored in the weights
+    init: str = "scratch"  # "demo" (nearest shipped direction; ct-train's default), "scratch" or a file
+    schedule: str = "auto"  # "onecycle" (auto with max_minutes), "step" (auto without)
     extra: dict = field(default_factory=dict)  # notes stored in the weights
 
 
@@ -80,6 +92,7 @@ class PairedSlices:
     y: np.ndarray
     slice_spacing: float | None  # mm (None when unknown)
     warnings: list[str] = field(default_factory=list)  # what the series reader noticed (tilt, gaps)
+    pixel_mm: float | None = None  # in-plane pixel size (for the sharpness fingerprint)
 
 
 def _load_slices(ref, index: np.ndarray, positions: np.ndarray | None):
@@ -128,6 +141,7 @@ def load_pairs(pairs, *, progress: bool = False) -> list[PairedSlices]:
                     for k, m in (("source", meta_x), ("target", meta_y))
                     for w in m.warnings
                 ],
+                float(np.sqrt(meta_x.spacing[1] * meta_x.spacing[2])) if len(meta_x.spacing) == 3 else None,
             )
         )
     shapes = {p.x.shape[1:] for p in out}
@@ -160,6 +174,8 @@ class CTTrainTask:
         *,
         split: dict[str, list[str]],
         training_data: str,
+        init_path: str | None = None,
+        budget: dict[str, Any] | None = None,
     ) -> None:
         self.cfg, self.net_config = cfg, net_config
         self.x_tr, self.y_tr = train_xy
@@ -167,13 +183,28 @@ class CTTrainTask:
         self.x_va, self.y_va = val_xy if val_xy is not None else train_xy
         self.split, self.training_data = split, training_data
         self.input_rmse_hu = rmse_hu(self.x_va, self.y_va)  # what doing nothing scores
+        self.init_path = init_path  # weights to start from (None: random)
+        self.budget = budget  # budget_s, clock_start, test_pixels: fit the schedule's length to it
+        self.schedule = None  # the one-cycle schedule (medseg.ct.budget), when used
+
+    def _apply_plan(self, plan) -> None:
+        """The budget plan chose a few validation slices: validate (and say 'unconverted') on those."""
+        if plan.val_slices and len(plan.val_slices) < len(self.x_va):
+            pick = np.asarray(plan.val_slices)
+            self.x_va, self.y_va = self.x_va[pick], self.y_va[pick]
+            self.input_rmse_hu = rmse_hu(self.x_va, self.y_va)
 
     def build_model(self) -> torch.nn.Module:
         import torch
 
         from medseg.ct.model import build_kernel_net
 
-        return build_kernel_net(config=self.net_config).to(memory_format=torch.channels_last)
+        model = build_kernel_net(config=self.net_config)
+        if self.init_path:
+            from medseg.engine.checkpoint import load_weights
+
+            model.load_state_dict(load_weights(self.init_path)[0])
+        return model.to(memory_format=torch.channels_last)
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         import torch
@@ -183,16 +214,36 @@ class CTTrainTask:
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
         import torch
 
+        if self.cfg.schedule == "onecycle":
+            from medseg.ct.budget import OneCycleSchedule
+
+            (h, w), crop, b = self.x_tr.shape[1:], self._crop(), self.budget or {}
+            self.schedule = OneCycleSchedule(
+                optimizer,
+                self.cfg.lr,
+                epochs=self.cfg.epochs,
+                total_steps=None if b else self.cfg.epochs * self._steps(),
+                budget_s=b.get("budget_s"),
+                clock_start=b.get("clock_start"),
+                pixels_per_step=self.cfg.batch_size * crop * crop,
+                val_pixels=(len(self.x_va), int(h * w)) if self.has_validation else (0, 0),
+                test_pixels=int(b.get("test_pixels", 0)),
+                on_plan=self._apply_plan,
+            )
+            return self.schedule
         return torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=self.cfg.lr_step_epochs, gamma=self.cfg.lr_gamma
         )
 
     def train_batches(self, epoch: int, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``steps_per_epoch`` random batches (default: one pass), each slice cropped at one random offset."""
+        """``steps_per_epoch`` random batches (default: one pass; with a time budget: the epoch's share
+        of the planned steps), each slice cropped at one random offset."""
         n, (h, w) = len(self.x_tr), self.x_tr.shape[1:]
-        steps = self.cfg.steps_per_epoch or max(1, n // self.cfg.batch_size)
-        crop = min(self.cfg.crop or max(h, w), h, w)
-        for _ in range(steps):
+        crop = self._crop()
+        fitted = self.schedule is not None and self.budget
+        steps = 0 if fitted else self._steps()
+        while (self.schedule.step_count < self.schedule.epoch_end(epoch)) if fitted else steps > 0:
+            steps -= 1
             idx = rng.integers(0, n, self.cfg.batch_size)
             oy, ox = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
             yield (
@@ -200,23 +251,40 @@ class CTTrainTask:
                 self.y_tr[idx, None, oy : oy + crop, ox : ox + crop],
             )
 
+    def _steps(self) -> int:
+        return self.cfg.steps_per_epoch or max(1, len(self.x_tr) // self.cfg.batch_size)
+
+    def _crop(self) -> int:
+        h, w = self.x_tr.shape[1:]
+        return int(min(self.cfg.crop or max(h, w), h, w))
+
     def train_step(
         self, model: torch.nn.Module, batch: tuple[np.ndarray, np.ndarray], device: torch.device
     ) -> torch.Tensor:
         import torch
 
+        if self.schedule is not None:
+            self.schedule.before_step()  # per-batch learning rate (and the budget's step timing)
+
         x, y = (
             torch.from_numpy(a).to(device, torch.float32).contiguous(memory_format=torch.channels_last)
             for a in batch
         )
-        # L2 loss on the residual, in units of hu_scale (same optimum as on HU, well-conditioned for Adam)
-        return torch.mean(((model(x) - y) / self.net_config.hu_scale) ** 2)
+        # L2 loss on the residual, in units of hu_scale (same optimum as on HU, well-conditioned for Adam).
+        # Out-of-field padding (Toshiba -2048, ...) is fed as air and left out of the loss, as ct-convert
+        # keeps it unchanged (medseg.ct.convert.PaddingGuard)
+        pad = (x <= PADDING_MAX_HU) | (y <= PADDING_MAX_HU)
+        if not bool(pad.any()):
+            return torch.mean(((model(x) - y) / self.net_config.hu_scale) ** 2)
+        err = (model(torch.where(x <= PADDING_MAX_HU, AIR_HU, x)) - y) / self.net_config.hu_scale
+        return torch.sum(err.masked_fill(pad, 0.0) ** 2) / (~pad).sum().clamp(min=1)
 
     def validate(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
         """RMSE (HU) of the converted validation slices vs their target kernel, through the engine Predictor."""
+        from medseg.ct.convert import PaddingGuard
         from medseg.ct.models import slice_predictor
 
-        predictor = slice_predictor(model, device=str(device), amp="off")
+        predictor = PaddingGuard(slice_predictor(model, device=str(device), amp="off"))
         sq, bs = 0.0, self.cfg.batch_size
         for i in range(0, len(self.x_va), bs):
             out = predictor(self.x_va[i : i + bs, None].astype(np.float32))
@@ -266,104 +334,13 @@ def _resumed_net_config(out_dir: Path, source: str, target: str):
     return KernelNetConfig.from_dict(meta.config)
 
 
-SLAB_GAP_MIN_SLICES = 2  # slices left out between slabs (adjacent slices are correlated) ...
-SLAB_GAP_MM = 3.0  # ... or at least this many mm, whichever is more slices
-EXAM_SPLIT_MIN = 3  # from this many exams (frames of reference) on, split by exam; below, by slabs
-
-
-def slab_split(n: int, fractions: tuple[float, float, float], gap: int) -> dict[str, np.ndarray]:
-    """Contiguous train | gap | validation | gap | test slabs of ``n`` slices (test at the top in z).
-
-    When the slices cannot hold the held-out slabs and their gaps, everything is training data
-    (the trainer then warns that it validates on training data).
-    """
-    wanted = [part for part, f in zip(("val", "test"), fractions[1:]) if f > 0]
-    usable = n - gap * len(wanted)
-    empty = np.zeros(0, int)
-    if not wanted or usable < 1 + len(wanted):
-        return {"train": np.arange(n), "val": empty, "test": empty}
-    total = sum(fractions) or 1.0
-    sizes = {
-        part: max(1, int(round(fractions[i + 1] / total * usable))) for i, part in enumerate(("val", "test"))
-    }
-    sizes = {part: (sizes[part] if part in wanted else 0) for part in ("val", "test")}
-    while usable - sizes["val"] - sizes["test"] < 1:  # keep at least one training slice
-        biggest = max(wanted, key=lambda p: sizes[p])
-        sizes[biggest] -= 1
-    n_train = usable - sizes["val"] - sizes["test"]
-    out, start = {"train": np.arange(n_train)}, n_train
-    for part in ("val", "test"):
-        if sizes[part]:
-            start += gap
-            out[part] = np.arange(start, start + sizes[part])
-            start += sizes[part]
-        else:
-            out[part] = empty
-    return out
-
-
-def split_slices(
-    data: list[PairedSlices], fractions: tuple[float, float, float], seed: int
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
-    """Train/val/test stacks: by exam from :data:`EXAM_SPLIT_MIN` exams on, else by slabs along z."""
-    from medseg.ct.cohort import split_exams
-
-    keys = list(dict.fromkeys(p.exam_key for p in data))
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "val": [], "test": []}
-    if len(keys) >= EXAM_SPLIT_MIN:
-        by_key = split_exams(keys, fractions, seed)
-        names = {part: [p.name for p in data if p.exam_key in ks] for part, ks in by_key.items()}
-        for part, ks in by_key.items():
-            parts[part] = [(p.x, p.y) for p in data if p.exam_key in ks]
-        how = (
-            f"by exam ({len(keys)} exams: "
-            + ", ".join(f"{part} {len(by_key[part])}" for part in ("train", "val", "test"))
-            + ")"
-        )
-        info: dict[str, Any] = {"mode": "exams", "description": how, **names}
-    else:
-        slabs = []
-        for p in data:
-            spacing = p.slice_spacing or 1.0
-            gap = max(SLAB_GAP_MIN_SLICES, int(np.ceil(SLAB_GAP_MM / spacing - 1e-6)))
-            idx = slab_split(len(p.x), fractions, gap)
-            for part in parts:
-                if len(idx[part]):
-                    parts[part].append((p.x[idx[part]], p.y[idx[part]]))
-            slabs.append(
-                {
-                    "exam": p.name,
-                    **{
-                        part: [int(idx[part][0]), int(idx[part][-1])] if len(idx[part]) else []
-                        for part in parts
-                    },
-                    "gap_slices": gap,
-                    "gap_mm": round(gap * spacing, 3),
-                }
-            )
-        counts = {part: sum(len(x) for x, _ in parts[part]) for part in parts}
-        gaps = ", ".join(f"{s['gap_slices']} slices = {s['gap_mm']:g} mm" for s in slabs)
-        how = (
-            f"by contiguous slabs along z ({len(keys)} exam{'s' if len(keys) > 1 else ''}: train "
-            f"{counts['train']}, validation {counts['val']}, test {counts['test']} slices; gap of {gaps} "
-            "between slabs)"
-        )
-        if not counts["val"] and not counts["test"] and any(f > 0 for f in fractions[1:]):
-            how += "; too few slices for held-out slabs: everything is training data"
-        info = {"mode": "slabs", "description": how, "slabs": slabs}
-    stacks = {}
-    for part, items in parts.items():
-        if items:
-            stacks[part] = (np.concatenate([x for x, _ in items]), np.concatenate([y for _, y in items]))
-    return stacks, info
-
-
 def evaluate_test(
     weights: str | Path, net_config, xy: tuple[np.ndarray, np.ndarray] | None, *, device: str, batch_size: int
 ) -> dict[str, Any]:
     """Held-out test RMSE (HU) before and after conversion with ``weights``, and the % reduction."""
     if xy is None or len(xy[0]) == 0:
         return {"slices": 0, "note": "no held-out test data (see split)"}
+    from medseg.ct.convert import PaddingGuard
     from medseg.ct.model import build_kernel_net
     from medseg.ct.models import slice_predictor
     from medseg.engine.checkpoint import load_weights
@@ -371,7 +348,9 @@ def evaluate_test(
     model = build_kernel_net(config=net_config)
     model.load_state_dict(load_weights(weights)[0])
     model.eval()
-    predictor = slice_predictor(model, device=device, amp="off")
+    # PyTorch, as validation: one pass over a few slices does not repay a conversion (and the budget
+    # reserved for the test is measured in PyTorch steps)
+    predictor = PaddingGuard(slice_predictor(model, device=device, amp="off", runtime="torch"))
     x, y = xy
     sq = 0.0
     for i in range(0, len(x), batch_size):
@@ -402,16 +381,23 @@ def train(
     progress: bool = False,
 ) -> TrainResult:
     """Train one direction on paired series (found by acquisition), validate on held-out data, test the best."""
+    from medseg.ct.budget import settle_config
     from medseg.ct.cohort import find_pairs, kernel_key
     from medseg.ct.model import KernelNetConfig
+    from medseg.ct.train_init import InitChoice, resolve_init
     from medseg.engine.trainer import TrainConfig, fit, preflight
 
+    clock = time.perf_counter()  # a time budget counts from here: loading, training and the test
     cfg = config
+    settle_config(cfg)
     source, target = kernel_name(cfg.source_kernel), kernel_name(cfg.target_kernel)
     if kernel_key(source) == kernel_key(target):
         raise InputError(f"--from and --to are both {source}: nothing to learn")
     cfg.source_kernel, cfg.target_kernel = source, target
-    out_dir = preflight(out_dir, resume=resume, overwrite=overwrite, inputs=pairs)  # before loading any data
+    init_file = cfg.init if cfg.init not in ("demo", "scratch") and not resume else None
+    out_dir = preflight(
+        out_dir, resume=resume, overwrite=overwrite, inputs=[*pairs, init_file]
+    )  # before loading
     net_config = _resumed_net_config(out_dir, source, target) if resume else None
     found = find_pairs(list(pairs), source, target)
     data = load_pairs(found, progress=progress)
@@ -420,16 +406,29 @@ def train(
         raise InputError("no training slices found", path=pairs[0])
     train_xy, val_xy = stacks["train"], stacks.get("val")
     log.info("split %s", split_info["description"])
+    choice = InitChoice(None, None, "resumed (the run's last weights)")
     if net_config is None:
+        choice = resolve_init(
+            cfg.init, source, target, train_xy, data[0].pixel_mm, channels=cfg.channels, depth=cfg.depth
+        )
+        net = choice.net or {}
         net_config = KernelNetConfig(
             source,
             target,
-            cfg.channels,
-            cfg.depth,
-            hu_mean=float(train_xy[0].mean()),
-            hu_scale=1000.0,
+            int(net.get("channels", cfg.channels)),
+            int(net.get("depth", cfg.depth)),
+            hu_mean=float(net.get("hu_mean", train_xy[0].mean())),
+            hu_scale=float(net.get("hu_scale", 1000.0)),
             manufacturer=_training_vendor(found),
         )
+    budget = None
+    if cfg.max_minutes and cfg.schedule == "onecycle" and cfg.steps_per_epoch is None:
+        test_stack = stacks.get("test")
+        budget = {
+            "budget_s": cfg.max_minutes * 60.0,
+            "clock_start": clock,
+            "test_pixels": int(test_stack[0].size) if test_stack is not None else 0,
+        }
     exams = list(dict.fromkeys(p.name for p in data))
     task = CTTrainTask(
         cfg,
@@ -438,12 +437,18 @@ def train(
         val_xy,
         split=split_info,
         training_data=cfg.training_data
-        or f"{len(exams)} exam(s) ({', '.join(exams)}) from {', '.join(map(str, pairs))}; split {split_info['description']}",
+        or f"{len(exams)} exam(s) ({', '.join(exams)}) from {', '.join(map(str, pairs))}; split "
+        f"{split_info['description']}; started from {choice.description}",
+        init_path=choice.path,
+        budget=budget,
     )
+    left_min = cfg.max_minutes - (time.perf_counter() - clock) / 60 if cfg.max_minutes else None
     result = fit(
         task,
         out_dir,
-        TrainConfig(epochs=cfg.epochs, seed=cfg.seed, max_minutes=cfg.max_minutes, amp="off"),
+        TrainConfig(
+            epochs=cfg.epochs, seed=cfg.seed, max_minutes=max(left_min, 1e-3) if left_min else None, amp="off"
+        ),
         device=device,
         resume=resume,
         overwrite=overwrite,
@@ -454,6 +459,8 @@ def train(
     )
     test["on"] = "held-out test exams" if split_info["mode"] == "exams" else "held-out test slabs"
     test["weights"] = "best"
+    result.extra["init"] = choice.to_dict()
+    result.extra["budget"] = budget_summary(cfg, task, result, time.perf_counter() - clock)
     result.extra.update(
         {
             "source_kernel": source,
@@ -464,6 +471,7 @@ def train(
                     "source": str(f.source.path),
                     "target": str(f.target.path),
                     "slices": len(p.x),
+                    "paired_by": f.paired_by,
                     "warnings": p.warnings,
                 }
                 for p, f in zip(data, found)
@@ -495,6 +503,7 @@ def train_text(result: TrainResult) -> str:
         f"best validation RMSE {best} at epoch {result.best_epoch} of {result.epochs} (unconverted input: "
         f"{e.get('input_rmse_hu', float('nan')):.2f} HU; validated on {result.validated_on}; {result.stopped}) "
         f"-> {result.best_weights}\n"
+        f"{budget_text(e)}"
         f"test: {held_out}"
     )
 

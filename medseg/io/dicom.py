@@ -41,6 +41,7 @@ from medseg.io.dicom_objects import (  # noqa: F401 - re-exported: the DICOM obj
     source_of,
 )
 from medseg.io.volume import VolumeMeta
+from medseg.io.walk import walk_files
 
 log = logging.getLogger("medseg.io.dicom")
 
@@ -120,7 +121,7 @@ def scan_study(
     Multi-frame (Enhanced CT) files give one header per frame (see :func:`frame_headers`).
     """
     path = Path(path)
-    candidates = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    candidates = [path] if path.is_file() else sorted(walk_files(path))  # linked folders too
     groups: dict[str, list[tuple[Path, object]]] = {}
     skipped: list[Path] = []
     ignored: dict[str, int] = {}
@@ -232,7 +233,7 @@ def open_series(
     path = Path(path)
     if not path.exists():
         raise InputError("no such file or folder", path=path)
-    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+    if path.is_dir() and next(walk_files(path), None) is None:
         raise InputError("folder is empty", path=path)
     groups, skipped, ignored = scan_study(path)
     for file in skipped:

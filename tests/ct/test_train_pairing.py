@@ -107,7 +107,13 @@ def test_match_slices_tolerance():
 @pytest.mark.parametrize(
     ("edit", "reason"),
     [
-        (lambda ds: setattr(ds, "FrameOfReferenceUID", "1.2.3.4"), "different FrameOfReferenceUID"),
+        (  # another frame of reference AND another acquisition time (a UID alone may differ: below)
+            lambda ds: (
+                setattr(ds, "FrameOfReferenceUID", "1.2.3.4"),
+                setattr(ds, "AcquisitionTime", "101010"),
+            ),
+            "different FrameOfReferenceUID",
+        ),
         (lambda ds: setattr(ds, "PixelSpacing", [0.5, 0.5]), "different pixel spacing"),
         (shift_z(100.0), "no common slice positions"),
         (
@@ -177,17 +183,18 @@ def test_volume_files_named_after_kernels_still_pair(tmp_path):
     import SimpleITK as sitk
 
     rng = np.random.default_rng(0)
+    data = tmp_path / "data"  # the run folder may not lie inside the training data
     for i in range(3):
-        folder = tmp_path / f"exam{i}"
-        folder.mkdir()
+        folder = data / f"exam{i}"
+        folder.mkdir(parents=True)
         base = rng.normal(0, 100, (6, 32, 32)).astype(np.float32)
         for kernel, volume in (("B30f", base), ("B50f", base + rng.normal(0, 30, base.shape))):
             sitk.WriteImage(
                 sitk.GetImageFromArray(volume.astype(np.float32)), str(folder / f"{kernel}.nii.gz")
             )
-    pairs = find_pairs([tmp_path], "B50f", "B30f")
+    pairs = find_pairs([data], "B50f", "B30f")
     assert sorted(p.name for p in pairs) == ["exam0", "exam1", "exam2"]
-    result = train([tmp_path], tmp_path / "run", tiny(), device="cpu")
+    result = train([data], tmp_path / "run", tiny(), device="cpu")
     assert result.extra["split"]["mode"] == "exams"  # three exams: split by exam
     assert "by exam" in train_text(result) and train_text(result).splitlines()[-1].startswith("test:")
 

@@ -1,0 +1,232 @@
+"""``ct-train --max-minutes``: a one-cycle learning-rate schedule fitted to a CPU time budget.
+
+The paper's recipe (Adam 1e-4, 30 whole-slice epochs, step decay) is a GPU recipe: on a 2-core CPU
+five minutes buy a few hundred steps of 128 px crops, and a constant small learning rate is still
+far from converged when the budget ends. So with a time budget the run measures its own speed and
+plans the whole schedule from it:
+
+- the first :data:`MEASURE_STEPS` steps run at the warm-up learning rate and are timed; the median
+  step time then fixes the schedule's length: the steps that fit in what is left of the budget
+  after the validations, the final held-out test and a small margin;
+- the learning rate follows one cycle over those steps (cosine warm-up from ``peak / DIV`` to
+  ``peak`` over the first :data:`WARMUP` of them, cosine decay to ``peak / FINAL_DIV``), stepped
+  after every batch, so the run ends annealed instead of being cut off mid-schedule;
+- the epochs split those steps evenly; each validates on a few evenly spaced slices of the
+  validation slab, as many as keep all validations within :data:`VALIDATION_SHARE` of the budget
+  (whole 512x512 slices cost about half a training step per 128 px crop pixel).
+
+The plan (steps, step time, validation slices) is saved with the trainer's state, so ``--resume``
+continues the same schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+log = logging.getLogger("medseg.ct")
+
+MEASURE_STEPS = 8  # steps timed before the schedule's length is fixed (the first is warm-up, not counted)
+WARMUP = 0.25  # share of the steps spent warming the learning rate up
+DIV = 25.0  # start at peak / DIV
+FINAL_DIV = 1000.0  # end at peak / FINAL_DIV
+VALIDATION_SHARE = 0.08  # all validations together take at most this share of the budget
+FORWARD_COST = 0.5  # a forward pass costs about this share of a training step, per pixel
+MARGIN = 0.03  # share of the budget kept free (the machine's speed varies)
+BUDGET_CROP = 128  # crop (px) when a budget is given and no --crop
+BUDGET_PEAK_LR = 1e-3  # one-cycle peak when no --lr
+
+
+def budget_epochs(max_minutes: float) -> int:
+    """Epochs (validations) for a budget: about one per minute, 2 to 10."""
+    return int(min(10, max(2, round(max_minutes))))
+
+
+def one_cycle_lr(step: int, total: int, peak: float) -> float:
+    """Learning rate at ``step`` (0-based) of a one-cycle schedule of ``total`` steps."""
+    if total <= 1:
+        return peak
+    warm = max(1, int(round(WARMUP * total)))
+    if step < warm:
+        lo, hi, frac = peak / DIV, peak, step / warm
+    else:
+        lo, hi, frac = peak, peak / FINAL_DIV, min(1.0, (step - warm) / max(1, total - 1 - warm))
+    return hi + (lo - hi) * (1 + math.cos(math.pi * frac)) / 2
+
+
+@dataclass
+class BudgetPlan:
+    """What the budget allows, fixed after the first timed steps (saved with the training state)."""
+
+    total_steps: int | None = None  # None until measured
+    step_seconds: float | None = None
+    val_slices: list[int] = field(default_factory=list)  # indices into the validation stack
+    planned_at_s: float | None = None  # seconds into the budget when the plan was fixed
+    reserve_s: dict[str, float] = field(default_factory=dict)  # validations, test, margin
+
+
+class OneCycleSchedule:
+    """Per-step one-cycle learning rate whose length is fixed by the budget (or given).
+
+    The engine trainer steps schedulers once per epoch (``step()``: nothing to do here); the CT
+    task calls :meth:`before_step` before each batch. ``total_steps`` given: no measuring.
+    """
+
+    def __init__(
+        self,
+        optimizer: Any,
+        peak_lr: float,
+        *,
+        epochs: int,
+        total_steps: int | None = None,
+        budget_s: float | None = None,
+        clock_start: float | None = None,
+        pixels_per_step: int = 1,
+        val_pixels: tuple[int, int] = (0, 0),  # (slices, pixels per slice)
+        test_pixels: int = 0,
+        on_plan: Callable[[BudgetPlan], None] | None = None,
+    ) -> None:
+        self.optimizer, self.peak, self.epochs = optimizer, float(peak_lr), max(1, int(epochs))
+        self.budget_s, self.clock_start = (
+            budget_s,
+            clock_start if clock_start is not None else time.perf_counter(),
+        )
+        self.pixels_per_step, self.val_pixels, self.test_pixels = pixels_per_step, val_pixels, test_pixels
+        self.on_plan = on_plan
+        self.plan = BudgetPlan(total_steps=total_steps)
+        self.step_count = 0
+        self._stamps: list[float] = []
+        self._set_lr()
+
+    # --- the learning rate -------------------------------------------------------------------
+    def _set_lr(self) -> None:
+        total = self.plan.total_steps
+        lr = self.peak / DIV if total is None else one_cycle_lr(self.step_count, total, self.peak)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def before_step(self) -> None:
+        """Called before each training batch: time the first steps, fix the plan, set the rate."""
+        if self.plan.total_steps is None:
+            self._stamps.append(time.perf_counter())
+            if len(self._stamps) > MEASURE_STEPS:
+                self._fix_plan()
+        self._set_lr()
+        self.step_count += 1
+
+    def epoch_end(self, epoch: int) -> float:
+        """The step count at which ``epoch`` (1-based) ends (infinite until the plan is fixed)."""
+        total = self.plan.total_steps
+        if total is None:
+            return math.inf
+        return max(epoch, int(round(total * epoch / self.epochs)))
+
+    # --- the plan ----------------------------------------------------------------------------
+    def _fix_plan(self) -> None:
+        diffs = sorted(b - a for a, b in zip(self._stamps[1:], self._stamps[2:]))  # the first is warm-up
+        step_s = diffs[len(diffs) // 2]
+        now = time.perf_counter() - self.clock_start
+        budget = self.budget_s or 0.0
+        slice_s = FORWARD_COST * step_s * self.val_pixels[1] / max(1, self.pixels_per_step)
+        n_val, _ = self.val_pixels
+        per_epoch = VALIDATION_SHARE * budget / self.epochs
+        keep = min(n_val, max(1, int(per_epoch // slice_s))) if n_val and slice_s > 0 else n_val
+        reserve = {
+            "validations_s": round(self.epochs * keep * slice_s, 1),
+            "test_s": round(FORWARD_COST * step_s * self.test_pixels / max(1, self.pixels_per_step), 1),
+            "margin_s": round(MARGIN * budget, 1),
+        }
+        left = budget - now - sum(reserve.values())
+        total = self.step_count + max(self.epochs, int(left // step_s))
+        picks = sorted({int(round(v)) for v in _spaced(n_val, keep)})
+        self.plan = BudgetPlan(total, round(step_s, 4), picks, round(now, 1), reserve)
+        log.info(
+            "time budget %.1f min: %.2f s per step measured, so %d steps in %d epochs of one-cycle "
+            "learning rate (peak %g); validation on %d of %d slices",
+            budget / 60,
+            step_s,
+            total,
+            self.epochs,
+            self.peak,
+            len(picks),
+            n_val,
+        )
+        if self.on_plan is not None:
+            self.on_plan(self.plan)
+
+    # --- what the trainer calls ----------------------------------------------------------------
+    def step(self) -> None:
+        """Epoch end (the engine trainer's call): the rate is set per batch, nothing to do."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step_count": self.step_count, "peak": self.peak, "plan": asdict(self.plan)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step_count"])
+        self.plan = BudgetPlan(**state["plan"])
+        if self.plan.total_steps is not None and self.on_plan is not None:
+            self.on_plan(self.plan)
+        self._set_lr()
+
+
+def _spaced(n: int, k: int) -> list[float]:
+    """``k`` evenly spaced positions in ``range(n)`` (both ends when k > 1)."""
+    if n <= 0 or k <= 0:
+        return []
+    if k == 1:
+        return [(n - 1) / 2]
+    return [i * (n - 1) / (k - 1) for i in range(k)]
+
+
+def settle_config(cfg: Any) -> None:
+    """Fill in what ``ct-train`` leaves to the budget (a :class:`medseg.ct.train.CTTrainConfig`, in
+    place): with ``max_minutes`` a one-cycle schedule (peak 1e-3), 128 px crops and about one epoch per
+    minute; without, the paper's recipe (30 epochs, 1e-4, step decay)."""
+    from medseg.errors import InputError
+
+    if cfg.schedule not in ("auto", "onecycle", "step"):
+        raise InputError(f"unknown learning-rate schedule '{cfg.schedule}' (auto, onecycle or step)")
+    budget = cfg.max_minutes
+    if cfg.schedule == "auto":
+        cfg.schedule = "onecycle" if budget else "step"
+    if cfg.epochs is None:
+        cfg.epochs = budget_epochs(budget) if budget and cfg.steps_per_epoch is None else 30
+    if cfg.lr is None:
+        cfg.lr = BUDGET_PEAK_LR if cfg.schedule == "onecycle" else 1e-4
+    if cfg.crop is None and budget:
+        cfg.crop = BUDGET_CROP
+
+
+def budget_summary(cfg: Any, task: Any, result: Any, seconds: float) -> dict[str, Any]:
+    """What the run spent and how it was planned (``extra.budget`` of ct-train's result)."""
+    schedule = task.schedule
+    plan = asdict(schedule.plan) if schedule is not None else None
+    return {
+        "max_minutes": cfg.max_minutes,
+        "used_minutes": round(seconds / 60, 2),  # loading, training, validation and the held-out test
+        "training_minutes": round(result.seconds / 60, 2),
+        "schedule": cfg.schedule,
+        "peak_lr" if cfg.schedule == "onecycle" else "lr": cfg.lr,
+        "steps": schedule.step_count if schedule is not None else None,
+        "crop": cfg.crop,
+        "batch_size": cfg.batch_size,
+        "validation_slices": int(len(task.x_va)),
+        "plan": plan,
+    }
+
+
+def budget_text(extra: dict[str, Any]) -> str:
+    """One line for the human summary: the budget and how it was spent, where the run started."""
+    b, init = extra.get("budget") or {}, (extra.get("init") or {}).get("description")
+    if not b:
+        return ""
+    spent = f"{b['used_minutes']:.1f} min used ({b['training_minutes']:.1f} min training)"
+    head = f"time budget {b['max_minutes']:g} min, {spent}" if b.get("max_minutes") else spent
+    steps = f"{b['steps']} steps" if b.get("steps") is not None else "steps per epoch"
+    lr = f"one-cycle lr, peak {b['peak_lr']:g}" if b["schedule"] == "onecycle" else f"step lr {b['lr']:g}"
+    crop = f"{b['crop']} px crops" if b.get("crop") else "whole slices"
+    return f"{head}: {steps} of {lr}, {crop} x {b['batch_size']}; started from {init}\n"
