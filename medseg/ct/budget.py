@@ -98,8 +98,12 @@ class OneCycleSchedule:
         self.pixels_per_step, self.val_pixels, self.test_pixels = pixels_per_step, val_pixels, test_pixels
         self.on_plan = on_plan
         self.plan = BudgetPlan(total_steps=total_steps)
+        self._fixed = total_steps is not None  # given, not planned: a resume with more epochs keeps it
         self.step_count = 0
         self._stamps: list[float] = []
+        self._epoch_start: tuple[float, int] | None = None  # (time, step count) at this epoch's first step
+        self._last_epoch: tuple[tuple[float, int], tuple[float, int]] | None = None  # its start and end
+        self._epochs_done = 0
         self._set_lr()
 
     # --- the learning rate -------------------------------------------------------------------
@@ -111,10 +115,15 @@ class OneCycleSchedule:
 
     def before_step(self) -> None:
         """Called before each training batch: time the first steps, fix the plan, set the rate."""
+        now = time.perf_counter()
         if self.plan.total_steps is None:
-            self._stamps.append(time.perf_counter())
+            self._stamps.append(now)
             if len(self._stamps) > MEASURE_STEPS:
                 self._fix_plan()
+        elif self._last_epoch is not None and not self._fixed:
+            self._replan(now)
+        if self._epoch_start is None:
+            self._epoch_start = (now, self.step_count)
         self._set_lr()
         self.step_count += 1
 
@@ -158,16 +167,45 @@ class OneCycleSchedule:
         if self.on_plan is not None:
             self.on_plan(self.plan)
 
+    def _replan(self, now: float) -> None:
+        """First step of a new epoch: refit the length to the speed of the last epoch and the time its
+        validation took (the machine may be busier or freer than in the first steps)."""
+        (t0, s0), (t1, s1) = self._last_epoch
+        self._last_epoch = None
+        if s1 <= s0 or self.budget_s is None:
+            return
+        step_s, val_s = (t1 - t0) / (s1 - s0), max(0.0, now - t1)
+        remaining = max(1, self.epochs - self._epochs_done)  # epochs still to run, each validated
+        reserve = self.plan.reserve_s
+        left = self.budget_s - (now - self.clock_start) - remaining * val_s
+        left -= reserve.get("test_s", 0.0) + reserve.get("margin_s", 0.0)
+        total = self.step_count + max(remaining, int(left // step_s))
+        if total != self.plan.total_steps:
+            log.info(
+                "re-planned: %.2f s per step, %.1f s per validation: %d steps in all", step_s, val_s, total
+            )
+        self.plan.total_steps, self.plan.step_seconds = total, round(step_s, 4)
+
     # --- what the trainer calls ----------------------------------------------------------------
     def step(self) -> None:
-        """Epoch end (the engine trainer's call): the rate is set per batch, nothing to do."""
+        """Epoch end (the engine trainer's call; the rate itself is set per batch): note the time, so the
+        next epoch's first step can re-plan."""
+        if self._epoch_start is not None:
+            self._last_epoch = (self._epoch_start, (time.perf_counter(), self.step_count))
+        self._epoch_start = None
+        self._epochs_done += 1
 
     def state_dict(self) -> dict[str, Any]:
         return {"step_count": self.step_count, "peak": self.peak, "plan": asdict(self.plan)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step_count"])
-        self.plan = BudgetPlan(**state["plan"])
+        if not self._fixed:  # the budget's plan goes on as measured; a given length is this run's
+            self.plan = BudgetPlan(**state["plan"])
+        if self.plan.total_steps:
+            self._epochs_done = min(
+                self.epochs, int(round(self.epochs * self.step_count / self.plan.total_steps))
+            )
         if self.plan.total_steps is not None and self.on_plan is not None:
             self.on_plan(self.plan)
         self._set_lr()
