@@ -99,8 +99,8 @@ def runtime_option(func: Callable) -> Callable:
         show_default="auto",
         expose_value=False,
         callback=_set_runtime,
-        help="Inference runtime: auto = OpenVINO on a CPU (2-3x faster; fp32) when installed, "
-        "PyTorch on CUDA; or torch, openvino.",
+        help="Inference runtime: auto = OpenVINO on a CPU when installed (fp32, faster than PyTorch "
+        "there), PyTorch on CUDA; or torch, openvino.",
     )(func)
 
 

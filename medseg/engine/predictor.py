@@ -8,7 +8,7 @@ predictor as a plain callable ``batch -> outputs`` and never see torch.
 Why ``channels_last`` on CPU too: oneDNN's NHWC convolutions are about 1.5x faster than NCHW for
 the CT net on a 2-core CPU (0.88 vs 1.35 s per 512^2 slice); outputs match to float tolerance.
 
-Why a second runtime: on a CPU, OpenVINO runs the same networks 2-3x faster than PyTorch
+Why a second runtime: on a CPU, OpenVINO runs the same networks 1.4-3x faster than PyTorch
 (``runtime="auto"`` picks it there; see :mod:`medseg.engine.openvino_runtime`). The predictor keeps
 one call for both, so engines and pipelines do not know which one ran.
 """
