@@ -210,15 +210,18 @@ Examples:
 
 \b
 PAIRS: study folder(s) in any layout (all series in one folder, per-kernel sub-folders, exam
-folders). The two kernels' DICOM series (by ConvolutionKernel tag; volumes named like
-B50f.nii.gz pair by folder) are paired by FrameOfReferenceUID and slice position; mismatched
-geometry is refused with the reason. Split by exam from 3 exams on, else by contiguous z slabs
-with a gap. Starts from the shipped direction nearest in measured sharpness (--init demo). With
---max-minutes the run fits itself to the budget: it times its first steps, then plans 128 px crops,
-about one epoch per minute and a one-cycle learning rate (peak 1e-3) that ends annealed within
-the budget (loading and the final test included); without, the paper's recipe (30 whole-slice
-epochs, lr 1e-4, x0.1 every --lr-step epochs). OUT receives best.safetensors, last.safetensors, state.pt, history.json and
-train_config.json (with the split); the summary ends with the held-out test RMSE before/after.
+folders, folders reached through symbolic links). The two kernels' DICOM series (by
+ConvolutionKernel tag; volumes named like B50f.nii.gz pair by folder) are paired by
+FrameOfReferenceUID and slice position, or, where the UIDs differ (separately anonymised), by
+acquisition (AcquisitionDate/Time, kVp, orientation, pixel grid, positions); mismatched geometry
+is refused with the reason. Split by exam from 3 exams on, else by contiguous z slabs with a gap.
+Starts from the shipped direction nearest in measured sharpness (--init demo). With --max-minutes
+the run fits itself to the budget: it times its first steps, then plans 128 px crops, about one
+epoch per minute and a one-cycle learning rate (peak 5e-4 from starting weights, 1e-3 from
+scratch) that ends annealed within the budget (loading and the final test included); without,
+the paper's recipe (30 whole-slice epochs, lr 1e-4, x0.1 every --lr-step epochs). OUT receives
+best.safetensors, last.safetensors, state.pt, history.json and train_config.json (with the
+split); the summary ends with the budget used and the held-out test RMSE before/after.
 """,
 )
 @click.argument(
@@ -237,7 +240,8 @@ train_config.json (with the split); the summary ends with the held-out test RMSE
     "--lr",
     type=FiniteFloatRange(min=0, min_open=True),
     default=None,
-    help="Learning rate (default 1e-4; the one-cycle peak, default 1e-3, with --max-minutes).",
+    help="Learning rate (default 1e-4; with --max-minutes the one-cycle peak: 5e-4 from the starting "
+    "weights, 1e-3 from scratch).",
 )
 @click.option(
     "--schedule",

@@ -38,7 +38,10 @@ VALIDATION_SHARE = 0.08  # all validations together take at most this share of t
 FORWARD_COST = 0.5  # a forward pass costs about this share of a training step, per pixel
 MARGIN = 0.03  # share of the budget kept free (the machine's speed varies)
 BUDGET_CROP = 128  # crop (px) when a budget is given and no --crop
-BUDGET_PEAK_LR = 1e-3  # one-cycle peak when no --lr
+BUDGET_PEAK_LR = 1e-3  # one-cycle peak when no --lr, from scratch
+FINETUNE_PEAK_LR = (
+    5e-4  # ... and from starting weights (real Philips pair, 60 steps: 5e-4 beat 1e-3 both ways)
+)
 
 
 def budget_epochs(max_minutes: float) -> int:
@@ -222,8 +225,9 @@ def _spaced(n: int, k: int) -> list[float]:
 
 def settle_config(cfg: Any) -> None:
     """Fill in what ``ct-train`` leaves to the budget (a :class:`medseg.ct.train.CTTrainConfig`, in
-    place): with ``max_minutes`` a one-cycle schedule (peak 1e-3), 128 px crops and about one epoch per
-    minute; without, the paper's recipe (30 epochs, 1e-4, step decay)."""
+    place): with ``max_minutes`` a one-cycle schedule (its peak, :func:`peak_lr`, once the starting
+    weights are known), 128 px crops and about one epoch per minute; without, the paper's recipe
+    (30 epochs, 1e-4, step decay)."""
     from medseg.errors import InputError
 
     if cfg.schedule not in ("auto", "onecycle", "step"):
@@ -233,10 +237,15 @@ def settle_config(cfg: Any) -> None:
         cfg.schedule = "onecycle" if budget else "step"
     if cfg.epochs is None:
         cfg.epochs = budget_epochs(budget) if budget and cfg.steps_per_epoch is None else 30
-    if cfg.lr is None:
-        cfg.lr = BUDGET_PEAK_LR if cfg.schedule == "onecycle" else 1e-4
+    if cfg.lr is None and cfg.schedule == "step":
+        cfg.lr = 1e-4  # the one-cycle peak waits for the starting weights: :func:`peak_lr`
     if cfg.crop is None and budget:
         cfg.crop = BUDGET_CROP
+
+
+def peak_lr(fine_tune: bool) -> float:
+    """One-cycle peak when no --lr: lower from starting weights, which a large step would undo."""
+    return FINETUNE_PEAK_LR if fine_tune else BUDGET_PEAK_LR
 
 
 def budget_summary(cfg: Any, task: Any, result: Any, seconds: float) -> dict[str, Any]:

@@ -381,7 +381,7 @@ def train(
     progress: bool = False,
 ) -> TrainResult:
     """Train one direction on paired series (found by acquisition), validate on held-out data, test the best."""
-    from medseg.ct.budget import settle_config
+    from medseg.ct.budget import peak_lr, settle_config
     from medseg.ct.cohort import find_pairs, kernel_key
     from medseg.ct.model import KernelNetConfig
     from medseg.ct.train_init import InitChoice, resolve_init
@@ -421,6 +421,8 @@ def train(
             hu_scale=float(net.get("hu_scale", 1000.0)),
             manufacturer=_training_vendor(found),
         )
+    if cfg.lr is None:  # the one-cycle peak: lower when fine-tuning
+        cfg.lr = peak_lr(choice.path is not None or resume)
     budget = None
     if cfg.max_minutes and cfg.schedule == "onecycle" and cfg.steps_per_epoch is None:
         test_stack = stacks.get("test")

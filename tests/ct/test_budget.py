@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medseg.ct import budget as budget_mod
-from medseg.ct.budget import FINAL_DIV, MEASURE_STEPS, OneCycleSchedule, one_cycle_lr, settle_config
+from medseg.ct.budget import FINAL_DIV, MEASURE_STEPS, OneCycleSchedule, one_cycle_lr, peak_lr, settle_config
 from medseg.ct.models import DEMO_MODELS
 from medseg.ct.train import CTTrainConfig, train, train_text
 from medseg.ct.train_init import nearest_direction, resolve_init
@@ -70,10 +70,11 @@ def test_settle_config_defaults_with_and_without_budget():
     settle_config(with_budget)
     assert (with_budget.schedule, with_budget.lr, with_budget.crop, with_budget.epochs) == (
         "onecycle",
-        1e-3,
+        None,  # the peak once the starting weights are known
         128,
         5,
     )
+    assert (peak_lr(fine_tune=True), peak_lr(fine_tune=False)) == (5e-4, 1e-3)
     paper = CTTrainConfig()
     settle_config(paper)
     assert (paper.schedule, paper.lr, paper.crop, paper.epochs) == ("step", 1e-4, None, 30)
@@ -126,7 +127,7 @@ def test_a_budgeted_run_plans_its_steps_and_says_what_it_spent(pairs, tmp_path):
     assert result.history[-1]["lr"] < 1e-3 / 10  # annealed by the end
     assert result.extra["init"]["weights"] is None  # an 8-channel net: scratch
     text = train_text(result)
-    assert "time budget 0.25 min" in text and "one-cycle lr, peak 0.001" in text
+    assert "time budget 0.25 min" in text and "one-cycle lr, peak 0.001" in text  # scratch: 1e-3
     assert text.splitlines()[-1].startswith("test:")
 
 
