@@ -253,3 +253,18 @@ def test_other_cells_architectures_convert_and_agree(arch):
     ov = make_predictor(model, device="cpu", runtime="openvino", postprocess="float", config=config)
     assert ov.runtime == "openvino" and ov.startup["example"][-1] != edge
     np.testing.assert_allclose(ov(x), ref, atol=2e-3)
+
+
+@needs_ov
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["local-cascade", "mf-cascade"])
+def test_other_brain_cascades_convert_and_agree(arch):
+    from medseg.brain.models import BrainNetConfig, build_model
+    from medseg.brain.segment import make_predictor
+
+    torch.manual_seed(0)
+    model = build_model(config=BrainNetConfig(arch=arch, local_channels=8, global_channels=16)).eval()
+    x = np.random.default_rng(0).normal(size=(1, 4, 130, 140)).astype(np.float32)
+    ref = make_predictor(model, device="cpu", postprocess="float", runtime="torch")(x)
+    out = make_predictor(model, device="cpu", postprocess="float", runtime="openvino")(x)
+    assert np.abs(out - ref).max() < 1e-3 and (out.argmax(1) == ref.argmax(1)).mean() >= 0.999
