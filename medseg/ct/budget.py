@@ -180,8 +180,9 @@ class OneCycleSchedule:
         step_s, val_s = (t1 - t0) / (s1 - s0), max(0.0, now - t1)
         remaining = max(1, self.epochs - self._epochs_done)  # epochs still to run, each validated
         reserve = self.plan.reserve_s
+        reserve["test_s"] = round(FORWARD_COST * step_s * self.test_pixels / max(1, self.pixels_per_step), 1)
         left = self.budget_s - (now - self.clock_start) - remaining * val_s
-        left -= reserve.get("test_s", 0.0) + reserve.get("margin_s", 0.0)
+        left -= reserve["test_s"] + reserve.get("margin_s", 0.0)
         total = self.step_count + max(remaining, int(left // step_s))
         if total != self.plan.total_steps:
             log.info(
