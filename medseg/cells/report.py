@@ -39,7 +39,8 @@ def segmentation_report(
         "Method",
         (
             f"{model['arch']} (base {model['base_channels']} channels), overlap-tile inference with mirrored "
-            f"borders, tile {settings['tile']}, device {s['device']}, precision {s['amp']}"
+            f"borders, tile {settings['tile']}, device {s['device']} ({s.get('runtime', 'torch')}), "
+            f"precision {s['amp']}"
             f"{', channels-last' if s['channels_last'] else ''}. Instances: threshold {inst['threshold']}, "
             f"watershed on the distance transform (h = {inst['h']} px) of components less solid than "
             f"{inst['solidity']}, min size {inst['min_size']} px."

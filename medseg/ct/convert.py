@@ -490,7 +490,8 @@ def convert_text(result: RunResult) -> str:
     where = item.outputs.get("series") or item.outputs.get("volume", "")
     text = (
         f"{m.get('slices', 0)} slices {s['source_kernel']}->{s['target_kernel']} in {m.get('seconds', 0):.1f} s "
-        f"({m.get('slices_per_second', 0):.1f} slices/s on {s['device']}, {s['amp']}) -> {where}"
+        f"({m.get('slices_per_second', 0):.1f} slices/s on {s['device']} with "
+        f"{s.get('runtime', 'torch')}, {s['amp']}) -> {where}"
     )
     if "rmse_original_hu" in m:
         text += f"\n{qa_text(m)}\nQA report: {result.outputs.get('qa_html', '')}"
