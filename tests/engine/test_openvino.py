@@ -213,12 +213,13 @@ def test_cells_unet2015_equal_probabilities():
 
 
 @needs_ov
-def test_slide_detector_backbone_on_openvino_same_detections():
+@pytest.mark.parametrize("weights", ["c4d_light_demo", "c4d_maskrcnn_demo"])
+def test_slide_detector_backbone_on_openvino_same_detections(weights):
     from medseg.engine.weights import demo_weights_path
     from medseg.pathology.detector import load_detector
     from medseg.synthetic.slides import SlideSpec, SyntheticSlide
 
-    path = demo_weights_path("pathology", "c4d_light_demo.safetensors")
+    path = demo_weights_path("pathology", f"{weights}.safetensors")
     slide = SyntheticSlide(SlideSpec(width=2048, height=1024, seed=3))
     tiles = np.stack([slide.render(x0, 256, 384, 320) for x0 in (256, 1024)])
     ref = load_detector(path, device="cpu", runtime="torch").predict(tiles, min_score=0.3)
