@@ -309,7 +309,7 @@ class OpenVINOModule:
             "example": tuple(example_shape),
         }
         self.names = [_output_name(out, i) for i, out in enumerate(self.compiled.outputs)]
-        self.dict_output = isinstance(_probe_output_type(module), dict)
+        self.dict_output = _returns_feature_dict(module)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
 
@@ -335,9 +335,10 @@ def _output_name(output: Any, index: int) -> str:
     return names[0] if names else str(index)
 
 
-def _probe_output_type(module: Any) -> Any:
-    """Whether a module returns a dict (torchvision backbones do: ``out_channels`` + FPN)."""
-    return {} if hasattr(module, "fpn") else None
+def _returns_feature_dict(module: Any) -> bool:
+    """torchvision's FPN backbones return an ordered dict of named maps ('0'..'3', 'pool'); the
+    converted model keeps those names as its output names, so the dict is rebuilt from them."""
+    return hasattr(module, "fpn")
 
 
 def openvino_part_module(model: torch.nn.Module, part: str, compiled: OpenVINOModule) -> torch.nn.Module:

@@ -269,3 +269,29 @@ def test_other_brain_cascades_convert_and_agree(arch):
     ref = make_predictor(model, device="cpu", postprocess="float", runtime="torch")(x)
     out = make_predictor(model, device="cpu", postprocess="float", runtime="openvino")(x)
     assert np.abs(out - ref).max() < 1e-3 and (out.argmax(1) == ref.argmax(1)).mean() >= 0.999
+
+
+@needs_ov
+def test_fpn_like_backbone_returns_its_named_maps():
+    from collections import OrderedDict
+
+    class TinyFPN(nn.Module):  # a torchvision FPN backbone's contract: .fpn, an ordered dict of maps
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Conv2d(3, 4, 3, padding=1)
+            self.fpn = nn.Conv2d(4, 4, 1)
+            self.out_channels = 4
+
+        def forward(self, x):
+            y = self.fpn(self.body(x))
+            return OrderedDict([("0", y), ("pool", nn.functional.max_pool2d(y, 2))])
+
+    torch.manual_seed(0)
+    module = TinyFPN().eval()
+    x = torch.rand(2, 3, 40, 36)
+    with torch.no_grad():
+        ref = module(x)
+    out = ovr.OpenVINOModule(module, (1, 3, 32, 32))(x)
+    assert isinstance(out, OrderedDict) and list(out) == ["0", "pool"]
+    for k in ref:
+        np.testing.assert_allclose(out[k].numpy(), ref[k].numpy(), atol=1e-5)
