@@ -110,9 +110,18 @@ class OneCycleSchedule:
         self._set_lr()
 
     # --- the learning rate -------------------------------------------------------------------
-    def _set_lr(self) -> None:
+    def _set_lr(self, now: float | None = None) -> None:
         total = self.plan.total_steps
-        lr = self.peak / DIV if total is None else one_cycle_lr(self.step_count, total, self.peak)
+        step = self.step_count
+        if total is not None and now is not None and not self._fixed and self.budget_s:
+            # never behind the clock: where the machine slows down, the rate still anneals by the deadline
+            plan = self.plan
+            start = plan.planned_at_s or 0.0
+            end = self.budget_s - plan.reserve_s.get("test_s", 0.0) - plan.reserve_s.get("margin_s", 0.0)
+            if end > start:
+                done = (now - self.clock_start - start) / (end - start)
+                step = max(step, int(done * total))
+        lr = self.peak / DIV if total is None else one_cycle_lr(step, total, self.peak)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -127,7 +136,7 @@ class OneCycleSchedule:
             self._replan(now)
         if self._epoch_start is None:
             self._epoch_start = (now, self.step_count)
-        self._set_lr()
+        self._set_lr(now)
         self.step_count += 1
 
     def epoch_end(self, epoch: int) -> float:
@@ -158,14 +167,13 @@ class OneCycleSchedule:
         self.plan = BudgetPlan(total, round(step_s, 4), picks, round(now, 1), reserve)
         log.info(
             "time budget %.1f min: %.2f s per step measured, so %d steps in %d epochs of one-cycle "
-            "learning rate (peak %g); validation on %d of %d slices",
+            "learning rate (peak %g); validation on %s",
             budget / 60,
             step_s,
             total,
             self.epochs,
             self.peak,
-            len(picks),
-            n_val,
+            f"{len(picks)} of {n_val} slices" if n_val else "no slices",
         )
         if self.on_plan is not None:
             self.on_plan(self.plan)
@@ -260,6 +268,7 @@ def budget_summary(cfg: Any, task: Any, result: Any, seconds: float) -> dict[str
         "schedule": cfg.schedule,
         "peak_lr" if cfg.schedule == "onecycle" else "lr": cfg.lr,
         "steps": schedule.step_count if schedule is not None else None,
+        "epochs": result.epochs,
         "crop": cfg.crop,
         "batch_size": cfg.batch_size,
         "validation_slices": int(len(task.x_va)),
@@ -274,7 +283,11 @@ def budget_text(extra: dict[str, Any]) -> str:
         return ""
     spent = f"{b['used_minutes']:.1f} min used ({b['training_minutes']:.1f} min training)"
     head = f"time budget {b['max_minutes']:g} min, {spent}" if b.get("max_minutes") else spent
-    steps = f"{b['steps']} steps" if b.get("steps") is not None else "steps per epoch"
-    lr = f"one-cycle lr, peak {b['peak_lr']:g}" if b["schedule"] == "onecycle" else f"step lr {b['lr']:g}"
+    steps = f"{b['steps']} steps" if b.get("steps") is not None else f"{b['epochs']} epoch(s)"
+    lr = (
+        f"one-cycle lr, peak {b['peak_lr']:g}"
+        if b["schedule"] == "onecycle"
+        else f"lr {b['lr']:g} in x0.1 steps"
+    )
     crop = f"{b['crop']} px crops" if b.get("crop") else "whole slices"
     return f"{head}: {steps} of {lr}, {crop} x {b['batch_size']}; started from {init}\n"

@@ -226,7 +226,7 @@ class CTTrainTask:
                 budget_s=b.get("budget_s"),
                 clock_start=b.get("clock_start"),
                 pixels_per_step=self.cfg.batch_size * crop * crop,
-                val_pixels=(len(self.x_va), int(h * w)) if self.has_validation else (0, 0),
+                val_pixels=(len(self.x_va), int(h * w)),  # held-out, or the training slices (warned)
                 test_pixels=int(b.get("test_pixels", 0)),
                 on_plan=self._apply_plan,
             )
@@ -238,8 +238,7 @@ class CTTrainTask:
     def train_batches(self, epoch: int, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``steps_per_epoch`` random batches (default: one pass; with a time budget: the epoch's share
         of the planned steps), each slice cropped at one random offset."""
-        n, (h, w) = len(self.x_tr), self.x_tr.shape[1:]
-        crop = self._crop()
+        n, (h, w), crop = len(self.x_tr), self.x_tr.shape[1:], self._crop()
         fitted = self.schedule is not None and self.budget
         steps = 0 if fitted else self._steps()
         while (self.schedule.step_count < self.schedule.epoch_end(epoch)) if fitted else steps > 0:
