@@ -1,7 +1,7 @@
 """OpenVINO behind the engine Predictor: the same PyTorch module, faster on a CPU.
 
 Why: most workstations have no GPU, and OpenVINO's CPU plugin (fused layers, one blocked layout
-through the whole net, no per-layer reorders) runs our nets 1.4-1.9x faster than PyTorch on an
+through the whole net, no per-layer reorders) runs our nets 1.4-2.2x faster than PyTorch on an
 AVX-512 CPU and 2.3-3.5x on an AVX2 one (docs/benchmarks.md), at fp32 and equal outputs.
 
 What this module owns, once:
