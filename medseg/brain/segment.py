@@ -91,7 +91,8 @@ def make_predictor(
     """The engine predictor for a brain network (channels_last on CPU and CUDA; None: --runtime / auto).
 
     OpenVINO converts the net at 160^2 so that the output layer takes its row-split form (outputs
-    of 4096 px and more), which OpenVINO runs about 1.8x faster than the direct 21x21 convolution.
+    of 4096 px and more): OpenVINO then runs InputCascadeCNN 1.46x faster than with the direct 21x21
+    convolution (docs/benchmarks.md).
     """
     from medseg.brain.models import N_MODALITIES
     from medseg.engine.predictor import Predictor
