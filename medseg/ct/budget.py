@@ -7,7 +7,9 @@ plans the whole schedule from it:
 
 - the first :data:`MEASURE_STEPS` steps run at the warm-up learning rate and are timed; the median
   step time then fixes the schedule's length: the steps that fit in what is left of the budget
-  after the validations, the final held-out test and a small margin;
+  after the validations, the final held-out test and a small margin; every :data:`REPLAN_EVERY`
+  steps the length is refitted to the latest step times and the measured validation time, and the
+  rate never lags the clock (it anneals by the deadline even where the machine slows down);
 - the learning rate follows one cycle over those steps (cosine warm-up from ``peak / DIV`` to
   ``peak`` over the first :data:`WARMUP` of them, cosine decay to ``peak / FINAL_DIV``), stepped
   after every batch, so the run ends annealed instead of being cut off mid-schedule;
@@ -31,6 +33,7 @@ from typing import Any
 log = logging.getLogger("medseg.ct")
 
 MEASURE_STEPS = 8  # steps timed before the schedule's length is fixed (the first is warm-up, not counted)
+REPLAN_EVERY = 10  # then re-planned every this many steps from the latest step times
 WARMUP = 0.25  # share of the steps spent warming the learning rate up
 DIV = 25.0  # start at peak / DIV
 FINAL_DIV = 1000.0  # end at peak / FINAL_DIV
@@ -104,8 +107,11 @@ class OneCycleSchedule:
         self._fixed = total_steps is not None  # given, not planned: a resume with more epochs keeps it
         self.step_count = 0
         self._stamps: list[float] = []
-        self._epoch_start: tuple[float, int] | None = None  # (time, step count) at this epoch's first step
-        self._last_epoch: tuple[tuple[float, int], tuple[float, int]] | None = None  # its start and end
+        self._recent: list[float] = []  # durations of the latest steps (validations left out)
+        self._prev: float | None = None  # when the previous step started
+        self._epoch_ended: float | None = None  # when the last epoch's steps ended (then it validated)
+        self._val_s: float | None = None  # measured time of one validation (and saving the epoch)
+        self._replanned_at = 0  # step count of the last (re)plan
         self._epochs_done = 0
         self._set_lr()
 
@@ -128,14 +134,19 @@ class OneCycleSchedule:
     def before_step(self) -> None:
         """Called before each training batch: time the first steps, fix the plan, set the rate."""
         now = time.perf_counter()
+        if self._prev is not None:
+            ended = self._epoch_ended if self._epoch_ended is not None else now
+            self._recent = [*self._recent[-(REPLAN_EVERY - 1) :], ended - self._prev]
+            if self._epoch_ended is not None:
+                self._val_s = now - self._epoch_ended
+        self._prev, self._epoch_ended = now, None
         if self.plan.total_steps is None:
             self._stamps.append(now)
             if len(self._stamps) > MEASURE_STEPS:
                 self._fix_plan()
-        elif self._last_epoch is not None and not self._fixed:
+                self._replanned_at = self.step_count
+        elif not self._fixed and self.step_count - self._replanned_at >= REPLAN_EVERY:
             self._replan(now)
-        if self._epoch_start is None:
-            self._epoch_start = (now, self.step_count)
         self._set_lr(now)
         self.step_count += 1
 
@@ -179,20 +190,22 @@ class OneCycleSchedule:
             self.on_plan(self.plan)
 
     def _replan(self, now: float) -> None:
-        """First step of a new epoch: refit the length to the speed of the last epoch and the time its
-        validation took (the machine may be busier or freer than in the first steps)."""
-        (t0, s0), (t1, s1) = self._last_epoch
-        self._last_epoch = None
-        if s1 <= s0 or self.budget_s is None:
+        """Every few steps: refit the length to the latest steps' speed and the measured validation
+        time (a shared machine is busier or freer than in the first steps, which also carry one-time
+        start-up costs)."""
+        self._replanned_at = self.step_count
+        if not self._recent or self.budget_s is None:
             return
-        step_s, val_s = (t1 - t0) / (s1 - s0), max(0.0, now - t1)
-        remaining = max(1, self.epochs - self._epochs_done)  # epochs still to run, each validated
+        step_s = sorted(self._recent)[len(self._recent) // 2]
         reserve = self.plan.reserve_s
+        val_s = self._val_s if self._val_s is not None else reserve.get("validations_s", 0.0) / self.epochs
+        remaining = max(1, self.epochs - self._epochs_done)  # validations still to come
         reserve["test_s"] = round(FORWARD_COST * step_s * self.test_pixels / max(1, self.pixels_per_step), 1)
         left = self.budget_s - (now - self.clock_start) - remaining * val_s
         left -= reserve["test_s"] + reserve.get("margin_s", 0.0)
         total = self.step_count + max(remaining, int(left // step_s))
-        if total != self.plan.total_steps:
+        old = self.plan.total_steps or total
+        if abs(total - old) > 0.1 * old:
             log.info(
                 "re-planned: %.2f s per step, %.1f s per validation: %d steps in all", step_s, val_s, total
             )
@@ -201,10 +214,8 @@ class OneCycleSchedule:
     # --- what the trainer calls ----------------------------------------------------------------
     def step(self) -> None:
         """Epoch end (the engine trainer's call; the rate itself is set per batch): note the time, so the
-        next epoch's first step can re-plan."""
-        if self._epoch_start is not None:
-            self._last_epoch = (self._epoch_start, (time.perf_counter(), self.step_count))
-        self._epoch_start = None
+        next step knows how long the validation took."""
+        self._epoch_ended = time.perf_counter()
         self._epochs_done += 1
 
     def state_dict(self) -> dict[str, Any]:
