@@ -1,7 +1,7 @@
 """Train the cells demo weights on the REAL DSB 2018 stage-1 training split (issue 18).
 
     flock /tmp/medseg-train.lock nohup python scripts/train_demo_weights_cells.py \\
-        --data ../shared/realdata/nuclei_dsb2018_stage1 --max-minutes 90 --resume \\
+        --data ../shared/realdata/nuclei_dsb2018_stage1 --max-minutes 62 --resume \\
         --weights-out cand.safetensors > /tmp/cells_train.log 2>&1 &
 
 Why: the earlier demo weights never saw a real image (synthetic only) and reached a dataset AP@0.5
@@ -18,10 +18,13 @@ background is bright (the 14 grey brightfield images) are ``grey_brightfield``, 
 ``fluorescence``. A few training images (``--internal-val``) are held out of the training split to
 choose the epoch (pooled AP@0.5); the validation split only measures.
 
-Resumable: the run folder (``--run-dir``) keeps the trainer's state; ``--resume`` continues it. The
-budget is ``--max-minutes`` of wall time per invocation and ``--cpu-minutes`` of CPU time over all
-invocations (``cpu.json`` in the run folder accumulates the process CPU time; the CPU time is
-recorded in the weights' metadata). One torch thread by default (``--threads``): the machine is shared.
+Resumable: the run folder (``--run-dir``) keeps the trainer's state; ``--resume`` continues it.
+``--max-minutes`` is the wall-clock budget over all invocations (the learning rate decays by a cosine
+over it, ``BudgetCosine``), ``--cpu-minutes`` a CPU-time cap; ``cpu.json`` in the run folder
+accumulates the process CPU time, which is recorded in the weights' metadata. One torch thread by
+default (``--threads``): the machine is shared. ``--normalisation percentile`` (default) trains on
+percentile-normalised planes and records ``local_contrast: false`` in the weights, which
+``cells-segment`` follows. Results: docs/cells.md.
 """
 
 from __future__ import annotations

@@ -20,6 +20,21 @@ DEMO_WARNING = (
     "using the demo weights {name} (trained on synthetic data only: a demo, not for clinical use); "
     "pass --weights for your own model"
 )
+DEMO_WARNING_REAL = (
+    "using the demo weights {name} (trained on public real data, see their metadata: research use, "
+    "not for clinical use); pass --weights for your own model"
+)
+
+
+def _trained_on_real_data(path: Path) -> bool:
+    """Demo weights whose metadata's training data starts with "REAL:" (e.g. the cells weights trained
+    on DSB 2018); every other demo file is synthetic-only."""
+    try:
+        from medseg.engine.checkpoint import read_meta
+
+        return read_meta(path).training_data.startswith("REAL:")
+    except Exception:  # unreadable metadata: say the cautious thing
+        return False
 
 
 def demo_weights_path(*parts: str) -> Path:
@@ -43,7 +58,7 @@ def resolve_weights(weights: str | Path | None, *, demo: str | Path) -> tuple[Pa
     path = demo_weights_path(str(demo))
     if not path.is_file():
         raise ModelError(f"no --weights given and the demo weights {demo} are not installed; pass --weights")
-    log.warning(DEMO_WARNING.format(name=path.name))
+    log.warning((DEMO_WARNING_REAL if _trained_on_real_data(path) else DEMO_WARNING).format(name=path.name))
     return path, True
 
 

@@ -60,9 +60,11 @@ def test_diameter_rescales_and_maps_back(big_cells, tmp_path):
             assert 30 <= metrics["diameter_px"] <= 60, metrics
     print(scores)
     np.testing.assert_allclose(scores["px"], scores["um"])
-    # measured: no rescaling 0.20 (cells twice the training size fall apart), --diameter 0.69, auto 0.60
-    assert scores["px"] >= 0.6 and scores["auto"] >= 0.5
-    assert scores["px"] > scores["none"] + 0.3 and scores["auto"] > scores["none"] + 0.3
+    # with the synthetic-data weights (before issue 18): no rescaling 0.20 (cells twice the training size
+    # fell apart), --diameter 0.69, auto 0.60. The DSB 2018 weights were trained with scale jitter
+    # 0.6-1.6 on nuclei of many sizes: no rescaling 0.94 here, --diameter 46 0.79 (it shrinks these
+    # cells to the training median of 17.5 px). Rescaling must still work, not necessarily help.
+    assert scores["px"] >= 0.6 and scores["auto"] >= 0.5 and scores["none"] >= 0.8
 
 
 def test_bad_diameter_is_a_usage_error(big_cells, tmp_path):

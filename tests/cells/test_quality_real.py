@@ -23,8 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SPLIT = ROOT / "medseg" / "weights" / "cells" / "dsb2018_split.json"
 VAL = ROOT / "tests" / "data" / "real" / "dsb2018_val"
 
-# measured with the shipped weights (docs/cells.md), minus a margin of about 0.05
-MIN_AP50 = {"all": 0.0, "fluorescence": 0.0, "brightfield": 0.0}
+# measured with the shipped weights on these 12 images: dataset AP@0.5 0.552 (fluorescence 0.660,
+# brightfield 0.448; mAP@0.5:0.95 0.311), minus a margin of about 0.05. NOT the 0.80: the
+# weights do not reach it (docs/cells.md: 0.618 on all 60 validation images).
+MIN_AP50 = {"all": 0.50, "fluorescence": 0.60, "brightfield": 0.40}
 
 
 def test_split_is_seeded_stratified_and_disjoint():
@@ -48,7 +50,7 @@ def test_demo_weights_metadata_records_data_split_and_use():
     split = json.loads(SPLIT.read_text())
     assert notes["validation_ids"] == sorted(split["validation"])
     assert notes["split_seed"] == split["seed"] == 2018
-    for words in ("DSB", "2018", "BBBC038", "CC0", "research use, not for clinical use"):
+    for words in ("Data Science Bowl", "2018", "BBBC038", "CC0", "research use, not for clinical use"):
         assert words in meta.training_data + notes["dataset"] + notes["licence"] + notes["use"], words
     assert notes["train_cpu_seconds"] > 0
 
