@@ -78,8 +78,9 @@ class BudgetPlan:
 class OneCycleSchedule:
     """Per-step one-cycle learning rate whose length is fixed by the budget (or given).
 
-    The engine trainer steps schedulers once per epoch (``step()``: nothing to do here); the CT
-    task calls :meth:`before_step` before each batch. ``total_steps`` given: no measuring.
+    The engine trainer steps schedulers once per epoch (``step()``: notes when the epoch's steps
+    ended, so the validation gets timed); the CT task calls :meth:`before_step` before each batch.
+    ``total_steps`` given: no measuring, no re-planning.
     """
 
     def __init__(
