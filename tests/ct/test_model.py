@@ -46,7 +46,7 @@ def test_slice_predictor_runs_channels_last_and_matches_the_plain_model():
     with torch.no_grad():
         expected = net(torch.from_numpy(x))[:, 0].numpy()
     predictor = slice_predictor(net, device="cpu")
-    assert predictor.describe() == {"device": "cpu", "amp": "fp32", "channels_last": True}
+    assert predictor.describe() == {"device": "cpu", "amp": "fp32", "channels_last": True, "runtime": "torch"}
     assert net.body[0].weight.is_contiguous(memory_format=torch.channels_last)
     got = predictor(x)
     assert got.shape == (3, 33, 40) and got.dtype == np.float32

@@ -158,7 +158,7 @@ def test_detector_runs_through_the_engine_predictor(demo_weights):
         tiles = np.stack([s.read_rgb((1200, 900), 0, (384, 384)), s.read_rgb((2000, 1400), 0, (384, 384))])
     det = load_detector(demo_weights, device="cpu")
     assert isinstance(det.predictor, Predictor)
-    assert det.describe() == {"device": "cpu", "amp": "fp32", "channels_last": True}
+    assert det.describe() == {"device": "cpu", "amp": "fp32", "channels_last": True, "runtime": "torch"}
     got = det.predict(tiles, min_score=0.5)
     plain = load_detector(demo_weights, device="cpu").model.to(memory_format=torch.contiguous_format)
     with torch.inference_mode():
