@@ -120,7 +120,7 @@ def test_a_budgeted_run_plans_its_steps_and_says_what_it_spent(pairs, tmp_path):
     )
     t0 = time.perf_counter()
     result = train([pairs], tmp_path / "run", cfg, device="cpu")
-    assert time.perf_counter() - t0 < 0.25 * 60 + 10
+    assert time.perf_counter() - t0 < 0.25 * 60 + 20  # the trainer stops at the budget; then the test
     b = result.extra["budget"]
     assert b["schedule"] == "onecycle" and b["max_minutes"] == 0.25 and b["steps"] > MEASURE_STEPS
     assert b["plan"]["total_steps"] >= b["steps"] - 1 and b["crop"] == 128  # (of 48 px slices: whole)
