@@ -66,7 +66,9 @@ def check_case(case: Case, tmp_path: Path) -> None:
         argv.append("--json")
     result = run_cli(*argv)
     out = result.output
-    assert result.exit_code == case.exit_code, f"{case.id}: exit {result.exit_code}, want {case.exit_code}\n{out}"
+    assert result.exit_code == case.exit_code, (
+        f"{case.id}: exit {result.exit_code}, want {case.exit_code}\n{out}"
+    )
     assert "Traceback" not in out, out
     errors = [ln for ln in out.splitlines() if ln.startswith("medseg: error:")]
     assert len(errors) == 1, f"{case.id}: want one error line\n{out}"
