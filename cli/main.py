@@ -50,10 +50,22 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     category, one line; a warning repeated for every slice is shown once.
     """
     text = one_line(message)
-    if not text or text in _SHOWN_WARNINGS:
-        return
-    _SHOWN_WARNINGS.add(text)
-    logging.getLogger("medseg.lib").warning("%s", text)
+    if text:
+        logging.getLogger("medseg.lib").warning("%s", text)  # shown once by _Once
+
+
+class _Once(logging.Filter):
+    """Each warning text once per command: a reader opened twice, or a notice repeated for every
+    slice, is not said again (medseg's own warnings and library warnings alike)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        text = one_line(record.getMessage())
+        if text in _SHOWN_WARNINGS:
+            return False
+        _SHOWN_WARNINGS.add(text)
+        return True
 
 
 class _QuietITK(importlib.abc.MetaPathFinder):
@@ -101,6 +113,7 @@ def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
     root.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
+    handler.addFilter(_Once())
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     root.propagate = False

@@ -240,6 +240,29 @@ def test_library_warnings_are_one_medseg_line_each_once(capsys):
     assert err[2] == "medseg: warning: a library notice with a second line"
 
 
+def test_medseg_warning_repeated_by_a_second_read_is_shown_once(capsys):
+    """A series opened twice (ct-train) or a reader warning re-logged per item is said once."""
+    from medseg_cli.main import setup_logging
+
+    setup_logging()
+    log = logging.getLogger("medseg.io.dicom")
+    try:
+        for _ in range(2):
+            log.warning("series x: slices are not evenly spaced (1.0 to 2.0 mm)")
+        log.warning("series y: another warning")
+        log.info("an info line may repeat")
+        log.info("an info line may repeat")
+    finally:
+        logging.getLogger("medseg").handlers.clear()
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "medseg: warning: series x: slices are not evenly spaced (1.0 to 2.0 mm)",
+        "medseg: warning: series y: another warning",
+        "medseg: an info line may repeat",
+        "medseg: an info line may repeat",
+    ], err
+
+
 def test_simpleitk_stderr_warnings_are_off_when_it_is_imported_later():
     code = (
         "from medseg_cli.main import setup_logging; setup_logging(); import SimpleITK as s; "
