@@ -26,8 +26,12 @@ class PostprocessConfig:
     min_component_fraction: float = 0.1  # of the largest component
     require_core: bool = True  # drop whole-tumour components without tumour core (when any has one)
     min_core_ml: float = 0.1  # tumour core a component needs to count as holding one
-    et_min_ml: float = 0.0  # enhancing tumour totalling less is relabelled necrosis/core (0: off)
-    fill_core_holes: bool = False  # holes of the tumour core (per axial slice) become necrosis
+    et_min_ml: float = (
+        0.0  # enhancing tumour totalling less is relabelled necrosis/core (0: off; no gain on validation)
+    )
+    fill_core_holes: bool = (
+        True  # holes of the tumour core (per axial slice) become necrosis (validation: TC +0.012)
+    )
 
     @classmethod
     def from_dict(cls, data: dict) -> PostprocessConfig:

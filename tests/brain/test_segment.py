@@ -54,11 +54,11 @@ def test_postprocess_equals_hand_written_version():
     seg = (blobs * rng.integers(1, 5, blobs.shape)).astype(np.uint8)
     comps, n = ndi.label(seg > 0, structure=ndi.generate_binary_structure(3, 2))
     assert n > 10
-    for cfg, spacing in (  # the size rule alone (the core rule has its own tests)
-        (PostprocessConfig(require_core=False), (1.0, 1.0, 1.0)),
-        (PostprocessConfig(0.05, 0.1, require_core=False), (2.0, 1.0, 1.0)),
-        (PostprocessConfig(0.0, 0.3, require_core=False), (1.0, 1.0, 1.0)),
-        (PostprocessConfig(0.0, 0.0, require_core=False), (1.0,) * 3),
+    for cfg, spacing in (  # the size rule alone (the core rule and hole filling have their own tests)
+        (PostprocessConfig(require_core=False, fill_core_holes=False), (1.0, 1.0, 1.0)),
+        (PostprocessConfig(0.05, 0.1, require_core=False, fill_core_holes=False), (2.0, 1.0, 1.0)),
+        (PostprocessConfig(0.0, 0.3, require_core=False, fill_core_holes=False), (1.0, 1.0, 1.0)),
+        (PostprocessConfig(0.0, 0.0, require_core=False, fill_core_holes=False), (1.0,) * 3),
     ):
         expected = _hand_written_postprocess(seg, spacing, cfg)
         got = postprocess(seg, spacing, cfg)
