@@ -125,8 +125,8 @@ def test_segment_cases_records_and_old_weights(thin_1mm_case, tmp_path):
 
     old = _strip_spacing(DEMO, tmp_path / "old.safetensors")
     runs = {
-        "matched": SegmentConfig(device="cpu", n4=False),
-        "native": SegmentConfig(device="cpu", n4=False, native_spacing=True),
+        "matched": SegmentConfig(weights=DEMO, device="cpu", n4=False),  # 3 mm weights (the default is 1 mm)
+        "native": SegmentConfig(weights=DEMO, device="cpu", n4=False, native_spacing=True),
         "old": SegmentConfig(weights=old, device="cpu", n4=False),
     }
     labels, records = {}, {}
