@@ -33,7 +33,8 @@ def test_holes_in_the_core_become_necrosis_per_axial_slice():
     seg = _tumour()
     out = fill_core_holes(seg)
     assert (out[3:7, 15:25, 15:25] == 1).all()  # the enclosed centre
-    assert np.array_equal(out[seg != 2], seg[seg != 2]) and (out[2:8, 5:12, 5:35] == 2).all()  # edema outside kept
+    assert np.array_equal(out[seg != 2], seg[seg != 2])  # only edema/healthy inside the core changes
+    assert (out[2:8, 5:12, 5:35] == 2).all()  # edema outside the core kept
     assert np.array_equal(postprocess(seg, (1.0,) * 3, PostprocessConfig(fill_core_holes=True, **OFF)), out)
     assert np.array_equal(postprocess(seg, (1.0,) * 3, PostprocessConfig(fill_core_holes=False, **OFF)), seg)
 
