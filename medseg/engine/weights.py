@@ -2,7 +2,8 @@
 
 One place for the fallback, so every pipeline says the same thing when it uses demo weights.
 Demo weights are package data (``medseg/weights/``): they work after a regular ``pip install``
-from any directory. They are trained on synthetic data and are labelled so in their metadata.
+from any directory. Their metadata says what they were trained on: synthetic data (most), or public
+real data for research use (cells: DSB 2018; brain: BraTS 2018), and the warning says which.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ DEMO_WARNING_REAL = (
 
 
 def _trained_on_real_data(path: Path) -> bool:
-    """Demo weights whose metadata's training data starts with "REAL:" (e.g. the cells weights trained
-    on DSB 2018); every other demo file is synthetic-only."""
+    """Demo weights whose metadata's training data starts with "REAL" (the cells weights trained on
+    DSB 2018, the brain weights on BraTS 2018); every other demo file is synthetic-only."""
     try:
         from medseg.engine.checkpoint import read_meta
 
-        return read_meta(path).training_data.startswith("REAL:")
+        return read_meta(path).training_data.startswith("REAL")
     except Exception:  # unreadable metadata: say the cautious thing
         return False
 
