@@ -277,6 +277,7 @@ def train_real(args) -> Path:
         work,
         cfg,
         val_case_dirs=[args.data / n for n in split["validation"]],
+        first_weights=args.first_weights,
         device=args.device,
         resume=resumable,
         overwrite=not resumable,
@@ -434,6 +435,12 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=None, help="time budget for all phases")
     parser.add_argument("--resume", action="store_true", help="continue the run in --work")
     parser.add_argument("--arch", default="twopath", choices=["twopath", "input-cascade"])
+    parser.add_argument(
+        "--first-weights",
+        type=Path,
+        default=None,
+        help="input-cascade: the frozen first stage (TwoPathCNN weights; default: trained here first)",
+    )
     parser.add_argument("--widths", type=int, nargs=2, default=(16, 32), metavar=("LOCAL", "GLOBAL"))
     parser.add_argument("--epochs", type=int, default=24, help="phase-1 epochs (real data)")
     parser.add_argument("--steps", type=int, default=100, help="phase-1 steps of 128 patches per epoch")
