@@ -84,9 +84,14 @@ class CellsTrainConfig:
     scale_range: tuple[float, float] = (1.0, 1.0)  # scale jitter of training patches (log-uniform)
     noise: float = 0.0  # blur / Gaussian-noise jitter of training patches (noise SD up to this)
     local_contrast: bool = True  # the pairs were normalised with the local contrast step (recorded)
+    slim: float = 0.0  # network slimming (medseg.engine.slim): L1 on batch-norm scales, then pruning:
+    prune_ratio: float | None = None  # share of the channels pruned after training (None: no pruning)
+    finetune_epochs: int = 5  # epochs of fine-tuning the pruned net
 
     def loop(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, seed=self.seed, max_minutes=self.max_minutes, amp=self.amp)
+        return TrainConfig(
+            epochs=self.epochs, seed=self.seed, max_minutes=self.max_minutes, amp=self.amp, slim=self.slim
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

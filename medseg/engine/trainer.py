@@ -61,6 +61,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop after the step that exceeds this budget
     grad_clip: float | None = None  # clip the gradient norm to this value
     amp: str = "auto"  # autocast on CUDA (bf16/fp16), off on CPU
+    slim: float = 0.0  # network slimming: L1 penalty on batch-norm scales (medseg.engine.slim)
 
 
 @runtime_checkable
@@ -234,6 +235,7 @@ def _fit(
     from medseg.engine.checkpoint import load_training_state, load_weights, save_training_state, save_weights
     from medseg.engine.progress import progress_bar
     from medseg.engine.runtime import autocast, resolve_amp_dtype, seed_everything, select_device
+    from medseg.engine.slim import add_bn_l1_grad, has_batch_norm
     from medseg.io.atomic import write_text
 
     if task.mode not in ("min", "max"):
@@ -244,6 +246,10 @@ def _fit(
     rng = seed_everything(config.seed)
     amp_dtype = resolve_amp_dtype(dev, config.amp)
     model = task.build_model().to(dev)
+    if config.slim < 0 or not math.isfinite(config.slim):
+        raise InputError(f"--slim must be a finite number >= 0, got {config.slim}")
+    if config.slim and not has_batch_norm(model):
+        raise InputError("--slim penalises batch-norm scales, and this net has no batch norm")
     optimizer = task.build_optimizer(model)
     scheduler = task.build_scheduler(optimizer)
     scaler = torch.amp.GradScaler(dev.type) if amp_dtype == torch.float16 else None
@@ -303,6 +309,8 @@ def _fit(
                     scaler.unscale_(optimizer)
                 else:
                     loss.backward()
+                if config.slim:  # lambda * sign(gamma): the sub-gradient of lambda * sum |gamma|
+                    add_bn_l1_grad(model, config.slim)
                 if config.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 if scaler is not None:
