@@ -179,12 +179,17 @@ Examples:
   medseg brain-train train_cases/ --arch twopath --out runs/twopath
   medseg brain-train train_cases/ --arch input-cascade --first-weights runs/twopath/best.safetensors --out runs/ic
   medseg brain-train train_cases/ --arch input-cascade --out runs/ic --resume
+  medseg brain-train train_cases/ --batch-norm --slim 1e-4 --prune-ratio 0.5 --out runs/slim
 \b
 Case folders hold <case>_t1/_t1ce/_t2/_flair and <case>_seg (BraTS naming). Phase 1 trains on
 class-balanced patches (OUT/phase1), phase 2 only the output layer on the natural distribution
 (OUT/phase2); the final model is OUT/best.safetensors. Cascades train (OUT/first/) or load
 (--first-weights) a TwoPathCNN first, freeze it, then train the second stage. With two or more
 cases, --val-fraction of them (at least one) are held out for validation.
+Network slimming (Liu et al. 2017; twopath with --batch-norm): --slim adds an L1 penalty on the
+batch-norm scales in phase 1; --prune-ratio then removes that share of the maxout features (one
+global threshold), fine-tunes the narrower net (OUT/pruned-finetune) and runs phase 2 on it; its
+widths are in the weights, so brain-segment loads it as any other (docs/brain.md).
 """,
 )
 @click.argument("case_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
@@ -217,6 +222,30 @@ cases, --val-fraction of them (at least one) are held out for validation.
 @val_fraction_option(0.2, "whole cases, at least one when there are two or more")
 @click.option("--local-channels", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--global-channels", type=click.IntRange(1), default=160, show_default=True)
+@click.option(
+    "--batch-norm", is_flag=True, help="Batch norm after each maxout layer (not in the paper; for --slim)."
+)
+@click.option(
+    "--slim",
+    type=FiniteFloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Network slimming: L1 penalty (lambda) on the batch-norm scales in phase 1 (needs --batch-norm).",
+)
+@click.option(
+    "--prune-ratio",
+    type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="After phase 1, prune this share of the maxout features (smallest batch-norm scales, one global "
+    "threshold; twopath) and fine-tune before phase 2.",
+)
+@click.option(
+    "--finetune-epochs",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Epochs of fine-tuning the pruned net (phase-1 patches and steps).",
+)
 @click.option("--no-n4", is_flag=True, help="Skip N4 bias correction in preprocessing.")
 @click.option(
     "--n4-shrink",
@@ -242,6 +271,10 @@ def brain_train(
     val_fraction,
     local_channels,
     global_channels,
+    batch_norm,
+    slim,
+    prune_ratio,
+    finetune_epochs,
     no_n4,
     n4_shrink,
     max_minutes,
@@ -258,7 +291,9 @@ def brain_train(
     from medseg.brain.train import BrainTrainConfig, PhaseConfig, train
 
     cfg = BrainTrainConfig(
-        net=BrainNetConfig(arch=arch, local_channels=local_channels, global_channels=global_channels),
+        net=BrainNetConfig(
+            arch=arch, local_channels=local_channels, global_channels=global_channels, batch_norm=batch_norm
+        ),
         preprocess=PreprocessConfig(n4=not no_n4, n4_shrink=n4_shrink),
         phase1=PhaseConfig(epochs=epochs, steps_per_epoch=steps, lr=lr),
         phase2=PhaseConfig(epochs=phase2_epochs, steps_per_epoch=max(1, steps * 2 // 3), lr=lr / 3),
@@ -267,6 +302,9 @@ def brain_train(
         seed=seed,
         labels=labels,
         max_minutes=max_minutes,
+        slim=slim,
+        prune_ratio=prune_ratio,
+        finetune_epochs=finetune_epochs,
     )
     result = train(
         list(case_dirs),

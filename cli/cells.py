@@ -43,6 +43,10 @@ Masks are instance labels or binary masks (split into connected components), mat
 images by name (NAME.png <-> NAME.png / NAME_mask.tif / NAME_labels.tif). A share of the
 pairs (--val-fraction) is held out for validation. Files in OUT: best.safetensors,
 last.safetensors, state.pt (optimizer for --resume), history.json, train_config.json.
+Network slimming (Liu et al. 2017; unet2015 with batch norm, e.g. the demo weights): --slim adds
+an L1 penalty on the batch-norm scales; --prune-ratio then removes that share of the channels
+(one global threshold) and fine-tunes: OUT/sparse/, OUT/pruned.safetensors, OUT/finetune/, and the
+pruned net in OUT/best.safetensors, which every command loads (docs/cells.md).
 """
 
 EVAL_EPILOG = """\b
@@ -268,6 +272,27 @@ def cells_segment(
 @val_fraction_option(0.2, "image/mask pairs, scored by IoU")
 @_channel_option
 @_stain_option
+@click.option(
+    "--slim",
+    type=FiniteFloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Network slimming: L1 penalty (lambda) on the batch-norm scale factors (e.g. 1e-4).",
+)
+@click.option(
+    "--prune-ratio",
+    type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="After training, prune this share of the conv channels (smallest batch-norm scales, one global "
+    "threshold; unet2015) and fine-tune the narrower net.",
+)
+@click.option(
+    "--finetune-epochs",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Epochs of fine-tuning after --prune-ratio.",
+)
 @train_options
 @batch_size_option(4, "Patches per training step.")
 @amp_option
@@ -292,6 +317,9 @@ def cells_train(
     val_fraction,
     channel,
     stain,
+    slim,
+    prune_ratio,
+    finetune_epochs,
     max_minutes,
     seed,
     resume,
@@ -304,7 +332,7 @@ def cells_train(
 ):
     """Train a cell U-Net (weighted cross-entropy with border weight maps, elastic augmentation)."""
     from medseg.cells.archs import ArchConfig
-    from medseg.cells.model import UNET_ARCHS, CellModelConfig
+    from medseg.cells.model import UNET_ARCHS, CellModelConfig, slimming_problem
     from medseg.cells.train import CellsTrainConfig, human_summary, resolve_init, train_cells
     from medseg.cells.weights import WeightMapConfig
 
@@ -319,7 +347,17 @@ def cells_train(
         ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
         for name in ("arch", "se", "base_channels", "batch_norm")
     )
+    if (
+        prune_ratio is None
+        and ctx.get_parameter_source("finetune_epochs") is not click.core.ParameterSource.DEFAULT
+    ):
+        raise click.BadParameter(
+            "fine-tunes a pruned net: give --prune-ratio too", param_hint="--finetune-epochs"
+        )
     model, init_weights = resolve_init(init, model if shaped else None)
+    problem = slimming_problem(model, slim=slim, prune_ratio=prune_ratio)
+    if problem:
+        raise click.UsageError(problem)
     config = CellsTrainConfig(
         model=model,
         weight_map=WeightMapConfig(w0=w0, sigma=sigma),
@@ -336,10 +374,11 @@ def cells_train(
         stain=stain,
         channel=channel,
         init_weights=init_weights,
+        slim=slim,
+        prune_ratio=prune_ratio,
+        finetune_epochs=finetune_epochs,
     )
-    result = train_cells(
-        out_dir,
-        config,
+    kwargs = dict(
         images_dir=images_dir,
         masks_dir=masks_dir,
         device=device,
@@ -347,6 +386,13 @@ def cells_train(
         overwrite=overwrite,
         progress=not quiet,
     )
+    if prune_ratio is None:
+        result = train_cells(out_dir, config, **kwargs)
+    else:  # sparsity training, pruning, fine-tuning (medseg.engine.slim)
+        from medseg.cells.model import prune_weights
+        from medseg.engine.slim import train_and_prune
+
+        result = train_and_prune(train_cells, prune_weights, out_dir, config, **kwargs)
     finish(result, as_json=as_json, human=human_summary)
 
 

@@ -45,6 +45,9 @@ class BrainNetConfig:
     global_channels: int = 160
     maxout_k: int = 2
     dropout: float = 0.2
+    batch_norm: bool = False  # batch norm after each maxout layer (needed for network slimming)
+    # after network slimming: maxout features of local1, local2, global1 (None: the uniform widths)
+    widths: list[int] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,19 +101,35 @@ class OutputConv(nn.Conv2d):
         return out
 
 
-class MaxoutConv(nn.Module):
-    """Valid convolution producing ``k`` candidate maps per feature, max over them (Maxout)."""
+class FreezableBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm that normalises with its running statistics, and leaves them alone, while its scale
+    is frozen: phase 2 (only the output layer learns) and a cascade's frozen first stage must not
+    drift with the natural class distribution's batches."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, *, k: int = 2) -> None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and not self.weight.requires_grad:
+            return nn.functional.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
+
+
+class MaxoutConv(nn.Module):
+    """Valid convolution producing ``k`` candidate maps per feature, max over them (Maxout); with
+    ``batch_norm``, a batch norm on the ``out_ch`` maxout features (whose scales slimming prunes)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, *, k: int = 2, batch_norm: bool = False) -> None:
         super().__init__()
         self.k = k
         self.out_ch = out_ch
         self.conv = nn.Conv2d(in_ch, out_ch * k, kernel)
+        self.bn = FreezableBatchNorm2d(out_ch) if batch_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.conv(x)
         n, _, h, w = z.shape
-        return z.view(n, self.out_ch, self.k, h, w).amax(dim=2)
+        z = z.view(n, self.out_ch, self.k, h, w).amax(dim=2)
+        return z if self.bn is None else self.bn(z)
 
 
 class TwoPathCNN(nn.Module):
@@ -133,15 +152,21 @@ class TwoPathCNN(nn.Module):
         dropout: float = 0.2,
         local_extra: int = 0,
         head_extra: int = 0,
+        batch_norm: bool = False,
+        widths: list[int] | None = None,
     ) -> None:
         super().__init__()
-        self.local1 = MaxoutConv(in_channels, local_channels, 7, k=maxout_k)
+        w1, w2, wg = widths if widths is not None else (local_channels, local_channels, global_channels)
+        if min(w1, w2, wg) < 1:
+            raise ValueError(f"widths must be positive, got {widths}")
+        bn = {"k": maxout_k, "batch_norm": batch_norm}
+        self.local1 = MaxoutConv(in_channels, w1, 7, **bn)
         self.pool1 = nn.MaxPool2d(4, stride=1)
-        self.local2 = MaxoutConv(local_channels + local_extra, local_channels, 3, k=maxout_k)
+        self.local2 = MaxoutConv(w1 + local_extra, w2, 3, **bn)
         self.pool2 = nn.MaxPool2d(2, stride=1)
-        self.global1 = MaxoutConv(in_channels, global_channels, 13, k=maxout_k)
+        self.global1 = MaxoutConv(in_channels, wg, 13, **bn)
         self.dropout = nn.Dropout(dropout)
-        self.output = OutputConv(local_channels + global_channels + head_extra, n_classes, 21)
+        self.output = OutputConv(w2 + wg + head_extra, n_classes, 21)
 
     def local_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """First local hidden layer (7x7 conv, maxout, 4x4 pool): size S - 9."""
@@ -266,7 +291,14 @@ def build_model(*, config: BrainNetConfig) -> nn.Module:
         global_channels=config.global_channels,
         maxout_k=config.maxout_k,
         dropout=config.dropout,
+        batch_norm=config.batch_norm,
     )
+    if config.widths is not None:
+        if config.arch != "twopath":
+            raise ValueError(f"per-layer widths (network slimming) apply to twopath, not {config.arch}")
+        if len(config.widths) != 3:
+            raise ValueError(f"twopath widths are local1, local2, global1: got {config.widths}")
+        kw["widths"] = [int(v) for v in config.widths]
     if config.arch == "twopath":
         return TwoPathCNN(in_channels=config.in_channels, **kw)
     first = TwoPathCNN(in_channels=config.in_channels, **kw)
@@ -290,3 +322,71 @@ def output_layer(model: nn.Module) -> nn.Conv2d:
 
 def is_cascade(model: nn.Module) -> bool:
     return isinstance(model, _Cascade)
+
+
+def prune_twopath(
+    model: TwoPathCNN, config: BrainNetConfig, ratio: float
+) -> tuple[TwoPathCNN, BrainNetConfig, dict]:
+    """Network slimming of a batch-normed TwoPathCNN: the ``ratio`` of all maxout features with the
+    smallest ``|gamma|`` (one global threshold over local1, local2, global1) go, with their ``k``
+    candidate filters and their slices in the consumers (local1 -> local2; local2 and global1 ->
+    the output layer). What a removed feature still emits (its ``beta``; the pools keep a constant)
+    is moved into the consumer's bias, exactly (valid convolutions, maxout commutes with a shift).
+    """
+    from dataclasses import replace
+
+    from medseg.engine import slim
+
+    if not isinstance(model, TwoPathCNN) or config.arch != "twopath" or not config.batch_norm:
+        raise ValueError("network slimming prunes a twopath net built with batch norm")
+    model = model.eval()
+    layers = [model.local1, model.local2, model.global1]
+    threshold = slim.global_threshold([m.bn.weight for m in layers], ratio)
+    keeps = [slim.keep_indices(m.bn.weight, threshold) for m in layers]
+    new_cfg = replace(config, widths=[int(k.numel()) for k in keeps])
+    new = build_model(config=new_cfg).eval()
+    k = config.maxout_k
+    rows = [(keep[:, None] * k + torch.arange(k)).flatten() for keep in keeps]  # the candidates' filters
+    inputs = [
+        torch.arange(model.local1.conv.in_channels),
+        keeps[0],
+        torch.arange(model.global1.conv.in_channels),
+    ]
+    w2 = model.local2.out_ch
+    with torch.no_grad():
+        for old, nl, row, cin, keep in zip(
+            layers, [new.local1, new.local2, new.global1], rows, inputs, keeps
+        ):
+            nl.conv.weight.copy_(old.conv.weight[row][:, cin])
+            nl.conv.bias.copy_(old.conv.bias[row])
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(nl.bn, name).copy_(getattr(old.bn, name)[keep])
+            nl.bn.num_batches_tracked.copy_(old.bn.num_batches_tracked)
+        head_in = torch.cat([keeps[1], w2 + keeps[2]])
+        new.output.weight.copy_(model.output.weight[:, head_in])
+        new.output.bias.copy_(model.output.bias)
+        removed = [_removed(m.out_ch, keep) for m, keep in zip(layers, keeps)]
+        values = [slim.constant_of_removed(m.bn, r, relu=False) for m, r in zip(layers, removed)]
+        # local1 -> local2 (each of the k candidates gets the shift: the max commutes with it)
+        new.local2.conv.bias.add_(
+            slim.constant_shift(model.local2.conv.weight, removed[0], values[0])[rows[1]]
+        )
+        new.output.bias.add_(slim.constant_shift(model.output.weight, removed[1], values[1]))
+        new.output.bias.add_(slim.constant_shift(model.output.weight, w2 + removed[2], values[2]))
+    channels = sum(m.out_ch for m in layers)
+    summary = {
+        "threshold": threshold,
+        "channels_before": channels,
+        "channels_after": int(sum(x.numel() for x in keeps)),
+        "params_before": slim.count_parameters(model),
+        "params_after": slim.count_parameters(new),
+        "widths": new_cfg.widths,
+        "config": new_cfg.to_dict(),
+    }
+    return new, new_cfg, summary
+
+
+def _removed(n: int, keep: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[keep] = False
+    return torch.nonzero(mask).flatten()

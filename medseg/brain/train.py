@@ -27,7 +27,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +82,9 @@ class BrainTrainConfig:
     max_minutes: float | None = None  # time budget for the whole run (all phases)
     amp: str = "auto"
     train_spacing_mm: list[float] | None = None  # in-plane (row, col) of the training cases; set by train
+    slim: float = 0.0  # network slimming: L1 on the batch-norm scales in phase 1 (needs net.batch_norm)
+    prune_ratio: float | None = None  # then prune this share of the maxout features (twopath) ...
+    finetune_epochs: int = 3  # ... and fine-tune the pruned net (phase-1 patches) before phase 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +99,55 @@ class Stage:
     phase: int
     init: Path | None = None  # full weights to start from (phase 2: phase 1's best)
     first: Path | None = None  # a cascade's frozen first stage (TwoPathCNN weights)
+    slim: float = 0.0  # L1 penalty on the batch-norm scales (network slimming)
+    prune: float | None = None  # before this stage: prune ``init`` at this ratio (it fine-tunes the result)
+
+
+def phase_config(cfg: BrainTrainConfig, stage: Stage) -> PhaseConfig:
+    """The epochs, steps and learning rate of ``stage`` (a pruned net's fine-tuning: phase-1 settings)."""
+    if stage.prune is not None:
+        return replace(cfg.phase1, epochs=cfg.finetune_epochs)
+    return cfg.phase1 if stage.phase == 1 else cfg.phase2
+
+
+FINETUNE, PRUNED = "pruned-finetune", "pruned.safetensors"
+
+
+def check_slimming(cfg: BrainTrainConfig) -> None:
+    """Refuse slimming options a net cannot take, in words, before any work."""
+    if cfg.slim < 0 or cfg.slim != cfg.slim or cfg.slim == float("inf"):
+        raise InputError(f"--slim must be a finite number >= 0, got {cfg.slim}")
+    if cfg.prune_ratio is not None and not 0 < cfg.prune_ratio < 1:
+        raise InputError(f"--prune-ratio must lie strictly between 0 and 1, got {cfg.prune_ratio}")
+    if (cfg.slim > 0 or cfg.prune_ratio is not None) and not cfg.net.batch_norm:
+        raise InputError(
+            "--slim and --prune-ratio act on batch-norm scales: this net has no batch norm (add --batch-norm)"
+        )
+    if cfg.prune_ratio is not None and cfg.net.arch != "twopath":
+        raise InputError(f"--prune-ratio prunes a twopath net, not {cfg.net.arch}")
+
+
+def prune_stage_weights(src: Path, dst: Path, ratio: float) -> tuple[BrainNetConfig, dict[str, Any]]:
+    """Prune phase 1's best twopath weights (:func:`medseg.brain.models.prune_twopath`) into ``dst``,
+    an ordinary weights file whose config holds the per-layer widths."""
+    from medseg.brain.models import prune_twopath
+    from medseg.engine.checkpoint import load_weights, save_weights
+
+    state, meta = load_weights(src, expect_model=MODEL_PREFIX + "twopath")
+    net_cfg = BrainNetConfig.from_dict(meta.config["net"])
+    model = build_model(config=net_cfg)
+    model.load_state_dict(state)
+    new, new_cfg, summary = prune_twopath(model, net_cfg, ratio)
+    meta = replace(meta, config={**meta.config, "net": asdict(new_cfg)})
+    save_weights(dst, new.state_dict(), meta)
+    log.info(
+        "pruned %.0f%% of the maxout features: widths %s, %d -> %d parameters",
+        100 * ratio,
+        new_cfg.widths,
+        summary["params_before"],
+        summary["params_after"],
+    )
+    return new_cfg, summary
 
 
 def plan_stages(out_dir: Path, cfg: BrainTrainConfig, first_weights: Path | None) -> list[Stage]:
@@ -111,10 +163,12 @@ def plan_stages(out_dir: Path, cfg: BrainTrainConfig, first_weights: Path | None
         first = out_dir / "first/phase2/best.safetensors"
     if cfg.net.arch == "twopath":
         first = None
-    stages += [
-        Stage("phase1", cfg.net, 1, first=first),
-        Stage("phase2", cfg.net, 2, init=out_dir / "phase1/best.safetensors", first=first),
-    ]
+    stages.append(Stage("phase1", cfg.net, 1, first=first, slim=cfg.slim))
+    tuned = out_dir / "phase1/best.safetensors"
+    if cfg.prune_ratio is not None:  # network slimming: prune phase 1's best, fine-tune, then phase 2
+        stages.append(Stage(FINETUNE, cfg.net, 1, init=tuned, prune=cfg.prune_ratio))
+        tuned = out_dir / FINETUNE / "best.safetensors"
+    stages.append(Stage("phase2", cfg.net, 2, init=tuned, first=first))
     return stages
 
 
@@ -148,7 +202,7 @@ class BrainTask:
         self.stage, self.cfg, self.device = stage, cfg, device
         self.train_cases, self.val_cases = train_cases, val_cases
         self.has_validation = bool(val_cases)
-        self.pcfg = cfg.phase1 if stage.phase == 1 else cfg.phase2
+        self.pcfg = phase_config(cfg, stage)
         self.probs_size: int | None = None
         self._val: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
 
@@ -358,7 +412,7 @@ def remaining_epochs(out_dir: Path, stages: list[Stage], cfg: BrainTrainConfig, 
 
     left, rerun = [], not resume
     for stage in stages:
-        d, epochs = out_dir / stage.name, (cfg.phase1 if stage.phase == 1 else cfg.phase2).epochs
+        d, epochs = out_dir / stage.name, phase_config(cfg, stage).epochs
         has_state = (d / STATE).is_file() and (d / LAST).is_file()
         done = 0 if rerun or not has_state else min(len(_history(d)), epochs)
         left.append(epochs - done)
@@ -376,7 +430,7 @@ def stage_budget(
         return None
 
     def cost(i: int) -> float:
-        pcfg = cfg.phase1 if stages[i].phase == 1 else cfg.phase2
+        pcfg = phase_config(cfg, stages[i])
         return epochs_left[i] * pcfg.steps_per_epoch * (1.0 if stages[i].phase == 1 else PHASE2_STEP_COST)
 
     total = sum(cost(i) for i in range(index, len(stages)))
@@ -409,6 +463,7 @@ def train(
 
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
+    check_slimming(cfg)
     stages = plan_stages(out_dir, cfg, Path(first_weights) if first_weights else None)
     check_apart(out_dir, [*case_dirs, *(val_case_dirs or []), first_weights])  # never write a case
     _preflight(out_dir, stages, resume=resume, overwrite=overwrite)
@@ -442,9 +497,16 @@ def train(
     history: list[dict[str, Any]] = []
     restart, warned, cut = False, False, []
     epochs_left = remaining_epochs(out_dir, stages, cfg, resume=resume)
+    slimmed: dict[str, Any] = {}
     for index, stage in enumerate(stages):
         sdir = out_dir / stage.name
-        pcfg = cfg.phase1 if stage.phase == 1 else cfg.phase2
+        pcfg = phase_config(cfg, stage)
+        if stage.prune is not None:  # the pruned net is this stage's and every later stage's
+            assert stage.init is not None
+            pruned_cfg, slimmed = prune_stage_weights(stage.init, out_dir / PRUNED, stage.prune)
+            stage.init = out_dir / PRUNED
+            for later in stages[index:]:
+                later.net = pruned_cfg
         has_state = (sdir / STATE).is_file() and (sdir / LAST).is_file()
         done = resume and not restart and has_state and len(_history(sdir)) >= pcfg.epochs
         if done:
@@ -477,6 +539,7 @@ def train(
                     max_minutes=remaining,
                     grad_clip=cfg.clip_grad,
                     amp=cfg.amp,
+                    slim=stage.slim,
                 ),
                 device=str(dev),
                 resume=cont,
@@ -519,6 +582,7 @@ def train(
             "training_cases": [c.name for c in train_cases],
             "validation_cases": [c.name for c in val_cases],
             "budget_shortened": cut,
+            **({"slim": {k: v for k, v in slimmed.items() if k != "config"}} if slimmed else {}),
         },
     )
 

@@ -10,6 +10,7 @@ weights file; it lives here (not in ``train``) so that inference never imports t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,9 @@ class CellModelConfig:
     # basicunet only: context margin for overlap-tile inference (its receptive field radius)
     context_margin: int = 0
     se: bool = False  # squeeze-and-excitation after every double-conv block (Hu et al. 2017)
+    # unet2015 after network slimming: the output width of every conv of the double-conv blocks, in
+    # module order (down blocks, bottom, decoder blocks; 2 per block). None: the uniform widths.
+    widths: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,9 +58,12 @@ class CellModelConfig:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-def _double_conv(cin: int, cout: int, *, padding: int, batch_norm: bool) -> nn.Sequential:
+def _double_conv(
+    cin: int, cout: int, *, padding: int, batch_norm: bool, mid: int | None = None
+) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in ((cin, cout), (cout, cout)):
+    mid = cout if mid is None else mid
+    for a, b in ((cin, mid), (mid, cout)):
         layers.append(nn.Conv2d(a, b, 3, padding=padding, bias=not batch_norm))
         if batch_norm:
             layers.append(nn.BatchNorm2d(b))
@@ -81,25 +88,40 @@ class UNet2015(nn.Module):
         depth: int = 4,
         dropout: float = 0.5,
         batch_norm: bool = False,
+        widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.depth = depth
         chans = [base_channels * 2**i for i in range(depth + 1)]
+        uniform = [c for c in [*chans, *chans[-2::-1]] for _ in range(2)]  # 2 convs per block
+        if widths is None:
+            widths = uniform
+        if len(widths) != len(uniform) or min(widths) < 1:
+            raise ValueError(f"unet2015 of depth {depth} needs {len(uniform)} positive widths, got {widths}")
+        w = [int(v) for v in widths]
+        self.widths = w
+        block = iter(zip(w[0::2], w[1::2]))  # (mid, out) of each double-conv in module order
         self.down = nn.ModuleList()
-        cin = in_channels
-        for c in chans[:-1]:
-            self.down.append(_double_conv(cin, c, padding=0, batch_norm=batch_norm))
-            cin = c
+        cin, outs = in_channels, []
+        for _ in chans[:-1]:
+            mid, out = next(block)
+            self.down.append(_double_conv(cin, out, mid=mid, padding=0, batch_norm=batch_norm))
+            cin = out
+            outs.append(out)
         self.pool = nn.MaxPool2d(2)
         self.drop_enc = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.bottom = _double_conv(chans[-2], chans[-1], padding=0, batch_norm=batch_norm)
+        mid, out = next(block)
+        self.bottom = _double_conv(cin, out, mid=mid, padding=0, batch_norm=batch_norm)
         self.drop_bottom = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
-        for c_hi, c_lo in zip(chans[:0:-1], chans[-2::-1]):
-            self.up.append(nn.ConvTranspose2d(c_hi, c_lo, 2, stride=2))
-            self.dec.append(_double_conv(2 * c_lo, c_lo, padding=0, batch_norm=batch_norm))
-        self.head = nn.Conv2d(chans[0], num_classes, 1)
+        cin = out
+        for c_lo, skip in zip(chans[-2::-1], outs[::-1]):
+            self.up.append(nn.ConvTranspose2d(cin, c_lo, 2, stride=2))  # no batch norm: not pruned
+            mid, out = next(block)
+            self.dec.append(_double_conv(skip + c_lo, out, mid=mid, padding=0, batch_norm=batch_norm))
+            cin = out
+        self.head = nn.Conv2d(cin, num_classes, 1)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -196,7 +218,10 @@ def _build_unet(*, config: CellModelConfig) -> nn.Module:
             depth=config.depth,
             dropout=config.dropout,
             batch_norm=config.batch_norm,
+            widths=config.widths,
         )
+    if config.widths is not None:
+        raise ValueError(f"per-layer widths (network slimming) apply to unet2015, not {config.arch}")
     if config.arch == "basicunet":
         if config.depth != 4:
             raise ValueError("basicunet has a fixed depth of 4")
@@ -269,3 +294,151 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelConfig, CheckpointMeta
             f"weights do not fit the {config.arch} model they describe: {str(exc).splitlines()[0]}", path=path
         ) from None
     return model.eval(), config, meta
+
+
+def _blocks(model: UNet2015) -> list[nn.Sequential]:
+    return [*model.down, model.bottom, *model.dec]
+
+
+def prune_unet2015(
+    model: UNet2015, config: CellModelConfig, ratio: float
+) -> tuple[UNet2015, CellModelConfig, dict[str, Any]]:
+    """Network slimming of a batch-normed unet2015: the ``ratio`` of all conv channels with the
+    smallest ``|gamma|`` (one global threshold) go, in every double-conv, block outputs included.
+
+    A block's output feeds the next block (through the pool), its skip connection (the first input
+    channels of the decoder block it is concatenated into) and, for the bottom and decoder blocks,
+    the next up-convolution or the head: each of these consumers loses the same input channels. What
+    a removed channel still emits (``relu(beta)``, its scale being ~0) is moved into the consumer's
+    batch-norm running mean or bias (exact for the valid convs, averaged over the 2x2 kernel of an
+    up-convolution). The up-convolutions' outputs carry no batch norm and keep their widths. Returns
+    the narrower net (eval mode), its config (``widths`` set) and a summary.
+    """
+    from dataclasses import replace
+
+    from medseg.engine import slim
+
+    if not isinstance(model, UNet2015) or not config.batch_norm or config.se:
+        raise ValueError("network slimming prunes a unet2015 with batch norm and without SE blocks")
+    model = model.eval()
+    blocks = _blocks(model)
+    bns = [m for b in blocks for m in b if isinstance(m, nn.BatchNorm2d)]
+    convs = [m for b in blocks for m in b if isinstance(m, nn.Conv2d)]
+    threshold = slim.global_threshold([bn.weight for bn in bns], ratio)
+    keeps = [slim.keep_indices(bn.weight, threshold) for bn in bns]
+    new_cfg = replace(config, widths=[int(k.numel()) for k in keeps])
+    new = build_model(config=new_cfg).eval()
+    new_bns = [m for b in _blocks(new) for m in b if isinstance(m, nn.BatchNorm2d)]
+    new_convs = [m for b in _blocks(new) for m in b if isinstance(m, nn.Conv2d)]
+    arange = torch.arange
+    d = model.depth
+    # input channels (original indices) of each conv, and who consumes each block output
+    inputs: list[torch.Tensor] = []
+    for b in range(len(blocks)):
+        if b == 0:
+            first_in = arange(convs[0].in_channels)
+        elif b <= d:  # down blocks after the first, and the bottom: the previous block's output
+            first_in = keeps[2 * b - 1]
+        else:  # decoder block j: [skip (down block d-1-j), up-conv output (all its channels)]
+            j = b - d - 1
+            skip = keeps[2 * (d - 1 - j) + 1]
+            up = model.up[j]
+            first_in = torch.cat([skip, convs[2 * b].in_channels - up.out_channels + arange(up.out_channels)])
+        inputs += [first_in, keeps[2 * b]]
+    with torch.no_grad():
+        for conv, new_conv, bn, new_bn, keep, cin in zip(convs, new_convs, bns, new_bns, keeps, inputs):
+            new_conv.weight.copy_(conv.weight[keep][:, cin])
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(new_bn, name).copy_(getattr(bn, name)[keep])
+            new_bn.num_batches_tracked.copy_(bn.num_batches_tracked)
+        for j, (up, new_up) in enumerate(zip(model.up, new.up)):
+            src = keeps[2 * (d + j) + 1]  # bottom (j = 0) or decoder block j - 1
+            new_up.weight.copy_(up.weight[src])
+            new_up.bias.copy_(up.bias)
+        new.head.weight.copy_(model.head.weight[:, keeps[-1]])
+        new.head.bias.copy_(model.head.bias)
+        # the constant a removed channel leaves behind, moved into its consumers
+        for i, (bn, keep) in enumerate(zip(bns, keeps)):
+            removed = _removed(bn.num_features, keep)
+            if removed.numel() == 0:
+                continue
+            value = slim.constant_of_removed(bn, removed, relu=True)
+            b, second = divmod(i, 2)
+            targets: list[tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor, bool]] = []
+            if not second:  # the block's second conv
+                targets.append((convs[i + 1], new_bns[i + 1], keeps[i + 1], removed, False))
+            else:
+                if b < d:  # down block: the next block (after the pool) and the skip connection
+                    targets.append((convs[i + 1], new_bns[i + 1], keeps[i + 1], removed, False))
+                    dec = 2 * (2 * d - b)  # index of the first conv of the decoder block it feeds
+                    targets.append((convs[dec], new_bns[dec], keeps[dec], removed, False))
+                elif b < 2 * d:  # bottom or a decoder block: the next up-convolution
+                    j = b - d
+                    targets.append((model.up[j], new.up[j], arange(model.up[j].out_channels), removed, True))
+                else:
+                    targets.append((model.head, new.head, arange(model.head.out_channels), removed, False))
+            for consumer, new_target, keep_out, rem, transposed in targets:
+                shift = slim.constant_shift(consumer.weight, rem, value, transposed=transposed)[keep_out]
+                if isinstance(new_target, nn.BatchNorm2d):
+                    new_target.running_mean.sub_(shift)
+                else:
+                    new_target.bias.add_(shift)
+    before, after = slim.count_parameters(model), slim.count_parameters(new)
+    channels = sum(bn.num_features for bn in bns)
+    summary = {
+        "threshold": threshold,
+        "channels_before": channels,
+        "channels_after": int(sum(k.numel() for k in keeps)),
+        "params_before": before,
+        "params_after": after,
+        "widths": new_cfg.widths,
+        "config": new_cfg.to_dict(),
+    }
+    return new, new_cfg, summary
+
+
+def _removed(n: int, keep: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[keep] = False
+    return torch.nonzero(mask).flatten()
+
+
+def prune_weights(src: str | Path, dst: str | Path, ratio: float) -> dict[str, Any]:
+    """Prune the unet2015 weights at ``src`` (network slimming, :func:`prune_unet2015`) and save them
+    at ``dst`` as an ordinary cells weights file (same metadata, ``widths`` in the config)."""
+    from dataclasses import replace
+
+    from medseg.engine.checkpoint import save_weights
+    from medseg.errors import InputError
+
+    model, config, meta = load_model(src)
+    if (
+        not isinstance(config, CellModelConfig)
+        or config.arch != "unet2015"
+        or not config.batch_norm
+        or config.se
+    ):
+        raise InputError(
+            "network slimming prunes unet2015 nets with batch norm and without SE blocks "
+            f"(these weights: {config.arch}, batch norm {getattr(config, 'batch_norm', True)})",
+            path=src,
+        )
+    new, new_cfg, summary = prune_unet2015(model, config, ratio)
+    meta = replace(meta, config=new_cfg.to_dict(), metrics={**meta.metrics, "pruned_from": str(src)})
+    save_weights(dst, new.state_dict(), meta)
+    return {**summary, "source": str(src), "ratio": ratio}
+
+
+def slimming_problem(config: ModelConfig, *, slim: float, prune_ratio: float | None) -> str | None:
+    """Why network slimming cannot apply to ``config`` (one line), or None: the L1 penalty needs batch
+    norm, channel pruning a batch-normed unet2015 without SE blocks."""
+    if slim <= 0 and prune_ratio is None:
+        return None
+    has_bn = isinstance(config, ArchConfig) or config.batch_norm  # the seed papers' nets always have it
+    if not has_bn:
+        return f"--slim and --prune-ratio act on batch-norm scales: this {config.arch} has no batch norm"
+    if prune_ratio is not None and (
+        not isinstance(config, CellModelConfig) or config.arch != "unet2015" or config.se
+    ):
+        return f"--prune-ratio prunes unet2015 nets without SE blocks, not {config.arch}"
+    return None

@@ -10,8 +10,8 @@ Three steps, the same for every pipeline:
    ratio; a channel whose ``|gamma|`` is at or below it goes, with its filters in the producing conv and
    its slices in every consumer. The architecture-specific rewiring (skip connections, maxout) lives
    with each model (``medseg.cells.model.prune_unet2015``, ``medseg.brain.models.prune_twopath``);
-   this module only says which channels stay (:func:`keep_indices`) and moves the constant left by a
-   removed channel into the next layer where that is exact (:func:`absorb_constant`).
+   this module only says which channels stay (:func:`keep_indices`) and what constant a removed
+   channel leaves in the next layer (:func:`constant_shift`).
 3. *Fine-tuning* of the narrower net, which is saved as an ordinary weights file whose config lists
    the per-layer widths, so every loader rebuilds it.
 
@@ -109,36 +109,21 @@ def constant_of_removed(bn: nn.Module, removed: torch.Tensor, *, relu: bool) -> 
     return beta.clamp(min=0) if relu else beta
 
 
-def absorb_constant(
-    weight: torch.Tensor,
-    removed_inputs: torch.Tensor,
-    values: torch.Tensor,
-    *,
-    bias: torch.Tensor | None = None,
-    bn: nn.Module | None = None,
-    transposed: bool = False,
-) -> None:
-    """Move the constant maps ``values`` of removed input channels into the consumer's bias (or the
-    running mean of the batch norm after a bias-free conv). Exact for valid convolutions; for a
-    transposed convolution the per-position kernel is averaged (an approximation).
-
-    ``weight`` is the consumer's full (unpruned) weight: (out, in, kh, kw), or (in, out, kh, kw) if
-    ``transposed``.
+def constant_shift(
+    weight: torch.Tensor, removed_inputs: torch.Tensor, values: torch.Tensor, *, transposed: bool = False
+) -> torch.Tensor:
+    """Per output channel, what the constant maps ``values`` of the removed input channels added to a
+    consumer's output: to be added to its bias, or taken from the running mean of the batch norm after
+    a bias-free conv. Exact for valid convolutions; for a transposed convolution the per-position
+    kernel is averaged (an approximation). ``weight``: the consumer's full weight, (out, in, kh, kw),
+    or (in, out, kh, kw) if ``transposed``.
     """
     import torch
 
-    if removed_inputs.numel() == 0:
-        return
     w = weight.detach().float()
     if transposed:
-        shift = torch.einsum("iokl,i->o", w[removed_inputs], values.float()) / (w.shape[2] * w.shape[3])
-    else:
-        shift = torch.einsum("oikl,i->o", w[:, removed_inputs], values.float())
-    with torch.no_grad():
-        if bias is not None:
-            bias.add_(shift.to(bias.dtype))
-        elif bn is not None:
-            bn.running_mean.sub_(shift.to(bn.running_mean.dtype))
+        return torch.einsum("iokl,i->o", w[removed_inputs], values.float()) / (w.shape[2] * w.shape[3])
+    return torch.einsum("oikl,i->o", w[:, removed_inputs], values.float())
 
 
 def count_parameters(model: nn.Module) -> int:

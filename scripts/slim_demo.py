@@ -1,0 +1,268 @@
+"""Network slimming (Liu et al. 2017) of the cells demo U-Net, measured on the REAL DSB 2018 validation split.
+
+    OMP_NUM_THREADS=1 python scripts/slim_demo.py --data ../shared/realdata/nuclei_dsb2018_stage1 \\
+        --run-dir /tmp/slim_cells --ratios 0.3 0.5 0.7
+
+Steps (each skipped when its output is already in ``--run-dir``, so the script resumes):
+
+1. sparsity fine-tune of the shipped demo weights (unet2015, batch norm, base 8) with the L1 penalty
+   ``--slim`` on the batch-norm scales, on a seeded subset of the 540-image training split
+   (a CPU-time budget, ``--sparse-cpu-s``); the epoch is chosen by pixel IoU on 10 other training
+   images, never on the validation ids;
+2. per ratio: one global gamma threshold, channels pruned (``medseg.cells.model.prune_weights``), then
+   a short fine-tune without the penalty (``--finetune-cpu-s``);
+3. every model (shipped demo, sparse, each pruned before / after fine-tuning) scored on the 60
+   validation ids of ``medseg/weights/cells/dsb2018_split.json`` with the ``cells-segment`` library
+   path: dataset AP@0.5 and mAP@0.5:0.95 (TP/FP/FN summed over images), parameters, CPU seconds of
+   the net's path per 512^2 image (best of 3, one thread).
+
+Writes ``RUN/results.json`` and prints it; every step records its CPU seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SPLIT = REPO / "medseg" / "weights" / "cells" / "dsb2018_split.json"
+DEMO = REPO / "medseg" / "weights" / "cells" / "demo_unet2015.safetensors"
+E2E_IMAGE = REPO / "tests" / "data" / "real" / "nuclei_dsb2018" / "img2d.tif"
+log = logging.getLogger("medseg.slim_demo")
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def load_samples(root: Path, ids: list[str]) -> list[Any]:
+    from medseg.cells.dataset import load_pair
+    from medseg.cells.train import prepare_sample
+    from medseg.cells.weights import WeightMapConfig
+
+    out = []
+    for i in ids:
+        image, labels = load_pair(root / "images" / f"{i}.png", root / "masks" / f"{i}.tif", local=False)
+        out.append(prepare_sample(image, labels, WeightMapConfig()))
+    return out
+
+
+class BudgetSpent(Exception):
+    """The CPU budget ran out between epochs: the run folder holds every finished epoch."""
+
+
+def budget_task(config: Any, train: list[Any], val: list[Any], cpu_budget_s: float) -> Any:
+    """The cells task with a CPU-time budget (the epoch under way ends early, the next one stops the
+    run) and a constant learning rate (no schedule to cut short)."""
+    from medseg.cells.train import CellsTrainTask
+
+    class Task(CellsTrainTask):
+        def __init__(self) -> None:
+            super().__init__(config, train, val)
+            self.start, self.last = cpu_seconds(), None
+            area = np.array([np.sqrt(s.image.size) for s in train])
+            self.probabilities = area / area.sum()
+
+        def spent(self) -> bool:
+            return cpu_seconds() - self.start > cpu_budget_s
+
+        def build_scheduler(self, optimizer: Any) -> Any:
+            return None
+
+        def train_batches(self, epoch: int, rng: np.random.Generator):
+            if epoch > 1 and self.spent():
+                raise BudgetSpent
+            for batch in super().train_batches(epoch, rng):
+                if self.spent():
+                    return
+                yield batch
+
+    return Task()
+
+
+def train(
+    out: Path, init: Path, train_s: list[Any], val_s: list[Any], *, slim: float, cpu_s: float, lr: float
+) -> dict[str, Any]:
+    """Fine-tune ``init`` (with the slimming penalty ``slim``) for ``cpu_s`` CPU seconds into ``out``."""
+    from medseg.cells.model import config_from_dict
+    from medseg.cells.train import CellsTrainConfig
+    from medseg.engine.checkpoint import read_meta
+    from medseg.engine.trainer import fit
+
+    meta = read_meta(init)
+    notes = json.loads(meta.notes or "{}")
+    config = CellsTrainConfig(
+        model=config_from_dict(meta.config),
+        epochs=1000,
+        steps_per_epoch=25,
+        batch_size=4,
+        tile=316,
+        lr=lr,
+        seed=2018,
+        init_weights=str(init),
+        scale_range=(0.6, 1.6),
+        noise=0.05,
+        diameter=notes.get("diameter"),
+        training_data="DSB 2018 stage 1 training split (subset), slimming fine-tune",
+        local_contrast=False,
+        slim=slim,
+    )
+    task = budget_task(config, train_s, val_s, cpu_s)
+    t0 = cpu_seconds()
+    try:
+        fit(task, out, config.loop(), device="cpu", overwrite=True)
+    except BudgetSpent:
+        pass
+    history = json.loads((out / "history.json").read_text())
+    return {
+        "cpu_s": round(cpu_seconds() - t0, 1),
+        "epochs": len(history),
+        "steps_at_most": len(history) * config.steps_per_epoch,
+        "val_pixel_iou_on_training_images": [round(h["val_pixel_iou"], 4) for h in history],
+    }
+
+
+def with_demo_meta(src: Path, dst: Path) -> Path:
+    """``src``'s tensors with the shipped demo weights' metadata notes (instance settings, diameter)."""
+    from medseg.engine.checkpoint import load_weights, read_meta, save_weights
+
+    state, meta = load_weights(src)
+    demo = read_meta(DEMO)
+    save_weights(dst, state, replace(meta, notes=demo.notes, normalisation=demo.normalisation))
+    return dst
+
+
+def evaluate(data: Path, ids: dict[str, str], weights: Path) -> dict[str, Any]:
+    """Dataset AP on the validation ids (the cells-segment path), parameters, CPU s per 512^2 image."""
+    from medseg.cells.evaluate import evaluate_labels, summarise, summarise_groups
+    from medseg.cells.io import read_image, read_mask
+    from medseg.cells.segment import CellSegmenter, SegmentConfig
+    from medseg.cells.weights import instances_from_mask
+    from medseg.engine.checkpoint import load_weights
+
+    t_start = cpu_seconds()
+    seg = CellSegmenter(SegmentConfig(weights=str(weights), device="cpu", stain="auto"))
+    rows, groups = [], []
+    for i, kind in sorted(ids.items()):
+        planes, _ = read_image(data / "images" / f"{i}.png", allow_stack=False, keep_color=True)
+        truth = instances_from_mask(read_mask(data / "masks" / f"{i}.tif"))
+        rows.append(evaluate_labels(truth, seg.analyse(planes[0]).labels))
+        groups.append(kind)
+    plane = read_image(E2E_IMAGE, allow_stack=False)[0][0]
+    plane = np.resize(plane, (512, 512)) if plane.shape != (512, 512) else plane
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.process_time()
+        seg.analyse(plane)
+        best = min(best, time.process_time() - t0)
+    state, _ = load_weights(weights)
+    summary = summarise(rows)
+    per_kind = {g: round(s["ap50"], 4) for g, s in summarise_groups(rows, groups).items()}
+    return {
+        "ap50": round(summary["ap50"], 4),
+        "map_50_95": round(summary["map_50_95"], 4),
+        "ap50_per_kind": per_kind,
+        "params": int(sum(v.numel() for v in state.values() if v.dim() > 0 and v.is_floating_point()) or 0),
+        "cpu_s_per_512px_image": round(best, 3),
+        "eval_cpu_s": round(cpu_seconds() - t_start, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, required=True, help="the nuclei_dsb2018_stage1 folder")
+    parser.add_argument("--run-dir", type=Path, default=Path("/tmp/slim_cells"))
+    parser.add_argument("--init", type=Path, default=DEMO, help="weights to slim (default: the demo weights)")
+    parser.add_argument("--slim", type=float, default=1e-3, help="L1 penalty lambda on the BN scales")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--train-images", type=int, default=120, help="seeded subset of the training split")
+    parser.add_argument("--sparse-cpu-s", type=float, default=420.0)
+    parser.add_argument("--finetune-cpu-s", type=float, default=150.0)
+    parser.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate (Adam)")
+    parser.add_argument("--sparse-lr", type=float, default=1e-3, help="sparsity fine-tune learning rate")
+    parser.add_argument("--skip-eval", action="store_true", help="train and prune only")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    import torch
+
+    torch.set_num_threads(1)
+    from medseg.cells.model import prune_weights
+
+    split = json.loads(SPLIT.read_text())
+    val_ids = split["validation"]
+    rng = np.random.default_rng(split["seed"] + 22)
+    pool = sorted(set(split["train"]) - set(val_ids))
+    chosen = rng.choice(pool, size=args.train_images + 10, replace=False).tolist()
+    run = args.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    results_path = run / "results.json"
+    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results.setdefault("models", {})
+    results["validation_ids"] = len(val_ids)
+    results["train_images"] = args.train_images
+
+    def save() -> None:
+        results_path.write_text(json.dumps(results, indent=1) + "\n")
+
+    samples: list[Any] | None = None
+
+    def data() -> tuple[list[Any], list[Any]]:
+        nonlocal samples
+        if samples is None:
+            t0 = cpu_seconds()
+            samples = load_samples(args.data, chosen)
+            results["data_cpu_s"] = round(cpu_seconds() - t0, 1)
+        return samples[:-10], samples[-10:]
+
+    sparse = run / "sparse.safetensors"
+    if not sparse.is_file():
+        log.info("sparsity fine-tune, lambda %g, %.0f CPU s", args.slim, args.sparse_cpu_s)
+        info = train(
+            run / "sparse", args.init, *data(), slim=args.slim, cpu_s=args.sparse_cpu_s, lr=args.sparse_lr
+        )
+        with_demo_meta(run / "sparse" / "best.safetensors", sparse)
+        results["sparse_train"] = {**info, "slim": args.slim}
+        save()
+    for ratio in args.ratios:
+        tag = f"pruned{int(round(ratio * 100))}"
+        pruned, tuned = run / f"{tag}.safetensors", run / f"{tag}_ft.safetensors"
+        if not pruned.is_file():
+            t0 = cpu_seconds()
+            info = prune_weights(sparse, pruned, ratio)
+            results[tag] = {k: info[k] for k in ("threshold", "params_before", "params_after", "widths")}
+            results[tag]["prune_cpu_s"] = round(cpu_seconds() - t0, 2)
+            save()
+        if not tuned.is_file():
+            info = train(run / f"{tag}_ft", pruned, *data(), slim=0.0, cpu_s=args.finetune_cpu_s, lr=args.lr)
+            with_demo_meta(run / f"{tag}_ft" / "best.safetensors", tuned)
+            results[tag]["finetune"] = info
+            save()
+    if args.skip_eval:
+        return
+    models = {"demo (unpruned)": args.init, "sparse (unpruned)": sparse}
+    for ratio in args.ratios:
+        tag = f"pruned{int(round(ratio * 100))}"
+        models[f"{tag} before fine-tune"] = run / f"{tag}.safetensors"
+        models[f"{tag} fine-tuned"] = run / f"{tag}_ft.safetensors"
+    for name, path in models.items():
+        if name in results["models"]:
+            continue
+        log.info("evaluating %s on the %d validation images", name, len(val_ids))
+        results["models"][name] = {"weights": str(path), **evaluate(args.data, val_ids, path)}
+        save()
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
