@@ -24,7 +24,9 @@ over it, ``BudgetCosine``), ``--cpu-minutes`` a CPU-time cap; ``cpu.json`` in th
 accumulates the process CPU time, which is recorded in the weights' metadata. One torch thread by
 default (``--threads``): the machine is shared. ``--normalisation percentile`` (default) trains on
 percentile-normalised planes and records ``local_contrast: false`` in the weights, which
-``cells-segment`` follows. Results: docs/cells.md.
+``cells-segment`` follows. ``--target borders|3class|dist`` picks the instance target
+(``medseg.cells.targets``) on the same net; fine-tuning from 2-class weights adapts the last layer.
+Results: docs/cells.md.
 """
 
 from __future__ import annotations
@@ -110,8 +112,8 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def load_samples(root: Path, ids: list[str], *, local: bool) -> list[Any]:
-    """Prepared samples (normalised nuclear plane, target, border weights), compact dtypes."""
+def load_samples(root: Path, ids: list[str], *, local: bool, kind: str = "borders") -> list[Any]:
+    """Prepared samples (normalised nuclear plane, target for ``kind``, weights), compact dtypes."""
     from medseg.cells.dataset import load_pair
     from medseg.cells.train import prepare_sample
     from medseg.cells.weights import WeightMapConfig
@@ -119,9 +121,7 @@ def load_samples(root: Path, ids: list[str], *, local: bool) -> list[Any]:
     out = []
     for i in ids:
         image, labels = load_pair(root / "images" / f"{i}.png", root / "masks" / f"{i}.tif", local=local)
-        s = prepare_sample(image, labels, WeightMapConfig())
-        s.target = s.target.astype(np.uint8)
-        out.append(s)
+        out.append(prepare_sample(image, labels, WeightMapConfig(), kind))
     return out
 
 
@@ -155,8 +155,9 @@ def make_task(config: Any, train: list[Any], val: list[Any], budget_s: float) ->
     """The cells train task, choosing the epoch by pooled AP@0.5 on the held-out training images and
     drawing patches from an image with probability proportional to the square root of its area."""
     from medseg.cells.evaluate import match_objects
-    from medseg.cells.instances import instances_from_probability
+    from medseg.cells.instances import instances_from_maps
     from medseg.cells.predict import make_predictor, predict_image
+    from medseg.cells.targets import postprocess_for
     from medseg.cells.train import CellsTrainTask
 
     class RealTask(CellsTrainTask):
@@ -168,11 +169,14 @@ def make_task(config: Any, train: list[Any], val: list[Any], budget_s: float) ->
         def validate(self, model: Any, device: Any) -> dict[str, float]:
             import torch
 
-            predictor = make_predictor(model, device=device, amp=self.config.amp)
+            kind = self.config.instance_target
+            predictor = make_predictor(
+                model, device=device, amp=self.config.amp, postprocess=postprocess_for(kind)
+            )
             tp = fp = fn = 0
             for s in self.val:
-                prob = predict_image(predictor, self.config.model, s.image, tile=512, batch_size=4)[1]
-                m = match_objects(s.labels, instances_from_probability(prob, self.config.instances))
+                maps = predict_image(predictor, self.config.model, s.image, tile=512, batch_size=4)
+                m = match_objects(s.labels, instances_from_maps(maps, kind, self.config.instances))
                 tp, fp, fn = tp + m["tp"], fp + m["fp"], fn + m["fn"]
             model.to(memory_format=torch.contiguous_format)
             return {"val_ap50": tp / max(tp + fp + fn, 1)}
@@ -239,6 +243,12 @@ def main() -> None:
         default="percentile",
         help="percentile (1-99.8 %%, as StarDist) or the local contrast step as well (stretches noise)",
     )
+    parser.add_argument(
+        "--target",
+        choices=("borders", "3class", "dist"),
+        default="borders",
+        help="instance target (medseg.cells.targets): border-weighted 2-class, interior/boundary, or distance",
+    )
     parser.add_argument("--weights-out", type=Path, default=None, help="write the best epoch here (float16)")
     parser.add_argument("--split-only", action="store_true", help="write the split file and stop")
     args = parser.parse_args()
@@ -248,7 +258,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from medseg.cells.model import CellModelConfig
-    from medseg.cells.train import CellsTrainConfig, resolve_init
+    from medseg.cells.train import CellsTrainConfig, resolve_init, with_target_head
     from medseg.engine.trainer import fit
 
     split = load_or_make_split(args.data)
@@ -268,8 +278,8 @@ def main() -> None:
         t0 = time.perf_counter()
         local = args.normalisation == "local"
         train, val = (
-            load_samples(args.data, train_ids, local=local),
-            load_samples(args.data, held, local=local),
+            load_samples(args.data, train_ids, local=local, kind=args.target),
+            load_samples(args.data, held, local=local, kind=args.target),
         )
         log.info(
             "prepared %d training + %d held-out images in %.0f s",
@@ -279,6 +289,7 @@ def main() -> None:
         )
         scratch = CellModelConfig(arch="unet2015", base_channels=8, batch_norm=True, dropout=0.1)
         model, init = resolve_init(args.init, scratch if args.init == "scratch" else None)
+        model = with_target_head(model, args.target)
         diameters = [d for d in (_diameter(s.labels) for s in train) if d]
         for s in train:  # instance labels are only needed for validation: free the memory
             s.labels = np.zeros((1, 1), np.int32)
@@ -297,6 +308,7 @@ def main() -> None:
             diameter=round(float(np.median(diameters)), 2) if diameters else None,
             training_data="DSB 2018 stage 1 training split",
             local_contrast=local,
+            instance_target=args.target,
         )
         task = make_task(config, train, val, args.max_minutes * 60)
         start = cpu_seconds()
@@ -321,7 +333,11 @@ def main() -> None:
             args.run_dir / "train" / "best.safetensors",
             args.weights_out,
             split,
-            {"train_cpu_seconds": round(float(ledger["cpu_s"]), 1), "threads": args.threads},
+            {
+                "train_cpu_seconds": round(float(ledger["cpu_s"]), 1),
+                "threads": args.threads,
+                "instance_target": args.target,
+            },
         )
 
 

@@ -10,6 +10,12 @@
 5. grow instances by ``grow`` px into the thin background lines between two cells: the net was
    trained to leave such a line where cells touch (weight map); this gives those pixels back.
    Outer cell edges are not grown.
+
+Nets trained for the ``3class`` or ``dist`` targets (``medseg.cells.targets``) are decoded by
+:func:`instances_from_maps`: the cell mask is ``mask_threshold`` on the cell probability, seeds are
+interior components (3class, interior probability above ``seed_threshold``) or h-maxima of the
+predicted distance (dist, ``seed_h`` deep and above ``seed_threshold``), and a seeded watershed fills
+the mask; mask components without a seed stay whole; then holes and small objects as above.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ class InstanceConfig:
     solidity: float = 0.85  # only components less convex than this (area / convex hull) are split
     grow: int = 2  # px; give back the separating border the net was taught to leave out
     max_hole: int = 12  # px; holes up to this area inside a cell are filled (0 = off)
+    # 3class / dist nets only (``instances_from_maps``)
+    mask_threshold: float = 0.5  # cell probability (3class: interior + boundary) above which = cell
+    seed_threshold: float = 0.5  # 3class: interior probability of seeds; dist: least seed distance
+    seed_h: float = 0.1  # dist: depth of predicted-distance maxima (0..1 scale) that seed a cell
 
 
 def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -108,3 +118,51 @@ def _fill_gaps(labels: np.ndarray, grow: int, expand_labels) -> np.ndarray:
     gap = (labels == 0) & (hi > 0) & (lo < big) & (hi != lo)
     grown = expand_labels(labels, distance=grow)
     return np.where(gap, grown, labels)
+
+
+def instances_from_maps(maps: np.ndarray, kind: str, config: InstanceConfig | None = None) -> np.ndarray:
+    """Instance labels from a net's (K, H, W) output maps, decoded as its target ``kind`` says."""
+    from medseg.cells.targets import BORDERS, THREE_CLASS, check_target
+
+    cfg = config or InstanceConfig()
+    if maps.ndim != 3:
+        raise ValueError(f"expected (K, H, W) output maps, got shape {maps.shape}")
+    if check_target(kind) == BORDERS:
+        return instances_from_probability(maps[1], cfg)
+    if kind == THREE_CLASS:
+        interior = maps[1]
+        seeds, _ = ndimage.label(interior > cfg.seed_threshold)
+        seeds = _remove_small(seeds, max(cfg.min_size // 4, 1)) > 0  # specks of interior would split a cell
+        return _seeded(interior, maps[1] + maps[2], seeds, cfg)
+    dist = np.where(maps[1] > cfg.mask_threshold, maps[2], 0).astype(np.float32)
+    return _seeded(dist, maps[1], _distance_peaks(dist, cfg), cfg)
+
+
+def _distance_peaks(dist: np.ndarray, cfg: InstanceConfig) -> np.ndarray:
+    """Seeds of the dist decoder: h-maxima of the (lightly smoothed) distance above seed_threshold."""
+    from skimage.morphology import h_maxima
+
+    smooth = ndimage.gaussian_filter(dist, 1.0)
+    if cfg.seed_h <= 0:
+        return smooth > cfg.seed_threshold
+    # h_maxima on a fixed-point copy: float maxima of nearly equal height are unstable
+    peaks = h_maxima((smooth * 1000).astype(np.int32), max(int(round(cfg.seed_h * 1000)), 1)) > 0
+    return peaks & (smooth > cfg.seed_threshold)
+
+
+def _seeded(height: np.ndarray, cell_prob: np.ndarray, seeds: np.ndarray, cfg: InstanceConfig) -> np.ndarray:
+    """Watershed on ``-height`` from the seed components, inside the cell mask; unseeded mask
+    components become instances of their own; small holes filled, small objects removed."""
+    from skimage.morphology import remove_small_holes
+    from skimage.segmentation import watershed
+
+    fg = cell_prob > cfg.mask_threshold
+    if cfg.max_hole > 0:
+        fg = remove_small_holes(fg, max_size=cfg.max_hole)
+    if not fg.any():
+        return np.zeros(fg.shape, dtype=np.int32)
+    markers, _ = ndimage.label(seeds & fg)
+    labels = watershed(-height, markers, mask=fg).astype(np.int64)
+    components, _ = ndimage.label(fg & (labels == 0))
+    labels = np.where(components > 0, components + labels.max(), labels)
+    return _relabel(_remove_small(labels, cfg.min_size))

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medseg.cells.instances import InstanceConfig, instances_from_probability
+from medseg.cells.instances import InstanceConfig, instances_from_maps
 from medseg.cells.io import (
     check_pages,
     check_positive,
@@ -140,12 +140,13 @@ AUTO_SCALES = (1.0, 0.5)  # first passes for --diameter auto
 
 @dataclass
 class PlaneResult:
-    prob: np.ndarray  # (H, W) cell probability at the input size
+    prob: np.ndarray  # (H, W) cell probability at the input size (what --save-prob writes)
     labels: np.ndarray  # (H, W) instances at the input size
     nuclear: np.ndarray  # (H, W) the plane the net read, raw units (for the table and overlay)
     stain: StainDecision
     diameter: float | None  # the diameter used (px of the input), None: the model's own scale
     scale: float  # input -> model scale factor
+    maps: np.ndarray | None = None  # (K, H, W) the net's output maps (decoded as its target says)
 
 
 def train_diameter(meta: Any) -> float:
@@ -172,6 +173,7 @@ class CellSegmenter:
     def __init__(self, config: SegmentConfig | None = None) -> None:
         from medseg.cells.model import load_model
         from medseg.cells.predict import make_predictor
+        from medseg.cells.targets import out_channels, postprocess_for, target_of
         from medseg.engine.weights import resolve_weights
 
         self.config = config or SegmentConfig()
@@ -182,15 +184,35 @@ class CellSegmenter:
                 f"model expects {self.model_config.in_channels} channels; cells models take 1",
                 path=self.weights,
             )
+        try:
+            self.target = target_of(self.meta.config)
+        except ValueError as exc:
+            raise ModelError(str(exc), path=self.weights) from None
+        if getattr(self.model_config, "num_classes", out_channels(self.target)) != out_channels(self.target):
+            raise ModelError(
+                f"{self.target} weights need {out_channels(self.target)} output channels, these have "
+                f"{self.model_config.num_classes}",
+                path=self.weights,
+            )
         self.predictor = make_predictor(
-            model, device=self.config.device, amp=self.config.amp, config=self.model_config
+            model,
+            device=self.config.device,
+            amp=self.config.amp,
+            config=self.model_config,
+            postprocess=postprocess_for(self.target),
         )
 
         self.train_diameter = train_diameter(self.meta)
 
     def predict(self, plane: np.ndarray, *, stain: str = "fluo", scale: float = 1.0) -> np.ndarray:
-        """Cell probability (H, W) for a raw 2D nuclear plane: rescaled by ``scale`` to the model's
-        object size, normalised for ``stain``, predicted, and mapped back to the plane's size."""
+        """Cell probability (H, W) for a raw 2D nuclear plane (see :meth:`predict_maps`)."""
+        from medseg.cells.targets import foreground_probability
+
+        return foreground_probability(self.predict_maps(plane, stain=stain, scale=scale), self.target)
+
+    def predict_maps(self, plane: np.ndarray, *, stain: str = "fluo", scale: float = 1.0) -> np.ndarray:
+        """The net's output maps (K, H, W) for a raw 2D nuclear plane: rescaled by ``scale`` to the
+        model's object size, normalised for ``stain``, predicted, and mapped back to the plane's size."""
         from skimage.transform import rescale, resize
 
         from medseg.cells.predict import predict_image
@@ -199,16 +221,17 @@ class CellSegmenter:
         if scale != 1.0:
             x = rescale(plane, scale, order=1, anti_aliasing=scale < 1, preserve_range=True)
             x = x.astype(np.float32, copy=False)
-        prob = predict_image(
+        maps = predict_image(
             self.predictor,
             self.model_config,
             normalise_for_stain(x, stain, local=uses_local_contrast(self.meta.normalisation)),
             tile=self.config.tile,
             batch_size=self.config.batch_size,
-        )[1]
-        if prob.shape != plane.shape:
-            prob = resize(prob, plane.shape, order=1, preserve_range=True).astype(np.float32)
-        return prob
+        )
+        if maps.shape[1:] != plane.shape:
+            maps = resize(maps, (maps.shape[0], *plane.shape), order=1, preserve_range=True)
+            maps = maps.astype(np.float32)
+        return maps
 
     def _given_diameter(self) -> float | None:
         d = self.config.diameter
@@ -226,17 +249,20 @@ class CellSegmenter:
         nuclear = nuclear_plane(plane, decision.stain)
         diameter = self._given_diameter()
         scale = self.train_diameter / diameter if diameter else 1.0
-        prob = self.predict(nuclear, stain=decision.stain, scale=scale)
-        labels = instances_from_probability(prob, self.config.instances)
+        maps = self.predict_maps(nuclear, stain=decision.stain, scale=scale)
+        labels = instances_from_maps(maps, self.target, self.config.instances)
         if self.config.diameter == "auto":
             estimate = self._estimate_diameter(nuclear, decision.stain, labels)
             if estimate is not None:
                 diameter = estimate
                 if abs(self.train_diameter / estimate - 1) > AUTO_TOLERANCE:
                     scale = self.train_diameter / estimate
-                    prob = self.predict(nuclear, stain=decision.stain, scale=scale)
-                    labels = instances_from_probability(prob, self.config.instances)
-        return PlaneResult(prob, labels, nuclear, decision, diameter, scale)
+                    maps = self.predict_maps(nuclear, stain=decision.stain, scale=scale)
+                    labels = instances_from_maps(maps, self.target, self.config.instances)
+        from medseg.cells.targets import foreground_probability
+
+        prob = foreground_probability(maps, self.target)
+        return PlaneResult(prob, labels, nuclear, decision, diameter, scale, maps)
 
     def _estimate_diameter(self, nuclear: np.ndarray, stain: str, labels: np.ndarray) -> float | None:
         """First passes at scale 1 (``labels``) and 1/2: the median cell diameter each finds, in input
@@ -257,7 +283,7 @@ class CellSegmenter:
         from skimage.transform import rescale
 
         x = rescale(nuclear, scale, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
-        return instances_from_probability(self.predict(x, stain=stain), self.config.instances)
+        return instances_from_maps(self.predict_maps(x, stain=stain), self.target, self.config.instances)
 
     def segment_plane(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         r = self.analyse(plane)
@@ -269,6 +295,7 @@ class CellSegmenter:
             "demo_weights": self.is_demo,
             "model": self.model_config.to_dict(),
             "training_data": self.meta.training_data,
+            "instance_target": self.target,
             **self.predictor.describe(),
         }
 

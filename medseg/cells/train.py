@@ -3,7 +3,9 @@
 Targets: instance masks (or binary masks, split into connected components) become a
 foreground target in which the pixels where two cells touch are background, and a border
 weight map that stresses those thin lines (``medseg.cells.weights``). Patches are drawn at
-random with mirrored context, elastically deformed, flipped and rotated.
+random with mirrored context, elastically deformed, flipped and rotated. ``instance_target``
+chooses another target on the same net (``medseg.cells.targets``: ``3class`` interior/boundary, or
+``dist`` cell + normalised distance); the kind is stored in the weights and inference follows it.
 
 The loop is the shared one (:func:`medseg.engine.trainer.fit`); this module supplies the
 :class:`CellsTrainTask` (model, optimiser, batches, loss, validation). Validation runs the
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 
 from medseg.cells import archs
 from medseg.cells.augment import AugmentConfig, augment
-from medseg.cells.instances import InstanceConfig, instances_from_probability
+from medseg.cells.instances import InstanceConfig, instances_from_maps
 from medseg.cells.io import PERCENTILES
 from medseg.cells.model import (
     BATCH_NORM_IN_GLOBAL_POOLING,
@@ -39,7 +41,18 @@ from medseg.cells.model import (
     model_output_size,
     valid_tile,
 )
-from medseg.cells.weights import WeightMapConfig, border_weight_map, separate_touching
+from medseg.cells.targets import (
+    BORDERS,
+    DIST_WEIGHT,
+    adapt_head,
+    check_target,
+    instance_loss,
+    make_targets,
+    out_channels,
+    postprocess_for,
+    target_of,
+)
+from medseg.cells.weights import WeightMapConfig
 from medseg.engine.checkpoint import CheckpointMeta
 from medseg.engine.tiling import extract_tile
 from medseg.engine.trainer import TrainConfig, TrainResult, fit
@@ -84,6 +97,8 @@ class CellsTrainConfig:
     scale_range: tuple[float, float] = (1.0, 1.0)  # scale jitter of training patches (log-uniform)
     noise: float = 0.0  # blur / Gaussian-noise jitter of training patches (noise SD up to this)
     local_contrast: bool = True  # the pairs were normalised with the local contrast step (recorded)
+    instance_target: str = BORDERS  # borders | 3class | dist (medseg.cells.targets), recorded
+    dist_weight: float = DIST_WEIGHT  # dist target: lambda of the L1 distance term
     slim: float = 0.0  # network slimming (medseg.engine.slim): L1 on batch-norm scales, then pruning:
     prune_ratio: float | None = None  # share of the channels pruned after training (None: no pruning)
     finetune_epochs: int = 5  # epochs of fine-tuning the pruned net
@@ -100,18 +115,26 @@ class CellsTrainConfig:
 @dataclass
 class Sample:
     image: np.ndarray  # (H, W) float32 normalised
-    target: np.ndarray  # (H, W) int64, 1 = cell (touching borders removed)
+    target: np.ndarray  # (H, W) uint8 classes (borders: 1 = cell with touching borders removed)
     weight: np.ndarray  # (H, W) float32
     labels: np.ndarray  # (H, W) int32 instances, for validation
+    extra: np.ndarray | None = None  # (H, W) float16 regression target (dist), else None
 
 
-def prepare_sample(image: np.ndarray, labels: np.ndarray, config: WeightMapConfig) -> Sample:
-    """Precompute target and weight map once per image (as in the paper)."""
+def prepare_sample(
+    image: np.ndarray, labels: np.ndarray, config: WeightMapConfig, kind: str = BORDERS
+) -> Sample:
+    """Precompute target and weight map once per image (as in the paper), for the target ``kind``."""
     if image.shape != labels.shape:
         raise InputError(f"mask size {labels.shape} differs from image size {image.shape}")
-    separated = separate_touching(labels)
-    weight = border_weight_map(separated, config)
-    return Sample(image.astype(np.float32), (separated > 0).astype(np.int64), weight, labels.astype(np.int32))
+    target, weight, extra = make_targets(labels, kind, config)
+    return Sample(
+        image.astype(np.float32),
+        target,
+        weight,
+        labels.astype(np.int32),
+        None if extra is None else extra.astype(np.float16),
+    )
 
 
 def _resize(a: np.ndarray, size: int, order: int) -> np.ndarray:
@@ -129,18 +152,19 @@ def _patch(
     ``scale`` != 1 a region of ``tile / scale`` px is cut and resampled (scale jitter: objects look
     ``scale`` times larger)."""
     h, w = s.image.shape
-    arrays = (s.image, s.target, s.weight)
+    arrays = [s.image, s.target, s.weight] + ([] if s.extra is None else [s.extra])
+    orders = (1, 0, 1, 1)
     if scale == 1.0:
         y0 = int(rng.integers(0, max(h - out_size, 0) + 1)) - margin
         x0 = int(rng.integers(0, max(w - out_size, 0) + 1)) - margin
-        return [extract_tile(a, y0, x0, (tile, tile)) for a in arrays]
+        return [extract_tile(a, y0, x0, (tile, tile)).astype(np.float32, copy=False) for a in arrays]
     src = max(int(round(tile / scale)), 8)
     core = int(round(out_size / scale))
     m = (src - core) // 2
     y0 = int(rng.integers(0, max(h - core, 0) + 1)) - m
     x0 = int(rng.integers(0, max(w - core, 0) + 1)) - m
     parts = [extract_tile(a, y0, x0, (src, src)) for a in arrays]
-    return [_resize(a, tile, order).astype(np.float32) for a, order in zip(parts, (1, 0, 1))]
+    return [_resize(a, tile, order).astype(np.float32) for a, order in zip(parts, orders)]
 
 
 def _intensity_jitter(rng: np.random.Generator, image: np.ndarray, noise: float) -> np.ndarray:
@@ -166,14 +190,15 @@ def draw_batch(
     scale_range: tuple[float, float] = (1.0, 1.0),
     noise: float = 0.0,
     probabilities: np.ndarray | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random patches: (N,1,tile,tile) input; (N,o,o) target and weights for the output core.
+) -> tuple[torch.Tensor, ...]:
+    """Random patches: (N,1,tile,tile) input; (N,o,o) target and weights for the output core (and
+    the regression target when the samples carry one, ``dist``).
 
     Context beyond the image border is mirrored, as at inference. ``scale_range`` (log-uniform),
     ``noise`` (blur / Gaussian noise up to this SD) and ``probabilities`` (which images patches
     come from) are off by default.
     """
-    xs, ts, ws = [], [], []
+    xs, ts, ws, es = [], [], [], []
     crop = (tile - out_size) // 2
     jitter_scale = scale_range != (1.0, 1.0)
     if probabilities is None:
@@ -183,17 +208,21 @@ def draw_batch(
     for index in indices:
         scale = float(np.exp(rng.uniform(*np.log(scale_range)))) if jitter_scale else 1.0
         parts = _patch(rng, samples[index], tile=tile, margin=margin, out_size=out_size, scale=scale)
-        image, target, weight = augment(rng, parts, [1, 0, 1], augment_config)
+        image, target, weight, *extra = augment(rng, parts, [1, 0, 1, 1][: len(parts)], augment_config)
         if noise > 0:
             image = _intensity_jitter(rng, image, noise)
         xs.append(image[None])
         ts.append(target[crop : crop + out_size, crop : crop + out_size])
         ws.append(weight[crop : crop + out_size, crop : crop + out_size])
-    return (
+        es += [e[crop : crop + out_size, crop : crop + out_size] for e in extra]
+    batch = (
         torch.from_numpy(np.stack(xs).astype(np.float32, copy=False)),
-        torch.from_numpy(np.stack(ts).astype(np.int64)),
+        torch.from_numpy(np.rint(np.stack(ts)).astype(np.int64)),
         torch.from_numpy(np.stack(ws).astype(np.float32)),
     )
+    if es:
+        return (*batch, torch.from_numpy(np.stack(es).astype(np.float32)))
+    return batch
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -208,7 +237,7 @@ def make_meta(config: CellsTrainConfig, metrics: dict[str, Any]) -> CheckpointMe
     return CheckpointMeta(
         model=MODEL_NAME,
         task=TASK,
-        config=config.model.to_dict(),
+        config={**config.model.to_dict(), "instance_target": check_target(config.instance_target)},
         training_data=config.training_data or "user-supplied image/mask pairs",
         normalisation=NORMALISATION
         if config.local_contrast
@@ -235,15 +264,18 @@ def init_compatible(config: ModelConfig, path: str | Path) -> bool:
     except Exception:  # unreadable or foreign weights: not a starting point
         return False
     ours = config.to_dict()
-    ignore = {"dropout"}  # a training-time setting: does not change the parameters' shapes
+    # dropout: a training-time setting; num_classes / instance_target: only the last 1x1 conv differs,
+    # and init_from adapts it
+    ignore = {"dropout", "num_classes", "instance_target"}
     return {k: v for k, v in theirs.items() if k not in ignore} == {
         k: v for k, v in ours.items() if k not in ignore
     }
 
 
-def init_from(model: torch.nn.Module, config: ModelConfig, path: str | Path) -> None:
+def init_from(model: torch.nn.Module, config: ModelConfig, path: str | Path, kind: str = BORDERS) -> None:
     """Load ``path``'s parameters into ``model`` (fine-tuning); an input error naming the file when the
-    weights describe another net or their tensors do not fit."""
+    weights describe another net or their tensors do not fit. When only the last 1x1 conv differs in
+    its output channels (another instance target), it is adapted from the 2-class one (``adapt_head``)."""
     from medseg.engine.checkpoint import load_weights
 
     if not init_compatible(config, path):
@@ -252,12 +284,43 @@ def init_from(model: torch.nn.Module, config: ModelConfig, path: str | Path) -> 
             "(pass matching --arch/--base-channels/--batch-norm, or --init scratch)",
             path=path,
         )
-    state, _ = load_weights(path, expect_model=MODEL_NAME)
+    state, meta = load_weights(path, expect_model=MODEL_NAME)
+    state = {k: v.float() for k, v in state.items()}
+    ours = model.state_dict()
+    differ = [k for k, v in state.items() if k in ours and ours[k].shape != v.shape]
+    if differ:
+        state = _adapted_head(state, ours, differ, kind, target_of(meta.config), path)
     try:
-        model.load_state_dict({k: v.float() for k, v in state.items()})
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise InputError(f"initial weights do not fit: {str(exc).splitlines()[0]}", path=path) from None
     log.info("fine-tuning from %s", path)
+
+
+def _adapted_head(
+    state: dict[str, torch.Tensor],
+    ours: dict[str, torch.Tensor],
+    differ: list[str],
+    kind: str,
+    theirs: str,
+    path: str | Path,
+) -> dict[str, torch.Tensor]:
+    """``state`` with its last 1x1 conv (weight and bias) turned into a head for ``kind``."""
+    weights = [k for k in differ if k.endswith("weight")]
+    if len(weights) != 1 or state[weights[0]].shape[1:] != ours[weights[0]].shape[1:]:
+        raise InputError(f"initial weights do not fit: {', '.join(differ)} differ in shape", path=path)
+    name = weights[0][: -len("weight")]
+    bias = state.get(name + "bias")
+    if theirs != BORDERS or kind == BORDERS:
+        raise InputError(f"cannot adapt a {theirs} head to the {kind} target", path=path)
+    new_w, new_b = adapt_head(state[name + "weight"], bias, kind)
+    if new_w.shape != ours[name + "weight"].shape:
+        raise InputError(f"initial weights do not fit: {name}weight differs in shape", path=path)
+    log.info("last layer %s adapted from the 2-class head to the %s target", name.rstrip("."), kind)
+    state = dict(state, **{name + "weight": new_w})
+    if new_b is not None:
+        state[name + "bias"] = new_b
+    return state
 
 
 def resolve_init(init: str, model: ModelConfig | None) -> tuple[ModelConfig, str | None]:
@@ -294,6 +357,15 @@ def resolve_init(init: str, model: ModelConfig | None) -> tuple[ModelConfig, str
     return model, str(path)
 
 
+def with_target_head(model: ModelConfig, kind: str) -> ModelConfig:
+    """``model`` with as many output channels as the target ``kind`` needs (U-Nets; archs unchanged)."""
+    import dataclasses
+
+    if isinstance(model, archs.ArchConfig) or model.num_classes == out_channels(kind):
+        return model
+    return dataclasses.replace(model, num_classes=out_channels(kind))
+
+
 def split_validation(
     samples: list[Sample], fraction: float, rng: np.random.Generator
 ) -> tuple[list[Sample], list[Sample]]:
@@ -327,12 +399,19 @@ class CellsTrainTask:
         model = config.model
         if isinstance(model, archs.ArchConfig):
             # padded nets: whole patches, a multiple of the size rule, no context margin
+            if check_target(config.instance_target) != BORDERS:
+                raise InputError(f"--arch {model.arch} trains the borders target only (instance_target)")
             if model.arch in BATCH_NORM_IN_GLOBAL_POOLING and config.batch_size < 2:
                 raise InputError(f"{model.arch} trains with batches of at least 2 (--batch-size)")
             rule = archs.size_rule(model)
             self.tile = max(-(-config.tile // rule) * rule, rule)
             self.margin, self.out_size = 0, self.tile
         else:
+            if model.num_classes != out_channels(config.instance_target):
+                raise InputError(
+                    f"the {config.instance_target} target needs {out_channels(config.instance_target)} "
+                    f"output channels, the model has {model.num_classes}"
+                )
             self.tile = valid_tile(model, config.tile)
             self.margin = model_margin(model)
             self.out_size = model_output_size(model, self.tile)
@@ -340,7 +419,7 @@ class CellsTrainTask:
     def build_model(self) -> torch.nn.Module:
         model = build_model(config=self.config.model)
         if self.config.init_weights:
-            init_from(model, self.config.model, self.config.init_weights)
+            init_from(model, self.config.model, self.config.init_weights, self.config.instance_target)
         return model
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -367,10 +446,17 @@ class CellsTrainTask:
     def train_step(
         self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device
     ) -> torch.Tensor:
-        x, target, weight = (b.to(device) for b in batch)
+        x, target, weight, *extra = (b.to(device) for b in batch)
         if isinstance(self.config.model, archs.ArchConfig):
             return archs.arch_loss(model(x), target, config=self.config.model, weight=weight)
-        return weighted_cross_entropy(model(x), target, weight)
+        return instance_loss(
+            model(x),
+            target,
+            weight,
+            extra[0] if extra else None,
+            self.config.instance_target,
+            self.config.dist_weight,
+        )
 
     def validate(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
         """Pixel IoU of the segmented instances (the inference path) on held-out images.
@@ -380,17 +466,20 @@ class CellsTrainTask:
         from medseg.cells.predict import make_predictor, predict_image
 
         samples = self.val or self.train[:4]
-        predictor = make_predictor(model, device=device, amp=self.config.amp)
+        kind = self.config.instance_target
+        predictor = make_predictor(
+            model, device=device, amp=self.config.amp, postprocess=postprocess_for(kind)
+        )
         ious = []
         for s in samples:
-            prob = predict_image(
+            maps = predict_image(
                 predictor,
                 self.config.model,
                 s.image,
                 tile=max(self.config.tile, VAL_TILE),
                 batch_size=self.config.batch_size,
-            )[1]
-            pred, truth = instances_from_probability(prob, self.config.instances) > 0, s.labels > 0
+            )
+            pred, truth = instances_from_maps(maps, kind, self.config.instances) > 0, s.labels > 0
             union = np.logical_or(pred, truth).sum()
             ious.append(np.logical_and(pred, truth).sum() / union if union else 1.0)
         model.to(
@@ -430,7 +519,9 @@ def train_pairs(
     """
     if not pairs:
         raise InputError("no usable image/mask pairs to train on")
-    samples = [prepare_sample(i, m, config.weight_map) for i, m in pairs]
+    kind = check_target(config.instance_target)
+    config.model = with_target_head(config.model, kind)
+    samples = [prepare_sample(i, m, config.weight_map, kind) for i, m in pairs]
     if config.diameter is None:
         from medseg.cells.segment import median_diameter
 
@@ -439,7 +530,7 @@ def train_pairs(
     if val_pairs is None:
         train, val = split_validation(samples, config.val_fraction, np.random.default_rng([config.seed, 7]))
     else:
-        train, val = samples, [prepare_sample(i, m, config.weight_map) for i, m in val_pairs]
+        train, val = samples, [prepare_sample(i, m, config.weight_map, kind) for i, m in val_pairs]
     task = CellsTrainTask(config, train, val, data)
     log.info(
         "training %s (width %d) on %d image(s), %d held out for validation; tile %d -> %d",

@@ -1,0 +1,148 @@
+"""Instance targets (borders / 3class / dist): construction, decoding, the head, the weights' kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.cells.instances import InstanceConfig, instances_from_maps
+from medseg.cells.targets import (
+    OutputPost,
+    adapt_head,
+    foreground_probability,
+    instance_loss,
+    make_targets,
+    normalised_distance,
+    out_channels,
+    target_of,
+    three_class_target,
+)
+
+
+def _touching_squares() -> np.ndarray:
+    labels = np.zeros((30, 44), np.int32)
+    labels[5:25, 4:22] = 1  # 20 x 18
+    labels[5:25, 22:40] = 2  # touches label 1 along column 21 | 22
+    return labels
+
+
+def _discs(shape=(60, 80), centres=((30, 28), (30, 50)), r=12) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate(centres, start=1):
+        labels[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (labels == 0)] = i
+    return labels
+
+
+def test_three_class_target_puts_boundary_between_touching_squares():
+    labels = _touching_squares()
+    t = three_class_target(labels)
+    assert set(np.unique(t)) == {0, 1, 2}
+    assert (t[10:20, 21] == 2).all() and (t[10:20, 22] == 2).all()  # both sides of the contact: 2 px
+    assert (t[10:20, 20] == 1).all() and (t[10:20, 23] == 1).all()
+    assert (t[5, 5:20] == 2).all() and (t[4, 5:20] == 0).all()  # outer edge: 1 px inside the cell
+    assert ((t > 0) == (labels > 0)).all()  # the classes cover exactly the cells
+
+
+def test_distance_peaks_at_centres_and_drops_at_the_contact():
+    labels = _touching_squares()
+    d = normalised_distance(labels)
+    assert d.max() == pytest.approx(1.0) and d[labels == 0].max() == 0
+    for k in (1, 2):
+        ys, xs = np.nonzero(d * (labels == k) == (d * (labels == k)).max())
+        cy, cx = np.mean(ys), np.mean(xs)
+        my, mx = np.mean(np.nonzero(labels == k), axis=1)
+        assert abs(cy - my) <= 1.5 and abs(cx - mx) <= 1.5
+    assert d[15, 21] < 0.2 and d[15, 22] < 0.2  # the shared border is a border of both
+
+
+def test_make_targets_shapes_and_kinds():
+    labels = _touching_squares()
+    t, w, e = make_targets(labels, "borders")
+    assert e is None and t[15, 21] == 0 and t[15, 10] == 1  # touching line removed
+    t, w, e = make_targets(labels, "3class")
+    assert e is None and w[t == 2].min() > w[t == 0].max()  # rare boundary pixels weigh more
+    t, w, e = make_targets(labels, "dist")
+    assert e is not None and t[15, 21] == 1 and e.dtype == np.float32
+    with pytest.raises(ValueError):
+        make_targets(labels, "flows")
+
+
+def _ideal_maps(labels: np.ndarray, kind: str) -> np.ndarray:
+    fg = (labels > 0).astype(np.float32)
+    if kind == "3class":
+        t = three_class_target(labels)
+        return np.stack([t == 0, t == 1, t == 2]).astype(np.float32)
+    return np.stack([1 - fg, fg, normalised_distance(labels)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["3class", "dist"])
+def test_decoding_separates_two_touching_discs(kind):
+    labels = _discs()
+    assert labels.max() == 2 and (np.diff(labels[30]) != 0).sum() == 3  # bg|1|2|bg: they touch
+    out = instances_from_maps(_ideal_maps(labels, kind), kind, InstanceConfig(min_size=20))
+    assert out.max() == 2
+    for k in (1, 2):  # each found instance is one disc, nearly whole
+        ids, counts = np.unique(out[labels == k], return_counts=True)
+        best = ids[np.argmax(counts)]
+        iou = np.logical_and(out == best, labels == k).sum() / np.logical_or(out == best, labels == k).sum()
+        assert best > 0 and iou > 0.9
+
+
+def test_decoding_keeps_one_disc_whole_and_borders_is_the_old_path():
+    labels = _discs(centres=((30, 40),))
+    for kind in ("3class", "dist"):
+        assert instances_from_maps(_ideal_maps(labels, kind), kind).max() == 1
+    fg = (labels > 0).astype(np.float32)
+    assert instances_from_maps(np.stack([1 - fg, fg]), "borders").max() == 1
+
+
+def test_postprocess_softmax_only_over_the_class_channels():
+    y = torch.randn(2, 3, 5, 5)
+    out = OutputPost(2)(y)
+    assert np.allclose(out[:, :2].sum(1), 1, atol=1e-5)
+    assert np.allclose(out[:, 2], torch.sigmoid(y[:, 2]).numpy(), atol=1e-6)
+    assert foreground_probability(out[0], "dist").shape == (5, 5)
+
+
+def test_dist_loss_adds_the_distance_term_inside_cells_only():
+    logits = torch.zeros(1, 3, 4, 4)
+    target = torch.zeros(1, 4, 4, dtype=torch.int64)
+    target[0, :2] = 1
+    weight = torch.ones(1, 4, 4)
+    extra = torch.full((1, 4, 4), 0.5)
+    ce = instance_loss(logits, target, weight, None, "borders")
+    assert instance_loss(logits, target, weight, extra, "dist").item() == pytest.approx(ce.item())
+    extra[0, :2] = 1.0  # sigmoid(0) = 0.5 inside cells: L1 0.5
+    assert instance_loss(logits, target, weight, extra, "dist").item() == pytest.approx(ce.item() + 0.5)
+
+
+def test_adapt_head_copies_bg_and_cell_rows():
+    w, b = torch.randn(2, 8, 1, 1), torch.randn(2)
+    for kind in ("3class", "dist"):
+        nw, nb = adapt_head(w, b, kind)
+        assert nw.shape == (out_channels(kind), 8, 1, 1) and torch.equal(nw[:2], w) and torch.equal(nb[:2], b)
+
+
+def test_weights_record_the_kind_and_old_weights_are_borders(tmp_path):
+    from medseg.cells.model import CellModelConfig, build_model, load_model
+    from medseg.cells.train import CellsTrainConfig, init_from, make_meta, with_target_head
+    from medseg.engine.checkpoint import read_meta, save_weights
+
+    assert target_of({"arch": "unet2015"}) == "borders"  # every weights file before the key
+    base = CellModelConfig(arch="unet2015", base_channels=4, depth=2, batch_norm=True)
+    old = tmp_path / "old.safetensors"
+    save_weights(old, build_model(config=base).state_dict(), make_meta(CellsTrainConfig(model=base), {}))
+    assert target_of(read_meta(old).config) == "borders"
+    model_cfg = with_target_head(base, "dist")
+    config = CellsTrainConfig(model=model_cfg, instance_target="dist")
+    net = build_model(config=model_cfg)
+    init_from(net, model_cfg, old, "dist")  # everything but the head loaded, the head adapted
+    old_state = load_model(old)[0].state_dict()
+    assert torch.equal(net.state_dict()["head.weight"][:2], old_state["head.weight"])
+    new = tmp_path / "dist.safetensors"
+    save_weights(new, net.state_dict(), make_meta(config, {}))
+    assert target_of(read_meta(new).config) == "dist"
+    _model, cfg, _meta = load_model(new)
+    assert cfg.num_classes == 3
