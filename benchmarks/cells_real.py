@@ -15,6 +15,10 @@ AP, at IoU 0.5 and over 0.5:0.95, overall and per kind. CPU s/Mpx: process CPU t
 (all threads) per megapixel of input. ``--e2e``: wall time of ``segment_images`` on a 512^2 image
 (reading, stain, prediction, instances, writing labels/CSV/overlay; model loaded once before, best
 of 3) with ``--threads`` torch threads.
+
+Nets trained for another instance target (``3class``, ``dist``: ``meta.config["instance_target"]``)
+are decoded as their weights say; ``--tune`` searches that decoder's settings on the held-out
+training images and ``--instances '{"mask_threshold": 0.5}'`` evaluates with chosen ones.
 """
 
 from __future__ import annotations
@@ -61,15 +65,25 @@ def run(
     overlays: Path | None = None,
     overlay_ids: list[str] | None = None,
     diameter: str | None = None,
+    instances: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Segment and score every id with the net and the classical baseline."""
     from medseg.cells.evaluate import evaluate_labels, summarise, summarise_groups
+    from medseg.cells.instances import InstanceConfig
     from medseg.cells.io import overlay_outlines, read_image, read_mask, write_png
     from medseg.cells.segment import CellSegmenter, SegmentConfig
     from medseg.cells.stain import percentile_normalise
     from medseg.cells.weights import instances_from_mask
 
-    seg = CellSegmenter(SegmentConfig(weights=weights, device="cpu", stain="auto", diameter=diameter))
+    seg = CellSegmenter(
+        SegmentConfig(
+            weights=weights,
+            device="cpu",
+            stain="auto",
+            diameter=diameter,
+            instances=InstanceConfig(**(instances or {})),
+        )
+    )
     rows: dict[str, list[dict[str, Any]]] = {"net": [], "classical": []}
     groups, cpu, mpx, stains = [], 0.0, 0.0, {}
     for i, kind in sorted(ids.items()):
@@ -101,7 +115,13 @@ def run(
     def brief(summary: dict[str, Any]) -> dict[str, Any]:
         return {k: round(summary[k], 4) if isinstance(summary[k], float) else summary[k] for k in keys}
 
-    out: dict[str, Any] = {"weights": str(seg.weights), "images": len(ids), "megapixels": round(mpx, 3)}
+    out: dict[str, Any] = {
+        "weights": str(seg.weights),
+        "instance_target": seg.target,
+        "instances": instances or {},
+        "images": len(ids),
+        "megapixels": round(mpx, 3),
+    }
     for method, r in rows.items():
         out[method] = {"all": brief(summarise(r))}
         out[method].update({g: brief(s) for g, s in summarise_groups(r, groups).items()})
@@ -118,36 +138,45 @@ def held_out_ids(n: int = 20) -> list[str]:
     return sorted(rng.choice(list(split["train"]), size=n, replace=False).tolist())
 
 
+TUNE_GRID: dict[str, dict[str, tuple[float, ...]]] = {
+    "borders": {"threshold": (0.4, 0.5, 0.6, 0.7), "min_size": (10, 20, 40)},
+    "3class": {"mask_threshold": (0.4, 0.5, 0.6), "seed_threshold": (0.3, 0.5, 0.7), "min_size": (20, 40)},
+    "dist": {
+        "mask_threshold": (0.4, 0.5, 0.6),
+        "seed_threshold": (0.2, 0.4),
+        "seed_h": (0.05, 0.1, 0.2),
+        "min_size": (20, 40),
+    },
+}
+
+
 def tune(data: Path, weights: str | None) -> list[dict[str, Any]]:
-    """Pooled AP@0.5 of instance settings (threshold x min size) on the held-out training images."""
+    """Pooled AP@0.5 of the decoder's settings (``TUNE_GRID`` for the weights' instance target) on
+    the held-out training images, best first."""
+    import itertools
+
     from medseg.cells.evaluate import evaluate_labels, summarise
-    from medseg.cells.instances import InstanceConfig, instances_from_probability
+    from medseg.cells.instances import InstanceConfig, instances_from_maps
     from medseg.cells.io import read_image, read_mask
     from medseg.cells.segment import CellSegmenter, SegmentConfig
     from medseg.cells.weights import instances_from_mask
 
     seg = CellSegmenter(SegmentConfig(weights=weights, device="cpu"))
-    probs = []
+    maps = []
     for i in held_out_ids():
         planes, _ = read_image(data / "images" / f"{i}.png", allow_stack=False, keep_color=True)
-        probs.append(
-            (seg.analyse(planes[0]).prob, instances_from_mask(read_mask(data / "masks" / f"{i}.tif")))
+        maps.append(
+            (seg.analyse(planes[0]).maps, instances_from_mask(read_mask(data / "masks" / f"{i}.tif")))
         )
+    grid = TUNE_GRID[seg.target]
     table = []
-    for threshold in (0.4, 0.5, 0.6, 0.7):
-        for min_size in (10, 20, 40):
-            cfg = InstanceConfig(threshold=threshold, min_size=min_size)
-            s = summarise([evaluate_labels(t, instances_from_probability(p, cfg)) for p, t in probs])
-            table.append(
-                {
-                    "threshold": threshold,
-                    "min_size": min_size,
-                    "ap50": round(s["ap50"], 4),
-                    "map_50_95": round(s["map_50_95"], 4),
-                }
-            )
-            log.info("%s", table[-1])
-    return table
+    for values in itertools.product(*grid.values()):
+        settings = dict(zip(grid, values))
+        cfg = InstanceConfig(**settings)
+        s = summarise([evaluate_labels(t, instances_from_maps(m, seg.target, cfg)) for m, t in maps])
+        table.append({**settings, "ap50": round(s["ap50"], 4), "map_50_95": round(s["map_50_95"], 4)})
+        log.info("%s", table[-1])
+    return sorted(table, key=lambda r: (-r["ap50"], -r["map_50_95"]))
 
 
 def end_to_end(weights: str | None, repeats: int = 3) -> float:
@@ -179,6 +208,9 @@ def main() -> None:
     parser.add_argument(
         "--tune", action="store_true", help="only: instance settings on the held-out training images"
     )
+    parser.add_argument(
+        "--instances", default=None, help="JSON of InstanceConfig settings (e.g. chosen by --tune)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
@@ -195,6 +227,7 @@ def main() -> None:
         overlays=args.overlays,
         overlay_ids=args.overlay_ids,
         diameter=args.diameter,
+        instances=json.loads(args.instances) if args.instances else None,
     )
     result["threads"] = args.threads
     if args.e2e:
