@@ -341,8 +341,7 @@ def prune_twopath(
         raise ValueError("network slimming prunes a twopath net built with batch norm")
     model = model.eval()
     layers = [model.local1, model.local2, model.global1]
-    threshold = slim.global_threshold([m.bn.weight for m in layers], ratio)
-    keeps = [slim.keep_indices(m.bn.weight, threshold) for m in layers]
+    threshold, keeps = slim.global_keep([m.bn.weight for m in layers], ratio)
     new_cfg = replace(config, widths=[int(k.numel()) for k in keeps])
     new = build_model(config=new_cfg).eval()
     k = config.maxout_k

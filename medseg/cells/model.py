@@ -324,8 +324,7 @@ def prune_unet2015(
     blocks = _blocks(model)
     bns = [m for b in blocks for m in b if isinstance(m, nn.BatchNorm2d)]
     convs = [m for b in blocks for m in b if isinstance(m, nn.Conv2d)]
-    threshold = slim.global_threshold([bn.weight for bn in bns], ratio)
-    keeps = [slim.keep_indices(bn.weight, threshold) for bn in bns]
+    threshold, keeps = slim.global_keep([bn.weight for bn in bns], ratio)
     new_cfg = replace(config, widths=[int(k.numel()) for k in keeps])
     new = build_model(config=new_cfg).eval()
     new_bns = [m for b in _blocks(new) for m in b if isinstance(m, nn.BatchNorm2d)]

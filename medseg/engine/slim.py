@@ -103,6 +103,32 @@ def keep_indices(gamma: torch.Tensor, threshold: float, *, minimum: int = MIN_CH
     return torch.sort(keep).values
 
 
+def global_keep(
+    gammas: Sequence[torch.Tensor], ratio: float, *, minimum: int = MIN_CHANNELS
+) -> tuple[float, list[torch.Tensor]]:
+    """Per layer, the sorted indices of the channels kept when the ``ratio`` of all channels with the
+    smallest ``|gamma|`` go (ties, e.g. scales driven to exactly 0, broken by position so that the
+    share is exact), and the threshold (the largest pruned ``|gamma|``). A layer keeps at least its
+    ``minimum`` largest channels."""
+    import torch
+
+    threshold = global_threshold(gammas, ratio)
+    values = torch.cat([g.detach().abs().flatten().float() for g in gammas])
+    count = int(round(ratio * values.numel()))
+    order = torch.sort(values, stable=True).indices
+    pruned = torch.zeros(values.numel(), dtype=torch.bool)
+    pruned[order[:count]] = True
+    keeps, start = [], 0
+    for g in gammas:
+        n = g.numel()
+        keep = torch.nonzero(~pruned[start : start + n]).flatten()
+        if keep.numel() < min(minimum, n):
+            keep = torch.topk(g.detach().abs().float(), min(minimum, n)).indices
+        keeps.append(torch.sort(keep).values)
+        start += n
+    return threshold, keeps
+
+
 def constant_of_removed(bn: nn.Module, removed: torch.Tensor, *, relu: bool) -> torch.Tensor:
     """What a removed channel still outputs when its scale is (nearly) zero: ``beta`` (after ReLU)."""
     beta = bn.bias.detach()[removed]

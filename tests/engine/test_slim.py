@@ -50,6 +50,16 @@ def test_global_threshold_prunes_the_requested_share(ratio):
     assert 60 - sum(int(k.numel()) for k in keeps) == round(ratio * 60)
     kept = torch.cat([g.abs()[k] for g, k in zip(gammas, keeps)])
     assert float(kept.min()) > threshold  # every kept scale is larger than every pruned one
+    threshold2, keeps2 = slim.global_keep(gammas, ratio)
+    assert threshold2 == threshold and all(torch.equal(a, b) for a, b in zip(keeps, keeps2))
+
+
+def test_global_keep_breaks_ties_to_the_exact_share():
+    gammas = [torch.tensor([0.0, 0.0, 0.5, 0.0]), torch.tensor([0.0, 0.2, 0.0, 0.0, 0.9, 0.0])]
+    _, keeps = slim.global_keep(gammas, 0.3)  # 3 of 10, among 7 zero scales
+    assert sum(int(k.numel()) for k in keeps) == 7
+    _, keeps = slim.global_keep(gammas, 0.9)  # 9 of 10: each layer still keeps its largest channel
+    assert [k.tolist() for k in keeps] == [[2], [4]]
 
 
 def test_keep_indices_keeps_at_least_one_channel_and_ratio_is_checked():
