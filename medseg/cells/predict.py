@@ -9,7 +9,8 @@ padding, which differs from a whole-image pass near every window border.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,11 +29,14 @@ def make_predictor(
     *,
     device: str | torch.device = "auto",
     amp: str = "auto",
-    postprocess: str = "softmax",
+    postprocess: str | Callable[[Any], Any] = "softmax",
     runtime: str | None = None,
     config: ModelConfig | None = None,
 ) -> Predictor:
     """The engine Predictor for a cell model: channels_last (CPU and CUDA), softmax probabilities.
+
+    A net with a regression channel (the ``dist`` target) needs
+    ``postprocess=medseg.cells.targets.postprocess_for(kind)``: softmax over the class channels only.
 
     ``runtime`` None: --runtime / auto. With ``config`` OpenVINO converts at construction (on a
     small valid tile; batch and tile size stay dynamic), else at the first batch.
