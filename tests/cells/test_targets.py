@@ -146,3 +146,34 @@ def test_weights_record_the_kind_and_old_weights_are_borders(tmp_path):
     assert target_of(read_meta(new).config) == "dist"
     _model, cfg, _meta = load_model(new)
     assert cfg.num_classes == 3
+
+
+@pytest.mark.parametrize("kind", ["3class", "dist"])
+def test_segment_follows_the_stored_kind(tmp_path, kind):
+    """cells-segment's library path: the kind read from the weights, tiled maps, --save-prob in 0..1."""
+    import tifffile
+
+    from medseg.cells.model import CellModelConfig, build_model
+    from medseg.cells.segment import CellSegmenter, SegmentConfig, segment_images
+    from medseg.cells.train import CellsTrainConfig, make_meta, with_target_head
+    from medseg.engine.checkpoint import save_weights
+
+    cfg = with_target_head(CellModelConfig(arch="unet2015", base_channels=4, depth=2, batch_norm=True), kind)
+    path = tmp_path / f"{kind}.safetensors"
+    torch.manual_seed(0)
+    net = build_model(config=cfg)
+    save_weights(path, net.state_dict(), make_meta(CellsTrainConfig(model=cfg, instance_target=kind), {}))
+    image = (np.random.default_rng(0).random((150, 170)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    config = SegmentConfig(weights=path, device="cpu", tile=100, save_probability=True, report=False)
+    seg = CellSegmenter(config)
+    assert seg.target == kind
+    r = seg.analyse(image.astype(np.float32))
+    assert r.maps.shape == (3, 150, 170) and r.labels.shape == (150, 170)
+    if kind == "dist":  # class channels sum to 1 (softmax over them only); distance in 0..1
+        assert np.allclose(r.maps[:2].sum(0), 1, atol=1e-4) and not np.allclose(r.maps.sum(0), 1, atol=1e-2)
+    else:
+        assert np.allclose(r.maps.sum(0), 1, atol=1e-4)
+    segment_images([tmp_path / "a.tif"], tmp_path / "out", config)
+    prob = tifffile.imread(tmp_path / "out" / "a_prob.tif")
+    assert prob.shape == (150, 170) and 0 <= prob.min() and prob.max() <= 1 + 1e-5
