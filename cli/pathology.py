@@ -23,6 +23,8 @@ from medseg_cli.options import (
 from medseg.pathology.labels import DEFAULT_MARGINS, DEFAULT_MIN_PTCS, NEGATIVE, POSITIVE
 
 SAMPLE = "sample_data/pathology"
+# medseg.pathology.detector.ARCHS, spelt out so that --help imports no model code (a test checks)
+DETECTOR_ARCHS = ["light", "resnet50-fpn", "maskrcnn", "yolov3", "cornernet"]
 
 
 def _score_human(run) -> str:
@@ -67,6 +69,7 @@ Examples:
   medseg slide-score {SAMPLE}/sample_slide.tiff --out results/        # demo detector
   medseg slide-score slides/ batch.csv --weights model.safetensors --out results/ --resume
   medseg slide-score scan.svs --weights model.safetensors --out results/ --slide-mpp 0.25 --json
+  medseg slide-score {SAMPLE}/sample_slide.tiff --arch yolov3 --out results/  # demo YOLOv3
 """,
 )
 @click.argument("slides", nargs=-1, required=True)
@@ -75,6 +78,13 @@ Examples:
 )
 @weights_option(
     "Detector weights (.safetensors); default: the demo detector (synthetic slides, not clinical)."
+)
+@click.option(
+    "--arch",
+    type=click.Choice(DETECTOR_ARCHS),
+    default=None,
+    help="Detector architecture: without --weights, its demo weights (light Faster R-CNN, maskrcnn, "
+    "yolov3 ship); with --weights, they must hold it (refused otherwise). Default: what --weights hold.",
 )
 @click.option(
     "--mpp",
@@ -142,6 +152,7 @@ def slide_score(
     slides,
     out,
     weights,
+    arch,
     target_mpp,
     slide_mpp,
     tile,
@@ -178,6 +189,7 @@ def slide_score(
     (counted per slide in cascade_tiles_skipped).
     """
     from medseg.pathology.batch import score_slides
+    from medseg.pathology.detector import weights_for_arch
     from medseg.pathology.score import ScoreConfig
 
     cfg = ScoreConfig(
@@ -196,11 +208,13 @@ def slide_score(
         skip_stain_qc=skip_stain_qc,
     )
     detector, demo = None, False
+    weights, demo = weights_for_arch(arch, weights)  # --arch without --weights: its demo weights
     if cascade or cascade_weights is not None:
         from medseg.pathology.cascade import load_cascade
 
         cfg.check()  # bad options before loading anything
-        detector, demo = load_cascade(weights, cascade_weights, device=device, amp=amp)
+        detector, cascade_demo = load_cascade(weights, cascade_weights, device=device, amp=amp)
+        demo = demo or cascade_demo
     if ray_address is not None:
         from medseg.scale.slides import score_slides_cli
 
@@ -352,6 +366,8 @@ Examples:
   medseg slide-train dataset/ --out run/ --epochs 30 --resume
   medseg slide-train dataset/ --out run_r50/ --arch resnet50-fpn --device cuda --batch-size 8
   medseg slide-train dataset/ --out run_mask/ --arch maskrcnn --init-weights run/best.safetensors
+  medseg slide-train dataset/ --out run_yolo/ --arch yolov3 --epochs 30   # anchors: k-means on the boxes
+  medseg slide-train dataset/ --out run_corner/ --arch cornernet --epochs 30
 """,
 )
 @click.argument("dataset", type=click.Path(path_type=Path))
@@ -360,10 +376,12 @@ Examples:
 )
 @click.option(
     "--arch",
-    type=click.Choice(["light", "resnet50-fpn", "maskrcnn"]),
+    type=click.Choice(DETECTOR_ARCHS),
     default="light",
     show_default=True,
-    help="light / resnet50-fpn Faster R-CNN (boxes), or maskrcnn: the light one + PTC outlines (Mask R-CNN).",
+    help="light / resnet50-fpn Faster R-CNN (boxes); maskrcnn: the light one + PTC outlines (Mask R-CNN); "
+    "yolov3 (one-stage, k-means anchors) or cornernet (anchor-free corners). --init-weights must be "
+    "of the same family (light and maskrcnn share theirs); other combinations are refused.",
 )
 @click.option(
     "--init-weights",
@@ -397,11 +415,11 @@ def slide_train(
     quiet,
     as_json,
 ):
-    """Train the PTC detector (Faster R-CNN, or Mask R-CNN) on a slide-prepare dataset (best/last weights, resume)."""
-    from medseg.pathology.detector import DetectorConfig, resnet50_config
+    """Train the PTC detector (Faster/Mask R-CNN, YOLOv3, CornerNet) on a slide-prepare dataset (best/last weights, resume)."""
+    from medseg.pathology.detector import config_for
     from medseg.pathology.train import DetectorTrainConfig, train_detector
 
-    det = resnet50_config() if arch == "resnet50-fpn" else DetectorConfig(arch=arch)
+    det = config_for(arch)
     cfg = DetectorTrainConfig(
         epochs=epochs,
         batch_size=batch_size,

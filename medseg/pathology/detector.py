@@ -1,5 +1,7 @@
-"""PTC detectors (torchvision): Faster R-CNN ResNet-50-FPN for real use, a light one for demos, and
-the light one with a mask head (Mask R-CNN, ``arch="maskrcnn"``: :mod:`medseg.pathology.maskrcnn`).
+"""PTC detectors (torchvision): Faster R-CNN ResNet-50-FPN for real use, a light one for demos,
+the light one with a mask head (Mask R-CNN, ``arch="maskrcnn"``: :mod:`medseg.pathology.maskrcnn`),
+and two one-stage detectors with the same interface: YOLOv3 (``arch="yolov3"``,
+:mod:`medseg.pathology.yolo`) and CornerNet (``arch="cornernet"``, :mod:`medseg.pathology.cornernet`).
 
 Both take tiles at the target resolution and rescale them internally by ``input_scale`` (fixed,
 not torchvision's min/max-size rule), so training crops and 1024 px scoring tiles see objects at
@@ -33,7 +35,7 @@ DEMO_WEIGHTS = "pathology/c4d_light_demo.safetensors"
 class DetectorConfig:
     """Everything needed to rebuild a detector (stored in the weights' metadata)."""
 
-    arch: str = "light"  # "light" | "resnet50-fpn" | "maskrcnn" (light + mask head)
+    arch: str = "light"  # one of ARCHS ("maskrcnn": light + mask head)
     num_classes: int = NUM_CLASSES
     input_scale: float = 0.5  # tile pixels -> model pixels
     anchor_sizes: tuple[int, ...] = (40, 56, 80)  # model pixels (light: one feature map)
@@ -46,6 +48,9 @@ class DetectorConfig:
     # the training convention the boxes follow, needed to read detections back as PTCs
     margins: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MARGINS))
     target_mpp: float = 0.5
+    # YOLOv3: 9 anchor shapes (w, h) in model pixels, k-means on the training boxes (slide-train);
+    # empty: anchor_sizes x aspect_ratios
+    anchors: tuple[tuple[float, float], ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
@@ -53,6 +58,8 @@ class DetectorConfig:
         for key in ("anchor_sizes", "aspect_ratios", "channels", "image_mean", "image_std"):
             if key in known:
                 known[key] = tuple(known[key])
+        if "anchors" in known:
+            known["anchors"] = tuple((float(w), float(h)) for w, h in known["anchors"])
         return cls(**known)
 
 
@@ -198,7 +205,72 @@ def resnet50_config() -> DetectorConfig:
     )
 
 
-ARCHS = ("light", "resnet50-fpn", "maskrcnn")
+def yolov3_config(**kwargs: Any) -> DetectorConfig:
+    """Default YOLOv3 config: wider channels than the light R-CNN (no RoI head to hold parameters)."""
+    from medseg.pathology.yolo import CHANNELS
+
+    return DetectorConfig(**{"arch": "yolov3", "channels": CHANNELS, **kwargs})
+
+
+ARCHS = ("light", "resnet50-fpn", "maskrcnn", "yolov3", "cornernet")
+# architectures whose weights can start one another (--init-weights): the R-CNNs share their parts
+ARCH_FAMILIES = {"light": "rcnn-light", "maskrcnn": "rcnn-light"}
+# shipped demo weights per architecture (synthetic slides, not for clinical use)
+DEMO_BY_ARCH = {
+    "light": DEMO_WEIGHTS,
+    "maskrcnn": "pathology/c4d_maskrcnn_demo.safetensors",
+    "yolov3": "pathology/c4d_yolov3_demo.safetensors",
+    "cornernet": "pathology/c4d_cornernet_demo.safetensors",
+}
+
+
+def config_for(arch: str) -> DetectorConfig:
+    """The default config of an architecture (what ``slide-train --arch`` starts from)."""
+    if arch == "resnet50-fpn":
+        return resnet50_config()
+    if arch == "yolov3":
+        return yolov3_config()
+    if arch not in ARCHS:
+        raise ModelError(f"unknown detector architecture {arch!r} ({', '.join(ARCHS)})")
+    return DetectorConfig(arch=arch)
+
+
+def same_family(a: str, b: str) -> bool:
+    """Whether weights of architecture ``a`` can initialise architecture ``b``."""
+    return ARCH_FAMILIES.get(a, a) == ARCH_FAMILIES.get(b, b)
+
+
+def weights_for_arch(arch: str | None, weights: str | Path | None) -> tuple[str | Path | None, bool]:
+    """``slide-score --arch``: (weights to load, whether they are shipped demo weights).
+
+    No ``arch``: ``weights`` as given (None: the default demo detector, with its warning). With
+    ``arch`` and no ``weights``: that architecture's demo weights, or an InputError in words when
+    none ship; with both: the weights must hold that architecture (InputError otherwise)."""
+    from medseg.engine.checkpoint import read_meta
+    from medseg.engine.weights import demo_weights_path
+    from medseg.errors import InputError
+
+    if arch is None:
+        return weights, False
+    if arch not in ARCHS:
+        raise InputError(f"unknown detector architecture {arch!r}: use one of {', '.join(ARCHS)}")
+    if weights is not None:
+        held = str(read_meta(weights).config.get("arch", "unknown"))
+        if held != arch:
+            raise InputError(
+                f"--weights hold a {held} detector, not {arch}: leave out --arch or give {arch} weights",
+                path=weights,
+            )
+        return weights, False
+    if arch == "light":
+        return None, False
+    demo = demo_weights_path(DEMO_BY_ARCH[arch]) if arch in DEMO_BY_ARCH else None
+    if demo is None or not demo.is_file():
+        raise InputError(
+            f"no demo weights ship for --arch {arch}: train them with medseg slide-train --arch {arch} "
+            "and pass --weights"
+        )
+    return demo, True
 
 
 def build_detector(*, config: DetectorConfig):
@@ -210,6 +282,18 @@ def build_detector(*, config: DetectorConfig):
         from medseg.pathology.maskrcnn import build_light_maskrcnn
 
         return build_light_maskrcnn(config=config)
+    if config.arch == "yolov3":
+        from medseg.pathology.yolo import build_yolov3
+
+        return build_yolov3(config=config)
+    if config.arch == "cornernet":
+        try:
+            from medseg.pathology.cornernet import build_cornernet
+        except ModuleNotFoundError as exc:
+            if exc.name != "medseg.pathology.cornernet":
+                raise
+            raise ModelError("the cornernet detector is not part of this medseg version") from None
+        return build_cornernet(config=config)
     raise ModelError(f"unknown detector architecture {config.arch!r} ({', '.join(ARCHS)})")
 
 

@@ -291,6 +291,36 @@ class DetectorTask:
         }
 
 
+def _check_init_arch(path: str, arch: str) -> None:
+    """--init-weights must come from an architecture whose layers this one shares (refused in words)."""
+    from medseg.engine.checkpoint import read_meta
+    from medseg.pathology.detector import same_family
+
+    other = str(read_meta(path).config.get("arch", "unknown"))
+    if not same_family(other, arch):
+        raise InputError(
+            f"--init-weights holds a {other} detector, which cannot start --arch {arch} "
+            f"(no shared layers): leave --init-weights out or give {arch} weights",
+            path=path,
+        )
+
+
+def _yolo_anchors(cfg: DetectorTrainConfig, train_records: list[dict]) -> None:
+    """YOLOv3 anchors: k-means (IoU distance) on the training boxes in model pixels, stored in the
+    config that goes into the weights; from --init-weights when it is YOLOv3 (its heads fit those)."""
+    from medseg.pathology.yolo import anchors_from_records, default_anchors
+
+    det = cfg.detector
+    if cfg.init_weights:
+        from medseg.engine.checkpoint import read_meta
+
+        det.anchors = DetectorConfig.from_dict(read_meta(cfg.init_weights).config).anchors
+        if det.anchors:
+            return
+    det.anchors = anchors_from_records(train_records, det.input_scale, seed=cfg.seed) or default_anchors(det)
+    log.info("YOLOv3 anchors (model px, k-means on %d tile(s)): %s", len(train_records), det.anchors)
+
+
 def train_detector(
     dataset: str | Path,
     out: str | Path,
@@ -323,6 +353,8 @@ def train_detector(
         if saved.arch != det.arch:
             log.warning("resuming the %s detector of %s (not %s)", saved.arch, out, det.arch)
         cfg.detector = saved
+    if cfg.init_weights and not resume:
+        _check_init_arch(cfg.init_weights, cfg.detector.arch)
     if cfg.detector.arch == "maskrcnn":
         without = sum("polygons" not in r or len(r["polygons"]) != len(r["labels"]) for r in records)
         if without:
@@ -332,6 +364,8 @@ def train_detector(
                 path=folder,
             )
     task = DetectorTask(folder, records, cfg)
+    if cfg.detector.arch == "yolov3" and not cfg.detector.anchors:
+        _yolo_anchors(cfg, task.train_records)
     log.info("training on %d tile(s), validating on %s", len(task.train_records), task.validation)
     result = fit(
         task,
