@@ -74,10 +74,41 @@ Examples:
   medseg ct-convert study/ --series-uid 1.2.3... --from B50f --to B30f --out out.nii.gz
   medseg ct-convert bone/ --from YA --to UB --vendor Philips --out std/ --models-dir models/
   medseg ct-convert scan/ --from GE:BONE --to GE:STANDARD --out std/ --models-dir models/
+  medseg ct-convert scan/ --to-sharpness 1.0 --out soft/          # any kernel, by sharpness
+  medseg ct-convert scan/ --like other_scan/ --out like_other/    # look like that series
+  medseg ct-convert scan/ --from FC51 --to FC13 --out soft/       # no FC51->FC13 weights: by sharpness
+
+\b
+Direction weights (--from X --to Y) are used where they exist; otherwise, and with --to-sharpness or
+--like, the sharpness-conditioned converter converts from the input's measured sharpness to the
+target's (--to: a table of known kernels). The summary says which model ran and the sharpness values.
 """,
 )
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
-@_kernel_options
+@click.option("--from", "source", default=None, help=KERNEL_HELP + " Optional with --to-sharpness/--like.")
+@click.option(
+    "--to",
+    "target",
+    default=None,
+    help=KERNEL_HELP + " Without weights for this direction: the sharpness-conditioned converter, "
+    "with the kernel's sharpness from a table of known kernels.",
+)
+@click.option(
+    "--to-sharpness",
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=None,
+    metavar="S",
+    help="Convert to this measured sharpness (B30f-like ~ 1, B10f ~ 0.5, B70f ~ 3.4; see ct-models "
+    "for the trained range) with the sharpness-conditioned converter.",
+)
+@click.option(
+    "--like",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    metavar="SERIES",
+    help="Make the input look like this CT series: its sharpness is measured and converted to "
+    "(sharpness-conditioned converter).",
+)
 @_vendor_option
 @click.option(
     "--out",
@@ -128,6 +159,8 @@ def ct_convert(
     input_path,
     source,
     target,
+    to_sharpness,
+    like,
     vendor,
     output,
     output_format,
@@ -155,11 +188,17 @@ def ct_convert(
     """
     if report_dir is not None and reference is None:
         raise click.UsageError("--report needs --reference")
+    if like is not None and to_sharpness is not None:
+        raise click.UsageError("--like and --to-sharpness both give the target sharpness: give one of them")
+    if like is None and to_sharpness is None and (source is None or target is None):
+        raise click.UsageError("give --from and --to, or --to-sharpness S / --like SERIES")
     from medseg.ct.convert import ConvertConfig, convert, convert_text
 
     cfg = ConvertConfig(
         source=source,
         target=target,
+        to_sharpness=to_sharpness,
+        like=like,
         vendor=vendor,
         weights=weights,
         models_dirs=models_dir,

@@ -208,3 +208,11 @@ def known_sharpness(name: str, vendor: str | None = None) -> tuple[float, str] |
     if len({h[0] for h in hits}) == 1:
         return hits[0][2]
     return None
+
+
+def table_vendor(tgt, input_vendor: str | None) -> str | None:
+    """The vendor to look --to up under in the sharpness table: --vendor (or a prefix), else the input's
+    Manufacturer where the table knows the name for it, else none (a name unique in the table)."""
+    if tgt.vendor or input_vendor is None:
+        return tgt.vendor
+    return input_vendor if known_sharpness(tgt.name, input_vendor) is not None else None

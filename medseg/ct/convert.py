@@ -36,8 +36,8 @@ FORMATS = ("dicom", "nifti")  # nifti = a volume file (.nii.gz, .nii, .nrrd, .mh
 class ConvertConfig:
     """Everything ``ct-convert`` needs besides its paths."""
 
-    source: str
-    target: str
+    source: str | None = None  # --from; optional with the sharpness-conditioned converter
+    target: str | None = None  # --to
     weights: str | Path | None = None
     models_dirs: tuple[str | Path, ...] = ()
     vendor: str | None = None  # scanner vendor of --from/--to (also 'Philips:UB' in a name)
@@ -50,6 +50,8 @@ class ConvertConfig:
     pdf: bool = True  # QA report as PDF too (with a reference)
     overwrite: bool = False
     progress: bool = False
+    to_sharpness: float | None = None  # convert by measured sharpness (medseg.ct.conditioned) ...
+    like: str | Path | None = None  # ... or to the sharpness measured from this series
 
 
 def input_kind(path: Path) -> str:
@@ -177,7 +179,7 @@ def preflight(
     from medseg.io.dicom_enhanced import check_dicom_format
     from medseg.io.volume import volume_shape
 
-    if source == target:
+    if source is not None and source == target:
         raise InputError(f"--from and --to are both {source}: nothing to convert")
     if report_dir is not None and reference is None:
         raise InputError("--report needs --reference (the QA report compares with a reference series)")
@@ -185,7 +187,7 @@ def preflight(
     fmt = output_format(kind, output_path, cfg.output_format)
     if check_dicom_format(cfg.dicom_format) == "enhanced" and fmt != "dicom":
         raise InputError("--dicom-format enhanced needs DICOM output, not a volume file", path=output_path)
-    check_apart(output_path, [input_path, reference])
+    check_apart(output_path, [input_path, reference, cfg.like])
     check_output(output_path, overwrite=cfg.overwrite)
     plan = _Plan(kind, fmt, (0, 0, 0))
     if reference is not None:
@@ -231,26 +233,28 @@ def convert(
     volume file name); volume in -> volume file out. With ``reference`` (the same scan in the
     target kernel) the QA report (RMSE, LAA-950, Perc15) goes to ``report_dir`` (default: OUT +
     '_qa'). The input is only read. Raises for anything that stops the conversion; returns one item.
+
+    The direction's own weights are used when they exist; else (or with ``to_sharpness``/``like``)
+    the sharpness-conditioned converter, from the input's measured sharpness to the target's.
     """
     from medseg.ct.kernels import vendor_name
-    from medseg.ct.models import DEMO_NOTE, find_model, kernel_specs, load_predictor
+    from medseg.ct.models import CONDITIONED_NOTE, DEMO_NOTE
 
     cfg = config
     input_path, output_path = Path(input_path), Path(output_path)
-    src, tgt = kernel_specs(cfg.source, cfg.target, vendor=cfg.vendor)
+    src, tgt, by_sharpness = _kernels(cfg)
     plan = preflight(
         input_path,
         output_path,
         cfg,
         Path(reference) if reference else None,
         Path(report_dir) if report_dir else None,
-        src.name,
-        tgt.name,
+        src.name if src else None,
+        tgt.name if tgt else None,
     )
     input_vendor = vendor_name(plan.series.manufacturer) if plan.series is not None else None
-    entry = find_model(src, tgt, weights=cfg.weights, models_dirs=cfg.models_dirs, input_vendor=input_vendor)
-    source, target = entry.source, entry.target  # as the weights spell them
-    predictor = load_predictor(entry, device=cfg.device, amp=cfg.amp)
+    model = _model(cfg, input_path, src, tgt, by_sharpness, input_vendor)
+    entry, predictor, source, target = model.entry, model.predictor, model.source, model.target
     batch_size = cfg.batch_size or default_batch_size(predictor.device)
     item = ItemResult(input_path.name or str(input_path))
     result = RunResult(
@@ -259,7 +263,9 @@ def convert(
         summary={
             "source_kernel": source,
             "target_kernel": target,
-            "vendor": entry.vendor or src.vendor,
+            "vendor": model.vendor,
+            "model": "sharpness-conditioned" if model.sharpness else "direction",
+            **({"sharpness": model.sharpness.to_dict()} if model.sharpness else {}),
             "format": plan.fmt,
             **({"dicom_format": cfg.dicom_format} if plan.fmt == "dicom" else {}),
             "weights": str(entry.path),
@@ -282,7 +288,7 @@ def convert(
         target,
         item,
         qa,
-        KernelSpec(source, entry.vendor or src.vendor),
+        model.source_spec,
     )
     with output_set():  # the series and its QA report: published together or not at all (full disk)
         if plan.kind == "dicom":
@@ -300,9 +306,98 @@ def convert(
             item.metrics.update(qa.metrics)
             item.warnings += qa.warnings
             result.outputs.update(qa.write(plan.report_dir, item, [str(input_path), str(reference)], cfg.pdf))
-    result.warnings = ([DEMO_NOTE] if entry.demo else []) + item.warnings
+    note = CONDITIONED_NOTE if model.sharpness else DEMO_NOTE
+    result.warnings = ([note] if entry.demo else []) + item.warnings
     log.debug("converted %d slices %s->%s in %.1f s -> %s", n, source, target, seconds, output_path)
     return result
+
+
+def _kernels(cfg: ConvertConfig) -> tuple[KernelSpec | None, KernelSpec | None, bool]:
+    """--from/--to as specs, and whether the conversion is by sharpness (--to-sharpness or --like)."""
+    from medseg.ct.kernels import parse_kernel
+    from medseg.ct.models import kernel_specs
+
+    by_sharpness = cfg.to_sharpness is not None or cfg.like is not None
+    if cfg.like is not None and cfg.to_sharpness is not None:
+        raise InputError("--like and --to-sharpness both give the target sharpness: give one of them")
+    if not by_sharpness and (cfg.source is None or cfg.target is None):
+        raise InputError("give --from and --to (or --to-sharpness S / --like SERIES to convert by sharpness)")
+    if cfg.source is not None and cfg.target is not None:
+        src, tgt = kernel_specs(cfg.source, cfg.target, vendor=cfg.vendor)
+        return src, tgt, by_sharpness
+    src = parse_kernel(cfg.source, vendor=cfg.vendor, option="--from") if cfg.source else None
+    tgt = parse_kernel(cfg.target, vendor=cfg.vendor, option="--to") if cfg.target else None
+    return src, tgt, by_sharpness
+
+
+@dataclass
+class _Model:
+    """The converter chosen for this run and how its output is labelled."""
+
+    entry: Any  # ModelEntry (a direction's weights) or ConditionedEntry
+    predictor: Any
+    source: str
+    target: str
+    vendor: str | None
+    source_spec: KernelSpec | None  # what the input's kernel tag is checked against (None: not claimed)
+    sharpness: Any = None  # SharpnessPlan of the conditioned converter
+
+
+def _model(cfg: ConvertConfig, input_path: Path, src, tgt, by_sharpness: bool, input_vendor) -> _Model:
+    """The direction's own weights when they exist (and no sharpness was asked for), else the
+    sharpness-conditioned converter with the input's measured sharpness and the planned target."""
+    from medseg.ct.conditioned import known_sharpness, table_vendor
+    from medseg.ct.models import (
+        find_conditioned,
+        find_model,
+        is_conditioned,
+        load_conditioned,
+        load_predictor,
+        measure_series,
+        plan_sharpness,
+        slice_predictor,
+    )
+    from medseg.errors import ModelError
+
+    if not by_sharpness and not (cfg.weights is not None and is_conditioned(cfg.weights)):
+        try:
+            entry = find_model(
+                src, tgt, weights=cfg.weights, models_dirs=cfg.models_dirs, input_vendor=input_vendor
+            )
+        except ModelError as exc:  # the table's own kernels fall back; a guessed sharpness is only offered
+            known = known_sharpness(tgt.name, table_vendor(tgt, input_vendor))
+            if cfg.weights is not None or known is None or known[1] == "interpolated":
+                guess = f" ({tgt.name} would be about {known[0]:.2f}, interpolated)" if known else ""
+                raise ModelError(
+                    f"{exc.message}; or convert by sharpness with --to-sharpness S{guess} or --like SERIES",
+                    path=exc.path,
+                ) from None
+        else:
+            vendor = entry.vendor or src.vendor
+            return _Model(
+                entry,
+                load_predictor(entry, device=cfg.device, amp=cfg.amp),
+                entry.source,
+                entry.target,
+                vendor,
+                KernelSpec(entry.source, vendor),
+            )
+    entry = find_conditioned(weights=cfg.weights, models_dirs=cfg.models_dirs)
+    vendor = table_vendor(tgt, input_vendor) if tgt else (src.vendor if src else None)
+    plan = plan_sharpness(
+        entry,
+        measure_series(input_path, series_uid=cfg.series_uid),
+        source=src.name if src else None,
+        target=tgt.name if tgt else None,
+        vendor=vendor,
+        to_sharpness=cfg.to_sharpness,
+        like=cfg.like,
+    )
+    log.info("sharpness-conditioned converter: %.2f -> %.2f (%s)", plan.source, plan.target, plan.target_from)
+    net = load_conditioned(entry, plan.source, plan.target)
+    predictor = slice_predictor(net, device=cfg.device, amp=cfg.amp)
+    source = src.name if src else "input"
+    return _Model(entry, predictor, source, plan.target_label, vendor, src, plan)
 
 
 class _QA:
@@ -393,7 +488,7 @@ def _convert_dicom(job: _Job) -> None:
     plan, item, qa, source, target = job.plan, job.item, job.qa, job.source, job.target
     series = plan.series
     item.warnings += series.warnings
-    for msg in kernel_tag_warnings(series, job.source_spec or KernelSpec(source)):
+    for msg in kernel_tag_warnings(series, job.source_spec) if job.source_spec is not None else []:
         log.warning("%s: %s", job.input_path, msg)
         item.warnings.append(msg)
     item.metrics["input_kernel_tag"] = list(series.kernel_values)
@@ -493,6 +588,12 @@ def convert_text(result: RunResult) -> str:
         f"({m.get('slices_per_second', 0):.1f} slices/s on {s['device']} with "
         f"{s.get('runtime', 'torch')}, {s['amp']}) -> {where}"
     )
+    if s.get("sharpness"):
+        sh = s["sharpness"]
+        text += (
+            f"\nsharpness-conditioned converter: {sh['source']:.2f} ({sh['source_from']}) -> "
+            f"{sh['target']:.2f} ({sh['target_from']})"
+        )
     if "rmse_original_hu" in m:
         text += f"\n{qa_text(m)}\nQA report: {result.outputs.get('qa_html', '')}"
     return text

@@ -31,6 +31,10 @@ log = logging.getLogger("medseg.ct")
 DEMO_MODELS = demo_weights_path("ct")
 DEMO_FOLDER = "ct"  # relative to the demo weights root, for resolve_weights
 DEMO_NOTE = "demo weights: trained on synthetic phantoms only, not for clinical use"
+CONDITIONED_NOTE = (
+    "demo weights: the sharpness-conditioned converter, trained on synthetic phantoms and two real "
+    "phantom scans (Philips, Toshiba), not for clinical use"
+)
 # file names of a ct-train run folder (medseg.engine.trainer), best preferred over last
 RUN_BEST, RUN_LAST = "best.safetensors", "last.safetensors"
 
@@ -314,13 +318,14 @@ def models_doc(models_dirs: list[str | Path] | tuple = ()) -> dict:
     ]
     order = {g: i for i, g in enumerate(dict.fromkeys(r["vendor"] for r in rows))}
     rows.sort(key=lambda r: (r["vendor"] == "vendor not recorded", order[r["vendor"]]))
-    return {"models": rows}
+    # any kernel to any kernel (used where no direction above fits, or with --to-sharpness/--like)
+    return {"models": rows, "conditioned": conditioned_doc(models_dirs)}
 
 
 def models_text(doc: dict) -> str:
     """What ct-models prints for people: one block per scanner vendor."""
-    rows = doc.get("models", [])
-    if not rows:
+    rows, cond = doc.get("models", []), doc.get("conditioned", [])
+    if not rows and not cond:
         return "no models found (train with 'medseg ct-train' or pass --models-dir)"
     blocks: dict[str, list[str]] = {}
     for r in rows:
@@ -328,4 +333,245 @@ def models_text(doc: dict) -> str:
             f"  {r['from']} -> {r['to']}  {r['path']}{'  (demo)' if r.get('demo') else ''}\n"
             f"      trained on: {r['training_data'] or 'not recorded'}"
         )
-    return "\n".join(f"{vendor}:\n" + "\n".join(items) for vendor, items in blocks.items())
+    text = "\n".join(f"{vendor}:\n" + "\n".join(items) for vendor, items in blocks.items())
+    if cond:
+        text += (
+            ("\n" if text else "")
+            + "Any vendor, any kernel (conditioned on measured sharpness):\n"
+            + "\n".join(
+                f"  sharpness {r['sharpness_range'][0]:.2f} to {r['sharpness_range'][1]:.2f}  {r['path']}"
+                f"{'  (demo)' if r.get('demo') else ''}\n      trained on: {r['training_data'] or 'not recorded'}"
+                for r in cond
+            )
+        )
+    return text
+
+
+# --- the sharpness-conditioned converter (medseg.ct.conditioned) ----------------------------------
+
+
+@dataclass
+class ConditionedEntry:
+    """A sharpness-conditioned weights file and what it says about itself."""
+
+    path: Path
+    meta: CheckpointMeta
+
+    @property
+    def demo(self) -> bool:
+        return is_demo(self.path)
+
+    @property
+    def sharpness_range(self) -> tuple[float, float]:
+        from medseg.ct.conditioned import ConditionedNetConfig
+
+        cfg = ConditionedNetConfig.from_dict(self.meta.config)
+        return float(cfg.sharpness_min), float(cfg.sharpness_max)
+
+
+def is_conditioned(path: str | Path) -> bool:
+    """Whether a weights file holds the sharpness-conditioned converter (unreadable files: False)."""
+    from medseg.ct.conditioned import MODEL_NAME
+
+    try:
+        return read_meta(path).model == MODEL_NAME
+    except ModelError:
+        return False
+
+
+def list_conditioned(
+    models_dirs: list[str | Path] | tuple = (), *, demo: bool = True
+) -> list[ConditionedEntry]:
+    """Every sharpness-conditioned weights file in the search folders (first listed = used)."""
+    from medseg.ct.conditioned import MODEL_NAME
+
+    found = []
+    for folder in search_dirs(models_dirs, demo=demo):
+        if not folder.is_dir():
+            continue
+        for file in _weights_files(folder):
+            try:
+                meta = read_meta(file)
+            except ModelError:
+                continue
+            if meta.model == MODEL_NAME:
+                found.append(ConditionedEntry(file, meta))
+    return found
+
+
+def find_conditioned(
+    *, weights: str | Path | None = None, models_dirs: list[str | Path] | tuple = ()
+) -> ConditionedEntry:
+    """The conditioned converter: --weights when it is one, else the search folders, else the demo file."""
+    from medseg.ct.conditioned import DEMO_FILE, MODEL_NAME
+
+    if weights is not None:
+        path, _demo = resolve_weights(weights, demo=f"{DEMO_FOLDER}/{DEMO_FILE}")
+        meta = read_meta(path)
+        if meta.model != MODEL_NAME:
+            raise ModelError(
+                f"weights are for model '{meta.model}', not the sharpness-conditioned converter "
+                "(--to-sharpness/--like need it)",
+                path=path,
+            )
+        return ConditionedEntry(path, meta)
+    found = list_conditioned(models_dirs, demo=False)
+    if found:
+        return found[0]
+    if (DEMO_MODELS / DEMO_FILE).is_file():
+        path, _demo = resolve_weights(None, demo=f"{DEMO_FOLDER}/{DEMO_FILE}")  # the one demo warning
+        return ConditionedEntry(path, read_meta(path))
+    raise ModelError("no sharpness-conditioned weights found (scripts/train_conditioned_ct.py makes them)")
+
+
+def load_conditioned(
+    entry: ConditionedEntry, source_sharpness: float, target_sharpness: float
+) -> torch.nn.Module:
+    """The conditioned net of ``entry`` fixed to one conversion: a one-input module for the Predictor."""
+    from medseg.ct.conditioned import (
+        MODEL_NAME,
+        ConditionedNetConfig,
+        FixedConditionNet,
+        build_conditioned_net,
+    )
+
+    state, meta = load_weights(entry.path, expect_model=MODEL_NAME)
+    net = build_conditioned_net(config=ConditionedNetConfig.from_dict(meta.config))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(
+            f"weights do not match the model config ({str(exc).splitlines()[0]})", path=entry.path
+        ) from None
+    return FixedConditionNet(net.eval(), source_sharpness, target_sharpness)
+
+
+def conditioned_doc(models_dirs: list[str | Path] | tuple = ()) -> list[dict]:
+    """ct-models' rows for the conditioned converters."""
+    return [
+        {
+            "vendor": "any (sharpness-conditioned)",
+            "from": "any",
+            "to": "any",
+            "sharpness_range": list(e.sharpness_range),
+            "path": str(e.path),
+            "demo": e.demo,
+            "version": e.meta.version,
+            "training_data": e.meta.training_data,
+            "created": e.meta.created,
+        }
+        for e in list_conditioned(models_dirs)
+    ]
+
+
+def measure_series(path: str | Path, *, series_uid: str | None = None, what: str = "the input"):
+    """Sharpness fingerprint of a CT series (DICOM folder/file or volume file) from up to 16 evenly
+    spaced slices (only those are decoded); a DICOM series that is not CT, or one whose sharpness
+    cannot be measured, is an InputError naming ``what``."""
+    import numpy as np
+
+    from medseg.ct.fingerprint import MAX_SLICES, kernel_fingerprint
+    from medseg.io.dicom import decode_hu, iter_slices, open_series
+    from medseg.io.volume import is_volume_file, read_volume_sitk
+
+    path = Path(path)
+    if is_volume_file(path):
+        volume, meta = read_volume_sitk(path)
+        spacing = meta.spacing
+    else:
+        try:
+            series = open_series(path, series_uid=series_uid, modality="CT")
+        except InputError as exc:
+            raise InputError(f"{what} is not a CT series we can read: {exc.message}", path=path) from None
+        n = len(series.files)
+        picks = set(np.unique(np.linspace(0, n - 1, min(n, MAX_SLICES)).round().astype(int)).tolist())
+        if series.frames:
+            slices = [hu for i, (_ds, hu) in enumerate(iter_slices(series)) if i in picks]
+        else:
+            import pydicom
+
+            slices = [decode_hu(pydicom.dcmread(series.files[i]), series.files[i]) for i in sorted(picks)]
+        volume, spacing = np.stack(slices).astype(np.float32), series.spacing
+    fp = kernel_fingerprint(volume, spacing)
+    if not (fp.sharpness > 0):  # NaN: no body, no soft tissue
+        raise InputError(
+            f"could not measure the sharpness of {what} (no body or uniform soft tissue in CT numbers): "
+            "is it a CT series?",
+            path=path,
+        )
+    return fp
+
+
+@dataclass
+class SharpnessPlan:
+    """Which sharpness the conditioned converter converts from and to, and where each came from."""
+
+    source: float
+    target: float
+    source_from: str
+    target_from: str
+    target_label: str  # the output series' kernel label
+
+    def to_dict(self) -> dict:
+        return {
+            "source": round(self.source, 3),
+            "target": round(self.target, 3),
+            "source_from": self.source_from,
+            "target_from": self.target_from,
+        }
+
+
+def plan_sharpness(
+    entry: ConditionedEntry,
+    source_fp,
+    *,
+    source: str | None,
+    target: str | None,
+    vendor: str | None = None,
+    to_sharpness: float | None = None,
+    like: str | Path | None = None,
+) -> SharpnessPlan:
+    """The target sharpness from --to-sharpness, from a --like series (measured), or from --to's
+    kernel in the table (as the measured source times the table's target/source ratio when --from is
+    in the table too: dose and anatomy cancel out); refused outside the range the weights were trained on."""
+    import math
+
+    from medseg.ct.conditioned import known_sharpness
+
+    if like is not None and to_sharpness is not None:
+        raise InputError("--like and --to-sharpness both give the target sharpness: give one of them")
+    s = float(source_fp.sharpness)
+    lo, hi = entry.sharpness_range
+    src_from = f"measured from the input ({source_fp.slices} slices)"
+    if to_sharpness is not None:
+        t = float(to_sharpness)
+        if not (math.isfinite(t) and t > 0):
+            raise InputError(f"--to-sharpness must be a positive number, not {to_sharpness}")
+        how, label = "--to-sharpness", target or f"sharpness {t:.2f}"
+    elif like is not None:
+        t = float(measure_series(like, what="the --like series").sharpness)
+        how, label = f"measured from --like {like}", target or f"like {Path(like).name}"[:16]
+    elif target is not None:
+        known = known_sharpness(target, vendor)
+        if known is None:
+            raise ModelError(
+                f"no weights for ->{target} and its sharpness is not known: give --to-sharpness S or "
+                "--like SERIES (a series reconstructed with that kernel)"
+            )
+        base = known_sharpness(source, vendor) if source else None
+        if base is not None:
+            t = s * known[0] / base[0]
+            how = f"table: {target} {known[0]:g} ({known[1]}) / {source} {base[0]:g} ({base[1]}) x measured source"
+        else:
+            t, how = known[0], f"table: {target} {known[0]:g} ({known[1]})"
+        label = target
+    else:
+        raise InputError("say what to convert to: --to KERNEL, --to-sharpness S or --like SERIES")
+    if not lo <= t <= hi:
+        raise InputError(
+            f"target sharpness {t:.2f} ({how}) is outside the range the conditioned converter was "
+            f"trained on ({lo:.2f} to {hi:.2f})"
+        )
+    if not lo <= s <= hi:
+        log.warning("input sharpness %.2f lies outside the trained range %.2f-%.2f", s, lo, hi)
+    return SharpnessPlan(s, t, src_from, how, label)

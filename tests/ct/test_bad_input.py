@@ -58,11 +58,12 @@ def test_empty_folder(tmp_path, tiny_weights):
 
 
 def test_kernel_without_weights_lists_what_exists(small_exam_dir, tmp_path):
-    """Any name a scanner writes is a kernel; one without weights is a model error listing what exists."""
+    """Any name a scanner writes is a kernel; one without weights (and, for the sharpness-conditioned
+    converter, without a known sharpness) is a model error listing what exists."""
     r = run_cli(
-        "ct-convert", small_exam_dir / "B50f", "--from", "B45x", "--to", "B30f", "--out", tmp_path / "o"
+        "ct-convert", small_exam_dir / "B50f", "--from", "B45x", "--to", "SMOOTH9", "--out", tmp_path / "o"
     )
-    one_line_error(r, 4, "no weights for B45x->B30f", "Siemens: ", "B50f->B30f")
+    one_line_error(r, 4, "no weights for B45x->SMOOTH9", "Siemens: ", "B50f->B30f", "--to-sharpness")
     assert not (tmp_path / "o").exists()
 
 
