@@ -305,7 +305,14 @@ def convert(
         if qa is not None:
             item.metrics.update(qa.metrics)
             item.warnings += qa.warnings
-            result.outputs.update(qa.write(plan.report_dir, item, [str(input_path), str(reference)], cfg.pdf))
+            ran = f"model: {entry.path.name} " + (
+                f"(sharpness-conditioned, {model.sharpness.source:.2f} {model.sharpness.source_from} -> "
+                f"{model.sharpness.target:.2f} {model.sharpness.target_from})"
+                if model.sharpness
+                else f"({source} -> {target} weights)"
+            )
+            inputs = [str(input_path), str(reference), ran]
+            result.outputs.update(qa.write(plan.report_dir, item, inputs, cfg.pdf))
     note = CONDITIONED_NOTE if model.sharpness else DEMO_NOTE
     result.warnings = ([note] if entry.demo else []) + item.warnings
     log.debug("converted %d slices %s->%s in %.1f s -> %s", n, source, target, seconds, output_path)
@@ -346,22 +353,13 @@ class _Model:
 def _model(cfg: ConvertConfig, input_path: Path, src, tgt, by_sharpness: bool, input_vendor) -> _Model:
     """The direction's own weights when they exist (and no sharpness was asked for), else the
     sharpness-conditioned converter with the input's measured sharpness and the planned target."""
+    from medseg.ct import models as m
     from medseg.ct.conditioned import known_sharpness, table_vendor
-    from medseg.ct.models import (
-        find_conditioned,
-        find_model,
-        is_conditioned,
-        load_conditioned,
-        load_predictor,
-        measure_series,
-        plan_sharpness,
-        slice_predictor,
-    )
     from medseg.errors import ModelError
 
-    if not by_sharpness and not (cfg.weights is not None and is_conditioned(cfg.weights)):
+    if not by_sharpness and not (cfg.weights is not None and m.is_conditioned(cfg.weights)):
         try:
-            entry = find_model(
+            entry = m.find_model(
                 src, tgt, weights=cfg.weights, models_dirs=cfg.models_dirs, input_vendor=input_vendor
             )
         except ModelError as exc:  # the table's own kernels fall back; a guessed sharpness is only offered
@@ -376,17 +374,17 @@ def _model(cfg: ConvertConfig, input_path: Path, src, tgt, by_sharpness: bool, i
             vendor = entry.vendor or src.vendor
             return _Model(
                 entry,
-                load_predictor(entry, device=cfg.device, amp=cfg.amp),
+                m.load_predictor(entry, device=cfg.device, amp=cfg.amp),
                 entry.source,
                 entry.target,
                 vendor,
                 KernelSpec(entry.source, vendor),
             )
-    entry = find_conditioned(weights=cfg.weights, models_dirs=cfg.models_dirs)
+    entry = m.find_conditioned(weights=cfg.weights, models_dirs=cfg.models_dirs)
     vendor = table_vendor(tgt, input_vendor) if tgt else (src.vendor if src else None)
-    plan = plan_sharpness(
+    plan = m.plan_sharpness(
         entry,
-        measure_series(input_path, series_uid=cfg.series_uid),
+        m.measure_series(input_path, series_uid=cfg.series_uid),
         source=src.name if src else None,
         target=tgt.name if tgt else None,
         vendor=vendor,
@@ -394,10 +392,10 @@ def _model(cfg: ConvertConfig, input_path: Path, src, tgt, by_sharpness: bool, i
         like=cfg.like,
     )
     log.info("sharpness-conditioned converter: %.2f -> %.2f (%s)", plan.source, plan.target, plan.target_from)
-    net = load_conditioned(entry, plan.source, plan.target)
-    predictor = slice_predictor(net, device=cfg.device, amp=cfg.amp)
-    source = src.name if src else "input"
-    return _Model(entry, predictor, source, plan.target_label, vendor, src, plan)
+    predictor = m.slice_predictor(
+        m.load_conditioned(entry, plan.source, plan.target), device=cfg.device, amp=cfg.amp
+    )
+    return _Model(entry, predictor, src.name if src else "input", plan.target_label, vendor, src, plan)
 
 
 class _QA:

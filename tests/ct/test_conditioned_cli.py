@@ -63,12 +63,16 @@ def test_to_sharpness_writes_a_valid_series_and_records_the_sharpness(small_exam
 def test_like_takes_the_sharpness_of_the_given_series(small_exam_dir, tmp_path, cond_dir):
     from medseg.ct.models import measure_series
 
-    r = _convert(small_exam_dir, tmp_path / "o", cond_dir, "--like", small_exam_dir / "B30f")
+    ref = small_exam_dir / "B30f"
+    r = _convert(small_exam_dir, tmp_path / "o", cond_dir, "--like", ref, "--reference", ref, "--no-pdf")
     assert r.exit_code == 0, r.output
-    sh = json.loads(r.stdout)["summary"]["sharpness"]
+    doc = json.loads(r.stdout)
+    sh = doc["summary"]["sharpness"]
     want = measure_series(small_exam_dir / "B30f").sharpness
     assert sh["target"] == pytest.approx(want, abs=1e-3) and "--like" in sh["target_from"]
     assert sh["target"] < sh["source"]  # B30f reads smoother than the B50f input
+    qa = json.loads(Path(doc["outputs"]["qa_json"]).read_text())  # the QA report says which model ran
+    assert any("sharpness-conditioned" in i and f"{sh['target']:.2f}" in i for i in qa["inputs"])
 
 
 def test_to_a_kernel_without_direction_weights_uses_the_table(small_exam_dir, tmp_path, cond_dir):
