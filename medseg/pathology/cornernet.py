@@ -4,11 +4,14 @@ A box is a pair of corners: per class, a top-left and a bottom-right heatmap, an
 corner (the two corners of one box get close values: pull/push loss) and a sub-cell offset. No
 anchors, so capillaries of very different sizes need no anchor tuning.
 
-- ``backbone``: a small hourglass (stride-4 output; down to stride 32 and back with skips), plain
-  convolutions only, so OpenVINO runs it (the engine Predictor's ``openvino_part="backbone"``).
-- heads: corner pooling (top-left: max over everything to the right + everything below; bottom-right:
-  left + above), implemented with ``cummax`` on flipped axes. ``cummax`` does not convert to
-  OpenVINO, so the pooling and the light prediction layers after it stay on PyTorch.
+- ``backbone``: everything dense, one tensor in and one out, so the engine Predictor's
+  ``openvino_part="backbone"`` runs all of it on OpenVINO and only the decoding stays on PyTorch: a
+  small hourglass (stem to stride 4, down to stride 32 and back with skips) and the two corner
+  heads, whose predictions it returns concatenated (top-left then bottom-right).
+- corner pooling (top-left: max over everything to the right + everything below; bottom-right:
+  left + above) with ``cummax`` on flipped axes. ``cummax`` does not convert to OpenVINO, so when
+  traced for the conversion the same maxima are taken by doubling shifts (``max(x, shift(x, 2^s))``
+  for s < :data:`POOL_STEPS`), exact up to 2^8 = 256 cells (1024 model px; a 1024 px tile is 128).
 - geometry: each corner also regresses its box's width and height (log cells, L1 loss; the idea of
   CentripetalNet, Dong et al. 2020). Embeddings alone, learnt in a few CPU-minutes, paired the
   top-left corner of one PTC with the bottom-right corner of its neighbour ("ghost" boxes: on
@@ -49,6 +52,7 @@ PULL_WEIGHT = 0.1
 PUSH_WEIGHT = 0.1
 OFFSET_WEIGHT = 1.0
 SIZE_WEIGHT = 1.0
+POOL_STEPS = 8  # traced (OpenVINO) corner pooling reaches 2**8 cells
 HEAT_PRIOR = 0.1  # initial corner probability (the heatmap bias), as in CornerNet / RetinaNet
 
 
@@ -104,20 +108,39 @@ class Hourglass(nn.Module):
         return self.merge4(self.proj4(self.up(u8)) + f4)
 
 
+def _shift_max(x: Tensor, dim: int, forward: bool, steps: int = POOL_STEPS) -> Tensor:
+    """Running maximum by doubling shifts (traceable, no ``cummax``): ``forward`` takes the maximum
+    over index >= i, else <= i, exactly for sizes up to ``2**steps`` along ``dim`` (-1 or -2)."""
+    for s in range(steps):
+        k = 1 << s
+        pad = [0, 0, 0, 0]
+        pad[(0 if dim == -1 else 2) + (1 if forward else 0)] = k
+        padded = F.pad(x, pad, value=float("-inf"))
+        if dim == -1:
+            shifted = padded[..., k:] if forward else padded[..., :-k]
+        else:
+            shifted = padded[..., k:, :] if forward else padded[..., :-k, :]
+        x = torch.maximum(x, shifted)
+    return x
+
+
 def corner_pool(x: Tensor, corner: str) -> tuple[Tensor, Tensor]:
     """(horizontal, vertical) corner pooling of a map (N, C, H, W).
 
     ``"tl"``: at (i, j) the maximum over columns j' >= j of row i, and over rows i' >= i of column j
     (what lies right of and below a top-left corner); ``"br"``: j' <= j and i' <= i.
     """
+    if corner not in ("tl", "br"):
+        raise ValueError(f"corner must be 'tl' or 'br', not {corner!r}")
+    if torch.jit.is_tracing():  # OpenVINO's conversion: no cummax there
+        forward = corner == "tl"
+        return _shift_max(x, -1, forward), _shift_max(x, -2, forward)
     if corner == "tl":
         horizontal = x.flip(-1).cummax(-1).values.flip(-1)
         vertical = x.flip(-2).cummax(-2).values.flip(-2)
-    elif corner == "br":
+    else:
         horizontal = x.cummax(-1).values
         vertical = x.cummax(-2).values
-    else:
-        raise ValueError(f"corner must be 'tl' or 'br', not {corner!r}")
     return horizontal, vertical
 
 
@@ -144,6 +167,24 @@ class CornerHead(nn.Module):
         _, vertical = corner_pool(self.branch_v(x), self.corner)
         y = F.relu(self.fuse(horizontal + vertical) + self.skip(x))
         return self.out(self.conv(y))
+
+
+class CornerNetBody(nn.Module):
+    """The dense part: hourglass + top-left and bottom-right corner heads, predictions concatenated
+    into one tensor (N, 2 (K + 5), H/4, W/4) so that it converts to OpenVINO as one model."""
+
+    def __init__(self, channels: tuple[int, ...], num_fg: int, head_channels: int | None = None) -> None:
+        super().__init__()
+        self.hourglass = Hourglass(channels)
+        width = self.hourglass.out_channels
+        mid = head_channels or width
+        self.tl_head = CornerHead(width, mid, num_fg, "tl")
+        self.br_head = CornerHead(width, mid, num_fg, "br")
+        self.out_channels = 2 * (num_fg + 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = self.hourglass(x)
+        return torch.cat([self.tl_head(feats), self.br_head(feats)], 1)
 
 
 # -- targets and losses ------------------------------------------------------------------------
@@ -256,11 +297,7 @@ class CornerNet(nn.Module):
         self.num_fg = int(num_classes) - 1
         self.input_scale = float(input_scale)
         self.detections_per_img = int(detections_per_img)
-        self.backbone = Hourglass(tuple(channels))
-        width = self.backbone.out_channels
-        mid = head_channels or width
-        self.tl_head = CornerHead(width, mid, self.num_fg, "tl")
-        self.br_head = CornerHead(width, mid, self.num_fg, "br")
+        self.backbone = CornerNetBody(tuple(channels), self.num_fg, head_channels)
         self.register_buffer("image_mean", torch.tensor(image_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(-1, 1, 1), persistent=False)
 
@@ -291,8 +328,7 @@ class CornerNet(nn.Module):
         if self.training and targets is None:
             raise ValueError("in training mode CornerNet needs targets")
         batch, originals, sizes = self._batch(images)
-        feats = self.backbone(batch)
-        tl, br = self.tl_head(feats), self.br_head(feats)
+        tl, br = self.backbone(batch).split(self.num_fg + 5, dim=1)
         if self.training:
             scales = [
                 torch.tensor([s[1] / o[1], s[0] / o[0]] * 2, device=batch.device)

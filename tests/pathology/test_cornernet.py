@@ -9,6 +9,7 @@ import torch
 from medseg.pathology.cornernet import (
     STRIDE,
     CornerNet,
+    _shift_max,
     build_cornernet,
     corner_pool,
     corner_targets,
@@ -86,6 +87,13 @@ def test_corner_pool_matches_brute_force():
             assert torch.equal(v_br[..., i, j], x[..., : i + 1, j].amax(-1))
     with pytest.raises(ValueError, match="corner"):
         corner_pool(x, "tr")
+    # the traceable version (what OpenVINO runs) takes the same maxima, here reaching 2**3 = 8 cells
+    assert torch.equal(_shift_max(x, -1, True, steps=3), h_tl) and torch.equal(
+        _shift_max(x, -2, False, 3), v_br
+    )
+    traced = torch.jit.trace(lambda t: torch.stack(corner_pool(t, "br")), x)
+    y = torch.randn(1, 2, 6, 9)
+    assert torch.equal(traced(y), torch.stack(corner_pool(y, "br")))
 
 
 def test_heatmap_target_peaks_at_the_corners():
@@ -216,7 +224,7 @@ def test_empty_targets_train():
     assert losses["loss_heatmap"] > 0 and torch.isfinite(losses["loss_heatmap"])
     assert losses["loss_pull"] == losses["loss_push"] == losses["loss_offset"] == losses["loss_size"] == 0
     sum(losses.values()).backward()
-    assert model.tl_head.out.weight.grad.abs().sum() > 0
+    assert model.backbone.tl_head.out.weight.grad.abs().sum() > 0
     mixed = model([image, image[:, :128, :128]], [target, empty])  # a batch of both kinds
     assert (
         all(torch.isfinite(v) for v in mixed.values()) and mixed["loss_offset"] > 0 and mixed["loss_size"] > 0
