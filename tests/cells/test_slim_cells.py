@@ -134,3 +134,23 @@ def test_cli_lists_slim_and_refuses_in_words(tmp_path):
     res = _train("--finetune-epochs", "3")
     assert res.exit_code == 2 and "--prune-ratio" in res.output
     assert not (tmp_path / "unused_out").exists()
+
+
+def test_cells_train_slim_prune_finetune_end_to_end(tmp_path):
+    """cells-train --slim --prune-ratio: sparse run, pruned weights, fine-tuned pruned net in OUT/best."""
+    import json
+
+    out = tmp_path / "slim"
+    args = ["--synthetic", "2", "--init", "scratch", "--base-channels", "4", "--batch-norm", "--epochs", "1"]
+    args += ["--steps", "1", "--tile", "100", "--batch-size", "2", "--out", str(out), "--quiet"]
+    res = CliRunner().invoke(
+        cli, ["cells-train", *args, "--slim", "1e-3", "--prune-ratio", "0.5", "--finetune-epochs", "1"]
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "slim.json").read_text())
+    assert summary["channels_after"] == summary["channels_before"] // 2
+    model, config, _ = load_model(out / "best.safetensors")
+    assert config.widths == summary["widths"]
+    assert sum(p.numel() for p in model.parameters()) == summary["params_after"]
+    res = CliRunner().invoke(cli, ["cells-train", *args, "--slim", "1e-3", "--prune-ratio", "0.5"])
+    assert res.exit_code != 0 and "--resume" in res.output  # a finished run is not overwritten silently
