@@ -1,7 +1,7 @@
 """The PTC detectors side by side on the same synthetic slides with the same CPU budget:
 Faster R-CNN (light), Mask R-CNN (light), YOLOv3 and CornerNet (when medseg.pathology.cornernet exists).
 
-    OMP_NUM_THREADS=1 python scripts/compare_pathology_detectors.py --work /tmp/cmp --minutes 5 \
+    OMP_NUM_THREADS=1 python scripts/compare_pathology_detectors.py --work /tmp/cmp --minutes 3 \
         --from-scratch --archs light maskrcnn yolov3 cornernet --ship-yolov3 --ship-cornernet
 
 Every detector trains through ``slide-train``'s library call on one ``slide-prepare`` dataset

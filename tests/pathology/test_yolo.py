@@ -95,6 +95,7 @@ def dataset(tmp_path_factory):
     return d / "ds"
 
 
+@pytest.mark.slow
 def test_slide_train_stores_kmeans_anchors_in_the_weights(dataset, tmp_path):
     from medseg.engine.checkpoint import read_meta
     from medseg.pathology.detector import load_detector
@@ -136,3 +137,28 @@ def test_backbone_runs_on_openvino_with_the_same_detections():
     for (b0, l0, s0), (b1, l1, s1) in zip(ref, ov.predict(tiles, min_score=0.3)):
         assert len(b0) > 10 and b0.shape == b1.shape
         assert np.allclose(b0, b1, atol=0.05) and (l0 == l1).all() and np.allclose(s0, s1, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_slide_score_arch_yolov3_uses_its_demo_weights(small_slide, tmp_path):
+    """--arch yolov3 without --weights scores with the shipped YOLOv3 through the same tile engine,
+    summary and GeoJSON as the R-CNNs, says they are demo weights, and finds the slide's PTCs
+    (an unseen synthetic slide: the demo weights saw seeds 2000-2004)."""
+    from medseg.engine.weights import demo_weights_path
+    from medseg.pathology.evaluate import evaluate_results
+    from medseg.pathology.yolo import DEMO_WEIGHTS
+
+    assert demo_weights_path(DEMO_WEIGHTS).is_file()
+    path, ann, _synth = small_slide
+    out = tmp_path / "o"
+    res = CliRunner().invoke(
+        cli, ["slide-score", str(path), "--arch", "yolov3", "--out", str(out), "--device", "cpu", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["summary"]["demo_weights"] is True and any("demo weights" in w for w in doc["warnings"])
+    summary = json.loads((out / path.stem / "summary.json").read_text())
+    assert summary["weights"].endswith("c4d_yolov3_demo.safetensors")
+    assert json.loads((out / path.stem / "detections.geojson").read_text())["features"]
+    overall = evaluate_results(out, [ann]).summary["overall"]
+    assert overall["f1_mean"] > 0.75, overall
