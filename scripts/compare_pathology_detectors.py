@@ -207,6 +207,13 @@ def main() -> None:
             f"--ship-{arch}", action="store_true", help=f"copy the {arch} weights into the package"
         )
     parser.add_argument(
+        "--time-only",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only re-time the trained detectors of WORK, N rounds in turn (median; same load for all)",
+    )
+    parser.add_argument(
         "--from-scratch",
         action="store_true",
         help="do not start the R-CNNs from the shipped light demo detector",
@@ -239,6 +246,11 @@ def main() -> None:
         demo = str(demo_weights_path(DEMO_WEIGHTS))
     results_path = args.work / "comparison.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    if args.time_only:
+        _retime(args.work, [a for a in archs if a in results], test, results, args.time_only)
+        results_path.write_text(json.dumps(results, indent=1))
+        print(json.dumps({a: results[a]["timing_rounds"] for a in results if "timing_rounds" in results[a]}))
+        return
     for arch in archs:
         init = demo if demo and same_family("light", arch) else None
         epochs, step = _epochs_for(dataset, arch, args.minutes, 4)
@@ -269,6 +281,24 @@ def main() -> None:
         if getattr(args, f"ship_{arch}", False):
             _ship(weights, DEMO_DIR / f"c4d_{arch}_demo.safetensors")
     print(json.dumps(results, indent=1))
+
+
+def _retime(work: Path, archs: list[str], test: list[Path], results: dict, rounds: int) -> None:
+    """Seconds per tile of every trained detector, PyTorch and OpenVINO, in turns (round 1: all,
+    round 2: all, ...), so a change of machine load hits them alike; the median is kept."""
+    times: dict[str, dict[str, list[float]]] = {a: {"torch": [], "openvino": []} for a in archs}
+    for _ in range(rounds):
+        for arch in archs:
+            weights = work / f"run_{arch}" / "best.safetensors"
+            for runtime in ("torch", "openvino"):
+                t = _tile_seconds(weights, test, runtime)
+                if t is not None:
+                    times[arch][runtime].append(t)
+    for arch in archs:
+        for runtime, key in (("torch", "s_per_tile"), ("openvino", "s_per_tile_openvino")):
+            if times[arch][runtime]:
+                results[arch][key] = round(float(np.median(times[arch][runtime])), 3)
+        results[arch]["timing_rounds"] = {k: [round(x, 3) for x in v] for k, v in times[arch].items()}
 
 
 def _parameters(weights: Path) -> int:
