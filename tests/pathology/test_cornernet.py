@@ -251,3 +251,23 @@ def test_backbone_runs_on_openvino_like_pytorch(trained, monkeypatch, tmp_path):
     for (b1, l1, s1), (b2, l2, s2) in zip(ov.predict(tiles, min_score=0.3), pt.predict(tiles, min_score=0.3)):
         assert len(b1) == len(b2) >= 2, (s1, s2)
         assert np.allclose(b1, b2, atol=0.5) and np.array_equal(l1, l2) and np.allclose(s1, s2, atol=1e-3)
+
+
+@pytest.mark.cuda
+def test_cuda_amp_trains_and_matches_cpu_detections(trained):
+    """On a GPU under autocast: losses are finite, and the overfitted tile gives the CPU's boxes."""
+    from medseg.pathology.detector import Detector
+
+    model, image, target, _ = trained
+    tiles = (image.permute(1, 2, 0).numpy()[None] * 255).round().astype(np.uint8)
+    cpu = Detector(model, _config(), device="cpu", runtime="torch").predict(tiles, min_score=0.3)[0]
+    import copy
+
+    gpu_det = Detector(copy.deepcopy(model), _config(), device="cuda", amp="auto")  # moved in place
+    gpu = gpu_det.predict(tiles, min_score=0.3)[0]
+    assert len(gpu[0]) == len(cpu[0]) and np.allclose(gpu[0], cpu[0], atol=3)
+    train = build_cornernet(config=_config()).cuda().train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        losses = train([image.cuda()], [{k: v.cuda() for k, v in target.items()}])
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
