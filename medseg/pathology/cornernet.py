@@ -52,6 +52,9 @@ PULL_WEIGHT = 0.1
 PUSH_WEIGHT = 0.1
 OFFSET_WEIGHT = 1.0
 SIZE_WEIGHT = 1.0
+# typical box (tile px): a 30 px PTC enlarged by its 40-50 px margins; starts the size regression
+# there (at 0 = one cell it needs hundreds of steps to reach ~12 cells, and pairing waits for it)
+BOX_SIZE_PRIOR = 110.0
 POOL_STEPS = 8  # traced (OpenVINO) corner pooling reaches 2**8 cells
 HEAT_PRIOR = 0.1  # initial corner probability (the heatmap bias), as in CornerNet / RetinaNet
 
@@ -150,7 +153,7 @@ class CornerHead(nn.Module):
     """Corner pooling module + predictions of one corner kind: (N, K + 5, H, W) = K class
     heatmap logits, 1 embedding, 2 offsets (x, y) in cells, 2 log box sizes (w, h) in cells."""
 
-    def __init__(self, channels: int, mid: int, num_fg: int, corner: str) -> None:
+    def __init__(self, channels: int, mid: int, num_fg: int, corner: str, size_prior: float = 1.0) -> None:
         super().__init__()
         self.corner = corner
         self.branch_h = _conv_bn_relu(channels, mid)
@@ -163,6 +166,7 @@ class CornerHead(nn.Module):
         nn.init.zeros_(self.out.bias)
         with torch.no_grad():
             self.out.bias[:num_fg] = -math.log((1 - HEAT_PRIOR) / HEAT_PRIOR)
+            self.out.bias[num_fg + 3 :] = math.log(size_prior)
 
     def forward(self, x: Tensor) -> Tensor:
         horizontal, _ = corner_pool(self.branch_h(x), self.corner)
@@ -175,13 +179,19 @@ class CornerNetBody(nn.Module):
     """The dense part: hourglass + top-left and bottom-right corner heads, predictions concatenated
     into one tensor (N, 2 (K + 5), H/4, W/4) so that it converts to OpenVINO as one model."""
 
-    def __init__(self, channels: tuple[int, ...], num_fg: int, head_channels: int | None = None) -> None:
+    def __init__(
+        self,
+        channels: tuple[int, ...],
+        num_fg: int,
+        head_channels: int | None = None,
+        size_prior: float = 1.0,
+    ) -> None:
         super().__init__()
         self.hourglass = Hourglass(channels)
         width = self.hourglass.out_channels
         mid = head_channels or channels[0]
-        self.tl_head = CornerHead(width, mid, num_fg, "tl")
-        self.br_head = CornerHead(width, mid, num_fg, "br")
+        self.tl_head = CornerHead(width, mid, num_fg, "tl", size_prior)
+        self.br_head = CornerHead(width, mid, num_fg, "br", size_prior)
         self.out_channels = 2 * (num_fg + 5)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -299,7 +309,8 @@ class CornerNet(nn.Module):
         self.num_fg = int(num_classes) - 1
         self.input_scale = float(input_scale)
         self.detections_per_img = int(detections_per_img)
-        self.backbone = CornerNetBody(tuple(channels), self.num_fg, head_channels)
+        prior = BOX_SIZE_PRIOR * self.input_scale / STRIDE  # cells
+        self.backbone = CornerNetBody(tuple(channels), self.num_fg, head_channels, size_prior=prior)
         self.register_buffer("image_mean", torch.tensor(image_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(-1, 1, 1), persistent=False)
 
