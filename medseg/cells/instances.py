@@ -77,8 +77,8 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
 
 def instances_from_probability(prob: np.ndarray, config: InstanceConfig | None = None) -> np.ndarray:
     """Instance labels (int32, 0 = background) from a (H, W) cell-probability map."""
-    from skimage.morphology import h_maxima, remove_small_holes
-    from skimage.segmentation import expand_labels, watershed
+    from skimage.morphology import remove_small_holes
+    from skimage.segmentation import expand_labels
 
     cfg = config or InstanceConfig()
     if prob.ndim != 2:
@@ -92,12 +92,11 @@ def instances_from_probability(prob: np.ndarray, config: InstanceConfig | None =
     if n == 0 or not fg.any():
         return np.zeros(prob.shape, dtype=np.int32)
     if cfg.watershed:
-        dist = ndimage.distance_transform_edt(fg)
-        markers, _ = ndimage.label(h_maxima(dist, cfg.h) > 0)
-        labels = watershed(-dist, markers, mask=fg).astype(np.int64)
+        convex = _convex_mask(components, cfg.solidity)
+        labels = _split_merged(components, fg & ~convex, cfg.h)
         # convex components are single cells: keep them whole (the watershed would over-split
         # irregular cells); so do components too thin to own an h-maximum
-        whole = fg & ((labels == 0) | _convex_mask(components, cfg.solidity))
+        whole = fg & ((labels == 0) | convex)
         labels = np.where(whole, components + labels.max(), labels)
         labels = _remove_small(labels, cfg.min_size)
     else:
@@ -105,6 +104,34 @@ def instances_from_probability(prob: np.ndarray, config: InstanceConfig | None =
     if cfg.grow > 0:
         labels = _fill_gaps(labels, cfg.grow, expand_labels)
     return _relabel(labels)
+
+
+def _split_merged(components: np.ndarray, candidates: np.ndarray, h: float) -> np.ndarray:
+    """Watershed on the negated distance transform, seeded by its ``h``-maxima, of the candidate
+    (non-convex) components only, each in its own bounding box: the same split as one whole-image
+    pass (components are separated by background), at a fraction of the cost when most cells are
+    convex (whole-image ``h_maxima`` was 0.24 s of a 0.9 s 512^2 image)."""
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    labels = np.zeros(components.shape, dtype=np.int64)
+    if not candidates.any():
+        return labels
+    cand = np.where(candidates, components, 0)
+    next_label = 1
+    for lab, box in enumerate(ndimage.find_objects(cand), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        mask = cand[box] == lab
+        dist = ndimage.distance_transform_edt(mask)
+        markers, n = ndimage.label(h_maxima(dist, h) > 0)
+        if n == 0:
+            continue
+        sub = watershed(-dist, markers, mask=mask)
+        labels[box] = np.where(sub > 0, sub + (next_label - 1), labels[box])
+        next_label += n
+    return labels
 
 
 def _fill_gaps(labels: np.ndarray, grow: int, expand_labels) -> np.ndarray:
