@@ -131,17 +131,18 @@ def _shift_max(x: Tensor, dim: int, forward: bool, steps: int = POOL_STEPS) -> T
     return x
 
 
-def corner_pool(x: Tensor, corner: str) -> tuple[Tensor, Tensor]:
+def corner_pool(x: Tensor, corner: str, steps: int = POOL_STEPS) -> tuple[Tensor, Tensor]:
     """(horizontal, vertical) corner pooling of a map (N, C, H, W).
 
     ``"tl"``: at (i, j) the maximum over columns j' >= j of row i, and over rows i' >= i of column j
-    (what lies right of and below a top-left corner); ``"br"``: j' <= j and i' <= i.
+    (what lies right of and below a top-left corner); ``"br"``: j' <= j and i' <= i. When traced,
+    doubling shifts reach ``2**steps`` cells.
     """
     if corner not in ("tl", "br"):
         raise ValueError(f"corner must be 'tl' or 'br', not {corner!r}")
     if torch.jit.is_tracing():  # OpenVINO's conversion: no cummax there
         forward = corner == "tl"
-        return _shift_max(x, -1, forward), _shift_max(x, -2, forward)
+        return _shift_max(x, -1, forward, steps), _shift_max(x, -2, forward, steps)
     if corner == "tl":
         horizontal = x.flip(-1).cummax(-1).values.flip(-1)
         vertical = x.flip(-2).cummax(-2).values.flip(-2)
@@ -158,6 +159,7 @@ class CornerHead(nn.Module):
     def __init__(self, channels: int, mid: int, num_fg: int, corner: str, size_prior: float = 1.0) -> None:
         super().__init__()
         self.corner = corner
+        self.pool_steps = POOL_STEPS  # an attribute: the OpenVINO cache key hashes it with the weights
         self.branch_h = _conv_bn_relu(channels, mid)
         self.branch_v = _conv_bn_relu(channels, mid)
         self.fuse = _conv_bn_relu(mid, channels, relu=False)
@@ -171,8 +173,8 @@ class CornerHead(nn.Module):
             self.out.bias[num_fg + 3 :] = math.log(size_prior)
 
     def forward(self, x: Tensor) -> Tensor:
-        horizontal, _ = corner_pool(self.branch_h(x), self.corner)
-        _, vertical = corner_pool(self.branch_v(x), self.corner)
+        horizontal, _ = corner_pool(self.branch_h(x), self.corner, self.pool_steps)
+        _, vertical = corner_pool(self.branch_v(x), self.corner, self.pool_steps)
         y = F.relu(self.fuse(horizontal + vertical) + self.skip(x))
         return self.out(self.conv(y))
 
@@ -340,6 +342,8 @@ class CornerNet(nn.Module):
         return batch, originals, sizes
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
+        """Train mode: dict of scalar losses (targets: ``boxes`` xyxy tile px, ``labels`` 1|2 per
+        image); eval mode: per image ``boxes`` (tile px, clipped), ``labels``, ``scores``."""
         if self.training and targets is None:
             raise ValueError("in training mode CornerNet needs targets")
         batch, originals, sizes = self._batch(images)
