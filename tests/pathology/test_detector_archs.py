@@ -90,7 +90,6 @@ def trained(request, dataset):
 def test_loss_falls(trained):
     arch, _cfg, _model, losses = trained
     assert np.isfinite(losses).all(), arch
-    print("LOSSES", arch, losses)
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), (arch, losses)
 
 
@@ -114,7 +113,6 @@ def test_predicts_the_shared_format_in_tile_pixels(trained, dataset):
             assert (boxes[:, 2:] >= boxes[:, :2]).all() and boxes.min() >= 0 and boxes.max() <= imgs.shape[1]
             iou = box_iou(torch.from_numpy(boxes[scores.argmax()][None]), torch.from_numpy(gt).float())
             found += float(iou.max()) > 0.3
-    print("FOUND", arch, found)
     assert found >= 2, (arch, found)
 
 
@@ -185,3 +183,18 @@ def test_cli_arch_without_demo_weights_is_refused(small_slide, tmp_path):
             cli, ["slide-score", str(path), "--out", str(tmp_path / "o"), "--arch", "cornernet"]
         )
         assert res.exit_code == 2 and "slide-train --arch cornernet" in res.stderr
+
+
+@pytest.mark.parametrize("arch", ["light", "maskrcnn", "yolov3", "cornernet"])
+def test_shipped_demo_weights_load_as_their_arch(arch):
+    """Every shipped detector rebuilds from its metadata and loads strictly (a change of an
+    architecture's layers without new demo weights fails here), and says it is not clinical."""
+    from medseg.engine.checkpoint import read_meta
+    from medseg.engine.weights import demo_weights_path
+    from medseg.pathology.detector import DEMO_BY_ARCH
+
+    _skip_missing(arch)
+    path = demo_weights_path(DEMO_BY_ARCH[arch])
+    det = load_detector(path, device="cpu", amp="off", runtime="torch")
+    assert det.config.arch == arch
+    assert "not for clinical use" in read_meta(path).training_data + read_meta(path).notes
