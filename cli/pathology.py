@@ -84,7 +84,7 @@ Examples:
     type=click.Choice(DETECTOR_ARCHS),
     default=None,
     help="Detector architecture: without --weights, its demo weights (light Faster R-CNN, maskrcnn, "
-    "yolov3 ship); with --weights, they must hold it (refused otherwise). Default: what --weights hold.",
+    "yolov3, cornernet ship; not resnet50-fpn); with --weights, they must hold it (refused otherwise). Default: what --weights hold.",
 )
 @click.option(
     "--mpp",
