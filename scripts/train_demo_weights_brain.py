@@ -373,25 +373,28 @@ def evaluate_real(weights: list[Path], data: Path, cache_dir: Path | None) -> di
     return report
 
 
-def ship(weights: Path, data: Path, validation: dict | None) -> Path:
-    """Copy trained weights into the package as the default demo weights, with the data's terms."""
+def ship(weights: Path, data: Path, validation: dict | None, dst: Path = SHIPPED) -> Path:
+    """Copy trained weights into the package (by default as brain-segment's default), with the data's terms."""
     from medseg.engine.checkpoint import load_weights, save_weights
 
     split = recorded_split(data)
     state, meta = load_weights(weights)
+    net = {"twopath": "TwoPathCNN", "input-cascade": "InputCascadeCNN (on the shipped TwoPathCNN)"}.get(
+        meta.config.get("net", {}).get("arch", "twopath"), "network"
+    )
     meta.training_data = real_training_data(split)
     meta.notes = (
-        "Havaei et al. 2017 TwoPathCNN trained on REAL BraTS 2018 cases (" + CITATIONS + "). "
+        f"Havaei et al. 2017 {net} trained on REAL BraTS 2018 cases (" + CITATIONS + "). "
         "Research use, not for clinical use. Labels: Havaei order (0 healthy, 1 necrosis, 2 edema, "
         "3 non-enhancing, 4 enhancing)."
     )
     meta.config = {**meta.config, "split": split}
     if validation is not None:
         meta.metrics = {**meta.metrics, "validation": validation}
-    save_weights(SHIPPED, state, meta)
-    SHIPPED.chmod(0o644)
-    log.info("shipped %s -> %s", weights, SHIPPED)
-    return SHIPPED
+    save_weights(dst, state, meta)
+    dst.chmod(0o644)
+    log.info("shipped %s -> %s", weights, dst)
+    return dst
 
 
 TEST_CASE_DIR = ROOT / "tests" / "data" / "real" / "brats2018_val_crop"
@@ -451,6 +454,12 @@ def main() -> None:
     parser.add_argument("--evaluate-only", type=Path, nargs="+", default=None, metavar="WEIGHTS")
     parser.add_argument("--no-evaluate", action="store_true", help="skip the validation after training")
     parser.add_argument("--ship", type=Path, default=None, metavar="WEIGHTS", help="ship these weights")
+    parser.add_argument(
+        "--ship-to",
+        type=Path,
+        default=None,
+        help="--ship destination (default: brain-segment's default weights)",
+    )
     parser.add_argument("--test-case", default=None, metavar="CASE", help="write the quality test's crop")
     parser.add_argument("--synthetic-out", type=Path, default=None, help="train the synthetic demo weights")
     parser.add_argument("--threads", type=int, default=1)
@@ -476,7 +485,12 @@ def main() -> None:
                 (v for k, v in validation["weights"].items() if Path(k).resolve() == args.ship.resolve()),
                 None,
             )
-            ship(args.ship, args.data, summary and {k: v["mean"] for k, v in summary["variants"].items()})
+            ship(
+                args.ship,
+                args.data,
+                summary and {k: v["mean"] for k, v in summary["variants"].items()},
+                args.ship_to or SHIPPED,
+            )
             return
         # after training: the final (phase-2) weights and phase 1's, so the validation shows what phase 2 did
         weights = args.evaluate_only or [
