@@ -162,3 +162,23 @@ def test_slide_score_arch_yolov3_uses_its_demo_weights(small_slide, tmp_path):
     assert json.loads((out / path.stem / "detections.geojson").read_text())["features"]
     overall = evaluate_results(out, [ann]).summary["overall"]
     assert overall["f1_mean"] > 0.75, overall
+
+
+@pytest.mark.slow
+def test_init_weights_keep_their_anchors(dataset, tmp_path):
+    """Fine-tuning a YOLOv3 keeps the anchors its heads were trained for (no new k-means)."""
+    from medseg.engine.checkpoint import read_meta
+    from medseg.engine.weights import demo_weights_path
+    from medseg.pathology.train import DetectorTrainConfig, train_detector
+    from medseg.pathology.yolo import DEMO_WEIGHTS
+
+    demo = demo_weights_path(DEMO_WEIGHTS)
+    cfg = DetectorTrainConfig(
+        epochs=1, device="cpu", val_fraction=0.2, detector=yolov3_config(), init_weights=str(demo)
+    )
+    train_detector(dataset, tmp_path / "ft", cfg)
+    saved = read_meta(tmp_path / "ft" / "best.safetensors").config["anchors"]
+    assert saved == read_meta(demo).config["anchors"]
+    assert [tuple(a) for a in saved] != list(
+        anchors_from_records([], 0.5) or default_anchors(yolov3_config())
+    )
