@@ -4,6 +4,8 @@ connections, up-convolutions and head rewired; pruned weights save, load through
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -138,8 +140,6 @@ def test_cli_lists_slim_and_refuses_in_words(tmp_path):
 
 def test_cells_train_slim_prune_finetune_end_to_end(tmp_path):
     """cells-train --slim --prune-ratio: sparse run, pruned weights, fine-tuned pruned net in OUT/best."""
-    import json
-
     out = tmp_path / "slim"
     args = ["--synthetic", "2", "--init", "scratch", "--base-channels", "4", "--batch-norm", "--epochs", "1"]
     args += ["--steps", "1", "--tile", "100", "--batch-size", "2", "--out", str(out), "--quiet"]
@@ -154,3 +154,18 @@ def test_cells_train_slim_prune_finetune_end_to_end(tmp_path):
     assert sum(p.numel() for p in model.parameters()) == summary["params_after"]
     res = CliRunner().invoke(cli, ["cells-train", *args, "--slim", "1e-3", "--prune-ratio", "0.5"])
     assert res.exit_code != 0 and "--resume" in res.output  # a finished run is not overwritten silently
+
+
+def test_shipped_slimmed_demo_weights_load_with_widths_and_say_what_they_are():
+    from medseg.engine.weights import demo_weights_path
+
+    model, config, meta = load_model(demo_weights_path("cells/demo_unet2015_slim70.safetensors"))
+    assert config.widths is not None and sum(config.widths) == round(0.3 * 736)  # 70 % of 736 channels pruned
+    assert sum(p.numel() for p in model.parameters()) < 50_000
+    notes = json.loads(meta.notes)
+    assert len(notes["validation_ids"]) == 60 and notes["network_slimming"]["prune_ratio"] == 0.7
+    slimmed = notes["network_slimming"]["validation"]
+    assert slimmed["pruned"]["ap50"] >= slimmed["full"]["ap50"] - 0.01  # shipped only within 0.01
+    assert "REAL" in meta.training_data and "not for clinical use" in meta.training_data
+    size = unet2015_valid_input(60, 4)
+    assert model(torch.zeros(1, 1, size, size)).shape[1] == 2
