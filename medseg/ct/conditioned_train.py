@@ -250,10 +250,11 @@ def _meta(net_cfg: ConditionedNetConfig, cfg: ConditionedTrainConfig, reals, ext
         model=MODEL_NAME,
         task="any kernel -> any kernel (conditioned on measured sharpness)",
         config=net_cfg.to_dict(),
-        training_data=(
-            f"SYNTHETIC chest phantoms over a continuum of kernels ({cfg.synthetic_exams} exams, "
-            f"medseg.synthetic.ct_phantom) + real pairs: {real or 'none'}"
-            f"{'; held out: ' + cfg.holdout if cfg.holdout else ''}; demo weights, NOT FOR CLINICAL USE"
+        training_data=(  # "REAL" first where real pairs were used: the demo warning says so
+            (f"REAL pairs: {real} + " if real else "")
+            + f"SYNTHETIC chest phantoms over a continuum of kernels ({cfg.synthetic_exams} exams, "
+            f"medseg.synthetic.ct_phantom){'; held out: ' + cfg.holdout if cfg.holdout else ''}; "
+            "demo weights, NOT FOR CLINICAL USE"
         ),
         normalisation={"hu_mean": net_cfg.hu_mean, "hu_scale": net_cfg.hu_scale, "input": "raw HU"},
         metrics=extra,
