@@ -207,12 +207,133 @@ def ship(src: Path, dst: Path, results: dict[str, Any], tag: str, slim: float) -
     log.info("wrote %s", dst)
 
 
+BRAIN_SHIPPED = REPO / "medseg" / "weights" / "brain" / "brain_twopath_brats2018.safetensors"
+
+
+def brain_with_batch_norm(src: Path, dst: Path, cases: list[Any], *, seed: int = 0) -> None:
+    """``src`` (a TwoPathCNN without batch norm) with a batch norm after each maxout layer that changes
+    nothing: its statistics are the features' mean and variance on 1024 class-balanced training
+    patches, and ``gamma = std``, ``beta = mean`` (eval mode: identity; train mode: about identity).
+    Slimming can then start from the shipped real-data weights instead of from scratch."""
+    import torch
+
+    from medseg.brain.models import BrainNetConfig, build_model
+    from medseg.brain.sampling import sample_batch
+    from medseg.engine.checkpoint import load_weights, save_weights
+
+    state, meta = load_weights(src)
+    cfg = replace(BrainNetConfig.from_dict(meta.config["net"]), batch_norm=True)
+    model = build_model(config=cfg)
+    missing = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False).missing_keys
+    assert all(".bn." in k for k in missing), missing
+    x, _, _ = sample_batch(cases, 1024, np.random.default_rng(seed), balanced=True, probs_size=None)
+    feats: dict[str, torch.Tensor] = {}
+    layers = {"local1": model.local1, "local2": model.local2, "global1": model.global1}
+    for layer in layers.values():
+        layer.bn.eval()  # identity while measuring (running stats 0/1, gamma 1, beta 0)
+    hooks = [
+        m.bn.register_forward_hook(lambda _m, i, _o, n=n: feats.__setitem__(n, i[0].detach()))
+        for n, m in layers.items()
+    ]
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    with torch.no_grad():
+        for name, layer in layers.items():
+            f = feats[name]
+            mean, var = f.mean(dim=(0, 2, 3)), f.var(dim=(0, 2, 3), unbiased=False)
+            layer.bn.running_mean.copy_(mean)
+            layer.bn.running_var.copy_(var)
+            layer.bn.weight.copy_(torch.sqrt(var + layer.bn.eps))
+            layer.bn.bias.copy_(mean)
+    meta = replace(meta, config={**meta.config, "net": cfg.to_dict()})
+    save_weights(dst, model.state_dict(), meta)
+
+
+def brain_main(args: argparse.Namespace) -> None:
+    """Slim the shipped real-data TwoPathCNN and score it on the 3 real validation cases."""
+    import importlib.util
+
+    from medseg.brain.models import BrainNetConfig
+    from medseg.brain.preprocess import PreprocessConfig
+    from medseg.brain.train import BrainTrainConfig, PhaseConfig, train
+    from medseg.brain.train_cases import load_training_cases
+    from medseg.engine.checkpoint import read_meta
+
+    spec = importlib.util.spec_from_file_location("tdwb", REPO / "scripts" / "train_demo_weights_brain.py")
+    tdwb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tdwb)
+    split = json.loads((REPO / "medseg" / "weights" / "brain" / "brats2018_split.json").read_text())
+    run = args.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    results_path = run / "results.json"
+    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    meta = read_meta(BRAIN_SHIPPED)
+    prep = PreprocessConfig.from_dict(meta.config["preprocess"])
+    train_dirs = [args.brain_data / n for n in split["train"]]
+    val_dirs = [args.brain_data / n for n in split["validation"]]
+    init = run / "shipped_bn.safetensors"
+    t0 = cpu_seconds()
+    if not init.is_file():
+        cases = load_training_cases(train_dirs, labels="brats2021", prep=prep, cache_dir=args.brain_cache)
+        brain_with_batch_norm(BRAIN_SHIPPED, init, cases)
+    final = run / "slim" / "best.safetensors"
+    if not final.is_file():
+        net = replace(BrainNetConfig.from_dict(meta.config["net"]), batch_norm=True)
+        cfg = BrainTrainConfig(
+            net=net,
+            preprocess=prep,
+            phase1=PhaseConfig(epochs=args.brain_epochs, steps_per_epoch=20, lr=0.002, lr_halving_epochs=8),
+            phase2=PhaseConfig(epochs=1, steps_per_epoch=20, lr=0.001),
+            val_patches=1000,
+            slim=args.brain_slim,
+            prune_ratio=args.brain_ratio if args.brain_ratio > 0 else None,
+            finetune_epochs=args.brain_epochs,
+            init_weights=str(init),
+            training_data="BraTS 2018, the 9 training cases of the recorded split (slimming run)",
+        )
+        result = train(
+            train_dirs,
+            run / "slim",
+            cfg,
+            val_case_dirs=val_dirs,
+            device="cpu",
+            cache_dir=args.brain_cache,
+            overwrite=True,
+        )
+        results["slim"] = result.extra.get("slim")
+    results["train_cpu_s"] = round(results.get("train_cpu_s", 0.0) + cpu_seconds() - t0, 1)
+    t0 = cpu_seconds()
+    report = tdwb.evaluate_real([BRAIN_SHIPPED, final], args.brain_data, args.brain_cache)
+    results["eval_cpu_s"] = round(cpu_seconds() - t0, 1)
+    for w, out in report["weights"].items():
+        variant = out["variants"].get("components+fill") or out["variants"]["none"]
+        mean = variant["mean"]
+        results[Path(w).parent.name + "/" + Path(w).name] = {
+            "dice": [mean["dice_WT"], mean["dice_TC"], mean["dice_ET"]],
+            "hd95": [mean["hd95_WT"], mean["hd95_TC"], mean["hd95_ET"]],
+            "inference_s_per_case": out["inference_s_per_case"],
+        }
+    results_path.write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(results, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, required=True, help="the nuclei_dsb2018_stage1 folder")
+    parser.add_argument("--data", type=Path, default=None, help="the nuclei_dsb2018_stage1 folder")
     parser.add_argument("--run-dir", type=Path, default=Path("/tmp/slim_cells"))
+    parser.add_argument(
+        "--brain-data", type=Path, default=None, help="brain_brats2018: slim the brain net instead"
+    )
+    parser.add_argument("--brain-cache", type=Path, default=REPO.parent / "brain_runs" / "cache")
+    parser.add_argument("--brain-slim", type=float, default=1e-2)
+    parser.add_argument("--brain-ratio", type=float, default=0.5)
+    parser.add_argument(
+        "--brain-epochs", type=int, default=3, help="sparsity and fine-tune epochs (20 steps)"
+    )
     parser.add_argument("--init", type=Path, default=DEMO, help="weights to slim (default: the demo weights)")
     parser.add_argument("--slim", type=float, default=1e-3, help="L1 penalty lambda on the BN scales")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
@@ -234,6 +355,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    if args.brain_data is not None:
+        brain_main(args)
+        return
+    if args.data is None:
+        parser.error("give --data (cells) or --brain-data")
     from medseg.cells.model import prune_weights
 
     split = json.loads(SPLIT.read_text())

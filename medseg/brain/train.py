@@ -85,6 +85,7 @@ class BrainTrainConfig:
     slim: float = 0.0  # network slimming: L1 on the batch-norm scales in phase 1 (needs net.batch_norm)
     prune_ratio: float | None = None  # then prune this share of the maxout features (twopath) ...
     finetune_epochs: int = 3  # ... and fine-tune the pruned net (phase-1 patches) before phase 2
+    init_weights: str | None = None  # phase 1 starts from these weights (same network), not at random
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,7 +164,8 @@ def plan_stages(out_dir: Path, cfg: BrainTrainConfig, first_weights: Path | None
         first = out_dir / "first/phase2/best.safetensors"
     if cfg.net.arch == "twopath":
         first = None
-    stages.append(Stage("phase1", cfg.net, 1, first=first, slim=cfg.slim))
+    init = Path(cfg.init_weights) if cfg.init_weights else None
+    stages.append(Stage("phase1", cfg.net, 1, init=init, first=first, slim=cfg.slim))
     tuned = out_dir / "phase1/best.safetensors"
     if cfg.prune_ratio is not None:  # network slimming: prune phase 1's best, fine-tune, then phase 2
         stages.append(Stage(FINETUNE, cfg.net, 1, init=tuned, prune=cfg.prune_ratio))
@@ -465,7 +467,7 @@ def train(
     t_start = time.perf_counter()
     check_slimming(cfg)
     stages = plan_stages(out_dir, cfg, Path(first_weights) if first_weights else None)
-    check_apart(out_dir, [*case_dirs, *(val_case_dirs or []), first_weights])  # never write a case
+    check_apart(out_dir, [*case_dirs, *(val_case_dirs or []), first_weights, cfg.init_weights])
     _preflight(out_dir, stages, resume=resume, overwrite=overwrite)
     if first_weights is not None and (kind := read_meta(first_weights).model) != MODEL_PREFIX + "twopath":
         raise ModelError(

@@ -121,3 +121,16 @@ def test_cli_lists_slim_and_refuses(tmp_path):
     res = run("--batch-norm", "--prune-ratio", "1")
     assert res.exit_code == 2 and "--prune-ratio" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_plan_stages_slimming_and_init_weights(tmp_path):
+    from medseg.brain.train import plan_stages
+
+    stages = plan_stages(tmp_path, _cfg(slim=1e-3, prune_ratio=0.5, init_weights="w.safetensors"), None)
+    assert [(s.name, s.slim, s.prune) for s in stages] == [
+        ("phase1", 1e-3, None),
+        ("pruned-finetune", 0.0, 0.5),
+        ("phase2", 0.0, None),
+    ]
+    assert str(stages[0].init) == "w.safetensors"
+    assert stages[2].init == tmp_path / "pruned-finetune" / "best.safetensors"
