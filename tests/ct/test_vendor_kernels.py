@@ -178,14 +178,15 @@ def test_real_philips_ya_to_ub_end_to_end(philips_models, tmp_path):
 
 @pytest.mark.skipif(not (PHILIPS / "UB").is_dir(), reason="tests/data/real/ct_philips missing")
 def test_from_ub_is_no_unknown_kernel(philips_models, tmp_path):
-    """`--from UB` is a kernel; without weights for UB->YA it says so (exit 4), listing what exists."""
+    """`--from UB` is a kernel; without weights for UB->YB (and YB not in the sharpness table of the
+    conditioned converter, which UB->YA now falls back to) it says so (exit 4), listing what exists."""
     r = run_cli(
-        "ct-convert", PHILIPS / "UB", "--from", "UB", "--to", "YA", "--models-dir", philips_models,
+        "ct-convert", PHILIPS / "UB", "--from", "UB", "--to", "YB", "--models-dir", philips_models,
         "--out", tmp_path / "ya", "--device", "cpu", "-q",
     )  # fmt: skip
     assert r.exit_code == 4, r.output
     assert "unknown kernel" not in r.output
-    assert "no weights for UB->YA" in r.output and "Philips: YA->UB" in r.output
+    assert "no weights for UB->YB" in r.output and "Philips: YA->UB" in r.output
     assert not (tmp_path / "ya").exists()
 
 
