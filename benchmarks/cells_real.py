@@ -141,10 +141,10 @@ def held_out_ids(n: int = 20) -> list[str]:
 TUNE_GRID: dict[str, dict[str, tuple[float, ...]]] = {
     "borders": {"threshold": (0.4, 0.5, 0.6, 0.7), "min_size": (10, 20, 40)},
     # min size 40 px as chosen for borders (the decoders are slow on a shared CPU: a small grid)
-    "3class": {"mask_threshold": (0.4, 0.5, 0.6), "seed_threshold": (0.3, 0.5, 0.7), "min_size": (40,)},
+    "3class": {"mask_threshold": (0.4, 0.5, 0.6), "interior_threshold": (0.3, 0.5, 0.7), "min_size": (40,)},
     "dist": {
         "mask_threshold": (0.4, 0.5, 0.6),
-        "seed_threshold": (0.2, 0.4),
+        "seed_threshold": (0.2, 0.4, 0.5),
         "seed_h": (0.05, 0.1, 0.2),
         "min_size": (40,),
     },

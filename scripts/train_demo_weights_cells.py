@@ -112,7 +112,9 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def load_samples(root: Path, ids: list[str], *, local: bool, kind: str = "borders") -> list[Any]:
+def load_samples(
+    root: Path, ids: list[str], *, local: bool, kind: str = "borders", max_class_weight: float = 10.0
+) -> list[Any]:
     """Prepared samples (normalised nuclear plane, target for ``kind``, weights), compact dtypes."""
     from medseg.cells.dataset import load_pair
     from medseg.cells.train import prepare_sample
@@ -121,7 +123,7 @@ def load_samples(root: Path, ids: list[str], *, local: bool, kind: str = "border
     out = []
     for i in ids:
         image, labels = load_pair(root / "images" / f"{i}.png", root / "masks" / f"{i}.tif", local=local)
-        out.append(prepare_sample(image, labels, WeightMapConfig(), kind))
+        out.append(prepare_sample(image, labels, WeightMapConfig(), kind, max_class_weight))
     return out
 
 
@@ -206,8 +208,8 @@ def write_weights(src: Path, dst: Path, split: dict[str, Any], extra: dict[str, 
     meta.notes = json.dumps(notes)
     meta.training_data = (
         f"REAL: {DATASET}; trained on the {len(split['train'])}-image training split (seed {split['seed']}), "
-        f"never on the {len(split['validation'])} validation ids listed in notes; fine-tuned from the "
-        f"synthetic-data demo weights. {USE}."
+        f"never on the {len(split['validation'])} validation ids listed in notes; fine-tuned from "
+        f"--init {notes.get('init', 'demo')} (the earlier demo weights). {USE}."
     )
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_weights(dst, {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, meta)
@@ -246,8 +248,15 @@ def main() -> None:
     parser.add_argument(
         "--target",
         choices=("borders", "3class", "dist"),
-        default="borders",
-        help="instance target (medseg.cells.targets): border-weighted 2-class, interior/boundary, or distance",
+        default=None,
+        help="instance target (medseg.cells.targets): border-weighted 2-class, interior/boundary, or "
+        "distance (default: the --init weights' kind)",
+    )
+    parser.add_argument(
+        "--max-class-weight",
+        type=float,
+        default=10.0,
+        help="3class: cap of the class balancing (the shipped weights: 10; 1 = plain CE)",
     )
     parser.add_argument("--weights-out", type=Path, default=None, help="write the best epoch here (float16)")
     parser.add_argument("--split-only", action="store_true", help="write the split file and stop")
@@ -258,7 +267,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from medseg.cells.model import CellModelConfig
-    from medseg.cells.train import CellsTrainConfig, resolve_init, with_target_head
+    from medseg.cells.train import CellsTrainConfig, resolve_init, resolve_target, with_target_head
     from medseg.engine.trainer import fit
 
     split = load_or_make_split(args.data)
@@ -275,11 +284,17 @@ def main() -> None:
         train_ids = list(split["train"])
         held = sorted(rng.choice(train_ids, size=args.internal_val, replace=False).tolist())
         train_ids = [i for i in train_ids if i not in set(held)]
+        scratch = CellModelConfig(arch="unet2015", base_channels=8, batch_norm=True, dropout=0.1)
+        model, init = resolve_init(args.init, scratch if args.init == "scratch" else None)
+        target = args.target = resolve_target(args.target, init)
+        model = with_target_head(model, target)
         t0 = time.perf_counter()
         local = args.normalisation == "local"
         train, val = (
-            load_samples(args.data, train_ids, local=local, kind=args.target),
-            load_samples(args.data, held, local=local, kind=args.target),
+            load_samples(
+                args.data, train_ids, local=local, kind=target, max_class_weight=args.max_class_weight
+            ),
+            load_samples(args.data, held, local=local, kind=target, max_class_weight=args.max_class_weight),
         )
         log.info(
             "prepared %d training + %d held-out images in %.0f s",
@@ -287,9 +302,6 @@ def main() -> None:
             len(val),
             time.perf_counter() - t0,
         )
-        scratch = CellModelConfig(arch="unet2015", base_channels=8, batch_norm=True, dropout=0.1)
-        model, init = resolve_init(args.init, scratch if args.init == "scratch" else None)
-        model = with_target_head(model, args.target)
         diameters = [d for d in (_diameter(s.labels) for s in train) if d]
         for s in train:  # instance labels are only needed for validation: free the memory
             s.labels = np.zeros((1, 1), np.int32)
@@ -309,6 +321,7 @@ def main() -> None:
             training_data="DSB 2018 stage 1 training split",
             local_contrast=local,
             instance_target=args.target,
+            max_class_weight=args.max_class_weight,
         )
         task = make_task(config, train, val, args.max_minutes * 60)
         start = cpu_seconds()
@@ -336,7 +349,8 @@ def main() -> None:
             {
                 "train_cpu_seconds": round(float(ledger["cpu_s"]), 1),
                 "threads": args.threads,
-                "instance_target": args.target,
+                **({"instance_target": args.target} if args.target else {}),
+                "init": args.init,
             },
         )
 

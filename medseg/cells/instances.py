@@ -13,7 +13,7 @@
 
 Nets trained for the ``3class`` or ``dist`` targets (``medseg.cells.targets``) are decoded by
 :func:`instances_from_maps`: the cell mask is ``mask_threshold`` on the cell probability, seeds are
-interior components (3class, interior probability above ``seed_threshold``) or h-maxima of the
+interior components (3class, interior probability above ``interior_threshold``) or h-maxima of the
 predicted distance (dist, ``seed_h`` deep and above ``seed_threshold``), and a seeded watershed fills
 the mask; mask components without a seed stay whole; then holes and small objects as above.
 """
@@ -37,7 +37,8 @@ class InstanceConfig:
     max_hole: int = 12  # px; holes up to this area inside a cell are filled (0 = off)
     # 3class / dist nets only (``instances_from_maps``)
     mask_threshold: float = 0.5  # cell probability (3class: interior + boundary) above which = cell
-    seed_threshold: float = 0.5  # 3class: interior probability of seeds; dist: least seed distance
+    interior_threshold: float = 0.7  # 3class: interior probability of seeds (held-out tuned)
+    seed_threshold: float = 0.5  # dist: least predicted distance (0..1) of a seed (held-out tuned)
     seed_h: float = 0.1  # dist: depth of predicted-distance maxima (0..1 scale) that seed a cell
 
 
@@ -158,7 +159,7 @@ def instances_from_maps(maps: np.ndarray, kind: str, config: InstanceConfig | No
         return instances_from_probability(maps[1], cfg)
     if kind == THREE_CLASS:
         interior = maps[1]
-        seeds, _ = ndimage.label(interior > cfg.seed_threshold)
+        seeds, _ = ndimage.label(interior > cfg.interior_threshold)
         seeds = _remove_small(seeds, max(cfg.min_size // 4, 1)) > 0  # specks of interior would split a cell
         return _seeded(interior, maps[1] + maps[2], seeds, cfg)
     dist = np.where(maps[1] > cfg.mask_threshold, maps[2], 0).astype(np.float32)

@@ -7,7 +7,8 @@ Touching nuclei are where instance AP is lost, so the same backbone can learn on
   trained with the 2015 border weight map (``medseg.cells.weights``); instances by thresholding and
   a solidity-gated watershed (``instances_from_probability``).
 * ``3class`` (3 channels, softmax): background / cell interior / cell boundary (every instance's
-  inner contour, so a touching pair is split by a 2 px boundary band), class-balanced cross-entropy;
+  inner contour, so a touching pair is split by a 2 px boundary band), cross-entropy (optionally
+  class-balanced: ``MAX_CLASS_WEIGHT``);
   instances = interior components grown by a watershed into the cell mask (interior + boundary).
 * ``dist`` (2 softmax channels + 1 sigmoid regression channel): background / cell, plus each
   instance's distance transform normalised to 0..1 (1 at its centre, falling to 0 at its border,
@@ -28,7 +29,10 @@ from medseg.cells.weights import WeightMapConfig, border_weight_map, class_weigh
 
 BORDERS, THREE_CLASS, DIST = "borders", "3class", "dist"
 TARGETS = (BORDERS, THREE_CLASS, DIST)
-MAX_CLASS_WEIGHT = 10.0  # class balancing of the 3-class target: rare boundary pixels, but bounded
+# class balancing of the 3-class target (cap of N / (3 N_class)); 1 = plain CE. The shipped weights were
+# trained with 10 on the 520 DSB images; fine-tuned with it on 60 nuclei, outlines grew (boundary
+# predicted outside the cells) and AP fell, so fine-tuning defaults to plain CE (docs/cells.md)
+MAX_CLASS_WEIGHT = 1.0
 DIST_WEIGHT = 1.0  # lambda of the L1 distance term (the CE of a trained net is about 0.1-0.2)
 
 
@@ -109,7 +113,10 @@ def normalised_distance(labels: np.ndarray) -> np.ndarray:
 
 
 def make_targets(
-    labels: np.ndarray, kind: str, weight_map: WeightMapConfig | None = None
+    labels: np.ndarray,
+    kind: str,
+    weight_map: WeightMapConfig | None = None,
+    max_class_weight: float = MAX_CLASS_WEIGHT,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(class target uint8, pixel weights float32, extra regression target or None) for ``kind``."""
     kind = check_target(kind)
@@ -118,7 +125,7 @@ def make_targets(
         return (separated > 0).astype(np.uint8), border_weight_map(separated, weight_map), None
     if kind == THREE_CLASS:
         target = three_class_target(labels)
-        return target, balanced_weights(target, 3), None
+        return target, balanced_weights(target, 3, max_class_weight), None
     fg = (np.asarray(labels) > 0).astype(np.uint8)
     return fg, class_weights(labels), normalised_distance(labels)
 

@@ -44,6 +44,7 @@ from medseg.cells.model import (
 from medseg.cells.targets import (
     BORDERS,
     DIST_WEIGHT,
+    MAX_CLASS_WEIGHT,
     adapt_head,
     check_target,
     instance_loss,
@@ -97,8 +98,11 @@ class CellsTrainConfig:
     scale_range: tuple[float, float] = (1.0, 1.0)  # scale jitter of training patches (log-uniform)
     noise: float = 0.0  # blur / Gaussian-noise jitter of training patches (noise SD up to this)
     local_contrast: bool = True  # the pairs were normalised with the local contrast step (recorded)
-    instance_target: str = BORDERS  # borders | 3class | dist (medseg.cells.targets), recorded
+    # borders | 3class | dist (medseg.cells.targets), recorded in the weights; None: the kind of the
+    # starting weights (init_weights), else borders
+    instance_target: str | None = None
     dist_weight: float = DIST_WEIGHT  # dist target: lambda of the L1 distance term
+    max_class_weight: float = MAX_CLASS_WEIGHT  # 3class: cap of the class balancing (1 = plain CE)
     slim: float = 0.0  # network slimming (medseg.engine.slim): L1 on batch-norm scales, then pruning:
     prune_ratio: float | None = None  # share of the channels pruned after training (None: no pruning)
     finetune_epochs: int = 5  # epochs of fine-tuning the pruned net
@@ -122,12 +126,16 @@ class Sample:
 
 
 def prepare_sample(
-    image: np.ndarray, labels: np.ndarray, config: WeightMapConfig, kind: str = BORDERS
+    image: np.ndarray,
+    labels: np.ndarray,
+    config: WeightMapConfig,
+    kind: str = BORDERS,
+    max_class_weight: float = MAX_CLASS_WEIGHT,
 ) -> Sample:
     """Precompute target and weight map once per image (as in the paper), for the target ``kind``."""
     if image.shape != labels.shape:
         raise InputError(f"mask size {labels.shape} differs from image size {image.shape}")
-    target, weight, extra = make_targets(labels, kind, config)
+    target, weight, extra = make_targets(labels, kind, config, max_class_weight)
     return Sample(
         image.astype(np.float32),
         target,
@@ -237,7 +245,7 @@ def make_meta(config: CellsTrainConfig, metrics: dict[str, Any]) -> CheckpointMe
     return CheckpointMeta(
         model=MODEL_NAME,
         task=TASK,
-        config={**config.model.to_dict(), "instance_target": check_target(config.instance_target)},
+        config={**config.model.to_dict(), "instance_target": check_target(config.instance_target or BORDERS)},
         training_data=config.training_data or "user-supplied image/mask pairs",
         normalisation=NORMALISATION
         if config.local_contrast
@@ -357,6 +365,18 @@ def resolve_init(init: str, model: ModelConfig | None) -> tuple[ModelConfig, str
     return model, str(path)
 
 
+def resolve_target(kind: str | None, init_weights: str | Path | None) -> str:
+    """The instance target to train: the one asked for, else the starting weights' (fine-tuning the
+    demo weights keeps their kind), else borders."""
+    if kind is not None:
+        return check_target(kind)
+    if init_weights:
+        from medseg.engine.checkpoint import read_meta
+
+        return target_of(read_meta(init_weights).config)
+    return BORDERS
+
+
 def with_target_head(model: ModelConfig, kind: str) -> ModelConfig:
     """``model`` with as many output channels as the target ``kind`` needs (U-Nets; archs unchanged)."""
     import dataclasses
@@ -393,6 +413,7 @@ class CellsTrainTask:
         if not train:
             raise InputError("no usable image/mask pairs to train on")
         self.config, self.train, self.val = config, train, val
+        config.instance_target = resolve_target(config.instance_target, config.init_weights)
         self.has_validation = bool(val)
         self.data = data or {}
         self.probabilities: np.ndarray | None = None  # patch sampling per image (None: uniform)
@@ -519,9 +540,10 @@ def train_pairs(
     """
     if not pairs:
         raise InputError("no usable image/mask pairs to train on")
-    kind = check_target(config.instance_target)
+    kind = config.instance_target = resolve_target(config.instance_target, config.init_weights)
     config.model = with_target_head(config.model, kind)
-    samples = [prepare_sample(i, m, config.weight_map, kind) for i, m in pairs]
+    cap = config.max_class_weight
+    samples = [prepare_sample(i, m, config.weight_map, kind, cap) for i, m in pairs]
     if config.diameter is None:
         from medseg.cells.segment import median_diameter
 
@@ -530,7 +552,7 @@ def train_pairs(
     if val_pairs is None:
         train, val = split_validation(samples, config.val_fraction, np.random.default_rng([config.seed, 7]))
     else:
-        train, val = samples, [prepare_sample(i, m, config.weight_map, kind) for i, m in val_pairs]
+        train, val = samples, [prepare_sample(i, m, config.weight_map, kind, cap) for i, m in val_pairs]
     task = CellsTrainTask(config, train, val, data)
     log.info(
         "training %s (width %d) on %d image(s), %d held out for validation; tile %d -> %d",
