@@ -63,8 +63,10 @@ def test_diameter_rescales_and_maps_back(big_cells, tmp_path):
     # with the synthetic-data weights (before issue 18): no rescaling 0.20 (cells twice the training size
     # fell apart), --diameter 0.69, auto 0.60. The DSB 2018 weights were trained with scale jitter
     # 0.6-1.6 on nuclei of many sizes: no rescaling 0.94 here, --diameter 46 0.79 (it shrinks these
-    # cells to the training median of 17.5 px). Rescaling must still work, not necessarily help.
-    assert scores["px"] >= 0.6 and scores["auto"] >= 0.5 and scores["none"] >= 0.8
+    # cells to the training median of 17.5 px). Rescaling must still work, not necessarily help. The
+    # shipped 3class weights (instance method chosen on the real validation split): no rescaling 0.70
+    # (interior seeds split some of these twice-the-training-size cells), --diameter 46 and auto 0.93.
+    assert scores["px"] >= 0.6 and scores["auto"] >= 0.5 and scores["none"] >= 0.65
 
 
 def test_bad_diameter_is_a_usage_error(big_cells, tmp_path):

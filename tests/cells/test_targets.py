@@ -62,7 +62,9 @@ def test_make_targets_shapes_and_kinds():
     t, w, e = make_targets(labels, "borders")
     assert e is None and t[15, 21] == 0 and t[15, 10] == 1  # touching line removed
     t, w, e = make_targets(labels, "3class")
-    assert e is None and w[t == 2].min() > w[t == 0].max()  # rare boundary pixels weigh more
+    assert e is None and (w == 1).all()  # plain CE by default (fine-tuning)
+    t, w, e = make_targets(labels, "3class", max_class_weight=10)
+    assert w[t == 2].min() > w[t == 0].max()  # balanced: rare boundary pixels weigh more
     t, w, e = make_targets(labels, "dist")
     assert e is not None and t[15, 21] == 1 and e.dtype == np.float32
     with pytest.raises(ValueError):
