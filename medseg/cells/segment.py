@@ -574,7 +574,10 @@ def segment_images(
         result.outputs["report"] = str(out_dir / REPORT)
         segmentation_report(result, thumbs, areas).write_html(out_dir / REPORT)
     if segmenter.is_demo:
-        result.warnings.append("demo weights (trained on synthetic images only): not for clinical use")
+        result.warnings.append(
+            "demo weights (trained on public real data, DSB 2018 stage 1; see their metadata): "
+            "research use, not for clinical use"
+        )
     write_text(out_dir / SUMMARY, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
 
