@@ -37,6 +37,7 @@ Examples:
   medseg cells-train --images train/img --masks train/mask --out run1/ --epochs 30
   medseg cells-train --synthetic 24 --out demo_run/ --base-channels 8 --batch-norm --max-minutes 10
   medseg cells-train --images train/img --masks train/mask --out run1/ --epochs 30 --resume
+  medseg cells-train --images train/img --masks train/mask --out run3/ --target dist   # instance target
 
 \b
 Masks are instance labels or binary masks (split into connected components), matched to
@@ -273,6 +274,14 @@ def cells_segment(
 @_channel_option
 @_stain_option
 @click.option(
+    "--target",
+    "instance_target",
+    type=click.Choice(["borders", "3class", "dist"]),
+    default=None,
+    help="Instance target: borders (2015 weight map), 3class (background/interior/boundary; the demo "
+    "weights') or dist (cell + distance to the border). Default: the starting weights' kind, else borders.",
+)
+@click.option(
     "--slim",
     type=FiniteFloatRange(0),
     default=0.0,
@@ -317,6 +326,7 @@ def cells_train(
     val_fraction,
     channel,
     stain,
+    instance_target,
     slim,
     prune_ratio,
     finetune_epochs,
@@ -374,6 +384,7 @@ def cells_train(
         stain=stain,
         channel=channel,
         init_weights=init_weights,
+        instance_target=instance_target,
         slim=slim,
         prune_ratio=prune_ratio,
         finetune_epochs=finetune_epochs,

@@ -23,7 +23,7 @@ def segmentation_report(
     plt = pyplot()
     s = result.summary
     notice = (
-        "Demo weights trained on synthetic images only - not for clinical use."
+        "Demo weights (see their training data in the summary) - research use, not for clinical use."
         if s["demo_weights"]
         else f"Weights: {s['weights']} ({s.get('training_data') or 'no training description'})"
     )

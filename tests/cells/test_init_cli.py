@@ -71,3 +71,20 @@ def test_resolve_init_library():
     assert path is None and model.base_channels == 16
     model, path = resolve_init("scratch", None)
     assert path is None and model == CellModelConfig()  # --init scratch: the CLI's default net
+
+
+def test_target_option_sets_the_recorded_instance_target(tmp_path, folders):
+    """--target fine-tunes the demo weights (3class) into another instance target; the weights record it."""
+    target = "dist"
+    res = train(tmp_path, folders, target, "--target", target)
+    assert res.exit_code == 0, res.output
+    meta = read_meta(tmp_path / target / "last.safetensors")
+    assert meta.config["instance_target"] == target
+    assert read_meta(demo_weights_path(DEMO_WEIGHTS)).config["instance_target"] == "3class"
+
+
+def test_target_option_refuses_an_unknown_kind_and_a_head_it_cannot_adapt(tmp_path, folders):
+    res = train(tmp_path, folders, "bad_target", "--target", "stars")
+    assert res.exit_code == 2 and "--target" in res.output
+    res = train(tmp_path, folders, "back", "--target", "borders")  # a 3class head has no borders form
+    assert res.exit_code == 2 and "cannot adapt a 3class head to the borders target" in res.output
