@@ -85,7 +85,7 @@ any case). Modalities must share one grid unless --resample / --resample-to.
     "--out", "out", required=True, type=click.Path(), help="Output file (.nii.gz, one case) or folder."
 )
 @weights_option(
-    "Weights (.safetensors) made by brain-train; default: the demo TwoPathCNN trained on 9 real BraTS "
+    "Weights (.safetensors) made by brain-train; default: the demo InputCascadeCNN trained on 9 real BraTS "
     "2018 cases (research use, not for clinical use; docs/brain.md)."
 )
 @click.option(

@@ -152,7 +152,7 @@ SPLIT_FILE = WEIGHTS / "brats2018_split.json"
 SPLIT_SEED = 19
 REAL_WORK = ROOT.parent / "brain_runs" / "brats2018"  # outside the repository
 REAL_CACHE = ROOT.parent / "brain_runs" / "cache"  # preprocessed cases, shared by runs
-SHIPPED = WEIGHTS / "brain_twopath_brats2018.safetensors"  # the default of brain-segment
+SHIPPED = WEIGHTS / "brain_twopath_brats2018.safetensors"  # the TwoPathCNN (the cascade's first stage)
 CITATIONS = (
     "Menze et al., The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS), IEEE TMI 2015; "
     "Bakas et al., Advancing The Cancer Genome Atlas glioma MRI collections with expert segmentation "

@@ -50,7 +50,9 @@ log = logging.getLogger("medseg.brain")
 
 MODEL_PREFIX = "brain-"
 TASK = "brain-tumour-segmentation"
-DEMO_WEIGHTS = "brain/brain_twopath_brats2018.safetensors"  # relative to the shipped demo weights folder
+DEMO_WEIGHTS = (
+    "brain/brain_input_cascade_brats2018.safetensors"  # relative to the shipped demo weights folder
+)
 REGIONS = ("WT", "TC", "ET")  # whole tumour, tumour core, enhancing tumour
 VOLUME_COLUMNS = ("case", "status", "WT_ml", "TC_ml", "ET_ml", "seconds", "output", "reason")
 
@@ -222,7 +224,7 @@ def segment_array(
 class SegmentConfig:
     """Everything ``brain-segment`` needs besides the inputs and ``--out``."""
 
-    weights: str | Path | None = None  # None: the demo TwoPathCNN (9 real BraTS 2018 cases)
+    weights: str | Path | None = None  # None: the demo InputCascadeCNN (9 real BraTS 2018 cases)
     labels: str = "brats2021"
     resample_to: str | None = None
     batch_size: int = 8
