@@ -364,7 +364,7 @@ def prune_twopath(
         head_in = torch.cat([keeps[1], w2 + keeps[2]])
         new.output.weight.copy_(model.output.weight[:, head_in])
         new.output.bias.copy_(model.output.bias)
-        removed = [_removed(m.out_ch, keep) for m, keep in zip(layers, keeps)]
+        removed = [slim.removed_indices(m.out_ch, keep) for m, keep in zip(layers, keeps)]
         values = [slim.constant_of_removed(m.bn, r, relu=False) for m, r in zip(layers, removed)]
         # local1 -> local2 (each of the k candidates gets the shift: the max commutes with it)
         new.local2.conv.bias.add_(
@@ -373,19 +373,5 @@ def prune_twopath(
         new.output.bias.add_(slim.constant_shift(model.output.weight, removed[1], values[1]))
         new.output.bias.add_(slim.constant_shift(model.output.weight, w2 + removed[2], values[2]))
     channels = sum(m.out_ch for m in layers)
-    summary = {
-        "threshold": threshold,
-        "channels_before": channels,
-        "channels_after": int(sum(x.numel() for x in keeps)),
-        "params_before": slim.count_parameters(model),
-        "params_after": slim.count_parameters(new),
-        "widths": new_cfg.widths,
-        "config": new_cfg.to_dict(),
-    }
+    summary = slim.prune_summary(threshold, channels, keeps, model, new, new_cfg)
     return new, new_cfg, summary
-
-
-def _removed(n: int, keep: torch.Tensor) -> torch.Tensor:
-    mask = torch.ones(n, dtype=torch.bool)
-    mask[keep] = False
-    return torch.nonzero(mask).flatten()

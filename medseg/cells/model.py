@@ -358,7 +358,7 @@ def prune_unet2015(
         new.head.bias.copy_(model.head.bias)
         # the constant a removed channel leaves behind, moved into its consumers
         for i, (bn, keep) in enumerate(zip(bns, keeps)):
-            removed = _removed(bn.num_features, keep)
+            removed = slim.removed_indices(bn.num_features, keep)
             if removed.numel() == 0:
                 continue
             value = slim.constant_of_removed(bn, removed, relu=True)
@@ -382,24 +382,8 @@ def prune_unet2015(
                     new_target.running_mean.sub_(shift)
                 else:
                     new_target.bias.add_(shift)
-    before, after = slim.count_parameters(model), slim.count_parameters(new)
-    channels = sum(bn.num_features for bn in bns)
-    summary = {
-        "threshold": threshold,
-        "channels_before": channels,
-        "channels_after": int(sum(k.numel() for k in keeps)),
-        "params_before": before,
-        "params_after": after,
-        "widths": new_cfg.widths,
-        "config": new_cfg.to_dict(),
-    }
+    summary = slim.prune_summary(threshold, sum(bn.num_features for bn in bns), keeps, model, new, new_cfg)
     return new, new_cfg, summary
-
-
-def _removed(n: int, keep: torch.Tensor) -> torch.Tensor:
-    mask = torch.ones(n, dtype=torch.bool)
-    mask[keep] = False
-    return torch.nonzero(mask).flatten()
 
 
 def prune_weights(src: str | Path, dst: str | Path, ratio: float) -> dict[str, Any]:

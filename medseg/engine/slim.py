@@ -156,6 +156,35 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def removed_indices(n: int, keep: torch.Tensor) -> torch.Tensor:
+    """The channel indices of ``range(n)`` that ``keep`` drops (whose constants the consumers absorb)."""
+    import torch
+
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[keep] = False
+    return torch.nonzero(mask).flatten()
+
+
+def prune_summary(
+    threshold: float,
+    channels: int,
+    keeps: Sequence[torch.Tensor],
+    model: nn.Module,
+    new: nn.Module,
+    new_cfg: Any,
+) -> dict[str, Any]:
+    """What a pruning did, for logs, ``slim.json`` and the weights' metadata (one shape for every net)."""
+    return {
+        "threshold": threshold,
+        "channels_before": channels,
+        "channels_after": int(sum(k.numel() for k in keeps)),
+        "params_before": count_parameters(model),
+        "params_after": count_parameters(new),
+        "widths": new_cfg.widths,
+        "config": new_cfg.to_dict(),
+    }
+
+
 def check_ratio(ratio: float | None) -> None:
     if ratio is not None and not 0 < ratio < 1:
         raise ValueError(f"prune ratio must lie strictly between 0 and 1, got {ratio}")
