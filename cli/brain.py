@@ -16,6 +16,7 @@ from medseg_cli.options import (
     overwrite_option,
     ray_task_option,
     runtime_option,
+    slim_options,
     train_options,
     val_fraction_option,
     weights_option,
@@ -225,26 +226,12 @@ widths are in the weights, so brain-segment loads it as any other (docs/brain.md
 @click.option(
     "--batch-norm", is_flag=True, help="Batch norm after each maxout layer (not in the paper; for --slim)."
 )
-@click.option(
-    "--slim",
-    type=FiniteFloatRange(0),
-    default=0.0,
-    show_default=True,
-    help="Network slimming: L1 penalty (lambda) on the batch-norm scales in phase 1 (needs --batch-norm).",
-)
-@click.option(
-    "--prune-ratio",
-    type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
-    default=None,
-    help="After phase 1, prune this share of the maxout features (smallest batch-norm scales, one global "
+@slim_options(
+    what=" in phase 1 (needs --batch-norm)",
+    after=" (phase-1 patches and steps)",
+    prune_help="After phase 1, prune this share of the maxout features (smallest batch-norm scales, one global "
     "threshold; twopath) and fine-tune before phase 2.",
-)
-@click.option(
-    "--finetune-epochs",
-    type=click.IntRange(1),
-    default=3,
-    show_default=True,
-    help="Epochs of fine-tuning the pruned net (phase-1 patches and steps).",
+    finetune_default=3,
 )
 @click.option("--no-n4", is_flag=True, help="Skip N4 bias correction in preprocessing.")
 @click.option(

@@ -13,6 +13,7 @@ from medseg_cli.options import (
     overwrite_option,
     ray_task_option,
     runtime_option,
+    slim_options,
     train_options,
     val_fraction_option,
     weights_option,
@@ -281,26 +282,12 @@ def cells_segment(
     help="Instance target: borders (2015 weight map), 3class (background/interior/boundary; the demo "
     "weights') or dist (cell + distance to the border). Default: the starting weights' kind, else borders.",
 )
-@click.option(
-    "--slim",
-    type=FiniteFloatRange(0),
-    default=0.0,
-    show_default=True,
-    help="Network slimming: L1 penalty (lambda) on the batch-norm scale factors (e.g. 1e-4).",
-)
-@click.option(
-    "--prune-ratio",
-    type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
-    default=None,
-    help="After training, prune this share of the conv channels (smallest batch-norm scales, one global "
+@slim_options(
+    what=" (e.g. 1e-4)",
+    after="",
+    prune_help="After training, prune this share of the conv channels (smallest batch-norm scales, one global "
     "threshold; unet2015) and fine-tune the narrower net.",
-)
-@click.option(
-    "--finetune-epochs",
-    type=click.IntRange(1),
-    default=5,
-    show_default=True,
-    help="Epochs of fine-tuning after --prune-ratio.",
+    finetune_default=5,
 )
 @train_options
 @batch_size_option(4, "Patches per training step.")

@@ -160,6 +160,37 @@ def train_options(func: Callable) -> Callable:
     return func
 
 
+def slim_options(
+    *, what: str, after: str, prune_help: str, finetune_default: int
+) -> Callable[[Callable], Callable]:
+    """--slim / --prune-ratio / --finetune-epochs (network slimming, Liu et al. 2017), shared by the
+    commands that train batch-normed nets; ``what``/``after``/``prune_help`` word them for the command."""
+
+    def decorate(func: Callable) -> Callable:
+        func = click.option(
+            "--finetune-epochs",
+            type=click.IntRange(1),
+            default=finetune_default,
+            show_default=True,
+            help=f"Epochs of fine-tuning the pruned net{after}.",
+        )(func)
+        func = click.option(
+            "--prune-ratio",
+            type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
+            default=None,
+            help=prune_help,
+        )(func)
+        return click.option(
+            "--slim",
+            type=FiniteFloatRange(0),
+            default=0.0,
+            show_default=True,
+            help=f"Network slimming: L1 penalty (lambda) on the batch-norm scale factors{what}.",
+        )(func)
+
+    return decorate
+
+
 def val_fraction_option(default: float, held_out: str) -> Callable[[Callable], Callable]:
     """--val-fraction for every *-train command; ``held_out`` says what is held out, in words."""
     return click.option(
