@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from medseg.ct.model import residual_body
+
 MODEL_NAME = "ct-kernel-cnn-conditioned"
 DEMO_FILE = "conditioned_demo.safetensors"
 
@@ -70,24 +72,13 @@ class ConditionedKernelNet(nn.Module):
         film_hidden: int = 32,
     ) -> None:
         super().__init__()
-        if depth < 2:
-            raise ValueError("depth must be >= 2")
-        layers: list[nn.Module] = [nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(inplace=True)]
-        for _ in range(depth - 2):
-            layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
-        layers.append(nn.Conv2d(channels, 1, 3, padding=1))
-        self.body = nn.Sequential(*layers)  # same keys as KernelConversionNet.body
+        self.body = residual_body(channels=channels, depth=depth)  # same keys as KernelConversionNet.body
         self.channels, self.hidden_layers = channels, depth - 1
         self.film = nn.Sequential(
             nn.Linear(3, film_hidden), nn.SiLU(), nn.Linear(film_hidden, 2 * channels * (depth - 1))
         )
         self.register_buffer("hu_mean", torch.tensor(float(hu_mean)), persistent=False)
         self.register_buffer("hu_scale", torch.tensor(float(hu_scale)), persistent=False)
-        for m in self.body:
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-        nn.init.normal_(self.body[-1].weight, std=1e-3)  # start near the identity mapping
         nn.init.zeros_(self.film[-1].weight)  # FiLM starts as the identity: gamma = beta = 0
         nn.init.zeros_(self.film[-1].bias)
 

@@ -39,6 +39,25 @@ class KernelNetConfig:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
+def residual_body(*, channels: int, depth: int) -> nn.Sequential:
+    """The paper's conv stack (3x3 convs with ReLU: 1 -> channels, depth - 2 x channels -> channels,
+    channels -> 1), He-initialised with the last conv near zero, so a new net starts near the identity
+    mapping. Shared by the per-direction net and the sharpness-conditioned one (same state-dict keys)."""
+    if depth < 2:
+        raise ValueError("depth must be >= 2")
+    layers: list[nn.Module] = [nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(inplace=True)]
+    for _ in range(depth - 2):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+    layers.append(nn.Conv2d(channels, 1, 3, padding=1))
+    body = nn.Sequential(*layers)
+    for m in body:
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    nn.init.normal_(body[-1].weight, std=1e-3)
+    return body
+
+
 class KernelConversionNet(nn.Module):
     """Residual CNN mapping a CT slice (N, 1, H, W) in HU to the target kernel, in HU."""
 
@@ -46,21 +65,9 @@ class KernelConversionNet(nn.Module):
         self, *, channels: int = 64, depth: int = 6, hu_mean: float = -500.0, hu_scale: float = 1000.0
     ) -> None:
         super().__init__()
-        if depth < 2:
-            raise ValueError("depth must be >= 2")
-        layers: list[nn.Module] = [nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(inplace=True)]
-        for _ in range(depth - 2):
-            layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
-        layers.append(nn.Conv2d(channels, 1, 3, padding=1))
-        self.body = nn.Sequential(*layers)
+        self.body = residual_body(channels=channels, depth=depth)
         self.register_buffer("hu_mean", torch.tensor(float(hu_mean)), persistent=False)
         self.register_buffer("hu_scale", torch.tensor(float(hu_scale)), persistent=False)
-        for m in self.body:
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-        last = self.body[-1]
-        nn.init.normal_(last.weight, std=1e-3)  # start near the identity mapping
 
     def residual(self, x_hu: torch.Tensor) -> torch.Tensor:
         """The predicted (target - input) in HU."""

@@ -21,6 +21,8 @@ from medseg.engine.weights import demo_weights_path, is_demo, resolve_weights
 from medseg.errors import InputError, ModelError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
     import torch
 
@@ -238,6 +240,20 @@ def converter_models() -> tuple[str, ...]:
     return (MODEL_NAME, CAFFE_MODEL_NAME)
 
 
+def _load_net(path: Path, model_name: str, build: Callable[[dict], torch.nn.Module]) -> torch.nn.Module:
+    """Weights of ``model_name`` at ``path`` into the net ``build`` makes from their config; ModelError
+    (one line) when they do not fit."""
+    state, meta = load_weights(path, expect_model=model_name)
+    net = build(meta.config)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(
+            f"weights do not match the model config ({str(exc).splitlines()[0]})", path=path
+        ) from None
+    return net
+
+
 def load_net(entry: ModelEntry) -> torch.nn.Module:
     """The converter of ``entry`` with its weights, on the CPU."""
     from medseg.ct.caffe import CAFFE_MODEL_NAME, load_caffe_kernel_net
@@ -245,15 +261,9 @@ def load_net(entry: ModelEntry) -> torch.nn.Module:
 
     if entry.meta.model == CAFFE_MODEL_NAME:
         return load_caffe_kernel_net(entry.path)
-    state, meta = load_weights(entry.path, expect_model=MODEL_NAME)
-    net = build_kernel_net(config=KernelNetConfig.from_dict(meta.config))
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(
-            f"weights do not match the model config ({str(exc).splitlines()[0]})", path=entry.path
-        ) from None
-    return net
+    return _load_net(
+        entry.path, MODEL_NAME, lambda cfg: build_kernel_net(config=KernelNetConfig.from_dict(cfg))
+    )
 
 
 def _hu_slices(y: torch.Tensor) -> np.ndarray:
@@ -435,14 +445,9 @@ def load_conditioned(
         build_conditioned_net,
     )
 
-    state, meta = load_weights(entry.path, expect_model=MODEL_NAME)
-    net = build_conditioned_net(config=ConditionedNetConfig.from_dict(meta.config))
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(
-            f"weights do not match the model config ({str(exc).splitlines()[0]})", path=entry.path
-        ) from None
+    net = _load_net(
+        entry.path, MODEL_NAME, lambda cfg: build_conditioned_net(config=ConditionedNetConfig.from_dict(cfg))
+    )
     return FixedConditionNet(net.eval(), source_sharpness, target_sharpness)
 
 
