@@ -86,29 +86,20 @@ def continuum_ratio(t: float, f_per_mm: np.ndarray) -> np.ndarray:
 
 
 def reconstruct_continuum(obj, ts, cfg, rng, weight, body) -> np.ndarray:
-    """(K, z, y, x) reconstructions of one phantom with kernels ``ts`` sharing one noise realisation
-    (as :func:`medseg.synthetic.ct_phantom.reconstruct`, with continuum kernels)."""
-    from medseg.synthetic.ct_phantom import B30_SYSTEM_SIGMA_MM, NOISE_SPECTRUM_EXPONENT, _freq_grid
+    """(K, z, y, x) reconstructions of one phantom with kernels ``ts`` sharing one noise realisation:
+    :func:`medseg.synthetic.ct_phantom.reconstruct` with continuum kernels."""
+    from medseg.synthetic.ct_phantom import reconstruct
 
-    nz, n, _ = obj.shape
-    pad = n // 8
-    m = n + 2 * pad
-    f = _freq_grid(m, cfg.pixel_mm)
-    h30 = np.exp(-2 * np.pi**2 * B30_SYSTEM_SIGMA_MM**2 * f**2)
-    ramp = (f / f.max()) ** (NOISE_SPECTRUM_EXPONENT / 2)
-    filters = [h30 * continuum_ratio(t, f) for t in ts]
-    out = np.empty((len(ts), nz, n, n), np.float32)
-    for z in range(nz):
-        white = rng.standard_normal((m, m)) * np.pad(weight[z].astype(np.float64), pad, mode="edge")
-        noise_f = np.fft.fft2(white) * ramp
-        noise30 = np.real(np.fft.ifft2(noise_f * h30))[pad : pad + n, pad : pad + n]
-        sd30 = float(noise30[body[z]].std()) if body[z].any() else float(noise30.std())
-        spectrum = np.fft.fft2(np.pad(obj[z].astype(np.float64), pad, mode="edge"))
-        spectrum += noise_f * (cfg.noise_b30_hu / max(sd30, 1e-12))
-        for k, filt in enumerate(filters):
-            img = np.real(np.fft.ifft2(spectrum * filt))[pad : pad + n, pad : pad + n]
-            out[k, z] = np.maximum(img, -1024.0)
-    return out
+    vols = reconstruct(
+        obj,
+        tuple(range(len(ts))),
+        cfg,
+        rng,
+        weight=weight,
+        body=body,
+        ratio=lambda k, f: continuum_ratio(ts[k], f),
+    )
+    return np.stack([vols[k] for k in range(len(ts))])
 
 
 def synthetic_pool(cfg: ConditionedTrainConfig, *, seed_base: int = 30000) -> dict[str, np.ndarray]:

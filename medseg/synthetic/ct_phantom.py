@@ -25,7 +25,9 @@ points, as reported clinically.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -393,18 +395,22 @@ def reconstruct(
     *,
     weight: np.ndarray | None = None,
     body: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
+    ratio: Callable[[Any, np.ndarray], np.ndarray] | None = None,
+) -> dict[Any, np.ndarray]:
     """Simulate reconstructions of one acquisition with several kernels (shared noise).
 
     ``weight`` (z, y, x) shapes the noise SD in space; ``body`` is where the B30f noise SD is
-    ``cfg.noise_b30_hu`` on average (default: everywhere)."""
+    ``cfg.noise_b30_hu`` on average (default: everywhere). ``ratio(kernel, f)`` is each kernel's MTF
+    relative to B30f (default :func:`kernel_ratio` of the named kernels; the conditioned converter's
+    training passes kernels on a continuum)."""
+    ratio = ratio or kernel_ratio
     nz, n, _ = obj.shape
     pad = n // 8
     m = n + 2 * pad
     f = _freq_grid(m, cfg.pixel_mm)
     h30 = np.exp(-2 * np.pi**2 * B30_SYSTEM_SIGMA_MM**2 * f**2)
     ramp = (f / f.max()) ** (NOISE_SPECTRUM_EXPONENT / 2)
-    filters = {k: h30 * kernel_ratio(k, f) for k in kernels}
+    filters = {k: h30 * ratio(k, f) for k in kernels}
     out = {k: np.empty_like(obj, dtype=np.float32) for k in kernels}
     for z in range(nz):
         sl = np.pad(obj[z].astype(np.float64), pad, mode="edge")
