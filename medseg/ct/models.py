@@ -21,7 +21,7 @@ from medseg.engine.weights import demo_weights_path, is_demo, resolve_weights
 from medseg.errors import InputError, ModelError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     import numpy as np
     import torch
@@ -131,21 +131,27 @@ def list_models(models_dirs: list[str | Path] | tuple = (), *, demo: bool = True
     """Every readable kernel-conversion weights file in the search folders (first found per
     vendor and direction wins)."""
     entries: dict[tuple, ModelEntry] = {}
+    for file, meta in _readable_weights(models_dirs, demo=demo, warn=True):
+        if meta.model not in converter_models():
+            continue
+        entry = _entry(file, meta)
+        key = (entry.vendor, entry.source.casefold(), entry.target.casefold())
+        entries.setdefault(key, entry)
+    return list(entries.values())
+
+
+def _readable_weights(models_dirs, *, demo: bool, warn: bool) -> Iterator[tuple[Path, CheckpointMeta]]:
+    """(file, metadata) of every weights file in the search folders whose metadata reads (others are
+    skipped, with a warning when ``warn``)."""
     for folder in search_dirs(models_dirs, demo=demo):
         if not folder.is_dir():
             continue
         for file in _weights_files(folder):
             try:
-                meta = read_meta(file)
+                yield file, read_meta(file)
             except ModelError as exc:
-                log.warning("ignoring %s", exc)
-                continue
-            if meta.model not in converter_models():
-                continue
-            entry = _entry(file, meta)
-            key = (entry.vendor, entry.source.casefold(), entry.target.casefold())
-            entries.setdefault(key, entry)
-    return list(entries.values())
+                if warn:
+                    log.warning("ignoring %s", exc)
 
 
 def _check_entry(path: Path, source: KernelSpec, target: KernelSpec) -> ModelEntry:
@@ -395,18 +401,11 @@ def list_conditioned(
     """Every sharpness-conditioned weights file in the search folders (first listed = used)."""
     from medseg.ct.conditioned import MODEL_NAME
 
-    found = []
-    for folder in search_dirs(models_dirs, demo=demo):
-        if not folder.is_dir():
-            continue
-        for file in _weights_files(folder):
-            try:
-                meta = read_meta(file)
-            except ModelError:
-                continue
-            if meta.model == MODEL_NAME:
-                found.append(ConditionedEntry(file, meta))
-    return found
+    return [
+        ConditionedEntry(file, meta)
+        for file, meta in _readable_weights(models_dirs, demo=demo, warn=False)
+        if meta.model == MODEL_NAME
+    ]
 
 
 def find_conditioned(
