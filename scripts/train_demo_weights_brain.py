@@ -233,6 +233,23 @@ def recorded_split(data: Path) -> dict:
     return split
 
 
+def selection_cases(split: dict, seed: int = SPLIT_SEED) -> list[str]:
+    """Two of the training cases held out to choose each phase's epoch (``--select dice``): one drawn
+    (numpy default_rng(seed)) from the training HGG cases, one from the training LGG cases. They are
+    not trained on, so the 3 validation cases play no part in training or in choosing the weights."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [str(rng.choice(sorted(n for n in split["train"] if CASES[n][1] == g))) for g in ("HGG", "LGG")]
+
+
+SELECTION_RULE = (
+    "each phase's epoch is the one with the best mean WT/TC/ET Dice on fixed axial slices through the "
+    "tumour of the selection cases (held-out training cases: one HGG and one LGG drawn with numpy "
+    "default_rng(19)), not trained on; phase 1 scored with natural class priors (medseg.brain.selection)"
+)
+
+
 def real_training_data(split: dict) -> str:
     return (
         f"REAL data: BraTS 2018 training cases ({CITATIONS}). Trained on {len(split['train'])} cases "
@@ -260,6 +277,8 @@ def real_config(args, split: dict):
         training_data=real_training_data(split),
         seed=0,
         max_minutes=args.max_minutes,
+        select=args.select,
+        select_slices=args.select_slices,
     )
 
 
@@ -271,12 +290,15 @@ def train_real(args) -> Path:
     work = args.work
     resumable = args.resume and any(work.glob("**/state.pt"))
     cfg = real_config(args, split)
+    # --select dice: the epochs are chosen on held-out training cases; --select loss (the earlier runs):
+    # by the class-balanced loss on the 3 validation cases
+    held = selection_cases(split) if args.select == "dice" else split["validation"]
     t0, c0 = time.perf_counter(), time.process_time()
     result = train(
-        [args.data / n for n in split["train"]],
+        [args.data / n for n in split["train"] if n not in held],
         work,
         cfg,
-        val_case_dirs=[args.data / n for n in split["validation"]],
+        val_case_dirs=[args.data / n for n in held],
         first_weights=args.first_weights,
         device=args.device,
         resume=resumable,
@@ -296,6 +318,8 @@ def train_real(args) -> Path:
             "stopped": result.stopped,
             "budget_shortened": result.extra.get("budget_shortened", []),
             "epochs": [(h["stage"], h["epoch"]) for h in result.history][-1:],
+            "select": args.select,
+            "kept_epochs": {k: v.get("best_epoch") for k, v in result.extra.get("stages", {}).items()},
         }
     )
     ledger_file.write_text(json.dumps(ledger, indent=2) + "\n", encoding="utf-8")
@@ -309,8 +333,11 @@ def train_real(args) -> Path:
     return Path(result.best_weights)
 
 
-def evaluate_real(weights: list[Path], data: Path, cache_dir: Path | None) -> dict:
+def evaluate_real(weights: list[Path], data: Path, cache_dir: Path | None, *, on: str = "validation") -> dict:
     """Dice, HD95 and volumes of each weights file on the validation cases, per post-processing variant.
+
+    ``on="selection"``: on the held-out training cases of ``--select dice`` instead (to decide
+    post-processing without looking at the validation cases).
 
     The nets run on the cached brain crops (same labels as the whole grid: zero outside the brain),
     at the weights' training spacing when it differs from the case's (as brain-segment does).
@@ -324,13 +351,14 @@ def evaluate_real(weights: list[Path], data: Path, cache_dir: Path | None) -> di
     from medseg.brain.train_cases import load_training_cases
 
     split = recorded_split(data)
-    report: dict = {"validation_cases": split["validation"], "weights": {}}
+    names = selection_cases(split) if on == "selection" else split["validation"]
+    report: dict = {f"{on}_cases": names, "weights": {}}
     for w in weights:
         model, meta, prep = load_brain_model(w)
         arch = meta.config["net"]["arch"]
         predictor = make_predictor(model, device="cpu")
         cases = load_training_cases(
-            [data / n for n in split["validation"]], labels="brats2021", prep=prep, cache_dir=cache_dir
+            [data / n for n in names], labels="brats2021", prep=prep, cache_dir=cache_dir
         )
         rows: dict[str, list[dict]] = {v: [] for v in VARIANTS}
         seconds = []
@@ -388,7 +416,12 @@ def ship(weights: Path, data: Path, validation: dict | None, dst: Path = SHIPPED
         "Research use, not for clinical use. Labels: Havaei order (0 healthy, 1 necrosis, 2 edema, "
         "3 non-enhancing, 4 enhancing)."
     )
-    meta.config = {**meta.config, "split": split}
+    config = {**meta.config, "split": split}
+    if config.get("validation_cases") != split["validation"]:  # --select dice: held-out training cases
+        config["selection_cases"] = config.get("validation_cases")
+        config["selection_rule"] = SELECTION_RULE
+        config["validation_cases"] = split["validation"]
+    meta.config = config
     if validation is not None:
         meta.metrics = {**meta.metrics, "validation": validation}
     save_weights(dst, state, meta)
@@ -463,6 +496,21 @@ def main() -> None:
     parser.add_argument("--test-case", default=None, metavar="CASE", help="write the quality test's crop")
     parser.add_argument("--synthetic-out", type=Path, default=None, help="train the synthetic demo weights")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--select",
+        default="dice",
+        choices=["dice", "loss"],
+        help="which epoch each phase keeps: best Dice on held-out training cases (default) or lowest "
+        "class-balanced loss on the validation cases (the earlier runs)",
+    )
+    parser.add_argument("--select-slices", type=int, default=16, help="--select dice: slices per case")
+    parser.add_argument(
+        "--eval-on",
+        nargs="+",
+        default=["validation", "selection"],
+        choices=["validation", "selection"],
+        help="cases the weights are evaluated on after training (selection: the held-out training cases)",
+    )
     parser.add_argument("--evaluate", type=Path, nargs="+", default=None, metavar="DIR")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -498,8 +546,9 @@ def main() -> None:
             final.parent / "phase1" / "best.safetensors",
         ]
         if not args.no_evaluate:
-            report = evaluate_real(weights, args.data, cache)
-            (args.work / "validation.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+            for on in args.eval_on:  # selection.json: post-processing decided on held-out training cases
+                report = evaluate_real(weights, args.data, cache, on=on)
+                (args.work / f"{on}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         return
     if args.synthetic_out is None:
         parser.error("give --data (real BraTS cases) or --synthetic-out (synthetic demo weights)")

@@ -2,7 +2,8 @@
 
 * Phase 1: the whole network (for a cascade: the second stage) on class-balanced patches,
   SGD with momentum, dropout, L1 + L2 penalties, step-decayed learning rate; the epoch with the
-  lowest validation loss is kept (``best.safetensors``).
+  lowest validation loss (``select="loss"``) or the best mean WT/TC/ET Dice on fixed whole slices of
+  the held-out cases (``select="dice"``, :mod:`medseg.brain.selection`) is kept (``best.safetensors``).
 * Phase 2: only the output layer, starting from phase 1's best weights, on patches from the
   natural class distribution, so the softmax learns the real (98 % healthy) priors again.
 * Cascades: a TwoPathCNN is trained first (both phases) or loaded (``first_weights``), frozen, and
@@ -40,6 +41,7 @@ from medseg.brain.models import BrainNetConfig, build_model, is_cascade, output_
 from medseg.brain.preprocess import PreprocessConfig
 from medseg.brain.sampling import TrainingCase, sample_batch
 from medseg.brain.segment import MODEL_PREFIX, TASK, make_predictor
+from medseg.brain.selection import SCORE, build_slice_sets, dice_scores, natural_log_prior
 from medseg.brain.train_cases import load_training_cases, split_cases, training_spacing
 from medseg.errors import InputError, ModelError, OutputExistsError
 
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("medseg.brain")
 
 METRIC = "val_loss"
+SELECT_MODES = {"loss": (METRIC, "min"), "dice": (SCORE, "max")}  # select -> (metric, trainer mode)
 STAGE_KEYS = ("best_weights", "last_weights", "best_metric", "best_epoch", "epochs", "stopped")
 
 
@@ -86,6 +89,8 @@ class BrainTrainConfig:
     prune_ratio: float | None = None  # then prune this share of the maxout features (twopath) ...
     finetune_epochs: int = 3  # ... and fine-tune the pruned net (phase-1 patches) before phase 2
     init_weights: str | None = None  # phase 1 starts from these weights (same network), not at random
+    select: str = "loss"  # which epoch each phase keeps: lowest validation "loss" or best "dice"
+    select_slices: int = 16  # select="dice": axial slices through each held-out case's tumour
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +131,8 @@ def check_slimming(cfg: BrainTrainConfig) -> None:
         )
     if cfg.prune_ratio is not None and cfg.net.arch != "twopath":
         raise InputError(f"--prune-ratio prunes a twopath net, not {cfg.net.arch}")
+    if cfg.select not in SELECT_MODES:
+        raise InputError(f"select must be one of {', '.join(SELECT_MODES)}, got {cfg.select!r}")
 
 
 def prune_stage_weights(src: Path, dst: Path, ratio: float) -> tuple[BrainNetConfig, dict[str, Any]]:
@@ -207,6 +214,9 @@ class BrainTask:
         self.pcfg = phase_config(cfg, stage)
         self.probs_size: int | None = None
         self._val: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
+        self.metric, self.mode = SELECT_MODES[cfg.select]
+        self._slices: list | None = None  # select="dice": the held-out cases' scoring slices
+        self._log_prior: np.ndarray | None = None
 
     def build_model(self) -> torch.nn.Module:
         model = build_model(config=self.stage.net)
@@ -238,6 +248,11 @@ class BrainTask:
             balanced=self.stage.phase == 1,
             probs_size=self.probs_size,
         )
+        if self.cfg.select == "dice":
+            cases = self.val_cases or self.train_cases
+            self._slices = build_slice_sets(cases, self.cfg.select_slices, probs_size=self.probs_size)
+            # phase 1 samples class-balanced patches: score it with natural priors (selection module doc)
+            self._log_prior = natural_log_prior(self.train_cases) if self.stage.phase == 1 else None
         return model.to(memory_format=torch.channels_last)
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -292,7 +307,10 @@ class BrainTask:
             target = torch.from_numpy(y[s : s + 512]).to(logits.device)
             loss += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
             correct += int((logits.argmax(1) == target).sum())
-        return {METRIC: loss / len(y), "val_accuracy": correct / len(y)}
+        out = {METRIC: loss / len(y), "val_accuracy": correct / len(y)}
+        if self._slices is not None:
+            out.update(dice_scores(model, self._slices, device, log_prior=self._log_prior))
+        return out
 
     def weights_meta(self, metrics: dict[str, float], epoch: int) -> CheckpointMeta:
         from medseg.engine.checkpoint import CheckpointMeta
@@ -513,7 +531,7 @@ def train(
         done = resume and not restart and has_state and len(_history(sdir)) >= pcfg.epochs
         if done:
             log.info("%s: already trained (%d epoch(s)), kept", stage.name, len(_history(sdir)))
-            stage_result = _result_from_disk(sdir)
+            stage_result = _result_from_disk(sdir, *SELECT_MODES[cfg.select])
         else:
             cont = resume and not restart and has_state
             if cont:
@@ -569,7 +587,7 @@ def train(
         out_dir=str(out_dir),
         best_weights=str(final),
         last_weights=last.get("last_weights", ""),
-        metric=METRIC,
+        metric=SELECT_MODES[cfg.select][0],
         best_metric=float(last.get("best_metric") if last.get("best_metric") is not None else float("nan")),
         best_epoch=int(last.get("best_epoch", 0)),
         epochs=len(history),
@@ -589,11 +607,12 @@ def train(
     )
 
 
-def _result_from_disk(d: Path) -> dict[str, Any]:
+def _result_from_disk(d: Path, metric: str = METRIC, mode: str = "min") -> dict[str, Any]:
     """A completed phase's summary from its files (resume keeps completed phases)."""
+    from medseg.brain.selection import best_epoch
+
     history = _history(d)
-    values = [(h.get(METRIC), h["epoch"]) for h in history if isinstance(h.get(METRIC), (int, float))]
-    best, epoch = min(values) if values else (None, 0)
+    best, epoch = best_epoch(history, metric, mode)
     return {
         "best_weights": str(d / "best.safetensors"),
         "last_weights": str(d / "last.safetensors"),
