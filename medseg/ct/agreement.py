@@ -4,7 +4,8 @@ The KSIIM challenge and Jin & Kim 2019 judge a kernel converter by how well the 
 the converted series agrees with the reference kernel's: the Bland-Altman bias and 95 % limits of
 agreement (bias +- 1.96 SD of the differences) and the intraclass correlation ICC(A,1) (two-way,
 absolute agreement, single measures; Shrout & Fleiss ICC(2,1)). Both for LAA-950 (percentage
-points) and Perc15 (HU), original vs reference and converted vs reference. Written into the QA
+points) and Perc15 (HU), original vs reference and converted vs reference (and, where ct-report ran
+it, the sharpness-conditioned converter vs reference). Written into the QA
 JSON (``summary.bland_altman_laa950``/``bland_altman_perc15``), the HTML/PDF report and
 ``ct_qa_agreement.csv`` (one row per quantity and comparison).
 """
@@ -25,13 +26,16 @@ COMPARISONS = ("original", "converted")
 AGREEMENT_COLUMNS = ["quantity", "unit", "comparison", "n", "bias", "sd", "loa_low", "loa_high", "icc"]
 
 
-def agreement_summary(values: Any) -> dict[str, dict[str, dict[str, float]]]:
+def agreement_summary(
+    values: Any, comparisons: tuple[str, ...] = COMPARISONS
+) -> dict[str, dict[str, dict[str, float]]]:
     """``bland_altman_<quantity>`` -> comparison -> Bland-Altman + ICC; ``values(name)`` gives the
-    cohort's array of one per-exam metric (e.g. ``laa950_converted``)."""
+    cohort's array of one per-exam metric (e.g. ``laa950_converted``); ``comparisons`` may add
+    ``conditioned`` (ct-report's second converter, :mod:`medseg.ct.report_conditioned`)."""
     return {
         f"bland_altman_{q}": {
             f"{c}_vs_reference": bland_altman(values(f"{q}_{c}"), values(f"{q}_reference")).to_dict()
-            for c in COMPARISONS
+            for c in comparisons
         }
         for q in QUANTITIES
     }

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medseg.ct import report_conditioned as cond
 from medseg.ct.agreement import (
     AGREEMENT_COLUMNS,
+    COMPARISONS,
     agreement_csv,
     agreement_line,
     agreement_rows,
@@ -67,6 +69,7 @@ METRICS = [
     "sharpness_original",
     "sharpness_converted",
     "sharpness_reference",
+    *cond.METRICS,  # the sharpness-conditioned converter's row (empty where it did not run)
 ]
 CSV_COLUMNS = ["exam", "status", *METRICS, "kernel_check", "error"]
 QA_CSV, QA_JSON, QA_HTML, QA_PDF = "ct_qa.csv", "ct_qa.json", "ct_qa.html", "ct_qa.pdf"
@@ -92,8 +95,10 @@ def evaluate_exam(
     converted: np.ndarray,
     reference: np.ndarray,
     spacing_zyx: tuple[float, float, float],
+    others: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
-    """All per-exam numbers (keys: :data:`METRICS`), plus the lung mask they used."""
+    """All per-exam numbers (keys: :data:`METRICS`), plus the lung mask they used. ``others``: more
+    converted volumes by name (``conditioned``), scored in the same mask and region as ``converted``."""
     if not (original.shape == converted.shape == reference.shape):
         raise InputError(
             f"{name}: original {_shape(original.shape)}, converted {_shape(converted.shape)} and "
@@ -119,6 +124,18 @@ def evaluate_exam(
         "perc15_converted": perc15(converted, mask),
         "perc15_reference": perc15(reference, mask),
     }
+    for key, other in (others or {}).items():
+        if other.shape != reference.shape:
+            raise InputError(
+                f"{name}: the {key} series is {_shape(other.shape)}, not {_shape(reference.shape)}"
+            )
+        r_other = rmse(other, reference, valid)
+        metrics[f"rmse_{key}_hu"] = r_other
+        metrics[f"rmse_reduction_{key}_pct"] = (
+            100.0 * (r_orig - r_other) / r_orig if r_orig > 0 else float("nan")
+        )
+        metrics[f"laa950_{key}"] = laa_percent(other, mask)
+        metrics[f"perc15_{key}"] = perc15(other, mask)
     if not mask.any():
         log.warning("%s: automatic lung mask is empty; emphysema metrics are n/a", name)
     return metrics, mask
@@ -175,6 +192,8 @@ def cohort_summary(items: list[ItemResult]) -> dict[str, Any]:
         return summary
     reduction = _values(ok, "rmse_reduction_pct")
     finite = reduction[np.isfinite(reduction)]
+    values = functools.partial(_values, ok)
+    comparisons = COMPARISONS + ((cond.PREFIX,) if cond.has_values(values) else ())
     summary.update(
         {
             "rmse_original_hu_mean": _mean(_values(ok, "rmse_original_hu")),
@@ -186,9 +205,11 @@ def cohort_summary(items: list[ItemResult]) -> dict[str, Any]:
                 k: {"mean": _mean(_values(ok, f"laa950_{k}")), "sd": _sd(_values(ok, f"laa950_{k}"))}
                 for k in ("original", "converted", "reference")
             },
-            **agreement_summary(lambda name: _values(ok, name)),  # Bland-Altman + ICC, LAA-950 and Perc15
+            **agreement_summary(values, comparisons),  # Bland-Altman + ICC, LAA-950 and Perc15
         }
     )
+    if cond.PREFIX in comparisons:
+        summary.update(cond.summary_part(values))
     return summary
 
 
@@ -255,8 +276,10 @@ def write_qa_outputs(
     inputs: list[str],
     figures: list[tuple[str, object]],
     pdf: bool = True,
+    conditioned: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """CSV + JSON + HTML (+ PDF) for a cohort (or one series); returns kind -> path of what was written."""
+    """CSV + JSON + HTML (+ PDF) for a cohort (or one series); returns kind -> path of what was written.
+    ``conditioned``: what :meth:`ConditionedRow.describe` says of the second converter, where it ran."""
     from medseg.reports import Report, bland_altman_figure
 
     out_dir = Path(out_dir)
@@ -274,6 +297,7 @@ def write_qa_outputs(
             "source_kernel": source,
             "target_kernel": target,
             "inputs": inputs,
+            **({"conditioned": conditioned} if conditioned else {}),
             "summary": summary,
             "exams": rows,
         }
@@ -308,21 +332,27 @@ def write_qa_outputs(
             columns=AGREEMENT_COLUMNS,
         )
         ok = [i for i in items if i.status == OK]
+        series = [
+            (
+                f"original {source} vs {target}",
+                _values(ok, "laa950_original"),
+                _values(ok, "laa950_reference"),
+            ),
+            (f"converted vs {target}", _values(ok, "laa950_converted"), _values(ok, "laa950_reference")),
+        ]
+        if "rmse_conditioned_hu_mean" in summary:
+            report.add_text("Sharpness-conditioned converter", cond.summary_text(summary, conditioned))
+            series.append(
+                (
+                    f"conditioned converter vs {target}",
+                    _values(ok, "laa950_conditioned"),
+                    _values(ok, "laa950_reference"),
+                )
+            )
         report.add_figure(
             "Bland-Altman plot: LAA-950",
             bland_altman_figure(
-                [
-                    (
-                        f"original {source} vs {target}",
-                        _values(ok, "laa950_original"),
-                        _values(ok, "laa950_reference"),
-                    ),
-                    (
-                        f"converted vs {target}",
-                        _values(ok, "laa950_converted"),
-                        _values(ok, "laa950_reference"),
-                    ),
-                ],
+                series,
                 quantity="LAA-950",
                 unit="%",
             ),
@@ -377,6 +407,9 @@ class ReportConfig:
     amp: str = "auto"
     batch_size: int | None = None
     save_masks: bool = False
+    # also run the sharpness-conditioned converter (its own agreement row): None = where it can run
+    # (weights found, both kernels in the sharpness table), True = required, False = never
+    conditioned: bool | None = None
     pdf: bool = True
     overwrite: bool = False
     progress: bool = False
@@ -411,6 +444,9 @@ def run_ct_report(
     entry = find_model(src, tgt, weights=cfg.weights, models_dirs=cfg.models_dirs)
     source, target = entry.source, entry.target  # as the weights spell them
     predictor = load_predictor(entry, device=cfg.device, amp=cfg.amp)
+    row = cond.conditioned_row(
+        cfg.conditioned, src, tgt, models_dirs=cfg.models_dirs, device=cfg.device, amp=cfg.amp
+    )
     result = RunResult(
         "ct-report",
         summary={
@@ -420,6 +456,7 @@ def run_ct_report(
             "weights": str(entry.path),
             "demo_weights": entry.demo,
             **predictor.describe(),
+            **({"conditioned": row.describe()} if row else {}),
         },
         warnings=[DEMO_NOTE] if entry.demo else [],
     )
@@ -428,7 +465,9 @@ def run_ct_report(
         atomic_dir(out_dir / MASKS, overwrite=cfg.overwrite) if cfg.save_masks else nullcontext() as mask_tmp
     ):
         bar = progress_bar(exams, total=len(exams), desc="exams", enabled=cfg.progress, unit="exam")
-        run_one = functools.partial(_report_exam, predictor, cfg, source, target, mask_tmp, out_dir / MASKS)
+        run_one = functools.partial(
+            _report_exam, predictor, cfg, source, target, mask_tmp, out_dir / MASKS, conditioned=row
+        )
         outcomes = (mapper or local_map)(run_one, exams)
         for exam, outcome in zip(bar, outcomes):
             bar.set_postfix(exam=exam.name)
@@ -453,6 +492,7 @@ def run_ct_report(
             inputs=[str(i) for i in inputs],
             figures=figures,
             pdf=cfg.pdf,
+            conditioned=row.describe() if row else None,
         )
     )
     if cfg.save_masks:
@@ -469,6 +509,7 @@ def _report_exam(
     mask_tmp: Path | None,
     mask_dir: Path,
     exam: Any,
+    conditioned: cond.ConditionedRow | None = None,
 ) -> tuple[ItemResult, tuple | None]:
     """One exam: convert its source series, compare with the target one (what a mapper runs, here
     or on a Ray worker). Returns the item and, for the figure, the slice with most lung as 1-slice
@@ -490,7 +531,17 @@ def _report_exam(
             f"{k} series: {w}" for k, m in ((source, meta), (target, ref_meta)) for w in m.warnings
         ]
         converted = convert_volume(predictor, original, batch_size=cfg.batch_size, progress=cfg.progress)
-        item.metrics, mask = evaluate_exam(exam.name, original, converted, reference, meta.spacing)
+        others, plan = {}, None
+        if conditioned is not None:
+            try:
+                others[cond.PREFIX], plan = conditioned.convert(original, meta.spacing, cfg.batch_size)
+            except InputError as exc:  # e.g. a target outside the trained range: the row is n/a
+                item.warnings.append(f"sharpness-conditioned converter not run: {exc.message}")
+        item.metrics, mask = evaluate_exam(exam.name, original, converted, reference, meta.spacing, others)
+        if conditioned is not None:
+            item.metrics = {**cond.nan_metrics(), **item.metrics}
+        if plan is not None:
+            item.metrics.update(sharpness_plan_source=plan.source, sharpness_plan_target=plan.target)
         sharpness, kernel_warnings = kernel_check(
             original, converted, reference, meta.spacing, source=source, target=target
         )
@@ -560,6 +611,8 @@ def report_text(result: RunResult) -> str:
     for key, label, unit in (("laa950", "LAA-950", " points"), ("perc15", "Perc15", " HU")):
         for name, v in s.get(f"bland_altman_{key}", {}).items():
             lines.append(agreement_line(f"{label} {name.replace('_', ' ')}", v, "+.2f", unit))
+    if "rmse_conditioned_hu_mean" in s:
+        lines.append(cond.summary_text(s, s.get("conditioned")))
     if "html" in result.outputs:
         lines.append(f"report: {result.outputs['html']}")
     return "\n".join(lines)
