@@ -113,7 +113,13 @@ def cpu_seconds() -> float:
 
 
 def load_samples(
-    root: Path, ids: list[str], *, local: bool, kind: str = "borders", max_class_weight: float = 10.0
+    root: Path,
+    ids: list[str],
+    *,
+    local: bool,
+    kind: str = "borders",
+    max_class_weight: float = 10.0,
+    he_plane: str = "hematoxylin",
 ) -> list[Any]:
     """Prepared samples (normalised nuclear plane, target for ``kind``, weights), compact dtypes."""
     from medseg.cells.dataset import load_pair
@@ -122,7 +128,9 @@ def load_samples(
 
     out = []
     for i in ids:
-        image, labels = load_pair(root / "images" / f"{i}.png", root / "masks" / f"{i}.tif", local=local)
+        image, labels = load_pair(
+            root / "images" / f"{i}.png", root / "masks" / f"{i}.tif", local=local, he_plane=he_plane
+        )
         out.append(prepare_sample(image, labels, WeightMapConfig(), kind, max_class_weight))
     return out
 
@@ -246,6 +254,13 @@ def main() -> None:
         help="percentile (1-99.8 %%, as StarDist) or the local contrast step as well (stretches noise)",
     )
     parser.add_argument(
+        "--he-plane",
+        choices=("hematoxylin", "optical_density"),
+        default="hematoxylin",
+        help="what RGB H&E images become: the hematoxylin channel (colour deconvolution) or the summed "
+        "optical density (solid strongly stained nuclei; recorded in the weights)",
+    )
+    parser.add_argument(
         "--target",
         choices=("borders", "3class", "dist"),
         default=None,
@@ -290,12 +305,8 @@ def main() -> None:
         model = with_target_head(model, target)
         t0 = time.perf_counter()
         local = args.normalisation == "local"
-        train, val = (
-            load_samples(
-                args.data, train_ids, local=local, kind=target, max_class_weight=args.max_class_weight
-            ),
-            load_samples(args.data, held, local=local, kind=target, max_class_weight=args.max_class_weight),
-        )
+        opts = dict(local=local, kind=target, max_class_weight=args.max_class_weight, he_plane=args.he_plane)
+        train, val = load_samples(args.data, train_ids, **opts), load_samples(args.data, held, **opts)
         log.info(
             "prepared %d training + %d held-out images in %.0f s",
             len(train),
@@ -320,6 +331,7 @@ def main() -> None:
             diameter=round(float(np.median(diameters)), 2) if diameters else None,
             training_data="DSB 2018 stage 1 training split",
             local_contrast=local,
+            he_plane=args.he_plane,
             instance_target=args.target,
             max_class_weight=args.max_class_weight,
         )

@@ -72,7 +72,13 @@ def check_label_mask(mask: np.ndarray, path: Path) -> np.ndarray:
 
 
 def load_pair(
-    image_path: Path, mask_path: Path, *, stain: str = "auto", channel: int | None = None, local: bool = True
+    image_path: Path,
+    mask_path: Path,
+    *,
+    stain: str = "auto",
+    channel: int | None = None,
+    local: bool = True,
+    he_plane: str = "hematoxylin",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(normalised 2D nuclear plane, instance labels); refuses stacks and size mismatches.
 
@@ -87,7 +93,8 @@ def load_pair(
             path=image_path,
         )
     check_label_mask(mask, mask_path)
-    return prepare_plane(planes[0], stain, path=image_path, local=local)[0], instances_from_mask(mask)
+    prepared = prepare_plane(planes[0], stain, path=image_path, local=local, he_plane=he_plane)[0]
+    return prepared, instances_from_mask(mask)
 
 
 def load_pairs(
@@ -97,12 +104,15 @@ def load_pairs(
     stain: str = "auto",
     channel: int | None = None,
     local: bool = True,
+    he_plane: str = "hematoxylin",
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict[str, str]]]:
     pairs, skipped = find_pairs(images_dir, masks_dir)
     loaded = []
     for image_path, mask_path in pairs:
         try:
-            loaded.append(load_pair(image_path, mask_path, stain=stain, channel=channel, local=local))
+            loaded.append(
+                load_pair(image_path, mask_path, stain=stain, channel=channel, local=local, he_plane=he_plane)
+            )
         except InputError as exc:
             where = f"{exc.path.name}: " if exc.path is not None and exc.path != image_path else ""
             skipped.append({"image": str(image_path), "reason": where + exc.message})

@@ -42,6 +42,7 @@ from medseg.cells.model import DEMO_WEIGHTS
 from medseg.cells.stain import (
     StainDecision,
     detect_stain,
+    he_plane_of,
     normalise_for_stain,
     nuclear_plane,
     uses_local_contrast,
@@ -246,7 +247,7 @@ class CellSegmenter:
         """One plane (gray (H, W) or RGB (H, W, 3)): stain, nuclear plane, size, probability, instances."""
         stain = self.config.stain
         decision = detect_stain(plane, path=path) if stain == "auto" else StainDecision(stain, "given")
-        nuclear = nuclear_plane(plane, decision.stain)
+        nuclear = nuclear_plane(plane, decision.stain, he_plane=he_plane_of(self.meta.normalisation))
         diameter = self._given_diameter()
         scale = self.train_diameter / diameter if diameter else 1.0
         maps = self.predict_maps(nuclear, stain=decision.stain, scale=scale)

@@ -98,6 +98,7 @@ class CellsTrainConfig:
     scale_range: tuple[float, float] = (1.0, 1.0)  # scale jitter of training patches (log-uniform)
     noise: float = 0.0  # blur / Gaussian-noise jitter of training patches (noise SD up to this)
     local_contrast: bool = True  # the pairs were normalised with the local contrast step (recorded)
+    he_plane: str = "hematoxylin"  # what RGB H&E images became (medseg.cells.stain.HE_PLANES; recorded)
     # borders | 3class | dist (medseg.cells.targets), recorded in the weights; None: the kind of the
     # starting weights (init_weights), else borders
     instance_target: str | None = None
@@ -240,6 +241,18 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: t
     return (F.cross_entropy(logits.float(), target, reduction="none") * weight).mean()
 
 
+def _normalisation(config: CellsTrainConfig) -> dict[str, Any]:
+    """The weights' ``normalisation``: what the net read, so inference and fine-tuning read the same
+    (``local_contrast`` and ``he_plane`` only written where they differ from what older weights did)."""
+    out = dict(NORMALISATION)
+    if not config.local_contrast:
+        out.update(method="percentile only (no local contrast)", local_contrast=False)
+    if config.he_plane != "hematoxylin":
+        out.update(channels=f"luminance, --channel, {config.he_plane} for he, hematoxylin for ihc")
+        out["he_plane"] = config.he_plane
+    return out
+
+
 def make_meta(config: CellsTrainConfig, metrics: dict[str, Any]) -> CheckpointMeta:
     """What a cells weights file says about itself (enough for :func:`medseg.cells.model.load_model`)."""
     return CheckpointMeta(
@@ -247,9 +260,7 @@ def make_meta(config: CellsTrainConfig, metrics: dict[str, Any]) -> CheckpointMe
         task=TASK,
         config={**config.model.to_dict(), "instance_target": check_target(config.instance_target or BORDERS)},
         training_data=config.training_data or "user-supplied image/mask pairs",
-        normalisation=NORMALISATION
-        if config.local_contrast
-        else {**NORMALISATION, "method": "percentile only (no local contrast)", "local_contrast": False},
+        normalisation=_normalisation(config),
         notes=json.dumps(
             {
                 "instances": asdict(config.instances),
@@ -596,10 +607,12 @@ def train_cells(
     skipped: list[dict[str, str]] = []
     val_pairs = None
     if config.init_weights:  # fine-tuning: normalise as the starting weights were trained
-        from medseg.cells.stain import uses_local_contrast
+        from medseg.cells.stain import he_plane_of, uses_local_contrast
         from medseg.engine.checkpoint import read_meta
 
-        config.local_contrast = uses_local_contrast(read_meta(config.init_weights).normalisation)
+        normalisation = read_meta(config.init_weights).normalisation
+        config.local_contrast = uses_local_contrast(normalisation)
+        config.he_plane = he_plane_of(normalisation)
     if config.synthetic is not None:
         from medseg.cells.stain import prepare_plane
         from medseg.synthetic.cells import MODALITIES, synthetic_batch
@@ -611,7 +624,10 @@ def train_cells(
             return [
                 (
                     prepare_plane(
-                        im, config.stain if config.stain != "auto" else st, local=config.local_contrast
+                        im,
+                        config.stain if config.stain != "auto" else st,
+                        local=config.local_contrast,
+                        he_plane=config.he_plane,
                     )[0],
                     m,
                 )
@@ -627,7 +643,12 @@ def train_cells(
         )
     else:
         pairs, skipped = load_pairs(
-            images_dir, masks_dir, stain=config.stain, channel=config.channel, local=config.local_contrast
+            images_dir,
+            masks_dir,
+            stain=config.stain,
+            channel=config.channel,
+            local=config.local_contrast,
+            he_plane=config.he_plane,
         )
         config.training_data = (
             config.training_data or f"images {images_dir}, masks {masks_dir} ({len(pairs)} pairs)"

@@ -165,3 +165,37 @@ def test_real_dense_he_tile_without_glass_is_he():
         tile = tif.pages[0].asarray()[768:1280, 1024:1536, :3]
     decision = detect_stain(tile)
     assert decision.stain == "he" and "dense" in decision.how, decision
+
+
+def test_optical_density_plane_is_monotonic_and_recorded_in_weights(tmp_path):
+    """The summed optical density: darker in any channel = brighter plane; weights trained on it say
+    so (``he_plane``), inference and fine-tuning follow them, older weights keep hematoxylin."""
+    from medseg.cells.model import build_model
+    from medseg.cells.segment import CellSegmenter, SegmentConfig
+    from medseg.cells.stain import he_plane_of, optical_density
+    from medseg.cells.train import CellsTrainConfig, make_meta
+    from medseg.engine.checkpoint import read_meta, save_weights
+
+    rgb = np.array([[[200, 150, 220], [120, 40, 130], [30, 5, 60], [0, 0, 0]]], np.uint8)
+    od = optical_density(rgb)[0]
+    assert np.all(np.diff(od) > 0), od  # paler -> darker -> near black: strictly increasing
+    assert od[-1] == pytest.approx(3 * np.log(255), rel=1e-5)  # black floored at 1/255, not infinite
+
+    planes, _ = read_image(HE, keep_color=True) if HE.is_file() else (None, None)
+    tile = (
+        planes[0][..., :3] if planes is not None else np.random.default_rng(0).integers(0, 255, (64, 64, 3))
+    )
+    tile = tile.astype(np.uint8)
+    paths = {}
+    for kind in ("hematoxylin", "optical_density"):
+        config = CellsTrainConfig(he_plane=kind)
+        paths[kind] = tmp_path / f"{kind}.safetensors"
+        save_weights(paths[kind], build_model(config=config.model).state_dict(), make_meta(config, {}))
+        assert he_plane_of(read_meta(paths[kind]).normalisation) == kind
+        seg = CellSegmenter(SegmentConfig(weights=str(paths[kind]), device="cpu", stain="he"))
+        got = seg.analyse(tile).nuclear
+        want = optical_density(tile) if kind == "optical_density" else hematoxylin(tile)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert he_plane_of({}) == "hematoxylin" and he_plane_of(None) == "hematoxylin"
+    # ihc keeps the hematoxylin channel whatever the weights read for H&E (DAB is dense too)
+    np.testing.assert_allclose(nuclear_plane(tile, "ihc", he_plane="optical_density"), hematoxylin(tile))
