@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -84,9 +85,8 @@ def directions(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         exams = _write_phantoms(root / "phantoms", args.seeds, args.size, args.slices)
-        runs = [(None, "default")] + (
-            [(DEMO_MODELS / DEMO_FILE, "conditioned forced")] if args.also_conditioned else []
-        )
+        forced = args.conditioned or DEMO_MODELS / DEMO_FILE
+        runs = [(None, "default")] + ([(forced, "conditioned forced")] if args.also_conditioned else [])
         print("| direction | path | model that ran | mean RMSE before -> after (HU) | reduction (per exam) |")
         print("|---|---|---|---|---|")
         for weights, label in runs:
@@ -116,8 +116,13 @@ def agreement(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         write_cohort(Path(tmp) / "cohort", args.seeds, kernels=("B30f", "B50f"))
+        dirs: tuple = ()
+        if args.conditioned:  # a candidate conditioned file: found first in the models folders
+            (Path(tmp) / "models").mkdir()
+            shutil.copy(args.conditioned, Path(tmp) / "models" / "candidate.safetensors")
+            dirs = (Path(tmp) / "models",)
         for src, tgt in (("B50f", "B30f"), ("B30f", "B50f")):
-            cfg = ReportConfig(src, tgt, device="cpu", pdf=False, conditioned=True)
+            cfg = ReportConfig(src, tgt, device="cpu", pdf=False, conditioned=True, models_dirs=dirs)
             s = run_ct_report([Path(tmp) / "cohort"], Path(tmp) / f"qa_{src}", cfg).summary
             plan = f"sharpness {s['sharpness_plan_source_mean']:.2f} -> {s['sharpness_plan_target_mean']:.2f}"
             for comp, label, red in (
@@ -145,6 +150,10 @@ def main() -> None:
     d.add_argument("--also-conditioned", action="store_true")
     a = sub.add_parser("agreement")
     a.add_argument("--seeds", type=int, nargs="+", default=[5001, 5002, 5003, 5004, 5005, 5006])
+    for p in (d, a):
+        p.add_argument(
+            "--conditioned", type=Path, default=None, help="conditioned weights (default: shipped)"
+        )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     (directions if args.mode == "directions" else agreement)(args)
