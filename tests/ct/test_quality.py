@@ -24,7 +24,9 @@ def unseen_cohort(tmp_path_factory):
 @pytest.mark.slow
 def test_b50f_to_b30f_meets_the_issue_targets(unseen_cohort, tmp_path):
     assert (DEMO_MODELS / "B50f_to_B30f.safetensors").exists()
-    res = run_ct_report([unseen_cohort], tmp_path / "qa", ReportConfig("B50f", "B30f", device="cpu"))
+    res = run_ct_report(
+        [unseen_cohort], tmp_path / "qa", ReportConfig("B50f", "B30f", device="cpu", conditioned=False)
+    )
     assert res.exit_code == 0 and res.summary["demo_weights"] is True
     exams = [i.metrics for i in res.items]
     assert len(exams) == len(TEST_SEEDS) and all(i.status == "ok" for i in res.items)
@@ -45,7 +47,9 @@ def test_b50f_to_b30f_meets_the_issue_targets(unseen_cohort, tmp_path):
 @pytest.mark.slow
 def test_b30f_to_b50f_reduces_rmse(unseen_cohort, tmp_path):
     res = run_ct_report(
-        [unseen_cohort], tmp_path / "qa", ReportConfig("B30f", "B50f", device="cpu", pdf=False)
+        [unseen_cohort],
+        tmp_path / "qa",
+        ReportConfig("B30f", "B50f", device="cpu", pdf=False, conditioned=False),
     )
     assert res.summary["rmse_reduction_pct_mean"] > 50
     assert abs(res.summary["bland_altman_laa950"]["converted_vs_reference"]["bias"]) < 3
