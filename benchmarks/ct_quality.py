@@ -86,7 +86,8 @@ def directions(args: argparse.Namespace) -> None:
         root = Path(tmp)
         exams = _write_phantoms(root / "phantoms", args.seeds, args.size, args.slices)
         forced = args.conditioned or DEMO_MODELS / DEMO_FILE
-        runs = [(None, "default")] + ([(forced, "conditioned forced")] if args.also_conditioned else [])
+        runs = [] if args.conditioned_only else [(None, "default")]
+        runs += [(forced, "conditioned forced")] if args.also_conditioned or args.conditioned_only else []
         print("| direction | path | model that ran | mean RMSE before -> after (HU) | reduction (per exam) |")
         print("|---|---|---|---|---|")
         for weights, label in runs:
@@ -148,6 +149,7 @@ def main() -> None:
     d.add_argument("--size", type=int, default=192)
     d.add_argument("--slices", type=int, default=8)
     d.add_argument("--also-conditioned", action="store_true")
+    d.add_argument("--conditioned-only", action="store_true", help="only the forced conditioned runs")
     a = sub.add_parser("agreement")
     a.add_argument("--seeds", type=int, nargs="+", default=[5001, 5002, 5003, 5004, 5005, 5006])
     for p in (d, a):
