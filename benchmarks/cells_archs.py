@@ -324,6 +324,7 @@ def run_arch_real(
         "ap50": net["all"]["ap50"],
         "ap50_kinds": {k: net[k]["ap50"] for k in net if k != "all"},
         "map_50_95": net["all"]["map_50_95"],
+        "map_kinds": {k: net[k]["map_50_95"] for k in net if k != "all"},
         "mean_image_ap50": net["all"]["mean_image_ap50"],
         "cells": net["all"]["count_pred"],
         "true_cells": net["all"]["count_true"],
