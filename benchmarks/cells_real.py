@@ -64,7 +64,7 @@ def run(
     weights: str | None,
     overlays: Path | None = None,
     overlay_ids: list[str] | None = None,
-    diameter: str | None = None,
+    diameter: str | None = "auto",
     instances: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Segment and score every id with the net and the classical baseline."""
@@ -201,7 +201,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="the nuclei_dsb2018_stage1 folder")
     parser.add_argument("--weights", default=None, help="weights file (default: the shipped demo weights)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--diameter", default=None, help="as cells-segment --diameter (e.g. auto)")
+    parser.add_argument(
+        "--diameter", default="auto", help="as cells-segment --diameter: auto (default), none, or px"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     parser.add_argument("--overlays", type=Path, default=None, help="write prediction | truth overlays here")
     parser.add_argument("--overlay-ids", nargs="*", default=None, help="only these ids (default: all)")
@@ -227,7 +229,7 @@ def main() -> None:
         weights=args.weights,
         overlays=args.overlays,
         overlay_ids=args.overlay_ids,
-        diameter=args.diameter,
+        diameter=None if str(args.diameter).lower() == "none" else args.diameter,
         instances=json.loads(args.instances) if args.instances else None,
     )
     result["threads"] = args.threads

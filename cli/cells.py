@@ -79,16 +79,19 @@ def _stain_option(f):
 
 
 def _diameter(value: str | None, pixel_size: float | None) -> float | str | None:
-    """--diameter: a positive number or 'auto' (a usage error otherwise)."""
-    if value is None or value.strip().lower() == "auto":
-        if value is None and pixel_size is not None:
-            raise click.BadParameter("--pixel-size needs --diameter in um", param_hint="--pixel-size")
-        return None if value is None else "auto"
+    """--diameter: a positive number, 'auto' (the default) or 'none' (a usage error otherwise)."""
+    word = "auto" if value is None else value.strip().lower()
+    if word in ("auto", "none"):
+        if pixel_size is not None:
+            raise click.BadParameter(
+                "--pixel-size needs --diameter in um (a number)", param_hint="--pixel-size"
+            )
+        return None if word == "none" else "auto"
     try:
         number = float(value)
     except ValueError:
         raise click.BadParameter(
-            f"{value!r} is neither a number nor 'auto'", param_hint="--diameter"
+            f"{value!r} is neither a number, 'auto' nor 'none'", param_hint="--diameter"
         ) from None
     if not number > 0 or number == float("inf"):  # NaN too: not > 0
         raise click.BadParameter(f"must be a positive, finite number, got {value}", param_hint="--diameter")
@@ -131,9 +134,11 @@ def _diameter(value: str | None, pixel_size: float | None) -> float | str | None
 @click.option(
     "--diameter",
     type=str,
-    default=None,
-    help="Typical cell diameter (px, or um with --pixel-size), or 'auto' (estimated by a first pass); "
-    "the image is rescaled to the model's training scale and results mapped back.",
+    default="auto",
+    show_default=True,
+    help="Typical cell diameter (px, or um with --pixel-size); 'auto' estimates it per image from first "
+    "passes at scale 1 and 1/2; 'none' keeps the input scale. The image is rescaled to the model's "
+    "training scale and results mapped back.",
 )
 @click.option(
     "--pixel-size",

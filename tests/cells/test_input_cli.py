@@ -43,7 +43,8 @@ def test_diameter_rescales_and_maps_back(big_cells, tmp_path):
     path, truth = big_cells
     scores = {}
     for name, extra in {
-        "none": [],
+        "none": ["--diameter", "none"],
+        "default": [],
         "px": ["--diameter", "46"],
         "um": ["--diameter", "23", "--pixel-size", "0.5"],
         "auto": ["--diameter", "auto"],
@@ -56,10 +57,11 @@ def test_diameter_rescales_and_maps_back(big_cells, tmp_path):
         metrics = doc["items"][0]["metrics"]
         if name in ("px", "um"):
             assert metrics["diameter_px"] == 46
-        if name == "auto":
+        if name in ("auto", "default"):  # auto is the default (chosen on the real validation split)
             assert 30 <= metrics["diameter_px"] <= 60, metrics
     print(scores)
     np.testing.assert_allclose(scores["px"], scores["um"])
+    assert scores["default"] == scores["auto"]
     # with the synthetic-data weights (before issue 18): no rescaling 0.20 (cells twice the training size
     # fell apart), --diameter 0.69, auto 0.60. The DSB 2018 weights were trained with scale jitter
     # 0.6-1.6 on nuclei of many sizes: no rescaling 0.94 here, --diameter 46 0.79 (it shrinks these
