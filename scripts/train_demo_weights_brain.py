@@ -13,13 +13,18 @@ the 2013, CBICA and low-grade TCIA groups, the other 9 train), recorded in
 ``medseg/weights/brain/brats2018_split.json`` and in the weights' metadata. ``medseg.brain.train``
 trains at the data's own 1 mm spacing (TwoPathCNN by default, ``--arch input-cascade`` adds the
 cascade on its outputs): phase 1 on class-balanced patches, phase 2 only the output layer on the
-natural distribution; N4 + per-sequence clipping + z-score inside the brain. ``--max-minutes`` covers
+natural distribution; N4 + per-sequence clipping + z-score inside the brain. ``--select dice`` (the
+default) holds two training cases out (``selection_cases``: one HGG, one LGG, seed 19) and keeps each
+phase's epoch with the best mean WT/TC/ET Dice on fixed slices through their tumours
+(``medseg.brain.selection``); ``--select loss`` is the earlier rule (lowest class-balanced loss on the
+validation cases, which then took part in choosing the weights). ``--max-minutes`` covers
 every phase (the run always ends with ``WORK/best.safetensors``), ``--resume`` continues an
 interrupted or shortened run; preprocessed cases are cached (``--cache``). Each run's wall and CPU
 time are added to ``WORK/cpu_time.json`` (``--work``, default ../brain_runs/brats2018). After
 training (and with ``--evaluate-only``) the weights segment the 3 validation cases (never trained
 on) and the script reports Dice / HD95 / volumes per case and mean for each post-processing variant
-(``WORK/validation.json``); ``--ship`` copies weights into
+(``WORK/validation.json``; the same on the selection cases in ``WORK/selection.json``, where
+post-processing can be decided without the validation cases); ``--ship`` copies weights into
 ``medseg/weights/brain/brain_twopath_brats2018.safetensors`` with the data's citations and terms.
 
 Synthetic (without ``--data``, the earlier demo weights)::

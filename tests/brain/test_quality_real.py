@@ -33,7 +33,9 @@ def test_split_and_terms_recorded_in_the_default_weights():
     saved = json.loads(SPLIT.read_text(encoding="utf-8"))
     assert (split["train"], split["validation"]) == (saved["train"], saved["validation"])
     assert NAME in split["validation"] and NAME not in split["train"]
-    assert meta.config["training_cases"] == split["train"]
+    # --select dice holds training cases out to choose the epochs: trained on or held out, never validation
+    trained, held = meta.config["training_cases"], meta.config.get("selection_cases") or []
+    assert sorted(trained + held) == sorted(split["train"]) and not set(trained) & set(held)
     assert meta.config["validation_cases"] == split["validation"]
     assert meta.config["train_spacing_mm"] == [1.0, 1.0]
     text = meta.training_data + meta.notes
