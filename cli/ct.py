@@ -393,6 +393,12 @@ A failing exam is recorded in the report with its reason; the exit code is then 
 @_models_dir_option
 @click.option("--save-masks", is_flag=True, help="Also write each exam's lung mask (NIfTI) to OUT/masks.")
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write the PDF report.")
+@click.option(
+    "--conditioned/--no-conditioned",
+    default=None,
+    help="Also score the sharpness-conditioned converter on every exam (a second conversion each). "
+    "Default: where it is installed and knows both kernels; --conditioned makes it required.",
+)
 @ray_task_option("exam")
 @batch_size_option(None, BATCH_HELP)
 @runtime_option
@@ -409,6 +415,7 @@ def ct_report(
     models_dir,
     save_masks,
     pdf,
+    conditioned,
     ray_address,
     batch_size,
     amp,
@@ -431,6 +438,7 @@ def ct_report(
         batch_size=batch_size,
         save_masks=save_masks,
         pdf=pdf,
+        conditioned=conditioned,
         overwrite=overwrite,
         progress=not quiet,
     )

@@ -83,3 +83,21 @@ def test_required_row_for_a_kernel_without_table_sharpness_is_an_error():
         conditioned_row(True, KernelSpec("B50f"), KernelSpec("SMOOTH9"))
     assert conditioned_row(None, KernelSpec("B50f"), KernelSpec("B30f")) is not None
     assert conditioned_row(False, KernelSpec("B50f"), KernelSpec("B30f")) is None
+
+
+def test_cli_no_conditioned_leaves_the_row_out(cohort, tmp_path):
+    """``ct-report --no-conditioned``: one conversion per exam, no conditioned row anywhere."""
+    from click.testing import CliRunner
+    from medseg_cli.main import cli
+
+    res = CliRunner().invoke(
+        cli,
+        [
+            "ct-report", str(cohort), "--from", "B50f", "--to", "B30f", "--out", str(tmp_path / "qa"),
+            "--no-pdf", "--no-conditioned", "--device", "cpu", "--quiet", "--json",
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "conditioned" not in json.loads((tmp_path / "qa" / "ct_qa.json").read_text())
+    comparisons = {r["comparison"] for r in csv.DictReader(open(tmp_path / "qa" / "ct_qa_agreement.csv"))}
+    assert "converted vs reference" in comparisons and "conditioned vs reference" not in comparisons
