@@ -27,9 +27,8 @@ AP@0.5 on the held-out training images (the script's task), the budget counts tr
 (the held-out validation passes are timed and reported apart). Then scored on the 60 validation
 images by ``benchmarks/cells_real.py``'s ``run`` (the ``cells-segment`` library path, default 3class
 decoder settings): dataset AP@0.5 overall and per kind, mAP@0.5:0.95, net CPU s/Mpx.
-The library trainer refuses non-``borders`` targets for the padded ``--arch`` nets
-(``CellsTrainTask``); the nets themselves take K = 3 and ``cells-segment`` decodes them, so this
-benchmark lifts that guard after building the task (:func:`real_task`).
+The padded ``--arch`` nets train the 3class target like the U-Nets (``CellsTrainTask`` refuses only
+``dist`` for them: HED's own deep-supervision loss knows classes, not distances).
 
 Mpx/s (both modes): best of ``--repeats`` timed whole-image probability predictions of the 512^2 DSB
 image in CPU seconds of this process (so a shared machine's load does not count), 1 torch thread
@@ -241,15 +240,10 @@ def real_task(config: Any, train: list[Any], held: list[Any]) -> Any:
     """The real script's task (held-out AP@0.5 picks the epoch, sqrt-area patch sampling) with the
     per-epoch cosine of the synthetic mode (the script's wall-clock cosine would depend on the load),
     for any arch and target; validation passes accumulate their CPU time in ``task.val_cpu_s``."""
-    from medseg.cells.archs import ArchConfig
     from medseg.cells.train import CellsTrainTask
 
     script, _ = real_modules()
-    target = config.instance_target
-    if isinstance(config.model, ArchConfig):
-        config.instance_target = "borders"  # CellsTrainTask's guard for --arch nets (see module doc)
     task = script.make_task(config, train, held, budget_s=1.0)
-    config.instance_target = target  # task.config is config: validation and metadata use the target
     task.build_scheduler = functools.partial(CellsTrainTask.build_scheduler, task)
     task.val_cpu_s, task.steps_done, task.epochs_done = 0.0, 0, 0
     task.budget_s, task.fit_c0 = None, None  # set by the caller just before fit()

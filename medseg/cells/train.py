@@ -43,6 +43,7 @@ from medseg.cells.model import (
 )
 from medseg.cells.targets import (
     BORDERS,
+    DIST,
     DIST_WEIGHT,
     MAX_CLASS_WEIGHT,
     adapt_head,
@@ -429,21 +430,21 @@ class CellsTrainTask:
         self.data = data or {}
         self.probabilities: np.ndarray | None = None  # patch sampling per image (None: uniform)
         model = config.model
+        target = check_target(config.instance_target)
+        if isinstance(model, archs.ArchConfig) and target == DIST:  # HED's own loss knows classes only
+            raise InputError(f"--arch {model.arch} trains the borders or 3class target, not {DIST}")
+        if model.num_classes != out_channels(target):
+            raise InputError(
+                f"the {target} target needs {out_channels(target)} output channels, the model has {model.num_classes}"
+            )
         if isinstance(model, archs.ArchConfig):
             # padded nets: whole patches, a multiple of the size rule, no context margin
-            if check_target(config.instance_target) != BORDERS:
-                raise InputError(f"--arch {model.arch} trains the borders target only (instance_target)")
             if model.arch in BATCH_NORM_IN_GLOBAL_POOLING and config.batch_size < 2:
                 raise InputError(f"{model.arch} trains with batches of at least 2 (--batch-size)")
             rule = archs.size_rule(model)
             self.tile = max(-(-config.tile // rule) * rule, rule)
             self.margin, self.out_size = 0, self.tile
         else:
-            if model.num_classes != out_channels(config.instance_target):
-                raise InputError(
-                    f"the {config.instance_target} target needs {out_channels(config.instance_target)} "
-                    f"output channels, the model has {model.num_classes}"
-                )
             self.tile = valid_tile(model, config.tile)
             self.margin = model_margin(model)
             self.out_size = model_output_size(model, self.tile)

@@ -179,3 +179,31 @@ def test_segment_follows_the_stored_kind(tmp_path, kind):
     segment_images([tmp_path / "a.tif"], tmp_path / "out", config)
     prob = tifffile.imread(tmp_path / "out" / "a_prob.tif")
     assert prob.shape == (150, 170) and 0 <= prob.min() and prob.max() <= 1 + 1e-5
+
+
+def test_padded_arch_nets_train_3class_and_refuse_dist():
+    """The --arch nets take the 3class target (as in benchmarks/cells_archs.py --real); the output channels
+    must fit the target; dist is refused for them (HED's deep-supervision loss knows classes only)."""
+    from medseg.cells.archs import ArchConfig
+    from medseg.cells.train import CellsTrainConfig, CellsTrainTask, prepare_sample
+    from medseg.cells.weights import WeightMapConfig
+    from medseg.errors import InputError
+
+    labels = _discs(shape=(96, 96), centres=((40, 36), (40, 60)))
+    image = (labels > 0).astype(np.float32)
+    samples = [prepare_sample(image, labels, WeightMapConfig(), "3class", 10.0)]
+    config = CellsTrainConfig(model=ArchConfig(arch="unet_se", width=4, num_classes=3), tile=64)
+    config.instance_target, config.batch_size = "3class", 2
+    task = CellsTrainTask(config, samples, [])
+    model = task.build_model()
+    batch = next(iter(task.train_batches(1, np.random.default_rng(0))))
+    loss = task.train_step(model, batch, torch.device("cpu"))
+    assert torch.isfinite(loss) and loss.item() > 0
+    two = CellsTrainConfig(model=ArchConfig(arch="unet_se", width=4, num_classes=2), tile=64)
+    two.instance_target = "3class"
+    with pytest.raises(InputError, match="3 output channels"):
+        CellsTrainTask(two, samples, [])
+    dist = CellsTrainConfig(model=ArchConfig(arch="hed", width=4, num_classes=3), tile=64)
+    dist.instance_target = "dist"
+    with pytest.raises(InputError, match="borders or 3class"):
+        CellsTrainTask(dist, samples, [])
