@@ -69,7 +69,7 @@ def region_volumes_ml(seg: np.ndarray, spacing: tuple[float, float, float]) -> d
 
 def load_brain_model(weights: str | Path):
     """Rebuild a brain network from self-describing weights; returns (model, meta, preprocess config)."""
-    from medseg.engine.checkpoint import load_weights
+    from medseg.engine.checkpoint import load_state_into, load_weights
 
     state, meta = load_weights(weights)
     if not meta.model.startswith(MODEL_PREFIX) or meta.task != TASK:
@@ -77,13 +77,12 @@ def load_brain_model(weights: str | Path):
             f"weights are for {meta.model} / {meta.task}, not a brain tumour model", path=weights
         )
     net_cfg = BrainNetConfig.from_dict(meta.config.get("net", {}))
-    model = build_model(config=net_cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(
-            f"weights do not fit {net_cfg.arch}: {str(exc).splitlines()[0]}", path=weights
-        ) from None
+    model = load_state_into(
+        build_model(config=net_cfg),
+        state,
+        path=weights,
+        message=f"weights do not fit {net_cfg.arch}: {{error}}",
+    )
     return model.eval(), meta, PreprocessConfig.from_dict(meta.config.get("preprocess", {}))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medseg.ct.kernels import KernelSpec, normalise_kernel, parse_kernel, siemens_family
-from medseg.engine.checkpoint import CheckpointMeta, load_weights, read_meta
+from medseg.engine.checkpoint import CheckpointMeta, load_state_into, load_weights, read_meta
 from medseg.engine.weights import demo_weights_path, is_demo, resolve_weights
 from medseg.errors import InputError, ModelError
 
@@ -250,14 +250,9 @@ def _load_net(path: Path, model_name: str, build: Callable[[dict], torch.nn.Modu
     """Weights of ``model_name`` at ``path`` into the net ``build`` makes from their config; ModelError
     (one line) when they do not fit."""
     state, meta = load_weights(path, expect_model=model_name)
-    net = build(meta.config)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(
-            f"weights do not match the model config ({str(exc).splitlines()[0]})", path=path
-        ) from None
-    return net
+    return load_state_into(
+        build(meta.config), state, path=path, message="weights do not match the model config ({error})"
+    )
 
 
 def load_net(entry: ModelEntry) -> torch.nn.Module:

@@ -89,6 +89,16 @@ def load_weights(path: str | Path, *, expect_model: str | None = None) -> tuple[
     return load_file(str(path), device="cpu"), meta
 
 
+def load_state_into(model: Any, state: dict, *, path: str | Path, message: str) -> Any:
+    """``model.load_state_dict(state)``, or one-line ModelError ``message.format(error=<first line>)``
+    naming ``path`` when the weights do not fit the model their own metadata described."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(message.format(error=str(exc).splitlines()[0]), path=path) from None
+    return model
+
+
 def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
     """Save resumable training state (tensors, numbers, strings, lists, dicts only)."""
     import torch
