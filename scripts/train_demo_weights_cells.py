@@ -26,7 +26,9 @@ default (``--threads``): the machine is shared. ``--normalisation percentile`` (
 percentile-normalised planes and records ``local_contrast: false`` in the weights, which
 ``cells-segment`` follows. ``--target borders|3class|dist`` picks the instance target
 (``medseg.cells.targets``) on the same net; fine-tuning from 2-class weights adapts the last layer.
-Results: docs/cells.md.
+``--kinds`` trains a specialist on some kinds only (its held-out images drawn among them), e.g. the
+brightfield weights that ``cells-segment`` uses for H&E/IHC images; ``--ema`` keeps a moving average
+of the weights, which is what is validated and written. Results: docs/cells.md.
 """
 
 from __future__ import annotations
@@ -214,8 +216,9 @@ def write_weights(src: Path, dst: Path, split: dict[str, Any], extra: dict[str, 
         }
     )
     meta.notes = json.dumps(notes)
+    only = f" (only its {' and '.join(notes['kinds'])} images)" if notes.get("kinds") else ""
     meta.training_data = (
-        f"REAL: {DATASET}; trained on the {len(split['train'])}-image training split (seed {split['seed']}), "
+        f"REAL: {DATASET}; trained on the {len(split['train'])}-image training split{only} (seed {split['seed']}), "
         f"never on the {len(split['validation'])} validation ids listed in notes; fine-tuned from "
         f"--init {notes.get('init', 'demo')} (the earlier demo weights). {USE}."
     )
@@ -248,6 +251,13 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=KINDS,
+        default=None,
+        help="train (and hold out) only these kinds, e.g. a brightfield specialist: brightfield grey_brightfield",
+    )
+    parser.add_argument(
         "--normalisation",
         choices=("percentile", "local"),
         default="percentile",
@@ -273,6 +283,9 @@ def main() -> None:
         default=10.0,
         help="3class: cap of the class balancing (the shipped weights: 10; 1 = plain CE)",
     )
+    parser.add_argument(
+        "--ema", type=float, default=0.0, help="moving average of the weights, decay per step (0 = off)"
+    )
     parser.add_argument("--weights-out", type=Path, default=None, help="write the best epoch here (float16)")
     parser.add_argument("--split-only", action="store_true", help="write the split file and stop")
     args = parser.parse_args()
@@ -297,6 +310,10 @@ def main() -> None:
     else:
         rng = np.random.default_rng(SPLIT_SEED + 1)
         train_ids = list(split["train"])
+        if args.kinds:  # a specialist: only these kinds, held-out images drawn among them
+            kinds = image_kinds(args.data)
+            train_ids = [i for i in train_ids if kinds[i] in args.kinds]
+            log.info("kinds %s: %d training-split images", ", ".join(args.kinds), len(train_ids))
         held = sorted(rng.choice(train_ids, size=args.internal_val, replace=False).tolist())
         train_ids = [i for i in train_ids if i not in set(held)]
         scratch = CellModelConfig(arch="unet2015", base_channels=8, batch_norm=True, dropout=0.1)
@@ -334,6 +351,7 @@ def main() -> None:
             he_plane=args.he_plane,
             instance_target=args.target,
             max_class_weight=args.max_class_weight,
+            ema=args.ema,
         )
         task = make_task(config, train, val, args.max_minutes * 60)
         start = cpu_seconds()
@@ -363,6 +381,8 @@ def main() -> None:
                 "threads": args.threads,
                 **({"instance_target": args.target} if args.target else {}),
                 "init": args.init,
+                **({"kinds": list(args.kinds)} if args.kinds else {}),
+                **({"ema": args.ema} if args.ema else {}),
             },
         )
 

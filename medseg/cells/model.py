@@ -30,6 +30,12 @@ BATCH_NORM_IN_GLOBAL_POOLING = ("deeplabv3", "pspnet")  # train with batches of 
 MODEL_NAME = "medseg-cells-unet"  # the ``model`` field of every cells weights file
 TASK = "cell-foreground-with-borders"
 DEMO_WEIGHTS = "cells/demo_unet2015.safetensors"  # relative to the shipped demo-weights folder
+# shipped specialists that take these stains when no --weights is given (docs/cells.md: chosen on the
+# real DSB validation split); a missing file leaves the stain to DEMO_WEIGHTS
+DEMO_WEIGHTS_BY_STAIN = {
+    "he": "cells/demo_unet2015_brightfield.safetensors",
+    "ihc": "cells/demo_unet2015_brightfield.safetensors",
+}
 
 
 @dataclass

@@ -14,13 +14,11 @@ only; with ``resume`` images done in an earlier run are kept (status ``skipped``
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +36,7 @@ from medseg.cells.io import (
     write_labels,
     write_png,
 )
-from medseg.cells.model import DEMO_WEIGHTS
+from medseg.cells.model import DEMO_WEIGHTS, DEMO_WEIGHTS_BY_STAIN
 from medseg.cells.stain import (
     StainDecision,
     detect_stain,
@@ -47,6 +45,7 @@ from medseg.cells.stain import (
     nuclear_plane,
     uses_local_contrast,
 )
+from medseg.cells.table import cell_table, csv_text
 from medseg.errors import InputError, ModelError, OutputExistsError
 from medseg.io.atomic import check_apart, check_writable, safe_name, write_text
 from medseg.results import FAILED, OK, SKIPPED, ItemResult, RunResult
@@ -58,16 +57,6 @@ log = logging.getLogger("medseg.cells")
 
 COMMAND = "cells-segment"
 SUMMARY, REPORT = "summary.json", "report.html"
-CSV_COLUMNS = [
-    "page",
-    "label",
-    "area",
-    "centroid_y",
-    "centroid_x",
-    "perimeter",
-    "eccentricity",
-    "mean_intensity",
-]
 MAX_FIGURES = 6  # overlays kept (as thumbnails) for the report
 THUMB_EDGE = 768
 
@@ -106,36 +95,6 @@ class SegmentConfig:
         }
 
 
-def cell_table(labels: np.ndarray, intensity: np.ndarray, page: int = 0) -> list[dict[str, Any]]:
-    """Per-cell measurements (skimage regionprops); intensity is the raw (gray) plane."""
-    from skimage.measure import regionprops
-
-    rows = []
-    for r in regionprops(labels, intensity_image=intensity):
-        cy, cx = r.centroid
-        rows.append(
-            {
-                "page": page,
-                "label": int(r.label),
-                "area": int(r.area),
-                "centroid_y": round(float(cy), 2),
-                "centroid_x": round(float(cx), 2),
-                "perimeter": round(float(r.perimeter), 2),
-                "eccentricity": round(float(r.eccentricity), 4),
-                "mean_intensity": round(float(r.intensity_mean), 4),
-            }
-        )
-    return rows
-
-
-def _csv_text(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 DEFAULT_TRAIN_DIAMETER = 23.0  # px: median cell diameter of the synthetic training images
 AUTO_MIN_CELLS = 3  # a first pass needs this many cells to estimate the diameter
 # rescale only when the estimate is off the training scale by more than the training's scale jitter
@@ -154,6 +113,7 @@ class PlaneResult:
     diameter: float | None  # the diameter used (px of the input), None: the model's own scale
     scale: float  # input -> model scale factor
     maps: np.ndarray | None = None  # (K, H, W) the net's output maps (decoded as its target says)
+    weights: str = ""  # file name of the weights that ran (a stain's specialist or the main model)
 
 
 def train_diameter(meta: Any) -> float:
@@ -177,7 +137,7 @@ def median_diameter(labels: np.ndarray) -> float | None:
 class CellSegmenter:
     """Holds the model behind the engine Predictor; ``segment_plane`` turns a 2D plane into instances."""
 
-    def __init__(self, config: SegmentConfig | None = None) -> None:
+    def __init__(self, config: SegmentConfig | None = None, *, specialists: bool = True) -> None:
         from medseg.cells.model import load_model
         from medseg.cells.predict import make_predictor
         from medseg.cells.targets import out_channels, postprocess_for, target_of
@@ -210,6 +170,26 @@ class CellSegmenter:
         )
 
         self.train_diameter = train_diameter(self.meta)
+        # without --weights, the shipped per-stain specialists take their stains (loaded on first use)
+        self.stain_weights: dict[str, Path] = {}
+        if self.is_demo and specialists:
+            from medseg.engine.weights import demo_weights_path
+
+            for stain_name, name in DEMO_WEIGHTS_BY_STAIN.items():
+                if demo_weights_path(name).is_file():
+                    self.stain_weights[stain_name] = demo_weights_path(name)
+        self._specialists: dict[Path, CellSegmenter] = {}
+
+    def for_stain(self, stain: str) -> CellSegmenter:
+        """The segmenter whose weights take ``stain``: a shipped specialist, else this one."""
+        path = self.stain_weights.get(stain)
+        if path is None:
+            return self
+        if path not in self._specialists:
+            other = CellSegmenter(replace(self.config, weights=path), specialists=False)
+            other.is_demo = True
+            self._specialists[path] = other
+        return self._specialists[path]
 
     def predict(self, plane: np.ndarray, *, stain: str = "fluo", scale: float = 1.0) -> np.ndarray:
         """Cell probability (H, W) for a raw 2D nuclear plane (see :meth:`predict_maps`)."""
@@ -250,9 +230,14 @@ class CellSegmenter:
         return d / self.config.pixel_size if self.config.pixel_size else d
 
     def analyse(self, plane: np.ndarray, *, path: Any = None) -> PlaneResult:
-        """One plane (gray (H, W) or RGB (H, W, 3)): stain, nuclear plane, size, probability, instances."""
+        """One plane (gray (H, W) or RGB (H, W, 3)): stain, nuclear plane, size, probability, instances;
+        by the weights for its stain (:meth:`for_stain`)."""
         stain = self.config.stain
         decision = detect_stain(plane, path=path) if stain == "auto" else StainDecision(stain, "given")
+        return self.for_stain(decision.stain).analyse_as(plane, decision)
+
+    def analyse_as(self, plane: np.ndarray, decision: StainDecision) -> PlaneResult:
+        """:meth:`analyse` with the stain decided, by this segmenter's own weights."""
         nuclear = nuclear_plane(plane, decision.stain, he_plane=he_plane_of(self.meta.normalisation))
         diameter = self._given_diameter()
         scale = self.train_diameter / diameter if diameter else 1.0
@@ -269,7 +254,7 @@ class CellSegmenter:
         from medseg.cells.targets import foreground_probability
 
         prob = foreground_probability(maps, self.target)
-        return PlaneResult(prob, labels, nuclear, decision, diameter, scale, maps)
+        return PlaneResult(prob, labels, nuclear, decision, diameter, scale, maps, self.weights.name)
 
     def _estimate_diameter(self, nuclear: np.ndarray, stain: str, labels: np.ndarray) -> float | None:
         """First passes at scale 1 (``labels``) and 1/2: the median cell diameter each finds, in input
@@ -305,6 +290,11 @@ class CellSegmenter:
             "model": self.model_config.to_dict(),
             "training_data": self.meta.training_data,
             "instance_target": self.target,
+            **(
+                {"weights_by_stain": {k: str(v) for k, v in self.stain_weights.items()}}
+                if self.stain_weights
+                else {}
+            ),
             **self.predictor.describe(),
         }
 
@@ -359,6 +349,7 @@ def segment_one(
     written: list[Path] = []
     stains: list[dict[str, str]] = []
     diameters: list[float | None] = []
+    models: list[str] = []
     try:
         labels_stack, prob_stack, rows, thumb = [], [], [], None
         for k, plane in enumerate(planes):
@@ -367,6 +358,7 @@ def segment_one(
             if not stains or stains[-1] != r.stain.to_dict():
                 stains.append(r.stain.to_dict())
             diameters.append(None if r.diameter is None else round(r.diameter, 2))
+            models.append(r.weights)
             labels_stack.append(labels)
             if segmenter.config.save_probability:
                 prob_stack.append(prob)
@@ -387,7 +379,7 @@ def segment_one(
                     outputs["probability"], np.stack(prob_stack) if len(prob_stack) > 1 else prob_stack[0]
                 )
             )
-        written.append(write_text(outputs["cells"], _csv_text(rows)))
+        written.append(write_text(outputs["cells"], csv_text(rows)))
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
@@ -407,6 +399,7 @@ def segment_one(
             "stain": stains[0]["stain"] if len(stains) == 1 else [x["stain"] for x in stains],
             "stain_reason": stains[0]["how"] if len(stains) == 1 else [x["how"] for x in stains],
             "diameter_px": diameters[0] if len(diameters) == 1 else diameters,
+            "weights": models[0] if len(set(models)) == 1 else models,
             "cells": int(sum(per_page)),
             "cells_per_page": per_page,
             "median_area": float(np.median(areas)) if areas else None,

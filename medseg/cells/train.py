@@ -108,10 +108,16 @@ class CellsTrainConfig:
     slim: float = 0.0  # network slimming (medseg.engine.slim): L1 on batch-norm scales, then pruning:
     prune_ratio: float | None = None  # share of the channels pruned after training (None: no pruning)
     finetune_epochs: int = 5  # epochs of fine-tuning the pruned net
+    ema: float = 0.0  # moving average of the weights (decay per step; 0 = off), medseg.engine.trainer
 
     def loop(self) -> TrainConfig:
         return TrainConfig(
-            epochs=self.epochs, seed=self.seed, max_minutes=self.max_minutes, amp=self.amp, slim=self.slim
+            epochs=self.epochs,
+            seed=self.seed,
+            max_minutes=self.max_minutes,
+            amp=self.amp,
+            slim=self.slim,
+            ema=self.ema,
         )
 
     def to_dict(self) -> dict[str, Any]:

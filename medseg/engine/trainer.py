@@ -62,6 +62,10 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the gradient norm to this value
     amp: str = "auto"  # autocast on CUDA (bf16/fp16), off on CPU
     slim: float = 0.0  # network slimming: L1 penalty on batch-norm scales (medseg.engine.slim)
+    # exponential moving average of the weights (decay per step, e.g. 0.999; 0 = off): validation and
+    # best/last weights use the average, which is smoother than the last step's weights when batches are
+    # small and noisy; the raw weights go on training (kept in the state for --resume)
+    ema: float = 0.0
 
 
 @runtime_checkable
@@ -175,6 +179,14 @@ def _left_behind(out_dir: Path, done: int, saved: int, *, resume: bool, exc: Bas
         )
 
 
+def _ema_of(model: Any, decay: float) -> Any:
+    """torch's AveragedModel keeping an exponential moving average of ``model``'s weights and its
+    batch-norm statistics (``use_buffers``)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def _better(value: float, best: float, mode: str) -> bool:
     if not math.isfinite(value):
         return False
@@ -250,6 +262,9 @@ def _fit(
         raise InputError(f"--slim must be a finite number >= 0, got {config.slim}")
     if config.slim and not has_batch_norm(model):
         raise InputError("--slim penalises batch-norm scales, and this net has no batch norm")
+    if not 0.0 <= config.ema < 1.0:
+        raise InputError(f"--ema must be a decay in [0, 1), got {config.ema}")
+    ema = _ema_of(model, config.ema) if config.ema else None
     optimizer = task.build_optimizer(model)
     scheduler = task.build_scheduler(optimizer)
     scaler = torch.amp.GradScaler(dev.type) if amp_dtype == torch.float16 else None
@@ -257,8 +272,12 @@ def _fit(
     best, best_epoch, start_epoch = float("nan"), 0, 0
     if resume:
         state = load_training_state(out_dir / STATE)
-        weights, _meta = load_weights(out_dir / LAST)
-        model.load_state_dict(weights)
+        if ema is not None:
+            if state.get("ema") is None:
+                raise InputError(f"{out_dir}: this run was trained without --ema; resume it without --ema")
+            ema.module.load_state_dict(state["ema"]["weights"])
+            ema.n_averaged.fill_(int(state["ema"]["n"]))
+        model.load_state_dict(state["model"] if "model" in state else load_weights(out_dir / LAST)[0])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -318,6 +337,8 @@ def _fit(
                     scaler.update()
                 else:
                     optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 losses.append(float(loss.detach()))
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{np.mean(losses):.4g}")
@@ -327,7 +348,9 @@ def _fit(
             if scheduler is not None:
                 scheduler.step()
             model.eval()
-            metrics = {k: float(v) for k, v in task.validate(model, dev).items()}
+            net = ema.module if ema is not None else model  # what is validated and saved
+            net.eval()
+            metrics = {k: float(v) for k, v in task.validate(net, dev).items()}
             if task.metric not in metrics:
                 raise ValueError(f"validate() did not return {task.metric!r}")
             value = metrics[task.metric]
@@ -351,8 +374,8 @@ def _fit(
             with _hold_ctrl_c():  # an epoch's files are saved whole
                 if _better(value, best, task.mode):
                     best, best_epoch = value, epoch
-                    save_weights(out_dir / BEST, model.state_dict(), meta)
-                save_weights(out_dir / LAST, model.state_dict(), meta)
+                    save_weights(out_dir / BEST, net.state_dict(), meta)
+                save_weights(out_dir / LAST, net.state_dict(), meta)
                 save_training_state(
                     out_dir / STATE,
                     {
@@ -364,6 +387,14 @@ def _fit(
                         "history": history,
                         "numpy_rng": json.dumps(rng.bit_generator.state),
                         "torch_rng": torch.get_rng_state(),
+                        **(
+                            {
+                                "model": model.state_dict(),  # LAST holds the average
+                                "ema": {"weights": ema.module.state_dict(), "n": int(ema.n_averaged)},
+                            }
+                            if ema is not None
+                            else {}
+                        ),
                     },
                 )
                 write_text(out_dir / HISTORY, json.dumps(json_safe(history), indent=2) + "\n")

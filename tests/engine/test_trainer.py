@@ -142,3 +142,58 @@ def test_no_validation_warns(tmp_path, caplog):
         logging.getLogger("medseg").propagate = False
     assert result.validated_on == "training data"
     assert any("no held-out validation" in r.getMessage() for r in caplog.records)
+
+
+def _raw_weights_by_step(task: LineTask) -> list[dict[str, torch.Tensor]]:
+    """Filled with the raw weights before every optimiser step of ``task``'s run."""
+    seen = []
+    step = task.train_step
+
+    def record(model, batch, device):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return step(model, batch, device)
+
+    task.train_step = record
+    return seen
+
+
+def test_ema_validates_and_saves_the_moving_average(tmp_path):
+    decay = 0.8
+    task = LineTask()
+    seen = _raw_weights_by_step(task)
+    fit(task, tmp_path / "plain", TrainConfig(epochs=3, seed=5))
+    final, _ = load_weights(tmp_path / "plain" / "last.safetensors")
+    # weights before each step 2..n are the weights after steps 1..n-1; then the final weights
+    after = seen[1:] + [final]
+    expected = {k: v.clone() for k, v in after[0].items()}
+    for w in after[1:]:
+        for k in expected:
+            expected[k] = decay * expected[k] + (1 - decay) * w[k]
+    result = fit(LineTask(), tmp_path / "ema", TrainConfig(epochs=3, seed=5, ema=decay))
+    last, _ = load_weights(tmp_path / "ema" / "last.safetensors")
+    for k in expected:
+        torch.testing.assert_close(last[k], expected[k])
+        assert not torch.allclose(last[k], final[k])  # the average, not the raw weights
+    history = json.loads((tmp_path / "ema" / "history.json").read_text())
+    assert result.best_metric == min(h["val_mse"] for h in history)
+
+
+def test_ema_resume_continues_exactly(tmp_path):
+    straight = LineTask()
+    fit(straight, tmp_path / "a", TrainConfig(epochs=4, seed=3, ema=0.9))
+    first, second = LineTask(), LineTask()
+    fit(first, tmp_path / "b", TrainConfig(epochs=2, seed=3, ema=0.9))
+    fit(second, tmp_path / "b", TrainConfig(epochs=4, seed=3, ema=0.9), resume=True)
+    np.testing.assert_allclose(first.losses + second.losses, straight.losses, rtol=1e-6)
+    wa, _ = load_weights(tmp_path / "a" / "last.safetensors")
+    wb, _ = load_weights(tmp_path / "b" / "last.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k])
+
+
+def test_ema_decay_is_checked_and_a_plain_run_does_not_resume_with_it(tmp_path):
+    with pytest.raises(InputError, match="--ema"):
+        fit(LineTask(), tmp_path / "x", TrainConfig(epochs=1, ema=1.0))
+    fit(LineTask(), tmp_path / "p", TrainConfig(epochs=1))
+    with pytest.raises(InputError, match="without --ema"):
+        fit(LineTask(), tmp_path / "p", TrainConfig(epochs=2, ema=0.9), resume=True)

@@ -1,0 +1,69 @@
+"""Per-stain demo weights: without --weights, an image whose stain has a shipped specialist is
+segmented by it, every other image by the main demo weights; with --weights, that file does all.
+
+The routing is tested with the shipped slim demo file standing in for a specialist, so the test holds
+whichever specialists are shipped (docs/cells.md says which and why).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from medseg_cli.main import cli
+
+import medseg.cells.segment as segment
+from medseg.cells.io import read_image
+from medseg.cells.model import DEMO_WEIGHTS
+from medseg.engine.weights import demo_weights_path
+
+VAL = Path(__file__).resolve().parents[2] / "tests" / "data" / "real" / "dsb2018_val" / "images"
+HE = VAL / "673baf65ae5c571d6be452eb41e79ef3fc2eb3fd238e621c6b7621763b429989.png"
+FLUO = VAL / "2b50b1e3fa5c5aa39bc84ebfaea9961b7199c4d2488ae0b48d0b3459807d59d2.png"
+STAND_IN = "cells/demo_unet2015_slim70.safetensors"
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    assert demo_weights_path(STAND_IN).is_file()
+    monkeypatch.setattr(segment, "DEMO_WEIGHTS_BY_STAIN", {"he": STAND_IN})
+    return demo_weights_path(STAND_IN).name
+
+
+def test_demo_routes_he_to_its_specialist_and_fluorescence_to_the_main_weights(stand_in):
+    seg = segment.CellSegmenter(segment.SegmentConfig(device="cpu"))
+    assert seg.is_demo and set(seg.stain_weights) == {"he"}
+    assert seg.for_stain("fluo") is seg and seg.for_stain("phase") is seg
+    he = seg.for_stain("he")
+    assert he is not seg and he.weights.name == stand_in and he.is_demo
+    assert seg.for_stain("he") is he  # loaded once
+    r_he = seg.analyse(read_image(HE, allow_stack=False, keep_color=True)[0][0])
+    r_fl = seg.analyse(read_image(FLUO, allow_stack=False, keep_color=True)[0][0])
+    assert (r_he.stain.stain, r_he.weights) == ("he", stand_in)
+    assert (r_fl.stain.stain, r_fl.weights) == ("fluo", Path(DEMO_WEIGHTS).name)
+    assert seg.describe()["weights_by_stain"] == {"he": str(demo_weights_path(STAND_IN))}
+
+
+def test_given_weights_take_every_stain(stand_in):
+    main = demo_weights_path(DEMO_WEIGHTS)
+    seg = segment.CellSegmenter(segment.SegmentConfig(weights=main, device="cpu"))
+    assert not seg.stain_weights and seg.for_stain("he") is seg
+    assert "weights_by_stain" not in seg.describe()
+
+
+def test_cli_records_which_weights_segmented_each_image(stand_in, tmp_path):
+    images = tmp_path / "in"
+    images.mkdir()
+    for p in (HE, FLUO):
+        (images / p.name).write_bytes(p.read_bytes())
+    res = CliRunner().invoke(
+        cli,
+        ["cells-segment", str(images), "--out", str(tmp_path / "out"), "--device", "cpu"]
+        + ["--runtime", "torch", "--json", "-q", "--no-report"],
+    )
+    assert res.exit_code == 0, res.output
+    items = {Path(i["name"]).name: i["metrics"] for i in json.loads(res.stdout)["items"]}
+    assert items[HE.name]["weights"] == stand_in and items[HE.name]["stain"] == "he"
+    assert items[FLUO.name]["weights"] == Path(DEMO_WEIGHTS).name
