@@ -294,6 +294,14 @@ def cells_segment(
     "threshold; unet2015) and fine-tune the narrower net.",
     finetune_default=5,
 )
+@click.option(
+    "--ema",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Keep a moving average of the weights (decay per step, e.g. 0.999; 0 = off): it is what is "
+    "validated and saved, steadier than the last step's weights when batches are small.",
+)
 @train_options
 @batch_size_option(4, "Patches per training step.")
 @amp_option
@@ -322,6 +330,7 @@ def cells_train(
     slim,
     prune_ratio,
     finetune_epochs,
+    ema,
     max_minutes,
     seed,
     resume,
@@ -380,6 +389,7 @@ def cells_train(
         slim=slim,
         prune_ratio=prune_ratio,
         finetune_epochs=finetune_epochs,
+        ema=ema,
     )
     kwargs = dict(
         images_dir=images_dir,

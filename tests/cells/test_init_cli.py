@@ -88,3 +88,24 @@ def test_target_option_refuses_an_unknown_kind_and_a_head_it_cannot_adapt(tmp_pa
     assert res.exit_code == 2 and "--target" in res.output
     res = train(tmp_path, folders, "back", "--target", "borders")  # a 3class head has no borders form
     assert res.exit_code == 2 and "cannot adapt a 3class head to the borders target" in res.output
+
+
+def test_ema_option_saves_the_average_and_records_it(tmp_path, folders):
+    """--ema: the saved weights are the moving average (they differ from the plain run's, which took the
+    same steps), the decay is recorded, and a decay of 1 is refused in words."""
+    import torch
+
+    from medseg.engine.checkpoint import load_weights
+
+    two = ["--steps", "2"]
+    assert train(tmp_path, folders, "plain", *two).exit_code == 0
+    res = train(tmp_path, folders, "ema", *two, "--ema", "0.5")
+    assert res.exit_code == 0, res.output
+    loop = json.loads((tmp_path / "ema" / "train_config.json").read_text())["train"]
+    assert loop["ema"] == 0.5
+    plain, _ = load_weights(tmp_path / "plain" / "last.safetensors")
+    avg, _ = load_weights(tmp_path / "ema" / "last.safetensors")
+    assert plain.keys() == avg.keys()
+    assert any(not torch.equal(plain[k], avg[k]) for k in plain if plain[k].is_floating_point())
+    res = train(tmp_path, folders, "bad", "--ema", "1")
+    assert res.exit_code == 2 and "--ema" in res.output
