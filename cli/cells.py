@@ -272,7 +272,8 @@ def cells_segment(
     "--init",
     default="demo",
     show_default=True,
-    help="Starting weights: 'demo' fine-tunes the shipped demo weights (the net's shape is theirs unless "
+    help="Starting weights: 'demo' fine-tunes the shipped demo weights cells-segment uses for the images' "
+    "stain (H&E/IHC: the brightfield specialist; the net's shape is theirs unless "
     "--arch/--base-channels/--batch-norm/--se ask for another net, which then trains from scratch), "
     "'scratch', or a weights file to fine-tune.",
 )
@@ -365,7 +366,12 @@ def cells_train(
         raise click.BadParameter(
             "fine-tunes a pruned net: give --prune-ratio too", param_hint="--finetune-epochs"
         )
-    model, init_weights = resolve_init(init, model if shaped else None)
+    from medseg.cells.dataset import images_stain
+
+    images_kind = (
+        images_stain(images_dir, stain=stain, channel=channel) if init == "demo" and images_dir else None
+    )
+    model, init_weights = resolve_init(init, model if shaped else None, stain=images_kind)
     problem = slimming_problem(model, slim=slim, prune_ratio=prune_ratio)
     if problem:
         raise click.UsageError(problem)

@@ -71,6 +71,30 @@ def check_label_mask(mask: np.ndarray, path: Path) -> np.ndarray:
     return mask
 
 
+def images_stain(
+    images_dir: str | Path, *, stain: str = "auto", channel: int | None = None, look: int = 5
+) -> str:
+    """The stain of a training folder: ``stain`` when given, else the most common ``--stain auto``
+    decision over its first ``look`` readable images ("fluo" when none can be read): which shipped
+    demo weights ``cells-train --init demo`` starts from."""
+    from collections import Counter
+
+    from medseg.cells.stain import detect_stain
+
+    if stain != "auto":
+        return stain
+    seen: Counter[str] = Counter()
+    for path in list_images([images_dir]):
+        try:
+            planes, _ = read_image(path, allow_stack=False, channel=channel, keep_color=True)
+            seen[detect_stain(planes[0], path=path).stain] += 1
+        except InputError:
+            continue
+        if sum(seen.values()) >= look:
+            break
+    return seen.most_common(1)[0][0] if seen else "fluo"
+
+
 def load_pair(
     image_path: Path,
     mask_path: Path,

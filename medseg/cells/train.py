@@ -349,22 +349,29 @@ def _adapted_head(
     return state
 
 
-def resolve_init(init: str, model: ModelConfig | None) -> tuple[ModelConfig, str | None]:
+def resolve_init(
+    init: str, model: ModelConfig | None, *, stain: str | None = None
+) -> tuple[ModelConfig, str | None]:
     """``cells-train --init``: the net to train and the weights to start from.
 
-    ``init`` is ``demo`` (the shipped demo weights), ``scratch`` or a weights file. ``model`` is the
+    ``init`` is ``demo`` (the shipped demo weights: those ``cells-segment`` uses for ``stain``, e.g. the
+    brightfield specialist for H&E), ``scratch`` or a weights file. ``model`` is the
     net the user asked for, or None when they left the net's shape to the starting weights (then
     the net is the one those weights describe). ``demo`` falls back to scratch, with a log line, when
     the asked-for net has another shape (or no demo weights are installed); a given file that does
     not fit is an input error.
     """
-    from medseg.cells.model import DEMO_WEIGHTS, config_from_dict
+    from medseg.cells.model import DEMO_WEIGHTS, DEMO_WEIGHTS_BY_STAIN, config_from_dict
     from medseg.engine.checkpoint import read_meta
     from medseg.engine.weights import demo_weights_path
 
     if init == "scratch":
         return model or CellModelConfig(), None
-    path = demo_weights_path(DEMO_WEIGHTS) if init == "demo" else Path(init)
+    path = Path(init)
+    if init == "demo":
+        path = demo_weights_path(DEMO_WEIGHTS)
+        special = demo_weights_path(DEMO_WEIGHTS_BY_STAIN.get(stain or "", DEMO_WEIGHTS))
+        path = special if special.is_file() else path
     if not Path(path).is_file():
         if init == "demo":
             log.warning("no demo weights installed (%s): training from scratch", path)

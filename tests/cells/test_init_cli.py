@@ -109,3 +109,29 @@ def test_ema_option_saves_the_average_and_records_it(tmp_path, folders):
     assert any(not torch.equal(plain[k], avg[k]) for k in plain if plain[k].is_floating_point())
     res = train(tmp_path, folders, "bad", "--ema", "1")
     assert res.exit_code == 2 and "--ema" in res.output
+
+
+def test_demo_init_follows_the_stain_of_the_training_images(tmp_path):
+    """H&E training images fine-tune the weights cells-segment uses for H&E (the brightfield specialist),
+    fluorescence ones the main demo weights; an explicit --stain decides without looking."""
+    from pathlib import Path
+
+    from medseg.cells.dataset import images_stain
+    from medseg.cells.model import DEMO_WEIGHTS_BY_STAIN
+
+    val = Path(__file__).resolve().parents[2] / "tests" / "data" / "real" / "dsb2018_val"
+    he_id = "673baf65ae5c571d6be452eb41e79ef3fc2eb3fd238e621c6b7621763b429989"
+    img_dir, mask_dir = tmp_path / "he", tmp_path / "he_masks"
+    img_dir.mkdir()
+    mask_dir.mkdir()
+    (img_dir / f"{he_id}.png").write_bytes((val / "images" / f"{he_id}.png").read_bytes())
+    (mask_dir / f"{he_id}.tif").write_bytes((val / "masks" / f"{he_id}.tif").read_bytes())
+    assert images_stain(img_dir) == "he" and images_stain(img_dir, stain="fluo") == "fluo"
+    res = train(tmp_path, (img_dir, mask_dir), "he_run")
+    assert res.exit_code == 0, res.output
+    task = json.loads((tmp_path / "he_run" / "train_config.json").read_text())["task"]
+    assert task["init_weights"] == str(demo_weights_path(DEMO_WEIGHTS_BY_STAIN["he"]))
+    res = train(tmp_path, (img_dir, mask_dir), "as_fluo", "--stain", "fluo")
+    assert res.exit_code == 0, res.output
+    task = json.loads((tmp_path / "as_fluo" / "train_config.json").read_text())["task"]
+    assert task["init_weights"] == str(demo_weights_path(DEMO_WEIGHTS))
