@@ -64,17 +64,18 @@ def _sample(a: np.ndarray) -> np.ndarray:
 
 
 def _is_gray_rgb(rgb: np.ndarray) -> bool:
-    """RGB that carries one image: channels (nearly) equal, or a tinted grey image (every pair of
-    channels correlated above 0.98). A fluorescence composite's channels show different objects."""
+    """RGB that carries one image: channels (nearly) equal, a tinted grey image (every pair of
+    channels that vary correlated above 0.98), or one channel alone (e.g. DAPI saved in the blue
+    channel of an RGB file, the others empty). A fluorescence composite's channels show different
+    objects."""
     s = _sample(rgb[..., :3]).astype(np.float32)
     spread = float(np.percentile(s.max(-1) - s.min(-1), 99))
     full = float(s.max() - s.min())
     if full == 0 or spread <= 0.02 * full:
         return True
     flat = s.reshape(-1, 3).T
-    if np.any(flat.std(axis=1) == 0):
-        return False
-    return bool(np.corrcoef(flat).min() > 0.98)
+    flat = flat[flat.std(axis=1) > 0]  # a constant channel carries nothing
+    return len(flat) == 1 or bool(np.corrcoef(flat).min() > 0.98)
 
 
 def _white_level(rgb: np.ndarray) -> float:
@@ -165,7 +166,7 @@ def detect_stain(plane: np.ndarray, *, path: object = None) -> StainDecision:
             "pass --stain fluo with --channel N for the nuclear channel, or --stain he|ihc|phase",
             path=path,
         )
-    gray = plane[..., 0] if plane.ndim == 3 else plane
+    gray = plane[..., :3].max(axis=-1) if plane.ndim == 3 else plane  # a one-channel RGB: that channel
     rel = _rel_background(gray)
     if rel < 0.2:
         return StainDecision("fluo", f"dark background (at {rel:.0%} of the range)")

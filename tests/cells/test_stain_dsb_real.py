@@ -61,3 +61,43 @@ def test_cells_segment_auto_does_not_refuse_either(tmp_path):
     assert all(
         np.asarray(tifffile.imread(out / f"{Path(i['name']).stem}_labels.tif")).max() > 0 for i in items
     )
+
+
+def _fluo_image() -> Path:
+    rows = (VAL / "index.tsv").read_text().splitlines()[1:]
+    return VAL / "images" / f"{next(r.split()[0] for r in rows if r.split()[1] == 'fluorescence')}.png"
+
+
+def test_one_channel_rgb_is_that_channel_and_a_composite_is_still_refused(tmp_path):
+    """DAPI saved in the blue channel of an RGB file (the others empty) is the fluorescence image it
+    holds: same decision and the same cells as the grey original; two channels with different objects
+    stay a composite whose nuclear channel is not knowable (refused, naming --channel)."""
+    import torch
+
+    from medseg.cells.io import write_png
+    from medseg.errors import InputError
+
+    torch.set_num_threads(1)
+    planes, _ = read_image(_fluo_image(), keep_color=True)
+    grey = planes[0] if planes[0].ndim == 2 else planes[0][..., :3].mean(-1)
+    grey = np.clip(grey, 0, 255).astype(np.uint8)
+    blue = np.zeros((*grey.shape, 3), np.uint8)
+    blue[..., 2] = grey
+    assert detect_stain(blue).stain == "fluo" == detect_stain(grey).stain
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(folder / "grey.png", grey)
+    write_png(folder / "blue.png", blue)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        cli,
+        ["cells-segment", str(folder), "--out", str(out), "--device", "cpu", "--json", "-q", "--no-report"],
+    )
+    assert res.exit_code == 0, res.output
+    a, b = (tifffile.imread(out / f"{n}_labels.tif") for n in ("grey", "blue"))
+    assert a.max() > 5 and abs(int(a.max()) - int(b.max())) <= 1
+    assert np.mean((a > 0) == (b > 0)) > 0.99
+    composite = blue.copy()
+    composite[..., 1] = np.roll(grey, grey.shape[1] // 2, axis=1)  # another channel, other objects
+    with pytest.raises(InputError, match="--channel"):
+        detect_stain(composite)
