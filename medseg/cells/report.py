@@ -44,6 +44,10 @@ def segmentation_report(
             f"{', channels-last' if s['channels_last'] else ''}. Instances: threshold {inst['threshold']}, "
             f"watershed on the distance transform (h = {inst['h']} px) of components less solid than "
             f"{inst['solidity']}, min size {inst['min_size']} px."
+            + "".join(
+                f" Images of stain {stain}: weights {Path(w).name}."
+                for stain, w in sorted((s.get("weights_by_stain") or {}).items())
+            )
         ),
     )
     report.add_table(
@@ -55,6 +59,7 @@ def segmentation_report(
                 "pages": i.metrics.get("pages", "-"),
                 "size": f"{i.metrics['height']}x{i.metrics['width']}" if "height" in i.metrics else "-",
                 "type": f"{i.metrics['dtype']} {i.metrics['color']}" if "dtype" in i.metrics else "-",
+                "weights": _weights_cell(i.metrics.get("weights")),
                 "cells": _number(i.metrics.get("cells")),
                 "median area (px)": _number(i.metrics.get("median_area")),
                 "seconds": _number(i.metrics.get("seconds")),
@@ -82,3 +87,10 @@ def segmentation_report(
             caption=f"{values.size} cells segmented in this run, median {np.median(values):.0f} px",
         )
     return report
+
+
+def _weights_cell(weights: str | list[str] | None) -> str:
+    """The weights file name(s) that segmented an image (a list for a stack)."""
+    if not weights:
+        return "-"
+    return weights if isinstance(weights, str) else ", ".join(sorted(set(weights)))

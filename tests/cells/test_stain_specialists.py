@@ -61,9 +61,11 @@ def test_cli_records_which_weights_segmented_each_image(stand_in, tmp_path):
     res = CliRunner().invoke(
         cli,
         ["cells-segment", str(images), "--out", str(tmp_path / "out"), "--device", "cpu"]
-        + ["--runtime", "torch", "--json", "-q", "--no-report"],
+        + ["--runtime", "torch", "--json", "-q"],
     )
     assert res.exit_code == 0, res.output
     items = {Path(i["name"]).name: i["metrics"] for i in json.loads(res.stdout)["items"]}
     assert items[HE.name]["weights"] == stand_in and items[HE.name]["stain"] == "he"
     assert items[FLUO.name]["weights"] == Path(DEMO_WEIGHTS).name
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert f"Images of stain he: weights {stand_in}" in report and Path(DEMO_WEIGHTS).name in report
