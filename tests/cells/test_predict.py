@@ -66,3 +66,28 @@ def test_overlap_tile_equals_whole_image(arch, shape):
     if arch == "unet2015":  # the default post-processing: class probabilities
         probs = predict_image(make_predictor(model, device="cpu"), config, image, tile=tile, batch_size=2)
         np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(ref), 0).numpy(), atol=1e-5)
+
+
+def test_tile_grows_to_cover_the_image_in_one_pass():
+    """The tile is grown so that its core is ``tile`` px (or the whole image): a 512^2 image is one
+    700^2 tile of the valid-convolution U-Net, not four 524^2 ones; a larger image uses cores of
+    ``tile`` px. The predictor here crops the margin and returns the centre, so any tiling must give
+    back the image itself."""
+    from medseg.cells.model import model_margin
+
+    config = CellModelConfig(arch="unet2015", base_channels=8, batch_norm=True)
+    m = model_margin(config)
+    seen = []
+
+    def centre(batch):
+        seen.append(batch.shape)
+        return batch[:, :, m:-m, m:-m]
+
+    image = np.random.default_rng(0).random((512, 512)).astype(np.float32)
+    out = predict_image(centre, config, image, tile=512)
+    np.testing.assert_array_equal(out[0], image)
+    assert [s[0] for s in seen] == [1] and seen[0][-2:] == (700, 700)
+    seen.clear()
+    big = np.random.default_rng(1).random((1100, 900)).astype(np.float32)
+    np.testing.assert_array_equal(predict_image(centre, config, big, tile=512)[0], big)
+    assert sum(s[0] for s in seen) == 6 and {s[-1] for s in seen} == {700}  # 3 x 2 cores of 516 px
