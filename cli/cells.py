@@ -106,7 +106,14 @@ def _diameter(value: str | None, pixel_size: float | None) -> float | str | None
     "trained on real DSB 2018 nuclei (H&E/IHC images get their brightfield specialist); research use, "
     "not for clinical use."
 )
-@click.option("--tile", type=click.IntRange(64), default=512, show_default=True, help="Input tile edge (px).")
+@click.option(
+    "--tile",
+    type=click.IntRange(64),
+    default=512,
+    show_default=True,
+    help="Output tile edge (px; the whole image when smaller); each tile reads the net's context margin "
+    "around it (92 px for the demo U-Net). Smaller tiles use less memory.",
+)
 @click.option(
     "--threshold",
     type=FiniteFloatRange(0, 1),

@@ -66,7 +66,7 @@ class SegmentConfig:
     weights: str | Path | None = None  # None: the shipped demo weights (with a warning)
     device: str = "auto"
     amp: str = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
-    tile: int = 512  # input tile edge (rounded up to a size the net accepts)
+    tile: int = 512  # output tile edge (the whole image when smaller), plus the net's margin around it
     batch_size: int = 4  # tiles per forward pass
     save_probability: bool = False
     channel: int | None = None  # channel of a multi-channel image (None: RGB stays colour, else the first)
