@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medseg.cells.model import ModelConfig, model_align, model_margin, valid_tile
+from medseg.cells.model import CellModelConfig, ModelConfig, model_align, model_margin, valid_tile
 from medseg.engine.tiling import overlap_tile_predict
 
 if TYPE_CHECKING:
@@ -64,11 +64,15 @@ def predict_image(
 
     The tile is grown so that its output core is ``tile`` px (or the whole image when smaller), not a
     core between margins: for the valid-convolution U-Net (92 px margins) a 512^2 image is one 700^2
-    tile (0.49 Mpx through the net) instead of four 524^2 tiles (1.10 Mpx); the padded nets' context
-    margins (264 px for pspnet) likewise.
+    tile (0.49 Mpx through the net) instead of four 524^2 tiles (1.10 Mpx), and a 128^2 image one
+    316^2 tile instead of a 524^2 one; the padded nets' context margins (264 px for pspnet) likewise.
     """
     core = min(tile, max(image.shape[-2:]))
-    tile = max(tile, 2 * model_margin(config) + core)
+    need = 2 * model_margin(config) + core
+    # the U-Nets' output does not depend on the tile (pooling grids aligned): a small image (or the
+    # 1/2-scale pass of --diameter auto) gets a tile just big enough; the padded archs' global
+    # context (SE, ASPP, pyramid pooling) sees the whole tile, so they keep at least ``tile``
+    tile = need if isinstance(config, CellModelConfig) else max(tile, need)
     return overlap_tile_predict(
         predictor,
         image,
