@@ -175,9 +175,8 @@ class CellSegmenter:
         if self.is_demo and specialists:
             from medseg.engine.weights import demo_weights_path
 
-            for stain_name, name in DEMO_WEIGHTS_BY_STAIN.items():
-                if demo_weights_path(name).is_file():
-                    self.stain_weights[stain_name] = demo_weights_path(name)
+            found = {stain: demo_weights_path(name) for stain, name in DEMO_WEIGHTS_BY_STAIN.items()}
+            self.stain_weights = {stain: path for stain, path in found.items() if path.is_file()}
         self._specialists: dict[Path, CellSegmenter] = {}
 
     def for_stain(self, stain: str) -> CellSegmenter:

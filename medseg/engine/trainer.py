@@ -347,7 +347,6 @@ def _fit(
                     break
             if scheduler is not None:
                 scheduler.step()
-            model.eval()
             net = ema.module if ema is not None else model  # what is validated and saved
             net.eval()
             metrics = {k: float(v) for k, v in task.validate(net, dev).items()}
