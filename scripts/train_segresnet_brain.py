@@ -1,0 +1,255 @@
+"""What a user would pick instead of the cascade: MONAI's SegResNet trained on the same BraTS cases.
+
+Issue 19 asks for a 3-D MONAI network trained on the same 9 training cases with the same CPU budget
+as the shipped TwoPathCNN + InputCascadeCNN (1 375 + 1 873 CPU-s), its validation Dice next to the
+cascade's. This script is that comparison, not a shipped model:
+
+    python scripts/train_segresnet_brain.py --data ../shared/realdata/brain_brats2018 --out ../brain_runs/segresnet
+    python scripts/train_segresnet_brain.py --data ... --out ... --resume        # continue after a stop
+    python scripts/train_segresnet_brain.py --data ... --out ... --evaluate-only # the 3 validation cases
+
+Same inputs as the cascade: the recorded split (``medseg/weights/brain/brats2018_split.json``), the
+preprocessing stored in the shipped cascade's weights (N4, clipping, z-score inside the brain; the
+cached crops of ``train_demo_weights_brain.py``), 1 mm spacing. The net: SegResNet (Myronenko 2018,
+MONAI's BraTS recipe) with 8 initial filters, three sigmoid outputs (tumour core, whole tumour,
+enhancing), Dice + BCE loss, patches of ``--patch`` voxels (two thirds centred near tumour), flips and
+intensity jitter, AdamW with a cosine schedule over the CPU budget (``time.process_time``). The last
+weights are evaluated (no epoch chosen on any case); no post-processing. Research use, not for
+clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+log = logging.getLogger("segresnet")
+
+CASCADE = ROOT / "medseg" / "weights" / "brain" / "brain_input_cascade_brats2018.safetensors"
+CASCADE_CPU_S = 1375 + 1873  # the shipped TwoPathCNN + InputCascadeCNN trainings (docs/brain.md)
+
+
+def build_net():
+    from monai.networks.nets import SegResNet
+
+    return SegResNet(
+        spatial_dims=3,
+        init_filters=8,
+        in_channels=4,
+        out_channels=3,
+        blocks_down=(1, 2, 2, 4),
+        blocks_up=(1, 1, 1),
+    )
+
+
+def regions(labels: np.ndarray) -> np.ndarray:
+    """(3, ...) float targets from internal labels: tumour core, whole tumour, enhancing."""
+    return np.stack([np.isin(labels, (1, 3, 4)), labels > 0, labels == 4]).astype(np.float32)
+
+
+def to_labels(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Internal labels from (3, ...) sigmoid maps, nested as BraTS defines the regions."""
+    tc, wt, et = prob > threshold
+    out = np.zeros(wt.shape, np.uint8)
+    out[wt] = 2
+    out[tc & wt] = 1
+    out[et & wt] = 4
+    return out
+
+
+def load_cases(data: Path, names: list[str]):
+    from train_demo_weights_brain import REAL_CACHE
+
+    from medseg.brain.segment import load_brain_model
+    from medseg.brain.train_cases import load_training_cases
+
+    _model, _meta, prep = load_brain_model(CASCADE)
+    cases = load_training_cases(
+        [data / n for n in names], labels="brats2021", prep=prep, cache_dir=REAL_CACHE
+    )
+    return [
+        (c.name, np.ascontiguousarray(c.padded[:, :, 16:-16, 16:-16]), c.labels, c.spacing, c.mask)
+        for c in cases
+    ]
+
+
+def sample(rng: np.random.Generator, norm: np.ndarray, labels: np.ndarray, patch: int):
+    """One (4, p, p, p) patch and its (3, p, p, p) targets: centred near tumour with p = 2/3."""
+    shape = np.array(labels.shape)
+    pad = np.maximum(patch - shape, 0)
+    if pad.any():
+        widths = [(0, 0)] + [(0, int(p)) for p in pad]
+        norm, labels = np.pad(norm, widths), np.pad(labels, widths[1:])
+        shape = np.array(labels.shape)
+    fg = np.flatnonzero(labels.ravel() > 0) if rng.random() < 2 / 3 else np.empty(0)
+    if len(fg):
+        centre = np.array(np.unravel_index(fg[rng.integers(len(fg))], labels.shape)) + rng.integers(-8, 9, 3)
+    else:
+        centre = rng.integers(0, shape)
+    lo = np.clip(centre - patch // 2, 0, shape - patch)
+    box = tuple(slice(int(a), int(a) + patch) for a in lo)
+    x, y = norm[(slice(None), *box)].copy(), regions(labels[box])
+    for axis in (1, 2, 3):
+        if rng.random() < 0.5:
+            x, y = np.flip(x, axis), np.flip(y, axis)
+    x = x * rng.uniform(0.9, 1.1, (4, 1, 1, 1)) + rng.uniform(-0.1, 0.1, (4, 1, 1, 1))
+    return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y)
+
+
+def train(args) -> dict:
+    from monai.losses import DiceLoss
+    from train_demo_weights_brain import recorded_split
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    split = recorded_split(Path(args.data))
+    cases = load_cases(Path(args.data), split["train"])
+    net = build_net()
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-5)
+    dice = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, batch=True)
+    bce = torch.nn.BCEWithLogitsLoss()
+    state = {"step": 0, "cpu_s": 0.0, "losses": []}
+    ckpt = out / "state.pt"
+    if args.resume and ckpt.is_file():
+        saved = torch.load(ckpt, weights_only=True)
+        net.load_state_dict(saved["net"])
+        opt.load_state_dict(saved["opt"])
+        state = json.loads((out / "state.json").read_text())
+    rng = np.random.default_rng(args.seed + state["step"])
+
+    def save() -> None:
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict()}, out / "state.tmp")
+        (out / "state.tmp").replace(ckpt)
+        (out / "state.json").write_text(json.dumps(state))
+
+    net.train()
+    t0 = time.process_time()
+    start_cpu = state["cpu_s"]
+    while state["cpu_s"] < args.cpu_budget_s:
+        frac = state["cpu_s"] / args.cpu_budget_s
+        lr = args.lr * min(1.0, (state["step"] + 1) / 20) * 0.5 * (1 + math.cos(math.pi * frac))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        xs, ys = zip(
+            *(sample(rng, *cases[rng.integers(len(cases))][1:3], args.patch) for _ in range(args.batch))
+        )
+        x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+        logits = net(x)
+        loss = dice(logits, y) + bce(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] += 1
+        state["cpu_s"] = start_cpu + time.process_time() - t0
+        state["losses"].append(round(loss.item(), 4))
+        if state["step"] % 25 == 0:
+            log.info(
+                "step %d  cpu %.0f s  lr %.2e  loss(25) %.3f",
+                state["step"],
+                state["cpu_s"],
+                lr,
+                float(np.mean(state["losses"][-25:])),
+            )
+            save()
+    save()
+    write_weights(net, out, state, split)
+    return state
+
+
+def write_weights(net, out: Path, state: dict, split: dict) -> None:
+    from safetensors.torch import save_file
+
+    meta = {
+        "model": "monai SegResNet (init_filters 8), sigmoid TC/WT/ET",
+        "training_data": "BraTS 2018 training data, 9 cases of ../shared/realdata/brain_brats2018 "
+        f"(train ids: {', '.join(split['train'])}); Menze et al. 2015, Bakas et al. 2017",
+        "terms": "BraTS data: research use under the challenge terms. Research use, not for clinical use.",
+        "train_cpu_seconds": f"{state['cpu_s']:.0f}",
+        "steps": str(state["step"]),
+    }
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "segresnet.safetensors"), meta
+    )
+
+
+@torch.inference_mode()
+def evaluate(args) -> dict:
+    from monai.inferers import sliding_window_inference
+    from safetensors.torch import load_file
+    from train_demo_weights_brain import recorded_split
+
+    from medseg.brain.evaluate import region_metrics
+    from medseg.brain.segment import region_volumes_ml
+
+    out = Path(args.out)
+    split = recorded_split(Path(args.data))
+    net = build_net()
+    net.load_state_dict(load_file(str(out / "segresnet.safetensors")))
+    net.eval()
+    rows = []
+    for name, norm, truth, spacing, mask in load_cases(Path(args.data), split["validation"]):
+        t = time.perf_counter()
+        logits = sliding_window_inference(
+            torch.from_numpy(norm[None]), (args.roi,) * 3, 1, net, overlap=0.25, mode="gaussian"
+        )
+        pred = to_labels(torch.sigmoid(logits)[0].numpy())
+        pred[~mask] = 0  # inside the brain only, as brain-segment
+        seconds = time.perf_counter() - t
+        m = region_metrics(pred, truth, spacing)
+        vp, vt = region_volumes_ml(pred, spacing), region_volumes_ml(truth, spacing)
+        rows.append(
+            {
+                "case": name,
+                **{k: round(v, 4) for k, v in m.items()},
+                "seconds_net": round(seconds, 1),
+                "ET_ml_pred": vp["ET_ml"],
+                "ET_ml_true": vt["ET_ml"],
+            }
+        )
+        log.info("%s", rows[-1])
+    mean = {
+        k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0] if k.startswith(("dice", "hd95"))
+    }
+    report = {
+        "validation": rows,
+        "mean": mean,
+        "state": json.loads((out / "state.json").read_text())["cpu_s"],
+    }
+    (out / "validation.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--cpu-budget-s", type=float, default=CASCADE_CPU_S)
+    p.add_argument("--patch", type=int, default=80)
+    p.add_argument("--roi", type=int, default=112, help="sliding-window size at evaluation")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=19)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--evaluate-only", action="store_true")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if not args.evaluate_only:
+        train(args)
+    print(json.dumps(evaluate(args)["mean"]))
+
+
+if __name__ == "__main__":
+    main()
