@@ -189,6 +189,7 @@ def evaluate(args) -> dict:
     from train_demo_weights_brain import recorded_split
 
     from medseg.brain.evaluate import region_metrics
+    from medseg.brain.postprocess import postprocess
     from medseg.brain.segment import region_volumes_ml
 
     out = Path(args.out)
@@ -204,6 +205,8 @@ def evaluate(args) -> dict:
         )
         pred = to_labels(torch.sigmoid(logits)[0].numpy())
         pred[~mask] = 0  # inside the brain only, as brain-segment
+        if args.postprocess:  # brain-segment's default rules (chosen for the cascade, docs/brain.md)
+            pred = postprocess(pred, spacing, mask=mask)
         seconds = time.perf_counter() - t
         m = region_metrics(pred, truth, spacing)
         vp, vt = region_volumes_ml(pred, spacing), region_volumes_ml(truth, spacing)
@@ -225,7 +228,8 @@ def evaluate(args) -> dict:
         "mean": mean,
         "state": json.loads((out / "state.json").read_text())["cpu_s"],
     }
-    (out / "validation.json").write_text(json.dumps(report, indent=1))
+    name = "validation_post.json" if args.postprocess else "validation.json"
+    (out / name).write_text(json.dumps(report, indent=1))
     return report
 
 
@@ -242,6 +246,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--evaluate-only", action="store_true")
+    p.add_argument("--postprocess", action="store_true", help="apply brain-segment's default post-processing")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
