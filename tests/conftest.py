@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 # pipeline tests run PyTorch (exact expected values, no conversions); tests/engine/test_openvino*.py
@@ -25,3 +29,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def repo_script():
+    """Import a script of the repository by its path (``scripts/x.py``): scripts are not a package."""
+    loaded: dict = {}
+
+    def load(rel: str):
+        if rel not in loaded:
+            spec = importlib.util.spec_from_file_location(Path(rel).stem, ROOT / rel)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            loaded[rel] = module
+        return loaded[rel]
+
+    return load

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,15 +9,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SPLIT = ROOT / "medseg" / "weights" / "brain" / "brats2018_split.json"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("tdwb", ROOT / "scripts" / "train_demo_weights_brain.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_split_is_the_seeded_draw_and_mixes_institutions_and_grades():
-    mod = _script()
+def test_split_is_the_seeded_draw_and_mixes_institutions_and_grades(repo_script):
+    mod = repo_script("scripts/train_demo_weights_brain.py")
     split = mod.make_split(sorted(mod.CASES))
     assert split == mod.make_split(sorted(mod.CASES))  # seeded: the same every time
     saved = json.loads(SPLIT.read_text(encoding="utf-8"))

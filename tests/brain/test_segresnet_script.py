@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("tsrb", ROOT / "scripts" / "train_segresnet_brain.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_regions_and_labels_round_trip():
-    mod = _script()
+def test_regions_and_labels_round_trip(repo_script):
+    mod = repo_script("scripts/train_segresnet_brain.py")
     labels = np.random.default_rng(0).choice(np.array([0, 1, 2, 4], np.uint8), size=(6, 7, 8))
     targets = mod.regions(labels)
     assert targets.shape == (3, 6, 7, 8)
@@ -28,8 +16,8 @@ def test_regions_and_labels_round_trip():
     assert np.array_equal(mod.to_labels(targets), labels)
 
 
-def test_an_enhancing_or_core_voxel_outside_the_whole_tumour_is_background():
-    mod = _script()
+def test_an_enhancing_or_core_voxel_outside_the_whole_tumour_is_background(repo_script):
+    mod = repo_script("scripts/train_segresnet_brain.py")
     prob = np.zeros((3, 1, 1, 3), np.float32)
     prob[0, 0, 0, 0] = 0.9  # core only
     prob[2, 0, 0, 1] = 0.9  # enhancing only
@@ -37,8 +25,8 @@ def test_an_enhancing_or_core_voxel_outside_the_whole_tumour_is_background():
     assert mod.to_labels(prob).ravel().tolist() == [0, 0, 4]
 
 
-def test_patches_are_centred_near_tumour_and_padded_when_the_case_is_small():
-    mod = _script()
+def test_patches_are_centred_near_tumour_and_padded_when_the_case_is_small(repo_script):
+    mod = repo_script("scripts/train_segresnet_brain.py")
     rng = np.random.default_rng(1)
     labels = np.zeros((20, 30, 30), np.uint8)
     labels[8:12, 10:14, 10:14] = 4

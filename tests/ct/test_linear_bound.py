@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("ctlb", ROOT / "scripts" / "ct_linear_bound.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_a_radial_blur_is_recovered_and_undone_in_the_rmse():
-    mod = _script()
+def test_a_radial_blur_is_recovered_and_undone_in_the_rmse(repo_script):
+    mod = repo_script("scripts/ct_linear_bound.py")
     rng = np.random.default_rng(3)
     px = 0.7
     sharp = rng.normal(0, 100, size=(4, 96, 96))
@@ -32,8 +20,8 @@ def test_a_radial_blur_is_recovered_and_undone_in_the_rmse():
     assert before > 50 and pct > 90
 
 
-def test_padding_outside_the_scan_circle_is_kept():
-    mod = _script()
+def test_padding_outside_the_scan_circle_is_kept(repo_script):
+    mod = repo_script("scripts/ct_linear_bound.py")
     img = np.full((32, 32), 40.0)
     img[:4] = -3024.0
     out = mod.apply_radial(np.full(mod.BINS, 0.5), img, 0.5)
