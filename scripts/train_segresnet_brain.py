@@ -182,6 +182,20 @@ def write_weights(net, out: Path, state: dict, split: dict) -> None:
     )
 
 
+def _cascade_regions():
+    """The shipped InputCascadeCNN as (3, ...) TC / WT / ET probabilities of a normalised crop."""
+    from medseg.brain.segment import load_brain_model, make_predictor, predict_volume
+
+    model, meta, _prep = load_brain_model(CASCADE)
+    predictor = make_predictor(model, device="cpu", postprocess="softmax", runtime="torch")
+
+    def regions_of(norm: np.ndarray) -> np.ndarray:
+        p = np.asarray(predict_volume(predictor, norm, arch=meta.config["net"]["arch"]), np.float32)
+        return np.stack([p[1] + p[3] + p[4], 1.0 - p[0], p[4]])
+
+    return regions_of
+
+
 @torch.inference_mode()
 def evaluate(args) -> dict:
     from monai.inferers import sliding_window_inference
@@ -197,13 +211,17 @@ def evaluate(args) -> dict:
     net = build_net()
     net.load_state_dict(load_file(str(out / "segresnet.safetensors")))
     net.eval()
+    cascade_regions = _cascade_regions() if args.with_cascade else None
     rows = []
     for name, norm, truth, spacing, mask in load_cases(Path(args.data), split["validation"]):
         t = time.perf_counter()
         logits = sliding_window_inference(
             torch.from_numpy(norm[None]), (args.roi,) * 3, 1, net, overlap=0.25, mode="gaussian"
         )
-        pred = to_labels(torch.sigmoid(logits)[0].numpy())
+        prob = torch.sigmoid(logits)[0].numpy()
+        if args.with_cascade:  # mean of the two nets' region probabilities
+            prob = (prob + cascade_regions(norm)) / 2
+        pred = to_labels(prob)
         pred[~mask] = 0  # inside the brain only, as brain-segment
         if args.postprocess:  # brain-segment's default rules (chosen for the cascade, docs/brain.md)
             pred = postprocess(pred, spacing, mask=mask)
@@ -228,7 +246,10 @@ def evaluate(args) -> dict:
         "mean": mean,
         "state": json.loads((out / "state.json").read_text())["cpu_s"],
     }
-    name = "validation_post.json" if args.postprocess else "validation.json"
+    name = ("validation_ensemble" if args.with_cascade else "validation") + (
+        "_post" if args.postprocess else ""
+    )
+    name += ".json"
     (out / name).write_text(json.dumps(report, indent=1))
     return report
 
@@ -247,6 +268,7 @@ def main() -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--evaluate-only", action="store_true")
     p.add_argument("--postprocess", action="store_true", help="apply brain-segment's default post-processing")
+    p.add_argument("--with-cascade", action="store_true", help="average with the shipped cascade's regions")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
