@@ -51,8 +51,9 @@ def apply_radial(h: np.ndarray, img: np.ndarray, px: float) -> np.ndarray:
 
 
 def reduction(src: np.ndarray, dst: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
-    before = float(np.sqrt(np.mean((src.astype(np.float64) - dst) ** 2)))
-    after = float(np.sqrt(np.mean((out - dst) ** 2)))
+    from medseg.ct.train import rmse_hu
+
+    before, after = rmse_hu(src, dst), rmse_hu(out, dst)
     return 100.0 * (before - after) / before, before, after
 
 
@@ -61,17 +62,13 @@ def main() -> None:
     p.add_argument("--data", type=Path, required=True, help="the shared realdata folder")
     args = p.parse_args()
     logging.disable(logging.WARNING)
-    from medseg.ct.cohort import find_pairs
-    from medseg.ct.conditioned_train import load_real_pair
-    from medseg.ct.train import load_pairs
+    from train_conditioned_ct import PAIRS  # the real pairs of the conditioned converter's validation
 
-    for vendor, (name, ka, kb) in {
-        "Philips": ("ct_philips_two_kernels", "UB", "YA"),
-        "Canon": ("ct_toshiba_fc13_fc51", "FC13", "FC51"),
-    }.items():
-        folder = args.data / name
-        pair = load_real_pair(folder, ka, kb, vendor)
-        px = float(load_pairs(find_pairs([folder], ka, kb))[0].pixel_mm or 1.0)
+    from medseg.ct.conditioned_train import load_real_pair
+
+    for vendor, (default_folder, ka, kb) in PAIRS.items():
+        pair = load_real_pair(args.data / default_folder.name, ka, kb, vendor)
+        px = pair.pixel_mm
         held = pair.test_a is not None and len(pair.test_a) > 0
         test_a, test_b = (pair.test_a, pair.test_b) if held else (pair.a, pair.b)
         where = "test slab" if held else "in-sample"

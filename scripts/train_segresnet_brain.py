@@ -54,7 +54,10 @@ def build_net():
 
 def regions(labels: np.ndarray) -> np.ndarray:
     """(3, ...) float targets from internal labels: tumour core, whole tumour, enhancing."""
-    return np.stack([np.isin(labels, (1, 3, 4)), labels > 0, labels == 4]).astype(np.float32)
+    from medseg.brain.segment import region_masks
+
+    masks = region_masks(labels)
+    return np.stack([masks["TC"], masks["WT"], masks["ET"]]).astype(np.float32)
 
 
 def to_labels(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -70,10 +73,11 @@ def to_labels(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 def load_cases(data: Path, names: list[str]):
     from train_demo_weights_brain import REAL_CACHE
 
-    from medseg.brain.segment import load_brain_model
+    from medseg.brain.preprocess import PreprocessConfig
     from medseg.brain.train_cases import load_training_cases
+    from medseg.engine.checkpoint import read_meta
 
-    _model, _meta, prep = load_brain_model(CASCADE)
+    prep = PreprocessConfig.from_dict(read_meta(CASCADE).config.get("preprocess", {}))
     cases = load_training_cases(
         [data / n for n in names], labels="brats2021", prep=prep, cache_dir=REAL_CACHE
     )

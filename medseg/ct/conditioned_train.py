@@ -50,6 +50,7 @@ class RealPair:
     test_a: np.ndarray | None = None  # held-out test slab (the per-direction ct-train split)
     test_b: np.ndarray | None = None
     kernels: tuple[str, str] = ("", "")
+    pixel_mm: float = 1.0  # in-plane pixel size of the series
 
 
 @dataclass
@@ -157,6 +158,7 @@ def load_real_pair(folder: str | Path, kernel_a: str, kernel_b: str, vendor: str
         None if test is None else test[0],
         None if test is None else test[1],
         (kernel_a, kernel_b),
+        float(px),
     )
 
 
