@@ -375,12 +375,9 @@ def cells_train(
         raise click.BadParameter(
             "fine-tunes a pruned net: give --prune-ratio too", param_hint="--finetune-epochs"
         )
-    from medseg.cells.dataset import images_stain
-
-    images_kind = (
-        images_stain(images_dir, stain=stain, channel=channel) if init == "demo" and images_dir else None
+    model, init_weights = resolve_init(
+        init, model if shaped else None, images_dir=images_dir, stain=stain, channel=channel
     )
-    model, init_weights = resolve_init(init, model if shaped else None, stain=images_kind)
     problem = slimming_problem(model, slim=slim, prune_ratio=prune_ratio)
     if problem:
         raise click.UsageError(problem)

@@ -350,11 +350,17 @@ def _adapted_head(
 
 
 def resolve_init(
-    init: str, model: ModelConfig | None, *, stain: str | None = None
+    init: str,
+    model: ModelConfig | None,
+    *,
+    images_dir: str | Path | None = None,
+    stain: str = "auto",
+    channel: int | None = None,
 ) -> tuple[ModelConfig, str | None]:
     """``cells-train --init``: the net to train and the weights to start from.
 
-    ``init`` is ``demo`` (the shipped demo weights: those ``cells-segment`` uses for ``stain``, e.g. the
+    ``init`` is ``demo`` (the shipped demo weights: those ``cells-segment`` uses for the stain of the
+    images in ``images_dir`` -- ``stain``, or ``--stain auto``'s decision on them -- e.g. the
     brightfield specialist for H&E), ``scratch`` or a weights file. ``model`` is the
     net the user asked for, or None when they left the net's shape to the starting weights (then
     the net is the one those weights describe). ``demo`` falls back to scratch, with a log line, when
@@ -369,8 +375,11 @@ def resolve_init(
         return model or CellModelConfig(), None
     path = Path(init)
     if init == "demo":
+        from medseg.cells.dataset import images_stain
+
+        kind = images_stain(images_dir, stain=stain, channel=channel) if images_dir else ""
         path = demo_weights_path(DEMO_WEIGHTS)
-        special = demo_weights_path(DEMO_WEIGHTS_BY_STAIN.get(stain or "", DEMO_WEIGHTS))
+        special = demo_weights_path(DEMO_WEIGHTS_BY_STAIN.get(kind, DEMO_WEIGHTS))
         path = special if special.is_file() else path
     if not Path(path).is_file():
         if init == "demo":
