@@ -68,7 +68,10 @@ Examples:
   medseg brain-segment --t1 t1.nii.gz --t1c t1ce.nii.gz --t2 t2.nii.gz --flair flair.nii.gz --out seg.nii.gz
   medseg brain-segment sample_data/brain/SYN_0001 --out results/
   medseg brain-segment cohort/ --out results/ --labels brats2023 --resample
+  medseg brain-segment case/ --out pred/ --weights runs/ic/best.safetensors --weights runs/sr.safetensors
 \b
+By default two nets run (the InputCascadeCNN on whole slices and a 3-D SegResNet) and their
+tumour-core / whole-tumour / enhancing probabilities are averaged; one --weights runs that net alone.
 Each case writes <out>/<case>_seg.nii.gz (or --out FILE for one case) plus
 <stem>_volumes.json/.csv with WT/TC/ET volumes in mL; a batch also writes volumes.csv.
 Inputs are skull-stripped MRI (BraTS style, zero background): NIfTI/NRRD/MHA files or one
@@ -86,8 +89,10 @@ any case). Modalities must share one grid unless --resample / --resample-to.
     "--out", "out", required=True, type=click.Path(), help="Output file (.nii.gz, one case) or folder."
 )
 @weights_option(
-    "Weights (.safetensors) made by brain-train; default: the demo InputCascadeCNN trained on 9 real BraTS "
-    "2018 cases (research use, not for clinical use; docs/brain.md)."
+    "Weights (.safetensors) made by brain-train or shipped with medseg; repeat it to average several nets' "
+    "tumour-region probabilities. Default: the demo ensemble, InputCascadeCNN + 3-D SegResNet trained on 9 "
+    "real BraTS 2018 cases (research use, not for clinical use; docs/brain.md).",
+    multiple=True,
 )
 @click.option(
     "--labels",
@@ -147,13 +152,13 @@ def brain_segment(
     quiet,
     as_json,
 ):
-    """Segment brain tumours (WT/TC/ET) in 4-modality MRI with a Havaei CNN (whole slices, FCN)."""
+    """Segment brain tumours (WT/TC/ET) in 4-modality MRI (Havaei cascade + 3-D SegResNet by default)."""
     from medseg.brain.io import resolve_cases
     from medseg.brain.segment import SegmentConfig, segment_cases
 
     cases = resolve_cases(list(case_dirs), t1=t1, t1c=t1c, t2=t2, flair=flair)
     cfg = SegmentConfig(
-        weights=weights,
+        weights=list(weights) or None,
         labels=labels,
         resample_to=resample_to or ("t1c" if resample else None),
         batch_size=batch_size,

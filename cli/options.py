@@ -121,8 +121,11 @@ def overwrite_option(func: Callable) -> Callable:
 def weights_option(
     help_text: str = "Weights file (.safetensors) made by medseg; default: the demo weights "
     "(synthetic, not for clinical use).",
+    *,
+    multiple: bool = False,
 ) -> Callable[[Callable], Callable]:
-    return click.option("--weights", type=WEIGHTS_TYPE, default=None, help=help_text)
+    """``--weights FILE``; ``multiple``: repeatable (a tuple, empty when not given)."""
+    return click.option("--weights", type=WEIGHTS_TYPE, default=None, multiple=multiple, help=help_text)
 
 
 def batch_size_option(default: int | None, help_text: str = "Slices/tiles per forward pass.") -> Callable:

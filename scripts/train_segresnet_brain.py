@@ -7,6 +7,11 @@ cascade's. This script is that comparison, not a shipped model:
     python scripts/train_segresnet_brain.py --data ../shared/realdata/brain_brats2018 --out ../brain_runs/segresnet
     python scripts/train_segresnet_brain.py --data ... --out ... --resume        # continue after a stop
     python scripts/train_segresnet_brain.py --data ... --out ... --evaluate-only # the 3 validation cases
+    python scripts/train_segresnet_brain.py --data ... --out ... --ship  # -> medseg/weights/brain/
+
+``--ship`` writes the run's weights as the demo file ``brain-segment`` averages with the cascade
+(``medseg/weights/brain/brain_segresnet_brats2018.safetensors``: self-describing metadata, the split,
+the preprocessing, the CPU time, the terms and citations).
 
 Same inputs as the cascade: the recorded split (``medseg/weights/brain/brats2018_split.json``), the
 preprocessing stored in the shipped cascade's weights (N4, clipping, z-score inside the brain; the
@@ -39,35 +44,28 @@ CASCADE = ROOT / "medseg" / "weights" / "brain" / "brain_input_cascade_brats2018
 CASCADE_CPU_S = 1375 + 1873  # the shipped TwoPathCNN + InputCascadeCNN trainings (docs/brain.md)
 
 
-def build_net():
-    from monai.networks.nets import SegResNet
+SHIPPED = ROOT / "medseg" / "weights" / "brain" / "brain_segresnet_brats2018.safetensors"
 
-    return SegResNet(
-        spatial_dims=3,
-        init_filters=8,
-        in_channels=4,
-        out_channels=3,
-        blocks_down=(1, 2, 2, 4),
-        blocks_up=(1, 1, 1),
-    )
+
+def build_net():
+    from medseg.brain.volume3d import Volume3DConfig, build_segresnet
+
+    return build_segresnet(config=Volume3DConfig())
 
 
 def regions(labels: np.ndarray) -> np.ndarray:
-    """(3, ...) float targets from internal labels: tumour core, whole tumour, enhancing."""
+    """(3, ...) float targets from internal labels in :data:`REGION_ORDER` (TC, WT, ET)."""
     from medseg.brain.segment import region_masks
+    from medseg.brain.volume3d import REGION_ORDER
 
     masks = region_masks(labels)
-    return np.stack([masks["TC"], masks["WT"], masks["ET"]]).astype(np.float32)
+    return np.stack([masks[r] for r in REGION_ORDER]).astype(np.float32)
 
 
 def to_labels(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Internal labels from (3, ...) sigmoid maps, nested as BraTS defines the regions."""
-    tc, wt, et = prob > threshold
-    out = np.zeros(wt.shape, np.uint8)
-    out[wt] = 2
-    out[tc & wt] = 1
-    out[et & wt] = 4
-    return out
+    from medseg.brain.volume3d import regions_to_labels
+
+    return regions_to_labels(prob, threshold)
 
 
 def load_cases(data: Path, names: list[str]):
@@ -186,6 +184,55 @@ def write_weights(net, out: Path, state: dict, split: dict) -> None:
     )
 
 
+def ship(args) -> Path:
+    """The run's weights as the demo file brain-segment loads (medseg metadata, atomically)."""
+    from safetensors.torch import load_file
+    from train_demo_weights_brain import recorded_split
+
+    from medseg.brain.segment import TASK
+    from medseg.brain.volume3d import Volume3DConfig
+    from medseg.engine.checkpoint import CheckpointMeta, read_meta, save_weights
+
+    out = Path(args.out)
+    state = json.loads((out / "state.json").read_text())
+    split = recorded_split(Path(args.data))
+    cascade = read_meta(CASCADE)
+    config = {
+        "net": Volume3DConfig(roi=args.roi_ship, overlap=args.overlap_ship).to_dict(),
+        "preprocess": cascade.config["preprocess"],
+        "train_spacing_mm": [1.0, 1.0, 1.0],
+        "training_cases": split["train"],
+        "validation_cases": split["validation"],
+        "split": cascade.config["split"],
+        "train": {
+            "patch": args.patch,
+            "batch": args.batch,
+            "lr": args.lr,
+            "seed": args.seed,
+            "loss": "Dice + BCE on sigmoid TC/WT/ET",
+            "optimizer": "AdamW, weight decay 1e-5, 20-step warm-up, cosine over the CPU budget",
+            "cpu_budget_s": args.cpu_budget_s,
+        },
+    }
+    meta = CheckpointMeta(
+        model="brain-segresnet",
+        task=TASK,
+        config=config,
+        training_data=cascade.training_data,
+        notes=(
+            f"MONAI SegResNet (Myronenko 2018), init_filters 8, trained by scripts/train_segresnet_brain.py "
+            f"on the 9 training cases of the recorded split: {state['step']} steps, "
+            f"{state['cpu_s']:.0f} CPU-s (one thread, time.process_time), the last weights (no epoch chosen "
+            "on any case). Averaged with the InputCascadeCNN by brain-segment (docs/brain.md). "
+            "Research use, not for clinical use."
+        ),
+        metrics={"train_cpu_seconds": round(state["cpu_s"]), "steps": state["step"]},
+    )
+    target = Path(args.ship_to)
+    save_weights(target, load_file(str(out / "segresnet.safetensors")), meta)
+    return target
+
+
 def _cascade_regions():
     """The shipped InputCascadeCNN as (3, ...) TC / WT / ET probabilities of a normalised crop."""
     from medseg.brain.segment import load_brain_model, make_predictor, predict_volume
@@ -194,8 +241,9 @@ def _cascade_regions():
     predictor = make_predictor(model, device="cpu", postprocess="softmax", runtime="torch")
 
     def regions_of(norm: np.ndarray) -> np.ndarray:
-        p = np.asarray(predict_volume(predictor, norm, arch=meta.config["net"]["arch"]), np.float32)
-        return np.stack([p[1] + p[3] + p[4], 1.0 - p[0], p[4]])
+        from medseg.brain.volume3d import softmax_regions
+
+        return softmax_regions(np.asarray(predict_volume(predictor, norm, arch=meta.config["net"]["arch"])))
 
     return regions_of
 
@@ -263,8 +311,8 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--cpu-budget-s", type=float, default=CASCADE_CPU_S)
-    p.add_argument("--patch", type=int, default=80)
-    p.add_argument("--roi", type=int, default=112, help="sliding-window size at evaluation")
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--roi", type=int, default=96, help="sliding-window size at evaluation")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=19)
@@ -273,10 +321,24 @@ def main() -> None:
     p.add_argument("--evaluate-only", action="store_true")
     p.add_argument("--postprocess", action="store_true", help="apply brain-segment's default post-processing")
     p.add_argument("--with-cascade", action="store_true", help="average with the shipped cascade's regions")
+    p.add_argument("--ship", action="store_true", help="write the run's weights as the demo file")
+    p.add_argument("--ship-to", default=str(SHIPPED))
+    p.add_argument(
+        "--roi-ship", type=int, default=96, help="sliding-window edge recorded in the shipped file"
+    )
+    p.add_argument(
+        "--overlap-ship",
+        type=float,
+        default=0.1,
+        help="window overlap recorded in the shipped file (0.1: the validation Dice of 0.25 at half the time)",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.ship:
+        print(ship(args))
+        return
     if not args.evaluate_only:
         train(args)
     print(json.dumps(evaluate(args)["mean"]))

@@ -82,6 +82,27 @@ def predict_slices(
     return out
 
 
+def brain_boxes(mask: np.ndarray, batch_size: int) -> list[tuple[slice, slice, slice]]:
+    """Per batch of consecutive brain slices, the (z, y, x) box holding their brain voxels.
+
+    Slices without brain are skipped; each batch is cropped to the union of its slices' in-plane
+    extents (an axial brain section shrinks towards the vertex and the skull base, so this is
+    tighter than one box for the whole brain).
+    """
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if zs.size == 0:
+        return []
+    rows, cols = mask.any(axis=2), mask.any(axis=1)  # (z, y), (z, x)
+    boxes = []
+    z0, z1 = int(zs[0]), int(zs[-1]) + 1
+    for start in range(z0, z1, batch_size):
+        zsl = slice(start, min(start + batch_size, z1))
+        ys, xs = np.flatnonzero(rows[zsl].any(0)), np.flatnonzero(cols[zsl].any(0))
+        if ys.size:
+            boxes.append((zsl, slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1)))
+    return boxes
+
+
 def windows(padded: np.ndarray, coords: np.ndarray, size: int) -> np.ndarray:
     """(n, C, size, size) windows of a (C, z, Y, X) array starting at (y, x) on slice z."""
     z, y, x = coords[:, 0], coords[:, 1], coords[:, 2]

@@ -1,11 +1,11 @@
-"""Whole-volume inference: fully convolutional batched slices, post-processing, volumes in mL.
+"""``brain-segment``: cases in, label maps and volumes in mL out, post-processed.
 
-Because every layer is a valid convolution or a stride-1 pool, running the patch classifier on a
-zero-padded slice yields, in one pass, exactly the class scores the patch-by-patch classifier
-gives at each centre pixel (:func:`predict_patches` is that baseline, kept for tests and the
-benchmark). Every network call runs through the engine
-:class:`~medseg.engine.predictor.Predictor` (device, AMP, channels_last, inference mode).
-Memory is bounded by ``batch_size`` slices, whatever the number of slices.
+Because every layer of the Havaei nets is a valid convolution or a stride-1 pool, running the patch
+classifier on a zero-padded slice yields, in one pass, exactly the class scores the patch-by-patch
+classifier gives at each centre pixel (:func:`predict_patches` is that baseline, kept for tests and
+the benchmark). The nets' loops and loading live in :mod:`medseg.brain.inference` (re-exported
+here); by default two nets run and their region probabilities are averaged (the InputCascadeCNN
+and a 3-D SegResNet, chosen on the real validation cases: docs/brain.md).
 
 :func:`segment_cases` is the public entry of ``brain-segment``: case folders (or explicit files)
 -> one label map and volumes per case, a :class:`~medseg.results.RunResult` with one item per case.
@@ -23,6 +23,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medseg.brain.inference import (  # noqa: F401 (re-exported: the names scripts and tests use)
+    MODEL_PREFIX,
+    TASK,
+    BrainNet,
+    load_brain_model,
+    load_brain_nets,
+    make_predictor,
+    mean_regions,
+    predict_in_brain,
+    predict_patches,
+    predict_volume,
+)
 from medseg.brain.io import (
     LABEL_CONVENTIONS,
     CaseFiles,
@@ -34,12 +46,12 @@ from medseg.brain.io import (
     skull_strip_warning,
     write_seg,
 )
-from medseg.brain.models import BrainNetConfig, build_model
 from medseg.brain.postprocess import PostprocessConfig, postprocess  # noqa: F401 (re-exported)
 from medseg.brain.preprocess import PreprocessConfig, preprocess
-from medseg.brain.sampling import extract_patches, predict_slices, slice_padding
-from medseg.brain.spacing import inference_zoom, predict_in_brain_resampled, train_spacing
-from medseg.errors import InputError, ModelError
+from medseg.brain.sampling import brain_boxes  # noqa: F401 (re-exported)
+from medseg.brain.spacing import predict_in_brain_resampled
+from medseg.brain.volume3d import regions_to_labels
+from medseg.errors import InputError
 from medseg.results import FAILED, ItemResult, RunResult
 
 if TYPE_CHECKING:
@@ -48,11 +60,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("medseg.brain")
 
-MODEL_PREFIX = "brain-"
-TASK = "brain-tumour-segmentation"
 DEMO_WEIGHTS = (
     "brain/brain_input_cascade_brats2018.safetensors"  # relative to the shipped demo weights folder
 )
+DEMO_SEGRESNET = "brain/brain_segresnet_brats2018.safetensors"
+# the default: both nets, region probabilities averaged (validation Dice, docs/brain.md)
+DEMO_ENSEMBLE = (DEMO_WEIGHTS, DEMO_SEGRESNET)
 REGIONS = ("WT", "TC", "ET")  # whole tumour, tumour core, enhancing tumour
 VOLUME_COLUMNS = ("case", "status", "WT_ml", "TC_ml", "ET_ml", "seconds", "output", "reason")
 
@@ -65,127 +78,6 @@ def region_masks(seg: np.ndarray) -> dict[str, np.ndarray]:
 def region_volumes_ml(seg: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, float]:
     voxel_ml = float(np.prod(spacing)) / 1000.0
     return {f"{k}_ml": round(float(m.sum()) * voxel_ml, 4) for k, m in region_masks(seg).items()}
-
-
-def load_brain_model(weights: str | Path):
-    """Rebuild a brain network from self-describing weights; returns (model, meta, preprocess config)."""
-    from medseg.engine.checkpoint import load_state_into, load_weights
-
-    state, meta = load_weights(weights)
-    if not meta.model.startswith(MODEL_PREFIX) or meta.task != TASK:
-        raise ModelError(
-            f"weights are for {meta.model} / {meta.task}, not a brain tumour model", path=weights
-        )
-    net_cfg = BrainNetConfig.from_dict(meta.config.get("net", {}))
-    model = load_state_into(
-        build_model(config=net_cfg),
-        state,
-        path=weights,
-        message=f"weights do not fit {net_cfg.arch}: {{error}}",
-    )
-    return model.eval(), meta, PreprocessConfig.from_dict(meta.config.get("preprocess", {}))
-
-
-def make_predictor(
-    model, *, device: str = "auto", amp: str = "auto", postprocess: str = "argmax", runtime: str | None = None
-) -> Predictor:
-    """The engine predictor for a brain network (channels_last on CPU and CUDA; None: --runtime / auto).
-
-    OpenVINO converts the net at 160^2 so that the output layer takes its row-split form (outputs
-    of 4096 px and more): OpenVINO then runs InputCascadeCNN 1.46x faster than with the direct 21x21
-    convolution (docs/benchmarks.md).
-    """
-    from medseg.brain.models import N_MODALITIES
-    from medseg.engine.predictor import Predictor
-
-    return Predictor(
-        model,
-        device=device,
-        amp=amp,
-        channels_last=True,
-        postprocess=postprocess,
-        runtime=runtime,
-        example_shape=(1, N_MODALITIES, 160, 160),
-    )
-
-
-def predict_volume(
-    predictor: Predictor,
-    stack: np.ndarray,
-    *,
-    arch: str,
-    batch_size: int = 8,
-    progress: bool = False,
-    desc: str = "",
-) -> np.ndarray:
-    """Fully convolutional inference over all axial slices of a (4, z, y, x) normalised stack.
-
-    Returns the class map (z, y, x) for an ``argmax`` predictor, or (5, z, y, x) logits/probabilities
-    for a ``float``/``softmax`` one.
-    """
-    return predict_slices(
-        predictor, stack, pad=slice_padding(arch), batch_size=batch_size, progress=progress, desc=desc
-    )
-
-
-def predict_patches(
-    predictor: Predictor, stack: np.ndarray, coords: np.ndarray, *, arch: str, batch_size: int = 256
-) -> np.ndarray:
-    """Patch-by-patch baseline: classify the centre pixel of one patch per coordinate.
-
-    Returns (n,) classes for an ``argmax`` predictor, (n, 5) scores for a ``float``/``softmax`` one.
-    """
-    outs = []
-    for start in range(0, len(coords), batch_size):
-        y = predictor(extract_patches(stack, coords[start : start + batch_size], arch=arch))
-        outs.append(y[:, :, 0, 0] if y.ndim == 4 else y[:, 0, 0])
-    return np.concatenate(outs) if outs else np.empty((0,))
-
-
-def brain_boxes(mask: np.ndarray, batch_size: int) -> list[tuple[slice, slice, slice]]:
-    """Per batch of consecutive brain slices, the (z, y, x) box holding their brain voxels.
-
-    Slices without brain are skipped; each batch is cropped to the union of its slices' in-plane
-    extents (an axial brain section shrinks towards the vertex and the skull base, so this is
-    tighter than one box for the whole brain).
-    """
-    zs = np.flatnonzero(mask.any(axis=(1, 2)))
-    if zs.size == 0:
-        return []
-    rows, cols = mask.any(axis=2), mask.any(axis=1)  # (z, y), (z, x)
-    boxes = []
-    z0, z1 = int(zs[0]), int(zs[-1]) + 1
-    for start in range(z0, z1, batch_size):
-        zsl = slice(start, min(start + batch_size, z1))
-        ys, xs = np.flatnonzero(rows[zsl].any(0)), np.flatnonzero(cols[zsl].any(0))
-        if ys.size:
-            boxes.append((zsl, slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1)))
-    return boxes
-
-
-def predict_in_brain(
-    predictor: Predictor,
-    norm: np.ndarray,
-    mask: np.ndarray,
-    *,
-    arch: str,
-    batch_size: int = 8,
-    progress: bool = False,
-    desc: str = "",
-) -> np.ndarray:
-    """Class map (z, y, x) computed only on the brain's slices, each batch cropped to its brain box.
-
-    Outside the brain the normalised input is 0, exactly like the slice padding, so the labels
-    inside the brain equal full-grid inference (tested); voxels outside every box are 0.
-    """
-    from medseg.engine.progress import progress_bar
-
-    seg = np.zeros(mask.shape, np.uint8)
-    pad = slice_padding(arch)
-    boxes = brain_boxes(mask, batch_size)
-    for box in progress_bar(boxes, total=len(boxes), desc=desc, enabled=progress, unit="batch"):
-        seg[box] = predict_slices(predictor, norm[(slice(None), *box)], pad=pad, batch_size=batch_size)
-    return seg
 
 
 def segment_array(
@@ -219,11 +111,56 @@ def segment_array(
     return postprocess(seg, geo.spacing, mask=mask) if post else seg
 
 
+def segment_with_nets(
+    nets: list[BrainNet],
+    stack_raw: np.ndarray,
+    geo: Geometry,
+    *,
+    prep: PreprocessConfig,
+    batch_size: int = 8,
+    post: bool = True,
+    native: bool = False,
+    progress: bool = False,
+    desc: str = "",
+) -> np.ndarray:
+    """Raw (4, z, y, x) intensities -> internal label map (z, y, x) from one or several nets.
+
+    One slice net: its argmax, exactly :func:`segment_array`. Otherwise the mean of the nets'
+    TC / WT / ET probabilities, thresholded at 0.5 into nested labels. Each net runs at its
+    training spacing unless ``native`` (probabilities brought back to the case's grid).
+    """
+    if len(nets) == 1 and not nets[0].is_volume:
+        net = nets[0]
+        zoom = net.zoom(geo.spacing, native=native)
+        return segment_array(
+            net.predictor,
+            stack_raw,
+            geo,
+            arch=net.arch,
+            prep=prep,
+            batch_size=batch_size,
+            post=post,
+            progress=progress,
+            desc=desc,
+            zoom=zoom,  # type: ignore[arg-type]
+        )
+    norm, mask = preprocess(stack_raw, geo.spacing, prep)
+    regions = mean_regions(
+        nets, norm, mask, geo.spacing, native=native, batch_size=batch_size, progress=progress, desc=desc
+    )
+    seg = regions_to_labels(regions)
+    del regions
+    seg[~mask] = 0
+    return postprocess(seg, geo.spacing, mask=mask) if post else seg
+
+
 @dataclass
 class SegmentConfig:
     """Everything ``brain-segment`` needs besides the inputs and ``--out``."""
 
-    weights: str | Path | None = None  # None: the demo InputCascadeCNN (9 real BraTS 2018 cases)
+    # one file, several (their region probabilities averaged), or None: the demo ensemble
+    # (InputCascadeCNN + SegResNet, 9 real BraTS 2018 cases)
+    weights: str | Path | list[str | Path] | tuple[str | Path, ...] | None = None
     labels: str = "brats2021"
     resample_to: str | None = None
     batch_size: int = 8
@@ -307,7 +244,6 @@ def segment_cases(
     order; :class:`medseg.scale.items.RayMapper` for ``--ray``); rows and the table are recorded
     here either way.
     """
-    from medseg.engine.weights import resolve_weights
     from medseg.io.atomic import check_apart, check_output, write_text
     from medseg.scale.items import local_map
 
@@ -322,7 +258,7 @@ def segment_cases(
         dup = sorted({n for n in names if names.count(n) > 1})
         raise InputError(f"several cases are named {', '.join(dup)}: their outputs would collide")
     plans, table = plan_outputs(cases, out)
-    check_apart(out, [cfg.weights, *(p for c in cases for p in _case_inputs(c))])  # never write a case
+    check_apart(out, [*_weights_list(cfg.weights), *(p for c in cases for p in _case_inputs(c))])
     for plan in plans:
         for path in plan.values():
             check_output(path, overwrite=cfg.overwrite)
@@ -337,36 +273,27 @@ def segment_cases(
             if len(cases) == 1:
                 raise
             found.append(ItemResult(name=case.name, status=FAILED, reason=error_reason(exc)))
-    weights, is_demo = resolve_weights(cfg.weights, demo=DEMO_WEIGHTS)
-    model, meta, prep = load_brain_model(weights)
-    if is_demo:
-        trained_on = (
-            "trained on synthetic data only"
-            if "synthetic" in meta.training_data.lower()
-            else "trained on a few real BraTS 2018 cases (research use)"
-        )
-        result.warnings.append(f"demo weights {weights.name}: {trained_on}, not for clinical use")
-    elif "synthetic" in meta.training_data.lower():
-        result.warnings.append(
-            f"{weights.name} was trained on synthetic data only: a demo, not for clinical use"
-        )
-        log.warning(result.warnings[-1])
+    paths, is_demo = _resolve_brain_weights(cfg.weights)
+    nets, prep = load_brain_nets(paths, device=cfg.device, amp=cfg.amp)
+    for net in nets:
+        trained_on = net.meta.training_data
+        if is_demo:
+            kind = (
+                "synthetic data only" if "synthetic" in trained_on.lower() else "a few real BraTS 2018 cases"
+            )
+            result.warnings.append(f"demo weights {net.path.name}: trained on {kind}, not for clinical use")
+        elif "synthetic" in trained_on.lower():
+            result.warnings.append(
+                f"{net.path.name} was trained on synthetic data only: a demo, not for clinical use"
+            )
+            log.warning(result.warnings[-1])
     if cfg.n4 is not None:
         prep.n4 = cfg.n4
-    arch = BrainNetConfig.from_dict(meta.config["net"]).arch
-    predictor = make_predictor(model, device=cfg.device, amp=cfg.amp, postprocess="argmax")
+    arch = "+".join(net.arch for net in nets)
     rows = []
     todo = [(i, c, p) for i, (c, p) in enumerate(zip(found, plans), start=1) if isinstance(c, CaseFiles)]
-    trained = train_spacing(meta)
     run_one = functools.partial(
-        _segment_item,
-        predictor,
-        arch=arch,
-        prep=prep,
-        cfg=cfg,
-        total=len(found),
-        strict=len(cases) == 1,
-        trained=trained,
+        _segment_item, nets, prep=prep, cfg=cfg, total=len(found), strict=len(cases) == 1
     )
     outcomes = (mapper or local_map)(run_one, todo)
     for case in found:
@@ -391,51 +318,64 @@ def segment_cases(
     if table is not None and any(item.ok for item in result.items):
         result.outputs["volumes_csv"] = str(write_text(table, _volumes_csv(rows)))
     result.summary = {
-        "weights": str(weights),
+        "weights": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths],
         "demo_weights": is_demo,
         "arch": arch,
+        "ensemble": "mean of the nets' TC/WT/ET probabilities" if len(nets) > 1 else None,
         "labels": cfg.labels,
-        **predictor.describe(),
+        **nets[0].predictor.describe(),
         "resample_to": cfg.resample_to,
         "batch_size": cfg.batch_size,
         "n4": prep.n4,
         "postprocess": cfg.postprocess,
-        "train_spacing_mm": list(trained) if trained else None,
+        "train_spacing_mm": [list(n.trained) if n.trained else None for n in nets]
+        if len(nets) > 1
+        else (list(nets[0].trained) if nets[0].trained else None),
         "native_spacing": cfg.native_spacing,
     }
     return result
 
 
+def _weights_list(weights) -> list[str | Path]:
+    if weights is None:
+        return []
+    return [weights] if isinstance(weights, (str, Path)) else list(weights)
+
+
+def _resolve_brain_weights(weights) -> tuple[list[Path], bool]:
+    """The weights files to run and whether they are the demo ones (None: the demo ensemble)."""
+    from medseg.engine.weights import resolve_weights
+
+    given = _weights_list(weights)
+    if given:
+        return [resolve_weights(w, demo=DEMO_WEIGHTS)[0] for w in given], False
+    return [resolve_weights(None, demo=d)[0] for d in DEMO_ENSEMBLE], True
+
+
 def _segment_item(
-    predictor: Predictor,
+    nets: list[BrainNet],
     item: tuple[int, CaseFiles, dict[str, Path]],
     *,
-    arch: str,
     prep: PreprocessConfig,
     cfg: SegmentConfig,
     total: int,
     strict: bool,
-    trained: tuple[float, float] | None = None,
 ) -> ItemResult:
     """:func:`_segment_one` for one (index, case, plan) item: what a mapper runs, here or on Ray."""
     i, case, plan = item
     desc = f"{case.name} ({i}/{total})"
-    return _segment_one(
-        predictor, case, plan, arch=arch, prep=prep, cfg=cfg, desc=desc, strict=strict, trained=trained
-    )
+    return _segment_one(nets, case, plan, prep=prep, cfg=cfg, desc=desc, strict=strict)
 
 
 def _segment_one(
-    predictor: Predictor,
+    nets: list[BrainNet],
     case: CaseFiles,
     plan: dict[str, Path],
     *,
-    arch: str,
     prep: PreprocessConfig,
     cfg: SegmentConfig,
     desc: str,
     strict: bool,
-    trained: tuple[float, float] | None = None,
 ) -> ItemResult:
     """One case -> label map and volumes; input and write problems become a failed item (raised if ``strict``)."""
     t0 = time.perf_counter()
@@ -446,28 +386,30 @@ def _segment_one(
         if stripped:
             log.warning(stripped)
             warnings.append(stripped)
-        zoom = None if cfg.native_spacing else inference_zoom(geo.spacing, trained)
-        run_yx = [round(float(s), 4) for s in (trained if zoom else geo.spacing[1:])]
+        first = nets[0]
+        zoom = first.zoom(geo.spacing, native=cfg.native_spacing)
+        resampled = any(n.zoom(geo.spacing, native=cfg.native_spacing) is not None for n in nets)
+        run_yx = [round(float(s), 4) for s in ((first.trained or ())[-2:] if zoom else geo.spacing[1:])]
         log.info(
             "%s: in-plane spacing %.3g x %.3g mm; nets run at %s",
             case.name,
             geo.spacing[1],
             geo.spacing[2],
-            f"the training spacing {run_yx[0]:.3g} x {run_yx[1]:.3g} mm (probabilities resampled back)"
-            if zoom
-            else "the case's own spacing" + (" (--native-spacing)" if cfg.native_spacing and trained else ""),
+            "their training spacing (probabilities resampled back)"
+            if resampled
+            else "the case's own spacing"
+            + (" (--native-spacing)" if cfg.native_spacing and first.trained else ""),
         )
-        seg = segment_array(
-            predictor,
+        seg = segment_with_nets(
+            nets,
             stack,
             geo,
-            arch=arch,
             prep=prep,
             batch_size=cfg.batch_size,
             post=cfg.postprocess,
+            native=cfg.native_spacing,
             progress=cfg.progress,
             desc=desc,
-            zoom=zoom,
         )
         volumes = region_volumes_ml(seg, geo.spacing)
         record = {
@@ -477,9 +419,9 @@ def _segment_one(
             "seconds": round(time.perf_counter() - t0, 3),
             "output": str(plan["seg"]),
             "labels": cfg.labels,
-            "arch": arch,
+            "arch": "+".join(n.arch for n in nets),
             "inference_spacing_mm": run_yx,
-            "resampled_to_training_spacing": zoom is not None,
+            "resampled_to_training_spacing": resampled,
         }
         _write_case(plan, seg, geo, record, cfg.labels)
     except (InputError, OSError) as exc:
@@ -501,7 +443,7 @@ def _segment_one(
             **volumes,
             "seconds": record["seconds"],
             "inference_spacing_mm": run_yx,
-            "resampled_to_training_spacing": zoom is not None,
+            "resampled_to_training_spacing": resampled,
         },
         warnings=warnings,
     )

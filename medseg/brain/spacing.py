@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medseg.brain.sampling import predict_slices, slice_padding
+from medseg.brain.sampling import brain_boxes, predict_slices, slice_padding
+from medseg.brain.volume3d import REGION_ORDER, softmax_regions
 
 if TYPE_CHECKING:
     from medseg.engine.predictor import Predictor
@@ -76,19 +77,23 @@ def predict_in_brain_resampled(
     batch_size: int = 8,
     progress: bool = False,
     desc: str = "",
+    regions: bool = False,
 ) -> np.ndarray:
     """Class map (z, y, x) with the net run at the training spacing, per brain box.
 
     Each batch's brain box is resampled in-plane by ``zoom`` (z untouched: the nets are 2D), the
     class probabilities are computed there and brought back to the box linearly, then argmax:
     the labels are on the case's own grid. Memory is bounded by one box of ``batch_size`` slices.
+    ``regions``: (3, z, y, x) TC / WT / ET probabilities instead of the class map (0 outside).
     """
-    from medseg.brain.segment import brain_boxes
+
     from medseg.engine.progress import progress_bar
 
     soft = copy.copy(predictor)  # same model, probabilities instead of classes
     soft.postprocess = "softmax"
-    seg = np.zeros(mask.shape, np.uint8)
+    seg = np.zeros(
+        (len(REGION_ORDER), *mask.shape) if regions else mask.shape, np.float32 if regions else np.uint8
+    )
     pad = slice_padding(arch)
     boxes = brain_boxes(mask, batch_size)
     for box in progress_bar(boxes, total=len(boxes), desc=desc, enabled=progress, unit="batch"):
@@ -97,5 +102,9 @@ def predict_in_brain_resampled(
         small = (max(1, round(h * zoom[0])), max(1, round(w * zoom[1])))
         resampled = _zoom_plane(crop, small, antialias=True).astype(np.float32, copy=False)
         probs = predict_slices(soft, resampled, pad=pad, batch_size=batch_size)  # (K, z, h', w')
-        seg[box] = _zoom_plane(probs, (h, w), antialias=False).argmax(0).astype(np.uint8)
+        probs = _zoom_plane(probs, (h, w), antialias=False)
+        if regions:
+            seg[(slice(None), *box)] = softmax_regions(probs)
+        else:
+            seg[box] = probs.argmax(0).astype(np.uint8)
     return seg

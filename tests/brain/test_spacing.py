@@ -18,13 +18,12 @@ from medseg.brain.evaluate import region_metrics
 from medseg.brain.io import MODALITIES, Geometry, find_case_files, load_case
 from medseg.brain.segment import (
     SegmentConfig,
-    inference_zoom,
     load_brain_model,
     make_predictor,
     segment_array,
     segment_cases,
-    train_spacing,
 )
+from medseg.brain.spacing import inference_zoom, train_spacing
 from medseg.engine.weights import demo_weights_path
 from medseg.synthetic.brain import make_brain_case, write_brain_case
 

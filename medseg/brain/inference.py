@@ -1,0 +1,273 @@
+"""Brain nets at inference: loading any brain weights, the slice nets' loops, and the ensemble.
+
+The Havaei slice nets (:mod:`medseg.brain.models`) label whole axial slices fully convolutionally;
+the 3-D region net (:mod:`medseg.brain.volume3d`) predicts tumour-core / whole-tumour / enhancing
+sigmoid maps. :func:`load_brain_nets` loads one or several weights files (their preprocessing must
+agree: each net is fed the same normalised stack) and :func:`mean_regions` averages the nets'
+region probabilities, the ensemble ``brain-segment`` runs by default (docs/brain.md). Every network
+call runs through the engine :class:`~medseg.engine.predictor.Predictor`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medseg.brain.models import BrainNetConfig, build_model
+from medseg.brain.preprocess import PreprocessConfig
+from medseg.brain.sampling import brain_boxes, extract_patches, predict_slices, slice_padding
+from medseg.brain.spacing import inference_zoom, predict_in_brain_resampled, train_spacing
+from medseg.brain.volume3d import (
+    REGION_ORDER,
+    VOLUME_ARCHS,
+    Volume3DConfig,
+    build_segresnet,
+    predict_regions_volume,
+    softmax_regions,
+    volume_zoom,
+)
+from medseg.errors import ModelError
+
+if TYPE_CHECKING:
+    from medseg.engine.checkpoint import CheckpointMeta
+    from medseg.engine.predictor import Predictor
+
+MODEL_PREFIX = "brain-"
+TASK = "brain-tumour-segmentation"
+
+
+def load_brain_model(weights: str | Path):
+    """Rebuild a brain network from self-describing weights; returns (model, meta, preprocess config)."""
+    from medseg.engine.checkpoint import load_state_into, load_weights
+
+    state, meta = load_weights(weights)
+    if not meta.model.startswith(MODEL_PREFIX) or meta.task != TASK:
+        raise ModelError(
+            f"weights are for {meta.model} / {meta.task}, not a brain tumour model", path=weights
+        )
+    net = meta.config.get("net", {})
+    if net.get("arch") in VOLUME_ARCHS:
+        arch, built = net["arch"], build_segresnet(config=Volume3DConfig.from_dict(net))
+    else:
+        net_cfg = BrainNetConfig.from_dict(net)
+        arch, built = net_cfg.arch, build_model(config=net_cfg)
+    model = load_state_into(built, state, path=weights, message=f"weights do not fit {arch}: {{error}}")
+    return model.eval(), meta, PreprocessConfig.from_dict(meta.config.get("preprocess", {}))
+
+
+def make_predictor(
+    model, *, device: str = "auto", amp: str = "auto", postprocess: str = "argmax", runtime: str | None = None
+) -> Predictor:
+    """The engine predictor for a brain network (channels_last on CPU and CUDA; None: --runtime / auto).
+
+    OpenVINO converts the net at 160^2 so that the output layer takes its row-split form (outputs
+    of 4096 px and more): OpenVINO then runs InputCascadeCNN 1.46x faster than with the direct 21x21
+    convolution (docs/benchmarks.md).
+    """
+    from medseg.brain.models import N_MODALITIES
+    from medseg.engine.predictor import Predictor
+
+    return Predictor(
+        model,
+        device=device,
+        amp=amp,
+        channels_last=True,
+        postprocess=postprocess,
+        runtime=runtime,
+        example_shape=(1, N_MODALITIES, 160, 160),
+    )
+
+
+def predict_volume(
+    predictor: Predictor,
+    stack: np.ndarray,
+    *,
+    arch: str,
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "",
+) -> np.ndarray:
+    """Fully convolutional inference over all axial slices of a (4, z, y, x) normalised stack.
+
+    Returns the class map (z, y, x) for an ``argmax`` predictor, or (5, z, y, x) logits/probabilities
+    for a ``float``/``softmax`` one.
+    """
+    return predict_slices(
+        predictor, stack, pad=slice_padding(arch), batch_size=batch_size, progress=progress, desc=desc
+    )
+
+
+def predict_patches(
+    predictor: Predictor, stack: np.ndarray, coords: np.ndarray, *, arch: str, batch_size: int = 256
+) -> np.ndarray:
+    """Patch-by-patch baseline: classify the centre pixel of one patch per coordinate.
+
+    Returns (n,) classes for an ``argmax`` predictor, (n, 5) scores for a ``float``/``softmax`` one.
+    """
+    outs = []
+    for start in range(0, len(coords), batch_size):
+        y = predictor(extract_patches(stack, coords[start : start + batch_size], arch=arch))
+        outs.append(y[:, :, 0, 0] if y.ndim == 4 else y[:, 0, 0])
+    return np.concatenate(outs) if outs else np.empty((0,))
+
+
+def predict_in_brain(
+    predictor: Predictor,
+    norm: np.ndarray,
+    mask: np.ndarray,
+    *,
+    arch: str,
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "",
+    regions: bool = False,
+) -> np.ndarray:
+    """Class map (z, y, x) computed only on the brain's slices, each batch cropped to its brain box.
+
+    Outside the brain the normalised input is 0, exactly like the slice padding, so the labels
+    inside the brain equal full-grid inference (tested); voxels outside every box are 0.
+    ``regions``: (3, z, y, x) TC / WT / ET probabilities from the softmax instead (0 outside).
+    """
+    import copy
+
+    from medseg.engine.progress import progress_bar
+
+    if regions:
+        predictor = copy.copy(predictor)  # same model, probabilities instead of classes
+        predictor.postprocess = "softmax"
+        out = np.zeros((len(REGION_ORDER), *mask.shape), np.float32)
+    else:
+        out = np.zeros(mask.shape, np.uint8)
+    pad = slice_padding(arch)
+    boxes = brain_boxes(mask, batch_size)
+    for box in progress_bar(boxes, total=len(boxes), desc=desc, enabled=progress, unit="batch"):
+        y = predict_slices(predictor, norm[(slice(None), *box)], pad=pad, batch_size=batch_size)
+        if regions:
+            out[(slice(None), *box)] = softmax_regions(y)
+        else:
+            out[box] = y
+    return out
+
+
+def make_volume_predictor(
+    model, *, config: Volume3DConfig, device: str = "auto", amp: str = "auto", runtime: str | None = None
+) -> Predictor:
+    """The engine predictor for a 3-D region net: raw logits (windows are blended before the sigmoid)."""
+    from medseg.brain.models import N_MODALITIES
+    from medseg.engine.predictor import Predictor
+
+    return Predictor(
+        model,
+        device=device,
+        amp=amp,
+        channels_last=False,
+        postprocess="none",
+        runtime=runtime,
+        example_shape=(1, N_MODALITIES, config.roi, config.roi, config.roi),
+    )
+
+
+def train_spacing_3d(meta) -> tuple[float, float, float] | None:
+    """(z, y, x) spacing in mm a 3-D net was trained at, or None (not recorded)."""
+    value = (meta.config or {}).get("train_spacing_mm")
+    if not value or len(value) != 3:
+        return None
+    return float(value[0]), float(value[1]), float(value[2])
+
+
+@dataclass
+class BrainNet:
+    """One loaded brain network, ready to predict: what :func:`load_brain_nets` returns."""
+
+    path: Path
+    meta: CheckpointMeta
+    arch: str
+    predictor: Predictor
+
+    @property
+    def is_volume(self) -> bool:
+        return self.arch in VOLUME_ARCHS
+
+    @property
+    def trained(self) -> tuple[float, ...] | None:
+        """Training spacing: (row, col) mm for slice nets, (z, y, x) mm for 3-D nets."""
+        return train_spacing_3d(self.meta) if self.is_volume else train_spacing(self.meta)
+
+    def zoom(self, spacing: tuple[float, float, float], *, native: bool = False) -> tuple[float, ...] | None:
+        """Zoom to the training grid for a case of ``spacing`` (None: the case's own grid)."""
+        if native:
+            return None
+        return volume_zoom(spacing, self.trained) if self.is_volume else inference_zoom(spacing, self.trained)
+
+    def regions(
+        self,
+        norm: np.ndarray,
+        mask: np.ndarray,
+        spacing: tuple[float, float, float],
+        *,
+        native: bool = False,
+        batch_size: int = 8,
+        progress: bool = False,
+        desc: str = "",
+    ) -> np.ndarray:
+        """(3, z, y, x) TC / WT / ET probabilities of a normalised stack (0 outside the brain)."""
+        zoom = self.zoom(spacing, native=native)
+        if self.is_volume:
+            cfg = Volume3DConfig.from_dict(self.meta.config["net"])
+            return predict_regions_volume(self.predictor, norm, mask, config=cfg, zoom=zoom)
+        kw = dict(arch=self.arch, batch_size=batch_size, progress=progress, desc=desc, regions=True)
+        if zoom is None:
+            return predict_in_brain(self.predictor, norm, mask, **kw)
+        return predict_in_brain_resampled(self.predictor, norm, mask, zoom, **kw)
+
+
+def load_brain_nets(
+    paths: list[Path], *, device: str = "auto", amp: str = "auto"
+) -> tuple[list[BrainNet], PreprocessConfig]:
+    """Load each weights file; their preprocessing must agree (every net gets the same input)."""
+    nets: list[BrainNet] = []
+    prep: PreprocessConfig | None = None
+    for path in paths:
+        model, meta, this_prep = load_brain_model(path)
+        arch = meta.config["net"]["arch"]
+        if arch in VOLUME_ARCHS:
+            cfg = Volume3DConfig.from_dict(meta.config["net"])
+            predictor = make_volume_predictor(model, config=cfg, device=device, amp=amp)
+        else:
+            predictor = make_predictor(model, device=device, amp=amp, postprocess="argmax")
+        if prep is not None and this_prep.to_dict() != prep.to_dict():
+            raise ModelError(
+                f"{Path(path).name} was trained with other preprocessing than {nets[0].path.name} "
+                f"({this_prep.to_dict()} vs {prep.to_dict()}): these nets cannot be averaged",
+                path=path,
+            )
+        prep = this_prep
+        nets.append(BrainNet(path=Path(path), meta=meta, arch=arch, predictor=predictor))
+    if prep is None:
+        raise ModelError("no brain weights given")
+    return nets, prep
+
+
+def mean_regions(
+    nets: list[BrainNet],
+    norm: np.ndarray,
+    mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    *,
+    native: bool = False,
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "",
+) -> np.ndarray:
+    """Mean of the nets' (3, z, y, x) region probabilities (the ensemble ``brain-segment`` runs)."""
+    total: np.ndarray | None = None
+    for net in nets:
+        r = net.regions(
+            norm, mask, spacing, native=native, batch_size=batch_size, progress=progress, desc=desc
+        )
+        total = r if total is None else np.add(total, r, out=total)
+    assert total is not None
+    return total / len(nets)
