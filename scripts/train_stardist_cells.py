@@ -34,23 +34,38 @@ log = logging.getLogger("stardist")
 TILE, OUT = 316, 132  # the shipped weights' training patches: 316 px in, 132 px of output
 
 
-def build(n_rays: int, init: Path):
-    """The shipped net with a (1 + n_rays)-channel head; body from ``init``, probability channel from
-    its interior-vs-background logit, ray channels starting near the mean ray length."""
-    from medseg.cells.model import build_model, load_model
+def build(n_rays: int, init: Path, hidden: int = 64):
+    """The shipped net with a per-pixel head of (1 + n_rays) outputs: body from ``init``; the head is a
+    1x1 two-layer MLP (the base-8 net ends in 8 features, too few for 32 rays through one linear map;
+    StarDist puts a 128-channel convolution there). Its probability output starts as the shipped
+    head's interior-vs-background logit, the ray outputs near the mean ray length."""
+    from torch import nn
 
-    base, config, _ = load_model(init)
-    config.num_classes = 1 + n_rays
-    model = build_model(config=config)
-    state = base.state_dict()
-    w, b = state.pop("head.weight"), state.pop("head.bias")
-    model.load_state_dict(state, strict=False)
+    from medseg.cells.model import load_model
+
+    model, config, _ = load_model(init)
+    old = model.head
+    head = nn.Sequential(nn.Conv2d(old.in_channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 1 + n_rays, 1))
+    skip = nn.Conv2d(old.in_channels, 1 + n_rays, 1)  # the linear path, so the start is the shipped logit
     with torch.no_grad():
-        model.head.weight.mul_(0.01)
-        model.head.bias.fill_(6.0)
-        model.head.weight[0] = w[1] - w[0]
-        model.head.bias[0] = b[1] - b[0]
+        head[2].weight.mul_(0.1)
+        head[2].bias.zero_()
+        skip.weight.zero_()
+        skip.bias.fill_(6.0)
+        skip.weight[0] = old.weight[1] - old.weight[0]
+        skip.bias[0] = old.bias[1] - old.bias[0]
+    model.head = _Head(head, skip)
+    config.num_classes = 1 + n_rays
     return model, config
+
+
+class _Head(torch.nn.Module):
+    def __init__(self, mlp, skip) -> None:
+        super().__init__()
+        self.mlp, self.skip = mlp, skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x) + self.skip(x)
 
 
 def samples(data: Path, ids: list[str]):
