@@ -252,22 +252,13 @@ def load_brain_nets(
 
 
 def mean_regions(
-    nets: list[BrainNet],
-    norm: np.ndarray,
-    mask: np.ndarray,
-    spacing: tuple[float, float, float],
-    *,
-    native: bool = False,
-    batch_size: int = 8,
-    progress: bool = False,
-    desc: str = "",
+    nets: list[BrainNet], norm: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float], **options
 ) -> np.ndarray:
-    """Mean of the nets' (3, z, y, x) region probabilities (the ensemble ``brain-segment`` runs)."""
+    """Mean of the nets' (3, z, y, x) region probabilities (the ensemble ``brain-segment`` runs);
+    ``options`` as :meth:`BrainNet.regions` (native, batch_size, progress, desc)."""
     total: np.ndarray | None = None
     for net in nets:
-        r = net.regions(
-            norm, mask, spacing, native=native, batch_size=batch_size, progress=progress, desc=desc
-        )
+        r = net.regions(norm, mask, spacing, **options)
         total = r if total is None else np.add(total, r, out=total)
     assert total is not None
     return total / len(nets)
