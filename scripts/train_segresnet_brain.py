@@ -55,17 +55,11 @@ def build_net():
 
 def regions(labels: np.ndarray) -> np.ndarray:
     """(3, ...) float targets from internal labels in :data:`REGION_ORDER` (TC, WT, ET)."""
+    from medseg.brain.models import REGION_ORDER
     from medseg.brain.segment import region_masks
-    from medseg.brain.volume3d import REGION_ORDER
 
     masks = region_masks(labels)
     return np.stack([masks[r] for r in REGION_ORDER]).astype(np.float32)
-
-
-def to_labels(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    from medseg.brain.volume3d import regions_to_labels
-
-    return regions_to_labels(prob, threshold)
 
 
 def load_cases(data: Path, names: list[str]):
@@ -241,7 +235,7 @@ def _cascade_regions():
     predictor = make_predictor(model, device="cpu", postprocess="softmax", runtime="torch")
 
     def regions_of(norm: np.ndarray) -> np.ndarray:
-        from medseg.brain.volume3d import softmax_regions
+        from medseg.brain.models import softmax_regions
 
         return softmax_regions(np.asarray(predict_volume(predictor, norm, arch=meta.config["net"]["arch"])))
 
@@ -257,6 +251,7 @@ def evaluate(args) -> dict:
     from medseg.brain.evaluate import region_metrics
     from medseg.brain.postprocess import postprocess
     from medseg.brain.segment import region_volumes_ml
+    from medseg.brain.volume3d import regions_to_labels
 
     out = Path(args.out)
     split = recorded_split(Path(args.data))
@@ -273,7 +268,7 @@ def evaluate(args) -> dict:
         prob = torch.sigmoid(logits)[0].numpy()
         if args.with_cascade:  # mean of the two nets' region probabilities
             prob = (prob + cascade_regions(norm)) / 2
-        pred = to_labels(prob)
+        pred = regions_to_labels(prob)
         pred[~mask] = 0  # inside the brain only, as brain-segment
         if args.postprocess:  # brain-segment's default rules (chosen for the cascade, docs/brain.md)
             pred = postprocess(pred, spacing, mask=mask)

@@ -16,19 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medseg.brain.models import BrainNetConfig, build_model
+from medseg.brain.models import REGION_ORDER, BrainNetConfig, build_model, softmax_regions
 from medseg.brain.preprocess import PreprocessConfig
 from medseg.brain.sampling import brain_boxes, extract_patches, predict_slices, slice_padding
-from medseg.brain.spacing import inference_zoom, predict_in_brain_resampled, train_spacing
-from medseg.brain.volume3d import (
-    REGION_ORDER,
-    VOLUME_ARCHS,
-    Volume3DConfig,
-    build_segresnet,
-    predict_regions_volume,
-    softmax_regions,
-    volume_zoom,
-)
+from medseg.brain.spacing import inference_zoom, predict_in_brain_resampled, train_spacing, training_zoom
+from medseg.brain.volume3d import VOLUME_ARCHS, Volume3DConfig, build_segresnet, predict_regions_volume
 from medseg.errors import ModelError
 
 if TYPE_CHECKING:
@@ -170,14 +162,6 @@ def make_volume_predictor(
     )
 
 
-def train_spacing_3d(meta) -> tuple[float, float, float] | None:
-    """(z, y, x) spacing in mm a 3-D net was trained at, or None (not recorded)."""
-    value = (meta.config or {}).get("train_spacing_mm")
-    if not value or len(value) != 3:
-        return None
-    return float(value[0]), float(value[1]), float(value[2])
-
-
 @dataclass
 class BrainNet:
     """One loaded brain network, ready to predict: what :func:`load_brain_nets` returns."""
@@ -194,13 +178,15 @@ class BrainNet:
     @property
     def trained(self) -> tuple[float, ...] | None:
         """Training spacing: (row, col) mm for slice nets, (z, y, x) mm for 3-D nets."""
-        return train_spacing_3d(self.meta) if self.is_volume else train_spacing(self.meta)
+        return train_spacing(self.meta, dims=3 if self.is_volume else 2)
 
     def zoom(self, spacing: tuple[float, float, float], *, native: bool = False) -> tuple[float, ...] | None:
         """Zoom to the training grid for a case of ``spacing`` (None: the case's own grid)."""
         if native:
             return None
-        return volume_zoom(spacing, self.trained) if self.is_volume else inference_zoom(spacing, self.trained)
+        return (
+            training_zoom(spacing, self.trained) if self.is_volume else inference_zoom(spacing, self.trained)
+        )
 
     def regions(
         self,

@@ -22,6 +22,7 @@ from torch import nn
 
 N_CLASSES = 5  # healthy, necrosis, edema, non-enhancing, enhancing (Havaei label order)
 N_MODALITIES = 4  # T1, T1c, T2, FLAIR
+REGION_ORDER = ("TC", "WT", "ET")  # channel order of region probabilities (MONAI's BraTS recipe)
 ARCHS = ("twopath", "input-cascade", "local-cascade", "mf-cascade")
 
 TWOPATH_PATCH = 33
@@ -59,6 +60,14 @@ class BrainNetConfig:
     @property
     def patch_size(self) -> int:
         return CASCADE_GEOMETRY[self.arch][0]
+
+
+def softmax_regions(probs):
+    """(5, ...) class probabilities -> (3, ...) TC / WT / ET region probabilities (``REGION_ORDER``):
+    the space in which slice nets and 3-D region nets are averaged."""
+    import numpy as np
+
+    return np.stack([probs[1] + probs[3] + probs[4], 1.0 - probs[0], probs[4]]).astype(np.float32, copy=False)
 
 
 ROWSPLIT_MIN_PIXELS = 4096  # output pixels per image from which the row-split output layer pays off

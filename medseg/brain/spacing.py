@@ -13,22 +13,42 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medseg.brain.models import REGION_ORDER, softmax_regions
 from medseg.brain.sampling import brain_boxes, predict_slices, slice_padding
-from medseg.brain.volume3d import REGION_ORDER, softmax_regions
 
 if TYPE_CHECKING:
     from medseg.engine.predictor import Predictor
 
-SPACING_TOLERANCE = 0.15  # relative in-plane spacing difference that triggers resampling to the training grid
-__all__ = ["SPACING_TOLERANCE", "inference_zoom", "predict_in_brain_resampled", "train_spacing"]
+SPACING_TOLERANCE = (
+    0.15  # relative spacing difference (any axis) that triggers resampling to the training grid
+)
+__all__ = [
+    "SPACING_TOLERANCE",
+    "inference_zoom",
+    "predict_in_brain_resampled",
+    "resize_linear",
+    "train_spacing",
+    "training_zoom",
+]
 
 
-def train_spacing(meta) -> tuple[float, float] | None:
-    """In-plane (row, col) spacing in mm the weights were trained at, or None (older weights)."""
+def train_spacing(meta, dims: int = 2) -> tuple[float, ...] | None:
+    """Spacing in mm the weights were trained at: in-plane (row, col) for the slice nets (``dims`` 2),
+    (z, y, x) for a 3-D net (``dims`` 3); None when not recorded (older weights)."""
     value = (meta.config or {}).get("train_spacing_mm")
-    if not value or len(value) != 2:
+    if not value or len(value) != dims:
         return None
-    return float(value[0]), float(value[1])
+    return tuple(float(v) for v in value)
+
+
+def training_zoom(spacing: tuple[float, ...], trained: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """Zoom per axis from ``spacing`` to the ``trained`` spacing; None within ``SPACING_TOLERANCE``."""
+    if trained is None:
+        return None
+    ratios = tuple(float(s) / float(t) for s, t in zip(spacing, trained))
+    if all(abs(r - 1.0) <= SPACING_TOLERANCE for r in ratios):
+        return None
+    return ratios
 
 
 def inference_zoom(
@@ -40,31 +60,25 @@ def inference_zoom(
     spacing shows them tissue at another scale than they learnt. Within ``SPACING_TOLERANCE`` the
     case is run as it is.
     """
-    if trained is None:
-        return None
-    ratios = (spacing[1] / trained[0], spacing[2] / trained[1])
-    if all(abs(r - 1.0) <= SPACING_TOLERANCE for r in ratios):
-        return None
-    return ratios
+    return training_zoom(spacing[1:], trained)  # type: ignore[return-value]
 
 
-def _zoom_plane(array: np.ndarray, shape: tuple[int, int], *, antialias: bool) -> np.ndarray:
-    """Linear in-plane resize of a (C, z, y, x) array to (C, z, *shape), corners aligned.
+def resize_linear(array: np.ndarray, shape: tuple[int, ...], *, antialias: bool) -> np.ndarray:
+    """Linear resize of a (C, *spatial) array to (C, *shape), corners aligned, float32.
 
     Downsampling first smooths with a Gaussian (sigma = half the step) so thin bright structures
     are averaged as in a coarser acquisition instead of aliased.
     """
     from scipy import ndimage as ndi
 
-    h, w = array.shape[2:]
-    fy, fx = shape[0] / h, shape[1] / w
-    if antialias and (fy < 1 or fx < 1):
-        sigma = (0, 0, max(0.0, (1 / fy - 1) / 2), max(0.0, (1 / fx - 1) / 2))
+    factors = [n / o for n, o in zip(shape, array.shape[1:])]
+    if antialias and any(f < 1 for f in factors):
+        sigma = (0, *(max(0.0, (1 / f - 1) / 2) for f in factors))
         array = ndi.gaussian_filter(array, sigma=sigma, mode="constant")
-    out = ndi.zoom(array, (1, 1, fy, fx), order=1, mode="nearest", grid_mode=False)
-    if out.shape[2:] != tuple(shape):  # zoom rounds; guard the exact size
-        raise AssertionError(f"in-plane zoom gave {out.shape[2:]}, expected {shape}")
-    return out
+    out = ndi.zoom(array, (1, *factors), order=1, mode="nearest", grid_mode=False)
+    if out.shape[1:] != tuple(shape):  # zoom rounds; guard the exact size
+        raise AssertionError(f"resize gave {out.shape[1:]}, expected {tuple(shape)}")
+    return out.astype(np.float32, copy=False)
 
 
 def predict_in_brain_resampled(
@@ -86,7 +100,6 @@ def predict_in_brain_resampled(
     the labels are on the case's own grid. Memory is bounded by one box of ``batch_size`` slices.
     ``regions``: (3, z, y, x) TC / WT / ET probabilities instead of the class map (0 outside).
     """
-
     from medseg.engine.progress import progress_bar
 
     soft = copy.copy(predictor)  # same model, probabilities instead of classes
@@ -100,9 +113,10 @@ def predict_in_brain_resampled(
         crop = norm[(slice(None), *box)]
         h, w = crop.shape[2:]
         small = (max(1, round(h * zoom[0])), max(1, round(w * zoom[1])))
-        resampled = _zoom_plane(crop, small, antialias=True).astype(np.float32, copy=False)
+        nz = crop.shape[1]
+        resampled = resize_linear(crop, (nz, *small), antialias=True)  # in-plane only: the nets are 2D
         probs = predict_slices(soft, resampled, pad=pad, batch_size=batch_size)  # (K, z, h', w')
-        probs = _zoom_plane(probs, (h, w), antialias=False)
+        probs = resize_linear(probs, (nz, h, w), antialias=False)
         if regions:
             seg[(slice(None), *box)] = softmax_regions(probs)
         else:

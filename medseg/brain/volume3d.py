@@ -3,8 +3,8 @@
 Why a second kind of net: on the real validation cases the mean of the InputCascadeCNN's and a
 SegResNet's region probabilities beats either net alone (docs/brain.md, "The two nets together").
 The 3-D net predicts the three BraTS regions directly as sigmoid maps in the order
-:data:`REGION_ORDER` (tumour core, whole tumour, enhancing tumour: MONAI's BraTS recipe); the slice
-nets' five-class softmax is brought to the same regions by :func:`softmax_regions`, so any set of
+``models.REGION_ORDER`` (tumour core, whole tumour, enhancing tumour: MONAI's BraTS recipe); the slice
+nets' five-class softmax is brought to the same regions by ``models.softmax_regions``, so any set of
 brain nets averages in one space and :func:`regions_to_labels` turns the mean into nested labels.
 
 Inference slides Gaussian-weighted windows of the size the weights record over the brain's bounding
@@ -13,8 +13,8 @@ it; own code because ``import monai`` costs 3.3 s of the 30 s per-case budget, s
 :mod:`medseg.brain.segresnet`): GroupNorm statistics depend on the input size, so windows of the
 validated size are used even when the whole brain would fit in one (docs/brain.md measured the
 whole-box pass 0.02-0.07 Dice worse). Memory is bounded by one window plus the box's outputs.
-A case whose voxel spacing differs from the training spacing by more than ``SPACING_TOLERANCE`` on
-any axis is resampled to it (linear, anti-aliased), and the probabilities are brought back.
+A case whose voxel spacing differs from the training spacing by more than ``spacing.SPACING_TOLERANCE``
+on any axis is resampled to it (linear, anti-aliased), and the probabilities are brought back.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medseg.brain.models import N_MODALITIES
+from medseg.brain.models import N_MODALITIES, REGION_ORDER
+from medseg.brain.spacing import resize_linear
 
 if TYPE_CHECKING:
     from torch import nn
@@ -32,18 +33,13 @@ if TYPE_CHECKING:
     from medseg.engine.predictor import Predictor
 
 VOLUME_ARCHS = ("segresnet",)
-REGION_ORDER = ("TC", "WT", "ET")  # channel order of region probabilities (MONAI's BraTS recipe)
-SPACING_TOLERANCE = 0.15  # relative difference on any axis that triggers resampling (as the slice nets)
 __all__ = [
-    "REGION_ORDER",
-    "sliding_window",
     "VOLUME_ARCHS",
     "Volume3DConfig",
     "build_segresnet",
     "predict_regions_volume",
     "regions_to_labels",
-    "softmax_regions",
-    "volume_zoom",
+    "sliding_window",
 ]
 
 
@@ -136,11 +132,6 @@ def sliding_window(predictor, volume: np.ndarray, roi: tuple[int, ...], overlap:
     return out / norm
 
 
-def softmax_regions(probs: np.ndarray) -> np.ndarray:
-    """(5, ...) Havaei class probabilities -> (3, ...) TC / WT / ET region probabilities."""
-    return np.stack([probs[1] + probs[3] + probs[4], 1.0 - probs[0], probs[4]]).astype(np.float32, copy=False)
-
-
 def regions_to_labels(regions: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Internal labels from (3, ...) region probabilities, nested as BraTS defines the regions.
 
@@ -152,32 +143,6 @@ def regions_to_labels(regions: np.ndarray, threshold: float = 0.5) -> np.ndarray
     out[tc & wt] = 1
     out[et & wt] = 4
     return out
-
-
-def volume_zoom(
-    spacing: tuple[float, float, float], trained: tuple[float, float, float] | None
-) -> tuple[float, float, float] | None:
-    """Zoom (z, y, x) from the case's grid to the training grid; None to run at the case's own."""
-    if trained is None:
-        return None
-    ratios = tuple(float(s) / float(t) for s, t in zip(spacing, trained))
-    if all(abs(r - 1.0) <= SPACING_TOLERANCE for r in ratios):
-        return None
-    return ratios  # type: ignore[return-value]
-
-
-def _resize(array: np.ndarray, shape: tuple[int, ...], *, antialias: bool) -> np.ndarray:
-    """Linear resize of a (C, z, y, x) array to (C, *shape); Gaussian pre-smoothing when shrinking."""
-    from scipy import ndimage as ndi
-
-    factors = [n / o for n, o in zip(shape, array.shape[1:])]
-    if antialias and any(f < 1 for f in factors):
-        sigma = (0, *(max(0.0, (1 / f - 1) / 2) for f in factors))
-        array = ndi.gaussian_filter(array, sigma=sigma, mode="constant")
-    out = ndi.zoom(array, (1, *factors), order=1, mode="nearest", grid_mode=False)
-    if out.shape[1:] != tuple(shape):
-        raise AssertionError(f"resize gave {out.shape[1:]}, expected {shape}")
-    return out.astype(np.float32, copy=False)
 
 
 def predict_regions_volume(
@@ -203,7 +168,7 @@ def predict_regions_volume(
     crop = np.ascontiguousarray(norm[(slice(None), *box)], np.float32)
     shape = crop.shape[1:]
     if zoom is not None:
-        crop = _resize(crop, tuple(max(1, round(n * f)) for n, f in zip(shape, zoom)), antialias=True)
+        crop = resize_linear(crop, tuple(max(1, round(n * f)) for n, f in zip(shape, zoom)), antialias=True)
     # windows of config.roi where the box is larger (as validated); a smaller axis is one window,
     # zero-padded to a size SegResNet takes (it halves each axis len(blocks_down) - 1 times)
     div = config.divisor
@@ -213,6 +178,6 @@ def predict_regions_volume(
     logits = sliding_window(predictor, padded, roi, config.overlap)
     probs = 1.0 / (1.0 + np.exp(-logits[(slice(None), *(slice(0, n) for n in crop.shape[1:]))]))
     if zoom is not None:
-        probs = np.clip(_resize(np.ascontiguousarray(probs), shape, antialias=False), 0.0, 1.0)
+        probs = np.clip(resize_linear(np.ascontiguousarray(probs), shape, antialias=False), 0.0, 1.0)
     out[(slice(None), *box)] = probs
     return out

@@ -12,16 +12,15 @@ from click.testing import CliRunner
 from medseg_cli.main import cli
 
 from medseg.brain.inference import load_brain_nets, mean_regions
+from medseg.brain.models import REGION_ORDER, softmax_regions
 from medseg.brain.segment import region_masks
+from medseg.brain.spacing import training_zoom
 from medseg.brain.volume3d import (
-    REGION_ORDER,
     Volume3DConfig,
     build_segresnet,
     predict_regions_volume,
     regions_to_labels,
     sliding_window,
-    softmax_regions,
-    volume_zoom,
 )
 from medseg.engine.checkpoint import CheckpointMeta, read_meta, save_weights
 from medseg.engine.weights import demo_weights_path
@@ -78,10 +77,10 @@ def test_regions_nest_like_brats():
 
 
 def test_volume_zoom_tolerance():
-    assert volume_zoom((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)) is None
-    assert volume_zoom((1.1, 0.9, 1.0), (1.0, 1.0, 1.0)) is None
-    assert volume_zoom((5.0, 1.0, 1.0), (1.0, 1.0, 1.0)) == (5.0, 1.0, 1.0)
-    assert volume_zoom((5.0, 1.0, 1.0), None) is None
+    assert training_zoom((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)) is None
+    assert training_zoom((1.1, 0.9, 1.0), (1.0, 1.0, 1.0)) is None
+    assert training_zoom((5.0, 1.0, 1.0), (1.0, 1.0, 1.0)) == (5.0, 1.0, 1.0)
+    assert training_zoom((5.0, 1.0, 1.0), None) is None
 
 
 def _identity_regions(x):
