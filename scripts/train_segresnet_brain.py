@@ -79,8 +79,34 @@ def load_cases(data: Path, names: list[str]):
     ]
 
 
-def sample(rng: np.random.Generator, norm: np.ndarray, labels: np.ndarray, patch: int):
-    """One (4, p, p, p) patch and its (3, p, p, p) targets: centred near tumour with p = 2/3."""
+def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    """A random 3-D rotation: one angle in [-max_deg, max_deg] about each axis."""
+    m = np.eye(3)
+    for axes in ((0, 1), (0, 2), (1, 2)):
+        a = np.deg2rad(rng.uniform(-max_deg, max_deg))
+        r = np.eye(3)
+        r[axes[0], axes[0]] = r[axes[1], axes[1]] = np.cos(a)
+        r[axes[0], axes[1]], r[axes[1], axes[0]] = -np.sin(a), np.sin(a)
+        m = m @ r
+    return m
+
+
+def sample(
+    rng: np.random.Generator,
+    norm: np.ndarray,
+    labels: np.ndarray,
+    patch: int,
+    spatial: float = 0.0,
+):
+    """One (4, p, p, p) patch and its (3, p, p, p) targets: centred near tumour with p = 2/3.
+
+    ``spatial`` > 0 is the probability of a rotation (up to 15 degrees about each axis) and, independently,
+    of an isotropic scaling (0.85-1.15), both resampled from the whole volume around the patch centre
+    (nnU-Net's spatial augmentation; linear for the images, nearest for the labels); a gamma change of
+    each sequence's intensity then follows with the same probability.
+    """
+    from scipy.ndimage import affine_transform
+
     shape = np.array(labels.shape)
     pad = np.maximum(patch - shape, 0)
     if pad.any():
@@ -93,12 +119,32 @@ def sample(rng: np.random.Generator, norm: np.ndarray, labels: np.ndarray, patch
     else:
         centre = rng.integers(0, shape)
     lo = np.clip(centre - patch // 2, 0, shape - patch)
-    box = tuple(slice(int(a), int(a) + patch) for a in lo)
-    x, y = norm[(slice(None), *box)].copy(), regions(labels[box])
+    m = np.eye(3)
+    if spatial > 0 and rng.random() < spatial:
+        m = m @ _rotation(rng, 15.0)
+    if spatial > 0 and rng.random() < spatial:
+        m = m * rng.uniform(0.85, 1.15)
+    if np.allclose(m, np.eye(3)):
+        box = tuple(slice(int(a), int(a) + patch) for a in lo)
+        x, lab = norm[(slice(None), *box)].copy(), labels[box]
+    else:
+        c_out = np.full(3, (patch - 1) / 2)
+        offset = lo + c_out - m @ c_out
+        out = (patch,) * 3
+        x = np.stack(
+            [affine_transform(ch, m, offset, output_shape=out, order=1, cval=0.0) for ch in norm]
+        ).astype(np.float32)
+        lab = affine_transform(labels, m, offset, output_shape=out, order=0, cval=0)
+    y = regions(lab)
     for axis in (1, 2, 3):
         if rng.random() < 0.5:
             x, y = np.flip(x, axis), np.flip(y, axis)
     x = x * rng.uniform(0.9, 1.1, (4, 1, 1, 1)) + rng.uniform(-0.1, 0.1, (4, 1, 1, 1))
+    if spatial > 0 and rng.random() < spatial:
+        # gamma on each sequence's [min, max] range, the sign and scale kept (nnU-Net's gamma transform)
+        lo_v = x.min(axis=(1, 2, 3), keepdims=True)
+        span = x.max(axis=(1, 2, 3), keepdims=True) - lo_v + 1e-6
+        x = ((x - lo_v) / span) ** rng.uniform(0.7, 1.5, (4, 1, 1, 1)) * span + lo_v
     return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y)
 
 
@@ -137,7 +183,10 @@ def train(args) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         xs, ys = zip(
-            *(sample(rng, *cases[rng.integers(len(cases))][1:3], args.patch) for _ in range(args.batch))
+            *(
+                sample(rng, *cases[rng.integers(len(cases))][1:3], args.patch, args.spatial_aug)
+                for _ in range(args.batch)
+            )
         )
         x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
         logits = net(x)
@@ -203,6 +252,7 @@ def ship(args) -> Path:
             "batch": args.batch,
             "lr": args.lr,
             "seed": args.seed,
+            "spatial_aug": args.spatial_aug,
             "loss": "Dice + BCE on sigmoid TC/WT/ET",
             "optimizer": "AdamW, weight decay 1e-5, 20-step warm-up, cosine over the CPU budget",
             "cpu_budget_s": args.cpu_budget_s,
@@ -311,6 +361,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=19)
+    p.add_argument(
+        "--spatial-aug",
+        type=float,
+        default=0.0,
+        help="probability of a rotation, of a scaling and of a gamma change per patch (0: flips and "
+        "intensity jitter only, the shipped run)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--evaluate-only", action="store_true")
