@@ -286,6 +286,13 @@ def main() -> None:
     parser.add_argument(
         "--ema", type=float, default=0.0, help="moving average of the weights, decay per step (0 = off)"
     )
+    parser.add_argument(
+        "--widen",
+        type=int,
+        default=1,
+        help="start from the --init weights made this many times wider (Net2Net: same output at the "
+        "start, more channels to learn with; a unet2015 init only)",
+    )
     parser.add_argument("--weights-out", type=Path, default=None, help="write the best epoch here (float16)")
     parser.add_argument("--split-only", action="store_true", help="write the split file and stop")
     args = parser.parse_args()
@@ -318,6 +325,9 @@ def main() -> None:
         train_ids = [i for i in train_ids if i not in set(held)]
         scratch = CellModelConfig(arch="unet2015", base_channels=8, batch_norm=True, dropout=0.1)
         model, init = resolve_init(args.init, scratch if args.init == "scratch" else None)
+        if args.widen > 1:
+            init = str(widened_init(init, args.widen, args.run_dir))
+            model, _ = resolve_init(init, None)
         target = args.target = resolve_target(args.target, init)
         model = with_target_head(model, target)
         t0 = time.perf_counter()
@@ -383,8 +393,31 @@ def main() -> None:
                 "init": args.init,
                 **({"kinds": list(args.kinds)} if args.kinds else {}),
                 **({"ema": args.ema} if args.ema else {}),
+                **({"widen": args.widen} if args.widen > 1 else {}),
             },
         )
+
+
+def widened_init(init: str | None, factor: int, run_dir: Path) -> Path:
+    """The ``init`` weights widened ``factor`` times (``medseg.cells.model.widen_unet2015``), written
+    once into the run folder (a resumed run finds them there)."""
+    from dataclasses import replace
+
+    from medseg.cells.model import load_model, widen_unet2015
+    from medseg.engine.checkpoint import save_weights
+
+    if init is None:
+        raise SystemExit("--widen needs starting weights (--init demo or a file), not --init scratch")
+    dst = run_dir / f"init_widened_x{factor}.safetensors"
+    if not dst.is_file():
+        model, config, meta = load_model(init)
+        new, new_cfg = widen_unet2015(model, config, factor, noise=0.002, seed=SPLIT_SEED)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = {**meta.config, **new_cfg.to_dict()}  # keeps the instance target and the normalisation
+        metrics = {**meta.metrics, "widened_from": str(init), "widen": factor}
+        save_weights(dst, new.state_dict(), replace(meta, config=config, metrics=metrics))
+        log.info("widened %s %dx -> %s", init, factor, dst)
+    return dst
 
 
 def _diameter(labels: np.ndarray) -> float | None:

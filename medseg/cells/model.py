@@ -392,6 +392,75 @@ def prune_unet2015(
     return new, new_cfg, summary
 
 
+def widen_unet2015(
+    model: UNet2015, config: CellModelConfig, factor: int = 2, *, noise: float = 0.0, seed: int = 0
+) -> tuple[UNet2015, CellModelConfig]:
+    """A ``factor`` times wider unet2015 computing the same function (Net2Net, Chen et al. 2016).
+
+    Why: a wider net can start from trained narrow weights instead of from scratch, which a CPU budget
+    cannot afford. Every conv's output channel ``k`` copies channel ``k mod c`` (its batch norm too);
+    every consumer sees each original channel ``factor`` times and takes ``1/factor`` of its weight,
+    so the output is unchanged (exact in eval mode). ``noise`` (relative to each conv's weight SD) breaks
+    the copies' symmetry for training. Returns the new net (eval mode) and its config.
+    """
+    from dataclasses import replace
+
+    if not isinstance(model, UNet2015) or factor < 1:
+        raise ValueError("widening takes a unet2015 and an integer factor >= 1")
+    new_cfg = replace(
+        config,
+        base_channels=config.base_channels * factor,
+        widths=None if config.widths is None else [w * factor for w in config.widths],
+    )
+    new = build_model(config=new_cfg).eval()
+    model = model.eval()
+    d = model.depth
+    convs = [m for b in _blocks(model) for m in b if isinstance(m, nn.Conv2d)]
+    new_convs = [m for b in _blocks(new) for m in b if isinstance(m, nn.Conv2d)]
+    bns = [m for b in _blocks(model) for m in b if isinstance(m, nn.BatchNorm2d)]
+    new_bns = [m for b in _blocks(new) for m in b if isinstance(m, nn.BatchNorm2d)]
+    outs = [torch.arange(n.out_channels) % c.out_channels for c, n in zip(convs, new_convs)]
+    up_outs = [torch.arange(n.out_channels) % u.out_channels for u, n in zip(model.up, new.up)]
+
+    def mix(weight: torch.Tensor, out_map: torch.Tensor, in_map: torch.Tensor, in_dim: int) -> torch.Tensor:
+        count = torch.bincount(in_map)[in_map].to(weight.dtype)
+        w = weight.index_select(1 - in_dim, out_map).index_select(in_dim, in_map)
+        shape = [1] * w.dim()
+        shape[in_dim] = -1
+        return w / count.view(shape)
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for i, (conv, new_conv) in enumerate(zip(convs, new_convs)):
+            b, second = divmod(i, 2)
+            if second:
+                in_map = outs[i - 1]
+            elif b == 0:
+                in_map = torch.arange(conv.in_channels)
+            elif b <= d:  # after the pool: the previous block's output
+                in_map = outs[i - 1]
+            else:  # decoder block j: [skip of down block d-1-j, up-conv j output]
+                j = b - d - 1
+                skip = convs[2 * (d - 1 - j) + 1].out_channels
+                in_map = torch.cat([outs[2 * (d - 1 - j) + 1], skip + up_outs[j]])
+            w = mix(conv.weight, outs[i], in_map, 1)
+            if noise > 0:
+                w = w + noise * conv.weight.std() * torch.randn(w.shape, generator=g)
+            new_conv.weight.copy_(w)
+            if conv.bias is not None:
+                new_conv.bias.copy_(conv.bias[outs[i]])
+        for bn, new_bn, out_map in zip(bns, new_bns, outs):
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(new_bn, name).copy_(getattr(bn, name)[out_map])
+            new_bn.num_batches_tracked.copy_(bn.num_batches_tracked)
+        for j, (up, new_up) in enumerate(zip(model.up, new.up)):
+            new_up.weight.copy_(mix(up.weight, up_outs[j], outs[2 * (d + j) + 1], 0))
+            new_up.bias.copy_(up.bias[up_outs[j]])
+        new.head.weight.copy_(mix(model.head.weight, torch.arange(model.head.out_channels), outs[-1], 1))
+        new.head.bias.copy_(model.head.bias)
+    return new, new_cfg
+
+
 def prune_weights(src: str | Path, dst: str | Path, ratio: float) -> dict[str, Any]:
     """Prune the unet2015 weights at ``src`` (network slimming, :func:`prune_unet2015`) and save them
     at ``dst`` as an ordinary cells weights file (same metadata, ``widths`` in the config)."""
@@ -413,7 +482,9 @@ def prune_weights(src: str | Path, dst: str | Path, ratio: float) -> dict[str, A
             path=src,
         )
     new, new_cfg, summary = prune_unet2015(model, config, ratio)
-    meta = replace(meta, config=new_cfg.to_dict(), metrics={**meta.metrics, "pruned_from": str(src)})
+    # the other keys (instance target, normalisation) still describe the pruned net
+    config_dict = {**meta.config, **new_cfg.to_dict()}
+    meta = replace(meta, config=config_dict, metrics={**meta.metrics, "pruned_from": str(src)})
     save_weights(dst, new.state_dict(), meta)
     return {**summary, "source": str(src), "ratio": ratio}
 

@@ -59,3 +59,29 @@ def test_config_roundtrip_and_unknown_arch():
     assert CellModelConfig.from_dict({**config.to_dict(), "future_field": 1}) == config
     with pytest.raises(ValueError, match="unknown arch"):
         build_model(config=CellModelConfig(arch="resnet"))
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_widened_unet2015_computes_the_same_function(batch_norm):
+    """Net2Net widening (a CPU-budget fine-tune starts from the trained narrow net): same output,
+    twice the channels everywhere, and noise changes it only a little."""
+    from medseg.cells.model import widen_unet2015
+
+    cfg = CellModelConfig(base_channels=4, depth=2, batch_norm=batch_norm, num_classes=3, dropout=0.0)
+    torch.manual_seed(0)
+    narrow = build_model(config=cfg)
+    narrow.train()
+    for _ in range(3):  # non-trivial batch-norm statistics
+        narrow(torch.randn(2, 1, 92, 92))
+    narrow.eval()
+    wide, wide_cfg = widen_unet2015(narrow, cfg, 2)
+    assert wide_cfg.base_channels == 8 and wide.widths == [2 * w for w in narrow.widths]
+    x = torch.randn(1, 1, 92, 92)
+    with torch.no_grad():
+        ref = narrow(x)
+        assert torch.allclose(wide(x), ref, atol=1e-4)
+        noisy, _ = widen_unet2015(narrow, cfg, 2, noise=0.01)
+        diff = (noisy(x) - ref).abs().max()
+    assert 0 < diff < 0.2 * ref.abs().max()
+    params = sum(p.numel() for p in wide.parameters()) / sum(p.numel() for p in narrow.parameters())
+    assert 3.5 < params < 4.1

@@ -87,12 +87,15 @@ def test_pruned_weights_save_load_and_finetune_init(tmp_path):
 
     src = tmp_path / "sparse.safetensors"
     meta = CheckpointMeta(
-        model="medseg-cells-unet", task="cell-foreground-with-borders", config=CFG.to_dict()
+        model="medseg-cells-unet",
+        task="cell-foreground-with-borders",
+        config={**CFG.to_dict(), "instance_target": "3class"},
     )
     save_weights(src, _sparse_unet(2).state_dict(), meta)
     dst = tmp_path / "pruned.safetensors"
     summary = prune_weights(src, dst, 0.5)
     model, config, loaded_meta = load_model(dst)  # the normal loader rebuilds the widths
+    assert loaded_meta.config["instance_target"] == "3class"  # still decoded as it was trained
     assert config.widths == summary["widths"]
     assert sum(p.numel() for p in model.parameters()) == summary["params_after"]
     size = unet2015_valid_input(60, 2)
