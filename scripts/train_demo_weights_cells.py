@@ -399,23 +399,16 @@ def main() -> None:
 
 
 def widened_init(init: str | None, factor: int, run_dir: Path) -> Path:
-    """The ``init`` weights widened ``factor`` times (``medseg.cells.model.widen_unet2015``), written
+    """The ``init`` weights widened ``factor`` times (``medseg.cells.model.widen_weights``), written
     once into the run folder (a resumed run finds them there)."""
-    from dataclasses import replace
-
-    from medseg.cells.model import load_model, widen_unet2015
-    from medseg.engine.checkpoint import save_weights
+    from medseg.cells.model import widen_weights
 
     if init is None:
         raise SystemExit("--widen needs starting weights (--init demo or a file), not --init scratch")
     dst = run_dir / f"init_widened_x{factor}.safetensors"
     if not dst.is_file():
-        model, config, meta = load_model(init)
-        new, new_cfg = widen_unet2015(model, config, factor, noise=0.002, seed=SPLIT_SEED)
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = {**meta.config, **new_cfg.to_dict()}  # keeps the instance target and the normalisation
-        metrics = {**meta.metrics, "widened_from": str(init), "widen": factor}
-        save_weights(dst, new.state_dict(), replace(meta, config=config, metrics=metrics))
+        widen_weights(init, dst, factor, noise=0.002, seed=SPLIT_SEED)
         log.info("widened %s %dx -> %s", init, factor, dst)
     return dst
 

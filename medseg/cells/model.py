@@ -461,12 +461,24 @@ def widen_unet2015(
     return new, new_cfg
 
 
-def prune_weights(src: str | Path, dst: str | Path, ratio: float) -> dict[str, Any]:
-    """Prune the unet2015 weights at ``src`` (network slimming, :func:`prune_unet2015`) and save them
-    at ``dst`` as an ordinary cells weights file (same metadata, ``widths`` in the config)."""
+def _save_changed(
+    dst: str | Path, model: nn.Module, config: ModelConfig, meta: CheckpointMeta, **metrics: Any
+) -> None:
+    """Save a pruned or widened net with its source's metadata: the new shape in the config, whose other
+    keys (e.g. the instance target) still describe it, and where it came from in the metrics."""
     from dataclasses import replace
 
     from medseg.engine.checkpoint import save_weights
+
+    config_dict = {**meta.config, **config.to_dict()}
+    save_weights(
+        dst, model.state_dict(), replace(meta, config=config_dict, metrics={**meta.metrics, **metrics})
+    )
+
+
+def prune_weights(src: str | Path, dst: str | Path, ratio: float) -> dict[str, Any]:
+    """Prune the unet2015 weights at ``src`` (network slimming, :func:`prune_unet2015`) and save them
+    at ``dst`` as an ordinary cells weights file (same metadata, ``widths`` in the config)."""
     from medseg.errors import InputError
 
     model, config, meta = load_model(src)
@@ -482,11 +494,20 @@ def prune_weights(src: str | Path, dst: str | Path, ratio: float) -> dict[str, A
             path=src,
         )
     new, new_cfg, summary = prune_unet2015(model, config, ratio)
-    # the other keys (instance target, normalisation) still describe the pruned net
-    config_dict = {**meta.config, **new_cfg.to_dict()}
-    meta = replace(meta, config=config_dict, metrics={**meta.metrics, "pruned_from": str(src)})
-    save_weights(dst, new.state_dict(), meta)
+    _save_changed(dst, new, new_cfg, meta, pruned_from=str(src))
     return {**summary, "source": str(src), "ratio": ratio}
+
+
+def widen_weights(
+    src: str | Path, dst: str | Path, factor: int, *, noise: float = 0.0, seed: int = 0
+) -> None:
+    """The unet2015 weights at ``src`` widened ``factor`` times (:func:`widen_unet2015`), saved at
+    ``dst`` as an ordinary cells weights file to fine-tune from."""
+    model, config, meta = load_model(src)
+    if not isinstance(config, CellModelConfig) or config.arch != "unet2015":
+        raise ValueError(f"widening takes unet2015 weights, not {config.arch}: {src}")
+    new, new_cfg = widen_unet2015(model, config, factor, noise=noise, seed=seed)
+    _save_changed(dst, new, new_cfg, meta, widened_from=str(src), widen=factor)
 
 
 def slimming_problem(config: ModelConfig, *, slim: float, prune_ratio: float | None) -> str | None:

@@ -85,3 +85,26 @@ def test_widened_unet2015_computes_the_same_function(batch_norm):
     assert 0 < diff < 0.2 * ref.abs().max()
     params = sum(p.numel() for p in wide.parameters()) / sum(p.numel() for p in narrow.parameters())
     assert 3.5 < params < 4.1
+
+
+def test_widened_weights_file_keeps_the_metadata(tmp_path):
+    """What ``train_demo_weights_cells.py --widen`` starts from: an ordinary weights file, wider, whose
+    instance target still says how to decode it."""
+    from medseg.cells.model import load_model, widen_weights
+    from medseg.engine.checkpoint import CheckpointMeta, save_weights
+
+    cfg = CellModelConfig(base_channels=4, depth=2, batch_norm=True, num_classes=3, dropout=0.0)
+    src, dst = tmp_path / "narrow.safetensors", tmp_path / "wide.safetensors"
+    meta = CheckpointMeta(
+        model="medseg-cells-unet",
+        task="cell-foreground-with-borders",
+        config={**cfg.to_dict(), "instance_target": "3class"},
+    )
+    save_weights(src, build_model(config=cfg).state_dict(), meta)
+    widen_weights(src, dst, 2)
+    model, config, loaded = load_model(dst)
+    assert config.base_channels == 8 and loaded.config["instance_target"] == "3class"
+    assert loaded.metrics["widen"] == 2
+    x = torch.randn(1, 1, 92, 92)
+    with torch.no_grad():
+        assert torch.allclose(model(x), load_model(src)[0](x), atol=1e-4)
