@@ -306,6 +306,32 @@ def _blocks(model: UNet2015) -> list[nn.Sequential]:
     return [*model.down, model.bottom, *model.dec]
 
 
+def _conv_inputs(
+    model: UNet2015, outs: list[torch.Tensor], up_outs: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """For each conv of the double-conv blocks (module order), the original input channels it reads,
+    given each conv's kept/copied original output channels ``outs`` and each up-convolution's ``up_outs``.
+
+    The wiring pruning and widening share: a block's second conv reads its first; a down block (after the
+    pool) or the bottom reads the previous block; decoder block ``j`` reads [skip of down block
+    ``d-1-j``, up-conv ``j``'s output] concatenated, the up-conv channels numbered after the skip's.
+    """
+    convs = [m for b in _blocks(model) for m in b if isinstance(m, nn.Conv2d)]
+    d = model.depth
+    inputs: list[torch.Tensor] = []
+    for i, conv in enumerate(convs):
+        b, second = divmod(i, 2)
+        if second or 0 < b <= d:
+            inputs.append(outs[i - 1])
+        elif b == 0:
+            inputs.append(torch.arange(conv.in_channels))
+        else:
+            j = b - d - 1
+            skip = conv.in_channels - model.up[j].out_channels
+            inputs.append(torch.cat([outs[2 * (d - 1 - j) + 1], skip + up_outs[j]]))
+    return inputs
+
+
 def prune_unet2015(
     model: UNet2015, config: CellModelConfig, ratio: float
 ) -> tuple[UNet2015, CellModelConfig, dict[str, Any]]:
@@ -337,19 +363,7 @@ def prune_unet2015(
     new_convs = [m for b in _blocks(new) for m in b if isinstance(m, nn.Conv2d)]
     arange = torch.arange
     d = model.depth
-    # input channels (original indices) of each conv, and who consumes each block output
-    inputs: list[torch.Tensor] = []
-    for b in range(len(blocks)):
-        if b == 0:
-            first_in = arange(convs[0].in_channels)
-        elif b <= d:  # down blocks after the first, and the bottom: the previous block's output
-            first_in = keeps[2 * b - 1]
-        else:  # decoder block j: [skip (down block d-1-j), up-conv output (all its channels)]
-            j = b - d - 1
-            skip = keeps[2 * (d - 1 - j) + 1]
-            up = model.up[j]
-            first_in = torch.cat([skip, convs[2 * b].in_channels - up.out_channels + arange(up.out_channels)])
-        inputs += [first_in, keeps[2 * b]]
+    inputs = _conv_inputs(model, keeps, [arange(up.out_channels) for up in model.up])
     with torch.no_grad():
         for conv, new_conv, bn, new_bn, keep, cin in zip(convs, new_convs, bns, new_bns, keeps, inputs):
             new_conv.weight.copy_(conv.weight[keep][:, cin])
@@ -431,18 +445,9 @@ def widen_unet2015(
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for i, (conv, new_conv) in enumerate(zip(convs, new_convs)):
-            b, second = divmod(i, 2)
-            if second:
-                in_map = outs[i - 1]
-            elif b == 0:
-                in_map = torch.arange(conv.in_channels)
-            elif b <= d:  # after the pool: the previous block's output
-                in_map = outs[i - 1]
-            else:  # decoder block j: [skip of down block d-1-j, up-conv j output]
-                j = b - d - 1
-                skip = convs[2 * (d - 1 - j) + 1].out_channels
-                in_map = torch.cat([outs[2 * (d - 1 - j) + 1], skip + up_outs[j]])
+        for i, (conv, new_conv, in_map) in enumerate(
+            zip(convs, new_convs, _conv_inputs(model, outs, up_outs))
+        ):
             w = mix(conv.weight, outs[i], in_map, 1)
             if noise > 0:
                 w = w + noise * conv.weight.std() * torch.randn(w.shape, generator=g)
