@@ -353,7 +353,8 @@ def bench_real(args) -> dict:
     Dice / HD95 / volumes against the case's ``_seg`` labels (``brain-eval``'s metrics, labels detected).
 
     Cases that trained the shipped weights (the recorded split's training list) are skipped: no figure
-    is ever reported on a training case. ``--spacing-compare`` also runs each case with ``--native-spacing``.
+    is ever reported on a training case. ``--spacing-compare`` also runs each case with ``--native-spacing``,
+    ``--tta-compare`` with ``--no-tta`` (one after the other per case, so both see the same machine).
     """
     import tempfile
 
@@ -368,6 +369,7 @@ def bench_real(args) -> dict:
     modes = {
         "default": extra,
         **({"native-spacing": (*extra, "--native-spacing")} if args.spacing_compare else {}),
+        **({"no-tta": (*extra, "--no-tta")} if args.tta_compare else {}),
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -442,6 +444,11 @@ def main() -> None:
         "call per case, seconds and Dice/HD95; the split's training cases are skipped",
     )
     parser.add_argument("--keep", default=None, metavar="DIR", help="--real: keep the label maps in DIR")
+    parser.add_argument(
+        "--tta-compare",
+        action="store_true",
+        help="--real: also run each case with --no-tta (slice nets once instead of two views)",
+    )
     parser.add_argument(
         "--runtimes",
         action="store_true",

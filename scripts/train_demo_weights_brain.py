@@ -284,6 +284,7 @@ def real_config(args, split: dict):
         max_minutes=args.max_minutes,
         select=args.select,
         select_slices=args.select_slices,
+        rotate_cases=args.rotate_aug,
     )
 
 
@@ -509,6 +510,11 @@ def main() -> None:
         "class-balanced loss on the validation cases (the earlier runs)",
     )
     parser.add_argument("--select-slices", type=int, default=16, help="--select dice: slices per case")
+    parser.add_argument(
+        "--rotate-aug",
+        action="store_true",
+        help="also train on each training case rotated 180 degrees in-plane (brain-segment's TTA view)",
+    )
     parser.add_argument(
         "--eval-on",
         nargs="+",

@@ -10,6 +10,7 @@ call runs through the engine :class:`~medseg.engine.predictor.Predictor`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,16 +20,35 @@ import numpy as np
 from medseg.brain.models import REGION_ORDER, BrainNetConfig, build_model, softmax_regions
 from medseg.brain.preprocess import PreprocessConfig
 from medseg.brain.sampling import brain_boxes, extract_patches, predict_slices, slice_padding
-from medseg.brain.spacing import inference_zoom, predict_in_brain_resampled, train_spacing, training_zoom
-from medseg.brain.volume3d import VOLUME_ARCHS, Volume3DConfig, build_segresnet, predict_regions_volume
+from medseg.brain.spacing import (
+    check_output_kind,
+    inference_zoom,
+    predict_in_brain_resampled,
+    train_spacing,
+    training_zoom,
+)
+from medseg.brain.volume3d import (
+    REGION_THRESHOLD,
+    VOLUME_ARCHS,
+    Volume3DConfig,
+    build_segresnet,
+    predict_regions_volume,
+)
 from medseg.errors import ModelError
 
 if TYPE_CHECKING:
     from medseg.engine.checkpoint import CheckpointMeta
     from medseg.engine.predictor import Predictor
 
+log = logging.getLogger("medseg.brain")
+
 MODEL_PREFIX = "brain-"
 TASK = "brain-tumour-segmentation"
+# Test-time augmentation of the slice nets: each is also run on the case rotated 180 degrees in-plane
+# (both in-plane axes flipped) and the two views' region probabilities averaged. Chosen on the real
+# validation cases against no augmentation, the left-right mirror and all four flips (docs/brain.md);
+# the 3-D net gained nothing from flips, so it runs once.
+SLICE_TTA_AXES: tuple[tuple[int, ...], ...] = ((), (1, 2))
 
 
 def load_brain_model(weights: str | Path):
@@ -115,30 +135,37 @@ def predict_in_brain(
     batch_size: int = 8,
     progress: bool = False,
     desc: str = "",
-    regions: bool = False,
+    output: str = "labels",
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """Class map (z, y, x) computed only on the brain's slices, each batch cropped to its brain box.
 
     Outside the brain the normalised input is 0, exactly like the slice padding, so the labels
     inside the brain equal full-grid inference (tested); voxels outside every box are 0.
-    ``regions``: (3, z, y, x) TC / WT / ET probabilities from the softmax instead (0 outside).
+    ``output``: see :data:`~medseg.brain.spacing.OUTPUTS` (probabilities are 0 outside the boxes).
+    ``rows``: a (z,) bool mask; only the batches of slices holding one of them run (the others stay 0).
     """
     import copy
 
     from medseg.engine.progress import progress_bar
 
-    if regions:
+    channels = check_output_kind(output)
+    if channels:
         predictor = copy.copy(predictor)  # same model, probabilities instead of classes
         predictor.postprocess = "softmax"
-        out = np.zeros((len(REGION_ORDER), *mask.shape), np.float32)
+        out = np.zeros((channels, *mask.shape), np.float32)
     else:
         out = np.zeros(mask.shape, np.uint8)
     pad = slice_padding(arch)
     boxes = brain_boxes(mask, batch_size)
+    if rows is not None:  # only the boxes holding a wanted slice (the same boxes as a full run)
+        boxes = [b for b in boxes if rows[b[0]].any()]
     for box in progress_bar(boxes, total=len(boxes), desc=desc, enabled=progress, unit="batch"):
         y = predict_slices(predictor, norm[(slice(None), *box)], pad=pad, batch_size=batch_size)
-        if regions:
+        if output == "regions":
             out[(slice(None), *box)] = softmax_regions(y)
+        elif output == "softmax":
+            out[(slice(None), *box)] = y
         else:
             out[box] = y
     return out
@@ -198,16 +225,90 @@ class BrainNet:
         batch_size: int = 8,
         progress: bool = False,
         desc: str = "",
+        tta: bool = False,
     ) -> np.ndarray:
-        """(3, z, y, x) TC / WT / ET probabilities of a normalised stack (0 outside the brain)."""
-        zoom = self.zoom(spacing, native=native)
+        """(3, z, y, x) TC / WT / ET probabilities of a normalised stack (0 outside the brain).
+
+        ``tta``: a slice net's probabilities are the mean over the views :data:`SLICE_TTA_AXES`;
+        a 3-D net runs once either way.
+        """
         if self.is_volume:
             cfg = Volume3DConfig.from_dict(self.meta.config["net"])
+            zoom = self.zoom(spacing, native=native)
             return predict_regions_volume(self.predictor, norm, mask, config=cfg, zoom=zoom)
-        kw = dict(arch=self.arch, batch_size=batch_size, progress=progress, desc=desc, regions=True)
+        return self._mean_views(
+            norm,
+            mask,
+            spacing,
+            "regions",
+            tta=tta,
+            native=native,
+            batch_size=batch_size,
+            progress=progress,
+            desc=desc,
+        )
+
+    def class_probabilities(
+        self,
+        norm: np.ndarray,
+        mask: np.ndarray,
+        spacing: tuple[float, float, float],
+        *,
+        tta: bool = False,
+        **options,
+    ) -> np.ndarray:
+        """(5, z, y, x) softmax of a slice net (0 outside the brain's boxes), averaged over the TTA views;
+        ``options`` as :meth:`view`."""
+        if self.is_volume:
+            raise ModelError(f"{self.path.name} is a region net: it has no per-class softmax", path=self.path)
+        return self._mean_views(norm, mask, spacing, "softmax", tta=tta, **options)
+
+    def view(
+        self,
+        norm: np.ndarray,
+        mask: np.ndarray,
+        spacing: tuple[float, float, float],
+        axes: tuple[int, ...] = (),
+        output: str = "regions",
+        *,
+        native: bool = False,
+        batch_size: int = 8,
+        progress: bool = False,
+        desc: str = "",
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """A slice net's ``output`` maps of the case flipped along the grid ``axes`` (z=0, y=1, x=2),
+        flipped back onto the case's grid. ``rows``: a (z,) bool mask; only the batches of slices
+        holding one run (the same batches as a full run, so those slices are exactly its values)."""
+        zoom = self.zoom(spacing, native=native)
+        label = desc if not axes else f"{desc} (rotated view)".strip()
+        if rows is not None and 0 in axes:
+            rows = rows[::-1]
+        kw = dict(
+            arch=self.arch, batch_size=batch_size, progress=progress, desc=label, output=output, rows=rows
+        )
+        n, m = _flip(norm, axes, lead=1), _flip(mask, axes)
         if zoom is None:
-            return predict_in_brain(self.predictor, norm, mask, **kw)
-        return predict_in_brain_resampled(self.predictor, norm, mask, zoom, **kw)
+            r = predict_in_brain(self.predictor, n, m, **kw)
+        else:
+            r = predict_in_brain_resampled(self.predictor, n, m, zoom, **kw)
+        return _flip(r, axes, lead=1 if output != "labels" else 0)
+
+    def _mean_views(self, norm, mask, spacing, output: str, *, tta: bool, **options) -> np.ndarray:
+        views = SLICE_TTA_AXES if tta else ((),)
+        total: np.ndarray | None = None
+        for axes in views:
+            r = self.view(norm, mask, spacing, axes, output, **options)
+            total = r if total is None else np.add(total, r, out=total)
+        assert total is not None
+        return total / len(views) if len(views) > 1 else total
+
+
+def _flip(array: np.ndarray, axes: tuple[int, ...], *, lead: int = 0) -> np.ndarray:
+    """``array`` flipped along the grid ``axes`` (z=0, y=1, x=2) after ``lead`` channel axes; contiguous."""
+    if not axes:
+        return array
+    return np.ascontiguousarray(np.flip(array, tuple(a + lead for a in axes)))
 
 
 def load_brain_nets(
@@ -238,13 +339,41 @@ def load_brain_nets(
 
 
 def mean_regions(
-    nets: list[BrainNet], norm: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float], **options
+    nets: list[BrainNet],
+    norm: np.ndarray,
+    mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    *,
+    tta: bool = False,
+    threshold: float = REGION_THRESHOLD,
+    **options,
 ) -> np.ndarray:
     """Mean of the nets' (3, z, y, x) region probabilities (the ensemble ``brain-segment`` runs);
-    ``options`` as :meth:`BrainNet.regions` (native, batch_size, progress, desc)."""
+    ``options`` as :meth:`BrainNet.regions` (native, batch_size, progress, desc).
+
+    ``tta``: each slice net's probabilities are the mean of its plain and rotated views
+    (:data:`SLICE_TTA_AXES`). The rotated view runs only on the batches of slices where it can change
+    the labels: a slice on which the whole-tumour mean stays below ``threshold`` even if every rotated
+    view said 1 everywhere keeps the plain view (labels thresholded at ``threshold`` are exactly those
+    of the full average; the probabilities there are the plain views').
+    """
     total: np.ndarray | None = None
+    plains: list[tuple[BrainNet, np.ndarray]] = []
     for net in nets:
         r = net.regions(norm, mask, spacing, **options)
+        if tta and not net.is_volume:
+            plains.append((net, r.copy()))
         total = r if total is None else np.add(total, r, out=total)
     assert total is not None
+    if plains:
+        wt = REGION_ORDER.index("WT")
+        # the mean's whole tumour if every rotated view were 1: sum - plain/2 + 1/2 per slice net
+        bound = total[wt] - sum(p[wt] for _, p in plains) / 2 + len(plains) / 2
+        rows = ((bound >= threshold * len(nets)) & mask).any(axis=(1, 2))
+        log.debug("rotated views on %d of %d slices", int(rows.sum()), int(mask.any(axis=(1, 2)).sum()))
+        if rows.any():
+            axes = next(a for a in SLICE_TTA_AXES if a)
+            for net, plain in plains:
+                rotated = net.view(norm, mask, spacing, axes, "regions", rows=rows, **options)
+                total[:, rows] += (rotated[:, rows] - plain[:, rows]) / 2
     return total / len(nets)

@@ -164,6 +164,23 @@ class TrainingCase:
     def build(cls, name: str, stack: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> TrainingCase:
         return cls(name=name, padded=pad_slices(stack, 16, 16), labels=labels, mask=mask)
 
+    def rotated(self) -> TrainingCase:
+        """This case rotated 180 degrees in-plane (both in-plane axes flipped), first-stage maps unset.
+
+        The slice padding is symmetric, so rotating the padded stack is padding the rotated one.
+        """
+
+        def rot(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(a[..., ::-1, ::-1])
+
+        return TrainingCase(
+            name=f"{self.name} (rotated)",
+            padded=rot(self.padded),
+            labels=rot(self.labels),
+            mask=rot(self.mask),
+            spacing=self.spacing,
+        )
+
     def set_first_stage(self, predictor: Predictor, arch: str, *, batch_size: int = 8) -> None:
         """The frozen first stage's softmax maps over every slice, fully convolutionally.
 

@@ -122,13 +122,22 @@ def segment_with_nets(
     native: bool = False,
     progress: bool = False,
     desc: str = "",
+    tta: bool = False,
 ) -> np.ndarray:
     """Raw (4, z, y, x) intensities -> internal label map (z, y, x) from one or several nets.
 
-    One slice net: its argmax, exactly :func:`segment_array`. Otherwise the mean of the nets'
-    TC / WT / ET probabilities, thresholded at 0.5 into nested labels. Each net runs at its
-    training spacing unless ``native`` (probabilities brought back to the case's grid).
+    One slice net: its argmax (five classes), exactly :func:`segment_array` without ``tta``, of its
+    softmax averaged over the test-time views with it. Several nets, or a 3-D net: the mean of the
+    nets' TC / WT / ET probabilities (with ``tta`` each slice net's averaged over its views),
+    thresholded at 0.5 into nested labels. Each net runs at its training spacing unless ``native``
+    (probabilities brought back to the case's grid).
     """
+    opts = dict(native=native, batch_size=batch_size, progress=progress, desc=desc, tta=tta)
+    if len(nets) == 1 and not nets[0].is_volume and tta:
+        norm, mask = preprocess(stack_raw, geo.spacing, prep)
+        seg = nets[0].class_probabilities(norm, mask, geo.spacing, **opts).argmax(0).astype(np.uint8)
+        seg[~mask] = 0
+        return postprocess(seg, geo.spacing, mask=mask) if post else seg
     if len(nets) == 1 and not nets[0].is_volume:
         net = nets[0]
         zoom = net.zoom(geo.spacing, native=native)
@@ -145,9 +154,7 @@ def segment_with_nets(
             zoom=zoom,  # type: ignore[arg-type]
         )
     norm, mask = preprocess(stack_raw, geo.spacing, prep)
-    regions = mean_regions(
-        nets, norm, mask, geo.spacing, native=native, batch_size=batch_size, progress=progress, desc=desc
-    )
+    regions = mean_regions(nets, norm, mask, geo.spacing, **opts)
     seg = regions_to_labels(regions)
     del regions
     seg[~mask] = 0
@@ -171,6 +178,8 @@ class SegmentConfig:
     overwrite: bool = False
     progress: bool = False
     native_spacing: bool = False  # True: run the nets at the case's spacing even if trained at another
+    # slice nets also run on the case rotated 180 degrees in-plane, views averaged (docs/brain.md)
+    tta: bool = True
 
 
 def _case_name(case: CaseFiles | Path) -> str:
@@ -332,6 +341,9 @@ def segment_cases(
         if len(nets) > 1
         else (list(nets[0].trained) if nets[0].trained else None),
         "native_spacing": cfg.native_spacing,
+        "tta": "slice nets averaged with the case rotated 180 degrees in-plane"
+        if cfg.tta and any(not n.is_volume for n in nets)
+        else None,
     }
     return result
 
@@ -410,6 +422,7 @@ def _segment_one(
             native=cfg.native_spacing,
             progress=cfg.progress,
             desc=desc,
+            tta=cfg.tta,
         )
         volumes = region_volumes_ml(seg, geo.spacing)
         record = {

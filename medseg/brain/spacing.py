@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medseg.brain.models import REGION_ORDER, softmax_regions
+from medseg.brain.models import N_CLASSES, REGION_ORDER, softmax_regions
 from medseg.brain.sampling import brain_boxes, predict_slices, slice_padding
 
 if TYPE_CHECKING:
@@ -22,14 +22,26 @@ if TYPE_CHECKING:
 SPACING_TOLERANCE = (
     0.15  # relative spacing difference (any axis) that triggers resampling to the training grid
 )
+# What the slice-net loops return: the argmax labels (z, y, x), the (3, z, y, x) TC / WT / ET
+# probabilities, or the (5, z, y, x) class softmax (what test-time views are averaged as)
+OUTPUTS = {"labels": 0, "regions": len(REGION_ORDER), "softmax": N_CLASSES}
 __all__ = [
+    "OUTPUTS",
     "SPACING_TOLERANCE",
+    "check_output_kind",
     "inference_zoom",
     "predict_in_brain_resampled",
     "resize_linear",
     "train_spacing",
     "training_zoom",
 ]
+
+
+def check_output_kind(output: str) -> int:
+    """Channels of ``output`` (0: a label map); a kind not in :data:`OUTPUTS` is a programming error."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}")
+    return OUTPUTS[output]
 
 
 def train_spacing(meta, dims: int = 2) -> tuple[float, ...] | None:
@@ -91,24 +103,27 @@ def predict_in_brain_resampled(
     batch_size: int = 8,
     progress: bool = False,
     desc: str = "",
-    regions: bool = False,
+    output: str = "labels",
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """Class map (z, y, x) with the net run at the training spacing, per brain box.
 
     Each batch's brain box is resampled in-plane by ``zoom`` (z untouched: the nets are 2D), the
     class probabilities are computed there and brought back to the box linearly, then argmax:
     the labels are on the case's own grid. Memory is bounded by one box of ``batch_size`` slices.
-    ``regions``: (3, z, y, x) TC / WT / ET probabilities instead of the class map (0 outside).
+    ``output``: see :data:`OUTPUTS` (probabilities are 0 outside the boxes). ``rows``: a (z,) bool
+    mask; only the batches of slices holding one of them run (the others stay 0).
     """
     from medseg.engine.progress import progress_bar
 
+    channels = check_output_kind(output)
     soft = copy.copy(predictor)  # same model, probabilities instead of classes
     soft.postprocess = "softmax"
-    seg = np.zeros(
-        (len(REGION_ORDER), *mask.shape) if regions else mask.shape, np.float32 if regions else np.uint8
-    )
+    seg = np.zeros((channels, *mask.shape), np.float32) if channels else np.zeros(mask.shape, np.uint8)
     pad = slice_padding(arch)
     boxes = brain_boxes(mask, batch_size)
+    if rows is not None:  # only the boxes holding a wanted slice (the same boxes as a full run)
+        boxes = [b for b in boxes if rows[b[0]].any()]
     for box in progress_bar(boxes, total=len(boxes), desc=desc, enabled=progress, unit="batch"):
         crop = norm[(slice(None), *box)]
         h, w = crop.shape[2:]
@@ -117,8 +132,10 @@ def predict_in_brain_resampled(
         resampled = resize_linear(crop, (nz, *small), antialias=True)  # in-plane only: the nets are 2D
         probs = predict_slices(soft, resampled, pad=pad, batch_size=batch_size)  # (K, z, h', w')
         probs = resize_linear(probs, (nz, h, w), antialias=False)
-        if regions:
+        if output == "regions":
             seg[(slice(None), *box)] = softmax_regions(probs)
+        elif output == "softmax":
+            seg[(slice(None), *box)] = probs
         else:
             seg[box] = probs.argmax(0).astype(np.uint8)
     return seg

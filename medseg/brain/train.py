@@ -91,6 +91,9 @@ class BrainTrainConfig:
     init_weights: str | None = None  # phase 1 starts from these weights (same network), not at random
     select: str = "loss"  # which epoch each phase keeps: lowest validation "loss" or best "dice"
     select_slices: int = 16  # select="dice": axial slices through each held-out case's tumour
+    rotate_cases: bool = (
+        False  # each training case also rotated 180 degrees in-plane (the inference TTA view)
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -507,6 +510,8 @@ def train(
     else:
         train_cases, val_cases = split_cases(cases, cfg.val_fraction)
     cfg.train_spacing_mm = training_spacing(cases)
+    if cfg.rotate_cases:  # augmentation: the in-plane view brain-segment's test-time augmentation adds
+        train_cases = train_cases + [case.rotated() for case in train_cases]
     log.info(
         "%d training case(s); validation on %s",
         len(train_cases),

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from medseg.engine.predictor import Predictor
 
 VOLUME_ARCHS = ("segresnet",)
+REGION_THRESHOLD = 0.5  # a region is called where its (mean) probability exceeds this
 __all__ = [
     "VOLUME_ARCHS",
     "Volume3DConfig",
@@ -132,7 +133,7 @@ def sliding_window(predictor, volume: np.ndarray, roi: tuple[int, ...], overlap:
     return out / norm
 
 
-def regions_to_labels(regions: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+def regions_to_labels(regions: np.ndarray, threshold: float = REGION_THRESHOLD) -> np.ndarray:
     """Internal labels from (3, ...) region probabilities, nested as BraTS defines the regions.
 
     Whole tumour -> edema (2); inside it, core -> necrosis/core (1); inside it, enhancing (4).

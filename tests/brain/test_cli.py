@@ -12,8 +12,16 @@ import SimpleITK as sitk
 from click.testing import CliRunner
 from medseg_cli.main import cli
 
-from medseg.brain.io import find_case_files, labels_from_internal, load_case
-from medseg.brain.segment import load_brain_model, make_predictor, region_volumes_ml, segment_array
+from medseg.brain.io import find_case_files, labels_from_internal, labels_to_internal, load_case
+from medseg.brain.postprocess import postprocess
+from medseg.brain.preprocess import preprocess
+from medseg.brain.segment import (
+    load_brain_model,
+    make_predictor,
+    predict_volume,
+    region_volumes_ml,
+    segment_array,
+)
 from medseg.engine.weights import demo_weights_path
 
 
@@ -83,6 +91,7 @@ def test_segment_writes_the_label_map_geometry_and_volumes(brain_cases, tmp_path
         "--labels",
         "brats2023",
         "--no-n4",
+        "--no-tta",
         "--device",
         "cpu",
         "--json",
@@ -91,6 +100,7 @@ def test_segment_writes_the_label_map_geometry_and_volumes(brain_cases, tmp_path
     assert "trained on synthetic data only" in res.stderr
     doc = json.loads(res.stdout)
     assert doc["exit_code"] == 0 and [i["name"] for i in doc["items"]] == [c.name]
+    assert doc["summary"]["tta"] is None
     seg_img = sitk.ReadImage(str(out))
     ref = sitk.ReadImage(str(c / f"{c.name}_t1ce.nii.gz"))
     assert seg_img.GetSize() == ref.GetSize() and seg_img.GetSpacing() == ref.GetSpacing()
@@ -105,6 +115,25 @@ def test_segment_writes_the_label_map_geometry_and_volumes(brain_cases, tmp_path
     internal = segment_array(make_predictor(model, device="cpu"), stack, geo, arch="twopath", prep=prep)
     assert np.array_equal(seg, labels_from_internal(internal, labels="brats2023"))
     assert {1, 2, 3} <= set(np.unique(seg).tolist()) <= {0, 1, 2, 3}  # a tumour, and ET is 3 (never 4)
+    # by default (TTA) the single slice net's labels are the argmax of its softmax averaged with the
+    # softmax of the case rotated 180 degrees in-plane, rotated back: computed here view by view
+    tta_out = tmp_path / "tta.nii.gz"
+    res = _run("brain-segment", *_explicit(c), "--out", tta_out, "--weights", weights, "--no-n4", "--json")
+    assert res.exit_code == 0, res.output
+    assert "rotated 180 degrees" in json.loads(res.stdout)["summary"]["tta"]
+    norm, mask = preprocess(stack, geo.spacing, prep)
+    soft = make_predictor(model, device="cpu", postprocess="softmax")
+    rot = np.ascontiguousarray(norm[..., ::-1, ::-1])
+    views = (
+        predict_volume(soft, norm, arch="twopath")
+        + predict_volume(soft, rot, arch="twopath")[..., ::-1, ::-1]
+    )
+    expected = views.argmax(0).astype(np.uint8)
+    expected[~mask] = 0
+    expected = postprocess(expected, geo.spacing, mask=mask)
+    tta_seg = labels_to_internal(sitk.GetArrayFromImage(sitk.ReadImage(str(tta_out))), labels="brats2021")
+    assert np.mean(tta_seg == expected) > 0.999  # float sums in another order may flip a tie
+    assert not np.array_equal(tta_seg, internal)  # the second view changed some labels
     voxel_ml = 5 * 3 * 3 / 1000
     vols = json.loads((tmp_path / "seg_volumes.json").read_text())
     assert vols["WT_ml"] == pytest.approx((seg > 0).sum() * voxel_ml, rel=1e-6)

@@ -140,3 +140,16 @@ def test_training_keeps_the_epoch_with_the_best_held_out_dice(brain_cases, tmp_p
     assert again.extra["stages"]["phase1"]["best_epoch"] == kept
     with pytest.raises(InputError, match="select"):
         train(brain_cases, tmp_path / "bad", _cfg(select="accuracy"), device="cpu")
+
+
+def test_rotated_training_case_is_the_case_turned_180_degrees_in_plane():
+    case = _case()
+    rot = case.rotated()
+    assert rot.name.endswith("(rotated)") and rot.probs is None
+    assert np.array_equal(rot.labels, case.labels[:, ::-1, ::-1])
+    assert np.array_equal(rot.mask, case.mask[:, ::-1, ::-1])
+    # padding is symmetric: the rotated case's unpadded stack is the rotated stack
+    assert np.array_equal(
+        rot.padded[:, :, 16:-16, 16:-16], case.padded[:, :, 16:-16, 16:-16][..., ::-1, ::-1]
+    )
+    assert np.array_equal(rot.rotated().padded, case.padded)

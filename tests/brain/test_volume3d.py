@@ -167,3 +167,29 @@ def test_brain_segment_averages_repeated_weights(brain_cases, tmp_path):
     assert doc["summary"]["arch"] == "twopath+segresnet" and len(doc["summary"]["weights"]) == 2
     assert doc["summary"]["ensemble"] and out.is_file()
     assert doc["items"][0]["metrics"]["resampled_to_training_spacing"]  # the synthetic case is not at 1 mm
+
+
+def test_tta_averages_a_slice_net_with_its_rotated_view_and_leaves_3d_nets_alone(tmp_path):
+    """The rotated view is flipped back onto the case's grid before averaging (an asymmetric mask
+    would expose a missing flip); the 3-D net runs once whatever ``tta`` says."""
+    prep = read_meta(SHIPPED_CASCADE).config["preprocess"]
+    sr = _tiny_segresnet(tmp_path / "sr.safetensors", prep=prep)
+    (casc, vol), _ = load_brain_nets([SHIPPED_CASCADE, sr], device="cpu")
+    rng = np.random.default_rng(5)
+    mask = np.zeros((4, 40, 44), bool)
+    mask[:, 6:30, 9:37] = True  # not centred: rotating moves it
+    norm = np.where(mask, rng.normal(size=(4, 4, 40, 44)), 0).astype(np.float32)
+    spacing = (1.0, 1.0, 1.0)
+    plain = casc.regions(norm, mask, spacing)
+    rot = casc.regions(
+        np.ascontiguousarray(norm[..., ::-1, ::-1]), np.ascontiguousarray(mask[:, ::-1, ::-1]), spacing
+    )
+    tta = casc.regions(norm, mask, spacing, tta=True)
+    assert np.allclose(tta, (plain + rot[..., ::-1, ::-1]) / 2, atol=1e-6)
+    assert np.abs(rot[..., ::-1, ::-1] - plain).max() > 1e-6  # the views differ: the mean is a real check
+    assert np.all(tta[:, ~mask] == 0)  # nothing outside the brain
+    soft = casc.class_probabilities(norm, mask, spacing, tta=True)
+    assert soft.shape == (5, *mask.shape) and np.allclose(soft[:, mask].sum(0), 1, atol=1e-5)
+    assert np.array_equal(vol.regions(norm, mask, spacing, tta=True), vol.regions(norm, mask, spacing))
+    with pytest.raises(ModelError, match="no per-class softmax"):
+        vol.class_probabilities(norm, mask, spacing)
