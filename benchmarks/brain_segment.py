@@ -354,7 +354,8 @@ def bench_real(args) -> dict:
 
     Cases that trained the shipped weights (the recorded split's training list) are skipped: no figure
     is ever reported on a training case. ``--spacing-compare`` also runs each case with ``--native-spacing``,
-    ``--tta-compare`` with ``--no-tta`` (one after the other per case, so both see the same machine).
+    ``--tta-compare`` with ``--no-tta``, ``--amp-compare`` with ``--amp off`` (fp32 where the default takes
+    bf16); one after the other per case, so all see the same machine.
     """
     import tempfile
 
@@ -370,6 +371,7 @@ def bench_real(args) -> dict:
         "default": extra,
         **({"native-spacing": (*extra, "--native-spacing")} if args.spacing_compare else {}),
         **({"no-tta": (*extra, "--no-tta")} if args.tta_compare else {}),
+        **({"fp32": (*extra, "--amp", "off")} if args.amp_compare else {}),
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -448,6 +450,11 @@ def main() -> None:
         "--tta-compare",
         action="store_true",
         help="--real: also run each case with --no-tta (slice nets once instead of two views)",
+    )
+    parser.add_argument(
+        "--amp-compare",
+        action="store_true",
+        help="--real: also run each case with --amp off (fp32 where the default runs bf16 on the CPU)",
     )
     parser.add_argument(
         "--runtimes",

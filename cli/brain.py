@@ -69,9 +69,13 @@ Examples:
   medseg brain-segment sample_data/brain/SYN_0001 --out results/
   medseg brain-segment cohort/ --out results/ --labels brats2023 --resample
   medseg brain-segment case/ --out pred/ --weights runs/ic/best.safetensors --weights runs/sr.safetensors
+  medseg brain-segment cohort/ --out results/ --no-tta --amp off   # fastest fp32 path
 \b
 By default two nets run (the InputCascadeCNN on whole slices and a 3-D SegResNet) and their
 tumour-core / whole-tumour / enhancing probabilities are averaged; one --weights runs that net alone.
+Slice nets also run on the case rotated 180 degrees in-plane and the views are averaged (--no-tta:
+once, faster); on a CPU with bf16 units the nets run in bf16 (--amp off: fp32). Both were chosen on
+real validation cases (docs/brain.md).
 Each case writes <out>/<case>_seg.nii.gz (or --out FILE for one case) plus
 <stem>_volumes.json/.csv with WT/TC/ET volumes in mL; a batch also writes volumes.csv.
 Inputs are skull-stripped MRI (BraTS style, zero background): NIfTI/NRRD/MHA files or one
@@ -127,7 +131,7 @@ any case). Modalities must share one grid unless --resample / --resample-to.
 @click.option(
     "--no-tta",
     is_flag=True,
-    help="Run each slice net once (faster, about a third of the time) instead of averaging it with the "
+    help="Run each slice net once (a third less time) instead of averaging it with the "
     "case rotated 180 degrees in-plane; a single slice net then gives its plain argmax (docs/brain.md).",
 )
 @ray_task_option("case")

@@ -6,10 +6,11 @@ AVX-512 CPU and 2.3-3.5x on an AVX2 one (docs/benchmarks.md), at fp32 and equal 
 
 What this module owns, once:
 - which runtime a predictor uses (:func:`resolve_runtime`: ``auto`` = OpenVINO on a CPU when the
-  package is installed and the precision is fp32, PyTorch on CUDA);
+  package is installed and the precision is fp32 or bf16, PyTorch on CUDA);
 - converting a module *in memory* (``openvino.convert_model`` with an example input; batch, height
   and width dynamic), compiling it once for the CPU plugin in fp32 (``INFERENCE_PRECISION_HINT=f32``:
-  on CPUs with bf16 units the plugin would otherwise silently compute in bf16);
+  on CPUs with bf16 units the plugin would otherwise silently compute in bf16), or in bf16 only when
+  ``--amp bf16`` asks for it (the startup record says which precision the plugin took);
 - a disk cache of converted models keyed by a hash of the weights (every parameter and buffer, the
   module tree and its plain attributes), the input rank and channels and the OpenVINO version, in
   ``$MEDSEG_CACHE_DIR`` or the user's cache folder; each entry is a folder published by one rename
@@ -96,6 +97,7 @@ def resolve_runtime(runtime: str | None, *, device_type: str, amp_dtype: Any) ->
         raise InputError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     if runtime == "torch":
         return "torch", "asked for"
+    bf16 = amp_dtype is not None and "bfloat16" in str(amp_dtype)
     if runtime == "openvino":
         if openvino_version() is None:
             raise InputError(f"--runtime openvino needs the OpenVINO package: {INSTALL_HINT}")
@@ -103,13 +105,15 @@ def resolve_runtime(runtime: str | None, *, device_type: str, amp_dtype: Any) ->
             raise InputError(
                 f"--runtime openvino runs on the CPU only, not on {device_type}: use --device cpu"
             )
-        if amp_dtype is not None:
-            raise InputError("--runtime openvino runs in fp32: use --amp off (or auto) with it")
+        if amp_dtype is not None and not bf16:
+            raise InputError("--runtime openvino runs in fp32 or bf16: use --amp off, auto or bf16 with it")
         return "openvino", "asked for"
     if device_type != "cpu":
         return "torch", f"PyTorch on {device_type}"
-    if amp_dtype is not None:
-        return "torch", "mixed precision asked for on the CPU (OpenVINO runs fp32 here)"
+    if amp_dtype is not None and not (bf16 and openvino_version() is not None):
+        return "torch", "fp16 asked for on the CPU (OpenVINO runs fp32 or bf16 here)"
+    if bf16:
+        return "openvino", "CPU, bf16 asked for"
     if openvino_version() is None:
         warnings.warn(
             f"OpenVINO is not installed: running on PyTorch (slower on a CPU; {INSTALL_HINT})",
@@ -243,6 +247,16 @@ _core_lock = threading.Lock()
 _core: Any = None
 
 
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes bf16 natively here (AVX512-BF16 or AMX): False without OpenVINO."""
+    if openvino_version() is None:
+        return False
+    try:
+        return "BF16" in _ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001 - a plugin that cannot say: assume not
+        return False
+
+
 def _ov_core() -> Any:
     global _core
     with _core_lock:
@@ -275,6 +289,7 @@ class OpenVINOModule:
         threads: int | None = None,
         hint: str = "LATENCY",
         use_cache: bool = True,
+        precision: str = "f32",
     ) -> None:
         import torch
 
@@ -300,7 +315,7 @@ class OpenVINOModule:
                 ov_model = entry.load(core) or ov_model
         t1 = time.perf_counter()
         config = {
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": precision,
             "PERFORMANCE_HINT": hint,
             "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
         }
@@ -309,7 +324,10 @@ class OpenVINOModule:
             # the compiled net instead of compiling it again; a damaged blob is recompiled by OpenVINO
             config["CACHE_DIR"] = str(entry.path / "compiled")
         self.compiled = core.compile_model(ov_model, "CPU", config)
+        # what the plugin computes in: bf16 asked for on a CPU without bf16 units runs in f32
+        actual = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.startup = {
+            "precision": "bf16" if "bf" in actual.lower() else "fp32",
             "cached": cached,
             "convert_s": round(t1 - t0, 3),
             "compile_s": round(time.perf_counter() - t1, 3),

@@ -131,7 +131,8 @@ class Predictor:
         target = self.model if self.openvino_part is None else getattr(self.model, self.openvino_part)
         name = type(target).__name__
         try:
-            compiled = OpenVINOModule(target, example_shape)
+            precision = "bf16" if self.amp_dtype is not None else "f32"  # resolve_runtime: only bf16
+            compiled = OpenVINOModule(target, example_shape, precision=precision)
         except Exception as exc:  # noqa: BLE001 - any conversion failure: say why, then PyTorch
             reason = one_line(exc)[:200]
             if self._asked_openvino:
@@ -231,6 +232,8 @@ class Predictor:
             from medseg.engine.openvino_runtime import openvino_version
 
             out["runtime_version"] = openvino_version()
+            if self.startup.get("precision"):
+                out["amp"] = self.startup["precision"]  # what the plugin took (bf16 needs bf16 units)
             if self.openvino_part is not None:
                 out["runtime_part"] = f"{self.openvino_part} on OpenVINO, the rest on PyTorch"
         return out

@@ -193,3 +193,18 @@ def test_tta_averages_a_slice_net_with_its_rotated_view_and_leaves_3d_nets_alone
     assert np.array_equal(vol.regions(norm, mask, spacing, tta=True), vol.regions(norm, mask, spacing))
     with pytest.raises(ModelError, match="no per-class softmax"):
         vol.class_probabilities(norm, mask, spacing)
+
+
+def test_brain_amp_auto_is_bf16_only_on_openvino_with_bf16_units(monkeypatch):
+    from medseg.brain.inference import brain_amp
+    from medseg.engine import openvino_runtime as ovr
+
+    monkeypatch.setenv("MEDSEG_RUNTIME", "auto")
+    for has in (True, False):
+        monkeypatch.setattr(ovr, "cpu_has_bf16", lambda has=has: has)
+        assert brain_amp("auto", "cpu") == ("bf16" if has else "auto")
+    monkeypatch.setattr(ovr, "cpu_has_bf16", lambda: True)
+    assert brain_amp("off", "cpu") == "off" and brain_amp("fp16", "cpu") == "fp16"  # as asked
+    assert brain_amp("auto", "cuda") == "auto"
+    monkeypatch.setenv("MEDSEG_RUNTIME", "torch")  # PyTorch's CPU autocast is slower than fp32
+    assert brain_amp("auto", "cpu") == "auto"

@@ -46,7 +46,13 @@ def test_auto_selects_openvino_on_cpu_torch_on_cuda_and_with_amp(monkeypatch):
     assert ovr.resolve_runtime("auto", device_type="cpu", amp_dtype=None)[0] == "openvino"
     assert ovr.resolve_runtime("auto", device_type="cuda", amp_dtype=None)[0] == "torch"
     assert ovr.resolve_runtime("auto", device_type="cuda", amp_dtype=torch.bfloat16)[0] == "torch"
-    assert ovr.resolve_runtime("auto", device_type="cpu", amp_dtype=torch.bfloat16)[0] == "torch"
+    # bf16 on a CPU: OpenVINO (bf16 units where the CPU has them); fp16: PyTorch, OpenVINO refuses it
+    assert ovr.resolve_runtime("auto", device_type="cpu", amp_dtype=torch.bfloat16)[0] == "openvino"
+    assert ovr.resolve_runtime("openvino", device_type="cpu", amp_dtype=torch.bfloat16)[0] == "openvino"
+    assert ovr.resolve_runtime("auto", device_type="cpu", amp_dtype=torch.float16)[0] == "torch"
+    with pytest.raises(InputError, match="fp32 or bf16"):
+        ovr.resolve_runtime("openvino", device_type="cpu", amp_dtype=torch.float16)
+    assert ovr.resolve_runtime("torch", device_type="cpu", amp_dtype=torch.bfloat16)[0] == "torch"
     assert ovr.resolve_runtime("torch", device_type="cpu", amp_dtype=None)[0] == "torch"
     with pytest.raises(InputError, match="CPU only"):
         ovr.resolve_runtime("openvino", device_type="cuda", amp_dtype=None)
@@ -138,6 +144,23 @@ def test_cache_is_reused_and_a_damaged_entry_is_rebuilt(tmp_path, monkeypatch):
         is False
     )
     assert not [p for p in (tmp_path / "openvino").iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+@needs_ov
+def test_bf16_runs_in_bf16_where_the_cpu_has_it_and_stays_close(tmp_path, monkeypatch):
+    """--amp bf16 on a CPU: the plugin's own precision is reported (fp32 where there are no bf16 units)."""
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    x = np.random.default_rng(1).normal(size=(2, 2, 24, 20)).astype(np.float32)
+    ref = Predictor(small_cnn(), device="cpu", runtime="openvino", example_shape=(1, 2, 16, 16))
+    half = Predictor(small_cnn(), device="cpu", amp="bf16", runtime="auto", example_shape=(1, 2, 16, 16))
+    assert half.runtime == "openvino" and ref.describe()["amp"] == "fp32"
+    want = "bf16" if ovr.cpu_has_bf16() else "fp32"
+    assert half.startup["precision"] == want and half.describe()["amp"] == want
+    a, b = ref(x), half(x)
+    scale = float(np.abs(a).max())
+    assert np.abs(a - b).max() <= 0.02 * scale  # bf16 keeps ~3 significant digits
+    if want == "bf16":
+        assert not np.array_equal(a, b)  # it really computed in the other precision
 
 
 @needs_ov
