@@ -222,31 +222,19 @@ class BrainNet:
         spacing: tuple[float, float, float],
         *,
         native: bool = False,
-        batch_size: int = 8,
-        progress: bool = False,
-        desc: str = "",
         tta: bool = False,
+        **options,
     ) -> np.ndarray:
         """(3, z, y, x) TC / WT / ET probabilities of a normalised stack (0 outside the brain).
 
         ``tta``: a slice net's probabilities are the mean over the views :data:`SLICE_TTA_AXES`;
-        a 3-D net runs once either way.
+        a 3-D net runs once either way. ``options`` (slice nets) as :meth:`view`.
         """
         if self.is_volume:
             cfg = Volume3DConfig.from_dict(self.meta.config["net"])
             zoom = self.zoom(spacing, native=native)
             return predict_regions_volume(self.predictor, norm, mask, config=cfg, zoom=zoom)
-        return self._mean_views(
-            norm,
-            mask,
-            spacing,
-            "regions",
-            tta=tta,
-            native=native,
-            batch_size=batch_size,
-            progress=progress,
-            desc=desc,
-        )
+        return self._mean_views(norm, mask, spacing, "regions", tta=tta, native=native, **options)
 
     def class_probabilities(
         self,
