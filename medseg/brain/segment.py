@@ -126,8 +126,8 @@ def segment_with_nets(
 ) -> np.ndarray:
     """Raw (4, z, y, x) intensities -> internal label map (z, y, x) from one or several nets.
 
-    One slice net: its argmax (five classes), exactly :func:`segment_array` without ``tta``, of its
-    softmax averaged over the test-time views with it. Several nets, or a 3-D net: the mean of the
+    One slice net: the argmax of its five classes, exactly :func:`segment_array` without ``tta``;
+    with ``tta``, of its softmax averaged over the test-time views. Several nets, or a 3-D net: the mean of the
     nets' TC / WT / ET probabilities (with ``tta`` each slice net's averaged over its views),
     thresholded at 0.5 into nested labels. Each net runs at its training spacing unless ``native``
     (probabilities brought back to the case's grid).
