@@ -91,9 +91,7 @@ class BrainTrainConfig:
     init_weights: str | None = None  # phase 1 starts from these weights (same network), not at random
     select: str = "loss"  # which epoch each phase keeps: lowest validation "loss" or best "dice"
     select_slices: int = 16  # select="dice": axial slices through each held-out case's tumour
-    rotate_cases: bool = (
-        False  # each training case also rotated 180 degrees in-plane (the inference TTA view)
-    )
+    rotate_cases: bool = False  # each training case also rotated 180 degrees in-plane (the TTA view)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -111,7 +111,8 @@ def resolve_runtime(runtime: str | None, *, device_type: str, amp_dtype: Any) ->
     if device_type != "cpu":
         return "torch", f"PyTorch on {device_type}"
     if amp_dtype is not None and not (bf16 and openvino_version() is not None):
-        return "torch", "fp16 asked for on the CPU (OpenVINO runs fp32 or bf16 here)"
+        why = "bf16 asked for without OpenVINO" if bf16 else "fp16 asked for (OpenVINO runs fp32 or bf16)"
+        return "torch", f"{why} on the CPU"
     if bf16:
         return "openvino", "CPU, bf16 asked for"
     if openvino_version() is None:
