@@ -255,7 +255,8 @@ FrameOfReferenceUID and slice position, or, where the UIDs differ (separately an
 acquisition (AcquisitionDate/Time, kVp, orientation, pixel grid, positions); mismatched geometry
 is refused with the reason. Split by exam from 3 exams on, else by contiguous z slabs with a gap.
 Starts from the shipped direction nearest in measured sharpness (--init demo). With --max-minutes
-the run fits itself to the budget: it times its first steps, then plans 128 px crops, about one
+the run fits itself to the budget: it times its first steps, then plans 128 px crops (turned and
+mirrored at random: --no-augment to keep them as cut), about one
 epoch per minute and a one-cycle learning rate (peak 5e-4 from starting weights, 1e-3 from
 scratch) that ends annealed within the budget (loading and the final test included); without,
 the paper's recipe (30 whole-slice epochs, lr 1e-4, x0.1 every --lr-step epochs). OUT receives
@@ -320,6 +321,12 @@ split); the summary ends with the budget used and the held-out test RMSE before/
     default=None,
     help="Training steps per epoch (default: one pass over the training slices).",
 )
+@click.option(
+    "--augment/--no-augment",
+    default=None,
+    help="Turn each training crop by a random multiple of 90 degrees and mirror it at random "
+    "(default: on with --max-minutes, off for the paper's recipe).",
+)
 @train_options
 @overwrite_option
 @common_options
@@ -338,6 +345,7 @@ def ct_train(
     split,
     crop,
     steps_per_epoch,
+    augment,
     max_minutes,
     seed,
     resume,
@@ -363,6 +371,7 @@ def ct_train(
         seed=seed,
         crop=crop,
         steps_per_epoch=steps_per_epoch,
+        augment=augment,
         max_minutes=max_minutes,
     )
     result = train(

@@ -262,6 +262,8 @@ def settle_config(cfg: Any) -> None:
         cfg.lr = 1e-4  # the one-cycle peak waits for the starting weights: :func:`peak_lr`
     if cfg.crop is None and budget:
         cfg.crop = BUDGET_CROP
+    if getattr(cfg, "augment", False) is None:
+        cfg.augment = bool(budget)
 
 
 def peak_lr(fine_tune: bool) -> float:
@@ -283,6 +285,7 @@ def budget_summary(cfg: Any, task: Any, result: Any, seconds: float) -> dict[str
         "epochs": result.epochs,
         "crop": cfg.crop,
         "batch_size": cfg.batch_size,
+        "augment": bool(getattr(cfg, "augment", False)),
         "validation_slices": int(len(task.x_va)),
         "plan": plan,
     }
@@ -302,4 +305,5 @@ def budget_text(extra: dict[str, Any]) -> str:
         else f"lr {b['lr']:g} in x0.1 steps"
     )
     crop = f"{b['crop']} px crops" if b.get("crop") else "whole slices"
+    crop += " (turned and mirrored at random)" if b.get("augment") else ""
     return f"{head}: {steps} of {lr}, {crop} x {b['batch_size']}; started from {init}\n"

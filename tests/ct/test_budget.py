@@ -158,3 +158,39 @@ def test_cli_init_file_must_exist(pairs, tmp_path):
         tmp_path / "missing.safetensors", "--json", "-q",
     )  # fmt: skip
     assert r.exit_code == 2 and "weights file not found" in json.loads(r.stdout)["error"]
+
+
+def test_dihedral_keeps_source_and_target_aligned_and_covers_all_eight_views():
+    from medseg.ct.train import dihedral
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 1, 5, 5)).astype(np.float32)
+    views = {
+        tuple(np.round(v.ravel(), 5))
+        for k in range(4)
+        for v in (np.rot90(x[0, 0], k), np.rot90(x[0, 0], k)[:, ::-1])
+    }
+    seen = set()
+    for _ in range(200):
+        xa, ya = dihedral(x, 2 * x + 1, rng)
+        assert xa.shape == x.shape and xa.flags["C_CONTIGUOUS"] and ya.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(ya, 2 * xa + 1)  # the pair moved together
+        seen.add(tuple(np.round(xa[0, 0].ravel(), 5)))
+    assert seen == views and len(views) == 8
+
+
+def test_augment_is_on_with_a_budget_and_recorded(pairs, tmp_path):
+    cfg = CTTrainConfig(max_minutes=5)
+    settle_config(cfg)
+    paper = CTTrainConfig()
+    settle_config(paper)
+    assert cfg.augment is True and paper.augment is False
+    assert CTTrainConfig(max_minutes=5, augment=False).augment is False
+    run = CTTrainConfig(
+        source_kernel="B50f", target_kernel="B30f", channels=8, depth=3, batch_size=2, max_minutes=0.1
+    )
+    result = train([pairs], tmp_path / "run", run, device="cpu")
+    assert result.extra["budget"]["augment"] is True
+    assert "turned and mirrored at random" in train_text(result)
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert "augment" in json.dumps(saved)
