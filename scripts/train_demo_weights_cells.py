@@ -122,6 +122,7 @@ def load_samples(
     kind: str = "borders",
     max_class_weight: float = 10.0,
     he_plane: str = "hematoxylin",
+    touch_weight: float = 0.0,
 ) -> list[Any]:
     """Prepared samples (normalised nuclear plane, target for ``kind``, weights), compact dtypes."""
     from medseg.cells.dataset import load_pair
@@ -133,7 +134,7 @@ def load_samples(
         image, labels = load_pair(
             root / "images" / f"{i}.png", root / "masks" / f"{i}.tif", local=local, he_plane=he_plane
         )
-        out.append(prepare_sample(image, labels, WeightMapConfig(), kind, max_class_weight))
+        out.append(prepare_sample(image, labels, WeightMapConfig(), kind, max_class_weight, touch_weight))
     return out
 
 
@@ -284,6 +285,12 @@ def main() -> None:
         help="3class: cap of the class balancing (the shipped weights: 10; 1 = plain CE)",
     )
     parser.add_argument(
+        "--touch-weight",
+        type=float,
+        default=0.0,
+        help="3class: weight added where two cells touch (the merges' pixels; shipped weights: 0)",
+    )
+    parser.add_argument(
         "--ema", type=float, default=0.0, help="moving average of the weights, decay per step (0 = off)"
     )
     parser.add_argument(
@@ -332,7 +339,13 @@ def main() -> None:
         model = with_target_head(model, target)
         t0 = time.perf_counter()
         local = args.normalisation == "local"
-        opts = dict(local=local, kind=target, max_class_weight=args.max_class_weight, he_plane=args.he_plane)
+        opts = dict(
+            local=local,
+            kind=target,
+            max_class_weight=args.max_class_weight,
+            he_plane=args.he_plane,
+            touch_weight=args.touch_weight,
+        )
         train, val = load_samples(args.data, train_ids, **opts), load_samples(args.data, held, **opts)
         log.info(
             "prepared %d training + %d held-out images in %.0f s",
@@ -361,6 +374,7 @@ def main() -> None:
             he_plane=args.he_plane,
             instance_target=args.target,
             max_class_weight=args.max_class_weight,
+            touch_weight=args.touch_weight,
             ema=args.ema,
         )
         task = make_task(config, train, val, args.max_minutes * 60)

@@ -25,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from medseg.cells.weights import WeightMapConfig, border_weight_map, class_weights, separate_touching
+from medseg.cells.weights import (
+    WeightMapConfig,
+    border_weight_map,
+    class_weights,
+    separate_touching,
+    touching_borders,
+)
 
 BORDERS, THREE_CLASS, DIST = "borders", "3class", "dist"
 TARGETS = (BORDERS, THREE_CLASS, DIST)
@@ -117,15 +123,22 @@ def make_targets(
     kind: str,
     weight_map: WeightMapConfig | None = None,
     max_class_weight: float = MAX_CLASS_WEIGHT,
+    touch_weight: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(class target uint8, pixel weights float32, extra regression target or None) for ``kind``."""
+    """(class target uint8, pixel weights float32, extra regression target or None) for ``kind``.
+
+    ``touch_weight`` (3class): added to the weight of the boundary pixels where two cells touch, the
+    pixels whose misreading merges two nuclei (the 2015 paper's border term, for this target)."""
     kind = check_target(kind)
     if kind == BORDERS:
         separated = separate_touching(labels)
         return (separated > 0).astype(np.uint8), border_weight_map(separated, weight_map), None
     if kind == THREE_CLASS:
         target = three_class_target(labels)
-        return target, balanced_weights(target, 3, max_class_weight), None
+        weights = balanced_weights(target, 3, max_class_weight)
+        if touch_weight > 0:
+            weights[touching_borders(labels)] += np.float32(touch_weight)
+        return target, weights, None
     fg = (np.asarray(labels) > 0).astype(np.uint8)
     return fg, class_weights(labels), normalised_distance(labels)
 

@@ -105,6 +105,7 @@ class CellsTrainConfig:
     instance_target: str | None = None
     dist_weight: float = DIST_WEIGHT  # dist target: lambda of the L1 distance term
     max_class_weight: float = MAX_CLASS_WEIGHT  # 3class: cap of the class balancing (1 = plain CE)
+    touch_weight: float = 0.0  # 3class: extra weight where two cells touch (medseg.cells.targets)
     slim: float = 0.0  # network slimming (medseg.engine.slim): L1 on batch-norm scales, then pruning:
     prune_ratio: float | None = None  # share of the channels pruned after training (None: no pruning)
     finetune_epochs: int = 5  # epochs of fine-tuning the pruned net
@@ -139,11 +140,12 @@ def prepare_sample(
     config: WeightMapConfig,
     kind: str = BORDERS,
     max_class_weight: float = MAX_CLASS_WEIGHT,
+    touch_weight: float = 0.0,
 ) -> Sample:
     """Precompute target and weight map once per image (as in the paper), for the target ``kind``."""
     if image.shape != labels.shape:
         raise InputError(f"mask size {labels.shape} differs from image size {image.shape}")
-    target, weight, extra = make_targets(labels, kind, config, max_class_weight)
+    target, weight, extra = make_targets(labels, kind, config, max_class_weight, touch_weight)
     return Sample(
         image.astype(np.float32),
         target,
@@ -576,8 +578,8 @@ def train_pairs(
         raise InputError("no usable image/mask pairs to train on")
     kind = config.instance_target = resolve_target(config.instance_target, config.init_weights)
     config.model = with_target_head(config.model, kind)
-    cap = config.max_class_weight
-    samples = [prepare_sample(i, m, config.weight_map, kind, cap) for i, m in pairs]
+    cap, touch = config.max_class_weight, config.touch_weight
+    samples = [prepare_sample(i, m, config.weight_map, kind, cap, touch) for i, m in pairs]
     if config.diameter is None:
         from medseg.cells.segment import median_diameter
 
@@ -586,7 +588,10 @@ def train_pairs(
     if val_pairs is None:
         train, val = split_validation(samples, config.val_fraction, np.random.default_rng([config.seed, 7]))
     else:
-        train, val = samples, [prepare_sample(i, m, config.weight_map, kind, cap) for i, m in val_pairs]
+        train, val = (
+            samples,
+            [prepare_sample(i, m, config.weight_map, kind, cap, touch) for i, m in val_pairs],
+        )
     task = CellsTrainTask(config, train, val, data)
     log.info(
         "training %s (width %d) on %d image(s), %d held out for validation; tile %d -> %d",

@@ -45,6 +45,17 @@ def test_three_class_target_puts_boundary_between_touching_squares():
     assert ((t > 0) == (labels > 0)).all()  # the classes cover exactly the cells
 
 
+def test_touch_weight_only_raises_the_contact_pixels():
+    labels = _touching_squares()
+    target, plain, _ = make_targets(labels, "3class")
+    _, touched, _ = make_targets(labels, "3class", touch_weight=10.0)
+    contact = np.zeros(labels.shape, bool)
+    contact[5:25, 21:23] = True  # both sides of the column 21 | 22 contact
+    np.testing.assert_allclose(touched[contact], plain[contact] + 10.0)
+    np.testing.assert_array_equal(touched[~contact], plain[~contact])  # outer edges and interior as before
+    assert (target[contact] == 2).all()
+
+
 def test_distance_peaks_at_centres_and_drops_at_the_contact():
     labels = _touching_squares()
     d = normalised_distance(labels)
