@@ -262,7 +262,7 @@ def settle_config(cfg: Any) -> None:
         cfg.lr = 1e-4  # the one-cycle peak waits for the starting weights: :func:`peak_lr`
     if cfg.crop is None and budget:
         cfg.crop = BUDGET_CROP
-    if getattr(cfg, "augment", False) is None:
+    if cfg.augment is None:
         cfg.augment = bool(budget)
 
 
@@ -285,7 +285,7 @@ def budget_summary(cfg: Any, task: Any, result: Any, seconds: float) -> dict[str
         "epochs": result.epochs,
         "crop": cfg.crop,
         "batch_size": cfg.batch_size,
-        "augment": bool(getattr(cfg, "augment", False)),
+        "augment": bool(cfg.augment),
         "validation_slices": int(len(task.x_va)),
         "plan": plan,
     }

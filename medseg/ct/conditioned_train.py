@@ -194,6 +194,8 @@ class Sampler:
         return (a, b, sa, sb) if rng.random() < 0.5 else (b, a, sb, sa)
 
     def batch(self, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        from medseg.ct.train import turn_and_mirror
+
         c, n = self.cfg.crop, self.cfg.batch_size
         xs, ys, ss, ts = [], [], [], []
         for _ in range(n):
@@ -202,10 +204,7 @@ class Sampler:
             oy, ox = _crop_at(rng, x, c)
             xc, yc = x[oy : oy + c, ox : ox + c], y[oy : oy + c, ox : ox + c]
             k = int(rng.integers(4))
-            flip = rng.random() < 0.5
-            xc, yc = np.rot90(xc, k), np.rot90(yc, k)
-            if flip:
-                xc, yc = xc[:, ::-1], yc[:, ::-1]
+            xc, yc = turn_and_mirror(xc, yc, k, rng.random() < 0.5)
             xs.append(xc)
             ys.append(yc)
             ss.append(s)

@@ -71,19 +71,23 @@ class CTTrainConfig:
     extra: dict = field(default_factory=dict)  # notes stored in the weights
 
 
+def turn_and_mirror(x: np.ndarray, y: np.ndarray, k: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A source/target pair turned by ``k`` x 90 degrees in its last two axes, then mirrored if ``flip``
+    (views, not copies): the CT trainers' one in-plane augmentation."""
+    x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
+    return (x[..., ::-1], y[..., ::-1]) if flip else (x, y)
+
+
 def dihedral(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Each (N, 1, H, W) sample pair turned by a random multiple of 90 degrees and maybe mirrored, the
     same for source and target: a kernel's point spread and noise texture are (nearly) isotropic in
     plane, so this multiplies a few training slices eightfold without changing what is learnt."""
-    xs, ys = [], []
-    for xi, yi in zip(x, y):
-        k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-        xi, yi = np.rot90(xi, k, axes=(1, 2)), np.rot90(yi, k, axes=(1, 2))
-        if flip:
-            xi, yi = xi[..., ::-1], yi[..., ::-1]
-        xs.append(xi)
-        ys.append(yi)
-    return np.ascontiguousarray(np.stack(xs)), np.ascontiguousarray(np.stack(ys))
+    pairs = [
+        turn_and_mirror(xi, yi, int(rng.integers(0, 4)), bool(rng.integers(0, 2))) for xi, yi in zip(x, y)
+    ]
+    return np.ascontiguousarray(np.stack([a for a, _ in pairs])), np.ascontiguousarray(
+        np.stack([b for _, b in pairs])
+    )
 
 
 def _to_int16(volume: np.ndarray) -> np.ndarray:
