@@ -217,11 +217,16 @@ def write_weights(src: Path, dst: Path, split: dict[str, Any], extra: dict[str, 
         }
     )
     meta.notes = json.dumps(notes)
+    init = notes.get("init", "demo")
+    origin = (
+        "trained from scratch (random initialisation)"
+        if init == "scratch"
+        else f"fine-tuned from --init {init} (the earlier demo weights)"
+    )
     only = f" (only its {' and '.join(notes['kinds'])} images)" if notes.get("kinds") else ""
     meta.training_data = (
         f"REAL: {DATASET}; trained on the {len(split['train'])}-image training split{only} (seed {split['seed']}), "
-        f"never on the {len(split['validation'])} validation ids listed in notes; fine-tuned from "
-        f"--init {notes.get('init', 'demo')} (the earlier demo weights). {USE}."
+        f"never on the {len(split['validation'])} validation ids listed in notes; {origin}. {USE}."
     )
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_weights(dst, {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, meta)

@@ -36,7 +36,7 @@ from medseg.cells.io import (
     write_labels,
     write_png,
 )
-from medseg.cells.model import DEMO_WEIGHTS, DEMO_WEIGHTS_BY_STAIN
+from medseg.cells.model import DEMO_COMPANIONS, DEMO_WEIGHTS, DEMO_WEIGHTS_BY_STAIN
 from medseg.cells.stain import (
     StainDecision,
     detect_stain,
@@ -170,14 +170,27 @@ class CellSegmenter:
         )
 
         self.train_diameter = train_diameter(self.meta)
-        # without --weights, the shipped per-stain specialists take their stains (loaded on first use)
+        # without --weights, the shipped per-stain specialists take their stains (loaded on first use), and
+        # the shipped companions (DEMO_COMPANIONS) are averaged with the main net: two independently trained
+        # nets, the one lever that beat the single net on held-out and validation images alike
         self.stain_weights: dict[str, Path] = {}
+        self._specialists: dict[Path, CellSegmenter] = {}
+        self.companions: list[CellSegmenter] = []
         if self.is_demo and specialists:
             from medseg.engine.weights import demo_weights_path
 
             found = {stain: demo_weights_path(name) for stain, name in DEMO_WEIGHTS_BY_STAIN.items()}
             self.stain_weights = {stain: path for stain, path in found.items() if path.is_file()}
-        self._specialists: dict[Path, CellSegmenter] = {}
+            paths = [demo_weights_path(name) for name in DEMO_COMPANIONS.get(DEMO_WEIGHTS, ())]
+            self.companions = [self._companion(p) for p in paths if p.is_file()]
+
+    def _companion(self, path: Path) -> CellSegmenter:
+        """A net whose maps are averaged with this one's: it must read the same plane and mean the same."""
+        other = CellSegmenter(replace(self.config, weights=path), specialists=False)
+        local = uses_local_contrast(self.meta.normalisation)
+        if other.target != self.target or uses_local_contrast(other.meta.normalisation) != local:
+            raise ModelError("a companion net must share the instance target and normalisation", path=path)
+        return other
 
     def for_stain(self, stain: str) -> CellSegmenter:
         """The segmenter whose weights take ``stain``: a shipped specialist, else this one."""
@@ -207,17 +220,23 @@ class CellSegmenter:
         if scale != 1.0:
             x = rescale(plane, scale, order=1, anti_aliasing=scale < 1, preserve_range=True)
             x = x.astype(np.float32, copy=False)
-        maps = predict_image(
-            self.predictor,
-            self.model_config,
-            normalise_for_stain(x, stain, local=uses_local_contrast(self.meta.normalisation)),
-            tile=self.config.tile,
-            batch_size=self.config.batch_size,
-        )
+        x = normalise_for_stain(x, stain, local=uses_local_contrast(self.meta.normalisation))
+        nets = [self, *self.companions]
+        maps = sum(
+            predict_image(
+                n.predictor, n.model_config, x, tile=self.config.tile, batch_size=self.config.batch_size
+            )
+            for n in nets
+        ) / len(nets)
         if maps.shape[1:] != plane.shape:
             maps = resize(maps, (maps.shape[0], *plane.shape), order=1, preserve_range=True)
             maps = maps.astype(np.float32)
         return maps
+
+    @property
+    def weights_name(self) -> str:
+        """The file(s) whose maps make this segmenter's output, e.g. ``a.safetensors + b.safetensors``."""
+        return " + ".join(p.name for p in [self.weights, *(c.weights for c in self.companions)])
 
     def _given_diameter(self) -> float | None:
         d = self.config.diameter
@@ -253,7 +272,7 @@ class CellSegmenter:
         from medseg.cells.targets import foreground_probability
 
         prob = foreground_probability(maps, self.target)
-        return PlaneResult(prob, labels, nuclear, decision, diameter, scale, maps, self.weights.name)
+        return PlaneResult(prob, labels, nuclear, decision, diameter, scale, maps, self.weights_name)
 
     def _estimate_diameter(self, nuclear: np.ndarray, stain: str, labels: np.ndarray) -> float | None:
         """First passes at scale 1 (``labels``) and 1/2: the median cell diameter each finds, in input
@@ -289,6 +308,7 @@ class CellSegmenter:
             "model": self.model_config.to_dict(),
             "training_data": self.meta.training_data,
             "instance_target": self.target,
+            **({"averaged_with": [str(c.weights) for c in self.companions]} if self.companions else {}),
             **(
                 {"weights_by_stain": {k: str(v) for k, v in self.stain_weights.items()}}
                 if self.stain_weights
