@@ -37,7 +37,7 @@ DEMO_WEIGHTS_BY_STAIN = {
     "ihc": "cells/demo_unet2015_brightfield.safetensors",
 }
 # shipped nets whose output maps are averaged with a demo file's (same target and normalisation): the
-# second main net, trained from scratch, raised validation AP@0.5 from 0.694 to 0.70 (docs/cells.md,
+# second main net, trained from scratch, raised validation AP@0.5 from 0.694 to 0.705 (docs/cells.md,
 # session 13) for one more pass per image; a missing file leaves the demo file alone
 DEMO_COMPANIONS = {DEMO_WEIGHTS: ("cells/demo_unet2015_b.safetensors",)}
 
