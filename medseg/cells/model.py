@@ -36,10 +36,14 @@ DEMO_WEIGHTS_BY_STAIN = {
     "he": "cells/demo_unet2015_brightfield.safetensors",
     "ihc": "cells/demo_unet2015_brightfield.safetensors",
 }
-# shipped nets whose output maps are averaged with a demo file's (same target and normalisation): the
-# second main net, trained from scratch, raised validation AP@0.5 from 0.694 to 0.705 (docs/cells.md,
-# session 13) for one more pass per image; a missing file leaves the demo file alone
-DEMO_COMPANIONS = {DEMO_WEIGHTS: ("cells/demo_unet2015_b.safetensors",)}
+# shipped nets whose output maps are averaged with a demo file's (same target and normalisation), for one
+# more pass per image; a missing file leaves the demo file alone (docs/cells.md, session 13): the second
+# main net, trained from scratch (validation AP@0.5 0.694 -> 0.705), and the brightfield specialist
+# fine-tuned from it (the 11 validation H&E images 0.456 -> 0.511)
+DEMO_COMPANIONS = {
+    DEMO_WEIGHTS: ("cells/demo_unet2015_b.safetensors",),
+    "cells/demo_unet2015_brightfield.safetensors": ("cells/demo_unet2015_brightfield_b.safetensors",),
+}
 
 
 @dataclass

@@ -181,8 +181,14 @@ class CellSegmenter:
 
             found = {stain: demo_weights_path(name) for stain, name in DEMO_WEIGHTS_BY_STAIN.items()}
             self.stain_weights = {stain: path for stain, path in found.items() if path.is_file()}
-            paths = [demo_weights_path(name) for name in DEMO_COMPANIONS.get(DEMO_WEIGHTS, ())]
-            self.companions = [self._companion(p) for p in paths if p.is_file()]
+            self.companions = self._shipped_companions(DEMO_WEIGHTS)
+
+    def _shipped_companions(self, name: str) -> list[CellSegmenter]:
+        """The installed companions (DEMO_COMPANIONS) of the shipped file ``name``."""
+        from medseg.engine.weights import demo_weights_path
+
+        paths = [demo_weights_path(n) for n in DEMO_COMPANIONS.get(name, ())]
+        return [self._companion(p) for p in paths if p.is_file()]
 
     def _companion(self, path: Path) -> CellSegmenter:
         """A net whose maps are averaged with this one's: it must read the same plane and mean the same."""
@@ -200,6 +206,7 @@ class CellSegmenter:
         if path not in self._specialists:
             other = CellSegmenter(replace(self.config, weights=path), specialists=False)
             other.is_demo = True
+            other.companions = other._shipped_companions(DEMO_WEIGHTS_BY_STAIN[stain])
             self._specialists[path] = other
         return self._specialists[path]
 

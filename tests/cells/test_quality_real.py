@@ -30,7 +30,7 @@ VAL = ROOT / "tests" / "data" / "real" / "dsb2018_val"
 # brightfield specialist taking H&E images (session 7): 0.627 (fluorescence 0.718, brightfield 0.534; mAP
 # 0.308), all 60: 0.694.
 # With the second main net averaged in (session 13): 0.631 (fluorescence 0.727, brightfield 0.534; mAP
-# 0.309), all 60: 0.705.
+# 0.309), all 60: 0.705; and the specialist's companion: 0.653 (brightfield 0.576; mAP 0.322), all 60: 0.713.
 MIN_AP50 = {"all": 0.58, "fluorescence": 0.67, "brightfield": 0.48}
 
 
@@ -86,6 +86,11 @@ def test_brightfield_specialist_metadata_records_its_kinds_split_and_use():
     assert "only its brightfield and grey_brightfield images" in meta.training_data
     assert "research use, not for clinical use" in meta.training_data
     assert meta.config["instance_target"] == "3class" and notes["train_cpu_seconds"] > 0
+    for name in DEMO_COMPANIONS[DEMO_WEIGHTS_BY_STAIN["he"]]:  # averaged with it: the same kinds and split
+        companion = read_meta(demo_weights_path(name))
+        extra = json.loads(companion.notes)
+        assert extra["kinds"] == notes["kinds"] and extra["validation_ids"] == notes["validation_ids"]
+        assert "research use, not for clinical use" in companion.training_data
 
 
 def test_quality_on_real_validation_images(tmp_path):

@@ -99,3 +99,13 @@ def test_a_companion_of_another_target_is_refused(monkeypatch):
     monkeypatch.setattr(segment, "DEMO_COMPANIONS", {DEMO_WEIGHTS: (str(borders),)})
     with pytest.raises(ModelError, match="companion net must share the instance target"):
         segment.CellSegmenter(segment.SegmentConfig(device="cpu"))
+
+
+def test_the_shipped_brightfield_specialist_is_averaged_with_its_companion():
+    from medseg.cells.model import DEMO_WEIGHTS_BY_STAIN
+
+    seg = segment.CellSegmenter(segment.SegmentConfig(device="cpu"))
+    he = seg.for_stain("he")
+    want = [demo_weights_path(n) for n in DEMO_COMPANIONS[DEMO_WEIGHTS_BY_STAIN["he"]]]
+    assert want and [c.weights for c in he.companions] == want
+    assert he.weights_name == " + ".join(p.name for p in [he.weights, *want])
