@@ -257,6 +257,13 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="training seed: initialisation, patch sampling and augmentation, for a further independent "
+        "net to average (default: the split seed; the split and the held-out images never change)",
+    )
+    parser.add_argument(
         "--kinds",
         nargs="+",
         choices=KINDS,
@@ -335,6 +342,8 @@ def main() -> None:
             log.info("kinds %s: %d training-split images", ", ".join(args.kinds), len(train_ids))
         held = sorted(rng.choice(train_ids, size=args.internal_val, replace=False).tolist())
         train_ids = [i for i in train_ids if i not in set(held)]
+        if args.seed is not None:  # before the model is built: its random initialisation too
+            torch.manual_seed(args.seed)
         scratch = CellModelConfig(arch="unet2015", base_channels=8, batch_norm=True, dropout=0.1)
         model, init = resolve_init(args.init, scratch if args.init == "scratch" else None)
         if args.widen > 1:
@@ -368,7 +377,7 @@ def main() -> None:
             batch_size=4,
             tile=args.tile,
             lr=args.lr,
-            seed=SPLIT_SEED,
+            seed=SPLIT_SEED if args.seed is None else args.seed,
             max_minutes=min(args.max_minutes - wall / 60, (args.cpu_minutes * 60 - spent) / 60),
             init_weights=init,
             scale_range=tuple(args.scale),
@@ -413,6 +422,7 @@ def main() -> None:
                 **({"kinds": list(args.kinds)} if args.kinds else {}),
                 **({"ema": args.ema} if args.ema else {}),
                 **({"widen": args.widen} if args.widen > 1 else {}),
+                **({"train_seed": args.seed} if args.seed is not None else {}),
             },
         )
 
