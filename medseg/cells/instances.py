@@ -38,7 +38,8 @@ class InstanceConfig:
     # 3class / dist nets only (``instances_from_maps``)
     # cell probability (3class: interior + boundary) above which = cell; 0.6 chosen on the 20 held-out
     # training images with the averaged shipped nets (session 14: AP@0.5 0.737 -> 0.738, mAP 0.427 ->
-    # 0.457; validation then 0.717 -> 0.739, mAP 0.433 -> 0.487); tighter outlines, fewer bridges
+    # 0.457; the whole default path on validation 0.713 -> 0.746, mAP 0.427 -> 0.496; 0.65 and above lose);
+    # tighter outlines, fewer bridges. dist nets share it (0.5 when dist was tuned; none is shipped)
     mask_threshold: float = 0.6
     interior_threshold: float = 0.7  # 3class: interior probability of seeds (held-out tuned)
     seed_threshold: float = 0.5  # dist: least predicted distance (0..1) of a seed (held-out tuned)
