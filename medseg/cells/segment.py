@@ -51,6 +51,7 @@ from medseg.io.atomic import check_apart, check_writable, safe_name, write_text
 from medseg.results import FAILED, OK, SKIPPED, ItemResult, RunResult
 
 if TYPE_CHECKING:
+    from medseg.engine.predictor import Predictor
     from medseg.scale.items import Mapper
 
 log = logging.getLogger("medseg.cells")
@@ -116,6 +117,15 @@ class PlaneResult:
     weights: str = ""  # file name of the weights that ran (a stain's specialist or the main model)
 
 
+def _check_device(config: SegmentConfig) -> None:
+    """Resolve the device, precision and runtime as the Predictor will (raising what it would raise)."""
+    from medseg.engine.openvino_runtime import resolve_runtime
+    from medseg.engine.runtime import resolve_amp_dtype, select_device
+
+    device = select_device(str(config.device))
+    resolve_runtime(None, device_type=device.type, amp_dtype=resolve_amp_dtype(device, config.amp))
+
+
 def train_diameter(meta: Any) -> float:
     """Median cell diameter (px) of the weights' training data (stored in ``notes``) or the default."""
     try:
@@ -139,8 +149,7 @@ class CellSegmenter:
 
     def __init__(self, config: SegmentConfig | None = None, *, specialists: bool = True) -> None:
         from medseg.cells.model import load_model
-        from medseg.cells.predict import make_predictor
-        from medseg.cells.targets import out_channels, postprocess_for, target_of
+        from medseg.cells.targets import out_channels, target_of
         from medseg.engine.weights import resolve_weights
 
         self.config = config or SegmentConfig()
@@ -161,13 +170,11 @@ class CellSegmenter:
                 f"{self.model_config.num_classes}",
                 path=self.weights,
             )
-        self.predictor = make_predictor(
-            model,
-            device=self.config.device,
-            amp=self.config.amp,
-            config=self.model_config,
-            postprocess=postprocess_for(self.target),
-        )
+        # the Predictor (for OpenVINO: reading and compiling the converted net, about 0.05 s per net) is built
+        # on first use: a batch of H&E images never runs the main nets, nor a fluorescence batch the specialists
+        self._model: Any = model
+        self._predictor: Predictor | None = None
+        _check_device(self.config)  # an unusable --device / --amp / --runtime is refused now, not at image 1
 
         self.train_diameter = train_diameter(self.meta)
         # without --weights, the shipped per-stain specialists take their stains (loaded on first use), and
@@ -182,6 +189,32 @@ class CellSegmenter:
             found = {stain: demo_weights_path(name) for stain, name in DEMO_WEIGHTS_BY_STAIN.items()}
             self.stain_weights = {stain: path for stain, path in found.items() if path.is_file()}
             self.companions = self._shipped_companions(DEMO_WEIGHTS)
+
+    @property
+    def predictor(self) -> Predictor:
+        """This net's engine Predictor, built on first use."""
+        if self._predictor is None:
+            from medseg.cells.predict import make_predictor
+            from medseg.cells.targets import postprocess_for
+
+            self._predictor = make_predictor(
+                self._model,
+                device=self.config.device,
+                amp=self.config.amp,
+                config=self.model_config,
+                postprocess=postprocess_for(self.target),
+            )
+            self._model = None  # the Predictor holds it now
+        return self._predictor
+
+    def _described_predictor(self) -> Predictor:
+        """The Predictor whose device and runtime a summary reports: this net's if it ran, else a
+        specialist's that ran (all are built from one config), else this one's, built now."""
+        if self._predictor is None:
+            for other in self._specialists.values():
+                if other._predictor is not None:
+                    return other._predictor
+        return self.predictor
 
     def _shipped_companions(self, name: str) -> list[CellSegmenter]:
         """The installed companions (DEMO_COMPANIONS) of the shipped file ``name``."""
@@ -321,7 +354,7 @@ class CellSegmenter:
                 if self.stain_weights
                 else {}
             ),
-            **self.predictor.describe(),
+            **self._described_predictor().describe(),
         }
 
 

@@ -33,7 +33,9 @@ VAL = ROOT / "tests" / "data" / "real" / "dsb2018_val"
 # 0.309), all 60: 0.705; and the specialist's companion: 0.653 (brightfield 0.576; mAP 0.322), all 60: 0.713.
 # Session 14 (the seed-1 main net in place of the second, the 3class mask threshold 0.6): 0.678 (fluorescence
 # 0.735, brightfield 0.616; mAP 0.371), all 60: 0.746 (mAP 0.496).
-MIN_AP50 = {"all": 0.62, "fluorescence": 0.68, "brightfield": 0.56}
+# Session 15 (seeds split where one interior holds two cores): 0.690 (fluorescence 0.759, brightfield 0.616;
+# mAP 0.376), all 60: 0.770 (mAP 0.511).
+MIN_AP50 = {"all": 0.64, "fluorescence": 0.70, "brightfield": 0.56}
 MIN_MAP = 0.32
 
 

@@ -109,3 +109,35 @@ def test_the_shipped_brightfield_specialist_is_averaged_with_its_companion():
     want = [demo_weights_path(n) for n in DEMO_COMPANIONS[DEMO_WEIGHTS_BY_STAIN["he"]]]
     assert want and [c.weights for c in he.companions] == want
     assert he.weights_name == " + ".join(p.name for p in [he.weights, *want])
+
+
+def test_nets_are_compiled_only_for_the_stains_that_ran():
+    """An H&E image runs the shipped specialists only: the main nets' Predictors are never built (they
+    cost ~0.05 s a net to compile), and a fluorescence image never builds the specialists'."""
+    seg = segment.CellSegmenter(segment.SegmentConfig(device="cpu"))
+    mains = [seg, *seg.companions]
+    assert all(n._predictor is None for n in mains)
+    r = seg.analyse(read_image(HE, allow_stack=False, keep_color=True)[0][0])
+    assert r.stain.stain == "he" and r.labels.max() > 0
+    if seg.stain_weights.get("he"):  # a shipped specialist took it
+        he = seg.for_stain("he")
+        assert all(n._predictor is not None for n in (he, *he.companions))
+        assert all(n._predictor is None for n in mains)
+        described = seg.describe()  # the summary reports the runtime that ran, building nothing more
+        assert described["runtime"] == he.predictor.describe()["runtime"]
+        assert all(n._predictor is None for n in mains)
+    fresh = segment.CellSegmenter(segment.SegmentConfig(device="cpu"))
+    fresh.analyse(read_image(FLUO, allow_stack=False, keep_color=True)[0][0])
+    assert all(n._predictor is not None for n in (fresh, *fresh.companions))
+    assert not fresh._specialists  # never loaded
+
+
+def test_an_unusable_device_is_refused_before_any_image():
+    import torch
+
+    from medseg.errors import MedsegError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal is for machines without it")
+    with pytest.raises(MedsegError, match="CUDA"):
+        segment.CellSegmenter(segment.SegmentConfig(device="cuda:7"))

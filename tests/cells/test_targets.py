@@ -218,3 +218,39 @@ def test_padded_arch_nets_train_3class_and_refuse_dist():
     dist.instance_target = "dist"
     with pytest.raises(InputError, match="borders or 3class"):
         CellsTrainTask(dist, samples, [])
+
+
+def _soft_interior_maps(centres, r=11, shape=(60, 90)) -> np.ndarray:
+    """3class maps as averaged nets give them: interior a smooth bump per nucleus (peak 0.97), so two
+    touching nuclei's interiors meet above 0.7 at the neck but not above 0.9; boundary fills the rest
+    of the cell."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    interior = np.zeros(shape, np.float32)
+    for cy, cx in centres:
+        d = np.hypot(yy - cy, xx - cx)
+        interior = np.maximum(interior, 0.97 * np.clip(1 - (d / (1.25 * r)) ** 4, 0, 1))
+    cell = np.zeros(shape, bool)
+    for cy, cx in centres:
+        cell |= np.hypot(yy - cy, xx - cx) <= r
+    boundary = np.where(cell, np.clip(0.98 - interior, 0, 1), 0).astype(np.float32)
+    return np.stack([1 - interior - boundary, interior, boundary])
+
+
+def test_3class_split_separates_touching_nuclei_whose_interiors_meet():
+    maps = _soft_interior_maps(((30, 34), (30, 50)))  # 16 px apart, radius 11: pressed together
+    neck = maps[1][30, 42]
+    assert 0.7 < neck < 0.9  # one seed at interior 0.7, two cores at 0.9
+    assert instances_from_maps(maps, "3class", InstanceConfig(split_threshold=None)).max() == 1
+    out = instances_from_maps(maps, "3class")  # the default splits it
+    assert out.max() == 2
+    assert out[30, 34] != out[30, 50] and out[30, 34] > 0 and out[30, 50] > 0
+
+
+def test_3class_split_keeps_a_single_nucleus_and_ignores_a_small_second_core():
+    one = _soft_interior_maps(((30, 42),))
+    assert instances_from_maps(one, "3class").max() == 1
+    # a second core of 9 px (< split_fraction of the seed's area) inside one seed does not split it
+    maps = one.copy()
+    maps[1][29:32, 51:54] = 0.95  # above 0.9, apart from the main core at 0.9, joined to it at 0.7
+    assert instances_from_maps(maps, "3class", InstanceConfig(min_size=8)).max() == 1
+    assert instances_from_maps(maps, "3class", InstanceConfig(min_size=8, split_fraction=0.0)).max() == 2
