@@ -102,6 +102,9 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=None, help="conditioned weights to start from")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--exams", type=int, default=24)
+    ap.add_argument(
+        "--shaped-kernels", type=int, default=0, help="per exam, kernels with a mid-frequency boost (0: off)"
+    )
     ap.add_argument("--results", type=Path, default=None)
     ap.add_argument("--skip-synthetic-check", action="store_true")
     args = ap.parse_args()
@@ -114,7 +117,11 @@ def main() -> None:
             "%s %s: sharpness %.2f / %.2f, %d training slices", v, p.kernels, p.sharp_a, p.sharp_b, len(p.a)
         )
     cfg = ConditionedTrainConfig(
-        holdout=holdout, max_cpu_minutes=args.max_minutes, lr=args.lr, synthetic_exams=args.exams
+        holdout=holdout,
+        max_cpu_minutes=args.max_minutes,
+        lr=args.lr,
+        synthetic_exams=args.exams,
+        shaped_kernels=args.shaped_kernels,
     )
     summary = train_conditioned(
         args.out, cfg, [p for v, p in pairs.items() if v != holdout], resume=args.resume, init=args.init

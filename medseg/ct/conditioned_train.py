@@ -66,6 +66,9 @@ class ConditionedTrainConfig:
     synthetic_size: int = 128
     synthetic_slices: int = 6
     random_kernels: int = 2  # continuum kernels per exam besides the four calibrated ones
+    # kernels of another shape per exam: a continuum kernel times a mid-frequency boost (edge-enhancing
+    # "bone" kernels of other vendors peak in mid frequencies, then fall back; :func:`shaped_ratio`)
+    shaped_kernels: int = 0
     synthetic_fraction: float = 0.5  # share of synthetic crops when real pairs are trained on
     identity_fraction: float = 0.1
     log_every: int = 25
@@ -86,6 +89,34 @@ def continuum_ratio(t: float, f_per_mm: np.ndarray) -> np.ndarray:
     return np.minimum(ratio, cap)
 
 
+def shaped_ratio(t: float, boost: float, f0: float, width: float, f_per_mm: np.ndarray) -> np.ndarray:
+    """:func:`continuum_ratio` times ``1 + boost * exp(-(f - f0)^2 / (2 width^2))``: a kernel that
+    enhances a band around ``f0`` cycles/mm, as vendors' sharp kernels do, instead of rising steadily."""
+    f = np.asarray(f_per_mm, float)
+    return continuum_ratio(t, f) * (1.0 + boost * np.exp(-0.5 * ((f - f0) / width) ** 2))
+
+
+def _kernel_draws(rng, cfg: ConditionedTrainConfig) -> list[tuple[float, ...]]:
+    """Kernel parameters of one exam: the calibrated four, ``random_kernels`` continuum widths, and
+    ``shaped_kernels`` (t, boost, f0, width) tuples."""
+    draws: list[tuple[float, ...]] = [(t,) for t in CALIBRATED_T]
+    draws += [(float(t),) for t in rng.uniform(*T_RANGE, cfg.random_kernels)]
+    for _ in range(cfg.shaped_kernels):
+        draws.append(
+            (
+                float(rng.uniform(-0.3, 0.6)),
+                float(rng.uniform(0.5, 2.5)),
+                float(rng.uniform(0.2, 0.6)),
+                float(rng.uniform(0.08, 0.2)),
+            )
+        )
+    return draws
+
+
+def _draw_ratio(draw: tuple[float, ...], f: np.ndarray) -> np.ndarray:
+    return continuum_ratio(draw[0], f) if len(draw) == 1 else shaped_ratio(*draw, f)
+
+
 def reconstruct_continuum(obj, ts, cfg, rng, weight, body) -> np.ndarray:
     """(K, z, y, x) reconstructions of one phantom with kernels ``ts`` sharing one noise realisation:
     :func:`medseg.synthetic.ct_phantom.reconstruct` with continuum kernels."""
@@ -98,7 +129,7 @@ def reconstruct_continuum(obj, ts, cfg, rng, weight, body) -> np.ndarray:
         rng,
         weight=weight,
         body=body,
-        ratio=lambda k, f: continuum_ratio(ts[k], f),
+        ratio=lambda k, f: _draw_ratio(ts[k] if isinstance(ts[k], tuple) else (ts[k],), f),
     )
     return np.stack([vols[k] for k in range(len(ts))])
 
@@ -117,8 +148,9 @@ def synthetic_pool(cfg: ConditionedTrainConfig, *, seed_base: int = 30000) -> di
         pcfg = replace(varied_config(seed, base), pixel_mm=float(rng.uniform(0.45, 0.8)))
         pcfg = replace(pcfg, noise_b30_hu=float(np.exp(rng.uniform(np.log(5.0), np.log(30.0)))))
         obj, masks = make_object(pcfg, rng)
-        ts = [*CALIBRATED_T, *rng.uniform(*T_RANGE, cfg.random_kernels)]
-        vols = reconstruct_continuum(obj, ts, pcfg, rng, noise_weight(masks["body"], pcfg), masks["body"])
+        draws = _kernel_draws(rng, cfg)
+        vols = reconstruct_continuum(obj, draws, pcfg, rng, noise_weight(masks["body"], pcfg), masks["body"])
+        ts = [d[0] for d in draws]
         s = [kernel_fingerprint(v, (pcfg.pixel_mm, pcfg.pixel_mm)).sharpness for v in vols]
         images.append(np.clip(np.rint(vols), -32768, 32767).astype(np.int16))
         sharp.append(s)

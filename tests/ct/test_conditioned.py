@@ -213,3 +213,25 @@ def test_siemens_table_ratios_match_measured_phantoms():
     measured = np.median(ratios, axis=0)
     table = np.array([known_sharpness(k)[0] for k in kernels]) / known_sharpness("B30f")[0]
     np.testing.assert_allclose(table, measured, rtol=0.1)
+
+
+def test_shaped_kernels_boost_a_band_and_stay_off_by_default():
+    """The shaped-kernel option (tried for leave-one-vendor-out, not adopted: docs/ct.md) multiplies a
+    continuum kernel by a band boost around f0; the default pool has none (the shipped recipe)."""
+    from medseg.ct.conditioned_train import (
+        ConditionedTrainConfig,
+        _kernel_draws,
+        continuum_ratio,
+        shaped_ratio,
+    )
+
+    f = np.linspace(0, 1, 101)
+    plain = continuum_ratio(0.3, f)
+    assert np.allclose(shaped_ratio(0.3, 0.0, 0.4, 0.1, f), plain)
+    gain = shaped_ratio(0.3, 2.0, 0.4, 0.1, f) / plain
+    assert abs(f[np.argmax(gain)] - 0.4) < 0.011 and np.isclose(gain.max(), 3.0)
+    assert gain[0] < 1.01 and gain[-1] < 1.01  # back to the continuum kernel outside the band
+    rng = np.random.default_rng(0)
+    assert len(_kernel_draws(rng, ConditionedTrainConfig())) == 6
+    draws = _kernel_draws(rng, ConditionedTrainConfig(shaped_kernels=2))
+    assert len(draws) == 8 and [len(d) for d in draws[-2:]] == [4, 4]
