@@ -123,18 +123,39 @@ def load_samples(
     max_class_weight: float = 10.0,
     he_plane: str = "hematoxylin",
     touch_weight: float = 0.0,
+    stain_copies: int = 0,
+    seed: int = SPLIT_SEED,
 ) -> list[Any]:
-    """Prepared samples (normalised nuclear plane, target for ``kind``, weights), compact dtypes."""
+    """Prepared samples (normalised nuclear plane, target for ``kind``, weights), compact dtypes.
+    ``stain_copies``: each RGB H&E image also gives that many recoloured copies
+    (:func:`medseg.cells.augment.recolour_he`), each read like an H&E image at inference; every other
+    image is repeated as many times, so the kinds keep their shares of the patches (a grey brightfield
+    image has no colour to change, and without the repeats its kind fell from 1 in 11 to 1 in 30 of the
+    samples: validation grey brightfield AP@0.5 0.32 -> 0.09)."""
+    from medseg.cells.augment import recolour_he
     from medseg.cells.dataset import load_pair
+    from medseg.cells.io import read_image, read_mask
+    from medseg.cells.stain import _is_gray_rgb, detect_stain, prepare_plane
     from medseg.cells.train import prepare_sample
-    from medseg.cells.weights import WeightMapConfig
+    from medseg.cells.weights import WeightMapConfig, instances_from_mask
 
     out = []
+    rng = np.random.default_rng(seed + 7)
     for i in ids:
-        image, labels = load_pair(
-            root / "images" / f"{i}.png", root / "masks" / f"{i}.tif", local=local, he_plane=he_plane
-        )
+        image_path, mask_path = root / "images" / f"{i}.png", root / "masks" / f"{i}.tif"
+        image, labels = load_pair(image_path, mask_path, local=local, he_plane=he_plane)
         out.append(prepare_sample(image, labels, WeightMapConfig(), kind, max_class_weight, touch_weight))
+        if stain_copies <= 0:
+            continue
+        rgb = read_image(image_path, allow_stack=False, keep_color=True)[0][0]
+        if rgb.ndim != 3 or _is_gray_rgb(rgb) or detect_stain(rgb).stain != "he":  # colour H&E only
+            out.extend([out[-1]] * stain_copies)
+            continue
+        rgb = np.clip(rgb[..., :3], 0, 255).astype(np.uint8)
+        truth = instances_from_mask(read_mask(mask_path))
+        for _ in range(stain_copies):
+            plane = prepare_plane(recolour_he(rgb, rng), "he", local=local, he_plane=he_plane)[0]
+            out.append(prepare_sample(plane, truth, WeightMapConfig(), kind, max_class_weight, touch_weight))
     return out
 
 
@@ -257,6 +278,12 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--stain-copies",
+        type=int,
+        default=0,
+        help="recoloured copies of each RGB H&E training image (another lab's stain look; 0 = off)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=None,
@@ -360,7 +387,8 @@ def main() -> None:
             he_plane=args.he_plane,
             touch_weight=args.touch_weight,
         )
-        train, val = load_samples(args.data, train_ids, **opts), load_samples(args.data, held, **opts)
+        train = load_samples(args.data, train_ids, stain_copies=args.stain_copies, **opts)
+        val = load_samples(args.data, held, **opts)  # the epoch is picked on the images as they are
         log.info(
             "prepared %d training + %d held-out images in %.0f s",
             len(train),
@@ -423,6 +451,7 @@ def main() -> None:
                 **({"ema": args.ema} if args.ema else {}),
                 **({"widen": args.widen} if args.widen > 1 else {}),
                 **({"train_seed": args.seed} if args.seed is not None else {}),
+                **({"stain_copies": args.stain_copies} if args.stain_copies else {}),
             },
         )
 

@@ -79,3 +79,29 @@ def augment(
         scale = 1 + rng.uniform(-config.intensity, config.intensity)
         arrays[0] = (image**gamma * scale + rng.uniform(-1, 1) * config.intensity / 3).astype(np.float32)
     return arrays
+
+
+# ranges of the tissue L*a*b* means a recoloured H&E copy is given: DSB 2018's blue-violet tissue
+# (about 68 / 26 / -31) to the pink, darker H&E of Aperio-scanned sections such as CMU-1 (47 / 29 / -13)
+HE_RECOLOUR_MEAN = ((45.0, 72.0), (12.0, 35.0), (-35.0, -5.0))
+HE_RECOLOUR_SD_SCALE = (0.8, 1.25)
+
+
+def recolour_he(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A copy of an 8-bit RGB H&E image as another lab might have stained and scanned it: the tissue
+    pixels' (L* < 85) CIE L*a*b* mean drawn from :data:`HE_RECOLOUR_MEAN`, their SD scaled by
+    :data:`HE_RECOLOUR_SD_SCALE` (Reinhard colour transfer, used here as augmentation). Why: the
+    specialists read the hematoxylin plane of a fixed deconvolution, and learning only from one stain look
+    leaves them unable to read another (docs/cells.md, session 15). Glass-only images come back unchanged."""
+    from skimage.color import lab2rgb, rgb2lab
+
+    x = np.clip(rgb[..., :3].astype(np.float32) / 255.0, 0, 1)
+    lab = rgb2lab(x)
+    tissue = lab[..., 0] < 85.0
+    if tissue.mean() < 0.02:
+        return rgb[..., :3].copy()
+    mean = lab[tissue].mean(axis=0)
+    target = np.array([rng.uniform(*r) for r in HE_RECOLOUR_MEAN])
+    scale = rng.uniform(*HE_RECOLOUR_SD_SCALE, 3)
+    out = (lab - mean) * scale + target
+    return np.clip(lab2rgb(out) * 255.0, 0, 255).astype(np.uint8)
