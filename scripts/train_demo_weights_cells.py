@@ -134,10 +134,10 @@ def load_samples(
     samples: validation grey brightfield AP@0.5 0.32 -> 0.09)."""
     from medseg.cells.augment import recolour_he
     from medseg.cells.dataset import load_pair
-    from medseg.cells.io import read_image, read_mask
+    from medseg.cells.io import read_image
     from medseg.cells.stain import _is_gray_rgb, detect_stain, prepare_plane
     from medseg.cells.train import prepare_sample
-    from medseg.cells.weights import WeightMapConfig, instances_from_mask
+    from medseg.cells.weights import WeightMapConfig
 
     out = []
     rng = np.random.default_rng(seed + 7)
@@ -152,10 +152,9 @@ def load_samples(
             out.extend([out[-1]] * stain_copies)
             continue
         rgb = np.clip(rgb[..., :3], 0, 255).astype(np.uint8)
-        truth = instances_from_mask(read_mask(mask_path))
         for _ in range(stain_copies):
             plane = prepare_plane(recolour_he(rgb, rng), "he", local=local, he_plane=he_plane)[0]
-            out.append(prepare_sample(plane, truth, WeightMapConfig(), kind, max_class_weight, touch_weight))
+            out.append(prepare_sample(plane, labels, WeightMapConfig(), kind, max_class_weight, touch_weight))
     return out
 
 

@@ -15,8 +15,9 @@ Nets trained for the ``3class`` or ``dist`` targets (``medseg.cells.targets``) a
 :func:`instances_from_maps`: the cell mask is ``mask_threshold`` on the cell probability, seeds are
 interior components (3class, interior probability above ``interior_threshold``; a component whose
 interior holds two or more substantial cores above ``split_threshold`` is seeded by those cores
-instead) or h-maxima of the predicted distance (dist, ``seed_h`` deep and above ``seed_threshold``), and a seeded watershed fills
-the mask; mask components without a seed stay whole; then holes and small objects as above.
+instead) or h-maxima of the predicted distance (dist, ``seed_h`` deep and above ``seed_threshold``),
+and a seeded watershed fills the mask; mask components without a seed stay whole; then holes and
+small objects as above.
 """
 
 from __future__ import annotations
@@ -184,13 +185,12 @@ def _split_seeds(seeds: np.ndarray, core: np.ndarray, min_seed: int, fraction: f
     """Replace each seed that holds >= 2 cores (components of ``core`` of >= ``min_seed`` px and >=
     ``fraction`` of the seed's area) by all its cores; other seeds stay. Cores are disjoint components,
     so the replaced seeds stay separate markers."""
-    cores, n = ndimage.label(core)
-    cores = _remove_small(cores, min_seed)
+    cores = _remove_small(ndimage.label(core)[0], min_seed)
     ids = np.unique(cores[cores > 0])
     if ids.size < 2:
         return seeds
     parent = ndimage.maximum(seeds, cores, ids).astype(np.int64)  # cores lie inside one seed each
-    core_area = np.asarray(ndimage.sum(np.ones(cores.shape), cores, ids))
+    core_area = np.bincount(cores.ravel())[ids]
     seed_area = np.bincount(seeds.ravel(), minlength=int(seeds.max()) + 1)
     big = (core_area >= fraction * seed_area[parent]) & (parent > 0)
     per_seed = np.bincount(parent[big], minlength=seed_area.size)
