@@ -117,21 +117,21 @@ def _draw_ratio(draw: tuple[float, ...], f: np.ndarray) -> np.ndarray:
     return continuum_ratio(draw[0], f) if len(draw) == 1 else shaped_ratio(*draw, f)
 
 
-def reconstruct_continuum(obj, ts, cfg, rng, weight, body) -> np.ndarray:
-    """(K, z, y, x) reconstructions of one phantom with kernels ``ts`` sharing one noise realisation:
-    :func:`medseg.synthetic.ct_phantom.reconstruct` with continuum kernels."""
+def reconstruct_continuum(obj, draws, cfg, rng, weight, body) -> np.ndarray:
+    """(K, z, y, x) reconstructions of one phantom with the kernels ``draws`` (:func:`_kernel_draws`)
+    sharing one noise realisation: :func:`medseg.synthetic.ct_phantom.reconstruct` with continuum kernels."""
     from medseg.synthetic.ct_phantom import reconstruct
 
     vols = reconstruct(
         obj,
-        tuple(range(len(ts))),
+        tuple(range(len(draws))),
         cfg,
         rng,
         weight=weight,
         body=body,
-        ratio=lambda k, f: _draw_ratio(ts[k] if isinstance(ts[k], tuple) else (ts[k],), f),
+        ratio=lambda k, f: _draw_ratio(draws[k], f),
     )
-    return np.stack([vols[k] for k in range(len(ts))])
+    return np.stack([vols[k] for k in range(len(draws))])
 
 
 def synthetic_pool(cfg: ConditionedTrainConfig, *, seed_base: int = 30000) -> dict[str, np.ndarray]:
