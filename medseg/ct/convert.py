@@ -173,6 +173,7 @@ def preflight(
 ) -> _Plan:
     """Check every input and output before converting (errors: exit 2 input, 3 output exists)."""
     from medseg.ct.cohort import SeriesRef
+    from medseg.ct.hu import check_first_slice
     from medseg.ct.report import _shape, check_qa_outputs
     from medseg.io.atomic import check_output
     from medseg.io.dicom import open_series
@@ -200,6 +201,7 @@ def preflight(
         check_qa_outputs(plan.report_dir, pdf=cfg.pdf, overwrite=cfg.overwrite)
     if kind == "dicom":
         plan.series = open_series(input_path, series_uid=cfg.series_uid, modality="CT")
+        check_first_slice(plan.series)  # raw stored values (rescale removed) are refused before any work
         plan.shape = (len(plan.series.files), plan.series.rows, plan.series.columns)
         if fmt == "nifti" and plan.series.irregular:
             raise InputError(
@@ -445,11 +447,12 @@ class _QA:
         return {f"qa_{kind}": path for kind, path in written.items()}
 
 
-def _slices(series, headers: list, qa: _QA | None) -> Iterator[np.ndarray]:
-    """Decoded HU slices as (1, H, W) views, keeping each header for the writer (and each slice for QA)."""
-    from medseg.io.dicom import iter_slices
+def _slices(series, headers: list, qa: _QA | None, warnings: list[str]) -> Iterator[np.ndarray]:
+    """Decoded HU slices as (1, H, W) views, keeping each header for the writer (and each slice for QA);
+    each slice's rescale is checked (:mod:`medseg.ct.hu`), a warning goes to ``warnings``."""
+    from medseg.ct.hu import checked_slices
 
-    for z, (ds, hu) in enumerate(iter_slices(series)):
+    for z, (ds, hu) in enumerate(checked_slices(series, warnings)):
         headers.append(ds)
         if qa is not None:
             qa.original[z] = hu
@@ -495,7 +498,7 @@ def _convert_dicom(job: _Job) -> None:
         item.metrics["input_frames"] = len(series.frames)
     headers: list = []
     stream = progress_bar(
-        map_batched(job.predictor, _slices(series, headers, qa), batch_size=job.batch_size),
+        map_batched(job.predictor, _slices(series, headers, qa, item.warnings), batch_size=job.batch_size),
         total=plan.shape[0],
         desc="converting",
         enabled=job.cfg.progress,

@@ -470,7 +470,8 @@ def measure_series(path: str | Path, *, series_uid: str | None = None, what: str
     import numpy as np
 
     from medseg.ct.fingerprint import MAX_SLICES, kernel_fingerprint
-    from medseg.io.dicom import decode_hu, iter_slices, open_series
+    from medseg.ct.hu import check_hu, checked_slices
+    from medseg.io.dicom import decode_hu, open_series
     from medseg.io.volume import is_volume_file, read_volume_sitk
 
     path = Path(path)
@@ -485,11 +486,15 @@ def measure_series(path: str | Path, *, series_uid: str | None = None, what: str
         n = len(series.files)
         picks = set(np.unique(np.linspace(0, n - 1, min(n, MAX_SLICES)).round().astype(int)).tolist())
         if series.frames:
-            slices = [hu for i, (_ds, hu) in enumerate(iter_slices(series)) if i in picks]
+            slices = [hu for i, (_ds, hu) in enumerate(checked_slices(series)) if i in picks]
         else:
             import pydicom
 
-            slices = [decode_hu(pydicom.dcmread(series.files[i]), series.files[i]) for i in sorted(picks)]
+            slices = []
+            for i in sorted(picks):
+                ds = pydicom.dcmread(series.files[i])
+                slices.append(decode_hu(ds, series.files[i]))
+                check_hu(ds, slices[-1], series.files[i])  # raw stored values are not HU
         volume, spacing = np.stack(slices).astype(np.float32), series.spacing
     fp = kernel_fingerprint(volume, spacing)
     if not (fp.sharpness > 0):  # NaN: no body, no soft tissue

@@ -117,7 +117,8 @@ class PairedSlices:
 
 def _load_slices(ref, index: np.ndarray, positions: np.ndarray | None):
     """The matched slices of one series as int16 HU, chosen by position for DICOM (by index for volumes)."""
-    from medseg.io.dicom import open_series, read_series
+    from medseg.ct.hu import read_hu_series
+    from medseg.io.dicom import open_series
 
     if positions is None:
         volume, meta = ref.load()
@@ -131,7 +132,7 @@ def _load_slices(ref, index: np.ndarray, positions: np.ndarray | None):
     nearest = np.abs(have[None, :] - np.asarray(positions)[:, None]).argmin(axis=1)
     if np.any(np.abs(have[nearest] - positions) > 1e-3):
         raise InputError("slice positions changed since the series was paired", path=ref.path)
-    volume, meta = read_series(series)
+    volume, meta = read_hu_series(series)
     return _to_int16(volume[nearest]), meta
 
 

@@ -1,0 +1,91 @@
+"""Are the decoded CT slices in Hounsfield units? The rescale check of every CT reader.
+
+Why: pydicom applies RescaleSlope/RescaleIntercept only when BOTH are present, so a CT image whose
+anonymiser or exporter dropped one or both of them (Type 1 in the CT Image module; in an Enhanced CT
+the Pixel Value Transformation functional group) decodes to raw stored values: on most scanners
+HU + 1024, air at about 0 instead of -1000. Converted, measured and written as HU without a word,
+that is a silently wrong series (and wrong LAA-950 / sharpness numbers). So:
+
+- one of the two present without the other: refused (the stored values cannot be turned into HU);
+- both absent (and no Modality LUT): the values are taken as HU only when the slice holds air
+  (some pixel below -200); a slice without any air cannot be HU (a CT slice always shows the air
+  around or inside the patient) and is refused, naming the file;
+- both absent and the values look like HU: a warning in the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+
+AIR_SEEN_HU = -200.0  # a slice whose lowest value is above this shows no air: not HU
+NO_RESCALE_WARNING = (
+    "no RescaleSlope/RescaleIntercept (0028,1053/0028,1052) in the input: its stored values are "
+    "taken as HU (they include air, so this looks right; check a few HU values)"
+)
+
+
+def _present(ds, keyword: str) -> bool:
+    value = ds.get(keyword)
+    return value is not None and str(value).strip() != ""
+
+
+def check_hu(ds, hu: np.ndarray, path: Path, frame: int | None = None) -> str | None:
+    """Refuse (InputError naming ``path``) a decoded slice that is not in HU because its rescale is
+    missing; return a warning when the rescale is missing but the values look like HU, else None."""
+    if "ModalityLUTSequence" in ds:
+        return None
+    slope, intercept = _present(ds, "RescaleSlope"), _present(ds, "RescaleIntercept")
+    where = f"frame {frame}: " if frame else ""
+    if slope and intercept:
+        return None
+    if slope != intercept:
+        has, lacks = ("RescaleSlope", "RescaleIntercept") if slope else ("RescaleIntercept", "RescaleSlope")
+        raise InputError(
+            f"{where}{has} is present but {lacks} is missing: the stored values cannot be turned into "
+            "Hounsfield units (a CT image needs both; restore the missing one, often slope 1 / "
+            "intercept -1024)",
+            path=path,
+        )
+    low = float(np.min(hu)) if hu.size else float("nan")
+    if not low < AIR_SEEN_HU:
+        raise InputError(
+            f"{where}no RescaleSlope/RescaleIntercept and no pixel below {AIR_SEEN_HU:g} (lowest "
+            f"{low:g}): these are raw stored values, not Hounsfield units (air would be about -1000 HU); "
+            "the anonymiser or exporter removed the rescale: restore it (often intercept -1024)",
+            path=path,
+        )
+    return NO_RESCALE_WARNING
+
+
+def checked_slices(series, warnings: list[str] | None = None) -> Iterator[tuple[object, np.ndarray]]:
+    """:func:`medseg.io.dicom.iter_slices` with :func:`check_hu` on every slice; a warning (once) goes
+    to ``warnings``."""
+    from medseg.io.dicom import iter_slices
+
+    for index, (ds, hu) in enumerate(iter_slices(series)):
+        warning = check_hu(ds, hu, series.files[index], series.frame_of(index))
+        if warning and warnings is not None and warning not in warnings:
+            warnings.append(warning)
+        yield ds, hu
+
+
+def read_hu_series(series):
+    """:func:`medseg.io.dicom.read_series` with the rescale check: (float32 HU volume, VolumeMeta)."""
+    volume = np.empty((len(series.files), series.rows, series.columns), np.float32)
+    meta = series.meta()
+    for i, (_ds, hu) in enumerate(checked_slices(series, meta.warnings)):
+        volume[i] = hu
+    return volume, meta
+
+
+def check_first_slice(series) -> str | None:
+    """Pre-flight: decode the series' first slice only and check it (see :func:`check_hu`)."""
+    warnings: list[str] = []
+    for _ in checked_slices(series, warnings):
+        break
+    return warnings[0] if warnings else None

@@ -1,0 +1,106 @@
+"""A CT series whose rescale was removed is refused (raw stored values are not HU), never converted
+silently 1024 HU too bright; one that already stores HU without a rescale converts with a warning."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from medseg.ct.convert import convert
+from medseg.errors import InputError
+
+from .conftest import convert_config, run_cli, tree_digest, volume
+
+
+def _copy(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    for f in sorted(dst.iterdir()):
+        ds = pydicom.dcmread(f)
+        edit(ds)
+        ds.save_as(f)
+    return dst
+
+
+def _drop(*keywords: str):
+    def edit(ds) -> None:
+        for keyword in keywords:
+            if keyword in ds:
+                del ds[keyword]
+
+    return edit
+
+
+def _stored_as_hu(ds) -> None:
+    """Store HU directly (signed) and drop the rescale, as some exporters do."""
+    hu = ds.pixel_array.astype(np.int32) * int(float(ds.RescaleSlope)) + int(float(ds.RescaleIntercept))
+    ds.PixelData = hu.astype(np.int16).tobytes()
+    del ds.RescaleSlope, ds.RescaleIntercept
+
+
+@pytest.mark.parametrize(
+    "dropped, words",
+    [
+        (("RescaleSlope", "RescaleIntercept"), "raw stored values, not Hounsfield units"),
+        (("RescaleSlope",), "RescaleIntercept is present but RescaleSlope is missing"),
+        (("RescaleIntercept",), "RescaleSlope is present but RescaleIntercept is missing"),
+    ],
+)
+def test_a_removed_rescale_is_refused_before_any_output(
+    small_exam_dir, tiny_weights, tmp_path, dropped, words
+):
+    src = _copy(small_exam_dir / "B50f", tmp_path / "in", _drop(*dropped))
+    before = tree_digest(src)
+    out = tmp_path / "out"
+    res = run_cli(
+        "ct-convert", src, "--from", "B50f", "--to", "B30f", "--out", out, "--weights", tiny_weights,
+        "--device", "cpu", "--json",
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    doc = json.loads(res.stdout)
+    assert words in doc["error"] and "IM0000" in doc["error"] and doc["exit_code"] == 2
+    assert not out.exists() and tree_digest(src) == before
+
+
+def test_values_stored_as_hu_without_rescale_convert_with_a_warning(small_exam_dir, tiny_weights, tmp_path):
+    src = _copy(small_exam_dir / "B50f", tmp_path / "in", _stored_as_hu)
+    out = tmp_path / "out"
+    result = convert(src, out, convert_config(weights=tiny_weights))
+    assert any("taken as HU" in w for w in result.items[0].warnings)
+    assert np.abs(volume(out) - (volume(small_exam_dir / "B50f") - 200)).max() <= 0.5 + 1e-3
+
+
+def test_a_series_missing_the_rescale_half_way_is_refused(small_exam_dir, tiny_weights, tmp_path):
+    src = tmp_path / "in"
+    shutil.copytree(small_exam_dir / "B50f", src)
+    last = sorted(src.iterdir())[-1]
+    ds = pydicom.dcmread(last)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.save_as(last)
+    with pytest.raises(InputError, match="not Hounsfield units") as info:
+        convert(src, tmp_path / "out", convert_config(weights=tiny_weights))
+    assert info.value.path == last and not (tmp_path / "out").exists()
+
+
+def test_ct_report_fails_the_exam_without_rescale_and_scores_the_other(
+    small_exam_dir, tiny_weights, tmp_path
+):
+    from medseg.ct.report import ReportConfig, run_ct_report
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(small_exam_dir, cohort / "good")
+    shutil.copytree(small_exam_dir, cohort / "bad")
+    _copy(small_exam_dir / "B30f", cohort / "bad_B30f", _drop("RescaleSlope", "RescaleIntercept"))
+    shutil.rmtree(cohort / "bad" / "B30f")
+    (cohort / "bad_B30f").rename(cohort / "bad" / "B30f")
+    cfg = ReportConfig(
+        source="B50f", target="B30f", weights=tiny_weights, device="cpu", pdf=False, conditioned=False
+    )
+    result = run_ct_report([cohort / "good", cohort / "bad"], tmp_path / "qa", cfg)
+    status = {i.name: (i.status, i.reason) for i in result.items}
+    assert status["good"][0] == "ok" and status["bad"][0] == "failed"
+    assert "not Hounsfield units" in status["bad"][1] and result.exit_code == 5
