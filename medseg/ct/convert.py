@@ -174,7 +174,7 @@ def preflight(
     """Check every input and output before converting (errors: exit 2 input, 3 output exists)."""
     from medseg.ct.cohort import SeriesRef
     from medseg.ct.hu import check_first_slice
-    from medseg.ct.report import _shape, check_qa_outputs
+    from medseg.ct.report import check_qa_outputs
     from medseg.io.atomic import check_output
     from medseg.io.dicom import open_series
     from medseg.io.dicom_enhanced import check_dicom_format
@@ -211,13 +211,13 @@ def preflight(
             )
     else:
         plan.shape = volume_shape(input_path)
-    if plan.reference is not None:
-        ref_shape = plan.reference.shape()
-        if ref_shape != plan.shape:
-            raise InputError(
-                f"the reference has {_shape(ref_shape)}, the input {_shape(plan.shape)}: not the same scan",
-                path=reference,
-            )
+    if plan.reference is not None:  # the same size and voxels, else the QA compares other anatomy
+        from medseg.ct.alignment import check_reference, grid_from_meta, volume_file_grid
+
+        ours = (
+            grid_from_meta(plan.series.meta(), plan.shape[0]) if plan.series else volume_file_grid(input_path)
+        )
+        check_reference(plan.shape, ours, Path(reference))
     return plan
 
 

@@ -514,6 +514,7 @@ def _report_exam(
     """One exam: convert its source series, compare with the target one (what a mapper runs, here
     or on a Ray worker). Returns the item and, for the figure, the slice with most lung as 1-slice
     volumes (not the whole exam); a bad exam is a failed item, not an exception."""
+    from medseg.ct.alignment import grid_from_meta, grid_mismatch
     from medseg.ct.convert import convert_volume
     from medseg.io.volume import write_volume_sitk
 
@@ -526,6 +527,10 @@ def _report_exam(
             raise InputError(f"no {' or '.join(missing)} series (found: {found})", path=exam.path)
         original, meta = refs[source].load()
         reference, ref_meta = refs[target].load()
+        ours, theirs = grid_from_meta(meta, len(original)), grid_from_meta(ref_meta, len(reference))
+        problem = grid_mismatch(ours, theirs, f"the {source} series")
+        if problem and original.shape == reference.shape:  # else the shape check below says it
+            raise InputError(f"the {target} series {problem}: not the same slices", path=refs[target].path)
         # what the series reader noticed (gantry tilt, uneven slices), per series
         item.warnings += [
             f"{k} series: {w}" for k, m in ((source, meta), (target, ref_meta)) for w in m.warnings

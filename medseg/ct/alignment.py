@@ -1,0 +1,122 @@
+"""Do two CT series cover the same voxels? The check before any voxel-by-voxel QA comparison.
+
+Why: the QA numbers (RMSE against the reference, LAA-950 in the reference's lung mask) compare the
+converted series with the reference voxel by voxel. Two series of the same size are not the same
+slices when one starts 10 mm further, has another field of view (pixel size), or is stored flipped
+(a NIfTI exported with another slice order); the numbers would then compare different anatomy,
+with no warning. The grid (first voxel's position, voxel size, orientation) of both is compared
+first, within half a voxel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+
+ORIGIN_TOL_VOXELS = 0.5
+SPACING_TOL = 0.01  # relative
+DIRECTION_TOL = 1e-3
+
+
+@dataclass
+class Grid:
+    """Where a (z, y, x) volume's voxels lie: first voxel (x, y, z mm, LPS), spacing (z, y, x) mm,
+    direction (3x3, column i = axis i: x, y, slice normal) and number of slices."""
+
+    origin: np.ndarray
+    spacing_zyx: tuple[float, float, float]
+    direction: np.ndarray
+    slices: int
+
+
+def grid_from_meta(meta, slices: int) -> Grid:
+    """The grid of a volume read with its :class:`medseg.io.volume.VolumeMeta`."""
+    return Grid(
+        np.asarray(meta.origin, dtype=float),
+        tuple(float(v) for v in meta.spacing),
+        np.asarray(meta.direction, dtype=float).reshape(3, 3),
+        slices,
+    )
+
+
+def volume_file_grid(path: Path) -> Grid:
+    """The grid of a NIfTI/NRRD/MHA file from its header (a 2D image is one axial slice)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    size, spacing, origin = reader.GetSize(), reader.GetSpacing(), reader.GetOrigin()
+    if len(size) == 2:  # as read_volume_sitk's JoinSeries: one slice, identity orientation
+        return Grid(np.array([*origin, 0.0]), (1.0, spacing[1], spacing[0]), np.eye(3), 1)
+    direction = np.asarray(reader.GetDirection(), dtype=float).reshape(3, 3)
+    return Grid(np.asarray(origin, dtype=float), (spacing[2], spacing[1], spacing[0]), direction, size[2])
+
+
+def series_grid(path: Path, series_uid: str | None = None) -> tuple[tuple[int, int, int], Grid]:
+    """(slices, rows, columns) and grid of a DICOM series or volume file, from the headers only."""
+    from medseg.io.dicom import open_series
+    from medseg.io.volume import is_volume_file, volume_shape
+
+    if is_volume_file(path):
+        shape = volume_shape(path)  # checks the header first
+        return shape, volume_file_grid(path)
+    series = open_series(path, series_uid=series_uid)
+    return (len(series.files), series.rows, series.columns), grid_from_meta(series.meta(), len(series.files))
+
+
+def _mm(values) -> str:
+    return " x ".join(f"{v:.3g}" for v in values) + " mm"
+
+
+def grid_mismatch(ours: Grid, theirs: Grid, ours_name: str = "the input") -> str | None:
+    """Why ``theirs`` does not cover the voxels of ``ours`` (called ``ours_name``), in words that follow
+    'the reference ...', or None when it does."""
+    if np.abs(ours.direction - theirs.direction).max() > DIRECTION_TOL:
+        return (
+            "is oriented differently (another slice order or axis flip, e.g. a volume exported "
+            "with another orientation)"
+        )
+    axes = [1, 2] + ([0] if min(ours.slices, theirs.slices) > 1 else [])  # (z, y, x) indices compared
+    for i in axes:
+        a, b = ours.spacing_zyx[i], theirs.spacing_zyx[i]
+        if abs(a - b) > SPACING_TOL * max(a, b):
+            return (
+                f"has voxels of {_mm(theirs.spacing_zyx)} (slice, row, column), {ours_name} "
+                f"{_mm(ours.spacing_zyx)}: another field of view or slice spacing"
+            )
+    spacing_xyz = np.array(ours.spacing_zyx[::-1])
+    offset = ours.direction.T @ (theirs.origin - ours.origin)  # along x, y, slice normal (mm)
+    if ours.slices == 1 and theirs.slices == 1:
+        spacing_xyz[2] = max(spacing_xyz[2], 1.0)
+    if np.any(np.abs(offset) > ORIGIN_TOL_VOXELS * spacing_xyz):
+        return (
+            f"starts at another place: its first voxel is {np.linalg.norm(offset):.1f} mm from that of "
+            f"{ours_name} (offset {offset[0]:+.1f}, {offset[1]:+.1f} mm in-plane, {offset[2]:+.1f} mm "
+            "along the slices)"
+        )
+    return None
+
+
+def check_reference(shape: tuple[int, int, int], ours: Grid, reference: Path) -> None:
+    """The reference series/volume at ``reference`` has ``shape`` and covers the grid ``ours``
+    (ct-convert --reference), else an InputError naming it."""
+    from medseg.ct.report import _shape
+
+    ref_shape, ref_grid = series_grid(reference)
+    if ref_shape != shape:
+        raise InputError(
+            f"the reference has {_shape(ref_shape)}, the input {_shape(shape)}: not the same scan",
+            path=reference,
+        )
+    problem = grid_mismatch(ours, ref_grid)
+    if problem:
+        raise InputError(
+            f"the reference {problem}: not the same slices of the same scan, so the QA would compare "
+            "different anatomy",
+            path=reference,
+        )
