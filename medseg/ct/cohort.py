@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from medseg.ct import KERNELS
-from medseg.ct.hu import read_hu_series
+from medseg.ct.hu import read_hu_series, read_hu_volume
 from medseg.ct.models import canonical_kernel
 from medseg.errors import InputError
 from medseg.io.dicom import kernel_of, open_series, scan_dicom
-from medseg.io.volume import VOLUME_SUFFIXES, VolumeMeta, is_volume_file, read_volume_sitk, volume_shape
+from medseg.io.volume import VOLUME_SUFFIXES, VolumeMeta, is_volume_file, volume_shape
 from medseg.io.walk import walk_files
 
 log = logging.getLogger("medseg.ct")
@@ -48,7 +48,7 @@ class SeriesRef:
 
     def load(self) -> tuple[np.ndarray, VolumeMeta]:
         if is_volume_file(self.path):
-            return read_volume_sitk(self.path)
+            return read_hu_volume(self.path)
         return read_hu_series(open_series(self.path, series_uid=self.series_uid))
 
 

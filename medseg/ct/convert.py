@@ -566,9 +566,10 @@ def kernel_tag_warnings(series, spec: KernelSpec) -> list[str]:
 
 def _convert_volume_file(job: _Job) -> None:
     """Volume file in (read whole), volume file out."""
-    from medseg.io.volume import read_volume_sitk, write_volume_sitk
+    from medseg.ct.hu import read_hu_volume
+    from medseg.io.volume import write_volume_sitk
 
-    volume, meta = read_volume_sitk(job.input_path)
+    volume, meta = read_hu_volume(job.input_path)
     out = convert_volume(job.predictor, volume, batch_size=job.batch_size, progress=job.cfg.progress)
     if job.qa is not None:
         job.qa.original[:] = volume

@@ -89,3 +89,21 @@ def check_first_slice(series) -> str | None:
     for _ in checked_slices(series, warnings):
         break
     return warnings[0] if warnings else None
+
+
+def read_hu_volume(path: Path):
+    """:func:`medseg.io.volume.read_volume_sitk` for a CT volume file, refused (InputError) when it
+    holds no air: a volume whose lowest value is above -200 is not in HU (often HU + 1024 stored by a
+    converter that dropped the rescale)."""
+    from medseg.io.volume import read_volume_sitk
+
+    volume, meta = read_volume_sitk(path)
+    low = float(volume.min()) if volume.size else float("nan")
+    if not low < AIR_SEEN_HU:
+        raise InputError(
+            f"no voxel below {AIR_SEEN_HU:g} (lowest {low:g}): these are not CT numbers in Hounsfield "
+            "units (air is about -1000 HU); a volume stored as HU + 1024 needs 1024 subtracted first, "
+            "or give the DICOM series",
+            path=path,
+        )
+    return volume, meta

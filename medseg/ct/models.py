@@ -470,13 +470,13 @@ def measure_series(path: str | Path, *, series_uid: str | None = None, what: str
     import numpy as np
 
     from medseg.ct.fingerprint import MAX_SLICES, kernel_fingerprint
-    from medseg.ct.hu import check_hu, checked_slices
+    from medseg.ct.hu import check_hu, checked_slices, read_hu_volume
     from medseg.io.dicom import decode_hu, open_series
-    from medseg.io.volume import is_volume_file, read_volume_sitk
+    from medseg.io.volume import is_volume_file
 
     path = Path(path)
     if is_volume_file(path):
-        volume, meta = read_volume_sitk(path)
+        volume, meta = read_hu_volume(path)
         spacing = meta.spacing
     else:
         try:

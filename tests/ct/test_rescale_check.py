@@ -104,3 +104,17 @@ def test_ct_report_fails_the_exam_without_rescale_and_scores_the_other(
     status = {i.name: (i.status, i.reason) for i in result.items}
     assert status["good"][0] == "ok" and status["bad"][0] == "failed"
     assert "not Hounsfield units" in status["bad"][1] and result.exit_code == 5
+
+
+def test_a_volume_without_air_is_not_hu_and_is_refused(small_exam_dir, tiny_weights, tmp_path):
+    """A NIfTI stored as HU + 1024 (a converter dropped the rescale) is refused, not converted."""
+    from medseg.io.dicom import open_series, read_series
+    from medseg.io.volume import write_volume_sitk
+
+    hu, meta = read_series(open_series(small_exam_dir / "B50f"))
+    raw = write_volume_sitk(tmp_path / "raw.nii.gz", hu + 1024, meta)
+    with pytest.raises(InputError, match="not CT numbers in Hounsfield units") as info:
+        convert(raw, tmp_path / "out.nii.gz", convert_config(weights=tiny_weights))
+    assert info.value.path == raw and not (tmp_path / "out.nii.gz").exists()
+    ok = write_volume_sitk(tmp_path / "hu.nii.gz", hu, meta)
+    assert convert(ok, tmp_path / "ok.nii.gz", convert_config(weights=tiny_weights)).exit_code == 0
