@@ -167,7 +167,7 @@ def brain_segment(
     from medseg.brain.io import resolve_cases
     from medseg.brain.segment import SegmentConfig, segment_cases
 
-    cases = resolve_cases(list(case_dirs), t1=t1, t1c=t1c, t2=t2, flair=flair)
+    cases = resolve_cases(list(case_dirs), t1=t1, t1c=t1c, t2=t2, flair=flair, exclude=[out])
     cfg = SegmentConfig(
         weights=list(weights) or None,
         labels=labels,

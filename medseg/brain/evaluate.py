@@ -39,6 +39,10 @@ def resolve_labels(values: set[int], labels: str, *, path: Path | None = None) -
 
     Detection: 4 and 3 present -> havaei (3 non-enhancing, 4 enhancing); 4 -> BraTS 2018-2021; 3 ->
     BraTS 2023+; neither -> BraTS 2018-2021 (0, 1, 2 mean the same in both BraTS conventions).
+    A map of only 0 and 1 is refused: it is a binary tumour mask far more often than a tumour that is
+    all necrosis without edema, and scoring it as label 1 (NCR/NET) would report a tumour-core Dice
+    against a whole-tumour outline and an enhancing-tumour score against nothing; ``--labels 2018``
+    (given, not ``auto``) reads it as NCR/NET.
     """
     labels = LABEL_ALIASES.get(labels, labels)
     if labels != "auto":
@@ -47,6 +51,14 @@ def resolve_labels(values: set[int], labels: str, *, path: Path | None = None) -
     if bad:
         raise InputError(
             f"label values {bad} are in no BraTS convention (2018-2021: 0, 1, 2, 4; 2023: 0, 1, 2, 3)",
+            path=path,
+        )
+    if values == {0, 1} or values == {1}:
+        raise InputError(
+            "holds only labels 0 and 1: a binary tumour mask, not a BraTS label map (1 NCR/NET, 2 edema, "
+            "4 or 3 enhancing), so tumour core and enhancing tumour cannot be scored against it; give the "
+            "BraTS label map, or --labels 2018 (--pred-labels 2018 for a prediction) if 1 really is "
+            "necrotic/non-enhancing core alone",
             path=path,
         )
     if 3 in values and 4 in values:
@@ -211,7 +223,7 @@ def evaluate_cases(
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise InputError("prediction folder not found", path=pred_dir)
-    dirs = expand_case_dirs(case_dirs)
+    dirs = expand_case_dirs(case_dirs, exclude=[pred_dir, out_dir])
     result = RunResult(command="brain-eval")
     pairs: list[EvalPair | ItemResult] = []
     for d in dirs:  # pre-flight: every case has ground truth and a prediction

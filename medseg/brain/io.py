@@ -147,6 +147,42 @@ def _tag(stem: str) -> str | None:
     return None
 
 
+# formats a case folder may hold that are not read here: what they are and how to get NIfTI
+UNREAD_FORMATS = {
+    ".hdr": "Analyze/NIfTI-pair .hdr/.img",
+    ".img": "Analyze/NIfTI-pair .hdr/.img",
+    ".mgz": "FreeSurfer .mgz",
+    ".mgh": "FreeSurfer .mgh",
+    ".dcm": "single DICOM files",
+}
+
+
+def _unread_hint(case_dir: Path, missing: list[str]) -> str:
+    """Why a modality looked missing: its file is there in a format not read, or DICOM files lie loose."""
+    unread: dict[str, list[str]] = {}
+    for entry in sorted(case_dir.iterdir()):
+        suffix = entry.suffix.lower()
+        if not entry.is_file() or suffix not in UNREAD_FORMATS:
+            continue
+        if suffix == ".img" and entry.with_suffix(".hdr").exists():
+            continue  # the pair is named once, by its header
+        if suffix == ".dcm" or _tag(entry.name[: -len(suffix)]) in missing:
+            unread.setdefault(UNREAD_FORMATS[suffix], []).append(entry.name)
+    if not unread:
+        return ""
+    parts = []
+    for kind, names in unread.items():
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        if kind == UNREAD_FORMATS[".dcm"]:
+            parts.append(
+                f"{len(names)} DICOM file(s) lie loose in the case folder ({shown}): put each series in "
+                "its own sub-folder named t1/, t1ce/, t2/, flair/"
+            )
+        else:
+            parts.append(f"{shown} are {kind}, which is not read: convert them to .nii.gz")
+    return "; ".join(parts)
+
+
 def find_case_files(case_dir: str | Path) -> CaseFiles:
     """Find T1/T1c/T2/FLAIR (and seg, if present) in a case folder by name (:data:`MODALITY_TAGS`).
 
@@ -174,11 +210,11 @@ def find_case_files(case_dir: str | Path) -> CaseFiles:
             )
     missing = [m for m in MODALITIES if m not in found]
     if missing:
-        raise InputError(
-            f"missing modality {', '.join(missing)} (expected names ending in t1/t1n, t1c/t1ce/t1gd/t1_post, "
-            f"t2/t2w, flair/t2f, e.g. <case>_t1ce.nii.gz, <case>-t2f.nii.gz or T1c.nii.gz)",
-            path=case_dir,
+        hint = _unread_hint(case_dir, missing) or (
+            "expected names ending in t1/t1n, t1c/t1ce/t1gd/t1_post, t2/t2w, flair/t2f, e.g. "
+            "<case>_t1ce.nii.gz, <case>-t2f.nii.gz or T1c.nii.gz"
         )
+        raise InputError(f"missing modality {', '.join(missing)} ({hint})", path=case_dir)
     files = CaseFiles(
         name=case_dir.name,
         modalities={m: found[m][0] for m in MODALITIES},
@@ -228,11 +264,13 @@ def resolve_cases(
     t1c: str | Path | None = None,
     t2: str | Path | None = None,
     flair: str | Path | None = None,
+    exclude: list[str | Path] | tuple = (),
 ) -> list[CaseFiles | Path]:
     """The cases of one command: four explicit modality paths, or case / cohort folders.
 
     Folders are only expanded here; their files are found in the pipeline's pre-flight, so a
     case folder with a missing modality fails as that case (in a batch) rather than the whole run.
+    ``exclude``: the command's output folder, never taken for a case of a cohort (:func:`expand_case_dirs`).
     """
     explicit = any(v is not None for v in (t1, t1c, t2, flair))
     if explicit and case_dirs:
@@ -241,7 +279,7 @@ def resolve_cases(
         return [case_from_paths(t1=t1, t1c=t1c, t2=t2, flair=flair)]
     if not case_dirs:
         raise InputError("nothing to segment: give CASE_DIR(s) or --t1 --t1c --t2 --flair")
-    return list(expand_case_dirs(list(case_dirs)))
+    return list(expand_case_dirs(list(case_dirs), exclude=exclude))
 
 
 def _refuse_4d(path: Path) -> None:
@@ -422,8 +460,28 @@ def write_seg(path: str | Path, seg: np.ndarray, geo: Geometry) -> Path:
     return write_volume_sitk(path, seg, geo.to_volume_meta(str(path)), dtype=np.uint8)
 
 
-def expand_case_dirs(paths: list[str | Path]) -> list[Path]:
-    """Case folders as given, or the case sub-folders of a cohort folder (one level down)."""
+def _holds(folder: Path, paths: list[Path]) -> Path | None:
+    """The first of ``paths`` that is ``folder`` or lies inside it (symlinks resolved), else None."""
+    try:
+        here = folder.resolve()
+    except OSError:
+        return None
+    for path in paths:
+        target = path.resolve()
+        if target == here or here in target.parents:
+            return path
+    return None
+
+
+def expand_case_dirs(paths: list[str | Path], *, exclude: list[str | Path] | tuple = ()) -> list[Path]:
+    """Case folders as given, or the case sub-folders of a cohort folder (one level down).
+
+    ``exclude``: this command's own output or prediction folders (``--out``, ``--pred``). A cohort
+    sub-folder that is one of them, or holds one, is not a case: ``brain-segment cohort/ --out
+    cohort/results`` run a second time, or ``brain-eval cohort/ --pred cohort/results``, would
+    otherwise take the results folder for a case (a failed item, or an output refused as an input).
+    """
+    skip = [Path(e) for e in exclude if e is not None]
     out: list[Path] = []
     for p in map(Path, paths):
         if not p.is_dir():
@@ -431,7 +489,12 @@ def expand_case_dirs(paths: list[str | Path]) -> list[Path]:
         has_images = any(_is_volume(f) and _tag(_stem(f)) for f in p.iterdir())
         subs = [d for d in sorted(p.iterdir()) if d.is_dir() and not d.name.startswith(".")]
         if not has_images and subs and all(_tag(d.name.lower()) is None for d in subs):
-            out.extend(subs)
+            for d in subs:
+                own = _holds(d, skip)
+                if own is not None:
+                    log.info("%s: not a case (it holds this command's output or predictions %s)", d, own)
+                    continue
+                out.append(d)
         else:
             out.append(p)
     return out

@@ -46,6 +46,7 @@ from medseg.brain.io import (
     skull_strip_warning,
     write_seg,
 )
+from medseg.brain.orientation import to_training_orientation
 from medseg.brain.postprocess import PostprocessConfig, postprocess  # noqa: F401 (re-exported)
 from medseg.brain.preprocess import PreprocessConfig, preprocess
 from medseg.brain.sampling import brain_boxes  # noqa: F401 (re-exported)
@@ -191,6 +192,11 @@ def plan_outputs(cases: list[CaseFiles | Path], out: Path) -> tuple[list[dict[st
     from medseg.io.volume import VOLUME_OUTPUT_SUFFIXES, has_volume_suffix
 
     single_file = len(cases) == 1 and has_volume_suffix(out, VOLUME_OUTPUT_SUFFIXES)
+    if len(cases) > 1 and has_volume_suffix(out, VOLUME_OUTPUT_SUFFIXES) and not out.is_dir():
+        raise InputError(
+            f"--out names one label-map file but {len(cases)} cases were given; give a folder for a batch",
+            path=out,
+        )
     segs = [out] if single_file else [out / f"{_case_name(c)}_seg.nii.gz" for c in cases]
     plans = []
     for seg in segs:
@@ -393,11 +399,13 @@ def _segment_one(
     t0 = time.perf_counter()
     warnings: list[str] = []
     try:
-        stack, geo = load_case(case, resample_to_modality=cfg.resample_to, warnings=warnings)
+        stack, input_geo = load_case(case, resample_to_modality=cfg.resample_to, warnings=warnings)
         stripped = skull_strip_warning(stack, name=case.name)
         if stripped:
             log.warning(stripped)
             warnings.append(stripped)
+        # sagittal/coronal or flipped storage: the nets see the axes they were trained on
+        stack, geo, to_input_grid = to_training_orientation(stack, input_geo)
         first = nets[0]
         zoom = first.zoom(geo.spacing, native=cfg.native_spacing)
         resampled = any(n.zoom(geo.spacing, native=cfg.native_spacing) is not None for n in nets)
@@ -424,7 +432,8 @@ def _segment_one(
             desc=desc,
             tta=cfg.tta,
         )
-        volumes = region_volumes_ml(seg, geo.spacing)
+        seg = to_input_grid(seg)
+        volumes = region_volumes_ml(seg, input_geo.spacing)
         record = {
             "case": case.name,
             "status": "ok",
@@ -436,7 +445,7 @@ def _segment_one(
             "inference_spacing_mm": run_yx,
             "resampled_to_training_spacing": resampled,
         }
-        _write_case(plan, seg, geo, record, cfg.labels)
+        _write_case(plan, seg, input_geo, record, cfg.labels)
     except (InputError, OSError) as exc:
         if strict:
             raise

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.brain.io import find_case_files, load_case, load_seg
+from medseg.brain.orientation import axis_codes, to_training_orientation
 from medseg.brain.preprocess import PreprocessConfig, preprocess
 from medseg.brain.sampling import TrainingCase
 from medseg.errors import InputError
@@ -91,6 +92,11 @@ def load_training_cases(
         else:
             stack, geo = load_case(f)
             seg = load_seg(f, geo, labels=labels)
+            if axis_codes(geo.direction) != "LPS":  # the voxel order brain-segment gives the nets
+                both, geo, _ = to_training_orientation(
+                    np.concatenate([stack, seg[None].astype(stack.dtype)]), geo
+                )
+                stack, seg = both[:-1], np.rint(both[-1]).astype(seg.dtype)
             norm, mask = preprocess(stack, geo.spacing, prep)
             box = brain_box(mask)
             norm, seg, mask = norm[(slice(None), *box)], seg[box], mask[box]

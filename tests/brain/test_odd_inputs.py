@@ -1,0 +1,175 @@
+"""Odd real-world inputs found in the robustness audit: voxel order, output folders inside a cohort,
+a file --out for a batch, binary masks given to brain-eval."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from click.testing import CliRunner
+from medseg_cli.main import cli
+
+from medseg.brain.evaluate import resolve_labels
+from medseg.brain.io import Geometry, expand_case_dirs, read_image
+from medseg.brain.orientation import axis_codes, to_training_orientation
+from medseg.errors import InputError
+
+MODS = ("t1", "t1ce", "t2", "flair", "seg")
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _reoriented_copy(
+    case: Path, dst: Path, order: tuple[int, int, int], flips: tuple[bool, bool, bool]
+) -> Path:
+    """The case with its voxel axes permuted/flipped, same patient geometry (SimpleITK keeps it)."""
+    dst.mkdir(parents=True)
+    for m in MODS:
+        img = sitk.ReadImage(str(case / f"{case.name}_{m}.nii.gz"))
+        out = sitk.Flip(sitk.PermuteAxes(img, list(order)), list(flips))
+        sitk.WriteImage(out, str(dst / f"{dst.name}_{m}.nii.gz"))
+    return dst
+
+
+ORIENTATIONS = {  # (PermuteAxes order, Flip axes) -> x, y, z anatomical codes
+    "sagittal": ((1, 2, 0), (False, False, False)),
+    "coronal-inferior": ((0, 2, 1), (False, True, False)),
+    "ras": ((0, 1, 2), (True, True, False)),
+}
+
+
+@pytest.mark.parametrize("name", ORIENTATIONS)
+def test_reorientation_recovers_the_training_order_and_back(brain_cases, tmp_path, name):
+    case = brain_cases[0]
+    ref, ref_geo = read_image(case / f"{case.name}_t1.nii.gz")
+    other = _reoriented_copy(case, tmp_path / name, *ORIENTATIONS[name])
+    arr, geo = read_image(other / f"{name}_t1.nii.gz")
+    assert axis_codes(geo.direction) != "LPS" and arr.shape != ref.shape or name == "ras"
+    out, out_geo, back = to_training_orientation(arr[None], geo)
+    assert np.array_equal(out[0], ref)  # the same voxels, no interpolation
+    assert out_geo.same_grid(ref_geo) == ""
+    assert np.array_equal(back(out[0]), arr)
+
+
+def test_training_order_is_left_alone():
+    stack = np.zeros((4, 3, 4, 5), np.float32)
+    geo = Geometry((3, 4, 5), (5.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    out, out_geo, back = to_training_orientation(stack, geo)
+    labels = stack[0]
+    assert out is stack and out_geo is geo and back(labels) is labels
+
+
+def test_sagittal_case_is_segmented_like_the_axial_one(brain_cases, tmp_path):
+    """A case stored sagittally: the nets see axial slices; the labels are written on the sagittal grid.
+
+    Before the fix the slice net ran on sagittal slices (labels differed from the axial case's)."""
+    case = brain_cases[0]
+    sag = _reoriented_copy(case, tmp_path / "sag", *ORIENTATIONS["sagittal"])
+    weights = Path(__file__).parents[2] / "medseg/weights/brain/brain_twopath_demo.safetensors"
+    common = ["--weights", weights, "--no-n4", "--no-tta", "--device", "cpu", "-q", "--json"]
+    outs = {}
+    for c in (case, sag):
+        res = _run("brain-segment", c, "--out", tmp_path / f"{c.name}.nii.gz", *common)
+        assert res.exit_code == 0, res.output
+        outs[c.name] = sitk.ReadImage(str(tmp_path / f"{c.name}.nii.gz"))
+    sag_img, sag_t1 = outs["sag"], sitk.ReadImage(str(sag / "sag_t1.nii.gz"))
+    assert sag_img.GetSize() == sag_t1.GetSize() and sag_img.GetDirection() == sag_t1.GetDirection()
+    back_axial = sitk.Flip(sitk.PermuteAxes(sag_img, [2, 0, 1]), [False, False, False])
+    assert np.array_equal(sitk.GetArrayFromImage(back_axial), sitk.GetArrayFromImage(outs[case.name]))
+
+
+def _eval_cohort(brain_cases, tmp_path) -> Path:
+    cohort = tmp_path / "cohort"
+    for c in brain_cases:
+        shutil.copytree(c, cohort / c.name)
+    return cohort
+
+
+def test_results_folder_inside_the_cohort_is_not_a_case(brain_cases, tmp_path):
+    """brain-segment cohort/ --out cohort/results, then brain-eval cohort/ --pred cohort/results."""
+    cohort = _eval_cohort(brain_cases, tmp_path)
+    results = cohort / "results"
+    results.mkdir()
+    for c in brain_cases:  # the predictions a first brain-segment run left there
+        shutil.copy(c / f"{c.name}_seg.nii.gz", results / f"{c.name}_seg.nii.gz")
+    assert expand_case_dirs([cohort], exclude=[results]) == [cohort / c.name for c in brain_cases]
+    assert expand_case_dirs([cohort], exclude=[results / "run2"]) == [cohort / c.name for c in brain_cases]
+    shutil.rmtree(cohort / brain_cases[1].name)  # one case is enough for the command (a faster report)
+    res = _run("brain-eval", cohort, "--pred", results, "--out", tmp_path / "qa", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [i["name"] for i in doc["items"]] == [brain_cases[0].name]
+    assert doc["items"][0]["metrics"]["dice_WT"] == 1.0
+
+
+def test_second_segment_run_into_a_results_folder_inside_the_cohort(brain_cases, tmp_path):
+    """The second run (--overwrite) must not take cohort/results for an input case (was exit 2)."""
+    cohort = _eval_cohort(brain_cases[:1], tmp_path)
+    weights = Path(__file__).parents[2] / "medseg/weights/brain/brain_twopath_demo.safetensors"
+    args = ["brain-segment", cohort, "--out", cohort / "results", "--weights", weights, "--no-n4", "--no-tta"]
+    args += ["--device", "cpu", "-q", "--json"]
+    (cohort / "results").mkdir()  # made by a first run (or by the user beforehand)
+    res = _run(*args)
+    assert res.exit_code == 0, res.output
+    assert [i["name"] for i in json.loads(res.stdout)["items"]] == [brain_cases[0].name]
+
+
+def test_file_out_for_a_batch_is_refused_before_any_work(brain_cases, tmp_path):
+    out = tmp_path / "seg.nii.gz"
+    res = _run("brain-segment", *brain_cases, "--out", out, "--json", "--device", "cpu")
+    assert res.exit_code == 2
+    doc = json.loads(res.stdout)
+    assert "names one label-map file but 2 cases" in doc["error"] and "seg.nii.gz" in doc["error"]
+    assert not out.exists()  # no folder called seg.nii.gz
+
+
+def test_binary_mask_is_not_scored_as_brats_labels(brain_cases, tmp_path):
+    with pytest.raises(InputError, match="binary tumour mask"):
+        resolve_labels({0, 1}, "auto")
+    assert resolve_labels({0, 1}, "2018") == "brats2021"  # given: taken at its word
+    assert resolve_labels({0}, "auto") == "brats2021"  # no tumour: scored the BraTS way
+    case = tmp_path / brain_cases[0].name
+    shutil.copytree(brain_cases[0], case)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    seg = case / f"{case.name}_seg.nii.gz"
+    shutil.copy(seg, pred / seg.name)
+    img = sitk.ReadImage(str(seg))
+    mask = sitk.GetImageFromArray((sitk.GetArrayFromImage(img) > 0).astype(np.uint8))
+    mask.CopyInformation(img)
+    sitk.WriteImage(mask, str(seg))  # the truth is now a whole-tumour mask
+    res = _run("brain-eval", case, "--pred", pred, "--out", tmp_path / "qa", "--json")
+    assert res.exit_code == 2, res.output
+    err = json.loads(res.stdout)["error"]
+    assert seg.name in err and "binary tumour mask" in err and "--labels 2018" in err
+    assert not (tmp_path / "qa").exists() or not any((tmp_path / "qa").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("names", "phrase"),
+    [
+        (("x_t1.hdr", "x_t1.img", "x_t1ce.hdr", "x_t1ce.img"), "x_t1.hdr, x_t1ce.hdr are Analyze/NIfTI-pair"),
+        (
+            ("x_t1.mgz", "x_t1ce.mgz", "x_t2.mgz", "x_flair.mgz"),
+            "x_t1.mgz, x_t1ce.mgz, x_t2.mgz are FreeSurfer",
+        ),
+        (("IM0001.dcm", "IM0002.dcm"), "2 DICOM file(s) lie loose in the case folder"),
+    ],
+)
+def test_missing_modality_says_which_files_are_in_a_format_not_read(tmp_path, names, phrase):
+    """Right names, unread format: the message says so instead of only listing the expected names."""
+    from medseg.brain.io import find_case_files
+
+    case = tmp_path / "case"
+    case.mkdir()
+    for n in names:
+        (case / n).write_bytes(b"\0" * 8)
+    with pytest.raises(InputError) as exc:
+        find_case_files(case)
+    assert "missing modality" in str(exc.value) and phrase in str(exc.value)
