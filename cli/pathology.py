@@ -92,13 +92,15 @@ Examples:
     type=POSITIVE_FLOAT,
     default=0.5,
     show_default=True,
-    help="Target microns per pixel (0.5 ~ one 400x field per 1024 px tile).",
+    help="Target microns per pixel (0.5 ~ one 400x field per 1024 px tile); must be the resolution "
+    "the detector was trained at (stored in its weights; refused otherwise).",
 )
 @click.option(
     "--slide-mpp",
     type=POSITIVE_FLOAT,
     default=None,
-    help="Level-0 microns per pixel when the slide lacks it (a finite number > 0).",
+    help="Level-0 microns per pixel when the slide lacks it or states a wrong one (a finite number > 0; "
+    "a level 0 more than 1.5x coarser than --mpp is refused).",
 )
 @click.option("--tile", type=click.IntRange(16), default=1024, show_default=True, help="Tile size at --mpp.")
 @click.option(

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import InputError, MedsegError, OutputExistsError
-from medseg.pathology.score import QC_FAILED, SLIDE_ERRORS, ScoreConfig, SlideResult, score_slide, slide_text
+from medseg.pathology.score import (
+    QC_FAILED,
+    SLIDE_ERRORS,
+    ScoreConfig,
+    SlideResult,
+    check_detector_resolution,
+    score_slide,
+    slide_text,
+)
 from medseg.results import FAILED, OK, SKIPPED, ItemResult, RunResult
 
 log = logging.getLogger("medseg.pathology")
@@ -209,6 +217,7 @@ def score_slides(
     if detector is None:
         weights_path, is_demo = resolve_weights(weights, demo=DEMO_WEIGHTS)
         detector = load_detector(weights_path, device=cfg.device, amp=cfg.amp)
+    check_detector_resolution(cfg, detector)  # before any slide: it would fail them all
     runtime = detector.describe() if hasattr(detector, "describe") else {}
     log.info(
         "scoring %d slide(s) on %s (%s) with %s",

@@ -118,6 +118,11 @@ def analysed_truth(rows: np.ndarray, summary: dict) -> np.ndarray:
     return rows[np.array([(a, b) in analysed for a, b in zip(r, c)], bool)]
 
 
+def _category(text: str) -> str:
+    """A category without its PTC count: "not assessable (12 PTCs)" and "(20 PTCs)" agree."""
+    return "not assessable" if text.startswith("not assessable") else text
+
+
 def evaluate_slide(
     detections: str | Path,
     truth: str | Path,
@@ -132,11 +137,15 @@ def evaluate_slide(
     With ``summary`` (slide-score's), detection metrics count only truth inside the scored
     tiles; the category agreement always uses every truth PTC of the slide.
     """
-    from medseg.pathology.prepare import enlarge_boxes, read_geojson_boxes
+    from medseg.pathology.prepare import check_inside, enlarge_boxes, outside_slide, read_geojson_boxes
     from medseg.pathology.score import banff_category
 
     pos_id, neg_id = LABELS[POSITIVE], LABELS[NEGATIVE]
     all_rows = read_geojson_boxes(truth)
+    if summary is not None and summary.get("slide_size"):
+        w, h = (int(v) for v in summary["slide_size"])
+        if check_inside(all_rows, w, h, Path(truth)):  # all outside: InputError, the slide fails
+            all_rows = all_rows[~outside_slide(all_rows, w, h)]
     rows = analysed_truth(all_rows, summary) if summary is not None else all_rows
     labels = rows[:, 4].astype(int)
     big = 1e12
@@ -146,17 +155,21 @@ def evaluate_slide(
     metrics = aggregate(per_class)
     n_pos, n_neg = int((all_rows[:, 4] == pos_id).sum()), int((all_rows[:, 4] == neg_id).sum())
     d_pos, d_neg = int((pl == pos_id).sum()), int((pl == neg_id).sum())
+    # the rule slide-score applied: below min_ptcs PTCs a slide has no category, truth included
+    min_ptcs = int((summary or {}).get("min_ptcs") or 1)
     metrics.update(
         {
-            "truth_category": banff_category(n_pos, n_neg)[0],
-            "predicted_category": banff_category(d_pos, d_neg)[0],
+            "truth_category": banff_category(n_pos, n_neg, min_ptcs)[0],
+            "predicted_category": banff_category(d_pos, d_neg, min_ptcs)[0],
             f"truth_{POSITIVE}": n_pos,
             f"truth_{NEGATIVE}": n_neg,
             f"pred_{POSITIVE}": d_pos,
             f"pred_{NEGATIVE}": d_neg,
         }
     )
-    metrics["category_agrees"] = metrics["truth_category"] == metrics["predicted_category"]
+    metrics["category_agrees"] = _category(metrics["truth_category"]) == _category(
+        metrics["predicted_category"]
+    )
     metrics["_counts"] = {c: per_class[c][0] for c in per_class}
     return metrics
 
@@ -170,6 +183,7 @@ def evaluate_results(
     and the others are still evaluated. ``summary`` holds the pooled metrics of the evaluated slides.
     """
     from medseg.io.atomic import safe_name
+    from medseg.pathology.slide import slide_stem
 
     cfg = config or EvalConfig()
     cfg.check()
@@ -185,7 +199,7 @@ def evaluate_results(
     per_class: dict[int, list] = {c: [] for c in CLASS_NAMES}
     agree = []
     for truth in map(Path, truths):
-        name = safe_name(truth.name.split(".")[0])
+        name = safe_name(slide_stem(truth))
         summary_path, det_path = (
             results_dir / name / "summary.json",
             results_dir / name / "detections.geojson",

@@ -225,7 +225,8 @@ def read_geojson_ptcs(
                 if point_size is None:
                     points_skipped += 1
                     continue
-                for x, y in np.array(coords, float).reshape(-1, 2):
+                pts = np.array(coords, float)  # a position may carry a third value (altitude / z)
+                for x, y in pts.reshape(-1, pts.shape[-1])[:, :2]:
                     rows.append((x - half, y - half, x + half, y + half, LABELS[name]))
                     outlines.append(circle + (x, y))
             elif kind in ("Polygon", "MultiPolygon"):
@@ -242,6 +243,35 @@ def read_geojson_ptcs(
     if points_skipped:
         log.warning("%s: skipped %d points (no point size given)", path.name, points_skipped)
     return np.array(rows, float).reshape(-1, 5), outlines
+
+
+def outside_slide(rows: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Rows (x0, y0, x1, y1, ...; level-0 px) whose box lies wholly outside the slide."""
+    return (rows[:, 2] <= 0) | (rows[:, 3] <= 0) | (rows[:, 0] >= width) | (rows[:, 1] >= height)
+
+
+def check_inside(rows: np.ndarray, width: int, height: int, path: Path) -> int:
+    """How many annotated PTCs (rows x0, y0, x1, y1, label; level-0 px) lie wholly outside the
+    ``width`` x ``height`` slide; InputError when all do: annotations of another slide, of another
+    pyramid level, or in micrometres would otherwise give tiles with no PTC in them, and a
+    detector trained on those learns that PTCs are background."""
+    if len(rows) == 0:
+        return 0
+    n = int(outside_slide(rows, width, height).sum())
+    if n == len(rows):
+        x0, y0 = rows[:, :2].min(0)
+        x1, y1 = rows[:, 2:4].max(0)
+        raise InputError(
+            f"all {n} annotated PTCs lie outside the slide ({width} x {height} px at level 0; they span "
+            f"x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f}): annotations of another slide, or in other "
+            "units than level-0 pixels?",
+            path=path,
+        )
+    if n:
+        log.warning(
+            "%s: %d of %d annotated PTCs lie outside the slide and are ignored", path.name, n, len(rows)
+        )
+    return n
 
 
 def read_geojson_boxes(
@@ -331,12 +361,13 @@ def _save_png(path: Path, rgb: np.ndarray) -> None:
 def _slide_records(slide_path: Path, ann_path: Path, staging: Path, cfg: PrepareConfig) -> list[dict]:
     """One slide's tissue tiles (written to ``staging/images``) and their enlarged, clipped boxes."""
     from medseg.io.atomic import safe_name
-    from medseg.pathology.slide import detect_tissue, open_slide
+    from medseg.pathology.slide import check_scale, detect_tissue, open_slide, slide_stem
     from medseg.pathology.tiling import make_grid, plan_slide_tiles, read_tile
 
     records = []
     backend = {} if cfg.reader == "auto" else {"reader": cfg.reader}
     with open_slide(slide_path, slide_mpp=cfg.slide_mpp, **backend) as slide:
+        check_scale(slide, cfg.target_mpp)
         rows, outlines = read_geojson_ptcs(
             ann_path, point_size=cfg.point_diameter_um / slide.mpp, class_map=cfg.class_map
         )
@@ -346,12 +377,13 @@ def _slide_records(slide_path: Path, ann_path: Path, staging: Path, cfg: Prepare
                 "with --class-map, e.g. Positive=C4d+,Negative=C4d-)",
                 path=ann_path,
             )
+        check_inside(rows, slide.width, slide.height, ann_path)
         grid = make_grid(slide, target_mpp=cfg.target_mpp, tile=cfg.tile, overlap=cfg.overlap)
         boxes = rows[:, :4] / grid.scale
         labels = rows[:, 4].astype(int)
         outlines = [np.asarray(o, float) / grid.scale for o in outlines]
         tissue = detect_tissue(slide)
-        stem = safe_name(slide_path.name.split(".")[0])
+        stem = safe_name(slide_stem(slide_path))
         for t in plan_slide_tiles(slide, grid, tissue, min_tissue=cfg.min_tissue):
             b, lab, polys = _tile_targets(boxes, labels, t.x, t.y, cfg.tile, cfg, outlines)
             name = f"{stem}_r{t.row:04d}_c{t.col:04d}.png"
@@ -405,12 +437,17 @@ def pair_annotations(slides: Iterable[str | Path], annotations: str | Path | Non
     annotations = Path(annotations) if annotations is not None else None
     if annotations is not None and not annotations.exists():
         raise InputError("annotations file or folder not found", path=annotations)
+    from medseg.pathology.slide import slide_stem
+
     pairs = []
     for s in map(Path, slides):
         if annotations is not None and annotations.is_file():
             pairs.append((s, annotations))
         else:
-            pairs.append((s, (annotations or s.parent) / f"{s.name.split('.')[0]}.geojson"))
+            folder = annotations or s.parent
+            # <name>.geojson, or QuPath's <name>.svs.geojson, or (older rule) up to the first dot
+            candidates = [folder / f"{n}.geojson" for n in (slide_stem(s), s.name, s.name.split(".")[0])]
+            pairs.append((s, next((c for c in candidates if c.is_file()), candidates[0])))
     return pairs
 
 
@@ -452,7 +489,9 @@ def prepare_dataset(
     else:
         if not slides:
             raise InputError("give SLIDES (with GeoJSON annotations) or --masks FOLDER")
-        jobs = [(s.name.split(".")[0], s, a) for s, a in pair_annotations(slides, annotations)]
+        from medseg.pathology.slide import slide_stem
+
+        jobs = [(slide_stem(s), s, a) for s, a in pair_annotations(slides, annotations)]
         sources = [str(s) for s in slides]
     check_apart(out, [*slides, annotations, masks])  # the dataset never replaces or fills an input
     if masks is None:

@@ -48,6 +48,7 @@ class SlideReader(ABC):
     level_dimensions: tuple[tuple[int, int], ...]  # (width, height) per level, level 0 first
     level_downsamples: tuple[float, ...]
     mpp: tuple[float, float] | None  # level-0 microns per pixel (x, y), None when the file has none
+    mpp_note: str | None = None  # why a scale the file states is not used (e.g. "openslide.mpp-x = 0")
     vendor: str = "unknown"
 
     @property
@@ -140,6 +141,9 @@ class OpenSlideReader(SlideReader):
         mx = _positive(props.get(openslide.PROPERTY_NAME_MPP_X))
         my = _positive(props.get(openslide.PROPERTY_NAME_MPP_Y))
         self.mpp = (mx, my or mx) if mx else None
+        stated = props.get(openslide.PROPERTY_NAME_MPP_X)
+        if self.mpp is None and stated is not None:
+            self.mpp_note = f"{openslide.PROPERTY_NAME_MPP_X} = {stated}"
 
     def get_best_level_for_downsample(self, downsample: float) -> int:
         return int(self.handle.get_best_level_for_downsample(downsample))
@@ -234,12 +238,18 @@ class TiffReader(SlideReader):
         self.vendor = "ome-tiff" if tif.is_ome else "tiff"
         dtype = self.series.dtype
         self._scale = None
-        if dtype != np.uint8 and dtype.kind in "ui":
-            # scale by the brightest value of the coarsest level (bounded: a few MB at most)
+        if dtype != np.uint8 and dtype.kind in "uif":
+            # scale by the brightest value of the coarsest level (bounded: a few MB at most); floats
+            # are taken as 0-1 unless they go beyond (then 0-max, like integers)
             lw, lh = self.level_dimensions[-1]
             if lw * lh <= 4096 * 4096:
-                top = float(np.max(self._raw(len(self.levels) - 1, 0, 0, lw, lh)))
-                self._scale = 255.0 / top if top > 0 else 1.0
+                top = float(np.nanmax(self._raw(len(self.levels) - 1, 0, 0, lw, lh)))
+                if not math.isfinite(top):
+                    raise CorruptSlide("TIFF with floating-point pixels that are NaN or infinite")
+                if dtype.kind == "f" and top <= 1.0:
+                    self._scale = 255.0
+                else:
+                    self._scale = 255.0 / top if top > 0 else 1.0
 
     def _check_complete(self) -> None:
         """Every tile/strip of every level lies inside the file: a cut download is named as such."""
@@ -268,6 +278,8 @@ class TiffReader(SlideReader):
         aperio = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", str(page.description or ""))
         if aperio and _positive(aperio.group(1)):  # Aperio SVS keeps its scale in the description
             return (float(aperio.group(1)),) * 2
+        if aperio:
+            self.mpp_note = f"Aperio MPP = {aperio.group(1)}"
         tags = page.tags
         xr, yr, unit = tags.get("XResolution"), tags.get("YResolution"), tags.get("ResolutionUnit")
         if xr is None:
@@ -393,6 +405,20 @@ def open_reader(path: str | Path, reader: str = "auto") -> SlideReader:
             raise InputError(str(exc), path=path) from None
         except UnsupportedSlide as exc:
             raise InputError(str(exc), path=path) from None
+        for level in rd.series_files(path)[1:]:  # the other instances (levels) of a multi-file slide
+            try:
+                rd.check_dicom(level)
+            except CorruptSlide as exc:
+                raise InputError(f"its pyramid level {level.name}: {exc}", path=path) from None
+            except UnsupportedSlide:
+                continue
+    elif kind == "tiff":
+        from medseg.pathology.tiff_check import check_tiff
+
+        try:
+            check_tiff(path)  # a cut copy is named as such, before a reader calls it "unsupported"
+        except CorruptSlide as exc:
+            raise InputError(str(exc), path=path) from None
     backends = {
         "openslide": [OpenSlideReader],
         "tifffile": [TiffReader],
@@ -426,15 +452,32 @@ def open_reader(path: str | Path, reader: str = "auto") -> SlideReader:
     raise InputError(f"not a slide the {reader} reader can open ({detail})", path=path)
 
 
+def _samples_openslide_cannot_decode(path: Path) -> bool:
+    """Float or 32-bit samples: OpenSlide's generic TIFF driver opens such files, then fails on
+    every read (libtiff's RGBA interface handles 8- and 16-bit integers only)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            page = tif.pages.first
+            return page.dtype is None or page.dtype.kind == "f" or page.dtype.itemsize > 2
+    except Exception:  # noqa: BLE001 - unreadable here: let the readers say why
+        return False
+
+
 def _prefer_tifffile(r: SlideReader, path: Path) -> SlideReader:
     """A generic TIFF that OpenSlide reads without a scale or without a pyramid (an OME-TIFF keeps
     both in places OpenSlide does not look: OME-XML, SubIFDs): tifffile's view wins when it has more."""
-    if r.mpp is not None and r.level_count > 1:
+    odd = _samples_openslide_cannot_decode(path)
+    if r.mpp is not None and r.level_count > 1 and not odd:
         return r
     try:
         t = TiffReader(path)
     except (UnsupportedSlide, CorruptSlide):
         return r
+    if odd:  # OpenSlide opens it but fails on every region ("can not handle 32-bit samples")
+        r.close()
+        return t
     gains_mpp = t.mpp is not None and r.mpp is None
     keeps_mpp = t.mpp is not None or r.mpp is None
     if keeps_mpp and (gains_mpp or t.level_count > r.level_count):

@@ -13,6 +13,7 @@ import logging
 import math
 import struct
 import threading
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -53,7 +54,8 @@ class DicomInfo:
 def _read_header(path: Path):
     import pydicom
 
-    with path.open("rb") as fp:
+    with path.open("rb") as fp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a damaged header is said in one line below, not as warnings
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged headers
@@ -68,6 +70,8 @@ def check_dicom(path: Path) -> DicomInfo:
     UnsupportedSlide when it is valid DICOM but not a VL Whole Slide Microscopy image."""
     ds, pos = _read_header(path)
     sop = str(ds.get("SOPClassUID", ""))
+    if not sop:
+        raise CorruptSlide("DICOM header without a SOP Class UID: damaged, or not an image file")
     if sop != WSI_SOP_CLASS:
         name = getattr(ds.get("SOPClassUID"), "name", "") or sop or "no SOP class"
         raise UnsupportedSlide(f"valid DICOM, but not a VL Whole Slide Microscopy image ({name})")

@@ -97,6 +97,22 @@ class ScoreConfig:
             raise InputError("DAB pattern check: tiles >= 0 (0: off), tile >= 64 px, mpp > 0")
 
 
+def check_detector_resolution(cfg: ScoreConfig, detector) -> None:
+    """``--mpp`` must be the resolution the detector was trained at (stored in its weights): at
+    another one every PTC has the wrong size in pixels and the counts come out silently wrong
+    (the demo detector at --mpp 1.0 finds none on a slide where it finds 30 at 0.5)."""
+    trained = getattr(getattr(detector, "config", None), "target_mpp", None)
+    if not isinstance(trained, (int, float)) or not trained > 0:
+        return  # a detector that does not say (a plug-in): the user's --mpp stands
+    if abs(cfg.target_mpp - trained) > 0.02 * trained:
+        raise InputError(
+            f"--mpp {cfg.target_mpp:g} is not the resolution the detector was trained at "
+            f"({trained:g} um/px, stored in its weights): PTCs would have the wrong size in pixels "
+            f"and the counts would be wrong; use --mpp {trained:g} (the slide's own scale is "
+            "--slide-mpp)"
+        )
+
+
 def banff_category(pos: int, neg: int, min_ptcs: int = 1) -> tuple[str, float]:
     """Banff C4d category for IHC on paraffin from PTC counts: (category, percent positive).
 
@@ -379,11 +395,12 @@ def open_scoring_slide(path: str | Path, cfg: ScoreConfig):
 def plan_slide(slide, path: str | Path, cfg: ScoreConfig, name: str) -> SlidePlan | SlideResult:
     """Phase 1 on an open slide: tissue, stain QC, tile plan; a slide QC keeps from scoring is
     returned finished (a :class:`SlideResult` with status ``qc_failed``)."""
-    from medseg.pathology.slide import TISSUE_DOWNSAMPLE, detect_tissue, read_downsampled
+    from medseg.pathology.slide import TISSUE_DOWNSAMPLE, check_scale, detect_tissue, read_downsampled
     from medseg.pathology.stain_qc import assess_stain
     from medseg.pathology.tiling import make_grid, plan_slide_tiles
 
     t0 = time.time()
+    check_scale(slide, cfg.target_mpp, coarse=False)  # before any read: a bogus fine scale = huge tiles
     grid = make_grid(slide, target_mpp=cfg.target_mpp, tile=cfg.tile, overlap=cfg.overlap)
     try:
         tissue = detect_tissue(slide)
@@ -402,6 +419,7 @@ def plan_slide(slide, path: str | Path, cfg: ScoreConfig, name: str) -> SlidePla
     log.info("%s: %s (%s)", name, qc.summary(), look)
     if not qc.passed and not cfg.skip_stain_qc:
         return _not_scored(slide, name, path, t0, qc, look, cfg, tissue=tissue)
+    check_scale(slide, cfg.target_mpp, fine=False)  # too coarse to score (said after "this is H&E")
     tiles = plan_slide_tiles(slide, grid, tissue, min_tissue=cfg.min_tissue)
     if not tiles:
         raise InputError("no tissue tile at the target resolution", path=path)
@@ -543,6 +561,7 @@ def score_slide(
     from medseg.pathology.feasibility import load_hook
 
     cfg = config or ScoreConfig()
+    check_detector_resolution(cfg, detector)
     feasible = feasible or load_hook(cfg.feasibility)
     name = name or Path(path).stem
     with open_scoring_slide(path, cfg) as slide:

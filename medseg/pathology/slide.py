@@ -18,6 +18,10 @@ from medseg.pathology.readers import SlideReader
 
 log = logging.getLogger("medseg.pathology")
 
+# level-0 scales a brightfield slide can have: finer than 0.05 um/px is below any scanner's optics
+# (a wrong unit or a broken tag); coarser than 1.5x the target means upsampling blurred pixels
+MIN_PLAUSIBLE_MPP = 0.05
+MAX_UPSAMPLE = 1.5
 TISSUE_DOWNSAMPLE = 32  # level-0 pixels per tissue-mask pixel (about 16 um at 0.5 um/px)
 _STRIP = 2048
 
@@ -102,14 +106,40 @@ def open_slide(path: str | Path, *, slide_mpp: float | None = None, reader: str 
                 mpp, source = (found[0] + found[1]) / 2, "ImagedVolumeWidth/Height"
                 log.warning("%s: %s", path.name, found[2])
         if mpp is None:
-            raise InputError(
-                "slide has no microns-per-pixel metadata; pass --slide-mpp (e.g. 0.25 for 40x, 0.5 for 20x)",
-                path=path,
+            what = (
+                f"slide's microns-per-pixel metadata is not a usable scale ({handle.mpp_note})"
+                if handle.mpp_note
+                else "slide has no microns-per-pixel metadata"
             )
+            raise InputError(f"{what}; pass --slide-mpp (e.g. 0.25 for 40x, 0.5 for 20x)", path=path)
     except BaseException:
         handle.close()
         raise
     return Slide(path, handle, width, height, mpp, source, handle.vendor, handle.backend)
+
+
+def check_scale(slide: Slide, target_mpp: float, *, fine: bool = True, coarse: bool = True) -> None:
+    """Refuse a level-0 scale that cannot be analysed at ``target_mpp`` (InputError naming the file):
+    one finer than any scanner resolves (wrong metadata: tiles would cover huge level-0 regions) or
+    one so coarse that tiles would be upsampled, where capillaries are a few blurred pixels and a
+    detector still answers (a slide whose MPP said 5 came out "C4d3" from 178 phantom PTCs).
+    ``fine`` / ``coarse`` pick the two checks (scoring checks the fine limit before any read and
+    the coarse one after the stain QC, so an H&E overview is still called an H&E)."""
+    source = "--slide-mpp" if slide.mpp_source == "--slide-mpp" else f"the slide's {slide.mpp_source}"
+    fix = "pass --slide-mpp with the true scale" if slide.mpp_source != "--slide-mpp" else "check --slide-mpp"
+    if fine and slide.mpp < MIN_PLAUSIBLE_MPP:
+        raise InputError(
+            f"level-0 scale {slide.mpp:g} um/px (from {source}) is finer than any slide scanner "
+            f"(about 0.1 um/px at most): the scale is wrong; {fix}",
+            path=slide.path,
+        )
+    if coarse and slide.mpp > target_mpp * MAX_UPSAMPLE:
+        raise InputError(
+            f"level-0 scale {slide.mpp:g} um/px (from {source}) is {slide.mpp / target_mpp:.1f}x coarser "
+            f"than the {target_mpp:g} um/px the analysis needs: capillaries (5-15 um) would be a few "
+            f"blurred pixels; scan at {target_mpp:g} um/px or finer (20x or 40x), or {fix}",
+            path=slide.path,
+        )
 
 
 def read_downsampled(slide: Slide, downsample: float) -> tuple[np.ndarray, float]:
@@ -292,13 +322,39 @@ def _dicom_slides(files: list[Path]) -> list[Path]:
     return sorted(p for _w, p in best.values())
 
 
+_ANNOTATION_SUFFIXES = (".geojson", ".json")
+
+
+def slide_stem(path: str | Path) -> str:
+    """A slide's name without its extensions: ``a.svs``, ``a.ome.tiff`` and the annotations
+    ``a.geojson`` or ``a.svs.geojson`` (QuPath's "image name + .geojson") all give ``a``.
+
+    Only known extensions go, so dots inside a name stay (``S12-345.2 C4d.svs`` and DICOM files
+    named by their UID, ``1.2.826.0.1.3680043.8.498.1.dcm``, keep their whole name; cutting at the
+    first dot made every UID-named slide ``1``, ``1_2``, ...).
+    """
+    name = Path(path).name
+    for group in (
+        _ANNOTATION_SUFFIXES,
+        (".ome.tiff", ".ome.tif", ".ome.btf", ".ome.tf8", ".ome.tf2", ".ome"),
+    ):
+        low = name.lower()
+        cut = next((e for e in group if low.endswith(e) and len(name) > len(e)), None)
+        if cut is None and group is not _ANNOTATION_SUFFIXES:
+            suffix = Path(name).suffix.lower()
+            cut = suffix if suffix in SLIDE_EXTENSIONS and len(name) > len(suffix) else None
+        if cut:
+            name = name[: -len(cut)]
+    return name
+
+
 def unique_names(paths: list[Path]) -> list[str]:
     """One safe, unique output folder name per slide (``a``, ``a_2``, ... for equal stems)."""
     from medseg.io.atomic import safe_name
 
     names, seen = [], {}
     for p in paths:
-        base = safe_name(p.name.split(".")[0], default="slide")
+        base = safe_name(slide_stem(p), default="slide")
         n = seen.get(base, 0)
         seen[base] = n + 1
         names.append(base if n == 0 else f"{base}_{n + 1}")

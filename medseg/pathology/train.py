@@ -23,7 +23,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.pathology.detector import MODEL_NAME, DetectorConfig, build_detector
-from medseg.pathology.labels import CLASS_NAMES, CLASSES
+from medseg.pathology.labels import CLASS_NAMES, CLASSES, LABELS
 
 log = logging.getLogger("medseg.pathology")
 
@@ -60,15 +60,45 @@ def load_dataset(folder: str | Path) -> tuple[dict, list[dict]]:
         meta = json.loads(ann.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"unreadable annotations.json: {exc}", path=ann) from None
+    if not isinstance(meta, dict):
+        raise InputError("annotations.json is not a slide-prepare dataset (not a JSON object)", path=ann)
     records = meta.get("images", [])
+    if not isinstance(records, list):
+        raise InputError('annotations.json: "images" is not a list', path=ann)
     if not records:
         raise InputError("dataset has no images", path=folder)
+    for index, rec in enumerate(records):
+        problem = _record_problem(rec)
+        if problem:
+            raise InputError(f"annotations.json, image record {index}: {problem}", path=ann)
     missing = [r["file"] for r in records if not (folder / r["file"]).is_file()]
     if missing:
         raise InputError(
             f"{len(missing)} image(s) of the dataset are missing, e.g. {missing[0]}", path=folder
         )
     return meta, records
+
+
+def _record_problem(rec) -> str | None:
+    """Why one image record of annotations.json cannot be trained on (None when it can): checked
+    before training, where a bad record would stop the run with a traceback after minutes."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    file = rec.get("file")
+    if not isinstance(file, str) or not file or Path(file).is_absolute() or ".." in Path(file).parts:
+        return f"'file' must be a path inside the dataset folder, got {file!r}"
+    try:
+        boxes = np.asarray(rec.get("boxes", []), float).reshape(-1, 4)
+        labels = np.asarray(rec.get("labels", []))
+    except (TypeError, ValueError):
+        return "'boxes' must be lists of 4 numbers (x0, y0, x1, y1)"
+    if not np.isfinite(boxes).all():
+        return "'boxes' hold NaN or infinite values"
+    if len(labels) != len(boxes) or (len(labels) and not np.isin(labels, list(LABELS.values())).all()):
+        return f"'labels' must be one of {sorted(LABELS.values())} per box ({len(boxes)} boxes, {len(labels)} labels)"
+    if len(boxes) and ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
+        return "a box has x1 < x0 or y1 < y0"
+    return None
 
 
 def split_records(records: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict], str]:

@@ -1,0 +1,267 @@
+"""Odd real-world slide files and annotations (robustness audit): each was answered wrongly before.
+
+- a TIFF cut before its directories (Aperio writes them at the end) was "valid TIFF, no reader
+  supports its layout"; an OME-TIFF cut inside its OME-XML was "no microns-per-pixel metadata";
+- an MPP of 5 um/px (a wrong scale, or a 2x scan) was upsampled and scored "C4d3" from phantom PTCs;
+  an MPP of 0 was "no metadata";
+- ``--mpp`` other than the detector's training resolution silently gave wrong counts;
+- a float TIFF was opened by OpenSlide, then every read failed as "corrupt or truncated?";
+- a multi-file DICOM slide with one damaged level failed without naming that file;
+- slides named with dots (DICOM UIDs) were all called ``1``, ``1_2``, ...;
+- annotations lying wholly outside the slide made training tiles with no PTC (exit 0);
+- slide-eval gave categories from 1 PTC where slide-score had said "not assessable".
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from medseg.errors import InputError
+from medseg.pathology.slide import check_scale, open_slide, slide_stem, unique_names
+
+from .test_readers import SHARED_SVS, _image, write_dicom_wsi, write_ome_pyramid
+
+
+def _aperio(path: Path, mpp: float = 0.5, size: tuple[int, int] = (1024, 768)) -> Path:
+    from medseg.synthetic.slides import SlideSpec, write_slide
+
+    write_slide(path, SlideSpec(width=size[0], height=size[1], seed=3, mpp=mpp), flavour="aperio")
+    return path
+
+
+# --------------------------------------------------------------------------- truncated TIFFs
+
+
+def test_tiff_whose_directory_lies_past_the_cut_is_named_truncated(tmp_path):
+    """Aperio-like layout: pixel data first, directory at the end; the copy stops before it."""
+    path = tmp_path / "cut.svs"
+    header = b"II*\x00" + struct.pack("<I", 50_000)
+    path.write_bytes(header + bytes(20_000))
+    for reader in ("auto", "openslide", "tifffile"):
+        with pytest.raises(InputError, match="truncated TIFF file: the first image directory") as info:
+            open_slide(path, reader=reader)
+        assert "cut.svs" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_ome_tiff_cut_inside_its_metadata_is_truncated_not_without_scale(tmp_path):
+    path = tmp_path / "slide.ome.tif"
+    write_ome_pyramid(path, _image(seed=5), mpp=0.5)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.ome.tif"
+    cut.write_bytes(data[:-40])  # tifffile writes the OME-XML description last
+    with pytest.raises(InputError, match="truncated TIFF file"):
+        open_slide(cut)
+    with open_slide(path) as s:  # the whole file still opens
+        assert s.mpp == pytest.approx(0.5)
+
+
+def test_real_svs_cut_in_half_is_truncated():
+    if not SHARED_SVS.is_file():
+        pytest.skip(f"real SVS absent ({SHARED_SVS})")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        cut = Path(d) / "half.svs"
+        data = SHARED_SVS.read_bytes()
+        cut.write_bytes(data[: len(data) // 2])
+        with pytest.raises(InputError, match="truncated TIFF file"):
+            open_slide(cut)
+    with open_slide(SHARED_SVS) as s:
+        assert s.backend == "openslide"
+
+
+# --------------------------------------------------------------------------- scale
+
+
+def test_implausible_scales_are_refused_in_words(tmp_path):
+    coarse = _aperio(tmp_path / "coarse.svs", mpp=5.0)
+    with (
+        open_slide(coarse) as s,
+        pytest.raises(InputError, match=r"10.0x coarser than the 0.5 um/px") as info,
+    ):
+        check_scale(s, 0.5)
+    assert "coarse.svs" in str(info.value) and "--slide-mpp" in str(info.value)
+    with (
+        open_slide(coarse, slide_mpp=0.01) as s,
+        pytest.raises(InputError, match="finer than any slide scanner"),
+    ):
+        check_scale(s, 0.5)
+    with open_slide(coarse, slide_mpp=0.25) as s:
+        check_scale(s, 0.5)  # a 40x scan is fine
+
+
+def test_coarse_slide_is_a_failed_row_not_a_category(tmp_path):
+    from medseg.pathology.batch import score_slides
+    from medseg.pathology.score import ScoreConfig
+
+    from .test_score import ColourDetector
+
+    coarse = _aperio(tmp_path / "coarse.svs", mpp=5.0)
+    run = score_slides([coarse], tmp_path / "out", ScoreConfig(device="cpu"), detector=ColourDetector())
+    assert run.exit_code == 5
+    assert run.items[0].status == "failed" and "coarser" in run.items[0].reason
+
+
+def test_zero_mpp_says_the_metadata_is_not_usable(tmp_path):
+    ok = _aperio(tmp_path / "ok.svs")
+    zero = tmp_path / "zero.svs"
+    zero.write_bytes(ok.read_bytes().replace(b"MPP = 0.5000", b"MPP = 0.0000"))
+    for reader in ("auto", "tifffile"):
+        with pytest.raises(InputError, match=r"not a usable scale \(.*= 0(\.0000)?\); pass --slide-mpp"):
+            open_slide(zero, reader=reader)
+
+
+def test_mpp_other_than_the_detectors_is_refused_before_any_work(tmp_path, small_slide):
+    from medseg.pathology.batch import score_slides
+    from medseg.pathology.score import ScoreConfig, check_detector_resolution
+
+    detector = SimpleNamespace(config=SimpleNamespace(margins={}, target_mpp=0.5), source="x", predict=None)
+    check_detector_resolution(ScoreConfig(target_mpp=0.5), detector)
+    with pytest.raises(InputError, match=r"--mpp 1 is not the resolution the detector was trained at \(0.5"):
+        score_slides([small_slide[0]], tmp_path / "out", ScoreConfig(target_mpp=1.0), detector=detector)
+    assert not (tmp_path / "out").exists()
+    plug_in = SimpleNamespace(config=SimpleNamespace(margins={}), source="x", predict=None)
+    check_detector_resolution(ScoreConfig(target_mpp=1.0), plug_in)  # says nothing: not checked
+
+
+# --------------------------------------------------------------------------- pixel types
+
+
+def test_float_tiff_is_read_by_tifffile(tmp_path):
+    import tifffile
+
+    img = _image(256, 320, seed=6)
+    for name, data in (("unit.tif", img.astype(np.float32) / 255), ("wide.tif", img.astype(np.float32))):
+        tifffile.imwrite(
+            tmp_path / name, data, photometric="rgb", tile=(64, 64),
+            resolution=(2e4, 2e4), resolutionunit="CENTIMETER",
+        )  # fmt: skip
+        with open_slide(tmp_path / name) as s:
+            assert s.backend == "tifffile"
+            got = s.read_rgb((10, 20), 0, (100, 80)).astype(int)
+            assert np.abs(got - img[20:100, 10:110]).max() <= 2 if name == "unit.tif" else got.mean() > 50
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def test_multi_file_dicom_with_a_damaged_level_names_that_file(tmp_path):
+    from pydicom.uid import generate_uid
+
+    img = _image(256, 256, seed=2)
+    uids = (generate_uid(), generate_uid(), generate_uid())
+    write_dicom_wsi(tmp_path / "level0.dcm", img, sparse=False, uids=uids)
+    write_dicom_wsi(tmp_path / "level1.dcm", img[::2, ::2].copy(), sparse=False, spacing_mm=0.001, uids=uids)
+    data = (tmp_path / "level1.dcm").read_bytes()
+    (tmp_path / "level1.dcm").write_bytes(data[: len(data) - 5000])
+    with pytest.raises(InputError, match=r"level0.dcm: its pyramid level level1.dcm: truncated DICOM"):
+        open_slide(tmp_path / "level0.dcm")
+
+
+# --------------------------------------------------------------------------- names
+
+
+def test_names_keep_dots_and_annotations_pair_with_qupath_names(tmp_path):
+    uid = "1.2.826.0.1.3680043.8.498.12345"
+    assert unique_names([Path(f"{uid}.dcm"), Path("1.2.826.0.1.3680043.8.498.999.dcm")]) == [
+        uid,
+        "1.2.826.0.1.3680043.8.498.999",
+    ]
+    assert [slide_stem(n) for n in ("a.svs", "a.ome.tiff", "a.svs.geojson", "S1.2 C4d.ndpi")] == [
+        "a", "a", "a", "S1.2 C4d",
+    ]  # fmt: skip
+    from medseg.pathology.prepare import pair_annotations
+
+    (tmp_path / "a.svs.geojson").write_text("{}")
+    assert pair_annotations([tmp_path / "a.svs"], None) == [(tmp_path / "a.svs", tmp_path / "a.svs.geojson")]
+
+
+# --------------------------------------------------------------------------- annotations
+
+
+def _shifted(truth: Path, out: Path, dx: float) -> Path:
+    fc = json.loads(truth.read_text())
+    for f in fc["features"]:
+        f["geometry"]["coordinates"] = [[[x + dx, y] for x, y in f["geometry"]["coordinates"][0]]]
+    out.write_text(json.dumps(fc))
+    return out
+
+
+def test_annotations_outside_the_slide_fail_that_slide(tmp_path, small_slide):
+    from medseg.pathology.prepare import prepare_dataset
+
+    slide, truth, _synth = small_slide
+    ann = _shifted(truth, tmp_path / "far.geojson", 100_000)
+    run = prepare_dataset([slide], tmp_path / "ds", annotations=ann)
+    assert run.exit_code == 5 and not (tmp_path / "ds").exists()
+    assert "all 45 annotated PTCs lie outside the slide (2048 x 1536 px" in run.items[0].reason or (
+        "annotated PTCs lie outside the slide" in run.items[0].reason
+    )
+
+
+def test_points_with_a_third_coordinate_are_ptcs(tmp_path):
+    from medseg.pathology.prepare import read_geojson_boxes
+
+    fc = {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "properties": {"classification": {"name": "C4d+"}},
+             "geometry": {"type": "MultiPoint", "coordinates": [[100, 200, 0], [300, 400, 0]]}},
+            {"type": "Feature", "properties": {"classification": {"name": "C4d-"}},
+             "geometry": {"type": "Point", "coordinates": [50, 60, 1.5]}},
+        ],
+    }  # fmt: skip
+    (tmp_path / "z.geojson").write_text(json.dumps(fc))
+    rows = read_geojson_boxes(tmp_path / "z.geojson", point_size=10)
+    centres = ((rows[:, :2] + rows[:, 2:4]) / 2).tolist()
+    assert centres == [[100, 200], [300, 400], [50, 60]]
+
+
+def test_eval_categories_follow_min_ptcs(tmp_path):
+    from medseg.pathology.evaluate import evaluate_slide
+
+    feat = {
+        "type": "Feature",
+        "properties": {"classification": {"name": "C4d+"}, "detection_box": [0, 0, 40, 40], "score": 0.9},
+        "geometry": {"type": "Polygon", "coordinates": [[[10, 10], [30, 10], [30, 30], [10, 30], [10, 10]]]},
+    }
+    (tmp_path / "d.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feat]}))
+    summary = {"min_ptcs": 30, "slide_size": [1000, 1000]}
+    m = evaluate_slide(
+        tmp_path / "d.geojson", tmp_path / "d.geojson", margins={"C4d+": 10, "C4d-": 10}, scale=1.0,
+        summary=summary,
+    )  # fmt: skip
+    assert m["predicted_category"].startswith("not assessable") and m["category_agrees"]
+
+
+# --------------------------------------------------------------------------- training data
+
+
+@pytest.mark.parametrize(
+    "meta, phrase",
+    [
+        ([1, 2], "not a JSON object"),
+        ({"images": {"a": 1}}, '"images" is not a list'),
+        ({"images": [{"boxes": []}]}, "record 0: 'file' must be a path inside"),
+        ({"images": [{"file": "../x.png", "boxes": [], "labels": []}]}, "'file' must be a path inside"),
+        ({"images": [{"file": "a.png", "boxes": [[1, 2, float("nan"), 4]], "labels": [1]}]}, "NaN"),
+        ({"images": [{"file": "a.png", "boxes": [[1, 2, 3]], "labels": [1]}]}, "lists of 4 numbers"),
+        ({"images": [{"file": "a.png", "boxes": [[1, 2, 3, 4]], "labels": [7]}]}, "'labels' must be one of"),
+        ({"images": [{"file": "a.png", "boxes": [[5, 2, 3, 4]], "labels": [1]}]}, "x1 < x0"),
+    ],
+)
+def test_damaged_training_dataset_is_refused_before_training(tmp_path, meta, phrase):
+    """A hand-edited or foreign annotations.json was an internal error (exit 1, AttributeError /
+    KeyError) or a crash minutes into training."""
+    from medseg.pathology.train import load_dataset
+
+    (tmp_path / "annotations.json").write_text(json.dumps(meta))
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(InputError, match=phrase):
+        load_dataset(tmp_path)
