@@ -128,6 +128,11 @@ def evaluate_labels(truth: np.ndarray, pred: np.ndarray, config: EvalConfig | No
     }
 
 
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Pooled object counts (dataset-level AP/F1 from TP/FP/FN summed over the images: ``ap50``,
     ``map_50_95``) and the mean of per-image values (``mean_image_ap50``, ``mean_image_map_50_95``,
@@ -135,7 +140,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not rows:
         return {}
     keys = ["pixel_iou", "pixel_dice", "adapted_rand_error"]
-    out: dict[str, Any] = {f"mean_{k}": float(np.nanmean([r[k] for r in rows])) for k in keys}
+    # a metric undefined on every image (no true cell anywhere: Rand error) is NaN, without numpy's warning
+    out: dict[str, Any] = {f"mean_{k}": _nanmean([r[k] for r in rows]) for k in keys}
     tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
     out.update(
         {
@@ -213,6 +219,20 @@ def read_groups(group_by: str | None, truth_dir: Path) -> tuple[dict[str, str], 
     return groups, f"{path}:{column}"
 
 
+def pages_side_by_side(labels: np.ndarray, per_page: Any = None) -> np.ndarray:
+    """A stack's labels (P, H, W) as one (H, P * W) image whose pages' cells stay apart (each page's
+    labels shifted past the previous page's), so a stack is scored as all its pages' cells pooled;
+    ``per_page`` (e.g. binary mask -> components) is applied to each page first. 2D labels pass as they are."""
+    if labels.ndim == 2:
+        return per_page(labels) if per_page else labels
+    pages, offset = [], 0
+    for page in labels:
+        page = (per_page(page) if per_page else page).astype(np.int64)
+        pages.append(np.where(page > 0, page + offset, 0))
+        offset = int(pages[-1].max(initial=offset))
+    return np.concatenate(pages, axis=1)
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in ("_labels.tif", "_labels.tiff", ".tif", ".tiff", ".png"):
@@ -227,14 +247,22 @@ def _find_truth(pred_path: Path, truth_dir: Path) -> Path | None:
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
             break
+    from medseg.io.atomic import safe_name
+
+    bases: list[tuple[str, Path]] = []
     for cand in sorted(truth_dir.iterdir()):
         base = cand.stem
         for tag in ("_mask", "_masks", "_labels", "_label", "_gt"):
             if base.endswith(tag):
                 base = base[: -len(tag)]
-        if base == stem and cand.suffix.lower() in (".png", ".tif", ".tiff"):
-            return cand
-    return None
+        if cand.suffix.lower() in (".png", ".tif", ".tiff") and not cand.name.startswith("."):
+            if base == stem:
+                return cand
+            bases.append((base, cand))
+    # cells-segment names its outputs after the image with spaces and other characters replaced
+    # ("slide 1 é.png" -> "slide_1_labels.tif"): the truth "slide 1 é_mask.tif" is the same image
+    same = [cand for base, cand in bases if safe_name(base) == stem]
+    return same[0] if len(same) == 1 else None
 
 
 def evaluate_folders(
@@ -263,7 +291,7 @@ def evaluate_folders(
         # a cells-segment output folder: only its label images (not overlays / probabilities)
         paths = [p for p in paths if p.name.endswith(("_labels.tif", "_labels.tiff"))]
     if not paths:
-        raise InputError("no predicted label images found")
+        raise InputError(f"no predicted label images (.tif/.png) in {', '.join(map(str, pred))}")
     groups, table = read_groups(cfg.group_by, truth_dir)
     result = RunResult(command="cells-eval")
     rows: list[dict[str, Any]] = []
@@ -273,13 +301,14 @@ def evaluate_folders(
             gt_path = _find_truth(path, truth_dir)
             if gt_path is None:
                 raise InputError(f"no ground-truth mask with a matching name in {truth_dir}")
-            truth, predicted = instances_from_mask(read_mask(gt_path)), read_mask(path)
+            truth, predicted = read_mask(gt_path, allow_stack=True), read_mask(path, allow_stack=True)
             if truth.shape != predicted.shape:
                 raise InputError(
-                    f"size {predicted.shape[0]}x{predicted.shape[1]} differs from the ground truth "
-                    f"{gt_path.name} ({truth.shape[0]}x{truth.shape[1]})"
+                    f"size {'x'.join(map(str, predicted.shape))} differs from the ground truth "
+                    f"{gt_path.name} ({'x'.join(map(str, truth.shape))})"
                 )
-            row = evaluate_labels(truth, predicted, cfg)
+            truth = pages_side_by_side(truth, instances_from_mask)
+            row = evaluate_labels(truth, pages_side_by_side(predicted), cfg)
         except InputError as exc:
             reason = exc.message if exc.path in (None, path) else str(exc)
             log.info("%s: failed: %s", path.name, reason)

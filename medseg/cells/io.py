@@ -33,14 +33,16 @@ def _read_raw(path: Path) -> tuple[np.ndarray, bool]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
-            data, axes = _read_tiff(path)
-            for ax in "SC":  # samples (RGB) or channels last, wherever stored
-                if ax in axes and data.ndim == len(axes):
-                    return np.moveaxis(data, axes.index(ax), -1), True
-            return data, False
+            return _tiff_planes(path)
         import imageio.v3 as iio
+        from PIL import Image
 
-        data = np.asarray(iio.imread(path, plugin="pillow"))
+        with Image.open(path) as im:  # the header only: which colour model the pixels are stored in
+            mode = im.mode
+        # CMYK (print / some scanner JPEGs), Lab, HSV: stored ink or colour coordinates, not RGB light; as
+        # stored they would read as an inverted or meaningless colour image
+        rgb = {"mode": "RGB"} if mode in ("CMYK", "LAB", "HSV", "YCbCr") else {}
+        data = np.asarray(iio.imread(path, plugin="pillow", **rgb))
         return data, data.ndim == 3 and data.shape[-1] in (2, 3, 4)
     except InputError:
         raise
@@ -98,16 +100,70 @@ def _stack_series(tif, path: Path) -> list:
     return series
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
-    """Every page of a TIFF as one array and its axes (tifffile's letters; ``I`` for stacked series)."""
+def _read_tiff(path: Path) -> tuple[np.ndarray, str, int]:
+    """Every page of a TIFF as one array, its axes (tifffile's letters; ``I`` for stacked series) and the
+    first page's photometric interpretation (tifffile.PHOTOMETRIC value)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         series = _stack_series(tif, path)
+        photometric = int(series[0].keyframe.photometric)
         if len(series) == 1:
-            return np.asarray(series[0].asarray()), series[0].axes
+            return np.asarray(series[0].asarray()), series[0].axes, photometric
         log.debug("%s: %d TIFF series of %s stacked as pages", path, len(series), series[0].shape)
-        return np.stack([np.asarray(s.asarray()) for s in series]), "I" + series[0].axes
+        return np.stack([np.asarray(s.asarray()) for s in series]), "I" + series[0].axes, photometric
+
+
+MAX_CHANNELS = 8  # a trailing axis this short after two long ones is channels, not image columns
+
+
+def _tiff_planes(path: Path) -> tuple[np.ndarray, bool]:
+    """A TIFF's pixels with the plane axes (Y, X) before a channel axis, if any, and whether there is one.
+
+    Singleton axes other than Y/X are dropped: an (H, W, 1) array saved by tifffile (axes ``YXQ``) is a
+    2D image, not H pages of W x 1 px. An (H, W, C) array with 2 or 5-8 channels saved without
+    channel metadata is stored as H pages of W x C px: read as H x W with C channels. Inverted grey
+    (MINISWHITE) is turned into light values and CMYK ink (SEPARATED) into RGB, as viewers show them.
+    """
+    import tifffile
+
+    data, axes, photometric = _read_tiff(path)
+    channels = False
+    if data.ndim == len(axes):  # (stacked series of another layout than the first stay as read)
+        keep = [k for k, (ax, n) in enumerate(zip(axes, data.shape)) if n != 1 or ax in "YX"]
+        if 2 <= len(keep) < data.ndim:
+            data = data.reshape([data.shape[k] for k in keep])
+            axes = "".join(axes[k] for k in keep)
+        for ax in "SC":  # samples (RGB) or channels last, wherever stored
+            if ax in axes:
+                data, channels = np.moveaxis(data, axes.index(ax), -1), True
+                break
+        else:
+            n = data.shape[-1] if data.ndim == 3 else 0
+            if 1 < n <= MAX_CHANNELS < min(data.shape[:2]) and n not in (3, 4):
+                log.warning(
+                    "%s: stored as %d pages of %d x %d px: read as one %d x %d image with %d channels",
+                    path.name,
+                    *data.shape,
+                    *data.shape,
+                )
+                channels = True
+    if photometric == tifffile.PHOTOMETRIC.SEPARATED and channels and data.shape[-1] >= 3:
+        data = _ink_to_rgb(data)
+    elif photometric == tifffile.PHOTOMETRIC.MINISWHITE and data.dtype == bool:
+        data = ~data
+    elif photometric == tifffile.PHOTOMETRIC.MINISWHITE and np.issubdtype(data.dtype, np.unsignedinteger):
+        data = np.iinfo(data.dtype).max - data
+    return data, channels
+
+
+def _ink_to_rgb(cmyk: np.ndarray) -> np.ndarray:
+    """CMYK ink coverage (integer samples, full scale = no light) -> RGB light in the same type."""
+    top = float(np.iinfo(cmyk.dtype).max) if np.issubdtype(cmyk.dtype, np.integer) else 1.0
+    ink = cmyk.astype(np.float32) / top
+    black = ink[..., 3:4] if cmyk.shape[-1] >= 4 else 0.0
+    rgb = (1 - ink[..., :3]) * (1 - black) * top
+    return rgb.round().astype(cmyk.dtype) if np.issubdtype(cmyk.dtype, np.integer) else rgb.astype(cmyk.dtype)
 
 
 def check_pages(path: str | Path) -> None:
@@ -136,6 +192,59 @@ def _to_gray(a: np.ndarray) -> np.ndarray:
     return rgb2gray(a[..., :3].astype(np.float32)).astype(np.float32, copy=False)
 
 
+MIN_EDGE = 8  # px: a plane narrower than this cannot hold a cell (the default --min-size is 40 px)
+
+
+def _check_planes(planes: np.ndarray, path: Path) -> None:
+    """Refuse planes that cannot be segmented: no pixels, too small to hold a cell, NaN or infinity."""
+    height, width = planes.shape[1:3]
+    if min(height, width) < 1:
+        raise InputError("image has no pixels", path=path)
+    if min(height, width) < MIN_EDGE:
+        raise InputError(
+            f"image is only {height} x {width} px: too small to hold a cell (at least {MIN_EDGE} px a side)",
+            path=path,
+        )
+    if not np.all(np.isfinite(planes)):
+        raise InputError("image contains NaN or infinite values", path=path)
+
+
+def _fill_transparent(raw: np.ndarray, path: Path) -> np.ndarray:
+    """RGBA or grey + alpha with fully transparent pixels: those hold no image (a slide tile read past
+    the slide's edge by OpenSlide is transparent black there). They get the image's background colour
+    (the most common value of each channel over the visible pixels: glass for brightfield, dark for
+    fluorescence), so that a half-empty H&E tile is not taken for a dark fluorescence image, and the
+    alpha channel is dropped. Images without transparent pixels are returned as they are."""
+    if not np.issubdtype(raw.dtype, np.integer):
+        return raw
+    alpha = raw[..., -1]
+    hole = alpha == 0
+    if not hole.any():
+        return raw
+    top = np.iinfo(raw.dtype).max
+    if raw.shape[-1] == 2 and np.count_nonzero(alpha == top) + np.count_nonzero(hole) != alpha.size:
+        return raw  # a second channel of data, not a transparency mask
+    if hole.all():
+        raise InputError(
+            "image is fully transparent (its alpha channel is 0 everywhere): no image data", path=path
+        )
+    colour = raw[..., :-1]
+    seen = colour[~hole]
+    fill = [
+        np.bincount(seen[:, c].astype(np.int64) - int(seen[:, c].min())).argmax() + int(seen[:, c].min())
+        for c in range(colour.shape[-1])
+    ]
+    filled = colour.copy()
+    filled[hole] = np.asarray(fill, dtype=raw.dtype)
+    log.warning(
+        "%s: %.0f %% of the image is transparent (no image data): filled with its background colour %s",
+        path.name,
+        100 * hole.mean(),
+        tuple(int(v) for v in fill),
+    )
+    return filled[..., 0] if filled.shape[-1] == 1 else filled
+
+
 def read_image(
     path: str | Path, *, allow_stack: bool = True, channel: int | None = None, keep_color: bool = False
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -156,6 +265,11 @@ def read_image(
     channels_last = channels_last or (raw.ndim >= 3 and raw.shape[-1] in (3, 4) and raw.shape[-2] > 4)
     n_channels = int(raw.shape[-1]) if channels_last else 1
     rgb = channels_last and n_channels in (3, 4) and channel is None
+    if channel is None and channels_last and n_channels in (2, 4):
+        filled = _fill_transparent(raw, path)
+        if filled is not raw:  # alpha dropped: RGB, or grey without a channel axis
+            raw, channels_last = filled, n_channels == 4
+            n_channels = 3 if channels_last else 1
     if channel is not None:
         if not 0 <= channel < n_channels:
             have = f"{n_channels} channels (0..{n_channels - 1})" if n_channels > 1 else "one channel"
@@ -182,8 +296,7 @@ def read_image(
         planes = planes[None] if planes.ndim == 3 else planes
         if planes.ndim != 4:
             raise InputError(f"expected a 2D image or a stack of 2D planes, got shape {raw.shape}", path=path)
-        if not np.all(np.isfinite(planes)):
-            raise InputError("image contains NaN or infinite values", path=path)
+        _check_planes(planes, path)
         meta["pages"] = int(planes.shape[0])
         meta["height"], meta["width"] = int(planes.shape[1]), int(planes.shape[2])
         return planes, meta
@@ -198,10 +311,7 @@ def read_image(
             )
     else:
         raise InputError(f"expected a 2D image or a stack of 2D planes, got shape {raw.shape}", path=path)
-    if min(planes.shape[1:]) < 1:
-        raise InputError("image has no pixels", path=path)
-    if not np.all(np.isfinite(planes)):
-        raise InputError("image contains NaN or infinite values", path=path)
+    _check_planes(planes, path)
     meta["pages"] = int(planes.shape[0])
     meta["height"], meta["width"] = int(planes.shape[1]), int(planes.shape[2])
     return planes, meta
@@ -230,16 +340,39 @@ def normalise(plane: np.ndarray, *, low: float = PERCENTILES[0], high: float = P
     return percentile_normalise(plane, low=low, high=high)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """A 2D instance or binary mask as int32 (RGB masks are refused: ambiguous)."""
+SPARSE_LABELS = 2**16  # masks with labels from this up are renumbered 1..N
+
+
+def read_mask(path: str | Path, *, allow_stack: bool = False) -> np.ndarray:
+    """A 2D instance or binary mask as int32 (RGB masks are refused: ambiguous); with ``allow_stack`` a
+    multi-page mask (P, H, W) as well (a stack's labels as ``cells-segment`` writes them)."""
     path = Path(path)
-    raw, _ = _read_raw(path)
-    if raw.ndim != 2:
+    raw, channels = _read_raw(path)
+    if raw.ndim == 3 and channels and raw.shape[-1] in (3, 4):
+        raise InputError(
+            "mask is a colour (RGB) image: give instance labels as a one-channel 8/16/32-bit image "
+            "(0 = background, 1, 2, ... one number per cell)",
+            path=path,
+        )
+    if raw.ndim != 2 and not (allow_stack and raw.ndim == 3 and not channels):
         raise InputError(f"mask must be a 2D label image, got shape {raw.shape}", path=path)
     if not np.issubdtype(raw.dtype, np.integer) and raw.dtype != bool:
         if not np.all(raw == np.round(raw)):
             raise InputError("mask has non-integer values", path=path)
-    return raw.astype(np.int64).astype(np.int32)
+    if raw.dtype == bool:
+        return raw.astype(np.int32)
+    labels = raw.astype(np.int64) if np.issubdtype(raw.dtype, np.integer) else raw.astype(np.float64)
+    low = labels.min(initial=0)
+    if low < 0:
+        raise InputError(
+            f"mask has negative labels (lowest {low:g}): labels are 0 (background) and 1, 2, ... per cell",
+            path=path,
+        )
+    if labels.max(initial=0) >= SPARSE_LABELS:
+        # large or scattered cell numbers (32-bit ids from other tools): renumbered 1..N in their order,
+        # which keeps every cell; matching and training only need the cells apart, not their numbers
+        labels = np.unique(labels, return_inverse=True)[1].reshape(labels.shape) + (low > 0)
+    return labels.astype(np.int32)
 
 
 def write_labels(path: str | Path, labels: np.ndarray) -> Path:

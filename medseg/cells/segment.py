@@ -40,6 +40,7 @@ from medseg.cells.model import DEMO_COMPANIONS, DEMO_WEIGHTS, DEMO_WEIGHTS_BY_ST
 from medseg.cells.stain import (
     StainDecision,
     detect_stain,
+    empty_field,
     he_plane_of,
     normalise_for_stain,
     nuclear_plane,
@@ -294,6 +295,19 @@ class CellSegmenter:
         decision = detect_stain(plane, path=path) if stain == "auto" else StainDecision(stain, "given")
         return self.for_stain(decision.stain).analyse_as(plane, decision)
 
+    def empty_result(self, plane: np.ndarray, reason: str) -> PlaneResult:
+        """No cells in a plane that holds nothing to segment (:func:`medseg.cells.stain.empty_field`)."""
+        gray = plane.mean(axis=-1) if plane.ndim == 3 else plane
+        zeros = np.zeros(gray.shape, np.float32)
+        return PlaneResult(
+            prob=zeros,
+            labels=np.zeros(gray.shape, np.int32),
+            nuclear=gray.astype(np.float32),
+            stain=StainDecision("none", reason),
+            diameter=None,
+            scale=1.0,
+        )
+
     def analyse_as(self, plane: np.ndarray, decision: StainDecision) -> PlaneResult:
         """:meth:`analyse` with the stain decided, by this segmenter's own weights."""
         nuclear = nuclear_plane(plane, decision.stain, he_plane=he_plane_of(self.meta.normalisation))
@@ -359,13 +373,18 @@ class CellSegmenter:
 
 
 def _unique_stems(paths: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
+    """One output name per image: ``a.png`` and ``a.tif`` -> ``a``, ``a_2``; a file already called
+    ``a_2.png`` then gets ``a_2_2`` (names are compared without case: macOS and Windows folders)."""
+    taken: set[str] = set()
     stems = []
     for p in paths:
-        stem = safe_name(p.stem)
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        stems.append(stem if n == 0 else f"{stem}_{n + 1}")
+        base = safe_name(p.stem)
+        stem, n = base, 1
+        while stem.lower() in taken:
+            n += 1
+            stem = f"{base}_{n}"
+        taken.add(stem.lower())
+        stems.append(stem)
     return stems
 
 
@@ -412,7 +431,8 @@ def segment_one(
     try:
         labels_stack, prob_stack, rows, thumb = [], [], [], None
         for k, plane in enumerate(planes):
-            r = segmenter.analyse(plane, path=path)
+            empty = empty_field(plane, meta["dtype"])  # glass: 0 cells, its reason as the stain
+            r = segmenter.empty_result(plane, empty) if empty else segmenter.analyse(plane, path=path)
             prob, labels = r.prob, r.labels
             if not stains or stains[-1] != r.stain.to_dict():
                 stains.append(r.stain.to_dict())
@@ -559,7 +579,8 @@ def segment_images(
     out_dir = Path(out_dir)
     paths = list_images(inputs)
     if not paths:
-        raise InputError("no input images (give files or folders with .png/.tif images)")
+        where = f"in {inputs[0]}" if len(inputs) == 1 else f"in {', '.join(map(str, inputs))}"
+        raise InputError(f"no input images {where} (give files or folders with .png, .tif or .jpg images)")
     stems = _unique_stems(paths)
     check_apart(out_dir, [config.weights, *inputs, *paths])  # never into (or around) an input folder
     _preflight(paths, stems, out_dir, config)

@@ -1,0 +1,227 @@
+"""Files as other tools write them (robustness audit): singleton and channel axes saved without
+metadata, CMYK and inverted-grey storage, images too small to hold a cell, label images with negative
+or 32-bit cell numbers, output names that collide, truth files named with spaces. On a crop of the
+real DSB 2018 fluorescence image and its expert mask (tests/data/real/nuclei_dsb2018)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+from medseg_cli.main import cli
+from PIL import Image
+
+from medseg.cells.io import read_image, read_mask
+from medseg.errors import InputError
+
+REAL = Path(__file__).resolve().parents[1] / "data" / "real" / "nuclei_dsb2018"
+
+
+@pytest.fixture(scope="module")
+def real():
+    """(image, mask): a 128^2 crop of the real uint16 image and its instance labels."""
+    image = tifffile.imread(REAL / "img2d.tif")[:128, :128]
+    mask = tifffile.imread(REAL / "mask2d.tif")[:128, :128].astype(np.uint16)
+    return image, mask
+
+
+def test_trailing_singleton_axis_is_one_2d_image_not_h_pages(real, tmp_path):
+    image, mask = real
+    tifffile.imwrite(tmp_path / "hw1.tif", image[..., None])  # tifffile: axes YXQ, one page
+    tifffile.imwrite(tmp_path / "1hw1.tif", image[None, ..., None])
+    for name in ("hw1.tif", "1hw1.tif"):
+        planes, meta = read_image(tmp_path / name)
+        assert planes.shape == (1, 128, 128) and meta["pages"] == 1, name
+        np.testing.assert_array_equal(planes[0], image)
+    tifffile.imwrite(tmp_path / "m.tif", mask[..., None])
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.tif"), mask)
+
+
+def test_channels_last_array_saved_without_metadata_is_channels(real, tmp_path):
+    image, _ = real
+    # tifffile stores an (H, W, 2) array as H pages of W x 2 px
+    tifffile.imwrite(tmp_path / "hw2.tif", np.dstack([image, image // 2 + 7]))
+    planes, meta = read_image(tmp_path / "hw2.tif", channel=1)
+    assert planes.shape == (1, 128, 128) and meta["channels"] == 2
+    np.testing.assert_array_equal(planes[0], image // 2 + 7)
+
+
+def test_cmyk_and_inverted_grey_are_read_as_light(real, tmp_path):
+    image, _ = real
+    gray = (image.astype(np.float32) / image.max() * 255).astype(np.uint8)
+    Image.fromarray(np.dstack([gray] * 3)).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    cmyk = np.asarray(Image.fromarray(np.dstack([gray] * 3)).convert("CMYK"))
+    tifffile.imwrite(tmp_path / "cmyk.tif", cmyk, photometric="separated")
+    tifffile.imwrite(tmp_path / "white.tif", 255 - gray, photometric="miniswhite")
+    for name, tol in (("cmyk.jpg", 6), ("cmyk.tif", 1), ("white.tif", 0)):
+        planes, _ = read_image(tmp_path / name)
+        assert planes.shape == (1, 128, 128), name
+        assert np.abs(planes[0] - gray).mean() <= tol, name  # not the inverse (mean |diff| ~ 200)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 200), (200, 5)])
+def test_image_too_small_to_hold_a_cell_is_refused(shape, tmp_path):
+    Image.fromarray(np.full(shape, 90, np.uint8)).save(tmp_path / "tiny.png")
+    with pytest.raises(InputError, match=rf"tiny.png: image is only {shape[0]} x {shape[1]} px"):
+        read_image(tmp_path / "tiny.png", keep_color=True)
+
+
+def test_mask_labels_negative_refused_32bit_ids_renumbered_rgb_explained(real, tmp_path):
+    _, mask = real
+    tifffile.imwrite(tmp_path / "neg.tif", mask.astype(np.int32) - 1)
+    with pytest.raises(InputError, match="neg.tif: mask has negative labels"):
+        read_mask(tmp_path / "neg.tif")
+    ids = np.where(mask > 0, mask.astype(np.uint32) * 20_000_000 + 7, 0).astype(np.uint32)
+    tifffile.imwrite(tmp_path / "ids.tif", ids)  # above 2^31: would wrap to negative int32
+    labels = read_mask(tmp_path / "ids.tif")
+    assert labels.min() == 0 and labels.max() == len(np.unique(mask)) - 1
+    np.testing.assert_array_equal(labels > 0, mask > 0)
+    assert len(np.unique(labels)) == len(np.unique(mask))
+    Image.fromarray(np.stack([mask.astype(np.uint8)] * 3, -1)).save(tmp_path / "rgb.png")
+    with pytest.raises(InputError, match="rgb.png: mask is a colour"):
+        read_mask(tmp_path / "rgb.png")
+
+
+def _eval(pred: Path, truth: Path, *extra: str):
+    return CliRunner().invoke(
+        cli, ["cells-eval", str(pred), "--truth", str(truth), "--json", *extra], catch_exceptions=False
+    )
+
+
+def test_eval_bad_labels_fail_one_item_and_score_the_rest(real, tmp_path):
+    _, mask = real
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    for name in ("a", "b", "c"):
+        tifffile.imwrite(pred / f"{name}_labels.tif", mask)
+    tifffile.imwrite(truth / "a_mask.tif", mask.astype(np.int32) - 1)  # negative: failed item
+    ids = np.where(mask > 0, mask.astype(np.uint32) + 4_000_000_000, 0).astype(np.uint32)
+    tifffile.imwrite(truth / "b_mask.tif", ids)  # 32-bit ids: scored
+    tifffile.imwrite(truth / "c_mask.tif", mask)
+    r = _eval(pred, truth)
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 5 and doc["exit_code"] == 5
+    status = {Path(i["name"]).name: i["status"] for i in doc["items"]}
+    assert status == {"a_labels.tif": "failed", "b_labels.tif": "ok", "c_labels.tif": "ok"}
+    assert "negative labels" in doc["items"][0]["reason"] and "a_mask.tif" in doc["items"][0]["reason"]
+    assert doc["summary"]["ap50"] == 1.0 and doc["summary"]["images"] == 2
+
+
+def test_eval_matches_truth_named_with_spaces_to_segment_output_name(real, tmp_path):
+    _, mask = real
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    tifffile.imwrite(pred / "slide_1_labels.tif", mask)  # cells-segment's name for "slide 1 é.png"
+    tifffile.imwrite(truth / "slide 1 é_mask.tif", mask)
+    doc = json.loads(_eval(pred, truth).stdout)
+    assert doc["exit_code"] == 0 and doc["items"][0]["metrics"]["truth"] == "slide 1 é_mask.tif"
+
+
+def test_eval_without_any_true_cell_gives_no_numpy_warning(tmp_path):
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    tifffile.imwrite(pred / "e_labels.tif", np.zeros((32, 32), np.uint16))
+    tifffile.imwrite(truth / "e_mask.tif", np.zeros((32, 32), np.uint16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = _eval(pred, truth)
+    assert r.exit_code == 0 and "Mean of empty slice" not in r.output
+
+
+def test_output_names_never_collide():
+    from medseg.cells.segment import _unique_stems
+
+    paths = [Path(n) for n in ("a.png", "a.tif", "a_2.png", "A.png", "x y.png", "x_y.png")]
+    stems = _unique_stems(paths)
+    assert len({s.lower() for s in stems}) == len(stems)
+    assert stems[:3] == ["a", "a_2", "a_2_2"]
+
+
+THUMB = REAL.parent / "he_cmu1_thumb.png"  # real CMU-1 H&E slide thumbnail (tissue and glass)
+
+
+def test_transparent_slide_edge_is_filled_with_glass_not_read_as_dark(tmp_path):
+    from medseg.cells.stain import detect_stain
+
+    tissue = np.array(Image.open(THUMB))[128:384, 64:320, :3]
+    rgba = np.dstack([tissue, np.full(tissue.shape[:2], 255, np.uint8)])
+    rgba[:, 150:] = 0  # OpenSlide's read_region past the slide's edge: transparent black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "edge.png")
+    planes, meta = read_image(tmp_path / "edge.png", keep_color=True)
+    assert planes.shape == (1, 256, 256, 3) and planes[0, :, 150:].min() > 200  # glass, not black
+    assert detect_stain(planes[0]).stain == "he"  # black there: "a dark colour image", refused
+    la = np.dstack([tissue.mean(-1).astype(np.uint8), rgba[..., 3]])
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    assert read_image(tmp_path / "la.png")[0][0, :, 150:].min() > 200
+    Image.fromarray(np.zeros((64, 64, 4), np.uint8), "RGBA").save(tmp_path / "none.png")
+    with pytest.raises(InputError, match="none.png: image is fully transparent"):
+        read_image(tmp_path / "none.png", keep_color=True)
+
+
+def test_empty_glass_is_zero_cells_not_noise(tmp_path):
+    """A glass-only tile of the real slide: its JPEG blocks and noise were segmented as hundreds of
+    "cells" (448-734 on CMU-1's glass tiles); now 0 cells, the item saying why."""
+    import torch
+
+    from medseg.cells.model import CellModelConfig, build_model
+    from medseg.cells.stain import empty_field
+    from medseg.cells.train import CellsTrainConfig, make_meta
+    from medseg.engine.checkpoint import save_weights
+
+    thumb = np.array(Image.open(THUMB))[..., :3]
+    glass, tissue = thumb[0:48, 16:64], thumb[128:384, 64:320]
+    assert (
+        empty_field(glass.astype(np.float32), "uint8")
+        and empty_field(tissue.astype(np.float32), "uint8") is None
+    )
+    image = tifffile.imread(REAL / "img2d.tif")
+    assert empty_field(image.astype(np.float32), "uint16") is None  # dim 16-bit fluorescence: not empty
+    Image.fromarray(np.kron(glass, np.ones((2, 2, 1), np.uint8))).save(tmp_path / "glass.png")
+    torch.manual_seed(0)
+    config = CellsTrainConfig(model=CellModelConfig(base_channels=4), training_data="random init (test)")
+    weights = tmp_path / "tiny.safetensors"
+    save_weights(weights, build_model(config=config.model).state_dict(), make_meta(config, {}))
+    args = ["cells-segment", str(tmp_path / "glass.png"), "--out", str(tmp_path / "out"), "--json"]
+    r = CliRunner().invoke(cli, [*args, "--weights", str(weights), "--device", "cpu"], catch_exceptions=False)
+    item = json.loads(r.stdout)["items"][0]
+    assert r.exit_code == 0 and item["metrics"]["cells"] == 0 and item["metrics"]["stain"] == "none"
+    assert "empty bright field" in item["metrics"]["stain_reason"]
+
+
+def test_empty_folder_is_named_in_the_one_json_document(tmp_path):
+    folder = tmp_path / "no images here"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("x")
+    for args in (
+        ["cells-segment", str(folder), "--out", str(tmp_path / "out")],
+        ["cells-eval", str(folder), "--truth", str(folder)],
+    ):
+        r = CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False)
+        assert r.exit_code == 2 and str(folder) in json.loads(r.stdout)["error"], args
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_scores_a_stack_as_cells_segment_writes_it(real, tmp_path):
+    """cells-segment writes a multi-page label TIFF for a stack; cells-eval refused it ("mask must
+    be a 2D label image"). Its pages are now scored pooled, each page's cells apart."""
+    _, mask = real
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    other = mask[::-1].copy()  # the same labels on the next page: other cells
+    missed = other.copy()
+    missed[missed == missed.max()] = 0  # one cell missed on page 2
+    tifffile.imwrite(truth / "s_mask.tif", np.stack([mask, other]))
+    tifffile.imwrite(pred / "s_labels.tif", np.stack([mask, missed]))
+    doc = json.loads(_eval(pred, truth).stdout)
+    n = 2 * (len(np.unique(mask)) - 1)
+    assert doc["exit_code"] == 0
+    assert doc["summary"]["count_true"] == n and doc["summary"]["tp"] == n - 1
