@@ -118,7 +118,42 @@ def discover_exams(roots: list[str | Path]) -> list[Exam]:
         exams += [scan_exam(f) for f in folders]
     if not exams:
         raise InputError("no exams found", path=roots[0] if roots else ".")
+    seen: dict[Path, Path] = {}
+    for exam in exams:  # an exam counted twice would weigh twice in the agreement statistics
+        first = seen.setdefault(exam.path.resolve(), exam.path)
+        if first is not exam.path:
+            also = "" if first == exam.path else f" (also as {first})"
+            raise InputError(
+                f"this exam is given twice{also}, e.g. on its own and inside a cohort folder; each exam "
+                "counts once in the agreement statistics: give it once",
+                path=exam.path,
+            )
+    _unique_names(exams)
     return exams
+
+
+def _unique_names(exams: list[Exam]) -> None:
+    """Exams of the same folder name in several cohorts (siteA/exam01, siteB/exam01) get their cohort's
+    name in front, so report rows and mask files (``safe_name``, any letter case) stay apart."""
+    from medseg.io.atomic import safe_name
+
+    def key(name: str) -> str:
+        return safe_name(name).casefold()
+
+    counts: dict[str, int] = {}
+    for exam in exams:
+        counts[key(exam.name)] = counts.get(key(exam.name), 0) + 1
+    for exam in exams:
+        if counts[key(exam.name)] > 1 and exam.path.parent.name:
+            exam.name = f"{exam.path.parent.name}/{exam.name}"
+    used: set[str] = set()
+    for exam in exams:
+        name, n = exam.name, 1
+        while key(name) in used:
+            n += 1
+            name = f"{exam.name} ({n})"
+        exam.name = name
+        used.add(key(name))
 
 
 def split_exams(exams: list, fractions: tuple[float, float, float], seed: int) -> dict[str, list[Exam]]:
