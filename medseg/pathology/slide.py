@@ -260,8 +260,16 @@ def _read_list(path: Path) -> list[Path]:
 
     out: list[Path] = []
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would make the header
+        # "\ufeffpath" and a slide of that name; ";" and tab: Excel in many locales
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            sample = fh.read(4096)
+            fh.seek(0)
+            try:
+                dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+            except csv.Error:  # one column: nothing to sniff
+                dialect = csv.excel
+            reader = csv.reader(fh, dialect)
             header = next(reader, [])
             col = next(
                 (i for i, h in enumerate(header) if h.strip().lower() in ("path", "slide", "file")), None

@@ -265,3 +265,15 @@ def test_damaged_training_dataset_is_refused_before_training(tmp_path, meta, phr
     (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(InputError, match=phrase):
         load_dataset(tmp_path)
+
+
+def test_slide_lists_saved_by_excel(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark and many locales separate by ";": both
+    gave a slide named "\\ufeffpath" / "a.svs;x" (failed rows) instead of the listed slides."""
+    from medseg.pathology.slide import expand_inputs
+
+    (tmp_path / "bom.csv").write_bytes("\ufeffpath,notes\r\ns1.svs,first\r\n".encode())
+    (tmp_path / "semi.csv").write_text("Path;notes\ns2.svs;x\n", encoding="utf-8")
+    (tmp_path / "plain.csv").write_text("s3.svs\ns4.svs\n", encoding="utf-8")
+    got = expand_inputs([tmp_path / "bom.csv", tmp_path / "semi.csv", tmp_path / "plain.csv"])
+    assert [p.name for p in got] == ["s1.svs", "s2.svs", "s3.svs", "s4.svs"]
