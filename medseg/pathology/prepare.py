@@ -416,6 +416,23 @@ def _mask_records(img_path: Path, staging: Path, cfg: PrepareConfig) -> list[dic
         raise InputError(f"cannot read the tile or its mask: {exc}", path=img_path) from None
     if mask.shape[:2] != rgb.shape[:2]:
         raise InputError("mask and image sizes differ", path=mask_path)
+    if mask.ndim == 3:  # an RGB(A) export of a label mask: usable only when it is grey
+        if mask.shape[2] >= 3 and not (mask[..., :1] == mask[..., 1:3]).all():
+            raise InputError(
+                "colour mask: expected a label mask with one value per pixel (0 background, "
+                f"{LABELS[POSITIVE]} {POSITIVE}, {LABELS[NEGATIVE]} {NEGATIVE})",
+                path=mask_path,
+            )
+        mask = mask[..., 0]
+    values = np.unique(mask)
+    odd = [int(v) for v in values if v not in (0, *CLASS_NAMES)]
+    if odd:
+        shown = ", ".join(map(str, odd[:5])) + (" ..." if len(odd) > 5 else "")
+        raise InputError(
+            f"label mask values must be 0 (background), {LABELS[POSITIVE]} ({POSITIVE}) or "
+            f"{LABELS[NEGATIVE]} ({NEGATIVE}); found {shown} (a 0/255 binary mask has no classes)",
+            path=mask_path,
+        )
     boxes, labels, outlines = instances_from_label_mask(mask)
     h, w = rgb.shape[:2]
     b = enlarge_boxes(boxes, labels, cfg.margins, w, h)

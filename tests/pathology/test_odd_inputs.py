@@ -277,3 +277,29 @@ def test_slide_lists_saved_by_excel(tmp_path):
     (tmp_path / "plain.csv").write_text("s3.svs\ns4.svs\n", encoding="utf-8")
     got = expand_inputs([tmp_path / "bom.csv", tmp_path / "semi.csv", tmp_path / "plain.csv"])
     assert [p.name for p in got] == ["s1.svs", "s2.svs", "s3.svs", "s4.svs"]
+
+
+@pytest.mark.parametrize("kind", ["binary255", "colour", "grey_rgb"])
+def test_mask_tiles_without_class_values_are_refused(tmp_path, kind):
+    """A 0/255 binary mask or a coloured one gave a tile with no PTC (exit 0): a detector trained
+    on it learns that PTCs are background."""
+    from PIL import Image
+
+    from medseg.pathology.prepare import prepare_dataset
+
+    m = np.zeros((64, 64), np.uint8)
+    m[10:20, 10:20], m[40:50, 30:45] = 1, 2
+    mask = {
+        "binary255": (m > 0).astype(np.uint8) * 255,
+        "colour": np.stack([m * 100, m * 50, m], -1).astype(np.uint8),
+        "grey_rgb": np.stack([m] * 3, -1),
+    }[kind]
+    (tmp_path / "tiles").mkdir()
+    Image.fromarray(_image(64, 64)).save(tmp_path / "tiles" / "t.png")
+    Image.fromarray(mask).save(tmp_path / "tiles" / "t_mask.png")
+    run = prepare_dataset([], tmp_path / "ds", masks=tmp_path / "tiles")
+    if kind == "grey_rgb":  # a grey label mask saved as RGB is still a label mask
+        assert run.exit_code == 0 and run.summary["boxes"] == {"C4d+": 1, "C4d-": 1}
+    else:
+        assert run.exit_code == 5 and not (tmp_path / "ds").exists()
+        assert ("found 255" if kind == "binary255" else "colour mask") in run.items[0].reason
