@@ -461,6 +461,7 @@ def _eval_human(run) -> str:
 Examples:
   medseg slide-eval results/ truth/sample_slide.geojson
   medseg slide-eval results/ truth/*.geojson --json
+  medseg slide-eval results/ truth/                # every .geojson in the folder
 """,
 )
 @click.argument("results", type=click.Path(path_type=Path))
@@ -470,8 +471,9 @@ Examples:
 def slide_eval(results, truth, iou, quiet, as_json):
     """Precision, recall, F1 per class at IoU 0.5 and Banff category agreement against annotations.
 
-    TRUTH files are GeoJSON named like the slides (<slide>.geojson); detection metrics count truth
-    PTCs inside the scored tiles, category agreement uses all of them.
+    TRUTH files (or folders of them) are GeoJSON named like the slides (<slide>.geojson or
+    <slide>.svs.geojson); detection metrics count truth PTCs inside the scored tiles, category
+    agreement uses all of them.
     """
     from medseg.pathology.evaluate import EvalConfig, evaluate_results
 

@@ -174,6 +174,27 @@ def evaluate_slide(
     return metrics
 
 
+def _truth_files(truths: list[str | Path]) -> list[Path]:
+    """The truth GeoJSON files: folders give their ``*.geojson``; a file given twice counts once
+    (it would be counted twice in the pooled metrics)."""
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for t in map(Path, truths):
+        files = sorted(t.glob("*.geojson")) if t.is_dir() else [t]
+        if t.is_dir() and not files:
+            raise InputError("folder without .geojson truth files", path=t)
+        for f in files:
+            key = f.resolve()
+            if key in seen:
+                log.warning("%s: given twice, evaluated once", f)
+                continue
+            seen.add(key)
+            out.append(f)
+    if not out:
+        raise InputError("no truth GeoJSON files given")
+    return out
+
+
 def evaluate_results(
     results_dir: str | Path, truths: list[str | Path], config: EvalConfig | None = None
 ) -> RunResult:
@@ -190,15 +211,14 @@ def evaluate_results(
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise InputError("no slide-score results folder here", path=results_dir)
-    if not truths:
-        raise InputError("no truth GeoJSON files given")
+    files = _truth_files(truths)
     from medseg.pathology.prepare import check_annotation_files
 
-    check_annotation_files(map(Path, truths))  # NaN or zero-area truth PTCs: exit 2, before any work
+    check_annotation_files(files)  # NaN or zero-area truth PTCs: exit 2, before any work
     run = RunResult("slide-eval")
     per_class: dict[int, list] = {c: [] for c in CLASS_NAMES}
     agree = []
-    for truth in map(Path, truths):
+    for truth in files:
         name = safe_name(slide_stem(truth))
         summary_path, det_path = (
             results_dir / name / "summary.json",

@@ -303,3 +303,17 @@ def test_mask_tiles_without_class_values_are_refused(tmp_path, kind):
     else:
         assert run.exit_code == 5 and not (tmp_path / "ds").exists()
         assert ("found 255" if kind == "binary255" else "colour mask") in run.items[0].reason
+
+
+def test_eval_takes_a_truth_folder_and_counts_a_file_once(tmp_path):
+    """A folder was "truth file not found"; the same file given twice was counted twice."""
+    from medseg.pathology.evaluate import _truth_files
+
+    (tmp_path / "t").mkdir()
+    for n in ("b.geojson", "a.svs.geojson", "notes.txt"):
+        (tmp_path / "t" / n).write_text("{}")
+    got = _truth_files([tmp_path / "t", tmp_path / "t" / "b.geojson"])
+    assert [p.name for p in got] == ["a.svs.geojson", "b.geojson"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="folder without .geojson truth files"):
+        _truth_files([tmp_path / "empty"])
