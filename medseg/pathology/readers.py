@@ -238,6 +238,14 @@ class TiffReader(SlideReader):
         self.vendor = "ome-tiff" if tif.is_ome else "tiff"
         dtype = self.series.dtype
         self._scale = None
+        self._palette = None
+        key = self.series.levels[0].keyframe
+        if int(key.photometric) == 3 and key.colormap is not None:  # PALETTE: indices into a colour map
+            cmap = np.asarray(key.colormap)
+            self._palette = (
+                (cmap.T / (257.0 if cmap.max() > 255 else 1.0)).round().clip(0, 255).astype(np.uint8)
+            )
+            return
         if dtype != np.uint8 and dtype.kind in "uif":
             # scale by the brightest value of the coarsest level (bounded: a few MB at most); floats
             # are taken as 0-1 unless they go beyond (then 0-max, like integers)
@@ -321,7 +329,10 @@ class TiffReader(SlideReader):
         return a.transpose(order)  # (y, x[, samples or channels])
 
     def _read(self, level, x, y, w, h) -> np.ndarray:
-        return to_rgb8(self._raw(level, x, y, w, h), self._scale)
+        raw = self._raw(level, x, y, w, h)
+        if self._palette is not None:  # a palette image's pixels are indices, not grey values
+            return np.ascontiguousarray(self._palette[np.clip(raw, 0, len(self._palette) - 1)])
+        return to_rgb8(raw, self._scale)
 
     def associated_images(self) -> dict[str, np.ndarray]:
         out = {}

@@ -317,3 +317,15 @@ def test_eval_takes_a_truth_folder_and_counts_a_file_once(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="folder without .geojson truth files"):
         _truth_files([tmp_path / "empty"])
+
+
+def test_palette_tiff_gives_its_colours_not_its_indices(tmp_path):
+    """A palette (indexed-colour) TIFF was read as grey indices: "dark, looks like fluorescence"."""
+    from PIL import Image
+
+    img = _image(128, 160, seed=7) // 64 * 64 + 32  # few colours: the palette is exact
+    Image.fromarray(img).convert("P", palette=Image.ADAPTIVE).save(tmp_path / "p.tif", dpi=(50800, 50800))
+    ref = np.asarray(Image.open(tmp_path / "p.tif").convert("RGB")).astype(int)
+    with open_slide(tmp_path / "p.tif") as s:
+        got = s.read_rgb((0, 0), 0, (160, 128)).astype(int)
+    assert np.abs(got - ref).max() <= 1
