@@ -81,6 +81,8 @@ def preflight(out: Path, names: list[str], *, resume: bool, overwrite: bool) -> 
         raise InputError(
             "--resume and --overwrite exclude each other (keep finished slides, or replace them)"
         )
+    if out.exists() and not out.is_dir():  # found only when the first slide is written, otherwise
+        raise InputError("--out must be a folder (one subfolder per slide); this is a file", path=out)
     check_writable(out)
     if not (resume or overwrite):
         existing = [n for n in names if (out / n).exists()]

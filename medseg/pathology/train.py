@@ -374,6 +374,8 @@ def train_detector(
     folder = Path(dataset)
     meta, records = load_dataset(folder)
     inputs = [folder, cfg.init_weights]  # before any work; fit checks again
+    if Path(out).exists() and not Path(out).is_dir():  # else "File exists" from a mkdir, no words
+        raise InputError("--out must be a folder (best/last weights go in it); this is a file", path=out)
     out = preflight(out, resume=resume, overwrite=overwrite, inputs=inputs)
     det = cfg.detector
     det.margins = {k: int(v) for k, v in meta.get("margins", det.margins).items()}

@@ -329,3 +329,22 @@ def test_palette_tiff_gives_its_colours_not_its_indices(tmp_path):
     with open_slide(tmp_path / "p.tif") as s:
         got = s.read_rgb((0, 0), 0, (160, 128)).astype(int)
     assert np.abs(got - ref).max() <= 1
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, small_slide):
+    """slide-score scored every slide, then failed each one and ended with "File exists";
+    slide-train said only "File exists"."""
+    from medseg.pathology.batch import score_slides
+    from medseg.pathology.train import train_detector
+
+    out = tmp_path / "results.txt"
+    out.write_text("notes")
+    detector = SimpleNamespace(config=SimpleNamespace(margins={}), source="x", predict=None)
+    with pytest.raises(InputError, match="--out must be a folder"):
+        score_slides([small_slide[0]], out, detector=detector)
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "annotations.json").write_text(json.dumps({"images": [{"file": "a.png"}]}))
+    (tmp_path / "ds" / "a.png").write_bytes(b"")
+    with pytest.raises(InputError, match="--out must be a folder"):
+        train_detector(tmp_path / "ds", out)
+    assert out.read_text() == "notes"
