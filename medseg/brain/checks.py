@@ -147,3 +147,34 @@ def refuse_implausible_extent(
             "~1000-1600 mL); the image is nearly empty or its voxel spacing is not in mm",
             path=path,
         )
+
+
+# A whole skull-stripped adult brain spans ~130-180 mm along each axis (BraTS 2018: >= 128 mm); even a
+# neonate's ~70 mm. Less is a slab or crop: the tumour volumes then count only the covered part.
+MIN_EXTENT_MM = 60.0
+ANATOMICAL_AXES = ("superior-inferior", "anterior-posterior", "left-right")
+
+
+def partial_coverage_warning(
+    stack: np.ndarray, spacing: tuple[float, float, float], *, name: str = ""
+) -> str | None:
+    """A warning when the brain region spans less than :data:`MIN_EXTENT_MM` along an axis.
+
+    ``stack`` (4, z, y, x) in the training voxel order (:mod:`medseg.brain.orientation`): axes
+    superior-inferior, anterior-posterior, left-right. The case is still segmented (crops are
+    legitimate test inputs), but its WT/TC/ET volumes are those of the covered part only.
+    """
+    mask = np.any(stack != 0, axis=0)
+    short = []
+    for axis in range(3):
+        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
+        extent = (hit[-1] - hit[0] + 1) * float(spacing[axis]) if hit.size else 0.0
+        if extent < MIN_EXTENT_MM:
+            short.append(f"{extent:.0f} mm {ANATOMICAL_AXES[axis]}")
+    if not short:
+        return None
+    return (
+        f"{name + ': ' if name else ''}the brain region spans only {', '.join(short)} (a whole brain: "
+        "~130-180 mm): the images cover part of the brain (a slab or crop), so the WT/TC/ET volumes count "
+        "only the covered part and tumour outside it is missed"
+    )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medseg.brain.checks import partial_coverage_warning
 from medseg.brain.inference import (  # noqa: F401 (re-exported: the names scripts and tests use)
     MODEL_PREFIX,
     TASK,
@@ -406,6 +407,10 @@ def _segment_one(
             warnings.append(stripped)
         # sagittal/coronal or flipped storage: the nets see the axes they were trained on
         stack, geo, to_input_grid = to_training_orientation(stack, input_geo)
+        partial = partial_coverage_warning(stack, geo.spacing, name=case.name)
+        if partial:
+            log.warning(partial)
+            warnings.append(partial)
         first = nets[0]
         zoom = first.zoom(geo.spacing, native=cfg.native_spacing)
         resampled = any(n.zoom(geo.spacing, native=cfg.native_spacing) is not None for n in nets)

@@ -173,3 +173,24 @@ def test_missing_modality_says_which_files_are_in_a_format_not_read(tmp_path, na
     with pytest.raises(InputError) as exc:
         find_case_files(case)
     assert "missing modality" in str(exc.value) and phrase in str(exc.value)
+
+
+def test_slab_of_a_few_slices_is_segmented_with_a_partial_coverage_warning(brain_cases, tmp_path):
+    """Before: a 3-slice slab gave tumour volumes with exit 0 and no word that most of the brain was absent."""
+    from medseg.brain.checks import partial_coverage_warning
+
+    case = brain_cases[0]
+    slab = tmp_path / "slab"
+    slab.mkdir()
+    for m in MODS:
+        img = sitk.ReadImage(str(case / f"{case.name}_{m}.nii.gz"))
+        sitk.WriteImage(img[:, :, 10:13], str(slab / f"slab_{m}.nii.gz"))
+    weights = Path(__file__).parents[2] / "medseg/weights/brain/brain_twopath_demo.safetensors"
+    res = _run(
+        "brain-segment", slab, "--out", tmp_path / "out", "--weights", weights, "--no-n4", "--json", "-q"
+    )
+    assert res.exit_code == 0, res.output
+    (warning,) = json.loads(res.stdout)["items"][0]["warnings"]
+    assert "slab: the brain region spans only 15 mm superior-inferior" in warning and "volumes" in warning
+    whole = np.ones((4, 30, 40, 40), np.float32)
+    assert partial_coverage_warning(whole, (5.0, 4.0, 4.0)) is None  # 150 x 160 x 160 mm
