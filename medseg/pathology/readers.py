@@ -409,6 +409,13 @@ def open_reader(path: str | Path, reader: str = "auto") -> SlideReader:
     if reader not in READERS:
         raise InputError(f"--reader must be one of {', '.join(READERS)}, got {reader!r}")
     kind = sniff(path)
+    wants = {"tifffile": "tiff", "dicom": "dicom"}.get(reader)
+    if wants is not None and kind != wants:  # else "corrupt TIFF" / "corrupt DICOM header" for a valid file
+        what = {"tiff": "a TIFF file", "dicom": "a DICOM file"}.get(kind, "neither TIFF nor DICOM")
+        raise InputError(
+            f"--reader {reader} reads {wants.upper()} files, but this is {what}; use --reader auto",
+            path=path,
+        )
     if kind == "dicom":
         try:
             rd.check_dicom(path)  # corrupt, truncated or not a slide: said before any backend tries

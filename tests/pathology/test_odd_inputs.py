@@ -348,3 +348,21 @@ def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, small_slide):
     with pytest.raises(InputError, match="--out must be a folder"):
         train_detector(tmp_path / "ds", out)
     assert out.read_text() == "notes"
+
+
+def test_forced_reader_of_the_wrong_family_says_what_the_file_is(tmp_path):
+    """--reader dicom on an SVS was "corrupt DICOM header", --reader tifffile on a DICOM "corrupt TIFF"."""
+    from PIL import Image
+
+    svs = _aperio(tmp_path / "a.svs")
+    dcm = tmp_path / "b.dcm"
+    write_dicom_wsi(dcm, _image())
+    jpg = tmp_path / "c.svs"
+    Image.fromarray(_image()).save(jpg, format="JPEG")
+    for path, reader, phrase in (
+        (svs, "dicom", "this is a TIFF file"),
+        (dcm, "tifffile", "this is a DICOM file"),
+        (jpg, "tifffile", "neither TIFF nor DICOM"),
+    ):
+        with pytest.raises(InputError, match=f"--reader {reader} reads .*, but {phrase}; use --reader auto"):
+            open_slide(path, reader=reader)
