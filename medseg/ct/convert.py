@@ -261,7 +261,7 @@ def convert(
     item = ItemResult(input_path.name or str(input_path))
     result = RunResult(
         "ct-convert",
-        items=[item],
+        items=[],
         summary={
             "source_kernel": source,
             "target_kernel": target,
@@ -292,6 +292,7 @@ def convert(
         qa,
         model.source_spec,
     )
+    qa_outputs: dict[str, str] = {}
     with output_set():  # the series and its QA report: published together or not at all (full disk)
         if plan.kind == "dicom":
             _convert_dicom(job)
@@ -300,7 +301,7 @@ def convert(
         seconds = time.perf_counter() - start
         n = plan.shape[0]
         kind = "series" if plan.fmt == "dicom" else "volume"
-        item.outputs[kind] = result.outputs[kind] = str(output_path)
+        item.outputs[kind] = str(output_path)
         item.metrics.update(
             {"slices": n, "seconds": round(seconds, 3), "slices_per_second": round(n / seconds, 2)}
         )
@@ -314,7 +315,9 @@ def convert(
                 else f"({source} -> {target} weights)"
             )
             inputs = [str(input_path), str(reference), ran]
-            result.outputs.update(qa.write(plan.report_dir, item, inputs, cfg.pdf))
+            qa_outputs = qa.write(plan.report_dir, item, inputs, cfg.pdf)
+    result.outputs.update(item.outputs, **qa_outputs)
+    result.add(item)  # published: only now part of the result (an interrupted run reports nothing done)
     note = CONDITIONED_NOTE if model.sharpness else DEMO_NOTE
     result.warnings = ([note] if entry.demo else []) + item.warnings
     log.debug("converted %d slices %s->%s in %.1f s -> %s", n, source, target, seconds, output_path)
