@@ -362,7 +362,7 @@ def test_forced_reader_of_the_wrong_family_says_what_the_file_is(tmp_path):
     for path, reader, phrase in (
         (svs, "dicom", "this is a TIFF file"),
         (dcm, "tifffile", "this is a DICOM file"),
-        (jpg, "tifffile", "neither TIFF nor DICOM"),
+        (jpg, "tifffile", "this is neither TIFF nor DICOM"),
     ):
         with pytest.raises(InputError, match=f"--reader {reader} reads .*, but {phrase}; use --reader auto"):
             open_slide(path, reader=reader)
