@@ -295,7 +295,9 @@ def expand_inputs(inputs) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(q for q in p.iterdir() if q.is_file())
+            # hidden files are left out: macOS writes "._slide.svs" resource forks (4 kB, not a
+            # slide) beside every file it copies to a USB or network drive
+            files = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
             out += [q for q in files if q.suffix.lower() in SLIDE_EXTENSIONS - _DICOM_SUFFIXES]
             out += _dicom_slides([q for q in files if q.suffix.lower() in _DICOM_SUFFIXES])
         elif p.suffix.lower() == ".csv" and p.is_file():

@@ -366,3 +366,13 @@ def test_forced_reader_of_the_wrong_family_says_what_the_file_is(tmp_path):
     ):
         with pytest.raises(InputError, match=f"--reader {reader} reads .*, but {phrase}; use --reader auto"):
             open_slide(path, reader=reader)
+
+
+def test_folder_leaves_out_macos_resource_forks(tmp_path):
+    """A folder copied from a Mac holds "._a.svs" (4 kB AppleDouble): it was a failed slide (exit 5)."""
+    from medseg.pathology.slide import expand_inputs
+
+    (tmp_path / "a.svs").write_bytes(b"II*\x00")
+    (tmp_path / "._a.svs").write_bytes(b"\x00\x05\x16\x07" + bytes(4092))
+    assert expand_inputs([tmp_path]) == [tmp_path / "a.svs"]
+    assert expand_inputs([tmp_path / "._a.svs"]) == [tmp_path / "._a.svs"]  # named explicitly: kept
