@@ -22,7 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.brain.io import CaseFiles, error_reason, find_case_files, labels_to_internal, read_image
+from medseg.brain.io import (
+    CaseFiles,
+    error_reason,
+    find_case_files,
+    integer_labels,
+    labels_to_internal,
+    read_image,
+)
 from medseg.brain.segment import REGIONS, region_masks, region_volumes_ml
 from medseg.errors import InputError
 from medseg.results import FAILED, ItemResult, RunResult
@@ -155,14 +162,28 @@ def evaluate_pair(
     truth, tgeo = read_image(pair.truth)
     diff = pgeo.same_grid(tgeo)
     if diff:
-        raise InputError(f"prediction and ground truth grids differ ({diff})", path=pair.pred)
-    pred_i, truth_i = np.rint(pred).astype(np.int64), np.rint(truth).astype(np.int64)
+        pred = _same_voxels_in_other_order(pred, pgeo, tgeo)
+        if pred is None:
+            raise InputError(f"prediction and ground truth grids differ ({diff})", path=pair.pred)
+        log.info("%s: prediction stored in another voxel order than the truth; reordered onto it", pair.name)
+    pred_i, truth_i = integer_labels(pred, path=pair.pred), integer_labels(truth, path=pair.truth)
     t_conv = resolve_labels(set(np.unique(truth_i).tolist()), labels, path=pair.truth)
     p_conv = resolve_labels(set(np.unique(pred_i).tolist()), pred_labels or labels, path=pair.pred)
     p = labels_to_internal(pred_i, labels=p_conv, path=pair.pred)
     t = labels_to_internal(truth_i, labels=t_conv, path=pair.truth)
     metrics = {**region_metrics(p, t, tgeo.spacing), **volume_metrics(p, t, tgeo.spacing)}
     return metrics, p, t, {"truth_labels": t_conv, "pred_labels": p_conv}
+
+
+def _same_voxels_in_other_order(pred: np.ndarray, pgeo, tgeo) -> np.ndarray | None:
+    """``pred`` on the truth's grid when its grid is the truth's with the axes permuted or flipped
+    (the same voxels stored in another order, e.g. RAS vs LPS), else None."""
+    from medseg.brain.orientation import to_training_orientation
+
+    p, pg, _ = to_training_orientation(pred[None], pgeo)
+    t_shape = np.zeros((1, *tgeo.shape), np.uint8)
+    _, tg, to_truth = to_training_orientation(t_shape, tgeo)
+    return to_truth(p[0]) if pg.same_grid(tg) == "" else None
 
 
 def volume_metrics(

@@ -428,7 +428,22 @@ def load_seg(case: CaseFiles, ref: Geometry, *, labels: str = "brats2021") -> np
     seg, geo = read_image(case.seg)
     if geo.same_grid(ref):
         raise InputError(f"segmentation grid differs from the images ({geo.same_grid(ref)})", path=case.seg)
-    return labels_to_internal(np.rint(seg).astype(np.int64), labels=labels, path=case.seg)
+    return labels_to_internal(integer_labels(seg, path=case.seg), labels=labels, path=case.seg)
+
+
+def integer_labels(array: np.ndarray, *, path: Path | None = None) -> np.ndarray:
+    """A label map as integers; fractional values (a map resampled with linear interpolation, a
+    probability map) are refused: rounding them would invent labels (between 2 and 4 lies 3)."""
+    rounded = np.rint(array)
+    off = np.abs(array - rounded) > 1e-3
+    if off.any():
+        example = float(array[off].flat[0])
+        raise InputError(
+            f"label map holds {int(off.sum())} non-integer values (e.g. {example:.3g}): not a label map, "
+            "or one resampled with linear interpolation (resample labels with nearest neighbour)",
+            path=path,
+        )
+    return rounded.astype(np.int64)
 
 
 def labels_to_internal(seg: np.ndarray, *, labels: str, path: Path | None = None) -> np.ndarray:

@@ -194,3 +194,41 @@ def test_slab_of_a_few_slices_is_segmented_with_a_partial_coverage_warning(brain
     assert "slab: the brain region spans only 15 mm superior-inferior" in warning and "volumes" in warning
     whole = np.ones((4, 30, 40, 40), np.float32)
     assert partial_coverage_warning(whole, (5.0, 4.0, 4.0)) is None  # 150 x 160 x 160 mm
+
+
+def test_linearly_resampled_label_map_is_refused_not_rounded(brain_cases, tmp_path):
+    """Between 2 (edema) and 4 (enhancing) a linear resampling writes 3: rounding invented labels."""
+    from medseg.brain.io import integer_labels
+
+    assert integer_labels(np.array([0.0, 2.0, 4.0000001])).tolist() == [0, 2, 4]
+    case = tmp_path / brain_cases[0].name
+    shutil.copytree(brain_cases[0], case)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    seg = case / f"{case.name}_seg.nii.gz"
+    shutil.copy(seg, pred / seg.name)
+    img = sitk.ReadImage(str(seg), sitk.sitkFloat32)
+    smooth = sitk.SmoothingRecursiveGaussian(img, 2.0)  # what a linear resampling does to edges
+    sitk.WriteImage(smooth, str(seg))
+    res = _run("brain-eval", case, "--pred", pred, "--out", tmp_path / "qa", "--json")
+    assert res.exit_code == 2, res.output
+    err = json.loads(res.stdout)["error"]
+    assert seg.name in err and "non-integer values" in err and "nearest neighbour" in err
+
+
+def test_prediction_stored_in_another_voxel_order_is_scored_on_the_truth_grid(brain_cases, tmp_path):
+    """A RAS-stored prediction of the same voxels (another tool's export): scored, not refused."""
+    case = brain_cases[0]
+    seg = case / f"{case.name}_seg.nii.gz"
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    sitk.WriteImage(sitk.Flip(sitk.ReadImage(str(seg)), [True, True, False]), str(pred / seg.name))
+    res = _run("brain-eval", case, "--pred", pred, "--out", tmp_path / "qa", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)["items"][0]["metrics"]
+    assert m["dice_WT"] == 1.0 and m["dice_ET"] == 1.0 and m["hd95_TC"] == 0.0
+    shifted = sitk.ReadImage(str(seg))
+    shifted.SetOrigin([o + 7.0 for o in shifted.GetOrigin()])  # another grid: still refused
+    sitk.WriteImage(shifted, str(pred / seg.name))
+    res = _run("brain-eval", case, "--pred", pred, "--out", tmp_path / "qa2", "--json", "-q")
+    assert res.exit_code == 2 and "grids differ" in json.loads(res.stdout)["error"]
