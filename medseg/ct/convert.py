@@ -367,6 +367,8 @@ def _model(cfg: ConvertConfig, input_path: Path, src, tgt, by_sharpness: bool, i
             entry = m.find_model(
                 src, tgt, weights=cfg.weights, models_dirs=cfg.models_dirs, input_vendor=input_vendor
             )
+        except m.DamagedWeightsError:
+            raise
         except ModelError as exc:  # the table's own kernels fall back; a guessed sharpness is only offered
             known = known_sharpness(tgt.name, table_vendor(tgt, input_vendor))
             if cfg.weights is not None or known is None or known[1] == "interpolated":
@@ -482,6 +484,7 @@ class _Job:
 
 def _convert_dicom(job: _Job) -> None:
     """DICOM series in; derived DICOM series (streamed into a temporary folder) or a volume file out."""
+    from medseg.ct.kernels import kernel_tag_warnings
     from medseg.engine.batching import map_batched
     from medseg.engine.progress import progress_bar
     from medseg.io.atomic import atomic_dir
@@ -542,29 +545,6 @@ def _convert_dicom(job: _Job) -> None:
         qa.add(slice(None), out)
         qa.evaluate(series.spacing, item.name)
     write_volume_sitk(job.output_path, out, series.meta())
-
-
-def kernel_tag_warnings(series, spec: KernelSpec) -> list[str]:
-    """What the input's ConvolutionKernel and Manufacturer tags say against --from (and --vendor):
-    an empty tag, several kernel names in one tag or across slices, another kernel, another vendor."""
-    from medseg.ct.kernels import tag_agrees, tag_kernel_names, vendor_name
-
-    values = list(series.kernel_values)
-    names = tag_kernel_names(values)
-    vendor = vendor_name(series.manufacturer)
-    warnings = []
-    if not names:
-        warnings.append(f"input has no ConvolutionKernel tag; taking --from {spec.name} on trust")
-    elif len(names) > 1:
-        warnings.append(f"input ConvolutionKernel has several values {names}; --from is {spec.name}")
-    if names and not tag_agrees(values, spec, vendor if spec.vendor is None else spec.vendor):
-        shown = "\\".join(values)
-        warnings.append(f"input ConvolutionKernel is '{shown}' but --from is {spec.name}")
-    if spec.vendor and vendor and vendor != spec.vendor:
-        warnings.append(
-            f"input Manufacturer is '{series.manufacturer}' ({vendor}) but the kernels are {spec.vendor}'s"
-        )
-    return warnings
 
 
 def _convert_volume_file(job: _Job) -> None:

@@ -147,3 +147,24 @@ def tag_agrees(values: list[str], spec: KernelSpec, vendor: str | None) -> bool:
         if family and family == siemens_family(spec.name) and vendor in (None, "Siemens"):
             return True
     return False
+
+
+def kernel_tag_warnings(series, spec: KernelSpec) -> list[str]:
+    """What the input's ConvolutionKernel and Manufacturer tags say against --from (and --vendor):
+    an empty tag, several kernel names in one tag or across slices, another kernel, another vendor."""
+    values = list(series.kernel_values)
+    names = tag_kernel_names(values)
+    vendor = vendor_name(series.manufacturer)
+    warnings = []
+    if not names:
+        warnings.append(f"input has no ConvolutionKernel tag; taking --from {spec.name} on trust")
+    elif len(names) > 1:
+        warnings.append(f"input ConvolutionKernel has several values {names}; --from is {spec.name}")
+    if names and not tag_agrees(values, spec, vendor if spec.vendor is None else spec.vendor):
+        shown = "\\".join(values)
+        warnings.append(f"input ConvolutionKernel is '{shown}' but --from is {spec.name}")
+    if spec.vendor and vendor and vendor != spec.vendor:
+        warnings.append(
+            f"input Manufacturer is '{series.manufacturer}' ({vendor}) but the kernels are {spec.vendor}'s"
+        )
+    return warnings

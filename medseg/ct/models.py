@@ -221,6 +221,7 @@ def find_model(
         )
     if found:
         return found[0]
+    _refuse_damaged(models_dirs, src.name, tgt.name)  # never the demo weights in place of a broken own file
     demo_path = DEMO_MODELS / demo_file_name(src.name, tgt.name)
     entry = None
     if demo_path.is_file():
@@ -235,6 +236,25 @@ def find_model(
         f"no weights for {src}->{tgt.name} (available: {available_text(models_dirs)}); train with "
         f"'medseg ct-train' or pass --weights / --models-dir"
     )
+
+
+class DamagedWeightsError(ModelError):
+    """The user's own weights for the asked direction do not read: no fallback to other weights."""
+
+
+def _refuse_damaged(models_dirs, source: str, target: str) -> None:
+    """DamagedWeightsError for an unreadable file of the user's folders named for ``source -> target``
+    (or a run's best weights): a truncated copy of one's model is never replaced by the demo weights."""
+    for file in (f for d in search_dirs(models_dirs, demo=False) if d.is_dir() for f in _weights_files(d)):
+        if file.name.casefold() in (demo_file_name(source, target).casefold(), RUN_BEST):
+            try:
+                read_meta(file)
+            except ModelError as exc:
+                raise DamagedWeightsError(
+                    f"{exc.message}; these would be your {source}->{target} weights (by the file name): "
+                    "replace the file (an interrupted copy?), or move it away to use other weights",
+                    path=file,
+                ) from None
 
 
 def converter_models() -> tuple[str, ...]:
