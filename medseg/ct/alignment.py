@@ -31,6 +31,7 @@ class Grid:
     spacing_zyx: tuple[float, float, float]
     direction: np.ndarray
     slices: int
+    uid: str = ""  # SeriesInstanceUID of a DICOM series
 
 
 def grid_from_meta(meta, slices: int) -> Grid:
@@ -40,6 +41,7 @@ def grid_from_meta(meta, slices: int) -> Grid:
         tuple(float(v) for v in meta.spacing),
         np.asarray(meta.direction, dtype=float).reshape(3, 3),
         slices,
+        str(meta.series_uid or ""),
     )
 
 
@@ -102,12 +104,18 @@ def grid_mismatch(ours: Grid, theirs: Grid, ours_name: str = "the input") -> str
     return None
 
 
-def check_reference(shape: tuple[int, int, int], ours: Grid, reference: Path) -> None:
-    """The reference series/volume at ``reference`` has ``shape`` and covers the grid ``ours``
-    (ct-convert --reference), else an InputError naming it."""
+def check_reference(shape: tuple[int, int, int], ours: Grid, reference: Path, input_path: Path) -> None:
+    """The reference series/volume at ``reference`` is another series than the input, has ``shape``
+    and covers the grid ``ours`` (ct-convert --reference), else an InputError naming it."""
     from medseg.ct.report import _shape
 
     ref_shape, ref_grid = series_grid(reference)
+    if reference.resolve() == input_path.resolve() or (ours.uid and ours.uid == ref_grid.uid):
+        raise InputError(
+            "the reference is the input series itself: give the same scan reconstructed with the "
+            "target kernel",
+            path=reference,
+        )
     if ref_shape != shape:
         raise InputError(
             f"the reference has {_shape(ref_shape)}, the input {_shape(shape)}: not the same scan",

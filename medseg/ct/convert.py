@@ -217,7 +217,7 @@ def preflight(
         ours = (
             grid_from_meta(plan.series.meta(), plan.shape[0]) if plan.series else volume_file_grid(input_path)
         )
-        check_reference(plan.shape, ours, Path(reference))
+        check_reference(plan.shape, ours, Path(reference), input_path)
     return plan
 
 

@@ -96,3 +96,13 @@ def test_ct_report_fails_the_exam_whose_reference_is_shifted(small_exam_dir, tin
     status = {i.name: (i.status, i.reason) for i in result.items}
     assert status["good"][0] == "ok" and status["bad"][0] == "failed", status
     assert "the B30f series starts at another place" in status["bad"][1] and result.exit_code == 5
+
+
+def test_the_input_given_as_its_own_reference_is_refused(small_exam_dir, tiny_weights, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(small_exam_dir / "B50f", copy)  # another folder, the same series
+    for ref in (small_exam_dir / "B50f", copy):
+        res = _convert_json(small_exam_dir / "B50f", tmp_path / "out", ref, tiny_weights)
+        assert res.exit_code == 2, res.output
+        assert "the reference is the input series itself" in json.loads(res.stdout)["error"]
+    assert not (tmp_path / "out").exists()
