@@ -24,6 +24,9 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 PERCENTILES = (1.0, 99.8)  # per-plane normalisation (low, high); stored in every weights file
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+
+
 def _read_raw(path: Path) -> tuple[np.ndarray, bool]:
     """(pixels, whether the last axis holds channels: RGB samples or a TIFF channel axis)."""
     if not path.is_file():
@@ -31,8 +34,12 @@ def _read_raw(path: Path) -> tuple[np.ndarray, bool]:
     if path.stat().st_size == 0:
         raise InputError("empty file", path=path)
     suffix = path.suffix.lower()
+    with path.open("rb") as f:
+        is_tiff = f.read(4) in TIFF_MAGIC
     try:
-        if suffix in (".tif", ".tiff"):
+        # by content, not name: a PNG renamed .tif was refused as a corrupt TIFF, and a TIFF (an .svs
+        # slide, a stack) named otherwise went to a reader that sees only its first page
+        if is_tiff:
             return _tiff_planes(path)
         import imageio.v3 as iio
         from PIL import Image
@@ -48,7 +55,11 @@ def _read_raw(path: Path) -> tuple[np.ndarray, bool]:
         raise
     except Exception:  # decoders raise many types for corrupt files; --debug logs the decoder's words
         log.debug("%s: decoder error", path, exc_info=True)
-        kind = suffix.lstrip(".").upper().replace("TIFF", "TIF").replace("JPEG", "JPG") or "image"
+        kind = (
+            "TIF"
+            if is_tiff
+            else suffix.lstrip(".").upper().replace("TIFF", "TIF").replace("JPEG", "JPG") or "image"
+        )
         raise InputError(
             f"cannot read image: not a valid {kind} file (corrupt or truncated?)", path=path
         ) from None
@@ -427,10 +438,20 @@ def list_images(inputs: list[str | Path]) -> list[Path]:
         p = Path(item)
         if p.is_dir():
             out += sorted(
-                f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+                f
+                for f in p.iterdir()
+                if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
             )
         elif p.exists():
             out.append(p)
         else:
             raise InputError("input not found", path=p)
-    return out
+    # a file given twice (a folder and a file in it, a symlink to it) is one image, not two items
+    seen: set[Path] = set()
+    unique = []
+    for f in out:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique

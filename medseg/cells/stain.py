@@ -233,7 +233,9 @@ def percentile_normalise(plane: np.ndarray, *, low: float = 1.0, high: float = 9
     """Percentile-normalise to about [0, 1]; constant planes (all-zero images) become all zero."""
     plane = plane.astype(np.float32, copy=False)
     lo, hi = np.percentile(_sample(plane), [low, high])
-    if hi - lo < 1e-6 * max(abs(hi), 1.0):
+    # constant up to float precision, relative to the values' own scale: a float image in small units
+    # (values about 1e-9 and below) is not constant, it was returned all zero (0 cells) before
+    if hi - lo <= 1e-6 * max(abs(hi), abs(lo)):
         return np.zeros_like(plane)
     return ((plane - lo) / (hi - lo)).astype(np.float32)
 

@@ -225,3 +225,40 @@ def test_eval_scores_a_stack_as_cells_segment_writes_it(real, tmp_path):
     n = 2 * (len(np.unique(mask)) - 1)
     assert doc["exit_code"] == 0
     assert doc["summary"]["count_true"] == n and doc["summary"]["tp"] == n - 1
+
+
+def test_files_are_read_by_content_not_by_extension(real, tmp_path):
+    image, mask = real
+    gray = (image.astype(np.float32) / image.max() * 255).astype(np.uint8)
+    Image.fromarray(gray).save(tmp_path / "renamed.tif", format="PNG")  # was "not a valid TIF file"
+    np.testing.assert_array_equal(read_image(tmp_path / "renamed.tif")[0][0], gray)
+    tifffile.imwrite(tmp_path / "stack.png", np.stack([image, image // 2]))  # was its first page only
+    assert read_image(tmp_path / "stack.png")[0].shape == (2, 128, 128)
+    Image.fromarray(mask.astype(np.uint8)).save(tmp_path / "m.tif", format="PNG")
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.tif"), mask.astype(np.uint8))
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1e-30])
+def test_float_image_in_small_units_is_not_taken_for_constant(real, scale):
+    """A float TIFF in small physical units (max ~2e-10) was normalised to all zero: 0 cells."""
+    from medseg.cells.stain import normalise_for_stain
+
+    image = real[0].astype(np.float32)
+    for stain in ("fluo", "phase"):
+        np.testing.assert_allclose(
+            normalise_for_stain(image * np.float32(scale), stain),
+            normalise_for_stain(image, stain),
+            atol=1e-4,
+        )
+    assert not normalise_for_stain(np.full((32, 32), 3e-20, np.float32), "fluo").any()  # constant stays 0
+
+
+def test_an_image_given_twice_is_one_item(real, tmp_path):
+    from medseg.cells.io import list_images
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", real[0])
+    (folder / "link.tif").symlink_to(folder / "a.tif")
+    (folder / "sub.png").mkdir()  # a folder named like an image is not an image
+    assert list_images([folder, folder / "a.tif"]) == [folder / "a.tif"]
