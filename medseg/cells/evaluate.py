@@ -242,27 +242,35 @@ def _stem(path: Path) -> str:
 
 
 def _find_truth(pred_path: Path, truth_dir: Path) -> Path | None:
+    """The truth mask for a predicted label image, by name: ``NAME_mask``/``_labels``/``_gt``... before
+    a bare ``NAME`` (a folder holding the images next to their masks: the image is not the truth), never
+    the predicted file itself; then names as ``cells-segment`` rewrites them (spaces, accents)."""
+    from medseg.io.atomic import safe_name
+
     stem = pred_path.name
     for suffix in ("_labels.tif", "_labels.tiff", ".tif", ".tiff", ".png"):
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    from medseg.io.atomic import safe_name
-
-    bases: list[tuple[str, Path]] = []
+    found: list[tuple[str, bool, Path]] = []  # (base name, carries a mask tag, file)
     for cand in sorted(truth_dir.iterdir()):
+        if cand.suffix.lower() not in (".png", ".tif", ".tiff") or cand.name.startswith("."):
+            continue
+        if cand.resolve() == pred_path.resolve():
+            continue
         base = cand.stem
         for tag in ("_mask", "_masks", "_labels", "_label", "_gt"):
             if base.endswith(tag):
                 base = base[: -len(tag)]
-        if cand.suffix.lower() in (".png", ".tif", ".tiff") and not cand.name.startswith("."):
-            if base == stem:
-                return cand
-            bases.append((base, cand))
+        found.append((base, base != cand.stem, cand))
     # cells-segment names its outputs after the image with spaces and other characters replaced
     # ("slide 1 é.png" -> "slide_1_labels.tif"): the truth "slide 1 é_mask.tif" is the same image
-    same = [cand for base, cand in bases if safe_name(base) == stem]
-    return same[0] if len(same) == 1 else None
+    for same in (lambda b: b == stem, lambda b: safe_name(b) == stem):
+        for tagged in (True, False):
+            hits = [cand for base, t, cand in found if t == tagged and same(base)]
+            if hits:
+                return hits[0]
+    return None
 
 
 def evaluate_folders(

@@ -262,3 +262,19 @@ def test_an_image_given_twice_is_one_item(real, tmp_path):
     (folder / "link.tif").symlink_to(folder / "a.tif")
     (folder / "sub.png").mkdir()  # a folder named like an image is not an image
     assert list_images([folder, folder / "a.tif"]) == [folder / "a.tif"]
+
+
+def test_eval_truth_is_the_mask_not_the_image_beside_it_nor_the_prediction(real, tmp_path):
+    """A truth folder holding the images next to their masks: a.png (the image) was taken as the truth
+    of a_labels.tif (AP 0.0, silently); a folder given as its own truth scored each file against itself."""
+    image, mask = real
+    pred, data = tmp_path / "pred", tmp_path / "data"
+    pred.mkdir()
+    data.mkdir()
+    tifffile.imwrite(pred / "a_labels.tif", mask)
+    Image.fromarray((image / image.max() * 255).astype(np.uint8)).save(data / "a.png")
+    tifffile.imwrite(data / "a_mask.tif", mask)
+    doc = json.loads(_eval(pred, data).stdout)
+    assert doc["items"][0]["metrics"]["truth"] == "a_mask.tif" and doc["summary"]["ap50"] == 1.0
+    doc = json.loads(_eval(pred, pred).stdout)
+    assert doc["exit_code"] == 5 and doc["items"][0]["status"] == "failed"
