@@ -24,6 +24,7 @@ import numpy as np
 
 from medseg.brain.io import (
     CaseFiles,
+    Geometry,
     error_reason,
     find_case_files,
     integer_labels,
@@ -135,6 +136,7 @@ class EvalPair:
     pred: Path
     truth: Path
     image: Path | None = None  # FLAIR, background of the overlay figures
+    truth_geometry: Geometry | None = None  # the truth's grid, set by evaluate_pair (for the figures)
 
 
 def find_pair(pred_dir: Path, case_dir: Path) -> EvalPair:
@@ -160,6 +162,7 @@ def evaluate_pair(
     conventions read (``pred_labels`` None: the truth's when given, else detected per file)."""
     pred, pgeo = read_image(pair.pred)
     truth, tgeo = read_image(pair.truth)
+    pair.truth_geometry = tgeo
     diff = pgeo.same_grid(tgeo)
     if diff:
         pred = _same_voxels_in_other_order(pred, pgeo, tgeo)
@@ -267,7 +270,7 @@ def evaluate_cases(
             result.add(ItemResult(name=pair.name, status=FAILED, reason=error_reason(exc)))
             continue
         rows.append({"case": pair.name, **metrics})
-        overlays.append((pair.name, pair.image, p, t))
+        overlays.append((pair.name, pair.image, p, t, pair.truth_geometry))
         result.add(ItemResult(name=pair.name, metrics={**metrics, **conventions}))
         log.info(
             "%s: Dice WT %.3f TC %.3f ET %.3f; WT %.1f mL predicted, %.1f mL true (labels: truth %s, "
@@ -292,7 +295,11 @@ def evaluate_cases(
         }
         try:
             paths = write_eval_report(
-                report, out_dir, inputs=[str(pred_dir), *map(str, case_dirs)], overlays=overlays
+                report,
+                out_dir,
+                inputs=[str(pred_dir), *map(str, case_dirs)],
+                overlays=overlays,
+                warnings=result.warnings,
             )
         except BaseException:  # no half report that would block the corrected rerun
             for name in REPORT_FILES:

@@ -4,12 +4,15 @@ three orthogonal planes through the tumour with truth and prediction contours.""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from medseg.brain.segment import REGIONS
 from medseg.reports.plots import pyplot
+
+log = logging.getLogger("medseg.brain")
 
 _COLOURS = {"WT": "#f1c40f", "TC": "#e67e22", "ET": "#e74c3c"}
 
@@ -91,11 +94,51 @@ def overlay_figure(
     return fig
 
 
+def _background(name: str, image_path: Path | None, geo, warnings: list[str] | None) -> np.ndarray | None:
+    """The FLAIR under a case's contours on the labels' grid ``geo``, or None (contours only).
+
+    The FLAIR is only the figure's background: one that cannot be read, or lies on another grid, costs
+    the case its background (with a warning), not the whole report.
+    """
+    from medseg.brain.io import error_reason, read_image
+    from medseg.brain.orientation import to_training_orientation
+    from medseg.errors import InputError
+
+    if image_path is None or geo is None:
+        return None
+    try:
+        image, igeo = read_image(image_path)
+    except (InputError, OSError) as exc:
+        msg = f"{name}: FLAIR not drawn under the contours ({error_reason(exc)})"
+        log.warning(msg)
+        if warnings is not None:
+            warnings.append(msg)
+        return None
+    if igeo.same_grid(geo) == "":
+        return image
+    # the same voxels stored in another order (e.g. RAS vs LPS): reordered; another grid: contours only
+    img, ig, _ = to_training_orientation(image[None], igeo)
+    _, lg, to_labels = to_training_orientation(np.zeros((1, *geo.shape), np.uint8), geo)
+    if ig.same_grid(lg) == "":
+        return to_labels(img[0])
+    log.info("%s: FLAIR on another grid than the labels (%s): contours only", name, igeo.same_grid(geo))
+    return None
+
+
 def write_eval_report(
-    result: dict, out_dir: Path, *, inputs: list[str], overlays: list | None = None, max_overlays: int = 12
+    result: dict,
+    out_dir: Path,
+    *,
+    inputs: list[str],
+    overlays: list | None = None,
+    max_overlays: int = 12,
+    warnings: list[str] | None = None,
 ) -> dict[str, Path]:
-    """report.html (+ metrics.json, metrics.csv) in ``out_dir``; failed cases are listed with their reason."""
-    from medseg.brain.io import read_image
+    """report.html (+ metrics.json, metrics.csv) in ``out_dir``; failed cases are listed with their reason.
+
+    ``overlays``: (case, FLAIR path or None, prediction, truth, labels' Geometry) per case drawn;
+    ``warnings`` collects what could not be drawn.
+    """
     from medseg.io.atomic import write_text
     from medseg.reports import Report
     from medseg.results import json_safe
@@ -125,10 +168,8 @@ def write_eval_report(
         rep.add_table("Cases not evaluated", result["failed"], ["case", "reason"])
     if rows:
         rep.add_figure("Distribution over cases", boxplot_figure(rows))
-    for name, image_path, pred, truth in (overlays or [])[:max_overlays]:
-        image, geo = read_image(image_path) if image_path is not None else (None, None)
-        if image is not None and image.shape != truth.shape:
-            image = None  # FLAIR on another grid than the labels: contours only
+    for name, image_path, pred, truth, geo in (overlays or [])[:max_overlays]:
+        image = _background(name, image_path, geo, warnings)
         rep.add_figure(
             f"Overlay: {name}",
             overlay_figure(name, image, pred, truth, geo.spacing if geo else (1.0, 1.0, 1.0)),

@@ -232,3 +232,35 @@ def test_prediction_stored_in_another_voxel_order_is_scored_on_the_truth_grid(br
     sitk.WriteImage(shifted, str(pred / seg.name))
     res = _run("brain-eval", case, "--pred", pred, "--out", tmp_path / "qa2", "--json", "-q")
     assert res.exit_code == 2 and "grids differ" in json.loads(res.stdout)["error"]
+
+
+def test_unreadable_flair_costs_the_figure_background_not_the_report(brain_cases, tmp_path):
+    """The FLAIR is only drawn under the contours: a truncated one failed the whole batch (exit 2, no report)."""
+    cohort = _eval_cohort(brain_cases[:1], tmp_path)
+    name = brain_cases[0].name
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    shutil.copy(brain_cases[0] / f"{name}_seg.nii.gz", pred)
+    flair = cohort / name / f"{name}_flair.nii.gz"
+    flair.write_bytes(flair.read_bytes()[:20000])
+    res = _run("brain-eval", cohort, "--pred", pred, "--out", tmp_path / "qa", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [i["status"] for i in doc["items"]] == ["ok"] and doc["items"][0]["metrics"]["dice_WT"] == 1.0
+    (warning,) = doc["warnings"]
+    assert name in warning and flair.name in warning and "truncated" in warning
+    assert (tmp_path / "qa" / "report.html").is_file()
+
+
+def test_flair_in_another_voxel_order_is_reordered_under_the_contours(brain_cases, tmp_path):
+    from medseg.brain.report import _background
+
+    case = brain_cases[0]
+    flair = case / f"{case.name}_flair.nii.gz"
+    ref, geo = read_image(flair)
+    ras = tmp_path / "flair_ras.nii.gz"
+    sitk.WriteImage(sitk.Flip(sitk.ReadImage(str(flair)), [True, True, False]), str(ras))
+    assert np.array_equal(_background(case.name, ras, geo, None), ref)  # same shape, was drawn mirrored
+    small = tmp_path / "flair_small.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(flair))[::2, ::2, :], str(small))
+    assert _background(case.name, small, geo, None) is None  # another grid: contours only
