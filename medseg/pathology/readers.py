@@ -30,6 +30,7 @@ log = logging.getLogger("medseg.pathology")
 READERS = ("auto", "openslide", "tifffile", "dicom")
 _ASSOCIATED = ("label", "macro", "thumbnail", "overview")
 _MAX_ASSOCIATED_PX = 4096 * 4096
+_MAX_CHUNK_BYTES = 2**30  # a compressed strip/tile decoded whole for every region read (RAM x threads)
 
 
 class UnsupportedSlide(Exception):
@@ -223,9 +224,19 @@ class TiffReader(SlideReader):
             raise UnsupportedSlide("TIFF without an image series")
         self.series = max(main, key=lambda s: _yx(s)[0] * _yx(s)[1])
         self._check_complete()
+        mapped = [self._memmap(lv) for lv in self.series.levels]
         self.levels = [
-            zarr.open(self.series.aszarr(level=i), mode="r") for i in range(len(self.series.levels))
+            m if m is not None else zarr.open(self.series.aszarr(level=i), mode="r")
+            for i, m in enumerate(mapped)
         ]
+        chunks = getattr(self.levels[0], "chunks", None)
+        if chunks is not None and int(np.prod(chunks)) * self.series.dtype.itemsize > _MAX_CHUNK_BYTES:
+            mb = int(np.prod(chunks)) * self.series.dtype.itemsize // 2**20
+            raise UnsupportedSlide(
+                f"the image is stored as compressed blocks of {mb} MB (e.g. one strip for the whole "
+                "image): every region read would decode a whole block; convert it to a tiled TIFF, "
+                "e.g. vips tiffsave in.tif out.tif --tile --pyramid --compression jpeg"
+            )
         self.axes = [lv.axes for lv in self.series.levels]
         dims = [(_yx(lv)[1], _yx(lv)[0]) for lv in self.series.levels]
         keep = [0] + [i for i in range(1, len(dims)) if dims[i][0] < dims[i - 1][0]]  # strictly coarser
@@ -258,6 +269,24 @@ class TiffReader(SlideReader):
                     self._scale = 255.0
                 else:
                     self._scale = 255.0 / top if top > 0 else 1.0
+
+    def _memmap(self, level) -> _Mapped | None:
+        """An uncompressed level stored in one piece, mapped: a region read touches only its rows.
+
+        Through zarr such a level is one chunk, decoded whole for every region: a flat 16k x 16k
+        uncompressed TIFF written with one strip took 2.4 GB and 2 minutes instead of 1 GB and
+        8 s, growing with the slide."""
+        page = level.keyframe
+        if len(level.pages) != 1 or tuple(level.shape) != tuple(page.shape) or not page.is_memmappable:
+            return None
+        mapped = _Mapped(
+            self.path, page.dtype.newbyteorder(self.tif.byteorder), page.dataoffsets[0], page.shape
+        )
+        try:
+            mapped[:1, :1]
+        except (OSError, ValueError):
+            return None
+        return mapped
 
     def _check_complete(self) -> None:
         """Every tile/strip of every level lies inside the file: a cut download is named as such."""
@@ -347,6 +376,21 @@ class TiffReader(SlideReader):
 
     def close(self) -> None:
         self.tif.close()
+
+
+class _Mapped:
+    """An uncompressed image in a file, mapped for each read only: the pages a read touched are
+    let go with the mapping, so memory stays that of one region, not of the slide."""
+
+    def __init__(self, path: Path, dtype: np.dtype, offset: int, shape: tuple[int, ...]) -> None:
+        self.path, self.dtype, self.offset, self.shape = path, dtype, int(offset), tuple(shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        m = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
+        try:
+            return np.array(m[index])
+        finally:
+            m._mmap.close()  # type: ignore[attr-defined]
 
 
 def _yx(series) -> tuple[int, int]:
