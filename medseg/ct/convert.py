@@ -421,14 +421,15 @@ class _QA:
 
     def evaluate(self, spacing_zyx: tuple[float, float, float], name: str) -> None:
         """Load the reference and compute the numbers; raises (and so stops publishing) on a bad reference."""
-        from medseg.ct.report import evaluate_exam, kernel_check, slice_figure
+        from medseg.ct.report import NO_LUNGS, evaluate_exam, kernel_check, slice_figure
 
         reference, _ = self.plan.reference.load()
         self.metrics, mask = evaluate_exam(name, self.original, self.converted, reference, spacing_zyx)
-        sharpness, self.warnings = kernel_check(
+        sharpness, kernel_warnings = kernel_check(
             self.original, self.converted, reference, spacing_zyx, source=self.source, target=self.target
         )
         self.metrics.update(sharpness)
+        self.warnings = ([] if mask.any() else [NO_LUNGS]) + kernel_warnings
         for warning in self.warnings:
             log.warning("%s: %s", name, warning)
         self.figure = (

@@ -73,6 +73,10 @@ METRICS = [
 ]
 CSV_COLUMNS = ["exam", "status", *METRICS, "kernel_check", "error"]
 QA_CSV, QA_JSON, QA_HTML, QA_PDF = "ct_qa.csv", "ct_qa.json", "ct_qa.html", "ct_qa.pdf"
+NO_LUNGS = (
+    "no lungs found in the reference series (not a chest scan?): LAA-950 and Perc15, emphysema "
+    "measures of the lungs, are not computed (n/a); the RMSE is"
+)
 QA_AGREEMENT = "ct_qa_agreement.csv"  # Bland-Altman + ICC of LAA-950 and Perc15 (medseg.ct.agreement)
 MASKS = "masks"
 MAX_FIGURES = 6  # exams shown as slice figures in the HTML/PDF report
@@ -137,7 +141,7 @@ def evaluate_exam(
         metrics[f"laa950_{key}"] = laa_percent(other, mask)
         metrics[f"perc15_{key}"] = perc15(other, mask)
     if not mask.any():
-        log.warning("%s: automatic lung mask is empty; emphysema metrics are n/a", name)
+        log.debug("%s: automatic lung mask is empty; emphysema metrics are n/a", name)
     return metrics, mask
 
 
@@ -378,7 +382,7 @@ def write_qa_outputs(
     )
     if flagged:
         report.add_table(
-            "Kernel check warnings",
+            "Warnings per exam (kernel check, series reader, measures)",
             [{"exam": n, "warning": w} for n, w in flagged],
             columns=["exam", "warning"],
         )
@@ -543,6 +547,7 @@ def _report_exam(
             except InputError as exc:  # e.g. a target outside the trained range: the row is n/a
                 item.warnings.append(f"sharpness-conditioned converter not run: {exc.message}")
         item.metrics, mask = evaluate_exam(exam.name, original, converted, reference, meta.spacing, others)
+        item.warnings += [] if mask.any() else [NO_LUNGS]
         if conditioned is not None:
             item.metrics = {**cond.nan_metrics(), **item.metrics}
         if plan is not None:
