@@ -35,7 +35,14 @@ def _read_raw(path: Path) -> tuple[np.ndarray, bool]:
         raise InputError("empty file", path=path)
     suffix = path.suffix.lower()
     with path.open("rb") as f:
-        is_tiff = f.read(4) in TIFF_MAGIC
+        head = f.read(132)
+    is_tiff = head[:4] in TIFF_MAGIC
+    if head[128:132] == b"DICM":  # a valid file, just not an image format this command reads
+        raise InputError(
+            "a DICOM file: the cell commands read PNG, TIFF, JPEG and BMP images; export the image (or a "
+            "tile of a DICOM whole-slide image) as TIFF or PNG",
+            path=path,
+        )
     try:
         # by content, not name: a PNG renamed .tif was refused as a corrupt TIFF, and a TIFF (an .svs
         # slide, a stack) named otherwise went to a reader that sees only its first page

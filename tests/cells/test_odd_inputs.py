@@ -278,3 +278,9 @@ def test_eval_truth_is_the_mask_not_the_image_beside_it_nor_the_prediction(real,
     assert doc["items"][0]["metrics"]["truth"] == "a_mask.tif" and doc["summary"]["ap50"] == 1.0
     doc = json.loads(_eval(pred, pred).stdout)
     assert doc["exit_code"] == 5 and doc["items"][0]["status"] == "failed"
+
+
+def test_dicom_file_is_named_as_dicom_not_as_corrupt(tmp_path):
+    dicom = REAL.parent / "dicom_wsi_camelyon_tiled_full.dcm"  # a real DICOM whole-slide image
+    with pytest.raises(InputError, match="dcm: a DICOM file: the cell commands read PNG, TIFF"):
+        read_image(dicom)
