@@ -510,8 +510,34 @@ def open_reader(path: str | Path, reader: str = "auto") -> SlideReader:
     if kind == "tiff":
         raise InputError(f"valid TIFF file, but no reader supports its layout ({detail})", path=path)
     if reader == "auto" or reader == "openslide":
-        raise InputError("not a slide, or a format OpenSlide does not support", path=path)
+        raise InputError(_not_a_slide(path), path=path)
     raise InputError(f"not a slide the {reader} reader can open ({detail})", path=path)
+
+
+_IMAGE_MAGIC = {
+    b"\xff\xd8\xff": "a JPEG image",
+    b"\x89PNG": "a PNG image",
+    b"BM": "a BMP image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF document",
+    b"PK\x03\x04": "a ZIP archive (unpack it first)",
+}
+
+
+def _not_a_slide(path: Path) -> str:
+    """Why OpenSlide refused a file that is neither TIFF nor DICOM, as precisely as its first bytes tell."""
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file (0 bytes): an interrupted copy or export?"
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    kind = next((v for k, v in _IMAGE_MAGIC.items() if head.startswith(k)), None)
+    if kind is not None:
+        return (
+            f"{kind}, not a whole-slide file (whatever its extension): export the slide from the "
+            "scanner software (SVS, NDPI, MRXS, OME-TIFF, DICOM ...)"
+        )
+    return "not a slide, or a format OpenSlide does not support"
 
 
 def _samples_openslide_cannot_decode(path: Path) -> bool:

@@ -397,3 +397,15 @@ def test_uncompressed_flat_tiff_reads_only_the_rows_it_needs(tmp_path, monkeypat
                      resolution=(2e4, 2e4), resolutionunit="CENTIMETER")  # fmt: skip
     with pytest.raises(InputError, match="convert it to a tiled TIFF"):
         open_slide(tmp_path / "z.tif", reader="tifffile")
+
+
+def test_empty_file_and_renamed_images_say_what_they_are(tmp_path):
+    """Both were "not a slide, or a format OpenSlide does not support"."""
+    from PIL import Image
+
+    (tmp_path / "empty.svs").write_bytes(b"")
+    Image.fromarray(_image()).save(tmp_path / "field.svs", format="PNG")
+    with pytest.raises(InputError, match=r"empty file \(0 bytes\)"):
+        open_slide(tmp_path / "empty.svs")
+    with pytest.raises(InputError, match="a PNG image, not a whole-slide file"):
+        open_slide(tmp_path / "field.svs")
