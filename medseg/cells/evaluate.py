@@ -316,7 +316,8 @@ def evaluate_folders(
                     f"{gt_path.name} ({'x'.join(map(str, truth.shape))})"
                 )
             truth = pages_side_by_side(truth, instances_from_mask)
-            row = evaluate_labels(truth, pages_side_by_side(predicted), cfg)
+            # a binary prediction (another tool's foreground mask) is split into its cells as the truth is
+            row = evaluate_labels(truth, pages_side_by_side(predicted, instances_from_mask), cfg)
         except InputError as exc:
             reason = exc.message if exc.path in (None, path) else str(exc)
             log.info("%s: failed: %s", path.name, reason)

@@ -284,3 +284,18 @@ def test_dicom_file_is_named_as_dicom_not_as_corrupt(tmp_path):
     dicom = REAL.parent / "dicom_wsi_camelyon_tiled_full.dcm"  # a real DICOM whole-slide image
     with pytest.raises(InputError, match="dcm: a DICOM file: the cell commands read PNG, TIFF"):
         read_image(dicom)
+
+
+def test_eval_binary_prediction_is_split_into_cells_as_the_truth_is(real, tmp_path):
+    """Another tool's foreground mask (0/255, cells apart) was one predicted object: AP 0."""
+    from skimage.segmentation import find_boundaries
+
+    _, mask = real
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    binary = ((mask > 0) & ~find_boundaries(mask)).astype(np.uint8) * 255
+    Image.fromarray(binary).save(pred / "a.png")
+    tifffile.imwrite(truth / "a_mask.tif", mask)
+    summary = json.loads(_eval(pred, truth).stdout)["summary"]
+    assert summary["count_pred"] >= summary["count_true"] - 2 and summary["ap50"] > 0.6  # was 1 object, AP 0
