@@ -96,6 +96,12 @@ def open_slide(path: str | Path, *, slide_mpp: float | None = None, reader: str 
         if handle.mpp is not None:
             mx, my = handle.mpp
             mpp = (mx + my) / 2
+            if slide_mpp is None and max(mx, my) > 1.1 * min(mx, my):  # averaged, PTCs would be stretched
+                raise InputError(
+                    f"pixels are not square in the slide's metadata ({mx:g} x {my:g} um): tiles would be "
+                    "stretched; if the metadata is wrong, pass --slide-mpp",
+                    path=path,
+                )
         if slide_mpp is not None:
             mpp, source = float(slide_mpp), "--slide-mpp"
         if mpp is None and sniff(path) == "dicom":

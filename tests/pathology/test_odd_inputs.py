@@ -409,3 +409,16 @@ def test_empty_file_and_renamed_images_say_what_they_are(tmp_path):
         open_slide(tmp_path / "empty.svs")
     with pytest.raises(InputError, match="a PNG image, not a whole-slide file"):
         open_slide(tmp_path / "field.svs")
+
+
+def test_non_square_pixels_are_refused_unless_the_scale_is_given(tmp_path):
+    """x and y scales of 0.25 and 0.5 um were averaged to 0.375: every PTC read stretched."""
+    import tifffile
+
+    path = tmp_path / "rect.tif"
+    tifffile.imwrite(path, _image(256, 256), photometric="rgb", tile=(64, 64), resolution=(4e4, 2e4),
+                     resolutionunit="CENTIMETER")  # fmt: skip
+    with pytest.raises(InputError, match=r"pixels are not square .*\(0.25 x 0.5 um\)"):
+        open_slide(path)
+    with open_slide(path, slide_mpp=0.5) as s:
+        assert s.mpp == 0.5
