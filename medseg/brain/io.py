@@ -503,13 +503,20 @@ def expand_case_dirs(paths: list[str | Path], *, exclude: list[str | Path] | tup
             raise InputError("not a folder", path=p)
         has_images = any(_is_volume(f) and _tag(_stem(f)) for f in p.iterdir())
         subs = [d for d in sorted(p.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-        if not has_images and subs and all(_tag(d.name.lower()) is None for d in subs):
+        # a cohort: no image here and no modality sub-folder (a case of DICOM series folders has them);
+        # a "labels"/"seg" folder beside the cases holds segmentations, not a case
+        if not has_images and subs and all(_tag(d.name.lower()) in (None, "seg") for d in subs):
+            before = len(out)
             for d in subs:
                 own = _holds(d, skip)
                 if own is not None:
                     log.info("%s: not a case (it holds this command's output or predictions %s)", d, own)
-                    continue
-                out.append(d)
+                elif _tag(d.name.lower()) == "seg":
+                    log.info("%s: not a case (a folder of segmentations, by its name)", d)
+                else:
+                    out.append(d)
+            if len(out) == before:  # no case left: the folder itself, whose error then names it
+                out.append(p)
         else:
             out.append(p)
     return out

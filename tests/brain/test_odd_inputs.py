@@ -264,3 +264,14 @@ def test_flair_in_another_voxel_order_is_reordered_under_the_contours(brain_case
     small = tmp_path / "flair_small.nii.gz"
     sitk.WriteImage(sitk.ReadImage(str(flair))[::2, ::2, :], str(small))
     assert _background(case.name, small, geo, None) is None  # another grid: contours only
+
+
+def test_labels_folder_beside_the_cases_is_not_a_case(brain_cases, tmp_path):
+    """cohort/{case1, case2, labels}: was read as ONE case missing all four modalities (exit 2)."""
+    cohort = _eval_cohort(brain_cases, tmp_path)
+    (cohort / "labels").mkdir()
+    shutil.copy(brain_cases[0] / f"{brain_cases[0].name}_seg.nii.gz", cohort / "labels")
+    assert expand_case_dirs([cohort]) == [cohort / c.name for c in brain_cases]
+    lone = tmp_path / "lone"
+    (lone / "seg").mkdir(parents=True)
+    assert expand_case_dirs([lone]) == [lone]  # nothing else: the folder itself, whose error names it
