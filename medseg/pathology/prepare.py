@@ -358,7 +358,9 @@ def _save_png(path: Path, rgb: np.ndarray) -> None:
         Image.fromarray(rgb).save(tmp, format="PNG")
 
 
-def _slide_records(slide_path: Path, ann_path: Path, staging: Path, cfg: PrepareConfig) -> list[dict]:
+def _slide_records(
+    slide_path: Path, ann_path: Path, staging: Path, cfg: PrepareConfig, name: str | None = None
+) -> list[dict]:
     """One slide's tissue tiles (written to ``staging/images``) and their enlarged, clipped boxes."""
     from medseg.io.atomic import safe_name
     from medseg.pathology.slide import check_scale, detect_tissue, open_slide, slide_stem
@@ -383,7 +385,7 @@ def _slide_records(slide_path: Path, ann_path: Path, staging: Path, cfg: Prepare
         labels = rows[:, 4].astype(int)
         outlines = [np.asarray(o, float) / grid.scale for o in outlines]
         tissue = detect_tissue(slide)
-        stem = safe_name(slide_stem(slide_path))
+        stem = name or safe_name(slide_stem(slide_path))  # unique per run: tiles of two s1.svs never collide
         for t in plan_slide_tiles(slide, grid, tissue, min_tissue=cfg.min_tissue):
             b, lab, polys = _tile_targets(boxes, labels, t.x, t.y, cfg.tile, cfg, outlines)
             name = f"{stem}_r{t.row:04d}_c{t.col:04d}.png"
@@ -506,9 +508,18 @@ def prepare_dataset(
     else:
         if not slides:
             raise InputError("give SLIDES (with GeoJSON annotations) or --masks FOLDER")
-        from medseg.pathology.slide import slide_stem
+        from medseg.pathology.slide import unique_names
 
-        jobs = [(slide_stem(s), s, a) for s, a in pair_annotations(slides, annotations)]
+        seen: set[Path] = set()
+        pairs = []
+        for s_, a in pair_annotations(slides, annotations):
+            if s_.resolve() in seen:  # its tiles twice would weigh it double in training
+                log.warning("%s: given twice, prepared once", s_)
+                continue
+            seen.add(s_.resolve())
+            pairs.append((s_, a))
+        # unique names: a/s1.svs and b/s1.svs wrote the same tile files, the second over the first
+        jobs = [(n, s_, a) for n, (s_, a) in zip(unique_names([p for p, _a in pairs]), pairs)]
         sources = [str(s) for s in slides]
     check_apart(out, [*slides, annotations, masks])  # the dataset never replaces or fills an input
     if masks is None:
@@ -533,7 +544,7 @@ def prepare_dataset(
                     recs = (
                         _mask_records(src, staging, cfg)
                         if masks is not None
-                        else _slide_records(src, ann, staging, cfg)
+                        else _slide_records(src, ann, staging, cfg, name)
                     )
                 except (MedsegError, OSError, ValueError) as exc:
                     reason = (

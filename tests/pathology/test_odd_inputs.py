@@ -422,3 +422,21 @@ def test_non_square_pixels_are_refused_unless_the_scale_is_given(tmp_path):
         open_slide(path)
     with open_slide(path, slide_mpp=0.5) as s:
         assert s.mpp == 0.5
+
+
+def test_two_slides_of_the_same_name_keep_their_own_tiles(tmp_path):
+    """a/s1.tiff and b/s1.tiff wrote the same tile files: the second slide's pixels under the
+    first one's boxes in annotations.json (corrupt training data, exit 0)."""
+    from medseg.pathology.prepare import prepare_dataset
+    from medseg.synthetic.slides import SlideSpec, write_slide
+
+    for sub, seed in (("a", 21), ("b", 22)):
+        (tmp_path / sub).mkdir()
+        write_slide(tmp_path / sub / "s1.tiff", SlideSpec(width=1024, height=768, seed=seed),
+                    geojson=tmp_path / sub / "s1.geojson")  # fmt: skip
+    slides = [tmp_path / "a" / "s1.tiff", tmp_path / "b" / "s1.tiff", tmp_path / "a" / "s1.tiff"]
+    run = prepare_dataset(slides, tmp_path / "ds")
+    assert [i.name for i in run.items] == ["s1", "s1_2"]  # the repeated path is prepared once
+    meta = json.loads((tmp_path / "ds" / "annotations.json").read_text())
+    files = [r["file"] for r in meta["images"]]
+    assert len(files) == len(set(files)) == len(list((tmp_path / "ds" / "images").iterdir()))
