@@ -23,6 +23,8 @@ import numpy as np
 from medseg.errors import InputError
 
 AIR_SEEN_HU = -200.0  # a slice whose lowest value is above this shows no air: not HU
+CT_MAX_HU = 32767.0  # no CT scale (extended ones end near 30,700 HU) goes above: wrapped negative values
+WRAPPED_FRACTION = 1e-3  # of a slice's pixels above CT_MAX_HU: signed data read as unsigned
 NO_RESCALE_WARNING = (
     "no RescaleSlope/RescaleIntercept (0028,1053/0028,1052) in the input: its stored values are "
     "taken as HU (they include air, so this looks right; check a few HU values)"
@@ -37,6 +39,7 @@ def _present(ds, keyword: str) -> bool:
 def check_hu(ds, hu: np.ndarray, path: Path, frame: int | None = None) -> str | None:
     """Refuse (InputError naming ``path``) a decoded slice that is not in HU because its rescale is
     missing; return a warning when the rescale is missing but the values look like HU, else None."""
+    _check_wrapped(hu, path, frame, ds)
     if "ModalityLUTSequence" in ds:
         return None
     slope, intercept = _present(ds, "RescaleSlope"), _present(ds, "RescaleIntercept")
@@ -60,6 +63,26 @@ def check_hu(ds, hu: np.ndarray, path: Path, frame: int | None = None) -> str | 
             path=path,
         )
     return NO_RESCALE_WARNING
+
+
+def _check_wrapped(hu: np.ndarray, path: Path, frame: int | None = None, ds=None) -> None:
+    """Refuse CT numbers above any CT scale in more than a few pixels: negative values of signed data
+    read as large unsigned ones (PixelRepresentation (0028,0103) says unsigned), or a wrapped volume."""
+    above = int(np.count_nonzero(hu > CT_MAX_HU))
+    if above and above >= WRAPPED_FRACTION * hu.size:
+        where = f"frame {frame}: " if frame else ""
+        unsigned = ds is not None and int(ds.get("PixelRepresentation", 0) or 0) == 0
+        cause = (
+            "the header says unsigned pixels (PixelRepresentation 0) for signed data, so negative values "
+            "read as large ones"
+            if unsigned
+            else "negative values wrapped around to large ones"
+        )
+        raise InputError(
+            f"{where}{100.0 * above / hu.size:.0f} % of the pixels are above {CT_MAX_HU:g} HU (highest "
+            f"{float(hu.max()):g}), beyond any CT scale: {cause}; fix the header or the export",
+            path=path,
+        )
 
 
 def checked_slices(series, warnings: list[str] | None = None) -> Iterator[tuple[object, np.ndarray]]:
@@ -98,6 +121,7 @@ def read_hu_volume(path: Path):
     from medseg.io.volume import read_volume_sitk
 
     volume, meta = read_volume_sitk(path)
+    _check_wrapped(volume, path)
     low = float(volume.min()) if volume.size else float("nan")
     if not low < AIR_SEEN_HU:
         raise InputError(

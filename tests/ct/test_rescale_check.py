@@ -118,3 +118,17 @@ def test_a_volume_without_air_is_not_hu_and_is_refused(small_exam_dir, tiny_weig
     assert info.value.path == raw and not (tmp_path / "out.nii.gz").exists()
     ok = write_volume_sitk(tmp_path / "hu.nii.gz", hu, meta)
     assert convert(ok, tmp_path / "ok.nii.gz", convert_config(weights=tiny_weights)).exit_code == 0
+
+
+def test_signed_pixels_declared_unsigned_are_refused(small_exam_dir, tiny_weights, tmp_path):
+    """Stored HU (signed, air -1000) whose header says unsigned read as 64536: refused, not saturated."""
+
+    def unsigned(ds) -> None:
+        _stored_as_hu(ds)
+        ds.RescaleSlope, ds.RescaleIntercept = "1", "0"
+        ds.PixelRepresentation = 0
+
+    src = _copy(small_exam_dir / "B50f", tmp_path / "in", unsigned)
+    with pytest.raises(InputError, match="PixelRepresentation 0") as info:
+        convert(src, tmp_path / "out", convert_config(weights=tiny_weights))
+    assert info.value.path.parent == src and not (tmp_path / "out").exists()
