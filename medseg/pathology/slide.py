@@ -310,7 +310,13 @@ def expand_inputs(inputs) -> list[Path]:
             out += _read_list(p)
         else:
             out.append(p)
-    return out
+    unique: dict[Path, Path] = {}
+    for p in out:  # a folder and one of its files, or a list and a file: scored once, not as "a_2"
+        key = p.resolve()
+        if key in unique:
+            log.warning("%s: given more than once, taken once", p)
+        unique.setdefault(key, p)
+    return list(unique.values())
 
 
 def _dicom_slides(files: list[Path]) -> list[Path]:

@@ -440,3 +440,12 @@ def test_two_slides_of_the_same_name_keep_their_own_tiles(tmp_path):
     meta = json.loads((tmp_path / "ds" / "annotations.json").read_text())
     files = [r["file"] for r in meta["images"]]
     assert len(files) == len(set(files)) == len(list((tmp_path / "ds" / "images").iterdir()))
+
+
+def test_a_slide_given_twice_is_one_slide(tmp_path):
+    """A folder plus one of its files scored that slide twice, as "a" and "a_2"."""
+    from medseg.pathology.slide import expand_inputs
+
+    (tmp_path / "a.svs").write_bytes(b"II*\x00")
+    (tmp_path / "list.csv").write_text("path\na.svs\n")
+    assert expand_inputs([tmp_path, tmp_path / "a.svs", tmp_path / "list.csv"]) == [tmp_path / "a.svs"]
