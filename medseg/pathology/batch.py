@@ -150,6 +150,34 @@ def record_slide(
     return row
 
 
+def check_resume_settings(out: Path, kept: list[str], cfg: ScoreConfig, weights: str) -> None:
+    """``--resume`` keeps finished slides: refuse (exit 2) when they were scored with other weights
+    or scoring settings, whose results would sit in one table with this run's as if comparable."""
+    from medseg.pathology.outputs import read_summary
+
+    now = {
+        "weights": str(weights),
+        "target_mpp": cfg.target_mpp,
+        "tile": cfg.tile,
+        "overlap": cfg.overlap,
+        "min_score": cfg.min_score,
+        "min_ptcs": cfg.min_ptcs,
+        "stain_qc_skipped": bool(cfg.skip_stain_qc),
+    }
+    for name in kept:
+        try:
+            before = read_summary(out / name)
+        except (OSError, ValueError):
+            continue
+        diff = [f"{k} {before[k]!r} (now {v!r})" for k, v in now.items() if k in before and before[k] != v]
+        if diff:
+            raise InputError(
+                f"--resume: {name} was scored with other settings: {'; '.join(diff)}; use --overwrite to "
+                "score every slide again, or another --out",
+                path=out,
+            )
+
+
 def finish_run(
     run: RunResult,
     rows: list[dict[str, Any]],
@@ -230,6 +258,9 @@ def score_slides(
     )
     run = RunResult("slide-score")
     rows: list[dict[str, Any]] = kept_rows(out, exclude=set(names)) if resume else []
+    if resume:  # before any work: one table must not mix two detectors or two rules
+        kept = [r["slide"] for r in rows] + [n for n in names if is_complete(out / n)]
+        check_resume_settings(out, kept, cfg, getattr(detector, "source", ""))
     for path, name in zip(paths, names):
         folder = out / name
         if resume and is_complete(folder):

@@ -449,3 +449,30 @@ def test_a_slide_given_twice_is_one_slide(tmp_path):
     (tmp_path / "a.svs").write_bytes(b"II*\x00")
     (tmp_path / "list.csv").write_text("path\na.svs\n")
     assert expand_inputs([tmp_path, tmp_path / "a.svs", tmp_path / "list.csv"]) == [tmp_path / "a.svs"]
+
+
+def test_resume_refuses_results_of_other_settings(tmp_path, small_slide):
+    """--resume kept slides scored with other weights or rules: one table, two detectors."""
+    from medseg.pathology.batch import score_slides
+    from medseg.pathology.score import ScoreConfig
+
+    from .test_score import ColourDetector
+
+    out = tmp_path / "out"
+    assert (
+        score_slides([small_slide[0]], out, ScoreConfig(device="cpu"), detector=ColourDetector()).exit_code
+        == 0
+    )
+    again = score_slides(
+        [small_slide[0]], out, ScoreConfig(device="cpu"), detector=ColourDetector(), resume=True
+    )
+    assert again.items[0].status == "skipped"  # same settings: kept
+    with pytest.raises(
+        InputError, match=r"--resume: small was scored with other settings: min_ptcs 30 \(now 5\)"
+    ):
+        score_slides([small_slide[0]], out, ScoreConfig(device="cpu", min_ptcs=5), detector=ColourDetector(),
+                     resume=True)  # fmt: skip
+    other = ColourDetector()
+    other.source = "other.safetensors"
+    with pytest.raises(InputError, match="weights 'colour-oracle' \\(now 'other.safetensors'\\)"):
+        score_slides([small_slide[0]], out, ScoreConfig(device="cpu"), detector=other, resume=True)
