@@ -189,11 +189,14 @@ def _case_name(case: CaseFiles | Path) -> str:
 
 
 def plan_outputs(cases: list[CaseFiles | Path], out: Path) -> tuple[list[dict[str, Path]], Path | None]:
-    """Output files per case and the batch table (or None): ``--out`` is a file for one case, else a folder."""
+    """Output files per case and the batch table (or None): ``--out`` is a file for one case (named
+    ``.nii.gz`` ... and not an existing folder), else a folder."""
     from medseg.io.volume import VOLUME_OUTPUT_SUFFIXES, has_volume_suffix
 
-    single_file = len(cases) == 1 and has_volume_suffix(out, VOLUME_OUTPUT_SUFFIXES)
-    if len(cases) > 1 and has_volume_suffix(out, VOLUME_OUTPUT_SUFFIXES) and not out.is_dir():
+    # an existing folder is a folder whatever its name ("results.nii.gz/"): never replaced by a file
+    file_like = has_volume_suffix(out, VOLUME_OUTPUT_SUFFIXES) and not out.is_dir()
+    single_file = len(cases) == 1 and file_like
+    if len(cases) > 1 and file_like:
         raise InputError(
             f"--out names one label-map file but {len(cases)} cases were given; give a folder for a batch",
             path=out,

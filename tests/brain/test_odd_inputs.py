@@ -275,3 +275,18 @@ def test_labels_folder_beside_the_cases_is_not_a_case(brain_cases, tmp_path):
     lone = tmp_path / "lone"
     (lone / "seg").mkdir(parents=True)
     assert expand_case_dirs([lone]) == [lone]  # nothing else: the folder itself, whose error names it
+
+
+def test_existing_folder_named_like_a_file_is_used_as_the_output_folder(brain_cases, tmp_path):
+    """--out x.nii.gz that is an existing folder: was 'output exists', and with --overwrite 'Is a
+    directory' after all the work; now the label map goes inside it, the folder's files untouched."""
+    out = tmp_path / "results.nii.gz"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    weights = Path(__file__).parents[2] / "medseg/weights/brain/brain_twopath_demo.safetensors"
+    case = brain_cases[0]
+    res = _run(
+        "brain-segment", case, "--out", out, "--weights", weights, "--no-n4", "--no-tta", "--json", "-q"
+    )
+    assert res.exit_code == 0, res.output
+    assert (out / f"{case.name}_seg.nii.gz").is_file() and (out / "keep.txt").read_text() == "precious"
