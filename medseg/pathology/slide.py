@@ -374,10 +374,14 @@ def unique_names(paths: list[Path]) -> list[str]:
     """One safe, unique output folder name per slide (``a``, ``a_2``, ... for equal stems)."""
     from medseg.io.atomic import safe_name
 
-    names, seen = [], {}
+    names: list[str] = []
+    taken: set[str] = set()  # lower case: "A" and "a" are one folder on macOS / Windows / SMB shares
     for p in paths:
         base = safe_name(slide_stem(p), default="slide")
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        names.append(base if n == 0 else f"{base}_{n + 1}")
+        name, n = base, 1
+        while name.lower() in taken:  # also when "a_2" is itself a slide's name
+            n += 1
+            name = f"{base}_{n}"
+        taken.add(name.lower())
+        names.append(name)
     return names

@@ -476,3 +476,10 @@ def test_resume_refuses_results_of_other_settings(tmp_path, small_slide):
     other.source = "other.safetensors"
     with pytest.raises(InputError, match="weights 'colour-oracle' \\(now 'other.safetensors'\\)"):
         score_slides([small_slide[0]], out, ScoreConfig(device="cpu"), detector=other, resume=True)
+
+
+def test_output_names_are_unique_on_case_insensitive_disks():
+    """ "A.svs" and "a.svs" were folders "A" and "a": one folder on macOS / Windows, the second
+    slide's results replacing the first's; "a", "a", "a_2" gave "a_2" twice."""
+    assert unique_names([Path("x/A.svs"), Path("y/a.svs")]) == ["A", "a_2"]
+    assert unique_names([Path("x/a.svs"), Path("y/a.svs"), Path("a_2.svs")]) == ["a", "a_2", "a_2_2"]
