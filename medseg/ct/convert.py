@@ -244,6 +244,9 @@ def convert(
 
     cfg = config
     input_path, output_path = Path(input_path), Path(output_path)
+    if input_path.name.upper() == "DICOMDIR" and input_path.is_file():  # a media index: its folder's images
+        log.info("%s is a DICOMDIR index: reading the images in %s", input_path, input_path.parent)
+        input_path = input_path.parent
     src, tgt, by_sharpness = _kernels(cfg)
     plan = preflight(
         input_path,
