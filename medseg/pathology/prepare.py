@@ -458,8 +458,15 @@ def pair_annotations(slides: Iterable[str | Path], annotations: str | Path | Non
         raise InputError("annotations file or folder not found", path=annotations)
     from medseg.pathology.slide import slide_stem
 
+    slides = [Path(s) for s in slides]
+    if annotations is not None and annotations.is_file() and len({s.resolve() for s in slides}) > 1:
+        raise InputError(
+            f"--annotations is one file but {len(slides)} slides were given: every slide would get "
+            "the same PTCs; give a folder of <slide>.geojson files, or one slide",
+            path=annotations,
+        )
     pairs = []
-    for s in map(Path, slides):
+    for s in slides:
         if annotations is not None and annotations.is_file():
             pairs.append((s, annotations))
         else:

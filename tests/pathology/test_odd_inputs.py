@@ -483,3 +483,13 @@ def test_output_names_are_unique_on_case_insensitive_disks():
     slide's results replacing the first's; "a", "a", "a_2" gave "a_2" twice."""
     assert unique_names([Path("x/A.svs"), Path("y/a.svs")]) == ["A", "a_2"]
     assert unique_names([Path("x/a.svs"), Path("y/a.svs"), Path("a_2.svs")]) == ["a", "a_2", "a_2_2"]
+
+
+def test_one_annotation_file_for_several_slides_is_refused(tmp_path):
+    """Every slide got the PTCs of the one --annotations file: wrong labels, exit 0."""
+    from medseg.pathology.prepare import pair_annotations
+
+    (tmp_path / "a.geojson").write_text("{}")
+    with pytest.raises(InputError, match="--annotations is one file but 2 slides were given"):
+        pair_annotations([tmp_path / "a.svs", tmp_path / "b.svs"], tmp_path / "a.geojson")
+    assert len(pair_annotations([tmp_path / "a.svs"], tmp_path / "a.geojson")) == 1
