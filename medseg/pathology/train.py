@@ -101,6 +101,26 @@ def _record_problem(rec) -> str | None:
     return None
 
 
+def _check_both_classes(records: list[dict], folder: Path) -> None:
+    """A detector trained without C4d- boxes (only positives annotated, a common shortcut) never
+    calls a PTC C4d-, so every slide it scores comes out C4d3; without C4d+ boxes every slide is
+    C4d0. Refused before training (exit 2), in words."""
+    counts = {name: 0 for name in LABELS}
+    ids = {v: k for k, v in LABELS.items()}
+    for rec in records:
+        for label in rec.get("labels", []):
+            counts[ids[int(label)]] += 1
+    missing = [name for name, n in counts.items() if n == 0]
+    if missing:
+        got = ", ".join(f"{n} {name}" for name, n in counts.items())
+        raise InputError(
+            f"the dataset has no {' and no '.join(missing)} PTC boxes ({got}): a detector trained on it "
+            f"could never answer {' or '.join(missing)}, so every slide would get the same category; "
+            "annotate both C4d+ and C4d- PTCs (QuPath classes, or --class-map in slide-prepare)",
+            path=folder,
+        )
+
+
 def split_records(records: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict], str]:
     """(train, validation, how): hold out whole slides when there are two or more, else tiles."""
     rng = np.random.default_rng(seed)
@@ -377,6 +397,7 @@ def train_detector(
     if Path(out).exists() and not Path(out).is_dir():  # else "File exists" from a mkdir, no words
         raise InputError("--out must be a folder (best/last weights go in it); this is a file", path=out)
     out = preflight(out, resume=resume, overwrite=overwrite, inputs=inputs)
+    _check_both_classes(records, folder)
     det = cfg.detector
     det.margins = {k: int(v) for k, v in meta.get("margins", det.margins).items()}
     det.target_mpp = float(meta.get("target_mpp", det.target_mpp))

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -493,3 +494,22 @@ def test_one_annotation_file_for_several_slides_is_refused(tmp_path):
     with pytest.raises(InputError, match="--annotations is one file but 2 slides were given"):
         pair_annotations([tmp_path / "a.svs", tmp_path / "b.svs"], tmp_path / "a.geojson")
     assert len(pair_annotations([tmp_path / "a.svs"], tmp_path / "a.geojson")) == 1
+
+
+@pytest.mark.parametrize(
+    "labels, missing", [([1, 1], "no C4d-"), ([2], "no C4d+"), ([], "no C4d+ and no C4d-")]
+)
+def test_training_data_without_one_class_is_refused(tmp_path, labels, missing):
+    """Only C4d+ PTCs annotated (a common shortcut) trained a detector that never says C4d-:
+    every slide it scores would be C4d3."""
+    from medseg.pathology.train import train_detector
+
+    boxes = [[10, 10, 40, 40]] * len(labels)
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "annotations.json").write_text(
+        json.dumps({"images": [{"file": "a.png", "boxes": boxes, "labels": labels}]})
+    )
+    (tmp_path / "ds" / "a.png").write_bytes(b"")
+    with pytest.raises(InputError, match=re.escape(f"the dataset has {missing} PTC boxes")):
+        train_detector(tmp_path / "ds", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
