@@ -128,3 +128,28 @@ def check_reference(shape: tuple[int, int, int], ours: Grid, reference: Path, in
             "different anatomy",
             path=reference,
         )
+
+
+def check_planes(series) -> None:
+    """Every slice (file, or frame of a multi-frame file) of a DICOM ``series`` states its plane
+    (ImagePositionPatient and ImageOrientationPatient), as one multi-frame Enhanced CT output must for
+    each frame; else an InputError naming the first without (classic output keeps each header)."""
+    import pydicom
+
+    from medseg.io.dicom import frame_headers
+
+    keywords = ("ImagePositionPatient", "ImageOrientationPatient")
+    for file in dict.fromkeys(series.files):
+        if series.frames:  # the frames' planes come from their functional groups
+            headers = frame_headers(pydicom.dcmread(file, stop_before_pixels=True))
+        else:
+            headers = [pydicom.dcmread(file, stop_before_pixels=True, specific_tags=list(keywords))]
+        for number, ds in enumerate(headers, start=1):
+            missing = [k for k in keywords if not ds.get(k)]
+            if missing:
+                frame = f"frame {number}: " if series.frames else ""
+                raise InputError(
+                    f"{frame}no {' or '.join(missing)}: an Enhanced CT output (--dicom-format enhanced) "
+                    "states each frame's plane, which this slice does not give; use --dicom-format classic",
+                    path=file,
+                )

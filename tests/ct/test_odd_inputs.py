@@ -20,3 +20,28 @@ def test_a_dicomdir_file_reads_the_images_of_its_media_folder(small_exam_dir, ti
     result = convert(media / "DICOMDIR", out, convert_config(weights=tiny_weights))
     assert result.exit_code == 0 and result.items[0].metrics["slices"] == 5
     assert len(list(out.iterdir())) == 5
+
+
+def test_enhanced_output_of_slices_without_a_plane_is_refused_classic_converts(
+    small_exam_dir, tiny_weights, tmp_path
+):
+    import json
+    import shutil
+
+    from .conftest import run_cli
+
+    src = tmp_path / "in"
+    shutil.copytree(small_exam_dir / "B50f", src)
+    second = sorted(src.iterdir())[1]
+    ds = pydicom.dcmread(second)
+    del ds.ImagePositionPatient  # the series is then ordered by InstanceNumber
+    ds.save_as(second)
+    res = run_cli(
+        "ct-convert", src, "--from", "B50f", "--to", "B30f", "--out", tmp_path / "enh", "--weights",
+        tiny_weights, "--device", "cpu", "--dicom-format", "enhanced", "--json",
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output  # was an internal error after the whole conversion
+    error = json.loads(res.stdout)["error"]
+    assert second.name in error and "ImagePositionPatient" in error and "--dicom-format classic" in error
+    assert not (tmp_path / "enh").exists()
+    assert convert(src, tmp_path / "classic", convert_config(weights=tiny_weights)).exit_code == 0
