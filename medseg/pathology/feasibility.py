@@ -79,4 +79,37 @@ def load_hook(spec: str | None) -> FeasibilityHook:
         raise InputError(f"cannot load feasibility hook {spec!r}: {exc}") from None
     if not callable(func):
         raise InputError(f"feasibility hook {spec!r} is not callable")
-    return func
+    return CheckedHook(func, spec)
+
+
+class HookError(InputError):
+    """The user's feasibility hook failed or answered in another form: the slide stops with this
+    message (it is not an unreadable tile, and retrying other tiles would fail the same way)."""
+
+
+@dataclass
+class CheckedHook:
+    """A ``module:function`` hook with its answer checked: ``(feasible, reason)``, or a plain bool.
+
+    Without it a hook returning ``True`` stopped the whole batch with an internal error (exit 1),
+    and one raising an exception failed each slide as "no tile could be read"."""
+
+    func: Callable
+    spec: str
+
+    def __call__(self, tile: np.ndarray) -> tuple[bool, str]:
+        try:
+            out = self.func(tile)
+        except Exception as exc:  # noqa: BLE001 - anything the user's code raises
+            first = (str(exc).splitlines() or [""])[0]
+            raise HookError(
+                f"--feasibility hook {self.spec} failed on a tile: {type(exc).__name__}: {first}"
+            ) from None
+        if isinstance(out, (bool, np.bool_)):
+            return bool(out), "ok" if out else f"rejected by {self.spec}"
+        if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], (bool, np.bool_)):
+            return bool(out[0]), str(out[1])
+        raise HookError(
+            f"--feasibility hook {self.spec} must return (feasible: bool, reason: str), got "
+            f"{type(out).__name__} {str(out)[:40]!r}"
+        )

@@ -22,6 +22,7 @@ import numpy as np
 
 from medseg.errors import InputError, MedsegError
 from medseg.pathology.dab_pattern import PatternConfig
+from medseg.pathology.feasibility import HookError
 from medseg.pathology.labels import (
     DEFAULT_MIN_PTCS,
     LABELS,
@@ -98,9 +99,8 @@ class ScoreConfig:
 
 
 def check_detector_resolution(cfg: ScoreConfig, detector) -> None:
-    """``--mpp`` must be the resolution the detector was trained at (stored in its weights): at
-    another one every PTC has the wrong size in pixels and the counts come out silently wrong
-    (the demo detector at --mpp 1.0 finds none on a slide where it finds 30 at 0.5)."""
+    """``--mpp`` must be the detector's training resolution (in its weights): at another every PTC
+    has the wrong size in pixels (the demo detector found 0 PTCs at 1.0 where it finds 30 at 0.5)."""
     trained = getattr(getattr(detector, "config", None), "target_mpp", None)
     if not isinstance(trained, (int, float)) or not trained > 0:
         return  # a detector that does not say (a plug-in): the user's --mpp stands
@@ -359,6 +359,8 @@ class TileTally:
     detections: dict[int, tuple] = field(default_factory=dict)
 
     def failed(self, exc: Exception) -> None:
+        if isinstance(exc, HookError):  # the user's hook is broken: said as such, not "unreadable tiles"
+            raise InputError(exc.message, path=self.path)
         self.n_failed += 1
         self.errors.append(getattr(exc, "message", None) or str(exc))
         if isinstance(exc, InputError) and self.n_failed > max(3, self.n_tiles // 10):

@@ -513,3 +513,37 @@ def test_training_data_without_one_class_is_refused(tmp_path, labels, missing):
     with pytest.raises(InputError, match=re.escape(f"the dataset has {missing} PTC boxes")):
         train_detector(tmp_path / "ds", tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_feasibility_hook_answers_are_checked(tmp_path, small_slide):
+    """A hook returning a bool stopped the batch (internal error, exit 1); one raising failed each
+    slide as "no tile could be read"."""
+    import sys
+    from types import ModuleType
+
+    from medseg.pathology.feasibility import HookError, load_hook
+
+    mod = ModuleType("odd_hooks")
+    mod.yes = lambda tile: True
+    mod.boom = lambda tile: {}["model"]
+    mod.odd = lambda tile: "fine"
+    sys.modules["odd_hooks"] = mod
+    try:
+        tile = np.zeros((8, 8, 3), np.uint8)
+        assert load_hook("odd_hooks:yes")(tile) == (True, "ok")
+        with pytest.raises(HookError, match="hook odd_hooks:boom failed on a tile: KeyError: 'model'"):
+            load_hook("odd_hooks:boom")(tile)
+        with pytest.raises(HookError, match=r"must return \(feasible: bool, reason: str\), got str"):
+            load_hook("odd_hooks:odd")(tile)
+        from medseg.pathology.batch import score_slides
+        from medseg.pathology.score import ScoreConfig
+
+        from .test_score import ColourDetector
+
+        cfg = ScoreConfig(device="cpu", feasibility="odd_hooks:boom")
+        run = score_slides([small_slide[0]], tmp_path / "out", cfg, detector=ColourDetector())
+        assert run.exit_code == 5 and run.items[0].reason.startswith(
+            "--feasibility hook odd_hooks:boom failed"
+        )
+    finally:
+        del sys.modules["odd_hooks"]

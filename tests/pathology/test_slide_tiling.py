@@ -165,7 +165,7 @@ def test_feasibility_heuristic():
     assert not h(mostly_glass)[0]
     assert not h(blurred)[0] and "focus" in h(blurred)[1]
     assert load_hook("none") is always_feasible
-    assert load_hook("medseg.pathology.feasibility:always_feasible") is always_feasible
+    assert load_hook("medseg.pathology.feasibility:always_feasible").func is always_feasible  # answers checked
     with pytest.raises(InputError):
         load_hook("no.such.module:f")
 
