@@ -178,3 +178,29 @@ def partial_coverage_warning(
         "~130-180 mm): the images cover part of the brain (a slab or crop), so the WT/TC/ET volumes count "
         "only the covered part and tumour outside it is missed"
     )
+
+
+# MRI magnitudes take hundreds of values inside the brain (uint8 exports still tens); a label map or a
+# binary mask given as a modality takes a handful (BraTS labels: 0, 1, 2, 4).
+MAX_LABEL_VALUES = 8
+_SAMPLE = 1 << 20
+
+
+def refuse_label_map(array: np.ndarray, *, what: str, path: Path) -> None:
+    """A modality holding only a few distinct integer values: a segmentation or mask, not MRI."""
+    nonzero = array[array != 0]
+    if nonzero.size == 0:
+        return
+    step = max(1, nonzero.size // _SAMPLE)
+    values = np.unique(nonzero[::step])
+    if values.size > MAX_LABEL_VALUES:
+        return
+    values = np.unique(nonzero)  # the sample said few: confirm on every voxel
+    if values.size > MAX_LABEL_VALUES or not np.all(values == np.rint(values)):
+        return
+    shown = ", ".join(f"{v:g}" for v in values)
+    raise InputError(
+        f"{what}: holds only {values.size} distinct non-zero value(s) ({shown}): a label map or mask, not an "
+        "MRI image; give the T1, T1c, T2 and FLAIR images (the segmentation is not an input)",
+        path=path,
+    )

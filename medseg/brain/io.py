@@ -16,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.brain.checks import refuse_ct, refuse_implausible_extent, refuse_same_files, refuse_same_voxels
+from medseg.brain.checks import (
+    refuse_ct,
+    refuse_implausible_extent,
+    refuse_label_map,
+    refuse_same_files,
+    refuse_same_voxels,
+)
 from medseg.errors import InputError
 
 log = logging.getLogger("medseg.brain")
@@ -416,6 +422,8 @@ def load_case(
         arrays[mod] = resample_to(arrays[mod], geos[mod], ref)
     stack = np.stack([arrays[m] for m in MODALITIES]).astype(np.float32, copy=False)
     refuse_implausible_extent(stack, ref.spacing, path=case.modalities[ref_mod])
+    for c, mod in enumerate(MODALITIES):
+        refuse_label_map(stack[c], what=f"{mod} image", path=case.modalities[mod])
     return stack, ref
 
 

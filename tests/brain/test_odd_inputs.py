@@ -290,3 +290,20 @@ def test_existing_folder_named_like_a_file_is_used_as_the_output_folder(brain_ca
     )
     assert res.exit_code == 0, res.output
     assert (out / f"{case.name}_seg.nii.gz").is_file() and (out / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("as_mask", [False, True])
+def test_label_map_or_mask_given_as_a_modality_is_refused(brain_cases, tmp_path, as_mask):
+    """--flair <case>_seg.nii.gz segmented with exit 0 before (a label map is not a FLAIR)."""
+    from medseg.brain.io import find_case_files, load_case
+
+    case = tmp_path / "case"
+    shutil.copytree(brain_cases[0], case)
+    seg = sitk.ReadImage(str(case / f"{brain_cases[0].name}_seg.nii.gz"))
+    t1 = sitk.ReadImage(str(case / f"{brain_cases[0].name}_t1.nii.gz"))
+    fake = (t1 > 0) if as_mask else seg  # a brain mask, or the segmentation, saved as the FLAIR
+    flair = case / f"{brain_cases[0].name}_flair.nii.gz"
+    sitk.WriteImage(sitk.Cast(fake, sitk.sitkInt16), str(flair))
+    with pytest.raises(InputError, match="a label map or mask, not an MRI image") as exc:
+        load_case(find_case_files(case))
+    assert exc.value.path == flair and "flair image" in str(exc.value)
