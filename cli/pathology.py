@@ -102,7 +102,13 @@ Examples:
     help="Level-0 microns per pixel when the slide lacks it or states a wrong one (a finite number > 0; "
     "a level 0 more than 1.5x coarser than --mpp is refused).",
 )
-@click.option("--tile", type=click.IntRange(16), default=1024, show_default=True, help="Tile size at --mpp.")
+@click.option(
+    "--tile",
+    type=click.IntRange(16, 4096),
+    default=1024,
+    show_default=True,
+    help="Tile size at --mpp (at most 4096: each tile goes through the detector whole).",
+)
 @click.option(
     "--overlap",
     type=click.IntRange(0),
@@ -284,7 +290,7 @@ Examples:
 )
 @click.option("--mpp", "target_mpp", type=POSITIVE_FLOAT, default=0.5, show_default=True)
 @click.option("--slide-mpp", type=POSITIVE_FLOAT, default=None)
-@click.option("--tile", type=click.IntRange(16), default=512, show_default=True)
+@click.option("--tile", type=click.IntRange(16, 4096), default=512, show_default=True)
 @click.option("--overlap", type=click.IntRange(0), default=0, show_default=True)
 @click.option(
     "--class-map",

@@ -169,6 +169,8 @@ def check_resume_settings(out: Path, kept: list[str], cfg: ScoreConfig, weights:
             before = read_summary(out / name)
         except (OSError, ValueError):
             continue
+        if before.get("stain_qc_status") == "passed":  # --skip-stain-qc changes nothing for it
+            before.pop("stain_qc_skipped", None)
         diff = [f"{k} {before[k]!r} (now {v!r})" for k, v in now.items() if k in before and before[k] != v]
         if diff:
             raise InputError(

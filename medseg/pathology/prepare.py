@@ -70,10 +70,9 @@ class PrepareConfig:
         bad = sorted(v for v in self.class_map.values() if class_of(v) is None)
         if bad:
             raise InputError(f"--class-map must map to {POSITIVE} or {NEGATIVE}, got {', '.join(bad)}")
-        if self.tile < 16 or not 0 <= self.overlap < self.tile:
+        if not 16 <= self.tile <= 4096 or not 0 <= self.overlap < self.tile:
             raise InputError(
-                f"--tile must be at least 16 px and --overlap in [0, tile), got {self.tile} and "
-                f"{self.overlap}"
+                f"--tile must be 16-4096 px and --overlap in [0, tile), got {self.tile} and {self.overlap}"
             )
 
 

@@ -80,8 +80,8 @@ class ScoreConfig:
             raise InputError(f"--slide-mpp must be a finite number > 0, got {self.slide_mpp:g}")
         if not (0 <= self.min_score <= 1 and 0 <= self.nms_iou <= 1 and 0 <= self.min_tissue <= 1):
             raise InputError("--min-score, the NMS IoU and the tile tissue share must be numbers in [0, 1]")
-        if self.tile < 16:
-            raise InputError(f"--tile must be at least 16 px, got {self.tile}")
+        if not 16 <= self.tile <= 4096:  # a typo (10240) would hold GBs per tile through the detector
+            raise InputError(f"--tile must be 16-4096 px, got {self.tile}")
         if not 0 <= self.overlap < self.tile:
             raise InputError(
                 f"--overlap must be at least 0 and below --tile ({self.tile}), got {self.overlap}"

@@ -547,3 +547,15 @@ def test_feasibility_hook_answers_are_checked(tmp_path, small_slide):
         )
     finally:
         del sys.modules["odd_hooks"]
+
+
+def test_tile_size_typo_is_refused():
+    """--tile 10240 (for 1024) read 300 MB tiles and ran the detector on them: out of memory."""
+    from medseg.pathology.prepare import PrepareConfig
+    from medseg.pathology.score import ScoreConfig
+
+    with pytest.raises(InputError, match="--tile must be 16-4096 px, got 10240"):
+        ScoreConfig(tile=10240).check()
+    with pytest.raises(InputError, match="--tile must be 16-4096 px"):
+        PrepareConfig(tile=10240).check()
+    ScoreConfig(tile=4096, overlap=160).check()
