@@ -307,3 +307,32 @@ def test_label_map_or_mask_given_as_a_modality_is_refused(brain_cases, tmp_path,
     with pytest.raises(InputError, match="a label map or mask, not an MRI image") as exc:
         load_case(find_case_files(case))
     assert exc.value.path == flair and "flair image" in str(exc.value)
+
+
+def test_two_dicom_series_in_one_modality_folder_names_what_to_do(tmp_path):
+    """The shared reader said 'choose one with --series-uid', an option brain-segment does not have."""
+    from medseg.io.dicom import new_uid, write_ct_series
+    from medseg.synthetic.brain import make_brain_case
+
+    case = make_brain_case(1)
+    folder = tmp_path / "t1"
+    study, frame = new_uid("study"), new_uid("frame")
+    for i, mod in enumerate(("t1", "t2")):
+        write_ct_series(
+            tmp_path / mod,
+            case.images[mod],
+            spacing_zyx=case.spacing,
+            kernel="",
+            study_uid=study,
+            series_uid=new_uid(mod),
+            frame_uid=frame,
+            series_number=i + 1,
+            description=mod,
+            rescale_intercept=0.0,
+        )
+    for f in sorted((tmp_path / "t2").iterdir()):  # both series in the t1 folder
+        f.rename(folder / f"t2_{f.name}")
+    with pytest.raises(InputError) as exc:
+        read_image(folder)
+    msg = str(exc.value)
+    assert "2 series found" in msg and "--series-uid" not in msg and "its own folder" in msg
