@@ -190,8 +190,11 @@ def check_pages(path: str | Path) -> None:
     Anything the headers cannot tell (a corrupt file) is left to the reader, which names it.
     """
     path = Path(path)
-    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+    if not path.is_file():
         return
+    with path.open("rb") as f:
+        if f.read(4) not in TIFF_MAGIC:  # by content, as the reader decides
+            return
     import tifffile
 
     try:

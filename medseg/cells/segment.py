@@ -559,6 +559,27 @@ def _failure_reason(exc: BaseException) -> str:
     return f"unexpected error ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
 
 
+def _run_summary(
+    result: RunResult, out_dir: Path, segmenter: CellSegmenter, config: SegmentConfig, t0: float
+) -> dict[str, Any]:
+    """The run's summary (weights, settings, counts) over the items recorded so far."""
+    cells = sum(int(i.metrics.get("cells", 0)) for i in result.items if i.status != FAILED)
+    return {
+        "out_dir": str(out_dir),
+        **segmenter.describe(),
+        "settings": config.settings(),
+        "batch_size": config.batch_size,
+        "images": len(result.items),
+        "segmented": result.counts[OK],
+        "kept_from_earlier_run": result.counts[SKIPPED],
+        "failed": result.counts[FAILED],
+        # planes segmented (a multi-page TIFF counts each page; its item has "pages" too)
+        "pages": sum(int(i.metrics.get("pages", 0)) for i in result.items if i.status != FAILED),
+        "total_cells": cells,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
 def segment_images(
     inputs: list[str | Path],
     out_dir: str | Path,
@@ -595,60 +616,51 @@ def segment_images(
     # earlier outputs (--overwrite / --resume), listed before any item of this run writes
     stale_of = {stem: set(_existing_outputs(out_dir, stem)) for _p, stem in todo}
     outcomes = (mapper or local_map)(functools.partial(_segment_item, segmenter, out_dir), todo)
-    for path, stem in progress_bar(
-        list(zip(paths, stems)), desc="cells", enabled=config.progress, unit="image"
-    ):
-        done = previous.get(str(path.resolve()))
-        if done is not None:
-            result.add(
-                ItemResult(
-                    name=str(path),
-                    status=SKIPPED,
-                    reason="segmented in an earlier run (--resume)",
-                    outputs=done["outputs"],
-                    metrics=done.get("metrics", {}),
+    try:
+        for path, stem in progress_bar(
+            list(zip(paths, stems)), desc="cells", enabled=config.progress, unit="image"
+        ):
+            done = previous.get(str(path.resolve()))
+            if done is not None:
+                result.add(
+                    ItemResult(
+                        name=str(path),
+                        status=SKIPPED,
+                        reason="segmented in an earlier run (--resume)",
+                        outputs=done["outputs"],
+                        metrics=done.get("metrics", {}),
+                    )
                 )
+                continue
+            stale = stale_of[stem]
+            outcome = next(outcomes)
+            if isinstance(outcome, Exception):  # one bad image must not stop the batch
+                exc = outcome
+                log.debug("%s failed", path, exc_info=exc)
+                item = ItemResult(name=str(path), status=FAILED, reason=_failure_reason(exc))
+                log.info("%s: failed: %s", path.name, item.reason)
+                result.add(item)
+                _remove(stale)  # no earlier outputs that would contradict this failure
+                continue
+            item, thumb, item_areas = outcome
+            _remove(stale - {Path(p) for p in item.outputs.values()})
+            log.info(
+                "%s: %d cells, stain %s (%s) (%.2f s)",
+                path.name,
+                item.metrics["cells"],
+                item.metrics["stain"],
+                item.metrics["stain_reason"],
+                item.metrics["seconds"],
             )
-            continue
-        stale = stale_of[stem]
-        outcome = next(outcomes)
-        if isinstance(outcome, Exception):  # one bad image must not stop the batch
-            exc = outcome
-            log.debug("%s failed", path, exc_info=exc)
-            item = ItemResult(name=str(path), status=FAILED, reason=_failure_reason(exc))
-            log.info("%s: failed: %s", path.name, item.reason)
             result.add(item)
-            _remove(stale)  # no earlier outputs that would contradict this failure
-            continue
-        item, thumb, item_areas = outcome
-        _remove(stale - {Path(p) for p in item.outputs.values()})
-        log.info(
-            "%s: %d cells, stain %s (%s) (%.2f s)",
-            path.name,
-            item.metrics["cells"],
-            item.metrics["stain"],
-            item.metrics["stain_reason"],
-            item.metrics["seconds"],
-        )
-        result.add(item)
-        areas += item_areas
-        if len(thumbs) < MAX_FIGURES:
-            thumbs.append((path.name, thumb, item.metrics["cells"]))
-    cells = sum(int(i.metrics.get("cells", 0)) for i in result.items if i.status != FAILED)
-    result.summary = {
-        "out_dir": str(out_dir),
-        **segmenter.describe(),
-        "settings": config.settings(),
-        "batch_size": config.batch_size,
-        "images": len(result.items),
-        "segmented": result.counts[OK],
-        "kept_from_earlier_run": result.counts[SKIPPED],
-        "failed": result.counts[FAILED],
-        # planes segmented (a multi-page TIFF counts each page; its item has "pages" too)
-        "pages": sum(int(i.metrics.get("pages", 0)) for i in result.items if i.status != FAILED),
-        "total_cells": cells,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+            areas += item_areas
+            if len(thumbs) < MAX_FIGURES:
+                thumbs.append((path.name, thumb, item.metrics["cells"]))
+    except KeyboardInterrupt:  # Ctrl-C: record what finished, so that --resume keeps it
+        result.summary = {**_run_summary(result, out_dir, segmenter, config, t0), "interrupted": True}
+        write_text(out_dir / SUMMARY, json.dumps(result.to_dict(), indent=2) + "\n")
+        raise
+    result.summary = _run_summary(result, out_dir, segmenter, config, t0)
     result.outputs["summary"] = str(out_dir / SUMMARY)
     if config.report:
         from medseg.cells.report import segmentation_report

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -169,12 +170,7 @@ def test_transparent_slide_edge_is_filled_with_glass_not_read_as_dark(tmp_path):
 def test_empty_glass_is_zero_cells_not_noise(tmp_path):
     """A glass-only tile of the real slide: its JPEG blocks and noise were segmented as hundreds of
     "cells" (448-734 on CMU-1's glass tiles); now 0 cells, the item saying why."""
-    import torch
-
-    from medseg.cells.model import CellModelConfig, build_model
     from medseg.cells.stain import empty_field
-    from medseg.cells.train import CellsTrainConfig, make_meta
-    from medseg.engine.checkpoint import save_weights
 
     thumb = np.array(Image.open(THUMB))[..., :3]
     glass, tissue = thumb[0:48, 16:64], thumb[128:384, 64:320]
@@ -185,10 +181,7 @@ def test_empty_glass_is_zero_cells_not_noise(tmp_path):
     image = tifffile.imread(REAL / "img2d.tif")
     assert empty_field(image.astype(np.float32), "uint16") is None  # dim 16-bit fluorescence: not empty
     Image.fromarray(np.kron(glass, np.ones((2, 2, 1), np.uint8))).save(tmp_path / "glass.png")
-    torch.manual_seed(0)
-    config = CellsTrainConfig(model=CellModelConfig(base_channels=4), training_data="random init (test)")
-    weights = tmp_path / "tiny.safetensors"
-    save_weights(weights, build_model(config=config.model).state_dict(), make_meta(config, {}))
+    weights = _tiny_weights(tmp_path / "tiny.safetensors")
     args = ["cells-segment", str(tmp_path / "glass.png"), "--out", str(tmp_path / "out"), "--json"]
     r = CliRunner().invoke(cli, [*args, "--weights", str(weights), "--device", "cpu"], catch_exceptions=False)
     item = json.loads(r.stdout)["items"][0]
@@ -299,3 +292,42 @@ def test_eval_binary_prediction_is_split_into_cells_as_the_truth_is(real, tmp_pa
     tifffile.imwrite(truth / "a_mask.tif", mask)
     summary = json.loads(_eval(pred, truth).stdout)["summary"]
     assert summary["count_pred"] >= summary["count_true"] - 2 and summary["ap50"] > 0.6  # was 1 object, AP 0
+
+
+def _tiny_weights(path: Path) -> Path:
+    import torch
+
+    from medseg.cells.model import CellModelConfig, build_model
+    from medseg.cells.train import CellsTrainConfig, make_meta
+    from medseg.engine.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    config = CellsTrainConfig(model=CellModelConfig(base_channels=4), training_data="random init (test)")
+    save_weights(path, build_model(config=config.model).state_dict(), make_meta(config, {}))
+    return path
+
+
+def test_ctrl_c_records_finished_images_so_resume_keeps_them(real, tmp_path):
+    """Ctrl-C wrote no summary.json: --resume then segmented every image again."""
+    from medseg.cells.segment import SegmentConfig, segment_images
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        tifffile.imwrite(folder / f"{name}.tif", real[0])
+    config = SegmentConfig(weights=_tiny_weights(tmp_path / "w.safetensors"), device="cpu", diameter=None)
+
+    def interrupted_after_one(fn, items):
+        items = list(items)
+        yield fn(items[0])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        segment_images([folder], tmp_path / "out", config, mapper=interrupted_after_one)
+    doc = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert doc["summary"]["interrupted"] and [i["status"] for i in doc["items"]] == ["ok"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("a_")) == [
+        "summary.json"
+    ]
+    again = segment_images([folder], tmp_path / "out", replace(config, resume=True))
+    assert [i.status for i in again.items] == ["skipped", "ok", "ok"]
