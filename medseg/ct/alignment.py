@@ -153,3 +153,18 @@ def check_planes(series) -> None:
                     "states each frame's plane, which this slice does not give; use --dicom-format classic",
                     path=file,
                 )
+
+
+def check_study(series) -> None:
+    """A derived DICOM series joins its source's study: a source without StudyInstanceUID (Type 1)
+    would give output files without one; InputError naming the first file without it."""
+    import pydicom
+
+    for file in dict.fromkeys(series.files):
+        ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        if not str(ds.get("StudyInstanceUID", "") or "").strip():
+            raise InputError(
+                "no StudyInstanceUID (0020,000D): a derived DICOM series cannot join the study of a "
+                "slice without one; fix the export, or write a volume file (--format nifti)",
+                path=file,
+            )

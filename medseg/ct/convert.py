@@ -202,10 +202,12 @@ def preflight(
     if kind == "dicom":
         plan.series = open_series(input_path, series_uid=cfg.series_uid, modality="CT")
         check_first_slice(plan.series)  # raw stored values (rescale removed) are refused before any work
-        if cfg.dicom_format == "enhanced" and fmt == "dicom":
-            from medseg.ct.alignment import check_planes
+        if fmt == "dicom":  # what the derived series copies from each slice
+            from medseg.ct.alignment import check_planes, check_study
 
-            check_planes(plan.series)
+            check_study(plan.series)
+            if cfg.dicom_format == "enhanced":
+                check_planes(plan.series)
         plan.shape = (len(plan.series.files), plan.series.rows, plan.series.columns)
         if fmt == "nifti" and plan.series.irregular:
             raise InputError(

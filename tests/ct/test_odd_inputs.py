@@ -45,3 +45,24 @@ def test_enhanced_output_of_slices_without_a_plane_is_refused_classic_converts(
     assert second.name in error and "ImagePositionPatient" in error and "--dicom-format classic" in error
     assert not (tmp_path / "enh").exists()
     assert convert(src, tmp_path / "classic", convert_config(weights=tiny_weights)).exit_code == 0
+
+
+def test_dicom_output_of_a_series_without_study_uid_is_refused(small_exam_dir, tiny_weights, tmp_path):
+    import shutil
+
+    import pytest
+
+    from medseg.errors import InputError
+
+    src = tmp_path / "in"
+    shutil.copytree(small_exam_dir / "B50f", src)
+    for f in src.iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.StudyInstanceUID
+        ds.save_as(f)
+    for fmt in ("classic", "enhanced"):  # classic wrote invalid files, enhanced was an internal error
+        with pytest.raises(InputError, match="no StudyInstanceUID"):
+            convert(src, tmp_path / fmt, convert_config(weights=tiny_weights, dicom_format=fmt))
+        assert not (tmp_path / fmt).exists()
+    volume = convert(src, tmp_path / "v.nii.gz", convert_config(weights=tiny_weights))
+    assert volume.exit_code == 0
