@@ -26,11 +26,25 @@ MAX_FRAGMENTS = 3  # connected fragments per label: more is an image, not instan
 def find_pairs(
     images_dir: str | Path, masks_dir: str | Path
 ) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
-    """Match each image to a mask by name; images without a mask are reported, not fatal."""
+    """Match each image to a mask by name; images without a mask are reported, not fatal.
+
+    Images and masks may share one folder (``a.png`` next to ``a_mask.tif``): a file that is another
+    image's mask is not an image too, and no file is its own mask (each mask was also trained on as an
+    "image" paired with itself before).
+    """
     masks = {p.stem: p for p in list_images([masks_dir])}
+    images = list_images([images_dir])
+    tagged = {
+        image: next((masks[image.stem + t] for t in MASK_TAGS if t and image.stem + t in masks), None)
+        for image in images
+    }
+    taken = {m.resolve() for m in tagged.values() if m is not None}
     pairs, missing = [], []
-    for image in list_images([images_dir]):
-        mask = next((masks[image.stem + tag] for tag in MASK_TAGS if image.stem + tag in masks), None)
+    for image in images:
+        if image.resolve() in taken:
+            continue
+        bare = masks.get(image.stem)
+        mask = tagged[image] or (bare if bare is not None and bare.resolve() != image.resolve() else None)
         if mask is None:
             missing.append({"image": str(image), "reason": "no mask with a matching name"})
         else:

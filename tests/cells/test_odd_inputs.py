@@ -331,3 +331,16 @@ def test_ctrl_c_records_finished_images_so_resume_keeps_them(real, tmp_path):
     ]
     again = segment_images([folder], tmp_path / "out", replace(config, resume=True))
     assert [i.status for i in again.items] == ["skipped", "ok", "ok"]
+
+
+def test_training_folder_holding_images_and_masks_pairs_each_image_once(real, tmp_path):
+    """cells-train --images d --masks d: each mask was also an "image" paired with itself."""
+    from medseg.cells.dataset import find_pairs
+
+    image, mask = real
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    tifffile.imwrite(tmp_path / "a_mask.tif", mask)
+    tifffile.imwrite(tmp_path / "b.tif", image)  # no mask: reported
+    pairs, missing = find_pairs(tmp_path, tmp_path)
+    assert pairs == [(tmp_path / "a.tif", tmp_path / "a_mask.tif")]
+    assert [Path(m["image"]).name for m in missing] == ["b.tif"]
