@@ -523,7 +523,8 @@ def expand_case_dirs(paths: list[str | Path], *, exclude: list[str | Path] | tup
         if not p.is_dir():
             raise InputError("not a folder", path=p)
         has_images = any(_is_volume(f) and _tag(_stem(f)) for f in p.iterdir())
-        subs = [d for d in sorted(p.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+        # hidden folders and the __MACOSX folder a zip made on a Mac brings along are never cases
+        subs = [d for d in sorted(p.iterdir()) if d.is_dir() and not d.name.startswith((".", "__MACOSX"))]
         # a cohort: no image here and no modality sub-folder (a case of DICOM series folders has them);
         # a "labels"/"seg" folder beside the cases holds segmentations, not a case
         if not has_images and subs and all(_tag(d.name.lower()) in (None, "seg") for d in subs):

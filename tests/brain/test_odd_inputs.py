@@ -272,6 +272,9 @@ def test_labels_folder_beside_the_cases_is_not_a_case(brain_cases, tmp_path):
     (cohort / "labels").mkdir()
     shutil.copy(brain_cases[0] / f"{brain_cases[0].name}_seg.nii.gz", cohort / "labels")
     assert expand_case_dirs([cohort]) == [cohort / c.name for c in brain_cases]
+    (cohort / "__MACOSX" / brain_cases[0].name).mkdir(parents=True)  # unzipped from a Mac's archive
+    (cohort / "__MACOSX" / brain_cases[0].name / f"._{brain_cases[0].name}_t1.nii.gz").write_bytes(b"\0")
+    assert expand_case_dirs([cohort]) == [cohort / c.name for c in brain_cases]
     lone = tmp_path / "lone"
     (lone / "seg").mkdir(parents=True)
     assert expand_case_dirs([lone]) == [lone]  # nothing else: the folder itself, whose error names it
