@@ -27,8 +27,11 @@ PERCENTILES = (1.0, 99.8)  # per-plane normalisation (low, high); stored in ever
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
 
-def _read_raw(path: Path) -> tuple[np.ndarray, bool]:
-    """(pixels, whether the last axis holds channels: RGB samples or a TIFF channel axis)."""
+def _read_raw(path: Path, *, indices: bool = False) -> tuple[np.ndarray, bool]:
+    """(pixels, whether the last axis holds channels: RGB samples or a TIFF channel axis).
+
+    ``indices``: a palette (indexed) image gives its indices, not their colours: in a label mask saved
+    as an indexed PNG (annotation tools, the PASCAL VOC format) the index is the cell's number."""
     if not path.is_file():
         raise InputError("file not found", path=path)
     if path.stat().st_size == 0:
@@ -53,6 +56,8 @@ def _read_raw(path: Path) -> tuple[np.ndarray, bool]:
 
         with Image.open(path) as im:  # the header only: which colour model the pixels are stored in
             mode = im.mode
+            if indices and mode == "P":
+                return np.asarray(im), False
         # CMYK (print / some scanner JPEGs), Lab, HSV: stored ink or colour coordinates, not RGB light; as
         # stored they would read as an inverted or meaningless colour image
         rgb = {"mode": "RGB"} if mode in ("CMYK", "LAB", "HSV", "YCbCr") else {}
@@ -368,7 +373,7 @@ def read_mask(path: str | Path, *, allow_stack: bool = False) -> np.ndarray:
     """A 2D instance or binary mask as int32 (RGB masks are refused: ambiguous); with ``allow_stack`` a
     multi-page mask (P, H, W) as well (a stack's labels as ``cells-segment`` writes them)."""
     path = Path(path)
-    raw, channels = _read_raw(path)
+    raw, channels = _read_raw(path, indices=True)
     if raw.ndim == 3 and channels and raw.shape[-1] in (3, 4):
         raise InputError(
             "mask is a colour (RGB) image: give instance labels as a one-channel 8/16/32-bit image "

@@ -344,3 +344,14 @@ def test_training_folder_holding_images_and_masks_pairs_each_image_once(real, tm
     pairs, missing = find_pairs(tmp_path, tmp_path)
     assert pairs == [(tmp_path / "a.tif", tmp_path / "a_mask.tif")]
     assert [Path(m["image"]).name for m in missing] == ["b.tif"]
+
+
+def test_indexed_png_mask_gives_its_indices_as_labels(real, tmp_path):
+    """An indexed (palette) label PNG, as annotation tools save masks: read as colours, it was refused."""
+    _, mask = real
+    indexed = Image.new("P", mask.shape[::-1])
+    indexed.putdata(mask.astype(np.uint8).ravel().tolist())
+    indexed.putpalette(np.random.default_rng(0).integers(0, 256, 768).astype(np.uint8).tolist())
+    indexed.save(tmp_path / "m.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), mask)
+    assert read_image(tmp_path / "m.png")[1]["color"] == "rgb"  # as an image: its colours
