@@ -468,13 +468,26 @@ Examples:
   medseg slide-eval results/ truth/sample_slide.geojson
   medseg slide-eval results/ truth/*.geojson --json
   medseg slide-eval results/ truth/                # every .geojson in the folder
+  medseg slide-eval results/ points/ --class-map Positive=C4d+,Negative=C4d- --point-size 15
 """,
 )
 @click.argument("results", type=click.Path(path_type=Path))
 @click.argument("truth", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--iou", type=FiniteFloatRange(0.05, 0.95), default=0.5, show_default=True)
+@click.option(
+    "--point-size",
+    type=POSITIVE_FLOAT,
+    default=15.0,
+    show_default=True,
+    help="Diameter (um) of the truth PTC box made from a point annotation (as in slide-prepare).",
+)
+@click.option(
+    "--class-map",
+    default=None,
+    help=f"Your truth class names, e.g. 'Positive={POSITIVE},Negative={NEGATIVE}' (any case).",
+)
 @output_options
-def slide_eval(results, truth, iou, quiet, as_json):
+def slide_eval(results, truth, iou, point_size, class_map, quiet, as_json):
     """Precision, recall, F1 per class at IoU 0.5 and Banff category agreement against annotations.
 
     TRUTH files (or folders of them) are GeoJSON named like the slides (<slide>.geojson or
@@ -482,8 +495,10 @@ def slide_eval(results, truth, iou, quiet, as_json):
     agreement uses all of them.
     """
     from medseg.pathology.evaluate import EvalConfig, evaluate_results
+    from medseg.pathology.prepare import parse_class_map
 
-    finish(evaluate_results(results, list(truth), EvalConfig(iou=iou)), as_json=as_json, human=_eval_human)
+    cfg = EvalConfig(iou=iou, point_diameter_um=point_size, class_map=parse_class_map(class_map))
+    finish(evaluate_results(results, list(truth), cfg), as_json=as_json, human=_eval_human)
 
 
 commands = [slide_score, slide_prepare, slide_train, slide_eval]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,15 @@ class EvalConfig:
     """How detections are matched to the truth."""
 
     iou: float = 0.5  # a detection matches a truth box of its class at this IoU or more
+    # QuPath points (PTC centres) in the truth: boxes of this diameter (um), as in slide-prepare
+    point_diameter_um: float = 15.0
+    class_map: dict[str, str] = field(default_factory=dict)  # user class name -> C4d+ / C4d-
 
     def check(self) -> None:
         if not 0 < self.iou < 1:
             raise InputError(f"--iou must be between 0 and 1, got {self.iou:g}")
+        if not (math.isfinite(self.point_diameter_um) and self.point_diameter_um > 0):
+            raise InputError(f"--point-size must be > 0 um, got {self.point_diameter_um:g}")
 
 
 def match_class(
@@ -131,17 +137,32 @@ def evaluate_slide(
     scale: float,
     iou: float = 0.5,
     summary: dict | None = None,
+    point_size: float | None = None,
+    class_map: dict[str, str] | None = None,
 ) -> dict:
     """Metrics of one slide: ``scale`` = level-0 px per target px (margins are in target px).
 
     With ``summary`` (slide-score's), detection metrics count only truth inside the scored
     tiles; the category agreement always uses every truth PTC of the slide.
     """
-    from medseg.pathology.prepare import check_inside, enlarge_boxes, outside_slide, read_geojson_boxes
+    from medseg.pathology.prepare import (
+        check_inside,
+        enlarge_boxes,
+        load_features,
+        outside_slide,
+        read_geojson_boxes,
+    )
     from medseg.pathology.score import banff_category
 
     pos_id, neg_id = LABELS[POSITIVE], LABELS[NEGATIVE]
-    all_rows = read_geojson_boxes(truth)
+    # points need a size (level-0 px): without one, a truth of QuPath points was read as no PTC at all
+    all_rows = read_geojson_boxes(truth, point_size=point_size, class_map=class_map)
+    if len(all_rows) == 0 and load_features(Path(truth)):  # features, none a C4d+/C4d- PTC
+        raise InputError(
+            f"no {POSITIVE}/{NEGATIVE} PTC in the truth (other class names or shapes): every detection "
+            "would count as false; map your class names with --class-map, e.g. Positive=C4d+,Negative=C4d-",
+            path=truth,
+        )
     if summary is not None and summary.get("slide_size"):
         w, h = (int(v) for v in summary["slide_size"])
         if check_inside(all_rows, w, h, Path(truth)):  # all outside: InputError, the slide fails
@@ -214,7 +235,7 @@ def evaluate_results(
     files = _truth_files(truths)
     from medseg.pathology.prepare import check_annotation_files
 
-    check_annotation_files(files)  # NaN or zero-area truth PTCs: exit 2, before any work
+    check_annotation_files(files, cfg.class_map)  # NaN or zero-area truth PTCs: exit 2, before any work
     run = RunResult("slide-eval")
     per_class: dict[int, list] = {c: [] for c in CLASS_NAMES}
     agree = []
@@ -241,6 +262,8 @@ def evaluate_results(
                 scale=summary["target_mpp"] / summary["slide_mpp"],
                 iou=cfg.iou,
                 summary=summary,
+                point_size=cfg.point_diameter_um / summary["slide_mpp"],
+                class_map=cfg.class_map,
             )
         except (MedsegError, OSError, ValueError, KeyError) as exc:
             reason = exc.message if isinstance(exc, MedsegError) else f"unreadable slide-score results: {exc}"

@@ -103,7 +103,7 @@ def _feature_class(props: dict, class_map: dict[str, str]) -> str | None:
     return mapped if mapped is not None else class_of(str(name))
 
 
-def _load_features(path: Path) -> list:
+def load_features(path: Path) -> list:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -167,7 +167,7 @@ def check_annotation_files(paths: Iterable[Path], class_map: dict[str, str] | No
         if path is None or not Path(path).is_file():
             continue
         try:
-            feats = _load_features(Path(path))
+            feats = load_features(Path(path))
         except InputError:
             continue
         for index, f in enumerate(feats):
@@ -193,7 +193,7 @@ def read_geojson_ptcs(
     names (``C4d+``, ``Positive``, ...) are tried. Outlines are (M, 2) arrays, one per row.
     """
     path = Path(path)
-    feats = _load_features(path)
+    feats = load_features(path)
     rows, outlines, skipped, points_skipped = [], [], 0, 0
     half = (point_size or 0) / 2
     circle = (
