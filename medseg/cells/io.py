@@ -50,7 +50,7 @@ def _read_raw(path: Path, *, indices: bool = False) -> tuple[np.ndarray, bool]:
         # by content, not name: a PNG renamed .tif was refused as a corrupt TIFF, and a TIFF (an .svs
         # slide, a stack) named otherwise went to a reader that sees only its first page
         if is_tiff:
-            return _tiff_planes(path)
+            return _tiff_planes(path, indices=indices)
         import imageio.v3 as iio
         from PIL import Image
 
@@ -140,13 +140,15 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str, int]:
 MAX_CHANNELS = 8  # a trailing axis this short after two long ones is channels, not image columns
 
 
-def _tiff_planes(path: Path) -> tuple[np.ndarray, bool]:
+def _tiff_planes(path: Path, *, indices: bool = False) -> tuple[np.ndarray, bool]:
     """A TIFF's pixels with the plane axes (Y, X) before a channel axis, if any, and whether there is one.
 
     Singleton axes other than Y/X are dropped: an (H, W, 1) array saved by tifffile (axes ``YXQ``) is a
     2D image, not H pages of W x 1 px. An (H, W, C) array with 2 or 5-8 channels saved without
     channel metadata is stored as H pages of W x C px: read as H x W with C channels. Inverted grey
-    (MINISWHITE) is turned into light values and CMYK ink (SEPARATED) into RGB, as viewers show them.
+    (MINISWHITE, 8 bits and more: 1-bit files are what tifffile writes for any bool array) is turned
+    into light values and CMYK ink (SEPARATED) into RGB, as viewers show them; not for ``indices``
+    (label masks: their stored numbers are the labels).
     """
     import tifffile
 
@@ -171,10 +173,10 @@ def _tiff_planes(path: Path) -> tuple[np.ndarray, bool]:
                     *data.shape,
                 )
                 channels = True
+    if indices:  # a label mask: the stored numbers are the labels, whatever a viewer would show
+        return data, channels
     if photometric == tifffile.PHOTOMETRIC.SEPARATED and channels and data.shape[-1] >= 3:
         data = _ink_to_rgb(data)
-    elif photometric == tifffile.PHOTOMETRIC.MINISWHITE and data.dtype == bool:
-        data = ~data
     elif photometric == tifffile.PHOTOMETRIC.MINISWHITE and np.issubdtype(data.dtype, np.unsignedinteger):
         data = np.iinfo(data.dtype).max - data
     return data, channels

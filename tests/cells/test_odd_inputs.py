@@ -355,3 +355,14 @@ def test_indexed_png_mask_gives_its_indices_as_labels(real, tmp_path):
     indexed.save(tmp_path / "m.png")
     np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), mask)
     assert read_image(tmp_path / "m.png")[1]["color"] == "rgb"  # as an image: its colours
+
+
+def test_bool_and_inverted_grey_masks_keep_their_stored_labels(real, tmp_path):
+    """tifffile writes every bool array as 1-bit MINISWHITE: neither masks nor bool images are inverted,
+    and a mask's stored numbers are its labels whatever its photometric tag says."""
+    _, mask = real
+    tifffile.imwrite(tmp_path / "b.tif", mask > 0)
+    np.testing.assert_array_equal(read_mask(tmp_path / "b.tif"), mask > 0)
+    np.testing.assert_array_equal(read_image(tmp_path / "b.tif")[0][0], mask > 0)
+    tifffile.imwrite(tmp_path / "w.tif", mask.astype(np.uint8), photometric="miniswhite")
+    np.testing.assert_array_equal(read_mask(tmp_path / "w.tif"), mask)
