@@ -38,6 +38,8 @@ from medseg.results import FAILED, ItemResult, RunResult
 log = logging.getLogger("medseg.brain")
 
 REPORT_FILES = ("report.html", "metrics.json", "metrics.csv")
+# a prediction is <pred>/<case>_seg, <case> or <case>/<case>_seg with one of these (brain-segment writes any)
+PRED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 # label values of each convention (BraTS 2018-2021 share 1 NCR/NET, 2 ED, 4 ET; BraTS 2023+ writes ET as 3)
 LABEL_ALIASES = {"2018": "brats2021", "brats2018": "brats2021", "2021": "brats2021", "2023": "brats2023"}
 
@@ -144,14 +146,23 @@ def find_pair(pred_dir: Path, case_dir: Path) -> EvalPair:
     files: CaseFiles = find_case_files(case_dir)
     if files.seg is None:
         raise InputError("case has no ground-truth segmentation", path=case_dir)
-    cands = [
-        pred_dir / f"{files.name}_seg.nii.gz",
-        pred_dir / f"{files.name}.nii.gz",
-        pred_dir / files.name / f"{files.name}_seg.nii.gz",
-    ]
-    pred = next((c for c in cands if c.is_file()), None)
-    if pred is None:
-        raise InputError(f"no prediction for case {files.name} (looked for {cands[0].name})", path=pred_dir)
+    stems = [f"{files.name}_seg", files.name, f"{files.name}/{files.name}_seg"]
+    cands = [pred_dir / f"{stem}{suffix}" for stem in stems for suffix in PRED_SUFFIXES]
+    found = [c for c in cands if c.is_file()]
+    if not found:
+        tried = ", ".join(f"{stem}{PRED_SUFFIXES[0]}" for stem in stems)
+        raise InputError(
+            f"no prediction for case {files.name} (looked for {tried}, also as {', '.join(PRED_SUFFIXES[1:])})",
+            path=pred_dir,
+        )
+    pred = found[0]
+    if len(found) > 1:
+        log.info(
+            "%s: several predictions (%s); scoring %s",
+            files.name,
+            ", ".join(f.name for f in found),
+            pred.name,
+        )
     return EvalPair(files.name, pred, files.seg, files.modalities["flair"])
 
 

@@ -339,3 +339,14 @@ def test_two_dicom_series_in_one_modality_folder_names_what_to_do(tmp_path):
         read_image(folder)
     msg = str(exc.value)
     assert "2 series found" in msg and "--series-uid" not in msg and "its own folder" in msg
+
+
+def test_uncompressed_prediction_is_found(brain_cases, tmp_path):
+    """brain-segment --out CASE_seg.nii writes .nii; brain-eval looked for .nii.gz only."""
+    case = brain_cases[0]
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(case / f"{case.name}_seg.nii.gz")), str(pred / f"{case.name}_seg.nii"))
+    res = _run("brain-eval", case, "--pred", pred, "--out", tmp_path / "qa", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["items"][0]["metrics"]["dice_WT"] == 1.0
