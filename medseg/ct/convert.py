@@ -62,6 +62,10 @@ def input_kind(path: Path) -> str:
         raise InputError("no such file or folder", path=path)
     if path.is_dir():
         return "dicom"
+    if not path.is_file():  # reading a named pipe or a device would wait forever
+        raise InputError(
+            "not a regular file or folder (a pipe or device?): save it to a file first", path=path
+        )
     if is_volume_file(path):
         return "volume"
     with open(path, "rb") as handle:
@@ -189,6 +193,9 @@ def preflight(
     if check_dicom_format(cfg.dicom_format) == "enhanced" and fmt != "dicom":
         raise InputError("--dicom-format enhanced needs DICOM output, not a volume file", path=output_path)
     check_apart(output_path, [input_path, reference, cfg.like])
+    for other in (reference, cfg.like):
+        if other is not None:
+            input_kind(Path(other))  # exists, and no pipe to wait on
     check_output(output_path, overwrite=cfg.overwrite)
     plan = _Plan(kind, fmt, (0, 0, 0))
     if reference is not None:

@@ -66,3 +66,34 @@ def test_dicom_output_of_a_series_without_study_uid_is_refused(small_exam_dir, t
         assert not (tmp_path / fmt).exists()
     volume = convert(src, tmp_path / "v.nii.gz", convert_config(weights=tiny_weights))
     assert volume.exit_code == 0
+
+
+def test_a_named_pipe_as_input_is_refused_not_waited_on(tmp_path):
+    import os
+    import threading
+
+    import pytest
+
+    from medseg.ct.convert import input_kind
+    from medseg.errors import InputError
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this system")
+    fifo = tmp_path / "scan.nii.gz"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            input_kind(fifo)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(5)
+    if thread.is_alive():  # release the reader blocked on the pipe before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading the named pipe hung")
+    assert len(outcome) == 1 and isinstance(outcome[0], InputError)
+    assert "not a regular file" in str(outcome[0]) and outcome[0].path == fifo
