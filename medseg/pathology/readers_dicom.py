@@ -69,11 +69,13 @@ def check_dicom(path: Path) -> DicomInfo:
     """Header and pixel-data check of one instance: CorruptSlide when frames are missing or cut,
     UnsupportedSlide when it is valid DICOM but not a VL Whole Slide Microscopy image."""
     ds, pos = _read_header(path)
-    sop = str(ds.get("SOPClassUID", ""))
+    sop = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
     if not sop:
         raise CorruptSlide("DICOM header without a SOP Class UID: damaged, or not an image file")
     if sop != WSI_SOP_CLASS:
-        name = getattr(ds.get("SOPClassUID"), "name", "") or sop or "no SOP class"
+        from pydicom.uid import UID
+
+        name = UID(sop).name or sop
         raise UnsupportedSlide(f"valid DICOM, but not a VL Whole Slide Microscopy image ({name})")
     size = path.stat().st_size
     if pos >= size:

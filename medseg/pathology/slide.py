@@ -258,6 +258,7 @@ SLIDE_EXTENSIONS = {
     ".qptiff",
 }
 _DICOM_SUFFIXES = {".dcm", ".dicom", ""}
+_DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
 
 
 def _read_list(path: Path) -> list[Path]:
@@ -337,6 +338,8 @@ def _dicom_slides(files: list[Path]) -> list[Path]:
         except Exception:  # noqa: BLE001 - unreadable: keep it so it becomes that slide's failed row
             best[str(q)] = (0, q)
             continue
+        if q.name.upper() == "DICOMDIR" or str(h.file_meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR:
+            continue  # the index of an exported disc or folder, never a slide
         key = str(h.get("SeriesInstanceUID") or q)
         width = int(h.get("TotalPixelMatrixColumns") or 0)
         if key not in best or width > best[key][0]:

@@ -559,3 +559,23 @@ def test_tile_size_typo_is_refused():
     with pytest.raises(InputError, match="--tile must be 16-4096 px"):
         PrepareConfig(tile=10240).check()
     ScoreConfig(tile=4096, overlap=160).check()
+
+
+def test_dicomdir_of_an_exported_folder_is_not_a_slide(tmp_path):
+    """Every DICOM export holds a DICOMDIR index: it was a failed slide ("header without a SOP
+    Class UID"), exit 5, in every such batch."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from medseg.pathology.slide import expand_inputs
+
+    write_dicom_wsi(tmp_path / "slide.dcm", _image())
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.1.3.10", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta, ds.FileSetID = meta, "EXPORT"
+    ds.save_as(tmp_path / "DICOMDIR", enforce_file_format=True)
+    assert expand_inputs([tmp_path]) == [tmp_path / "slide.dcm"]
+    with pytest.raises(InputError, match=r"not a VL Whole Slide Microscopy image \(Media Storage Directory"):
+        open_slide(tmp_path / "DICOMDIR")
