@@ -278,9 +278,9 @@ def _read_list(path: Path) -> list[Path]:
                 dialect = csv.excel
             reader = csv.reader(fh, dialect)
             header = next(reader, [])
-            col = next(
-                (i for i, h in enumerate(header) if h.strip().lower() in ("path", "slide", "file")), None
-            )
+            names = [h.strip().lower() for h in header]
+            # "path" first: a scores.csv of an earlier run has "slide" (a name) before "path"
+            col = next((names.index(k) for k in ("path", "slide", "file") if k in names), None)
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cannot read the slide list: {exc}", path=path) from None

@@ -579,3 +579,11 @@ def test_dicomdir_of_an_exported_folder_is_not_a_slide(tmp_path):
     assert expand_inputs([tmp_path]) == [tmp_path / "slide.dcm"]
     with pytest.raises(InputError, match=r"not a VL Whole Slide Microscopy image \(Media Storage Directory"):
         open_slide(tmp_path / "DICOMDIR")
+
+
+def test_slide_list_prefers_the_path_column(tmp_path):
+    """A scores.csv of an earlier run as the list: its "slide" names were taken as paths."""
+    from medseg.pathology.slide import expand_inputs
+
+    (tmp_path / "scores.csv").write_text("slide,status,path\na,ok,/data/a.svs\n")
+    assert expand_inputs([tmp_path / "scores.csv"]) == [Path("/data/a.svs")]
