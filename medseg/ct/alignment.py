@@ -32,6 +32,12 @@ class Grid:
     direction: np.ndarray
     slices: int
     uid: str = ""  # SeriesInstanceUID of a DICOM series
+    positions: np.ndarray | None = None  # each slice along the normal (mm): DICOM may be uneven
+
+    def slice_positions(self) -> np.ndarray:
+        if self.positions is not None and len(self.positions) == self.slices:
+            return self.positions
+        return float(self.direction[:, 2] @ self.origin) + self.spacing_zyx[0] * np.arange(self.slices)
 
 
 def grid_from_meta(meta, slices: int) -> Grid:
@@ -42,6 +48,7 @@ def grid_from_meta(meta, slices: int) -> Grid:
         np.asarray(meta.direction, dtype=float).reshape(3, 3),
         slices,
         str(meta.series_uid or ""),
+        np.asarray(meta.extra["positions"], dtype=float) if "positions" in meta.extra else None,
     )
 
 
@@ -68,7 +75,14 @@ def series_grid(path: Path, series_uid: str | None = None) -> tuple[tuple[int, i
         shape = volume_shape(path)  # checks the header first
         return shape, volume_file_grid(path)
     series = open_series(path, series_uid=series_uid)
-    return (len(series.files), series.rows, series.columns), grid_from_meta(series.meta(), len(series.files))
+    return (len(series.files), series.rows, series.columns), series_grid_of(series)
+
+
+def series_grid_of(series) -> Grid:
+    """The grid of an open :class:`medseg.io.dicom.DicomSeries`, with each slice's position."""
+    grid = grid_from_meta(series.meta(), len(series.files))
+    grid.positions = np.asarray(series.positions, dtype=float)
+    return grid
 
 
 def _mm(values) -> str:
@@ -101,6 +115,15 @@ def grid_mismatch(ours: Grid, theirs: Grid, ours_name: str = "the input") -> str
             f"{ours_name} (offset {offset[0]:+.1f}, {offset[1]:+.1f} mm in-plane, {offset[2]:+.1f} mm "
             "along the slices)"
         )
+    ours_z, theirs_z = ours.slice_positions(), theirs.slice_positions()
+    if len(ours_z) == len(theirs_z) and len(ours_z) > 1:
+        off = np.abs(ours_z - theirs_z)
+        i = int(np.argmax(off))
+        if off[i] > ORIGIN_TOL_VOXELS * spacing_xyz[2]:
+            return (
+                f"has its slice {i + 1} at {theirs_z[i]:.1f} mm along the slices, {ours_name} at "
+                f"{ours_z[i]:.1f} mm (a missing or extra slice?)"
+            )
     return None
 
 

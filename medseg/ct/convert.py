@@ -225,11 +225,9 @@ def preflight(
     else:
         plan.shape = volume_shape(input_path)
     if plan.reference is not None:  # the same size and voxels, else the QA compares other anatomy
-        from medseg.ct.alignment import check_reference, grid_from_meta, volume_file_grid
+        from medseg.ct.alignment import check_reference, series_grid_of, volume_file_grid
 
-        ours = (
-            grid_from_meta(plan.series.meta(), plan.shape[0]) if plan.series else volume_file_grid(input_path)
-        )
+        ours = series_grid_of(plan.series) if plan.series else volume_file_grid(input_path)
         check_reference(plan.shape, ours, Path(reference), input_path)
     return plan
 

@@ -101,6 +101,7 @@ def read_hu_series(series):
     """:func:`medseg.io.dicom.read_series` with the rescale check: (float32 HU volume, VolumeMeta)."""
     volume = np.empty((len(series.files), series.rows, series.columns), np.float32)
     meta = series.meta()
+    meta.extra["positions"] = list(series.positions)  # uneven slices: each one's place (QA alignment)
     for i, (_ds, hu) in enumerate(checked_slices(series, meta.warnings)):
         volume[i] = hu
     return volume, meta

@@ -106,3 +106,16 @@ def test_the_input_given_as_its_own_reference_is_refused(small_exam_dir, tiny_we
         assert res.exit_code == 2, res.output
         assert "the reference is the input series itself" in json.loads(res.stdout)["error"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reference_missing_another_slice_than_the_input_is_refused(small_exam_dir, tiny_weights, tmp_path):
+    """Input without its 4th slice, reference without its 5th: same size, first slice and median gap,
+    but the last slices are 1.5 mm apart."""
+    src, ref = tmp_path / "in", tmp_path / "ref"
+    shutil.copytree(small_exam_dir / "B50f", src)
+    shutil.copytree(small_exam_dir / "B30f", ref)
+    sorted(src.iterdir())[3].unlink()
+    sorted(ref.iterdir())[4].unlink()
+    res = _convert_json(src, tmp_path / "out", ref, tiny_weights)
+    assert res.exit_code == 2, res.output
+    assert "has its slice 4 at" in json.loads(res.stdout)["error"]
