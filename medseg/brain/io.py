@@ -255,6 +255,11 @@ def case_from_paths(
     for m, p in paths.items():
         if not p.exists():
             raise InputError(f"{m} input not found", path=p)
+        if not (p.is_file() or p.is_dir()):  # a pipe (<(zcat ...)), a FIFO or a device: reading could hang
+            raise InputError(
+                f"{m} input is not a regular file or folder (a pipe or device?); give the image file itself",
+                path=p,
+            )
     refuse_same_files(paths)
     stem = paths["t1c"].name[: len(_stem(paths["t1c"]))]
     default = (

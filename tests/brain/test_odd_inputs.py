@@ -350,3 +350,26 @@ def test_uncompressed_prediction_is_found(brain_cases, tmp_path):
     res = _run("brain-eval", case, "--pred", pred, "--out", tmp_path / "qa", "--json", "-q")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["items"][0]["metrics"]["dice_WT"] == 1.0
+
+
+def test_named_pipe_given_as_a_modality_is_refused_not_waited_on(brain_cases, tmp_path):
+    """A FIFO named t1.nii.gz (or a process substitution) made brain-segment wait forever."""
+    import os
+
+    case = brain_cases[0]
+    fifo = tmp_path / "t1.nii.gz"
+    os.mkfifo(fifo)
+    args = [f"--{m}" for m in ("t1c", "t2", "flair")]
+    files = [case / f"{case.name}_{t}.nii.gz" for t in ("t1ce", "t2", "flair")]
+    res = _run(
+        "brain-segment",
+        "--t1",
+        fifo,
+        *[x for pair in zip(args, files) for x in pair],
+        "--out",
+        tmp_path / "o.nii.gz",
+        "--json",
+    )
+    assert res.exit_code == 2
+    err = json.loads(res.stdout)["error"]
+    assert "t1.nii.gz" in err and "not a regular file or folder" in err
