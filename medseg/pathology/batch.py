@@ -19,7 +19,6 @@ from medseg.pathology.score import (
     SLIDE_ERRORS,
     ScoreConfig,
     SlideResult,
-    check_detector_resolution,
     score_slide,
     slide_text,
 )
@@ -237,7 +236,7 @@ def score_slides(
     results that exist without ``resume``/``overwrite``, an unwritable ``out``.
     """
     from medseg.engine.weights import resolve_weights
-    from medseg.pathology.detector import DEMO_WEIGHTS, load_detector
+    from medseg.pathology.detector import DEMO_WEIGHTS, check_detector_resolution, load_detector
     from medseg.pathology.feasibility import load_hook
     from medseg.pathology.outputs import is_complete, kept_rows
 
@@ -249,7 +248,7 @@ def score_slides(
     if detector is None:
         weights_path, is_demo = resolve_weights(weights, demo=DEMO_WEIGHTS)
         detector = load_detector(weights_path, device=cfg.device, amp=cfg.amp)
-    check_detector_resolution(cfg, detector)  # before any slide: it would fail them all
+    check_detector_resolution(cfg.target_mpp, detector)  # before any slide: it would fail them all
     runtime = detector.describe() if hasattr(detector, "describe") else {}
     log.info(
         "scoring %d slide(s) on %s (%s) with %s",

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import ModelError
+from medseg.errors import InputError, ModelError
 from medseg.pathology.labels import DEFAULT_MARGINS, NUM_CLASSES
 
 log = logging.getLogger("medseg.pathology")
@@ -248,7 +248,6 @@ def weights_for_arch(arch: str | None, weights: str | Path | None) -> tuple[str 
     none ship; with both: the weights must hold that architecture (InputError otherwise)."""
     from medseg.engine.checkpoint import read_meta
     from medseg.engine.weights import demo_weights_path
-    from medseg.errors import InputError
 
     if arch is None:
         return weights, False
@@ -400,3 +399,18 @@ def load_detector(
             f"weights do not fit the {meta.config.get('arch', 'unknown')} detector: {first}", path=path
         ) from None
     return Detector(model, config, device=device, amp=amp, source=str(path), runtime=runtime)
+
+
+def check_detector_resolution(target_mpp: float, detector) -> None:
+    """``--mpp`` must be the detector's training resolution (in its weights): at another every PTC
+    has the wrong size in pixels (the demo detector found 0 PTCs at 1.0 where it finds 30 at 0.5)."""
+    trained = getattr(getattr(detector, "config", None), "target_mpp", None)
+    if not isinstance(trained, (int, float)) or not trained > 0:
+        return  # a detector that does not say (a plug-in): the user's --mpp stands
+    if abs(target_mpp - trained) > 0.02 * trained:
+        raise InputError(
+            f"--mpp {target_mpp:g} is not the resolution the detector was trained at "
+            f"({trained:g} um/px, stored in its weights): PTCs would have the wrong size in pixels "
+            f"and the counts would be wrong; use --mpp {trained:g} (the slide's own scale is "
+            "--slide-mpp)"
+        )

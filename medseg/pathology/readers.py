@@ -50,6 +50,7 @@ class SlideReader(ABC):
     level_downsamples: tuple[float, ...]
     mpp: tuple[float, float] | None  # level-0 microns per pixel (x, y), None when the file has none
     mpp_note: str | None = None  # why a scale the file states is not used (e.g. "openslide.mpp-x = 0")
+    note: str | None = None  # what the reader left out that the user should know (other scenes)
     vendor: str = "unknown"
 
     @property
@@ -223,6 +224,16 @@ class TiffReader(SlideReader):
         if not main:
             raise UnsupportedSlide("TIFF without an image series")
         self.series = max(main, key=lambda s: _yx(s)[0] * _yx(s)[1])
+        area = _yx(self.series)[0] * _yx(self.series)[1]
+        others = [s for s in main if s is not self.series and _yx(s)[0] * _yx(s)[1] >= 0.1 * area]
+        if others:  # e.g. two tissue sections scanned as two scenes (CZI -> OME-TIFF)
+            self.note = (
+                f"the file holds {len(others) + 1} images (scenes); only the largest "
+                f"({self.series.name or 'series ' + str(tif.series.index(self.series))}, "
+                f"{_yx(self.series)[1]} x {_yx(self.series)[0]} px) is analysed, not "
+                + ", ".join(repr(s.name or f"series {tif.series.index(s)}") for s in others)
+            )
+            log.warning("%s: %s", Path(self.path).name, self.note)
         self._check_complete()
         mapped = [self._memmap(lv) for lv in self.series.levels]
         self.levels = [

@@ -98,21 +98,6 @@ class ScoreConfig:
             raise InputError("DAB pattern check: tiles >= 0 (0: off), tile >= 64 px, mpp > 0")
 
 
-def check_detector_resolution(cfg: ScoreConfig, detector) -> None:
-    """``--mpp`` must be the detector's training resolution (in its weights): at another every PTC
-    has the wrong size in pixels (the demo detector found 0 PTCs at 1.0 where it finds 30 at 0.5)."""
-    trained = getattr(getattr(detector, "config", None), "target_mpp", None)
-    if not isinstance(trained, (int, float)) or not trained > 0:
-        return  # a detector that does not say (a plug-in): the user's --mpp stands
-    if abs(cfg.target_mpp - trained) > 0.02 * trained:
-        raise InputError(
-            f"--mpp {cfg.target_mpp:g} is not the resolution the detector was trained at "
-            f"({trained:g} um/px, stored in its weights): PTCs would have the wrong size in pixels "
-            f"and the counts would be wrong; use --mpp {trained:g} (the slide's own scale is "
-            "--slide-mpp)"
-        )
-
-
 def banff_category(pos: int, neg: int, min_ptcs: int = 1) -> tuple[str, float]:
     """Banff C4d category for IHC on paraffin from PTC counts: (category, percent positive).
 
@@ -280,6 +265,7 @@ def _slide_fields(slide, cfg: ScoreConfig, t0: float) -> dict[str, Any]:
         "slide_size": [slide.width, slide.height],
         "vendor": slide.vendor,
         "reader": slide.backend,
+        "reader_note": getattr(slide.handle, "note", None),
     }
 
 
@@ -485,6 +471,7 @@ def finish_slide(
     assessable = category.startswith("C4d")
     n_text = f"{pos + neg} PTC{'' if pos + neg == 1 else 's'}"
     notes = [] if assessable else [f"{n_text} assessed, a category needs {cfg.min_ptcs} (--min-ptcs)"]
+    notes += [plan.slide_info["reader_note"]] if plan.slide_info.get("reader_note") else []
     qc, grid = plan.qc, plan.grid
     if not qc.passed:
         notes.append("stain QC failed, scored anyway (--skip-stain-qc): " + "; ".join(qc.reasons))
@@ -560,10 +547,11 @@ def score_slide(
     the Ray runner (:mod:`medseg.scale`) composes, so both give the same outputs by construction.
     """
     from medseg.engine.progress import progress_bar
+    from medseg.pathology.detector import check_detector_resolution
     from medseg.pathology.feasibility import load_hook
 
     cfg = config or ScoreConfig()
-    check_detector_resolution(cfg, detector)
+    check_detector_resolution(cfg.target_mpp, detector)
     feasible = feasible or load_hook(cfg.feasibility)
     name = name or Path(path).stem
     with open_scoring_slide(path, cfg) as slide:

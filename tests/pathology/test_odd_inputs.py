@@ -120,15 +120,16 @@ def test_zero_mpp_says_the_metadata_is_not_usable(tmp_path):
 
 def test_mpp_other_than_the_detectors_is_refused_before_any_work(tmp_path, small_slide):
     from medseg.pathology.batch import score_slides
-    from medseg.pathology.score import ScoreConfig, check_detector_resolution
+    from medseg.pathology.detector import check_detector_resolution
+    from medseg.pathology.score import ScoreConfig
 
     detector = SimpleNamespace(config=SimpleNamespace(margins={}, target_mpp=0.5), source="x", predict=None)
-    check_detector_resolution(ScoreConfig(target_mpp=0.5), detector)
+    check_detector_resolution(0.5, detector)
     with pytest.raises(InputError, match=r"--mpp 1 is not the resolution the detector was trained at \(0.5"):
         score_slides([small_slide[0]], tmp_path / "out", ScoreConfig(target_mpp=1.0), detector=detector)
     assert not (tmp_path / "out").exists()
     plug_in = SimpleNamespace(config=SimpleNamespace(margins={}), source="x", predict=None)
-    check_detector_resolution(ScoreConfig(target_mpp=1.0), plug_in)  # says nothing: not checked
+    check_detector_resolution(1.0, plug_in)  # says nothing: not checked
 
 
 # --------------------------------------------------------------------------- pixel types
@@ -587,3 +588,20 @@ def test_slide_list_prefers_the_path_column(tmp_path):
 
     (tmp_path / "scores.csv").write_text("slide,status,path\na,ok,/data/a.svs\n")
     assert expand_inputs([tmp_path / "scores.csv"]) == [Path("/data/a.svs")]
+
+
+def test_other_scenes_of_an_ome_tiff_are_named_not_dropped_silently(tmp_path):
+    """Two sections scanned as two scenes: only the largest was scored, without a word."""
+    import tifffile
+
+    meta = {"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+    with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as tw:
+        tw.write(
+            _image(128, 160, seed=1), tile=(64, 64), photometric="rgb", metadata={**meta, "Name": "Scene 1"}
+        )
+        tw.write(
+            _image(120, 160, seed=2), tile=(64, 64), photometric="rgb", metadata={**meta, "Name": "Scene 2"}
+        )
+    with open_slide(tmp_path / "two.ome.tif") as s:
+        assert s.handle.note is not None and "holds 2 images (scenes)" in s.handle.note
+        assert "'Scene 2'" in s.handle.note
