@@ -105,7 +105,7 @@ def _feature_class(props: dict, class_map: dict[str, str]) -> str | None:
 
 def load_features(path: Path) -> list:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # Windows tools write a BOM
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read GeoJSON: {exc}", path=path) from None
     feats = data.get("features", []) if isinstance(data, dict) else data

@@ -605,3 +605,13 @@ def test_other_scenes_of_an_ome_tiff_are_named_not_dropped_silently(tmp_path):
     with open_slide(tmp_path / "two.ome.tif") as s:
         assert s.handle.note is not None and "holds 2 images (scenes)" in s.handle.note
         assert "'Scene 2'" in s.handle.note
+
+
+def test_geojson_with_a_byte_order_mark_is_read(tmp_path):
+    """GeoJSON saved by Windows tools (Notepad, PowerShell) starts with a BOM: "cannot read GeoJSON"."""
+    from medseg.pathology.prepare import read_geojson_boxes
+
+    fc = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"classification": {
+        "name": "C4d+"}}, "geometry": {"type": "Polygon", "coordinates": [[[1, 1], [9, 1], [9, 9], [1, 1]]]}}]}  # fmt: skip
+    (tmp_path / "bom.geojson").write_bytes("\ufeff".encode() + json.dumps(fc).encode())
+    assert read_geojson_boxes(tmp_path / "bom.geojson").tolist() == [[1, 1, 9, 9, 1]]
