@@ -105,7 +105,17 @@ def batch_inputs(
     out = Path(out)
     paths = expand_inputs(inputs)
     if not paths:
-        raise InputError("no slides given (slide files, folders of slides or CSV lists)")
+        folders = [
+            Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs) if Path(p).is_dir()
+        ]
+        nested = [q for f in folders for q in expand_inputs(sorted(d for d in f.iterdir() if d.is_dir()))]
+        hint = (
+            f"; {len(nested)} in subfolders of {folders[0]} (folders are not searched deeper: give "
+            f"the subfolders, e.g. {folders[0]}/*/)"
+            if nested
+            else ""
+        )
+        raise InputError(f"no slides given (slide files, folders of slides or CSV lists){hint}")
     names = unique_names(paths)
     check_apart(out, [*([inputs] if isinstance(inputs, (str, Path)) else inputs), *paths])
     preflight(out, names, resume=resume, overwrite=overwrite)

@@ -615,3 +615,14 @@ def test_geojson_with_a_byte_order_mark_is_read(tmp_path):
         "name": "C4d+"}}, "geometry": {"type": "Polygon", "coordinates": [[[1, 1], [9, 1], [9, 9], [1, 1]]]}}]}  # fmt: skip
     (tmp_path / "bom.geojson").write_bytes("\ufeff".encode() + json.dumps(fc).encode())
     assert read_geojson_boxes(tmp_path / "bom.geojson").tolist() == [[1, 1, 9, 9, 1]]
+
+
+def test_folder_of_patient_folders_says_where_the_slides_are(tmp_path):
+    """slides/p1/a.svs, slides/p2/b.svs given as slides/: "no slides given", no hint why."""
+    from medseg.pathology.batch import batch_inputs
+
+    for p in ("p1", "p2"):
+        (tmp_path / "slides" / p).mkdir(parents=True)
+        (tmp_path / "slides" / p / f"{p}.svs").write_bytes(b"II*\x00")
+    with pytest.raises(InputError, match=r"2 in subfolders of .*slides \(folders are not searched deeper"):
+        batch_inputs([tmp_path / "slides"], tmp_path / "out", resume=False, overwrite=False)
