@@ -193,9 +193,8 @@ def preflight(
     if check_dicom_format(cfg.dicom_format) == "enhanced" and fmt != "dicom":
         raise InputError("--dicom-format enhanced needs DICOM output, not a volume file", path=output_path)
     check_apart(output_path, [input_path, reference, cfg.like])
-    for other in (reference, cfg.like):
-        if other is not None:
-            input_kind(Path(other))  # exists, and no pipe to wait on
+    for other in filter(None, (reference, cfg.like)):
+        input_kind(Path(other))  # exists, and no pipe to wait on
     check_output(output_path, overwrite=cfg.overwrite)
     plan = _Plan(kind, fmt, (0, 0, 0))
     if reference is not None:
@@ -205,6 +204,10 @@ def preflight(
         )
         for path in (input_path, reference):
             check_apart(plan.report_dir, path, what="the QA report")
+        if plan.report_dir.resolve().is_relative_to(output_path.resolve()):  # the series folder replaces it
+            raise InputError(
+                f"the QA report would be inside the output {output_path}: give --report another folder"
+            )
         check_qa_outputs(plan.report_dir, pdf=cfg.pdf, overwrite=cfg.overwrite)
     if kind == "dicom":
         plan.series = open_series(input_path, series_uid=cfg.series_uid, modality="CT")

@@ -119,3 +119,18 @@ def test_a_reference_missing_another_slice_than_the_input_is_refused(small_exam_
     res = _convert_json(src, tmp_path / "out", ref, tiny_weights)
     assert res.exit_code == 2, res.output
     assert "has its slice 4 at" in json.loads(res.stdout)["error"]
+
+
+def test_a_report_folder_inside_the_output_is_refused_before_converting(
+    small_exam_dir, tiny_weights, tmp_path
+):
+    out = tmp_path / "out"
+    for report in (out, out / "qa"):
+        res = run_cli(
+            "ct-convert", small_exam_dir / "B50f", "--from", "B50f", "--to", "B30f", "--out", out,
+            "--weights", tiny_weights, "--device", "cpu", "--reference", small_exam_dir / "B30f",
+            "--report", report, "--no-pdf", "--json",
+        )  # fmt: skip
+        assert res.exit_code == 2, res.output  # was exit 3 after the whole conversion
+        assert "inside the output" in json.loads(res.stdout)["error"]
+    assert not out.exists()
