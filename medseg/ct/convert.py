@@ -570,7 +570,7 @@ def _convert_volume_file(job: _Job) -> None:
     from medseg.ct.hu import read_hu_volume
     from medseg.io.volume import write_volume_sitk
 
-    volume, meta = read_hu_volume(job.input_path)
+    volume, meta = read_hu_volume(job.input_path, job.item.warnings)
     out = convert_volume(job.predictor, volume, batch_size=job.batch_size, progress=job.cfg.progress)
     if job.qa is not None:
         job.qa.original[:] = volume

@@ -115,20 +115,36 @@ def check_first_slice(series) -> str | None:
     return warnings[0] if warnings else None
 
 
-def read_hu_volume(path: Path):
-    """:func:`medseg.io.volume.read_volume_sitk` for a CT volume file, refused (InputError) when it
-    holds no air: a volume whose lowest value is above -200 is not in HU (often HU + 1024 stored by a
-    converter that dropped the rescale)."""
+def read_hu_volume(path: Path, warnings: list[str] | None = None):
+    """:func:`medseg.io.volume.read_volume_sitk` for a CT volume file, refused (InputError) when it is
+    not in HU: values above any CT scale, or no air (nothing below -200) and the values where HU + 1024
+    puts air and tissue (a converter dropped the rescale). No air otherwise (a crop inside the body)
+    is taken as HU, with a warning to ``warnings``."""
     from medseg.io.volume import read_volume_sitk
 
     volume, meta = read_volume_sitk(path)
     _check_wrapped(volume, path)
     low = float(volume.min()) if volume.size else float("nan")
-    if not low < AIR_SEEN_HU:
+    if low < AIR_SEEN_HU:
+        return volume, meta
+
+    def share(lo: float, hi: float = np.inf) -> float:
+        return float(np.count_nonzero((volume >= lo) & (volume <= hi))) / volume.size
+
+    # HU + 1024: soft tissue at 900-1200, or air at 0-100 around a body at 900 and more
+    shifted = share(900, 1200) >= 0.1 or (share(0, 100) >= 0.5 and share(900) >= 0.01)
+    if shifted or not np.isfinite(low):
         raise InputError(
-            f"no voxel below {AIR_SEEN_HU:g} (lowest {low:g}): these are not CT numbers in Hounsfield "
-            "units (air is about -1000 HU); a volume stored as HU + 1024 needs 1024 subtracted first, "
-            "or give the DICOM series",
+            f"no voxel below {AIR_SEEN_HU:g} (lowest {low:g}) and tissue near +1000: these are not "
+            "CT numbers in Hounsfield units (air is about -1000 HU); a volume stored as HU + 1024 needs "
+            "1024 subtracted first, or give the DICOM series",
             path=path,
         )
+    warning = (
+        f"{path.name}: no air in the volume (lowest {low:g} HU): taken as HU, e.g. a crop inside the "
+        "body; if it stores HU + 1024, subtract 1024 first"
+    )
+    meta.warnings.append(warning)
+    if warnings is not None:
+        warnings.append(warning)
     return volume, meta

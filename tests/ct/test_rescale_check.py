@@ -132,3 +132,15 @@ def test_signed_pixels_declared_unsigned_are_refused(small_exam_dir, tiny_weight
     with pytest.raises(InputError, match="PixelRepresentation 0") as info:
         convert(src, tmp_path / "out", convert_config(weights=tiny_weights))
     assert info.value.path.parent == src and not (tmp_path / "out").exists()
+
+
+def test_a_volume_cropped_inside_the_body_is_taken_as_hu_with_a_warning(tiny_weights, tmp_path):
+    """A radiomics-style crop without air (fat and soft tissue in HU) is no HU + 1024 volume."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(5)
+    crop = np.clip(rng.normal(40, 60, (4, 48, 48)), -150, 400).astype(np.int16)
+    path = tmp_path / "crop.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(crop), str(path))
+    result = convert(path, tmp_path / "out.nii.gz", convert_config(weights=tiny_weights))
+    assert result.exit_code == 0 and any("no air in the volume" in w for w in result.items[0].warnings)
