@@ -144,6 +144,10 @@ def _he_tissue_share(rgb01: np.ndarray) -> float:
 
 
 EMPTY_LEVEL, EMPTY_CONTRAST = 0.6, 0.1  # of the pixel type's full scale
+# stored grey levels (any bit depth) between the 1st and 99.8th percentile below which a plane is empty:
+# empty background crops of real DSB 2018 fluorescence images span 2-3 and were normalised into 27-29
+# "cells"; the least contrasted DSB image spans 17 (8-bit), the 16-bit test image about 200
+EMPTY_LEVELS = 4
 
 
 def empty_field(plane: np.ndarray, dtype: str) -> str | None:
@@ -153,8 +157,9 @@ def empty_field(plane: np.ndarray, dtype: str) -> str | None:
     99.8th percentile under ``EMPTY_CONTRAST`` of it): nothing on the glass to segment. Normalised, such
     a plane's JPEG blocks and noise would be read as hundreds of "cells" (seen on the glass tiles of the
     real CMU-1 slide: 448-734). Measured on real data: empty CMU-1 glass tiles 0.003-0.09 contrast at
-    0.95 level; the least contrasted bright DSB 2018 image 0.15. Integer images only: a float image has
-    no known full scale.
+    0.95 level; the least contrasted bright DSB 2018 image 0.15. Or, at any brightness, fewer than
+    ``EMPTY_LEVELS`` stored grey levels between those percentiles: an empty dark field, whose noise the
+    normalisation would stretch likewise. Integer images only: a float image has no known full scale.
     """
     kind = np.dtype(dtype)
     if not np.issubdtype(kind, np.integer):  # float: no full scale; bool is not an integer type here
@@ -165,6 +170,8 @@ def empty_field(plane: np.ndarray, dtype: str) -> str | None:
     lo, mid, hi = np.percentile(gray, [1.0, 50.0, 99.8])
     if mid >= EMPTY_LEVEL * top and hi - lo < EMPTY_CONTRAST * top:
         return f"empty bright field: no contrast ({(hi - lo) / top:.0%} of the range at {mid / top:.0%} brightness; glass?)"
+    if hi - lo < EMPTY_LEVELS and np.unique(gray).size > 2:  # (a two-valued image is a binary picture)
+        return f"empty field: no contrast (the image spans {hi - lo:.1f} grey levels between its 1st and 99.8th percentile)"
     return None
 
 

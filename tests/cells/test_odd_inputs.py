@@ -366,3 +366,21 @@ def test_bool_and_inverted_grey_masks_keep_their_stored_labels(real, tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "b.tif")[0][0], mask > 0)
     tifffile.imwrite(tmp_path / "w.tif", mask.astype(np.uint8), photometric="miniswhite")
     np.testing.assert_array_equal(read_mask(tmp_path / "w.tif"), mask)
+
+
+def test_empty_dark_background_crop_is_zero_cells(tmp_path):
+    """A nucleus-free crop of a real DSB 2018 fluorescence image spans 2 grey levels: percentile
+    normalisation stretched its noise into 27-29 "cells" on such crops. A binary or constant image is
+    not "empty" in this sense (two values, or none to stretch)."""
+    from medseg.cells.stain import empty_field
+
+    val = REAL.parent / "dsb2018_val"
+    name = "2bf594e9d06f78b4b79d7ffb395497a0a91126b6b0d710d7a9cee21f5c3bd177"
+    image = np.asarray(Image.open(val / "images" / f"{name}.png"))
+    assert not tifffile.imread(val / "masks" / f"{name}.tif")[128:224, 144:240].any()
+    Image.fromarray(image[128:224, 144:240]).save(tmp_path / "empty.png")
+    planes, meta = read_image(tmp_path / "empty.png", keep_color=True)
+    assert "empty field" in empty_field(planes[0], meta["dtype"])
+    assert empty_field(planes[0].round() > 10, "uint8") is None  # binary
+    for full in (np.zeros((64, 64), np.float32), read_image(REAL / "img2d.tif")[0][0]):
+        assert empty_field(full, "uint16") is None
