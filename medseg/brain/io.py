@@ -478,8 +478,17 @@ def labels_to_internal(seg: np.ndarray, *, labels: str, path: Path | None = None
     values = set(np.unique(seg).tolist())
     bad = sorted(values - mapping.keys())
     if bad:
+        other = next(
+            (
+                c
+                for c in ("brats2023", "brats2021")
+                if c != labels and not values - _FROM_CONVENTION[c].keys()
+            ),
+            None,
+        )
+        hint = f" (they fit the {other} convention: --labels {other})" if other else ""
         raise InputError(
-            f"label values {bad} are not in the {labels} convention {sorted(mapping)}", path=path
+            f"label values {bad} are not in the {labels} convention {sorted(mapping)}{hint}", path=path
         )
     lut = np.zeros(max(mapping) + 1, np.uint8)
     for k, v in mapping.items():

@@ -373,3 +373,16 @@ def test_named_pipe_given_as_a_modality_is_refused_not_waited_on(brain_cases, tm
     assert res.exit_code == 2
     err = json.loads(res.stdout)["error"]
     assert "t1.nii.gz" in err and "not a regular file or folder" in err
+
+
+def test_labels_of_the_other_brats_convention_name_the_option():
+    """BraTS 2023 truth (ET = 3) read with the default brats2021: the refusal says which option fits."""
+    from medseg.brain.io import labels_to_internal
+
+    with pytest.raises(InputError, match=r"\[3\] are not in the brats2021 .*--labels brats2023"):
+        labels_to_internal(np.array([0, 1, 2, 3]), labels="brats2021")
+    with pytest.raises(InputError, match=r"\[4\] are not in the brats2023 .*--labels brats2021"):
+        labels_to_internal(np.array([0, 2, 4]), labels="brats2023")
+    with pytest.raises(InputError) as exc:
+        labels_to_internal(np.array([0, 7]), labels="brats2021")
+    assert "--labels" not in str(exc.value)
