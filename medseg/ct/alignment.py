@@ -33,6 +33,7 @@ class Grid:
     slices: int
     uid: str = ""  # SeriesInstanceUID of a DICOM series
     positions: np.ndarray | None = None  # each slice along the normal (mm): DICOM may be uneven
+    planar: bool = False  # a 2D image file: no position along the normal
 
     def slice_positions(self) -> np.ndarray:
         if self.positions is not None and len(self.positions) == self.slices:
@@ -61,7 +62,7 @@ def volume_file_grid(path: Path) -> Grid:
     reader.ReadImageInformation()
     size, spacing, origin = reader.GetSize(), reader.GetSpacing(), reader.GetOrigin()
     if len(size) == 2:  # as read_volume_sitk's JoinSeries: one slice, identity orientation
-        return Grid(np.array([*origin, 0.0]), (1.0, spacing[1], spacing[0]), np.eye(3), 1)
+        return Grid(np.array([*origin, 0.0]), (1.0, spacing[1], spacing[0]), np.eye(3), 1, planar=True)
     direction = np.asarray(reader.GetDirection(), dtype=float).reshape(3, 3)
     return Grid(np.asarray(origin, dtype=float), (spacing[2], spacing[1], spacing[0]), direction, size[2])
 
@@ -109,6 +110,8 @@ def grid_mismatch(ours: Grid, theirs: Grid, ours_name: str = "the input") -> str
     offset = ours.direction.T @ (theirs.origin - ours.origin)  # along x, y, slice normal (mm)
     if ours.slices == 1 and theirs.slices == 1:
         spacing_xyz[2] = max(spacing_xyz[2], 1.0)
+    if ours.planar or theirs.planar:  # a 2D image file keeps no position: its pixel size is all to compare
+        return None
     if np.any(np.abs(offset) > ORIGIN_TOL_VOXELS * spacing_xyz):
         return (
             f"starts at another place: its first voxel is {np.linalg.norm(offset):.1f} mm from that of "

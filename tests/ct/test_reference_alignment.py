@@ -134,3 +134,27 @@ def test_a_report_folder_inside_the_output_is_refused_before_converting(
         assert res.exit_code == 2, res.output  # was exit 3 after the whole conversion
         assert "inside the output" in json.loads(res.stdout)["error"]
     assert not out.exists()
+
+
+def test_a_2d_image_reference_of_one_dicom_slice_is_compared_by_pixel_size(
+    small_exam_dir, tiny_weights, tmp_path
+):
+    """A 2D image file keeps no position (origin 0, 0): only its pixel size can be checked."""
+    from medseg.io.dicom import open_series, read_series
+
+    volume, meta = read_series(open_series(small_exam_dir / "B30f"))
+    ref = sitk.GetImageFromArray(volume[2].astype(np.int16))
+    ref.SetSpacing(meta.spacing[:0:-1])
+    sitk.WriteImage(ref, str(tmp_path / "ref.nii.gz"))
+    one = sorted((small_exam_dir / "B50f").iterdir())[2]
+    result = convert(
+        one,
+        tmp_path / "out",
+        convert_config(weights=tiny_weights, pdf=False),
+        reference=tmp_path / "ref.nii.gz",
+    )
+    assert result.items[0].status == "ok"
+    ref.SetSpacing((1.5, 1.5))
+    sitk.WriteImage(ref, str(tmp_path / "zoomed.nii.gz"))
+    res = _convert_json(one, tmp_path / "out2", tmp_path / "zoomed.nii.gz", tiny_weights)
+    assert res.exit_code == 2 and "another field of view" in json.loads(res.stdout)["error"]
