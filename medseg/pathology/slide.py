@@ -139,6 +139,13 @@ def check_scale(slide: Slide, target_mpp: float, *, fine: bool = True, coarse: b
             f"(about 0.1 um/px at most): the scale is wrong; {fix}",
             path=slide.path,
         )
+    side = min(slide.width, slide.height) * slide.mpp / target_mpp
+    if fine and side < 64:  # a strip or a crop: tissue detection and the stain QC would contradict
+        raise InputError(
+            f"the image is only {slide.width} x {slide.height} px ({slide.width * slide.mpp / 1000:.3g} x "
+            f"{slide.height * slide.mpp / 1000:.3g} mm): too small to be a slide section",
+            path=slide.path,
+        )
     if coarse and slide.mpp > target_mpp * MAX_UPSAMPLE:
         raise InputError(
             f"level-0 scale {slide.mpp:g} um/px (from {source}) is {slide.mpp / target_mpp:.1f}x coarser "

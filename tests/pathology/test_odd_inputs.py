@@ -626,3 +626,13 @@ def test_folder_of_patient_folders_says_where_the_slides_are(tmp_path):
         (tmp_path / "slides" / p / f"{p}.svs").write_bytes(b"II*\x00")
     with pytest.raises(InputError, match=r"2 in subfolders of .*slides \(folders are not searched deeper"):
         batch_inputs([tmp_path / "slides"], tmp_path / "out", resume=False, overwrite=False)
+
+
+def test_a_strip_of_a_slide_is_too_small_not_tissue_less(tmp_path):
+    """A 2048 x 16 px image was "no tissue found: 72 % of the image differs from the background"."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "thin.tif", _image(16, 512), photometric="rgb", resolution=(2e4, 2e4),
+                     resolutionunit="CENTIMETER")  # fmt: skip
+    with open_slide(tmp_path / "thin.tif") as s, pytest.raises(InputError, match="512 x 16 px .* too small"):
+        check_scale(s, 0.5)
