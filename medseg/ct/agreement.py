@@ -26,6 +26,18 @@ COMPARISONS = ("original", "converted")
 AGREEMENT_COLUMNS = ["quantity", "unit", "comparison", "n", "bias", "sd", "loa_low", "loa_high", "icc"]
 
 
+def finite_mean(values: np.ndarray) -> float:
+    """Mean of the finite values; NaN when there are none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def finite_sd(values: np.ndarray) -> float:
+    """Sample SD (n - 1) of the finite values; NaN below two."""
+    finite = values[np.isfinite(values)]
+    return float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+
+
 def agreement_summary(
     values: Any, comparisons: tuple[str, ...] = COMPARISONS
 ) -> dict[str, dict[str, dict[str, float]]]:

@@ -31,6 +31,8 @@ from medseg.ct.agreement import (
     agreement_line,
     agreement_rows,
     agreement_summary,
+    finite_mean,
+    finite_sd,
 )
 from medseg.ct.metrics import (
     LAA_THRESHOLD_HU,
@@ -177,17 +179,6 @@ def _values(items: list[ItemResult], key: str) -> np.ndarray:
     return np.array([i.metrics.get(key, float("nan")) for i in items], float)
 
 
-def _mean(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else float("nan")
-
-
-def _sd(values: np.ndarray) -> float:
-    """Sample SD (n - 1) of the finite values; NaN below two."""
-    finite = values[np.isfinite(values)]
-    return float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
-
-
 def cohort_summary(items: list[ItemResult]) -> dict[str, Any]:
     """Counts, mean RMSE and its reduction, LAA-950 mean/SD and Bland-Altman over the ok exams."""
     ok = [i for i in items if i.status == OK]
@@ -200,13 +191,16 @@ def cohort_summary(items: list[ItemResult]) -> dict[str, Any]:
     comparisons = COMPARISONS + ((cond.PREFIX,) if cond.has_values(values) else ())
     summary.update(
         {
-            "rmse_original_hu_mean": _mean(_values(ok, "rmse_original_hu")),
-            "rmse_converted_hu_mean": _mean(_values(ok, "rmse_converted_hu")),
-            "rmse_reduction_pct_mean": _mean(reduction),
+            "rmse_original_hu_mean": finite_mean(_values(ok, "rmse_original_hu")),
+            "rmse_converted_hu_mean": finite_mean(_values(ok, "rmse_converted_hu")),
+            "rmse_reduction_pct_mean": finite_mean(reduction),
             "rmse_reduction_pct_min": float(finite.min()) if finite.size else float("nan"),
             "rmse_reduction_pct_max": float(finite.max()) if finite.size else float("nan"),
             "laa950": {
-                k: {"mean": _mean(_values(ok, f"laa950_{k}")), "sd": _sd(_values(ok, f"laa950_{k}"))}
+                k: {
+                    "mean": finite_mean(_values(ok, f"laa950_{k}")),
+                    "sd": finite_sd(_values(ok, f"laa950_{k}")),
+                }
                 for k in ("original", "converted", "reference")
             },
             **agreement_summary(values, comparisons),  # Bland-Altman + ICC, LAA-950 and Perc15
