@@ -179,7 +179,11 @@ def _positive(value) -> float | None:
 # --------------------------------------------------------------------------- tifffile
 
 _UNIT_UM = {
-    "µm": 1.0,
+    "µm": 1.0,  # U+00B5 micro sign, as the OME schema writes it
+    "\u03bcm": 1.0,  # U+03BC Greek mu, as some exporters write it
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometre": 1.0,
     "um": 1.0,
     "micron": 1.0,
     "nm": 1e-3,

@@ -636,3 +636,12 @@ def test_a_strip_of_a_slide_is_too_small_not_tissue_less(tmp_path):
                      resolutionunit="CENTIMETER")  # fmt: skip
     with open_slide(tmp_path / "thin.tif") as s, pytest.raises(InputError, match="512 x 16 px .* too small"):
         check_scale(s, 0.5)
+
+
+@pytest.mark.parametrize("unit", ["\u03bcm", "micrometer"])
+def test_ome_units_written_with_greek_mu_or_in_words(tmp_path, unit):
+    """'μm' with the Greek letter mu (not the micro sign the schema uses) was no scale at all."""
+    path = tmp_path / "s.ome.tif"
+    write_ome_pyramid(path, _image(seed=3), mpp=0.5, unit=unit)
+    with open_slide(path) as s:
+        assert s.mpp == pytest.approx(0.5)
