@@ -27,8 +27,9 @@ PERCENTILES = (1.0, 99.8)  # per-plane normalisation (low, high); stored in ever
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
 
-def _read_raw(path: Path, *, indices: bool = False) -> tuple[np.ndarray, bool]:
-    """(pixels, whether the last axis holds channels: RGB samples or a TIFF channel axis).
+def _read_raw(path: Path, *, indices: bool = False) -> tuple[np.ndarray, bool, bool]:
+    """(pixels, whether the last axis holds channels: RGB samples or a TIFF channel axis, whether its last
+    channel is transparency: PNG RGBA / grey + alpha, a TIFF's alpha extra sample).
 
     ``indices``: a palette (indexed) image gives its indices, not their colours: in a label mask saved
     as an indexed PNG (annotation tools, the PASCAL VOC format) the index is the cell's number."""
@@ -57,12 +58,13 @@ def _read_raw(path: Path, *, indices: bool = False) -> tuple[np.ndarray, bool]:
         with Image.open(path) as im:  # the header only: which colour model the pixels are stored in
             mode = im.mode
             if indices and mode == "P":
-                return np.asarray(im), False
+                return np.asarray(im), False, False
         # CMYK (print / some scanner JPEGs), Lab, HSV: stored ink or colour coordinates, not RGB light; as
         # stored they would read as an inverted or meaningless colour image
         rgb = {"mode": "RGB"} if mode in ("CMYK", "LAB", "HSV", "YCbCr") else {}
         data = np.asarray(iio.imread(path, plugin="pillow", **rgb))
-        return data, data.ndim == 3 and data.shape[-1] in (2, 3, 4)
+        channels = data.ndim == 3 and data.shape[-1] in (2, 3, 4)
+        return data, channels, channels and data.shape[-1] in (2, 4)  # Pillow: LA, RGBA (P with transparency)
     except InputError:
         raise
     except Exception:  # decoders raise many types for corrupt files; --debug logs the decoder's words
@@ -123,24 +125,28 @@ def _stack_series(tif, path: Path) -> list:
     return series
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, str, int]:
-    """Every page of a TIFF as one array, its axes (tifffile's letters; ``I`` for stacked series) and the
-    first page's photometric interpretation (tifffile.PHOTOMETRIC value)."""
+def _read_tiff(path: Path) -> tuple[np.ndarray, str, int, bool]:
+    """Every page of a TIFF as one array, its axes (tifffile's letters; ``I`` for stacked series), the
+    first page's photometric interpretation (tifffile.PHOTOMETRIC value) and whether its last extra
+    sample is alpha."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         series = _stack_series(tif, path)
         photometric = int(series[0].keyframe.photometric)
+        extra = tuple(int(e) for e in (getattr(series[0].keyframe, "extrasamples", None) or ()))
+        alpha = bool(extra) and extra[-1] in (1, 2)  # EXTRASAMPLE.ASSOCALPHA, UNASSALPHA
         if len(series) == 1:
-            return np.asarray(series[0].asarray()), series[0].axes, photometric
+            return np.asarray(series[0].asarray()), series[0].axes, photometric, alpha
         log.debug("%s: %d TIFF series of %s stacked as pages", path, len(series), series[0].shape)
-        return np.stack([np.asarray(s.asarray()) for s in series]), "I" + series[0].axes, photometric
+        stacked = np.stack([np.asarray(s.asarray()) for s in series])
+        return stacked, "I" + series[0].axes, photometric, alpha
 
 
 MAX_CHANNELS = 8  # a trailing axis this short after two long ones is channels, not image columns
 
 
-def _tiff_planes(path: Path, *, indices: bool = False) -> tuple[np.ndarray, bool]:
+def _tiff_planes(path: Path, *, indices: bool = False) -> tuple[np.ndarray, bool, bool]:
     """A TIFF's pixels with the plane axes (Y, X) before a channel axis, if any, and whether there is one.
 
     Singleton axes other than Y/X are dropped: an (H, W, 1) array saved by tifffile (axes ``YXQ``) is a
@@ -152,7 +158,7 @@ def _tiff_planes(path: Path, *, indices: bool = False) -> tuple[np.ndarray, bool
     """
     import tifffile
 
-    data, axes, photometric = _read_tiff(path)
+    data, axes, photometric, alpha = _read_tiff(path)
     channels = False
     if data.ndim == len(axes):  # (stacked series of another layout than the first stay as read)
         keep = [k for k, (ax, n) in enumerate(zip(axes, data.shape)) if n != 1 or ax in "YX"]
@@ -173,13 +179,14 @@ def _tiff_planes(path: Path, *, indices: bool = False) -> tuple[np.ndarray, bool
                     *data.shape,
                 )
                 channels = True
+    alpha = alpha and channels
     if indices:  # a label mask: the stored numbers are the labels, whatever a viewer would show
-        return data, channels
+        return data, channels, alpha
     if photometric == tifffile.PHOTOMETRIC.SEPARATED and channels and data.shape[-1] >= 3:
         data = _ink_to_rgb(data)
     elif photometric == tifffile.PHOTOMETRIC.MINISWHITE and np.issubdtype(data.dtype, np.unsignedinteger):
         data = np.iinfo(data.dtype).max - data
-    return data, channels
+    return data, channels, alpha
 
 
 def _ink_to_rgb(cmyk: np.ndarray) -> np.ndarray:
@@ -282,7 +289,7 @@ def read_image(
     ``keep_color``: RGB(A) stays (P, H, W, 3) for stain handling; otherwise it becomes luminance.
     """
     path = Path(path)
-    raw, channels_last = _read_raw(path)
+    raw, channels_last, alpha = _read_raw(path)
     meta: dict[str, Any] = {"path": str(path), "dtype": str(raw.dtype), "raw_shape": list(raw.shape)}
     if raw.size == 0:
         raise InputError("image has no pixels", path=path)
@@ -293,7 +300,7 @@ def read_image(
     channels_last = channels_last or (raw.ndim >= 3 and raw.shape[-1] in (3, 4) and raw.shape[-2] > 4)
     n_channels = int(raw.shape[-1]) if channels_last else 1
     rgb = channels_last and n_channels in (3, 4) and channel is None
-    if channel is None and channels_last and n_channels in (2, 4):
+    if channel is None and alpha and n_channels in (2, 4):
         filled = _fill_transparent(raw, path)
         if filled is not raw:  # alpha dropped: RGB, or grey without a channel axis
             raw, channels_last = filled, n_channels == 4
@@ -375,7 +382,7 @@ def read_mask(path: str | Path, *, allow_stack: bool = False) -> np.ndarray:
     """A 2D instance or binary mask as int32 (RGB masks are refused: ambiguous); with ``allow_stack`` a
     multi-page mask (P, H, W) as well (a stack's labels as ``cells-segment`` writes them)."""
     path = Path(path)
-    raw, channels = _read_raw(path, indices=True)
+    raw, channels, _alpha = _read_raw(path, indices=True)
     if raw.ndim == 3 and channels and raw.shape[-1] in (3, 4):
         raise InputError(
             "mask is a colour (RGB) image: give instance labels as a one-channel 8/16/32-bit image "

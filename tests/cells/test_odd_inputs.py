@@ -384,3 +384,16 @@ def test_empty_dark_background_crop_is_zero_cells(tmp_path):
     assert empty_field(planes[0].round() > 10, "uint8") is None  # binary
     for full in (np.zeros((64, 64), np.float32), read_image(REAL / "img2d.tif")[0][0]):
         assert empty_field(full, "uint16") is None
+
+
+def test_a_fourth_fluorescence_channel_is_not_alpha(real, tmp_path, caplog):
+    """Only a declared alpha (PNG RGBA/LA, a TIFF alpha extra sample) is transparency: a 4-channel
+    fluorescence TIFF's dark fourth channel is data."""
+    image, _ = real
+    dark = np.where(image > np.percentile(image, 90), image, 0).astype(np.uint16)
+    stack = np.stack([image, image, image, dark])
+    tifffile.imwrite(tmp_path / "c4.tif", stack, photometric="minisblack", metadata={"axes": "CYX"})
+    planes, _ = read_image(tmp_path / "c4.tif", channel=3)
+    np.testing.assert_array_equal(planes[0], dark)
+    read_image(tmp_path / "c4.tif", keep_color=True)
+    assert "transparent" not in caplog.text
