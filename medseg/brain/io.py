@@ -373,6 +373,28 @@ def resample_to(array: np.ndarray, geo: Geometry, ref: Geometry, *, nearest: boo
     return sitk.GetArrayFromImage(out).astype(array.dtype, copy=False)
 
 
+# share of the reference modality's non-zero voxels a resampled modality's field of view must cover
+MIN_FOV_COVERAGE = 0.95
+
+
+def _coverage_warning(
+    name: str, mod: str, ref_mod: str, ref_array: np.ndarray, geo: Geometry, ref: Geometry
+) -> str | None:
+    """A warning when ``mod``'s field of view, resampled onto ``ref``, misses part of the reference's
+    non-zero region (a FLAIR slab under a whole-head T1c): resampling fills the rest with 0, so there
+    the nets see no ``mod`` and its normalisation counts those zeros as brain."""
+    inside = resample_to(np.ones(geo.shape, np.uint8), geo, ref, nearest=True).astype(bool)
+    tissue = ref_array != 0
+    n = int(np.count_nonzero(tissue))
+    covered = int(np.count_nonzero(inside & tissue)) / n if n else 1.0
+    if covered >= MIN_FOV_COVERAGE:
+        return None
+    return (
+        f"{name}: {mod}'s field of view covers only {covered:.0%} of the {ref_mod} image's non-zero region: "
+        f"outside it {mod} is 0 after resampling and the segmentation there is unreliable"
+    )
+
+
 def check_values(array: np.ndarray, *, what: str, path: Path) -> None:
     if not np.all(np.isfinite(array)):
         raise InputError(f"{what} contains {int(np.sum(~np.isfinite(array)))} NaN/Inf voxels", path=path)
@@ -438,6 +460,11 @@ def load_case(
         if warnings is not None:
             warnings.append(msg)
         arrays[mod] = resample_to(arrays[mod], geos[mod], ref)
+        short = _coverage_warning(case.name, mod, ref_mod, arrays[ref_mod], geos[mod], ref)
+        if short:
+            log.warning(short)
+            if warnings is not None:
+                warnings.append(short)
     stack = np.stack([arrays[m] for m in MODALITIES]).astype(np.float32, copy=False)
     refuse_implausible_extent(stack, ref.spacing, path=case.modalities[ref_mod])
     for c, mod in enumerate(MODALITIES):

@@ -386,3 +386,17 @@ def test_labels_of_the_other_brats_convention_name_the_option():
     with pytest.raises(InputError) as exc:
         labels_to_internal(np.array([0, 7]), labels="brats2021")
     assert "--labels" not in str(exc.value)
+
+
+def test_resampled_modality_with_a_smaller_field_of_view_is_warned(brain_cases, tmp_path):
+    """A FLAIR slab under a whole-head T1c: --resample filled the rest with 0, without a word."""
+    from medseg.brain.io import find_case_files, load_case
+
+    case = tmp_path / "case"
+    shutil.copytree(brain_cases[0], case)
+    flair = case / f"{brain_cases[0].name}_flair.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(flair))[:, :, 8:16], str(flair))  # 8 of 24 slices
+    warnings: list[str] = []
+    load_case(find_case_files(case), resample_to_modality="t1c", warnings=warnings)
+    assert len(warnings) == 2 and "flair resampled onto the t1c grid" in warnings[0]
+    assert "flair's field of view covers only" in warnings[1] and "t1c image's non-zero region" in warnings[1]
