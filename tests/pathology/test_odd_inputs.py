@@ -1,21 +1,20 @@
-"""Odd real-world slide files and annotations (robustness audit): each was answered wrongly before.
+"""Odd real-world slide files and batches (robustness audit): each was answered wrongly before.
 
 - a TIFF cut before its directories (Aperio writes them at the end) was "valid TIFF, no reader
   supports its layout"; an OME-TIFF cut inside its OME-XML was "no microns-per-pixel metadata";
 - an MPP of 5 um/px (a wrong scale, or a 2x scan) was upsampled and scored "C4d3" from phantom PTCs;
-  an MPP of 0 was "no metadata";
+  an MPP of 0 was "no metadata"; non-square pixels were averaged; a 16 px strip was "no tissue";
 - ``--mpp`` other than the detector's training resolution silently gave wrong counts;
-- a float TIFF was opened by OpenSlide, then every read failed as "corrupt or truncated?";
-- a multi-file DICOM slide with one damaged level failed without naming that file;
-- slides named with dots (DICOM UIDs) were all called ``1``, ``1_2``, ...;
-- annotations lying wholly outside the slide made training tiles with no PTC (exit 0);
-- slide-eval gave categories from 1 PTC where slide-score had said "not assessable".
+- float, palette and one-strip TIFFs, other scenes, Greek-mu OME units, DICOMDIR, a damaged DICOM
+  level, renamed JPEG/PNG, empty files, forced readers of the wrong family;
+- batches: names with dots / case, a slide named twice, Excel CSV lists, macOS "._" files,
+  nested folders, --out that is a file, --resume across other settings, feasibility hooks.
+Annotations and training data: ``test_odd_annotations.py``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,9 +33,6 @@ def _aperio(path: Path, mpp: float = 0.5, size: tuple[int, int] = (1024, 768)) -
 
     write_slide(path, SlideSpec(width=size[0], height=size[1], seed=3, mpp=mpp), flavour="aperio")
     return path
-
-
-# --------------------------------------------------------------------------- truncated TIFFs
 
 
 def test_tiff_whose_directory_lies_past_the_cut_is_named_truncated(tmp_path):
@@ -75,9 +71,6 @@ def test_real_svs_cut_in_half_is_truncated():
             open_slide(cut)
     with open_slide(SHARED_SVS) as s:
         assert s.backend == "openslide"
-
-
-# --------------------------------------------------------------------------- scale
 
 
 def test_implausible_scales_are_refused_in_words(tmp_path):
@@ -132,9 +125,6 @@ def test_mpp_other_than_the_detectors_is_refused_before_any_work(tmp_path, small
     check_detector_resolution(1.0, plug_in)  # says nothing: not checked
 
 
-# --------------------------------------------------------------------------- pixel types
-
-
 def test_float_tiff_is_read_by_tifffile(tmp_path):
     import tifffile
 
@@ -150,9 +140,6 @@ def test_float_tiff_is_read_by_tifffile(tmp_path):
             assert np.abs(got - img[20:100, 10:110]).max() <= 2 if name == "unit.tif" else got.mean() > 50
 
 
-# --------------------------------------------------------------------------- DICOM
-
-
 def test_multi_file_dicom_with_a_damaged_level_names_that_file(tmp_path):
     from pydicom.uid import generate_uid
 
@@ -164,9 +151,6 @@ def test_multi_file_dicom_with_a_damaged_level_names_that_file(tmp_path):
     (tmp_path / "level1.dcm").write_bytes(data[: len(data) - 5000])
     with pytest.raises(InputError, match=r"level0.dcm: its pyramid level level1.dcm: truncated DICOM"):
         open_slide(tmp_path / "level0.dcm")
-
-
-# --------------------------------------------------------------------------- names
 
 
 def test_names_keep_dots_and_annotations_pair_with_qupath_names(tmp_path):
@@ -184,91 +168,6 @@ def test_names_keep_dots_and_annotations_pair_with_qupath_names(tmp_path):
     assert pair_annotations([tmp_path / "a.svs"], None) == [(tmp_path / "a.svs", tmp_path / "a.svs.geojson")]
 
 
-# --------------------------------------------------------------------------- annotations
-
-
-def _shifted(truth: Path, out: Path, dx: float) -> Path:
-    fc = json.loads(truth.read_text())
-    for f in fc["features"]:
-        f["geometry"]["coordinates"] = [[[x + dx, y] for x, y in f["geometry"]["coordinates"][0]]]
-    out.write_text(json.dumps(fc))
-    return out
-
-
-def test_annotations_outside_the_slide_fail_that_slide(tmp_path, small_slide):
-    from medseg.pathology.prepare import prepare_dataset
-
-    slide, truth, _synth = small_slide
-    ann = _shifted(truth, tmp_path / "far.geojson", 100_000)
-    run = prepare_dataset([slide], tmp_path / "ds", annotations=ann)
-    assert run.exit_code == 5 and not (tmp_path / "ds").exists()
-    assert "all 45 annotated PTCs lie outside the slide (2048 x 1536 px" in run.items[0].reason or (
-        "annotated PTCs lie outside the slide" in run.items[0].reason
-    )
-
-
-def test_points_with_a_third_coordinate_are_ptcs(tmp_path):
-    from medseg.pathology.prepare import read_geojson_boxes
-
-    fc = {
-        "type": "FeatureCollection",
-        "features": [
-            {"type": "Feature", "properties": {"classification": {"name": "C4d+"}},
-             "geometry": {"type": "MultiPoint", "coordinates": [[100, 200, 0], [300, 400, 0]]}},
-            {"type": "Feature", "properties": {"classification": {"name": "C4d-"}},
-             "geometry": {"type": "Point", "coordinates": [50, 60, 1.5]}},
-        ],
-    }  # fmt: skip
-    (tmp_path / "z.geojson").write_text(json.dumps(fc))
-    rows = read_geojson_boxes(tmp_path / "z.geojson", point_size=10)
-    centres = ((rows[:, :2] + rows[:, 2:4]) / 2).tolist()
-    assert centres == [[100, 200], [300, 400], [50, 60]]
-
-
-def test_eval_categories_follow_min_ptcs(tmp_path):
-    from medseg.pathology.evaluate import evaluate_slide
-
-    feat = {
-        "type": "Feature",
-        "properties": {"classification": {"name": "C4d+"}, "detection_box": [0, 0, 40, 40], "score": 0.9},
-        "geometry": {"type": "Polygon", "coordinates": [[[10, 10], [30, 10], [30, 30], [10, 30], [10, 10]]]},
-    }
-    (tmp_path / "d.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feat]}))
-    summary = {"min_ptcs": 30, "slide_size": [1000, 1000]}
-    m = evaluate_slide(
-        tmp_path / "d.geojson", tmp_path / "d.geojson", margins={"C4d+": 10, "C4d-": 10}, scale=1.0,
-        summary=summary,
-    )  # fmt: skip
-    assert m["predicted_category"].startswith("not assessable") and m["category_agrees"]
-
-
-# --------------------------------------------------------------------------- training data
-
-
-@pytest.mark.parametrize(
-    "meta, phrase",
-    [
-        ([1, 2], "not a JSON object"),
-        ({"images": {"a": 1}}, '"images" is not a list'),
-        ({"images": [{"boxes": []}]}, "record 0: 'file' must be a path inside"),
-        ({"images": [{"file": "../x.png", "boxes": [], "labels": []}]}, "'file' must be a path inside"),
-        ({"images": [{"file": "a.png", "boxes": [[1, 2, float("nan"), 4]], "labels": [1]}]}, "NaN"),
-        ({"images": [{"file": "a.png", "boxes": [[1, 2, 3]], "labels": [1]}]}, "lists of 4 numbers"),
-        ({"images": [{"file": "a.png", "boxes": [[1, 2, 3, 4]], "labels": [7]}]}, "'labels' must be one of"),
-        ({"images": [{"file": "a.png", "boxes": [[5, 2, 3, 4]], "labels": [1]}]}, "x1 < x0"),
-    ],
-)
-def test_damaged_training_dataset_is_refused_before_training(tmp_path, meta, phrase):
-    """A hand-edited or foreign annotations.json was an internal error (exit 1, AttributeError /
-    KeyError) or a crash minutes into training."""
-    from medseg.pathology.train import load_dataset
-
-    (tmp_path / "annotations.json").write_text(json.dumps(meta))
-    (tmp_path / "a.png").write_bytes(b"")
-    with pytest.raises(InputError, match=phrase):
-        load_dataset(tmp_path)
-
-
 def test_slide_lists_saved_by_excel(tmp_path):
     """Excel's "CSV UTF-8" starts with a byte-order mark and many locales separate by ";": both
     gave a slide named "\\ufeffpath" / "a.svs;x" (failed rows) instead of the listed slides."""
@@ -279,46 +178,6 @@ def test_slide_lists_saved_by_excel(tmp_path):
     (tmp_path / "plain.csv").write_text("s3.svs\ns4.svs\n", encoding="utf-8")
     got = expand_inputs([tmp_path / "bom.csv", tmp_path / "semi.csv", tmp_path / "plain.csv"])
     assert [p.name for p in got] == ["s1.svs", "s2.svs", "s3.svs", "s4.svs"]
-
-
-@pytest.mark.parametrize("kind", ["binary255", "colour", "grey_rgb"])
-def test_mask_tiles_without_class_values_are_refused(tmp_path, kind):
-    """A 0/255 binary mask or a coloured one gave a tile with no PTC (exit 0): a detector trained
-    on it learns that PTCs are background."""
-    from PIL import Image
-
-    from medseg.pathology.prepare import prepare_dataset
-
-    m = np.zeros((64, 64), np.uint8)
-    m[10:20, 10:20], m[40:50, 30:45] = 1, 2
-    mask = {
-        "binary255": (m > 0).astype(np.uint8) * 255,
-        "colour": np.stack([m * 100, m * 50, m], -1).astype(np.uint8),
-        "grey_rgb": np.stack([m] * 3, -1),
-    }[kind]
-    (tmp_path / "tiles").mkdir()
-    Image.fromarray(_image(64, 64)).save(tmp_path / "tiles" / "t.png")
-    Image.fromarray(mask).save(tmp_path / "tiles" / "t_mask.png")
-    run = prepare_dataset([], tmp_path / "ds", masks=tmp_path / "tiles")
-    if kind == "grey_rgb":  # a grey label mask saved as RGB is still a label mask
-        assert run.exit_code == 0 and run.summary["boxes"] == {"C4d+": 1, "C4d-": 1}
-    else:
-        assert run.exit_code == 5 and not (tmp_path / "ds").exists()
-        assert ("found 255" if kind == "binary255" else "colour mask") in run.items[0].reason
-
-
-def test_eval_takes_a_truth_folder_and_counts_a_file_once(tmp_path):
-    """A folder was "truth file not found"; the same file given twice was counted twice."""
-    from medseg.pathology.evaluate import _truth_files
-
-    (tmp_path / "t").mkdir()
-    for n in ("b.geojson", "a.svs.geojson", "notes.txt"):
-        (tmp_path / "t" / n).write_text("{}")
-    got = _truth_files([tmp_path / "t", tmp_path / "t" / "b.geojson"])
-    assert [p.name for p in got] == ["a.svs.geojson", "b.geojson"]
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="folder without .geojson truth files"):
-        _truth_files([tmp_path / "empty"])
 
 
 def test_palette_tiff_gives_its_colours_not_its_indices(tmp_path):
@@ -426,24 +285,6 @@ def test_non_square_pixels_are_refused_unless_the_scale_is_given(tmp_path):
         assert s.mpp == 0.5
 
 
-def test_two_slides_of_the_same_name_keep_their_own_tiles(tmp_path):
-    """a/s1.tiff and b/s1.tiff wrote the same tile files: the second slide's pixels under the
-    first one's boxes in annotations.json (corrupt training data, exit 0)."""
-    from medseg.pathology.prepare import prepare_dataset
-    from medseg.synthetic.slides import SlideSpec, write_slide
-
-    for sub, seed in (("a", 21), ("b", 22)):
-        (tmp_path / sub).mkdir()
-        write_slide(tmp_path / sub / "s1.tiff", SlideSpec(width=1024, height=768, seed=seed),
-                    geojson=tmp_path / sub / "s1.geojson")  # fmt: skip
-    slides = [tmp_path / "a" / "s1.tiff", tmp_path / "b" / "s1.tiff", tmp_path / "a" / "s1.tiff"]
-    run = prepare_dataset(slides, tmp_path / "ds")
-    assert [i.name for i in run.items] == ["s1", "s1_2"]  # the repeated path is prepared once
-    meta = json.loads((tmp_path / "ds" / "annotations.json").read_text())
-    files = [r["file"] for r in meta["images"]]
-    assert len(files) == len(set(files)) == len(list((tmp_path / "ds" / "images").iterdir()))
-
-
 def test_a_slide_given_twice_is_one_slide(tmp_path):
     """A folder plus one of its files scored that slide twice, as "a" and "a_2"."""
     from medseg.pathology.slide import expand_inputs
@@ -485,35 +326,6 @@ def test_output_names_are_unique_on_case_insensitive_disks():
     slide's results replacing the first's; "a", "a", "a_2" gave "a_2" twice."""
     assert unique_names([Path("x/A.svs"), Path("y/a.svs")]) == ["A", "a_2"]
     assert unique_names([Path("x/a.svs"), Path("y/a.svs"), Path("a_2.svs")]) == ["a", "a_2", "a_2_2"]
-
-
-def test_one_annotation_file_for_several_slides_is_refused(tmp_path):
-    """Every slide got the PTCs of the one --annotations file: wrong labels, exit 0."""
-    from medseg.pathology.prepare import pair_annotations
-
-    (tmp_path / "a.geojson").write_text("{}")
-    with pytest.raises(InputError, match="--annotations is one file but 2 slides were given"):
-        pair_annotations([tmp_path / "a.svs", tmp_path / "b.svs"], tmp_path / "a.geojson")
-    assert len(pair_annotations([tmp_path / "a.svs"], tmp_path / "a.geojson")) == 1
-
-
-@pytest.mark.parametrize(
-    "labels, missing", [([1, 1], "no C4d-"), ([2], "no C4d+"), ([], "no C4d+ and no C4d-")]
-)
-def test_training_data_without_one_class_is_refused(tmp_path, labels, missing):
-    """Only C4d+ PTCs annotated (a common shortcut) trained a detector that never says C4d-:
-    every slide it scores would be C4d3."""
-    from medseg.pathology.train import train_detector
-
-    boxes = [[10, 10, 40, 40]] * len(labels)
-    (tmp_path / "ds").mkdir()
-    (tmp_path / "ds" / "annotations.json").write_text(
-        json.dumps({"images": [{"file": "a.png", "boxes": boxes, "labels": labels}]})
-    )
-    (tmp_path / "ds" / "a.png").write_bytes(b"")
-    with pytest.raises(InputError, match=re.escape(f"the dataset has {missing} PTC boxes")):
-        train_detector(tmp_path / "ds", tmp_path / "run")
-    assert not (tmp_path / "run").exists()
 
 
 def test_feasibility_hook_answers_are_checked(tmp_path, small_slide):
@@ -605,16 +417,6 @@ def test_other_scenes_of_an_ome_tiff_are_named_not_dropped_silently(tmp_path):
     with open_slide(tmp_path / "two.ome.tif") as s:
         assert s.handle.note is not None and "holds 2 images (scenes)" in s.handle.note
         assert "'Scene 2'" in s.handle.note
-
-
-def test_geojson_with_a_byte_order_mark_is_read(tmp_path):
-    """GeoJSON saved by Windows tools (Notepad, PowerShell) starts with a BOM: "cannot read GeoJSON"."""
-    from medseg.pathology.prepare import read_geojson_boxes
-
-    fc = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"classification": {
-        "name": "C4d+"}}, "geometry": {"type": "Polygon", "coordinates": [[[1, 1], [9, 1], [9, 9], [1, 1]]]}}]}  # fmt: skip
-    (tmp_path / "bom.geojson").write_bytes("\ufeff".encode() + json.dumps(fc).encode())
-    assert read_geojson_boxes(tmp_path / "bom.geojson").tolist() == [[1, 1, 9, 9, 1]]
 
 
 def test_folder_of_patient_folders_says_where_the_slides_are(tmp_path):
