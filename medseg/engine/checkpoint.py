@@ -120,7 +120,10 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
         raise ModelError("training state not found", path=path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        # torch's own text advises weights_only=False (arbitrary code): never pass that on
         raise ModelError(
-            f"cannot load training state safely: {str(exc).splitlines()[0]}", path=path
+            f"not a readable training state ({exc.__class__.__name__}: damaged, or not written by a medseg "
+            "training run); start without --resume or restore the run folder",
+            path=path,
         ) from None

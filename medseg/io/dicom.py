@@ -102,14 +102,66 @@ def kernel_list(ds) -> list[str]:
     return kernel_values(ds.get("ConvolutionKernel"))
 
 
+_HEADER_ERRORS = (EOFError, OSError, ValueError, TypeError, KeyError, AttributeError)
+
+
 def _read_header(path: Path):
+    """The header of a DICOM file, or None. Files written without the 128-byte preamble and "DICM"
+    marker (raw datasets, some older archives) are read too, but kept only when they are images of a
+    series (SeriesInstanceUID and Rows): forcing would otherwise take any file for DICOM."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError):
+    except InvalidDicomError:
+        pass
+    except _HEADER_ERRORS:
         return None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except (InvalidDicomError, *_HEADER_ERRORS):
+        return None
+    try:
+        return ds if "SeriesInstanceUID" in ds and "Rows" in ds else None
+    except _HEADER_ERRORS:  # a forced read of a non-DICOM file can fail only when its elements are parsed
+        return None
+
+
+def read_dataset(path: Path):
+    """The whole DICOM file (pixels included), preamble or not (see :func:`_read_header`)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        return pydicom.dcmread(path, force=True)
+
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+
+def _is_dicomdir(path: Path) -> bool:
+    if path.name.upper() == "DICOMDIR":
+        return True
+    import pydicom
+
+    try:
+        meta = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not a DICOMDIR
+        return False
+    return str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS
+
+
+def has_dicom_marker(path: Path) -> bool:
+    """True when the file carries the DICOM preamble's "DICM" marker (so it claims to be DICOM)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def scan_study(
@@ -237,6 +289,15 @@ def open_series(
         raise InputError("folder is empty", path=path)
     groups, skipped, ignored = scan_study(path)
     for file in skipped:
+        if _is_dicomdir(file):  # the media index of an exported folder: not an image
+            continue
+        if has_dicom_marker(file):
+            # it claims to be DICOM, yet no series can be read from it: a slice may be missing
+            raise InputError(
+                "damaged DICOM file: its header cannot be read or has no SeriesInstanceUID (cut short?); "
+                "remove or replace it and run again",
+                path=file,
+            )
         log.warning("skipping %s: not a DICOM image", file)
     if ignored:
         log.info("%s: not images to convert, left out: %s", path, ", ".join(ignored))
@@ -387,7 +448,6 @@ def _decode_with_sitk(path: Path) -> np.ndarray | None:
 def iter_slices(series: DicomSeries) -> Iterator[tuple[object, np.ndarray]]:
     """Yield ``(dataset, hu_slice)`` in slice order, one file at a time (a multi-frame file is read
     once and its frames decoded one by one; the dataset is then the frame's classic header)."""
-    import pydicom
 
     frame_headers_by_file: dict[Path, list] = {}
     loaded: tuple[Path | None, object] = (None, None)
@@ -395,7 +455,7 @@ def iter_slices(series: DicomSeries) -> Iterator[tuple[object, np.ndarray]]:
         frame = series.frame_of(index)
         if frame is None or loaded[0] != file:
             try:
-                loaded = (file, pydicom.dcmread(file))
+                loaded = (file, read_dataset(file))
             except Exception as exc:  # noqa: BLE001
                 raise InputError(f"cannot read DICOM file ({exc.__class__.__name__})", path=file) from None
         ds = loaded[1]
@@ -442,6 +502,7 @@ def _set_pixels_int16(ds, hu: np.ndarray) -> None:
         "LargestPixelValueInSeries",
         "FloatPixelData",
         "DoubleFloatPixelData",
+        "ModalityLUTSequence",  # readers prefer it to the new slope 1 / intercept 0
     ):
         if tag in ds:
             del ds[tag]
@@ -490,6 +551,28 @@ def write_derived_slice(source_ds, hu: np.ndarray, out_file: Path, derivation: D
     return str(ds.SOPInstanceUID)
 
 
+# lossy transfer syntaxes and the LossyImageCompressionMethod term that names them
+_LOSSY_METHODS = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG extended
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.91": "ISO_15444_1",  # JPEG 2000 (lossy allowed)
+    "1.2.840.10008.1.2.4.203": "ISO_15444_15",  # HTJ2K (lossy allowed)
+}
+
+
+def _keep_lossy_history(ds, source_ds) -> None:
+    """The output is stored uncompressed, but pixels once compressed lossily stay lossy: say so
+    (PS3.3 C.7.6.1.1.5) when the source's transfer syntax was lossy and its header did not."""
+    meta = getattr(source_ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    method = _LOSSY_METHODS.get(syntax)
+    if method is None or str(source_ds.get("LossyImageCompression", "")) == "01":
+        return
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionMethod = method
+
+
 def derived_slice(source_ds, hu: np.ndarray, derivation: Derivation):
     """The derived classic CT dataset of one slice, in memory (written per slice, or merged into an
     Enhanced CT by :mod:`medseg.io.dicom_enhanced`)."""
@@ -518,9 +601,9 @@ def derived_slice(source_ds, hu: np.ndarray, derivation: Derivation):
     if derivation.kernel is not None:
         ds.ConvolutionKernel = derivation.kernel
     ds.DerivationDescription = derivation.derivation_description[:1024]
-    ds.SeriesDescription = (str(source_ds.get("SeriesDescription", "")) + derivation.description_suffix)[
-        -64:
-    ].strip()
+    suffix = derivation.description_suffix[:64]
+    ds.SeriesDescription = (str(source_ds.get("SeriesDescription", ""))[: 64 - len(suffix)] + suffix).strip()
+    _keep_lossy_history(ds, source_ds)
     now = _dt.datetime.now()
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
