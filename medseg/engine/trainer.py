@@ -128,6 +128,8 @@ def preflight(
     from medseg.io.atomic import check_apart, check_writable
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError("--out must be a folder for the training run; this is a file", path=out_dir)
     check_apart(out_dir, list(inputs), what="the training folder")
     if resume:
         if not (out_dir / STATE).is_file() or not (out_dir / LAST).is_file():

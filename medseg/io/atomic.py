@@ -25,6 +25,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ try:
 except ImportError:  # not POSIX: no output locks (pre-flight and no-clobber publishing still hold)
     fcntl = None
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UNSAFE = re.compile(r"[^\w.-]+")  # letters and digits of any script stay: 活检 and 病理 stay apart
 
 
 def _umask() -> int:
@@ -52,7 +53,7 @@ def _publish_mode(path: Path, *, directory: bool = False) -> None:
 
 def safe_name(text: str, *, default: str = "unnamed", max_len: int = 64) -> str:
     """Make metadata (series descriptions, slide names) safe as one path component."""
-    cleaned = _UNSAFE.sub("_", str(text)).strip("._-")
+    cleaned = _UNSAFE.sub("_", unicodedata.normalize("NFC", str(text))).strip("._-")
     return cleaned[:max_len] or default
 
 

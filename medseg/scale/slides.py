@@ -213,6 +213,17 @@ class _Progress:
                 b.close()
 
 
+def _check_resolution(cfg, weights_path: str | Path) -> None:
+    """The local runner's ``--mpp`` check, from the weights' metadata (the driver loads no detector)."""
+    from types import SimpleNamespace
+
+    from medseg.engine.checkpoint import read_meta
+    from medseg.pathology.detector import check_detector_resolution
+
+    trained = read_meta(weights_path).config.get("target_mpp")
+    check_detector_resolution(cfg.target_mpp, SimpleNamespace(config=SimpleNamespace(target_mpp=trained)))
+
+
 def score_slides_ray(
     inputs: Iterable[str | Path],
     out: str | Path,
@@ -235,7 +246,13 @@ def score_slides_ray(
     storage); only the driver writes ``out``.
     """
     from medseg.engine.weights import resolve_weights
-    from medseg.pathology.batch import batch_inputs, finish_run, record_kept, record_slide
+    from medseg.pathology.batch import (
+        batch_inputs,
+        check_resume_settings,
+        finish_run,
+        record_kept,
+        record_slide,
+    )
     from medseg.pathology.detector import DEMO_WEIGHTS, load_detector
     from medseg.pathology.feasibility import load_hook
     from medseg.pathology.outputs import is_complete, kept_rows
@@ -256,6 +273,7 @@ def score_slides_ray(
         detector_factory = functools.partial(
             load_detector, str(Path(weights_path).resolve()), device=cfg.device, amp=cfg.amp
         )
+        _check_resolution(cfg, weights_path)  # as locally: before any slide, it would fail them all
     ray = connect(rc.address)
     own_pool = pool is None
     if own_pool:
@@ -269,6 +287,11 @@ def score_slides_ray(
         meta = pool.meta()
         if label is not None:
             meta = {**meta, "weights": label}
+        if resume:  # as locally: one table must not mix two detectors or two scoring rules
+            kept = [r["slide"] for r in kept_rows(out, exclude=set(names))]
+            check_resume_settings(
+                out, kept + [n for n in names if is_complete(out / n)], cfg, meta["weights"]
+            )
         run = _run_job(
             ray,
             pool,

@@ -48,6 +48,8 @@ def test_check_output(tmp_path):
         ("", "unnamed"),
         ("a/b\\c:d*e?f", "a_b_c_d_e_f"),
         ("...", "unnamed"),
+        ("活检 2024/01", "活检_2024_01"),
+        ("Müller\x00\n", "Müller"),
     ],
 )
 def test_safe_name(text, expected):
@@ -70,3 +72,17 @@ def test_outputs_get_normal_permissions(tmp_path):
         os.umask(mask)
     assert stat.S_IMODE(f.stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_safe_name_keeps_names_of_other_scripts_apart():
+    assert safe_name("活检.svs") != safe_name("病理.svs")
+
+
+def test_training_out_that_is_a_file_is_refused(tmp_path):
+    from medseg.engine.trainer import preflight
+    from medseg.errors import InputError
+
+    f = tmp_path / "run"
+    f.write_text("x")
+    with pytest.raises(InputError, match="must be a folder"):
+        preflight(f, resume=False, overwrite=False)
