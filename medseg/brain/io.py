@@ -189,12 +189,13 @@ def _unread_hint(case_dir: Path, missing: list[str]) -> str:
     return "; ".join(parts)
 
 
-def find_case_files(case_dir: str | Path) -> CaseFiles:
+def find_case_files(case_dir: str | Path, *, need_seg: bool = True) -> CaseFiles:
     """Find T1/T1c/T2/FLAIR (and seg, if present) in a case folder by name (:data:`MODALITY_TAGS`).
 
     Files (``<case>_t1.nii.gz``, ``<case>_t1ce.nii.gz``, ``<case>-t2f.nii.gz``, ``T1_post.nii.gz`` ...)
     or one DICOM series folder per modality (``t1/``, ``t1ce/``, ``t2/``, ``flair/``). Each recognised
     file is logged; two candidates for one modality, or a missing one, is an error naming them.
+    ``need_seg`` False (brain-segment): several segmentations are ignored rather than ambiguous.
     """
     case_dir = Path(case_dir)
     if not case_dir.is_dir():
@@ -207,6 +208,8 @@ def find_case_files(case_dir: str | Path) -> CaseFiles:
         mod = _tag(stem) if stem else None
         if mod:
             found.setdefault(mod, []).append(entry)
+    if not need_seg and len(found.get("seg", ())) > 1:
+        log.info("%s: %d segmentations, not needed here: ignored", case_dir, len(found.pop("seg")))
     for mod, paths in found.items():
         if len(paths) > 1:
             raise InputError(

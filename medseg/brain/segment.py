@@ -287,7 +287,7 @@ def segment_cases(
     found: list[CaseFiles | ItemResult] = []
     for case in cases:  # input pre-flight: cheap (file names only)
         try:
-            found.append(case if isinstance(case, CaseFiles) else find_case_files(case))
+            found.append(case if isinstance(case, CaseFiles) else find_case_files(case, need_seg=False))
         except InputError as exc:
             if len(cases) == 1:
                 raise

@@ -400,3 +400,20 @@ def test_resampled_modality_with_a_smaller_field_of_view_is_warned(brain_cases, 
     load_case(find_case_files(case), resample_to_modality="t1c", warnings=warnings)
     assert len(warnings) == 2 and "flair resampled onto the t1c grid" in warnings[0]
     assert "flair's field of view covers only" in warnings[1] and "t1c image's non-zero region" in warnings[1]
+
+
+def test_two_segmentations_in_the_case_folder_do_not_block_brain_segment(brain_cases, tmp_path):
+    """brain-segment does not read the truth: a second *_seg file made it refuse the case ('ambiguous seg')."""
+    from medseg.brain.io import find_case_files
+
+    case = tmp_path / brain_cases[0].name
+    shutil.copytree(brain_cases[0], case)
+    shutil.copy(case / f"{case.name}_seg.nii.gz", case / f"{case.name}_pred_seg.nii.gz")
+    with pytest.raises(InputError, match="ambiguous seg"):
+        find_case_files(case)  # brain-eval / brain-train: which truth? still refused
+    assert find_case_files(case, need_seg=False).seg is None
+    weights = Path(__file__).parents[2] / "medseg/weights/brain/brain_twopath_demo.safetensors"
+    res = _run(
+        "brain-segment", case, "--out", tmp_path / "out", "--weights", weights, "--no-n4", "--no-tta", "-q"
+    )
+    assert res.exit_code == 0, res.output
