@@ -135,9 +135,16 @@ def test_killed_model_actor_loses_no_slide_and_counts_none_twice(
 
 def test_high_priority_job_submitted_after_a_backlog_finishes_first(ray_runtime, slide_batch, tmp_path):
     import functools
+    import shutil
 
     s1, _s2, s3, s4 = slide_batch[:4]
-    backlog = [s4, s1] * 3  # 18 tissue tiles at 0.8 s each (sleep, no CPU): ~14 s of model time
+    copies = tmp_path / "backlog"
+    copies.mkdir()
+    backlog = []  # distinct files: a slide given twice in one batch is scored once
+    for i in range(3):
+        for src in (s4, s1):
+            backlog.append(shutil.copy(src, copies / f"{src.stem}_{i}{src.suffix}"))
+    # 18 tissue tiles at 0.8 s each (sleep, no CPU): ~14 s of model time
     # 3 backlog slide tasks (0.75 CPU) + the actor (0.5) leave room for the STAT job's slide task
     low = RayConfig(actors=1, actor_cpus=0.5, slides_in_flight=3, tiles_in_flight=8, priority=0)
     high = RayConfig(actors=1, actor_cpus=0.5, priority=10, deadline_s=60)
