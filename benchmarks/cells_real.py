@@ -184,7 +184,8 @@ def tune(data: Path, weights: str | None) -> list[dict[str, Any]]:
 def end_to_end(weights: str | None, repeats: int = 3, image: Path = E2E_IMAGE) -> float:
     """Best wall time (s) of segment_images on a 512^2 real image, the model loaded beforehand (its
     OpenVINO conversion and compiled net cached: what every later run of the command pays)."""
-    from medseg.cells.segment import CellSegmenter, SegmentConfig, segment_images
+    from medseg.cells.batch import segment_images
+    from medseg.cells.segment import CellSegmenter, SegmentConfig
 
     with tempfile.TemporaryDirectory() as tmp:  # imports, first-load costs, caches (a specialist too)
         segment_images([image], tmp, SegmentConfig(weights=weights, device="cpu", report=False))

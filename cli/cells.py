@@ -190,8 +190,9 @@ def cells_segment(
     as_json,
 ):
     """Segment cells (instances) in PNG/TIFF microscopy images of any size."""
+    from medseg.cells.batch import human_summary, segment_images
     from medseg.cells.instances import InstanceConfig
-    from medseg.cells.segment import SegmentConfig, human_summary, segment_images
+    from medseg.cells.segment import SegmentConfig
 
     config = SegmentConfig(
         channel=channel,

@@ -355,7 +355,8 @@ def test_brain_eval_batch_fails_the_bad_case_and_scores_the_other(tmp_path: Path
 )
 def test_cells_library_call_refuses_nan_sizes_before_any_work(options, tmp_path: Path) -> None:
     """The same refusal for library callers that bypass the CLI's option types."""
-    from medseg.cells.segment import SegmentConfig, segment_images
+    from medseg.cells.batch import segment_images
+    from medseg.cells.segment import SegmentConfig
     from medseg.errors import InputError
 
     with pytest.raises(InputError, match="positive, finite number"):

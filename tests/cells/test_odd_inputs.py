@@ -119,7 +119,7 @@ def test_eval_matches_truth_named_with_spaces_to_segment_output_name(real, tmp_p
     pred, truth = tmp_path / "pred", tmp_path / "truth"
     pred.mkdir()
     truth.mkdir()
-    tifffile.imwrite(pred / "slide_1_labels.tif", mask)  # cells-segment's name for "slide 1 é.png"
+    tifffile.imwrite(pred / "slide_1_é_labels.tif", mask)  # cells-segment's name for "slide 1 é.png"
     tifffile.imwrite(truth / "slide 1 é_mask.tif", mask)
     doc = json.loads(_eval(pred, truth).stdout)
     assert doc["exit_code"] == 0 and doc["items"][0]["metrics"]["truth"] == "slide 1 é_mask.tif"
@@ -138,7 +138,7 @@ def test_eval_without_any_true_cell_gives_no_numpy_warning(tmp_path):
 
 
 def test_output_names_never_collide():
-    from medseg.cells.segment import _unique_stems
+    from medseg.cells.batch import _unique_stems
 
     paths = [Path(n) for n in ("a.png", "a.tif", "a_2.png", "A.png", "x y.png", "x_y.png")]
     stems = _unique_stems(paths)
@@ -309,7 +309,8 @@ def _tiny_weights(path: Path) -> Path:
 
 def test_ctrl_c_records_finished_images_so_resume_keeps_them(real, tmp_path):
     """Ctrl-C wrote no summary.json: --resume then segmented every image again."""
-    from medseg.cells.segment import SegmentConfig, segment_images
+    from medseg.cells.batch import segment_images
+    from medseg.cells.segment import SegmentConfig
 
     folder = tmp_path / "imgs"
     folder.mkdir()

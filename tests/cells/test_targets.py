@@ -166,8 +166,9 @@ def test_segment_follows_the_stored_kind(tmp_path, kind):
     """cells-segment's library path: the kind read from the weights, tiled maps, --save-prob in 0..1."""
     import tifffile
 
+    from medseg.cells.batch import segment_images
     from medseg.cells.model import CellModelConfig, build_model
-    from medseg.cells.segment import CellSegmenter, SegmentConfig, segment_images
+    from medseg.cells.segment import CellSegmenter, SegmentConfig
     from medseg.cells.train import CellsTrainConfig, make_meta, with_target_head
     from medseg.engine.checkpoint import save_weights
 

@@ -132,7 +132,7 @@ def test_cells_segment_on_ray_equals_local(ray_runtime, cells_setup, tmp_path):
     from click.testing import CliRunner
     from medseg_cli.main import cli
 
-    from medseg.cells.segment import segment_images
+    from medseg.cells.batch import segment_images
 
     img, weights = cells_setup
     local_out, ray_out = tmp_path / "local", tmp_path / "ray"
