@@ -37,7 +37,8 @@ CHANNELS, DEPTH, HU_MEAN, HU_SCALE = 64, 6, -500.0, 1000.0
 
 
 def make_series(folder: Path, n: int, size: int) -> None:
-    from medseg.io.dicom import new_uid, write_ct_series
+    from medseg.io.dicom import new_uid
+    from medseg.io.dicom_write import write_ct_series
 
     rng = np.random.default_rng(0)
     vol = rng.normal(-600, 300, (n, size, size)).astype(np.float32)

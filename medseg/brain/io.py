@@ -321,19 +321,12 @@ def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
     if path.is_dir():
         from medseg.io.dicom import open_series, read_series
 
-        try:
-            series = open_series(path, modality=None)
-        except InputError as exc:  # the shared reader's advice names ct-convert's --series-uid
-            if "choose one with --series-uid" not in exc.message:
-                raise
-            raise InputError(
-                exc.message.replace(
-                    "choose one with --series-uid",
-                    "one modality's folder must hold one series (put each series in its own folder: "
-                    "t1/, t1ce/, t2/, flair/)",
-                ),
-                path=path,
-            ) from None
+        series = open_series(
+            path,
+            modality=None,
+            choose_hint="one modality's folder must hold one series (put each series in its own folder: "
+            "t1/, t1ce/, t2/, flair/)",
+        )
         array, meta = read_series(series)
     else:
         from medseg.io.volume import read_volume_sitk

@@ -506,8 +506,9 @@ def _convert_dicom(job: _Job) -> None:
     from medseg.engine.batching import map_batched
     from medseg.engine.progress import progress_bar
     from medseg.io.atomic import atomic_dir
-    from medseg.io.dicom import Derivation, derived_slice, new_uid, write_derived_slice
+    from medseg.io.dicom import new_uid
     from medseg.io.dicom_enhanced import ENHANCED_FILE, write_enhanced_ct
+    from medseg.io.dicom_write import Derivation, derived_slice, write_derived_slice
     from medseg.io.volume import write_volume_sitk
 
     plan, item, qa, source, target = job.plan, job.item, job.qa, job.source, job.target

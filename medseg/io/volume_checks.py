@@ -217,10 +217,20 @@ def verify_volume_file(path: str | Path, *, data: bool = True) -> None:
     uncompressed file against its header; a gzip stream is read to its end only with ``data``.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # reading a pipe or device would wait forever
+        raise InputError("not a regular file (a pipe or device?); give the image file itself", path=path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError("file is empty (0 bytes)", path=path)
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         header = _nifti_header(path)
         gz = _is_gzip(path)
+        if header is not None and int(header.sizeof_hdr) == 540:  # ITK reads NIfTI-1 only
+            raise InputError(
+                "NIfTI-2 file, which this reader does not take: save it as NIfTI-1 (e.g. nibabel "
+                "Nifti1Image(img.dataobj, img.affine)); sizes within NIfTI-1's limits lose nothing",
+                path=path,
+            )
         if header is not None:
             check_nifti_header(path, header)
             if data or not gz:

@@ -189,7 +189,7 @@ _OD_LUT = (-np.log10(np.clip(np.arange(256, dtype=np.float32), 1.0, 255.0) / 255
 def tissue_mask_from_rgb(
     rgb: np.ndarray, *, od_threshold: float = 0.15, sat_threshold: float = 0.05, min_area_px: int = 16
 ) -> np.ndarray:
-    """Tissue = optical density or saturation above a threshold, cleaned by morphology.
+    """Tissue = optical density or saturation above a threshold, not black, cleaned by morphology.
 
     Works on single-channel float32 maps (optical density through a lookup table), so the
     temporaries are a few bytes per mask pixel.
@@ -202,7 +202,10 @@ def tissue_mask_from_rgb(
     sat = (mx - rgb.min(-1)).astype(np.float32) / np.maximum(mx, 1).astype(np.float32)
     od = ndi.uniform_filter(od, size=3)
     sat = ndi.uniform_filter(sat, size=3)
-    mask = (od > od_threshold) | ((sat > sat_threshold) & (mx < 250))
+    # scanner padding outside the scanned area is black (absorbs "everything"): not tissue
+    mask = ((od > od_threshold) | ((sat > sat_threshold) & (mx < 250))) & (
+        ndi.uniform_filter(mx, size=3) >= 20
+    )
     del od, sat, mx
     mask = ndi.binary_opening(mask, iterations=1)
     mask = ndi.binary_closing(mask, iterations=2)

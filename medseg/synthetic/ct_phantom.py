@@ -461,7 +461,8 @@ def write_exam_dicom(
     """
     from pathlib import Path
 
-    from medseg.io.dicom import new_uid, write_ct_series
+    from medseg.io.dicom import new_uid
+    from medseg.io.dicom_write import write_ct_series
 
     out_dir = Path(out_dir)
     study, frame = new_uid("study", name, str(seed)), new_uid("frame", name, str(seed))

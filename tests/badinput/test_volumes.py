@@ -346,7 +346,8 @@ def _tilted_series(
 
     import pydicom
 
-    from medseg.io.dicom import new_uid, write_ct_series
+    from medseg.io.dicom import new_uid
+    from medseg.io.dicom_write import write_ct_series
 
     folder = tmp / name
     hu = np.random.default_rng(1).normal(-300, 200, (6, 24, 24)).astype(np.float32)

@@ -118,7 +118,8 @@ def test_label_conventions_roundtrip():
 
 
 def test_dicom_series_folder_per_modality(tmp_path):
-    from medseg.io.dicom import new_uid, write_ct_series
+    from medseg.io.dicom import new_uid
+    from medseg.io.dicom_write import write_ct_series
     from medseg.synthetic.brain import make_brain_case
 
     case = make_brain_case(1)

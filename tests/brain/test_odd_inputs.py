@@ -314,7 +314,8 @@ def test_label_map_or_mask_given_as_a_modality_is_refused(brain_cases, tmp_path,
 
 def test_two_dicom_series_in_one_modality_folder_names_what_to_do(tmp_path):
     """The shared reader said 'choose one with --series-uid', an option brain-segment does not have."""
-    from medseg.io.dicom import new_uid, write_ct_series
+    from medseg.io.dicom import new_uid
+    from medseg.io.dicom_write import write_ct_series
     from medseg.synthetic.brain import make_brain_case
 
     case = make_brain_case(1)

@@ -108,12 +108,12 @@ def test_unwritable_out_is_an_input_error(small_exam_dir, tiny_weights, tmp_path
 def test_disk_full_while_writing_is_a_user_error_and_leaves_nothing(
     small_exam_dir, tiny_weights, tmp_path, monkeypatch
 ):
-    import medseg.io.dicom
+    import medseg.io.dicom_write
 
     def full(_ds, _hu, out_file, _derivation):
         raise OSError(errno.ENOSPC, "No space left on device", str(out_file))
 
-    monkeypatch.setattr(medseg.io.dicom, "write_derived_slice", full)
+    monkeypatch.setattr(medseg.io.dicom_write, "write_derived_slice", full)
     r = run_cli(*convert_args(small_exam_dir / "B50f", tmp_path / "o", tiny_weights))
     line = one_line_error(r, 2, "No space left on device")
     assert "internal error" not in line

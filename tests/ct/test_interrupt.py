@@ -9,7 +9,7 @@ from .conftest import run_cli
 
 
 def test_interrupted_conversion_reports_nothing_done(small_exam_dir, tiny_weights, tmp_path, monkeypatch):
-    import medseg.io.dicom as dicom
+    import medseg.io.dicom_write as dicom
 
     write = dicom.write_derived_slice
     calls = []

@@ -7,7 +7,8 @@ import numpy as np
 
 from medseg.ct.convert import convert
 from medseg.ct.report import NO_LUNGS, ReportConfig, run_ct_report
-from medseg.io.dicom import new_uid, write_ct_series
+from medseg.io.dicom import new_uid
+from medseg.io.dicom_write import write_ct_series
 
 from .conftest import convert_config
 

@@ -9,7 +9,8 @@ import pytest
 from medseg.ct.convert import PaddingGuard, convert_volume
 from medseg.ct.metrics import rmse
 from medseg.ct.report import evaluate_exam
-from medseg.io.dicom import open_series, read_series, write_ct_series
+from medseg.io.dicom import open_series, read_series
+from medseg.io.dicom_write import write_ct_series
 from medseg.synthetic.ct_phantom import PhantomConfig, make_exam
 
 SIZE = 96

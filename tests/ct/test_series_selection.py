@@ -12,7 +12,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medseg.errors import InputError
-from medseg.io.dicom import open_series, scan_dicom, write_ct_series
+from medseg.io.dicom import open_series, scan_dicom
+from medseg.io.dicom_write import write_ct_series
 
 from .conftest import run_cli, volume
 from .test_bad_input import one_line_error

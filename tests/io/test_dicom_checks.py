@@ -12,9 +12,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from medseg.errors import InputError
-from medseg.io.dicom import decode_hu, derived_slice, open_series, read_series, write_ct_series
+from medseg.io.dicom import decode_hu, open_series, read_series
 from medseg.io.dicom_checks import check_header_values, decodable, syntax_label, tilt_warning
 from medseg.io.dicom_objects import CT_IMAGE_STORAGE, frame_headers, sop_class_of, source_of
+from medseg.io.dicom_write import derived_slice, write_ct_series
 
 PHILIPS = Path(__file__).resolve().parents[1] / "data/real/ct_philips/UB"
 ENHANCED = Path(__file__).resolve().parents[1] / "data/real/ct_enhanced"
@@ -97,7 +98,7 @@ def test_sop_class_falls_back_to_file_meta_then_modality():
 
 
 def test_derived_slice_of_an_empty_sop_class_is_valid_ct(tmp_path):
-    from medseg.io.dicom import Derivation
+    from medseg.io.dicom_write import Derivation
 
     ds = pydicom.dcmread(PHILIPS / "IM0001.dcm")
     ds.SOPClassUID = ""

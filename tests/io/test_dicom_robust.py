@@ -12,7 +12,8 @@ import pydicom
 import pytest
 
 from medseg.errors import InputError
-from medseg.io.dicom import Derivation, derived_slice, open_series, read_series
+from medseg.io.dicom import open_series, read_series
+from medseg.io.dicom_write import Derivation, derived_slice
 
 PHILIPS = Path(__file__).resolve().parents[1] / "data" / "real" / "ct_philips" / "UB"
 

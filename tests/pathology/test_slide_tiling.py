@@ -165,7 +165,9 @@ def test_feasibility_heuristic():
     assert not h(mostly_glass)[0]
     assert not h(blurred)[0] and "focus" in h(blurred)[1]
     assert load_hook("none") is always_feasible
-    assert load_hook("medseg.pathology.feasibility:always_feasible").func is always_feasible  # answers checked
+    assert (
+        load_hook("medseg.pathology.feasibility:always_feasible").func is always_feasible
+    )  # answers checked
     with pytest.raises(InputError):
         load_hook("no.such.module:f")
 
@@ -199,3 +201,16 @@ def test_tissue_mask_drops_specks_below_the_minimum_area():
     mask = tissue_mask_from_rgb(rgb, min_area_px=30)
     assert mask[25, 25] and not mask[60:80, 60:80].any()
     assert tissue_mask_from_rgb(rgb, min_area_px=1)[60:80, 60:80].any()
+
+
+def test_black_scanner_padding_is_not_tissue():
+    """Outside the scanned area scanners write black; its optical density is the highest of all,
+    but it is not tissue (it inflated tissue_area_mm2)."""
+    from medseg.pathology.slide import tissue_mask_from_rgb
+
+    rgb = np.full((120, 160, 3), 235, np.uint8)  # glass
+    rgb[20:100, 20:80] = (200, 120, 160)  # stained tissue
+    rgb[:, 120:] = 0  # padding band
+    mask = tissue_mask_from_rgb(rgb)
+    assert mask[30:90, 30:70].all()
+    assert not mask[:, 125:].any()
