@@ -232,6 +232,45 @@ def _geometry(
     return [(f, ds) for _, f, ds in keyed], [k for k, _, _ in keyed], np.stack([row, col, normal], 1), normal
 
 
+def _drop_copies(headers: list[tuple[Path, object]]) -> tuple[list[tuple[Path, object]], list[Path]]:
+    """The same image stored twice (same SOP Instance UID and frame: a copied file) is read once."""
+    seen: set[tuple[str, object]] = set()
+    kept, copies = [], []
+    for file, ds in headers:
+        _cls, instance, frame = source_of(ds)
+        key = (str(instance), frame)
+        if instance and key in seen:
+            copies.append(file)
+            continue
+        seen.add(key)
+        kept.append((file, ds))
+    return kept, copies
+
+
+def _geometry_gaps(headers: list[tuple[Path, object]]) -> list[str]:
+    """What the geometry had to assume, in words: slices ordered without positions, an orientation
+    taken as axial, pixel sizes that differ between slices (the first slice's is used)."""
+    out = []
+    missing = sum("ImagePositionPatient" not in ds for _, ds in headers)
+    if missing and len(headers) > 1:
+        out.append(
+            f"{missing} of {len(headers)} slices have no ImagePositionPatient (0020,0032): slices ordered "
+            "by InstanceNumber and spaced by SliceThickness, not by their positions"
+        )
+    if numbers(headers[0][1], "ImageOrientationPatient") is None:
+        out.append("no ImageOrientationPatient (0020,0037): the slices are taken as axial")
+    spacings = {tuple(round(v, 4) for v in (numbers(ds, "PixelSpacing") or ())) for _, ds in headers}
+    spacings.discard(())
+    if len(spacings) > 1:
+        lo, hi = min(spacings), max(spacings)
+        if max(abs(a - b) / max(a, b) for a, b in zip(lo, hi)) > 0.01:
+            out.append(
+                f"PixelSpacing differs between slices ({lo[0]:g}-{hi[0]:g} mm): the first slice's is used "
+                "for the whole series"
+            )
+    return out
+
+
 def _describe(uid: str, headers: list) -> str:
     ds = headers[0][1]
     return f"{uid} ({len(headers)} images, {kernel_of(ds) or 'no kernel'}, {ds.get('SeriesDescription', '')})"
@@ -317,6 +356,7 @@ def open_series(
         extra = f" (only {', '.join(ignored)})" if ignored else ""
         raise InputError(f"no DICOM images found{extra}", path=path)
     series_uid, headers = _choose(path, groups, series_uid, modality, ignored, choose_hint)
+    headers, copies = _drop_copies(headers)
     first = headers[0][1]
     found_modality = str(first.get("Modality", ""))
     if modality is not None and found_modality != modality:
@@ -333,6 +373,13 @@ def open_series(
     tilt = tilt_warning(headers, normal)
     if tilt:
         warnings.append(tilt)
+    warnings.extend(_geometry_gaps(headers))
+    if copies:
+        warnings.append(
+            f"{len(copies)} file(s) are copies of an image already read (same SOPInstanceUID), left out: "
+            + ", ".join(p.name for p in copies[:3])
+            + (" ..." if len(copies) > 3 else "")
+        )
     irregular = False
     gaps = np.diff(positions)
     z_spacing = float(first.get("SliceThickness", 1.0) or 1.0)

@@ -112,3 +112,52 @@ def test_garbage_training_state_is_refused_without_unsafe_advice(tmp_path):
         load_training_state(state)
     text = str(err.value)
     assert "not a readable training state" in text and "weights_only" not in text
+
+
+def _edit_all(folder: Path, edit) -> None:
+    for i, f in enumerate(sorted(folder.glob("*.dcm"))):
+        ds = pydicom.dcmread(f)
+        edit(i, ds)
+        ds.save_as(f)
+
+
+def test_missing_positions_and_orientation_are_warnings(tmp_path):
+    """They were assumed silently: slices ordered by InstanceNumber, orientation axial."""
+    folder = _copy(tmp_path)
+
+    def strip(_i, ds):
+        del ds.ImagePositionPatient
+        del ds.ImageOrientationPatient
+
+    _edit_all(folder, strip)
+    warnings = " ".join(open_series(folder).warnings)
+    assert "no ImagePositionPatient" in warnings and "taken as axial" in warnings
+
+
+def test_pixel_spacing_that_differs_between_slices_is_a_warning(tmp_path):
+    folder = _copy(tmp_path)
+    _edit_all(folder, lambda i, ds: setattr(ds, "PixelSpacing", [0.5 + 0.1 * i, 0.5 + 0.1 * i]))
+    assert any("PixelSpacing differs" in w for w in open_series(folder).warnings)
+
+
+def test_an_intact_series_has_no_geometry_warning():
+    assert not [w for w in open_series(PHILIPS).warnings if "PixelSpacing" in w or "Position" in w]
+
+
+def test_a_copied_file_is_read_once(tmp_path):
+    folder = _copy(tmp_path)
+    first = sorted(folder.glob("*.dcm"))[0]
+    shutil.copy(first, folder / "copy_of_first.dcm")
+    series = open_series(folder)
+    assert len(series.files) == len(list(PHILIPS.glob("*.dcm")))
+    assert any("copies of an image already read" in w for w in series.warnings)
+
+
+def test_two_different_images_at_one_position_are_still_refused(tmp_path):
+    folder = _copy(tmp_path)
+    first = sorted(folder.glob("*.dcm"))[0]
+    ds = pydicom.dcmread(first)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(folder / "other_at_same_place.dcm")
+    with pytest.raises(InputError, match="share position"):
+        open_series(folder)
