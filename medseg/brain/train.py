@@ -340,6 +340,14 @@ class BrainTask:
             + ("" if self.stage.phase == 2 else "; phase 1 only (class-balanced, not yet calibrated)"),
         )
 
+    def resume_identity(self) -> dict[str, Any]:
+        """What ``--resume`` must share with the run it continues: the network and the cases of the split."""
+        return {
+            "network": asdict(self.stage.net),
+            "training_cases": [c.name for c in self.train_cases],
+            "validation_cases": [c.name for c in self.val_cases],
+        }
+
     def config_dict(self) -> dict[str, Any]:
         return {
             "stage": self.stage.name,

@@ -144,14 +144,31 @@ def load_pairs(
     local: bool = True,
     he_plane: str = "hematoxylin",
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict[str, str]]]:
+    loaded, _names, skipped = load_named_pairs(
+        images_dir, masks_dir, stain=stain, channel=channel, local=local, he_plane=he_plane
+    )
+    return loaded, skipped
+
+
+def load_named_pairs(
+    images_dir: str | Path,
+    masks_dir: str | Path,
+    *,
+    stain: str = "auto",
+    channel: int | None = None,
+    local: bool = True,
+    he_plane: str = "hematoxylin",
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str], list[dict[str, str]]]:
+    """:func:`load_pairs` with the image file name of each loaded pair (to record the split by name)."""
     pairs, skipped = find_pairs(images_dir, masks_dir)
-    loaded = []
+    loaded, names = [], []
     for image_path, mask_path in pairs:
         try:
             loaded.append(
                 load_pair(image_path, mask_path, stain=stain, channel=channel, local=local, he_plane=he_plane)
             )
+            names.append(Path(image_path).name)
         except InputError as exc:
             where = f"{exc.path.name}: " if exc.path is not None and exc.path != image_path else ""
             skipped.append({"image": str(image_path), "reason": where + exc.message})
-    return loaded, skipped
+    return loaded, names, skipped

@@ -58,7 +58,7 @@ from medseg.cells.weights import WeightMapConfig
 from medseg.engine.checkpoint import CheckpointMeta
 from medseg.engine.tiling import extract_tile
 from medseg.engine.trainer import TrainConfig, TrainResult, fit
-from medseg.errors import InputError
+from medseg.errors import InputError, ModelError
 
 log = logging.getLogger("medseg.cells")
 
@@ -369,7 +369,7 @@ def resolve_init(
     the asked-for net has another shape (or no demo weights are installed); a given file that does
     not fit is an input error.
     """
-    from medseg.cells.model import DEMO_WEIGHTS, DEMO_WEIGHTS_BY_STAIN, config_from_dict
+    from medseg.cells.model import DEMO_WEIGHTS, DEMO_WEIGHTS_BY_STAIN, MODEL_NAME, config_from_dict
     from medseg.engine.checkpoint import read_meta
     from medseg.engine.weights import demo_weights_path
 
@@ -388,8 +388,15 @@ def resolve_init(
             log.warning("no demo weights installed (%s): training from scratch", path)
             return model or CellModelConfig(), None
         raise InputError("--init: weights file not found", path=path)
+    meta = read_meta(path)  # not a safetensors file with medseg metadata (a .pt pickle, cut short): exit 4
+    if meta.model != MODEL_NAME:
+        raise ModelError(
+            f"--init: weights of {meta.model!r} ({meta.task}), not a cell segmentation net: give cells-train "
+            "weights, --init demo or --init scratch",
+            path=path,
+        )
     if model is None:
-        model = config_from_dict(read_meta(path).config)
+        model = config_from_dict(meta.config)
     if init_compatible(model, path):
         return model, str(path)
     if init == "demo":
@@ -426,11 +433,17 @@ def split_validation(
     samples: list[Sample], fraction: float, rng: np.random.Generator
 ) -> tuple[list[Sample], list[Sample]]:
     """Hold out ``fraction`` of the samples (at least one when there are two or more and fraction > 0)."""
-    if len(samples) < 2 or fraction <= 0:
-        return samples, []
-    n_val = min(max(int(round(len(samples) * fraction)), 1), len(samples) - 1)
-    order = rng.permutation(len(samples))
-    return [samples[i] for i in order[n_val:]], [samples[i] for i in order[:n_val]]
+    train, val = split_indices(len(samples), fraction, rng)
+    return [samples[i] for i in train], [samples[i] for i in val]
+
+
+def split_indices(n: int, fraction: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """The indices :func:`split_validation` trains and validates on (the same seed, the same split)."""
+    if n < 2 or fraction <= 0:
+        return list(range(n)), []
+    n_val = min(max(int(round(n * fraction)), 1), n - 1)
+    order = [int(i) for i in rng.permutation(n)]
+    return order[n_val:], order[:n_val]
 
 
 class CellsTrainTask:
@@ -547,6 +560,18 @@ class CellsTrainTask:
     def weights_meta(self, metrics: dict[str, float], epoch: int) -> CheckpointMeta:
         return make_meta(self.config, {**metrics, "epoch": epoch})
 
+    def resume_identity(self) -> dict[str, Any]:
+        """What ``--resume`` must share with the run it continues: the network, its target, the data."""
+        cfg = self.config
+        model = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else asdict(cfg.model)
+        return {
+            "network": model,
+            "target": cfg.instance_target,
+            "data": cfg.training_data,
+            "images": self.data.get("split") or {"train": len(self.train), "validation": len(self.val)},
+            "seed": cfg.seed,
+        }
+
     def config_dict(self) -> dict[str, Any]:
         return {
             **self.config.to_dict(),
@@ -569,10 +594,12 @@ def train_pairs(
     overwrite: bool = False,
     progress: bool = False,
     data: dict[str, Any] | None = None,
+    names: list[str] | None = None,
 ) -> TrainResult:
     """Train on (normalised image, instance labels) pairs; ``best/last.safetensors`` etc. in ``out_dir``.
 
-    Without ``val_pairs`` a ``val_fraction`` of the pairs is held out for validation.
+    Without ``val_pairs`` a ``val_fraction`` of the pairs is held out for validation; with ``names``
+    (one per pair) the split is recorded by name (``train_config.json``, the result, the weights).
     """
     if not pairs:
         raise InputError("no usable image/mask pairs to train on")
@@ -586,7 +613,16 @@ def train_pairs(
         sizes = [d for d in (median_diameter(s.labels) for s in samples) if d is not None]
         config.diameter = round(float(np.median(sizes)), 2) if sizes else None
     if val_pairs is None:
-        train, val = split_validation(samples, config.val_fraction, np.random.default_rng([config.seed, 7]))
+        rng = np.random.default_rng([config.seed, 7])
+        train_idx, val_idx = split_indices(len(samples), config.val_fraction, rng)
+        train, val = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
+        if names is not None and len(names) == len(samples):
+            split = {"train": [names[i] for i in train_idx], "validation": [names[i] for i in val_idx]}
+            data = {**(data or {}), "split": split}
+            held = ", ".join(split["validation"][:10]) + (" ..." if len(val_idx) > 10 else "")
+            config.training_data += (
+                f"; validation on {held or 'the training images (too few to hold any out)'}"
+            )
     else:
         train, val = (
             samples,
@@ -625,7 +661,7 @@ def train_cells(
     Pairs that cannot be used are skipped with their reason (``extra["skipped"]``); none usable is an
     input error. ``config.synthetic = N`` trains on N synthetic images and validates on others.
     """
-    from medseg.cells.dataset import load_pairs
+    from medseg.cells.dataset import load_named_pairs
     from medseg.engine.trainer import preflight
 
     if (config.synthetic is None) == (images_dir is None or masks_dir is None):
@@ -633,6 +669,7 @@ def train_cells(
     inputs = [images_dir, masks_dir, config.init_weights]
     preflight(out_dir, resume=resume, overwrite=overwrite, inputs=inputs)  # before the (slow) data loading
     skipped: list[dict[str, str]] = []
+    names: list[str] | None = None
     val_pairs = None
     if config.init_weights:  # fine-tuning: normalise as the starting weights were trained
         from medseg.cells.stain import he_plane_of, uses_local_contrast
@@ -670,7 +707,7 @@ def train_cells(
             "images; not for clinical use"
         )
     else:
-        pairs, skipped = load_pairs(
+        pairs, names, skipped = load_named_pairs(
             images_dir,
             masks_dir,
             stain=config.stain,
@@ -679,7 +716,13 @@ def train_cells(
             he_plane=config.he_plane,
         )
         config.training_data = (
-            config.training_data or f"images {images_dir}, masks {masks_dir} ({len(pairs)} pairs)"
+            config.training_data
+            or f"images {Path(images_dir).resolve()}, masks {Path(masks_dir).resolve()} ({len(pairs)} pairs)"
+            + (
+                f"; left out (unusable): {', '.join(Path(x['image']).name for x in skipped[:10])}"
+                if skipped
+                else ""
+            )
         )
     if not pairs:  # one line naming the pairs (no warnings before it)
         reasons = "; ".join(f"{Path(s['image']).name}: {s['reason']}" for s in skipped[:3])
@@ -696,6 +739,7 @@ def train_cells(
         overwrite=overwrite,
         progress=progress,
         data={"skipped": skipped},
+        names=names if config.synthetic is None else None,
     )
 
 

@@ -334,6 +334,10 @@ class CTTrainTask:
             notes=json.dumps(self.cfg.extra) if self.cfg.extra else "",
         )
 
+    def resume_identity(self) -> dict[str, Any]:
+        """What ``--resume`` must share with the run it continues: the exams of each part of the split."""
+        return {"split": {k: v for k, v in self.split.items() if k != "description"}}
+
     def config_dict(self) -> dict[str, Any]:
         return {"ct": asdict(self.cfg), "model": self.net_config.to_dict(), "split": self.split}
 

@@ -181,6 +181,98 @@ def _left_behind(out_dir: Path, done: int, saved: int, *, resume: bool, exc: Bas
         )
 
 
+def _identity_of(task: Any) -> str | None:
+    """What a resumed run must share with the run it continues (network, data, split), as JSON text;
+    None for a task that does not say (its optional ``resume_identity()``)."""
+    describe = getattr(task, "resume_identity", None)
+    if describe is None:
+        return None
+    return json.dumps(json_safe(describe()), sort_keys=True, default=str)
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """'key: old -> new' for each leaf that differs between two JSON documents (a few, shortened)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    if old == new:
+        return []
+
+    def short(value: Any) -> str:
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 120 else text[:117] + "..."
+
+    return [f"{prefix.rstrip('.') or 'settings'} {short(old)} -> {short(new)}"]
+
+
+def _check_same_run(out_dir: Path, state: dict[str, Any], identity: str | None) -> None:
+    """--resume continues the same run: the same network, trained on the same data with the same split."""
+    saved = state.get("identity") if isinstance(state, dict) else None
+    if identity is None or not isinstance(saved, str) or saved == identity:
+        return
+    changed = _differences(json.loads(saved), json.loads(identity))
+    raise InputError(
+        "--resume: this run was trained with other data or network settings ("
+        + "; ".join(changed[:4])
+        + (f"; {len(changed) - 4} more" if len(changed) > 4 else "")
+        + f"): resume with the first run's options (see {CONFIG}), or start a new run "
+        "(another --out, or --overwrite)",
+        path=out_dir,
+    )
+
+
+def _restore(
+    out_dir: Path,
+    state: Any,
+    *,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    ema: Any,
+    rng: np.random.Generator,
+) -> tuple[int, list[dict[str, Any]], float, int]:
+    """Load a saved run's weights, optimiser, scheduler and RNG states into this one; a state that is not
+    a medseg run's, or weights that do not fit this network, are refused in one line (exit 4)."""
+    import torch
+
+    from medseg.engine.checkpoint import load_state_into, load_weights
+    from medseg.errors import ModelError
+
+    mismatch = (
+        "--resume: the saved weights do not fit the network these options build ({error}); resume "
+        f"with the first run's options (see {CONFIG}), or start a new run (another --out, or --overwrite)"
+    )
+    try:
+        if ema is not None:
+            if state.get("ema") is None:
+                raise InputError(f"{out_dir}: this run was trained without --ema; resume it without --ema")
+            load_state_into(ema.module, state["ema"]["weights"], path=out_dir / STATE, message=mismatch)
+            ema.n_averaged.fill_(int(state["ema"]["n"]))
+        if "model" in state:
+            load_state_into(model, state["model"], path=out_dir / STATE, message=mismatch)
+        else:
+            load_state_into(model, load_weights(out_dir / LAST)[0], path=out_dir / LAST, message=mismatch)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # other parameter groups or sizes
+            raise ModelError(mismatch.format(error=str(exc).splitlines()[0]), path=out_dir / STATE) from None
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+        best, best_epoch = float(state["best"]), int(state["best_epoch"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+    except (KeyError, TypeError, AttributeError, IndexError, json.JSONDecodeError) as exc:
+        raise ModelError(
+            f"not a readable training state (an entry is missing or wrong: {exc.__class__.__name__} {exc}; "
+            "damaged, or not written by a medseg training run); start without --resume or restore the run folder",
+            path=out_dir / STATE,
+        ) from None
+    return start_epoch, history, best, best_epoch
+
+
 def _ema_of(model: Any, decay: float) -> Any:
     """torch's AveragedModel keeping an exponential moving average of ``model``'s weights and its
     batch-norm statistics (``use_buffers``)."""
@@ -272,21 +364,13 @@ def _fit(
     scaler = torch.amp.GradScaler(dev.type) if amp_dtype == torch.float16 else None
     history: list[dict[str, Any]] = []
     best, best_epoch, start_epoch = float("nan"), 0, 0
+    identity = _identity_of(task)
     if resume:
         state = load_training_state(out_dir / STATE)
-        if ema is not None:
-            if state.get("ema") is None:
-                raise InputError(f"{out_dir}: this run was trained without --ema; resume it without --ema")
-            ema.module.load_state_dict(state["ema"]["weights"])
-            ema.n_averaged.fill_(int(state["ema"]["n"]))
-        model.load_state_dict(state["model"] if "model" in state else load_weights(out_dir / LAST)[0])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
-        best, best_epoch = float(state["best"]), int(state["best_epoch"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        _check_same_run(out_dir, state, identity)
+        start_epoch, history, best, best_epoch = _restore(
+            out_dir, state, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, rng=rng
+        )
         log.info(
             "resuming after epoch %d (best %s %.4g at epoch %d)", start_epoch, task.metric, best, best_epoch
         )
@@ -372,6 +456,9 @@ def _fit(
                 value,
             )
             meta = task.weights_meta(metrics, epoch)
+            # how much training these weights had (resumed epochs included), and where
+            meta.metrics.setdefault("training_seconds", round(sum(float(h["seconds"]) for h in history), 1))
+            meta.metrics.setdefault("device", str(dev))
             with _hold_ctrl_c():  # an epoch's files are saved whole
                 if _better(value, best, task.mode):
                     best, best_epoch = value, epoch
@@ -388,6 +475,7 @@ def _fit(
                         "history": history,
                         "numpy_rng": json.dumps(rng.bit_generator.state),
                         "torch_rng": torch.get_rng_state(),
+                        **({"identity": identity} if identity is not None else {}),
                         **(
                             {
                                 "model": model.state_dict(),  # LAST holds the average

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import InputError
+from medseg.errors import InputError, ModelError
 from medseg.pathology.detector import MODEL_NAME, DetectorConfig, build_detector
 from medseg.pathology.labels import CLASS_NAMES, CLASSES, LABELS
 
@@ -76,7 +76,26 @@ def load_dataset(folder: str | Path) -> tuple[dict, list[dict]]:
         raise InputError(
             f"{len(missing)} image(s) of the dataset are missing, e.g. {missing[0]}", path=folder
         )
+    damaged = [r["file"] for r in records if _tile_problem(folder / r["file"])]
+    if damaged:
+        raise InputError(
+            f"{len(damaged)} tile image(s) of the dataset are damaged (truncated or not an image), e.g. "
+            f"{damaged[0]}: {_tile_problem(folder / damaged[0])}; run medseg slide-prepare again",
+            path=folder,
+        )
     return meta, records
+
+
+def _tile_problem(path: Path) -> str | None:
+    """Why a tile image cannot be read whole (None when it can): checked before training, not in epoch 3."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()  # reads every chunk and checks it (PNG CRCs), without decoding the pixels
+    except Exception as exc:  # PIL raises many types for damaged files
+        return f"{exc.__class__.__name__}: {exc}".splitlines()[0]
+    return None
 
 
 def _record_problem(rec) -> str | None:
@@ -146,7 +165,12 @@ def split_records(records: list[dict], val_fraction: float, seed: int) -> tuple[
 def _load_image(folder: Path, rec: dict) -> np.ndarray:
     from PIL import Image
 
-    return np.asarray(Image.open(folder / rec["file"]).convert("RGB"))
+    path = folder / rec["file"]
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as exc:  # changed since the check before training
+        raise InputError(f"cannot read this tile of the dataset ({exc})", path=path) from None
 
 
 def _augment(
@@ -321,7 +345,9 @@ class DetectorTask:
             model=MODEL_NAME,
             task=f"C4d PTC detection ({' / '.join(CLASSES)})",
             config=asdict(det),
-            training_data=self.config.training_data or f"slide-prepare dataset {self.folder}",
+            training_data=self.config.training_data
+            or f"slide-prepare dataset {Path(self.folder).resolve()} ({len(self.train_records)} training "
+            f"tile(s); validation on {self.validation})",
             normalisation={
                 "input": "RGB uint8 / 255",
                 "mean": list(det.image_mean),
@@ -330,6 +356,14 @@ class DetectorTask:
             metrics={"epoch": epoch, "validation": self.validation, **metrics},
             notes="not for clinical use",
         )
+
+    def resume_identity(self) -> dict[str, Any]:
+        """What ``--resume`` must share with the run it continues: the dataset and its split."""
+        return {
+            "dataset": str(Path(self.folder).resolve()),
+            "tiles": {"train": len(self.train_records), "validation": len(self.val_records)},
+            "validation": self.validation,
+        }
 
     def config_dict(self) -> dict[str, Any]:
         return {
@@ -346,7 +380,14 @@ def _check_init_arch(path: str, arch: str) -> None:
     from medseg.engine.checkpoint import read_meta
     from medseg.pathology.detector import same_family
 
-    other = str(read_meta(path).config.get("arch", "unknown"))
+    meta = read_meta(path)
+    if meta.model != MODEL_NAME:
+        raise ModelError(
+            f"--init-weights: weights of {meta.model!r} ({meta.task}), not a C4d detector: give slide-train "
+            "weights or leave --init-weights out",
+            path=path,
+        )
+    other = str(meta.config.get("arch", "unknown"))
     if not same_family(other, arch):
         raise InputError(
             f"--init-weights holds a {other} detector, which cannot start --arch {arch} "

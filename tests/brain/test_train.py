@@ -125,6 +125,7 @@ def test_resume_continues_weights_and_optimizer(brain_cases, tmp_path, monkeypat
         "history",
         "numpy_rng",
         "torch_rng",
+        "identity",  # JSON text: the network and cases --resume must share
     }  # no weights in the state: they resume from last.safetensors
 
 
