@@ -504,9 +504,12 @@ def train(
     dev = select_device(device)
     dirs = expand_case_dirs(list(case_dirs))
     val_dirs = expand_case_dirs(list(val_case_dirs)) if val_case_dirs else []
-    if not cfg.training_data:
+    described = bool(cfg.training_data)
+    if not described:
+        parents = sorted({str(d.resolve().parent) for d in dirs})
         cfg.training_data = (
-            f"{len(dirs)} case(s): {', '.join(d.name for d in dirs[:5])}{' ...' if len(dirs) > 5 else ''}"
+            f"{len(dirs)} case(s) in {', '.join(parents[:3])}{' ...' if len(parents) > 3 else ''}: "
+            f"{', '.join(d.name for d in dirs[:5])}{' ...' if len(dirs) > 5 else ''}"
         )
     cases = load_training_cases(
         dirs + val_dirs, labels=cfg.labels, prep=cfg.preprocess, progress=progress, cache_dir=cache_dir
@@ -515,6 +518,9 @@ def train(
         train_cases, val_cases = cases[: len(dirs)], cases[len(dirs) :]
     else:
         train_cases, val_cases = split_cases(cases, cfg.val_fraction)
+    if not described:
+        held = ", ".join(c.name for c in val_cases[:5]) + (" ..." if len(val_cases) > 5 else "")
+        cfg.training_data += f"; validation on {held or 'the training cases (too few to hold any out)'}"
     cfg.train_spacing_mm = training_spacing(cases)
     if cfg.rotate_cases:  # augmentation: the in-plane view brain-segment's test-time augmentation adds
         train_cases = train_cases + [case.rotated() for case in train_cases]

@@ -34,7 +34,7 @@ from medseg.ct.split import (  # noqa: F401 - re-exported: the split belongs to 
     slab_split,
     split_slices,
 )
-from medseg.errors import InputError
+from medseg.errors import InputError, ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -344,11 +344,17 @@ class CTTrainTask:
 
 def _resumed_net_config(out_dir: Path, source: str, target: str):
     """The model config of the run being resumed (its hu_mean came from that run's training data)."""
-    from medseg.ct.model import KernelNetConfig
+    from medseg.ct.model import MODEL_NAME, KernelNetConfig
     from medseg.engine.checkpoint import read_meta
     from medseg.engine.trainer import LAST
 
     meta = read_meta(out_dir / LAST)
+    if meta.model != MODEL_NAME:
+        raise ModelError(
+            f"--resume: the run's last weights are {meta.model!r} ({meta.task}), not a CT kernel converter: "
+            "restore the run folder, or start a new run (another --out, or --overwrite)",
+            path=out_dir / LAST,
+        )
     have = (meta.config.get("source_kernel"), meta.config.get("target_kernel"))
     if have != (source, target):
         raise InputError(
@@ -462,7 +468,7 @@ def train(
         val_xy,
         split=split_info,
         training_data=cfg.training_data
-        or f"{len(exams)} exam(s) ({', '.join(exams)}) from {', '.join(map(str, pairs))}; split "
+        or f"{len(exams)} exam(s) ({', '.join(exams)}) from {', '.join(str(Path(p).resolve()) for p in pairs)}; split "
         f"{split_info['description']}; started from {choice.description}",
         init_path=choice.path,
         budget=budget,

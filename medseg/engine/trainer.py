@@ -237,7 +237,7 @@ def _restore(
     a medseg run's, or weights that do not fit this network, are refused in one line (exit 4)."""
     import torch
 
-    from medseg.engine.checkpoint import load_state_into, load_weights
+    from medseg.engine.checkpoint import load_weights
     from medseg.errors import ModelError
 
     mismatch = (
@@ -248,12 +248,12 @@ def _restore(
         if ema is not None:
             if state.get("ema") is None:
                 raise InputError(f"{out_dir}: this run was trained without --ema; resume it without --ema")
-            load_state_into(ema.module, state["ema"]["weights"], path=out_dir / STATE, message=mismatch)
+            _load_fitting(ema.module, state["ema"]["weights"], path=out_dir / STATE, message=mismatch)
             ema.n_averaged.fill_(int(state["ema"]["n"]))
         if "model" in state:
-            load_state_into(model, state["model"], path=out_dir / STATE, message=mismatch)
+            _load_fitting(model, state["model"], path=out_dir / STATE, message=mismatch)
         else:
-            load_state_into(model, load_weights(out_dir / LAST)[0], path=out_dir / LAST, message=mismatch)
+            _load_fitting(model, load_weights(out_dir / LAST)[0], path=out_dir / LAST, message=mismatch)
         try:
             optimizer.load_state_dict(state["optimizer"])
         except ValueError as exc:  # other parameter groups or sizes
@@ -271,6 +271,22 @@ def _restore(
             path=out_dir / STATE,
         ) from None
     return start_epoch, history, best, best_epoch
+
+
+def _load_fitting(model: Any, weights: dict, *, path: Path, message: str) -> None:
+    """``model.load_state_dict(weights)``, or one ModelError line naming ``path`` with torch's first
+    finding (which keys are missing or of another size), not its header line."""
+    from medseg.errors import ModelError
+
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next(
+            (line for line in lines if not line.startswith("Error(s) in loading")), lines[0] if lines else ""
+        )
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
+        raise ModelError(message.format(error=detail), path=path) from None
 
 
 def _ema_of(model: Any, decay: float) -> Any:
@@ -385,6 +401,7 @@ def _fit(
             "no held-out validation data: %s is computed on the training data, so 'best' may overfit",
             task.metric,
         )
+    created = not out_dir.exists()  # a folder this run made is removed again when it saved nothing
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:  # --overwrite: nothing of an older run may pass for this one's (e.g. its best weights)
         for name in TRAIN_FILES:
@@ -493,13 +510,16 @@ def _fit(
                 partial.epochs = start_epoch + saved
             if stopped != "completed":
                 log.warning(
-                    "stopped after epoch %d: the time budget of %s minute(s) is spent",
+                    "stopped after epoch %d: the time budget of %.3g minute(s) is spent",
                     epoch,
                     config.max_minutes,
                 )
                 break
     except BaseException as exc:
         _left_behind(out_dir, start_epoch + saved, saved, resume=resume, exc=exc)
+        if created and not saved:
+            with contextlib.suppress(OSError):  # not empty (the user put something there): kept
+                out_dir.rmdir()
         raise
     if not (out_dir / BEST).is_file() and (out_dir / LAST).is_file():
         # no finite validation value yet: the last weights are the best we have

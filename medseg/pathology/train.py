@@ -372,6 +372,7 @@ class DetectorTask:
             "train_tiles": len(self.train_records),
             "val_tiles": len(self.val_records),
             "validation": self.validation,
+            "validation_tile_files": [str(r["file"]) for r in self.val_records],  # the split, reproducible
         }
 
 
@@ -443,7 +444,14 @@ def train_detector(
     det.margins = {k: int(v) for k, v in meta.get("margins", det.margins).items()}
     det.target_mpp = float(meta.get("target_mpp", det.target_mpp))
     if resume:
-        saved = DetectorConfig.from_dict(read_meta(out / LAST).config)
+        last = read_meta(out / LAST)
+        if last.model != MODEL_NAME:
+            raise ModelError(
+                f"--resume: the run's last weights are {last.model!r} ({last.task}), not a C4d detector: "
+                "restore the run folder, or start a new run (another --out, or --overwrite)",
+                path=out / LAST,
+            )
+        saved = DetectorConfig.from_dict(last.config)
         if saved.arch != det.arch:
             log.warning("resuming the %s detector of %s (not %s)", saved.arch, out, det.arch)
         cfg.detector = saved

@@ -17,3 +17,17 @@ def test_resume_identity_is_the_split_without_its_wording():
     assert task.resume_identity() == {
         "split": {"mode": "exams", "train": ["e1"], "val": ["e2"], "test": ["e3"]}
     }
+
+
+def test_resume_of_a_folder_whose_last_weights_are_another_pipelines_is_exit_4(tmp_path):
+    import pytest
+    import torch
+
+    from medseg.ct.train import _resumed_net_config
+    from medseg.engine.checkpoint import CheckpointMeta, save_weights
+    from medseg.errors import ModelError
+
+    meta = CheckpointMeta(model="medseg-cells-unet", task="cells", config={"arch": "unet2015"})
+    save_weights(tmp_path / "last.safetensors", {"w": torch.zeros(1)}, meta)
+    with pytest.raises(ModelError, match="'medseg-cells-unet'.*not a CT kernel converter"):
+        _resumed_net_config(tmp_path, "B50f", "B30f")

@@ -65,3 +65,45 @@ def test_resume_of_a_state_lacking_entries_is_one_line_exit_4(tmp_path, state):
     with pytest.raises(ModelError, match="not a readable training state") as err:
         fit(LineTask(), tmp_path / "run", TrainConfig(epochs=2), resume=True)
     assert "\n" not in str(err.value)
+
+
+class FailingTask(LineTask):
+    """A task whose first training step fails (damaged data found late, out of memory ...)."""
+
+    def train_step(self, model, batch, device):
+        raise OSError("disk gone")
+
+
+def test_a_run_that_fails_in_epoch_1_leaves_no_empty_folder_it_made(tmp_path):
+    with pytest.raises(OSError):
+        fit(FailingTask(), tmp_path / "run", TrainConfig(epochs=1))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made is kept
+    with pytest.raises(OSError):
+        fit(FailingTask(), tmp_path / "mine", TrainConfig(epochs=1))
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
+
+
+def test_ctrl_c_while_an_epoch_is_written_keeps_that_epoch_whole_and_resume_goes_on(tmp_path, monkeypatch):
+    import json
+    import os
+    import signal
+
+    import medseg.engine.checkpoint as checkpoint
+
+    real = checkpoint.save_training_state
+
+    def interrupted(path, state):  # Ctrl-C arrives between the weights and the state
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(path, state)
+
+    monkeypatch.setattr(checkpoint, "save_training_state", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(LineTask(), tmp_path / "run", TrainConfig(epochs=3))
+    monkeypatch.undo()
+    state = load_training_state(tmp_path / "run" / "state.pt")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert state["epoch"] == 1 and [h["epoch"] for h in history] == [1]
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no half-written file
+    result = fit(LineTask(), tmp_path / "run", TrainConfig(epochs=3), resume=True)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
