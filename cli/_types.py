@@ -18,10 +18,10 @@ class FiniteFloatRange(click.FloatRange):
     name = "finite float range"
 
     def convert(self, value, param, ctx):
-        rv = super().convert(value, param, ctx)
-        if not math.isfinite(rv):
+        rv = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(rv):  # before the range: 'inf is not in the range 0<x<=527040' misleads
             self.fail(f"{value!r} is not a finite number (NaN and infinity are not allowed)", param, ctx)
-        return rv
+        return super().convert(rv, param, ctx)
 
 
 FINITE_FLOAT = FiniteFloatRange()

@@ -212,7 +212,14 @@ widths are in the weights, so brain-segment loads it as any other (docs/brain.md
 )
 @click.argument("case_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--arch", type=ARCHS, default="twopath", show_default=True)
+@click.option(
+    "--arch",
+    type=ARCHS,
+    default="twopath",
+    show_default=True,
+    help="TwoPathCNN alone, or a cascade of two (Havaei et al. 2017) where the first net's output joins "
+    "the second's input, its local path, or its output layer (mf).",
+)
 @click.option(
     "--first-weights",
     type=WEIGHTS_TYPE,
@@ -226,7 +233,13 @@ widths are in the weights, so brain-segment loads it as any other (docs/brain.md
 @click.option(
     "--steps", type=click.IntRange(1), default=30, show_default=True, help="Steps per phase-1 epoch."
 )
-@click.option("--phase2-epochs", type=click.IntRange(1), default=2, show_default=True)
+@click.option(
+    "--phase2-epochs",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="Phase-2 epochs (output layer only, natural class distribution).",
+)
 @click.option(
     "--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Patches per step."
 )
@@ -238,8 +251,20 @@ widths are in the weights, so brain-segment loads it as any other (docs/brain.md
     help="Phase-1 learning rate (SGD, momentum 0.9); phase 2 uses a third of it.",
 )
 @val_fraction_option(0.2, "whole cases, at least one when there are two or more")
-@click.option("--local-channels", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--global-channels", type=click.IntRange(1), default=160, show_default=True)
+@click.option(
+    "--local-channels",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Feature maps of each local-path layer.",
+)
+@click.option(
+    "--global-channels",
+    type=click.IntRange(1),
+    default=160,
+    show_default=True,
+    help="Feature maps of the global-path layer.",
+)
 @click.option(
     "--batch-norm", is_flag=True, help="Batch norm after each maxout layer (not in the paper; for --slim)."
 )

@@ -258,7 +258,7 @@ def cells_segment(
 @click.option(
     "--batch-norm", is_flag=True, help="Batch norm after each conv (not in the paper; trains faster)."
 )
-@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True, help="Training epochs.")
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True, help="Batches per epoch.")
 @click.option(
     "--tile", type=click.IntRange(64), default=316, show_default=True, help="Input patch edge (px)."

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
-from medseg_cli._types import FiniteFloatRange
+from medseg_cli._types import FINITE_FLOAT, FiniteFloatRange
 from medseg_cli.options import (
     amp_option,
     batch_size_option,
     common_options,
     emit,
     finish,
-    json_option,
+    output_options,
     overwrite_option,
     ray_task_option,
     runtime_option,
@@ -58,8 +59,10 @@ def _fractions(_ctx, _param, value: str) -> tuple[float, float, float]:
         fractions = tuple(float(v) for v in value.split(","))
     except ValueError:
         fractions = ()
-    if len(fractions) != 3 or any(f < 0 for f in fractions):
+    if len(fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in fractions):
         raise click.BadParameter("expected three comma-separated fractions, e.g. 0.6,0.2,0.2")
+    if fractions[0] <= 0:
+        raise click.BadParameter(f"the training fraction (the first) must be above 0, got {value}")
     return fractions
 
 
@@ -228,8 +231,8 @@ Examples:
 """,
 )
 @_models_dir_option
-@json_option
-def ct_models(models_dir, as_json):
+@output_options
+def ct_models(models_dir, quiet, as_json):
     """List the kernel-conversion models that are available, by scanner vendor (first listed = used)."""
     from medseg.ct.models import models_doc, models_text
 
@@ -268,7 +271,13 @@ split); the summary ends with the budget used and the held-out test RMSE before/
     "pairs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
 @_kernel_options
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Training folder (best/last weights, state.pt, history.json).",
+)
 @click.option(
     "--epochs",
     type=click.IntRange(1),
@@ -298,7 +307,13 @@ split); the summary ends with the budget used and the held-out test RMSE before/
     help="Starting weights: 'demo' (the shipped direction nearest in measured sharpness: smoothing or "
     "sharpening), 'scratch', or a weights file to fine-tune.",
 )
-@click.option("--weight-decay", type=FiniteFloatRange(min=0), default=1e-6, show_default=True)
+@click.option(
+    "--weight-decay",
+    type=FiniteFloatRange(min=0),
+    default=1e-6,
+    show_default=True,
+    help="L2 weight decay of the optimiser.",
+)
 @click.option(
     "--lr-step", type=click.IntRange(1), default=20, show_default=True, help="Epochs per x0.1 step."
 )
@@ -397,7 +412,13 @@ A failing exam is recorded in the report with its reason; the exit code is then 
 )
 @_kernel_options
 @_vendor_option
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Report folder (ct_qa.html/.csv/.json/.pdf).",
+)
 @weights_option(WEIGHTS_HELP)
 @_models_dir_option
 @click.option("--save-masks", is_flag=True, help="Also write each exam's lung mask (NIfTI) to OUT/masks.")
@@ -491,14 +512,14 @@ out = in + net(in - mean image), as the authors' notebook does (512 x 512 slices
 )
 @click.option(
     "--input-offset",
-    type=float,
+    type=FINITE_FLOAT,
     default=None,
     help="CT-number offset of the network's input (default: inferred from the mean image, "
     "1024 for the authors' unsigned mean).",
 )
 @overwrite_option
-@json_option
-def ct_import_caffe(model, mean, source, target, out, input_offset, overwrite, as_json):
+@output_options
+def ct_import_caffe(model, mean, source, target, out, input_offset, overwrite, quiet, as_json):
     """Import the authors' Caffe kernel-conversion model as medseg weights."""
     from medseg.ct.caffe import import_caffe
     from medseg.engine.checkpoint import read_meta

@@ -18,17 +18,20 @@ from medseg.errors import MedsegError, one_line
 
 log = logging.getLogger("medseg")
 
-EPILOG = """\b
+EXIT_CODES = """\b
+Exit codes: 0 ok, 1 internal error, 2 bad input or usage, 3 output exists
+(use --overwrite), 4 model/weights problem, 5 some items of a batch failed,
+130 interrupted (Ctrl-C).
+"""
+
+EPILOG = f"""\b
 Examples:
   medseg ct-models
   medseg ct-convert scan/ --from B50f --to B30f --out scan_B30f/
   medseg ct-report cohort/ --from B50f --to B30f --out qa/
   medseg COMMAND --help
 
-\b
-Exit codes: 0 ok, 1 internal error, 2 bad input or usage, 3 output exists
-(use --overwrite), 4 model/weights problem, 5 some items of a batch failed.
-"""
+{EXIT_CODES}"""
 
 
 class _Formatter(logging.Formatter):
@@ -144,6 +147,8 @@ class MedsegGroup(click.Group):
             for name in _command_modules():
                 module = importlib.import_module(f"medseg_cli.{name}")
                 for cmd in getattr(module, "commands", []):
+                    if "Exit codes:" not in (cmd.epilog or ""):  # every command's --help says them
+                        cmd.epilog = (cmd.epilog or "").rstrip("\n") + "\n\n" + EXIT_CODES
                     found[cmd.name] = cmd
             self._loaded = found
         return self._loaded

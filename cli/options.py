@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +14,11 @@ import click
 from medseg_cli._types import FiniteFloatRange
 
 DEVICE_HELP = "auto (CUDA if present), cpu, cuda or cuda:N."
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# --seed: what numpy/torch seeding takes (a negative or 20-digit seed was an internal error)
+SEED_MAX = 2**32 - 1
+# --max-minutes: a year; beyond it the time budget overflowed into NaN (an internal error)
+MAX_MINUTES = 60 * 24 * 366
 # one click type for every --weights: existence is checked by the library (a weights problem is exit 4)
 WEIGHTS_TYPE = click.Path(dir_okay=False, path_type=Path)
 
@@ -68,8 +75,42 @@ def quiet_option(func: Callable) -> Callable:
     )(func)
 
 
+def _device_format(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """``auto|cpu|cuda|cuda:N`` (any case, spaces around ignored), else a usage error (exit 2)."""
+    spec = (value or "auto").strip().lower()
+    if not _DEVICE_RE.match(spec):
+        raise click.BadParameter(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return spec
+
+
+def check_device(device: str, *, ray: bool = False) -> None:
+    """Refuse ``--device cuda[:N]`` on a machine without that GPU before any work (exit 2).
+
+    With --ray the GPUs are the cluster's, not this machine's: the Ray runner checks them there.
+    """
+    if ray or device in ("auto", "cpu"):
+        return
+    from medseg.engine.runtime import select_device
+
+    select_device(device)  # InputError (exit 2) in one line
+
+
 def device_option(func: Callable) -> Callable:
-    return click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)(func)
+    """--device; a CUDA device this machine lacks is refused before the command reads anything."""
+
+    @functools.wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        check_device(kwargs.get("device", "auto"), ray=kwargs.get("ray_address") is not None)
+        return func(*args, **kwargs)
+
+    return click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        metavar="auto|cpu|cuda|cuda:N",
+        callback=_device_format,
+        help=DEVICE_HELP,
+    )(checked)
 
 
 def _set_runtime(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -154,10 +195,12 @@ def train_options(func: Callable) -> Callable:
     func = click.option(
         "--resume", is_flag=True, help="Continue from OUT/state.pt and OUT/last.safetensors."
     )(func)
-    func = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(func)
+    func = click.option(
+        "--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True, help="Random seed."
+    )(func)
     func = click.option(
         "--max-minutes",
-        type=FiniteFloatRange(min=0, min_open=True),
+        type=FiniteFloatRange(min=0, max=MAX_MINUTES, min_open=True),
         default=None,
         help="Time budget: stop after the step that exceeds it (weights are kept).",
     )(func)

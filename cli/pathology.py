@@ -118,7 +118,13 @@ Examples:
 )
 @batch_size_option(4, "Tiles per forward pass.")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Tile reader threads.")
-@click.option("--min-score", type=FiniteFloatRange(0, 1), default=0.5, show_default=True)
+@click.option(
+    "--min-score",
+    type=FiniteFloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Smallest detector confidence for a PTC to count.",
+)
 @click.option(
     "--feasibility",
     default="default",
@@ -288,10 +294,26 @@ Examples:
     show_default=True,
     help=f"{NEGATIVE} mask enlargement (px at --mpp).",
 )
-@click.option("--mpp", "target_mpp", type=POSITIVE_FLOAT, default=0.5, show_default=True)
-@click.option("--slide-mpp", type=POSITIVE_FLOAT, default=None)
-@click.option("--tile", type=click.IntRange(16, 4096), default=512, show_default=True)
-@click.option("--overlap", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--mpp",
+    "target_mpp",
+    type=POSITIVE_FLOAT,
+    default=0.5,
+    show_default=True,
+    help="Microns per pixel of the tiles (the resolution slide-score will run the detector at).",
+)
+@click.option(
+    "--slide-mpp",
+    type=POSITIVE_FLOAT,
+    default=None,
+    help="Level-0 microns per pixel when the slide lacks it or states a wrong one.",
+)
+@click.option(
+    "--tile", type=click.IntRange(16, 4096), default=512, show_default=True, help="Tile size (px at --mpp)."
+)
+@click.option(
+    "--overlap", type=click.IntRange(0), default=0, show_default=True, help="Tile overlap (px at --mpp)."
+)
 @click.option(
     "--class-map",
     default=None,
@@ -397,9 +419,9 @@ Examples:
     default=None,
     help="Start from these detector weights (matching layers; e.g. light weights for --arch maskrcnn).",
 )
-@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True, help="Training epochs.")
 @batch_size_option(4, "Tiles per training step.")
-@click.option("--lr", type=POSITIVE_FLOAT, default=2e-3, show_default=True)
+@click.option("--lr", type=POSITIVE_FLOAT, default=2e-3, show_default=True, help="AdamW learning rate.")
 @val_fraction_option(0.15, "whole slides when the dataset has two or more, else tiles")
 @train_options
 @overwrite_option
@@ -473,7 +495,13 @@ Examples:
 )
 @click.argument("results", type=click.Path(path_type=Path))
 @click.argument("truth", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--iou", type=FiniteFloatRange(0.05, 0.95), default=0.5, show_default=True)
+@click.option(
+    "--iou",
+    type=FiniteFloatRange(0.05, 0.95),
+    default=0.5,
+    show_default=True,
+    help="Box IoU for a detection to match a truth PTC.",
+)
 @click.option(
     "--point-size",
     type=POSITIVE_FLOAT,

@@ -1,0 +1,107 @@
+"""The command-line contract shared by every command: help, exit codes, --device, number options."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+from medseg_cli.main import cli
+
+ROOT = click.Context(cli)
+NAMES = cli.list_commands(ROOT)
+
+
+def _examples(cmd: click.Command) -> list[list[str]]:
+    text = (cmd.epilog or "").replace("\\\n", " ")
+    lines = [line.strip().split("  #")[0] for line in text.splitlines()]
+    return [shlex.split(line)[1:] for line in lines if line.startswith("medseg ")]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_help_says_exit_codes_and_every_option_has_a_help_text(name: str) -> None:
+    cmd = cli.get_command(ROOT, name)
+    out = CliRunner().invoke(cli, [name, "--help"]).output
+    assert "Exit codes:" in out and "5 some items of a batch failed" in out
+    bare = [p.opts for p in cmd.params if isinstance(p, click.Option) and not p.help and not p.hidden]
+    assert bare == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_help_example_parses(name: str) -> None:
+    """Option names and values in the examples are right (files they name need not exist)."""
+    examples = _examples(cli.get_command(ROOT, name))
+    assert examples
+    for args in examples:
+        sub = cli.get_command(ROOT, args[0])
+        try:
+            sub.make_context(args[0], args[1:], parent=ROOT)
+        except click.BadParameter as exc:
+            assert "does not exist" in exc.format_message(), (args, exc.format_message())
+
+
+@pytest.mark.parametrize("name", ["ct-models", "ct-import-caffe"])
+def test_quiet_and_debug_everywhere(name: str) -> None:
+    params = {o for p in cli.get_command(ROOT, name).params for o in p.opts}
+    assert {"--quiet", "--debug", "--json"} <= params
+
+
+def _device_cases(tmp: Path) -> list[list[str]]:
+    empty = tmp / "empty"
+    empty.mkdir()
+    return [
+        ["ct-train", str(empty), "--from", "B50f", "--to", "B30f", "--out", str(tmp / "o1")],
+        ["brain-segment", str(empty), "--out", str(tmp / "o2")],
+        ["cells-segment", str(tmp / "nope.png"), "--out", str(tmp / "o3")],
+        ["slide-train", str(empty), "--out", str(tmp / "o4")],
+    ]
+
+
+def test_a_missing_gpu_is_refused_before_the_inputs_are_read(tmp_path: Path) -> None:
+    for args in _device_cases(tmp_path):
+        r = CliRunner().invoke(cli, [*args, "--device", "cuda:99", "--json"])
+        assert r.exit_code == 2, args
+        doc = json.loads(r.stdout)
+        assert "cuda:99" in doc["error"] and doc["exit_code"] == 2, (args, doc)
+        assert not any(p.name.startswith("o") for p in tmp_path.iterdir())
+
+
+def test_a_device_name_that_is_no_device_is_a_usage_error(tmp_path: Path) -> None:
+    args = _device_cases(tmp_path)[0]
+    r = CliRunner().invoke(cli, [*args, "--device", "gpu0", "--json"])
+    assert r.exit_code == 2
+    assert "'gpu0' is not a device" in json.loads(r.stdout)["error"]
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["cells-train", "--synthetic", "2", "--seed", "-1"], "--seed"),
+        (["cells-train", "--synthetic", "2", "--seed", "99999999999999999999"], "--seed"),
+        (["cells-train", "--synthetic", "2", "--max-minutes", "1e308"], "--max-minutes"),
+        (["ct-train", "{empty}", "--from", "B50f", "--to", "B30f", "--split", "nan,0.5,0.5"], "--split"),
+        (
+            ["ct-train", "{empty}", "--from", "B50f", "--to", "B30f", "--split", "0,0.5,0.5"],
+            "training fraction",
+        ),
+    ],
+)
+def test_impossible_numbers_are_usage_errors(tmp_path: Path, args: list[str], words: str) -> None:
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("{empty}", str(tmp_path / "empty")) for a in args]
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "o"), "--json"])
+    assert r.exit_code == 2, r.output
+    assert words in json.loads(r.stdout)["error"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_caffe_input_offset_must_be_finite(tmp_path: Path) -> None:
+    model = tmp_path / "m.caffemodel"
+    model.write_bytes(b"x")
+    args = ["ct-import-caffe", str(model), "--mean", str(model), "--from", "B50f", "--to", "B30f"]
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "w.safetensors"), "--input-offset", "nan"])
+    assert r.exit_code == 2 and "finite" in r.stderr
