@@ -393,6 +393,14 @@ def _preflight(out_dir: Path, stages: list[Stage], *, resume: bool, overwrite: b
                 f"{', '.join(s.name for s in stages)}) to resume from",
                 path=out_dir,
             )
+        for d in dirs:  # a phase with some files but not its state would be trained again from scratch
+            lacking = [n for n in (STATE, LAST) if not (d / n).is_file()]
+            if lacking and _stage_files(d):
+                raise InputError(
+                    f"--resume: this phase holds training files but not {' and '.join(lacking)}, so it cannot "
+                    "be continued (damaged run folder): restore it, or start again with --overwrite",
+                    path=d,
+                )
     elif not overwrite:
         existing = [
             p
