@@ -39,7 +39,8 @@ def _models_dir_option(func):
     return click.option(
         "--models-dir",
         multiple=True,
-        type=click.Path(file_okay=False, path_type=Path),
+        # must exist: a mistyped folder silently fell back to the demo weights (exit 0)
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
         help="Extra folder(s) to search for weights (also $MEDSEG_CT_MODELS); a ct-train run folder works.",
     )(func)
 

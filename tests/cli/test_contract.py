@@ -105,3 +105,13 @@ def test_caffe_input_offset_must_be_finite(tmp_path: Path) -> None:
     args = ["ct-import-caffe", str(model), "--mean", str(model), "--from", "B50f", "--to", "B30f"]
     r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "w.safetensors"), "--input-offset", "nan"])
     assert r.exit_code == 2 and "finite" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["ct-models", "ct-convert", "ct-report"])
+def test_a_mistyped_models_dir_is_refused_not_replaced_by_the_demo_weights(name: str, tmp_path: Path) -> None:
+    args = {"ct-models": [], "ct-convert": [str(tmp_path), "--out", str(tmp_path / "o")]}.get(
+        name, [str(tmp_path), "--from", "B50f", "--to", "B30f", "--out", str(tmp_path / "o")]
+    )
+    r = CliRunner().invoke(cli, [name, *args, "--models-dir", str(tmp_path / "modles"), "--json"])
+    assert r.exit_code == 2
+    assert "modles" in json.loads(r.stdout)["error"] and "does not exist" in r.stderr
