@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from medseg_cli._types import POSITIVE_FLOAT, FiniteFloatRange
 from medseg_cli.options import (
+    WEIGHTS_TYPE,
     amp_option,
     batch_size_option,
     common_options,
@@ -151,7 +152,7 @@ Examples:
 )
 @click.option(
     "--cascade-weights",
-    type=click.Path(path_type=Path),
+    type=WEIGHTS_TYPE,
     default=None,
     help="Gate weights for --cascade; default: the demo gate (synthetic tiles, not clinical).",
 )
@@ -415,7 +416,7 @@ Examples:
 )
 @click.option(
     "--init-weights",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    type=WEIGHTS_TYPE,  # a missing file is a weights problem (exit 4), as for every --weights
     default=None,
     help="Start from these detector weights (matching layers; e.g. light weights for --arch maskrcnn).",
 )

@@ -115,3 +115,18 @@ def test_a_mistyped_models_dir_is_refused_not_replaced_by_the_demo_weights(name:
     r = CliRunner().invoke(cli, [name, *args, "--models-dir", str(tmp_path / "modles"), "--json"])
     assert r.exit_code == 2
     assert "modles" in json.loads(r.stdout)["error"] and "does not exist" in r.stderr
+
+
+def test_every_weights_file_option_leaves_a_missing_file_to_the_library_exit_4() -> None:
+    """--weights, --first-weights, --init-weights, --cascade-weights: one type, so a missing file is
+    'weights file not found' (exit 4) everywhere; slide-train --init-weights was a usage error (2)."""
+    from medseg_cli.options import WEIGHTS_TYPE
+
+    found = {
+        (name, p.name): p.type
+        for name in NAMES
+        for p in cli.get_command(ROOT, name).params
+        if p.name and p.name.endswith("weights")
+    }
+    assert ("slide-train", "init_weights") in found and ("slide-score", "cascade_weights") in found
+    assert {k: t for k, t in found.items() if t is not WEIGHTS_TYPE} == {}
