@@ -501,6 +501,8 @@ def train(
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
     check_slimming(cfg)
+    if resume and overwrite:
+        raise InputError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     stages = plan_stages(out_dir, cfg, Path(first_weights) if first_weights else None)
     check_apart(out_dir, [*case_dirs, *(val_case_dirs or []), first_weights, cfg.init_weights])
     _preflight(out_dir, stages, resume=resume, overwrite=overwrite)

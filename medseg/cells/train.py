@@ -664,6 +664,8 @@ def train_cells(
     from medseg.cells.dataset import load_named_pairs
     from medseg.engine.trainer import preflight
 
+    if resume and overwrite:
+        raise InputError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     if (config.synthetic is None) == (images_dir is None or masks_dir is None):
         raise InputError("give either --images and --masks, or --synthetic N")
     inputs = [images_dir, masks_dir, config.init_weights]

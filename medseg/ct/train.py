@@ -417,6 +417,8 @@ def train(
     from medseg.engine.trainer import TrainConfig, fit, preflight
 
     clock = time.perf_counter()  # a time budget counts from here: loading, training and the test
+    if resume and overwrite:
+        raise InputError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     cfg = config
     settle_config(cfg)
     source, target = kernel_name(cfg.source_kernel), kernel_name(cfg.target_kernel)

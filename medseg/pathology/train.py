@@ -434,6 +434,8 @@ def train_detector(
     if cfg.epochs < 1 or cfg.batch_size < 1 or not 0 <= cfg.val_fraction < 1:
         raise InputError("--epochs and --batch-size must be at least 1, --val-fraction in [0, 1)")
     folder = Path(dataset)
+    if resume and overwrite:
+        raise InputError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     meta, records = load_dataset(folder)
     inputs = [folder, cfg.init_weights]  # before any work; fit checks again
     if Path(out).exists() and not Path(out).is_dir():  # else "File exists" from a mkdir, no words

@@ -66,3 +66,12 @@ def test_resume_identity_names_network_target_data_and_split():
     ident = CellsTrainTask(cfg, [sample], [sample], {"split": split}).resume_identity()
     assert ident["data"] == "images /data/a" and ident["images"] == split
     assert ident["target"] == "borders" and ident["network"]["base_channels"] == cfg.model.base_channels
+
+
+def test_resume_and_overwrite_together_are_refused_before_any_work(tmp_path):
+    from medseg.cells.train import CellsTrainConfig, train_cells
+    from medseg.errors import InputError
+
+    with pytest.raises(InputError, match="give one of them"):
+        train_cells(tmp_path / "run", CellsTrainConfig(synthetic=2), resume=True, overwrite=True)
+    assert not (tmp_path / "run").exists()
