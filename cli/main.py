@@ -168,26 +168,22 @@ class MedsegGroup(click.Group):
             with output_session():  # the outputs this command checked stay locked until it ends
                 return super().invoke(ctx)
         except MedsegError as exc:
-            if ctx.meta.get("medseg.debug"):
-                raise
+            _debug_traceback(ctx)
             _fail(ctx, str(exc), exc.exit_code, path=exc.path)
         except OSError as exc:  # permission denied, disk full, read-only file system: the user's to fix
-            if ctx.meta.get("medseg.debug"):
-                raise
+            _debug_traceback(ctx)
             cause = os_error_cause(exc) or exc  # pydicom wraps it in an OSError holding a traceback
             name = exc.filename if exc.filename is not None else cause.filename
             where = "" if name is None else str(name)
             text = cause.strerror or str(cause)
             _fail(ctx, f"{where}: {text}" if where else text, 2, path=where or None)
         except KeyboardInterrupt:
-            if ctx.meta.get("medseg.debug"):
-                raise
+            _debug_traceback(ctx)
             _interrupted(ctx, take_partial())
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # a bug: still one line by default
-            if ctx.meta.get("medseg.debug"):
-                raise
+            _debug_traceback(ctx)
             _fail(
                 ctx,
                 f"internal error: {exc.__class__.__name__}: {one_line(exc)} (rerun with --debug)",
@@ -219,6 +215,17 @@ class MedsegGroup(click.Group):
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _debug_traceback(ctx: click.Context) -> None:
+    """--debug: the full traceback on stderr; the exit code and the --json document stay the same.
+
+    (Re-raising gave exit 1 and no JSON document for any error, a bad input included.)
+    """
+    if ctx.meta.get("medseg.debug"):
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 def _interrupted(ctx: click.Context, partial: dict | None) -> None:

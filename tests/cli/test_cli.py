@@ -135,8 +135,11 @@ def test_partial_batch_failure_exit_5_names_the_failure():
 
 
 def test_debug_shows_a_traceback(tmp_path):
-    r = CliRunner().invoke(_group(), ["bad-input", "--debug"])
-    assert r.exit_code != 0 and isinstance(r.exception, InputError)
+    r = CliRunner().invoke(_group(), ["bad-input", "--debug", "--json"])
+    assert (
+        "Traceback (most recent call last)" in r.stderr and "InputError: scan/: not a CT series" in r.stderr
+    )
+    assert r.exit_code == 2 and json.loads(r.stdout)["exit_code"] == 2  # the contract holds with --debug
     (tmp_path / "empty").mkdir()
     args = [
         "ct-convert",
@@ -151,4 +154,4 @@ def test_debug_shows_a_traceback(tmp_path):
     plain = subprocess.run([sys.executable, "-m", "medseg", *args], capture_output=True, text=True)
     debug = subprocess.run([sys.executable, "-m", "medseg", "--debug", *args], capture_output=True, text=True)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
-    assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
+    assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr
