@@ -76,6 +76,11 @@ def load_dataset(folder: str | Path) -> tuple[dict, list[dict]]:
         raise InputError(
             f"{len(missing)} image(s) of the dataset are missing, e.g. {missing[0]}", path=folder
         )
+    return meta, records
+
+
+def check_tiles(folder: Path, records: list[dict]) -> None:
+    """Every tile image of the dataset reads whole: a damaged one is refused before training, named."""
     damaged = [r["file"] for r in records if _tile_problem(folder / r["file"])]
     if damaged:
         raise InputError(
@@ -83,7 +88,6 @@ def load_dataset(folder: str | Path) -> tuple[dict, list[dict]]:
             f"{damaged[0]}: {_tile_problem(folder / damaged[0])}; run medseg slide-prepare again",
             path=folder,
         )
-    return meta, records
 
 
 def _tile_problem(path: Path) -> str | None:
@@ -442,6 +446,7 @@ def train_detector(
         raise InputError("--out must be a folder (best/last weights go in it); this is a file", path=out)
     out = preflight(out, resume=resume, overwrite=overwrite, inputs=inputs)
     _check_both_classes(records, folder)
+    check_tiles(folder, records)
     det = cfg.detector
     det.margins = {k: int(v) for k, v in meta.get("margins", det.margins).items()}
     det.target_mpp = float(meta.get("target_mpp", det.target_mpp))

@@ -40,7 +40,7 @@ def test_a_damaged_tile_is_refused_before_training_naming_it(tmp_path):
     from PIL import Image
 
     from medseg.errors import InputError
-    from medseg.pathology.train import load_dataset
+    from medseg.pathology.train import check_tiles, load_dataset
 
     (tmp_path / "images").mkdir()
     records = []
@@ -48,8 +48,8 @@ def test_a_damaged_tile_is_refused_before_training_naming_it(tmp_path):
         Image.fromarray(np.full((64, 64, 3), 200 + i, np.uint8)).save(tmp_path / "images" / f"t{i}.png")
         records.append({"file": f"images/t{i}.png", "boxes": [[1, 1, 9, 9]], "labels": [1]})
     (tmp_path / "annotations.json").write_text(json.dumps({"images": records}))
-    assert len(load_dataset(tmp_path)[1]) == 2
+    check_tiles(tmp_path, load_dataset(tmp_path)[1])  # whole tiles: fine
     whole = (tmp_path / "images" / "t1.png").read_bytes()
     (tmp_path / "images" / "t1.png").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(InputError, match=r"damaged .*images/t1\.png"):
-        load_dataset(tmp_path)
+        check_tiles(tmp_path, load_dataset(tmp_path)[1])
