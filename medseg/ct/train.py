@@ -342,6 +342,17 @@ class CTTrainTask:
         return {"ct": asdict(self.cfg), "model": self.net_config.to_dict(), "split": self.split}
 
 
+def _saved_lr(out_dir: Path) -> float | None:
+    """The learning rate the run being resumed was planned with (its train_config.json), if readable."""
+    from medseg.engine.trainer import CONFIG
+
+    try:
+        lr = json.loads((out_dir / CONFIG).read_text(encoding="utf-8"))["task"]["ct"]["lr"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(lr) if isinstance(lr, (int, float)) and lr > 0 else None
+
+
 def _resumed_net_config(out_dir: Path, source: str, target: str):
     """The model config of the run being resumed (its hu_mean came from that run's training data)."""
     from medseg.ct.model import MODEL_NAME, KernelNetConfig
@@ -452,6 +463,8 @@ def train(
             hu_scale=float(net.get("hu_scale", 1000.0)),
             manufacturer=_training_vendor(found),
         )
+    if cfg.lr is None and resume:  # the run's own peak (its optimiser and schedule carry it on)
+        cfg.lr = _saved_lr(out_dir)
     if cfg.lr is None:  # the one-cycle peak: lower when fine-tuning
         cfg.lr = peak_lr(choice.path is not None or resume)
     budget = None

@@ -31,3 +31,17 @@ def test_resume_of_a_folder_whose_last_weights_are_another_pipelines_is_exit_4(t
     save_weights(tmp_path / "last.safetensors", {"w": torch.zeros(1)}, meta)
     with pytest.raises(ModelError, match="'medseg-cells-unet'.*not a CT kernel converter"):
         _resumed_net_config(tmp_path, "B50f", "B30f")
+
+
+def test_a_resumed_run_reports_the_learning_rate_it_was_planned_with(tmp_path):
+    """A resume planned the fine-tuning peak (5e-4) and printed it (and wrote it to train_config.json),
+    while the restored optimiser and schedule went on with the run's own peak (1e-3)."""
+    import json
+
+    from medseg.ct.train import _saved_lr
+
+    assert _saved_lr(tmp_path) is None  # nothing saved: the usual plan
+    (tmp_path / "train_config.json").write_text(json.dumps({"task": {"ct": {"lr": 0.001}}}))
+    assert _saved_lr(tmp_path) == 0.001
+    (tmp_path / "train_config.json").write_text("{")
+    assert _saved_lr(tmp_path) is None
