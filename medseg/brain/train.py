@@ -576,6 +576,11 @@ def train(
             )
             task = BrainTask(stage, cfg, train_cases, val_cases, device=str(dev))
             task.validation_warned = warned  # the trainer says "no held-out validation" once per run
+            if index:  # the phases before it are saved: a plain rerun would be refused (exit 3)
+                task.rerun_hint = (
+                    f"{', '.join(s.name for s in stages[:index])} {'is' if index == 1 else 'are'} kept: "
+                    f"rerun with --resume to train {stage.name} again"
+                )
             warned = True
             res = fit(
                 task,

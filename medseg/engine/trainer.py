@@ -162,7 +162,9 @@ class _Partial:
         )
 
 
-def _left_behind(out_dir: Path, done: int, saved: int, *, resume: bool, exc: BaseException) -> None:
+def _left_behind(
+    out_dir: Path, done: int, saved: int, *, resume: bool, exc: BaseException, hint: str | None = None
+) -> None:
     """After an interruption or a crash: a folder of whole epochs, and the user told what to rerun.
 
     ``done`` is the last epoch whose files are saved, ``saved`` how many of them this run saved.
@@ -172,7 +174,10 @@ def _left_behind(out_dir: Path, done: int, saved: int, *, resume: bool, exc: Bas
         for name in TRAIN_FILES:
             (out_dir / name).unlink(missing_ok=True)
         if interrupted:
-            log.warning("interrupted in epoch 1: nothing was saved; rerun the same command to start again")
+            log.warning(
+                "interrupted in epoch 1: nothing was saved; %s",
+                hint or "rerun the same command to start again",
+            )
     elif interrupted:
         log.warning(
             "interrupted in epoch %d: epochs up to %d are saved; rerun with --resume to continue",
@@ -516,7 +521,9 @@ def _fit(
                 )
                 break
     except BaseException as exc:
-        _left_behind(out_dir, start_epoch + saved, saved, resume=resume, exc=exc)
+        # a task that is one step of a longer run (brain's phases) says what its rerun is
+        hint = getattr(task, "rerun_hint", None)
+        _left_behind(out_dir, start_epoch + saved, saved, resume=resume, exc=exc, hint=hint)
         if created and not saved:
             with contextlib.suppress(OSError):  # not empty (the user put something there): kept
                 out_dir.rmdir()

@@ -107,3 +107,17 @@ def test_ctrl_c_while_an_epoch_is_written_keeps_that_epoch_whole_and_resume_goes
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no half-written file
     result = fit(LineTask(), tmp_path / "run", TrainConfig(epochs=3), resume=True)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
+
+
+def test_a_task_that_is_one_step_of_a_longer_run_says_what_to_rerun(tmp_path, caplog):
+    """brain-train's phase 2 interrupted in its first epoch: phase 1 is kept, a plain rerun is exit 3."""
+    task = FailingTask()
+    task.rerun_hint = "phase1 is kept: rerun with --resume to train phase2 again"
+
+    def interrupted(model, batch, device):
+        raise KeyboardInterrupt
+
+    task.train_step = interrupted
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING"):
+        fit(task, tmp_path / "run", TrainConfig(epochs=1))
+    assert "nothing was saved; phase1 is kept: rerun with --resume" in caplog.text
