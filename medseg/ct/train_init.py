@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import InputError
+from medseg.errors import InputError, ModelError
 
 log = logging.getLogger("medseg.ct")
 
@@ -133,7 +133,7 @@ def resolve_init(
             raise InputError("--init: weights file not found", path=path)
         meta = read_meta(path)
         if meta.model != MODEL_NAME:
-            raise InputError(f"--init: weights of '{meta.model}', not a CT kernel converter", path=path)
+            raise ModelError(f"--init: weights of '{meta.model}', not a CT kernel converter", path=path)
         return InitChoice(str(path), meta.config, f"the given weights {path.name} ({meta.task})")
     directions = _demo_directions()
     if not directions:

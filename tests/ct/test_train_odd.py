@@ -45,3 +45,18 @@ def test_a_resumed_run_reports_the_learning_rate_it_was_planned_with(tmp_path):
     assert _saved_lr(tmp_path) == 0.001
     (tmp_path / "train_config.json").write_text("{")
     assert _saved_lr(tmp_path) is None
+
+
+def test_init_of_another_pipelines_weights_is_a_weights_error(tmp_path):
+    """--init with brain or cells weights: exit 4 (a weights problem), as cells-train and slide-train say."""
+    import pytest
+    import torch
+
+    from medseg.ct.train_init import resolve_init
+    from medseg.engine.checkpoint import CheckpointMeta, save_weights
+    from medseg.errors import ModelError
+
+    path = tmp_path / "brain.safetensors"
+    save_weights(path, {"w": torch.zeros(1)}, CheckpointMeta(model="brain-twopath", task="t", config={}))
+    with pytest.raises(ModelError, match="'brain-twopath', not a CT kernel converter"):
+        resolve_init(str(path), "B50f", "B30f", None, 0.7, channels=8, depth=3)  # type: ignore[arg-type]
