@@ -241,7 +241,7 @@ widths are in the weights, so brain-segment loads it as any other (docs/brain.md
     help="Phase-2 epochs (output layer only, natural class distribution).",
 )
 @click.option(
-    "--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Patches per step."
+    "--batch-size", type=click.IntRange(1, 65536), default=128, show_default=True, help="Patches per step."
 )
 @click.option(
     "--lr",
@@ -253,14 +253,14 @@ widths are in the weights, so brain-segment loads it as any other (docs/brain.md
 @val_fraction_option(0.2, "whole cases, at least one when there are two or more")
 @click.option(
     "--local-channels",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 4096),
     default=64,
     show_default=True,
     help="Feature maps of each local-path layer.",
 )
 @click.option(
     "--global-channels",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 4096),
     default=160,
     show_default=True,
     help="Feature maps of the global-path layer.",

@@ -228,7 +228,7 @@ def cells_segment(
 @click.option("--masks", "masks_dir", type=click.Path(file_okay=False, exists=True), help="Masks folder.")
 @click.option(
     "--synthetic",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 10000),
     default=None,
     help="Train on N synthetic images (medseg.synthetic.cells) instead of --images/--masks.",
 )
@@ -250,7 +250,7 @@ def cells_segment(
 )
 @click.option(
     "--base-channels",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 1024),
     default=64,
     show_default=True,
     help="Width of the first level (the paper: 64).",
@@ -261,7 +261,7 @@ def cells_segment(
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True, help="Training epochs.")
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True, help="Batches per epoch.")
 @click.option(
-    "--tile", type=click.IntRange(64), default=316, show_default=True, help="Input patch edge (px)."
+    "--tile", type=click.IntRange(64, 4096), default=316, show_default=True, help="Input patch edge (px)."
 )
 @click.option(
     "--lr",
@@ -314,7 +314,7 @@ def cells_segment(
     "validated and saved, steadier than the last step's weights when batches are small.",
 )
 @train_options
-@batch_size_option(4, "Patches per training step.")
+@batch_size_option(4, "Patches per training step.", most=1024)
 @amp_option
 @overwrite_option
 @common_options

@@ -285,7 +285,7 @@ split); the summary ends with the budget used and the held-out test RMSE before/
     default=None,
     help="Epochs (default 30; with --max-minutes about one per minute, 2 to 10).",
 )
-@batch_size_option(4, "Slices per training step.")
+@batch_size_option(4, "Slices per training step.", most=1024)
 @click.option(
     "--lr",
     type=FiniteFloatRange(min=0, min_open=True),

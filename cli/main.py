@@ -184,6 +184,8 @@ class MedsegGroup(click.Group):
             raise
         except Exception as exc:  # a bug: still one line by default
             _debug_traceback(ctx)
+            if _out_of_memory(exc):
+                _fail(ctx, _memory_message(exc), 2)
             _fail(
                 ctx,
                 f"internal error: {exc.__class__.__name__}: {one_line(exc)} (rerun with --debug)",
@@ -215,6 +217,34 @@ class MedsegGroup(click.Group):
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+_OOM_WORDS = ("can't allocate memory", "out of memory", "unable to allocate")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """numpy's MemoryError, torch's CPU allocator failure and CUDA OutOfMemoryError alike."""
+    text = str(exc).lower()
+    return (
+        isinstance(exc, MemoryError)
+        or "OutOfMemory" in type(exc).__name__
+        or any(w in text for w in _OOM_WORDS)
+    )
+
+
+def _memory_message(exc: BaseException) -> str:
+    """Not a bug but a size the machine cannot hold: say which options make the work smaller."""
+    text = one_line(exc)
+    for marker, lead in (("can't allocate memory: ", ""), ("Unable to allocate ", "asked for ")):
+        if marker in text:
+            text = lead + text[text.index(marker) + len(marker) :]
+    for stop in (" for an array", ". Error code", " (Cannot allocate"):
+        text = text.split(stop)[0]
+    what = f" ({text})" if text else ""
+    return (
+        f"not enough memory{what}: use a smaller --batch-size, --tile or network width, or fewer "
+        "or smaller inputs"
+    )
 
 
 def _debug_traceback(ctx: click.Context) -> None:

@@ -169,10 +169,13 @@ def weights_option(
     return click.option("--weights", type=WEIGHTS_TYPE, default=None, multiple=multiple, help=help_text)
 
 
-def batch_size_option(default: int | None, help_text: str = "Slices/tiles per forward pass.") -> Callable:
+def batch_size_option(
+    default: int | None, help_text: str = "Slices/tiles per forward pass.", *, most: int | None = None
+) -> Callable:
+    """--batch-size; ``most`` for training, where a batch is held whole (1e9 was a MemoryError)."""
     return click.option(
         "--batch-size",
-        type=click.IntRange(1),
+        type=click.IntRange(1, most),
         default=default,
         show_default=default is not None,
         help=help_text,

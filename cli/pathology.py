@@ -421,7 +421,7 @@ Examples:
     help="Start from these detector weights (matching layers; e.g. light weights for --arch maskrcnn).",
 )
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True, help="Training epochs.")
-@batch_size_option(4, "Tiles per training step.")
+@batch_size_option(4, "Tiles per training step.", most=1024)
 @click.option("--lr", type=POSITIVE_FLOAT, default=2e-3, show_default=True, help="AdamW learning rate.")
 @val_fraction_option(0.15, "whole slides when the dataset has two or more, else tiles")
 @train_options

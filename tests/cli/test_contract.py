@@ -130,3 +130,55 @@ def test_every_weights_file_option_leaves_a_missing_file_to_the_library_exit_4()
     }
     assert ("slide-train", "init_weights") in found and ("slide-score", "cascade_weights") in found
     assert {k: t for k, t in found.items() if t is not WEIGHTS_TYPE} == {}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cells-train", "--synthetic", "2", "--batch-size", "1000000000"],
+        ["cells-train", "--synthetic", "2", "--tile", "100000"],
+        ["cells-train", "--synthetic", "2", "--base-channels", "100000000"],
+        ["cells-train", "--synthetic", "100000000"],
+        ["brain-train", "{empty}", "--local-channels", "100000000"],
+        ["slide-train", "{empty}", "--batch-size", "1000000000"],
+        ["ct-train", "{empty}", "--from", "B50f", "--to", "B30f", "--batch-size", "1000000000"],
+    ],
+)
+def test_training_sizes_no_machine_holds_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    """They were a MemoryError (internal error, exit 1) or, for --synthetic, a run that never ended."""
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("{empty}", str(tmp_path / "empty")) for a in args]
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "o"), "--json"])
+    assert r.exit_code == 2 and "is not in the range" in json.loads(r.stdout)["error"]
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        MemoryError(
+            "Unable to allocate 37.3 GiB for an array with shape (100012, 100012) and data type float32"
+        ),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 1280000000000 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+    ],
+)
+def test_running_out_of_memory_is_said_in_words_not_an_internal_error(exc: Exception) -> None:
+    from medseg_cli.main import MedsegGroup
+    from medseg_cli.options import json_option
+
+    @click.group(cls=MedsegGroup)
+    def group() -> None:
+        pass
+
+    @group.command("big")
+    @json_option
+    def big(as_json: bool) -> None:
+        raise exc
+
+    r = CliRunner().invoke(group, ["big", "--json"])
+    assert r.exit_code == 2
+    error = json.loads(r.stdout)["error"]
+    assert error.startswith("not enough memory (") and "--batch-size" in error and "internal" not in error
+    assert len(r.stderr.strip().splitlines()) == 1
