@@ -190,6 +190,11 @@ def cells_segment(
     as_json,
 ):
     """Segment cells (instances) in PNG/TIFF microscopy images of any size."""
+    if resume and overwrite:  # as slide-score and the *-train commands: which one was meant is unknown
+        raise click.UsageError(
+            "--resume and --overwrite exclude each other (keep finished images, or replace them)",
+            ctx=click.get_current_context(),
+        )
     from medseg.cells.batch import human_summary, segment_images
     from medseg.cells.instances import InstanceConfig
     from medseg.cells.segment import SegmentConfig

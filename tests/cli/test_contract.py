@@ -182,3 +182,12 @@ def test_running_out_of_memory_is_said_in_words_not_an_internal_error(exc: Excep
     error = json.loads(r.stdout)["error"]
     assert error.startswith("not enough memory (") and "--batch-size" in error and "internal" not in error
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cells_segment_resume_with_overwrite_is_refused_as_elsewhere(tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not read")
+    args = ["cells-segment", str(image), "--out", str(tmp_path / "o"), "--resume", "--overwrite", "--json"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2 and "exclude each other" in json.loads(r.stdout)["error"]
+    assert not (tmp_path / "o").exists()
