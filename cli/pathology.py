@@ -63,6 +63,22 @@ def _reader_option(func):
     )(func)
 
 
+def _check_slide_mpp(slide_mpp: float | None, target_mpp: float) -> None:
+    """--slide-mpp is the scale of every slide: one no slide could be scored at is a usage error
+    before any work (it was a failed item per slide, exit 5, with the ratio written out in 300 digits)."""
+    from medseg.pathology.slide import MAX_UPSAMPLE, MIN_PLAUSIBLE_MPP
+
+    if slide_mpp is None:
+        return
+    if slide_mpp < MIN_PLAUSIBLE_MPP:
+        why = f"finer than any slide scanner (about {MIN_PLAUSIBLE_MPP:g} um/px at most)"
+    elif slide_mpp > target_mpp * MAX_UPSAMPLE:
+        why = f"more than {MAX_UPSAMPLE:g}x coarser than --mpp {target_mpp:g}: capillaries would be blurred"
+    else:
+        return
+    raise click.BadParameter(f"{slide_mpp:g} um/px is {why}", param_hint="'--slide-mpp'")
+
+
 @click.command(
     "slide-score",
     epilog=f"""\b
@@ -207,6 +223,7 @@ def slide_score(
     from medseg.pathology.detector import weights_for_arch
     from medseg.pathology.score import ScoreConfig
 
+    _check_slide_mpp(slide_mpp, target_mpp)
     cfg = ScoreConfig(
         target_mpp=target_mpp,
         tile=tile,

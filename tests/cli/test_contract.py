@@ -191,3 +191,13 @@ def test_cells_segment_resume_with_overwrite_is_refused_as_elsewhere(tmp_path: P
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 2 and "exclude each other" in json.loads(r.stdout)["error"]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", ["1e300", "0.001"])
+def test_a_slide_mpp_no_slide_can_be_scored_at_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    args = ["slide-score", str(tmp_path / "s.svs"), "--out", str(tmp_path / "o"), "--slide-mpp", value]
+    r = CliRunner().invoke(cli, [*args, "--json"])
+    assert r.exit_code == 2
+    error = json.loads(r.stdout)["error"]
+    assert "--slide-mpp" in error and len(error) < 200
+    assert not (tmp_path / "o").exists()
