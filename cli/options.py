@@ -86,7 +86,8 @@ def _device_format(_ctx: click.Context, _param: click.Parameter, value: str) -> 
 def check_device(device: str, *, ray: bool = False) -> None:
     """Refuse ``--device cuda[:N]`` on a machine without that GPU before any work (exit 2).
 
-    With --ray the GPUs are the cluster's, not this machine's: the Ray runner checks them there.
+    With --ray ADDRESS the GPUs are the cluster's, not this machine's: the Ray runner checks them
+    there (--ray auto starts the runtime here: checked here; it printed Ray's actor traceback on stdout).
     """
     if ray or device in ("auto", "cpu"):
         return
@@ -100,7 +101,8 @@ def device_option(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def checked(*args: Any, **kwargs: Any) -> Any:
-        check_device(kwargs.get("device", "auto"), ray=kwargs.get("ray_address") is not None)
+        remote = kwargs.get("ray_address") not in (None, "", "auto", "local")  # auto: a runtime here
+        check_device(kwargs.get("device", "auto"), ray=remote)
         return func(*args, **kwargs)
 
     return click.option(

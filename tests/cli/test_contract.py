@@ -201,3 +201,9 @@ def test_a_slide_mpp_no_slide_can_be_scored_at_is_a_usage_error(tmp_path: Path, 
     error = json.loads(r.stdout)["error"]
     assert "--slide-mpp" in error and len(error) < 200
     assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_gpu_with_a_local_ray_runtime_is_refused_here(tmp_path: Path) -> None:
+    args = ["slide-score", str(tmp_path / "s.svs"), "--out", str(tmp_path / "o"), "--ray", "auto"]
+    r = CliRunner().invoke(cli, [*args, "--device", "cuda:99", "--json"])
+    assert r.exit_code == 2 and "cuda:99" in json.loads(r.stdout)["error"]
