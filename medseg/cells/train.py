@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.cells import archs
-from medseg.cells.augment import AugmentConfig, augment
+from medseg.cells.augment import AugmentConfig
 from medseg.cells.instances import InstanceConfig, instances_from_maps
 from medseg.cells.io import PERCENTILES
 from medseg.cells.model import (
@@ -41,24 +41,29 @@ from medseg.cells.model import (
     model_output_size,
     valid_tile,
 )
+from medseg.cells.patches import Sample, _intensity_jitter, _patch, draw_batch, prepare_sample  # noqa: F401 - re-exported
 from medseg.cells.targets import (
     BORDERS,
     DIST,
     DIST_WEIGHT,
     MAX_CLASS_WEIGHT,
-    adapt_head,
     check_target,
     instance_loss,
-    make_targets,
     out_channels,
     postprocess_for,
-    target_of,
+)
+from medseg.cells.train_init import (  # noqa: F401 - re-exported
+    _adapted_head,
+    init_compatible,
+    init_from,
+    resolve_init,
+    resolve_target,
+    with_target_head,
 )
 from medseg.cells.weights import WeightMapConfig
 from medseg.engine.checkpoint import CheckpointMeta
-from medseg.engine.tiling import extract_tile
 from medseg.engine.trainer import TrainConfig, TrainResult, fit
-from medseg.errors import InputError, ModelError
+from medseg.errors import InputError
 
 log = logging.getLogger("medseg.cells")
 
@@ -125,124 +130,6 @@ class CellsTrainConfig:
         return asdict(self)
 
 
-@dataclass
-class Sample:
-    image: np.ndarray  # (H, W) float32 normalised
-    target: np.ndarray  # (H, W) uint8 classes (borders: 1 = cell with touching borders removed)
-    weight: np.ndarray  # (H, W) float32
-    labels: np.ndarray  # (H, W) int32 instances, for validation
-    extra: np.ndarray | None = None  # (H, W) float16 regression target (dist), else None
-
-
-def prepare_sample(
-    image: np.ndarray,
-    labels: np.ndarray,
-    config: WeightMapConfig,
-    kind: str = BORDERS,
-    max_class_weight: float = MAX_CLASS_WEIGHT,
-    touch_weight: float = 0.0,
-) -> Sample:
-    """Precompute target and weight map once per image (as in the paper), for the target ``kind``."""
-    if image.shape != labels.shape:
-        raise InputError(f"mask size {labels.shape} differs from image size {image.shape}")
-    target, weight, extra = make_targets(labels, kind, config, max_class_weight, touch_weight)
-    return Sample(
-        image.astype(np.float32),
-        target,
-        weight,
-        labels.astype(np.int32),
-        None if extra is None else extra.astype(np.float16),
-    )
-
-
-def _resize(a: np.ndarray, size: int, order: int) -> np.ndarray:
-    """Square patch ``a`` resampled to ``size`` px (bilinear, or nearest for the target)."""
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
-    mode = "bilinear" if order else "nearest"
-    kwargs = {"align_corners": False} if order else {}
-    return F.interpolate(t, size=(size, size), mode=mode, **kwargs)[0, 0].numpy()
-
-
-def _patch(
-    rng: np.random.Generator, s: Sample, *, tile: int, margin: int, out_size: int, scale: float
-) -> list[np.ndarray]:
-    """Image, target and weight patch of ``tile`` px whose output core lies in the image; with
-    ``scale`` != 1 a region of ``tile / scale`` px is cut and resampled (scale jitter: objects look
-    ``scale`` times larger)."""
-    h, w = s.image.shape
-    arrays = [s.image, s.target, s.weight] + ([] if s.extra is None else [s.extra])
-    orders = (1, 0, 1, 1)
-    if scale == 1.0:
-        y0 = int(rng.integers(0, max(h - out_size, 0) + 1)) - margin
-        x0 = int(rng.integers(0, max(w - out_size, 0) + 1)) - margin
-        return [extract_tile(a, y0, x0, (tile, tile)).astype(np.float32, copy=False) for a in arrays]
-    src = max(int(round(tile / scale)), 8)
-    core = int(round(out_size / scale))
-    m = (src - core) // 2
-    y0 = int(rng.integers(0, max(h - core, 0) + 1)) - m
-    x0 = int(rng.integers(0, max(w - core, 0) + 1)) - m
-    parts = [extract_tile(a, y0, x0, (src, src)) for a in arrays]
-    return [_resize(a, tile, order).astype(np.float32) for a, order in zip(parts, orders)]
-
-
-def _intensity_jitter(rng: np.random.Generator, image: np.ndarray, noise: float) -> np.ndarray:
-    """Blur or Gaussian noise (each in a third of the patches): microscopes differ in focus and noise."""
-    from scipy.ndimage import gaussian_filter
-
-    if rng.random() < 1 / 3:
-        image = gaussian_filter(image, float(rng.uniform(0.5, 1.5)))
-    if rng.random() < 1 / 3:
-        image = image + rng.normal(0, rng.uniform(0, noise), image.shape)
-    return image.astype(np.float32, copy=False)
-
-
-def draw_batch(
-    rng: np.random.Generator,
-    samples: list[Sample],
-    *,
-    batch_size: int,
-    tile: int,
-    margin: int,
-    out_size: int,
-    augment_config: AugmentConfig,
-    scale_range: tuple[float, float] = (1.0, 1.0),
-    noise: float = 0.0,
-    probabilities: np.ndarray | None = None,
-) -> tuple[torch.Tensor, ...]:
-    """Random patches: (N,1,tile,tile) input; (N,o,o) target and weights for the output core (and
-    the regression target when the samples carry one, ``dist``).
-
-    Context beyond the image border is mirrored, as at inference. ``scale_range`` (log-uniform),
-    ``noise`` (blur / Gaussian noise up to this SD) and ``probabilities`` (which images patches
-    come from) are off by default.
-    """
-    xs, ts, ws, es = [], [], [], []
-    crop = (tile - out_size) // 2
-    jitter_scale = scale_range != (1.0, 1.0)
-    if probabilities is None:
-        indices = rng.integers(len(samples), size=batch_size)
-    else:
-        indices = rng.choice(len(samples), size=batch_size, p=probabilities)
-    for index in indices:
-        scale = float(np.exp(rng.uniform(*np.log(scale_range)))) if jitter_scale else 1.0
-        parts = _patch(rng, samples[index], tile=tile, margin=margin, out_size=out_size, scale=scale)
-        image, target, weight, *extra = augment(rng, parts, [1, 0, 1, 1][: len(parts)], augment_config)
-        if noise > 0:
-            image = _intensity_jitter(rng, image, noise)
-        xs.append(image[None])
-        ts.append(target[crop : crop + out_size, crop : crop + out_size])
-        ws.append(weight[crop : crop + out_size, crop : crop + out_size])
-        es += [e[crop : crop + out_size, crop : crop + out_size] for e in extra]
-    batch = (
-        torch.from_numpy(np.stack(xs).astype(np.float32, copy=False)),
-        torch.from_numpy(np.rint(np.stack(ts)).astype(np.int64)),
-        torch.from_numpy(np.stack(ws).astype(np.float32)),
-    )
-    if es:
-        return (*batch, torch.from_numpy(np.stack(es).astype(np.float32)))
-    return batch
-
-
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Pixel-wise weighted cross-entropy (softmax over classes), averaged over pixels."""
     if logits.shape[-2:] != target.shape[-2:]:
@@ -280,153 +167,6 @@ def make_meta(config: CellsTrainConfig, metrics: dict[str, Any]) -> CheckpointMe
         ),
         metrics=metrics,
     )
-
-
-def init_compatible(config: ModelConfig, path: str | Path) -> bool:
-    """Whether the weights at ``path`` describe the same net as ``config`` (so they can be fine-tuned)."""
-    from medseg.cells.model import config_from_dict
-    from medseg.engine.checkpoint import read_meta
-
-    try:
-        theirs = config_from_dict(read_meta(path).config).to_dict()
-    except Exception:  # unreadable or foreign weights: not a starting point
-        return False
-    ours = config.to_dict()
-    # dropout: a training-time setting; num_classes / instance_target: only the last 1x1 conv differs,
-    # and init_from adapts it
-    ignore = {"dropout", "num_classes", "instance_target"}
-    return {k: v for k, v in theirs.items() if k not in ignore} == {
-        k: v for k, v in ours.items() if k not in ignore
-    }
-
-
-def init_from(model: torch.nn.Module, config: ModelConfig, path: str | Path, kind: str = BORDERS) -> None:
-    """Load ``path``'s parameters into ``model`` (fine-tuning); an input error naming the file when the
-    weights describe another net or their tensors do not fit. When only the last 1x1 conv differs in
-    its output channels (another instance target), it is adapted from the 2-class one (``adapt_head``)."""
-    from medseg.engine.checkpoint import load_weights
-
-    if not init_compatible(config, path):
-        raise InputError(
-            f"initial weights describe another net than {config.arch} with these settings "
-            "(pass matching --arch/--base-channels/--batch-norm, or --init scratch)",
-            path=path,
-        )
-    state, meta = load_weights(path, expect_model=MODEL_NAME)
-    state = {k: v.float() for k, v in state.items()}
-    ours = model.state_dict()
-    differ = [k for k, v in state.items() if k in ours and ours[k].shape != v.shape]
-    if differ:
-        state = _adapted_head(state, ours, differ, kind, target_of(meta.config), path)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise InputError(f"initial weights do not fit: {str(exc).splitlines()[0]}", path=path) from None
-    log.info("fine-tuning from %s", path)
-
-
-def _adapted_head(
-    state: dict[str, torch.Tensor],
-    ours: dict[str, torch.Tensor],
-    differ: list[str],
-    kind: str,
-    theirs: str,
-    path: str | Path,
-) -> dict[str, torch.Tensor]:
-    """``state`` with its last 1x1 conv (weight and bias) turned into a head for ``kind``."""
-    weights = [k for k in differ if k.endswith("weight")]
-    if len(weights) != 1 or state[weights[0]].shape[1:] != ours[weights[0]].shape[1:]:
-        raise InputError(f"initial weights do not fit: {', '.join(differ)} differ in shape", path=path)
-    name = weights[0][: -len("weight")]
-    bias = state.get(name + "bias")
-    if theirs != BORDERS or kind == BORDERS:
-        raise InputError(f"cannot adapt a {theirs} head to the {kind} target", path=path)
-    new_w, new_b = adapt_head(state[name + "weight"], bias, kind)
-    if new_w.shape != ours[name + "weight"].shape:
-        raise InputError(f"initial weights do not fit: {name}weight differs in shape", path=path)
-    log.info("last layer %s adapted from the 2-class head to the %s target", name.rstrip("."), kind)
-    state = dict(state, **{name + "weight": new_w})
-    if new_b is not None:
-        state[name + "bias"] = new_b
-    return state
-
-
-def resolve_init(
-    init: str,
-    model: ModelConfig | None,
-    *,
-    images_dir: str | Path | None = None,
-    stain: str = "auto",
-    channel: int | None = None,
-) -> tuple[ModelConfig, str | None]:
-    """``cells-train --init``: the net to train and the weights to start from.
-
-    ``init`` is ``demo`` (the shipped demo weights: those ``cells-segment`` uses for the stain of the
-    images in ``images_dir`` -- ``stain``, or ``--stain auto``'s decision on them -- e.g. the
-    brightfield specialist for H&E), ``scratch`` or a weights file. ``model`` is the
-    net the user asked for, or None when they left the net's shape to the starting weights (then
-    the net is the one those weights describe). ``demo`` falls back to scratch, with a log line, when
-    the asked-for net has another shape (or no demo weights are installed); a given file that does
-    not fit is an input error.
-    """
-    from medseg.cells.model import DEMO_WEIGHTS, DEMO_WEIGHTS_BY_STAIN, MODEL_NAME, config_from_dict
-    from medseg.engine.checkpoint import read_meta
-    from medseg.engine.weights import demo_weights_path
-
-    if init == "scratch":
-        return model or CellModelConfig(), None
-    path = Path(init)
-    if init == "demo":
-        from medseg.cells.dataset import images_stain
-
-        kind = images_stain(images_dir, stain=stain, channel=channel) if images_dir else ""
-        path = demo_weights_path(DEMO_WEIGHTS)
-        special = demo_weights_path(DEMO_WEIGHTS_BY_STAIN.get(kind, DEMO_WEIGHTS))
-        path = special if special.is_file() else path
-    if not Path(path).is_file():
-        if init == "demo":
-            log.warning("no demo weights installed (%s): training from scratch", path)
-            return model or CellModelConfig(), None
-        raise InputError("--init: weights file not found", path=path)
-    meta = read_meta(path)  # not a safetensors file with medseg metadata (a .pt pickle, cut short): exit 4
-    if meta.model != MODEL_NAME:
-        raise ModelError(
-            f"--init: weights of {meta.model!r} ({meta.task}), not a cell segmentation net: give cells-train "
-            "weights, --init demo or --init scratch",
-            path=path,
-        )
-    if model is None:
-        model = config_from_dict(meta.config)
-    if init_compatible(model, path):
-        return model, str(path)
-    if init == "demo":
-        log.info(
-            "the demo weights are another net than %s with these settings: training from scratch", model.arch
-        )
-        return model, None
-    init_from(build_model(config=model), model, path)  # raises the input error naming the file
-    return model, str(path)
-
-
-def resolve_target(kind: str | None, init_weights: str | Path | None) -> str:
-    """The instance target to train: the one asked for, else the starting weights' (fine-tuning the
-    demo weights keeps their kind), else borders."""
-    if kind is not None:
-        return check_target(kind)
-    if init_weights:
-        from medseg.engine.checkpoint import read_meta
-
-        return target_of(read_meta(init_weights).config)
-    return BORDERS
-
-
-def with_target_head(model: ModelConfig, kind: str) -> ModelConfig:
-    """``model`` with as many output channels as the target ``kind`` needs (U-Nets; archs unchanged)."""
-    import dataclasses
-
-    if isinstance(model, archs.ArchConfig) or model.num_classes == out_channels(kind):
-        return model
-    return dataclasses.replace(model, num_classes=out_channels(kind))
 
 
 def split_validation(
