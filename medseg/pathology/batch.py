@@ -116,6 +116,10 @@ def batch_inputs(
             else ""
         )
         raise InputError(f"no slides given (slide files, folders of slides or CSV lists){hint}")
+    missing = [p for p in paths if not p.exists()]
+    if len(missing) == len(paths):  # a typo, not a batch with one lost slide: stop before any output
+        shown = ", ".join(str(p) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise InputError(f"no such slide file or folder: {shown}")
     names = unique_names(paths)
     check_apart(out, [*([inputs] if isinstance(inputs, (str, Path)) else inputs), *paths])
     preflight(out, names, resume=resume, overwrite=overwrite)

@@ -545,6 +545,8 @@ def prepare_dataset(
                 unit="slide" if masks is None else "tile",
             ):
                 try:
+                    if not Path(src).exists():
+                        raise InputError("no such slide file or folder", path=src)
                     if ann is not None and not ann.is_file():
                         raise InputError(f"no annotations {ann}", path=src)
                     recs = (

@@ -148,7 +148,7 @@ def check_scale(slide: Slide, target_mpp: float, *, fine: bool = True, coarse: b
         )
     if coarse and slide.mpp > target_mpp * MAX_UPSAMPLE:
         raise InputError(
-            f"level-0 scale {slide.mpp:g} um/px (from {source}) is {slide.mpp / target_mpp:.1f}x coarser "
+            f"level-0 scale {slide.mpp:g} um/px (from {source}) is {slide.mpp / target_mpp:.3g}x coarser "
             f"than the {target_mpp:g} um/px the analysis needs: capillaries (5-15 um) would be a few "
             f"blurred pixels; scan at {target_mpp:g} um/px or finer (20x or 40x), or {fix}",
             path=slide.path,

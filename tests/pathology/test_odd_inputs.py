@@ -77,7 +77,7 @@ def test_implausible_scales_are_refused_in_words(tmp_path):
     coarse = _aperio(tmp_path / "coarse.svs", mpp=5.0)
     with (
         open_slide(coarse) as s,
-        pytest.raises(InputError, match=r"10.0x coarser than the 0.5 um/px") as info,
+        pytest.raises(InputError, match=r"10x coarser than the 0.5 um/px") as info,
     ):
         check_scale(s, 0.5)
     assert "coarse.svs" in str(info.value) and "--slide-mpp" in str(info.value)
@@ -447,3 +447,13 @@ def test_ome_units_written_with_greek_mu_or_in_words(tmp_path, unit):
     write_ome_pyramid(path, _image(seed=3), mpp=0.5, unit=unit)
     with open_slide(path) as s:
         assert s.mpp == pytest.approx(0.5)
+
+
+def test_slide_score_of_only_missing_paths_stops_before_any_output(tmp_path):
+    """A typo is not a batch with one lost slide: exit 2 and no empty report (was exit 5 + report)."""
+    from medseg.errors import InputError
+    from medseg.pathology.batch import batch_inputs
+
+    with pytest.raises(InputError, match="no such slide"):
+        batch_inputs([tmp_path / "nope.svs"], tmp_path / "out", resume=False, overwrite=False)
+    assert not (tmp_path / "out").exists()
