@@ -70,3 +70,17 @@ def run_cli(*args):
     from medseg_cli.main import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def edited_copy(src: Path, dst: Path, edit) -> Path:
+    """A copy of the DICOM series folder ``src`` at ``dst`` with ``edit(ds)`` applied to every file."""
+    import shutil
+
+    import pydicom
+
+    shutil.copytree(src, dst)
+    for f in sorted(dst.iterdir()):
+        ds = pydicom.dcmread(f)
+        edit(ds)
+        ds.save_as(f)
+    return dst

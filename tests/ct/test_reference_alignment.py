@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 
 from medseg.ct.convert import convert
 
-from .conftest import convert_config, run_cli
-
-
-def _edited(src: Path, dst: Path, edit) -> Path:
-    shutil.copytree(src, dst)
-    for f in sorted(dst.iterdir()):
-        ds = pydicom.dcmread(f)
-        edit(ds)
-        ds.save_as(f)
-    return dst
+from .conftest import convert_config, edited_copy, run_cli
 
 
 def _shift_z(mm: float):
@@ -41,7 +30,7 @@ def _convert_json(src, out, ref, weights):
 
 
 def test_a_reference_of_other_slices_is_refused_before_converting(small_exam_dir, tiny_weights, tmp_path):
-    ref = _edited(small_exam_dir / "B30f", tmp_path / "ref", _shift_z(3.0))  # two slices further
+    ref = edited_copy(small_exam_dir / "B30f", tmp_path / "ref", _shift_z(3.0))  # two slices further
     out = tmp_path / "out"
     res = _convert_json(small_exam_dir / "B50f", out, ref, tiny_weights)
     assert res.exit_code == 2, res.output
@@ -54,7 +43,7 @@ def test_a_reference_with_another_field_of_view_is_refused(small_exam_dir, tiny_
     def zoom(ds) -> None:
         ds.PixelSpacing = [float(v) * 1.25 for v in ds.PixelSpacing]
 
-    ref = _edited(small_exam_dir / "B30f", tmp_path / "ref", zoom)
+    ref = edited_copy(small_exam_dir / "B30f", tmp_path / "ref", zoom)
     res = _convert_json(small_exam_dir / "B50f", tmp_path / "out", ref, tiny_weights)
     assert res.exit_code == 2 and "another field of view" in json.loads(res.stdout)["error"]
 
@@ -88,7 +77,7 @@ def test_ct_report_fails_the_exam_whose_reference_is_shifted(small_exam_dir, tin
     shutil.copytree(small_exam_dir, good)
     (bad).mkdir()
     shutil.copytree(small_exam_dir / "B50f", bad / "B50f")
-    _edited(small_exam_dir / "B30f", bad / "B30f", _shift_z(-1.5))
+    edited_copy(small_exam_dir / "B30f", bad / "B30f", _shift_z(-1.5))
     cfg = ReportConfig(
         source="B50f", target="B30f", weights=tiny_weights, device="cpu", pdf=False, conditioned=False
     )

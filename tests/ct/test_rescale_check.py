@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -14,16 +13,7 @@ import pytest
 from medseg.ct.convert import convert
 from medseg.errors import InputError
 
-from .conftest import convert_config, run_cli, tree_digest, volume
-
-
-def _copy(src: Path, dst: Path, edit) -> Path:
-    shutil.copytree(src, dst)
-    for f in sorted(dst.iterdir()):
-        ds = pydicom.dcmread(f)
-        edit(ds)
-        ds.save_as(f)
-    return dst
+from .conftest import convert_config, edited_copy, run_cli, tree_digest, volume
 
 
 def _drop(*keywords: str):
@@ -53,7 +43,7 @@ def _stored_as_hu(ds) -> None:
 def test_a_removed_rescale_is_refused_before_any_output(
     small_exam_dir, tiny_weights, tmp_path, dropped, words
 ):
-    src = _copy(small_exam_dir / "B50f", tmp_path / "in", _drop(*dropped))
+    src = edited_copy(small_exam_dir / "B50f", tmp_path / "in", _drop(*dropped))
     before = tree_digest(src)
     out = tmp_path / "out"
     res = run_cli(
@@ -67,7 +57,7 @@ def test_a_removed_rescale_is_refused_before_any_output(
 
 
 def test_values_stored_as_hu_without_rescale_convert_with_a_warning(small_exam_dir, tiny_weights, tmp_path):
-    src = _copy(small_exam_dir / "B50f", tmp_path / "in", _stored_as_hu)
+    src = edited_copy(small_exam_dir / "B50f", tmp_path / "in", _stored_as_hu)
     out = tmp_path / "out"
     result = convert(src, out, convert_config(weights=tiny_weights))
     assert any("taken as HU" in w for w in result.items[0].warnings)
@@ -94,7 +84,7 @@ def test_ct_report_fails_the_exam_without_rescale_and_scores_the_other(
     cohort = tmp_path / "cohort"
     shutil.copytree(small_exam_dir, cohort / "good")
     shutil.copytree(small_exam_dir, cohort / "bad")
-    _copy(small_exam_dir / "B30f", cohort / "bad_B30f", _drop("RescaleSlope", "RescaleIntercept"))
+    edited_copy(small_exam_dir / "B30f", cohort / "bad_B30f", _drop("RescaleSlope", "RescaleIntercept"))
     shutil.rmtree(cohort / "bad" / "B30f")
     (cohort / "bad_B30f").rename(cohort / "bad" / "B30f")
     cfg = ReportConfig(
@@ -128,7 +118,7 @@ def test_signed_pixels_declared_unsigned_are_refused(small_exam_dir, tiny_weight
         ds.RescaleSlope, ds.RescaleIntercept = "1", "0"
         ds.PixelRepresentation = 0
 
-    src = _copy(small_exam_dir / "B50f", tmp_path / "in", unsigned)
+    src = edited_copy(small_exam_dir / "B50f", tmp_path / "in", unsigned)
     with pytest.raises(InputError, match="PixelRepresentation 0") as info:
         convert(src, tmp_path / "out", convert_config(weights=tiny_weights))
     assert info.value.path.parent == src and not (tmp_path / "out").exists()
