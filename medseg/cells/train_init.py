@@ -132,7 +132,7 @@ def resolve_init(
         if init == "demo":
             log.warning("no demo weights installed (%s): training from scratch", path)
             return model or CellModelConfig(), None
-        raise InputError("--init: weights file not found", path=path)
+        raise ModelError("--init: weights file not found", path=path)
     meta = read_meta(path)  # not a safetensors file with medseg metadata (a .pt pickle, cut short): exit 4
     if meta.model != MODEL_NAME:
         raise ModelError(

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import InputError, ModelError
+from medseg.errors import ModelError
 
 log = logging.getLogger("medseg.ct")
 
@@ -130,7 +130,7 @@ def resolve_init(
     if init != "demo":
         path = Path(init)
         if not path.is_file():
-            raise InputError("--init: weights file not found", path=path)
+            raise ModelError("--init: weights file not found", path=path)
         meta = read_meta(path)
         if meta.model != MODEL_NAME:
             raise ModelError(f"--init: weights of '{meta.model}', not a CT kernel converter", path=path)

@@ -60,7 +60,9 @@ def test_a_weights_file_that_does_not_fit_is_refused(tmp_path, folders):
     assert res.exit_code == 2, res.output
     assert "--init scratch" in res.output and "demo_unet2015" in res.output
     res = train(tmp_path, folders, "missing", "--init", tmp_path / "nope.safetensors")
-    assert res.exit_code == 2 and "not found" in res.output
+    assert (
+        res.exit_code == 4 and "not found" in res.output
+    )  # a missing weights file: exit 4, as for --weights
 
 
 def test_resolve_init_library():

@@ -14,7 +14,7 @@ from medseg.ct.budget import FINAL_DIV, MEASURE_STEPS, OneCycleSchedule, one_cyc
 from medseg.ct.models import DEMO_MODELS
 from medseg.ct.train import CTTrainConfig, train, train_text
 from medseg.ct.train_init import nearest_direction, resolve_init
-from medseg.errors import InputError
+from medseg.errors import InputError, ModelError
 from medseg.synthetic.ct_phantom import PhantomConfig, write_cohort
 
 from .conftest import run_cli
@@ -99,7 +99,7 @@ def test_resolve_init_choices(tmp_path):
     assert resolve_init("scratch", "YA", "UB", (stack, stack), 0.7, channels=64, depth=6).path is None
     named = resolve_init("demo", "B40f", "B20f", (stack, stack), 0.7, channels=64, depth=6)  # unmeasurable
     assert "from the names" in named.description and named.path is not None
-    with pytest.raises(InputError, match="weights file not found"):
+    with pytest.raises(ModelError, match="weights file not found"):
         resolve_init(
             str(tmp_path / "none.safetensors"), "YA", "UB", (stack, stack), 0.7, channels=64, depth=6
         )
@@ -157,7 +157,9 @@ def test_cli_init_file_must_exist(pairs, tmp_path):
         "ct-train", pairs, "--from", "B50f", "--to", "B30f", "--out", tmp_path / "r", "--init",
         tmp_path / "missing.safetensors", "--json", "-q",
     )  # fmt: skip
-    assert r.exit_code == 2 and "weights file not found" in json.loads(r.stdout)["error"]
+    assert (
+        r.exit_code == 4 and "weights file not found" in json.loads(r.stdout)["error"]
+    )  # as every weights file
 
 
 def test_dihedral_keeps_source_and_target_aligned_and_covers_all_eight_views():
