@@ -115,7 +115,7 @@ def resolve_init(
     not fit is an input error.
     """
     from medseg.cells.model import DEMO_WEIGHTS, DEMO_WEIGHTS_BY_STAIN, MODEL_NAME, config_from_dict
-    from medseg.engine.checkpoint import read_meta
+    from medseg.engine.checkpoint import read_meta_for
     from medseg.engine.weights import demo_weights_path
 
     if init == "scratch":
@@ -133,13 +133,13 @@ def resolve_init(
             log.warning("no demo weights installed (%s): training from scratch", path)
             return model or CellModelConfig(), None
         raise ModelError("--init: weights file not found", path=path)
-    meta = read_meta(path)  # not a safetensors file with medseg metadata (a .pt pickle, cut short): exit 4
-    if meta.model != MODEL_NAME:
-        raise ModelError(
-            f"--init: weights of {meta.model!r} ({meta.task}), not a cell segmentation net: give cells-train "
-            "weights, --init demo or --init scratch",
-            path=path,
-        )
+    # not a safetensors file with medseg metadata (a .pt pickle, cut short), or another net: exit 4
+    meta = read_meta_for(
+        path,
+        MODEL_NAME,
+        "--init: weights of {model} ({task}), not a cell segmentation net: give cells-train weights, "
+        "--init demo or --init scratch",
+    )
     if model is None:
         model = config_from_dict(meta.config)
     if init_compatible(model, path):

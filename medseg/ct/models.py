@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medseg.ct.kernels import KernelSpec, normalise_kernel, parse_kernel, siemens_family
-from medseg.engine.checkpoint import CheckpointMeta, load_state_into, load_weights, read_meta
+from medseg.engine.checkpoint import CheckpointMeta, load_state_into, load_weights, read_meta, read_meta_for
 from medseg.engine.weights import demo_weights_path, is_demo, resolve_weights
 from medseg.errors import InputError, ModelError
 
@@ -431,13 +431,11 @@ def find_conditioned(
 
     if weights is not None:
         path, _demo = resolve_weights(weights, demo=f"{DEMO_FOLDER}/{DEMO_FILE}")
-        meta = read_meta(path)
-        if meta.model != MODEL_NAME:
-            raise ModelError(
-                f"weights are for model '{meta.model}', not the sharpness-conditioned converter "
-                "(--to-sharpness/--like need it)",
-                path=path,
-            )
+        meta = read_meta_for(
+            path,
+            MODEL_NAME,
+            "weights are for model {model}, not the sharpness-conditioned converter (--to-sharpness/--like need it)",
+        )
         return ConditionedEntry(path, meta)
     found = list_conditioned(models_dirs, demo=False)
     if found:

@@ -34,7 +34,7 @@ from medseg.ct.split import (  # noqa: F401 - re-exported: the split belongs to 
     slab_split,
     split_slices,
 )
-from medseg.errors import InputError, ModelError
+from medseg.errors import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -356,16 +356,15 @@ def _saved_lr(out_dir: Path) -> float | None:
 def _resumed_net_config(out_dir: Path, source: str, target: str):
     """The model config of the run being resumed (its hu_mean came from that run's training data)."""
     from medseg.ct.model import MODEL_NAME, KernelNetConfig
-    from medseg.engine.checkpoint import read_meta
+    from medseg.engine.checkpoint import read_meta_for
     from medseg.engine.trainer import LAST
 
-    meta = read_meta(out_dir / LAST)
-    if meta.model != MODEL_NAME:
-        raise ModelError(
-            f"--resume: the run's last weights are {meta.model!r} ({meta.task}), not a CT kernel converter: "
-            "restore the run folder, or start a new run (another --out, or --overwrite)",
-            path=out_dir / LAST,
-        )
+    meta = read_meta_for(
+        out_dir / LAST,
+        MODEL_NAME,
+        "--resume: the run's last weights are {model} ({task}), not a CT kernel converter: restore the run "
+        "folder, or start a new run (another --out, or --overwrite)",
+    )
     have = (meta.config.get("source_kernel"), meta.config.get("target_kernel"))
     if have != (source, target):
         raise InputError(

@@ -123,7 +123,7 @@ def resolve_init(
 ) -> InitChoice:
     """``--init``: 'demo' (nearest shipped direction), 'scratch', or a weights FILE."""
     from medseg.ct.model import MODEL_NAME
-    from medseg.engine.checkpoint import read_meta
+    from medseg.engine.checkpoint import read_meta, read_meta_for
 
     if init == "scratch":
         return InitChoice(None, None, "scratch (random weights)")
@@ -131,9 +131,7 @@ def resolve_init(
         path = Path(init)
         if not path.is_file():
             raise ModelError("--init: weights file not found", path=path)
-        meta = read_meta(path)
-        if meta.model != MODEL_NAME:
-            raise ModelError(f"--init: weights of '{meta.model}', not a CT kernel converter", path=path)
+        meta = read_meta_for(path, MODEL_NAME, "--init: weights of {model}, not a CT kernel converter")
         return InitChoice(str(path), meta.config, f"the given weights {path.name} ({meta.task})")
     directions = _demo_directions()
     if not directions:

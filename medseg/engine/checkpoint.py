@@ -79,6 +79,17 @@ def read_meta(path: str | Path) -> CheckpointMeta:
         raise ModelError(f"unreadable medseg metadata: {exc}", path=path) from None
 
 
+def read_meta_for(path: str | Path, model: str, refusal: str) -> CheckpointMeta:
+    """:func:`read_meta`, refused (ModelError, exit 4) when the file holds another model's weights.
+
+    ``refusal`` is the message, with ``{model}`` (quoted) and ``{task}`` filled in from the file.
+    """
+    meta = read_meta(path)
+    if meta.model != model:
+        raise ModelError(refusal.format(model=repr(meta.model), task=meta.task), path=path)
+    return meta
+
+
 def load_weights(path: str | Path, *, expect_model: str | None = None) -> tuple[dict, CheckpointMeta]:
     """Load tensors and metadata; with ``expect_model``, refuse weights of another architecture."""
     from safetensors.torch import load_file

@@ -242,7 +242,6 @@ class DetectorTask:
     def _init_from(model, path: str) -> None:
         """Load matching tensors of other detector weights (e.g. Faster R-CNN into a Mask R-CNN)."""
         from medseg.engine.checkpoint import load_weights
-        from medseg.errors import ModelError
 
         state, _meta = load_weights(path, expect_model=MODEL_NAME)
         own = model.state_dict()
@@ -382,16 +381,15 @@ class DetectorTask:
 
 def _check_init_arch(path: str, arch: str) -> None:
     """--init-weights must come from an architecture whose layers this one shares (refused in words)."""
-    from medseg.engine.checkpoint import read_meta
+    from medseg.engine.checkpoint import read_meta_for
     from medseg.pathology.detector import same_family
 
-    meta = read_meta(path)
-    if meta.model != MODEL_NAME:
-        raise ModelError(
-            f"--init-weights: weights of {meta.model!r} ({meta.task}), not a C4d detector: give slide-train "
-            "weights or leave --init-weights out",
-            path=path,
-        )
+    meta = read_meta_for(
+        path,
+        MODEL_NAME,
+        "--init-weights: weights of {model} ({task}), not a C4d detector: give slide-train weights or leave "
+        "--init-weights out",
+    )
     other = str(meta.config.get("arch", "unknown"))
     if not same_family(other, arch):
         raise InputError(
@@ -431,7 +429,7 @@ def train_detector(
     With ``resume`` the architecture comes from ``out/last.safetensors`` (weights and optimiser
     continue from ``out/state.pt``); without state that is an input error (exit 2).
     """
-    from medseg.engine.checkpoint import read_meta
+    from medseg.engine.checkpoint import read_meta_for
     from medseg.engine.trainer import LAST, TrainConfig, fit, preflight
 
     cfg = config or DetectorTrainConfig()
@@ -451,13 +449,12 @@ def train_detector(
     det.margins = {k: int(v) for k, v in meta.get("margins", det.margins).items()}
     det.target_mpp = float(meta.get("target_mpp", det.target_mpp))
     if resume:
-        last = read_meta(out / LAST)
-        if last.model != MODEL_NAME:
-            raise ModelError(
-                f"--resume: the run's last weights are {last.model!r} ({last.task}), not a C4d detector: "
-                "restore the run folder, or start a new run (another --out, or --overwrite)",
-                path=out / LAST,
-            )
+        last = read_meta_for(
+            out / LAST,
+            MODEL_NAME,
+            "--resume: the run's last weights are {model} ({task}), not a C4d detector: restore the run "
+            "folder, or start a new run (another --out, or --overwrite)",
+        )
         saved = DetectorConfig.from_dict(last.config)
         if saved.arch != det.arch:
             log.warning("resuming the %s detector of %s (not %s)", saved.arch, out, det.arch)
