@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,17 +137,10 @@ def load_pair(
 
 
 def load_pairs(
-    images_dir: str | Path,
-    masks_dir: str | Path,
-    *,
-    stain: str = "auto",
-    channel: int | None = None,
-    local: bool = True,
-    he_plane: str = "hematoxylin",
+    images_dir: str | Path, masks_dir: str | Path, **options: Any
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict[str, str]]]:
-    loaded, _names, skipped = load_named_pairs(
-        images_dir, masks_dir, stain=stain, channel=channel, local=local, he_plane=he_plane
-    )
+    """:func:`load_named_pairs` without the names: (image, labels) pairs and the skipped ones."""
+    loaded, _names, skipped = load_named_pairs(images_dir, masks_dir, **options)
     return loaded, skipped
 
 
@@ -159,7 +153,8 @@ def load_named_pairs(
     local: bool = True,
     he_plane: str = "hematoxylin",
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str], list[dict[str, str]]]:
-    """:func:`load_pairs` with the image file name of each loaded pair (to record the split by name)."""
+    """The usable (image, labels) pairs of two folders, the image file name of each (to record the split
+    by name) and the pairs skipped, with their reason."""
     pairs, skipped = find_pairs(images_dir, masks_dir)
     loaded, names = [], []
     for image_path, mask_path in pairs:
